@@ -1,0 +1,110 @@
+"""Counters per source and in total, and gap detection on a sequence number in the metadata.
+
+Every received item ends in exactly one of archived / dead_lettered / dropped; ``in_flight`` is what
+is still queued or being written, so ``received == archived + dead_lettered + dropped + in_flight``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+log = logging.getLogger("heros_archiver")
+
+COUNTERS = ("received", "archived", "retried", "dead_lettered", "dropped", "bytes", "gaps", "missing", "duplicates")
+
+
+@dataclass
+class SourceCounters:
+    """What happened to the items of one source."""
+
+    received: int = 0
+    archived: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+    dropped: int = 0
+    bytes: int = 0
+    gaps: int = 0
+    missing: int = 0
+    duplicates: int = 0
+    last_sequence: int | None = None
+    missing_ranges: list[tuple[int, int]] = field(default_factory=list)
+
+
+class Accounting:
+    """Thread-safe counters; ``snapshot`` gives plain dicts that CBOR/JSON can carry."""
+
+    #: Only the most recent missing ranges are kept per source (the counts stay exact).
+    MAX_RANGES = 100
+
+    def __init__(self, event_name: str, sequence_key: str | None = None) -> None:
+        self._event_name = event_name
+        self._sequence_key = sequence_key
+        self._sources: dict[str, SourceCounters] = {}
+        self._lock = threading.Lock()
+
+    def _of(self, source: str) -> SourceCounters:
+        counters = self._sources.get(source)
+        if counters is None:
+            counters = self._sources[source] = SourceCounters()
+        return counters
+
+    def add(self, source: str, counter: str, amount: int = 1) -> None:
+        """Add ``amount`` to ``counter`` (one of COUNTERS) of ``source``."""
+        with self._lock:
+            counters = self._of(source)
+            setattr(counters, counter, getattr(counters, counter) + amount)
+
+    def received(self, source: str, metadata: dict[str, Any]) -> None:
+        """Count a received item and check its sequence number, if a ``sequence_key`` is set."""
+        gap: tuple[int, int] | None = None
+        duplicate: int | None = None
+        with self._lock:
+            counters = self._of(source)
+            counters.received += 1
+            if self._sequence_key is None:
+                return
+            value = metadata.get(self._sequence_key)
+            if isinstance(value, bool) or not isinstance(value, int):
+                return
+            last = counters.last_sequence
+            if last is not None and value > last + 1:
+                gap = (last + 1, value - 1)
+                counters.gaps += 1
+                counters.missing += value - 1 - last
+                counters.missing_ranges = [*counters.missing_ranges, gap][-self.MAX_RANGES :]
+            elif last is not None and value <= last:
+                counters.duplicates += 1
+                duplicate = value
+            if last is None or value > last:
+                counters.last_sequence = value
+        if gap is not None:
+            first, end = gap
+            span = f"{first}" if first == end else f"{first}-{end}"
+            log.warning(
+                "%s %s never arrived from %s (event %s): gap in %r",
+                self._sequence_key,
+                span,
+                source,
+                self._event_name,
+                self._sequence_key,
+            )
+        if duplicate is not None:
+            log.warning(
+                "%s %d from %s (event %s) arrived again or out of order",
+                self._sequence_key,
+                duplicate,
+                source,
+                self._event_name,
+            )
+
+    def snapshot(self) -> dict[str, Any]:
+        """Per-source counters and their totals."""
+        with self._lock:
+            sources = {name: asdict(c) for name, c in self._sources.items()}
+        for counters in sources.values():
+            counters["missing_ranges"] = [list(r) for r in counters["missing_ranges"]]
+        total = {name: sum(c[name] for c in sources.values()) for name in COUNTERS}
+        return {"sources": sources, "total": total}

@@ -1,0 +1,138 @@
+"""Keep items that could not be archived, with everything needed to archive them later.
+
+One directory per item, published atomically (written under a temporary name, then renamed):
+``entry.json`` (source, event, merged metadata, error, attempts, time, payload file) and the payload
+as ``payload.npy`` (arrays) or ``payload.json`` (anything JSON can carry). Plain numpy and json read
+both; ``heros-archiver replay`` re-drives them through the same naming and writing.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import PayloadError, ReplayError
+from .formats.json import encode_json
+
+ENTRY_FILE = "entry.json"
+_TMP_PREFIX = ".tmp-"
+_counter = itertools.count()
+
+
+@dataclass
+class DeadLetter:
+    """One stored item, as read back from its directory."""
+
+    path: Path
+    source: str
+    event: str
+    payload: Any
+    metadata: dict[str, Any]
+    error: str
+    attempts: int
+    time: float
+
+
+def _safe(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)[:60] or "source"
+
+
+class DeadLetterStore:
+    """A directory of dead-lettered items (created on first use)."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+
+    def put(
+        self, *, source: str, event: str, payload: Any, metadata: dict[str, Any], error: str, attempts: int
+    ) -> Path:
+        """Store one item; returns its entry directory. Raises OSError if even this cannot be written."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        now = time.time()
+        name = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}-{os.getpid()}-{next(_counter):08d}-{_safe(source)}"
+        tmp = self.directory / f"{_TMP_PREFIX}{uuid.uuid4().hex}"
+        tmp.mkdir()
+        try:
+            payload_file, payload_note = _write_payload(tmp, payload)
+            try:
+                metadata_doc: Any = json.loads(encode_json(metadata))
+            except PayloadError:
+                metadata_doc = {key: repr(value) for key, value in metadata.items()}
+            entry = {
+                "source": source,
+                "event": event,
+                "metadata": metadata_doc,
+                "error": error,
+                "attempts": attempts,
+                "time": now,
+                "time_iso": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+                "payload_file": payload_file,
+                "payload_note": payload_note,
+            }
+            (tmp / ENTRY_FILE).write_text(json.dumps(entry, indent=2))
+            final = self.directory / name
+            os.rename(tmp, final)
+            return final
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def entries(self) -> Iterator[Path]:
+        """Entry directories, oldest first."""
+        if not self.directory.is_dir():
+            return iter(())
+        return iter(sorted(p for p in self.directory.iterdir() if p.is_dir() and not p.name.startswith(_TMP_PREFIX)))
+
+    def load(self, entry: Path) -> DeadLetter:
+        """Read one entry back (payload as it was stored)."""
+        try:
+            info = json.loads((entry / ENTRY_FILE).read_text())
+            payload_file = info.get("payload_file")
+            if payload_file is None:
+                raise ReplayError(f"{entry}: payload was not storable ({info.get('payload_note')}); cannot replay")
+            if payload_file.endswith(".npy"):
+                payload: Any = np.load(entry / payload_file, allow_pickle=False)
+            else:
+                payload = json.loads((entry / payload_file).read_text())
+        except (OSError, ValueError, KeyError) as exc:
+            raise ReplayError(f"{entry}: cannot read dead-letter entry: {exc}") from exc
+        return DeadLetter(
+            path=entry,
+            source=info["source"],
+            event=info["event"],
+            payload=payload,
+            metadata=info["metadata"],
+            error=info["error"],
+            attempts=int(info["attempts"]),
+            time=float(info["time"]),
+        )
+
+    def remove(self, entry: Path) -> None:
+        """Delete an entry once its item was archived."""
+        shutil.rmtree(entry)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self.entries())
+
+
+def _write_payload(directory: Path, payload: Any) -> tuple[str | None, str]:
+    if isinstance(payload, np.ndarray) and not payload.dtype.hasobject:
+        np.save(directory / "payload.npy", payload, allow_pickle=False)
+        return "payload.npy", "numpy array"
+    try:
+        encoded = encode_json(payload)
+    except PayloadError as exc:
+        (directory / "payload.repr.txt").write_text(repr(payload))
+        return None, f"not storable as npy or json ({exc}); repr in payload.repr.txt"
+    (directory / "payload.json").write_bytes(encoded)
+    return "payload.json", "json"

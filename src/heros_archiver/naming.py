@@ -1,0 +1,124 @@
+"""Turn a Jinja2 path template and an item's metadata into a confined file path.
+
+Templates run in Jinja2's immutable sandbox with ``StrictUndefined``: metadata arrives over the
+network, so a template must not reach into Python objects, and a missing key must be an error
+instead of an empty path component. Every rendered path is checked to lie under the archive root.
+
+The archive root rule (when no explicit ``root`` is given): the fixed leading part of the template,
+with ``{{ name }}`` placeholders filled from the *default* metadata (which comes from the trusted
+config, not the network), up to its last ``/``. For the spec's
+``{{ file_path }}/testimg-...npy`` with ``file_path="/mnt/images"`` the root is ``/mnt/images``. A
+template with no fixed directory prefix is confined to the working directory at construction.
+Relative rendered paths are resolved against the root.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from .errors import ConfigurationError, PathConfinementError, TemplateRenderError
+
+_ENV = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=False)
+_LEADING_PLACEHOLDER = re.compile(r"\{\{-?\s*([A-Za-z_][A-Za-z0-9_]*)\s*-?\}\}")
+
+
+def derive_root(template: str, default_metadata: Mapping[str, Any]) -> Path:
+    """Archive root implied by ``template`` and the trusted default metadata (see module docstring)."""
+    prefix = ""
+    rest = template
+    while rest:
+        cut = min((i for i in (rest.find("{{"), rest.find("{%"), rest.find("{#")) if i >= 0), default=len(rest))
+        prefix += rest[:cut]
+        rest = rest[cut:]
+        match = _LEADING_PLACEHOLDER.match(rest)
+        value = default_metadata.get(match.group(1)) if match else None
+        if match is None or not isinstance(value, (str, os.PathLike)) or ".." in Path(os.fspath(value)).parts:
+            break
+        prefix += os.fspath(value)
+        rest = rest[match.end() :]
+    if rest == "":  # the whole template is fixed text: its directory is the root
+        prefix = os.path.dirname(prefix) + "/"
+    directory = prefix[: prefix.rfind("/") + 1] if "/" in prefix else ""
+    base = Path(directory) if directory else Path.cwd()
+    return Path(os.path.abspath(os.path.expanduser(base)))
+
+
+class PathTemplate:
+    """A compiled, syntax-checked path template bound to an archive root.
+
+    Args:
+        source: the Jinja2 template text.
+        root: directory every rendered path must stay under.
+    """
+
+    def __init__(self, source: str, root: str | os.PathLike[str]) -> None:
+        if not isinstance(source, str) or not source.strip():
+            raise ConfigurationError(f"save_template: expected a non-empty Jinja2 template string, got {source!r}")
+        try:
+            self._template = _ENV.from_string(source)
+        except jinja2.TemplateSyntaxError as exc:
+            raise ConfigurationError(
+                f"save_template {source!r}: Jinja2 syntax error at line {exc.lineno}: {exc.message}"
+            ) from exc
+        self.source = source
+        self.root = Path(os.path.abspath(os.path.expanduser(os.fspath(root))))
+
+    def render_text(self, context: Mapping[str, Any]) -> str:
+        """Render the template to text, with no path checks (used by ``render`` and the CLI's dry run)."""
+        try:
+            return self._template.render(context)
+        except jinja2.UndefinedError as exc:
+            raise TemplateRenderError(
+                f"template {self.source!r}: {exc.message} (metadata has keys {sorted(map(str, context))})"
+            ) from exc
+        except jinja2.TemplateError as exc:
+            raise TemplateRenderError(f"template {self.source!r}: {exc}") from exc
+        except Exception as exc:
+            raise TemplateRenderError(f"template {self.source!r}: {type(exc).__name__}: {exc}") from exc
+
+    def render(self, context: Mapping[str, Any]) -> Path:
+        """Render and confine: the absolute, normalised path of the file for ``context``."""
+        return confine(self.render_text(context), self.root, self.source)
+
+
+def confine(rendered: str, root: Path, template: str = "") -> Path:
+    """Resolve ``rendered`` against ``root``; raise unless the result is a file path under ``root``.
+
+    Lexical check only (``..``, absolute paths); symlinks are checked by ``check_no_symlink_escape``
+    when directories are created, because only then does the file system say where a link points.
+    """
+    where = f" (template {template!r})" if template else ""
+    if not rendered.strip():
+        raise TemplateRenderError(f"rendered path is empty{where}")
+    if "\x00" in rendered:
+        raise PathConfinementError(f"rendered path {rendered!r} contains a NUL byte{where}")
+    if rendered.endswith(("/", os.sep)):
+        raise PathConfinementError(f"rendered path {rendered!r} names a directory, expected a file name{where}")
+    candidate = Path(os.path.normpath(os.path.join(root, rendered)))
+    if candidate == root or not candidate.is_relative_to(root):
+        raise PathConfinementError(
+            f"rendered path {rendered!r} resolves to {str(candidate)!r}, outside the archive root {str(root)!r}{where}"
+        )
+    return candidate
+
+
+def check_no_symlink_escape(path: Path, root: Path) -> None:
+    """Raise if the existing part of ``path``'s directory resolves (through symlinks) outside ``root``."""
+    probe = path.parent
+    while not os.path.lexists(probe) and probe != root and probe != probe.parent:
+        probe = probe.parent
+    if not os.path.lexists(probe):
+        return  # the root does not exist yet, so nothing under it can be a symlink
+    real_root = Path(os.path.realpath(root))
+    real = Path(os.path.realpath(probe))
+    if not real.is_relative_to(real_root):
+        raise PathConfinementError(
+            f"path {str(path)!r} leaves the archive root {str(root)!r}: {str(probe)!r} resolves to {str(real)!r}"
+        )

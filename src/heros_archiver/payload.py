@@ -1,0 +1,46 @@
+"""Take an event payload apart into data and metadata, and estimate its size for the queue bound."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from .errors import PayloadError
+
+
+def split_event(data: Any) -> tuple[Any, dict[str, Any]]:
+    """``(data, metadata)`` from an event payload.
+
+    Accepted: a 2-sequence ``(data, metadata_dict)`` (the HEROS convention) and, as the reference
+    archiver does, a plain dict, which serves as both the data and the metadata.
+    """
+    if isinstance(data, Mapping):
+        return data, dict(data)
+    if isinstance(data, (tuple, list)):
+        if len(data) != 2:
+            raise PayloadError(
+                f"expected a payload (data, metadata dict), got a {type(data).__name__} of length {len(data)}"
+            )
+        if not isinstance(data[1], Mapping):
+            raise PayloadError(
+                "expected a payload (data, metadata dict), got metadata of type "
+                f"{type(data[1]).__name__}: {repr(data[1])[:80]}"
+            )
+        return data[0], dict(data[1])
+    raise PayloadError(f"expected a payload (data, metadata dict), got {type(data).__name__}: {repr(data)[:80]}")
+
+
+def estimate_nbytes(value: Any, depth: int = 0) -> int:
+    """Memory an item holds, for the queue's byte bound: exact for arrays and bytes, close for containers."""
+    if isinstance(value, np.ndarray):
+        return int(value.nbytes) + 112
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return len(value) + 33
+    if depth < 3 and isinstance(value, Mapping):
+        return 64 + sum(estimate_nbytes(k, depth + 1) + estimate_nbytes(v, depth + 1) for k, v in value.items())
+    if depth < 3 and isinstance(value, (list, tuple)):
+        return 56 + sum(estimate_nbytes(v, depth + 1) for v in value)
+    return sys.getsizeof(value)

@@ -1,0 +1,120 @@
+"""A queue bounded in items *and* bytes, with one lane per writer thread.
+
+Bounding by bytes is what bounds memory: 1,000 small readings and 1,000 camera frames are very
+different amounts. Items are assigned to a lane by their source, so one writer handles each source
+and a source's items are written in the order they arrived.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import zlib
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(slots=True)
+class Item:
+    """One received event on its way to storage."""
+
+    source: str
+    payload: Any
+    metadata: dict[str, Any]
+    nbytes: int
+    received: float = field(default_factory=time.time)
+    attempts: int = 0
+
+
+class LaneQueue:
+    """Bounded multi-lane FIFO. ``put`` blocks (or refuses) when items or bytes would exceed the bounds.
+
+    An item larger than ``max_bytes`` on its own is admitted when the queue is empty, so it cannot
+    deadlock; memory is then bounded by the largest single item.
+    """
+
+    def __init__(self, lanes: int, max_items: int, max_bytes: int) -> None:
+        self._lanes: list[deque[Item]] = [deque() for _ in range(lanes)]
+        self._max_items = max_items
+        self._max_bytes = max_bytes
+        self._items = 0
+        self._bytes = 0
+        self._closed = False
+        self._lock = threading.Lock()
+        self._not_full = threading.Condition(self._lock)
+        self._not_empty = [threading.Condition(self._lock) for _ in range(lanes)]
+
+    def lane_of(self, source: str) -> int:
+        """The lane (writer) that handles ``source``: stable across runs, spread evenly."""
+        return zlib.crc32(source.encode()) % len(self._lanes)
+
+    def _fits(self, nbytes: int) -> bool:
+        if self._items == 0:
+            return True
+        return self._items < self._max_items and self._bytes + nbytes <= self._max_bytes
+
+    def put(self, item: Item, block: bool = True, timeout: float | None = None) -> bool:
+        """Enqueue ``item``; False if it did not fit (non-blocking, timed out, or the queue closed)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._not_full:
+            while not self._closed and not self._fits(item.nbytes):
+                if not block:
+                    return False
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._not_full.wait(remaining)
+            if self._closed:
+                return False
+            lane = self.lane_of(item.source)
+            self._lanes[lane].append(item)
+            self._items += 1
+            self._bytes += item.nbytes
+            self._not_empty[lane].notify()
+            return True
+
+    def get(self, lane: int, timeout: float) -> Item | None:
+        """The next item of ``lane``, or None after ``timeout`` seconds without one."""
+        with self._not_empty[lane]:
+            if not self._lanes[lane]:
+                self._not_empty[lane].wait(timeout)
+            if not self._lanes[lane]:
+                return None
+            item = self._lanes[lane].popleft()
+            self._items -= 1
+            self._bytes -= item.nbytes
+            self._not_full.notify_all()
+            return item
+
+    def close(self) -> None:
+        """Refuse new items from now on and wake every waiting producer and consumer."""
+        with self._lock:
+            self._closed = True
+            self._not_full.notify_all()
+            for cond in self._not_empty:
+                cond.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        """True once ``close`` was called."""
+        return self._closed
+
+    def drain(self) -> Iterator[Item]:
+        """Remove and yield every item still queued (used at shutdown)."""
+        while True:
+            with self._lock:
+                lane = next((q for q in self._lanes if q), None)
+                if lane is None:
+                    return
+                item = lane.popleft()
+                self._items -= 1
+                self._bytes -= item.nbytes
+                self._not_full.notify_all()
+            yield item
+
+    def depth(self) -> tuple[int, int]:
+        """(items, bytes) currently queued."""
+        with self._lock:
+            return self._items, self._bytes
