@@ -150,6 +150,13 @@ class HERODataArchiver(EventObserver):
         """Where failed items go unless ``dead_letter_dir`` is given."""
         return Path.cwd() / DEAD_LETTER_SUBDIR
 
+    def _writer_settings(self) -> dict[str, Any] | None:
+        """How this archiver names and writes items, recorded with dead letters so they can be replayed.
+
+        None for archivers whose ``_store`` is their own (their dead letters are re-driven by their code).
+        """
+        return None
+
     @abstractmethod
     def _store(self, source_name: str, payload: Any, metadata: dict[str, Any]) -> None:
         """Store one payload. Must be implemented by subclasses.
@@ -243,7 +250,7 @@ class HERODataArchiver(EventObserver):
             except Exception as exc:  # noqa: BLE001 - every failure is retried or dead-lettered, never raised
                 permanent = isinstance(exc, ArchiverError) and exc.permanent
                 if permanent or item.attempts > self.max_retries:
-                    self._dead_letter(item, exc)
+                    self._dead_letter(item, exc, persist=True)
                     return
                 delay = self._backoff(item.attempts)
                 self._accounting.add(item.source, "retried")
@@ -269,38 +276,58 @@ class HERODataArchiver(EventObserver):
         delay = min(self._retry_max_delay, self._retry_delay * 2 ** (attempt - 1))
         return delay / 2 + random.uniform(0, delay / 2)
 
-    def _dead_letter(self, item: Item, error: BaseException) -> None:
+    def _dead_letter(self, item: Item, error: BaseException, persist: bool = False) -> None:
+        """Keep ``item`` in the dead-letter store; with ``persist``, retry that store until it works or we abort.
+
+        Writers persist (holding back their queue, and so the sender, while storage is broken); the
+        receive path does not, and the item is then counted as dropped and logged as LOST.
+        """
         message = f"{type(error).__name__}: {error}"
-        try:
-            entry = self._dead_letters.put(
-                source=item.source,
-                event=self._event,
-                payload=item.payload,
-                metadata=item.metadata,
-                error=message,
-                attempts=item.attempts,
-            )
-        except Exception as exc:  # noqa: BLE001 - last resort: count and say so loudly
-            self._accounting.add(item.source, "dropped")
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                entry = self._dead_letters.put(
+                    source=item.source,
+                    event=self._event,
+                    payload=item.payload,
+                    metadata=item.metadata,
+                    error=message,
+                    attempts=item.attempts,
+                    writer=self._writer_settings(),
+                )
+            except Exception as exc:  # noqa: BLE001 - retried, or reported as a loss
+                if persist and attempt == 1:
+                    log.error(
+                        "%s (event %s): the dead-letter store %s cannot be written (%s); retrying, queue held back",
+                        item.source,
+                        self._event,
+                        self._dead_letters.directory,
+                        exc,
+                    )
+                if persist and not self._abort.wait(self._backoff(attempt)):
+                    continue
+                self._accounting.add(item.source, "dropped")
+                log.error(
+                    "%s (event %s): LOST item after %d attempt(s): %s; the dead-letter store %s failed too: %s",
+                    item.source,
+                    self._event,
+                    item.attempts,
+                    message,
+                    self._dead_letters.directory,
+                    exc,
+                )
+                return
+            self._accounting.add(item.source, "dead_lettered")
             log.error(
-                "%s (event %s): LOST item after %d attempt(s): %s; the dead-letter store %s failed too: %s",
+                "%s (event %s): %s; kept in the dead-letter store as %s after %d attempt(s)",
                 item.source,
                 self._event,
-                item.attempts,
                 message,
-                self._dead_letters.directory,
-                exc,
+                entry,
+                item.attempts,
             )
             return
-        self._accounting.add(item.source, "dead_lettered")
-        log.error(
-            "%s (event %s): %s; kept in the dead-letter store as %s after %d attempt(s)",
-            item.source,
-            self._event,
-            message,
-            entry,
-            item.attempts,
-        )
 
     # ------------------------------------------------------------------ status and shutdown
     def stats(self) -> dict[str, Any]:

@@ -109,6 +109,32 @@ def run(
         _print_stats(archiver.stats())
 
 
+@app.command()
+def replay(
+    directory: Annotated[Path, typer.Argument(help="dead-letter directory, e.g. ROOT/.heros-archiver/dead-letter")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="show what would be written; change nothing")] = False,
+    template: Annotated[
+        str | None, typer.Option(help="a corrected save_template to use instead of the recorded one")
+    ] = None,
+) -> None:
+    """Archive dead-lettered items again (after the disk was freed or the template fixed); archived entries leave."""
+    from .replay import replay as replay_entries
+
+    outcomes = replay_entries(directory, template, dry_run)
+    table = Table(title=f"replay of {directory}" + (" (dry run)" if dry_run else ""))
+    for column in ("entry", "source", "result"):
+        table.add_column(column)
+    for outcome in outcomes:
+        result = ("would write " if dry_run else "archived ") + ", ".join(map(str, outcome.paths))
+        table.add_row(outcome.entry.name, outcome.source, result if outcome.ok else f"[red]{outcome.error}[/red]")
+    console.print(table)
+    failed = sum(not o.ok for o in outcomes)
+    verb = "would archive" if dry_run else "archived"
+    console.print(f"{verb} {len(outcomes) - failed} of {len(outcomes)} item(s); {failed} failed")
+    if failed:
+        raise typer.Exit(1)
+
+
 def _print_stats(stats: dict[str, Any]) -> None:
     table = Table(title=f"event {stats['event']} of {stats['object_selector']}")
     columns = ("received", "archived", "retried", "dead_lettered", "dropped", "gaps", "missing", "bytes")

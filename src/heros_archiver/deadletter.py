@@ -1,7 +1,8 @@
 """Keep items that could not be archived, with everything needed to archive them later.
 
 One directory per item, published atomically (written under a temporary name, then renamed):
-``entry.json`` (source, event, merged metadata, error, attempts, time, payload file) and the payload
+``entry.json`` (source, event, merged metadata, error, attempts, time, payload file, and the writer
+settings: template, root, format, policies) and the payload
 as ``payload.npy`` (arrays) or ``payload.json`` (anything JSON can carry). Plain numpy and json read
 both; ``heros-archiver replay`` re-drives them through the same naming and writing.
 """
@@ -41,6 +42,7 @@ class DeadLetter:
     error: str
     attempts: int
     time: float
+    writer: dict[str, Any] | None
 
 
 def _safe(text: str) -> str:
@@ -54,7 +56,15 @@ class DeadLetterStore:
         self.directory = Path(directory)
 
     def put(
-        self, *, source: str, event: str, payload: Any, metadata: dict[str, Any], error: str, attempts: int
+        self,
+        *,
+        source: str,
+        event: str,
+        payload: Any,
+        metadata: dict[str, Any],
+        error: str,
+        attempts: int,
+        writer: dict[str, Any] | None = None,
     ) -> Path:
         """Store one item; returns its entry directory. Raises OSError if even this cannot be written."""
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -78,6 +88,7 @@ class DeadLetterStore:
                 "time_iso": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
                 "payload_file": payload_file,
                 "payload_note": payload_note,
+                "writer": writer,
             }
             (tmp / ENTRY_FILE).write_text(json.dumps(entry, indent=2))
             final = self.directory / name
@@ -115,6 +126,7 @@ class DeadLetterStore:
             error=info["error"],
             attempts=int(info["attempts"]),
             time=float(info["time"]),
+            writer=info.get("writer"),
         )
 
     def remove(self, entry: Path) -> None:

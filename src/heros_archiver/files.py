@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 from .archiver import DEAD_LETTER_SUBDIR, HERODataArchiver
-from .errors import PayloadError, TemplateRenderError
-from .formats import FileFormat, JsonFormat, NpyFormat
-from .formats.base import Writer
-from .formats.npy import as_array
-from .naming import PathTemplate, check_no_symlink_escape, derive_root
-from .storage import (
-    FSYNC_CHOICES,
-    ON_EXISTS_CHOICES,
-    Fsync,
-    OnExists,
-    check_choice,
-    remove_stale_temporaries,
-    write_atomic,
-)
+from .naming import PathTemplate, derive_root
+from .storage import Fsync, OnExists, remove_stale_temporaries
+from .writer import FileWriter, WriterSettings
 
 log = logging.getLogger("heros_archiver")
 
@@ -33,40 +20,48 @@ class FileArchiver(HERODataArchiver):
     Args:
         save_template: Jinja2 template of the file path; sees the merged metadata, ``source_name``
             and (when splitting) ``_split_index``.
-        file_format: the format that turns a payload into file content.
+        file_format: ``npy`` or ``json``.
         root: archive root every file must stay under (default: derived from the template, see
             ``heros_archiver.naming``).
         on_exists: when the target exists: ``error`` (default; keep the file, dead-letter the item),
             ``overwrite``, or ``unique`` (add ``-1``, ``-2``, ... before the extension).
         fsync: durability: ``none`` (default; page cache), ``file``, or ``file+directory``.
+        split_data_array: (npy) one file per index along axis 0.
+        merge_metadata: (json) add the merged metadata under the key ``metadata``.
     """
 
     name_template: PathTemplate
+    root: Path
 
     def __init__(
         self,
         save_template: str,
-        file_format: FileFormat,
+        file_format: str,
         *args: Any,
         root: str | None = None,
         on_exists: OnExists = "error",
         fsync: Fsync = "none",
+        split_data_array: bool = False,
+        merge_metadata: bool = False,
         **kwargs: Any,
     ) -> None:
-        check_choice("on_exists", on_exists, ON_EXISTS_CHOICES)
-        check_choice("fsync", fsync, FSYNC_CHOICES)
-        self._template_source = save_template
         self._root_argument = root
-        self._format = file_format
-        self.on_exists: OnExists = on_exists
-        self.fsync: Fsync = fsync
+        self._settings = WriterSettings(
+            file_format, save_template, "", on_exists, fsync, bool(split_data_array), bool(merge_metadata)
+        )
         HERODataArchiver.__init__(self, *args, **kwargs)
 
     def _setup_storage(self) -> None:
         """Compile the template (a syntax error fails here, at start) and clean stale temporaries."""
-        root = Path(self._root_argument) if self._root_argument else derive_root(self._template_source, self.metadata)
-        self.name_template = PathTemplate(self._template_source, root)
-        self.root = self.name_template.root
+        root = (
+            Path(self._root_argument)
+            if self._root_argument
+            else derive_root(self._settings.save_template, self.metadata)
+        )
+        self._settings.root = str(root)
+        self._writer = FileWriter(self._settings)
+        self.name_template = self._writer.template
+        self.root = self._writer.root
         if self.root == Path(self.root.anchor):
             log.warning("archive root is %s: paths are not confined; pass root=... to confine them", self.root)
             return
@@ -77,45 +72,22 @@ class FileArchiver(HERODataArchiver):
     def _default_dead_letter_dir(self) -> Path:
         return self.root / DEAD_LETTER_SUBDIR
 
-    def _parts(self, payload: Any) -> list[tuple[int | None, Any]]:
-        """The (split index, data) pairs one payload becomes: one pair, unless a subclass splits."""
-        return [(None, payload)]
-
-    def _prepare(self, part: Any, metadata: dict[str, Any]) -> Writer:
-        writer, _nbytes = self._format.prepare(part, metadata)
-        return writer
+    def _writer_settings(self) -> dict[str, Any]:
+        return self._settings.to_dict()
 
     def _store(self, source_name: str, payload: Any, metadata: dict[str, Any]) -> None:
-        """Render, check and write every file of one payload; all of them or none.
+        """Write the file(s) of one payload, named from the default metadata merged with ``metadata``."""
+        self._writer.write(source_name, payload, {**self.metadata, **metadata})
 
-        Everything that can fail for bad input (render, confinement, type) is checked before the
-        first file is created; if writing fails midway, the files of this attempt are removed so a
-        retry does not collide with them.
-        """
-        planned: list[tuple[Path, Writer]] = []
-        seen: dict[Path, int | None] = {}
-        for index, part in self._parts(payload):
-            context = {**self.metadata, **metadata, "source_name": source_name}
-            if index is not None:
-                context["_split_index"] = index
-            path = self.name_template.render(context)
-            if path in seen:
-                raise TemplateRenderError(
-                    f"template {self.name_template.source!r} renders {str(path)!r} for split indices {seen[path]} and "
-                    f"{index}; use {{{{ _split_index }}}} in it"
-                )
-            seen[path] = index
-            planned.append((path, self._prepare(part, metadata)))
-        written: list[Path] = []
-        try:
-            for path, writer in planned:
-                check_no_symlink_escape(path, self.root)
-                written.append(write_atomic(path, writer, self.on_exists, self.fsync))
-        except BaseException:
-            for path in written:
-                with contextlib.suppress(OSError):
-                    os.unlink(path)
-            raise
+    @property
+    def on_exists(self) -> OnExists:
+        """What happens when a target file exists (``error``, ``overwrite``, ``unique``)."""
+        return self._settings.on_exists
+
+    @property
+    def fsync(self) -> Fsync:
+        """Durability of each write (``none``, ``file``, ``file+directory``)."""
+        return self._settings.fsync
 
 
 class ArrayArchiver(FileArchiver):
@@ -126,19 +98,17 @@ class ArrayArchiver(FileArchiver):
         split_data_array: write one file per index along axis 0; the template gets ``_split_index``.
     """
 
-    split_data_array: bool
-
     def __init__(self, save_template: str, split_data_array: bool = False, *args: Any, **kwargs: Any) -> None:
-        self.split_data_array = bool(split_data_array)
-        FileArchiver.__init__(self, save_template, NpyFormat(), *args, **kwargs)
+        FileArchiver.__init__(self, save_template, "npy", *args, split_data_array=split_data_array, **kwargs)
 
-    def _parts(self, payload: Any) -> list[tuple[int | None, Any]]:
-        if not self.split_data_array:
-            return [(None, payload)]
-        array = as_array(payload)
-        if array.ndim == 0:
-            raise PayloadError(f"split_data_array needs an array with at least one dimension, got a scalar {array!r}")
-        return [(index, array[index]) for index in range(array.shape[0])]
+    @property
+    def split_data_array(self) -> bool:
+        """Write one file per index along axis 0."""
+        return self._settings.split_data_array
+
+    @split_data_array.setter
+    def split_data_array(self, value: bool) -> None:
+        self._settings.split_data_array = bool(value)
 
 
 class JsonArchiver(FileArchiver):
@@ -149,13 +119,14 @@ class JsonArchiver(FileArchiver):
         merge_metadata: also write the merged metadata, under the key ``metadata``.
     """
 
-    merge_metadata: bool
-
     def __init__(self, save_template: str, merge_metadata: bool = False, *args: Any, **kwargs: Any) -> None:
-        self.merge_metadata = bool(merge_metadata)
-        FileArchiver.__init__(self, save_template, JsonFormat(), *args, **kwargs)
+        FileArchiver.__init__(self, save_template, "json", *args, merge_metadata=merge_metadata, **kwargs)
 
-    def _prepare(self, part: Any, metadata: dict[str, Any]) -> Writer:
-        if self.merge_metadata and isinstance(part, dict):
-            part = {**part, "metadata": metadata}
-        return super()._prepare(part, metadata)
+    @property
+    def merge_metadata(self) -> bool:
+        """Add the merged metadata to the JSON document under the key ``metadata``."""
+        return self._settings.merge_metadata
+
+    @merge_metadata.setter
+    def merge_metadata(self, value: bool) -> None:
+        self._settings.merge_metadata = bool(value)

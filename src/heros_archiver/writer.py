@@ -1,0 +1,126 @@
+"""Naming + format + atomic storage for one payload: the part of a file archiver that needs no network.
+
+The archivers use it for every event, and ``heros-archiver replay`` rebuilds it from the settings a
+dead-letter entry recorded, so a replayed item is named and written exactly as it would have been.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigurationError, PayloadError, TargetExistsError, TemplateRenderError
+from .formats import FileFormat, JsonFormat, NpyFormat
+from .formats.base import Writer
+from .formats.npy import as_array
+from .naming import PathTemplate, check_no_symlink_escape
+from .storage import FSYNC_CHOICES, ON_EXISTS_CHOICES, Fsync, OnExists, check_choice, write_atomic
+
+FORMATS: dict[str, type[FileFormat]] = {"npy": NpyFormat, "json": JsonFormat}
+
+
+@dataclass
+class WriterSettings:
+    """Everything that decides where and how a payload is written (recorded in dead-letter entries)."""
+
+    format: str
+    save_template: str
+    root: str
+    on_exists: OnExists = "error"
+    fsync: Fsync = "none"
+    split_data_array: bool = False
+    merge_metadata: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict for JSON."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> WriterSettings:
+        """Inverse of ``to_dict``; unknown keys are an error, so a newer entry is not misread."""
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise ConfigurationError(f"writer settings: expected the fields of WriterSettings, got {data!r}") from exc
+
+
+class FileWriter:
+    """Render, check and write the file(s) of one payload: all of them or none."""
+
+    def __init__(self, settings: WriterSettings) -> None:
+        if settings.format not in FORMATS:
+            raise ConfigurationError(f"format: expected one of {', '.join(FORMATS)}, got {settings.format!r}")
+        check_choice("on_exists", settings.on_exists, ON_EXISTS_CHOICES)
+        check_choice("fsync", settings.fsync, FSYNC_CHOICES)
+        self.settings = settings
+        self.template = PathTemplate(settings.save_template, settings.root)
+        self.root = self.template.root
+        self._format = FORMATS[settings.format]()
+
+    def _parts(self, payload: Any) -> list[tuple[int | None, Any]]:
+        if not self.settings.split_data_array:
+            return [(None, payload)]
+        array = as_array(payload)
+        if array.ndim == 0:
+            raise PayloadError(f"split_data_array needs an array with at least one dimension, got a scalar {array!r}")
+        return [(index, array[index]) for index in range(array.shape[0])]
+
+    def plan(self, source_name: str, payload: Any, metadata: dict[str, Any]) -> list[tuple[Path, Writer]]:
+        """The files one payload becomes, with everything input-related checked before anything is written."""
+        planned: list[tuple[Path, Writer]] = []
+        seen: dict[Path, int | None] = {}
+        for index, part in self._parts(payload):
+            context = {**metadata, "source_name": source_name}
+            if index is not None:
+                context["_split_index"] = index
+            path = self.template.render(context)
+            if path in seen:
+                raise TemplateRenderError(
+                    f"template {self.template.source!r} renders {str(path)!r} for split indices {seen[path]} and "
+                    f"{index}; use {{{{ _split_index }}}} in it"
+                )
+            seen[path] = index
+            if self.settings.merge_metadata and isinstance(part, dict):
+                part = {**part, "metadata": metadata}
+            writer, _nbytes = self._format.prepare(part, metadata)
+            planned.append((path, writer))
+        return planned
+
+    def write(self, source_name: str, payload: Any, metadata: dict[str, Any]) -> list[Path]:
+        """Write every file of one payload; on a failure midway remove this attempt's files and re-raise.
+
+        A target that already holds exactly the bytes we would write counts as written: replaying an
+        item, or resuming after a crash between writing and bookkeeping, never duplicates a file.
+        """
+        written: list[Path] = []
+        try:
+            for path, writer in self.plan(source_name, payload, metadata):
+                check_no_symlink_escape(path, self.root)
+                try:
+                    written.append(write_atomic(path, writer, self.settings.on_exists, self.settings.fsync))
+                except TargetExistsError:
+                    if not _same_content(path, writer):
+                        raise
+        except BaseException:
+            for path in written:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+            raise
+        return written
+
+
+def _same_content(path: Path, writer: Writer) -> bool:
+    """True when ``path`` holds exactly what ``writer`` would write."""
+    buffer = io.BytesIO()
+    writer(buffer)
+    expected = buffer.getvalue()
+    try:
+        if path.stat().st_size != len(expected):
+            return False
+        return path.read_bytes() == expected
+    except OSError:
+        return False
