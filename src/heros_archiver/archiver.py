@@ -2,18 +2,14 @@
 
 The path of one event: Zenoh delivers a sample on its receive thread, straight into our subscriber
 callback (no 256-sample buffer in front of it, see docs/decisions/0002); heros deserialises it and calls
-``feed``; ``feed`` merges the metadata and puts the item on a queue bounded in items and bytes. Writer
-threads call ``_store``, retry transient failures with exponential backoff and jitter, and move items
-that still fail to the dead-letter store. At shutdown intake stops, the queue is drained within
-``drain_timeout``, and whatever is left goes to the dead-letter store.
+``feed``; ``feed`` merges the metadata and submits the item to the pipeline (``pipeline.py``): a queue
+bounded in items and bytes, writer threads that call ``_store`` with retries, a spool and a dead-letter
+store. At shutdown intake stops, the queue drains within ``drain_timeout`` and the rest is set aside.
 """
 
 from __future__ import annotations
 
 import logging
-import random
-import threading
-import time
 from abc import abstractmethod
 from pathlib import Path
 from typing import Any
@@ -27,15 +23,14 @@ from .accounting import Accounting
 from .deadletter import DeadLetterStore
 from .errors import ArchiverError, ConfigurationError
 from .payload import estimate_nbytes, split_event
-from .queueing import Item, LaneQueue
-from .storage import check_choice
+from .pipeline import DEFAULT_MAX_QUEUE_BYTES, DEFAULT_MAX_QUEUE_ITEMS, Pipeline, PipelineOptions
+from .queueing import Item
+from .spool import Spool
 
 log = logging.getLogger("heros_archiver")
 
-OVERFLOW_CHOICES: tuple[str, ...] = ("block", "drop")
-DEFAULT_MAX_QUEUE_BYTES = 256 * 2**20
-DEFAULT_MAX_QUEUE_ITEMS = 10_000
 DEAD_LETTER_SUBDIR = Path(".heros-archiver") / "dead-letter"
+SPOOL_SUBDIR = Path(".heros-archiver") / "spool"
 
 
 class HERODataArchiver(EventObserver):
@@ -52,7 +47,8 @@ class HERODataArchiver(EventObserver):
         max_retries: retries of a failed store before the item goes to the dead-letter store.
         max_queue_bytes: bound of the queue in payload bytes (default 256 MiB).
         max_queue_items: bound of the queue in items (default 10,000).
-        overflow: what a full queue does: ``block`` (default; back-pressure to the sender) or ``drop``
+        overflow: what a full queue does: ``block`` (default; back-pressure to the sender), ``spill``
+            (to an on-disk spool, archived from there in order, also after a restart) or ``drop``
             (counted and logged).
         writers: number of writer threads; the items of one source are written by one writer, in order.
         drain_timeout: seconds ``_teardown`` waits for the queue to drain before dead-lettering the rest.
@@ -62,6 +58,8 @@ class HERODataArchiver(EventObserver):
             source are counted and logged.
         dead_letter_dir: where failed items are kept (default: ``.heros-archiver/dead-letter`` under
             the archive root, or the working directory for archivers without one).
+        spool_dir: where ``overflow="spill"`` keeps items (default: ``.heros-archiver/spool`` beside
+            the dead letters). Entries found there at start are archived first.
         zenoh_shared_memory: allow Zenoh's shared-memory transport for the archiver's session. Off by
             default: with it on, Zenoh drops messages silently when the receiver pushes back
             (eclipse-zenoh/zenoh#2628), see docs/decisions/0003.
@@ -86,50 +84,41 @@ class HERODataArchiver(EventObserver):
         retry_max_delay: float = 10.0,
         sequence_key: str | None = None,
         dead_letter_dir: str | None = None,
+        spool_dir: str | None = None,
         zenoh_shared_memory: bool = False,
         **kwargs: Any,
     ) -> None:
         if default_metadata is not None and not isinstance(default_metadata, dict):
             raise ConfigurationError(f"default_metadata: expected a dict, got {type(default_metadata).__name__}")
-        check_choice("overflow", overflow, OVERFLOW_CHOICES)
-        for name, value in (
-            ("max_queue_bytes", max_queue_bytes),
-            ("max_queue_items", max_queue_items),
-            ("writers", writers),
-        ):
-            if not isinstance(value, int) or value < 1:
-                raise ConfigurationError(f"{name}: expected a positive integer, got {value!r}")
-        if not isinstance(max_retries, int) or max_retries < 0:
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
             raise ConfigurationError(f"max_retries: expected a non-negative integer, got {max_retries!r}")
+        options = PipelineOptions(
+            max_queue_bytes, max_queue_items, overflow, writers, drain_timeout, retry_delay, retry_max_delay
+        )
         self.metadata = dict(default_metadata or {})
-        self.max_retries = int(max_retries)
-        self.overflow = overflow
-        self.drain_timeout = float(drain_timeout)
-        self._retry_delay = float(retry_delay)
-        self._retry_max_delay = float(retry_max_delay)
+        self.max_retries = max_retries
         self._event = event_name
         self._selector = object_selector
         self._accounting = Accounting(event_name, sequence_key)
-        self._queue = LaneQueue(writers, max_queue_items, max_queue_bytes)
-        self._abort = threading.Event()
-        self._stopped = False
-        self._stop_lock = threading.Lock()
-        self._drop_logged = 0
-
         self._setup_storage()
-        self._dead_letters = DeadLetterStore(dead_letter_dir or self._default_dead_letter_dir())
-        self._writers = [
-            threading.Thread(target=self._write_loop, args=(lane,), name=f"heros-archiver-writer-{lane}", daemon=True)
-            for lane in range(writers)
-        ]
-        for thread in self._writers:
-            thread.start()
+        dead_letters = DeadLetterStore(dead_letter_dir or self._default_dead_letter_dir())
+        spool = Spool(Path(spool_dir) if spool_dir else dead_letters.directory.parent / "spool", event_name)
+        self._pipeline = Pipeline(
+            event_name,
+            self._store,
+            options,
+            self._accounting,
+            dead_letters,
+            spool,
+            lambda: self.max_retries,
+            self._writer_settings,
+        )
         if not zenoh_shared_memory:
             _disable_shared_memory(kwargs.get("session_manager"), kwargs.get("realm", args[0] if args else "heros"))
         try:
             EventObserver.__init__(self, object_selector, event_name, *args, **kwargs)
         except BaseException:
-            self._stop()
+            self._pipeline.stop()
             raise
         log.info(
             "archiving event %r of %r (queue %d items / %d MiB, overflow=%s, %d writer(s), dead letters in %s)",
@@ -139,7 +128,7 @@ class HERODataArchiver(EventObserver):
             max_queue_bytes // 2**20,
             overflow,
             writers,
-            self._dead_letters.directory,
+            dead_letters.directory,
         )
 
     # ------------------------------------------------------------------ hooks for subclasses
@@ -203,187 +192,43 @@ class HERODataArchiver(EventObserver):
             payload, event_metadata = split_event(data)
         except ArchiverError as exc:
             self._accounting.received(source_name, {})
-            self._dead_letter(Item(source_name, data, {}, 0, attempts=retry_count), exc)
+            self._pipeline.reject(Item(source_name, data, {}, 0, attempts=retry_count), exc)
             return
         metadata = {**self.metadata, **event_metadata}
         self._accounting.received(source_name, metadata)
-        item = Item(source_name, payload, metadata, estimate_nbytes(payload), attempts=retry_count)
-        if self.overflow == "drop":
-            if not self._queue.put(item, block=False):
-                self._drop(item)
-            return
-        if not self._queue.put(item, block=True):  # only fails when the archiver is stopping
-            self._dead_letter(item, ArchiverError("arrived while the archiver was stopping"))
-
-    def _drop(self, item: Item) -> None:
-        if self._queue.closed:
-            self._dead_letter(item, ArchiverError("arrived while the archiver was stopping"))
-            return
-        self._accounting.add(item.source, "dropped")
-        self._drop_logged += 1
-        if self._drop_logged == 1 or self._drop_logged % 100 == 0:
-            items, nbytes = self._queue.depth()
-            log.warning(
-                "%s (event %s): queue full (%d items, %d bytes), overflow='drop': item dropped (%d dropped so far)",
-                item.source,
-                self._event,
-                items,
-                nbytes,
-                self._drop_logged,
-            )
-
-    # ------------------------------------------------------------------ writing
-    def _write_loop(self, lane: int) -> None:
-        while not self._abort.is_set():
-            item = self._queue.get(lane, timeout=0.2)
-            if item is None:
-                if self._queue.closed:
-                    return
-                continue
-            self._process(item)
-
-    def _process(self, item: Item) -> None:
-        while True:
-            item.attempts += 1
-            try:
-                self._store(item.source, item.payload, item.metadata)
-            except Exception as exc:  # noqa: BLE001 - every failure is retried or dead-lettered, never raised
-                permanent = isinstance(exc, ArchiverError) and exc.permanent
-                if permanent or item.attempts > self.max_retries:
-                    self._dead_letter(item, exc, persist=True)
-                    return
-                delay = self._backoff(item.attempts)
-                self._accounting.add(item.source, "retried")
-                log.warning(
-                    "%s (event %s): store failed (attempt %d of %d), retrying in %.2f s: %s",
-                    item.source,
-                    self._event,
-                    item.attempts,
-                    self.max_retries + 1,
-                    delay,
-                    exc,
-                )
-                if self._abort.wait(delay):
-                    self._dead_letter(item, exc)
-                    return
-                continue
-            self._accounting.add(item.source, "archived")
-            self._accounting.add(item.source, "bytes", item.nbytes)
-            return
-
-    def _backoff(self, attempt: int) -> float:
-        """Exponential backoff with equal jitter: half the delay fixed, half random."""
-        delay = min(self._retry_max_delay, self._retry_delay * 2 ** (attempt - 1))
-        return delay / 2 + random.uniform(0, delay / 2)
-
-    def _dead_letter(self, item: Item, error: BaseException, persist: bool = False) -> None:
-        """Keep ``item`` in the dead-letter store; with ``persist``, retry that store until it works or we abort.
-
-        Writers persist (holding back their queue, and so the sender, while storage is broken); the
-        receive path does not, and the item is then counted as dropped and logged as LOST.
-        """
-        message = f"{type(error).__name__}: {error}"
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                entry = self._dead_letters.put(
-                    source=item.source,
-                    event=self._event,
-                    payload=item.payload,
-                    metadata=item.metadata,
-                    error=message,
-                    attempts=item.attempts,
-                    writer=self._writer_settings(),
-                )
-            except Exception as exc:  # noqa: BLE001 - retried, or reported as a loss
-                if persist and attempt == 1:
-                    log.error(
-                        "%s (event %s): the dead-letter store %s cannot be written (%s); retrying, queue held back",
-                        item.source,
-                        self._event,
-                        self._dead_letters.directory,
-                        exc,
-                    )
-                if persist and not self._abort.wait(self._backoff(attempt)):
-                    continue
-                self._accounting.add(item.source, "dropped")
-                log.error(
-                    "%s (event %s): LOST item after %d attempt(s): %s; the dead-letter store %s failed too: %s",
-                    item.source,
-                    self._event,
-                    item.attempts,
-                    message,
-                    self._dead_letters.directory,
-                    exc,
-                )
-                return
-            self._accounting.add(item.source, "dead_lettered")
-            log.error(
-                "%s (event %s): %s; kept in the dead-letter store as %s after %d attempt(s)",
-                item.source,
-                self._event,
-                message,
-                entry,
-                item.attempts,
-            )
-            return
+        self._pipeline.submit(Item(source_name, payload, metadata, estimate_nbytes(payload), attempts=retry_count))
 
     # ------------------------------------------------------------------ status and shutdown
     def stats(self) -> dict[str, Any]:
         """Counters per source and in total, and the queue's fill (a remote capability under BOSS)."""
-        items, nbytes = self._queue.depth()
         snapshot = self._accounting.snapshot()
         total = snapshot["total"]
-        snapshot["total"]["in_flight"] = (
-            total["received"] - total["archived"] - total["dead_lettered"] - total["dropped"]
-        )
-        snapshot["queue"] = {
-            "items": items,
-            "bytes": nbytes,
-            "max_items": self._queue._max_items,
-            "max_bytes": self._queue._max_bytes,
-        }
+        total["in_flight"] = total["received"] - total["archived"] - total["dead_lettered"] - total["dropped"]
+        snapshot["queue"] = self._pipeline.queue_status()
         snapshot["event"] = self._event
         snapshot["object_selector"] = self._selector
-        snapshot["dead_letter_dir"] = str(self._dead_letters.directory)
+        snapshot["dead_letter_dir"] = str(self._pipeline.dead_letters.directory)
+        snapshot["spool_dir"] = str(self._pipeline.spool.directory)
         return snapshot
 
     def is_queue_drained(self) -> bool:
         """True when every received item has been archived, dead-lettered or dropped."""
-        return self.stats()["total"]["in_flight"] == 0
+        return bool(self.stats()["total"]["in_flight"] == 0)
 
     def _stop(self, *_boss: Any) -> None:
-        """Stop intake, drain the queue within ``drain_timeout``, dead-letter what is left. Idempotent."""
-        with self._stop_lock:
-            if self._stopped:
-                return
-            self._stopped = True
-        self._queue.close()
+        """Stop intake, drain the queue within ``drain_timeout``, set aside what is left. Idempotent."""
+        self._pipeline.stop(before_drain=self._undeclare_subscription)
+
+    def _undeclare_subscription(self) -> None:
         subscription = getattr(self, "_subscription", None)
-        if subscription is not None:
-            try:
-                subscription.undeclare()
-            except Exception as exc:  # noqa: BLE001 - the session may already be closed
-                log.debug("undeclaring the subscription failed: %s", exc)
-            if subscription in getattr(self, "_subscriptions", []):
-                self._subscriptions.remove(subscription)
-        deadline = time.monotonic() + self.drain_timeout
-        for thread in self._writers:
-            thread.join(max(0.0, deadline - time.monotonic()))
-        if any(thread.is_alive() for thread in self._writers):
-            log.warning(
-                "event %s: queue not drained within drain_timeout=%.1f s; dead-lettering the rest",
-                self._event,
-                self.drain_timeout,
-            )
-            self._abort.set()
-            for thread in self._writers:
-                thread.join()
-        for item in self._queue.drain():
-            self._dead_letter(
-                item, ArchiverError(f"not written within drain_timeout={self.drain_timeout} s at shutdown")
-            )
+        if subscription is None:
+            return
+        try:
+            subscription.undeclare()
+        except Exception as exc:  # noqa: BLE001 - the session may already be closed
+            log.debug("undeclaring the subscription failed: %s", exc)
+        if subscription in getattr(self, "_subscriptions", []):
+            self._subscriptions.remove(subscription)
 
     def _teardown(self) -> None:
         """Called by BOSS at shutdown: drain, then log the final figures."""

@@ -13,6 +13,7 @@ import zlib
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 
@@ -26,6 +27,8 @@ class Item:
     nbytes: int
     received: float = field(default_factory=time.time)
     attempts: int = 0
+    #: the spool entry this item was loaded from (removed once the item is archived or dead-lettered)
+    spool_entry: Path | None = None
 
 
 class LaneQueue:
@@ -37,8 +40,8 @@ class LaneQueue:
 
     def __init__(self, lanes: int, max_items: int, max_bytes: int) -> None:
         self._lanes: list[deque[Item]] = [deque() for _ in range(lanes)]
-        self._max_items = max_items
-        self._max_bytes = max_bytes
+        self.max_items = max_items
+        self.max_bytes = max_bytes
         self._items = 0
         self._bytes = 0
         self._closed = False
@@ -53,7 +56,7 @@ class LaneQueue:
     def _fits(self, nbytes: int) -> bool:
         if self._items == 0:
             return True
-        return self._items < self._max_items and self._bytes + nbytes <= self._max_bytes
+        return self._items < self.max_items and self._bytes + nbytes <= self.max_bytes
 
     def put(self, item: Item, block: bool = True, timeout: float | None = None) -> bool:
         """Enqueue ``item``; False if it did not fit (non-blocking, timed out, or the queue closed)."""

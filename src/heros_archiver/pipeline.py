@@ -1,0 +1,338 @@
+"""The archiving pipeline: a bounded queue, writer threads, retries, spool and dead letters; no network.
+
+``HERODataArchiver`` feeds it from Zenoh; the pipeline calls ``store(source, payload, metadata)`` for
+every item, retries transient failures with exponential backoff and jitter, and sets aside (spool or
+dead-letter store) what cannot be written, so that every item it accepted is accounted for.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .accounting import Accounting
+from .deadletter import DeadLetterStore
+from .errors import ArchiverError, ConfigurationError
+from .queueing import Item, LaneQueue
+from .spool import Spool
+from .storage import check_choice
+
+log = logging.getLogger("heros_archiver")
+
+OVERFLOW_CHOICES: tuple[str, ...] = ("block", "spill", "drop")
+DEFAULT_MAX_QUEUE_BYTES = 256 * 2**20
+DEFAULT_MAX_QUEUE_ITEMS = 10_000
+
+#: store(source_name, payload, metadata): writes one item or raises.
+StoreFunction = Callable[[str, Any, dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    """How much to buffer, what to do when full, how to retry and how long to drain (checked on creation)."""
+
+    max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES
+    max_queue_items: int = DEFAULT_MAX_QUEUE_ITEMS
+    overflow: str = "block"
+    writers: int = 1
+    drain_timeout: float = 30.0
+    retry_delay: float = 0.5
+    retry_max_delay: float = 10.0
+
+    def __post_init__(self) -> None:
+        check_choice("overflow", self.overflow, OVERFLOW_CHOICES)
+        for name in ("max_queue_bytes", "max_queue_items", "writers"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigurationError(f"{name}: expected a positive integer, got {value!r}")
+        for name in ("drain_timeout", "retry_delay", "retry_max_delay"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ConfigurationError(f"{name}: expected a non-negative number of seconds, got {value!r}")
+
+
+class Pipeline:
+    """Queue, writers and the places items are set aside, for one archiver.
+
+    Args:
+        event: the event name (for log lines).
+        store: writes one item; exceptions are retried or set aside, never raised.
+        options: the PipelineOptions.
+        accounting: the counters to update.
+        dead_letters: where items go that cannot be written.
+        spool: where ``overflow="spill"`` keeps items; entries found there at start are archived first.
+        max_retries: returns the current retry limit (the archiver's public, mutable attribute).
+        writer_settings: returns how items are written, recorded with dead letters for replay.
+    """
+
+    def __init__(
+        self,
+        event: str,
+        store: StoreFunction,
+        options: PipelineOptions,
+        accounting: Accounting,
+        dead_letters: DeadLetterStore,
+        spool: Spool,
+        max_retries: Callable[[], int],
+        writer_settings: Callable[[], dict[str, Any] | None],
+    ) -> None:
+        self._event = event
+        self._store = store
+        self.options = options
+        self._accounting = accounting
+        self.dead_letters = dead_letters
+        self.spool = spool
+        self._max_retries = max_retries
+        self._writer_settings = writer_settings
+        self._queue = LaneQueue(options.writers, options.max_queue_items, options.max_queue_bytes)
+        self._abort = threading.Event()
+        self._stopped = False
+        self._stop_lock = threading.Lock()
+        self._spilling = False
+        self._spool_lock = threading.Lock()
+        self._drop_logged = 0
+        self._resumed = set(spool.pending())
+        if self._resumed:
+            log.warning("resuming %d spooled item(s) from %s", len(self._resumed), spool.directory)
+        self._writers = [
+            threading.Thread(target=self._write_loop, args=(lane,), name=f"heros-archiver-writer-{lane}", daemon=True)
+            for lane in range(options.writers)
+        ]
+        self._spool_reader = threading.Thread(target=self._unspool_loop, name="heros-archiver-spool", daemon=True)
+        for thread in [*self._writers, self._spool_reader]:
+            thread.start()
+
+    # ------------------------------------------------------------------ intake
+    def submit(self, item: Item) -> None:
+        """Accept one item under the overflow policy; blocks only with ``block`` (or a failed spill)."""
+        if self.options.overflow == "drop":
+            if not self._queue.put(item, block=False):
+                self._drop(item)
+        elif self.options.overflow == "spill":
+            self._put_or_spill(item)
+        elif not self._queue.put(item, block=True):  # only fails when stopping
+            self._set_aside(item, ArchiverError("arrived while the archiver was stopping"))
+
+    def reject(self, item: Item, error: ArchiverError) -> None:
+        """An item that cannot be archived as it is (a bad payload): straight to the dead-letter store."""
+        self._dead_letter(item, error)
+
+    def _put_or_spill(self, item: Item) -> None:
+        """Queue ``item`` if there is room and nothing older waits in the spool; spool it otherwise."""
+        with self._spool_lock:
+            if not self._spilling and self._queue.put(item, block=False):
+                return
+            try:
+                self.spool.put(item)
+                self._spilling = True
+                return
+            except OSError as exc:
+                log.error(
+                    "%s (event %s): cannot spill to %s (%s); blocking instead",
+                    item.source,
+                    self._event,
+                    self.spool.directory,
+                    exc,
+                )
+        if not self._queue.put(item, block=True):
+            self._set_aside(item, ArchiverError("arrived while the archiver was stopping"))
+
+    def _unspool_loop(self) -> None:
+        """Hand spooled items back to the queue, oldest first, as room frees up."""
+        while not self._queue.closed:
+            with self._spool_lock:
+                if len(self.spool) == 0:
+                    self._spilling = False
+            try:
+                item = self.spool.take(timeout=0.2)
+            except ArchiverError as exc:
+                log.error("event %s: unreadable spool entry skipped (kept on disk): %s", self._event, exc)
+                continue
+            if item is None:
+                continue
+            if item.spool_entry in self._resumed:
+                self._resumed.discard(item.spool_entry)
+                self._accounting.received(item.source, item.metadata)
+            if not self._queue.put(item, block=True):
+                self.spool.give_back(item)
+                return
+
+    def _set_aside(self, item: Item, error: ArchiverError) -> None:
+        """An item not written now: it stays in (or goes to) the spool under ``spill``, else dead letters."""
+        if item.spool_entry is not None:
+            return  # still in the spool: archived at the next start
+        if self.options.overflow == "spill":
+            try:
+                self.spool.put(item)
+                return
+            except OSError as exc:
+                log.error("%s (event %s): cannot spool at shutdown: %s", item.source, self._event, exc)
+        self._dead_letter(item, error)
+
+    def _drop(self, item: Item) -> None:
+        if self._queue.closed:
+            self._dead_letter(item, ArchiverError("arrived while the archiver was stopping"))
+            return
+        self._accounting.add(item.source, "dropped")
+        self._drop_logged += 1
+        if self._drop_logged == 1 or self._drop_logged % 100 == 0:
+            items, nbytes = self._queue.depth()
+            log.warning(
+                "%s (event %s): queue full (%d items, %d bytes), overflow='drop': item dropped (%d dropped so far)",
+                item.source,
+                self._event,
+                items,
+                nbytes,
+                self._drop_logged,
+            )
+
+    # ------------------------------------------------------------------ writing
+    def _write_loop(self, lane: int) -> None:
+        while not self._abort.is_set():
+            item = self._queue.get(lane, timeout=0.2)
+            if item is None:
+                if self._queue.closed:
+                    return
+                continue
+            self._process(item)
+            self.spool.done(item)
+
+    def _process(self, item: Item) -> None:
+        while True:
+            item.attempts += 1
+            try:
+                self._store(item.source, item.payload, item.metadata)
+            except Exception as exc:  # noqa: BLE001 - every failure is retried or dead-lettered, never raised
+                permanent = isinstance(exc, ArchiverError) and exc.permanent
+                if permanent or item.attempts > self._max_retries():
+                    self._dead_letter(item, exc, persist=True)
+                    return
+                delay = self._backoff(item.attempts)
+                self._accounting.add(item.source, "retried")
+                log.warning(
+                    "%s (event %s): store failed (attempt %d of %d), retrying in %.2f s: %s",
+                    item.source,
+                    self._event,
+                    item.attempts,
+                    self._max_retries() + 1,
+                    delay,
+                    exc,
+                )
+                if self._abort.wait(delay):
+                    self._dead_letter(item, exc)
+                    return
+                continue
+            self._accounting.add(item.source, "archived")
+            self._accounting.add(item.source, "bytes", item.nbytes)
+            return
+
+    def _backoff(self, attempt: int) -> float:
+        """Exponential backoff with equal jitter: half the delay fixed, half random."""
+        delay = min(self.options.retry_max_delay, self.options.retry_delay * 2 ** (attempt - 1))
+        return delay / 2 + random.uniform(0, delay / 2)
+
+    def _dead_letter(self, item: Item, error: BaseException, persist: bool = False) -> None:
+        """Keep ``item`` in the dead-letter store; with ``persist``, retry that store until it works or we abort.
+
+        Writers persist (holding back their queue, and so the sender, while storage is broken); the
+        receive path does not, and the item is then counted as dropped and logged as LOST.
+        """
+        message = f"{type(error).__name__}: {error}"
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                entry = self.dead_letters.put(
+                    source=item.source,
+                    event=self._event,
+                    payload=item.payload,
+                    metadata=item.metadata,
+                    error=message,
+                    attempts=item.attempts,
+                    writer=self._writer_settings(),
+                )
+            except Exception as exc:  # noqa: BLE001 - retried, or reported as a loss
+                if persist and attempt == 1:
+                    log.error(
+                        "%s (event %s): the dead-letter store %s cannot be written (%s); retrying, queue held back",
+                        item.source,
+                        self._event,
+                        self.dead_letters.directory,
+                        exc,
+                    )
+                if persist and not self._abort.wait(self._backoff(attempt)):
+                    continue
+                self._accounting.add(item.source, "dropped")
+                log.error(
+                    "%s (event %s): LOST item after %d attempt(s): %s; the dead-letter store %s failed too: %s",
+                    item.source,
+                    self._event,
+                    item.attempts,
+                    message,
+                    self.dead_letters.directory,
+                    exc,
+                )
+                return
+            self._accounting.add(item.source, "dead_lettered")
+            log.error(
+                "%s (event %s): %s; kept in the dead-letter store as %s after %d attempt(s)",
+                item.source,
+                self._event,
+                message,
+                entry,
+                item.attempts,
+            )
+            return
+
+    # ------------------------------------------------------------------ shutdown
+    def stop(self, before_drain: Callable[[], None] = lambda: None) -> None:
+        """Stop intake, drain the queue within ``drain_timeout``, set aside what is left. Idempotent.
+
+        ``before_drain`` runs once intake is closed (the archiver undeclares its subscription there).
+        A second caller (BOSS may call ``_teardown`` and then signal the worker) waits for the first.
+        """
+        with self._stop_lock:
+            if self._stopped:
+                return
+            self._queue.close()
+            before_drain()
+            deadline = time.monotonic() + self.options.drain_timeout
+            for thread in self._writers:
+                thread.join(max(0.0, deadline - time.monotonic()))
+            if any(thread.is_alive() for thread in self._writers):
+                log.warning(
+                    "event %s: queue not drained within drain_timeout=%.1f s; setting the rest aside",
+                    self._event,
+                    self.options.drain_timeout,
+                )
+                self._abort.set()
+                for thread in self._writers:
+                    thread.join()
+            self._spool_reader.join()
+            reason = ArchiverError(f"not written within drain_timeout={self.options.drain_timeout} s at shutdown")
+            for item in self._queue.drain():
+                self._set_aside(item, reason)
+            if len(self.spool):
+                log.warning(
+                    "event %s: %d item(s) wait in the spool %s and are archived at the next start",
+                    self._event,
+                    len(self.spool),
+                    self.spool.directory,
+                )
+            self._stopped = True
+
+    def queue_status(self) -> dict[str, Any]:
+        """Fill of the queue and the spool."""
+        items, nbytes = self._queue.depth()
+        return {
+            "items": items,
+            "bytes": nbytes,
+            "max_items": self.options.max_queue_items,
+            "max_bytes": self.options.max_queue_bytes,
+            "spooled": len(self.spool),
+        }
