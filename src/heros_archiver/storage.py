@@ -9,11 +9,14 @@ processes at start.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import errno
 import os
 import re
+import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO, Literal
 
@@ -49,14 +52,20 @@ def write_atomic(
     Raises TargetExistsError (policy ``error``) or StorageError (the file system refused).
     """
     tmp = path.parent / f"{_TMP_PREFIX}.{os.getpid()}.{_PROCESS_TOKEN}.{uuid.uuid4().hex}.tmp"
+    published = False
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "xb") as fh:
+        try:
+            fh = open(tmp, "xb")  # noqa: SIM115 - closed by the with below; the retry needs it outside
+        except FileNotFoundError:  # the directory does not exist yet: the only case that needs mkdir
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fh = open(tmp, "xb")  # noqa: SIM115
+        with fh:
             write(fh)
             fh.flush()
             if fsync != "none":
                 os.fsync(fh.fileno())
         final = _publish(tmp, path, on_exists)
+        published = True  # the temporary now has its final name
         if fsync == "file+directory":
             _fsync_directory(path.parent)
         return final
@@ -65,22 +74,21 @@ def write_atomic(
     except OSError as exc:
         raise StorageError(exc.errno or errno.EIO, f"writing {str(path)!r} failed: {exc.strerror or exc}") from exc
     finally:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        except OSError:
-            pass  # the directory became unusable; the stale temporary is removed at the next start
+        if not published:
+            # FileNotFoundError: never created; other errors: the directory became unusable, and the
+            # stale temporary is removed at the next start
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
 
 
 def _publish(tmp: Path, path: Path, on_exists: OnExists) -> Path:
     if on_exists == "overwrite":
         os.replace(tmp, path)
         return path
-    candidates = [path] if on_exists == "error" else _unique_names(path)
+    candidates: Iterable[Path] = [path] if on_exists == "error" else _unique_names(path)
     for candidate in candidates:
         try:
-            os.link(tmp, candidate)
+            _link_or_rename_noreplace(tmp, candidate)
             return candidate
         except FileExistsError:
             continue
@@ -98,10 +106,52 @@ def _publish(tmp: Path, path: Path, on_exists: OnExists) -> Path:
     raise TargetExistsError(f"{str(path)!r}: no free unique name among {_MAX_UNIQUE} suffixes")
 
 
-def _unique_names(path: Path) -> list[Path]:
+def _load_renameat2() -> Callable[[str, str], int] | None:
+    """``renameat2(..., RENAME_NOREPLACE)`` from the C library, or None where it does not exist."""
+    if sys.platform != "linux":
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        function = libc.renameat2
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    at_fdcwd, rename_noreplace = -100, 1
+
+    def rename_noreplace_call(source: str, target: str) -> int:
+        if function(at_fdcwd, os.fsencode(source), at_fdcwd, os.fsencode(target), rename_noreplace) == 0:
+            return 0
+        return ctypes.get_errno()
+
+    return rename_noreplace_call
+
+
+_RENAME_NOREPLACE = _load_renameat2()
+
+
+def _link_or_rename_noreplace(tmp: Path, target: Path) -> None:
+    """Give ``tmp`` the name ``target`` unless that name exists (FileExistsError), in one atomic step.
+
+    ``renameat2(RENAME_NOREPLACE)`` does it in one call; where the file system or C library lacks it,
+    a hard link (which also fails atomically if the name exists) followed by removing ``tmp``.
+    """
+    if _RENAME_NOREPLACE is not None:
+        error = _RENAME_NOREPLACE(str(tmp), str(target))
+        if error == 0:
+            return
+        if error not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+            raise OSError(error, os.strerror(error), str(target))
+    os.link(tmp, target)
+    os.unlink(tmp)
+
+
+def _unique_names(path: Path) -> Iterator[Path]:
     """``name.npy``, ``name-1.npy``, ``name-2.npy``, ... (the suffix goes before the extension)."""
+    yield path
     stem, suffix = path.stem, path.suffix
-    return [path] + [path.with_name(f"{stem}-{i}{suffix}") for i in range(1, _MAX_UNIQUE)]
+    for i in range(1, _MAX_UNIQUE):
+        yield path.with_name(f"{stem}-{i}{suffix}")
 
 
 def _fsync_directory(directory: Path) -> None:

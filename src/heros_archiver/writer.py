@@ -60,6 +60,8 @@ class FileWriter:
         self.template = PathTemplate(settings.save_template, settings.root)
         self.root = self.template.root
         self._format = FORMATS[settings.format]()
+        #: directories already checked not to leave the root through a symlink (checked once each)
+        self._checked_dirs: set[Path] = set()
 
     def _parts(self, payload: Any) -> list[tuple[int | None, Any]]:
         if not self.settings.split_data_array:
@@ -99,12 +101,16 @@ class FileWriter:
         written: list[Path] = []
         try:
             for path, writer in self.plan(source_name, payload, metadata):
-                check_no_symlink_escape(path, self.root)
+                if path.parent not in self._checked_dirs:
+                    check_no_symlink_escape(path, self.root)
                 try:
                     written.append(write_atomic(path, writer, self.settings.on_exists, self.settings.fsync))
                 except TargetExistsError:
                     if not _same_content(path, writer):
                         raise
+                if len(self._checked_dirs) > 10_000:
+                    self._checked_dirs.clear()
+                self._checked_dirs.add(path.parent)
         except BaseException:
             for path in written:
                 with contextlib.suppress(OSError):
