@@ -26,11 +26,11 @@ from .payload import estimate_nbytes, split_event
 from .pipeline import DEFAULT_MAX_QUEUE_BYTES, DEFAULT_MAX_QUEUE_ITEMS, Pipeline, PipelineOptions
 from .queueing import Item
 from .spool import Spool
+from .writer import STATE_DIR_NAME
 
 log = logging.getLogger("heros_archiver")
 
-DEAD_LETTER_SUBDIR = Path(".heros-archiver") / "dead-letter"
-SPOOL_SUBDIR = Path(".heros-archiver") / "spool"
+DEAD_LETTER_SUBDIR = Path(STATE_DIR_NAME) / "dead-letter"
 
 
 class HERODataArchiver(EventObserver):
@@ -117,8 +117,16 @@ class HERODataArchiver(EventObserver):
             _disable_shared_memory(kwargs.get("session_manager"), kwargs.get("realm", args[0] if args else "heros"))
         try:
             EventObserver.__init__(self, object_selector, event_name, *args, **kwargs)
-        except BaseException:
+        except BaseException as exc:
             self._pipeline.stop()
+            manager = getattr(self, "_session_manager", None)
+            if manager is not None:
+                manager.release_session(self)
+            if isinstance(exc, zenoh.ZError):
+                raise ConfigurationError(
+                    f"object_selector {object_selector!r} / event_name {event_name!r}: Zenoh refused the "
+                    f"subscription ({exc}); a selector is a Zenoh key expression such as 'cam-1', 'cam-*' or '**'"
+                ) from exc
             raise
         log.info(
             "archiving event %r of %r (queue %d items / %d MiB, overflow=%s, %d writer(s), dead letters in %s)",

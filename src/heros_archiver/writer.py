@@ -13,12 +13,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigurationError, PayloadError, TargetExistsError, TemplateRenderError
+from .errors import ConfigurationError, PathConfinementError, PayloadError, TargetExistsError, TemplateRenderError
 from .formats import FileFormat, JsonFormat, NpyFormat
 from .formats.base import Writer
 from .formats.npy import as_array
 from .naming import PathTemplate, check_no_symlink_escape
-from .storage import FSYNC_CHOICES, ON_EXISTS_CHOICES, Fsync, OnExists, check_choice, write_atomic
+from .storage import FSYNC_CHOICES, ON_EXISTS_CHOICES, Fsync, OnExists, check_choice, is_temporary, write_atomic
+
+#: The directory under the archive root that holds the archiver's own state (dead letters, spool).
+STATE_DIR_NAME = ".heros-archiver"
 
 FORMATS: dict[str, type[FileFormat]] = {"npy": NpyFormat, "json": JsonFormat}
 
@@ -80,6 +83,7 @@ class FileWriter:
             if index is not None:
                 context["_split_index"] = index
             path = self.template.render(context)
+            _refuse_reserved(path, self.root, self.template.source)
             if path in seen:
                 raise TemplateRenderError(
                     f"template {self.template.source!r} renders {str(path)!r} for split indices {seen[path]} and "
@@ -117,6 +121,15 @@ class FileWriter:
                     os.unlink(path)
             raise
         return written
+
+
+def _refuse_reserved(path: Path, root: Path, template: str) -> None:
+    """Event metadata must not reach the archiver's own state (spool, dead letters) or mimic a temporary."""
+    if path.relative_to(root).parts[0] == STATE_DIR_NAME or is_temporary(path.name):
+        raise PathConfinementError(
+            f"rendered path {str(path)!r} (template {template!r}) is reserved for the archiver's own files "
+            f"({STATE_DIR_NAME}/ under the root, or a temporary's name)"
+        )
 
 
 def _same_content(path: Path, writer: Writer) -> bool:
