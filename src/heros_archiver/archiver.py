@@ -22,6 +22,7 @@ from heros.zenoh import session_manager as heros_session_manager
 from .accounting import Accounting
 from .deadletter import DeadLetterStore
 from .errors import ArchiverError, ConfigurationError
+from .fastdecode import decode_frame_event
 from .payload import estimate_nbytes, split_event
 from .pipeline import DEFAULT_MAX_QUEUE_BYTES, DEFAULT_MAX_QUEUE_ITEMS, Pipeline, PipelineOptions
 from .queueing import Item
@@ -175,7 +176,10 @@ class HERODataArchiver(EventObserver):
 
         def on_sample(sample: zenoh.Sample) -> None:
             try:
-                data = self._deserialize(sample.payload.to_bytes())
+                raw = sample.payload.to_bytes()
+                data = decode_frame_event(raw)  # camera frames without the decoder's extra copy
+                if data is None:
+                    data = self._deserialize(raw)
             except Exception as exc:  # noqa: BLE001 - one undecodable sample must not stop the subscription
                 log.error("%s (event %s): payload could not be decoded: %s", sample.key_expr, self._event, exc)
                 return
