@@ -6,6 +6,8 @@ One file, three roles:
   python bench.py _device SPEC     fake camera / sensor LocalHERO (started by the driver)
   python bench.py _sink SPEC       archiver under test or bare counting EventObserver (ditto)
 Children talk to the driver with "@@ WORD ..." lines on stdout / plain lines on stdin.
+With --impl NAME=PYTHON:PACKAGE (repeatable) every archiver row runs once per implementation, round-robin,
+the sink child with that implementation's interpreter; the first --impl is the numerator of the ratio table.
 """
 
 import argparse
@@ -43,6 +45,8 @@ SINKS = {  # name: (default class, default kwargs, output format)
     "count": ("heros.EventObserver", {}, "count"),
 }
 FRAME_SINKS, EVENT_SINKS = ("array", "zarr", "count"), ("json", "count")
+N_CAMS_FOUR = 4  # cameras of the 'four' workload, all in the one device process
+SHARED = "-"  # impl of rows that belong to no implementation (count = transport limit, disk:* = physical limit)
 
 
 # ----------------------------------------------------------------------------- shared helpers
@@ -88,7 +92,9 @@ def proc_cpu(pid):
 
 
 def item_paths(root, fmt):
-    """Paths of archived items: *.npy / *.json files, or zarr array metadata files (one per array)."""
+    """Paths of archived items: *.npy / *.json files, or zarr array metadata files (one per array).
+
+    Hidden directories (an archiver's dead letters / spool, e.g. .heros-archiver/) hold no archived items."""
     out, stack = [], [str(root)]
     while stack:
         d = stack.pop()
@@ -99,7 +105,8 @@ def item_paths(root, fmt):
         with it:
             for e in it:
                 if e.is_dir(follow_symlinks=False):
-                    stack.append(e.path)
+                    if not e.name.startswith("."):
+                        stack.append(e.path)
                 elif (
                     (fmt == "npy" and e.name.endswith(".npy"))
                     or (fmt == "json" and e.name.endswith(".json"))
@@ -107,6 +114,15 @@ def item_paths(root, fmt):
                 ):
                     out.append(e.path)
     return out
+
+
+def hidden_files(root):
+    """Files under hidden directories of the data folder (dead letters, spool): items set aside, not archived."""
+    n = 0
+    for d, dirs, files in os.walk(root):
+        if any(part.startswith(".") for part in Path(d).relative_to(root).parts):
+            n += len(files)
+    return n
 
 
 def tree_fingerprint(root):
@@ -169,37 +185,53 @@ def run_device(spec):
     cmds = stdin_commands()
     frames = spec["kind"] == "frames"
     cls = (ReliableCamera if spec["reliable"] else FakeCamera) if frames else FakeSensor
-    dev = cls(spec["name"], realm=REALM)
-    ev = getattr(dev, FRAME_EVENT if frames else EVENT_EVENT)
+    devs = [cls(name, realm=REALM) for name in spec["names"]]  # 'four': several cameras in this one process
+    evs = [getattr(dev, FRAME_EVENT if frames else EVENT_EVENT) for dev in devs]
     t_wait = time.time() + 60
-    while not ev.publisher.matching_status:  # wait until the sink's subscription reached us
+    while not all(ev.publisher.matching_status for ev in evs):  # wait until the sink's subscription reached us
         if time.time() > t_wait:
             raise SystemExit("no matching subscriber within 60 s")
         time.sleep(0.01)
     say("READY")
-    n, rate = spec["n"], spec["rate"]
-    buf = base_frame(tuple(spec["shape"])) if frames else None
-    t_send = np.empty(n)
-    t0 = time.time()
-    for i in range(n):
-        if rate:
-            delay = t0 + i / rate - time.time()
-            if delay > 0:
-                time.sleep(delay)
-        if frames:
-            stamp(buf, i)
-            t_send[i] = t = time.time()
-            ev(buf, {"frame": i, "t_send": t})
-        else:
-            payload = event_payload(i)
-            t_send[i] = time.time()
-            ev(payload)
+    n, rate = spec["n"], spec["rate"]  # n per camera; camera k sends the global indices k*n .. k*n+n-1
+    t_send = np.empty(n * len(evs))
+    errors = []
+
+    def send(k, ev):
+        buf = base_frame(tuple(spec["shape"])) if frames else None
+        t0 = time.time()
+        try:
+            for i in range(k * n, (k + 1) * n):
+                if rate:
+                    delay = t0 + (i - k * n) / rate - time.time()
+                    if delay > 0:
+                        time.sleep(delay)
+                if frames:
+                    stamp(buf, i)
+                    t_send[i] = t = time.time()
+                    ev(buf, {"frame": i, "t_send": t})
+                else:
+                    payload = event_payload(i)
+                    t_send[i] = time.time()
+                    ev(payload)
+        except BaseException as e:
+            errors.append(repr(e))
+            raise
+
+    threads = [threading.Thread(target=send, args=(k, ev)) for k, ev in enumerate(evs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise SystemExit(f"send failed: {errors}")
     t_end = time.time()
     Path(spec["meta"], "device.json").write_text(json.dumps({"t_send": t_send.tolist(), "t_end": t_end}))
     say("SENT")
     while cmds.get() != "STOP":  # keep the session (and its TX queues) alive until the sink is done
         pass
-    dev._destroy_hero()
+    for dev in devs:
+        dev._destroy_hero()
 
 
 # ----------------------------------------------------------------------------- child: sink
@@ -283,10 +315,10 @@ LIVE = {}  # pid -> Popen, for cleanup
 
 
 class Child:
-    def __init__(self, role, spec, env, log_path):
+    def __init__(self, role, spec, env, log_path, python=None):
         self.log = open(log_path, "wb")
         self.p = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), role, json.dumps(spec)],
+            [python or sys.executable, os.path.abspath(__file__), role, json.dumps(spec)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self.log,
@@ -430,24 +462,73 @@ def verify(fmt, data, n, shape, sink_info):
     return good, bad, dup, (None if fmt == "zarr" else partial)
 
 
-def sink_spec(cfg, sink):
+def sink_spec(cfg, sink, impl):
+    """(class, kwargs, format) of a sink for one implementation (impl None: the shared count sink)."""
     cls, kwargs, fmt = SINKS[sink]
-    cls = getattr(cfg, sink, None) or cls
-    return cls, kwargs | json.loads(getattr(cfg, sink + "_kwargs", None) or "{}"), fmt
+    if sink == "count":
+        return cls, {}, fmt
+    cls = f"{impl['package']}.{cls.rpartition('.')[2]}" if impl["package"] else getattr(cfg, sink, None) or cls
+    return cls, kwargs | json.loads(getattr(cfg, sink + "_kwargs", None) or "{}") | impl["kwargs"], fmt
 
 
-def one_run(cfg, wl, sink, rep):
+class RssSampler:
+    """VmRSS of a process every `period` seconds, in a thread of the driver."""
+
+    def __init__(self, pid, period):
+        self.samples, self._stop = [], threading.Event()
+        self._t = threading.Thread(target=self._run, args=(pid, period), daemon=True)
+        self._t.start()
+
+    def _run(self, pid, period):
+        while True:
+            v = proc_field_mib(pid, "VmRSS")
+            if v is not None:
+                self.samples.append((time.time(), v))
+            if self._stop.wait(period):
+                return
+
+    def stop(self):
+        self._stop.set()
+        self._t.join()
+        return self.samples
+
+
+def tenth(values):
+    """Number of values in 10 % of them (at least 1)."""
+    return max(1, -(-len(values) // 10))
+
+
+def drift(res, rss_samples, t_window, good_idx, lat_ms, n):
+    """'long': sink RSS and p99 latency in the first vs the last 10 % (of RSS samples / of frame indices).
+
+    Only RSS samples taken between the first send and the last archived item count (not the idle wait after)."""
+    res["rss_samples"] = [[round(t, 3), round(v, 1)] for t, v in rss_samples]
+    rss = [v for t, v in rss_samples if t_window[0] <= t <= t_window[1]]
+    res["rss_samples_used"] = len(rss)
+    if rss:
+        k = tenth(rss)
+        res["rss_first10_mib"], res["rss_last10_mib"] = statistics.median(rss[:k]), statistics.median(rss[-k:])
+        res["rss_growth"] = res["rss_last10_mib"] / res["rss_first10_mib"]
+    k = tenth(range(n))
+    first, last = lat_ms[good_idx < k], lat_ms[good_idx >= n - k]
+    res["lat_p99_first10_ms"], res["lat_p99_last10_ms"] = pct(first, 99), pct(last, 99)
+    if len(first) and len(last) and res["lat_p99_first10_ms"] > 0:
+        res["lat_p99_growth"] = res["lat_p99_last10_ms"] / res["lat_p99_first10_ms"]
+
+
+def one_run(cfg, wl, sink, impl, rep):
     kind, rate, rel = wl["kind"], wl["rate"], wl["reliable"]
-    n = cfg.n_frames if kind == "frames" else cfg.n_events
-    run_dir = Path(cfg.out, f"{wl['name']}-{sink}-{rep}")
+    names = wl["names"]
+    n = wl["n"] * len(names)  # items in total ('four': every camera sends wl["n"])
+    run_dir = Path(cfg.out, f"{wl['name']}-{sink}-{impl['name']}-{rep}")
     data, meta = run_dir / "data", run_dir / "meta"
     data.mkdir(parents=True)
     meta.mkdir()
-    res = {"workload": wl["name"], "sink": sink, "rep": rep, "sent": n}
+    res = {"workload": wl["name"], "sink": sink, "impl": impl["name"], "rep": rep, "sent": n}
     deadline = time.time() + cfg.run_timeout
-    port, procs = free_port(), []
+    port, procs, sampler = free_port(), [], None
     try:
-        cls, kwargs, fmt = sink_spec(cfg, sink)
+        cls, kwargs, fmt = sink_spec(cfg, sink, impl)
         res["class"] = cls
         common = {"meta": str(meta), "max_life": cfg.run_timeout + 60}
         sink_p = Child(
@@ -460,26 +541,29 @@ def one_run(cfg, wl, sink, rep):
                 "data": str(data),
                 "quiet": cfg.quiet,
                 "poll": cfg.poll,
-                "selector": "cam1" if kind == "frames" else "sensor1",
+                "selector": wl["selector"],
                 "event": FRAME_EVENT if kind == "frames" else EVENT_EVENT,
             },
             zenoh_env(cfg, listen=port) | dict(kv.split("=", 1) for kv in cfg.sink_env),
             meta / "sink.log",
+            python=impl["python"],
         )
         procs.append(sink_p)
         sink_p.expect("READY", time.time() + 120)
         res["rss_base_mib"] = proc_field_mib(sink_p.pid, "VmRSS")
         cpu0, flt0 = proc_cpu(sink_p.pid)
+        if wl["sample_rss"]:
+            sampler = RssSampler(sink_p.pid, cfg.rss_period)
         dev = Child(
             "_device",
             common
             | {
                 "kind": kind,
-                "name": "cam1" if kind == "frames" else "sensor1",
-                "n": n,
+                "names": names,
+                "n": wl["n"],
                 "rate": rate,
                 "reliable": rel,
-                "shape": cfg.shape,
+                "shape": wl["shape"],
             },
             zenoh_env(cfg, connect=port),
             meta / "device.log",
@@ -490,6 +574,7 @@ def one_run(cfg, wl, sink, rep):
         dinfo = json.loads((meta / "device.json").read_text())
         sink_p.send(f"SENT {n}")
         done = sink_p.expect("DONE", deadline)
+        rss_samples = sampler.stop() if sampler else None
         res["rss_peak_mib"] = proc_field_mib(sink_p.pid, "VmHWM")  # before stopping it
         cpu1, flt1 = proc_cpu(sink_p.pid)
         res["sink_cpu_s"], res["sink_minflt"] = cpu1 - cpu0, flt1 - flt0
@@ -498,13 +583,14 @@ def one_run(cfg, wl, sink, rep):
         res["sink_stop"] = sink_p.stop()
         res["device_stop"] = dev.stop()
         t_send = np.array(dinfo["t_send"])
+        t_first, t_lastsend = float(t_send.min()), float(t_send.max())  # cameras of 'four' send concurrently
         sink_info = json.loads((meta / "sink.json").read_text())
-        good, bad, dup, partial = verify(fmt, data, n, tuple(cfg.shape), sink_info)
+        good, bad, dup, partial = verify(fmt, data, n, tuple(wl["shape"]), sink_info)
         idx = np.fromiter(good.keys(), int, len(good))
         t_arr = np.fromiter(good.values(), float, len(good))
         lat_ms = (t_arr - t_send[idx]) * 1e3
         t_last = float(t_arr.max()) if len(good) else float("nan")
-        wall = t_last - t_send[0]
+        wall = t_last - t_first
         received = len({i for i, _ in sink_info["recv"]}) if sink_info["tap"] else None
         res.update(
             archived=len(good),
@@ -514,20 +600,25 @@ def one_run(cfg, wl, sink, rep):
             bad=bad,
             dup=dup,
             partial_seen=partial,
+            set_aside=None if fmt == "count" else hidden_files(data),
             wall_s=wall,
             events_per_s=len(good) / wall,
-            mib_per_s=len(good) * payload_bytes(cfg, kind) / wall / 2**20,
-            send_s=float(t_send[-1] - t_send[0]),
-            send_rate=(n - 1) / max(1e-9, t_send[-1] - t_send[0]),
-            tail_s=t_last - float(t_send[-1]),
+            mib_per_s=len(good) * payload_bytes(wl) / wall / 2**20,
+            send_s=t_lastsend - t_first,
+            send_rate=(n - 1) / max(1e-9, t_lastsend - t_first),
+            tail_s=t_last - t_lastsend,
             missing=ranges(sorted(set(range(n)) - set(good))),
             lat_p50_ms=pct(lat_ms, 50),
             lat_p99_ms=pct(lat_ms, 99),
             lat_max_ms=pct(lat_ms, 100),
         )
+        if rss_samples is not None:
+            drift(res, rss_samples, (t_first, t_last), idx, lat_ms, n)
     except Exception as e:  # noqa: BLE001 - one failed run must not kill the whole matrix
         res["error"] = str(e)
     finally:
+        if sampler:
+            sampler.stop()
         for c in procs:
             if c.p.poll() is None:
                 c.stop(timeout=10)
@@ -535,23 +626,32 @@ def one_run(cfg, wl, sink, rep):
     return res
 
 
-def payload_bytes(cfg, kind):
-    return cfg.shape[0] * cfg.shape[1] * 2 if kind == "frames" else len(json.dumps(event_payload(0)))
+def payload_bytes(wl):
+    return wl["shape"][0] * wl["shape"][1] * 2 if wl["kind"] == "frames" else len(json.dumps(event_payload(0)))
 
 
-def disk_run(cfg, name, rep):
+DISK_ROWS = {  # name: (workload row it belongs to, what is written)
+    "disk:np.save": ("frames", "npy"),
+    "disk:np.save+fsync": ("frames", "npy+fsync"),
+    "disk:json": ("events", "json"),
+    "disk:np.save-big": ("big", "npy"),
+}
+
+
+def disk_run(cfg, wls, name, rep):
     """Physical limit: write the same bytes straight from this process into the same folder."""
-    kind = "events" if name == "disk:json" else "frames"
-    n = cfg.n_events if kind == "events" else cfg.n_frames
+    row, what = DISK_ROWS[name]
+    wl = wls[row]
+    n = wl["n"]
     data = Path(cfg.out, f"{name.replace(':', '-')}-{rep}")
     data.mkdir(parents=True)
-    buf = base_frame(tuple(cfg.shape))
+    buf = base_frame(tuple(wl["shape"])) if wl["kind"] == "frames" else None
     try:
         t0 = time.time()
         for i in range(n):
-            if kind == "events":
+            if what == "json":
                 Path(data, f"ev-{i:06d}.json").write_text(json.dumps(event_payload(i), indent=4))
-            elif name == "disk:np.save":
+            elif what == "npy":
                 stamp(buf, i)
                 np.save(data / f"img-{i:06d}.npy", buf)
             else:
@@ -564,15 +664,16 @@ def disk_run(cfg, name, rep):
     finally:
         shutil.rmtree(data, ignore_errors=True)
     return {
-        "workload": "events" if kind == "events" else "frames",
+        "workload": row,
         "sink": name,
+        "impl": SHARED,
         "rep": rep,
         "sent": n,
         "archived": n,
         "lost": 0,
         "wall_s": wall,
         "events_per_s": n / wall,
-        "mib_per_s": n * payload_bytes(cfg, kind) / wall / 2**20,
+        "mib_per_s": n * payload_bytes(wl) / wall / 2**20,
     }
 
 
@@ -594,18 +695,26 @@ METRICS = (
     "bad",
     "dup",
     "partial_seen",
+    "set_aside",
+    "rss_first10_mib",
+    "rss_last10_mib",
+    "rss_growth",
+    "lat_p99_first10_ms",
+    "lat_p99_last10_ms",
+    "lat_p99_growth",
 )
 
 
 def summarize(runs):
     rows = {}
     for r in runs:
-        rows.setdefault((r["workload"], r["sink"]), []).append(r)
+        rows.setdefault((r["workload"], r["sink"], r.get("impl", SHARED)), []).append(r)
     out = []
-    for (wl, sink), rs in rows.items():
+    for (wl, sink, impl), rs in rows.items():
         row = {
             "workload": wl,
             "sink": sink,
+            "impl": impl,
             "class": rs[0].get("class"),
             "sent": rs[0]["sent"],
             "runs": len(rs),
@@ -621,18 +730,121 @@ def summarize(runs):
     return sorted(out, key=lambda row: order.index(row["workload"]))
 
 
+def med(row, key):
+    s = row.get(key) if row else None
+    return s["median"] if s else None
+
+
+def ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+def fmt_ratio(x):
+    return "-" if x is None else f"{x:.2f}"
+
+
+def ratios(summary, impls):
+    """Per (workload, sink): the first impl over each other impl (medians), and the cross-row ratios."""
+    by = {(r["workload"], r["sink"], r["impl"]): r for r in summary}
+    rows, names = [], [i["name"] for i in impls]
+    for r in summary:
+        if r["impl"] != names[0]:
+            continue
+        for other in names[1:]:
+            o = by.get((r["workload"], r["sink"], other))
+            if not o:
+                continue
+            rows.append(
+                {
+                    "workload": r["workload"],
+                    "sink": r["sink"],
+                    "num": names[0],
+                    "den": other,
+                    **{
+                        k: ratio(med(r, k), med(o, k))
+                        for k in ("events_per_s", "mib_per_s", "lat_p99_ms", "rss_peak_mib")
+                    },
+                    **{
+                        f"{k}_{w}": med(x, k)
+                        for k in ("rss_growth", "lat_p99_growth")
+                        for w, x in (("num", r), ("den", o))
+                    },
+                    "ok_num": f"{fmt_stat(r.get('archived'))}/{r['sent']}",
+                    "ok_den": f"{fmt_stat(o.get('archived'))}/{o['sent']}",
+                }
+            )
+    cross = []  # four/frames aggregate ev/s, and archiver MiB/s over the disk limit of the same frames
+    for r in summary:
+        for wl, ref_wl, ref_sink, what in (
+            ("four", "frames", r["sink"], "four/frames aggregate ev/s"),
+            ("frames", "frames", "disk:np.save", "frames MiB/s / disk:np.save"),
+            ("big", "big", "disk:np.save-big", "big MiB/s / disk:np.save-big"),
+        ):
+            if r["workload"] != wl or r["sink"].startswith("disk:") or (wl != "four" and r["sink"] == "count"):
+                continue
+            o = by.get((ref_wl, ref_sink, r["impl"] if ref_sink == r["sink"] else SHARED))
+            key = "events_per_s" if wl == "four" else "mib_per_s"
+            if o:
+                cross.append(
+                    {"what": what, "sink": r["sink"], "impl": r["impl"], "ratio": ratio(med(r, key), med(o, key))}
+                )
+    return rows, cross
+
+
+def print_ratios(rows, cross):
+    if rows:
+        cols = [
+            ("workload", 9),
+            ("sink", 8),
+            ("impls", 22),
+            ("ev/s", 6),
+            ("MiB/s", 6),
+            ("lat p99", 8),
+            ("RSS peak", 9),
+            ("ok/sent num", 20),
+            ("ok/sent den", 20),
+            ("notes", 0),
+        ]
+        print(
+            "\nratios first impl / other impl (medians; ev/s, MiB/s > 1: first is faster; lat, RSS < 1: first is lower)"
+        )
+        print("  ".join(f"{c:<{w}}" for c, w in cols))
+        for r in rows:
+            notes = " ".join(
+                f"{what} last10/first10 {fmt_ratio(r[k + '_num'])} vs {fmt_ratio(r[k + '_den'])}"
+                for what, k in (("rss", "rss_growth"), ("p99", "lat_p99_growth"))
+                if r[k + "_num"] is not None or r[k + "_den"] is not None
+            )
+            vals = [
+                r["workload"],
+                r["sink"],
+                f"{r['num']}/{r['den']}",
+                fmt_ratio(r["events_per_s"]),
+                fmt_ratio(r["mib_per_s"]),
+                fmt_ratio(r["lat_p99_ms"]),
+                fmt_ratio(r["rss_peak_mib"]),
+                r["ok_num"],
+                r["ok_den"],
+                notes,
+            ]
+            print("  ".join(f"{v:<{w}}" for v, (_, w) in zip(vals, cols)))
+    for c in cross:
+        print(f"{c['what']} ratio  {c['sink']:<6} {c['impl']:<12} {fmt_ratio(c['ratio'])}")
+
+
 def fmt_stat(s, digits=0):
     if not s:
         return "-"
     f = f"{{:.{digits}f}}"
-    med = f.format(s["median"])
-    return med if s["min"] == s["max"] else f"{med} [{f.format(s['min'])}-{f.format(s['max'])}]"
+    m = f.format(s["median"])
+    return m if s["min"] == s["max"] else f"{m} [{f.format(s['min'])}-{f.format(s['max'])}]"
 
 
 def print_table(summary):
     cols = [
         ("workload", 9),
         ("sink", 26),
+        ("impl", 14),
         ("ok/sent", 18),
         ("lost", 12),
         ("lost@net", 12),
@@ -646,7 +858,15 @@ def print_table(summary):
     ]
     print("  ".join(f"{c:<{w}}" for c, w in cols))
     for r in summary:
-        notes = [f"{k}={fmt_stat(r[k])}" for k in ("bad", "dup", "partial_seen") if r.get(k) and r[k]["max"]]
+        notes = [
+            f"{k}={fmt_stat(r[k])}" for k in ("bad", "dup", "partial_seen", "set_aside") if r.get(k) and r[k]["max"]
+        ]
+        if r.get("rss_first10_mib"):
+            notes.append(f"rss first10>last10={fmt_stat(r['rss_first10_mib'])}>{fmt_stat(r['rss_last10_mib'])}MiB")
+        if r.get("lat_p99_first10_ms"):
+            notes.append(
+                f"p99 first10>last10={fmt_stat(r['lat_p99_first10_ms'], 1)}>{fmt_stat(r.get('lat_p99_last10_ms'), 1)}ms"
+            )
         if r["statuses"] and r["statuses"] != ["complete"]:
             notes.append("status=" + "/".join(r["statuses"]))
         if r["errors"]:
@@ -656,6 +876,7 @@ def print_table(summary):
         vals = [
             r["workload"],
             sink,
+            r["impl"],
             f"{fmt_stat(r.get('archived'))}/{r['sent']}",
             fmt_stat(r.get("lost")),
             fmt_stat(r.get("lost_net")),
@@ -682,39 +903,92 @@ def mtime_resolution_us(folder, n=200):
     return min(np.diff(ts)) / 1e3 if len(ts) > 1 else None
 
 
-def versions(cfg):
-    from importlib import metadata
-
-    out = {"python": platform.python_version(), "kernel": platform.release(), "cpus": os.cpu_count()}
-    for dist in ("heros", "eclipse-zenoh", "numpy", "herostools", "zarr"):
+VERSIONS_SNIPPET = """
+import importlib, json, os, platform, sys
+from importlib import metadata
+out = {"executable": sys.executable, "python": platform.python_version()}
+for dist in ["heros", "eclipse-zenoh", "numpy", "herostools", "zarr"] + sys.argv[1:]:
+    for name in (dist, dist.replace("_", "-")):
         try:
-            out[dist] = metadata.version(dist)
+            out[dist] = metadata.version(name)
+            break
         except metadata.PackageNotFoundError:
             pass
-    for sink in cfg.sinks:
-        top = sink_spec(cfg, sink)[0].split(".")[0]
+    else:
+        if dist in sys.argv[1:]:
+            try:
+                out[dist] = getattr(importlib.import_module(dist), "__version__", "?")
+            except ImportError as e:
+                out[dist] = "missing: " + str(e)
+print(json.dumps(out))
+"""
+
+
+def versions(cfg):
+    """Versions of the driver's environment, and of each implementation's interpreter."""
+    out = {"kernel": platform.release(), "cpus": os.cpu_count()}
+    envs = {"driver": (sys.executable, [])}
+    for impl in cfg.impls:
+        tops = sorted({sink_spec(cfg, s, impl)[0].split(".")[0] for s in cfg.sinks if s != "count"})
+        envs[impl["name"]] = (impl["python"], tops)
+    for name, (python, tops) in envs.items():
         try:
-            out[top] = metadata.version(top)
-        except metadata.PackageNotFoundError:
-            out[top] = getattr(importlib.import_module(top), "__version__", "?")
+            p = subprocess.run([python, "-c", VERSIONS_SNIPPET, *tops], capture_output=True, text=True, timeout=120)
+            out[name] = json.loads(p.stdout) if p.returncode == 0 else {"error": p.stderr[-500:]}
+        except (OSError, subprocess.TimeoutExpired, ValueError) as e:
+            out[name] = {"error": str(e)}
     return out
+
+
+WORKLOADS = ("frames", "rate", "reliable", "events", "disk", "four", "big", "long")
+
+
+def parse_shape(text):
+    return [int(x) for x in text.lower().split("x")]
 
 
 def parse_args():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
         "--workloads",
-        default="frames,rate,reliable,events,disk",
-        help="comma list of frames,rate,reliable,events,disk (rate = one workload per --rates entry)",
+        default="frames,rate,reliable,events,disk,four,big",
+        help="comma list of " + ",".join(WORKLOADS) + " (rate = one workload per --rates entry; long is opt-in)",
     )
     ap.add_argument("--sinks", default="array,zarr,json,count", help="comma list of array,zarr,json,count")
+    ap.add_argument(
+        "--impl",
+        action="append",
+        default=[],
+        metavar="NAME=PYTHON:PACKAGE",
+        help="implementation under test (repeatable): its sink runs with PYTHON, classes PACKAGE.ArrayArchiver, "
+        "PACKAGE.JsonArchiver (PACKAGE.ZarrArchiver for --sinks zarr); the first one is the ratio numerator",
+    )
+    ap.add_argument(
+        "--impl-kwargs",
+        action="append",
+        default=[],
+        metavar="NAME=JSON",
+        help="extra archiver kwargs for one implementation (repeatable), e.g. ours='{\"writers\": 2}'",
+    )
     for sink in ("array", "zarr", "json"):
-        ap.add_argument(f"--{sink}", help=f"dotted archiver class (default {SINKS[sink][0]})")
-        ap.add_argument(f"--{sink}-kwargs", help=f"JSON kwargs merged over {json.dumps(SINKS[sink][1])}")
-    ap.add_argument("--n-frames", type=int, default=500)
+        ap.add_argument(f"--{sink}", help=f"dotted archiver class without --impl (default {SINKS[sink][0]})")
+        ap.add_argument(
+            f"--{sink}-kwargs", help=f"JSON kwargs merged over {json.dumps(SINKS[sink][1])}".replace("%", "%%")
+        )
+    ap.add_argument("--n-frames", type=int, default=500, help="frames per run (per camera for 'four')")
     ap.add_argument("--n-events", type=int, default=5000)
     ap.add_argument("--shape", default="1024x1024", help="frame HxW (uint16)")
     ap.add_argument("--rates", default="50,200", help="fixed frame rates for the 'rate' workload")
+    ap.add_argument("--n-frames-big", type=int, default=100, help="frames of the 'big' workload")
+    ap.add_argument("--big-shape", default="2048x2048", help="frame HxW (uint16) of the 'big' workload")
+    ap.add_argument("--n-long", type=int, default=5000, help="frames of the 'long' workload")
+    ap.add_argument("--long-rate", type=float, default=100, help="frames/s of the 'long' workload")
+    ap.add_argument("--rss-period", type=float, default=0.5, help="sink VmRSS sampling period of 'long', seconds")
+    ap.add_argument(
+        "--four-selector",
+        default="cam$*",
+        help="object_selector of the 'four' sink (Zenoh allows a bare * only as a whole chunk: cam$* = cam*)",
+    )
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default="/tmp/archbench", help="scratch folder, removed afterwards")
     ap.add_argument("--results", default="results.json")
@@ -734,29 +1008,85 @@ def parse_args():
         '(e.g. \'{"transport": {"shared_memory": {"enabled": false}}}\'); \'none\' = Zenoh defaults',
     )
     cfg = ap.parse_args()
-    cfg.shape = [int(x) for x in cfg.shape.lower().split("x")]
+    cfg.shape, cfg.big_shape = parse_shape(cfg.shape), parse_shape(cfg.big_shape)
     cfg.sinks = [s for s in cfg.sinks.split(",") if s]
     cfg.workloads = [w for w in cfg.workloads.split(",") if w]
+    for w in cfg.workloads:
+        if w not in WORKLOADS:
+            ap.error(f"unknown workload {w!r} (choices: {', '.join(WORKLOADS)})")
+    for s in cfg.sinks:
+        if s not in SINKS:
+            ap.error(f"unknown sink {s!r} (choices: {', '.join(SINKS)})")
+    cfg.impls = []
+    for spec in cfg.impl:
+        name, eq, rest = spec.partition("=")
+        python, colon, package = rest.rpartition(":")
+        if not (eq and colon and name and python and package) or name == SHARED:
+            ap.error(f"--impl {spec!r}: expected NAME=PYTHON:PACKAGE")
+        if name in [i["name"] for i in cfg.impls]:
+            ap.error(f"--impl {name!r} given twice")
+        cfg.impls.append({"name": name, "python": os.path.abspath(python), "package": package, "kwargs": {}})
+    if cfg.impls and (cfg.array or cfg.zarr or cfg.json):
+        ap.error("--array/--zarr/--json choose the classes without --impl; with --impl they are PACKAGE.<Class>")
+    if not cfg.impls:  # the old single-implementation behaviour: this interpreter, classes from --array etc.
+        top = (cfg.array or SINKS["array"][0]).split(".")[0]
+        cfg.impls.append({"name": top, "python": sys.executable, "package": None, "kwargs": {}})
+    for spec in cfg.impl_kwargs:
+        name, eq, text = spec.partition("=")
+        impl = next((i for i in cfg.impls if i["name"] == name), None)
+        if not eq or impl is None:
+            ap.error(f"--impl-kwargs {spec!r}: expected NAME=JSON with NAME one of {[i['name'] for i in cfg.impls]}")
+        impl["kwargs"] |= json.loads(text)
     return cfg
 
 
-def matrix(cfg):
-    wls = []
+def workloads(cfg):
+    """name -> workload description (kind, per-camera n, camera names, selector, shape, rate, reliable)."""
+    frame = {"kind": "frames", "n": cfg.n_frames, "names": ["cam1"], "selector": "cam1", "shape": cfg.shape}
+    frame |= {"rate": None, "reliable": False, "sample_rss": False}
+    wls = {}
     for w in cfg.workloads:
         if w == "rate":
-            wls += [
-                {"name": f"rate{r}", "kind": "frames", "rate": float(r), "reliable": False}
-                for r in cfg.rates.split(",")
-            ]
-        elif w in ("frames", "reliable", "events"):
-            wls.append(
-                {"name": w, "kind": "events" if w == "events" else "frames", "rate": None, "reliable": w == "reliable"}
-            )
-    plan = [(wl, s) for wl in wls for s in (FRAME_SINKS if wl["kind"] == "frames" else EVENT_SINKS) if s in cfg.sinks]
+            for r in cfg.rates.split(","):
+                wls[f"rate{r}"] = frame | {"name": f"rate{r}", "rate": float(r)}
+        elif w in ("frames", "reliable"):
+            wls[w] = frame | {"name": w, "reliable": w == "reliable"}
+        elif w == "events":
+            wls[w] = frame | {
+                "name": w,
+                "kind": "events",
+                "n": cfg.n_events,
+                "names": ["sensor1"],
+                "selector": "sensor1",
+            }
+        elif w == "four":
+            cams = [f"cam{k + 1}" for k in range(N_CAMS_FOUR)]
+            wls[w] = frame | {"name": w, "names": cams, "selector": cfg.four_selector, "reliable": True}
+        elif w == "big":
+            wls[w] = frame | {"name": w, "n": cfg.n_frames_big, "shape": cfg.big_shape, "reliable": True}
+        elif w == "long":
+            wls[w] = frame | {"name": w, "n": cfg.n_long, "rate": cfg.long_rate, "sample_rss": True}
+    if "disk" in cfg.workloads and "frames" not in wls:  # the disk rows write what 'frames' would send
+        wls["frames"] = frame | {"name": "frames", "skip": True}
+    return wls
+
+
+def matrix(cfg, wls):
+    """[(workload or None for disk rows, sink, [impls])]; count and disk rows are shared (impl '-')."""
+    shared = {"name": SHARED, "python": sys.executable, "package": None, "kwargs": {}}
+    plan = []
+    for wl in wls.values():
+        if wl.get("skip"):
+            continue
+        for s in FRAME_SINKS if wl["kind"] == "frames" else EVENT_SINKS:
+            if s in cfg.sinks:
+                plan.append((wl, s, [shared] if s == "count" else cfg.impls))
     if "disk" in cfg.workloads:
-        plan += [(None, "disk:np.save"), (None, "disk:np.save+fsync")]
+        plan += [(None, "disk:np.save", [shared]), (None, "disk:np.save+fsync", [shared])]
         if "events" in cfg.workloads:
-            plan.append((None, "disk:json"))
+            plan.append((None, "disk:json", [shared]))
+    if "big" in cfg.workloads:
+        plan.append((None, "disk:np.save-big", [shared]))
     return plan
 
 
@@ -765,39 +1095,50 @@ def main():
     out = Path(cfg.out)
     if out.exists():
         raise SystemExit(f"{out} exists; remove it or pass --out")
-    plan, runs = matrix(cfg), []
+    wls = workloads(cfg)
+    plan, runs = matrix(cfg, wls), []
     info = {
         "argv": sys.argv,
         "config": vars(cfg),
         "versions": versions(cfg),
         "mtime_resolution_us": mtime_resolution_us(out / "mtime-probe"),
     }
-    print(f"# {len(plan)} runs x {cfg.repeats} repeats; versions {info['versions']}", file=sys.stderr)
+    n_runs = sum(len(impls) for _, _, impls in plan)
+    print(f"# {n_runs} runs x {cfg.repeats} repeats; versions {json.dumps(info['versions'])}", file=sys.stderr)
+    summary, ratio_rows, cross = [], [], []
     try:
         for rep in range(cfg.repeats):  # round-robin so machine noise spreads over all rows
-            for wl, sink in plan:
-                os.sync()
-                t0 = time.time()
-                r = disk_run(cfg, sink, rep) if wl is None else one_run(cfg, wl, sink, rep)
-                runs.append(r)
-                print(
-                    f"# rep {rep} {r['workload']:>9} {sink:<20} {time.time() - t0:6.1f}s  "
-                    + (
-                        f"ERROR {r['error'][:300]}"
-                        if "error" in r
-                        else f"ok={r.get('archived')}/{r['sent']} wall={r.get('wall_s', 0):.2f}s "
-                        f"ev/s={r.get('events_per_s', 0):.0f} rss_peak={r.get('rss_peak_mib')}"
-                    ),
-                    file=sys.stderr,
-                )
+            for wl, sink, impls in plan:
+                for impl in impls if rep % 2 == 0 else impls[::-1]:  # alternate who goes first
+                    os.sync()
+                    t0 = time.time()
+                    r = disk_run(cfg, wls, sink, rep) if wl is None else one_run(cfg, wl, sink, impl, rep)
+                    runs.append(r)
+                    print(
+                        f"# rep {rep} {r['workload']:>9} {sink:<20} {r['impl']:<14} {time.time() - t0:6.1f}s  "
+                        + (
+                            f"ERROR {r['error'][:300]}"
+                            if "error" in r
+                            else f"ok={r.get('archived')}/{r['sent']} wall={r.get('wall_s', 0):.2f}s "
+                            f"ev/s={r.get('events_per_s', 0):.0f} rss_peak={r.get('rss_peak_mib')}"
+                        ),
+                        file=sys.stderr,
+                    )
     finally:
         for pid, p in list(LIVE.items()):
             if p.poll() is None:
                 p.kill()
         shutil.rmtree(out, ignore_errors=True)
         summary = summarize(runs)
-        Path(cfg.results).write_text(json.dumps({"info": info, "summary": summary, "runs": runs}, indent=1))
+        ratio_rows, cross = ratios(summary, cfg.impls)
+        Path(cfg.results).write_text(
+            json.dumps(
+                {"info": info, "summary": summary, "ratios": ratio_rows, "cross_ratios": cross, "runs": runs},
+                indent=1,
+            )
+        )
         print_table(summary)
+        print_ratios(ratio_rows, cross)
         print(f"\nresults: {os.path.abspath(cfg.results)}  (median [min-max] over {cfg.repeats} repeats)")
 
 

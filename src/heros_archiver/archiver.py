@@ -42,7 +42,8 @@ class HERODataArchiver(EventObserver):
     go to ``heros.EventObserver``.
 
     Args:
-        object_selector: Zenoh selector of the HEROs to observe (a name, or a wildcard like ``cam-*``).
+        object_selector: Zenoh selector of the HEROs to observe: a name, or a Zenoh wildcard like
+            ``cam-$*`` (``*`` alone matches every HERO).
         event_name: the event to archive, e.g. ``acquisition_data``.
         default_metadata: merged under each payload's metadata (the payload's keys win).
         max_retries: retries of a failed store before the item goes to the dead-letter store.
@@ -126,7 +127,8 @@ class HERODataArchiver(EventObserver):
             if isinstance(exc, zenoh.ZError):
                 raise ConfigurationError(
                     f"object_selector {object_selector!r} / event_name {event_name!r}: Zenoh refused the "
-                    f"subscription ({exc}); a selector is a Zenoh key expression such as 'cam-1', 'cam-*' or '**'"
+                    f"subscription ({exc}); a selector is a Zenoh key expression such as 'cam-1', "
+                    "'cam-$*' (a wildcard inside a name) or '*'"
                 ) from exc
             raise
         log.info(
