@@ -26,6 +26,8 @@ from .errors import PayloadError, ReplayError
 from .formats.json import encode_json
 
 ENTRY_FILE = "entry.json"
+#: The only payload files an entry may name (an edited or planted entry cannot point elsewhere).
+PAYLOAD_FILES = ("payload.npy", "payload.json")
 _TMP_PREFIX = ".tmp-"
 _counter = itertools.count()
 
@@ -111,6 +113,8 @@ class DeadLetterStore:
             payload_file = info.get("payload_file")
             if payload_file is None:
                 raise ReplayError(f"{entry}: payload was not storable ({info.get('payload_note')}); cannot replay")
+            if payload_file not in PAYLOAD_FILES:
+                raise ReplayError(f"{entry}: payload_file must be one of {PAYLOAD_FILES}, got {payload_file!r}")
             if payload_file.endswith(".npy"):
                 payload: Any = np.load(entry / payload_file, allow_pickle=False)
             else:

@@ -101,12 +101,13 @@ def confine(rendered: str, root: Path, template: str = "") -> Path:
         raise PathConfinementError(f"rendered path {rendered!r} contains a NUL byte{where}")
     if rendered.endswith(("/", os.sep)):
         raise PathConfinementError(f"rendered path {rendered!r} names a directory, expected a file name{where}")
-    candidate = Path(os.path.normpath(os.path.join(root, rendered)))
-    if candidate == root or not candidate.is_relative_to(root):
+    root_text = str(root)
+    candidate = os.path.normpath(os.path.join(root_text, rendered))
+    if not candidate.startswith(root_text.rstrip(os.sep) + os.sep) or candidate == root_text:
         raise PathConfinementError(
-            f"rendered path {rendered!r} resolves to {str(candidate)!r}, outside the archive root {str(root)!r}{where}"
+            f"rendered path {rendered!r} resolves to {candidate!r}, outside the archive root {root_text!r}{where}"
         )
-    return candidate
+    return Path(candidate)
 
 
 def check_no_symlink_escape(path: Path, root: Path) -> None:

@@ -300,6 +300,7 @@ class Pipeline:
             if self._stopped:
                 return
             self._queue.close()
+            self.spool.wake()
             before_drain()
             deadline = time.monotonic() + self.options.drain_timeout
             for thread in self._writers:

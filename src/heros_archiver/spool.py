@@ -68,6 +68,11 @@ class Spool:
         item.spool_entry = entry
         return item
 
+    def wake(self) -> None:
+        """Wake a ``take`` that is waiting (at shutdown)."""
+        with self._ready:
+            self._ready.notify_all()
+
     def give_back(self, item: Item) -> None:
         """Return an item the queue did not take to the front of the spool (it stays on disk)."""
         if item.spool_entry is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import itertools
 import os
 import re
 import sys
@@ -28,9 +29,10 @@ ON_EXISTS_CHOICES: tuple[str, ...] = ("error", "overwrite", "unique")
 FSYNC_CHOICES: tuple[str, ...] = ("none", "file", "file+directory")
 
 _TMP_PREFIX = ".~heros-archiver"
-_TMP_NAME = re.compile(re.escape(_TMP_PREFIX) + r"\.(\d+)\.([0-9a-f]{8})\.[0-9a-f]{32}\.tmp$")
+_TMP_NAME = re.compile(re.escape(_TMP_PREFIX) + r"\.(\d+)\.([0-9a-f]{8})\.[0-9a-f]+\.tmp$")
 #: Tells this process's temporaries from those of an earlier process that had the same PID.
 _PROCESS_TOKEN = uuid.uuid4().hex[:8]
+_tmp_counter = itertools.count()  # unique within the process; pid + token make it unique across processes
 _MAX_UNIQUE = 10_000
 
 
@@ -51,7 +53,7 @@ def write_atomic(
     Returns the path actually written (differs from ``path`` only with ``on_exists="unique"``).
     Raises TargetExistsError (policy ``error``) or StorageError (the file system refused).
     """
-    tmp = path.parent / f"{_TMP_PREFIX}.{os.getpid()}.{_PROCESS_TOKEN}.{uuid.uuid4().hex}.tmp"
+    tmp = path.parent / f"{_TMP_PREFIX}.{os.getpid()}.{_PROCESS_TOKEN}.{next(_tmp_counter)}.tmp"
     published = False
     try:
         try:

@@ -125,7 +125,8 @@ class FileWriter:
 
 def _refuse_reserved(path: Path, root: Path, template: str) -> None:
     """Event metadata must not reach the archiver's own state (spool, dead letters) or mimic a temporary."""
-    if path.relative_to(root).parts[0] == STATE_DIR_NAME or is_temporary(path.name):
+    relative = str(path)[len(str(root)) :].lstrip(os.sep)
+    if relative.split(os.sep, 1)[0] == STATE_DIR_NAME or is_temporary(path.name):
         raise PathConfinementError(
             f"rendered path {str(path)!r} (template {template!r}) is reserved for the archiver's own files "
             f"({STATE_DIR_NAME}/ under the root, or a temporary's name)"

@@ -1,0 +1,128 @@
+"""Shared fixtures: real heros + real Zenoh on loopback (127.0.0.1 only), one realm and port per rig."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from heros import LocalHERO
+from hypothesis.configuration import set_hypothesis_home_dir
+
+from heros_archiver import ArrayArchiver, HERODataArchiver
+from heros_archiver.testing import (
+    ReliableSimulatedCamera,
+    free_port,
+    loopback_config_json,
+    session_manager,
+    unique_realm,
+    wait_for_subscriber,
+)
+
+DEFAULT_TEMPLATE = "{{ file_path }}/{{ '%03d' % frame }}.npy"
+
+
+_HYPOTHESIS_HOME: list[str] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Hypothesis keeps its caches (.hypothesis) in a temporary directory, not in the project."""
+    _HYPOTHESIS_HOME.append(tempfile.mkdtemp(prefix="heros-archiver-hypothesis-"))
+    set_hypothesis_home_dir(_HYPOTHESIS_HOME[-1])
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Remove the temporary Hypothesis directory."""
+    while _HYPOTHESIS_HOME:
+        shutil.rmtree(_HYPOTHESIS_HOME.pop(), ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def loopback_only(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No test uses Zenoh's default configuration (multicast scouting, all interfaces), and none writes to the
+    project directory: the working directory is the test's own tmp_path."""
+    monkeypatch.setenv("HEROS_ZENOH_CONFIG", loopback_config_json())
+    monkeypatch.chdir(tmp_path)
+
+
+@dataclass
+class Rig:
+    """Cameras publishing over Zenoh on one loopback port and an archiver connected to it."""
+
+    archiver: HERODataArchiver
+    cameras: dict[str, LocalHERO]
+    root: Path
+    realm: str
+    port: int
+
+    @property
+    def camera(self) -> Any:
+        """The only (or first) camera."""
+        return next(iter(self.cameras.values()))
+
+
+RigFactory = Callable[..., Rig]
+
+
+@pytest.fixture
+def make_rig(tmp_path: Path) -> Iterator[RigFactory]:
+    """A factory of camera(s) + archiver pairs; every HERO it made is destroyed at the end, also on failure.
+
+    ``make_rig(template, archiver_cls=..., camera_cls=..., cameras=("cam",), object_selector="cam", **kwargs)``:
+    the cameras share one listening session manager; the archiver connects to it and gets
+    ``default_metadata={"file_path": str(tmp_path)}`` (unless given) plus ``kwargs``. Returns once every camera
+    (or those named in ``matched``) has a matching subscriber.
+    """
+    made: list[Rig] = []
+
+    def factory(
+        template: str | None = DEFAULT_TEMPLATE,
+        *,
+        archiver_cls: type[HERODataArchiver] = ArrayArchiver,
+        camera_cls: type[LocalHERO] = ReliableSimulatedCamera,
+        cameras: tuple[str, ...] = ("cam",),
+        object_selector: str | None = None,
+        event_name: str = "acquisition_data",
+        matched: tuple[str, ...] | None = None,
+        **archiver_kwargs: Any,
+    ) -> Rig:
+        port = free_port()
+        realm = unique_realm()
+        listening = session_manager(listen_port=port)
+        rig = Rig(archiver=None, cameras={}, root=tmp_path, realm=realm, port=port)  # type: ignore[arg-type]
+        made.append(rig)
+        for name in cameras:
+            rig.cameras[name] = camera_cls(name, realm=realm, session_manager=listening)
+        if template is not None:
+            archiver_kwargs["save_template"] = template
+        archiver_kwargs.setdefault("default_metadata", {"file_path": str(tmp_path)})
+        rig.archiver = archiver_cls(
+            object_selector=object_selector or cameras[0],
+            event_name=event_name,
+            realm=realm,
+            session_manager=session_manager(connect_port=port),
+            **archiver_kwargs,
+        )
+        for name in cameras if matched is None else matched:
+            wait_for_subscriber(rig.cameras[name], event_name)
+        return rig
+
+    yield factory
+
+    errors: list[BaseException] = []
+    for rig in reversed(made):
+        steps: list[Callable[[], None]] = []
+        if rig.archiver is not None:
+            steps += [rig.archiver._teardown, rig.archiver._destroy_hero]
+        steps += [camera._destroy_hero for camera in rig.cameras.values()]
+        for step in steps:
+            try:
+                step()
+            except Exception as exc:  # noqa: BLE001 - finish the cleanup, report afterwards
+                errors.append(exc)
+    if errors:
+        raise errors[0]

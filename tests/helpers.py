@@ -1,0 +1,76 @@
+"""Helpers shared by the test modules (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from heros import LocalHERO, event
+from heros.event import reliable
+
+from heros_archiver import HERODataArchiver
+
+DEAD_LETTER_DIR = Path(".heros-archiver") / "dead-letter"
+#: How long a test waits for items to arrive; generous, the normal case takes milliseconds.
+DEADLINE = 30.0
+
+
+class RawCamera(LocalHERO):
+    """A HERO whose reliable one-argument event publishes its argument as the whole payload."""
+
+    @reliable
+    @event
+    def acquisition_data(self, payload: Any) -> Any:
+        """Publish ``payload`` unchanged (a tuple, a dict, an int, anything CBOR can carry)."""
+        return payload
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = DEADLINE, what: str = "condition") -> None:
+    """Poll ``predicate`` until it is true; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.01)
+
+
+def wait_for_items(archiver: HERODataArchiver, count: int, timeout: float = DEADLINE) -> dict[str, Any]:
+    """Wait until ``count`` items are settled (archived, dead-lettered or dropped); return the totals."""
+
+    def settled() -> int:
+        total = archiver.stats()["total"]
+        return int(total["archived"] + total["dead_lettered"] + total["dropped"])
+
+    wait_until(lambda: settled() >= count, timeout, f"{count} settled items (stats: {archiver.stats()['total']})")
+    return archiver.stats()["total"]
+
+
+def dead_letter_entries(root: Path) -> list[Path]:
+    """The entry directories of the dead-letter store under archive root ``root``, oldest first."""
+    directory = root / DEAD_LETTER_DIR
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith(".tmp-"))
+
+
+def read_entry(entry: Path) -> dict[str, Any]:
+    """The parsed ``entry.json`` of a dead-letter entry."""
+    return json.loads((entry / "entry.json").read_text())
+
+
+def archived_files(root: Path) -> list[str]:
+    """Files under ``root`` as sorted relative paths, leaving out the archiver's own ``.heros-archiver`` folder."""
+    relative = (p.relative_to(root) for p in root.rglob("*") if p.is_file())
+    return sorted(p.as_posix() for p in relative if ".heros-archiver" not in p.parts)
+
+
+def assert_npy_equal(path: Path, expected: np.ndarray) -> None:
+    """``path`` holds exactly ``expected``: same dtype, shape and content."""
+    loaded = np.load(path, allow_pickle=False)
+    assert loaded.dtype == expected.dtype, f"{path}: dtype {loaded.dtype} != {expected.dtype}"
+    assert loaded.shape == expected.shape, f"{path}: shape {loaded.shape} != {expected.shape}"
+    np.testing.assert_array_equal(loaded, expected)

@@ -1,0 +1,129 @@
+"""The spec's BOSS example, run for real: `boss` starts an ArrayArchiver from a JSON config in its own process."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import assert_npy_equal, wait_until
+from heros_archiver.testing import (
+    ReliableSimulatedCamera,
+    free_port,
+    loopback_config_json,
+    session_manager,
+    unique_realm,
+    wait_for_subscriber,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(110)]
+
+#: The save_template of the spec's example, verbatim.
+SPEC_TEMPLATE = "{{ file_path }}/testimg-{{ '%04d' % ( frame / 2 ) |round(0, 'floor') }}-{{ frame % 2 }}.npy"
+BOSS = Path(sys.executable).parent / "boss"
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _stop_group(process: subprocess.Popen[bytes]) -> None:
+    """Kill what is left of the process group of ``process`` (boss and its workers), by its id."""
+    pgid = process.pid  # start_new_session=True: the boss leads its own group
+    if process.poll() is None or _group_alive(pgid):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=10)
+
+
+def test_boss_runs_the_spec_example(tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    # not created: the archiver must create its root on the first write
+    # boss reads one JSON document per URL: a single HERO config (an object with "_id"), or CouchDB-style
+    # {"rows": [{"doc": ...}]}; a bare JSON list is not accepted (Document.update() of a list fails).
+    config = {
+        "_id": "my-camera-capturer",
+        "classname": "heros_archiver.ArrayArchiver",
+        "arguments": {
+            "object_selector": "cam",
+            "event_name": "acquisition_data",
+            "default_metadata": {"file_path": str(images)},
+            "save_template": SPEC_TEMPLATE,
+        },
+    }
+    config_file = tmp_path / "archiver.json"
+    config_file.write_text(json.dumps(config))
+    log_file = tmp_path / "boss.log"
+
+    port = free_port()
+    realm = unique_realm()
+    camera = ReliableSimulatedCamera("cam", realm=realm, session_manager=session_manager(listen_port=port))
+    env = {**os.environ, "HEROS_ZENOH_CONFIG": loopback_config_json(connect_port=port)}
+    process: subprocess.Popen[bytes] | None = None
+    try:
+        with open(log_file, "wb") as log:
+            process = subprocess.Popen(
+                [str(BOSS), "-u", config_file.as_uri(), "--realm", realm],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=tmp_path,
+                start_new_session=True,
+            )
+        try:
+            wait_for_subscriber(camera, timeout=60)
+        except TimeoutError:
+            pytest.fail(f"the archiver under boss never subscribed; boss log:\n{log_file.read_text()}")
+
+        frames = [np.arange(12, dtype=np.uint16).reshape(3, 4) + 100 * i for i in range(3)]
+        for i, frame in enumerate(frames):
+            camera.acquisition_data(frame, {"frame": i})
+
+        expected = {
+            images / "testimg-0000-0.npy": frames[0],
+            images / "testimg-0000-1.npy": frames[1],
+            images / "testimg-0001-0.npy": frames[2],
+        }
+        try:
+            wait_until(lambda: all(p.exists() for p in expected), 30, f"{sorted(map(str, expected))} to appear")
+        except AssertionError as exc:
+            pytest.fail(f"{exc}; boss log:\n{log_file.read_text()}")
+        for path, frame in expected.items():
+            assert_npy_equal(path, frame)
+        assert sorted(p.name for p in images.iterdir() if p.is_file()) == sorted(p.name for p in expected)
+
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            returncode = process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"boss did not stop within 30 s of SIGTERM; log:\n{log_file.read_text()}")
+        assert returncode == 0, log_file.read_text()
+        deadline = time.monotonic() + 15
+        while _group_alive(process.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _group_alive(process.pid), "a boss worker outlived boss after SIGTERM"
+        log_text = log_file.read_text()
+        assert re.search(r"received 3, archived 3\b", log_text), f"no final figures from _teardown in:\n{log_text}"
+        # nothing was dead-lettered
+        assert not (images / ".heros-archiver" / "dead-letter").exists() or not any(
+            (images / ".heros-archiver" / "dead-letter").iterdir()
+        )
+    finally:
+        if process is not None:
+            _stop_group(process)
+        camera._destroy_hero()

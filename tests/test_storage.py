@@ -1,0 +1,228 @@
+"""Atomic, no-clobber writing; stale temporaries; on_exists end to end with the dead-letter store."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import pytest
+
+from conftest import RigFactory
+from helpers import archived_files, assert_npy_equal, dead_letter_entries, read_entry, wait_for_items
+from heros_archiver import ArrayArchiver, ConfigurationError, StorageError, TargetExistsError
+from heros_archiver.deadletter import DeadLetterStore
+from heros_archiver.errors import ReplayError
+from heros_archiver.storage import _PROCESS_TOKEN, is_temporary, remove_stale_temporaries, write_atomic
+from heros_archiver.testing import free_port, session_manager, unique_realm
+
+
+def _writer(data: bytes) -> Callable[[BinaryIO], None]:
+    def write(fh: BinaryIO) -> None:
+        fh.write(data)
+
+    return write
+
+
+def _temporary_name(pid: int, token: str | None = None) -> str:
+    return f".~heros-archiver.{pid}.{token or uuid.uuid4().hex[:8]}.{uuid.uuid4().hex}.tmp"
+
+
+def _all_files(directory: Path) -> list[str]:
+    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file())
+
+
+def _dead_pid() -> int:
+    """The PID of a child process that has exited and been reaped."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait(timeout=30)
+    with pytest.raises(ProcessLookupError):
+        os.kill(child.pid, 0)
+    return child.pid
+
+
+# ---------------------------------------------------------------------------------------------- write_atomic
+def test_write_creates_parents_and_leaves_no_temporary(tmp_path: Path) -> None:
+    target = tmp_path / "a" / "b" / "c.bin"
+    assert write_atomic(target, _writer(b"hello")) == target
+    assert target.read_bytes() == b"hello"
+    assert _all_files(tmp_path) == ["a/b/c.bin"]
+
+
+@pytest.mark.parametrize("error", [RuntimeError("boom"), OSError(errno.ENOSPC, "No space left on device")])
+def test_failing_write_leaves_neither_file_nor_temporary(tmp_path: Path, error: Exception) -> None:
+    target = tmp_path / "out.npy"
+
+    def write(fh: BinaryIO) -> None:
+        fh.write(b"x" * 100_000)  # a partial file exists under the temporary name ...
+        fh.flush()
+        assert any(is_temporary(p.name) for p in tmp_path.iterdir())
+        raise error  # ... when writing fails mid-way
+
+    expected = StorageError if isinstance(error, OSError) else RuntimeError
+    with pytest.raises(expected):
+        write_atomic(target, write)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_storage_error_is_transient_and_names_path(tmp_path: Path) -> None:
+    def write(fh: BinaryIO) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    with pytest.raises(StorageError) as info:
+        write_atomic(tmp_path / "x.bin", write)
+    assert info.value.permanent is False
+    assert info.value.errno == errno.EIO
+    assert "x.bin" in str(info.value)
+
+
+def test_on_exists_error_keeps_the_first_file(tmp_path: Path) -> None:
+    target = tmp_path / "same.bin"
+    write_atomic(target, _writer(b"first"))
+    with pytest.raises(TargetExistsError) as info:
+        write_atomic(target, _writer(b"second"), on_exists="error")
+    assert info.value.permanent is True
+    assert target.read_bytes() == b"first"
+    assert _all_files(tmp_path) == ["same.bin"]
+
+
+def test_on_exists_overwrite_replaces(tmp_path: Path) -> None:
+    target = tmp_path / "same.bin"
+    write_atomic(target, _writer(b"first"))
+    assert write_atomic(target, _writer(b"second"), on_exists="overwrite") == target
+    assert target.read_bytes() == b"second"
+    assert _all_files(tmp_path) == ["same.bin"]
+
+
+def test_on_exists_unique_adds_a_suffix_before_the_extension(tmp_path: Path) -> None:
+    target = tmp_path / "img.npy"
+    written = [write_atomic(target, _writer(str(i).encode()), on_exists="unique") for i in range(4)]
+    assert [p.name for p in written] == ["img.npy", "img-1.npy", "img-2.npy", "img-3.npy"]
+    assert [p.read_bytes() for p in written] == [b"0", b"1", b"2", b"3"]
+    assert _all_files(tmp_path) == ["img-1.npy", "img-2.npy", "img-3.npy", "img.npy"]
+
+
+@pytest.mark.parametrize("fsync", ["file", "file+directory"])
+def test_fsync_modes_write_the_same_bytes(tmp_path: Path, fsync: str) -> None:
+    target = tmp_path / "durable.bin"
+    write_atomic(target, _writer(b"durable"), fsync=fsync)  # type: ignore[arg-type]
+    assert target.read_bytes() == b"durable"
+
+
+# ---------------------------------------------------------------------------------------------- stale temporaries
+def test_remove_stale_temporaries(tmp_path: Path) -> None:
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        dead = tmp_path / "deep" / "dir" / _temporary_name(_dead_pid())
+        dead_top = tmp_path / _temporary_name(_dead_pid())
+        alive = tmp_path / "deep" / _temporary_name(live.pid)
+        mine = tmp_path / _temporary_name(os.getpid(), _PROCESS_TOKEN)
+        earlier_me = tmp_path / _temporary_name(os.getpid(), "0badc0de")  # an earlier process with our PID
+        lookalike = tmp_path / ".~heros-archiver.notapid.tmp"
+        data = tmp_path / "deep" / "frame.npy"
+        for path in (dead, dead_top, alive, mine, earlier_me, lookalike, data):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"partial")
+
+        assert remove_stale_temporaries(tmp_path) == 3
+
+        assert not dead.exists() and not dead_top.exists() and not earlier_me.exists()
+        assert alive.exists() and mine.exists() and lookalike.exists() and data.exists()
+    finally:
+        live.kill()
+        live.wait(timeout=30)
+
+
+def test_remove_stale_temporaries_of_missing_root(tmp_path: Path) -> None:
+    assert remove_stale_temporaries(tmp_path / "missing") == 0
+
+
+@pytest.mark.timeout(60)
+def test_archiver_removes_stale_temporaries_at_start(make_rig: RigFactory, tmp_path: Path) -> None:
+    stale = tmp_path / "sub" / _temporary_name(_dead_pid())
+    stale.parent.mkdir()
+    stale.write_bytes(b"half a frame")
+    make_rig("{{ file_path }}/{{ frame }}.npy")
+    assert not stale.exists()
+
+
+# ---------------------------------------------------------------------------------------------- end to end
+@pytest.mark.timeout(60)
+def test_collision_keeps_first_and_dead_letters_second(make_rig: RigFactory, tmp_path: Path) -> None:
+    rig = make_rig("{{ file_path }}/same.npy")
+    assert rig.archiver.on_exists == "error"
+    first = np.arange(10, dtype=np.float64)
+    second = -np.arange(10, dtype=np.float64)
+    rig.camera.acquisition_data(first, {"frame": 0})
+    rig.camera.acquisition_data(second, {"frame": 1})
+
+    total = wait_for_items(rig.archiver, 2)
+
+    assert total["archived"] == 1 and total["dead_lettered"] == 1, total
+    assert archived_files(tmp_path) == ["same.npy"]
+    assert_npy_equal(tmp_path / "same.npy", first)
+    entries = dead_letter_entries(tmp_path)
+    assert len(entries) == 1
+    [entry] = entries
+    assert sorted(p.name for p in entry.iterdir()) == ["entry.json", "payload.npy"]
+    info = read_entry(entry)
+    assert info["source"] == "cam" and info["event"] == "acquisition_data"
+    assert "TargetExistsError" in info["error"] and "same.npy" in info["error"]
+    assert info["metadata"] == {"file_path": str(tmp_path), "frame": 1}
+    assert info["attempts"] == 1  # permanent: not retried
+    assert_npy_equal(entry / "payload.npy", second)
+    assert not any(is_temporary(p.name) for p in tmp_path.rglob("*"))
+
+
+@pytest.mark.timeout(60)
+def test_collision_with_unique_keeps_both(make_rig: RigFactory, tmp_path: Path) -> None:
+    rig = make_rig("{{ file_path }}/same.npy", on_exists="unique")
+    frames = [np.full(4, i, dtype=np.uint8) for i in range(3)]
+    for i, frame in enumerate(frames):
+        rig.camera.acquisition_data(frame, {"frame": i})
+
+    total = wait_for_items(rig.archiver, 3)
+
+    assert total["archived"] == 3 and total["dead_lettered"] == 0, total
+    assert_npy_equal(tmp_path / "same.npy", frames[0])
+    assert_npy_equal(tmp_path / "same-1.npy", frames[1])
+    assert_npy_equal(tmp_path / "same-2.npy", frames[2])
+
+
+@pytest.mark.parametrize(("name", "value"), [("on_exists", "replace"), ("fsync", "always")])
+def test_bad_storage_choices_are_configuration_errors(tmp_path: Path, name: str, value: str) -> None:
+    manager = session_manager(connect_port=free_port())
+    try:
+        with pytest.raises(ConfigurationError, match=name):
+            ArrayArchiver(
+                "{{ file_path }}/{{ frame }}.npy",
+                object_selector="cam",
+                event_name="acquisition_data",
+                default_metadata={"file_path": str(tmp_path)},
+                realm=unique_realm(),
+                session_manager=manager,
+                **{name: value},
+            )
+        assert manager._sessions == {}, "a bad setting must fail before Zenoh is touched"
+    finally:
+        manager.force_close()
+
+
+@pytest.mark.parametrize("payload_file", ["../../outside.json", "ABSOLUTE"])
+def test_dead_letter_entry_cannot_point_outside_itself(tmp_path: Path, payload_file: str) -> None:
+    outside = tmp_path / "outside.json"
+    outside.write_text('{"secret": 1}')
+    store = DeadLetterStore(tmp_path / "store")
+    entry = store.put(source="cam", event="acquisition_data", payload={"a": 1}, metadata={}, error="x", attempts=1)
+    info = json.loads((entry / "entry.json").read_text())
+    info["payload_file"] = str(outside) if payload_file == "ABSOLUTE" else payload_file
+    (entry / "entry.json").write_text(json.dumps(info))
+    with pytest.raises(ReplayError):
+        store.load(entry)
