@@ -57,6 +57,13 @@ class Accounting:
             counters = self._of(source)
             setattr(counters, counter, getattr(counters, counter) + amount)
 
+    def archived(self, source: str, nbytes: int) -> None:
+        """Count one archived item of ``nbytes`` payload bytes."""
+        with self._lock:
+            counters = self._of(source)
+            counters.archived += 1
+            counters.bytes += nbytes
+
     def received(self, source: str, metadata: dict[str, Any]) -> None:
         """Count a received item and check its sequence number, if a ``sequence_key`` is set."""
         gap: tuple[int, int] | None = None

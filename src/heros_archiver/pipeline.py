@@ -227,8 +227,7 @@ class Pipeline:
                     self._dead_letter(item, exc)
                     return
                 continue
-            self._accounting.add(item.source, "archived")
-            self._accounting.add(item.source, "bytes", item.nbytes)
+            self._accounting.archived(item.source, item.nbytes)
             return
 
     def _backoff(self, attempt: int) -> float:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import BinaryIO, Literal
 
 from .errors import ConfigurationError, StorageError, TargetExistsError
+from .formats.base import Content
 
 OnExists = Literal["error", "overwrite", "unique"]
 Fsync = Literal["none", "file", "file+directory"]
@@ -32,7 +33,10 @@ _TMP_PREFIX = ".~heros-archiver"
 _TMP_NAME = re.compile(re.escape(_TMP_PREFIX) + r"\.(\d+)\.([0-9a-f]{8})\.[0-9a-f]+\.tmp$")
 #: Tells this process's temporaries from those of an earlier process that had the same PID.
 _PROCESS_TOKEN = uuid.uuid4().hex[:8]
-_tmp_counter = itertools.count()  # unique within the process; pid + token make it unique across processes
+_tmp_counter = itertools.count()
+_CREATE_FLAGS = (
+    os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+)  # unique within the process; pid + token make it unique across processes
 _MAX_UNIQUE = 10_000
 
 
@@ -44,11 +48,11 @@ def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 
 def write_atomic(
     path: Path,
-    write: Callable[[BinaryIO], None],
+    content: Content | Callable[[BinaryIO], None],
     on_exists: OnExists = "error",
     fsync: Fsync = "none",
 ) -> Path:
-    """Create ``path`` with the bytes ``write`` puts into the file object it is given.
+    """Create ``path`` holding ``content``: buffers written in order, or what a callable writes to a file object.
 
     Returns the path actually written (differs from ``path`` only with ``on_exists="unique"``).
     Raises TargetExistsError (policy ``error``) or StorageError (the file system refused).
@@ -57,15 +61,20 @@ def write_atomic(
     published = False
     try:
         try:
-            fh = open(tmp, "xb")  # noqa: SIM115 - closed by the with below; the retry needs it outside
+            fd = os.open(tmp, _CREATE_FLAGS, 0o644)
         except FileNotFoundError:  # the directory does not exist yet: the only case that needs mkdir
             path.parent.mkdir(parents=True, exist_ok=True)
-            fh = open(tmp, "xb")  # noqa: SIM115
-        with fh:
-            write(fh)
-            fh.flush()
+            fd = os.open(tmp, _CREATE_FLAGS, 0o644)
+        try:
+            if callable(content):
+                with os.fdopen(os.dup(fd), "wb") as fh:
+                    content(fh)
+            else:
+                _write_all(fd, content)
             if fsync != "none":
-                os.fsync(fh.fileno())
+                os.fsync(fd)
+        finally:
+            os.close(fd)
         final = _publish(tmp, path, on_exists)
         published = True  # the temporary now has its final name
         if fsync == "file+directory":
@@ -81,6 +90,20 @@ def write_atomic(
             # stale temporary is removed at the next start
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+
+
+def _write_all(fd: int, content: Content) -> None:
+    """Write every buffer of ``content``: one ``writev`` call, continued if the kernel wrote less."""
+    views = [memoryview(chunk).cast("B") for chunk in content]
+    written = os.writev(fd, views)
+    for view in views:
+        if written >= view.nbytes:
+            written -= view.nbytes
+            continue
+        rest = view[written:]
+        written = 0
+        while rest:
+            rest = rest[os.write(fd, rest) :]
 
 
 def _publish(tmp: Path, path: Path, on_exists: OnExists) -> Path:

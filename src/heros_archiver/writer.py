@@ -7,7 +7,6 @@ dead-letter entry recorded, so a replayed item is named and written exactly as i
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any
 
 from .errors import ConfigurationError, PathConfinementError, PayloadError, TargetExistsError, TemplateRenderError
 from .formats import FileFormat, JsonFormat, NpyFormat
-from .formats.base import Writer
+from .formats.base import Content
 from .formats.npy import as_array
 from .naming import PathTemplate, check_no_symlink_escape
 from .storage import FSYNC_CHOICES, ON_EXISTS_CHOICES, Fsync, OnExists, check_choice, is_temporary, write_atomic
@@ -74,9 +73,9 @@ class FileWriter:
             raise PayloadError(f"split_data_array needs an array with at least one dimension, got a scalar {array!r}")
         return [(index, array[index]) for index in range(array.shape[0])]
 
-    def plan(self, source_name: str, payload: Any, metadata: dict[str, Any]) -> list[tuple[Path, Writer]]:
+    def plan(self, source_name: str, payload: Any, metadata: dict[str, Any]) -> list[tuple[Path, Content]]:
         """The files one payload becomes, with everything input-related checked before anything is written."""
-        planned: list[tuple[Path, Writer]] = []
+        planned: list[tuple[Path, Content]] = []
         seen: dict[Path, int | None] = {}
         for index, part in self._parts(payload):
             context = {**metadata, "source_name": source_name}
@@ -92,8 +91,7 @@ class FileWriter:
             seen[path] = index
             if self.settings.merge_metadata and isinstance(part, dict):
                 part = {**part, "metadata": metadata}
-            writer, _nbytes = self._format.prepare(part, metadata)
-            planned.append((path, writer))
+            planned.append((path, self._format.prepare(part, metadata)))
         return planned
 
     def write(self, source_name: str, payload: Any, metadata: dict[str, Any]) -> list[Path]:
@@ -104,13 +102,13 @@ class FileWriter:
         """
         written: list[Path] = []
         try:
-            for path, writer in self.plan(source_name, payload, metadata):
+            for path, content in self.plan(source_name, payload, metadata):
                 if path.parent not in self._checked_dirs:
                     check_no_symlink_escape(path, self.root)
                 try:
-                    written.append(write_atomic(path, writer, self.settings.on_exists, self.settings.fsync))
+                    written.append(write_atomic(path, content, self.settings.on_exists, self.settings.fsync))
                 except TargetExistsError:
-                    if not _same_content(path, writer):
+                    if not _same_content(path, content):
                         raise
                 if len(self._checked_dirs) > 10_000:
                     self._checked_dirs.clear()
@@ -133,14 +131,12 @@ def _refuse_reserved(path: Path, root: Path, template: str) -> None:
         )
 
 
-def _same_content(path: Path, writer: Writer) -> bool:
-    """True when ``path`` holds exactly what ``writer`` would write."""
-    buffer = io.BytesIO()
-    writer(buffer)
-    expected = buffer.getvalue()
+def _same_content(path: Path, content: Content) -> bool:
+    """True when ``path`` holds exactly ``content``."""
     try:
-        if path.stat().st_size != len(expected):
+        if path.stat().st_size != sum(memoryview(chunk).nbytes for chunk in content):
             return False
-        return path.read_bytes() == expected
+        with open(path, "rb") as fh:
+            return all(fh.read(memoryview(chunk).nbytes) == chunk for chunk in content)
     except OSError:
         return False

@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any, BinaryIO, Protocol
+from collections.abc import Mapping
+from typing import Any, Protocol
 
-#: Writes an already-validated payload into an open binary file.
-Writer = Callable[[BinaryIO], None]
+#: The bytes of one file, as buffers written in order (``os.writev``): no joined copy of large arrays.
+Content = list[bytes | memoryview]
 
 
 class FileFormat(Protocol):
-    """A format validates a payload up front (so bad input fails before any file exists) and writes it."""
+    """A format validates a payload up front (so bad input fails before any file exists) and encodes it."""
 
     #: The file name extension this format produces, e.g. ``.npy``.
     suffix: str
 
-    def prepare(self, payload: Any, metadata: Mapping[str, Any]) -> tuple[Writer, int]:
-        """Check ``payload`` and return a writer for it and the number of payload bytes it will write.
+    def prepare(self, payload: Any, metadata: Mapping[str, Any]) -> Content:
+        """Check ``payload`` and return the file's content.
 
         Raises PayloadError when the payload is not of a type this format stores.
         """

@@ -14,13 +14,13 @@ import enum
 import uuid
 from collections.abc import Mapping
 from pathlib import PurePath
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import orjson
 
 from ..errors import PayloadError
-from .base import Writer
+from .base import Content
 
 _OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS | orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE
 
@@ -57,13 +57,8 @@ class JsonFormat:
 
     suffix = ".json"
 
-    def prepare(self, payload: Any, metadata: Mapping[str, Any]) -> tuple[Writer, int]:
+    def prepare(self, payload: Any, metadata: Mapping[str, Any]) -> Content:
         """Encode now, so that an unencodable payload fails before a file is created."""
         if not isinstance(payload, Mapping):
             raise PayloadError(f"expected a dict as JSON data, got {type(payload).__name__} {repr(payload)[:80]}")
-        encoded = encode_json(payload)
-
-        def write(fh: BinaryIO) -> None:
-            fh.write(encoded)
-
-        return write, len(encoded)
+        return [encode_json(payload)]

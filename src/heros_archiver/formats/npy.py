@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 
 from ..errors import PayloadError
-from .base import Writer
+from .base import Content
 
 
 def as_array(payload: Any) -> np.ndarray:
@@ -42,11 +43,13 @@ class NpyFormat:
 
     suffix = ".npy"
 
-    def prepare(self, payload: Any, metadata: Mapping[str, Any]) -> tuple[Writer, int]:
-        """Validate the array; the writer streams it without an intermediate copy."""
-        array = as_array(payload)
-
-        def write(fh: BinaryIO) -> None:
-            np.lib.format.write_array(fh, array, allow_pickle=False)
-
-        return write, int(array.nbytes)
+    def prepare(self, payload: Any, metadata: Mapping[str, Any]) -> Content:
+        """Validate the array; the content is the ``.npy`` header and a view of the array's memory."""
+        array = np.ascontiguousarray(as_array(payload))
+        header = io.BytesIO()
+        try:
+            np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(array))
+        except ValueError:  # a header too long for format 1.0 (huge structured dtypes): let numpy choose
+            np.lib.format.write_array(header, array, allow_pickle=False)
+            return [header.getvalue()]
+        return [header.getvalue(), array.reshape(-1).view(np.uint8).data]
