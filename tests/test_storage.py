@@ -20,7 +20,7 @@ from helpers import archived_files, assert_npy_equal, dead_letter_entries, read_
 from heros_archiver import ArrayArchiver, ConfigurationError, StorageError, TargetExistsError
 from heros_archiver.deadletter import DeadLetterStore
 from heros_archiver.errors import ReplayError
-from heros_archiver.storage import _PROCESS_TOKEN, is_temporary, remove_stale_temporaries, write_atomic
+from heros_archiver.storage import PROCESS_TOKEN, is_temporary, remove_stale_temporaries, write_atomic
 from heros_archiver.testing import free_port, session_manager, unique_realm
 
 
@@ -123,7 +123,7 @@ def test_remove_stale_temporaries(tmp_path: Path) -> None:
         dead = tmp_path / "deep" / "dir" / _temporary_name(_dead_pid())
         dead_top = tmp_path / _temporary_name(_dead_pid())
         alive = tmp_path / "deep" / _temporary_name(live.pid)
-        mine = tmp_path / _temporary_name(os.getpid(), _PROCESS_TOKEN)
+        mine = tmp_path / _temporary_name(os.getpid(), PROCESS_TOKEN)
         earlier_me = tmp_path / _temporary_name(os.getpid(), "0badc0de")  # an earlier process with our PID
         lookalike = tmp_path / ".~heros-archiver.notapid.tmp"
         data = tmp_path / "deep" / "frame.npy"

@@ -107,7 +107,7 @@ class HERODataArchiver(EventObserver):
         spool = Spool(Path(spool_dir) if spool_dir else dead_letters.directory.parent / "spool", event_name)
         self._pipeline = Pipeline(
             event_name,
-            self._store,
+            self._store_item,
             options,
             self._accounting,
             dead_letters,
@@ -156,6 +156,10 @@ class HERODataArchiver(EventObserver):
         None for archivers whose ``_store`` is their own (their dead letters are re-driven by their code).
         """
         return None
+
+    def _store_item(self, item: Item) -> None:
+        """Write one queued item (the pipeline's entry point); subclasses may use what the item knows."""
+        self._store(item.source, item.payload, item.metadata)
 
     @abstractmethod
     def _store(self, source_name: str, payload: Any, metadata: dict[str, Any]) -> None:
@@ -226,8 +230,11 @@ class HERODataArchiver(EventObserver):
         return snapshot
 
     def is_queue_drained(self) -> bool:
-        """True when every received item has been archived, dead-lettered or dropped."""
-        return bool(self.stats()["total"]["in_flight"] == 0)
+        """True when no received item waits in memory: all archived, dead-lettered, dropped, or (once
+        stopped) parked in the spool for the next start."""
+        stats = self.stats()
+        parked = stats["queue"]["spooled"] if self._pipeline.stopped else 0
+        return bool(stats["total"]["in_flight"] == parked)
 
     def _stop(self, *_boss: Any) -> None:
         """Stop intake, drain the queue within ``drain_timeout``, set aside what is left. Idempotent."""

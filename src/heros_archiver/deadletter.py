@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import shutil
 import time
 import uuid
@@ -24,11 +25,14 @@ import numpy as np
 
 from .errors import PayloadError, ReplayError
 from .formats.json import encode_json
+from .formats.npy import NpyFormat
+from .storage import PROCESS_TOKEN, owner_alive, write_new_file
 
 ENTRY_FILE = "entry.json"
 #: The only payload files an entry may name (an edited or planted entry cannot point elsewhere).
 PAYLOAD_FILES = ("payload.npy", "payload.json")
 _TMP_PREFIX = ".tmp-"
+_TMP_DIR = re.compile(re.escape(_TMP_PREFIX) + r"(\d+)-([0-9a-f]{8})-[0-9a-f]{32}$")
 _counter = itertools.count()
 
 
@@ -72,7 +76,7 @@ class DeadLetterStore:
         self.directory.mkdir(parents=True, exist_ok=True)
         now = time.time()
         name = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}-{os.getpid()}-{next(_counter):08d}-{_safe(source)}"
-        tmp = self.directory / f"{_TMP_PREFIX}{uuid.uuid4().hex}"
+        tmp = self.directory / f"{_TMP_PREFIX}{os.getpid()}-{PROCESS_TOKEN}-{uuid.uuid4().hex}"
         tmp.mkdir()
         try:
             payload_file, payload_note = _write_payload(tmp, payload)
@@ -99,6 +103,18 @@ class DeadLetterStore:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+
+    def remove_stale_temporaries(self) -> int:
+        """Delete half-written entries of processes that no longer run (a crash during ``put``)."""
+        removed = 0
+        if not self.directory.is_dir():
+            return 0
+        for path in self.directory.iterdir():
+            match = _TMP_DIR.match(path.name)
+            if match and not owner_alive(int(match.group(1)), match.group(2)):
+                shutil.rmtree(path, ignore_errors=True)
+                removed += 1
+        return removed
 
     def entries(self) -> Iterator[Path]:
         """Entry directories, oldest first."""
@@ -143,7 +159,7 @@ class DeadLetterStore:
 
 def _write_payload(directory: Path, payload: Any) -> tuple[str | None, str]:
     if isinstance(payload, np.ndarray) and not payload.dtype.hasobject:
-        np.save(directory / "payload.npy", payload, allow_pickle=False)
+        write_new_file(directory / "payload.npy", NpyFormat().prepare(payload, {}))
         return "payload.npy", "numpy array"
     try:
         encoded = encode_json(payload)

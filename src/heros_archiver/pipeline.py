@@ -1,6 +1,6 @@
 """The archiving pipeline: a bounded queue, writer threads, retries, spool and dead letters; no network.
 
-``HERODataArchiver`` feeds it from Zenoh; the pipeline calls ``store(source, payload, metadata)`` for
+``HERODataArchiver`` feeds it from Zenoh; the pipeline calls ``store(item)`` for
 every item, retries transient failures with exponential backoff and jitter, and sets aside (spool or
 dead-letter store) what cannot be written, so that every item it accepted is accounted for.
 """
@@ -28,8 +28,8 @@ OVERFLOW_CHOICES: tuple[str, ...] = ("block", "spill", "drop")
 DEFAULT_MAX_QUEUE_BYTES = 256 * 2**20
 DEFAULT_MAX_QUEUE_ITEMS = 10_000
 
-#: store(source_name, payload, metadata): writes one item or raises.
-StoreFunction = Callable[[str, Any, dict[str, Any]], None]
+#: store(item): writes one item or raises.
+StoreFunction = Callable[[Item], None]
 
 
 @dataclass(frozen=True)
@@ -96,6 +96,9 @@ class Pipeline:
         self._spilling = False
         self._spool_lock = threading.Lock()
         self._drop_logged = 0
+        for entry_store in (dead_letters, spool.store):
+            if removed := entry_store.remove_stale_temporaries():
+                log.warning("removed %d half-written entries of a crashed run from %s", removed, entry_store.directory)
         self._resumed = set(spool.pending())
         if self._resumed:
             log.warning("resuming %d spooled item(s) from %s", len(self._resumed), spool.directory)
@@ -155,8 +158,9 @@ class Pipeline:
                 continue
             if item is None:
                 continue
-            if item.spool_entry in self._resumed:
+            if item.spool_entry in self._resumed:  # spooled by an earlier run: may have been written already
                 self._resumed.discard(item.spool_entry)
+                item.resumed = True
                 self._accounting.received(item.source, item.metadata)
             if not self._queue.put(item, block=True):
                 self.spool.give_back(item)
@@ -206,7 +210,7 @@ class Pipeline:
         while True:
             item.attempts += 1
             try:
-                self._store(item.source, item.payload, item.metadata)
+                self._store(item)
             except Exception as exc:  # noqa: BLE001 - every failure is retried or dead-lettered, never raised
                 permanent = isinstance(exc, ArchiverError) and exc.permanent
                 if permanent or item.attempts > self._max_retries():
@@ -325,6 +329,11 @@ class Pipeline:
                     self.spool.directory,
                 )
             self._stopped = True
+
+    @property
+    def stopped(self) -> bool:
+        """True once ``stop`` finished."""
+        return self._stopped
 
     def queue_status(self) -> dict[str, Any]:
         """Fill of the queue and the spool."""

@@ -29,6 +29,8 @@ class Item:
     attempts: int = 0
     #: the spool entry this item was loaded from (removed once the item is archived or dead-lettered)
     spool_entry: Path | None = None
+    #: True when an earlier run may already have written it (resumed from its spool)
+    resumed: bool = False
 
 
 class LaneQueue:

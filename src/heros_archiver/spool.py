@@ -27,6 +27,11 @@ class Spool:
         self._ready = threading.Condition()
 
     @property
+    def store(self) -> DeadLetterStore:
+        """The entry store underneath."""
+        return self._store
+
+    @property
     def directory(self) -> Path:
         """Where the entries are."""
         return self._store.directory

@@ -32,7 +32,7 @@ FSYNC_CHOICES: tuple[str, ...] = ("none", "file", "file+directory")
 _TMP_PREFIX = ".~heros-archiver"
 _TMP_NAME = re.compile(re.escape(_TMP_PREFIX) + r"\.(\d+)\.([0-9a-f]{8})\.[0-9a-f]+\.tmp$")
 #: Tells this process's temporaries from those of an earlier process that had the same PID.
-_PROCESS_TOKEN = uuid.uuid4().hex[:8]
+PROCESS_TOKEN = uuid.uuid4().hex[:8]
 _tmp_counter = itertools.count()
 _CREATE_FLAGS = (
     os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
@@ -57,7 +57,7 @@ def write_atomic(
     Returns the path actually written (differs from ``path`` only with ``on_exists="unique"``).
     Raises TargetExistsError (policy ``error``) or StorageError (the file system refused).
     """
-    tmp = path.parent / f"{_TMP_PREFIX}.{os.getpid()}.{_PROCESS_TOKEN}.{next(_tmp_counter)}.tmp"
+    tmp = path.parent / f"{_TMP_PREFIX}.{os.getpid()}.{PROCESS_TOKEN}.{next(_tmp_counter)}.tmp"
     published = False
     try:
         try:
@@ -110,7 +110,7 @@ def _publish(tmp: Path, path: Path, on_exists: OnExists) -> Path:
     if on_exists == "overwrite":
         os.replace(tmp, path)
         return path
-    candidates: Iterable[Path] = [path] if on_exists == "error" else _unique_names(path)
+    candidates: Iterable[Path] = [path] if on_exists == "error" else unique_names(path)
     for candidate in candidates:
         try:
             _link_or_rename_noreplace(tmp, candidate)
@@ -171,7 +171,7 @@ def _link_or_rename_noreplace(tmp: Path, target: Path) -> None:
     os.unlink(tmp)
 
 
-def _unique_names(path: Path) -> Iterator[Path]:
+def unique_names(path: Path) -> Iterator[Path]:
     """``name.npy``, ``name-1.npy``, ``name-2.npy``, ... (the suffix goes before the extension)."""
     yield path
     stem, suffix = path.stem, path.suffix
@@ -203,7 +203,7 @@ def remove_stale_temporaries(root: Path) -> int:
     for directory, _dirs, files in os.walk(root):
         for name in files:
             match = _TMP_NAME.match(name)
-            if match is None or _owner_alive(int(match.group(1)), match.group(2)):
+            if match is None or owner_alive(int(match.group(1)), match.group(2)):
                 continue
             try:
                 os.unlink(os.path.join(directory, name))
@@ -213,9 +213,19 @@ def remove_stale_temporaries(root: Path) -> int:
     return removed
 
 
-def _owner_alive(pid: int, token: str) -> bool:
+def write_new_file(path: Path, content: Content) -> None:
+    """Create ``path`` (which must not exist) with ``content``; for files inside a private temporary directory."""
+    fd = os.open(path, _CREATE_FLAGS, 0o644)
+    try:
+        _write_all(fd, content)
+    finally:
+        os.close(fd)
+
+
+def owner_alive(pid: int, token: str) -> bool:
+    """True if the process that made a temporary (``pid`` with ``token``) may still be using it."""
     if pid == os.getpid():
-        return token == _PROCESS_TOKEN
+        return token == PROCESS_TOKEN
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -17,7 +17,16 @@ from .formats import FileFormat, JsonFormat, NpyFormat
 from .formats.base import Content
 from .formats.npy import as_array
 from .naming import PathTemplate, check_no_symlink_escape
-from .storage import FSYNC_CHOICES, ON_EXISTS_CHOICES, Fsync, OnExists, check_choice, is_temporary, write_atomic
+from .storage import (
+    FSYNC_CHOICES,
+    ON_EXISTS_CHOICES,
+    Fsync,
+    OnExists,
+    check_choice,
+    is_temporary,
+    unique_names,
+    write_atomic,
+)
 
 #: The directory under the archive root that holds the archiver's own state (dead letters, spool).
 STATE_DIR_NAME = ".heros-archiver"
@@ -94,17 +103,21 @@ class FileWriter:
             planned.append((path, self._format.prepare(part, metadata)))
         return planned
 
-    def write(self, source_name: str, payload: Any, metadata: dict[str, Any]) -> list[Path]:
+    def write(self, source_name: str, payload: Any, metadata: dict[str, Any], resumed: bool = False) -> list[Path]:
         """Write every file of one payload; on a failure midway remove this attempt's files and re-raise.
 
-        A target that already holds exactly the bytes we would write counts as written: replaying an
-        item, or resuming after a crash between writing and bookkeeping, never duplicates a file.
+        A target that already holds exactly the bytes we would write counts as written, so replaying an
+        item or resuming after a crash between writing and bookkeeping never duplicates a file. With
+        ``on_exists="unique"`` that check needs ``resumed`` (the item may have been written before):
+        otherwise two events with identical bytes are two files, as that policy promises.
         """
         written: list[Path] = []
         try:
             for path, content in self.plan(source_name, payload, metadata):
                 if path.parent not in self._checked_dirs:
                     check_no_symlink_escape(path, self.root)
+                if resumed and self.settings.on_exists == "unique" and _identical_unique_name(path, content):
+                    continue
                 try:
                     written.append(write_atomic(path, content, self.settings.on_exists, self.settings.fsync))
                 except TargetExistsError:
@@ -129,6 +142,16 @@ def _refuse_reserved(path: Path, root: Path, template: str) -> None:
             f"rendered path {str(path)!r} (template {template!r}) is reserved for the archiver's own files "
             f"({STATE_DIR_NAME}/ under the root, or a temporary's name)"
         )
+
+
+def _identical_unique_name(path: Path, content: Content) -> bool:
+    """True when ``path`` or one of its ``-N`` variants (up to the first free name) holds ``content``."""
+    for candidate in unique_names(path):
+        if not os.path.lexists(candidate):
+            return False
+        if _same_content(candidate, content):
+            return True
+    return False
 
 
 def _same_content(path: Path, content: Content) -> bool:

@@ -1,0 +1,1 @@
+"""Archiver subclasses importable by child processes (``PYTHONPATH=tests``) and by the tests themselves."""

@@ -1,0 +1,129 @@
+"""Bounded memory: a fast reliable camera, slow storage, 4 MiB frames; the archiver's private memory stays bounded.
+
+The archiver runs as ``heros-archiver run`` in a child process; a thread samples its RssAnon every ~20 ms (the
+design notes: judge memory by sampling RssAnon during the run, not by VmHWM or RSS afterwards).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from heros_archiver.testing import free_port, unique_realm
+from procs import (
+    SLOW_ARCHIVER,
+    camera,
+    check_frame_file,
+    npy_files,
+    parse_stats_table,
+    rss_anon_kib,
+    run_archiver,
+    send_frames,
+    wait_for_archiver,
+    wait_until,
+    write_config,
+)
+
+pytestmark = pytest.mark.timeout(120)
+
+SHAPE = (1024, 2048)  # 4 MiB of uint16
+FRAMES = 70
+MAX_QUEUE_BYTES = 64 * 2**20
+SLACK = 200 * 2**20
+
+
+class RssSampler(threading.Thread):
+    """Samples RssAnon of ``pid`` every ``interval`` seconds until stopped or the process is gone."""
+
+    def __init__(self, pid: int, interval: float = 0.02) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.interval = interval
+        self.peak_kib = 0
+        self.samples = 0
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            value = rss_anon_kib(self.pid)
+            if value is None:
+                return
+            self.peak_kib = max(self.peak_kib, value)
+            self.samples += 1
+            self._stop_event.wait(self.interval)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(10)
+
+
+def _stable_file_count(directory: Path, quiet: float = 1.5) -> int:
+    """Wait until no new file appeared for ``quiet`` seconds (the queue is empty); return the count."""
+    last, since = -1, time.monotonic()
+    while True:
+        count = len(npy_files(directory))
+        if count != last:
+            last, since = count, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return count
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("overflow", ["block", "spill", "drop"])
+def test_memory_stays_bounded_under_a_fast_sender(tmp_path: Path, overflow: str) -> None:
+    archive = tmp_path / "archive"
+    port, realm = free_port(), unique_realm()
+    config = write_config(
+        tmp_path / "config.json",
+        {
+            "object_selector": "cam",
+            "event_name": "acquisition_data",
+            "default_metadata": {"file_path": str(archive)},
+            "save_template": "{{ file_path }}/{{ '%03d' % frame }}.npy",
+            "overflow": overflow,
+            "max_queue_bytes": MAX_QUEUE_BYTES,
+            "store_delay": 0.05,
+        },
+        classname=SLOW_ARCHIVER,
+    )
+    sent = list(range(FRAMES))
+    with camera(port, realm) as cam, run_archiver(config, realm, port, tmp_path / "run.log") as proc:
+        wait_for_archiver(cam, proc)
+        baseline = rss_anon_kib(proc.pid)
+        assert baseline is not None
+        sampler = RssSampler(proc.pid)
+        sampler.start()
+        try:
+            send_frames(cam, sent, SHAPE)
+            if overflow == "drop":
+                _stable_file_count(archive)
+            else:
+                wait_until(lambda: len(npy_files(archive)) >= FRAMES, what="every frame written")
+            code, output = proc.terminate()
+        finally:
+            sampler.stop()
+    assert code == 0, output
+
+    growth = (sampler.peak_kib - baseline) * 1024
+    print(
+        f"\noverflow={overflow}: RssAnon baseline {baseline / 1024:.0f} MiB, peak {sampler.peak_kib / 1024:.0f} MiB, "
+        f"growth {growth / 2**20:.0f} MiB ({sampler.samples} samples)"
+    )
+    assert sampler.samples > 10
+    assert growth <= MAX_QUEUE_BYTES + SLACK, f"RssAnon grew by {growth / 2**20:.0f} MiB"
+
+    total = parse_stats_table(output)
+    files = npy_files(archive)
+    indices = [check_frame_file(p, SHAPE) for p in files]
+    assert all(int(p.stem) == i for p, i in zip(files, indices, strict=True))
+    assert total["received"] == FRAMES, output  # reliable events: nothing lost on the way
+    assert total["dead_lettered"] == 0, output
+    if overflow == "drop":
+        assert total["received"] == total["archived"] + total["dropped"], output
+        assert total["archived"] == len(files) and total["dropped"] > 0, output
+    else:
+        assert total["archived"] == FRAMES and total["dropped"] == 0, output
+        assert indices == sent
