@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-#: The bytes of one file, as buffers written in order (``os.writev``): no joined copy of large arrays.
+#: The bytes of one file, as buffers written in order: no joined copy of large arrays.
 Content = list[bytes | memoryview]
 
 
