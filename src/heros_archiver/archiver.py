@@ -47,7 +47,7 @@ class HERODataArchiver(EventObserver):
         event_name: the event to archive, e.g. ``acquisition_data``.
         default_metadata: merged under each payload's metadata (the payload's keys win).
         max_retries: retries of a failed store before the item goes to the dead-letter store.
-        max_queue_bytes: bound of the queue in payload bytes (default 256 MiB).
+        max_queue_bytes: bound of the queue in payload bytes (default 64 MiB: 32 frames of 2 MiB).
         max_queue_items: bound of the queue in items (default 10,000).
         overflow: what a full queue does: ``block`` (default; back-pressure to the sender), ``spill``
             (to an on-disk spool, archived from there in order, also after a restart) or ``drop``

@@ -25,7 +25,7 @@ from .storage import check_choice
 log = logging.getLogger("heros_archiver")
 
 OVERFLOW_CHOICES: tuple[str, ...] = ("block", "spill", "drop")
-DEFAULT_MAX_QUEUE_BYTES = 256 * 2**20
+DEFAULT_MAX_QUEUE_BYTES = 64 * 2**20
 DEFAULT_MAX_QUEUE_ITEMS = 10_000
 
 #: store(item): writes one item or raises.
