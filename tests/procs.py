@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from heros import LocalHERO
 
+import helpers
 from heros_archiver.testing import (
     ReliableSimulatedCamera,
     frame_index,
@@ -37,15 +38,6 @@ SLOW_ARCHIVER = "fixtures_pkg.slow.SlowArrayArchiver"
 TMP_PREFIX = ".~heros-archiver"
 #: How long a test waits for something that normally takes milliseconds to seconds.
 DEADLINE = 60.0
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = DEADLINE, what: str = "condition") -> None:
-    """Poll ``predicate`` until it is true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
 
 
 def settled(stats: dict[str, Any]) -> int:
@@ -133,10 +125,28 @@ def child_env(connect_port: int, **extra: str) -> dict[str, str]:
     return env
 
 
+def wait_until(predicate: Callable[[], Any], timeout: float = DEADLINE, what: str = "condition") -> None:
+    """helpers.wait_until with the longer deadline that child processes need."""
+    helpers.wait_until(predicate, timeout, what)
+
+
 def write_config(path: Path, arguments: dict[str, Any], classname: str = "heros_archiver.ArrayArchiver") -> Path:
     """A BOSS-style config with one archiver."""
     path.write_text(json.dumps({"_id": "archiver", "classname": classname, "arguments": arguments}))
     return path
+
+
+def camera_archiver_arguments(
+    archive: Path, template: str = "{{ file_path }}/{{ '%03d' % frame }}.npy", **extra: Any
+) -> dict[str, Any]:
+    """Constructor arguments of an archiver of camera ``cam``'s frames into ``archive``."""
+    return {
+        "object_selector": "cam",
+        "event_name": "acquisition_data",
+        "default_metadata": {"file_path": str(archive)},
+        "save_template": template,
+        **extra,
+    }
 
 
 class Child:

@@ -22,6 +22,7 @@ from heros_archiver.writer import FileWriter, WriterSettings
 from procs import (
     SLOW_ARCHIVER,
     camera,
+    camera_archiver_arguments,
     check_frame_file,
     entries,
     frame,
@@ -98,15 +99,13 @@ def test_disk_full_dead_letters_then_replay_archives_all(tmp_path: Path) -> None
     port, realm = free_port(), unique_realm()
     config = write_config(
         tmp_path / "config.json",
-        {
-            "object_selector": "cam",
-            "event_name": "acquisition_data",
-            "default_metadata": {"file_path": str(archive)},
-            "save_template": "{{ file_path }}/data/{{ '%03d' % frame }}.npy",
-            "root": str(archive),
-            "max_retries": 2,
-            "retry_delay": 0.05,
-        },
+        camera_archiver_arguments(
+            archive,
+            "{{ file_path }}/data/{{ '%03d' % frame }}.npy",
+            root=str(archive),
+            max_retries=2,
+            retry_delay=0.05,
+        ),
     )
     sent = list(range(8))
     with tiny_file_system(data, "1m"):
@@ -209,15 +208,7 @@ def test_sigkill_mid_write_leaves_only_complete_files_and_the_spool_resumes(tmp_
     port, realm = free_port(), unique_realm()
     config = write_config(
         tmp_path / "config.json",
-        {
-            "object_selector": "cam",
-            "event_name": "acquisition_data",
-            "default_metadata": {"file_path": str(archive)},
-            "save_template": "{{ file_path }}/{{ '%03d' % frame }}.npy",
-            "overflow": "spill",
-            "max_queue_bytes": 32 * 2**20,
-            "store_delay": 0.1,
-        },
+        camera_archiver_arguments(archive, overflow="spill", max_queue_bytes=32 * 2**20, store_delay=0.1),
         classname=SLOW_ARCHIVER,
     )
     spool = archive / ".heros-archiver" / "spool"

@@ -16,6 +16,7 @@ from heros_archiver.testing import free_port, unique_realm
 from procs import (
     SLOW_ARCHIVER,
     camera,
+    camera_archiver_arguments,
     check_frame_file,
     npy_files,
     parse_stats_table,
@@ -78,15 +79,7 @@ def test_memory_stays_bounded_under_a_fast_sender(tmp_path: Path, overflow: str)
     port, realm = free_port(), unique_realm()
     config = write_config(
         tmp_path / "config.json",
-        {
-            "object_selector": "cam",
-            "event_name": "acquisition_data",
-            "default_metadata": {"file_path": str(archive)},
-            "save_template": "{{ file_path }}/{{ '%03d' % frame }}.npy",
-            "overflow": overflow,
-            "max_queue_bytes": MAX_QUEUE_BYTES,
-            "store_delay": 0.05,
-        },
+        camera_archiver_arguments(archive, overflow=overflow, max_queue_bytes=MAX_QUEUE_BYTES, store_delay=0.05),
         classname=SLOW_ARCHIVER,
     )
     sent = list(range(FRAMES))
