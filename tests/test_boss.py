@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from heros import RemoteHERO
 
 from helpers import assert_npy_equal, wait_until
 from heros_archiver.testing import (
@@ -106,6 +107,15 @@ def test_boss_runs_the_spec_example(tmp_path: Path) -> None:
         for path, frame in expected.items():
             assert_npy_equal(path, frame)
         assert sorted(p.name for p in images.iterdir() if p.is_file()) == sorted(p.name for p in expected)
+
+        # BOSS exposes public methods as capabilities: another process (here: the test) asks for the figures
+        remote = RemoteHERO("my-camera-capturer", realm=realm, session_manager=camera._session_manager)
+        try:
+            stats = remote.stats()
+        finally:
+            remote._destroy_hero()
+        assert stats["total"]["received"] == stats["total"]["archived"] == 3, stats
+        assert stats["sources"]["cam"]["archived"] == 3 and stats["queue"]["items"] == 0, stats
 
         os.killpg(process.pid, signal.SIGTERM)
         try:
