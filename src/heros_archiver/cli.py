@@ -166,6 +166,8 @@ def demo(
     folder = out or Path.cwd() / "heros-archiver-demo" / time.strftime("%Y%m%d-%H%M%S")
     result = run_demo(frames, (int(height), int(width)), dtype, folder, rate, timeout, _progress)
     table = Table(title="heros-archiver demo", show_header=False)
+    table.add_column("what")
+    table.add_column("value", overflow="fold")  # paths are shown whole, folded if the terminal is narrow
     for key, value in result.summary_rows():
         table.add_row(key, value)
     console.print(table)
