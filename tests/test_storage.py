@@ -8,27 +8,23 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any
 
 import numpy as np
 import pytest
 
 from conftest import RigFactory
 from helpers import archived_files, assert_npy_equal, dead_letter_entries, read_entry, wait_for_items
-from heros_archiver import ArrayArchiver, ConfigurationError, StorageError, TargetExistsError
+from heros_archiver import ArrayArchiver, ConfigurationError, StorageError, TargetExistsError, storage
 from heros_archiver.deadletter import DeadLetterStore
 from heros_archiver.errors import ReplayError
 from heros_archiver.storage import PROCESS_TOKEN, is_temporary, remove_stale_temporaries, write_atomic
 from heros_archiver.testing import free_port, session_manager, unique_realm
 
 
-def _writer(data: bytes) -> Callable[[BinaryIO], None]:
-    def write(fh: BinaryIO) -> None:
-        fh.write(data)
-
-    return write
+def _writer(data: bytes) -> list[bytes | memoryview]:
+    return [data]
 
 
 def _temporary_name(pid: int, token: str | None = None) -> str:
@@ -57,27 +53,34 @@ def test_write_creates_parents_and_leaves_no_temporary(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("error", [RuntimeError("boom"), OSError(errno.ENOSPC, "No space left on device")])
-def test_failing_write_leaves_neither_file_nor_temporary(tmp_path: Path, error: Exception) -> None:
+def test_failing_write_leaves_neither_file_nor_temporary(
+    tmp_path: Path, error: Exception, monkeypatch: pytest.MonkeyPatch
+) -> None:
     target = tmp_path / "out.npy"
+    real_write = os.write
 
-    def write(fh: BinaryIO) -> None:
-        fh.write(b"x" * 100_000)  # a partial file exists under the temporary name ...
-        fh.flush()
+    def write(fd: int, data: Any) -> int:
+        if real_write(fd, data) and len(data) == 100_000:
+            return 100_000  # a partial file exists under the temporary name ...
         assert any(is_temporary(p.name) for p in tmp_path.iterdir())
         raise error  # ... when writing fails mid-way
 
+    monkeypatch.setattr(storage.os, "write", write)
     expected = StorageError if isinstance(error, OSError) else RuntimeError
     with pytest.raises(expected):
-        write_atomic(target, write)
+        write_atomic(target, [b"x" * 100_000, b"y" * 10])
+    monkeypatch.undo()
     assert list(tmp_path.iterdir()) == []
 
 
-def test_storage_error_is_transient_and_names_path(tmp_path: Path) -> None:
-    def write(fh: BinaryIO) -> None:
+def test_storage_error_is_transient_and_names_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def write(fd: int, data: Any) -> int:
         raise OSError(errno.EIO, "Input/output error")
 
+    monkeypatch.setattr(storage.os, "write", write)
     with pytest.raises(StorageError) as info:
-        write_atomic(tmp_path / "x.bin", write)
+        write_atomic(tmp_path / "x.bin", [b"data"])
+    monkeypatch.undo()
     assert info.value.permanent is False
     assert info.value.errno == errno.EIO
     assert "x.bin" in str(info.value)

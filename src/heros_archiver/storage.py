@@ -19,7 +19,7 @@ import sys
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import Literal
 
 from .errors import ConfigurationError, StorageError, TargetExistsError
 from .formats.base import Content
@@ -48,11 +48,11 @@ def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 
 def write_atomic(
     path: Path,
-    content: Content | Callable[[BinaryIO], None],
+    content: Content,
     on_exists: OnExists = "error",
     fsync: Fsync = "none",
 ) -> Path:
-    """Create ``path`` holding ``content``: buffers written in order, or what a callable writes to a file object.
+    """Create ``path`` holding ``content`` (buffers written in order).
 
     Returns the path actually written (differs from ``path`` only with ``on_exists="unique"``).
     Raises TargetExistsError (policy ``error``) or StorageError (the file system refused).
@@ -66,11 +66,7 @@ def write_atomic(
             path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(tmp, _CREATE_FLAGS, 0o644)
         try:
-            if callable(content):
-                with os.fdopen(os.dup(fd), "wb") as fh:
-                    content(fh)
-            else:
-                _write_all(fd, content)
+            _write_all(fd, content)
             if fsync != "none":
                 os.fsync(fd)
         finally:
