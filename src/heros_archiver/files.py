@@ -88,7 +88,8 @@ class FileArchiver(HERODataArchiver):
         if type(self)._store is not FileArchiver._store:
             super()._store_item(item)
             return
-        self._writer.write(item.source, item.payload, {**self.metadata, **item.metadata}, resumed=item.resumed)
+        # item.metadata was merged with the default metadata when the event arrived (feed)
+        self._writer.write(item.source, item.payload, item.metadata, resumed=item.resumed)
 
     @property
     def on_exists(self) -> OnExists:
