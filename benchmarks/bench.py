@@ -11,15 +11,18 @@ the sink child with that implementation's interpreter; the first --impl is the n
 """
 
 import argparse
+import ctypes
 import importlib
 import json
 import os
 import platform
 import queue
+import select
 import shutil
 import signal
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import threading
@@ -425,14 +428,18 @@ def pct(values, q):
     return float(np.percentile(values, q)) if len(values) else None
 
 
-def verify(fmt, data, n, shape, sink_info):
-    """Load every archived item, check its content; return per-index arrival times and counters."""
-    good, bad, dup, partial = {}, 0, 0, 0
+def verify(fmt, data, n, shape, sink_info, arrivals=None):
+    """Load every archived item, check its content; return per-index arrival times and counters.
+
+    Arrival time of an npy / json file: its time in `arrivals` (ArrivalWatcher), else its mtime (counted in
+    the last value); of a zarr array: the newest mtime below it; of a count item: its receive time."""
+    good, bad, dup, partial, by_mtime = {}, 0, 0, 0, 0
+    arrivals = arrivals or {}
     if fmt == "count":
         for i, t in sink_info["recv"]:
             dup += i in good
             good[i] = t
-        return good, bad, dup, None
+        return good, bad, dup, None, 0
     exp = base_frame(shape) if fmt != "json" else None
     if fmt == "zarr":
         import zarr
@@ -453,14 +460,16 @@ def verify(fmt, data, n, shape, sink_info):
             bad += 1
             continue
         if fmt == "zarr":
-            mtime = tree_fingerprint(os.path.dirname(p))[2] / 1e9
+            t = tree_fingerprint(os.path.dirname(p))[2] / 1e9
         else:
             st = os.stat(p)
-            mtime = st.st_mtime_ns / 1e9
+            t = arrivals.get(p)
+            if t is None:
+                t, by_mtime = st.st_mtime_ns / 1e9, by_mtime + 1
             partial += sink_info["first_size"].get(p, st.st_size) < st.st_size
         dup += i in good
-        good[i] = mtime
-    return good, bad, dup, (None if fmt == "zarr" else partial)
+        good[i] = t
+    return good, bad, dup, (None if fmt == "zarr" else partial), (None if fmt == "zarr" else by_mtime)
 
 
 def sink_spec(cfg, sink, impl):
@@ -521,6 +530,104 @@ class RssSampler:
         return self.samples
 
 
+IN_CLOSE_WRITE, IN_MOVED_TO, IN_CREATE = 0x8, 0x80, 0x100  # <sys/inotify.h>
+IN_Q_OVERFLOW, IN_IGNORED, IN_ONLYDIR, IN_ISDIR = 0x4000, 0x8000, 0x01000000, 0x40000000
+INOTIFY_EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len (then name[len])
+
+
+class ArrivalWatcher:
+    """time.time() at which each file below `root` last became complete under its final name (inotify).
+
+    File mtimes here mostly come from the kernel's coarse clock (4 ms tick, up to 4 ms behind time.time(); fine
+    only right after a stat, which is why info.mtime_resolution_us reads us): too coarse for latencies of a few ms.
+    A thread of the driver, not of the archiver's process, reads inotify events as they come: a write
+    in place ends with IN_CLOSE_WRITE, a temporary + rename / link with IN_MOVED_TO / IN_CREATE of the final name;
+    the last event of a path wins. New subdirectories are watched, then scanned once for files that came before
+    their watch (stamped with the scan time). Hidden names are temporaries / spool. ok=False: no inotify here."""
+
+    def __init__(self, root):
+        self.root, self.times, self.wds = str(root), {}, {}
+        self.overflow, self.watch_errors, self.ok, self.fd = False, 0, False, -1
+        self._stop, self._t = threading.Event(), None
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            init, self._add = libc.inotify_init1, libc.inotify_add_watch
+        except (OSError, AttributeError):
+            return
+        init.argtypes, init.restype = [ctypes.c_int], ctypes.c_int
+        self._add.argtypes, self._add.restype = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32], ctypes.c_int
+        self.fd = init(os.O_NONBLOCK | os.O_CLOEXEC)
+        if self.fd < 0:
+            return
+        if not self._watch(self.root):  # e.g. ENOSPC: fs.inotify.max_user_watches reached
+            os.close(self.fd)
+            return
+        self.ok = True
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _watch(self, d):
+        """Watch directory d, then record the files already in it (made before the watch could see them)."""
+        wd = self._add(self.fd, os.fsencode(d), IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_ONLYDIR)
+        if wd < 0:
+            self.watch_errors += 1
+            return False
+        self.wds[wd] = d
+        t = time.time()
+        try:
+            it = os.scandir(d)
+        except OSError:
+            return True
+        with it:
+            for e in it:
+                if e.name.startswith("."):
+                    continue
+                if e.is_dir(follow_symlinks=False):
+                    self._watch(e.path)
+                else:
+                    self.times.setdefault(e.path, t)
+        return True
+
+    def _run(self):
+        poller = select.poll()
+        poller.register(self.fd, select.POLLIN)
+        while not self._stop.is_set():
+            if poller.poll(100):  # ms; a timeout only so that stop() is seen
+                self._drain()
+        self._drain()
+        os.close(self.fd)
+
+    def _drain(self):
+        while True:
+            try:
+                buf = os.read(self.fd, 1 << 18)
+            except BlockingIOError:
+                return
+            t, off = time.time(), 0  # one stamp per read: the events in it happened before t
+            while off < len(buf):
+                wd, mask, _cookie, size = INOTIFY_EVENT.unpack_from(buf, off)
+                name = buf[off + 16 : off + 16 + size].rstrip(b"\0")
+                off += 16 + size
+                if mask & IN_Q_OVERFLOW:  # events lost: those files fall back to mtime in verify()
+                    self.overflow = True
+                elif mask & IN_IGNORED:
+                    self.wds.pop(wd, None)
+                elif name and not name.startswith(b".") and wd in self.wds:
+                    path = os.path.join(self.wds[wd], os.fsdecode(name))
+                    if not mask & IN_ISDIR:
+                        self.times[path] = t
+                    elif mask & (IN_CREATE | IN_MOVED_TO):
+                        self._watch(path)
+
+    def stop(self):
+        """Stop the thread (after reading what is queued); path -> arrival time."""
+        if self._t is not None:
+            self._stop.set()
+            self._t.join()
+            self._t = None
+        return self.times
+
+
 def tenth(values):
     """Number of values in 10 % of them (at least 1)."""
     return max(1, -(-len(values) // 10))
@@ -554,10 +661,15 @@ def one_run(cfg, wl, sink, impl, rep):
     meta.mkdir()
     res = {"workload": wl["name"], "sink": sink, "impl": impl["name"], "rep": rep, "sent": n}
     deadline = time.time() + cfg.run_timeout
-    port, procs, sampler, profiler = free_port(), [], None, Profiler(None, 0, "")
+    port, procs, sampler, profiler, watcher = free_port(), [], None, Profiler(None, 0, ""), None
     try:
         cls, kwargs, fmt = sink_spec(cfg, sink, impl)
         res["class"] = cls
+        if fmt in ("npy", "json"):  # before the sink exists, so that no file escapes it
+            watcher = ArrivalWatcher(data)
+            res["arrival_clock"] = "inotify" if watcher.ok else "mtime"
+        else:
+            res["arrival_clock"] = "mtime" if fmt == "zarr" else "recv"
         common = {"meta": str(meta), "max_life": cfg.run_timeout + 60}
         sink_p = Child(
             "_sink",
@@ -603,6 +715,7 @@ def one_run(cfg, wl, sink, impl, rep):
         dinfo = json.loads((meta / "device.json").read_text())
         sink_p.send(f"SENT {n}")
         done = sink_p.expect("DONE", deadline)
+        arrivals = watcher.stop() if watcher else None
         profiler.stop()
         rss_samples = sampler.stop() if sampler else None
         res["rss_peak_mib"] = proc_field_mib(sink_p.pid, "VmHWM")  # before stopping it
@@ -615,7 +728,10 @@ def one_run(cfg, wl, sink, impl, rep):
         t_send = np.array(dinfo["t_send"])
         t_first, t_lastsend = float(t_send.min()), float(t_send.max())  # cameras of 'four' send concurrently
         sink_info = json.loads((meta / "sink.json").read_text())
-        good, bad, dup, partial = verify(fmt, data, n, tuple(wl["shape"]), sink_info)
+        good, bad, dup, partial, by_mtime = verify(fmt, data, n, tuple(wl["shape"]), sink_info, arrivals)
+        if watcher and watcher.ok:  # items the watcher missed (queue overflow, watch limit) were timed by mtime
+            res.update(arrival_by_mtime=by_mtime, inotify_overflow=watcher.overflow)
+            res["inotify_watch_errors"] = watcher.watch_errors
         idx = np.fromiter(good.keys(), int, len(good))
         t_arr = np.fromiter(good.values(), float, len(good))
         lat_ms = (t_arr - t_send[idx]) * 1e3
@@ -650,6 +766,8 @@ def one_run(cfg, wl, sink, impl, rep):
         profiler.stop()
         if sampler:
             sampler.stop()
+        if watcher:
+            watcher.stop()
         for c in procs:
             if c.p.poll() is None:
                 c.stop(timeout=10)
