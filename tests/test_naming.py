@@ -194,6 +194,39 @@ def test_rendered_paths_stay_under_root(template: str, a: str, b: str, override_
     assert os.path.normpath(path) == str(path)
 
 
+@settings(max_examples=300, deadline=None, database=None)
+@given(
+    template=st.sampled_from(
+        [
+            "{{ a }}/{{ b }}.npy",
+            "{{ '%06d' % n }}-{{ a }}",
+            "{{ a | upper }}{% for i in range(n % 3) %}-{{ i }}{% endfor %}",
+            "{{ '%04d' % (n / 2) | round(0, 'floor') }}-{{ n % 2 }}",
+            "{{ missing }}",
+            "{{ a.__class__ }}",
+        ]
+    ),
+    a=HOSTILE,
+    b=HOSTILE,
+    n=st.integers(-(10**6), 10**6),
+)
+def test_render_text_matches_jinja_render(template: str, a: str, b: str, n: int) -> None:
+    """render_text skips Template.render's per-call copy of the globals; the result must not change."""
+    compiled = PathTemplate(template, PROPERTY_ROOT)
+    context = {"a": a, "b": b, "n": n, "range": "metadata may shadow a global"}
+    if "range(" in template:
+        del context["range"]
+    try:
+        expected: str | type[BaseException] = compiled._template.render(context)
+    except Exception as exc:  # noqa: BLE001 - the same failure must come out of render_text
+        expected = type(exc)
+    try:
+        got: str | type[BaseException] = compiled.render_text(context)
+    except TemplateRenderError as exc:
+        got = type(exc.__cause__) if exc.__cause__ is not None else TemplateRenderError
+    assert got == expected
+
+
 # ---------------------------------------------------------------------------------------------- over Zenoh
 @pytest.mark.timeout(60)
 def test_hostile_metadata_is_dead_lettered_not_written_outside(make_rig: RigFactory, tmp_path: Path) -> None:

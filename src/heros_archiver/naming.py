@@ -69,11 +69,18 @@ class PathTemplate:
             ) from exc
         self.source = source
         self.root = Path(os.path.abspath(os.path.expanduser(os.fspath(root))))
+        self._root_text = str(self.root)
+        self._globals = dict(self._template.globals)
 
     def render_text(self, context: Mapping[str, Any]) -> str:
         """Render the template to text, with no path checks (used by ``render`` and the CLI's dry run)."""
         try:
-            return self._template.render(context)
+            # What Template.render does, without copying the template's globals (a ChainMap) on every
+            # call: ~7 us -> ~3 us per event. The compiled code, and so the sandbox, are the same.
+            variables = {**self._globals, **context}
+            template = self._template
+            context_object = template.new_context(variables, shared=True)
+            return template.environment.concat(template.root_render_func(context_object))
         except jinja2.UndefinedError as exc:
             raise TemplateRenderError(
                 f"template {self.source!r}: {exc.message} (metadata has keys {sorted(map(str, context))})"
@@ -85,7 +92,11 @@ class PathTemplate:
 
     def render(self, context: Mapping[str, Any]) -> Path:
         """Render and confine: the absolute, normalised path of the file for ``context``."""
-        return confine(self.render_text(context), self.root, self.source)
+        return Path(self.render_confined(context))
+
+    def render_confined(self, context: Mapping[str, Any]) -> str:
+        """As ``render``, as text: the writer's hot path keeps paths as ``str`` (pathlib costs ~µs each)."""
+        return confine_text(self.render_text(context), self._root_text, self.source)
 
 
 def confine(rendered: str, root: Path, template: str = "") -> Path:
@@ -94,6 +105,11 @@ def confine(rendered: str, root: Path, template: str = "") -> Path:
     Lexical check only (``..``, absolute paths); symlinks are checked by ``check_no_symlink_escape``
     when directories are created, because only then does the file system say where a link points.
     """
+    return Path(confine_text(rendered, str(root), template))
+
+
+def confine_text(rendered: str, root_text: str, template: str = "") -> str:
+    """``confine`` on text: ``root_text`` is an absolute, normalised directory; returns the path as text."""
     where = f" (template {template!r})" if template else ""
     if not rendered.strip():
         raise TemplateRenderError(f"rendered path is empty{where}")
@@ -101,13 +117,12 @@ def confine(rendered: str, root: Path, template: str = "") -> Path:
         raise PathConfinementError(f"rendered path {rendered!r} contains a NUL byte{where}")
     if rendered.endswith(("/", os.sep)):
         raise PathConfinementError(f"rendered path {rendered!r} names a directory, expected a file name{where}")
-    root_text = str(root)
     candidate = os.path.normpath(os.path.join(root_text, rendered))
     if not candidate.startswith(root_text.rstrip(os.sep) + os.sep) or candidate == root_text:
         raise PathConfinementError(
             f"rendered path {rendered!r} resolves to {candidate!r}, outside the archive root {root_text!r}{where}"
         )
-    return Path(candidate)
+    return candidate
 
 
 def check_no_symlink_escape(path: Path, root: Path) -> None:

@@ -47,7 +47,7 @@ def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 
 
 def write_atomic(
-    path: Path,
+    path: str | os.PathLike[str],
     content: Content,
     on_exists: OnExists = "error",
     fsync: Fsync = "none",
@@ -57,13 +57,15 @@ def write_atomic(
     Returns the path actually written (differs from ``path`` only with ``on_exists="unique"``).
     Raises TargetExistsError (policy ``error``) or StorageError (the file system refused).
     """
-    tmp = path.parent / f"{_TMP_PREFIX}.{os.getpid()}.{PROCESS_TOKEN}.{next(_tmp_counter)}.tmp"
+    target = os.fspath(path)  # text, not pathlib, on this per-file path: each Path operation costs ~1 us
+    directory = os.path.dirname(target)
+    tmp = f"{directory}/{_TMP_PREFIX}.{os.getpid()}.{PROCESS_TOKEN}.{next(_tmp_counter)}.tmp"
     published = False
     try:
         try:
             fd = os.open(tmp, _CREATE_FLAGS, 0o644)
         except FileNotFoundError:  # the directory does not exist yet: the only case that needs mkdir
-            path.parent.mkdir(parents=True, exist_ok=True)
+            os.makedirs(directory, exist_ok=True)
             fd = os.open(tmp, _CREATE_FLAGS, 0o644)
         try:
             _write_all(fd, content)
@@ -71,15 +73,15 @@ def write_atomic(
                 os.fsync(fd)
         finally:
             os.close(fd)
-        final = _publish(tmp, path, on_exists)
+        final = _publish(tmp, target, on_exists)
         published = True  # the temporary now has its final name
         if fsync == "file+directory":
-            _fsync_directory(path.parent)
-        return final
+            _fsync_directory(directory)
+        return Path(final)
     except TargetExistsError:
         raise
     except OSError as exc:
-        raise StorageError(exc.errno or errno.EIO, f"writing {str(path)!r} failed: {exc.strerror or exc}") from exc
+        raise StorageError(exc.errno or errno.EIO, f"writing {target!r} failed: {exc.strerror or exc}") from exc
     finally:
         if not published:
             # FileNotFoundError: never created; other errors: the directory became unusable, and the
@@ -100,11 +102,11 @@ def _write_all(fd: int, content: Content) -> None:
             view = view[os.write(fd, view) :]
 
 
-def _publish(tmp: Path, path: Path, on_exists: OnExists) -> Path:
+def _publish(tmp: str, path: str, on_exists: OnExists) -> str:
     if on_exists == "overwrite":
         os.replace(tmp, path)
         return path
-    candidates: Iterable[Path] = [path] if on_exists == "error" else unique_names(path)
+    candidates: Iterable[str] = [path] if on_exists == "error" else map(str, unique_names(Path(path)))
     for candidate in candidates:
         try:
             _link_or_rename_noreplace(tmp, candidate)
@@ -121,8 +123,8 @@ def _publish(tmp: Path, path: Path, on_exists: OnExists) -> Path:
             os.rename(tmp, candidate)
             return candidate
     if on_exists == "error":
-        raise TargetExistsError(f"{str(path)!r} exists and on_exists='error' keeps it; the new item was not written")
-    raise TargetExistsError(f"{str(path)!r}: no free unique name among {_MAX_UNIQUE} suffixes")
+        raise TargetExistsError(f"{path!r} exists and on_exists='error' keeps it; the new item was not written")
+    raise TargetExistsError(f"{path!r}: no free unique name among {_MAX_UNIQUE} suffixes")
 
 
 def _load_renameat2() -> Callable[[str, str], int] | None:
@@ -149,18 +151,18 @@ def _load_renameat2() -> Callable[[str, str], int] | None:
 _RENAME_NOREPLACE = _load_renameat2()
 
 
-def _link_or_rename_noreplace(tmp: Path, target: Path) -> None:
+def _link_or_rename_noreplace(tmp: str, target: str) -> None:
     """Give ``tmp`` the name ``target`` unless that name exists (FileExistsError), in one atomic step.
 
     ``renameat2(RENAME_NOREPLACE)`` does it in one call; where the file system or C library lacks it,
     a hard link (which also fails atomically if the name exists) followed by removing ``tmp``.
     """
     if _RENAME_NOREPLACE is not None:
-        error = _RENAME_NOREPLACE(str(tmp), str(target))
+        error = _RENAME_NOREPLACE(tmp, target)
         if error == 0:
             return
         if error not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
-            raise OSError(error, os.strerror(error), str(target))
+            raise OSError(error, os.strerror(error), target)
     os.link(tmp, target)
     os.unlink(tmp)
 
@@ -173,7 +175,7 @@ def unique_names(path: Path) -> Iterator[Path]:
         yield path.with_name(f"{stem}-{i}{suffix}")
 
 
-def _fsync_directory(directory: Path) -> None:
+def _fsync_directory(directory: str) -> None:
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)

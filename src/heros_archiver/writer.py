@@ -70,9 +70,10 @@ class FileWriter:
         self.settings = settings
         self.template = PathTemplate(settings.save_template, settings.root)
         self.root = self.template.root
+        self._root_text = str(self.root)
         self._format = FORMATS[settings.format]()
         #: directories already checked not to leave the root through a symlink (checked once each)
-        self._checked_dirs: set[Path] = set()
+        self._checked_dirs: set[str] = set()
 
     def _parts(self, payload: Any) -> list[tuple[int | None, Any]]:
         if not self.settings.split_data_array:
@@ -84,17 +85,21 @@ class FileWriter:
 
     def plan(self, source_name: str, payload: Any, metadata: dict[str, Any]) -> list[tuple[Path, Content]]:
         """The files one payload becomes, with everything input-related checked before anything is written."""
-        planned: list[tuple[Path, Content]] = []
-        seen: dict[Path, int | None] = {}
+        return [(Path(path), content) for path, content in self._plan_text(source_name, payload, metadata)]
+
+    def _plan_text(self, source_name: str, payload: Any, metadata: dict[str, Any]) -> list[tuple[str, Content]]:
+        """``plan`` with paths as text (the per-event hot path)."""
+        planned: list[tuple[str, Content]] = []
+        seen: dict[str, int | None] = {}
         for index, part in self._parts(payload):
             context = {**metadata, "source_name": source_name}
             if index is not None:
                 context["_split_index"] = index
-            path = self.template.render(context)
-            _refuse_reserved(path, self.root, self.template.source)
+            path = self.template.render_confined(context)
+            _refuse_reserved(path, self._root_text, self.template.source)
             if path in seen:
                 raise TemplateRenderError(
-                    f"template {self.template.source!r} renders {str(path)!r} for split indices {seen[path]} and "
+                    f"template {self.template.source!r} renders {path!r} for split indices {seen[path]} and "
                     f"{index}; use {{{{ _split_index }}}} in it"
                 )
             seen[path] = index
@@ -113,33 +118,34 @@ class FileWriter:
         """
         written: list[Path] = []
         try:
-            for path, content in self.plan(source_name, payload, metadata):
-                if path.parent not in self._checked_dirs:
-                    check_no_symlink_escape(path, self.root)
-                if resumed and self.settings.on_exists == "unique" and _identical_unique_name(path, content):
+            for path, content in self._plan_text(source_name, payload, metadata):
+                directory = os.path.dirname(path)
+                if directory not in self._checked_dirs:
+                    check_no_symlink_escape(Path(path), self.root)
+                if resumed and self.settings.on_exists == "unique" and _identical_unique_name(Path(path), content):
                     continue
                 try:
                     written.append(write_atomic(path, content, self.settings.on_exists, self.settings.fsync))
                 except TargetExistsError:
-                    if not _same_content(path, content):
+                    if not _same_content(Path(path), content):
                         raise
                 if len(self._checked_dirs) > 10_000:
                     self._checked_dirs.clear()
-                self._checked_dirs.add(path.parent)
+                self._checked_dirs.add(directory)
         except BaseException:
-            for path in written:
+            for done in written:
                 with contextlib.suppress(OSError):
-                    os.unlink(path)
+                    os.unlink(done)
             raise
         return written
 
 
-def _refuse_reserved(path: Path, root: Path, template: str) -> None:
+def _refuse_reserved(path: str, root: str, template: str) -> None:
     """Event metadata must not reach the archiver's own state (spool, dead letters) or mimic a temporary."""
-    relative = str(path)[len(str(root)) :].lstrip(os.sep)
-    if relative.split(os.sep, 1)[0] == STATE_DIR_NAME or is_temporary(path.name):
+    relative = path[len(root) :].lstrip(os.sep)
+    if relative.split(os.sep, 1)[0] == STATE_DIR_NAME or is_temporary(os.path.basename(path)):
         raise PathConfinementError(
-            f"rendered path {str(path)!r} (template {template!r}) is reserved for the archiver's own files "
+            f"rendered path {path!r} (template {template!r}) is reserved for the archiver's own files "
             f"({STATE_DIR_NAME}/ under the root, or a temporary's name)"
         )
 
