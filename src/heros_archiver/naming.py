@@ -75,11 +75,12 @@ class PathTemplate:
     def render_text(self, context: Mapping[str, Any]) -> str:
         """Render the template to text, with no path checks (used by ``render`` and the CLI's dry run)."""
         try:
-            # What Template.render does, without copying the template's globals (a ChainMap) on every
-            # call: ~7 us -> ~3 us per event. The compiled code, and so the sandbox, are the same.
-            variables = {**self._globals, **context}
+            # What Template.render does, without its two per-call walks over the template's globals (a
+            # ChainMap): ~7 us -> ~2 us per event. The compiled code, and so the sandbox, are the same.
             template = self._template
-            context_object = template.new_context(variables, shared=True)
+            context_object = template.environment.context_class(
+                template.environment, {**self._globals, **context}, template.name, template.blocks, self._globals
+            )
             return template.environment.concat(template.root_render_func(context_object))
         except jinja2.UndefinedError as exc:
             raise TemplateRenderError(
