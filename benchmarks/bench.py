@@ -279,11 +279,17 @@ def run_sink(spec):
     deadline = time.time() + spec["max_life"] - 30
     while True:
         try:
-            cmd = cmds.get_nowait()
+            cmd = cmds.get(timeout=spec["poll"]) if spec["driver_progress"] else cmds.get_nowait()
         except queue.Empty:
             cmd = ""
         if cmd == "STOP":
             break
+        if cmd.startswith("FINISH"):  # the driver watched the files (ArrivalWatcher) and says how it ended
+            _, status, count = cmd.split()
+            last = int(count)
+            break
+        if spec["driver_progress"]:  # this process then hosts nothing but the archiver under test
+            continue
         if cmd.startswith("SENT"):
             expected, t_sent = int(cmd.split()[1]), time.time()
         count, now = progress(), time.time()
@@ -530,7 +536,7 @@ class RssSampler:
         return self.samples
 
 
-IN_CLOSE_WRITE, IN_MOVED_TO, IN_CREATE = 0x8, 0x80, 0x100  # <sys/inotify.h>
+IN_MODIFY, IN_CLOSE_WRITE, IN_MOVED_TO, IN_CREATE = 0x2, 0x8, 0x80, 0x100  # <sys/inotify.h>
 IN_Q_OVERFLOW, IN_IGNORED, IN_ONLYDIR, IN_ISDIR = 0x4000, 0x8000, 0x01000000, 0x40000000
 INOTIFY_EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len (then name[len])
 
@@ -547,6 +553,7 @@ class ArrivalWatcher:
 
     def __init__(self, root):
         self.root, self.times, self.wds = str(root), {}, {}
+        self.partial, self.last_event = set(), time.time()  # paths written while visible; time of the last event
         self.overflow, self.watch_errors, self.ok, self.fd = False, 0, False, -1
         self._stop, self._t = threading.Event(), None
         try:
@@ -568,7 +575,8 @@ class ArrivalWatcher:
 
     def _watch(self, d):
         """Watch directory d, then record the files already in it (made before the watch could see them)."""
-        wd = self._add(self.fd, os.fsencode(d), IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_ONLYDIR)
+        mask = IN_MODIFY | IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_ONLYDIR
+        wd = self._add(self.fd, os.fsencode(d), mask)
         if wd < 0:
             self.watch_errors += 1
             return False
@@ -614,10 +622,28 @@ class ArrivalWatcher:
                     self.wds.pop(wd, None)
                 elif name and not name.startswith(b".") and wd in self.wds:
                     path = os.path.join(self.wds[wd], os.fsdecode(name))
-                    if not mask & IN_ISDIR:
+                    self.last_event = t
+                    if mask & IN_MODIFY:  # a reader could have seen this file incomplete under its final name
+                        self.partial.add(path)
+                    elif not mask & IN_ISDIR:
                         self.times[path] = t
                     elif mask & (IN_CREATE | IN_MOVED_TO):
                         self._watch(path)
+
+    def progress(self, n, t_sent, quiet, poll, deadline):
+        """The sink loop's verdict, from here: complete (n files, no event for two polls), quiet or timeout."""
+        last, t_change = -1, time.time()
+        while True:
+            count, now = len(self.times), time.time()
+            if count != last:
+                last, t_change = count, now
+            if count >= n and now - self.last_event > 2 * poll:
+                return "complete"
+            if count < n and now - max(t_change, t_sent) > quiet:
+                return "quiet"
+            if now > deadline:
+                return "timeout"
+            time.sleep(poll)
 
     def stop(self):
         """Stop the thread (after reading what is queued); path -> arrival time."""
@@ -681,6 +707,7 @@ def one_run(cfg, wl, sink, impl, rep):
                 "data": str(data),
                 "quiet": cfg.quiet,
                 "poll": cfg.poll,
+                "driver_progress": bool(watcher and watcher.ok),
                 "selector": wl["selector"],
                 "event": FRAME_EVENT if kind == "frames" else EVENT_EVENT,
             },
@@ -714,7 +741,10 @@ def one_run(cfg, wl, sink, impl, rep):
         dev.expect("SENT", deadline)
         dinfo = json.loads((meta / "device.json").read_text())
         sink_p.send(f"SENT {n}")
-        done = sink_p.expect("DONE", deadline)
+        if watcher and watcher.ok:  # counting files in the archiver's process would compete for its GIL
+            verdict = watcher.progress(n, time.time(), cfg.quiet, cfg.poll, deadline)
+            sink_p.send(f"FINISH {verdict} {len(watcher.times)}")
+        done = sink_p.expect("DONE", deadline + 30)
         arrivals = watcher.stop() if watcher else None
         profiler.stop()
         rss_samples = sampler.stop() if sampler else None
@@ -729,6 +759,8 @@ def one_run(cfg, wl, sink, impl, rep):
         t_first, t_lastsend = float(t_send.min()), float(t_send.max())  # cameras of 'four' send concurrently
         sink_info = json.loads((meta / "sink.json").read_text())
         good, bad, dup, partial, by_mtime = verify(fmt, data, n, tuple(wl["shape"]), sink_info, arrivals)
+        if watcher and watcher.ok:  # exact: every file written to while it had its final name, not a sample
+            partial = len(watcher.partial)
         if watcher and watcher.ok:  # items the watcher missed (queue overflow, watch limit) were timed by mtime
             res.update(arrival_by_mtime=by_mtime, inotify_overflow=watcher.overflow)
             res["inotify_watch_errors"] = watcher.watch_errors

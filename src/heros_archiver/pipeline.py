@@ -8,6 +8,7 @@ dead-letter store) what cannot be written, so that every item it accepted is acc
 from __future__ import annotations
 
 import logging
+import os
 import random
 import threading
 import time
@@ -43,6 +44,7 @@ class PipelineOptions:
     drain_timeout: float = 30.0
     retry_delay: float = 0.5
     retry_max_delay: float = 10.0
+    writer_nice: int = 10
 
     def __post_init__(self) -> None:
         check_choice("overflow", self.overflow, OVERFLOW_CHOICES)
@@ -54,6 +56,9 @@ class PipelineOptions:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ConfigurationError(f"{name}: expected a non-negative number of seconds, got {value!r}")
+        nice = self.writer_nice
+        if isinstance(nice, bool) or not isinstance(nice, int) or not 0 <= nice <= 19:
+            raise ConfigurationError(f"writer_nice: expected an integer from 0 to 19, got {self.writer_nice!r}")
 
 
 class Pipeline:
@@ -197,6 +202,7 @@ class Pipeline:
 
     # ------------------------------------------------------------------ writing
     def _write_loop(self, lane: int) -> None:
+        _lower_priority(self.options.writer_nice)
         while not self._abort.is_set():
             item = self._queue.get(lane, timeout=0.2)
             if item is None:
@@ -293,10 +299,9 @@ class Pipeline:
             return
 
     # ------------------------------------------------------------------ shutdown
-    def stop(self, before_drain: Callable[[], None] = lambda: None) -> None:
+    def stop(self) -> None:
         """Stop intake, drain the queue within ``drain_timeout``, set aside what is left. Idempotent.
 
-        ``before_drain`` runs once intake is closed (the archiver undeclares its subscription there).
         A second caller (BOSS may call ``_teardown`` and then signal the worker) waits for the first.
         """
         with self._stop_lock:
@@ -304,7 +309,6 @@ class Pipeline:
                 return
             self._queue.close()
             self.spool.wake()
-            before_drain()
             deadline = time.monotonic() + self.options.drain_timeout
             for thread in self._writers:
                 thread.join(max(0.0, deadline - time.monotonic()))
@@ -345,3 +349,19 @@ class Pipeline:
             "max_bytes": self.options.max_queue_bytes,
             "spooled": len(self.spool),
         }
+
+
+def _lower_priority(nice: int) -> None:
+    """Give the calling thread ``nice`` more niceness (Linux: per thread), so that receiving wins the CPU.
+
+    On a busy machine a writer at full speed competes with Zenoh's receive thread and with a sender on
+    the same host; a best-effort sender then drops whole bursts (measured: 2 of 10 runs of 5,000 small
+    events lost 420-1,733 at the network). Writing later is safe (the queue is bounded and applies its
+    overflow policy); not receiving is loss (decision 0008).
+    """
+    if nice <= 0 or not hasattr(os, "setpriority"):
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + nice)
+    except OSError as exc:
+        log.debug("cannot lower the writer's priority: %s", exc)
