@@ -23,7 +23,6 @@ from .accounting import Accounting
 from .deadletter import DeadLetterStore
 from .errors import ArchiverError, ConfigurationError
 from .fastdecode import decode_frame_event
-from .inbox import Inbox
 from .payload import estimate_nbytes, split_event
 from .pipeline import DEFAULT_MAX_QUEUE_BYTES, DEFAULT_MAX_QUEUE_ITEMS, Pipeline, PipelineOptions
 from .queueing import Item
@@ -57,8 +56,10 @@ class HERODataArchiver(EventObserver):
         drain_timeout: seconds ``_teardown`` waits for the queue to drain before dead-lettering the rest.
         retry_delay: first retry delay in seconds; doubles per attempt, with jitter.
         retry_max_delay: upper bound of one retry delay in seconds.
-        writer_nice: niceness added to the writer threads (Linux; 0 = none), so that receiving wins the
-            CPU over writing on a busy machine (docs/decisions/0008).
+        writer_nice: niceness added to the writer threads (Linux; default 0 = none). Raising it lets
+            receiving win the CPU over writing on a busy machine: bursts of small best-effort events
+            are queued instead of dropped by the sender, at the cost of slower writing when the CPU is
+            short for long (docs/decisions/0008).
         sequence_key: metadata key holding a running number (e.g. ``frame``); gaps and repeats per
             source are counted and logged.
         dead_letter_dir: where failed items are kept (default: ``.heros-archiver/dead-letter`` under
@@ -87,7 +88,7 @@ class HERODataArchiver(EventObserver):
         drain_timeout: float = 30.0,
         retry_delay: float = 0.5,
         retry_max_delay: float = 10.0,
-        writer_nice: int = 10,
+        writer_nice: int = 0,
         sequence_key: str | None = None,
         dead_letter_dir: str | None = None,
         spool_dir: str | None = None,
@@ -126,7 +127,6 @@ class HERODataArchiver(EventObserver):
             lambda: self.max_retries,
             self._writer_settings,
         )
-        self._inbox: Inbox | None = None  # made with the subscription
         if not zenoh_shared_memory:
             _disable_shared_memory(kwargs.get("session_manager"), kwargs.get("realm", args[0] if args else "heros"))
         try:
@@ -185,25 +185,23 @@ class HERODataArchiver(EventObserver):
 
     # ------------------------------------------------------------------ intake
     def _subscribe_selector(self, selector: str, callback: Any, *args: Any, **kwargs: Any) -> Any:
-        """Subscribe with a direct callback on Zenoh's receive thread that only queues the raw sample.
+        """Subscribe with a direct callback on Zenoh's receive thread.
 
         heros gives Zenoh a plain function, in front of which zenoh-python buffers up to 256 samples
         (about 1 GiB of camera frames) before back-pressure can reach the sender. A direct callback
-        (``indirect=False``) lets a full queue slow the sender instead; it hands the bytes to the
-        bounded ``Inbox``, whose thread decodes them and calls ``callback`` (see inbox.py for why).
+        (``indirect=False``) lets a full queue slow the sender instead.
         """
-        if self._inbox is None:
-            options = self._pipeline.options
-            self._inbox = Inbox(
-                lambda key, raw: self._dispatch_sample(callback, key, raw),
-                max_items=options.max_queue_items,
-                max_bytes=max(2**20, options.max_queue_bytes // 4),
-                name="heros-archiver-decoder",
-            )
-        inbox = self._inbox
 
         def on_sample(sample: zenoh.Sample) -> None:
-            inbox.put(str(sample.key_expr), sample.payload.to_bytes())
+            try:
+                raw = sample.payload.to_bytes()
+                data = decode_frame_event(raw)  # camera frames without the decoder's extra copy
+                if data is None:
+                    data = self._deserialize(raw)
+            except Exception as exc:  # noqa: BLE001 - one undecodable sample must not stop the subscription
+                log.error("%s (event %s): payload could not be decoded: %s", sample.key_expr, self._event, exc)
+                return
+            callback(sample.key_expr, data)
 
         # EventObserver registers callbacks only after subscribing; an event arriving in between would
         # reach no callback and vanish, so ``feed`` is registered before the subscription exists.
@@ -211,17 +209,6 @@ class HERODataArchiver(EventObserver):
         sub = self._session.declare_subscriber(selector, zenoh.handlers.Callback(on_sample, indirect=False))
         self._subscriptions.append(sub)
         return sub
-
-    def _dispatch_sample(self, callback: Any, key: str, raw: bytes) -> None:
-        """Decode one raw sample (the inbox's thread) and pass it on to heros' event dispatch."""
-        try:
-            data = decode_frame_event(raw)  # camera frames without the decoder's extra copy
-            if data is None:
-                data = self._deserialize(raw)
-        except Exception as exc:  # noqa: BLE001 - one undecodable sample must not stop the subscription
-            log.error("%s (event %s): payload could not be decoded: %s", key, self._event, exc)
-            return
-        callback(key, data)
 
     def feed(self, source_name: str, data: Any, retry_count: int = 0) -> None:
         """Event callback: take ``(payload, metadata)`` from ``source_name`` and queue it. Never raises.
@@ -248,8 +235,6 @@ class HERODataArchiver(EventObserver):
         total = snapshot["total"]
         total["in_flight"] = total["received"] - total["archived"] - total["dead_lettered"] - total["dropped"]
         snapshot["queue"] = self._pipeline.queue_status()
-        inbox_items, inbox_bytes = self._inbox.depth() if self._inbox is not None else (0, 0)
-        snapshot["queue"] |= {"inbox_items": inbox_items, "inbox_bytes": inbox_bytes}
         snapshot["event"] = self._event
         snapshot["object_selector"] = self._selector
         snapshot["dead_letter_dir"] = str(self._pipeline.dead_letters.directory)
@@ -261,17 +246,11 @@ class HERODataArchiver(EventObserver):
         stopped) parked in the spool for the next start."""
         stats = self.stats()
         parked = stats["queue"]["spooled"] if self._pipeline.stopped else 0
-        return bool(stats["total"]["in_flight"] == parked and stats["queue"]["inbox_items"] == 0)
+        return bool(stats["total"]["in_flight"] == parked)
 
     def _stop(self, *_boss: Any) -> None:
         """Stop intake, drain the queue within ``drain_timeout``, set aside what is left. Idempotent."""
-        self._undeclare_subscription()
-        inbox = self._inbox
-        if inbox is not None and not inbox.close(self._pipeline.options.drain_timeout):
-            log.warning("event %s: received samples not yet decoded after drain_timeout; stopping", self._event)
-        self._pipeline.stop()
-        if inbox is not None:
-            inbox.close()  # with the pipeline stopped, what the decoder still hands over is set aside
+        self._pipeline.stop(before_drain=self._undeclare_subscription)
 
     def _undeclare_subscription(self) -> None:
         subscription = getattr(self, "_subscription", None)

@@ -44,7 +44,7 @@ class PipelineOptions:
     drain_timeout: float = 30.0
     retry_delay: float = 0.5
     retry_max_delay: float = 10.0
-    writer_nice: int = 10
+    writer_nice: int = 0
 
     def __post_init__(self) -> None:
         check_choice("overflow", self.overflow, OVERFLOW_CHOICES)
@@ -58,7 +58,7 @@ class PipelineOptions:
                 raise ConfigurationError(f"{name}: expected a non-negative number of seconds, got {value!r}")
         nice = self.writer_nice
         if isinstance(nice, bool) or not isinstance(nice, int) or not 0 <= nice <= 19:
-            raise ConfigurationError(f"writer_nice: expected an integer from 0 to 19, got {self.writer_nice!r}")
+            raise ConfigurationError(f"writer_nice: expected an integer from 0 to 19, got {nice!r}")
 
 
 class Pipeline:
@@ -299,9 +299,10 @@ class Pipeline:
             return
 
     # ------------------------------------------------------------------ shutdown
-    def stop(self) -> None:
+    def stop(self, before_drain: Callable[[], None] = lambda: None) -> None:
         """Stop intake, drain the queue within ``drain_timeout``, set aside what is left. Idempotent.
 
+        ``before_drain`` runs once intake is closed (the archiver undeclares its subscription there).
         A second caller (BOSS may call ``_teardown`` and then signal the worker) waits for the first.
         """
         with self._stop_lock:
@@ -309,6 +310,7 @@ class Pipeline:
                 return
             self._queue.close()
             self.spool.wake()
+            before_drain()
             deadline = time.monotonic() + self.options.drain_timeout
             for thread in self._writers:
                 thread.join(max(0.0, deadline - time.monotonic()))
@@ -352,12 +354,10 @@ class Pipeline:
 
 
 def _lower_priority(nice: int) -> None:
-    """Give the calling thread ``nice`` more niceness (Linux: per thread), so that receiving wins the CPU.
+    """Add ``nice`` to the calling thread's niceness (Linux: per thread), so that receiving wins the CPU.
 
-    On a busy machine a writer at full speed competes with Zenoh's receive thread and with a sender on
-    the same host; a best-effort sender then drops whole bursts (measured: 2 of 10 runs of 5,000 small
-    events lost 420-1,733 at the network). Writing later is safe (the queue is bounded and applies its
-    overflow policy); not receiving is loss (decision 0008).
+    A trade-off, off by default (decision 0008): it protects bursts from a best-effort sender on a busy
+    machine, and it slows writing when the CPU is short for a long time.
     """
     if nice <= 0 or not hasattr(os, "setpriority"):
         return
