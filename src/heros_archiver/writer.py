@@ -27,6 +27,7 @@ from .storage import (
     unique_names,
     write_atomic,
 )
+from .writeback import WritebackWindow
 
 #: The directory under the archive root that holds the archiver's own state (dead letters, spool).
 STATE_DIR_NAME = ".heros-archiver"
@@ -62,7 +63,7 @@ class WriterSettings:
 class FileWriter:
     """Render, check and write the file(s) of one payload: all of them or none."""
 
-    def __init__(self, settings: WriterSettings) -> None:
+    def __init__(self, settings: WriterSettings, writeback_window: int = 0) -> None:
         if settings.format not in FORMATS:
             raise ConfigurationError(f"format: expected one of {', '.join(FORMATS)}, got {settings.format!r}")
         check_choice("on_exists", settings.on_exists, ON_EXISTS_CHOICES)
@@ -72,6 +73,8 @@ class FileWriter:
         self.root = self.template.root
         self._root_text = str(self.root)
         self._format = FORMATS[settings.format]()
+        #: large files on their way to disk and out of the page cache (``writeback_window`` bytes; 0 = off)
+        self.window = WritebackWindow(writeback_window)
         #: directories already checked not to leave the root through a symlink (checked once each)
         self._checked_dirs: set[str] = set()
 
@@ -125,7 +128,9 @@ class FileWriter:
                 if resumed and self.settings.on_exists == "unique" and _identical_unique_name(Path(path), content):
                     continue
                 try:
-                    written.append(write_atomic(path, content, self.settings.on_exists, self.settings.fsync))
+                    written.append(
+                        write_atomic(path, content, self.settings.on_exists, self.settings.fsync, self.window)
+                    )
                 except TargetExistsError:
                     if not _same_content(Path(path), content):
                         raise
@@ -138,6 +143,10 @@ class FileWriter:
                     os.unlink(done)
             raise
         return written
+
+    def close(self) -> None:
+        """Finish the files still in the writeback window (at shutdown)."""
+        self.window.close()
 
 
 def _refuse_reserved(path: str, root: str, template: str) -> None:

@@ -1,0 +1,132 @@
+"""The writeback window: large files go to disk as written and leave the page cache once there."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import RigFactory
+from helpers import archived_files, assert_npy_equal, wait_for_items
+from heros_archiver import ArrayArchiver, ConfigurationError, writeback
+from heros_archiver.storage import write_atomic
+from heros_archiver.writeback import MIN_FILE_BYTES, WritebackWindow
+
+pytestmark = [
+    pytest.mark.timeout(60),
+    pytest.mark.skipif(writeback._SYNC_FILE_RANGE is None, reason="sync_file_range is Linux-only"),
+]
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+def _files_open_under(folder: Path) -> list[str]:
+    """Names of files under ``folder`` this process holds open (by the kernel's view of our descriptors)."""
+    names = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith(str(folder) + os.sep):
+                names.append(os.path.basename(target))
+    return sorted(names)
+
+
+def test_window_keeps_at_most_its_bytes_in_flight_and_closes_the_rest(tmp_path: Path) -> None:
+    window = WritebackWindow(max_bytes=3 * MIN_FILE_BYTES)
+    blob = os.urandom(MIN_FILE_BYTES)
+    for i in range(6):
+        fd = os.open(tmp_path / f"f{i}", os.O_WRONLY | os.O_CREAT)
+        os.write(fd, blob)
+        assert window.wants(len(blob))
+        window.take(fd, len(blob), f"f{i}")
+    # the oldest were written back, dropped from the cache and closed; the newest three are in flight
+    assert _files_open_under(tmp_path) == ["f3", "f4", "f5"]
+    window.close()
+    assert _files_open_under(tmp_path) == []
+    assert all((tmp_path / f"f{i}").read_bytes() == blob for i in range(6))
+    assert window.errors == 0
+
+
+def test_small_files_and_a_zero_window_are_left_to_the_caller() -> None:
+    assert not WritebackWindow(max_bytes=2**30).wants(MIN_FILE_BYTES - 1)
+    assert WritebackWindow(max_bytes=2**30).wants(MIN_FILE_BYTES)
+    assert not WritebackWindow(max_bytes=0).wants(MIN_FILE_BYTES)
+
+
+def test_write_atomic_hands_large_files_to_the_window(tmp_path: Path) -> None:
+    window = WritebackWindow(max_bytes=64 * MIN_FILE_BYTES)
+    big, small = os.urandom(2 * MIN_FILE_BYTES), b"x" * 100
+    write_atomic(tmp_path / "big.bin", [big[:MIN_FILE_BYTES], big[MIN_FILE_BYTES:]], window=window)
+    write_atomic(tmp_path / "small.bin", [small], window=window)
+    assert _files_open_under(tmp_path) == ["big.bin"]  # only the large file is still in flight
+    window.close()
+    assert _files_open_under(tmp_path) == []
+    assert (tmp_path / "big.bin").read_bytes() == big and (tmp_path / "small.bin").read_bytes() == small
+
+
+def test_a_device_error_on_writeback_is_counted_and_logged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The device cannot be made to fail here; the C call's EIO answer is substituted."""
+    real = writeback._SYNC_FILE_RANGE
+    assert real is not None
+    monkeypatch.setattr(writeback, "_SYNC_FILE_RANGE", lambda fd, flags: errno.EIO if flags & 4 else real(fd, flags))
+    window = WritebackWindow(max_bytes=MIN_FILE_BYTES)
+    for i in range(2):
+        fd = os.open(tmp_path / f"f{i}", os.O_WRONLY | os.O_CREAT)
+        os.write(fd, os.urandom(MIN_FILE_BYTES))
+        with caplog.at_level(logging.ERROR, logger="heros_archiver"):
+            window.take(fd, MIN_FILE_BYTES, str(tmp_path / f"f{i}"))
+    assert window.errors == 1
+    assert f"{tmp_path / 'f0'}: the device reported an error" in caplog.text
+    window.close()
+    assert window.errors == 2
+
+
+def test_a_file_system_without_sync_file_range_turns_the_window_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(writeback, "_SYNC_FILE_RANGE", lambda fd, flags: errno.EINVAL)
+    window = WritebackWindow(max_bytes=2**30)
+    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT)
+    window.take(fd, MIN_FILE_BYTES, "f")
+    assert not window.enabled and not window.wants(MIN_FILE_BYTES)
+    assert not _is_open(fd)  # closed at once: nothing is kept in flight
+
+
+def test_archiver_streams_large_frames_through_the_window(make_rig: RigFactory) -> None:
+    rig = make_rig("{{ file_path }}/{{ '%03d' % frame }}.npy", writeback_window=4 * MIN_FILE_BYTES)
+    frames = [np.full((512, 1024), i, dtype=np.uint16) for i in range(12)]  # 1 MiB each
+    for i, frame in enumerate(frames):
+        rig.camera.acquisition_data(frame, {"frame": i})
+    total = wait_for_items(rig.archiver, len(frames))
+    assert total["archived"] == len(frames), total
+    assert rig.archiver.stats()["writeback_errors"] == 0
+    rig.archiver._teardown()
+    assert archived_files(rig.root) == [f"{i:03d}.npy" for i in range(12)]
+    for i, frame in enumerate(frames):
+        assert_npy_equal(rig.root / f"{i:03d}.npy", frame)
+    assert _files_open_under(rig.root) == []  # teardown finished every file still in flight
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "32M"])
+def test_writeback_window_is_checked(tmp_path: Path, bad: object) -> None:
+    with pytest.raises(ConfigurationError, match="writeback_window: expected a number of bytes >= 0"):
+        ArrayArchiver(
+            "{{ file_path }}/x.npy",
+            object_selector="cam",
+            event_name="acquisition_data",
+            default_metadata={"file_path": str(tmp_path)},
+            writeback_window=bad,
+        )
