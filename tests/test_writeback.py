@@ -58,6 +58,20 @@ def test_window_keeps_at_most_its_bytes_in_flight_and_closes_the_rest(tmp_path: 
     assert window.errors == 0
 
 
+def test_at_most_max_files_are_in_flight_whatever_the_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(writeback, "MAX_FILES", 3)
+    window = WritebackWindow(max_bytes=2**40)
+    blob = os.urandom(MIN_FILE_BYTES)
+    for i in range(5):
+        (tmp_path / f"f{i}").write_bytes(blob)
+        window.hand_over(str(tmp_path / f"f{i}"), len(blob), f"f{i}")
+    assert _files_open_under(tmp_path) == ["f2", "f3", "f4"]
+    window.hand_over(str(tmp_path / "missing"), len(blob), "missing")  # cannot be opened: skipped, no error
+    assert _files_open_under(tmp_path) == ["f2", "f3", "f4"]
+    window.close()
+    assert _files_open_under(tmp_path) == []
+
+
 def test_small_files_and_a_zero_window_are_left_to_the_caller() -> None:
     assert not WritebackWindow(max_bytes=2**30).wants(MIN_FILE_BYTES - 1)
     assert WritebackWindow(max_bytes=2**30).wants(MIN_FILE_BYTES)

@@ -76,7 +76,7 @@ def write_atomic(
             if fsync != "none":
                 os.fsync(fd)
             if window is not None and window.wants(nbytes):
-                window.take(os.open(tmp, os.O_RDONLY | os.O_CLOEXEC), nbytes, target)
+                window.hand_over(tmp, nbytes, target)
         finally:
             os.close(fd)
         final = _publish(tmp, target, on_exists)

@@ -27,6 +27,8 @@ log = logging.getLogger("heros_archiver")
 
 #: Files smaller than this go their normal way: for them the page cache is no cost worth two syscalls.
 MIN_FILE_BYTES = 1 << 20
+#: At most this many files in flight whatever the byte bound, so the window cannot exhaust descriptors.
+MAX_FILES = 64
 
 _SYNC_FILE_RANGE_WAIT_BEFORE, _SYNC_FILE_RANGE_WRITE, _SYNC_FILE_RANGE_WAIT_AFTER = 1, 2, 4
 
@@ -71,6 +73,15 @@ class WritebackWindow:
         """True for a file large enough to go through the window while it is on."""
         return self.enabled and nbytes >= MIN_FILE_BYTES
 
+    def hand_over(self, path: str, nbytes: int, name: str) -> None:
+        """Open ``path`` read-only and ``take`` it; if it cannot be opened the file simply stays unmanaged."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:  # e.g. out of descriptors: the file is written all the same
+            log.debug("writeback window skips %s: %s", name, exc)
+            return
+        self.take(fd, nbytes, name)
+
     def take(self, fd: int, nbytes: int, path: str) -> None:
         """Start writeback of ``fd`` (any open mode) and own it: it is closed here or by a later call."""
         if _SYNC_FILE_RANGE is None:
@@ -87,7 +98,7 @@ class WritebackWindow:
         with self._lock:
             self._files.append((fd, nbytes, path))
             self._bytes += nbytes
-            while self._bytes > self.max_bytes and len(self._files) > 1:
+            while (self._bytes > self.max_bytes or len(self._files) > MAX_FILES) and len(self._files) > 1:
                 oldest = self._files.popleft()
                 self._bytes -= oldest[1]
                 done.append(oldest)
