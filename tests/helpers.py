@@ -9,10 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from heros import LocalHERO, event
 from heros.event import reliable
 
-from heros_archiver import HERODataArchiver
+from heros_archiver import ArrayArchiver, ConfigurationError, HERODataArchiver
+from heros_archiver.testing import free_port, session_manager, unique_realm
 
 DEAD_LETTER_DIR = Path(".heros-archiver") / "dead-letter"
 #: How long a test waits for items to arrive; generous, the normal case takes milliseconds.
@@ -27,6 +29,31 @@ class RawCamera(LocalHERO):
     def acquisition_data(self, payload: Any) -> Any:
         """Publish ``payload`` unchanged (a tuple, a dict, an int, anything CBOR can carry)."""
         return payload
+
+
+def assert_refused_before_zenoh(
+    tmp_path: Path, match: str, template: str = "{{ file_path }}/{{ frame }}.npy", **kwargs: Any
+) -> None:
+    """Construct an ArrayArchiver that must raise ConfigurationError matching ``match`` before any Zenoh session.
+
+    The session manager points at an unused loopback port, so even a regression that got as far as
+    Zenoh could not send traffic anywhere else.
+    """
+    manager = session_manager(connect_port=free_port())
+    try:
+        with pytest.raises(ConfigurationError, match=match):
+            ArrayArchiver(
+                template,
+                object_selector="cam",
+                event_name="acquisition_data",
+                default_metadata={"file_path": str(tmp_path)},
+                realm=unique_realm(),
+                session_manager=manager,
+                **kwargs,
+            )
+        assert manager._sessions == {}, "a bad setting must fail before Zenoh is touched"
+    finally:
+        manager.force_close()
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = DEADLINE, what: str = "condition") -> None:

@@ -14,16 +14,21 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import RigFactory
-from helpers import archived_files, assert_npy_equal, dead_letter_entries, read_entry, wait_for_items
+from helpers import (
+    archived_files,
+    assert_npy_equal,
+    assert_refused_before_zenoh,
+    dead_letter_entries,
+    read_entry,
+    wait_for_items,
+)
 from heros_archiver import (
     ArchiverError,
-    ArrayArchiver,
     ConfigurationError,
     PathConfinementError,
     TemplateRenderError,
 )
 from heros_archiver.naming import PathTemplate, check_no_symlink_escape, confine, derive_root
-from heros_archiver.testing import free_port, session_manager, unique_realm
 
 SPEC_TEMPLATE = "{{ file_path }}/testimg-{{ '%04d' % ( frame / 2 ) |round(0, 'floor') }}-{{ frame % 2 }}.npy"
 
@@ -266,22 +271,8 @@ def test_hostile_metadata_is_dead_lettered_not_written_outside(make_rig: RigFact
 
 @pytest.mark.timeout(60)
 def test_syntax_error_fails_at_construction_before_subscribing(tmp_path: Path) -> None:
-    manager = session_manager(connect_port=free_port())  # the template must be checked before Zenoh is touched
     writers_before = {t for t in threading.enumerate() if t.name.startswith("heros-archiver-writer")}
-    try:
-        with pytest.raises(ConfigurationError) as info:
-            ArrayArchiver(
-                "{{ file_path }/{{ frame }}.npy",
-                object_selector="cam",
-                event_name="acquisition_data",
-                default_metadata={"file_path": str(tmp_path)},
-                realm=unique_realm(),
-                session_manager=manager,
-            )
-        assert "save_template" in str(info.value)
-        assert manager._sessions == {}, "a Zenoh session was opened for an archiver that cannot work"
-    finally:
-        manager.force_close()
+    assert_refused_before_zenoh(tmp_path, "save_template", template="{{ file_path }/{{ frame }}.npy")
     writers_after = {t for t in threading.enumerate() if t.name.startswith("heros-archiver-writer")}
     assert writers_after <= writers_before, "writer threads were left running"
 

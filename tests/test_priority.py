@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import RigFactory
-from helpers import archived_files, wait_for_items
-from heros_archiver import ArrayArchiver, ConfigurationError
+from helpers import archived_files, assert_refused_before_zenoh, wait_for_items
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -43,11 +42,4 @@ def test_writer_threads_get_writer_nice(make_rig: RigFactory, nice: int) -> None
 
 @pytest.mark.parametrize("bad", [-1, 20, 1.5, True])
 def test_writer_nice_is_checked(tmp_path: Path, bad: object) -> None:
-    with pytest.raises(ConfigurationError, match="writer_nice: expected an integer from 0 to 19"):
-        ArrayArchiver(
-            "{{ file_path }}/x.npy",
-            object_selector="cam",
-            event_name="acquisition_data",
-            default_metadata={"file_path": str(tmp_path)},
-            writer_nice=bad,
-        )
+    assert_refused_before_zenoh(tmp_path, "writer_nice: expected an integer from 0 to 19", writer_nice=bad)

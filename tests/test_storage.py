@@ -15,12 +15,18 @@ import numpy as np
 import pytest
 
 from conftest import RigFactory
-from helpers import archived_files, assert_npy_equal, dead_letter_entries, read_entry, wait_for_items
-from heros_archiver import ArrayArchiver, ConfigurationError, StorageError, TargetExistsError, storage
+from helpers import (
+    archived_files,
+    assert_npy_equal,
+    assert_refused_before_zenoh,
+    dead_letter_entries,
+    read_entry,
+    wait_for_items,
+)
+from heros_archiver import StorageError, TargetExistsError, storage
 from heros_archiver.deadletter import DeadLetterStore
 from heros_archiver.errors import ReplayError
 from heros_archiver.storage import PROCESS_TOKEN, is_temporary, remove_stale_temporaries, write_atomic
-from heros_archiver.testing import free_port, session_manager, unique_realm
 
 
 def _writer(data: bytes) -> list[bytes | memoryview]:
@@ -201,21 +207,7 @@ def test_collision_with_unique_keeps_both(make_rig: RigFactory, tmp_path: Path) 
 
 @pytest.mark.parametrize(("name", "value"), [("on_exists", "replace"), ("fsync", "always")])
 def test_bad_storage_choices_are_configuration_errors(tmp_path: Path, name: str, value: str) -> None:
-    manager = session_manager(connect_port=free_port())
-    try:
-        with pytest.raises(ConfigurationError, match=name):
-            ArrayArchiver(
-                "{{ file_path }}/{{ frame }}.npy",
-                object_selector="cam",
-                event_name="acquisition_data",
-                default_metadata={"file_path": str(tmp_path)},
-                realm=unique_realm(),
-                session_manager=manager,
-                **{name: value},
-            )
-        assert manager._sessions == {}, "a bad setting must fail before Zenoh is touched"
-    finally:
-        manager.force_close()
+    assert_refused_before_zenoh(tmp_path, name, **{name: value})
 
 
 @pytest.mark.parametrize("payload_file", ["../../outside.json", "ABSOLUTE"])

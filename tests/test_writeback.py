@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from conftest import RigFactory
-from helpers import archived_files, assert_npy_equal, wait_for_items
-from heros_archiver import ArrayArchiver, ConfigurationError, writeback
+from helpers import archived_files, assert_npy_equal, assert_refused_before_zenoh, wait_for_items
+from heros_archiver import writeback
 from heros_archiver.storage import write_atomic
 from heros_archiver.writeback import MIN_FILE_BYTES, WritebackWindow
 
@@ -136,11 +136,4 @@ def test_archiver_streams_large_frames_through_the_window(make_rig: RigFactory) 
 
 @pytest.mark.parametrize("bad", [-1, 1.5, True, "32M"])
 def test_writeback_window_is_checked(tmp_path: Path, bad: object) -> None:
-    with pytest.raises(ConfigurationError, match="writeback_window: expected a number of bytes >= 0"):
-        ArrayArchiver(
-            "{{ file_path }}/x.npy",
-            object_selector="cam",
-            event_name="acquisition_data",
-            default_metadata={"file_path": str(tmp_path)},
-            writeback_window=bad,
-        )
+    assert_refused_before_zenoh(tmp_path, "writeback_window: expected a number of bytes >= 0", writeback_window=bad)
