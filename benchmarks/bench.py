@@ -324,6 +324,15 @@ def run_sink(spec):
 LIVE = {}  # pid -> Popen, for cleanup
 
 
+def reap(p, timeout):
+    """Wait up to `timeout` s for a process already asked to exit, then SIGKILL it by PID."""
+    try:
+        p.wait(timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait(5)
+
+
 class Child:
     def __init__(self, role, spec, env, log_path, python=None):
         self.log = open(log_path, "wb")
@@ -382,11 +391,7 @@ class Child:
             pass
         if self.p.poll() is None:
             self.p.terminate()
-            try:
-                self.p.wait(5)
-            except subprocess.TimeoutExpired:
-                self.p.kill()
-                self.p.wait(5)
+            reap(self.p, 5)
         LIVE.pop(self.p.pid, None)
         self.log.close()
         return {"rc": self.p.returncode, "stop_s": time.time() - t0, **(bye or {})}
@@ -505,11 +510,7 @@ class Profiler:
         if self.p is None:
             return
         self.p.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
-        try:
-            self.p.wait(30)
-        except subprocess.TimeoutExpired:
-            self.p.kill()
-            self.p.wait(5)
+        reap(self.p, 30)
         LIVE.pop(self.p.pid, None)
         self.p = None
 
