@@ -27,6 +27,7 @@ from .payload import estimate_nbytes, split_event
 from .pipeline import DEFAULT_MAX_QUEUE_BYTES, DEFAULT_MAX_QUEUE_ITEMS, Pipeline, PipelineOptions
 from .queueing import Item
 from .spool import Spool
+from .storage import check_integer
 from .writer import STATE_DIR_NAME
 
 log = logging.getLogger("heros_archiver")
@@ -97,8 +98,7 @@ class HERODataArchiver(EventObserver):
     ) -> None:
         if default_metadata is not None and not isinstance(default_metadata, dict):
             raise ConfigurationError(f"default_metadata: expected a dict, got {type(default_metadata).__name__}")
-        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
-            raise ConfigurationError(f"max_retries: expected a non-negative integer, got {max_retries!r}")
+        check_integer("max_retries", max_retries, "a non-negative integer", 0)
         options = PipelineOptions(
             max_queue_bytes,
             max_queue_items,

@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from .archiver import DEAD_LETTER_SUBDIR, HERODataArchiver
-from .errors import ConfigurationError
 from .naming import PathTemplate, derive_root
 from .queueing import Item
-from .storage import Fsync, OnExists, remove_stale_temporaries
+from .storage import Fsync, OnExists, check_integer, remove_stale_temporaries
 from .writer import FileWriter, WriterSettings
 
 log = logging.getLogger("heros_archiver")
@@ -54,8 +53,7 @@ class FileArchiver(HERODataArchiver):
         merge_metadata: bool = False,
         **kwargs: Any,
     ) -> None:
-        if isinstance(writeback_window, bool) or not isinstance(writeback_window, int) or writeback_window < 0:
-            raise ConfigurationError(f"writeback_window: expected a number of bytes >= 0, got {writeback_window!r}")
+        check_integer("writeback_window", writeback_window, "a number of bytes >= 0", 0)
         self._writeback_window = writeback_window
         self._root_argument = root
         self._settings = WriterSettings(

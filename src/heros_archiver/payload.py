@@ -45,7 +45,7 @@ def estimate_nbytes(value: Any, depth: int = 0) -> int:
     kind = type(value)
     if kind in _LEAF_TYPES:
         return sys.getsizeof(value)
-    if kind is np.ndarray or isinstance(value, np.ndarray):
+    if isinstance(value, np.ndarray):
         return int(value.nbytes) + 112
     if isinstance(value, (bytes, bytearray, memoryview)):
         return len(value) + 33

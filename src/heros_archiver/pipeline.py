@@ -21,7 +21,7 @@ from .deadletter import DeadLetterStore
 from .errors import ArchiverError, ConfigurationError
 from .queueing import Item, LaneQueue
 from .spool import Spool
-from .storage import check_choice
+from .storage import check_choice, check_integer
 
 log = logging.getLogger("heros_archiver")
 
@@ -49,16 +49,12 @@ class PipelineOptions:
     def __post_init__(self) -> None:
         check_choice("overflow", self.overflow, OVERFLOW_CHOICES)
         for name in ("max_queue_bytes", "max_queue_items", "writers"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigurationError(f"{name}: expected a positive integer, got {value!r}")
+            check_integer(name, getattr(self, name), "a positive integer", 1)
         for name in ("drain_timeout", "retry_delay", "retry_max_delay"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ConfigurationError(f"{name}: expected a non-negative number of seconds, got {value!r}")
-        nice = self.writer_nice
-        if isinstance(nice, bool) or not isinstance(nice, int) or not 0 <= nice <= 19:
-            raise ConfigurationError(f"writer_nice: expected an integer from 0 to 19, got {nice!r}")
+        check_integer("writer_nice", self.writer_nice, "an integer from 0 to 19", 0, 19)
 
 
 class Pipeline:

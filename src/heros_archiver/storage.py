@@ -47,6 +47,20 @@ def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
         raise ConfigurationError(f"{name}: expected one of {', '.join(choices)}, got {value!r}")
 
 
+def check_integer(name: str, value: object, expected: str, minimum: int, maximum: int | None = None) -> None:
+    """Raise ConfigurationError unless ``value`` is an int (not a bool) from ``minimum`` to ``maximum``.
+
+    ``expected`` words the range for the message, e.g. "a positive integer".
+    """
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or value < minimum
+        or (maximum is not None and value > maximum)
+    ):
+        raise ConfigurationError(f"{name}: expected {expected}, got {value!r}")
+
+
 def write_atomic(
     path: str | os.PathLike[str],
     content: Content,
