@@ -761,7 +761,8 @@ def one_run(cfg, wl, sink, impl, rep):
         sink_info = json.loads((meta / "sink.json").read_text())
         good, bad, dup, partial, by_mtime = verify(fmt, data, n, tuple(wl["shape"]), sink_info, arrivals)
         if watcher and watcher.ok:  # exact: every file written to while it had its final name, not a sample
-            partial = len(watcher.partial)
+            # (an unnamed O_TMPFILE file is written under "#<inode>", a name that never exists in the folder)
+            partial = sum(1 for p in watcher.partial if os.path.lexists(p))
         if watcher and watcher.ok:  # items the watcher missed (queue overflow, watch limit) were timed by mtime
             res.update(arrival_by_mtime=by_mtime, inotify_overflow=watcher.overflow)
             res["inotify_watch_errors"] = watcher.watch_errors

@@ -13,7 +13,7 @@ import pytest
 from heros import LocalHERO
 from hypothesis.configuration import set_hypothesis_home_dir
 
-from heros_archiver import ArrayArchiver, HERODataArchiver
+from heros_archiver import ArrayArchiver, HERODataArchiver, storage
 from heros_archiver.testing import (
     ReliableSimulatedCamera,
     free_port,
@@ -24,6 +24,16 @@ from heros_archiver.testing import (
 )
 
 DEFAULT_TEMPLATE = "{{ file_path }}/{{ '%03d' % frame }}.npy"
+
+
+@pytest.fixture(params=["anonymous", "named"])
+def publishing(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test with each way of publishing: unnamed file + link, and named temporary + rename."""
+    if request.param == "anonymous" and storage._LINK_ANONYMOUS is None:
+        pytest.skip("no O_TMPFILE + /proc here")
+    if request.param == "named":
+        monkeypatch.setattr(storage, "_LINK_ANONYMOUS", None)
+    return str(request.param)
 
 
 _HYPOTHESIS_HOME: list[str] = []

@@ -51,24 +51,28 @@ def _dead_pid() -> int:
 
 
 # ---------------------------------------------------------------------------------------------- write_atomic
-def test_write_creates_parents_and_leaves_no_temporary(tmp_path: Path) -> None:
+needs_anonymous_files = pytest.mark.skipif(storage._LINK_ANONYMOUS is None, reason="no O_TMPFILE + /proc here")
+
+
+def test_write_creates_parents_and_leaves_no_temporary(tmp_path: Path, publishing: str) -> None:
     target = tmp_path / "a" / "b" / "c.bin"
-    assert write_atomic(target, _writer(b"hello")) == target
+    assert write_atomic(target, _writer(b"hello")) == str(target)
     assert target.read_bytes() == b"hello"
     assert _all_files(tmp_path) == ["a/b/c.bin"]
 
 
 @pytest.mark.parametrize("error", [RuntimeError("boom"), OSError(errno.ENOSPC, "No space left on device")])
 def test_failing_write_leaves_neither_file_nor_temporary(
-    tmp_path: Path, error: Exception, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, error: Exception, monkeypatch: pytest.MonkeyPatch, publishing: str
 ) -> None:
     target = tmp_path / "out.npy"
     real_write = os.write
+    seen_midway: list[str] = []
 
     def write(fd: int, data: Any) -> int:
         if real_write(fd, data) and len(data) == 100_000:
-            return 100_000  # a partial file exists under the temporary name ...
-        assert any(is_temporary(p.name) for p in tmp_path.iterdir())
+            return 100_000  # a partial file exists ...
+        seen_midway.extend(p.name for p in tmp_path.iterdir())
         raise error  # ... when writing fails mid-way
 
     monkeypatch.setattr(storage.os, "write", write)
@@ -76,10 +80,16 @@ def test_failing_write_leaves_neither_file_nor_temporary(
     with pytest.raises(expected):
         write_atomic(target, [b"x" * 100_000, b"y" * 10])
     monkeypatch.undo()
+    if publishing == "anonymous":
+        assert seen_midway == []  # the partial file had no name at all
+    else:
+        assert len(seen_midway) == 1 and is_temporary(seen_midway[0])
     assert list(tmp_path.iterdir()) == []
 
 
-def test_storage_error_is_transient_and_names_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_storage_error_is_transient_and_names_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, publishing: str
+) -> None:
     def write(fd: int, data: Any) -> int:
         raise OSError(errno.EIO, "Input/output error")
 
@@ -92,7 +102,7 @@ def test_storage_error_is_transient_and_names_path(tmp_path: Path, monkeypatch: 
     assert "x.bin" in str(info.value)
 
 
-def test_on_exists_error_keeps_the_first_file(tmp_path: Path) -> None:
+def test_on_exists_error_keeps_the_first_file(tmp_path: Path, publishing: str) -> None:
     target = tmp_path / "same.bin"
     write_atomic(target, _writer(b"first"))
     with pytest.raises(TargetExistsError) as info:
@@ -105,24 +115,83 @@ def test_on_exists_error_keeps_the_first_file(tmp_path: Path) -> None:
 def test_on_exists_overwrite_replaces(tmp_path: Path) -> None:
     target = tmp_path / "same.bin"
     write_atomic(target, _writer(b"first"))
-    assert write_atomic(target, _writer(b"second"), on_exists="overwrite") == target
+    assert write_atomic(target, _writer(b"second"), on_exists="overwrite") == str(target)
     assert target.read_bytes() == b"second"
     assert _all_files(tmp_path) == ["same.bin"]
 
 
-def test_on_exists_unique_adds_a_suffix_before_the_extension(tmp_path: Path) -> None:
+def test_on_exists_unique_adds_a_suffix_before_the_extension(tmp_path: Path, publishing: str) -> None:
     target = tmp_path / "img.npy"
-    written = [write_atomic(target, _writer(str(i).encode()), on_exists="unique") for i in range(4)]
+    written = [Path(write_atomic(target, _writer(str(i).encode()), on_exists="unique")) for i in range(4)]
     assert [p.name for p in written] == ["img.npy", "img-1.npy", "img-2.npy", "img-3.npy"]
     assert [p.read_bytes() for p in written] == [b"0", b"1", b"2", b"3"]
     assert _all_files(tmp_path) == ["img-1.npy", "img-2.npy", "img-3.npy", "img.npy"]
 
 
 @pytest.mark.parametrize("fsync", ["file", "file+directory"])
-def test_fsync_modes_write_the_same_bytes(tmp_path: Path, fsync: str) -> None:
+def test_fsync_modes_write_the_same_bytes(tmp_path: Path, fsync: str, publishing: str) -> None:
     target = tmp_path / "durable.bin"
     write_atomic(target, _writer(b"durable"), fsync=fsync)  # type: ignore[arg-type]
     assert target.read_bytes() == b"durable"
+
+
+@needs_anonymous_files
+@pytest.mark.parametrize("answer", [errno.EOPNOTSUPP, errno.EISDIR])
+def test_a_file_system_without_unnamed_files_gets_a_named_temporary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, answer: int
+) -> None:
+    """Older kernels answer O_TMPFILE with EISDIR, file systems without it with EOPNOTSUPP."""
+    real_open = os.open
+    refused: list[str] = []
+
+    def open_(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if flags & os.O_TMPFILE == os.O_TMPFILE:
+            refused.append(str(path))
+            raise OSError(answer, os.strerror(answer), str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(storage.os, "open", open_)
+    monkeypatch.setattr(storage, "_no_anonymous_files", set())
+    for name in ("first.bin", "second.bin"):
+        write_atomic(tmp_path / name, _writer(name.encode()))
+    assert refused == [str(tmp_path)]  # asked once per directory, then remembered
+    assert _all_files(tmp_path) == ["first.bin", "second.bin"]
+    assert (tmp_path / "second.bin").read_bytes() == b"second.bin"
+
+
+_KILLED_MIDWAY = """
+import os, sys, time
+from heros_archiver import storage
+real_write = os.write
+def write(fd, data):
+    n = real_write(fd, data)
+    print("midway", flush=True)
+    time.sleep(60)
+    return n
+storage.os.write = write
+if sys.argv[2] == "named":
+    storage._LINK_ANONYMOUS = None
+storage.write_atomic(sys.argv[1] + "/frame.npy", [b"x" * 100_000, b"y" * 10])
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_process_killed_mid_write_leaves_no_file(tmp_path: Path, publishing: str) -> None:
+    """SIGKILL mid-write: an unnamed file vanishes with the process; a named temporary stays for the next start."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_MIDWAY, str(tmp_path), publishing], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "midway\n"
+    finally:
+        child.kill()
+        child.wait(timeout=30)
+    left = [p.name for p in tmp_path.iterdir()]
+    if publishing == "anonymous":
+        assert left == []
+    else:
+        assert len(left) == 1 and is_temporary(left[0])
+        assert remove_stale_temporaries(tmp_path) == 1
 
 
 # ---------------------------------------------------------------------------------------------- stale temporaries

@@ -32,14 +32,14 @@ def _is_open(fd: int) -> bool:
 
 
 def _files_open_under(folder: Path) -> list[str]:
-    """Names of files under ``folder`` this process holds open (by the kernel's view of our descriptors)."""
-    names = []
+    """Names of the files in ``folder`` this process holds open, matched by inode (an unnamed file that
+    was linked later is open under its anonymous name)."""
+    held = set()
     for fd in os.listdir("/proc/self/fd"):
         with contextlib.suppress(OSError):
-            target = os.readlink(f"/proc/self/fd/{fd}")
-            if target.startswith(str(folder) + os.sep):
-                names.append(os.path.basename(target))
-    return sorted(names)
+            st = os.stat(f"/proc/self/fd/{fd}")
+            held.add((st.st_dev, st.st_ino))
+    return sorted(p.name for p in folder.iterdir() if (p.stat().st_dev, p.stat().st_ino) in held)
 
 
 def test_window_keeps_at_most_its_bytes_in_flight_and_closes_the_rest(tmp_path: Path) -> None:
@@ -78,7 +78,7 @@ def test_small_files_and_a_zero_window_are_left_to_the_caller() -> None:
     assert not WritebackWindow(max_bytes=0).wants(MIN_FILE_BYTES)
 
 
-def test_write_atomic_hands_large_files_to_the_window(tmp_path: Path) -> None:
+def test_write_atomic_hands_large_files_to_the_window(tmp_path: Path, publishing: str) -> None:
     window = WritebackWindow(max_bytes=64 * MIN_FILE_BYTES)
     big, small = os.urandom(2 * MIN_FILE_BYTES), b"x" * 100
     write_atomic(tmp_path / "big.bin", [big[:MIN_FILE_BYTES], big[MIN_FILE_BYTES:]], window=window)

@@ -51,7 +51,7 @@ def replay(directory: str | Path, template: str | None = None, dry_run: bool = F
             if dry_run:
                 paths = [path for path, _ in writer.plan(item.source, item.payload, item.metadata)]
             else:
-                paths = writer.write(item.source, item.payload, item.metadata, resumed=True)
+                paths = [Path(p) for p in writer.write(item.source, item.payload, item.metadata, resumed=True)]
                 store.remove(entry)
         except (ArchiverError, OSError) as exc:
             outcomes.append(ReplayOutcome(entry, source, False, error=f"{type(exc).__name__}: {exc}"))

@@ -1,10 +1,13 @@
 """Atomic, no-clobber file creation.
 
-A file is written under a temporary name in its target directory, flushed (and fsynced if asked),
-then published under its final name in one step. ``on_exists="error"`` publishes with a hard link,
-which fails atomically when the name is taken, so two writers can never overwrite each other. After
-a crash only temporaries can be incomplete; ``remove_stale_temporaries`` removes those of dead
-processes at start.
+Where the file system has anonymous files (Linux ``O_TMPFILE``: ext4, XFS, btrfs, tmpfs), a file is
+written as an unnamed inode in its target directory, flushed (and fsynced if asked), then given its final
+name with ``linkat``, which fails atomically when the name is taken: no name exists before the content
+is complete, and a crash leaves nothing behind (the kernel frees the inode). Elsewhere, and for
+``on_exists="overwrite"``, it is written under a temporary name and published in one rename; after a
+crash only those temporaries can be incomplete, and ``remove_stale_temporaries`` removes the ones of
+dead processes at start. Either way two writers can never overwrite each other under ``"error"`` and
+``"unique"``.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import sys
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from .errors import ConfigurationError, StorageError, TargetExistsError
 from .formats.base import Content
@@ -67,22 +70,92 @@ def write_atomic(
     on_exists: OnExists = "error",
     fsync: Fsync = "none",
     window: WritebackWindow | None = None,
-) -> Path:
-    """Create ``path`` holding ``content`` (buffers written in order).
+) -> str:
+    """Create ``path`` holding ``content`` (buffers written in order); return the path written, as text.
 
-    With ``window``, a large file is handed to it after writing (writeback starts now, its pages
-    leave the cache later). Returns the path actually written (differs from ``path`` only
-    with ``on_exists="unique"``).
+    The path written differs from ``path`` only with ``on_exists="unique"``. With ``window``, a large file is
+    handed to it after writing (writeback starts now, its pages leave the cache later).
     Raises TargetExistsError (policy ``error``) or StorageError (the file system refused).
     """
     target = os.fspath(path)  # text, not pathlib, on this per-file path: each Path operation costs ~1 us
     directory = os.path.dirname(target)
+    try:
+        if on_exists != "overwrite" and _LINK_ANONYMOUS is not None and directory not in _no_anonymous_files:
+            final = _write_anonymous(directory, target, content, on_exists, fsync, window)
+            if final is not None:
+                return final
+        return _write_named(directory, target, content, on_exists, fsync, window)
+    except TargetExistsError:
+        raise
+    except OSError as exc:
+        raise StorageError(exc.errno or errno.EIO, f"writing {target!r} failed: {exc.strerror or exc}") from exc
+
+
+def _write_anonymous(
+    directory: str, target: str, content: Content, on_exists: OnExists, fsync: Fsync, window: WritebackWindow | None
+) -> str | None:
+    """Write an unnamed file in ``directory``, then link it under ``target``; None: no anonymous files here.
+
+    The descriptor stays open until the file has its name: closing an unnamed file frees it.
+    """
+    assert _LINK_ANONYMOUS is not None
+    try:
+        fd = _open_anonymous(directory)
+    except OSError as exc:
+        if exc.errno not in _NO_ANONYMOUS_FILES:
+            raise
+        _remember_no_anonymous_files(directory)
+        return None
+    try:
+        nbytes = _write_all(fd, content)
+        if fsync != "none":
+            os.fsync(fd)
+        if window is not None and window.wants(nbytes):
+            window.hand_over(f"/proc/self/fd/{fd}", nbytes, target)
+        candidates: Iterable[str] = [target] if on_exists == "error" else map(str, unique_names(Path(target)))
+        for candidate in candidates:
+            error = _LINK_ANONYMOUS(fd, candidate)
+            if error == 0:
+                break
+            if error == errno.EEXIST:
+                continue
+            if error in _NO_ANONYMOUS_FILES:  # e.g. a file system that refuses links: write it the other way
+                _remember_no_anonymous_files(directory)
+                return None
+            raise OSError(error, os.strerror(error), candidate)
+        else:
+            raise _taken(target, on_exists)
+    finally:
+        os.close(fd)
+    if fsync == "file+directory":
+        _fsync_directory(directory)
+    return candidate
+
+
+def _open_anonymous(directory: str) -> int:
+    try:
+        return os.open(directory, _ANONYMOUS_FLAGS, 0o644)
+    except FileNotFoundError:  # the directory does not exist yet: the only case that needs mkdir
+        os.makedirs(directory, exist_ok=True)
+        return os.open(directory, _ANONYMOUS_FLAGS, 0o644)
+
+
+def _remember_no_anonymous_files(directory: str) -> None:
+    if len(_no_anonymous_files) > 10_000:
+        _no_anonymous_files.clear()
+    _no_anonymous_files.add(directory)
+
+
+def _write_named(
+    directory: str, target: str, content: Content, on_exists: OnExists, fsync: Fsync, window: WritebackWindow | None
+) -> str:
+    """Write under a temporary name in ``directory``, then publish it as ``target`` in one step."""
     tmp = f"{directory}/{_TMP_PREFIX}.{os.getpid()}.{PROCESS_TOKEN}.{next(_tmp_counter)}.tmp"
     published = False
     try:
         try:
             fd = os.open(tmp, _CREATE_FLAGS, 0o644)
-        except FileNotFoundError:  # the directory does not exist yet: the only case that needs mkdir
+        except FileNotFoundError:
             os.makedirs(directory, exist_ok=True)
             fd = os.open(tmp, _CREATE_FLAGS, 0o644)
         try:
@@ -97,11 +170,7 @@ def write_atomic(
         published = True  # the temporary now has its final name
         if fsync == "file+directory":
             _fsync_directory(directory)
-        return Path(final)
-    except TargetExistsError:
-        raise
-    except OSError as exc:
-        raise StorageError(exc.errno or errno.EIO, f"writing {target!r} failed: {exc.strerror or exc}") from exc
+        return final
     finally:
         if not published:
             # FileNotFoundError: never created; other errors: the directory became unusable, and the
@@ -145,33 +214,78 @@ def _publish(tmp: str, path: str, on_exists: OnExists) -> str:
                 continue
             os.rename(tmp, candidate)
             return candidate
+    raise _taken(path, on_exists)
+
+
+def _taken(path: str, on_exists: OnExists) -> TargetExistsError:
+    """The error for a target whose name (or, with ``unique``, every suffixed name) is taken."""
     if on_exists == "error":
-        raise TargetExistsError(f"{path!r} exists and on_exists='error' keeps it; the new item was not written")
-    raise TargetExistsError(f"{path!r}: no free unique name among {_MAX_UNIQUE} suffixes")
+        return TargetExistsError(f"{path!r} exists and on_exists='error' keeps it; the new item was not written")
+    return TargetExistsError(f"{path!r}: no free unique name among {_MAX_UNIQUE} suffixes")
 
 
-def _load_renameat2() -> Callable[[str, str], int] | None:
-    """``renameat2(..., RENAME_NOREPLACE)`` from the C library, or None where it does not exist."""
+_AT_FDCWD, _RENAME_NOREPLACE_FLAG, _AT_SYMLINK_FOLLOW = -100, 1, 0x400
+
+
+def _libc_function(name: str, argtypes: list[Any]) -> Any:
+    """``name`` from the C library (Linux only), returning int and setting errno; None where it is missing."""
     if sys.platform != "linux":
         return None
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        function = libc.renameat2
+        function = getattr(ctypes.CDLL(None, use_errno=True), name)
     except (OSError, AttributeError):
         return None
-    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    function.argtypes = argtypes
     function.restype = ctypes.c_int
-    at_fdcwd, rename_noreplace = -100, 1
+    return function
+
+
+def _load_renameat2() -> Callable[[str, str], int] | None:
+    """``renameat2(..., RENAME_NOREPLACE)`` as ``call(source, target) -> 0 or errno``, or None."""
+    function = _libc_function(
+        "renameat2", [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    )
+    if function is None:
+        return None
 
     def rename_noreplace_call(source: str, target: str) -> int:
-        if function(at_fdcwd, os.fsencode(source), at_fdcwd, os.fsencode(target), rename_noreplace) == 0:
+        if function(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target), _RENAME_NOREPLACE_FLAG) == 0:
             return 0
         return ctypes.get_errno()
 
     return rename_noreplace_call
 
 
+def _load_link_anonymous() -> Callable[[int, str], int] | None:
+    """``call(fd, target) -> 0 or errno`` naming the unnamed file open as ``fd``, or None without support.
+
+    ``linkat`` of ``/proc/self/fd/N`` with ``AT_SYMLINK_FOLLOW`` (the unprivileged form; ``AT_EMPTY_PATH``
+    needs CAP_DAC_READ_SEARCH). Fails with EEXIST when ``target`` exists, like any link.
+    """
+    if not hasattr(os, "O_TMPFILE") or not os.path.isdir("/proc/self/fd"):
+        return None
+    function = _libc_function("linkat", [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int])
+    if function is None:
+        return None
+
+    def link_anonymous_call(fd: int, target: str) -> int:
+        source = b"/proc/self/fd/%d" % fd
+        if function(_AT_FDCWD, source, _AT_FDCWD, os.fsencode(target), _AT_SYMLINK_FOLLOW) == 0:
+            return 0
+        return ctypes.get_errno()
+
+    return link_anonymous_call
+
+
 _RENAME_NOREPLACE = _load_renameat2()
+_LINK_ANONYMOUS = _load_link_anonymous()
+_ANONYMOUS_FLAGS = getattr(os, "O_TMPFILE", 0) | os.O_WRONLY | getattr(os, "O_CLOEXEC", 0)
+#: What a file system (or a kernel before 3.11) without unnamed files, or without links to them, answers.
+_NO_ANONYMOUS_FILES = frozenset(
+    {errno.EOPNOTSUPP, errno.ENOTSUP, errno.EISDIR, errno.EINVAL, errno.EPERM, errno.EMLINK}
+)
+#: Directories where that answer came: written with a named temporary from then on.
+_no_anonymous_files: set[str] = set()
 
 
 def _link_or_rename_noreplace(tmp: str, target: str) -> None:

@@ -111,7 +111,7 @@ class FileWriter:
             planned.append((path, self._format.prepare(part, metadata)))
         return planned
 
-    def write(self, source_name: str, payload: Any, metadata: dict[str, Any], resumed: bool = False) -> list[Path]:
+    def write(self, source_name: str, payload: Any, metadata: dict[str, Any], resumed: bool = False) -> list[str]:
         """Write every file of one payload; on a failure midway remove this attempt's files and re-raise.
 
         A target that already holds exactly the bytes we would write counts as written, so replaying an
@@ -119,7 +119,7 @@ class FileWriter:
         ``on_exists="unique"`` that check needs ``resumed`` (the item may have been written before):
         otherwise two events with identical bytes are two files, as that policy promises.
         """
-        written: list[Path] = []
+        written: list[str] = []
         try:
             for path, content in self._plan_text(source_name, payload, metadata):
                 directory = os.path.dirname(path)
