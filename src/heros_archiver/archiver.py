@@ -206,7 +206,32 @@ class HERODataArchiver(EventObserver):
         # EventObserver registers callbacks only after subscribing; an event arriving in between would
         # reach no callback and vanish, so ``feed`` is registered before the subscription exists.
         self.register_callback(self.feed)
-        sub = self._session.declare_subscriber(selector, zenoh.handlers.Callback(on_sample, indirect=False))
+        import os as _os, sys as _sys, threading as _th
+        mode = _os.environ.get("HA_INTAKE", "direct")
+        if _os.environ.get("HA_SWITCH"):
+            _sys.setswitchinterval(float(_os.environ["HA_SWITCH"]))
+        if mode == "direct":
+            sub = self._session.declare_subscriber(selector, zenoh.handlers.Callback(on_sample, indirect=False))
+        elif mode == "indirect":
+            sub = self._session.declare_subscriber(selector, zenoh.handlers.Callback(on_sample, indirect=True))
+        else:
+            sub = self._session.declare_subscriber(selector, zenoh.handlers.FifoChannel(int(mode.split(":")[1])))
+            def pump():
+                while True:
+                    try:
+                        sample = sub.recv()
+                    except Exception:
+                        return
+                    on_sample(sample)
+                    while True:
+                        try:
+                            sample = sub.try_recv()
+                        except Exception:
+                            return
+                        if sample is None:
+                            break
+                        on_sample(sample)
+            _th.Thread(target=pump, daemon=True, name="pump").start()
         self._subscriptions.append(sub)
         return sub
 
