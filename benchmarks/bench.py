@@ -1196,6 +1196,12 @@ def parse_args():
         help="skip the discarded warm-up run (a shortened first row) before measuring",
     )
     ap.add_argument("--out", default="/tmp/archbench", help="scratch folder, removed afterwards")
+    ap.add_argument(
+        "--keep-out",
+        action="store_true",
+        help="leave the scratch folder (its files truncated) for the caller to remove: mass deletions slow "
+        "ext4 file creation for minutes, so back-to-back invocations should not delete in between",
+    )
     ap.add_argument("--results", default="results.json")
     ap.add_argument("--run-timeout", type=float, default=300, help="hard limit per run, seconds")
     ap.add_argument("--quiet", type=float, default=5, help="sender done + no new item for this long = finished")
@@ -1361,7 +1367,10 @@ def main():
         for pid, p in list(LIVE.items()):
             if p.poll() is None:
                 p.kill()
-        shutil.rmtree(out, ignore_errors=True)
+        if cfg.keep_out:
+            release_space(out)
+        else:
+            shutil.rmtree(out, ignore_errors=True)
         summary = summarize(runs)
         ratio_rows, cross = ratios(summary, cfg.impls)
         Path(cfg.results).write_text(

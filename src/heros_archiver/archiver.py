@@ -1,7 +1,8 @@
 """HERODataArchiver: subscribe to a HERO event and hand every payload to ``_store``, losing nothing silently.
 
 The path of one event: Zenoh delivers a sample on its receive thread, straight into our subscriber
-callback (no 256-sample buffer in front of it, see docs/decisions/0002); heros deserialises it and calls
+callback (no 256-sample buffer in front of it, see docs/decisions/0002) or, with ``intake_buffer``, into
+a FIFO of that many samples that a thread of ours empties (``intake.py``); heros deserialises it and calls
 ``feed``; ``feed`` merges the metadata and submits the item to the pipeline (``pipeline.py``): a queue
 bounded in items and bytes, writer threads that call ``_store`` with retries, a spool and a dead-letter
 store. At shutdown intake stops, the queue drains within ``drain_timeout`` and the rest is set aside.
@@ -10,6 +11,7 @@ store. At shutdown intake stops, the queue drains within ``drain_timeout`` and t
 from __future__ import annotations
 
 import logging
+import time
 from abc import abstractmethod
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from .accounting import Accounting
 from .deadletter import DeadLetterStore
 from .errors import ArchiverError, ConfigurationError
 from .fastdecode import decode_frame_event
+from .intake import BufferedIntake
 from .payload import estimate_nbytes, split_event
 from .pipeline import DEFAULT_MAX_QUEUE_BYTES, DEFAULT_MAX_QUEUE_ITEMS, Pipeline, PipelineOptions
 from .queueing import Item
@@ -33,6 +36,8 @@ from .writer import STATE_DIR_NAME
 log = logging.getLogger("heros_archiver")
 
 DEAD_LETTER_SUBDIR = Path(STATE_DIR_NAME) / "dead-letter"
+#: Seconds a buffered intake may take, after the drain, to set aside the samples it still holds.
+_SET_ASIDE_TIMEOUT = 30.0
 
 
 class HERODataArchiver(EventObserver):
@@ -57,6 +62,11 @@ class HERODataArchiver(EventObserver):
         drain_timeout: seconds ``_teardown`` waits for the queue to drain before dead-lettering the rest.
         retry_delay: first retry delay in seconds; doubles per attempt, with jitter.
         retry_max_delay: upper bound of one retry delay in seconds.
+        intake_buffer: samples Zenoh may hold for the archiver in front of its queue (default: the
+            class's ``DEFAULT_INTAKE_BUFFER``; 0 for frames, 1024 for the JSON archiver). 0 hands every
+            sample over on Zenoh's receive thread, so a full queue pushes back at once; a buffer lets
+            Zenoh receive a burst of small events while a writer holds the GIL, at the cost of up to
+            that many samples more in memory (docs/decisions/0011).
         writer_nice: niceness added to the writer threads (Linux; default 0 = none). Raising it lets
             receiving win the CPU over writing on a busy machine: bursts of small best-effort events
             are queued instead of dropped by the sender, at the cost of slower writing when the CPU is
@@ -74,6 +84,8 @@ class HERODataArchiver(EventObserver):
 
     metadata: dict[str, Any]
     max_retries: int
+    #: ``intake_buffer`` when not given: archivers of unknown payloads hand samples over directly
+    DEFAULT_INTAKE_BUFFER = 0
 
     def __init__(
         self,
@@ -90,6 +102,7 @@ class HERODataArchiver(EventObserver):
         retry_delay: float = 0.5,
         retry_max_delay: float = 10.0,
         writer_nice: int = 0,
+        intake_buffer: int | None = None,
         sequence_key: str | None = None,
         dead_letter_dir: str | None = None,
         spool_dir: str | None = None,
@@ -99,6 +112,9 @@ class HERODataArchiver(EventObserver):
         if default_metadata is not None and not isinstance(default_metadata, dict):
             raise ConfigurationError(f"default_metadata: expected a dict, got {type(default_metadata).__name__}")
         check_integer("max_retries", max_retries, "a non-negative integer", 0)
+        self._intake_buffer = self.DEFAULT_INTAKE_BUFFER if intake_buffer is None else intake_buffer
+        check_integer("intake_buffer", self._intake_buffer, "a number of samples >= 0", 0)
+        self._buffered_intakes: list[BufferedIntake] = []
         options = PipelineOptions(
             max_queue_bytes,
             max_queue_items,
@@ -185,11 +201,12 @@ class HERODataArchiver(EventObserver):
 
     # ------------------------------------------------------------------ intake
     def _subscribe_selector(self, selector: str, callback: Any, *args: Any, **kwargs: Any) -> Any:
-        """Subscribe with a direct callback on Zenoh's receive thread.
+        """Subscribe with a direct callback on Zenoh's receive thread, or through a bounded buffer.
 
         heros gives Zenoh a plain function, in front of which zenoh-python buffers up to 256 samples
         (about 1 GiB of camera frames) before back-pressure can reach the sender. A direct callback
-        (``indirect=False``) lets a full queue slow the sender instead.
+        (``indirect=False``, ``intake_buffer=0``) lets a full queue slow the sender at once; a buffer of
+        ``intake_buffer`` samples (``intake.py``) keeps receiving while a writer holds the GIL.
         """
 
         def on_sample(sample: zenoh.Sample) -> None:
@@ -206,32 +223,14 @@ class HERODataArchiver(EventObserver):
         # EventObserver registers callbacks only after subscribing; an event arriving in between would
         # reach no callback and vanish, so ``feed`` is registered before the subscription exists.
         self.register_callback(self.feed)
-        import os as _os, sys as _sys, threading as _th
-        mode = _os.environ.get("HA_INTAKE", "direct")
-        if _os.environ.get("HA_SWITCH"):
-            _sys.setswitchinterval(float(_os.environ["HA_SWITCH"]))
-        if mode == "direct":
-            sub = self._session.declare_subscriber(selector, zenoh.handlers.Callback(on_sample, indirect=False))
-        elif mode == "indirect":
-            sub = self._session.declare_subscriber(selector, zenoh.handlers.Callback(on_sample, indirect=True))
+        if self._intake_buffer:
+            intake = BufferedIntake(
+                self._session, selector, self._intake_buffer, on_sample, f"heros-archiver-intake-{self._event}"
+            )
+            self._buffered_intakes.append(intake)
+            sub = intake.subscriber
         else:
-            sub = self._session.declare_subscriber(selector, zenoh.handlers.FifoChannel(int(mode.split(":")[1])))
-            def pump():
-                while True:
-                    try:
-                        sample = sub.recv()
-                    except Exception:
-                        return
-                    on_sample(sample)
-                    while True:
-                        try:
-                            sample = sub.try_recv()
-                        except Exception:
-                            return
-                        if sample is None:
-                            break
-                        on_sample(sample)
-            _th.Thread(target=pump, daemon=True, name="pump").start()
+            sub = self._session.declare_subscriber(selector, zenoh.handlers.Callback(on_sample, indirect=False))
         self._subscriptions.append(sub)
         return sub
 
@@ -261,6 +260,7 @@ class HERODataArchiver(EventObserver):
         total["in_flight"] = total["received"] - total["archived"] - total["dead_lettered"] - total["dropped"]
         snapshot["queue"] = self._pipeline.queue_status()
         snapshot["event"] = self._event
+        snapshot["intake_buffer"] = self._intake_buffer
         snapshot["object_selector"] = self._selector
         snapshot["dead_letter_dir"] = str(self._pipeline.dead_letters.directory)
         snapshot["spool_dir"] = str(self._pipeline.spool.directory)
@@ -275,12 +275,24 @@ class HERODataArchiver(EventObserver):
 
     def _stop(self, *_boss: Any) -> None:
         """Stop intake, drain the queue within ``drain_timeout``, set aside what is left. Idempotent."""
-        self._pipeline.stop(before_drain=self._undeclare_subscription)
+        self._pipeline.stop(before_close=self._close_buffered_intakes, before_drain=self._undeclare_subscription)
+        for intake in self._buffered_intakes:  # past the deadline: what it still hands on is set aside
+            intake.join(time.monotonic() + _SET_ASIDE_TIMEOUT)
+            if intake.alive:
+                log.warning("event %s: the intake thread did not finish setting samples aside", self._event)
+
+    def _close_buffered_intakes(self, deadline: float) -> None:
+        """Undeclare buffered subscriptions and let the samples still buffered reach the queue, which
+        still takes items, until ``deadline``."""
+        for intake in self._buffered_intakes:
+            intake.close(deadline)
+            if intake.subscriber in self._subscriptions:
+                self._subscriptions.remove(intake.subscriber)
 
     def _undeclare_subscription(self) -> None:
         subscription = getattr(self, "_subscription", None)
-        if subscription is None:
-            return
+        if subscription is None or subscription not in getattr(self, "_subscriptions", []):
+            return  # never declared, or a buffered one, undeclared before the drain
         try:
             subscription.undeclare()
         except Exception as exc:  # noqa: BLE001 - the session may already be closed

@@ -146,10 +146,15 @@ class ArrayArchiver(FileArchiver):
 class JsonArchiver(FileArchiver):
     """Save dict payloads as ``.json`` files.
 
+    Small events come in bursts, so by default Zenoh may hold up to 1,024 of them for this archiver
+    (``intake_buffer``, decision 0011); pass ``intake_buffer=0`` for large dicts.
+
     Args:
         save_template: Jinja2 template of the file path (see FileArchiver).
         merge_metadata: also write the merged metadata, under the key ``metadata``.
     """
+
+    DEFAULT_INTAKE_BUFFER = 1024
 
     def __init__(self, save_template: str, merge_metadata: bool = False, *args: Any, **kwargs: Any) -> None:
         FileArchiver.__init__(self, save_template, "json", *args, merge_metadata=merge_metadata, **kwargs)

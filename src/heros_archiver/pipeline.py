@@ -295,19 +295,27 @@ class Pipeline:
             return
 
     # ------------------------------------------------------------------ shutdown
-    def stop(self, before_drain: Callable[[], None] = lambda: None) -> None:
+    def stop(
+        self,
+        before_close: Callable[[float], None] = lambda deadline: None,
+        before_drain: Callable[[], None] = lambda: None,
+    ) -> None:
         """Stop intake, drain the queue within ``drain_timeout``, set aside what is left. Idempotent.
 
-        ``before_drain`` runs once intake is closed (the archiver undeclares its subscription there).
-        A second caller (BOSS may call ``_teardown`` and then signal the worker) waits for the first.
+        ``before_close(deadline)`` runs while the queue still takes items, with the ``time.monotonic()``
+        deadline of the drain (an intake with its own buffer empties it into the queue there);
+        ``before_drain`` runs once the queue is closed (the archiver undeclares a direct subscription
+        there, whose callback a full queue may be blocking). A second caller (BOSS may call ``_teardown``
+        and then signal the worker) waits for the first.
         """
         with self._stop_lock:
             if self._stopped:
                 return
+            deadline = time.monotonic() + self.options.drain_timeout
+            before_close(deadline)
             self._queue.close()
             self.spool.wake()
             before_drain()
-            deadline = time.monotonic() + self.options.drain_timeout
             for thread in self._writers:
                 thread.join(max(0.0, deadline - time.monotonic()))
             if any(thread.is_alive() for thread in self._writers):

@@ -1,0 +1,112 @@
+"""The two intakes: samples handed over on Zenoh's receive thread, or through a bounded Zenoh FIFO."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zenoh
+
+from conftest import RigFactory
+from helpers import RawCamera, assert_refused_before_zenoh, wait_for_items, wait_until
+from heros_archiver import ArrayArchiver, JsonArchiver
+from heros_archiver.intake import BufferedIntake
+from heros_archiver.queueing import Item
+from heros_archiver.testing import free_port, loopback_settings
+
+pytestmark = pytest.mark.timeout(60)
+
+TEMPLATE = "{{ file_path }}/{{ '%04d' % i }}.json"
+
+
+@pytest.mark.parametrize("bad", [-1, True, 2.5, "64"])
+def test_intake_buffer_must_be_a_count(tmp_path: Path, bad: Any) -> None:
+    assert_refused_before_zenoh(tmp_path, "intake_buffer: expected a number of samples >= 0", intake_buffer=bad)
+
+
+def test_defaults_per_class_and_override(make_rig: RigFactory) -> None:
+    """Frames are handed over directly (tight memory bound); small JSON events get a burst buffer."""
+    frames = make_rig()
+    events = make_rig(TEMPLATE, archiver_cls=JsonArchiver, camera_cls=RawCamera)
+    direct_events = make_rig(TEMPLATE, archiver_cls=JsonArchiver, camera_cls=RawCamera, intake_buffer=0)
+    assert isinstance(frames.archiver, ArrayArchiver)
+    assert frames.archiver.stats()["intake_buffer"] == 0
+    assert events.archiver.stats()["intake_buffer"] == 1024
+    assert direct_events.archiver.stats()["intake_buffer"] == 0
+
+
+@pytest.mark.parametrize("intake_buffer", [0, 16])
+def test_a_burst_of_events_is_archived_whole(make_rig: RigFactory, tmp_path: Path, intake_buffer: int) -> None:
+    rig = make_rig(TEMPLATE, archiver_cls=JsonArchiver, camera_cls=RawCamera, intake_buffer=intake_buffer)
+    count = 300
+    for i in range(count):
+        rig.camera.acquisition_data({"i": i, "value": i * 0.5})
+
+    total = wait_for_items(rig.archiver, count)
+
+    assert total["archived"] == count and total["dead_lettered"] == 0, total
+    files = sorted(tmp_path.glob("*.json"))
+    assert [json.loads(p.read_text()) for p in files] == [{"i": i, "value": i * 0.5} for i in range(count)]
+
+
+class SlowJsonArchiver(JsonArchiver):
+    """Takes 50 ms per item, so that a small queue fills and samples wait in the intake's FIFO."""
+
+    def _store_item(self, item: Item) -> None:
+        time.sleep(0.05)
+        super()._store_item(item)
+
+
+def test_samples_still_buffered_at_stop_are_archived(make_rig: RigFactory, tmp_path: Path) -> None:
+    """Stopping undeclares the subscription first and lets the FIFO empty into the queue, which still takes
+    items; only then the queue closes and drains. Nothing that reached the archiver is dead-lettered."""
+    rig = make_rig(TEMPLATE, archiver_cls=SlowJsonArchiver, camera_cls=RawCamera, intake_buffer=64, max_queue_items=2)
+    count = 30
+    for i in range(count):
+        rig.camera.acquisition_data({"i": i})
+    wait_until(lambda: rig.archiver.stats()["total"]["received"] >= 3, what="the queue to fill")
+    time.sleep(0.3)  # the remaining events reach the FIFO meanwhile (reliable, one loopback hop)
+    queued_before_stop = rig.archiver.stats()["total"]["received"]
+
+    rig.archiver._stop()
+
+    total = rig.archiver.stats()["total"]
+    assert queued_before_stop < count, "some events must still have been in the FIFO at stop"
+    assert total["received"] == count and total["archived"] == count, total
+    assert total["dead_lettered"] == 0 and total["dropped"] == 0, total
+    assert len(list(tmp_path.glob("*.json"))) == count
+
+
+def test_an_exception_from_the_handler_does_not_end_the_intake(caplog: pytest.LogCaptureFixture) -> None:
+    port = free_port()
+    config = zenoh.Config()
+    for key, value in loopback_settings(listen_port=port).items():
+        config.insert_json5(key, json.dumps(value))
+    session = zenoh.open(config)
+    seen: list[bytes] = []
+    done = threading.Event()
+
+    def on_sample(sample: zenoh.Sample) -> None:
+        payload = sample.payload.to_bytes()
+        if payload == b"bad":
+            raise RuntimeError("a registered callback failed")
+        seen.append(payload)
+        if len(seen) == 2:
+            done.set()
+
+    intake = BufferedIntake(session, "test/intake", 8, on_sample, "test-intake")
+    try:
+        with caplog.at_level(logging.ERROR, logger="heros_archiver"):
+            for payload in (b"first", b"bad", b"second"):
+                session.put("test/intake", payload)
+            assert done.wait(10), seen
+        assert seen == [b"first", b"second"]
+        assert "event callback failed" in caplog.text and "test/intake" in caplog.text
+    finally:
+        assert intake.close(time.monotonic() + 10)
+        session.close()
