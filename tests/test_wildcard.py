@@ -92,3 +92,32 @@ def test_failed_construction_leaves_no_session_open(tmp_path: Path) -> None:
         assert manager._referrers == [], "the session manager still references the failed archiver"
     finally:
         manager.force_close()
+
+
+def test_registered_callbacks_see_every_event_with_its_sender(
+    make_rig: RigFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """heros' register_callback API: taps beside the archiver get (sender name, payload); one that raises
+    is logged and neither stops the others nor the archiving."""
+    rig = make_rig(
+        "{{ file_path }}/{{ source_name }}-{{ frame }}.npy", cameras=("cam-1", "cam-2"), object_selector="cam-$*"
+    )
+    seen: list[tuple[str, int]] = []
+
+    def tap(source_name: str, data: Any) -> None:
+        seen.append((source_name, int(data[1]["frame"])))
+
+    def broken(source_name: str, data: Any) -> None:
+        raise RuntimeError("tap failed")
+
+    rig.archiver.register_callback(broken)
+    rig.archiver.register_callback(tap)
+    for i in range(3):
+        for camera in rig.cameras.values():
+            camera.acquisition_data(np.zeros(2), {"frame": i})
+
+    total = wait_for_items(rig.archiver, 6)
+
+    assert total["archived"] == 6, total
+    assert sorted(seen) == [(name, i) for name in ("cam-1", "cam-2") for i in range(3)]
+    assert caplog.text.count("tap failed") == 6

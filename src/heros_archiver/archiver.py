@@ -18,6 +18,7 @@ from typing import Any
 
 import zenoh
 from heros import EventObserver
+from heros.helper import object_name_from_keyexpr
 from heros.zenoh import ZenohSessionManager
 from heros.zenoh import session_manager as heros_session_manager
 
@@ -38,6 +39,8 @@ log = logging.getLogger("heros_archiver")
 DEAD_LETTER_SUBDIR = Path(STATE_DIR_NAME) / "dead-letter"
 #: Seconds a buffered intake may take, after the drain, to set aside the samples it still holds.
 _SET_ASIDE_TIMEOUT = 30.0
+#: Key expression -> sender name entries kept before the cache starts over (senders come and go).
+_MAX_SOURCE_NAMES = 1024
 
 
 class HERODataArchiver(EventObserver):
@@ -115,6 +118,7 @@ class HERODataArchiver(EventObserver):
         self._intake_buffer = self.DEFAULT_INTAKE_BUFFER if intake_buffer is None else intake_buffer
         check_integer("intake_buffer", self._intake_buffer, "a number of samples >= 0", 0)
         self._buffered_intakes: list[BufferedIntake] = []
+        self._source_names: dict[str, str | None] = {}
         options = PipelineOptions(
             max_queue_bytes,
             max_queue_items,
@@ -233,6 +237,24 @@ class HERODataArchiver(EventObserver):
             sub = self._session.declare_subscriber(selector, zenoh.handlers.Callback(on_sample, indirect=False))
         self._subscriptions.append(sub)
         return sub
+
+    def _handle_event(self, key_expr: Any, data: Any) -> None:
+        """heros' event dispatch (every registered callback gets ``(source_name, data)``), with the
+        sender's name taken from the key expression once per sender instead of by a regular
+        expression per event and callback (~1.5 us per event, a tenth of the receive path)."""
+        key = str(key_expr)
+        try:
+            source_name = self._source_names[key]
+        except KeyError:
+            source_name = object_name_from_keyexpr(key, self._ns_objects, self._realm, self._event_name)
+            if len(self._source_names) >= _MAX_SOURCE_NAMES:
+                self._source_names.clear()
+            self._source_names[key] = source_name
+        for uid, callback in list(self._event_callbacks.items()):  # a callback may remove itself
+            try:
+                callback(source_name, data)
+            except Exception as exc:  # noqa: BLE001 - one failing callback must not keep the others from the event
+                log.error("%s (event %s): callback %s failed: %s", source_name, self._event, uid, exc)
 
     def feed(self, source_name: str, data: Any, retry_count: int = 0) -> None:
         """Event callback: take ``(payload, metadata)`` from ``source_name`` and queue it. Never raises.
