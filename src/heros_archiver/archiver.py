@@ -241,7 +241,7 @@ class HERODataArchiver(EventObserver):
     def _handle_event(self, key_expr: Any, data: Any) -> None:
         """heros' event dispatch (every registered callback gets ``(source_name, data)``), with the
         sender's name taken from the key expression once per sender instead of by a regular
-        expression per event and callback (~1.5 us per event, a tenth of the receive path)."""
+        expression per event and callback (~1.4 us per event, a fifth of the receive path's Python)."""
         key = str(key_expr)
         try:
             source_name = self._source_names[key]
