@@ -110,3 +110,23 @@ def test_an_exception_from_the_handler_does_not_end_the_intake(caplog: pytest.Lo
     finally:
         assert intake.close(time.monotonic() + 10)
         session.close()
+
+
+@pytest.mark.parametrize("intake_buffer", [0, 16])
+def test_bad_bytes_on_the_wire_are_reported_and_the_next_event_is_archived(
+    make_rig: RigFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture, intake_buffer: int
+) -> None:
+    """A foreign or corrupt publisher on the event's key expression: bytes that are no CBOR are logged with
+    the key expression; bytes that decode to something other than a payload are dead-lettered."""
+    rig = make_rig(TEMPLATE, archiver_cls=JsonArchiver, camera_cls=RawCamera, intake_buffer=intake_buffer)
+    key = f"{rig.camera._ns_objects}/{rig.realm}/cam/acquisition_data"
+    with caplog.at_level(logging.ERROR, logger="heros_archiver"):
+        rig.camera._session.put(key, b"\x1c reserved CBOR head")  # no CBOR item starts with 0x1c
+        rig.camera._session.put(key, b"\xff")  # CBOR's "break" marker: decodes, but is no (data, metadata)
+        rig.camera.acquisition_data({"i": 1})
+        total = wait_for_items(rig.archiver, 2)
+
+    assert total["received"] == 2 and total["archived"] == 1 and total["dead_lettered"] == 1, total
+    assert json.loads((tmp_path / "0001.json").read_text()) == {"i": 1}
+    assert "payload could not be decoded" in caplog.text and key in caplog.text
+    assert "PayloadError: expected a payload (data, metadata dict)" in caplog.text
