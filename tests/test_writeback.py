@@ -89,6 +89,24 @@ def test_write_atomic_hands_large_files_to_the_window(tmp_path: Path, publishing
     assert (tmp_path / "big.bin").read_bytes() == big and (tmp_path / "small.bin").read_bytes() == small
 
 
+def test_a_file_is_published_before_the_window_may_wait_for_the_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, publishing: str
+) -> None:
+    """Waiting for older files to reach the disk must not delay the new file's appearance."""
+    window = WritebackWindow(max_bytes=64 * MIN_FILE_BYTES)
+    visible_at_take: list[bool] = []
+    real_take = window.take
+
+    def take(fd: int, nbytes: int, path: str) -> None:
+        visible_at_take.append(os.path.exists(path) and os.path.basename(path) == "big.bin")
+        real_take(fd, nbytes, path)
+
+    monkeypatch.setattr(window, "take", take)
+    write_atomic(tmp_path / "big.bin", [os.urandom(MIN_FILE_BYTES)], window=window)
+    window.close()
+    assert visible_at_take == [True]
+
+
 def test_a_device_error_on_writeback_is_counted_and_logged(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -110,8 +110,6 @@ def _write_anonymous(
         nbytes = _write_all(fd, content)
         if fsync != "none":
             os.fsync(fd)
-        if window is not None and window.wants(nbytes):
-            window.hand_over(f"/proc/self/fd/{fd}", nbytes, target)
         candidates: Iterable[str] = [target] if on_exists == "error" else map(str, unique_names(Path(target)))
         for candidate in candidates:
             error = _LINK_ANONYMOUS(fd, candidate)
@@ -125,6 +123,8 @@ def _write_anonymous(
             raise OSError(error, os.strerror(error), candidate)
         else:
             raise _taken(target, on_exists)
+        if window is not None and window.wants(nbytes):  # published first: the window may wait for the disk
+            window.hand_over(f"/proc/self/fd/{fd}", nbytes, candidate)
     finally:
         os.close(fd)
     if fsync == "file+directory":
@@ -152,6 +152,7 @@ def _write_named(
     """Write under a temporary name in ``directory``, then publish it as ``target`` in one step."""
     tmp = f"{directory}/{_TMP_PREFIX}.{os.getpid()}.{PROCESS_TOKEN}.{next(_tmp_counter)}.tmp"
     published = False
+    reader: int | None = None  # for the writeback window, opened before the temporary's name goes away
     try:
         try:
             fd = os.open(tmp, _CREATE_FLAGS, 0o644)
@@ -163,15 +164,20 @@ def _write_named(
             if fsync != "none":
                 os.fsync(fd)
             if window is not None and window.wants(nbytes):
-                window.hand_over(tmp, nbytes, target)
+                reader = window.open_reader(tmp, target)
         finally:
-            os.close(fd)
+            os.close(fd)  # closed for writing before it is published, as close-after-write watchers expect
         final = _publish(tmp, target, on_exists)
         published = True  # the temporary now has its final name
+        if reader is not None and window is not None:  # published first: the window may wait for the disk
+            window.take(reader, nbytes, final)
+            reader = None
         if fsync == "file+directory":
             _fsync_directory(directory)
         return final
     finally:
+        if reader is not None:
+            os.close(reader)
         if not published:
             # FileNotFoundError: never created; other errors: the directory became unusable, and the
             # stale temporary is removed at the next start

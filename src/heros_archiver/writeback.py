@@ -75,12 +75,17 @@ class WritebackWindow:
 
     def hand_over(self, path: str, nbytes: int, name: str) -> None:
         """Open ``path`` read-only and ``take`` it; if it cannot be opened the file simply stays unmanaged."""
+        fd = self.open_reader(path, name)
+        if fd is not None:
+            self.take(fd, nbytes, name)
+
+    def open_reader(self, path: str, name: str) -> int | None:
+        """A read-only descriptor of ``path`` to ``take`` later, or None (logged) if it cannot be opened."""
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:  # e.g. out of descriptors: the file is written all the same
             log.debug("writeback window skips %s: %s", name, exc)
-            return
-        self.take(fd, nbytes, name)
+            return None
 
     def take(self, fd: int, nbytes: int, path: str) -> None:
         """Start writeback of ``fd`` (any open mode) and own it: it is closed here or by a later call."""
