@@ -17,7 +17,7 @@ from helpers import RawCamera, assert_refused_before_zenoh, wait_for_items, wait
 from heros_archiver import ArrayArchiver, JsonArchiver
 from heros_archiver.intake import BufferedIntake
 from heros_archiver.queueing import Item
-from heros_archiver.testing import free_port, loopback_settings
+from heros_archiver.testing import free_port, loopback_config_json
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -84,10 +84,7 @@ def test_samples_still_buffered_at_stop_are_archived(make_rig: RigFactory, tmp_p
 
 def test_an_exception_from_the_handler_does_not_end_the_intake(caplog: pytest.LogCaptureFixture) -> None:
     port = free_port()
-    config = zenoh.Config()
-    for key, value in loopback_settings(listen_port=port).items():
-        config.insert_json5(key, json.dumps(value))
-    session = zenoh.open(config)
+    session = zenoh.open(zenoh.Config.from_json5(loopback_config_json(listen_port=port)))
     seen: list[bytes] = []
     done = threading.Event()
 

@@ -100,7 +100,7 @@ def _write_anonymous(
     """
     assert _LINK_ANONYMOUS is not None
     try:
-        fd = _open_anonymous(directory)
+        fd = _open_creating_directory(directory, _ANONYMOUS_FLAGS, directory)
     except OSError as exc:
         if exc.errno not in _NO_ANONYMOUS_FILES:
             raise
@@ -110,8 +110,7 @@ def _write_anonymous(
         nbytes = _write_all(fd, content)
         if fsync != "none":
             os.fsync(fd)
-        candidates: Iterable[str] = [target] if on_exists == "error" else map(str, unique_names(Path(target)))
-        for candidate in candidates:
+        for candidate in _candidate_names(target, on_exists):
             error = _LINK_ANONYMOUS(fd, candidate)
             if error == 0:
                 break
@@ -132,12 +131,13 @@ def _write_anonymous(
     return candidate
 
 
-def _open_anonymous(directory: str) -> int:
+def _open_creating_directory(path: str, flags: int, directory: str) -> int:
+    """``os.open(path, flags)``, creating ``directory`` first if it is missing (the only case that needs mkdir)."""
     try:
-        return os.open(directory, _ANONYMOUS_FLAGS, 0o644)
-    except FileNotFoundError:  # the directory does not exist yet: the only case that needs mkdir
+        return os.open(path, flags, 0o644)
+    except FileNotFoundError:
         os.makedirs(directory, exist_ok=True)
-        return os.open(directory, _ANONYMOUS_FLAGS, 0o644)
+        return os.open(path, flags, 0o644)
 
 
 def _remember_no_anonymous_files(directory: str) -> None:
@@ -154,11 +154,7 @@ def _write_named(
     published = False
     reader: int | None = None  # for the writeback window, opened before the temporary's name goes away
     try:
-        try:
-            fd = os.open(tmp, _CREATE_FLAGS, 0o644)
-        except FileNotFoundError:
-            os.makedirs(directory, exist_ok=True)
-            fd = os.open(tmp, _CREATE_FLAGS, 0o644)
+        fd = _open_creating_directory(tmp, _CREATE_FLAGS, directory)
         try:
             nbytes = _write_all(fd, content)
             if fsync != "none":
@@ -204,8 +200,7 @@ def _publish(tmp: str, path: str, on_exists: OnExists) -> str:
     if on_exists == "overwrite":
         os.replace(tmp, path)
         return path
-    candidates: Iterable[str] = [path] if on_exists == "error" else map(str, unique_names(Path(path)))
-    for candidate in candidates:
+    for candidate in _candidate_names(path, on_exists):
         try:
             _link_or_rename_noreplace(tmp, candidate)
             return candidate
@@ -221,6 +216,12 @@ def _publish(tmp: str, path: str, on_exists: OnExists) -> str:
             os.rename(tmp, candidate)
             return candidate
     raise _taken(path, on_exists)
+
+
+def _candidate_names(path: str, on_exists: OnExists) -> Iterable[str]:
+    """The names a new file may take, in order: ``path`` alone under ``error``, its ``-N`` variants too under
+    ``unique``."""
+    return [path] if on_exists == "error" else map(str, unique_names(Path(path)))
 
 
 def _taken(path: str, on_exists: OnExists) -> TargetExistsError:
