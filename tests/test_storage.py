@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import json
 import os
@@ -157,6 +158,34 @@ def test_a_file_system_without_unnamed_files_gets_a_named_temporary(
     assert refused == [str(tmp_path)]  # asked once per directory, then remembered
     assert _all_files(tmp_path) == ["first.bin", "second.bin"]
     assert (tmp_path / "second.bin").read_bytes() == b"second.bin"
+
+
+@needs_anonymous_files
+def test_where_the_direct_link_is_refused_the_link_through_proc_names_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kernel before 6.10 without CAP_DAC_READ_SEARCH answers ENOENT to linkat(AT_EMPTY_PATH); that
+    cannot happen here (root, Linux 6.18), so the C function refuses that form and passes the rest on."""
+    libc_linkat = storage._libc_function(
+        "linkat", [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+    )
+    calls: list[bytes] = []
+
+    def linkat(olddirfd: int, oldpath: bytes, newdirfd: int, newpath: bytes, flags: int) -> int:
+        calls.append(oldpath)
+        if flags & storage._AT_EMPTY_PATH:
+            ctypes.set_errno(errno.ENOENT)
+            return -1
+        return int(libc_linkat(olddirfd, oldpath, newdirfd, newpath, flags))
+
+    monkeypatch.setattr(storage, "_LINK_ANONYMOUS", storage._load_link_anonymous(linkat))
+    for name in ("first.json", "second.json"):
+        write_atomic(tmp_path / name, _writer(name.encode()))
+    with pytest.raises(TargetExistsError):
+        write_atomic(tmp_path / "first.json", _writer(b"again"))
+    assert [path.startswith(b"/proc/self/fd/") for path in calls] == [False, True, True, True]
+    assert _all_files(tmp_path) == ["first.json", "second.json"]
+    assert (tmp_path / "first.json").read_bytes() == b"first.json"
 
 
 _KILLED_MIDWAY = """

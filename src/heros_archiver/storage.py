@@ -231,7 +231,7 @@ def _taken(path: str, on_exists: OnExists) -> TargetExistsError:
     return TargetExistsError(f"{path!r}: no free unique name among {_MAX_UNIQUE} suffixes")
 
 
-_AT_FDCWD, _RENAME_NOREPLACE_FLAG, _AT_SYMLINK_FOLLOW = -100, 1, 0x400
+_AT_FDCWD, _RENAME_NOREPLACE_FLAG, _AT_SYMLINK_FOLLOW, _AT_EMPTY_PATH = -100, 1, 0x400, 0x1000
 
 
 def _libc_function(name: str, argtypes: list[Any]) -> Any:
@@ -263,23 +263,43 @@ def _load_renameat2() -> Callable[[str, str], int] | None:
     return rename_noreplace_call
 
 
-def _load_link_anonymous() -> Callable[[int, str], int] | None:
+def _load_link_anonymous(linkat: Callable[..., int] | None = None) -> Callable[[int, str], int] | None:
     """``call(fd, target) -> 0 or errno`` naming the unnamed file open as ``fd``, or None without support.
 
-    ``linkat`` of ``/proc/self/fd/N`` with ``AT_SYMLINK_FOLLOW`` (the unprivileged form; ``AT_EMPTY_PATH``
-    needs CAP_DAC_READ_SEARCH). Fails with EEXIST when ``target`` exists, like any link.
+    ``linkat(fd, "", ..., AT_EMPTY_PATH)`` names the file directly; it needs CAP_DAC_READ_SEARCH, or Linux
+    6.10+ for a file the caller opened, and answers ENOENT otherwise. Then ``linkat`` of
+    ``/proc/self/fd/N`` with ``AT_SYMLINK_FOLLOW`` (the unprivileged form, ~4-12 us more per file for
+    the walk through /proc) is used from the first time it works where the direct form did not. Either
+    fails with EEXIST when ``target`` exists, like any link. ``linkat``: the C function (default: libc's).
     """
     if not hasattr(os, "O_TMPFILE") or not os.path.isdir("/proc/self/fd"):
         return None
-    function = _libc_function("linkat", [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int])
+    function = linkat or _libc_function(
+        "linkat", [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+    )
     if function is None:
         return None
+    direct = True
 
-    def link_anonymous_call(fd: int, target: str) -> int:
-        source = b"/proc/self/fd/%d" % fd
-        if function(_AT_FDCWD, source, _AT_FDCWD, os.fsencode(target), _AT_SYMLINK_FOLLOW) == 0:
+    def link_through_proc(fd: int, target: bytes) -> int:
+        if function(_AT_FDCWD, b"/proc/self/fd/%d" % fd, _AT_FDCWD, target, _AT_SYMLINK_FOLLOW) == 0:
             return 0
         return ctypes.get_errno()
+
+    def link_anonymous_call(fd: int, target: str) -> int:
+        nonlocal direct
+        encoded = os.fsencode(target)
+        if not direct:
+            return link_through_proc(fd, encoded)
+        if function(fd, b"", _AT_FDCWD, encoded, _AT_EMPTY_PATH) == 0:
+            return 0
+        error = ctypes.get_errno()
+        if error != errno.ENOENT:
+            return error
+        error = link_through_proc(fd, encoded)  # no privilege for the direct form, or no such directory
+        if error == 0:
+            direct = False
+        return error
 
     return link_anonymous_call
 
@@ -351,6 +371,17 @@ def remove_stale_temporaries(root: Path) -> int:
             except OSError:
                 pass
     return removed
+
+
+def holds_content(path: str | os.PathLike[str], content: Content) -> bool:
+    """True when ``path`` holds exactly ``content`` (a target that does counts as written: no duplicate)."""
+    try:
+        if os.stat(path).st_size != sum(memoryview(chunk).nbytes for chunk in content):
+            return False
+        with open(path, "rb") as fh:
+            return all(fh.read(memoryview(chunk).nbytes) == chunk for chunk in content)
+    except OSError:
+        return False
 
 
 def write_new_file(path: Path, content: Content) -> None:

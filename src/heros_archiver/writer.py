@@ -23,6 +23,7 @@ from .storage import (
     Fsync,
     OnExists,
     check_choice,
+    holds_content,
     is_temporary,
     unique_names,
     write_atomic,
@@ -88,9 +89,9 @@ class FileWriter:
 
     def plan(self, source_name: str, payload: Any, metadata: dict[str, Any]) -> list[tuple[Path, Content]]:
         """The files one payload becomes, with everything input-related checked before anything is written."""
-        return [(Path(path), content) for path, content in self._plan_text(source_name, payload, metadata)]
+        return [(Path(path), content) for path, content in self.plan_text(source_name, payload, metadata)]
 
-    def _plan_text(self, source_name: str, payload: Any, metadata: dict[str, Any]) -> list[tuple[str, Content]]:
+    def plan_text(self, source_name: str, payload: Any, metadata: dict[str, Any]) -> list[tuple[str, Content]]:
         """``plan`` with paths as text (the per-event hot path)."""
         planned: list[tuple[str, Content]] = []
         seen: dict[str, int | None] = {}
@@ -121,10 +122,8 @@ class FileWriter:
         """
         written: list[str] = []
         try:
-            for path, content in self._plan_text(source_name, payload, metadata):
-                directory = os.path.dirname(path)
-                if directory not in self._checked_dirs:
-                    check_no_symlink_escape(Path(path), self.root)
+            for path, content in self.plan_text(source_name, payload, metadata):
+                self.check_directory(path)
                 if resumed and self.settings.on_exists == "unique" and _identical_unique_name(Path(path), content):
                     continue
                 try:
@@ -132,17 +131,29 @@ class FileWriter:
                         write_atomic(path, content, self.settings.on_exists, self.settings.fsync, self.window)
                     )
                 except TargetExistsError:
-                    if not _same_content(Path(path), content):
+                    if not holds_content(path, content):
                         raise
-                if len(self._checked_dirs) > 10_000:
-                    self._checked_dirs.clear()
-                self._checked_dirs.add(directory)
+                self.directory_written(path)
         except BaseException:
             for done in written:
                 with contextlib.suppress(OSError):
                     os.unlink(done)
             raise
         return written
+
+    def check_directory(self, path: str) -> None:
+        """Raise PathConfinementError if the directory of ``path`` leaves the root through a symlink.
+
+        Checked until a file was written there (``directory_written``): from then on the directory is ours.
+        """
+        if os.path.dirname(path) not in self._checked_dirs:
+            check_no_symlink_escape(Path(path), self.root)
+
+    def directory_written(self, path: str) -> None:
+        """A file was written in the directory of ``path``: it need not be checked again."""
+        if len(self._checked_dirs) > 10_000:
+            self._checked_dirs.clear()
+        self._checked_dirs.add(os.path.dirname(path))
 
     def close(self) -> None:
         """Finish the files still in the writeback window (at shutdown)."""
@@ -164,17 +175,6 @@ def _identical_unique_name(path: Path, content: Content) -> bool:
     for candidate in unique_names(path):
         if not os.path.lexists(candidate):
             return False
-        if _same_content(candidate, content):
+        if holds_content(candidate, content):
             return True
     return False
-
-
-def _same_content(path: Path, content: Content) -> bool:
-    """True when ``path`` holds exactly ``content``."""
-    try:
-        if path.stat().st_size != sum(memoryview(chunk).nbytes for chunk in content):
-            return False
-        with open(path, "rb") as fh:
-            return all(fh.read(memoryview(chunk).nbytes) == chunk for chunk in content)
-    except OSError:
-        return False
