@@ -1,6 +1,14 @@
-"""heros-archiver: archive the events of HEROS devices to files, losing nothing silently."""
+"""heros-archiver: archive the events of HEROS devices to files, losing nothing silently.
 
-from .archiver import HERODataArchiver
+The archivers are imported when first asked for (``heros_archiver.ArrayArchiver``), not with every
+submodule: the helper process that publishes small files (decision 0012) needs neither heros nor Zenoh.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .errors import (
     ArchiverError,
     ConfigurationError,
@@ -10,9 +18,19 @@ from .errors import (
     TargetExistsError,
     TemplateRenderError,
 )
-from .files import ArrayArchiver, FileArchiver, JsonArchiver
+
+if TYPE_CHECKING:
+    from .archiver import HERODataArchiver
+    from .files import ArrayArchiver, FileArchiver, JsonArchiver
 
 __version__ = "0.1.0"
+
+_ARCHIVERS = {
+    "HERODataArchiver": "archiver",
+    "ArrayArchiver": "files",
+    "FileArchiver": "files",
+    "JsonArchiver": "files",
+}
 
 __all__ = [
     "ArchiverError",
@@ -27,3 +45,13 @@ __all__ = [
     "TargetExistsError",
     "TemplateRenderError",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """The archiver classes, imported on first use."""
+    module = _ARCHIVERS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'heros_archiver' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from abc import abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from heros.zenoh import ZenohSessionManager
 from heros.zenoh import session_manager as heros_session_manager
 
 from .accounting import Accounting
+from .batching import BatchWriter
 from .deadletter import DeadLetterStore
 from .errors import ArchiverError, ConfigurationError
 from .fastdecode import decode_frame_event
@@ -146,6 +148,7 @@ class HERODataArchiver(EventObserver):
             spool,
             lambda: self.max_retries,
             self._writer_settings,
+            self._batch_writer_factory(),
         )
         if not zenoh_shared_memory:
             _disable_shared_memory(kwargs.get("session_manager"), kwargs.get("realm", args[0] if args else "heros"))
@@ -187,6 +190,10 @@ class HERODataArchiver(EventObserver):
 
         None for archivers whose ``_store`` is their own (their dead letters are re-driven by their code).
         """
+        return None
+
+    def _batch_writer_factory(self) -> Callable[[int], BatchWriter] | None:
+        """How to make the helpers that write this archiver's items in batches (None: ``_store`` per item)."""
         return None
 
     def _store_item(self, item: Item) -> None:
@@ -283,6 +290,7 @@ class HERODataArchiver(EventObserver):
         snapshot["queue"] = self._pipeline.queue_status()
         snapshot["event"] = self._event
         snapshot["intake_buffer"] = self._intake_buffer
+        snapshot["helper_processes"] = self._pipeline.helper_pids
         snapshot["object_selector"] = self._selector
         snapshot["dead_letter_dir"] = str(self._pipeline.dead_letters.directory)
         snapshot["spool_dir"] = str(self._pipeline.spool.directory)

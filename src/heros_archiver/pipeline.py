@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .accounting import Accounting
+from .batching import BATCH_BYTES, BATCH_ITEMS, Batch, BatchWriter, Inline, Outcome
 from .deadletter import DeadLetterStore
 from .errors import ArchiverError, ConfigurationError
 from .queueing import Item, LaneQueue
@@ -69,6 +70,8 @@ class Pipeline:
         spool: where ``overflow="spill"`` keeps items; entries found there at start are archived first.
         max_retries: returns the current retry limit (the archiver's public, mutable attribute).
         writer_settings: returns how items are written, recorded with dead letters for replay.
+        batch_writer: makes, for a number of writer lanes, the BatchWriter that writes their items in
+            batches through helper processes (None: each item through ``store``); closed by ``stop``.
     """
 
     def __init__(
@@ -81,6 +84,7 @@ class Pipeline:
         spool: Spool,
         max_retries: Callable[[], int],
         writer_settings: Callable[[], dict[str, Any] | None],
+        batch_writer: Callable[[int], BatchWriter] | None = None,
     ) -> None:
         self._event = event
         self._store = store
@@ -100,6 +104,7 @@ class Pipeline:
         for entry_store in (dead_letters, spool.store):
             if removed := entry_store.remove_stale_temporaries():
                 log.warning("removed %d half-written entries of a crashed run from %s", removed, entry_store.directory)
+        self._batch_writer = batch_writer(options.writers) if batch_writer is not None else None
         self._resumed = set(spool.pending())
         if self._resumed:
             log.warning("resuming %d spooled item(s) from %s", len(self._resumed), spool.directory)
@@ -199,6 +204,9 @@ class Pipeline:
     # ------------------------------------------------------------------ writing
     def _write_loop(self, lane: int) -> None:
         _lower_priority(self.options.writer_nice)
+        if self._batch_writer is not None:
+            self._write_batches(lane, self._batch_writer)
+            return
         while not self._abort.is_set():
             item = self._queue.get(lane, timeout=0.2)
             if item is None:
@@ -208,33 +216,73 @@ class Pipeline:
             self._process(item)
             self.spool.done(item)
 
-    def _process(self, item: Item) -> None:
+    def _write_batches(self, lane: int, batch_writer: BatchWriter) -> None:
+        """Take what waits in the lane, hand it to the batch writer, and settle the previous batch while
+        its helper works on this one: naming and encoding overlap with creating files."""
+        pending: Batch | None = None
         while True:
+            items: list[Item] = []
+            if not self._abort.is_set():
+                items = self._queue.get_many(lane, BATCH_ITEMS, BATCH_BYTES, 0.0 if pending else 0.2)
+            batch = batch_writer.send(lane, items) if items else None
+            if pending is not None:
+                for item, outcome in batch_writer.collect(pending):
+                    self._settle(item, outcome)
+            pending = batch
+            if pending is None and (self._abort.is_set() or (not items and self._queue.closed)):
+                return
+
+    def _settle(self, item: Item, outcome: Outcome) -> None:
+        """Account for one item of a batch; write it here if the helper did not, retry it if it failed."""
+        if isinstance(outcome, Inline):
+            self._process(item)
+        else:
             item.attempts += 1
-            try:
-                self._store(item)
-            except Exception as exc:  # noqa: BLE001 - every failure is retried or dead-lettered, never raised
-                permanent = isinstance(exc, ArchiverError) and exc.permanent
-                if permanent or item.attempts > self._max_retries():
-                    self._dead_letter(item, exc, persist=True)
+            if outcome is None:
+                self._accounting.archived(item.source, item.nbytes)
+            else:
+                self._process(item, outcome)
+        self.spool.done(item)
+
+    def _process(self, item: Item, failure: BaseException | None = None) -> None:
+        """Store ``item``, retrying transient failures with backoff; ``failure``: how the attempt already
+        made (by a batch's helper) failed."""
+        while True:
+            if failure is None:
+                item.attempts += 1
+                try:
+                    self._store(item)
+                except Exception as exc:  # noqa: BLE001 - every failure is retried or dead-lettered, never raised
+                    failure = exc
+                else:
+                    self._accounting.archived(item.source, item.nbytes)
                     return
-                delay = self._backoff(item.attempts)
-                self._accounting.add(item.source, "retried")
-                log.warning(
-                    "%s (event %s): store failed (attempt %d of %d), retrying in %.2f s: %s",
-                    item.source,
-                    self._event,
-                    item.attempts,
-                    self._max_retries() + 1,
-                    delay,
-                    exc,
-                )
-                if self._abort.wait(delay):
-                    self._dead_letter(item, exc)
-                    return
-                continue
-            self._accounting.archived(item.source, item.nbytes)
-            return
+            if not self._wait_for_retry(item, failure):
+                return
+            failure = None
+
+    def _wait_for_retry(self, item: Item, failure: BaseException) -> bool:
+        """After a failed attempt: True once the backoff has passed, or False when the item was dead-lettered
+        (a permanent failure, the retries used up, or shutdown cutting the wait short)."""
+        permanent = isinstance(failure, ArchiverError) and failure.permanent
+        if permanent or item.attempts > self._max_retries():
+            self._dead_letter(item, failure, persist=True)
+            return False
+        delay = self._backoff(item.attempts)
+        self._accounting.add(item.source, "retried")
+        log.warning(
+            "%s (event %s): store failed (attempt %d of %d), retrying in %.2f s: %s",
+            item.source,
+            self._event,
+            item.attempts,
+            self._max_retries() + 1,
+            delay,
+            failure,
+        )
+        if self._abort.wait(delay):
+            self._dead_letter(item, failure)
+            return False
+        return True
 
     def _backoff(self, attempt: int) -> float:
         """Exponential backoff with equal jitter: half the delay fixed, half random."""
@@ -328,6 +376,8 @@ class Pipeline:
                 for thread in self._writers:
                     thread.join()
             self._spool_reader.join()
+            if self._batch_writer is not None:
+                self._batch_writer.close()
             reason = ArchiverError(f"not written within drain_timeout={self.options.drain_timeout} s at shutdown")
             for item in self._queue.drain():
                 self._set_aside(item, reason)
@@ -344,6 +394,11 @@ class Pipeline:
     def stopped(self) -> bool:
         """True once ``stop`` finished."""
         return self._stopped
+
+    @property
+    def helper_pids(self) -> list[int]:
+        """Process ids of the helpers that publish small files (decision 0012); empty without them."""
+        return self._batch_writer.pids if self._batch_writer is not None else []
 
     def queue_status(self) -> dict[str, Any]:
         """Fill of the queue and the spool."""

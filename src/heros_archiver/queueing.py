@@ -93,6 +93,25 @@ class LaneQueue:
             self._not_full.notify_all()
             return item
 
+    def get_many(self, lane: int, max_items: int, max_bytes: int, timeout: float) -> list[Item]:
+        """The items of ``lane`` waiting now, oldest first, up to ``max_items`` or until ``max_bytes`` are
+        reached (at least one); waits up to ``timeout`` seconds for the first."""
+        with self._not_empty[lane]:
+            waiting = self._lanes[lane]
+            if not waiting and timeout > 0:
+                self._not_empty[lane].wait(timeout)
+            items: list[Item] = []
+            nbytes = 0
+            while waiting and len(items) < max_items and nbytes < max_bytes:
+                item = waiting.popleft()
+                items.append(item)
+                nbytes += item.nbytes
+            if items:
+                self._items -= len(items)
+                self._bytes -= nbytes
+                self._not_full.notify_all()
+            return items
+
     def close(self) -> None:
         """Refuse new items from now on and wake every waiting producer and consumer."""
         with self._lock:

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigurationError, PathConfinementError, PayloadError, TargetExistsError, TemplateRenderError
-from .formats import FileFormat, JsonFormat, NpyFormat
-from .formats.base import Content
-from .formats.npy import as_array
+from .formats.base import Content, FileFormat
+from .formats.json import JsonFormat
+from .formats.npy import NpyFormat, as_array
 from .naming import PathTemplate, check_no_symlink_escape
 from .storage import (
     FSYNC_CHOICES,

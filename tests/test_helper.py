@@ -1,0 +1,182 @@
+"""Small files published from a helper process (decision 0012): same files, same guarantees, same accounting."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from conftest import RigFactory
+from helpers import (
+    RawCamera,
+    archived_files,
+    assert_npy_equal,
+    assert_refused_before_zenoh,
+    dead_letter_entries,
+    read_entry,
+    wait_for_items,
+    wait_until,
+)
+from heros_archiver import ArrayArchiver, JsonArchiver, StorageError, TargetExistsError
+from heros_archiver.publisher import publish, result_error
+
+pytestmark = pytest.mark.timeout(90)
+
+TEMPLATE = "{{ file_path }}/{{ '%04d' % i }}.json"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
+
+
+def _send(rig: Any, numbers: range) -> None:
+    for i in numbers:
+        rig.camera.acquisition_data({"i": i, "value": i * 0.5})
+
+
+def test_json_archiver_writes_through_a_helper_that_stops_with_it(make_rig: RigFactory, tmp_path: Path) -> None:
+    rig = make_rig(TEMPLATE, archiver_cls=JsonArchiver, camera_cls=RawCamera)
+    [pid] = rig.archiver.stats()["helper_processes"]
+    assert _alive(pid)
+
+    _send(rig, range(300))
+    total = wait_for_items(rig.archiver, 300)
+
+    assert total["archived"] == 300 and total["dead_lettered"] == 0, total
+    assert archived_files(tmp_path) == [f"{i:04d}.json" for i in range(300)]
+    assert all(json.loads((tmp_path / f"{i:04d}.json").read_text()) == {"i": i, "value": i * 0.5} for i in range(300))
+    rig.archiver._teardown()
+    assert not _alive(pid), "the helper must end with the archiver"
+    assert rig.archiver.stats()["helper_processes"] == []
+
+
+def test_arrays_have_no_helper_unless_asked_and_large_ones_are_written_in_process(
+    make_rig: RigFactory, tmp_path: Path
+) -> None:
+    plain = make_rig("{{ file_path }}/plain-{{ frame }}.npy")
+    assert plain.archiver.stats()["helper_processes"] == []
+
+    rig = make_rig("{{ file_path }}/{{ frame }}.npy", archiver_cls=ArrayArchiver, helper_process=True)
+    assert len(rig.archiver.stats()["helper_processes"]) == 1
+    small = np.arange(1000, dtype=np.float32)
+    large = np.arange(2**19, dtype=np.uint32)  # 2 MiB: through the writeback window, in the archiver's process
+    for frame, array in enumerate([small, large, small * 2]):
+        rig.camera.acquisition_data(array, {"frame": frame})
+    total = wait_for_items(rig.archiver, 3)
+
+    assert total["archived"] == 3, total
+    for frame, array in enumerate([small, large, small * 2]):
+        assert_npy_equal(tmp_path / f"{frame}.npy", array)
+
+
+@pytest.mark.parametrize("on_exists", ["error", "unique"])
+def test_a_killed_helper_is_replaced_and_nothing_is_lost_or_doubled(
+    make_rig: RigFactory, tmp_path: Path, on_exists: str
+) -> None:
+    rig = make_rig(TEMPLATE, archiver_cls=JsonArchiver, camera_cls=RawCamera, on_exists=on_exists)
+    [first] = rig.archiver.stats()["helper_processes"]
+    _send(rig, range(400))
+    wait_until(lambda: rig.archiver.stats()["total"]["archived"] >= 50, what="the first files")
+    os.kill(first, signal.SIGKILL)  # mid-stream: some of its batch may be on disk, the rest is not
+    _send(rig, range(400, 600))
+    total = wait_for_items(rig.archiver, 600)
+
+    assert total["archived"] == 600 and total["dead_lettered"] == 0 and total["dropped"] == 0, total
+    assert archived_files(tmp_path) == [f"{i:04d}.json" for i in range(600)], "each file once, none missing"
+    wait_until(lambda: len(rig.archiver.stats()["helper_processes"]) == 1, what="a new helper")
+    assert rig.archiver.stats()["helper_processes"] != [first]
+
+
+def test_unique_names_follow_the_arrival_order_across_batches(make_rig: RigFactory, tmp_path: Path) -> None:
+    rig = make_rig("{{ file_path }}/same.json", archiver_cls=JsonArchiver, camera_cls=RawCamera, on_exists="unique")
+    _send(rig, range(40))
+    wait_for_items(rig.archiver, 40)
+
+    for i in range(40):
+        name = "same.json" if i == 0 else f"same-{i}.json"
+        assert json.loads((tmp_path / name).read_text())["i"] == i
+
+
+def test_a_failing_directory_is_retried_then_dead_lettered_and_the_next_item_written(
+    make_rig: RigFactory, tmp_path: Path
+) -> None:
+    (tmp_path / "blocked").write_text("a file where the directory should be")
+    rig = make_rig(
+        "{{ file_path }}/{{ folder }}/{{ i }}.json",
+        archiver_cls=JsonArchiver,
+        camera_cls=RawCamera,
+        max_retries=2,
+        retry_delay=0.01,
+    )
+    rig.camera.acquisition_data({"i": 1, "folder": "blocked"})
+    rig.camera.acquisition_data({"i": 2, "folder": "free"})
+    total = wait_for_items(rig.archiver, 2)
+
+    assert total["archived"] == 1 and total["dead_lettered"] == 1 and total["retried"] == 2, total
+    [entry] = dead_letter_entries(tmp_path)
+    info = read_entry(entry)
+    assert info["attempts"] == 3 and "StorageError" in info["error"] and "blocked/1.json" in info["error"], info
+    assert json.loads((tmp_path / "free" / "2.json").read_text()) == {"i": 2, "folder": "free"}
+
+
+def test_an_existing_file_is_kept_and_the_new_item_dead_lettered(make_rig: RigFactory, tmp_path: Path) -> None:
+    (tmp_path / "0001.json").write_text("someone else's file\n")
+    rig = make_rig(TEMPLATE, archiver_cls=JsonArchiver, camera_cls=RawCamera)
+    _send(rig, range(3))
+    total = wait_for_items(rig.archiver, 3)
+
+    assert total["archived"] == 2 and total["dead_lettered"] == 1 and total["retried"] == 0, total
+    assert (tmp_path / "0001.json").read_text() == "someone else's file\n"
+    assert "TargetExistsError" in read_entry(dead_letter_entries(tmp_path)[0])["error"]
+
+
+class OwnStoreItem(JsonArchiver):
+    """Overrides ``_store_item``: it must be called for every item, so no helper writes around it."""
+
+    def _store_item(self, item: Any) -> None:
+        self.__dict__.setdefault("seen", []).append(item.metadata["i"])
+        super()._store_item(item)
+
+
+def test_a_subclass_with_its_own_store_gets_it_called(make_rig: RigFactory, tmp_path: Path) -> None:
+    rig = make_rig(TEMPLATE, archiver_cls=OwnStoreItem, camera_cls=RawCamera)
+    assert rig.archiver.stats()["helper_processes"] == []
+    _send(rig, range(5))
+    wait_for_items(rig.archiver, 5)
+    assert rig.archiver.seen == [0, 1, 2, 3, 4]  # type: ignore[attr-defined]
+
+
+def test_helper_process_must_be_a_bool(tmp_path: Path) -> None:
+    assert_refused_before_zenoh(tmp_path, "helper_process: expected true or false, got 'yes'", helper_process="yes")
+
+
+def test_publish_answers_each_file_as_the_writer_would(tmp_path: Path) -> None:
+    (tmp_path / "same.json").write_bytes(b"same")
+    (tmp_path / "other.json").write_bytes(b"other")
+    (tmp_path / "not-a-dir").write_bytes(b"")
+    results = publish(
+        [
+            (str(tmp_path / "new.json"), b"new", "error", "none"),
+            (str(tmp_path / "same.json"), b"same", "error", "none"),  # already there with these bytes: written
+            (str(tmp_path / "other.json"), b"mine", "error", "none"),
+            (str(tmp_path / "other.json"), b"mine", "unique", "file"),
+            (str(tmp_path / "not-a-dir" / "x.json"), b"x", "error", "none"),
+        ]
+    )
+
+    assert results[:2] == [("ok", str(tmp_path / "new.json")), ("ok", str(tmp_path / "same.json"))]
+    assert isinstance(result_error(results[2]), TargetExistsError)
+    assert results[3] == ("ok", str(tmp_path / "other-1.json"))
+    error = result_error(results[4])
+    assert isinstance(error, StorageError) and error.errno == errno.ENOTDIR and not error.permanent
+    assert (tmp_path / "new.json").read_bytes() == b"new" and (tmp_path / "other-1.json").read_bytes() == b"mine"
