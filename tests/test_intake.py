@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import threading
@@ -15,6 +16,7 @@ import zenoh
 from conftest import RigFactory
 from helpers import RawCamera, assert_refused_before_zenoh, wait_for_items, wait_until
 from heros_archiver import ArrayArchiver, JsonArchiver
+from heros_archiver.deadletter import DeadLetterStore
 from heros_archiver.intake import BufferedIntake
 from heros_archiver.queueing import Item
 from heros_archiver.testing import free_port, loopback_config_json
@@ -110,20 +112,30 @@ def test_an_exception_from_the_handler_does_not_end_the_intake(caplog: pytest.Lo
 
 
 @pytest.mark.parametrize("intake_buffer", [0, 16])
-def test_bad_bytes_on_the_wire_are_reported_and_the_next_event_is_archived(
+def test_bad_bytes_on_the_wire_are_dead_lettered_and_the_next_event_is_archived(
     make_rig: RigFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture, intake_buffer: int
 ) -> None:
-    """A foreign or corrupt publisher on the event's key expression: bytes that are no CBOR are logged with
-    the key expression; bytes that decode to something other than a payload are dead-lettered."""
+    """A foreign or corrupt publisher on the event's key expression: bytes that are no CBOR are counted and
+    kept as they arrived (base64 in the dead-letter store), the key expression in the error; bytes that
+    decode to something other than a payload are dead-lettered as decoded. Both intakes do the same."""
     rig = make_rig(TEMPLATE, archiver_cls=JsonArchiver, camera_cls=RawCamera, intake_buffer=intake_buffer)
     key = f"{rig.camera._ns_objects}/{rig.realm}/cam/acquisition_data"
+    not_cbor = b"\x1c reserved CBOR head"  # no CBOR item starts with 0x1c
     with caplog.at_level(logging.ERROR, logger="heros_archiver"):
-        rig.camera._session.put(key, b"\x1c reserved CBOR head")  # no CBOR item starts with 0x1c
+        rig.camera._session.put(key, not_cbor)
         rig.camera._session.put(key, b"\xff")  # CBOR's "break" marker: decodes, but is no (data, metadata)
         rig.camera.acquisition_data({"i": 1})
-        total = wait_for_items(rig.archiver, 2)
+        total = wait_for_items(rig.archiver, 3)
 
-    assert total["received"] == 2 and total["archived"] == 1 and total["dead_lettered"] == 1, total
+    assert total["received"] == 3 and total["archived"] == 1 and total["dead_lettered"] == 2, total
     assert json.loads((tmp_path / "0001.json").read_text()) == {"i": 1}
     assert "payload could not be decoded" in caplog.text and key in caplog.text
     assert "PayloadError: expected a payload (data, metadata dict)" in caplog.text
+    store = DeadLetterStore(rig.archiver.stats()["dead_letter_dir"])
+    undecodable = [
+        store.load(entry)
+        for entry in store.entries()
+        if "could not be decoded" in json.loads((entry / "entry.json").read_text())["error"]
+    ]
+    assert [letter.payload for letter in undecodable] == [{"base64": base64.b64encode(not_cbor).decode()}]
+    assert undecodable[0].source == "cam" and key in undecodable[0].error
