@@ -10,8 +10,10 @@ guarantees are the same (unnamed until complete, no overwrite, fsync as asked).
 
 The helper is ``python -m heros_archiver.publisher READ_FD WRITE_FD``: it reads pickled batches of
 ``(path, content, on_exists, fsync)`` from one pipe and answers each with one result per file on the
-other. It ignores SIGINT and SIGTERM (a Ctrl-C or a service manager reaches the whole process group,
-and the archiver must drain first) and exits when the request pipe closes, also when the archiver dies.
+other. The archiver must drain through it after a Ctrl-C or SIGTERM, so it runs in a process group of
+its own (a terminal's Ctrl-C and ``kill -- -PGID`` reach the archiver's group only), ignores SIGINT and
+SIGTERM once running (a service manager may signal every process of its cgroup), and exits when the
+request pipe closes, also when the archiver dies.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ class PublishHelper:
                 pass_fds=(request_read, result_write),
                 stdin=subprocess.DEVNULL,
                 env=env,
+                process_group=0,  # a Ctrl-C or kill of the archiver's group must not reach it, not even as it starts
             )
         except BaseException:
             os.close(request_write)
@@ -80,20 +83,20 @@ class PublishHelper:
         try:
             self._requests.send(requests)
         except (OSError, ValueError) as exc:
-            raise HelperGone(f"the publishing helper (pid {self.pid}) cannot be reached: {exc}") from exc
+            raise self._gone("cannot be reached", exc) from exc
 
     def receive(self) -> list[Result]:
         """The results of the oldest batch not yet answered, one per request. Raises HelperGone."""
         try:
             results: list[Result] = self._results.recv()
         except (EOFError, OSError, ValueError) as exc:
-            code = self._process.poll()
-            raise HelperGone(
-                f"the publishing helper (pid {self.pid}) exited"
-                + (f" with status {code}" if code is not None else "")
-                + f" before answering: {exc or 'end of pipe'}"
-            ) from exc
+            raise self._gone("did not answer", exc) from exc
         return results
+
+    def _gone(self, what: str, error: BaseException) -> HelperGone:
+        code = self._process.poll()
+        status = "still running" if code is None else f"exit status {code}"
+        return HelperGone(f"the publishing helper (pid {self.pid}, {status}) {what}: {error or 'end of pipe'}")
 
     def close(self, timeout: float = 10.0) -> None:
         """Let the helper finish and exit (it reads the end of its pipe); kill it after ``timeout`` seconds."""
