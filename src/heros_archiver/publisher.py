@@ -145,8 +145,11 @@ def _serve(request_fd: int, result_fd: int) -> None:
         try:
             batch = requests.recv()
         except EOFError:
-            return
-        results.send(publish(batch))
+            return  # the archiver closed the pipe, or died
+        try:
+            results.send(publish(batch))
+        except BrokenPipeError:
+            return  # the archiver died while this batch was written: it rewrites the batch when it restarts
 
 
 if __name__ == "__main__":
