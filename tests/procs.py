@@ -198,6 +198,15 @@ def child(args: list[str], log: Path, env: dict[str, str], **popen: Any) -> Iter
         started.kill()
 
 
+def group_alive(pgid: int) -> bool:
+    """True while any process of process group ``pgid`` exists."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def run_archiver(
     config: Path, realm: str, port: int, log: Path, **popen: Any
 ) -> contextlib.AbstractContextManager[Child]:

@@ -25,6 +25,7 @@ from heros_archiver.testing import (
     unique_realm,
     wait_for_subscriber,
 )
+from procs import group_alive
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(110)]
 
@@ -33,18 +34,10 @@ SPEC_TEMPLATE = "{{ file_path }}/testimg-{{ '%04d' % ( frame / 2 ) |round(0, 'fl
 BOSS = Path(sys.executable).parent / "boss"
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def _stop_group(process: subprocess.Popen[bytes]) -> None:
     """Kill what is left of the process group of ``process`` (boss and its workers), by its id."""
     pgid = process.pid  # start_new_session=True: the boss leads its own group
-    if process.poll() is None or _group_alive(pgid):
+    if process.poll() is None or group_alive(pgid):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
@@ -124,9 +117,9 @@ def test_boss_runs_the_spec_example(tmp_path: Path) -> None:
             pytest.fail(f"boss did not stop within 30 s of SIGTERM; log:\n{log_file.read_text()}")
         assert returncode == 0, log_file.read_text()
         deadline = time.monotonic() + 15
-        while _group_alive(process.pid) and time.monotonic() < deadline:
+        while group_alive(process.pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not _group_alive(process.pid), "a boss worker outlived boss after SIGTERM"
+        assert not group_alive(process.pid), "a boss worker outlived boss after SIGTERM"
         log_text = log_file.read_text()
         assert re.search(r"received 3, archived 3\b", log_text), f"no final figures from _teardown in:\n{log_text}"
         # nothing was dead-lettered

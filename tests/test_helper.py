@@ -6,17 +6,14 @@ import contextlib
 import errno
 import json
 import os
-import re
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+import procs
 from conftest import RigFactory
 from helpers import (
     RawCamera,
@@ -30,7 +27,7 @@ from helpers import (
 )
 from heros_archiver import ArrayArchiver, JsonArchiver, StorageError, TargetExistsError
 from heros_archiver.publisher import publish, result_error
-from heros_archiver.testing import free_port, loopback_config_json, session_manager, unique_realm, wait_for_subscriber
+from heros_archiver.testing import free_port, unique_realm
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -203,69 +200,39 @@ def _helpers_of(parent: int) -> list[int]:
     return found
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def test_sigterm_to_the_whole_group_drains_through_the_helper_then_all_exit(tmp_path: Path) -> None:
-    """A service manager signals every process of the group: the helper must outlive the drain, then exit."""
+    """A terminal's Ctrl-C or ``kill -- -PGID`` signals the archiver's whole group: the archiver drains
+    every received event through its helper, then the helper exits too."""
     port, realm = free_port(), unique_realm()
-    config = tmp_path / "config.json"
-    config.write_text(
-        json.dumps(
-            {
-                "_id": "events",
-                "classname": "herostools.actor.JsonArchiver",
-                "arguments": {
-                    "object_selector": "cam",
-                    "event_name": "acquisition_data",
-                    "default_metadata": {"file_path": str(tmp_path / "out")},
-                    "save_template": TEMPLATE,
-                },
-            }
-        )
+    config = procs.write_config(
+        tmp_path / "config.json",
+        procs.camera_archiver_arguments(tmp_path / "out", TEMPLATE),
+        classname="herostools.actor.JsonArchiver",
     )
-    camera = RawCamera("cam", realm=realm, session_manager=session_manager(listen_port=port))
     helpers: list[int] = []
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "heros_archiver.cli", "run", str(config), "--realm", realm],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-        env=dict(os.environ, HEROS_ZENOH_CONFIG=loopback_config_json(connect_port=port), COLUMNS="160"),
-    )
-    try:
-        wait_for_subscriber(camera, "acquisition_data", timeout=60)
-        for i in range(2000):
-            camera.acquisition_data({"i": i})
-            if i == 1000:
-                wait_until(lambda: len(list((tmp_path / "out").glob("*.json"))) >= 100, what="the first files")
-                helpers = _helpers_of(proc.pid)
-                os.killpg(proc.pid, signal.SIGTERM)  # as a terminal's Ctrl-C or `kill -- -PGID` would
-        output, _ = proc.communicate(timeout=60)
-        deadline = time.monotonic() + 15
-        while _group_alive(proc.pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not _group_alive(proc.pid), "a process of the archiver's group outlived it"
-        assert len(helpers) == 1 and not any(map(_alive, helpers)), "the helper must exit with the archiver"
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        for pid in helpers:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(10)
-        camera._destroy_hero()
-    assert proc.returncode == 0, output
-    figures = re.search(r"received (\d+), archived (\d+), retried \d+, dead-lettered (\d+)", output)
-    assert figures is not None, output
-    received, archived, dead_lettered = map(int, figures.groups())
-    assert received >= 100 and archived == received and dead_lettered == 0, output
-    assert archived_files(tmp_path / "out") == [f"{i:04d}.json" for i in range(received)], output
+    with (
+        procs.camera(port, realm, cls=RawCamera) as cam,
+        procs.run_archiver(config, realm, port, tmp_path / "log") as run,
+    ):
+        try:
+            procs.wait_for_archiver(cam, run)
+            for i in range(2000):
+                cam.acquisition_data({"i": i})
+                if i == 1000:
+                    wait_until(lambda: len(list((tmp_path / "out").glob("*.json"))) >= 100, what="the first files")
+                    helpers = _helpers_of(run.pid)
+                    os.killpg(run.pid, signal.SIGTERM)
+            run.proc.wait(procs.DEADLINE)
+            wait_until(lambda: not procs.group_alive(run.pid), 15, "the archiver's group to end")
+            assert len(helpers) == 1 and not any(map(_alive, helpers)), "the helper must exit with the archiver"
+        finally:
+            for pid in helpers:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+    output = run.output()
+    assert run.proc.returncode == 0, output
+    total = procs.parse_stats_table(output)
+    assert total["received"] >= 100 and total["archived"] == total["received"], total
+    assert total["dead_lettered"] == 0 and total["retried"] == 0, total
+    assert archived_files(tmp_path / "out") == [f"{i:04d}.json" for i in range(total["received"])], output
     assert "publishing helper" not in output, "the helper must not have been lost"

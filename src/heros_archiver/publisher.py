@@ -149,7 +149,7 @@ def _serve(request_fd: int, result_fd: int) -> None:
         try:
             results.send(publish(batch))
         except BrokenPipeError:
-            return  # the archiver died while this batch was written: it rewrites the batch when it restarts
+            return  # the archiver died while this batch was written: no one to answer
 
 
 if __name__ == "__main__":
