@@ -26,8 +26,11 @@ from helpers import (
     wait_until,
 )
 from heros_archiver import ArrayArchiver, JsonArchiver, StorageError, TargetExistsError
+from heros_archiver.batching import BatchWriter
 from heros_archiver.publisher import publish, result_error
+from heros_archiver.queueing import Item
 from heros_archiver.testing import free_port, unique_realm
+from heros_archiver.writer import FileWriter, WriterSettings
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -157,6 +160,32 @@ def test_a_subclass_with_its_own_store_gets_it_called(make_rig: RigFactory, tmp_
     _send(rig, range(5))
     wait_for_items(rig.archiver, 5)
     assert rig.archiver.seen == [0, 1, 2, 3, 4]  # type: ignore[attr-defined]
+
+
+def test_a_batch_item_that_fails_to_be_named_does_not_stop_the_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever naming or encoding raises becomes that item's outcome (retried or dead-lettered by the
+    pipeline, as in process); the rest of the batch is written."""
+    writer = FileWriter(WriterSettings("json", "{{ file_path }}/{{ i }}.json", str(tmp_path)))
+    plan_text = writer.plan_text
+
+    def flaky(source: str, payload: Any, metadata: dict[str, Any]) -> Any:
+        if metadata["i"] == 1:
+            raise RuntimeError("a bug in a format")
+        return plan_text(source, payload, metadata)
+
+    monkeypatch.setattr(writer, "plan_text", flaky)
+    items = [Item("cam", {"i": i}, {"file_path": str(tmp_path), "i": i}, 10) for i in range(3)]
+    batch_writer = BatchWriter(writer, 1)
+    try:
+        outcomes = [outcome for _, outcome in batch_writer.collect(batch_writer.send(0, items))]
+    finally:
+        batch_writer.close()
+
+    assert outcomes[0] is None and outcomes[2] is None
+    assert isinstance(outcomes[1], RuntimeError)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["0.json", "2.json"]
 
 
 def test_helper_process_must_be_a_bool(tmp_path: Path) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from .errors import ArchiverError
 from .publisher import HelperGone, PublishHelper, Request, result_error
 from .queueing import Item
 from .writeback import MIN_FILE_BYTES
@@ -34,7 +33,7 @@ class Inline:
 
 INLINE = Inline()
 #: What happened to one item of a batch: None (written), INLINE, or the error of this attempt.
-Outcome = None | Inline | ArchiverError
+Outcome = None | Inline | Exception
 
 
 @dataclass
@@ -92,11 +91,11 @@ class BatchWriter:
                 continue  # several files, or maybe written already by an earlier run: the writer's own way
             try:
                 ((path, content),) = self._writer.plan_text(item.source, item.payload, item.metadata)
-                data = b"".join(content)
+                data = b"".join(content)  # one bytes object: itself, not a copy
                 if len(data) >= MIN_FILE_BYTES:
-                    continue
+                    continue  # named again by the writer: rare, and not worth a second way of writing
                 self._writer.check_directory(path)
-            except ArchiverError as exc:
+            except Exception as exc:  # noqa: BLE001 - this attempt's failure, retried or dead-lettered as in process
                 batch.outcomes[index] = exc
                 continue
             requests.append((path, data, settings.on_exists, settings.fsync))
