@@ -1,12 +1,12 @@
 """Publish small files from a helper process, so that creating them overlaps with naming the next ones.
 
-Every small file costs four system calls (an unnamed file, its content, its name, close: 15-30 us of
+Every small file costs four system calls (an unnamed file, its content, its name, close: 15-45 us of
 kernel time on ext4), and in one Python process each of them gives up and takes back the GIL that the
 receiving and naming threads need. A second writer thread made it worse (the threads convoy on the GIL:
-~12,000 instead of ~31,000 files/s on tmpfs). A helper process has its own interpreter: the archiver's
-writer renders and encodes a batch while the helper creates the files of the previous batch on the
-other core (decision 0012). The helper runs ``write_atomic`` exactly as the writer would, so the
-guarantees are the same (unnamed until complete, no overwrite, fsync as asked).
+~18,000 instead of ~40,000 files/s on tmpfs, ``benchmarks/small_files.py``). A helper process has its
+own interpreter: the archiver's writer renders and encodes a batch while the helper creates the files
+of the previous batch on the other core (decision 0012). The helper runs ``write_atomic`` exactly as
+the writer would, so the guarantees are the same (unnamed until complete, no overwrite, fsync as asked).
 
 The helper is ``python -m heros_archiver.publisher READ_FD WRITE_FD``: it reads pickled batches of
 ``(path, content, on_exists, fsync)`` from one pipe and answers each with one result per file on the
