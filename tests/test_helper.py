@@ -26,7 +26,7 @@ from helpers import (
     wait_until,
 )
 from heros_archiver import ArrayArchiver, JsonArchiver, StorageError, TargetExistsError
-from heros_archiver.batching import BatchWriter
+from heros_archiver.batching import BATCH_ITEMS, BatchWriter
 from heros_archiver.publisher import publish, result_error
 from heros_archiver.queueing import Item
 from heros_archiver.testing import free_port, unique_realm
@@ -186,6 +186,30 @@ def test_a_batch_item_that_fails_to_be_named_does_not_stop_the_others(
     assert outcomes[0] is None and outcomes[2] is None
     assert isinstance(outcomes[1], RuntimeError)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["0.json", "2.json"]
+
+
+@pytest.mark.timeout(60)
+def test_batches_and_answers_larger_than_a_pipe_do_not_wait_for_each_other(tmp_path: Path) -> None:
+    """The writer sends the next batch before reading the last answer: with long paths (answers > 64 KiB)
+    and large items (batches > 64 KiB) both pipes fill; a helper that answered from its reading loop hung."""
+    folder = tmp_path / ("d" * 200)
+    writer = FileWriter(WriterSettings("json", str(folder) + "/{{ 'x' * 40 }}-{{ i }}.json", str(tmp_path)))
+    items = [Item("cam", {"i": i, "pad": "p" * 2000}, {"i": i}, 2100) for i in range(3 * BATCH_ITEMS)]
+    batch_writer = BatchWriter(writer, 1)
+    outcomes: list[Any] = []
+    try:
+        pending = None
+        for start in range(0, len(items) + BATCH_ITEMS, BATCH_ITEMS):
+            chunk = items[start : start + BATCH_ITEMS]
+            batch = batch_writer.send(0, chunk) if chunk else None
+            if pending is not None:
+                outcomes += [outcome for _, outcome in batch_writer.collect(pending)]
+            pending = batch
+    finally:
+        batch_writer.close()
+
+    assert outcomes == [None] * len(items)
+    assert len(list(folder.iterdir())) == len(items)
 
 
 def test_helper_process_must_be_a_bool(tmp_path: Path) -> None:

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -137,17 +139,34 @@ def result_error(result: Result) -> ArchiverError | None:
 
 
 def _serve(request_fd: int, result_fd: int) -> None:
+    """Publish batches as they come; a thread of its own sends the answers.
+
+    The writer hands over the next batch before it reads the answer to the last one. Were answers sent
+    from this loop, a batch too large for the request pipe and an answer too large for the result pipe
+    (long paths, long error messages) would wait for each other for ever.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     requests = Connection(request_fd, writable=False)
-    results = Connection(result_fd, readable=False)
-    while True:
+    answers: queue.SimpleQueue[list[Result] | None] = queue.SimpleQueue()
+    sender = threading.Thread(target=_send_answers, args=(Connection(result_fd, readable=False), answers))
+    sender.start()
+    try:
+        while True:
+            try:
+                batch = requests.recv()
+            except EOFError:
+                return  # the archiver closed the pipe, or died
+            answers.put(publish(batch))
+    finally:
+        answers.put(None)
+        sender.join()
+
+
+def _send_answers(results: Connection, answers: queue.SimpleQueue[list[Result] | None]) -> None:
+    while (answer := answers.get()) is not None:
         try:
-            batch = requests.recv()
-        except EOFError:
-            return  # the archiver closed the pipe, or died
-        try:
-            results.send(publish(batch))
+            results.send(answer)
         except BrokenPipeError:
             return  # the archiver died while this batch was written: no one to answer
 
