@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from heros import RemoteHERO
 
-from helpers import assert_npy_equal, wait_until
+from helpers import RawCamera, assert_npy_equal, wait_until
 from heros_archiver.testing import (
     ReliableSimulatedCamera,
     free_port,
@@ -130,3 +130,72 @@ def test_boss_runs_the_spec_example(tmp_path: Path) -> None:
         if process is not None:
             _stop_group(process)
         camera._destroy_hero()
+
+
+def _publishing_helpers_of_group(pgid: int) -> list[int]:
+    """PIDs of publishing helpers whose parent belongs to process group ``pgid`` (they have groups of their own)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if b"heros_archiver.publisher" not in (entry / "cmdline").read_bytes():
+                continue
+            status = (entry / "status").read_text()
+            parent = int(status.split("PPid:")[1].split()[0])
+            if os.getpgid(parent) == pgid:
+                found.append(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def test_boss_runs_a_json_archiver_whose_helper_ends_with_it(tmp_path: Path) -> None:
+    """A reference JsonArchiver config under BOSS (classname changed only): events archived through the
+    helper process, and BOSS's SIGTERM leaves neither a worker nor a helper behind."""
+    config = {
+        "_id": "event-archiver",
+        "classname": "heros_archiver.JsonArchiver",
+        "arguments": {
+            "object_selector": "sensor",
+            "event_name": "acquisition_data",
+            "default_metadata": {"file_path": str(tmp_path / "events")},
+            "save_template": "{{ file_path }}/reading-{{ '%03d' % i }}.json",
+        },
+    }
+    config_file = tmp_path / "archiver.json"
+    config_file.write_text(json.dumps(config))
+    port, realm = free_port(), unique_realm()
+    sensor = RawCamera("sensor", realm=realm, session_manager=session_manager(listen_port=port))
+    env = {**os.environ, "HEROS_ZENOH_CONFIG": loopback_config_json(connect_port=port)}
+    process: subprocess.Popen[bytes] | None = None
+    helpers: list[int] = []
+    try:
+        with open(tmp_path / "boss.log", "wb") as log:
+            process = subprocess.Popen(
+                [str(BOSS), "-u", config_file.as_uri(), "--realm", realm],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=tmp_path,
+                start_new_session=True,
+            )
+        wait_for_subscriber(sensor, timeout=60)
+        for i in range(50):
+            sensor.acquisition_data({"i": i, "value": i / 4})
+        names = [f"reading-{i:03d}.json" for i in range(50)]
+        wait_until(lambda: all((tmp_path / "events" / name).exists() for name in names), 30, "50 files")
+        helpers = _publishing_helpers_of_group(process.pid)
+        assert len(helpers) == 1, helpers
+
+        os.killpg(process.pid, signal.SIGTERM)
+        assert process.wait(timeout=30) == 0, (tmp_path / "boss.log").read_text()
+        wait_until(lambda: not group_alive(process.pid) and not any(Path(f"/proc/{p}").exists() for p in helpers), 15)
+    finally:
+        if process is not None:
+            _stop_group(process)
+        for pid in helpers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        sensor._destroy_hero()
+    assert sorted(p.name for p in (tmp_path / "events").iterdir() if p.is_file()) == names
+    assert json.loads((tmp_path / "events" / "reading-007.json").read_text()) == {"i": 7, "value": 1.75}
