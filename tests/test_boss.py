@@ -34,6 +34,21 @@ SPEC_TEMPLATE = "{{ file_path }}/testimg-{{ '%04d' % ( frame / 2 ) |round(0, 'fl
 BOSS = Path(sys.executable).parent / "boss"
 
 
+def _start_boss(config_file: Path, realm: str, port: int, log_file: Path) -> subprocess.Popen[bytes]:
+    """``boss`` with one config file, in a session of its own, connected to the camera's loopback port."""
+    env = {**os.environ, "HEROS_ZENOH_CONFIG": loopback_config_json(connect_port=port)}
+    with open(log_file, "wb") as log:
+        return subprocess.Popen(
+            [str(BOSS), "-u", config_file.as_uri(), "--realm", realm],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=config_file.parent,
+            start_new_session=True,
+        )
+
+
 def _stop_group(process: subprocess.Popen[bytes]) -> None:
     """Kill what is left of the process group of ``process`` (boss and its workers), by its id."""
     pgid = process.pid  # start_new_session=True: the boss leads its own group
@@ -66,19 +81,9 @@ def test_boss_runs_the_spec_example(tmp_path: Path) -> None:
     port = free_port()
     realm = unique_realm()
     camera = ReliableSimulatedCamera("cam", realm=realm, session_manager=session_manager(listen_port=port))
-    env = {**os.environ, "HEROS_ZENOH_CONFIG": loopback_config_json(connect_port=port)}
     process: subprocess.Popen[bytes] | None = None
     try:
-        with open(log_file, "wb") as log:
-            process = subprocess.Popen(
-                [str(BOSS), "-u", config_file.as_uri(), "--realm", realm],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=tmp_path,
-                start_new_session=True,
-            )
+        process = _start_boss(config_file, realm, port, log_file)
         try:
             wait_for_subscriber(camera, timeout=60)
         except TimeoutError:
@@ -165,20 +170,10 @@ def test_boss_runs_a_json_archiver_whose_helper_ends_with_it(tmp_path: Path) -> 
     config_file.write_text(json.dumps(config))
     port, realm = free_port(), unique_realm()
     sensor = RawCamera("sensor", realm=realm, session_manager=session_manager(listen_port=port))
-    env = {**os.environ, "HEROS_ZENOH_CONFIG": loopback_config_json(connect_port=port)}
     process: subprocess.Popen[bytes] | None = None
     helpers: list[int] = []
     try:
-        with open(tmp_path / "boss.log", "wb") as log:
-            process = subprocess.Popen(
-                [str(BOSS), "-u", config_file.as_uri(), "--realm", realm],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=tmp_path,
-                start_new_session=True,
-            )
+        process = _start_boss(config_file, realm, port, tmp_path / "boss.log")
         wait_for_subscriber(sensor, timeout=60)
         for i in range(50):
             sensor.acquisition_data({"i": i, "value": i / 4})
