@@ -146,6 +146,43 @@ def test_an_existing_file_is_kept_and_the_new_item_dead_lettered(make_rig: RigFa
     assert "TargetExistsError" in read_entry(dead_letter_entries(tmp_path)[0])["error"]
 
 
+def test_spilled_events_go_through_the_helper_and_leave_the_spool(make_rig: RigFactory, tmp_path: Path) -> None:
+    """overflow="spill" with a queue of one item: most events wait in the spool, and every one is archived
+    from it through the helper; the spool ends empty."""
+    rig = make_rig(TEMPLATE, archiver_cls=JsonArchiver, camera_cls=RawCamera, overflow="spill", max_queue_items=1)
+    spooled = []
+    for i in range(300):
+        rig.camera.acquisition_data({"i": i, "value": i * 0.5})
+        spooled.append(rig.archiver.stats()["queue"]["spooled"])
+    total = wait_for_items(rig.archiver, 300)
+
+    assert max(spooled) > 0, "the queue of one item never overflowed into the spool"
+    assert total["archived"] == 300 and total["dead_lettered"] == 0, total
+    assert archived_files(tmp_path) == [f"{i:04d}.json" for i in range(300)]
+    assert all(json.loads((tmp_path / f"{i:04d}.json").read_text())["i"] == i for i in range(300))
+    assert rig.archiver.stats()["queue"]["spooled"] == 0
+
+
+def test_two_writers_have_a_helper_each(make_rig: RigFactory, tmp_path: Path) -> None:
+    rig = make_rig(
+        "{{ file_path }}/{{ source_name }}/{{ '%04d' % i }}.json",
+        archiver_cls=JsonArchiver,
+        camera_cls=RawCamera,
+        cameras=("cam-a", "cam-b", "cam-c"),
+        object_selector="cam-$*",
+        writers=2,
+    )
+    assert len(set(rig.archiver.stats()["helper_processes"])) == 2
+    for name, camera in rig.cameras.items():
+        for i in range(100):
+            camera.acquisition_data({"i": i, "from": name})
+    total = wait_for_items(rig.archiver, 300)
+
+    assert total["archived"] == 300 and total["dead_lettered"] == 0, total
+    expected = sorted(f"{name}/{i:04d}.json" for name in rig.cameras for i in range(100))
+    assert archived_files(tmp_path) == expected
+
+
 class OwnStoreItem(JsonArchiver):
     """Overrides ``_store_item``: it must be called for every item, so no helper writes around it."""
 
