@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import logging
 import os
 import signal
 from pathlib import Path
@@ -25,7 +26,7 @@ from helpers import (
     wait_for_items,
     wait_until,
 )
-from heros_archiver import ArrayArchiver, JsonArchiver, StorageError, TargetExistsError
+from heros_archiver import ArrayArchiver, JsonArchiver, StorageError, TargetExistsError, publisher
 from heros_archiver.batching import BATCH_ITEMS, BatchWriter
 from heros_archiver.publisher import publish, result_error
 from heros_archiver.queueing import Item
@@ -101,6 +102,27 @@ def test_a_killed_helper_is_replaced_and_nothing_is_lost_or_doubled(
     assert archived_files(tmp_path) == [f"{i:04d}.json" for i in range(600)], "each file once, none missing"
     wait_until(lambda: len(rig.archiver.stats()["helper_processes"]) == 1, what="a new helper")
     assert rig.archiver.stats()["helper_processes"] != [first]
+
+
+@pytest.mark.parametrize("interpreter", ["/nonexistent/python", "/bin/false"], ids=["cannot-start", "exits-at-once"])
+def test_without_a_working_helper_the_writer_writes_every_file_itself(
+    make_rig: RigFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    interpreter: str,
+) -> None:
+    """A helper that cannot be started, or dies at once (and so again on each of its restarts): every
+    file is still written, in process, and the log says why."""
+    monkeypatch.setattr(publisher.sys, "executable", interpreter)
+    with caplog.at_level(logging.WARNING, logger="heros_archiver"):
+        rig = make_rig(TEMPLATE, archiver_cls=JsonArchiver, camera_cls=RawCamera)
+        _send(rig, range(200))
+        total = wait_for_items(rig.archiver, 200)
+
+    assert total["archived"] == 200 and total["dead_lettered"] == 0, total
+    assert archived_files(tmp_path) == [f"{i:04d}.json" for i in range(200)]
+    assert "files itself" in caplog.text  # "writes its files itself" / "writes that helper's files itself"
 
 
 def test_unique_names_follow_the_arrival_order_across_batches(make_rig: RigFactory, tmp_path: Path) -> None:

@@ -73,7 +73,7 @@ class BatchWriter:
         self._starts[lane] += 1
         try:
             return PublishHelper()
-        except OSError as exc:
+        except Exception as exc:  # noqa: BLE001 - e.g. no fork/exec here: writing in process is always correct
             log.error("cannot start a publishing helper (%s); writer %d writes its files itself", exc, lane)
             self._starts[lane] = MAX_HELPER_STARTS
             return None
