@@ -169,20 +169,25 @@ def test_an_existing_file_is_kept_and_the_new_item_dead_lettered(make_rig: RigFa
 
 
 def test_spilled_events_go_through_the_helper_and_leave_the_spool(make_rig: RigFactory, tmp_path: Path) -> None:
-    """overflow="spill" with a queue of one item: most events wait in the spool, and every one is archived
-    from it through the helper; the spool ends empty."""
+    """overflow="spill" with a queue of one item and the helper stopped (SIGSTOP): the events wait in the
+    spool; once it runs again every one is archived from there through the helper, and the spool empties."""
     rig = make_rig(TEMPLATE, archiver_cls=JsonArchiver, camera_cls=RawCamera, overflow="spill", max_queue_items=1)
-    spooled = []
-    for i in range(300):
-        rig.camera.acquisition_data({"i": i, "value": i * 0.5})
-        spooled.append(rig.archiver.stats()["queue"]["spooled"])
-    total = wait_for_items(rig.archiver, 300)
+    [helper] = rig.archiver.stats()["helper_processes"]
+    _send(rig, range(1))
+    wait_for_items(rig.archiver, 1)
+    os.kill(helper, signal.SIGSTOP)
+    try:
+        _send(rig, range(1, 100))
+        wait_until(lambda: rig.archiver.stats()["queue"]["spooled"] > 0, what="events in the spool")
+    finally:
+        os.kill(helper, signal.SIGCONT)
+    total = wait_for_items(rig.archiver, 100)
 
-    assert max(spooled) > 0, "the queue of one item never overflowed into the spool"
-    assert total["archived"] == 300 and total["dead_lettered"] == 0, total
-    assert archived_files(tmp_path) == [f"{i:04d}.json" for i in range(300)]
-    assert all(json.loads((tmp_path / f"{i:04d}.json").read_text())["i"] == i for i in range(300))
-    assert rig.archiver.stats()["queue"]["spooled"] == 0
+    assert total["archived"] == 100 and total["dead_lettered"] == 0, total
+    assert archived_files(tmp_path) == [f"{i:04d}.json" for i in range(100)]
+    assert all(json.loads((tmp_path / f"{i:04d}.json").read_text())["i"] == i for i in range(100))
+    wait_until(lambda: rig.archiver.stats()["queue"]["spooled"] == 0, what="an empty spool")
+    assert rig.archiver.stats()["helper_processes"] == [helper], "a stopped helper is not a dead one"
 
 
 def test_two_writers_have_a_helper_each(make_rig: RigFactory, tmp_path: Path) -> None:
