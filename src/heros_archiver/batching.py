@@ -81,7 +81,7 @@ class BatchWriter:
     def send(self, lane: int, items: list[Item]) -> Batch:
         """Name and encode ``items``, and hand the small files among them to the lane's helper."""
         batch = Batch(lane, items, [INLINE] * len(items))
-        helper = self._helper(lane)
+        helper = self._helpers[lane]
         if helper is None:
             return batch
         settings = self._writer.settings
@@ -129,17 +129,21 @@ class BatchWriter:
         return list(zip(batch.items, batch.outcomes, strict=True))
 
     def _lost(self, lane: int, helper: PublishHelper, error: HelperGone) -> None:
-        """``helper`` is gone: stop using it; the next batch of the lane starts another (a few times)."""
+        """``helper`` is gone: stop using it and start its replacement now, so that it is ready for the
+        lane's next batch (a few times; then the writer writes its files itself)."""
         log.warning("%s; writer %d writes that helper's files itself", error, lane)
-        if self._helpers[lane] is helper:
-            self._helpers[lane] = None
         helper.close(timeout=1.0)
-        if self._starts[lane] >= MAX_HELPER_STARTS:
-            log.error(
-                "the publishing helper of writer %d failed %d times; the writer writes its files itself",
-                lane,
-                self._starts[lane],
-            )
+        if self._helpers[lane] is not helper:
+            return  # replaced already
+        if self._starts[lane] < MAX_HELPER_STARTS:
+            self._helpers[lane] = self._start(lane)
+            return
+        self._helpers[lane] = None
+        log.error(
+            "the publishing helper of writer %d failed %d times; the writer writes its files itself",
+            lane,
+            self._starts[lane],
+        )
 
     @staticmethod
     def _give_back(batch: Batch) -> None:
@@ -149,12 +153,6 @@ class BatchWriter:
             batch.items[index].resumed = True
             batch.outcomes[index] = INLINE
         batch.sent = []
-
-    def _helper(self, lane: int) -> PublishHelper | None:
-        helper = self._helpers[lane]
-        if helper is None and self._starts[lane] < MAX_HELPER_STARTS:
-            helper = self._helpers[lane] = self._start(lane)
-        return helper
 
     def close(self) -> None:
         """Stop the helpers (each finishes what it was given first)."""
