@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ArchiverError, StorageError, TargetExistsError
-from .storage import Fsync, OnExists, holds_content, write_atomic
+from .storage import Fsync, OnExists, write_unless_present
 
 log = logging.getLogger("heros_archiver")
 
@@ -113,13 +113,13 @@ class PublishHelper:
 
 
 def publish(requests: list[Request]) -> list[Result]:
-    """Write each requested file as ``write_atomic`` does; a target that holds the same bytes counts as written."""
+    """Write each requested file as the writer does (``write_unless_present``)."""
     results: list[Result] = []
     for path, content, on_exists, fsync in requests:
         try:
-            results.append(("ok", write_atomic(path, [content], on_exists, fsync)))
+            results.append(("ok", write_unless_present(path, [content], on_exists, fsync) or path))
         except TargetExistsError as exc:
-            results.append(("ok", path) if holds_content(path, [content]) else ("exists", str(exc)))
+            results.append(("exists", str(exc)))
         except StorageError as exc:
             results.append(("storage", exc.errno, str(exc)))
         except Exception as exc:  # noqa: BLE001 - reported to the archiver, which writes the item itself

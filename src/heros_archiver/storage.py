@@ -373,6 +373,22 @@ def remove_stale_temporaries(root: Path) -> int:
     return removed
 
 
+def write_unless_present(
+    path: str, content: Content, on_exists: OnExists, fsync: Fsync, window: WritebackWindow | None = None
+) -> str | None:
+    """``write_atomic``, except that a target already holding exactly ``content`` counts as written.
+
+    Returns the path written, or None when the identical file was there (nothing new to undo), so that
+    replaying an item, resuming after a crash or rewriting a lost helper's batch never duplicates a file.
+    """
+    try:
+        return write_atomic(path, content, on_exists, fsync, window)
+    except TargetExistsError:
+        if holds_content(path, content):
+            return None
+        raise
+
+
 def holds_content(path: str | os.PathLike[str], content: Content) -> bool:
     """True when ``path`` holds exactly ``content`` (a target that does counts as written: no duplicate)."""
     try:

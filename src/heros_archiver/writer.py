@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigurationError, PathConfinementError, PayloadError, TargetExistsError, TemplateRenderError
+from .errors import ConfigurationError, PathConfinementError, PayloadError, TemplateRenderError
 from .formats.base import Content, FileFormat
 from .formats.json import JsonFormat
 from .formats.npy import NpyFormat, as_array
@@ -26,7 +26,7 @@ from .storage import (
     holds_content,
     is_temporary,
     unique_names,
-    write_atomic,
+    write_unless_present,
 )
 from .writeback import WritebackWindow
 
@@ -126,13 +126,9 @@ class FileWriter:
                 self.check_directory(path)
                 if resumed and self.settings.on_exists == "unique" and _identical_unique_name(Path(path), content):
                     continue
-                try:
-                    written.append(
-                        write_atomic(path, content, self.settings.on_exists, self.settings.fsync, self.window)
-                    )
-                except TargetExistsError:
-                    if not holds_content(path, content):
-                        raise
+                final = write_unless_present(path, content, self.settings.on_exists, self.settings.fsync, self.window)
+                if final is not None:
+                    written.append(final)
                 self.directory_written(path)
         except BaseException:
             for done in written:
