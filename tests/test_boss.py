@@ -25,7 +25,7 @@ from heros_archiver.testing import (
     unique_realm,
     wait_for_subscriber,
 )
-from procs import group_alive
+from procs import group_alive, publishing_helpers
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(110)]
 
@@ -137,20 +137,12 @@ def test_boss_runs_the_spec_example(tmp_path: Path) -> None:
         camera._destroy_hero()
 
 
-def _publishing_helpers_of_group(pgid: int) -> list[int]:
-    """PIDs of publishing helpers whose parent belongs to process group ``pgid`` (they have groups of their own)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if b"heros_archiver.publisher" not in (entry / "cmdline").read_bytes():
-                continue
-            status = (entry / "status").read_text()
-            parent = int(status.split("PPid:")[1].split()[0])
-            if os.getpgid(parent) == pgid:
-                found.append(int(entry.name))
-        except (OSError, ValueError, IndexError):
-            continue
-    return found
+def _group_of(pid: int) -> int | None:
+    """The process group of ``pid``, or None once it is gone."""
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
 
 
 def test_boss_runs_a_json_archiver_whose_helper_ends_with_it(tmp_path: Path) -> None:
@@ -179,7 +171,7 @@ def test_boss_runs_a_json_archiver_whose_helper_ends_with_it(tmp_path: Path) -> 
             sensor.acquisition_data({"i": i, "value": i / 4})
         names = [f"reading-{i:03d}.json" for i in range(50)]
         wait_until(lambda: all((tmp_path / "events" / name).exists() for name in names), 30, "50 files")
-        helpers = _publishing_helpers_of_group(process.pid)
+        helpers = [pid for pid, parent in publishing_helpers().items() if _group_of(parent) == process.pid]
         assert len(helpers) == 1, helpers
 
         os.killpg(process.pid, signal.SIGTERM)

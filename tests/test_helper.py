@@ -302,21 +302,6 @@ def test_publish_answers_each_file_as_the_writer_would(tmp_path: Path) -> None:
     assert (tmp_path / "new.json").read_bytes() == b"new" and (tmp_path / "other-1.json").read_bytes() == b"mine"
 
 
-def _helpers_of(parent: int) -> list[int]:
-    """PIDs of the publishing helpers that ``parent`` started (they run in process groups of their own)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if (
-                f"PPid:\t{parent}\n" in (entry / "status").read_text()
-                and b"heros_archiver.publisher" in (entry / "cmdline").read_bytes()
-            ):
-                found.append(int(entry.name))
-        except (OSError, ValueError):
-            continue
-    return found
-
-
 def test_sigterm_to_the_whole_group_drains_through_the_helper_then_all_exit(tmp_path: Path) -> None:
     """A terminal's Ctrl-C or ``kill -- -PGID`` signals the archiver's whole group: the archiver drains
     every received event through its helper, then the helper exits too."""
@@ -337,7 +322,7 @@ def test_sigterm_to_the_whole_group_drains_through_the_helper_then_all_exit(tmp_
                 cam.acquisition_data({"i": i})
                 if i == 1000:
                     wait_until(lambda: len(list((tmp_path / "out").glob("*.json"))) >= 100, what="the first files")
-                    helpers = _helpers_of(run.pid)
+                    helpers = [pid for pid, parent in procs.publishing_helpers().items() if parent == run.pid]
                     os.killpg(run.pid, signal.SIGTERM)
             run.proc.wait(procs.DEADLINE)
             wait_until(lambda: not procs.group_alive(run.pid), 15, "the archiver's group to end")
