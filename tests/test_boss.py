@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from heros import RemoteHERO
+from heros.zenoh import ZenohSessionManager
 
 from helpers import RawCamera, assert_npy_equal, wait_until
 from heros_archiver.testing import (
@@ -57,6 +58,22 @@ def _stop_group(process: subprocess.Popen[bytes]) -> None:
             os.killpg(pgid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout=10)
+
+
+def _remote_hero(name: str, realm: str, manager: ZenohSessionManager, timeout: float = 30.0) -> RemoteHERO:
+    """A RemoteHERO for ``name``, asking again until ``timeout`` while discovery finds nothing.
+
+    heros' discovery answers at once, empty, while this session has not yet heard of BOSS's queryable
+    (seen in 2 of 10 runs under 3 CPU hogs, although the HERO had archived the frames already).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return RemoteHERO(name, realm=realm, session_manager=manager)
+        except NameError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 def test_boss_runs_the_spec_example(tmp_path: Path) -> None:
@@ -107,7 +124,7 @@ def test_boss_runs_the_spec_example(tmp_path: Path) -> None:
         assert sorted(p.name for p in images.iterdir() if p.is_file()) == sorted(p.name for p in expected)
 
         # BOSS exposes public methods as capabilities: another process (here: the test) asks for the figures
-        remote = RemoteHERO("my-camera-capturer", realm=realm, session_manager=camera._session_manager)
+        remote = _remote_hero("my-camera-capturer", realm, camera._session_manager)
         try:
             stats = remote.stats()
         finally:
