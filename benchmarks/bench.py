@@ -1104,6 +1104,27 @@ def mtime_resolution_us(folder, n=200):
     return min(np.diff(ts)) / 1e3 if len(ts) > 1 else None
 
 
+#: Above this many microseconds per small file created in place, the scratch file system is in a state
+#: that makes the small-file rows measure it rather than the archivers (see file_creation_us).
+SLOW_FILE_CREATION_US = 100
+
+
+def file_creation_us(folder, n=500):
+    """Microseconds per small file created in place in a fresh folder here (the files stay: see release_space).
+
+    On this project's VM (ext4 without a journal) it is 25-35 us normally and 90-480 us for about six
+    minutes after thousands of files were deleted on that file system: every new inode then
+    scans past the recently deleted ones (perf: recently_deleted, find_get_block_common). Printed in
+    the header so that a run made in that state is recognised as one."""
+    folder.mkdir(parents=True)
+    t0 = time.perf_counter()
+    for i in range(n):
+        fd = os.open(folder / f"{i:04d}.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        os.write(fd, b'{"probe": true}')
+        os.close(fd)
+    return (time.perf_counter() - t0) / n * 1e6
+
+
 VERSIONS_SNIPPET = """
 import importlib, json, os, platform, sys
 from importlib import metadata
@@ -1341,9 +1362,17 @@ def main():
         "config": vars(cfg),
         "versions": versions(cfg),
         "mtime_resolution_us": mtime_resolution_us(out / "mtime-probe"),
+        "file_creation_us": file_creation_us(out / "creation-probe"),
     }
     n_runs = sum(len(impls) for _, _, impls in plan)
     print(f"# {n_runs} runs x {cfg.repeats} repeats; versions {json.dumps(info['versions'])}", file=sys.stderr)
+    print(f"# small file created in place in {out}: {info['file_creation_us']:.0f} us", file=sys.stderr)
+    if info["file_creation_us"] > SLOW_FILE_CREATION_US:
+        print(
+            f"# WARNING: over {SLOW_FILE_CREATION_US} us per small file: the file system is slow now (on ext4 "
+            "without a journal, for minutes after mass deletions); the small-file rows will measure that",
+            file=sys.stderr,
+        )
     summary, ratio_rows, cross = [], [], []
     try:
         if cfg.warmup and plan:
