@@ -774,6 +774,8 @@ def one_run(cfg, wl, sink, impl, rep):
         t_last = float(t_arr.max()) if len(good) else float("nan")
         wall = t_last - t_first
         received = len({i for i, _ in sink_info["recv"]}) if sink_info["tap"] else None
+        # send -> delivered to the archiver's process (the transport's part of the latency)
+        recv_ms = [(t - t_send[i]) * 1e3 for i, t in sink_info["recv"] if 0 <= i < n] if sink_info["tap"] else []
         res.update(
             archived=len(good),
             lost=n - len(good),
@@ -793,6 +795,8 @@ def one_run(cfg, wl, sink, impl, rep):
             lat_p50_ms=pct(lat_ms, 50),
             lat_p99_ms=pct(lat_ms, 99),
             lat_max_ms=pct(lat_ms, 100),
+            recv_p50_ms=pct(recv_ms, 50),
+            recv_p99_ms=pct(recv_ms, 99),
         )
         if rss_samples is not None:
             drift(res, rss_samples, (t_first, t_last), idx, lat_ms, n)
@@ -872,6 +876,8 @@ METRICS = (
     "mib_per_s",
     "lat_p50_ms",
     "lat_p99_ms",
+    "recv_p50_ms",
+    "recv_p99_ms",
     "rss_base_mib",
     "rss_peak_mib",
     "sink_cpu_s",
@@ -1052,6 +1058,8 @@ def print_table(summary):
             notes.append(
                 f"p99 first10>last10={fmt_stat(r['lat_p99_first10_ms'], 1)}>{fmt_stat(r.get('lat_p99_last10_ms'), 1)}ms"
             )
+        if r.get("recv_p99_ms") and r["sink"] != "count":  # for count, receipt is arrival
+            notes.append(f"recv p50/p99={fmt_stat(r['recv_p50_ms'], 1)}/{fmt_stat(r['recv_p99_ms'], 1)}ms")
         if r["statuses"] and r["statuses"] != ["complete"]:
             notes.append("status=" + "/".join(r["statuses"]))
         if r["errors"]:
