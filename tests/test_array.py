@@ -33,6 +33,8 @@ ARRAYS = {
     "bool": _sample("bool"),
     "3-D float32": _sample("float32", (3, 4, 5)),
     "3-D uint16": _sample("uint16", (2, 3, 7)),
+    "0-d float64": np.array(-2.5),
+    "empty": np.zeros((0, 3), dtype=np.int16),
 }
 
 
@@ -40,14 +42,14 @@ ARRAYS = {
 def test_round_trip(make_rig: RigFactory, array: np.ndarray) -> None:
     rig = make_rig()
     rig.camera.acquisition_data(array, {"frame": 0})
-    rig.camera.acquisition_data(array[::-1].copy(), {"frame": 1})
+    rig.camera.acquisition_data(np.flip(array).copy(), {"frame": 1})
 
     total = wait_for_items(rig.archiver, 2)
 
     assert total["archived"] == 2 and total["dead_lettered"] == 0, total
     assert archived_files(rig.root) == ["000.npy", "001.npy"]
     assert_npy_equal(rig.root / "000.npy", array)
-    assert_npy_equal(rig.root / "001.npy", array[::-1])
+    assert_npy_equal(rig.root / "001.npy", np.flip(array))
 
 
 def test_many_frames_in_order_with_content(make_rig: RigFactory) -> None:
@@ -75,6 +77,19 @@ def test_split_writes_one_file_per_index(make_rig: RigFactory) -> None:
     assert archived_files(rig.root) == [f"7/part-{i}.npy" for i in range(4)]
     for index in range(4):
         assert_npy_equal(rig.root / "7" / f"part-{index}.npy", stack[index])
+
+
+def test_split_of_a_1d_array_writes_scalars(make_rig: RigFactory) -> None:
+    """Each part of a 1-d array is a 0-d array, as ``np.save(array[i])`` writes it (not shape (1,))."""
+    rig = make_rig("{{ file_path }}/{{ frame }}/part-{{ _split_index }}.npy", split_data_array=True)
+    line = np.array([1.5, -0.0, np.inf], dtype=np.float32)
+    rig.camera.acquisition_data(line, {"frame": 3})
+
+    total = wait_for_items(rig.archiver, 1)
+
+    assert total["archived"] == 1 and total["dead_lettered"] == 0, total
+    for index in range(3):
+        assert_npy_equal(rig.root / "3" / f"part-{index}.npy", line[index])
 
 
 def test_split_without_split_index_is_dead_lettered(make_rig: RigFactory) -> None:

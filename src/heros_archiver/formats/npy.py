@@ -45,7 +45,9 @@ class NpyFormat:
 
     def prepare(self, payload: Any, metadata: Mapping[str, Any]) -> Content:
         """Validate the array; the content is the ``.npy`` header and a view of the array's memory."""
-        array = np.ascontiguousarray(as_array(payload))
+        array = as_array(payload)
+        if not array.flags.c_contiguous:  # never a 0-d array: np.ascontiguousarray would make it 1-d
+            array = np.ascontiguousarray(array)
         header = io.BytesIO()
         try:
             np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(array))
