@@ -144,3 +144,14 @@ def test_non_dict_data_is_dead_lettered(make_rig: RigFactory, tmp_path: Path) ->
     info = read_entry(entry)
     assert "expected a dict" in info["error"]
     assert json.loads((entry / info["payload_file"]).read_text()) == [1, 2, 3]
+
+
+def test_integers_beyond_64_bits_over_zenoh(make_rig: RigFactory, tmp_path: Path) -> None:
+    """CBOR carries integers of any size, and JSON has no limit: such an event is archived, not refused."""
+    rig = make_rig(TEMPLATE, archiver_cls=JsonArchiver)
+    rig.camera.acquisition_data({"counter": 2**70, "parts": [-(2**65), 1]}, {"name": "big"})
+
+    total = wait_for_items(rig.archiver, 1)
+
+    assert total["archived"] == 1 and total["dead_lettered"] == 0, total
+    assert _load(tmp_path / "big.json") == {"counter": 2**70, "parts": [-(2**65), 1]}

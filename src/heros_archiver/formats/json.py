@@ -3,7 +3,8 @@
 Encoding of values plain JSON has no type for (documented in the README):
 numpy scalars and arrays -> numbers and (nested) lists; datetime/date/time -> ISO 8601 strings;
 complex -> ``{"real": x, "imag": y}``; bytes -> ``{"base64": "..."}``; sets/tuples -> lists;
-Path/UUID/Decimal/Enum -> strings (Enum: its value); NaN/inf -> null. Anything else is an error, never a silent drop.
+Path/UUID/Decimal/Enum -> strings (Enum: its value); NaN/inf -> null; integers of any size -> their exact digits.
+Anything else is an error, never a silent drop.
 """
 
 from __future__ import annotations
@@ -44,12 +45,43 @@ def _encode_extra(value: Any) -> Any:
     raise TypeError(f"no JSON encoding for {type(value).__name__}")
 
 
+#: orjson writes integers of at most 64 bits; JSON itself (and CBOR, and Python) has no such limit.
+_INTEGER_RANGE = range(-(2**63), 2**64)
+
+
 def encode_json(value: Any) -> bytes:
     """Encode ``value`` to JSON bytes; raise PayloadError naming the type that has no encoding."""
     try:
         return orjson.dumps(value, default=_encode_extra, option=_OPTIONS)
     except orjson.JSONEncodeError as exc:
+        if "64-bit" in str(exc):  # an integer orjson cannot write: write it as its digits
+            try:
+                return orjson.dumps(_with_big_integers_as_digits(value), default=_encode_extra, option=_OPTIONS)
+            except orjson.JSONEncodeError as again:
+                exc = again
         raise PayloadError(f"expected JSON-encodable data, got a value that is not: {exc}") from exc
+
+
+def _with_big_integers_as_digits(value: Any) -> Any:
+    """``value`` with every integer beyond 64 bits replaced by its JSON text (an ``orjson.Fragment``).
+
+    Only for the rare payload that has one, so the common path stays a single ``orjson.dumps``. Walks
+    what may hold such an integer: containers, and what ``_encode_extra`` turns into containers.
+    """
+    if isinstance(value, int):
+        return value if value in _INTEGER_RANGE else orjson.Fragment(str(int(value)).encode())
+    if isinstance(value, Mapping):
+        return {
+            (str(key) if isinstance(key, int) and key not in _INTEGER_RANGE else key): _with_big_integers_as_digits(v)
+            for key, v in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        return [_with_big_integers_as_digits(item) for item in value]
+    if isinstance(value, (set, frozenset)):
+        return [_with_big_integers_as_digits(item) for item in sorted(value, key=repr)]
+    if isinstance(value, np.ndarray) and value.dtype.hasobject:
+        return _with_big_integers_as_digits(value.tolist())
+    return value
 
 
 class JsonFormat:
