@@ -37,7 +37,7 @@ def _encode_extra(value: Any) -> Any:
     if isinstance(value, (bytes, bytearray, memoryview)):
         return {"base64": base64.b64encode(bytes(value)).decode("ascii")}
     if isinstance(value, (set, frozenset)):
-        return sorted(value, key=repr)
+        return _in_written_order(value)
     if isinstance(value, enum.Enum):
         return value.value
     if isinstance(value, (PurePath, uuid.UUID, decimal.Decimal)):
@@ -47,6 +47,11 @@ def _encode_extra(value: Any) -> Any:
 
 #: orjson writes integers of at most 64 bits; JSON itself (and CBOR, and Python) has no such limit.
 _INTEGER_RANGE = range(-(2**63), 2**64)
+
+
+def _in_written_order(items: set[Any] | frozenset[Any]) -> list[Any]:
+    """A set as the list it is written as (sorted by repr: the same set gives the same file)."""
+    return sorted(items, key=repr)
 
 
 def encode_json(value: Any) -> bytes:
@@ -78,7 +83,7 @@ def _with_big_integers_as_digits(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_with_big_integers_as_digits(item) for item in value]
     if isinstance(value, (set, frozenset)):
-        return [_with_big_integers_as_digits(item) for item in sorted(value, key=repr)]
+        return [_with_big_integers_as_digits(item) for item in _in_written_order(value)]
     if isinstance(value, np.ndarray) and value.dtype.hasobject:
         return _with_big_integers_as_digits(value.tolist())
     return value
