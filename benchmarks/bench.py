@@ -1100,37 +1100,29 @@ def release_space(folder):
                 pass
 
 
-def mtime_resolution_us(folder, n=200):
-    """Smallest step between file mtimes written back to back here (kernel tick if timestamps are coarse)."""
-    folder.mkdir(parents=True)
-    try:
-        for i in range(n):
-            Path(folder, str(i)).write_bytes(b"x")
-        ts = sorted({os.stat(Path(folder, str(i))).st_mtime_ns for i in range(n)})
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-    return min(np.diff(ts)) / 1e3 if len(ts) > 1 else None
-
-
 #: Above this many microseconds per small file created in place, the scratch file system is in a state
-#: that makes the small-file rows measure it rather than the archivers (see file_creation_us).
+#: that makes the small-file rows measure it rather than the archivers (see probe_scratch).
 SLOW_FILE_CREATION_US = 100
 
 
-def file_creation_us(folder, n=500):
-    """Microseconds per small file created in place in a fresh folder here (the files stay: see release_space).
+def probe_scratch(folder, n=500):
+    """(us per small file created in place here, smallest step between the mtimes of files written back to
+    back, in us: the kernel tick if timestamps are coarse). The probe files stay until the matrix ends.
 
-    On this project's VM (ext4 without a journal) it is 25-35 us normally and 90-480 us for about six
-    minutes after thousands of files were deleted on that file system: every new inode then
-    scans past the recently deleted ones (perf: recently_deleted, find_get_block_common). Printed in
-    the header so that a run made in that state is recognised as one."""
+    Creation on this project's VM (ext4 without a journal) takes 25-35 us normally and 90-480 us for about
+    six minutes after thousands of files were deleted on that file system: every new inode then scans past
+    the recently deleted ones (perf: recently_deleted, find_get_block_common; see release_space). Printed
+    in the header so that a run made in that state is recognised as one."""
     folder.mkdir(parents=True)
+    paths = [folder / f"{i:04d}.json" for i in range(n)]
     t0 = time.perf_counter()
-    for i in range(n):
-        fd = os.open(folder / f"{i:04d}.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    for path in paths:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         os.write(fd, b'{"probe": true}')
         os.close(fd)
-    return (time.perf_counter() - t0) / n * 1e6
+    creation_us = (time.perf_counter() - t0) / n * 1e6
+    ts = sorted({os.stat(path).st_mtime_ns for path in paths})
+    return creation_us, (min(np.diff(ts)) / 1e3 if len(ts) > 1 else None)
 
 
 VERSIONS_SNIPPET = """
@@ -1369,9 +1361,8 @@ def main():
         "argv": sys.argv,
         "config": vars(cfg),
         "versions": versions(cfg),
-        "mtime_resolution_us": mtime_resolution_us(out / "mtime-probe"),
-        "file_creation_us": file_creation_us(out / "creation-probe"),
     }
+    info["file_creation_us"], info["mtime_resolution_us"] = probe_scratch(out / "probe")
     n_runs = sum(len(impls) for _, _, impls in plan)
     print(f"# {n_runs} runs x {cfg.repeats} repeats; versions {json.dumps(info['versions'])}", file=sys.stderr)
     print(f"# small file created in place in {out}: {info['file_creation_us']:.0f} us", file=sys.stderr)
