@@ -4,7 +4,7 @@
 One file, three roles:
   python bench.py [options]        driver: runs the matrix, verifies, prints a table, writes JSON
   python bench.py _device SPEC     fake camera / sensor LocalHERO (started by the driver)
-  python bench.py _sink SPEC       archiver under test or bare counting EventObserver (ditto)
+  python bench.py _sink SPEC       archiver under test, bare counting EventObserver or bare Zenoh subscriber (ditto)
 Children talk to the driver with "@@ WORD ..." lines on stdout / plain lines on stdin.
 With --impl NAME=PYTHON:PACKAGE (repeatable) every archiver row runs once per implementation, round-robin,
 the sink child with that implementation's interpreter; the first --impl is the numerator of the ratio table.
@@ -47,10 +47,17 @@ SINKS = {  # name: (default class, default kwargs, output format)
     ),
     "json": ("herostools.actor.JsonArchiver", {"save_template": "{{ file_path }}/ev-{{ '%06d' % i }}.json"}, "json"),
     "count": ("heros.EventObserver", {}, "count"),
+    # the transport's limit: a bare Zenoh subscriber that takes each sample's bytes and reads only the index
+    # (no heros decoding, no disk), with Zenoh's shared memory off (as the archiver of this project runs) or on
+    "wire:tcp": ("zenoh.Subscriber", {"shared_memory": False}, "wire"),
+    "wire:shm": ("zenoh.Subscriber", {"shared_memory": True}, "wire"),
 }
-FRAME_SINKS, EVENT_SINKS = ("array", "zarr", "count"), ("json", "count")
+WIRE_SINKS = ("wire:tcp", "wire:shm")
+# (for small events the per-sample Python work of any subscriber, not the wire, is the limit: no wire rows)
+FRAME_SINKS, EVENT_SINKS = ("array", "zarr", "count", *WIRE_SINKS), ("json", "count")
+SHARED_SINKS = ("count", *WIRE_SINKS)  # rows of no implementation
 N_CAMS_FOUR = 4  # cameras of the 'four' workload, all in the one device process
-SHARED = "-"  # impl of rows that belong to no implementation (count = transport limit, disk:* = physical limit)
+SHARED = "-"  # impl of rows that belong to no implementation (count, wire:* = transport, disk:* = disk limits)
 
 
 # ----------------------------------------------------------------------------- shared helpers
@@ -69,6 +76,32 @@ def frame_index(arr):
 
 def event_payload(i):
     return {"temperature": 20.0 + (i % 1000) * 0.01, "i": i}
+
+
+def cbor_head(buf, pos):
+    """(major type, argument, position after the head) of the CBOR data item at `pos` (definite lengths)."""
+    major, info = buf[pos] >> 5, buf[pos] & 0x1F
+    if info < 24:
+        return major, info, pos + 1
+    width = 1 << (info - 24)
+    return major, int.from_bytes(buf[pos + 1 : pos + 1 + width], "big"), pos + 1 + width
+
+
+def wire_index(buf):
+    """Frame index of a raw heros frame payload: the stamp in its pixels, read in place.
+
+    A frame event is the CBOR array [tag [shape, dtype, data], metadata]; only the heads before the pixels
+    are walked, so the pixels are not decoded or copied again."""
+    _, _, pos = cbor_head(buf, 0)  # [..., metadata]
+    _, _, pos = cbor_head(buf, pos)  # tag
+    _, _, pos = cbor_head(buf, pos)  # [shape, dtype, data]
+    _, ndim, pos = cbor_head(buf, pos)
+    for _ in range(ndim):
+        _, _, pos = cbor_head(buf, pos)
+    _, length, pos = cbor_head(buf, pos)  # dtype string
+    _, _, pos = cbor_head(buf, pos + length)  # data
+    lo, hi = struct.unpack_from("<HH", buf, pos)
+    return lo | (hi << 16)
 
 
 def import_dotted(path):
@@ -252,19 +285,21 @@ def run_sink(spec):
 
     if fmt == "count":
         obs = cls(**base)
+    elif fmt == "wire":
+        obs = WireSubscriber(spec["selector"], spec["event"], spec["kwargs"]["shared_memory"], on_event)
     else:
         kwargs = base | spec["kwargs"]
         kwargs["default_metadata"] = dict(kwargs.get("default_metadata") or {}, file_path=data)
         obs = cls(**kwargs)
-    tap = hasattr(obs, "register_callback")
-    if tap:  # the whole count sink; for an archiver a tap beside its own callback (events delivered to it)
+    tap = fmt == "wire" or hasattr(obs, "register_callback")
+    if tap and fmt != "wire":  # the whole count sink; for an archiver a tap beside its own callback
         obs.register_callback(on_event)
     say("READY")
 
     first_size = {}  # path -> size when the poller first saw it (partial-write detector)
 
     def progress():
-        if fmt == "count":
+        if fmt in ("count", "wire"):
             return len(recv)
         paths = item_paths(data, fmt)
         for p in paths:
@@ -297,8 +332,8 @@ def run_sink(spec):
             last, t_change = count, now
         if expected is not None:
             if count >= expected:
-                fp = count if fmt == "count" else tree_fingerprint(data)
-                if fmt == "count" or fp == prev_fp:  # nothing changed between two polls: files are complete
+                fp = count if fmt in ("count", "wire") else tree_fingerprint(data)
+                if fmt in ("count", "wire") or fp == prev_fp:  # nothing changed between two polls: files are complete
                     status = "complete"
                     break
                 prev_fp = fp
@@ -318,6 +353,31 @@ def run_sink(spec):
         obs._teardown()
     obs._destroy_hero()
     say("BYE", {"teardown_s": time.time() - t0})
+
+
+class WireSubscriber:
+    """The transport's part alone: a Zenoh subscriber on the event's key whose callback runs on Zenoh's
+    receive thread, takes the sample's bytes and notes (index, receive time); it decodes nothing else.
+
+    Its session is the one heros would open from HEROS_ZENOH_CONFIG, with shared memory set explicitly."""
+
+    def __init__(self, selector, event, shared_memory, on_event):
+        import zenoh
+
+        conf = zenoh.Config.from_json5(os.environ.get("HEROS_ZENOH_CONFIG") or "{}")
+        conf.insert_json5("transport/shared_memory/enabled", json.dumps(shared_memory))
+        self.session = zenoh.open(conf)
+
+        def on_sample(sample):
+            buf = sample.payload.to_bytes()
+            on_event(None, [None, {"frame": wire_index(buf)}])
+
+        key = f"@object/{REALM}/{selector}/{event}"  # where a heros event of these objects is published
+        self.sub = self.session.declare_subscriber(key, zenoh.handlers.Callback(on_sample, indirect=False))
+
+    def _destroy_hero(self):
+        self.sub.undeclare()
+        self.session.close()
 
 
 # ----------------------------------------------------------------------------- driver
@@ -446,7 +506,7 @@ def verify(fmt, data, n, shape, sink_info, arrivals=None):
     the last value); of a zarr array: the newest mtime below it; of a count item: its receive time."""
     good, bad, dup, partial, by_mtime = {}, 0, 0, 0, 0
     arrivals = arrivals or {}
-    if fmt == "count":
+    if fmt in ("count", "wire"):
         for i, t in sink_info["recv"]:
             dup += i in good
             good[i] = t
@@ -486,8 +546,8 @@ def verify(fmt, data, n, shape, sink_info, arrivals=None):
 def sink_spec(cfg, sink, impl):
     """(class, kwargs, format) of a sink for one implementation (impl None: the shared count sink)."""
     cls, kwargs, fmt = SINKS[sink]
-    if sink == "count":
-        return cls, {}, fmt
+    if sink in SHARED_SINKS:
+        return cls, kwargs, fmt
     cls = f"{impl['package']}.{cls.rpartition('.')[2]}" if impl["package"] else getattr(cfg, sink, None) or cls
     return cls, kwargs | json.loads(getattr(cfg, sink + "_kwargs", None) or "{}") | impl["kwargs"], fmt
 
@@ -784,7 +844,7 @@ def one_run(cfg, wl, sink, impl, rep):
             bad=bad,
             dup=dup,
             partial_seen=partial,
-            set_aside=None if fmt == "count" else hidden_files(data),
+            set_aside=None if fmt in ("count", "wire") else hidden_files(data),
             wall_s=wall,
             events_per_s=len(good) / wall,
             mib_per_s=len(good) * payload_bytes(wl) / wall / 2**20,
@@ -964,17 +1024,20 @@ def ratios(summary, impls):
                     "ok_den": f"{fmt_stat(o.get('archived'))}/{o['sent']}",
                 }
             )
-    cross = []  # four/frames aggregate ev/s, and archiver MiB/s over the disk limit of the same frames
+    cross = []  # four/frames aggregate ev/s; archiver MiB/s over the disk limit, ev/s over the transport's
+    wire = [(w, w, ws, f"{w} ev/s / {ws}") for w in ("frames", "reliable", "four", "big") for ws in WIRE_SINKS]
     for r in summary:
         for wl, ref_wl, ref_sink, what in (
             ("four", "frames", r["sink"], "four/frames aggregate ev/s"),
             ("frames", "frames", "disk:np.save", "frames MiB/s / disk:np.save"),
             ("big", "big", "disk:np.save-big", "big MiB/s / disk:np.save-big"),
+            *wire,
         ):
-            if r["workload"] != wl or r["sink"].startswith("disk:") or (wl != "four" and r["sink"] == "count"):
+            shared_sink = r["sink"] in WIRE_SINKS or (wl != "four" and r["sink"] == "count")
+            if r["workload"] != wl or r["sink"].startswith("disk:") or shared_sink:
                 continue
             o = by.get((ref_wl, ref_sink, r["impl"] if ref_sink == r["sink"] else SHARED))
-            key = "events_per_s" if wl == "four" else "mib_per_s"
+            key = "events_per_s" if wl == "four" or ref_sink in WIRE_SINKS else "mib_per_s"
             if o:
                 cross.append(
                     {"what": what, "sink": r["sink"], "impl": r["impl"], "ratio": ratio(med(r, key), med(o, key))}
@@ -1058,7 +1121,7 @@ def print_table(summary):
             notes.append(
                 f"p99 first10>last10={fmt_stat(r['lat_p99_first10_ms'], 1)}>{fmt_stat(r.get('lat_p99_last10_ms'), 1)}ms"
             )
-        if r.get("recv_p99_ms") and r["sink"] != "count":  # for count, receipt is arrival
+        if r.get("recv_p99_ms") and r["sink"] not in SHARED_SINKS:  # there, receipt is arrival
             notes.append(f"recv p50/p99={fmt_stat(r['recv_p50_ms'], 1)}/{fmt_stat(r['recv_p99_ms'], 1)}ms")
         if r["statuses"] and r["statuses"] != ["complete"]:
             notes.append("status=" + "/".join(r["statuses"]))
@@ -1151,7 +1214,7 @@ def versions(cfg):
     out = {"kernel": platform.release(), "cpus": os.cpu_count()}
     envs = {"driver": (sys.executable, [])}
     for impl in cfg.impls:
-        tops = sorted({sink_spec(cfg, s, impl)[0].split(".")[0] for s in cfg.sinks if s != "count"})
+        tops = sorted({sink_spec(cfg, s, impl)[0].split(".")[0] for s in cfg.sinks if s not in SHARED_SINKS})
         envs[impl["name"]] = (impl["python"], tops)
     for name, (python, tops) in envs.items():
         try:
@@ -1176,7 +1239,11 @@ def parse_args():
         default="frames,rate,reliable,events,disk,four,big",
         help="comma list of " + ",".join(WORKLOADS) + " (rate = one workload per --rates entry; long is opt-in)",
     )
-    ap.add_argument("--sinks", default="array,zarr,json,count", help="comma list of array,zarr,json,count")
+    ap.add_argument(
+        "--sinks",
+        default="array,zarr,json,count",
+        help="comma list of array,zarr,json,count,wire (wire = the rows wire:tcp and wire:shm)",
+    )
     ap.add_argument(
         "--impl",
         action="append",
@@ -1249,7 +1316,7 @@ def parse_args():
     )
     cfg = ap.parse_args()
     cfg.shape, cfg.big_shape = parse_shape(cfg.shape), parse_shape(cfg.big_shape)
-    cfg.sinks = [s for s in cfg.sinks.split(",") if s]
+    cfg.sinks = [w for s in cfg.sinks.split(",") if s for w in (WIRE_SINKS if s == "wire" else [s])]
     cfg.workloads = [w for w in cfg.workloads.split(",") if w]
     for w in cfg.workloads:
         if w not in WORKLOADS:
@@ -1312,15 +1379,17 @@ def workloads(cfg):
 
 
 def matrix(cfg, wls):
-    """[(workload or None for disk rows, sink, [impls])]; count and disk rows are shared (impl '-')."""
+    """[(workload or None for disk rows, sink, [impls])]; count, wire and disk rows are shared (impl '-').
+
+    The wire rows run only where the device sends at full speed: at a fixed rate they would show the rate."""
     shared = {"name": SHARED, "python": sys.executable, "package": None, "kwargs": {}}
     plan = []
     for wl in wls.values():
         if wl.get("skip"):
             continue
         for s in FRAME_SINKS if wl["kind"] == "frames" else EVENT_SINKS:
-            if s in cfg.sinks:
-                plan.append((wl, s, [shared] if s == "count" else cfg.impls))
+            if s in cfg.sinks and not (s in WIRE_SINKS and wl["rate"]):
+                plan.append((wl, s, [shared] if s in SHARED_SINKS else cfg.impls))
     if "disk" in cfg.workloads:
         plan += [(None, "disk:np.save", [shared]), (None, "disk:np.save+fsync", [shared])]
         if "events" in cfg.workloads:
