@@ -20,8 +20,6 @@ from typing import Any
 import zenoh
 from heros import EventObserver
 from heros.helper import object_name_from_keyexpr
-from heros.zenoh import ZenohSessionManager
-from heros.zenoh import session_manager as heros_session_manager
 
 from .accounting import Accounting
 from .batching import BatchWriter
@@ -32,6 +30,7 @@ from .intake import BufferedIntake
 from .payload import estimate_nbytes, split_event
 from .pipeline import DEFAULT_MAX_QUEUE_BYTES, DEFAULT_MAX_QUEUE_ITEMS, Pipeline, PipelineOptions
 from .queueing import Item
+from .sharedmemory import disable_shared_memory, installed_zenoh_version, shared_memory_is_safe
 from .spool import Spool
 from .storage import check_integer
 from .writer import STATE_DIR_NAME
@@ -82,9 +81,9 @@ class HERODataArchiver(EventObserver):
             the archive root, or the working directory for archivers without one).
         spool_dir: where ``overflow="spill"`` keeps items (default: ``.heros-archiver/spool`` beside
             the dead letters). Entries found there at start are archived first.
-        zenoh_shared_memory: allow Zenoh's shared-memory transport for the archiver's session. Off by
-            default: with it on, Zenoh drops messages silently when the receiver pushes back
-            (eclipse-zenoh/zenoh#2628), see docs/decisions/0003.
+        zenoh_shared_memory: use Zenoh's shared-memory transport for the archiver's session. ``None``
+            (default): only with eclipse-zenoh 1.10.2 or later, because earlier releases drop messages
+            silently when the receiver pushes back (eclipse-zenoh/zenoh#2628); see docs/decisions/0003.
     """
 
     metadata: dict[str, Any]
@@ -111,7 +110,7 @@ class HERODataArchiver(EventObserver):
         sequence_key: str | None = None,
         dead_letter_dir: str | None = None,
         spool_dir: str | None = None,
-        zenoh_shared_memory: bool = False,
+        zenoh_shared_memory: bool | None = None,
         **kwargs: Any,
     ) -> None:
         if default_metadata is not None and not isinstance(default_metadata, dict):
@@ -150,8 +149,11 @@ class HERODataArchiver(EventObserver):
             self._writer_settings,
             self._batch_writer_factory(),
         )
+        if zenoh_shared_memory is None:
+            zenoh_shared_memory = shared_memory_is_safe(installed_zenoh_version())
+        self._shared_memory = zenoh_shared_memory
         if not zenoh_shared_memory:
-            _disable_shared_memory(kwargs.get("session_manager"), kwargs.get("realm", args[0] if args else "heros"))
+            disable_shared_memory(kwargs.get("session_manager"), kwargs.get("realm", args[0] if args else "heros"))
         try:
             EventObserver.__init__(self, object_selector, event_name, *args, **kwargs)
         except BaseException as exc:
@@ -305,6 +307,7 @@ class HERODataArchiver(EventObserver):
         snapshot["queue"] = self._pipeline.queue_status()
         snapshot["event"] = self._event
         snapshot["intake_buffer"] = self._intake_buffer
+        snapshot["zenoh_shared_memory"] = self._shared_memory
         snapshot["helper_processes"] = self._pipeline.helper_pids
         snapshot["object_selector"] = self._selector
         snapshot["dead_letter_dir"] = str(self._pipeline.dead_letters.directory)
@@ -367,20 +370,3 @@ class HERODataArchiver(EventObserver):
         """Drain before the Zenoh session goes away, so that nothing queued is discarded."""
         self._stop()
         super()._destroy_hero()
-
-
-def _disable_shared_memory(manager: ZenohSessionManager | None, realm: str) -> None:
-    """Turn Zenoh's shared-memory transport off for the session this archiver is about to open.
-
-    heros shares one session per realm and process; when it is already open (another HERO in this
-    process opened it) its configuration cannot change any more, which is worth a warning.
-    """
-    manager = manager or heros_session_manager
-    if realm in getattr(manager, "_sessions", {}):
-        log.warning(
-            "the Zenoh session of realm %r is already open, so its shared-memory transport stays as configured; "
-            "with it on, Zenoh may drop events silently when the archiver pushes back (eclipse-zenoh/zenoh#2628)",
-            realm,
-        )
-        return
-    manager.update_config({"transport/shared_memory/enabled": False})
