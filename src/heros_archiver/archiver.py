@@ -28,7 +28,13 @@ from .errors import ArchiverError, ConfigurationError, PayloadError
 from .fastdecode import decode_frame_event
 from .intake import BufferedIntake
 from .payload import estimate_nbytes, split_event
-from .pipeline import DEFAULT_MAX_QUEUE_BYTES, DEFAULT_MAX_QUEUE_ITEMS, Pipeline, PipelineOptions
+from .pipeline import (
+    DEFAULT_BLOCK_LIMIT,
+    DEFAULT_MAX_QUEUE_BYTES,
+    DEFAULT_MAX_QUEUE_ITEMS,
+    Pipeline,
+    PipelineOptions,
+)
 from .queueing import Item
 from .sharedmemory import disable_shared_memory, installed_zenoh_version, shared_memory_is_safe
 from .spool import Spool
@@ -59,9 +65,12 @@ class HERODataArchiver(EventObserver):
         max_retries: retries of a failed store before the item goes to the dead-letter store.
         max_queue_bytes: bound of the queue in payload bytes (default 64 MiB: 32 frames of 2 MiB).
         max_queue_items: bound of the queue in items (default 10,000).
-        overflow: what a full queue does: ``block`` (default; back-pressure to the sender), ``spill``
-            (to an on-disk spool, archived from there in order, also after a restart) or ``drop``
-            (counted and logged).
+        overflow: what a full queue does: ``block`` (default; back-pressure to the sender, for up to
+            ``block_limit`` seconds, then the spool), ``spill`` (to an on-disk spool, archived from there
+            in order, also after a restart) or ``drop`` (counted and logged).
+        block_limit: with ``block``, seconds a full queue holds the sender back before items go to the
+            spool (default 2; None: as long as it takes). Zenoh closes the link of a reliable sender that
+            waited 5 s and loses what waited, so keep it below that.
         writers: number of writer threads; the items of one source are written by one writer, in order.
         drain_timeout: seconds ``_teardown`` waits for the queue to drain before dead-lettering the rest.
         retry_delay: first retry delay in seconds; doubles per attempt, with jitter.
@@ -106,6 +115,7 @@ class HERODataArchiver(EventObserver):
         retry_delay: float = 0.5,
         retry_max_delay: float = 10.0,
         writer_nice: int = 0,
+        block_limit: float | None = DEFAULT_BLOCK_LIMIT,
         intake_buffer: int | None = None,
         sequence_key: str | None = None,
         dead_letter_dir: str | None = None,
@@ -129,6 +139,7 @@ class HERODataArchiver(EventObserver):
             retry_delay,
             retry_max_delay,
             writer_nice,
+            block_limit,
         )
         self.metadata = dict(default_metadata or {})
         self.max_retries = max_retries

@@ -29,6 +29,7 @@ log = logging.getLogger("heros_archiver")
 OVERFLOW_CHOICES: tuple[str, ...] = ("block", "spill", "drop")
 DEFAULT_MAX_QUEUE_BYTES = 64 * 2**20
 DEFAULT_MAX_QUEUE_ITEMS = 10_000
+DEFAULT_BLOCK_LIMIT = 2.0
 
 #: store(item): writes one item or raises.
 StoreFunction = Callable[[Item], None]
@@ -46,6 +47,10 @@ class PipelineOptions:
     retry_delay: float = 0.5
     retry_max_delay: float = 10.0
     writer_nice: int = 0
+    #: ``block``: seconds a full queue may hold the sender's messages back before items go to the spool
+    #: (None: as long as it takes). Zenoh closes a link whose reliable sender waited 5 s
+    #: (``congestion_control/block/wait_before_close``), losing what waited, so this stays well below.
+    block_limit: float | None = DEFAULT_BLOCK_LIMIT
 
     def __post_init__(self) -> None:
         check_choice("overflow", self.overflow, OVERFLOW_CHOICES)
@@ -56,6 +61,9 @@ class PipelineOptions:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ConfigurationError(f"{name}: expected a non-negative number of seconds, got {value!r}")
         check_integer("writer_nice", self.writer_nice, "an integer from 0 to 19", 0, 19)
+        limit = self.block_limit
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit < 0):
+            raise ConfigurationError(f"block_limit: expected None or a non-negative number of seconds, got {limit!r}")
 
 
 class Pipeline:
@@ -99,6 +107,7 @@ class Pipeline:
         self._stopped = False
         self._stop_lock = threading.Lock()
         self._spilling = False
+        self._spilled = 0  # items that went to the spool, in total
         self._spool_lock = threading.Lock()
         self._drop_logged = 0
         for entry_store in (dead_letters, spool.store):
@@ -124,12 +133,35 @@ class Pipeline:
                 self._drop(item)
         elif self.options.overflow == "spill":
             self._put_or_spill(item)
-        elif not self._queue.put(item, block=True):  # only fails when stopping
-            self._set_aside(item, ArchiverError("arrived while the archiver was stopping"))
+        else:
+            self._block_then_spill(item)
 
     def reject(self, item: Item, error: ArchiverError) -> None:
         """An item that cannot be archived as it is (a bad payload): straight to the dead-letter store."""
         self._dead_letter(item, error)
+
+    def _block_then_spill(self, item: Item) -> None:
+        """Wait for room up to ``block_limit`` (back-pressure), then spool: a sender that waited longer
+        would have its link closed by Zenoh and lose what waited. Once spilling, later items follow
+        through the spool, so the order stays."""
+        limit = self.options.block_limit
+        with self._spool_lock:
+            spilling = self._spilling
+        if not spilling and self._queue.put(item, block=True, timeout=limit):
+            return
+        if self._queue.closed:
+            self._set_aside(item, ArchiverError("arrived while the archiver was stopping"))
+            return
+        if not spilling:
+            log.warning(
+                "%s (event %s): the queue has been full for %s s; items go to the spool at %s until there is "
+                "room (a sender held back longer would have its link closed by Zenoh)",
+                item.source,
+                self._event,
+                limit,
+                self.spool.directory,
+            )
+        self._put_or_spill(item)
 
     def _put_or_spill(self, item: Item) -> None:
         """Queue ``item`` if there is room and nothing older waits in the spool; spool it otherwise."""
@@ -139,6 +171,7 @@ class Pipeline:
             try:
                 self.spool.put(item)
                 self._spilling = True
+                self._spilled += 1
                 return
             except OSError as exc:
                 log.error(
@@ -409,6 +442,7 @@ class Pipeline:
             "max_items": self.options.max_queue_items,
             "max_bytes": self.options.max_queue_bytes,
             "spooled": len(self.spool),
+            "spilled_total": self._spilled,
         }
 
 

@@ -1,4 +1,5 @@
-"""Archivers with slow storage: ``_store`` sleeps ``store_delay`` seconds, then writes as usual.
+"""Archivers with slow storage: ``_store`` sleeps ``store_delay`` seconds (the first call
+``first_store_delay``), then writes as usual.
 
 ``classname: "fixtures_pkg.slow.SlowArrayArchiver"`` in a config run by ``heros-archiver run`` with
 ``PYTHONPATH`` including the tests directory; ``store_delay`` is taken from the arguments.
@@ -16,8 +17,9 @@ from heros_archiver import ArrayArchiver
 class SlowArrayArchiver(ArrayArchiver):
     """An ArrayArchiver whose storage takes ``store_delay`` seconds longer per item; records the call order."""
 
-    def __init__(self, *args: Any, store_delay: float = 0.05, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, store_delay: float = 0.05, first_store_delay: float = 0.0, **kwargs: Any) -> None:
         self.store_delay = float(store_delay)
+        self.first_store_delay = float(first_store_delay)  # a storage stall at the first item
         self.store_calls: list[tuple[str, Any]] = []
         self._calls_lock = threading.Lock()
         super().__init__(*args, **kwargs)
@@ -25,5 +27,6 @@ class SlowArrayArchiver(ArrayArchiver):
     def _store(self, source_name: str, payload: Any, metadata: dict[str, Any]) -> None:
         with self._calls_lock:
             self.store_calls.append((source_name, metadata.get("frame")))
-        time.sleep(self.store_delay)
+            first = len(self.store_calls) == 1
+        time.sleep(self.first_store_delay if first else self.store_delay)
         super()._store(source_name, payload, metadata)
