@@ -15,6 +15,7 @@ import pytest
 
 from conftest import RigFactory
 from fixtures_pkg.slow import SlowArrayArchiver
+from helpers import assert_refused_before_zenoh
 from procs import check_frame_file, npy_files, send_frames, settled, wait_until
 
 pytestmark = pytest.mark.timeout(90)
@@ -33,3 +34,9 @@ def test_a_storage_stall_longer_than_zenoh_waits_loses_no_frame(make_rig: RigFac
     assert stats["total"]["archived"] == COUNT, stats["total"]
     assert sorted(check_frame_file(path, SHAPE) for path in npy_files(tmp_path)) == list(range(COUNT))
     assert stats["queue"]["spilled_total"] > 0, "the stall must have sent frames through the spool"
+
+
+@pytest.mark.parametrize("bad", [-1, "2", True, [2]])
+def test_block_limit_is_checked(tmp_path: Path, bad: object) -> None:
+    expected = "block_limit: expected None or a non-negative number of seconds"
+    assert_refused_before_zenoh(tmp_path, expected, block_limit=bad)
