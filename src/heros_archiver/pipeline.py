@@ -57,13 +57,16 @@ class PipelineOptions:
         for name in ("max_queue_bytes", "max_queue_items", "writers"):
             check_integer(name, getattr(self, name), "a positive integer", 1)
         for name in ("drain_timeout", "retry_delay", "retry_max_delay"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ConfigurationError(f"{name}: expected a non-negative number of seconds, got {value!r}")
+            _check_seconds(name, getattr(self, name), "a non-negative number of seconds")
         check_integer("writer_nice", self.writer_nice, "an integer from 0 to 19", 0, 19)
-        limit = self.block_limit
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit < 0):
-            raise ConfigurationError(f"block_limit: expected None or a non-negative number of seconds, got {limit!r}")
+        if self.block_limit is not None:
+            _check_seconds("block_limit", self.block_limit, "None or a non-negative number of seconds")
+
+
+def _check_seconds(name: str, value: object, expected: str) -> None:
+    """Refuse ``value`` unless it is a number >= 0 (not a bool), saying what was ``expected``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ConfigurationError(f"{name}: expected {expected}, got {value!r}")
 
 
 class Pipeline:
