@@ -56,6 +56,7 @@ WIRE_SINKS = ("wire:tcp", "wire:shm")
 # (for small events the per-sample Python work of any subscriber, not the wire, is the limit: no wire rows)
 FRAME_SINKS, EVENT_SINKS = ("array", "zarr", "count", *WIRE_SINKS), ("json", "count")
 SHARED_SINKS = ("count", *WIRE_SINKS)  # rows of no implementation
+RECEIVE_FORMATS = ("count", "wire")  # sinks that write nothing: an item is its receipt
 N_CAMS_FOUR = 4  # cameras of the 'four' workload, all in the one device process
 SHARED = "-"  # impl of rows that belong to no implementation (count, wire:* = transport, disk:* = disk limits)
 
@@ -286,20 +287,20 @@ def run_sink(spec):
     if fmt == "count":
         obs = cls(**base)
     elif fmt == "wire":
-        obs = WireSubscriber(spec["selector"], spec["event"], spec["kwargs"]["shared_memory"], on_event)
+        obs = WireSubscriber(spec["selector"], spec["event"], spec["kwargs"]["shared_memory"])
     else:
         kwargs = base | spec["kwargs"]
         kwargs["default_metadata"] = dict(kwargs.get("default_metadata") or {}, file_path=data)
         obs = cls(**kwargs)
-    tap = fmt == "wire" or hasattr(obs, "register_callback")
-    if tap and fmt != "wire":  # the whole count sink; for an archiver a tap beside its own callback
+    tap = hasattr(obs, "register_callback")
+    if tap:  # the whole count / wire sink; for an archiver a tap beside its own callback (events delivered to it)
         obs.register_callback(on_event)
     say("READY")
 
     first_size = {}  # path -> size when the poller first saw it (partial-write detector)
 
     def progress():
-        if fmt in ("count", "wire"):
+        if fmt in RECEIVE_FORMATS:
             return len(recv)
         paths = item_paths(data, fmt)
         for p in paths:
@@ -332,8 +333,8 @@ def run_sink(spec):
             last, t_change = count, now
         if expected is not None:
             if count >= expected:
-                fp = count if fmt in ("count", "wire") else tree_fingerprint(data)
-                if fmt in ("count", "wire") or fp == prev_fp:  # nothing changed between two polls: files are complete
+                fp = count if fmt in RECEIVE_FORMATS else tree_fingerprint(data)
+                if fmt in RECEIVE_FORMATS or fp == prev_fp:  # nothing changed between two polls: files are complete
                     status = "complete"
                     break
                 prev_fp = fp
@@ -357,23 +358,29 @@ def run_sink(spec):
 
 class WireSubscriber:
     """The transport's part alone: a Zenoh subscriber on the event's key whose callback runs on Zenoh's
-    receive thread, takes the sample's bytes and notes (index, receive time); it decodes nothing else.
+    receive thread, takes the sample's bytes and hands its registered callbacks the frame index in the
+    payload shape heros would give them; it decodes nothing else.
 
     Its session is the one heros would open from HEROS_ZENOH_CONFIG, with shared memory set explicitly."""
 
-    def __init__(self, selector, event, shared_memory, on_event):
+    def __init__(self, selector, event, shared_memory):
         import zenoh
 
         conf = zenoh.Config.from_json5(os.environ.get("HEROS_ZENOH_CONFIG") or "{}")
         conf.insert_json5("transport/shared_memory/enabled", json.dumps(shared_memory))
         self.session = zenoh.open(conf)
+        self.callbacks = []
 
         def on_sample(sample):
-            buf = sample.payload.to_bytes()
-            on_event(None, [None, {"frame": wire_index(buf)}])
+            payload = [None, {"frame": wire_index(sample.payload.to_bytes())}]
+            for callback in self.callbacks:
+                callback(None, payload)
 
         key = f"@object/{REALM}/{selector}/{event}"  # where a heros event of these objects is published
         self.sub = self.session.declare_subscriber(key, zenoh.handlers.Callback(on_sample, indirect=False))
+
+    def register_callback(self, callback):
+        self.callbacks.append(callback)
 
     def _destroy_hero(self):
         self.sub.undeclare()
@@ -506,7 +513,7 @@ def verify(fmt, data, n, shape, sink_info, arrivals=None):
     the last value); of a zarr array: the newest mtime below it; of a count item: its receive time."""
     good, bad, dup, partial, by_mtime = {}, 0, 0, 0, 0
     arrivals = arrivals or {}
-    if fmt in ("count", "wire"):
+    if fmt in RECEIVE_FORMATS:
         for i, t in sink_info["recv"]:
             dup += i in good
             good[i] = t
@@ -844,7 +851,7 @@ def one_run(cfg, wl, sink, impl, rep):
             bad=bad,
             dup=dup,
             partial_seen=partial,
-            set_aside=None if fmt in ("count", "wire") else hidden_files(data),
+            set_aside=None if fmt in RECEIVE_FORMATS else hidden_files(data),
             wall_s=wall,
             events_per_s=len(good) / wall,
             mib_per_s=len(good) * payload_bytes(wl) / wall / 2**20,
