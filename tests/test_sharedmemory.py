@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -38,7 +39,7 @@ def test_which_zenoh_releases_keep_shared_memory_messages(version: str, safe: bo
 FRAMES = 10
 
 
-def _transport_of_frames(make_rig: RigFactory, tmp_path: Any, **kwargs: Any) -> tuple[list[bool], dict[str, Any]]:
+def _transport_of_frames(make_rig: RigFactory, tmp_path: Path, **kwargs: Any) -> tuple[list[bool], dict[str, Any]]:
     """Send FRAMES frames of 2 MiB to an archiver; return, per frame, whether it reached the archiver's
     session through shared memory (seen by a second subscriber on that session), and the archiver's stats."""
     rig = make_rig(**kwargs)
@@ -66,7 +67,7 @@ def _transport_of_frames(make_rig: RigFactory, tmp_path: Any, **kwargs: Any) -> 
     reason=f"this Zenoh ({installed_zenoh_version()}) keeps shared-memory messages, so the default uses it",
 )
 def test_by_default_frames_cross_tcp_with_a_zenoh_that_drops_shared_memory_messages(
-    make_rig: RigFactory, tmp_path: Any
+    make_rig: RigFactory, tmp_path: Path
 ) -> None:
     transport, stats = _transport_of_frames(make_rig, tmp_path)
     assert not any(transport)
@@ -79,21 +80,21 @@ def test_by_default_frames_cross_tcp_with_a_zenoh_that_drops_shared_memory_messa
     reason=f"this Zenoh ({installed_zenoh_version()}) drops shared-memory messages, so the default avoids it",
 )
 def test_by_default_frames_use_shared_memory_with_a_zenoh_that_keeps_its_messages(
-    make_rig: RigFactory, tmp_path: Any
+    make_rig: RigFactory, tmp_path: Path
 ) -> None:
     transport, stats = _transport_of_frames(make_rig, tmp_path)
     assert all(transport[transport.index(True) :]), transport
     assert stats["zenoh_shared_memory"] is True
 
 
-def test_shared_memory_when_asked(make_rig: RigFactory, tmp_path: Any) -> None:
+def test_shared_memory_when_asked(make_rig: RigFactory, tmp_path: Path) -> None:
     transport, stats = _transport_of_frames(make_rig, tmp_path, zenoh_shared_memory=True)
     first = transport.index(True)  # raises if no frame came through shared memory
     assert all(transport[first:]), transport
     assert stats["zenoh_shared_memory"] is True
 
 
-def test_no_shared_memory_when_refused(make_rig: RigFactory, tmp_path: Any) -> None:
+def test_no_shared_memory_when_refused(make_rig: RigFactory, tmp_path: Path) -> None:
     transport, stats = _transport_of_frames(make_rig, tmp_path, zenoh_shared_memory=False)
     assert not any(transport)
     assert stats["zenoh_shared_memory"] is False
