@@ -171,3 +171,54 @@ def test_json_keeps_integers_beyond_64_bits(tmp_path: Path) -> None:
         "nested": [2**64, {"x": 10**30}],
         "nan": None,
     }
+
+
+#: Keys that JSON writes alike in pairs: 1 / "1", None / "null", True / "true", 1.5 / "1.5", a big integer / its digits.
+COLLIDING_KEYS = st.sampled_from([1, "1", None, "null", True, "true", False, "false", 1.5, "1.5", 2**70, str(2**70)])
+
+
+def _pairs_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    names = [name for name, _ in pairs]
+    assert len(names) == len(set(names)), f"an object with a repeated member name: {names}"
+    return dict(pairs)
+
+
+def _count_members(value: Any) -> int:
+    """Object members in ``value`` at every depth (as written: before parsing, keys may repeat)."""
+    if isinstance(value, dict):
+        return len(value) + sum(_count_members(item) for item in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_count_members(item) for item in value)
+    return 0
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(
+    payload=st.recursive(
+        st.dictionaries(COLLIDING_KEYS, st.integers(), max_size=4),
+        lambda children: st.dictionaries(COLLIDING_KEYS, children, max_size=3),
+        max_leaves=12,
+    )
+)
+def test_json_never_merges_keys_silently(payload: dict[Any, Any]) -> None:
+    """Either the item is refused, or every key of every object arrives: a reader keeps no fewer values."""
+    try:
+        (data,) = JsonFormat().prepare(payload, {})
+    except PayloadError as exc:
+        assert "distinct" in str(exc), exc
+        return
+    parsed = json.loads(bytes(data), object_pairs_hook=_pairs_without_duplicates)
+    assert _count_members(parsed) == _count_members(payload)
+
+
+@pytest.mark.parametrize(
+    ("payload", "keys"),
+    [
+        ({1: "int", "1": "text"}, "1 and '1'"),
+        ({"inner": {None: 1, "null": 2}}, "None and 'null'"),
+        ({"big": 2**70, 2**70: 1, str(2**70): 2}, f"{2**70} and '{2**70}'"),
+    ],
+)
+def test_json_refuses_keys_written_alike(payload: dict[Any, Any], keys: str) -> None:
+    with pytest.raises(PayloadError, match=keys):
+        JsonFormat().prepare(payload, {})

@@ -155,3 +155,31 @@ def test_integers_beyond_64_bits_over_zenoh(make_rig: RigFactory, tmp_path: Path
 
     assert total["archived"] == 1 and total["dead_lettered"] == 0, total
     assert _load(tmp_path / "big.json") == {"counter": 2**70, "parts": [-(2**65), 1]}
+
+
+def test_keys_written_alike_are_dead_lettered_over_zenoh(make_rig: RigFactory, tmp_path: Path) -> None:
+    """CBOR carries integer keys and heros decodes them as such: ``1`` and ``"1"`` would be one JSON name."""
+    rig = make_rig(TEMPLATE, archiver_cls=JsonArchiver, camera_cls=RawCamera)
+    rig.camera.acquisition_data({"name": "clash", 1: "integer key", "1": "text key"})
+    rig.camera.acquisition_data({"name": "fine", 2: "integer key", "3": "text key"})
+
+    total = wait_for_items(rig.archiver, 2)
+
+    assert total["archived"] == 1 and total["dead_lettered"] == 1, total
+    assert archived_files(tmp_path) == ["fine.json"]
+    assert _load(tmp_path / "fine.json") == {"name": "fine", "2": "integer key", "3": "text key"}
+    [entry] = dead_letter_entries(tmp_path)
+    assert "both written as '1'" in read_entry(entry)["error"]
+
+
+def test_merge_metadata_never_replaces_a_payload_key_named_metadata(make_rig: RigFactory, tmp_path: Path) -> None:
+    rig = make_rig(TEMPLATE, archiver_cls=JsonArchiver, merge_metadata=True)
+    rig.camera.acquisition_data({"metadata": {"gain": 2}, "value": 1}, {"name": "own-metadata"})
+    rig.camera.acquisition_data({"value": 2}, {"name": "plain"})
+
+    total = wait_for_items(rig.archiver, 2)
+
+    assert total["archived"] == 1 and total["dead_lettered"] == 1, total
+    assert archived_files(tmp_path) == ["plain.json"]
+    [entry] = dead_letter_entries(tmp_path)
+    assert "has that key itself" in read_entry(entry)["error"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,9 @@ from .writeback import WritebackWindow
 
 #: The directory under the archive root that holds the archiver's own state (dead letters, spool).
 STATE_DIR_NAME = ".heros-archiver"
+
+#: The key under which ``merge_metadata=True`` adds the merged metadata to a JSON document.
+MERGED_METADATA_KEY = "metadata"
 
 FORMATS: dict[str, type[FileFormat]] = {"npy": NpyFormat, "json": JsonFormat}
 
@@ -107,8 +111,8 @@ class FileWriter:
                     f"{index}; use {{{{ _split_index }}}} in it"
                 )
             seen[path] = index
-            if self.settings.merge_metadata and isinstance(part, dict):
-                part = {**part, "metadata": metadata}
+            if self.settings.merge_metadata and isinstance(part, Mapping):
+                part = _with_merged_metadata(part, metadata)
             planned.append((path, self._format.prepare(part, metadata)))
         return planned
 
@@ -154,6 +158,21 @@ class FileWriter:
     def close(self) -> None:
         """Finish the files still in the writeback window (at shutdown)."""
         self.window.close()
+
+
+def _with_merged_metadata(payload: Mapping[str, Any], metadata: dict[str, Any]) -> dict[str, Any]:
+    """``payload`` with the merged metadata under the key ``metadata`` (``merge_metadata=True``).
+
+    A payload that has a ``metadata`` key of its own is refused: replacing it would lose that value
+    silently, and renaming either one would surprise every reader of the file.
+    """
+    if MERGED_METADATA_KEY in payload:
+        raise PayloadError(
+            f"merge_metadata=True writes the merged metadata under the key {MERGED_METADATA_KEY!r}, but the payload "
+            f"has that key itself (value {repr(payload[MERGED_METADATA_KEY])[:80]}); neither is replaced: the item "
+            "is dead-lettered"
+        )
+    return {**payload, MERGED_METADATA_KEY: metadata}
 
 
 def _refuse_reserved(path: str, root: str, template: str) -> None:

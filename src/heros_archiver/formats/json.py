@@ -4,7 +4,9 @@ Encoding of values plain JSON has no type for (documented in the README):
 numpy scalars and arrays -> numbers and (nested) lists; datetime/date/time -> ISO 8601 strings;
 complex -> ``{"real": x, "imag": y}``; bytes -> ``{"base64": "..."}``; sets/tuples -> lists;
 Path/UUID/Decimal/Enum -> strings (Enum: its value); NaN/inf -> null; integers of any size -> their exact digits.
-Anything else is an error, never a silent drop.
+Anything else is an error, never a silent drop. Keys that are not strings are written as their JSON text
+(``1`` -> ``"1"``, ``None`` -> ``"null"``); two keys of one object that would be written alike are an
+error too, since a reader would keep only one of their values.
 """
 
 from __future__ import annotations
@@ -23,7 +25,11 @@ import orjson
 from ..errors import PayloadError
 from .base import Content
 
-_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS | orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE
+_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE
+#: Only for payloads with a key that is not a string, once their keys were checked not to collide.
+_OPTIONS_NON_STR_KEYS = _OPTIONS | orjson.OPT_NON_STR_KEYS
+#: What orjson says of a dict key that is not a string when OPT_NON_STR_KEYS is off.
+_NON_STR_KEY_MESSAGE = "Dict key must be str"
 
 
 def _encode_extra(value: Any) -> Any:
@@ -55,16 +61,77 @@ def _in_written_order(items: set[Any] | frozenset[Any]) -> list[Any]:
 
 
 def encode_json(value: Any) -> bytes:
-    """Encode ``value`` to JSON bytes; raise PayloadError naming the type that has no encoding."""
+    """Encode ``value`` to JSON bytes; raise PayloadError naming the type that has no encoding.
+
+    The common payload (string keys only) takes one ``orjson.dumps``. One with other keys is first
+    checked for keys that would be written alike (``1`` and ``"1"``): orjson would write both, and every
+    JSON reader keeps only the last.
+    """
     try:
-        return orjson.dumps(value, default=_encode_extra, option=_OPTIONS)
-    except orjson.JSONEncodeError as exc:
-        if "64-bit" in str(exc):  # an integer orjson cannot write: write it as its digits
-            try:
-                return orjson.dumps(_with_big_integers_as_digits(value), default=_encode_extra, option=_OPTIONS)
-            except orjson.JSONEncodeError as again:
-                exc = again
+        try:
+            return _dumps(value, _OPTIONS)
+        except orjson.JSONEncodeError as exc:
+            if _NON_STR_KEY_MESSAGE not in str(exc):
+                raise
+        _check_written_keys_distinct(value)
+        return _dumps(value, _OPTIONS_NON_STR_KEYS)
+    except PayloadError:
+        raise
+    except orjson.JSONEncodeError as exc:  # orjson's error is TypeError itself: also what _encode_extra raises
         raise PayloadError(f"expected JSON-encodable data, got a value that is not: {exc}") from exc
+
+
+def _dumps(value: Any, options: int) -> bytes:
+    """``orjson.dumps`` with our fallback encodings, and integers beyond 64 bits written as their digits."""
+    try:
+        return orjson.dumps(value, default=_encode_extra, option=options)
+    except orjson.JSONEncodeError as exc:
+        if "64-bit" not in str(exc):
+            raise
+        _check_written_keys_distinct(value)  # big integer keys become strings, which may meet a string key
+        return orjson.dumps(_with_big_integers_as_digits(value), default=_encode_extra, option=options)
+
+
+def _check_written_keys_distinct(value: Any) -> None:
+    """Raise PayloadError if an object inside ``value`` has two keys that JSON would write as one name.
+
+    Iterative, so that a deeply nested payload cannot exhaust the stack (orjson refuses more than 254
+    levels in any case).
+    """
+    pending = [value]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, Mapping):
+            written: dict[str, Any] = {}
+            for key in node:
+                name = _written_key(key)
+                if name in written:
+                    raise PayloadError(
+                        f"expected object keys that stay distinct in JSON, got {written[name]!r} and {key!r}, "
+                        f"both written as {name!r} (a reader would keep only one of the two values)"
+                    )
+                written[name] = key
+            pending.extend(node.values())
+        elif isinstance(node, (list, tuple, set, frozenset)):
+            pending.extend(node)
+        elif isinstance(node, np.ndarray) and node.dtype.hasobject:
+            pending.extend(node.ravel().tolist())
+
+
+def _written_key(key: Any) -> str:
+    """The object member name orjson writes for dict key ``key`` (with OPT_NON_STR_KEYS)."""
+    if isinstance(key, str):
+        return key
+    if isinstance(key, int) and not isinstance(key, bool) and key not in _INTEGER_RANGE:
+        return str(key)  # as _with_big_integers_as_digits writes it
+    try:
+        encoded = orjson.dumps({key: None}, option=orjson.OPT_NON_STR_KEYS)
+    except orjson.JSONEncodeError as exc:
+        raise PayloadError(
+            f"expected a JSON object key (str, number, bool, None, date/time, UUID, enum), got {key!r}: {exc}"
+        ) from exc
+    (name,) = orjson.loads(encoded)
+    return str(name)
 
 
 def _with_big_integers_as_digits(value: Any) -> Any:
