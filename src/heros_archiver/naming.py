@@ -16,16 +16,19 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import jinja2
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.sandbox import SecurityError
 
 from .errors import ConfigurationError, PathConfinementError, TemplateRenderError
+from .sandbox import MAX_RENDERED_CHARS, BoundedSandbox
 
-_ENV = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=False)
+_ENV = BoundedSandbox()
+#: What Linux takes when a file system does not say: a name of 255 bytes, a path of 4096.
+_DEFAULT_NAME_MAX, _DEFAULT_PATH_MAX = 255, 4096
 _LEADING_PLACEHOLDER = re.compile(r"\{\{-?\s*([A-Za-z_][A-Za-z0-9_]*)\s*-?\}\}")
 
 
@@ -71,6 +74,7 @@ class PathTemplate:
         self.root = Path(os.path.abspath(os.path.expanduser(os.fspath(root))))
         self._root_text = str(self.root)
         self._globals = dict(self._template.globals)
+        self._name_max, self._path_max = _file_system_limits(self.root)
 
     def render_text(self, context: Mapping[str, Any]) -> str:
         """Render the template to text, with no path checks (used by ``render`` and the CLI's dry run)."""
@@ -81,14 +85,14 @@ class PathTemplate:
             context_object = template.environment.context_class(
                 template.environment, {**self._globals, **context}, template.name, template.blocks, self._globals
             )
-            return template.environment.concat(template.root_render_func(context_object))
+            return _joined_within_bound(template.root_render_func(context_object))
         except jinja2.UndefinedError as exc:
             raise TemplateRenderError(
                 f"template {self.source!r}: {exc.message} (metadata has keys {sorted(map(str, context))})"
             ) from exc
         except jinja2.TemplateError as exc:
             raise TemplateRenderError(f"template {self.source!r}: {exc}") from exc
-        except Exception as exc:
+        except Exception as exc:  # MemoryError and RecursionError too: a fault of this item, not of the archiver
             raise TemplateRenderError(f"template {self.source!r}: {type(exc).__name__}: {exc}") from exc
 
     def render(self, context: Mapping[str, Any]) -> Path:
@@ -97,7 +101,47 @@ class PathTemplate:
 
     def render_confined(self, context: Mapping[str, Any]) -> str:
         """As ``render``, as text: the writer's hot path keeps paths as ``str`` (pathlib costs ~µs each)."""
-        return confine_text(self.render_text(context), self._root_text, self.source)
+        path = confine_text(self.render_text(context), self._root_text, self.source)
+        if len(path) > self._name_max or not path.isascii():  # else no part can be too long
+            self._check_file_system_limits(path)
+        return path
+
+    def _check_file_system_limits(self, path: str) -> None:
+        """Raise TemplateRenderError for a path the file system would refuse as too long (ENAMETOOLONG)."""
+        encoded = os.fsencode(path)
+        longest = max(encoded.split(b"/"), key=len)
+        if len(encoded) >= self._path_max or len(longest) > self._name_max:
+            raise TemplateRenderError(
+                f"template {self.source!r} rendered a path the file system cannot hold: {len(encoded)} bytes "
+                f"(at most {self._path_max - 1}), its longest part {len(longest)} bytes (at most {self._name_max}): "
+                f"{path[:120]!r}..."
+            )
+
+
+def _joined_within_bound(chunks: Iterator[str]) -> str:
+    """The render's output, refused as soon as it grows beyond any path (a loop over metadata can be long)."""
+    parts: list[str] = []
+    size = 0
+    for chunk in chunks:
+        size += len(chunk)
+        if size > MAX_RENDERED_CHARS:
+            raise SecurityError(f"rendered more than {MAX_RENDERED_CHARS} characters, more than any file path holds")
+        parts.append(chunk)
+    return "".join(parts)
+
+
+def _file_system_limits(root: Path) -> tuple[int, int]:
+    """(longest name, longest path) in bytes on the file system of ``root`` (or its nearest existing parent)."""
+    probe = root
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    limits = []
+    for name, default in (("PC_NAME_MAX", _DEFAULT_NAME_MAX), ("PC_PATH_MAX", _DEFAULT_PATH_MAX)):
+        try:
+            limits.append(int(os.pathconf(probe, name)))
+        except (OSError, ValueError):
+            limits.append(default)
+    return limits[0], limits[1]
 
 
 def confine(rendered: str, root: Path, template: str = "") -> Path:
