@@ -98,7 +98,7 @@ def run_demo(
 
         def status() -> tuple[int, bool]:
             """(frames archived so far, whether waiting is over)."""
-            total = archiver.stats()["total"] if archiver else {}
+            total = archiver.stats()["total"]
             done = total["archived"] + total["dead_lettered"] + total["dropped"]
             if done != last_change[1]:
                 last_change[:] = [time.monotonic(), done]
