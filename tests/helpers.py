@@ -14,6 +14,7 @@ from heros import LocalHERO, event
 from heros.event import reliable
 
 from heros_archiver import ArrayArchiver, ConfigurationError, HERODataArchiver
+from heros_archiver.heros_compat import open_sessions
 from heros_archiver.testing import free_port, session_manager, unique_realm
 
 DEAD_LETTER_DIR = Path(".heros-archiver") / "dead-letter"
@@ -51,7 +52,7 @@ def assert_refused_before_zenoh(
                 session_manager=manager,
                 **kwargs,
             )
-        assert manager._sessions == {}, "a bad setting must fail before Zenoh is touched"
+        assert open_sessions(manager) == {}, "a bad setting must fail before Zenoh is touched"
     finally:
         manager.force_close()
 

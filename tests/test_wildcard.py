@@ -14,6 +14,7 @@ import pytest
 from conftest import RigFactory
 from helpers import archived_files, assert_npy_equal, wait_for_items
 from heros_archiver import ArrayArchiver, ConfigurationError
+from heros_archiver.heros_compat import open_sessions
 from heros_archiver.testing import free_port, session_manager, unique_realm
 
 pytestmark = pytest.mark.timeout(60)
@@ -88,7 +89,7 @@ def test_failed_construction_leaves_no_session_open(tmp_path: Path) -> None:
     try:
         with pytest.raises(Exception):  # noqa: B017 - any error; what matters is what is left behind
             _construct_with_invalid_selector(tmp_path, manager)
-        assert manager._sessions == {}, "the Zenoh session of the failed archiver was left open"
+        assert open_sessions(manager) == {}, "the Zenoh session of the failed archiver was left open"
         assert manager._referrers == [], "the session manager still references the failed archiver"
     finally:
         manager.force_close()

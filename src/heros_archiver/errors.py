@@ -43,3 +43,7 @@ class StorageError(ArchiverError, OSError):
 
 class ReplayError(ArchiverError):
     """A dead-letter entry could not be read back."""
+
+
+class HerosCompatibilityError(ConfigurationError):
+    """The installed heros lacks a private piece the archiver relies on (``heros_compat``): a heros release changed."""

@@ -16,6 +16,8 @@ from importlib.metadata import PackageNotFoundError, version
 from heros.zenoh import ZenohSessionManager
 from heros.zenoh import session_manager as heros_session_manager
 
+from .heros_compat import open_sessions
+
 log = logging.getLogger("heros_archiver")
 
 #: The first eclipse-zenoh release measured to keep shared-memory messages across a held receive
@@ -48,7 +50,7 @@ def disable_shared_memory(manager: ZenohSessionManager | None, realm: str) -> No
     process opened it) its configuration cannot change any more, which is worth a warning.
     """
     manager = manager or heros_session_manager
-    if realm in getattr(manager, "_sessions", {}):
+    if realm in open_sessions(manager):
         log.warning(
             "the Zenoh session of realm %r is already open, so its shared-memory transport stays as configured; "
             "with it on, Zenoh %s may drop events silently when the archiver pushes back (eclipse-zenoh/zenoh#2628)",

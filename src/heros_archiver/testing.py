@@ -26,6 +26,8 @@ from heros import LocalHERO, event
 from heros.event import reliable
 from heros.zenoh import ZenohSessionManager
 
+from .heros_compat import hero_name
+
 FRAME_EVENT = "acquisition_data"
 _SEED = 20260
 
@@ -132,7 +134,7 @@ def wait_for_subscriber(hero: LocalHERO, event_name: str = FRAME_EVENT, timeout:
     deadline = time.monotonic() + timeout
     while not publisher.matching_status.matching:
         if time.monotonic() > deadline:
-            raise TimeoutError(f"no subscriber matched {event_name!r} of {hero._name!r} within {timeout} s")
+            raise TimeoutError(f"no subscriber matched {event_name!r} of {hero_name(hero)!r} within {timeout} s")
         time.sleep(0.01)
 
 
