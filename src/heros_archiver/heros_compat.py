@@ -69,7 +69,7 @@ def check_observer(observer: EventObserver) -> None:
 
 def session(observer: EventObserver) -> Any:
     """The observer's Zenoh session (heros opens one per realm and process)."""
-    return observer._session  # type: ignore[attr-defined]
+    return observer._session
 
 
 def session_manager(observer: EventObserver) -> ZenohSessionManager | None:
@@ -90,21 +90,21 @@ def primary_subscription(observer: EventObserver) -> Any:
 
 def event_callbacks(observer: EventObserver) -> dict[str, Callable[[str, Any], None]]:
     """The callbacks registered on the observer, by id."""
-    callbacks: dict[str, Callable[[str, Any], None]] = observer._event_callbacks  # type: ignore[attr-defined]
+    callbacks: dict[str, Callable[[str, Any], None]] = observer._event_callbacks
     return callbacks
 
 
 def deserialize(observer: EventObserver, raw: bytes) -> Any:
     """Decode the bytes of a sample as heros does."""
-    return observer._deserialize(raw)  # type: ignore[attr-defined]
+    return observer._deserialize(raw)
 
 
 def sender_name(observer: EventObserver, key: str, event_name: str) -> str | None:
     """The name of the HERO that sent on key expression ``key`` (None if ``key`` has another shape)."""
     name: str | None = heros.helper.object_name_from_keyexpr(
         key,
-        observer._ns_objects,  # type: ignore[attr-defined]
-        observer._realm,  # type: ignore[attr-defined]
+        observer._ns_objects,
+        observer._realm,
         event_name,
     )
     return name
