@@ -380,3 +380,17 @@ def test_writer_settings_from_dict_names_the_field(tmp_path: Path, changes: dict
     with pytest.raises(ConfigurationError, match="expected a JSON object"):
         WriterSettings.from_dict([])
     assert WriterSettings.from_dict(_writer(tmp_path)) == WriterSettings("npy", TEMPLATE, str(tmp_path))
+
+
+def test_an_entry_that_is_a_symlink_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "archive"
+    store, planted = _store(root), DeadLetterStore(tmp_path / "elsewhere")
+    target = _put(planted, root, 0)
+    store.directory.mkdir(parents=True)
+    link = store.directory / "20260101T000000-1-00000001-cam"
+    link.symlink_to(target)
+
+    [outcome] = replay(store.directory)
+
+    assert not outcome.ok and "symbolic link" in outcome.error and str(target) in outcome.error, outcome
+    assert npy_files(root) == [] and link.is_symlink() and target.is_dir()
