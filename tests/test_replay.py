@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from conftest import RigFactory
 from heros_archiver.archiver import DEAD_LETTER_SUBDIR
@@ -394,3 +397,74 @@ def test_an_entry_that_is_a_symlink_is_refused(tmp_path: Path) -> None:
 
     assert not outcome.ok and "symbolic link" in outcome.error and str(target) in outcome.error, outcome
     assert npy_files(root) == [] and link.is_symlink() and target.is_dir()
+
+
+def test_a_corrected_template_that_does_not_compile_stops_before_any_entry(tmp_path: Path) -> None:
+    root = tmp_path / "archive"
+    store = _store(root)
+    entry = _put(store, root, 0)
+
+    result = run_cli(["replay", str(store.directory), "--template", "{{ frame"])
+
+    assert result.returncode == 2, result.stdout
+    assert "Jinja2 syntax error" in result.stdout and "Traceback" not in result.stdout, result.stdout
+    assert entries(store.directory) == [entry] and npy_files(root) == []
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    max_leaves=12,
+)
+_FIELDS = ["source", "event", "metadata", "error", "attempts", "time", "payload_file", "payload_note", "writer"]
+_WRITER_FIELDS = list(WriterSettings.__dataclass_fields__)
+
+
+@settings(max_examples=100, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    document=st.one_of(
+        _JSON,  # anything at all in entry.json
+        st.builds(  # a well-formed entry with some fields replaced or removed
+            lambda changes, drop: {k: v for k, v in {**_hand_info(Path("/r")), **changes}.items() if k not in drop},
+            st.dictionaries(st.sampled_from(_FIELDS), _JSON, max_size=3),
+            st.sets(st.sampled_from(_FIELDS), max_size=2),
+        ),
+        st.builds(  # a well-formed entry whose writer settings are tampered with
+            lambda changes, drop: _hand_info(
+                Path("/r"), writer={k: v for k, v in {**_writer("/r"), **changes}.items() if k not in drop}
+            ),
+            st.dictionaries(st.sampled_from([*_WRITER_FIELDS, "extra"]), _JSON, max_size=3),
+            st.sets(st.sampled_from(_WRITER_FIELDS), max_size=2),
+        ),
+    ),
+    raw=st.none() | st.binary(max_size=40),
+)
+def test_whatever_an_entry_holds_replay_reports_it_and_writes_only_under_the_root(
+    tmp_path: Path, document: Any, raw: bytes | None
+) -> None:
+    base = tmp_path / uuid.uuid4().hex
+    root = base / "r"
+    store = _store(root)
+    good = _put(store, root, 0)
+    hostile = _hand_entry(store, "20260101T000000-1-00000001-x", raw if raw is not None else _rooted(document, root))
+
+    outcomes = replay(store.directory)  # never raises, whatever the entry holds
+
+    assert [o.entry for o in outcomes] == [hostile, good] and outcomes[1].ok, outcomes
+    assert outcomes[0].ok or (outcomes[0].error and hostile.is_dir()), outcomes[0]
+    assert [p for p in base.rglob("*") if p.is_file() and not p.is_relative_to(root)] == []
+    assert check_frame_file(root / "000.npy", SHAPE) == 0
+    shutil.rmtree(base)
+
+
+def _rooted(document: Any, root: Path) -> bytes:
+    """``document`` as JSON, with the placeholder root ``/r`` (wherever it is a value) replaced by ``root``."""
+
+    def swap(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {key: swap(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [swap(item) for item in value]
+        return str(root) if value == "/r" else value
+
+    return json.dumps(swap(document)).encode()

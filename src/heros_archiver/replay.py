@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .deadletter import DeadLetter, DeadLetterStore
 from .errors import ReplayError
+from .naming import PathTemplate
 from .writer import STATE_DIR_NAME, FileWriter, WriterSettings
 
 #: Where an archiver keeps its dead letters under its root (``archiver.DEAD_LETTER_SUBDIR``; not imported
@@ -76,8 +77,11 @@ def replay(
 
     Raises:
         ReplayError: no archive root is known for ``directory`` (before any entry is touched).
+        ConfigurationError: ``template`` is not a valid template (idem).
     """
     trusted_root = archive_root(directory, root)
+    if template is not None:
+        PathTemplate(template, trusted_root)  # the operator's typo is one error, not one per entry
     store = DeadLetterStore(directory)
     writers: dict[tuple[object, ...], FileWriter] = {}
     outcomes = []
