@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+import uuid
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from conftest import RigFactory
+from heros_archiver.archiver import DEAD_LETTER_SUBDIR
 from heros_archiver.deadletter import DeadLetterStore
-from heros_archiver.replay import replay
+from heros_archiver.errors import ConfigurationError, ReplayError
+from heros_archiver.replay import STORE_SUBDIR, archive_root, replay
 from heros_archiver.writer import WriterSettings
 from procs import (
     check_frame_file,
@@ -162,3 +169,302 @@ def test_replay_twice_never_duplicates_a_file(tmp_path: Path, on_exists: str) ->
     assert [p.name for p in files] == ["000.npy", "001.npy", "002.npy"]
     assert [check_frame_file(p, SHAPE) for p in files] == [0, 1, 2]
     assert entries(store.directory) == []
+
+
+# ------------------------------------------------------------------ entries that must not be trusted (item 3)
+def _writer(root: Path | str, template: str = TEMPLATE, /, **changes: Any) -> dict[str, Any]:
+    """The writer settings of an entry, as recorded (``changes`` replace or add fields, None removes one)."""
+    settings = {**WriterSettings("npy", template, str(root)).to_dict(), **changes}
+    return {key: value for key, value in settings.items() if value is not None}
+
+
+def _put_with(store: DeadLetterStore, index: int, writer: Any, metadata: dict[str, Any] | None = None) -> Path:
+    """An entry whose writer settings (and metadata) are whatever a planted or edited entry may say."""
+    return store.put(
+        source="cam",
+        event="acquisition_data",
+        payload=frame(index, SHAPE),
+        metadata={"frame": index} if metadata is None else metadata,
+        error="StorageError: [Errno 28] No space left on device",
+        attempts=6,
+        writer=writer,
+    )
+
+
+def _failure_lines(output: str, entry: Path) -> list[str]:
+    return [line for line in output.splitlines() if entry.name in line]
+
+
+def test_hostile_entries_are_refused_and_write_nothing_outside_the_root(tmp_path: Path) -> None:
+    root, outside = tmp_path / "archive", tmp_path / "outside"
+    outside.mkdir()
+    store = _store(root)
+    good = _put(store, root, 0)
+    hostile = {
+        # the recorded root is the whole file system, the template an absolute path elsewhere
+        "root /": _put_with(store, 1, _writer("/", str(outside) + "/escape-1.npy")),
+        # the recorded root is another directory, the metadata points the template there
+        "root other": _put_with(store, 2, _writer(outside), {"file_path": str(outside), "frame": 2}),
+        # the recorded root climbs out of the archive root
+        "root ..": _put_with(store, 3, _writer(f"{root}/..", "{{ '%03d' % frame }}.npy")),
+        # the recorded root is right, the template climbs out or is absolute
+        "template ..": _put_with(store, 4, _writer(root, "../../escape-4.npy")),
+        "template absolute": _put_with(store, 5, _writer(root, str(outside) + "/escape-5.npy")),
+        "metadata absolute": _put_with(store, 6, _writer(root), {"file_path": str(outside), "frame": 6}),
+        "root relative": _put_with(store, 7, _writer("archive", "{{ '%03d' % frame }}.npy")),
+    }
+    _put(store, root, 8)
+
+    result = run_cli(["replay", str(store.directory)])
+
+    assert result.returncode == 1, result.stdout
+    assert f"archived 2 of {len(hostile) + 2} item(s); {len(hostile)} failed" in result.stdout, result.stdout
+    assert list(outside.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["archive", "outside"]
+    assert [check_frame_file(p, SHAPE) for p in npy_files(root)] == [0, 8]
+    assert not good.exists() and entries(store.directory) == sorted(hostile.values())
+    for what, entry in hostile.items():
+        [line] = _failure_lines(result.stdout, entry)  # one line each, naming the entry
+        recorded = read_entry(entry)["writer"]["root"]
+        if what.startswith("root"):
+            assert "recorded archive root" in line and repr(recorded) in line and repr(str(root)) in line, (what, line)
+        else:
+            assert "PathConfinementError" in line and "outside the archive root" in line, (what, line)
+
+
+def test_recorded_root_through_a_symlink_to_the_store_root_is_the_same_root(tmp_path: Path) -> None:
+    root = tmp_path / "archive"
+    store = _store(root)
+    (tmp_path / "link").symlink_to(root)
+    entry = _put_with(store, 0, _writer(tmp_path / "link", "{{ '%03d' % frame }}.npy"))
+
+    [outcome] = replay(store.directory)
+
+    assert outcome.ok and outcome.paths == [root / "000.npy"], outcome
+    assert not entry.exists() and [check_frame_file(p, SHAPE) for p in npy_files(root)] == [0]
+
+
+def test_a_store_outside_an_archive_root_needs_root(tmp_path: Path) -> None:
+    root, elsewhere = tmp_path / "archive", tmp_path / "kept" / "dead-letters"
+    store = DeadLetterStore(elsewhere)  # e.g. dead_letter_dir=... in the config: the root is not implied
+    entry = _put(store, root, 0)
+
+    refused = run_cli(["replay", str(elsewhere)])
+
+    assert refused.returncode == 2, refused.stdout
+    assert "--root" in refused.stdout and str(elsewhere) in refused.stdout, refused.stdout
+    assert "Traceback" not in refused.stdout and entries(elsewhere) == [entry] and not root.exists()
+    with pytest.raises(ReplayError, match="--root"):
+        replay(elsewhere)
+
+    wrong = run_cli(["replay", str(elsewhere), "--root", str(tmp_path / "other")])
+    assert wrong.returncode == 1 and "recorded archive root" in wrong.stdout, wrong.stdout
+    assert entries(elsewhere) == [entry] and not (tmp_path / "other").exists()
+
+    given = run_cli(["replay", str(elsewhere), "--root", str(root)])
+    assert given.returncode == 0, given.stdout
+    assert "archived 1 of 1 item(s); 0 failed" in given.stdout
+    assert [check_frame_file(p, SHAPE) for p in npy_files(root)] == [0] and entries(elsewhere) == []
+
+
+def test_the_file_system_root_is_never_implied() -> None:
+    with pytest.raises(ReplayError, match="--root /"):
+        archive_root("/.heros-archiver/dead-letter")
+    assert archive_root("/.heros-archiver/dead-letter", root="/") == Path("/")
+    assert archive_root("/data/run42/.heros-archiver/dead-letter") == Path("/data/run42")
+    assert archive_root("/data/run42/.heros-archiver/dead-letter/", root="/data/x/../y") == Path("/data/y")
+    assert DEAD_LETTER_SUBDIR.parts == STORE_SUBDIR
+
+
+def test_a_corrected_template_is_confined_too(tmp_path: Path) -> None:
+    root = tmp_path / "archive"
+    store = _store(root)
+    entry = _put(store, root, 0)
+
+    result = run_cli(["replay", str(store.directory), "--template", "../escape-{{ frame }}.npy"])
+
+    assert result.returncode == 1, result.stdout
+    assert "PathConfinementError" in result.stdout and "outside the archive root" in result.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["archive"] and entries(store.directory) == [entry]
+
+
+# ------------------------------------------------------------------ malformed entries (item 19)
+def _hand_entry(store: DeadLetterStore, name: str, info: Any, payload: bool = True) -> Path:
+    """An entry written with plain json and numpy (as an edited, truncated or foreign one may look)."""
+    entry = store.directory / name
+    entry.mkdir(parents=True)
+    (entry / "entry.json").write_bytes(info if isinstance(info, bytes) else json.dumps(info).encode())
+    if payload:
+        np.save(entry / "payload.npy", frame(0, SHAPE))
+    return entry
+
+
+def _hand_info(root: Path, **changes: Any) -> dict[str, Any]:
+    info = {
+        "source": "cam",
+        "event": "acquisition_data",
+        "metadata": {"frame": 99},
+        "error": "StorageError: disk full",
+        "attempts": 6,
+        "time": 0.0,
+        "payload_file": "payload.npy",
+        "payload_note": "numpy array",
+        "writer": _writer(root, "hand/{{ '%03d' % frame }}.npy"),
+        **changes,
+    }
+    return {key: value for key, value in info.items() if value is not None}
+
+
+def test_malformed_entries_are_reported_one_line_each_and_the_others_replayed(tmp_path: Path) -> None:
+    root = tmp_path / "archive"
+    store = _store(root)
+    _put(store, root, 0)
+    malformed = {
+        "list": _hand_entry(store, "20260101T000000-1-00000001-list", []),
+        "garbage": _hand_entry(store, "20260101T000000-1-00000002-garbage", b"\xff\x00{not json"),
+        "no source": _hand_entry(store, "20260101T000000-1-00000003-nosource", _hand_info(root, source=None)),
+        "source type": _hand_entry(store, "20260101T000000-1-00000004-sourcetype", _hand_info(root, source=["x"])),
+        "metadata type": _hand_entry(store, "20260101T000000-1-00000005-metatype", _hand_info(root, metadata=[1])),
+        "no payload": _hand_entry(store, "20260101T000000-1-00000006-nopayload", _hand_info(root), payload=False),
+        "writer list": _put_with(store, 1, [1, 2]),
+        "writer field missing": _put_with(store, 2, _writer(root, on_exists=None)),
+        "writer field extra": _put_with(store, 3, _writer(root, compression="zstd")),
+        "writer root type": _put_with(store, 4, _writer(root, root=5)),
+        "writer bool type": _put_with(store, 5, _writer(root, merge_metadata="no")),
+        "writer format": _put_with(store, 6, _writer(root, format="pickle")),
+        "writer fsync": _put_with(store, 7, _writer(root, fsync="sometimes")),
+        "writer template": _put_with(store, 8, _writer(root, "{{ frame")),
+    }
+    _put(store, root, 9)
+
+    result = run_cli(["replay", str(store.directory)])
+
+    assert result.returncode == 1, result.stdout
+    assert "Traceback" not in result.stdout, result.stdout
+    total = len(malformed) + 2
+    assert f"archived 2 of {total} item(s); {len(malformed)} failed" in result.stdout, result.stdout
+    assert [check_frame_file(p, SHAPE) for p in npy_files(root)] == [0, 9]
+    assert entries(store.directory) == sorted(malformed.values())  # kept, for the operator to look at
+    expected_words = {
+        "writer list": "list",
+        "writer field missing": "on_exists",
+        "writer field extra": "compression",
+        "writer root type": "'root'",
+        "writer bool type": "'merge_metadata'",
+        "writer format": "pickle",
+        "writer fsync": "sometimes",
+        "writer template": "syntax",
+        "source type": "source",
+        "metadata type": "metadata",
+    }
+    for what, entry in malformed.items():
+        [line] = _failure_lines(result.stdout, entry)
+        assert expected_words.get(what, "") in line, (what, line)
+
+    outcomes = replay(store.directory)  # the same through the API: an outcome per entry, never an exception
+    assert [o.entry for o in outcomes] == sorted(malformed.values()) and not any(o.ok for o in outcomes)
+    assert all(o.error for o in outcomes)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"on_exists": None}, "missing ['on_exists']"),
+        ({"extra": 1}, "unknown ['extra']"),
+        ({"root": 5}, "'root': expected str, got int 5"),
+        ({"split_data_array": 1}, "'split_data_array': expected bool, got int 1"),
+        ({"merge_metadata": "no"}, "'merge_metadata': expected bool, got str 'no'"),
+        ({"on_exists": False}, "'on_exists': expected str, got bool False"),
+    ],
+)
+def test_writer_settings_from_dict_names_the_field(tmp_path: Path, changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        WriterSettings.from_dict(_writer(tmp_path, **changes))
+    assert message in str(caught.value), caught.value
+    with pytest.raises(ConfigurationError, match="expected a JSON object"):
+        WriterSettings.from_dict([])
+    assert WriterSettings.from_dict(_writer(tmp_path)) == WriterSettings("npy", TEMPLATE, str(tmp_path))
+
+
+def test_an_entry_that_is_a_symlink_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "archive"
+    store, planted = _store(root), DeadLetterStore(tmp_path / "elsewhere")
+    target = _put(planted, root, 0)
+    store.directory.mkdir(parents=True)
+    link = store.directory / "20260101T000000-1-00000001-cam"
+    link.symlink_to(target)
+
+    [outcome] = replay(store.directory)
+
+    assert not outcome.ok and "symbolic link" in outcome.error and str(target) in outcome.error, outcome
+    assert npy_files(root) == [] and link.is_symlink() and target.is_dir()
+
+
+def test_a_corrected_template_that_does_not_compile_stops_before_any_entry(tmp_path: Path) -> None:
+    root = tmp_path / "archive"
+    store = _store(root)
+    entry = _put(store, root, 0)
+
+    result = run_cli(["replay", str(store.directory), "--template", "{{ frame"])
+
+    assert result.returncode == 2, result.stdout
+    assert "Jinja2 syntax error" in result.stdout and "Traceback" not in result.stdout, result.stdout
+    assert entries(store.directory) == [entry] and npy_files(root) == []
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    max_leaves=12,
+)
+_FIELDS = ["source", "event", "metadata", "error", "attempts", "time", "payload_file", "payload_note", "writer"]
+_WRITER_FIELDS = list(WriterSettings.__dataclass_fields__)
+
+
+@settings(max_examples=100, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    document=st.one_of(
+        _JSON,  # anything at all in entry.json
+        st.builds(  # a well-formed entry with some fields replaced or removed
+            lambda changes, drop: {k: v for k, v in {**_hand_info(Path("/r")), **changes}.items() if k not in drop},
+            st.dictionaries(st.sampled_from(_FIELDS), _JSON, max_size=3),
+            st.sets(st.sampled_from(_FIELDS), max_size=2),
+        ),
+        st.builds(  # a well-formed entry whose writer settings are tampered with
+            lambda changes, drop: _hand_info(
+                Path("/r"), writer={k: v for k, v in {**_writer("/r"), **changes}.items() if k not in drop}
+            ),
+            st.dictionaries(st.sampled_from([*_WRITER_FIELDS, "extra"]), _JSON, max_size=3),
+            st.sets(st.sampled_from(_WRITER_FIELDS), max_size=2),
+        ),
+    ),
+    raw=st.none() | st.binary(max_size=40),
+)
+def test_whatever_an_entry_holds_replay_reports_it_and_writes_only_under_the_root(
+    tmp_path: Path, document: Any, raw: bytes | None
+) -> None:
+    base = tmp_path / uuid.uuid4().hex
+    root = base / "r"
+    store = _store(root)
+    good = _put(store, root, 0)
+    hostile = _hand_entry(store, "20260101T000000-1-00000001-x", raw if raw is not None else _rooted(document, root))
+
+    outcomes = replay(store.directory)  # never raises, whatever the entry holds
+
+    assert [o.entry for o in outcomes] == [hostile, good] and outcomes[1].ok, outcomes
+    assert outcomes[0].ok or (outcomes[0].error and hostile.is_dir()), outcomes[0]
+    assert [p for p in base.rglob("*") if p.is_file() and not p.is_relative_to(root)] == []
+    assert check_frame_file(root / "000.npy", SHAPE) == 0
+    shutil.rmtree(base)
+
+
+def _rooted(document: Any, root: Path) -> bytes:
+    """``document`` as JSON, with the placeholder root ``/r`` (wherever it is a value) replaced by ``root``."""
+
+    def swap(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {key: swap(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [swap(item) for item in value]
+        return str(root) if value == "/r" else value
+
+    return json.dumps(swap(document)).encode()

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -116,21 +117,39 @@ def replay(
     template: Annotated[
         str | None, typer.Option(help="a corrected save_template to use instead of the recorded one")
     ] = None,
+    root: Annotated[
+        Path | None,
+        typer.Option(help="archive root to write under (default: ROOT of ROOT/.heros-archiver/dead-letter)"),
+    ] = None,
 ) -> None:
-    """Archive dead-lettered items again (after the disk was freed or the template fixed); archived entries leave."""
+    """Archive dead-lettered items again (after the disk was freed or the template fixed); archived entries leave.
+
+    Files are written only under the archive root (entries recording another root are refused), one
+    line reports each entry that failed, and the exit code is 1 when any did (2: nothing could start).
+    """
     from .replay import replay as replay_entries
 
-    outcomes = replay_entries(directory, template, dry_run)
-    table = Table(title=f"replay of {directory}" + (" (dry run)" if dry_run else ""))
-    for column in ("entry", "source", "result"):
-        table.add_column(column)
+    try:
+        outcomes = replay_entries(directory, template, dry_run, root)
+    except (ArchiverError, OSError) as exc:
+        console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(2) from exc
+    done = [o for o in outcomes if o.ok]
+    if done:
+        table = Table(title=f"replay of {directory}" + (" (dry run)" if dry_run else ""))
+        for column in ("entry", "source", "result"):
+            table.add_column(column)
+        for outcome in done:
+            result = ("would write " if dry_run else "archived ") + ", ".join(map(str, outcome.paths))
+            table.add_row(outcome.entry.name, outcome.source, result)
+        console.print(table)
     for outcome in outcomes:
-        result = ("would write " if dry_run else "archived ") + ", ".join(map(str, outcome.paths))
-        table.add_row(outcome.entry.name, outcome.source, result if outcome.ok else f"[red]{outcome.error}[/red]")
-    console.print(table)
-    failed = sum(not o.ok for o in outcomes)
+        if not outcome.ok:  # one line each, whatever the terminal's width: the operator greps for them
+            error = outcome.error.replace(f"{outcome.entry}: ", "")  # the line names the entry already
+            console.print(f"[red]failed[/red] {escape(outcome.entry.name)}: {escape(error)}", soft_wrap=True)
+    failed = len(outcomes) - len(done)
     verb = "would archive" if dry_run else "archived"
-    console.print(f"{verb} {len(outcomes) - failed} of {len(outcomes)} item(s); {failed} failed")
+    console.print(f"{verb} {len(done)} of {len(outcomes)} item(s); {failed} failed")
     if failed:
         raise typer.Exit(1)
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from .errors import ConfigurationError, PathConfinementError, PayloadError, TemplateRenderError
 from .formats.base import Content, FileFormat
@@ -57,12 +57,32 @@ class WriterSettings:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> WriterSettings:
-        """Inverse of ``to_dict``; unknown keys are an error, so a newer entry is not misread."""
-        try:
-            return cls(**data)
-        except TypeError as exc:
-            raise ConfigurationError(f"writer settings: expected the fields of WriterSettings, got {data!r}") from exc
+    def from_dict(cls, data: Any) -> WriterSettings:
+        """Inverse of ``to_dict``, strict: the dict comes from a file (a dead-letter entry) that may have been
+        edited, so every field must be there with its JSON type (``true`` is not ``"yes"``) and nothing else
+        (a newer entry is not misread). Values are checked further where they are used (``FileWriter``)."""
+        if not isinstance(data, dict):
+            raise ConfigurationError(
+                f"writer settings: expected a JSON object with the fields of WriterSettings, "
+                f"got {type(data).__name__} {data!r:.200}"
+            )
+        names = [item.name for item in fields(cls)]
+        unknown = sorted(str(key) for key in data if key not in names)
+        missing = [name for name in names if name not in data]
+        if unknown or missing:
+            raise ConfigurationError(
+                f"writer settings: expected exactly the fields {names}, got unknown {unknown} and missing {missing}"
+            )
+        hints = get_type_hints(cls)
+        for name in names:
+            hint = hints[name]
+            expected = {type(choice) for choice in get_args(hint)} if get_origin(hint) is Literal else {hint}
+            if type(data[name]) not in expected:  # exact: a bool must not pass as an int, nor 1 as a bool
+                raise ConfigurationError(
+                    f"writer settings field {name!r}: expected {' or '.join(sorted(t.__name__ for t in expected))}, "
+                    f"got {type(data[name]).__name__} {data[name]!r:.200}"
+                )
+        return cls(**data)
 
 
 class FileWriter:
