@@ -61,14 +61,15 @@ def writer_variant(anonymous: bool) -> Callable[[str], Variant]:
 
 
 def raw_variant(anonymous: bool) -> Callable[[str], Variant]:
-    """``storage.write_atomic`` alone with one way of publishing (no rendering, no checks)."""
+    """``storage.write_atomic`` alone with one way of publishing (no rendering; confined to the folder by
+    directory handles, as the writer's files are)."""
 
     def make(_folder: str) -> Variant:
         link = storage._LINK_ANONYMOUS if anonymous else None
 
         def write(folder: str, index: int) -> None:
             storage._LINK_ANONYMOUS = link
-            storage.write_atomic(f"{folder}/ev-{index:06d}.json", [json.dumps(_payload(index)).encode()])
+            storage.write_atomic(f"{folder}/ev-{index:06d}.json", [json.dumps(_payload(index)).encode()], root=folder)
 
         return write
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -102,3 +104,16 @@ def assert_npy_equal(path: Path, expected: np.ndarray) -> None:
     assert loaded.dtype == expected.dtype, f"{path}: dtype {loaded.dtype} != {expected.dtype}"
     assert loaded.shape == expected.shape, f"{path}: shape {loaded.shape} != {expected.shape}"
     np.testing.assert_array_equal(loaded, expected)
+
+
+@contextlib.contextmanager
+def immutable(directory: Path) -> Iterator[None]:
+    """``directory`` refuses new entries (``chattr +i``: EPERM even for root, a passing fault) until the block
+    ends; skips the test where the file system or tool cannot do it."""
+    made = subprocess.run(["chattr", "+i", str(directory)], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot make {directory} immutable here: {made.stderr.strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(directory)], check=True)

@@ -22,11 +22,12 @@ from helpers import (
     assert_npy_equal,
     assert_refused_before_zenoh,
     dead_letter_entries,
+    immutable,
     read_entry,
     wait_for_items,
     wait_until,
 )
-from heros_archiver import ArrayArchiver, JsonArchiver, StorageError, TargetExistsError, publisher
+from heros_archiver import ArrayArchiver, JsonArchiver, PathConfinementError, StorageError, TargetExistsError, publisher
 from heros_archiver.batching import BATCH_ITEMS, BatchWriter
 from heros_archiver.publisher import publish, result_error
 from heros_archiver.queueing import Item
@@ -138,7 +139,7 @@ def test_unique_names_follow_the_arrival_order_across_batches(make_rig: RigFacto
 def test_a_failing_directory_is_retried_then_dead_lettered_and_the_next_item_written(
     make_rig: RigFactory, tmp_path: Path
 ) -> None:
-    (tmp_path / "blocked").write_text("a file where the directory should be")
+    (tmp_path / "blocked").mkdir()
     rig = make_rig(
         "{{ file_path }}/{{ folder }}/{{ i }}.json",
         archiver_cls=JsonArchiver,
@@ -146,9 +147,10 @@ def test_a_failing_directory_is_retried_then_dead_lettered_and_the_next_item_wri
         max_retries=2,
         retry_delay=0.01,
     )
-    rig.camera.acquisition_data({"i": 1, "folder": "blocked"})
-    rig.camera.acquisition_data({"i": 2, "folder": "free"})
-    total = wait_for_items(rig.archiver, 2)
+    with immutable(tmp_path / "blocked"):  # EPERM, a fault that may pass: retried
+        rig.camera.acquisition_data({"i": 1, "folder": "blocked"})
+        rig.camera.acquisition_data({"i": 2, "folder": "free"})
+        total = wait_for_items(rig.archiver, 2)
 
     assert total["archived"] == 1 and total["dead_lettered"] == 1 and total["retried"] == 2, total
     [entry] = dead_letter_entries(tmp_path)
@@ -284,21 +286,31 @@ def test_publish_answers_each_file_as_the_writer_would(tmp_path: Path) -> None:
     (tmp_path / "same.json").write_bytes(b"same")
     (tmp_path / "other.json").write_bytes(b"other")
     (tmp_path / "not-a-dir").write_bytes(b"")
-    results = publish(
-        [
-            (str(tmp_path / "new.json"), b"new", "error", "none"),
-            (str(tmp_path / "same.json"), b"same", "error", "none"),  # already there with these bytes: written
-            (str(tmp_path / "other.json"), b"mine", "error", "none"),
-            (str(tmp_path / "other.json"), b"mine", "unique", "file"),
-            (str(tmp_path / "not-a-dir" / "x.json"), b"x", "error", "none"),
-        ]
-    )
+    (tmp_path / "blocked").mkdir()
+    (tmp_path / "out").symlink_to(tmp_path / "blocked")
+    root = str(tmp_path)
+    with immutable(tmp_path / "blocked"):
+        results = publish(
+            [
+                (root, str(tmp_path / "new.json"), b"new", "error", "none"),
+                (root, str(tmp_path / "same.json"), b"same", "error", "none"),  # these bytes there: written
+                (root, str(tmp_path / "other.json"), b"mine", "error", "none"),
+                (root, str(tmp_path / "other.json"), b"mine", "unique", "file"),
+                (root, str(tmp_path / "not-a-dir" / "x.json"), b"x", "error", "none"),
+                (root, str(tmp_path / "blocked" / "x.json"), b"x", "error", "none"),
+                (root, str(tmp_path / "out" / "x.json"), b"x", "error", "none"),
+            ]
+        )
 
     assert results[:2] == [("ok", str(tmp_path / "new.json")), ("ok", str(tmp_path / "same.json"))]
     assert isinstance(result_error(results[2]), TargetExistsError)
     assert results[3] == ("ok", str(tmp_path / "other-1.json"))
-    error = result_error(results[4])
-    assert isinstance(error, StorageError) and error.errno == errno.ENOTDIR and not error.permanent
+    error = result_error(results[4])  # a component that is a file comes from the item: permanent
+    assert isinstance(error, StorageError) and error.errno == errno.ENOTDIR and error.permanent
+    error = result_error(results[5])  # a directory refusing new files may be fixed: retried
+    assert isinstance(error, StorageError) and error.errno == errno.EPERM and not error.permanent
+    error = result_error(results[6])
+    assert isinstance(error, PathConfinementError) and error.permanent and "symbolic link" in str(error)
     assert (tmp_path / "new.json").read_bytes() == b"new" and (tmp_path / "other-1.json").read_bytes() == b"mine"
 
 

@@ -28,6 +28,7 @@ from heros_archiver import StorageError, TargetExistsError, storage
 from heros_archiver.deadletter import DeadLetterStore
 from heros_archiver.errors import ReplayError
 from heros_archiver.storage import PROCESS_TOKEN, is_temporary, remove_stale_temporaries, write_atomic
+from heros_archiver.temporaries import RECORDS_DIR
 
 
 def _writer(data: bytes) -> list[bytes | memoryview]:
@@ -146,8 +147,8 @@ def test_a_file_system_without_unnamed_files_gets_a_named_temporary(
     refused: list[str] = []
 
     def open_(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
-        if flags & os.O_TMPFILE == os.O_TMPFILE:
-            refused.append(str(path))
+        if flags & os.O_TMPFILE == os.O_TMPFILE:  # opened as "." in the directory's handle
+            refused.append(os.readlink(f"/proc/self/fd/{kwargs['dir_fd']}"))
             raise OSError(answer, os.strerror(answer), str(path))
         return real_open(path, flags, *args, **kwargs)
 
@@ -194,54 +195,80 @@ from heros_archiver import storage
 real_write = os.write
 def write(fd, data):
     n = real_write(fd, data)
-    print("midway", flush=True)
-    time.sleep(60)
+    if len(data) == 100_000:  # the frame's first buffer (not the record of a named temporary's directory)
+        print("midway", flush=True)
+        time.sleep(60)
     return n
 storage.os.write = write
 if sys.argv[2] == "named":
     storage._LINK_ANONYMOUS = None
-storage.write_atomic(sys.argv[1] + "/frame.npy", [b"x" * 100_000, b"y" * 10])
+storage.write_atomic(sys.argv[1] + "/sub/frame.npy", [b"x" * 100_000, b"y" * 10], root=sys.argv[1])
 """
 
 
-@pytest.mark.timeout(60)
-def test_a_process_killed_mid_write_leaves_no_file(tmp_path: Path, publishing: str) -> None:
-    """SIGKILL mid-write: an unnamed file vanishes with the process; a named temporary stays for the next start."""
+def _kill_mid_write(root: Path, publishing: str) -> None:
+    """A child process writes ``root/sub/frame.npy`` and is killed (SIGKILL) in the middle of it."""
     child = subprocess.Popen(
-        [sys.executable, "-c", _KILLED_MIDWAY, str(tmp_path), publishing], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", _KILLED_MIDWAY, str(root), publishing], stdout=subprocess.PIPE, text=True
     )
     try:
         assert child.stdout is not None and child.stdout.readline() == "midway\n"
     finally:
         child.kill()
         child.wait(timeout=30)
-    left = [p.name for p in tmp_path.iterdir()]
+
+
+@pytest.mark.timeout(60)
+def test_a_process_killed_mid_write_leaves_no_file(tmp_path: Path, publishing: str) -> None:
+    """SIGKILL mid-write: an unnamed file vanishes with the process; a named temporary stays for the next start,
+    which finds it from the dead process's record and removes it (and the record)."""
+    _kill_mid_write(tmp_path, publishing)
+    left = [p.name for p in (tmp_path / "sub").iterdir()]
     if publishing == "anonymous":
         assert left == []
+        assert not (tmp_path / ".heros-archiver").exists()  # unnamed files need no record
     else:
         assert len(left) == 1 and is_temporary(left[0])
         assert remove_stale_temporaries(tmp_path) == 1
+        assert list((tmp_path / "sub").iterdir()) == []
+        assert list((tmp_path / RECORDS_DIR).iterdir()) == []
 
 
 # ---------------------------------------------------------------------------------------------- stale temporaries
+def _plant(root: Path, relative: str, pid: int, token: str, record: bool = True) -> Path:
+    """A temporary of ``pid``/``token`` in ``root/relative``, recorded as that process would have (or not)."""
+    path = root / relative / _temporary_name(pid, token)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"partial")
+    if record:
+        (root / RECORDS_DIR).mkdir(parents=True, exist_ok=True)
+        with open(root / RECORDS_DIR / f"{pid}.{token}", "a") as fh:
+            fh.write(json.dumps(relative) + "\n")
+    return path
+
+
 def test_remove_stale_temporaries(tmp_path: Path) -> None:
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        dead = tmp_path / "deep" / "dir" / _temporary_name(_dead_pid())
-        dead_top = tmp_path / _temporary_name(_dead_pid())
-        alive = tmp_path / "deep" / _temporary_name(live.pid)
-        mine = tmp_path / _temporary_name(os.getpid(), PROCESS_TOKEN)
-        earlier_me = tmp_path / _temporary_name(os.getpid(), "0badc0de")  # an earlier process with our PID
+        dead_pid = _dead_pid()
+        dead = _plant(tmp_path, "deep/dir", dead_pid, "0000dead")
+        dead_top = _plant(tmp_path, "", dead_pid, "0000dead")
+        alive = _plant(tmp_path, "deep", live.pid, "0000live")
+        mine = _plant(tmp_path, "", os.getpid(), PROCESS_TOKEN)
+        earlier_me = _plant(tmp_path, "", os.getpid(), "0badc0de")  # an earlier process with our PID
         lookalike = tmp_path / ".~heros-archiver.notapid.tmp"
         data = tmp_path / "deep" / "frame.npy"
-        for path in (dead, dead_top, alive, mine, earlier_me, lookalike, data):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(b"partial")
+        for path in (lookalike, data):
+            path.write_bytes(b"data")
+        with open(tmp_path / RECORDS_DIR / f"{dead_pid}.0000dead", "a") as fh:
+            fh.write('"../../outside"\n"gone"\n"cut sho')  # edited, removed, and a line a crash cut short
 
         assert remove_stale_temporaries(tmp_path) == 3
 
         assert not dead.exists() and not dead_top.exists() and not earlier_me.exists()
         assert alive.exists() and mine.exists() and lookalike.exists() and data.exists()
+        records = sorted(p.name for p in (tmp_path / RECORDS_DIR).iterdir())
+        assert records == sorted([f"{live.pid}.0000live", f"{os.getpid()}.{PROCESS_TOKEN}"])
     finally:
         live.kill()
         live.wait(timeout=30)
@@ -251,11 +278,36 @@ def test_remove_stale_temporaries_of_missing_root(tmp_path: Path) -> None:
     assert remove_stale_temporaries(tmp_path / "missing") == 0
 
 
+def test_the_scan_at_start_reads_only_the_recorded_directories(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Start-up cost must not grow with the archive (item 8 of issue 13): the directories listed are the
+    records' and the one they name, not the 50 directories of archived files. (Recorded, not faked:
+    every listing goes to the real function.)"""
+    for index in range(50):
+        (tmp_path / f"run-{index:02d}").mkdir()
+        (tmp_path / f"run-{index:02d}" / "frame.npy").write_bytes(b"data")
+    stale = _plant(tmp_path, "run-07", _dead_pid(), "0000dead")
+    listed: list[str] = []
+    for name in ("listdir", "scandir"):
+        real = getattr(os, name)
+
+        def recorder(path: Any = ".", real: Any = real) -> Any:
+            listed.append(os.readlink(f"/proc/self/fd/{path}") if isinstance(path, int) else os.fspath(path))
+            return real(path)
+
+        monkeypatch.setattr(os, name, recorder)
+
+    removed = remove_stale_temporaries(tmp_path)
+    monkeypatch.undo()
+
+    assert removed == 1 and not stale.exists()
+    assert sorted(listed) == sorted([str(tmp_path / RECORDS_DIR), str(tmp_path / "run-07")])
+
+
 @pytest.mark.timeout(60)
 def test_archiver_removes_stale_temporaries_at_start(make_rig: RigFactory, tmp_path: Path) -> None:
-    stale = tmp_path / "sub" / _temporary_name(_dead_pid())
-    stale.parent.mkdir()
-    stale.write_bytes(b"half a frame")
+    """A writer killed while it wrote a named temporary: the next archiver's start removes that temporary."""
+    _kill_mid_write(tmp_path, "named")
+    [stale] = (tmp_path / "sub").iterdir()
     make_rig("{{ file_path }}/{{ frame }}.npy")
     assert not stale.exists()
 

@@ -47,7 +47,6 @@ class Batch:
     helper: PublishHelper | None = None
     #: index into ``items`` of each file sent to the helper, in the order it answers
     sent: list[int] = field(default_factory=list)
-    paths: list[str] = field(default_factory=list)
 
 
 class BatchWriter:
@@ -94,13 +93,11 @@ class BatchWriter:
                 data = b"".join(content)  # one bytes object: itself, not a copy
                 if len(data) >= MIN_FILE_BYTES:
                     continue  # named again by the writer: rare, and not worth a second way of writing
-                self._writer.check_directory(path)
             except Exception as exc:  # noqa: BLE001 - this attempt's failure, retried or dead-lettered as in process
                 batch.outcomes[index] = exc
                 continue
-            requests.append((path, data, settings.on_exists, settings.fsync))
+            requests.append((self._writer.confine_root, path, data, settings.on_exists, settings.fsync))
             batch.sent.append(index)
-            batch.paths.append(path)
         if requests:
             try:
                 helper.send(requests)
@@ -121,11 +118,8 @@ class BatchWriter:
                 self._lost(batch.lane, batch.helper, exc)
                 self._give_back(batch)
             else:
-                for index, path, result in zip(batch.sent, batch.paths, results, strict=True):
-                    error = result_error(result)
-                    if error is None:
-                        self._writer.directory_written(path)
-                    batch.outcomes[index] = error
+                for index, result in zip(batch.sent, results, strict=True):
+                    batch.outcomes[index] = result_error(result)
         return list(zip(batch.items, batch.outcomes, strict=True))
 
     def _lost(self, lane: int, helper: PublishHelper, error: HelperGone) -> None:

@@ -56,10 +56,15 @@ def _safe(text: str) -> str:
 
 
 class DeadLetterStore:
-    """A directory of dead-lettered items (created on first use)."""
+    """A directory of dead-lettered items (created on first use).
 
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
+    ``fsync``: make every entry durable before ``put`` returns (its files, its directory and the store's
+    directory that names it), as the archiver's ``fsync`` setting asks for anything but ``none``.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], fsync: bool = False) -> None:
         self.directory = Path(directory)
+        self.fsync = fsync
 
     def put(
         self,
@@ -97,8 +102,12 @@ class DeadLetterStore:
                 "writer": writer,
             }
             (tmp / ENTRY_FILE).write_text(json.dumps(entry, indent=2))
+            if self.fsync:
+                _fsync_entry(tmp)
             final = self.directory / name
             os.rename(tmp, final)
+            if self.fsync:
+                _fsync_path(self.directory)
             return final
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -168,3 +177,18 @@ def _write_payload(directory: Path, payload: Any) -> tuple[str | None, str]:
         return None, f"not storable as npy or json ({exc}); repr in payload.repr.txt"
     (directory / "payload.json").write_bytes(encoded)
     return "payload.json", "json"
+
+
+def _fsync_entry(entry: Path) -> None:
+    """fsync every file of an entry, then the entry's directory (whatever files its format has)."""
+    for path in entry.iterdir():
+        _fsync_path(path)
+    _fsync_path(entry)
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

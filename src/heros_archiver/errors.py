@@ -7,6 +7,8 @@ can help: a template that cannot render will not render on the next try, a full 
 
 from __future__ import annotations
 
+import errno
+
 
 class ArchiverError(Exception):
     """Base class of all heros-archiver errors."""
@@ -39,6 +41,29 @@ class StorageError(ArchiverError, OSError):
     """Writing to storage failed for a reason that may go away (disk full, permissions, I/O error)."""
 
     permanent = False
+
+
+class InvalidTargetError(StorageError):
+    """The file system refuses the target's path or the file itself: a name too long, a component that is a
+    file, a name it cannot hold (ENAMETOOLONG, ENOTDIR, EISDIR, ELOOP, EINVAL, EILSEQ, EFBIG).
+
+    These come from the item (its rendered name, its size), not from a passing fault: retrying the same
+    item gives the same answer, so it is dead-lettered at once instead of stalling its writer with retries.
+    """
+
+    permanent = True
+
+
+#: The errnos of ``InvalidTargetError`` (decided here, in one place, for the writer and its helper process).
+INVALID_TARGET_ERRNOS = frozenset(
+    {errno.ENAMETOOLONG, errno.ENOTDIR, errno.EISDIR, errno.ELOOP, errno.EINVAL, errno.EILSEQ, errno.EFBIG}
+)
+
+
+def storage_error(code: int, message: str) -> StorageError:
+    """The StorageError for an ``errno``: InvalidTargetError (permanent) when the item is the cause."""
+    cls = InvalidTargetError if code in INVALID_TARGET_ERRNOS else StorageError
+    return cls(code, message)
 
 
 class ReplayError(ArchiverError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from .errors import ConfigurationError
 from .naming import PathTemplate, derive_root
 from .queueing import Item
 from .storage import Fsync, OnExists, check_integer, remove_stale_temporaries
-from .writer import FileWriter, WriterSettings
+from .writer import STATE_DIR_NAME, FileWriter, WriterSettings
 
 log = logging.getLogger("heros_archiver")
 
@@ -75,9 +76,15 @@ class FileArchiver(HERODataArchiver):
             file_format, save_template, "", on_exists, fsync, bool(split_data_array), bool(merge_metadata)
         )
         HERODataArchiver.__init__(self, *args, **kwargs)
+        # Spool and dead-letter entries are as durable as the files (item 7 of issue 13). The stores are
+        # made by HERODataArchiver.__init__, which does not know this archiver's setting.
+        durable = fsync != "none"
+        self._pipeline.dead_letters.fsync = durable
+        self._pipeline.spool.store.fsync = durable
 
     def _setup_storage(self) -> None:
-        """Compile the template (a syntax error fails here, at start) and clean stale temporaries."""
+        """Compile the template (a syntax error fails here, at start), refuse a state directory that is a
+        symlink, and clean the stale temporaries the records of dead processes point to (no walk)."""
         root = (
             Path(self._root_argument)
             if self._root_argument
@@ -90,6 +97,7 @@ class FileArchiver(HERODataArchiver):
         if self.root == Path(self.root.anchor):
             log.warning("archive root is %s: paths are not confined; pass root=... to confine them", self.root)
             return
+        _refuse_linked_state_directory(self.root)
         removed = remove_stale_temporaries(self.root)
         if removed:
             log.warning("removed %d stale temporary file(s) under %s left by an earlier run", removed, self.root)
@@ -145,6 +153,19 @@ class FileArchiver(HERODataArchiver):
     def fsync(self) -> Fsync:
         """Durability of each write (``none``, ``file``, ``file+directory``)."""
         return self._settings.fsync
+
+
+def _refuse_linked_state_directory(root: Path) -> None:
+    """The archiver's own directory under the root must be a directory, not a symlink (pointing anywhere)."""
+    state = root / STATE_DIR_NAME
+    if state.is_symlink():
+        raise ConfigurationError(
+            f"{state} is a symbolic link (to {os.readlink(state)!r}); expected the archiver's own directory "
+            f"(dead letters, spool, records of temporaries) under the archive root {root}: replace the link "
+            "by a directory, or archive under another root"
+        )
+    if state.exists() and not state.is_dir():
+        raise ConfigurationError(f"{state}: expected the archiver's own directory under {root}, found a file")
 
 
 class ArrayArchiver(FileArchiver):

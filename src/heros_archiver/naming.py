@@ -147,8 +147,9 @@ def _file_system_limits(root: Path) -> tuple[int, int]:
 def confine(rendered: str, root: Path, template: str = "") -> Path:
     """Resolve ``rendered`` against ``root``; raise unless the result is a file path under ``root``.
 
-    Lexical check only (``..``, absolute paths); symlinks are checked by ``check_no_symlink_escape``
-    when directories are created, because only then does the file system say where a link points.
+    Lexical check only (``..``, absolute paths); what the file system makes of the path (symlinks,
+    renames) is settled when it is written, by opening its directory beneath a handle of the root
+    (``confinement.py``), because only then does the file system say where a name leads.
     """
     return Path(confine_text(rendered, str(root), template))
 
@@ -168,18 +169,3 @@ def confine_text(rendered: str, root_text: str, template: str = "") -> str:
             f"rendered path {rendered!r} resolves to {candidate!r}, outside the archive root {root_text!r}{where}"
         )
     return candidate
-
-
-def check_no_symlink_escape(path: Path, root: Path) -> None:
-    """Raise if the existing part of ``path``'s directory resolves (through symlinks) outside ``root``."""
-    probe = path.parent
-    while not os.path.lexists(probe) and probe != root and probe != probe.parent:
-        probe = probe.parent
-    if not os.path.lexists(probe):
-        return  # the root does not exist yet, so nothing under it can be a symlink
-    real_root = Path(os.path.realpath(root))
-    real = Path(os.path.realpath(probe))
-    if not real.is_relative_to(real_root):
-        raise PathConfinementError(
-            f"path {str(path)!r} leaves the archive root {str(root)!r}: {str(probe)!r} resolves to {str(real)!r}"
-        )

@@ -6,10 +6,11 @@ receiving and naming threads need. A second writer thread made it worse (the thr
 ~18,000 instead of ~40,000 files/s on tmpfs, ``benchmarks/small_files.py``). A helper process has its
 own interpreter: the archiver's writer renders and encodes a batch while the helper creates the files
 of the previous batch on the other core (decision 0012). The helper runs ``write_atomic`` exactly as
-the writer would, so the guarantees are the same (unnamed until complete, no overwrite, fsync as asked).
+the writer would, so the guarantees are the same (confined beneath the root by directory handles,
+unnamed until complete, no overwrite, fsync as asked).
 
 The helper is ``python -m heros_archiver.publisher READ_FD WRITE_FD``: it reads pickled batches of
-``(path, content, on_exists, fsync)`` from one pipe and answers each with one result per file on the
+``(root, path, content, on_exists, fsync)`` from one pipe and answers each with one result per file on the
 other. The archiver must drain through it after a Ctrl-C or SIGTERM, so it runs in a process group of
 its own (a terminal's Ctrl-C and ``kill -- -PGID`` reach the archiver's group only), ignores SIGINT and
 SIGTERM once running (a service manager may signal every process of its cgroup), and exits when the
@@ -29,14 +30,15 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from .errors import ArchiverError, StorageError, TargetExistsError
+from .errors import ArchiverError, PathConfinementError, StorageError, TargetExistsError, storage_error
 from .storage import Fsync, OnExists, write_unless_present
 
 log = logging.getLogger("heros_archiver")
 
-#: One file to publish: target path, content, on_exists, fsync.
-Request = tuple[str, bytes, OnExists, Fsync]
-#: The answer for one file: ("ok", path written) | ("exists", message) | ("storage", errno, message).
+#: One file to publish: archive root (None: not confined), target path, content, on_exists, fsync.
+Request = tuple[str | None, str, bytes, OnExists, Fsync]
+#: The answer for one file: ("ok", path written) | ("exists", message) | ("confined", message)
+#: | ("storage", errno, message).
 Result = tuple[Any, ...]
 
 
@@ -115,11 +117,13 @@ class PublishHelper:
 def publish(requests: list[Request]) -> list[Result]:
     """Write each requested file as the writer does (``write_unless_present``)."""
     results: list[Result] = []
-    for path, content, on_exists, fsync in requests:
+    for root, path, content, on_exists, fsync in requests:
         try:
-            results.append(("ok", write_unless_present(path, [content], on_exists, fsync) or path))
+            results.append(("ok", write_unless_present(path, [content], on_exists, fsync, root=root) or path))
         except TargetExistsError as exc:
             results.append(("exists", str(exc)))
+        except PathConfinementError as exc:
+            results.append(("confined", str(exc)))
         except StorageError as exc:
             results.append(("storage", exc.errno, str(exc)))
         except Exception as exc:  # noqa: BLE001 - reported to the archiver, which writes the item itself
@@ -134,8 +138,10 @@ def result_error(result: Result) -> ArchiverError | None:
         return None
     if kind == "exists":
         return TargetExistsError(result[1])
+    if kind == "confined":
+        return PathConfinementError(result[1])
     code, message = result[1], result[2]
-    return StorageError(code or 5, message)  # 5: EIO, for a failure without an errno
+    return storage_error(code or 5, message)  # 5: EIO, for a failure without an errno
 
 
 def _serve(request_fd: int, result_fd: int) -> None:

@@ -20,8 +20,8 @@ from .queueing import Item
 class Spool:
     """FIFO of items on disk, with the entries not yet handed back to the queue tracked in memory."""
 
-    def __init__(self, directory: Path, event: str) -> None:
-        self._store = DeadLetterStore(directory)
+    def __init__(self, directory: Path, event: str, fsync: bool = False) -> None:
+        self._store = DeadLetterStore(directory, fsync)  # fsync: entries durable before put returns
         self._event = event
         self._pending: deque[Path] = deque(self._store.entries())
         self._ready = threading.Condition()

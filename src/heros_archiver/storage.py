@@ -1,13 +1,15 @@
-"""Atomic, no-clobber file creation.
+"""Atomic, no-clobber file creation, confined to the archive root by directory handles.
 
-Where the file system has anonymous files (Linux ``O_TMPFILE``: ext4, XFS, btrfs, tmpfs), a file is
-written as an unnamed inode in its target directory, flushed (and fsynced if asked), then given its final
-name with ``linkat``, which fails atomically when the name is taken: no name exists before the content
-is complete, and a crash leaves nothing behind (the kernel frees the inode). Elsewhere, and for
-``on_exists="overwrite"``, it is written under a temporary name and published in one rename; after a
-crash only those temporaries can be incomplete, and ``remove_stale_temporaries`` removes the ones of
-dead processes at start. Either way two writers can never overwrite each other under ``"error"`` and
-``"unique"``.
+Every write first opens its target directory beneath a handle of the archive root (``confinement.py``:
+no symlink below the root is followed, nothing checked by name is used later), then creates and names
+the file relative to that handle. Where the file system has anonymous files (Linux ``O_TMPFILE``: ext4,
+XFS, btrfs, tmpfs), a file is written as an unnamed inode in its target directory, flushed (and fsynced
+if asked), then given its final name with ``linkat``, which fails atomically when the name is taken: no
+name exists before the content is complete, and a crash leaves nothing behind (the kernel frees the
+inode). Elsewhere, and for ``on_exists="overwrite"``, it is written under a temporary name and published
+in one rename; after a crash only those temporaries can be incomplete, and ``remove_stale_temporaries``
+removes the ones of dead processes at start, found from their records (``temporaries.py``). Either way
+two writers can never overwrite each other under ``"error"`` and ``"unique"``.
 """
 
 from __future__ import annotations
@@ -17,15 +19,19 @@ import ctypes
 import errno
 import itertools
 import os
-import re
 import sys
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from .errors import ConfigurationError, StorageError, TargetExistsError
+from .confinement import fsync_directory, open_directory
+from .errors import ConfigurationError, TargetExistsError, storage_error
 from .formats.base import Content
+from .temporaries import PROCESS_TOKEN as PROCESS_TOKEN  # re-exported: the dead-letter store and tests use them
+from .temporaries import TMP_PREFIX, record_directory
+from .temporaries import is_temporary as is_temporary
+from .temporaries import owner_alive as owner_alive
+from .temporaries import remove_stale_temporaries as remove_stale_temporaries
 from .writeback import WritebackWindow
 
 OnExists = Literal["error", "overwrite", "unique"]
@@ -33,10 +39,6 @@ Fsync = Literal["none", "file", "file+directory"]
 ON_EXISTS_CHOICES: tuple[str, ...] = ("error", "overwrite", "unique")
 FSYNC_CHOICES: tuple[str, ...] = ("none", "file", "file+directory")
 
-_TMP_PREFIX = ".~heros-archiver"
-_TMP_NAME = re.compile(re.escape(_TMP_PREFIX) + r"\.(\d+)\.([0-9a-f]{8})\.[0-9a-f]+\.tmp$")
-#: Tells this process's temporaries from those of an earlier process that had the same PID.
-PROCESS_TOKEN = uuid.uuid4().hex[:8]
 _tmp_counter = itertools.count()
 _CREATE_FLAGS = (
     os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
@@ -70,37 +72,125 @@ def write_atomic(
     on_exists: OnExists = "error",
     fsync: Fsync = "none",
     window: WritebackWindow | None = None,
+    root: str | None = None,
 ) -> str:
     """Create ``path`` holding ``content`` (buffers written in order); return the path written, as text.
 
-    The path written differs from ``path`` only with ``on_exists="unique"``. With ``window``, a large file is
-    handed to it after writing (writeback starts now, its pages leave the cache later).
-    Raises TargetExistsError (policy ``error``) or StorageError (the file system refused).
+    ``root``: the archive root; ``path``'s directory is opened beneath it without following symlinks, and
+    made if missing (``confinement.open_directory``). None: the caller trusts ``path``'s directory, which
+    is opened by its path. The path written differs from ``path`` only with ``on_exists="unique"``. With
+    ``window``, a large file is handed to it after writing (writeback starts now, its pages leave the
+    cache later). Raises TargetExistsError (policy ``error``), PathConfinementError (a symlink below the
+    root) or StorageError (the file system refused; permanent when the path itself is the cause).
     """
-    target = os.fspath(path)  # text, not pathlib, on this per-file path: each Path operation costs ~1 us
-    directory = os.path.dirname(target)
+    written = _write(os.fspath(path), content, on_exists, fsync, window, root, keep_identical=False)
+    assert written is not None
+    return written
+
+
+def write_unless_present(
+    path: str,
+    content: Content,
+    on_exists: OnExists,
+    fsync: Fsync,
+    window: WritebackWindow | None = None,
+    root: str | None = None,
+    resumed: bool = False,
+) -> str | None:
+    """``write_atomic``, except that a target already holding exactly ``content`` counts as written.
+
+    Returns the path written, or None when the identical file was there (nothing new to undo), so that
+    replaying an item, resuming after a crash or rewriting a lost helper's batch never duplicates a file.
+    With ``on_exists="unique"`` that needs ``resumed`` (the item may have been written before, under any
+    of its ``-N`` names): otherwise two events with identical bytes are two files, as that policy promises.
+    """
+    return _write(path, content, on_exists, fsync, window, root, keep_identical=True, resumed=resumed)
+
+
+def remove_file(path: str, root: str | None) -> None:
+    """Remove ``path`` (a file this process wrote), resolving its directory beneath ``root`` as writes do."""
+    directory, name = os.path.split(path)
+    handle = open_directory(root, directory, create=False)
     try:
-        if on_exists != "overwrite" and _LINK_ANONYMOUS is not None and directory not in _no_anonymous_files:
-            final = _write_anonymous(directory, target, content, on_exists, fsync, window)
-            if final is not None:
-                return final
-        return _write_named(directory, target, content, on_exists, fsync, window)
+        os.unlink(name, dir_fd=handle)
+    finally:
+        os.close(handle)
+
+
+def _write(
+    target: str,
+    content: Content,
+    on_exists: OnExists,
+    fsync: Fsync,
+    window: WritebackWindow | None,
+    root: str | None,
+    keep_identical: bool,
+    resumed: bool = False,
+) -> str | None:
+    directory, name = os.path.split(target)
+    #: with file+directory: every directory that got a new entry here (the file's, and those above new ones)
+    new_entries: list[int] | None = [] if fsync == "file+directory" else None
+    handle = -1
+    try:
+        handle = open_directory(root, directory, new_entries)
+        if keep_identical and resumed and on_exists == "unique" and _identical_unique_name(handle, name, content):
+            return None
+        try:
+            final = _write_in(handle, directory, name, content, on_exists, fsync, window, root)
+        except TargetExistsError:
+            if keep_identical and _holds_content(handle, name, content):
+                return None
+            raise
+        if new_entries is not None:
+            for entry in (handle, *new_entries):
+                fsync_directory(entry)
+        return final
     except TargetExistsError:
         raise
     except OSError as exc:
-        raise StorageError(exc.errno or errno.EIO, f"writing {target!r} failed: {exc.strerror or exc}") from exc
+        where = f" ({exc.filename})" if exc.filename and exc.filename != target else ""
+        raise storage_error(exc.errno or errno.EIO, f"writing {target!r} failed: {exc.strerror or exc}{where}") from exc
+    finally:
+        if handle >= 0:
+            os.close(handle)
+        for entry in new_entries or ():
+            os.close(entry)
+
+
+def _write_in(
+    handle: int,
+    directory: str,
+    name: str,
+    content: Content,
+    on_exists: OnExists,
+    fsync: Fsync,
+    window: WritebackWindow | None,
+    root: str | None,
+) -> str:
+    """Write ``name`` in the directory open as ``handle``: unnamed then linked where possible, else named."""
+    if on_exists != "overwrite" and _LINK_ANONYMOUS is not None and directory not in _no_anonymous_files:
+        final = _write_anonymous(handle, directory, name, content, on_exists, fsync, window)
+        if final is not None:
+            return final
+    return _write_named(handle, directory, name, content, on_exists, fsync, window, root)
 
 
 def _write_anonymous(
-    directory: str, target: str, content: Content, on_exists: OnExists, fsync: Fsync, window: WritebackWindow | None
+    handle: int,
+    directory: str,
+    name: str,
+    content: Content,
+    on_exists: OnExists,
+    fsync: Fsync,
+    window: WritebackWindow | None,
 ) -> str | None:
-    """Write an unnamed file in ``directory``, then link it under ``target``; None: no anonymous files here.
+    """Write an unnamed file in the directory ``handle``, then link it as ``name``; None: no anonymous files here.
 
     The descriptor stays open until the file has its name: closing an unnamed file frees it.
     """
     assert _LINK_ANONYMOUS is not None
     try:
-        fd = _open_creating_directory(directory, _ANONYMOUS_FLAGS, directory)
+        fd = os.open(".", _ANONYMOUS_FLAGS, 0o644, dir_fd=handle)
     except OSError as exc:
         if exc.errno not in _NO_ANONYMOUS_FILES:
             raise
@@ -110,8 +200,8 @@ def _write_anonymous(
         nbytes = _write_all(fd, content)
         if fsync != "none":
             os.fsync(fd)
-        for candidate in _candidate_names(target, on_exists):
-            error = _LINK_ANONYMOUS(fd, candidate)
+        for candidate in _candidate_names(name, on_exists):
+            error = _LINK_ANONYMOUS(fd, handle, candidate)
             if error == 0:
                 break
             if error == errno.EEXIST:
@@ -119,25 +209,19 @@ def _write_anonymous(
             if error in _NO_ANONYMOUS_FILES:  # e.g. a file system that refuses links: write it the other way
                 _remember_no_anonymous_files(directory)
                 return None
-            raise OSError(error, os.strerror(error), candidate)
+            raise OSError(error, os.strerror(error), _joined(directory, candidate))
         else:
-            raise _taken(target, on_exists)
+            raise _taken(_joined(directory, name), on_exists)
+        final = _joined(directory, candidate)
         if window is not None and window.wants(nbytes):  # published first: the window may wait for the disk
-            window.hand_over(f"/proc/self/fd/{fd}", nbytes, candidate)
+            window.hand_over(f"/proc/self/fd/{fd}", nbytes, final)
     finally:
         os.close(fd)
-    if fsync == "file+directory":
-        _fsync_directory(directory)
-    return candidate
+    return final
 
 
-def _open_creating_directory(path: str, flags: int, directory: str) -> int:
-    """``os.open(path, flags)``, creating ``directory`` first if it is missing (the only case that needs mkdir)."""
-    try:
-        return os.open(path, flags, 0o644)
-    except FileNotFoundError:
-        os.makedirs(directory, exist_ok=True)
-        return os.open(path, flags, 0o644)
+def _joined(directory: str, name: str) -> str:
+    return f"{directory}/{name}" if directory else name
 
 
 def _remember_no_anonymous_files(directory: str) -> None:
@@ -147,29 +231,37 @@ def _remember_no_anonymous_files(directory: str) -> None:
 
 
 def _write_named(
-    directory: str, target: str, content: Content, on_exists: OnExists, fsync: Fsync, window: WritebackWindow | None
+    handle: int,
+    directory: str,
+    name: str,
+    content: Content,
+    on_exists: OnExists,
+    fsync: Fsync,
+    window: WritebackWindow | None,
+    root: str | None,
 ) -> str:
-    """Write under a temporary name in ``directory``, then publish it as ``target`` in one step."""
-    tmp = f"{directory}/{_TMP_PREFIX}.{os.getpid()}.{PROCESS_TOKEN}.{next(_tmp_counter)}.tmp"
+    """Write under a temporary name in the directory ``handle``, then publish it as ``name`` in one step."""
+    if root is not None:
+        record_directory(root, directory, durable=fsync != "none")  # before the temporary: found after a crash
+    tmp = f"{TMP_PREFIX}.{os.getpid()}.{PROCESS_TOKEN}.{next(_tmp_counter)}.tmp"
+    target = _joined(directory, name)
     published = False
     reader: int | None = None  # for the writeback window, opened before the temporary's name goes away
     try:
-        fd = _open_creating_directory(tmp, _CREATE_FLAGS, directory)
+        fd = os.open(tmp, _CREATE_FLAGS | os.O_NOFOLLOW, 0o644, dir_fd=handle)
         try:
             nbytes = _write_all(fd, content)
             if fsync != "none":
                 os.fsync(fd)
             if window is not None and window.wants(nbytes):
-                reader = window.open_reader(tmp, target)
+                reader = window.open_reader(f"/proc/self/fd/{fd}", target)
         finally:
             os.close(fd)  # closed for writing before it is published, as close-after-write watchers expect
-        final = _publish(tmp, target, on_exists)
+        final = _joined(directory, _publish(handle, tmp, name, on_exists, target))
         published = True  # the temporary now has its final name
         if reader is not None and window is not None:  # published first: the window may wait for the disk
             window.take(reader, nbytes, final)
             reader = None
-        if fsync == "file+directory":
-            _fsync_directory(directory)
         return final
     finally:
         if reader is not None:
@@ -178,7 +270,7 @@ def _write_named(
             # FileNotFoundError: never created; other errors: the directory became unusable, and the
             # stale temporary is removed at the next start
             with contextlib.suppress(OSError):
-                os.unlink(tmp)
+                os.unlink(tmp, dir_fd=handle)
 
 
 def _write_all(fd: int, content: Content) -> int:
@@ -196,13 +288,14 @@ def _write_all(fd: int, content: Content) -> int:
     return total
 
 
-def _publish(tmp: str, path: str, on_exists: OnExists) -> str:
+def _publish(handle: int, tmp: str, name: str, on_exists: OnExists, target: str) -> str:
+    """Give ``tmp`` its final name in the directory ``handle``; return that name."""
     if on_exists == "overwrite":
-        os.replace(tmp, path)
-        return path
-    for candidate in _candidate_names(path, on_exists):
+        os.replace(tmp, name, src_dir_fd=handle, dst_dir_fd=handle)
+        return name
+    for candidate in _candidate_names(name, on_exists):
         try:
-            _link_or_rename_noreplace(tmp, candidate)
+            _link_or_rename_noreplace(handle, tmp, candidate)
             return candidate
         except FileExistsError:
             continue
@@ -211,17 +304,25 @@ def _publish(tmp: str, path: str, on_exists: OnExists) -> str:
                 raise
             # No hard links here (FAT, some network file systems): check, then rename. Not atomic
             # against a concurrent writer of the same name, but never replaces a file seen to exist.
-            if os.path.lexists(candidate):
+            if _exists(handle, candidate):
                 continue
-            os.rename(tmp, candidate)
+            os.rename(tmp, candidate, src_dir_fd=handle, dst_dir_fd=handle)
             return candidate
-    raise _taken(path, on_exists)
+    raise _taken(target, on_exists)
 
 
-def _candidate_names(path: str, on_exists: OnExists) -> Iterable[str]:
-    """The names a new file may take, in order: ``path`` alone under ``error``, its ``-N`` variants too under
+def _exists(handle: int, name: str) -> bool:
+    try:
+        os.lstat(name, dir_fd=handle)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _candidate_names(name: str, on_exists: OnExists) -> Iterable[str]:
+    """The names a new file may take, in order: ``name`` alone under ``error``, its ``-N`` variants too under
     ``unique``."""
-    return [path] if on_exists == "error" else map(str, unique_names(Path(path)))
+    return [name] if on_exists == "error" else (path.name for path in unique_names(Path(name)))
 
 
 def _taken(path: str, on_exists: OnExists) -> TargetExistsError:
@@ -247,30 +348,31 @@ def _libc_function(name: str, argtypes: list[Any]) -> Any:
     return function
 
 
-def _load_renameat2() -> Callable[[str, str], int] | None:
-    """``renameat2(..., RENAME_NOREPLACE)`` as ``call(source, target) -> 0 or errno``, or None."""
+def _load_renameat2() -> Callable[[int, str, str], int] | None:
+    """``renameat2(dir, ..., dir, ..., RENAME_NOREPLACE)`` as ``call(dir_fd, source, target) -> 0 or errno``."""
     function = _libc_function(
         "renameat2", [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
     )
     if function is None:
         return None
 
-    def rename_noreplace_call(source: str, target: str) -> int:
-        if function(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target), _RENAME_NOREPLACE_FLAG) == 0:
+    def rename_noreplace_call(dir_fd: int, source: str, target: str) -> int:
+        if function(dir_fd, os.fsencode(source), dir_fd, os.fsencode(target), _RENAME_NOREPLACE_FLAG) == 0:
             return 0
         return ctypes.get_errno()
 
     return rename_noreplace_call
 
 
-def _load_link_anonymous(linkat: Callable[..., int] | None = None) -> Callable[[int, str], int] | None:
-    """``call(fd, target) -> 0 or errno`` naming the unnamed file open as ``fd``, or None without support.
+def _load_link_anonymous(linkat: Callable[..., int] | None = None) -> Callable[[int, int, str], int] | None:
+    """``call(fd, dir_fd, name) -> 0 or errno`` naming the unnamed file open as ``fd`` in directory ``dir_fd``.
 
-    ``linkat(fd, "", ..., AT_EMPTY_PATH)`` names the file directly; it needs CAP_DAC_READ_SEARCH, or Linux
-    6.10+ for a file the caller opened, and answers ENOENT otherwise. Then ``linkat`` of
+    ``linkat(fd, "", dir_fd, name, AT_EMPTY_PATH)`` names the file directly; it needs CAP_DAC_READ_SEARCH,
+    or Linux 6.10+ for a file the caller opened, and answers ENOENT otherwise. Then ``linkat`` of
     ``/proc/self/fd/N`` with ``AT_SYMLINK_FOLLOW`` (the unprivileged form, ~4-12 us more per file for
     the walk through /proc) is used from the first time it works where the direct form did not. Either
-    fails with EEXIST when ``target`` exists, like any link. ``linkat``: the C function (default: libc's).
+    fails with EEXIST when the name exists, like any link. ``linkat``: the C function (default: libc's).
+    None without O_TMPFILE, /proc or linkat.
     """
     if not hasattr(os, "O_TMPFILE") or not os.path.isdir("/proc/self/fd"):
         return None
@@ -281,22 +383,22 @@ def _load_link_anonymous(linkat: Callable[..., int] | None = None) -> Callable[[
         return None
     direct = True
 
-    def link_through_proc(fd: int, target: bytes) -> int:
-        if function(_AT_FDCWD, b"/proc/self/fd/%d" % fd, _AT_FDCWD, target, _AT_SYMLINK_FOLLOW) == 0:
+    def link_through_proc(fd: int, dir_fd: int, name: bytes) -> int:
+        if function(_AT_FDCWD, b"/proc/self/fd/%d" % fd, dir_fd, name, _AT_SYMLINK_FOLLOW) == 0:
             return 0
         return ctypes.get_errno()
 
-    def link_anonymous_call(fd: int, target: str) -> int:
+    def link_anonymous_call(fd: int, dir_fd: int, name: str) -> int:
         nonlocal direct
-        encoded = os.fsencode(target)
+        encoded = os.fsencode(name)
         if not direct:
-            return link_through_proc(fd, encoded)
-        if function(fd, b"", _AT_FDCWD, encoded, _AT_EMPTY_PATH) == 0:
+            return link_through_proc(fd, dir_fd, encoded)
+        if function(fd, b"", dir_fd, encoded, _AT_EMPTY_PATH) == 0:
             return 0
         error = ctypes.get_errno()
         if error != errno.ENOENT:
             return error
-        error = link_through_proc(fd, encoded)  # no privilege for the direct form, or no such directory
+        error = link_through_proc(fd, dir_fd, encoded)  # no privilege for the direct form
         if error == 0:
             direct = False
         return error
@@ -311,24 +413,25 @@ _ANONYMOUS_FLAGS = getattr(os, "O_TMPFILE", 0) | os.O_WRONLY | getattr(os, "O_CL
 _NO_ANONYMOUS_FILES = frozenset(
     {errno.EOPNOTSUPP, errno.ENOTSUP, errno.EISDIR, errno.EINVAL, errno.EPERM, errno.EMLINK}
 )
-#: Directories where that answer came: written with a named temporary from then on.
+#: Directories where that answer came: written with a named temporary from then on (a choice of method,
+#: not of where: every write still opens its directory beneath the root).
 _no_anonymous_files: set[str] = set()
 
 
-def _link_or_rename_noreplace(tmp: str, target: str) -> None:
-    """Give ``tmp`` the name ``target`` unless that name exists (FileExistsError), in one atomic step.
+def _link_or_rename_noreplace(handle: int, tmp: str, name: str) -> None:
+    """Give ``tmp`` the name ``name`` (both in directory ``handle``) unless that name exists (FileExistsError).
 
     ``renameat2(RENAME_NOREPLACE)`` does it in one call; where the file system or C library lacks it,
     a hard link (which also fails atomically if the name exists) followed by removing ``tmp``.
     """
     if _RENAME_NOREPLACE is not None:
-        error = _RENAME_NOREPLACE(tmp, target)
+        error = _RENAME_NOREPLACE(handle, tmp, name)
         if error == 0:
             return
         if error not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
-            raise OSError(error, os.strerror(error), target)
-    os.link(tmp, target)
-    os.unlink(tmp)
+            raise OSError(error, os.strerror(error), name)
+    os.link(tmp, name, src_dir_fd=handle, dst_dir_fd=handle, follow_symlinks=False)
+    os.unlink(tmp, dir_fd=handle)
 
 
 def unique_names(path: Path) -> Iterator[Path]:
@@ -339,65 +442,29 @@ def unique_names(path: Path) -> Iterator[Path]:
         yield path.with_name(f"{stem}-{i}{suffix}")
 
 
-def _fsync_directory(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def is_temporary(name: str) -> bool:
-    """True for the names ``write_atomic`` gives its temporaries."""
-    return _TMP_NAME.match(name) is not None
-
-
-def remove_stale_temporaries(root: Path) -> int:
-    """Delete temporaries under ``root`` left by processes that no longer run; return how many.
-
-    Temporaries of live processes (another archiver sharing the root) are left alone.
-    """
-    removed = 0
-    if not root.is_dir():
-        return 0
-    for directory, _dirs, files in os.walk(root):
-        for name in files:
-            match = _TMP_NAME.match(name)
-            if match is None or owner_alive(int(match.group(1)), match.group(2)):
-                continue
-            try:
-                os.unlink(os.path.join(directory, name))
-                removed += 1
-            except OSError:
-                pass
-    return removed
-
-
-def write_unless_present(
-    path: str, content: Content, on_exists: OnExists, fsync: Fsync, window: WritebackWindow | None = None
-) -> str | None:
-    """``write_atomic``, except that a target already holding exactly ``content`` counts as written.
-
-    Returns the path written, or None when the identical file was there (nothing new to undo), so that
-    replaying an item, resuming after a crash or rewriting a lost helper's batch never duplicates a file.
-    """
-    try:
-        return write_atomic(path, content, on_exists, fsync, window)
-    except TargetExistsError:
-        if holds_content(path, content):
-            return None
-        raise
-
-
-def holds_content(path: str | os.PathLike[str], content: Content) -> bool:
-    """True when ``path`` holds exactly ``content`` (a target that does counts as written: no duplicate)."""
-    try:
-        if os.stat(path).st_size != sum(memoryview(chunk).nbytes for chunk in content):
+def _identical_unique_name(handle: int, name: str, content: Content) -> bool:
+    """True when ``name`` or one of its ``-N`` variants (up to the first free name) holds ``content``."""
+    for candidate in _candidate_names(name, "unique"):
+        if not _exists(handle, candidate):
             return False
-        with open(path, "rb") as fh:
-            return all(fh.read(memoryview(chunk).nbytes) == chunk for chunk in content)
+        if _holds_content(handle, candidate, content):
+            return True
+    return False
+
+
+def _holds_content(handle: int, name: str, content: Content) -> bool:
+    """True when ``name`` in directory ``handle`` is a file holding exactly ``content`` (not a symlink)."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=handle)
     except OSError:
         return False
+    with open(fd, "rb") as fh:
+        try:
+            if os.fstat(fh.fileno()).st_size != sum(memoryview(chunk).nbytes for chunk in content):
+                return False
+            return all(fh.read(memoryview(chunk).nbytes) == chunk for chunk in content)
+        except OSError:
+            return False
 
 
 def write_new_file(path: Path, content: Content) -> None:
@@ -407,16 +474,3 @@ def write_new_file(path: Path, content: Content) -> None:
         _write_all(fd, content)
     finally:
         os.close(fd)
-
-
-def owner_alive(pid: int, token: str) -> bool:
-    """True if the process that made a temporary (``pid`` with ``token``) may still be using it."""
-    if pid == os.getpid():
-        return token == PROCESS_TOKEN
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -13,26 +13,23 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
-from .errors import ConfigurationError, PathConfinementError, PayloadError, TemplateRenderError
+from .errors import ArchiverError, ConfigurationError, PathConfinementError, PayloadError, TemplateRenderError
 from .formats.base import Content, FileFormat
 from .formats.json import JsonFormat
 from .formats.npy import NpyFormat, as_array
-from .naming import PathTemplate, check_no_symlink_escape
+from .naming import PathTemplate
 from .storage import (
     FSYNC_CHOICES,
     ON_EXISTS_CHOICES,
     Fsync,
     OnExists,
     check_choice,
-    holds_content,
     is_temporary,
-    unique_names,
+    remove_file,
     write_unless_present,
 )
+from .temporaries import STATE_DIR_NAME as STATE_DIR_NAME  # re-exported: the archiver imports it from here
 from .writeback import WritebackWindow
-
-#: The directory under the archive root that holds the archiver's own state (dead letters, spool).
-STATE_DIR_NAME = ".heros-archiver"
 
 #: The key under which ``merge_metadata=True`` adds the merged metadata to a JSON document.
 MERGED_METADATA_KEY = "metadata"
@@ -100,8 +97,8 @@ class FileWriter:
         self._format = FORMATS[settings.format]()
         #: large files on their way to disk and out of the page cache (``writeback_window`` bytes; 0 = off)
         self.window = WritebackWindow(writeback_window)
-        #: directories already checked not to leave the root through a symlink (checked once each)
-        self._checked_dirs: set[str] = set()
+        #: the root writes are confined to (None for a root of ``/``, where nothing is confined)
+        self.confine_root: str | None = None if self.root == Path(self.root.anchor) else self._root_text
 
     def _parts(self, payload: Any) -> list[tuple[int | None, Any]]:
         if not self.settings.split_data_array:
@@ -147,33 +144,18 @@ class FileWriter:
         written: list[str] = []
         try:
             for path, content in self.plan_text(source_name, payload, metadata):
-                self.check_directory(path)
-                if resumed and self.settings.on_exists == "unique" and _identical_unique_name(Path(path), content):
-                    continue
-                final = write_unless_present(path, content, self.settings.on_exists, self.settings.fsync, self.window)
+                settings = self.settings
+                final = write_unless_present(
+                    path, content, settings.on_exists, settings.fsync, self.window, self.confine_root, resumed
+                )
                 if final is not None:
                     written.append(final)
-                self.directory_written(path)
         except BaseException:
             for done in written:
-                with contextlib.suppress(OSError):
-                    os.unlink(done)
+                with contextlib.suppress(OSError, ArchiverError):
+                    remove_file(done, self.confine_root)
             raise
         return written
-
-    def check_directory(self, path: str) -> None:
-        """Raise PathConfinementError if the directory of ``path`` leaves the root through a symlink.
-
-        Checked until a file was written there (``directory_written``): from then on the directory is ours.
-        """
-        if os.path.dirname(path) not in self._checked_dirs:
-            check_no_symlink_escape(Path(path), self.root)
-
-    def directory_written(self, path: str) -> None:
-        """A file was written in the directory of ``path``: it need not be checked again."""
-        if len(self._checked_dirs) > 10_000:
-            self._checked_dirs.clear()
-        self._checked_dirs.add(os.path.dirname(path))
 
     def close(self) -> None:
         """Finish the files still in the writeback window (at shutdown)."""
@@ -203,13 +185,3 @@ def _refuse_reserved(path: str, root: str, template: str) -> None:
             f"rendered path {path!r} (template {template!r}) is reserved for the archiver's own files "
             f"({STATE_DIR_NAME}/ under the root, or a temporary's name)"
         )
-
-
-def _identical_unique_name(path: Path, content: Content) -> bool:
-    """True when ``path`` or one of its ``-N`` variants (up to the first free name) holds ``content``."""
-    for candidate in unique_names(path):
-        if not os.path.lexists(candidate):
-            return False
-        if holds_content(candidate, content):
-            return True
-    return False
