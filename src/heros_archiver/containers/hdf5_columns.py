@@ -1,0 +1,299 @@
+"""The per-frame datasets beside a stack of frames: what each frame's metadata and item key became.
+
+Layout, inside the NXdata group that holds the frames::
+
+    metadata/<key>          one 1-D dataset per metadata key of the first frame: numbers, booleans,
+                            fixed-length UTF-8 strings (NXcollection)
+    archive/item_key        the 32-hex-digit id of each frame's ItemKey (de-duplication after a reopen)
+    archive/content_hash    ItemKey.digest
+    archive/source_name     the HERO that sent the frame
+    archive/sequence        its sequence value; -2**63 when it had none
+    archive/received        receive time, seconds since the epoch
+    archive/extra_json      UTF-8 JSON of everything that had no column, all frames concatenated (uint8);
+    archive/extra_json_end  ... frame i's document is extra_json[end[i-1]:end[i]] (empty: nothing extra)
+    archive/committed_length  one integer: frames committed; a reader after a crash trusts this, not the shape
+
+SWMR forbids creating objects once it has started and appending to variable-length data, so every column
+is created with the first frame, has a fixed-size type, and the JSON documents are a ragged uint8 array.
+A value that has no column (a key first seen later, a name HDF5 cannot hold) or does not fit its column
+(a longer string, another type, an integer out of range) goes into that frame's JSON document, under
+``metadata``; keys of the first frame that a later frame lacks are listed under ``absent``; a
+``source_name``, sequence or content hash too long for its column goes under ``archive``. Nothing is
+dropped, and ``read_metadata`` puts each frame's metadata back together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+from . import ItemKey
+
+NO_SEQUENCE = np.iinfo(np.int64).min
+_ROWS_PER_CHUNK = 1024
+_MIN_STRING_WIDTH = 32
+_SOURCE_WIDTH = 128
+_HASH_WIDTH = 64
+_JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+
+
+@dataclass(frozen=True)
+class Row:
+    """What one frame adds to the columns (kept in memory until the commit writes it)."""
+
+    key: ItemKey
+    received: float
+    metadata: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class MetaColumn:
+    """One metadata key's dataset: its kind decides which values fit."""
+
+    name: str
+    kind: str  # "bool", "int", "float", "str"
+    dtype: np.dtype[Any]
+
+    def fit(self, value: Any) -> Any:
+        """``value`` as this column stores it, or None when it does not fit (it then goes to the JSON)."""
+        if self.kind == "bool":
+            return bool(value) if isinstance(value, bool | np.bool_) else None
+        if isinstance(value, bool | np.bool_):
+            return None
+        if self.kind == "int":
+            if not isinstance(value, int | np.integer):
+                return None
+            limits = np.iinfo(self.dtype)
+            return int(value) if limits.min <= int(value) <= limits.max else None
+        if self.kind == "float":
+            if not isinstance(value, int | float | np.integer | np.floating):
+                return None
+            try:
+                with np.errstate(over="ignore"):
+                    stored = self.dtype.type(value)
+            except OverflowError:
+                return None
+            if isinstance(value, int | np.integer):
+                return stored if np.isfinite(stored) and int(stored) == int(value) else None
+            return stored if stored == value or (np.isnan(stored) and np.isnan(value)) else None
+        if not isinstance(value, str) or "\0" in value:
+            return None
+        encoded = value.encode("utf-8", "surrogatepass")
+        return encoded if len(encoded) <= self.dtype.itemsize else None
+
+    @property
+    def fill(self) -> Any:
+        """What the dataset holds for a frame whose value went to the JSON or was absent."""
+        return {"bool": False, "int": 0, "float": np.nan, "str": b""}[self.kind]
+
+
+def column_for(name: str, value: Any) -> MetaColumn | None:
+    """The column the first frame's ``value`` of key ``name`` gets, or None (then it always goes to the JSON)."""
+    if not name or "/" in name or name == "." or "\0" in name:
+        return None
+    if isinstance(value, bool | np.bool_):
+        return MetaColumn(name, "bool", np.dtype(bool))
+    if isinstance(value, np.integer):
+        return MetaColumn(name, "int", value.dtype)
+    if isinstance(value, int):
+        return MetaColumn(name, "int", np.dtype(np.int64)) if -(2**63) <= value < 2**63 else None
+    if isinstance(value, float | np.floating):
+        dtype = value.dtype if isinstance(value, np.floating) and value.dtype.itemsize >= 4 else np.dtype(np.float64)
+        return MetaColumn(name, "float", dtype)
+    if isinstance(value, str) and "\0" not in value:
+        width = max(_MIN_STRING_WIDTH, 2 * len(value.encode("utf-8", "surrogatepass")))
+        return MetaColumn(name, "str", np.dtype(f"S{width}"))
+    return None
+
+
+def _json(value: Mapping[str, Any]) -> bytes:
+    """JSON of a frame's extras; a value JSON cannot hold is kept as its repr rather than dropped."""
+    return orjson.dumps(value, option=_JSON_OPTIONS, default=repr)
+
+
+class Columns:
+    """Creates, reopens and appends the per-frame datasets of one stack (see the module docstring)."""
+
+    def __init__(self, h5py: Any, group: Any) -> None:
+        self._h5py = h5py
+        self.group = group
+        self.archive = group["archive"]
+        self.metadata_group = group["metadata"]
+        self.columns = [self._column_of(name, self.metadata_group[name]) for name in self.metadata_group]
+        self._json_length = 0
+
+    @staticmethod
+    def create(h5py: Any, group: Any, first_metadata: Mapping[str, Any]) -> Columns:
+        """The datasets of a new stack, metadata columns taken from the first frame's metadata."""
+        archive = group.create_group("archive")
+        archive.attrs["NX_class"] = "NXcollection"
+        metadata = group.create_group("metadata")
+        metadata.attrs["NX_class"] = "NXcollection"
+        string = h5py.string_dtype
+        for name, dtype, fill in (
+            ("item_key", string("ascii", 32), b""),
+            ("content_hash", string("utf-8", _HASH_WIDTH), b""),
+            ("source_name", string("utf-8", _SOURCE_WIDTH), b""),
+            ("sequence", np.dtype(np.int64), NO_SEQUENCE),
+            ("received", np.dtype(np.float64), np.nan),
+            ("extra_json_end", np.dtype(np.int64), 0),
+        ):
+            _appendable(archive, name, dtype, fill, _ROWS_PER_CHUNK)
+        _appendable(archive, "extra_json", np.dtype(np.uint8), 0, 65536)
+        archive.create_dataset("committed_length", shape=(1,), dtype=np.int64, data=[0])
+        archive["received"].attrs["units"] = "s"
+        for name, value in first_metadata.items():
+            column = column_for(str(name), value) if isinstance(name, str) else None
+            if column is not None:
+                dtype = string("utf-8", column.dtype.itemsize) if column.kind == "str" else column.dtype
+                _appendable(metadata, column.name, dtype, column.fill, _ROWS_PER_CHUNK)
+        return Columns(h5py, group)
+
+    def _column_of(self, name: str, dataset: Any) -> MetaColumn:
+        dtype = dataset.dtype
+        if dtype.kind == "S":
+            return MetaColumn(name, "str", dtype)
+        kind = {"b": "bool", "i": "int", "u": "int", "f": "float"}[dtype.kind]
+        return MetaColumn(name, kind, dtype)
+
+    def datasets(self) -> list[Any]:
+        """Every per-frame dataset (one row per frame)."""
+        names = ("item_key", "content_hash", "source_name", "sequence", "received", "extra_json_end")
+        return [self.archive[n] for n in names] + [self.metadata_group[c.name] for c in self.columns]
+
+    def recover(self, frames_length: int) -> int:
+        """Cut every dataset back to the committed length (a commit the writer did not finish) and return it.
+
+        The length is ``committed_length`` unless a dataset is shorter (a file not written by this module
+        the same way): then the shortest.
+        """
+        committed = int(self.archive["committed_length"][0])
+        committed = min([committed, frames_length] + [d.shape[0] for d in self.datasets()])
+        for dataset in self.datasets():
+            dataset.resize((committed,))
+        ends = self.archive["extra_json_end"]
+        self._json_length = int(ends[committed - 1]) if committed else 0
+        self.archive["extra_json"].resize((self._json_length,))
+        return committed
+
+    def keys(self, length: int) -> list[str]:
+        """The stored item key ids of frames ``0 .. length - 1``."""
+        return [k.decode("ascii") for k in self.archive["item_key"][:length]] if length else []
+
+    def write(self, start: int, rows: Sequence[Row]) -> None:
+        """Write ``rows`` as frames ``start ..``: resize every dataset, then fill the new rows."""
+        stop = start + len(rows)
+        extras = [self._extras(row) for row in rows]
+        ends = np.cumsum([len(e) for e in extras], dtype=np.int64) + self._json_length
+        values: dict[str, list[Any]] = {c.name: [] for c in self.columns}
+        for row in rows:
+            for column in self.columns:
+                fitted = column.fit(row.metadata[column.name]) if column.name in row.metadata else None
+                values[column.name].append(column.fill if fitted is None else fitted)
+        archive = {
+            "item_key": np.array([r.key.key_id().encode("ascii") for r in rows], dtype="S32"),
+            "content_hash": np.array([_fixed(r.key.digest, _HASH_WIDTH) for r in rows], dtype=f"S{_HASH_WIDTH}"),
+            "source_name": np.array([_fixed(r.key.source, _SOURCE_WIDTH) for r in rows], dtype=f"S{_SOURCE_WIDTH}"),
+            "sequence": np.array([_sequence(r.key.sequence) for r in rows], dtype=np.int64),
+            "received": np.array([r.received for r in rows], dtype=np.float64),
+            "extra_json_end": ends,
+        }
+        for name, array in archive.items():
+            self._write_rows(self.archive[name], start, stop, array)
+        for column in self.columns:
+            dataset = self.metadata_group[column.name]
+            self._write_rows(dataset, start, stop, np.array(values[column.name], dtype=dataset.dtype))
+        blob = b"".join(extras)
+        if blob:
+            dataset = self.archive["extra_json"]
+            dataset.resize((self._json_length + len(blob),))
+            dataset[self._json_length :] = np.frombuffer(blob, dtype=np.uint8)
+        self._json_length += len(blob)
+
+    def _write_rows(self, dataset: Any, start: int, stop: int, array: np.ndarray) -> None:
+        """Resize and fill; strings in the dataset's own encoding (h5py writes plain bytes as ASCII)."""
+        dtype = dataset.dtype
+        if dtype.kind == "S":
+            utf8 = dataset.id.get_type().get_cset() == self._h5py.h5t.CSET_UTF8
+            dtype = self._h5py.string_dtype("utf-8" if utf8 else "ascii", dtype.itemsize)
+        dataset.resize((stop,))
+        dataset[start:stop] = array.view(dtype) if dtype is not dataset.dtype else array
+
+    def mark_committed(self, length: int) -> None:
+        """Record the committed length (written after the frames and columns it counts were flushed)."""
+        self.archive["committed_length"][0] = length
+
+    def _extras(self, row: Row) -> bytes:
+        """The frame's JSON document: what has no column or does not fit it; b"" when there is nothing."""
+        names = {c.name: c for c in self.columns}
+        extra = {str(k): v for k, v in row.metadata.items() if k not in names or names[k].fit(v) is None}
+        absent = [name for name in names if name not in row.metadata]
+        archive: dict[str, Any] = {}
+        if _fixed(row.key.source, _SOURCE_WIDTH) == b"":
+            archive["source_name"] = row.key.source
+        if row.key.sequence is not None and _sequence(row.key.sequence) == NO_SEQUENCE:
+            archive["sequence"] = row.key.sequence
+        if _fixed(row.key.digest, _HASH_WIDTH) == b"":
+            archive["content_hash"] = row.key.digest
+        document = {"metadata": extra, "absent": absent, "archive": archive}
+        document = {k: v for k, v in document.items() if v}
+        return _json(document) if document else b""
+
+
+def _appendable(group: Any, name: str, dtype: Any, fill: Any, chunk: int) -> None:
+    group.create_dataset(name, shape=(0,), maxshape=(None,), chunks=(chunk,), dtype=dtype, fillvalue=fill)
+
+
+def _fixed(text: str, width: int) -> bytes:
+    """``text`` as UTF-8 if it fits ``width`` bytes and survives HDF5's NUL padding, else b"" (-> JSON)."""
+    encoded = text.encode("utf-8", "surrogatepass")
+    return encoded if len(encoded) <= width and b"\0" not in encoded and encoded else b""
+
+
+def _sequence(value: int | None) -> int:
+    if value is None or not -(2**63) < value < 2**63:
+        return int(NO_SEQUENCE)
+    return int(value)
+
+
+def read_metadata(group: Any, index: int) -> dict[str, Any]:
+    """Frame ``index``'s metadata as it arrived, from its columns and JSON document (``group``: the NXdata
+    group that holds the frames).
+    """
+    columns = group["metadata"]
+    document = _document(group["archive"], index)
+    absent = set(document.get("absent", ()))
+    result: dict[str, Any] = {}
+    for name in columns:
+        if name in absent:
+            continue
+        value = columns[name][index]
+        result[name] = value.decode("utf-8", "surrogatepass") if isinstance(value, bytes) else value.item()
+    result.update(document.get("metadata", {}))
+    return result
+
+
+def read_archive_row(group: Any, index: int) -> dict[str, Any]:
+    """Frame ``index``'s source name, sequence value (None if it had none), content hash and receive time."""
+    archive = group["archive"]
+    document = _document(archive, index).get("archive", {})
+    sequence = int(archive["sequence"][index])
+    return {
+        "source_name": document.get("source_name", archive["source_name"][index].decode("utf-8", "surrogatepass")),
+        "sequence": document.get("sequence", None if sequence == NO_SEQUENCE else sequence),
+        "content_hash": document.get("content_hash", archive["content_hash"][index].decode("utf-8", "surrogatepass")),
+        "received": float(archive["received"][index]),
+    }
+
+
+def _document(archive: Any, index: int) -> dict[str, Any]:
+    end = int(archive["extra_json_end"][index])
+    start = int(archive["extra_json_end"][index - 1]) if index else 0
+    if end == start:
+        return {}
+    parsed: dict[str, Any] = orjson.loads(archive["extra_json"][start:end].tobytes())
+    return parsed
