@@ -24,21 +24,20 @@ dropped, and ``read_metadata`` puts each frame's metadata back together.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import orjson
 
-from . import ItemKey
+from . import ItemKey, lossless_json
 
 NO_SEQUENCE = np.iinfo(np.int64).min
 _ROWS_PER_CHUNK = 1024
 _MIN_STRING_WIDTH = 32
 _SOURCE_WIDTH = 128
 _HASH_WIDTH = 64
-_JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
 
 @dataclass(frozen=True)
@@ -80,10 +79,8 @@ class MetaColumn:
             if isinstance(value, int | np.integer):
                 return stored if np.isfinite(stored) and int(stored) == int(value) else None
             return stored if stored == value or (np.isnan(stored) and np.isnan(value)) else None
-        if not isinstance(value, str) or "\0" in value:
-            return None
-        encoded = value.encode("utf-8", "surrogatepass")
-        return encoded if len(encoded) <= self.dtype.itemsize else None
+        encoded = _utf8(value)
+        return encoded if encoded is not None and len(encoded) <= self.dtype.itemsize else None
 
     @property
     def fill(self) -> Any:
@@ -104,15 +101,21 @@ def column_for(name: str, value: Any) -> MetaColumn | None:
     if isinstance(value, float | np.floating):
         dtype = value.dtype if isinstance(value, np.floating) and value.dtype.itemsize >= 4 else np.dtype(np.float64)
         return MetaColumn(name, "float", dtype)
-    if isinstance(value, str) and "\0" not in value:
-        width = max(_MIN_STRING_WIDTH, 2 * len(value.encode("utf-8", "surrogatepass")))
-        return MetaColumn(name, "str", np.dtype(f"S{width}"))
+    encoded = _utf8(value)
+    if encoded is not None:
+        return MetaColumn(name, "str", np.dtype(f"S{max(_MIN_STRING_WIDTH, 2 * len(encoded))}"))
     return None
 
 
-def _json(value: Mapping[str, Any]) -> bytes:
-    """JSON of a frame's extras; a value JSON cannot hold is kept as its repr rather than dropped."""
-    return orjson.dumps(value, option=_JSON_OPTIONS, default=repr)
+def _utf8(value: Any) -> bytes | None:
+    """A string as a fixed-length HDF5 string stores it, or None: not a string, not valid UTF-8 (lone
+    surrogates), or with a NUL (fixed-length strings are NUL-padded, the NUL would vanish)."""
+    if not isinstance(value, str) or "\0" in value:
+        return None
+    try:
+        return value.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
 
 
 class Columns:
@@ -241,7 +244,7 @@ class Columns:
             archive["content_hash"] = row.key.digest
         document = {"metadata": extra, "absent": absent, "archive": archive}
         document = {k: v for k, v in document.items() if v}
-        return _json(document) if document else b""
+        return lossless_json(document) if document else b""
 
 
 def _appendable(group: Any, name: str, dtype: Any, fill: Any, chunk: int) -> None:
@@ -249,9 +252,9 @@ def _appendable(group: Any, name: str, dtype: Any, fill: Any, chunk: int) -> Non
 
 
 def _fixed(text: str, width: int) -> bytes:
-    """``text`` as UTF-8 if it fits ``width`` bytes and survives HDF5's NUL padding, else b"" (-> JSON)."""
-    encoded = text.encode("utf-8", "surrogatepass")
-    return encoded if len(encoded) <= width and b"\0" not in encoded and encoded else b""
+    """``text`` as its fixed-length column stores it, or b"" when it cannot (it then goes to the JSON)."""
+    encoded = _utf8(text)
+    return encoded if encoded and len(encoded) <= width else b""
 
 
 def _sequence(value: int | None) -> int:
@@ -272,7 +275,7 @@ def read_metadata(group: Any, index: int) -> dict[str, Any]:
         if name in absent:
             continue
         value = columns[name][index]
-        result[name] = value.decode("utf-8", "surrogatepass") if isinstance(value, bytes) else value.item()
+        result[name] = value.decode("utf-8") if isinstance(value, bytes) else value.item()
     result.update(document.get("metadata", {}))
     return result
 
@@ -283,9 +286,9 @@ def read_archive_row(group: Any, index: int) -> dict[str, Any]:
     document = _document(archive, index).get("archive", {})
     sequence = int(archive["sequence"][index])
     return {
-        "source_name": document.get("source_name", archive["source_name"][index].decode("utf-8", "surrogatepass")),
+        "source_name": document.get("source_name", archive["source_name"][index].decode("utf-8")),
         "sequence": document.get("sequence", None if sequence == NO_SEQUENCE else sequence),
-        "content_hash": document.get("content_hash", archive["content_hash"][index].decode("utf-8", "surrogatepass")),
+        "content_hash": document.get("content_hash", archive["content_hash"][index].decode("utf-8")),
         "received": float(archive["received"][index]),
     }
 
@@ -295,5 +298,5 @@ def _document(archive: Any, index: int) -> dict[str, Any]:
     start = int(archive["extra_json_end"][index - 1]) if index else 0
     if end == start:
         return {}
-    parsed: dict[str, Any] = orjson.loads(archive["extra_json"][start:end].tobytes())
+    parsed: dict[str, Any] = json.loads(archive["extra_json"][start:end].tobytes())  # orjson refuses lone surrogates
     return parsed
