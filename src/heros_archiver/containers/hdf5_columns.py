@@ -128,6 +128,10 @@ class Columns:
         self.metadata_group = group["metadata"]
         self.columns = [self._column_of(name, self.metadata_group[name]) for name in self.metadata_group]
         self._json_length = 0
+        # looked up once: h5py's group lookup and type inspection cost more than writing a few rows
+        self._datasets = {name: self.archive[name] for name in self.archive}
+        self._datasets.update({f"metadata/{c.name}": self.metadata_group[c.name] for c in self.columns})
+        self._memory_types = {name: self._memory_type(d) for name, d in self._datasets.items()}
 
     @staticmethod
     def create(h5py: Any, group: Any, first_metadata: Mapping[str, Any]) -> Columns:
@@ -166,7 +170,7 @@ class Columns:
     def datasets(self) -> list[Any]:
         """Every per-frame dataset (one row per frame)."""
         names = ("item_key", "content_hash", "source_name", "sequence", "received", "extra_json_end")
-        return [self.archive[n] for n in names] + [self.metadata_group[c.name] for c in self.columns]
+        return [self._datasets[n] for n in names] + [self._datasets[f"metadata/{c.name}"] for c in self.columns]
 
     def recover(self, frames_length: int) -> int:
         """Cut every dataset back to the committed length (a commit the writer did not finish) and return it.
@@ -206,29 +210,35 @@ class Columns:
             "extra_json_end": ends,
         }
         for name, array in archive.items():
-            self._write_rows(self.archive[name], start, stop, array)
+            self._write_rows(name, start, stop, array)
         for column in self.columns:
-            dataset = self.metadata_group[column.name]
-            self._write_rows(dataset, start, stop, np.array(values[column.name], dtype=dataset.dtype))
+            name = f"metadata/{column.name}"
+            self._write_rows(name, start, stop, np.array(values[column.name], dtype=self._datasets[name].dtype))
         blob = b"".join(extras)
         if blob:
-            dataset = self.archive["extra_json"]
+            dataset = self._datasets["extra_json"]
             dataset.resize((self._json_length + len(blob),))
             dataset[self._json_length :] = np.frombuffer(blob, dtype=np.uint8)
         self._json_length += len(blob)
 
-    def _write_rows(self, dataset: Any, start: int, stop: int, array: np.ndarray) -> None:
-        """Resize and fill; strings in the dataset's own encoding (h5py writes plain bytes as ASCII)."""
-        dtype = dataset.dtype
+    def _memory_type(self, dataset: Any) -> np.dtype[Any]:
+        """The dtype to write ``dataset`` from: for strings its own encoding (h5py writes bytes as ASCII)."""
+        dtype: np.dtype[Any] = dataset.dtype
         if dtype.kind == "S":
             utf8 = dataset.id.get_type().get_cset() == self._h5py.h5t.CSET_UTF8
             dtype = self._h5py.string_dtype("utf-8" if utf8 else "ascii", dtype.itemsize)
+        return dtype
+
+    def _write_rows(self, name: str, start: int, stop: int, array: np.ndarray) -> None:
+        dataset = self._datasets[name]
         dataset.resize((stop,))
-        dataset[start:stop] = array.view(dtype) if dtype is not dataset.dtype else array
+        dataset[start:stop] = array.view(self._memory_types[name])
 
     def mark_committed(self, length: int) -> None:
         """Record the committed length (written after the frames and columns it counts were flushed)."""
-        self.archive["committed_length"][0] = length
+        marker = self._datasets["committed_length"]
+        marker[0] = length
+        marker.flush()
 
     def _extras(self, row: Row) -> bytes:
         """The frame's JSON document: what has no column or does not fit it; b"" when there is nothing."""
