@@ -200,12 +200,23 @@ def test_mismatched_frame_raises_with_both_shapes_and_the_next_frame_appends(tmp
             append(container, 2, data=expected_frame(2).astype(np.float32))
         with pytest.raises(PayloadError, match="numpy array"):
             container.append(ItemKey("cam", 3, "x"), [1, 2, 3], {})  # type: ignore[arg-type]
+        with pytest.raises(PayloadError, match="numpy array"):
+            container.append(ItemKey("cam", 3, "y"), np.array(["text"]), {})
         assert append(container, 4) == 1
         report = container.commit()
     assert (report.start, report.stop) == (0, 2)
     with h5py.File(path, "r") as handle:
         assert handle[DATASET].shape[0] == 2
         assert np.array_equal(handle[DATASET][1], expected_frame(4))
+
+
+def test_a_first_frame_with_an_empty_axis_is_refused_and_the_next_one_starts_the_stack(tmp_path: Path) -> None:
+    with Hdf5Container(tmp_path / "run.h5", DATASET) as container:
+        with pytest.raises(PayloadError, match=re.escape("(0, 4)")):
+            append(container, 0, data=np.zeros((0, 4), dtype=np.uint16))
+        assert append(container, 1) == 0
+    with h5py.File(tmp_path / "run.h5", "r") as handle:
+        assert handle[DATASET].shape == (1, 24, 40)
 
 
 def test_a_key_already_in_the_container_keeps_its_index(tmp_path: Path) -> None:

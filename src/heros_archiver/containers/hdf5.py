@@ -259,7 +259,10 @@ class Hdf5Container(Container):
             return known
         self._check_fits(key, data)
         if self._frames is None:
-            self._create_stack(data, metadata)
+            try:
+                self._create_stack(data, metadata)
+            except OSError as exc:
+                raise StorageError(f"cannot create dataset {self.dataset_path!r} in {self.path}: {exc}") from exc
         index = self._committed + len(self._pending)
         when = received if received is not None else time.time()
         self._pending.append(_Pending(data, Row(key, when, metadata)))
@@ -272,6 +275,11 @@ class Hdf5Container(Container):
             raise PayloadError(
                 f"item from {key.source!r} for dataset {self.dataset_path!r} in {self.path}: expected a numpy "
                 f"array of numbers or booleans, got {arrived}"
+            )
+        if self._frames is None and 0 in data.shape:
+            raise PayloadError(
+                f"item from {key.source!r} for dataset {self.dataset_path!r} in {self.path}: expected a first frame "
+                f"without empty axes (HDF5 cannot chunk them), got shape {data.shape}"
             )
         if self._frames is not None and (data.shape != self._frames.shape[1:] or data.dtype != self._frames.dtype):
             raise ItemMismatchError(
