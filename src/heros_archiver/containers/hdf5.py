@@ -42,7 +42,7 @@ import numpy as np
 
 from ..errors import ConfigurationError, PayloadError, StorageError, TargetExistsError
 from . import CommitReport, Container, ContainerCapabilities, ItemKey, ItemMismatchError
-from .hdf5_columns import Columns, Row, read_archive_row, read_metadata
+from .hdf5_columns import Columns, Row, read_archive_row, read_metadata, write_block
 from .hdf5_files import OPEN_FOR_WRITE, WriterLock, clear_status_flags, load_h5py, unique_path
 
 __all__ = [
@@ -59,8 +59,10 @@ OnExists = Literal["error", "append", "unique"]
 COMPRESSIONS: tuple[str, ...] = get_args(Compression)
 #: Chosen by measurement: docs/decisions/0017-hdf5-container.md, benchmarks/hdf5_compression.py.
 DEFAULT_COMPRESSION: Compression = "none"
-#: With ``frames_per_chunk=None``, a chunk holds as many frames as fit in this many bytes (at least one).
-CHUNK_TARGET_BYTES = 1 << 20
+#: With ``frames_per_chunk=None``, a chunk holds as many frames as fit in this many bytes (at least one):
+#: measured best for 8 KiB frames (8 per chunk); bigger chunks are rewritten whole at every commit that
+#: ends inside them, which costs compressed files their ratio (1.63 -> 1.05 at 128 per chunk, decision 0017).
+CHUNK_TARGET_BYTES = 1 << 16
 _MAX_AUTO_FRAMES = 1024
 _STORABLE_KINDS = "biufc"
 _STACK_BELOW_BYTES = 1 << 16
@@ -94,8 +96,10 @@ class Hdf5Container(Container):
     dataset inside it (at least ``group/name``: the group becomes the NXdata group). ``on_exists`` says what
     an existing file means: ``error`` refuses it (TargetExistsError), ``append`` reopens it (after a crash
     too) and continues after its committed frames, ``unique`` writes ``name-1.h5``, ``name-2.h5``, ...
-    ``frames_per_chunk=None`` fits as many frames in a chunk as make ~1 MiB. ``fsync`` makes each commit
-    survive a power loss too (an fsync of the file per commit; without it a commit survives the process).
+    ``frames_per_chunk=None`` puts as many frames in a chunk as make 64 KiB (one frame when bigger).
+    ``fsync`` makes each commit survive a power loss too (an fsync of the file per commit; without it a
+    commit survives the writer's process being killed, not the machine's crash). ``compression``: one of
+    ``COMPRESSIONS``; anything but ``none`` and ``gzip`` needs hdf5plugin in every reader too.
     """
 
     capabilities = ContainerCapabilities(
@@ -131,6 +135,8 @@ class Hdf5Container(Container):
         self._index: dict[str, int] = {}
         self._committed = 0
         self._frames: Any = None
+        self._frame_shape: tuple[int, ...] = ()
+        self._frame_dtype = np.dtype(np.uint8)
         self._columns: Columns | None = None
         self._closed = False
         self.path, self._file, self._lock = self._open(Path(path), on_exists)
@@ -193,7 +199,7 @@ class Hdf5Container(Container):
         frame_bytes = max(1, found.dtype.itemsize * int(np.prod(found.shape[1:], dtype=np.int64)))
         access.set_chunk_cache(521, _cache_bytes(chunk_frames, frame_bytes), 1.0)
         frames = h5py.Dataset(h5py.h5d.open(group.id, found.name.rsplit("/", 1)[-1].encode(), dapl=access))
-        self._frames = frames
+        self._set_frames(frames)
         self._columns = Columns(self._h5py, group)
         self._committed = self._columns.recover(frames.shape[0])
         frames.resize(self._committed, axis=0)
@@ -217,6 +223,7 @@ class Hdf5Container(Container):
             chunks=(per_chunk, *data.shape), rdcc_nbytes=_cache_bytes(per_chunk, frame_bytes), rdcc_w0=1.0,
             **self._filters,
         )  # fmt: skip
+        self._set_frames(self._frames)
         if data.ndim == 2:
             self._frames.attrs["interpretation"] = "image"
         parent.attrs["NX_class"] = "NXdata"
@@ -225,6 +232,12 @@ class Hdf5Container(Container):
         _link_defaults(self._file, groups)
         self._file.flush()
         self._start_swmr()
+
+    def _set_frames(self, frames: Any) -> None:
+        """The frames dataset, with its frame shape and dtype kept (h5py's properties ask HDF5 each time)."""
+        self._frames = frames
+        self._frame_shape = tuple(frames.shape[1:])
+        self._frame_dtype = frames.dtype
 
     def _start_swmr(self) -> None:
         if self.swmr and not self._file.swmr_mode:
@@ -281,10 +294,10 @@ class Hdf5Container(Container):
                 f"item from {key.source!r} for dataset {self.dataset_path!r} in {self.path}: expected a first frame "
                 f"without empty axes (HDF5 cannot chunk them), got shape {data.shape}"
             )
-        if self._frames is not None and (data.shape != self._frames.shape[1:] or data.dtype != self._frames.dtype):
+        if self._frames is not None and (data.shape != self._frame_shape or data.dtype != self._frame_dtype):
             raise ItemMismatchError(
                 path=self.path, dataset=self.dataset_path, source=key.source,
-                expected_shape=tuple(self._frames.shape[1:]), expected_dtype=str(self._frames.dtype),
+                expected_shape=self._frame_shape, expected_dtype=str(self._frame_dtype),
                 shape=tuple(data.shape), dtype=str(data.dtype),
             )  # fmt: skip
 
@@ -297,13 +310,12 @@ class Hdf5Container(Container):
         assert self._columns is not None
         stop = start + len(self._pending)
         try:
-            self._frames.resize(stop, axis=0)
             frames = [p.frame for p in self._pending]
             if frames[0].nbytes < _STACK_BELOW_BYTES:
-                self._frames[start:stop] = np.stack(frames)
+                write_block(self._h5py, self._frames, start, np.stack(frames))
             else:
                 for offset, frame in enumerate(frames):
-                    self._frames[start + offset] = frame
+                    write_block(self._h5py, self._frames, start + offset, frame[np.newaxis])
             self._columns.write(start, [p.row for p in self._pending])
             self._flush()
             self._columns.mark_committed(stop)  # flushes that one value (no space allocated: no file flush)
