@@ -416,3 +416,13 @@ def test_frames_of_an_unfinished_commit_are_cut_off_at_reopen(tmp_path: Path) ->
         assert group["data"].shape[0] == 4 and group["archive/item_key"].shape[0] == 4
         assert all(group["data"][i].tobytes() == expected_frame(i).tobytes() for i in range(4))
         assert [read_metadata(group, i) for i in range(4)] == [expected_metadata(i) for i in range(4)]
+
+
+def test_fsync_commits_and_the_capabilities_say_what_the_container_does(tmp_path: Path) -> None:
+    capabilities = Hdf5Container.capabilities
+    assert capabilities.supports_swmr and capabilities.supports_append and capabilities.needs_single_writer
+    with Hdf5Container(tmp_path / "run.h5", DATASET, fsync=True, swmr=False) as container:
+        append(container, 0)
+        assert container.commit().count == 1
+    with h5py.File(tmp_path / "run.h5", "r") as handle:
+        assert handle[DATASET][0].tobytes() == expected_frame(0).tobytes()
