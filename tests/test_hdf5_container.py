@@ -426,3 +426,23 @@ def test_fsync_commits_and_the_capabilities_say_what_the_container_does(tmp_path
         assert container.commit().count == 1
     with h5py.File(tmp_path / "run.h5", "r") as handle:
         assert handle[DATASET][0].tobytes() == expected_frame(0).tobytes()
+
+
+def test_writers_killed_again_and_again_lose_and_repeat_no_committed_frame(tmp_path: Path) -> None:
+    """Three writers in turn, each reopening the file with append after the previous one's SIGKILL."""
+    path = tmp_path / "run.h5"
+    printed = 0
+    for run in range(3):
+        with procs.child(
+            [sys.executable, str(CHILD), "writer", str(path), DATASET, "2"], tmp_path / f"writer{run}.log", child_env()
+        ) as writer:
+            procs.wait_until(lambda w=writer, p=printed: last_committed(w.output()) >= p + 10, what="10 more frames")
+            writer.kill()
+            printed = last_committed(writer.output())
+    with h5py.File(path, "r", libver="latest", swmr=True) as handle:
+        group = handle["entry/cam"]
+        committed = int(group["archive/committed_length"][0])
+        assert committed >= printed
+        sequences = group["archive/sequence"][:committed]
+        assert list(sequences) == list(range(committed))  # in order, none twice, none missing
+        assert all(group["data"][i].tobytes() == expected_frame(i).tobytes() for i in range(committed))
