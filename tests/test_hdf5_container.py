@@ -6,6 +6,7 @@ writer; nothing is mocked.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -446,3 +447,18 @@ def test_writers_killed_again_and_again_lose_and_repeat_no_committed_frame(tmp_p
         sequences = group["archive/sequence"][:committed]
         assert list(sequences) == list(range(committed))  # in order, none twice, none missing
         assert all(group["data"][i].tobytes() == expected_frame(i).tobytes() for i in range(committed))
+
+
+def test_attributes_are_written_before_swmr_and_kept_at_reopen(tmp_path: Path) -> None:
+    config = {"exposure_s": 0.01, "frame_count": 100, "mode": "continuous", "roi": [0, 0, 64, 64], "on": True}
+    path = tmp_path / "run.h5"
+    with Hdf5Container(path, DATASET, attributes=config) as container:
+        append(container, 0)
+    with Hdf5Container(path, DATASET, on_exists="append", attributes={"mode": "other", "run": "r2"}) as container:
+        append(container, 1)
+    with h5py.File(path, "r") as handle:
+        attributes = handle["entry/cam/configuration"].attrs
+        assert attributes["exposure_s"] == 0.01 and attributes["frame_count"] == 100 and attributes["on"]
+        assert attributes["mode"] == "continuous" and attributes["run"] == "r2"
+        assert list(attributes["json_attributes"]) == ["roi"]
+        assert json.loads(attributes["roi"]) == [0, 0, 64, 64]

@@ -84,7 +84,7 @@ class ItemKey(NamedTuple):
         return hashlib.sha256(f"{self.source}\0{sequence}\0{self.digest}".encode()).hexdigest()[:32]
 
 
-def lossless_json(value: Mapping[Any, Any], *, sort_keys: bool = False) -> bytes:
+def lossless_json(value: Any, *, sort_keys: bool = False) -> bytes:
     """JSON of metadata from the network that never fails and changes nothing JSON can hold.
 
     The standard library, not orjson: it keeps NaN and infinities (orjson writes null), integers beyond

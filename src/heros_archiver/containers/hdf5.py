@@ -9,6 +9,7 @@ What a file looks like (``dataset_path="entry/cam/data"``)::
     /entry/cam/metadata/  one 1-D dataset per metadata key            } see hdf5_columns
     /entry/cam/archive/   item keys, source, sequence, receive time,  }
                           JSON of the rest, committed_length          }
+    /entry/cam/configuration  @... the ``attributes`` given (e.g. a camera's configuration)
 
 The shape and dtype of the frames and the metadata columns are fixed by the first frame, created before
 SWMR starts (SWMR forbids creating objects later). ``append`` keeps items in memory; ``commit`` writes
@@ -41,13 +42,14 @@ from typing import Any, Literal, get_args
 import numpy as np
 
 from ..errors import ConfigurationError, PayloadError, StorageError, TargetExistsError
-from . import CommitReport, Container, ContainerCapabilities, ItemKey, ItemMismatchError
+from . import CommitReport, Container, ContainerCapabilities, ItemKey, ItemMismatchError, lossless_json
 from .hdf5_columns import Columns, Row, read_archive_row, read_metadata, write_block
 from .hdf5_files import OPEN_FOR_WRITE, WriterLock, clear_status_flags, load_h5py, unique_path
 
 __all__ = [
     "COMPRESSIONS",
     "DEFAULT_COMPRESSION",
+    "JSON_ATTRIBUTES",
     "Hdf5Container",
     "clear_status_flags",
     "read_archive_row",
@@ -100,6 +102,9 @@ class Hdf5Container(Container):
     ``fsync`` makes each commit survive a power loss too (an fsync of the file per commit; without it a
     commit survives the writer's process being killed, not the machine's crash). ``compression``: one of
     ``COMPRESSIONS``; anything but ``none`` and ``gzip`` needs hdf5plugin in every reader too.
+    ``attributes`` (e.g. a camera's configuration from ``acquisition_started``) become attributes of the
+    stack's ``configuration`` group, written before SWMR starts (it forbids adding them later); reopening
+    a stack adds the names it does not have yet and keeps the values already there.
     """
 
     capabilities = ContainerCapabilities(
@@ -116,6 +121,7 @@ class Hdf5Container(Container):
         on_exists: OnExists = "error",
         swmr: bool = True,
         fsync: bool = False,
+        attributes: Mapping[str, Any] | None = None,
     ) -> None:
         self._parts = _dataset_parts(dataset_path)
         if compression not in COMPRESSIONS:
@@ -131,6 +137,7 @@ class Hdf5Container(Container):
         self.frames_per_chunk = frames_per_chunk
         self.swmr = swmr
         self.fsync = fsync
+        self._attributes = dict(attributes or {})
         self._pending: list[_Pending] = []
         self._index: dict[str, int] = {}
         self._committed = 0
@@ -204,6 +211,7 @@ class Hdf5Container(Container):
         self._committed = self._columns.recover(frames.shape[0])
         frames.resize(self._committed, axis=0)
         self._index = {key: i for i, key in enumerate(self._columns.keys(self._committed))}
+        write_attributes(group.require_group("configuration"), self._attributes)
         self._file.flush()
         self._start_swmr()
 
@@ -229,6 +237,9 @@ class Hdf5Container(Container):
         parent.attrs["NX_class"] = "NXdata"
         parent.attrs["signal"] = name
         self._columns = Columns.create(self._h5py, parent, metadata)
+        configuration = parent.create_group("configuration")
+        configuration.attrs["NX_class"] = "NXcollection"
+        write_attributes(configuration, self._attributes)
         _link_defaults(self._file, groups)
         self._file.flush()
         self._start_swmr()
@@ -358,6 +369,42 @@ class Hdf5Container(Container):
 
     def __repr__(self) -> str:
         return f"Hdf5Container({str(self.path)!r}, {self.dataset_path!r}, committed={self._committed})"
+
+
+#: Names of the attributes of a ``configuration`` group whose values are JSON text (not plain scalars).
+JSON_ATTRIBUTES = "json_attributes"
+
+
+def write_attributes(group: Any, attributes: Mapping[str, Any]) -> None:
+    """``attributes`` on ``group``: numbers, booleans and strings as they are, anything else as JSON text
+    (its name listed in the ``json_attributes`` attribute); names already there keep their values."""
+    encoded = list(group.attrs.get(JSON_ATTRIBUTES, []))
+    for name, value in attributes.items():
+        key = str(name)
+        if key in group.attrs or key == JSON_ATTRIBUTES:
+            continue
+        if _plain_attribute(value):
+            group.attrs[key] = value
+        else:
+            group.attrs[key] = lossless_json(value).decode("ascii")
+            encoded.append(key)
+    if encoded:
+        group.attrs[JSON_ATTRIBUTES] = encoded
+
+
+def _plain_attribute(value: Any) -> bool:
+    """True for a value HDF5 stores as an attribute and gives back unchanged."""
+    if isinstance(value, bool | float | np.bool_ | np.number):
+        return True
+    if isinstance(value, int):
+        return -(2**63) <= value < 2**63
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return "\0" not in value
+    return False
 
 
 def _cache_bytes(frames_per_chunk: int, frame_bytes: int) -> int:
