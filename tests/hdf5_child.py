@@ -47,6 +47,7 @@ def writer(path: str, dataset: str, commit_every: int) -> None:
 
 def reader(path: str, dataset: str, stop: int) -> None:
     import h5py
+    import hdf5plugin  # noqa: F401  (registers the compression filters, as every reader of such files must)
 
     seen = 0
     with h5py.File(path, "r", libver="latest", swmr=True) as handle:

@@ -318,10 +318,11 @@ def test_without_h5py_the_package_imports_and_the_container_names_the_extra(tmp_
 
 
 # ------------------------------------------------------------------------------------------ other processes
-def test_a_swmr_reader_in_another_process_sees_every_committed_frame(tmp_path: Path) -> None:
+@pytest.mark.parametrize("compression", ["none", "bitshuffle-lz4"])
+def test_a_swmr_reader_in_another_process_sees_every_committed_frame(tmp_path: Path, compression: Any) -> None:
     path = tmp_path / "run.h5"
     total = 12
-    container = Hdf5Container(path, DATASET, frames_per_chunk=2)
+    container = Hdf5Container(path, DATASET, frames_per_chunk=2, compression=compression)
     try:
         append(container, 0)
         container.commit()
