@@ -43,3 +43,11 @@ class StorageError(ArchiverError, OSError):
 
 class ReplayError(ArchiverError):
     """A dead-letter entry could not be read back."""
+
+
+class UnfaithfulError(ArchiverError):
+    """A value cannot be kept in the archiver's own state exactly as it arrived (spool, dead-letter store).
+
+    Raised for a type outside the faithful encoding's whitelist, a value pickle refuses (too deeply
+    nested, not picklable), and for a stored copy that cannot be read back (damaged, planted, edited).
+    """

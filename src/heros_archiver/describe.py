@@ -1,0 +1,74 @@
+"""Readable descriptions of values for the archiver's own ``entry.json`` files, built so that they cannot fail.
+
+A dead-letter entry is written for items that already failed, often because of something odd in them:
+a value JSON cannot carry, a key that is a tuple, a structure so deep that ``repr`` raises
+``RecursionError``. Describing such an item must not fail in turn (a writer that cannot write an entry
+holds back its whole queue), so every function here catches what the value throws and describes that.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from .formats.json import encode_json
+
+#: Longest repr kept in a description; the faithful copy beside it holds the value itself.
+REPR_LIMIT = 200
+
+
+def safe_repr(value: Any, limit: int = REPR_LIMIT) -> str:
+    """``repr(value)`` cut to ``limit`` characters, or a description of why it has none (never raises)."""
+    try:
+        text = repr(value)
+    except Exception as exc:  # noqa: BLE001 - RecursionError, MemoryError, a broken __repr__: all described
+        return f"<{type_name(value)}: repr failed with {type(exc).__name__}>"
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def safe_str(value: Any, limit: int = 2000) -> str:
+    """``str(value)`` (an exception's message) cut to ``limit`` characters, never raising."""
+    try:
+        text = str(value)
+    except Exception as exc:  # noqa: BLE001 - a broken __str__ is described, not raised
+        return f"<{type_name(value)}: str failed with {type(exc).__name__}>"
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def type_name(value: Any) -> str:
+    """The qualified name of ``value``'s type (``numpy.ma.MaskedArray``), for descriptions."""
+    kind = type(value)
+    module = getattr(kind, "__module__", "")
+    name = getattr(kind, "__qualname__", kind.__name__)
+    return name if module in ("builtins", "") else f"{module}.{name}"
+
+
+def describe(value: Any) -> dict[str, str]:
+    """What a value JSON cannot carry is written as: its type and a truncated repr."""
+    return {"unencodable": type_name(value), "repr": safe_repr(value)}
+
+
+def readable(value: Any) -> Any:
+    """``value`` as the archiver's JSON encoding writes it (numbers, lists, ISO dates), or its description."""
+    try:
+        return json.loads(encode_json(value))  # json, not orjson: it reads integers of any size
+    except Exception:  # noqa: BLE001 - PayloadError, RecursionError, MemoryError...: described instead
+        return describe(value)
+
+
+def readable_metadata(metadata: Mapping[Any, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Metadata for ``entry.json``, value by value: one value JSON cannot carry is described, the others stay.
+
+    Returns the values under text keys, and the items whose key is not text (an int, a tuple, bytes:
+    CBOR carries them) as ``{"key": repr, "key_type": ..., "value": ...}``, so that no two keys can
+    collide once written (``1`` and ``"1"``).
+    """
+    values: dict[str, Any] = {}
+    other: list[dict[str, Any]] = []
+    for key, value in metadata.items():
+        if type(key) is str:
+            values[key] = readable(value)
+        else:
+            other.append({"key": safe_repr(key), "key_type": type_name(key), "value": readable(value)})
+    return values, other
