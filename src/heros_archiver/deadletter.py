@@ -30,13 +30,14 @@ from typing import Any
 
 import numpy as np
 
-from .describe import describe, readable_metadata, safe_str, type_name
+from .describe import describe, readable_metadata
 from .errors import ReplayError, UnfaithfulError
 from .faithful import Encoded, decode, encode
 from .formats.base import Content
 from .formats.json import encode_json
 from .formats.npy import NpyFormat
 from .payload import estimate_nbytes
+from .saferepr import safe_str, type_name
 from .storage import PROCESS_TOKEN, owner_alive, write_new_file
 
 ENTRY_FILE = "entry.json"

@@ -13,35 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .formats.json import encode_json
-
-#: Longest repr kept in a description; the faithful copy beside it holds the value itself.
-REPR_LIMIT = 200
-
-
-def safe_repr(value: Any, limit: int = REPR_LIMIT) -> str:
-    """``repr(value)`` cut to ``limit`` characters, or a description of why it has none (never raises)."""
-    try:
-        text = repr(value)
-    except Exception as exc:  # noqa: BLE001 - RecursionError, MemoryError, a broken __repr__: all described
-        return f"<{type_name(value)}: repr failed with {type(exc).__name__}>"
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
-
-
-def safe_str(value: Any, limit: int = 2000) -> str:
-    """``str(value)`` (an exception's message) cut to ``limit`` characters, never raising."""
-    try:
-        text = str(value)
-    except Exception as exc:  # noqa: BLE001 - a broken __str__ is described, not raised
-        return f"<{type_name(value)}: str failed with {type(exc).__name__}>"
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
-
-
-def type_name(value: Any) -> str:
-    """The qualified name of ``value``'s type (``numpy.ma.MaskedArray``), for descriptions."""
-    kind = type(value)
-    module = getattr(kind, "__module__", "")
-    name = getattr(kind, "__qualname__", kind.__name__)
-    return name if module in ("builtins", "") else f"{module}.{name}"
+from .saferepr import safe_repr, type_name
 
 
 def describe(value: Any) -> dict[str, str]:

@@ -32,8 +32,8 @@ from typing import Any
 import cbor2
 import numpy as np
 
-from .describe import safe_str, type_name
 from .errors import UnfaithfulError
+from .saferepr import safe_str, type_name
 
 _PROTOCOL = 5
 
@@ -63,11 +63,56 @@ def _cbor_constant(name: str) -> Any:
     return _CBOR_CONSTANTS[name]
 
 
+def _array(buffer: Any, dtype: np.dtype, shape: tuple[int, ...], order: str) -> np.ndarray:
+    """An array over the raw bytes of a faithful copy (no copy: a view of the buffer read from disk)."""
+    if not isinstance(dtype, np.dtype) or dtype.hasobject:
+        raise UnfaithfulError(f"expected a dtype without Python objects for raw array bytes, got {safe_str(dtype)}")
+    return np.frombuffer(buffer, dtype=np.uint8).view(dtype).reshape(shape, order=order)  # type: ignore[call-overload]
+
+
+def _reduce_array(array: np.ndarray) -> Any:
+    """An ndarray (not a subclass, no Python objects) as its dtype, shape, order and raw bytes out of band.
+
+    numpy's own pickling loses the byte order of datetime64/timedelta64 arrays (a big-endian array comes
+    back little-endian with its bytes unchanged, so other values), and cannot hand those over out of band.
+    """
+    if array.flags.c_contiguous:
+        flat, order = array, "C"
+    elif array.flags.f_contiguous:
+        flat, order = array.T, "F"
+    else:
+        flat, order = np.ascontiguousarray(array), "C"
+    try:
+        raw = flat.reshape(-1).view(np.uint8)
+    except ValueError:  # a dtype of itemsize 0: numpy's own pickling handles it
+        return NotImplemented
+    return _array, (pickle.PickleBuffer(raw.data), array.dtype, array.shape, order)
+
+
+def _masked_array(data: np.ndarray, mask: Any, fill_value: Any, hard_mask: bool) -> np.ma.MaskedArray:
+    """A masked array from its parts (each rebuilt by the whitelist: data and mask are arrays)."""
+    if not isinstance(data, np.ndarray) or not (mask is np.ma.nomask or isinstance(mask, np.ndarray)):
+        raise UnfaithfulError(f"expected arrays for a masked array's data and mask, got {type_name(data)}")
+    return np.ma.MaskedArray(data, mask=mask, fill_value=fill_value, hard_mask=hard_mask, shrink=False)
+
+
+def _reduce_masked_array(array: np.ma.MaskedArray) -> Any:
+    """A masked array as its data and mask (numpy's own pickling of one loses datetime byte order too)."""
+    mask = array.mask if array.mask is np.ma.nomask else np.asarray(array.mask)
+    fill_value = array._fill_value  # type: ignore[attr-defined]  # None, or what was set: not the default
+    return _masked_array, (np.asarray(array.data), mask, fill_value, bool(array.hardmask))
+
+
 class _Pickler(pickle.Pickler):
-    """Pickles cbor2's own types (which cannot be pickled as they are) through the functions above."""
+    """Pickles plain arrays by their raw bytes, and cbor2's own types (which cannot be pickled as they are),
+    through the functions above."""
 
     def reducer_override(self, obj: Any) -> Any:
         kind = type(obj)
+        if kind is np.ndarray and not obj.dtype.hasobject:
+            return _reduce_array(obj)
+        if kind is np.ma.MaskedArray and not obj.dtype.hasobject:
+            return _reduce_masked_array(obj)
         if kind is cbor2.CBORTag:
             return _cbor_tag, (obj.tag, obj.value)
         if kind is cbor2.CBORSimpleValue:
@@ -115,6 +160,8 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
         ("pathlib", "PurePosixPath"): pathlib.PurePosixPath,
         ("pathlib", "PureWindowsPath"): pathlib.PureWindowsPath,
         ("cbor2._types", "FrozenDict"): cbor2.FrozenDict,
+        (__name__, "_array"): _array,
+        (__name__, "_masked_array"): _masked_array,
         (__name__, "_cbor_tag"): _cbor_tag,
         (__name__, "_cbor_simple_value"): _cbor_simple_value,
         (__name__, "_cbor_constant"): _cbor_constant,

@@ -19,9 +19,9 @@ from typing import Any
 from .accounting import Accounting
 from .batching import BATCH_BYTES, BATCH_ITEMS, Batch, BatchWriter, Inline, Outcome
 from .deadletter import DeadLetterStore
-from .describe import safe_str
 from .errors import ArchiverError, ConfigurationError, UnfaithfulError
 from .queueing import Item, LaneQueue
+from .saferepr import safe_str
 from .spool import Damaged, Spool
 from .storage import check_choice, check_integer
 

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .deadletter import QUARANTINE_DIR, DeadLetterStore
-from .describe import safe_str
 from .queueing import Item
+from .saferepr import safe_str
 
 log = logging.getLogger("heros_archiver")
 

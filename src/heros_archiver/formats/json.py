@@ -21,6 +21,7 @@ import numpy as np
 import orjson
 
 from ..errors import PayloadError
+from ..saferepr import safe_repr
 from .base import Content
 
 _OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS | orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE
@@ -97,5 +98,5 @@ class JsonFormat:
     def prepare(self, payload: Any, metadata: Mapping[str, Any]) -> Content:
         """Encode now, so that an unencodable payload fails before a file is created."""
         if not isinstance(payload, Mapping):
-            raise PayloadError(f"expected a dict as JSON data, got {type(payload).__name__} {repr(payload)[:80]}")
+            raise PayloadError(f"expected a dict as JSON data, got {type(payload).__name__} {safe_repr(payload, 80)}")
         return [encode_json(payload)]
