@@ -117,15 +117,20 @@ def _damage(entry: Path, how: str) -> None:
     elif how == "unknown-format":
         info["format"] = 99
         (entry / "entry.json").write_text(json.dumps(info))
-    elif how == "empty-buffers":  # what a power cut leaves of a file never flushed
-        (entry / "item.buffers").write_bytes(b"")
-    elif how == "truncated-pickle":
+    elif how == "empty-copy":  # what a power cut leaves of a file never flushed
+        (entry / "item.pickle").write_bytes(b"")
+    elif how == "truncated-copy":
         data = (entry / "item.pickle").read_bytes()
         (entry / "item.pickle").write_bytes(data[: len(data) // 2])
-    elif how == "missing-pickle":
+    elif how == "garbage-copy":
+        (entry / "item.pickle").write_bytes(bytes(range(256)) * 4)
+    elif how == "missing-copy":
         (entry / "item.pickle").unlink()
     elif how == "not-an-item":
-        (entry / "item.pickle").write_bytes(pickle.dumps([1, 2, 3]))
+        planted = pickle.dumps([1, 2, 3])
+        (entry / "item.pickle").write_bytes(planted)
+        info["faithful"] = {"pickle": [0, len(planted)], "buffers": []}
+        (entry / "entry.json").write_text(json.dumps(info))
     else:
         raise AssertionError(how)
 
@@ -138,9 +143,10 @@ DAMAGE = [
     "wrong-type",
     "bad-spans",
     "unknown-format",
-    "empty-buffers",
-    "truncated-pickle",
-    "missing-pickle",
+    "empty-copy",
+    "truncated-copy",
+    "garbage-copy",
+    "missing-copy",
     "not-an-item",
 ]
 

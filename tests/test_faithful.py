@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import json
 import math
 import os
 import pickle
@@ -249,7 +250,11 @@ def test_a_planted_pickle_runs_nothing_and_the_entry_is_unreadable(tmp_path: Pat
     store = DeadLetterStore(tmp_path / "dl")
     entry = store.put(source="cam", event="e", payload=np.zeros(2), metadata={}, error="x", attempts=1)
     marker = tmp_path / "pwned"
-    (entry / "item.pickle").write_bytes(pickle.dumps((_Planted(marker), {})))
+    planted = pickle.dumps((_Planted(marker), {}))
+    (entry / "item.pickle").write_bytes(planted)
+    info = json.loads((entry / "entry.json").read_text())
+    info["faithful"] = {"pickle": [0, len(planted)], "buffers": []}
+    (entry / "entry.json").write_text(json.dumps(info))
     with pytest.raises(ReplayError, match=r"posix\.system"):
         store.load(entry)
     assert not marker.exists()

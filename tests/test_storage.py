@@ -278,7 +278,7 @@ def test_collision_keeps_first_and_dead_letters_second(make_rig: RigFactory, tmp
     entries = dead_letter_entries(tmp_path)
     assert len(entries) == 1
     [entry] = entries
-    assert sorted(p.name for p in entry.iterdir()) == ["entry.json", "item.buffers", "item.pickle", "payload.npy"]
+    assert sorted(p.name for p in entry.iterdir()) == ["entry.json", "item.pickle", "payload.npy"]
     info = read_entry(entry)
     assert info["source"] == "cam" and info["event"] == "acquisition_data"
     assert "TargetExistsError" in info["error"] and "same.npy" in info["error"]

@@ -5,8 +5,9 @@ One directory per item, published atomically (written under a temporary name, th
 * ``entry.json``: readable by anyone: source, event, error, attempts, times, the writer settings
   (template, root, format, policies) and the metadata value by value (a value JSON cannot carry is
   described, the others stay as they are; keys that are not text are listed apart);
-* ``item.pickle`` (+ ``item.buffers``, the arrays' raw bytes): the faithful copy of payload and metadata
-  (``faithful.py``), which ``load`` and so ``heros-archiver replay`` and the spool read;
+* ``item.pickle``: the faithful copy of payload and metadata (``faithful.py``): the pickle, then the arrays'
+  raw bytes (``entry.json`` says where each starts); ``load``, so ``heros-archiver replay`` and the spool,
+  read it. One file, not one per array: creating a file costs more than writing a frame into it;
 * ``payload.npy`` (arrays) or ``payload.json`` (anything JSON can carry): a readable copy of the payload
   for plain numpy and json (dead letters only; the spool, private state, does without).
 
@@ -30,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from .describe import describe, readable_metadata
+from .describe import describe, readable_metadata, summary
 from .errors import ReplayError, UnfaithfulError
 from .faithful import Encoded, decode, encode
 from .formats.base import Content
@@ -44,12 +45,11 @@ ENTRY_FILE = "entry.json"
 #: The only payload files an entry may name (an edited or planted entry cannot point elsewhere).
 PAYLOAD_FILES = ("payload.npy", "payload.json")
 COPY_FILE = "item.pickle"
-BUFFERS_FILE = "item.buffers"
 #: 1: readable files only (lossy); 2: with the faithful copy.
 ENTRY_FORMAT = 2
 #: Names inside a store directory that are never entries (the spool's damaged entries go there).
 QUARANTINE_DIR = "quarantine"
-#: Arrays' bytes start at multiples of this in ``item.buffers``, so that they load aligned.
+#: Arrays' bytes start at multiples of this in ``item.pickle``, so that they load aligned.
 _ALIGNMENT = 64
 _TMP_PREFIX = ".tmp-"
 _TMP_DIR = re.compile(re.escape(_TMP_PREFIX) + r"(\d+)-([0-9a-f]{8})-[0-9a-f]{32}$")
@@ -185,7 +185,7 @@ class DeadLetterStore:
                 "lost": lost,
                 "payload_file": payload_file,
                 "payload_note": payload_note,
-                "payload": describe(payload) if payload_file is None else None,
+                "payload": _payload_description(payload, payload_file, self.readable_payload),
                 "writer": writer,
             }
             _write_file(tmp / ENTRY_FILE, [json.dumps(entry, indent=2).encode()])
@@ -242,23 +242,27 @@ class DeadLetterStore:
         return sum(1 for _ in self.entries())
 
 
+def _payload_description(payload: Any, payload_file: str | None, readable_payload: bool) -> dict[str, Any]:
+    """What ``entry.json`` says of the payload: a repr where no readable file holds it (dead letters), else
+    its type (and dtype, shape): the spool writes one per spilled frame and keeps it faithfully anyway."""
+    return describe(payload) if readable_payload and payload_file is None else summary(payload)
+
+
 def _write_copy(directory: Path, copy: Encoded) -> dict[str, Any]:
-    """Write the faithful copy; returns where in ``item.buffers`` each array's bytes are."""
-    _write_file(directory / COPY_FILE, [copy.pickle])
+    """Write the faithful copy (the pickle, then each array's bytes, aligned); returns where each part is."""
+    content: Content = [copy.pickle]
+    offset = len(copy.pickle)
     spans: list[list[int]] = []
-    if copy.buffers:
-        content: Content = []
-        offset = 0
-        for buffer in copy.buffers:
-            padding = -offset % _ALIGNMENT
-            if padding:
-                content.append(bytes(padding))
-            offset += padding
-            spans.append([offset, buffer.nbytes])
-            content.append(buffer)
-            offset += buffer.nbytes
-        _write_file(directory / BUFFERS_FILE, content)
-    return {"pickle": COPY_FILE, "buffers": spans}
+    for buffer in copy.buffers:
+        padding = -offset % _ALIGNMENT
+        if padding:
+            content.append(bytes(padding))
+        offset += padding
+        spans.append([offset, buffer.nbytes])
+        content.append(buffer)
+        offset += buffer.nbytes
+    _write_file(directory / COPY_FILE, content)
+    return {"pickle": [0, len(copy.pickle)], "buffers": spans}
 
 
 def _write_readable_payload(directory: Path, payload: Any) -> tuple[str | None, str]:
@@ -330,22 +334,21 @@ def _load_copy(entry: Path, info: dict[str, Any]) -> tuple[Any, dict[Any, Any]]:
     faithful = _field(info, "faithful", (dict, type(None)))
     if faithful is None:
         raise ReplayError(f"payload was not storable faithfully with its metadata ({info.get('lost')}); cannot replay")
-    spans = faithful.get("buffers")
-    if not isinstance(spans, list) or not all(
-        isinstance(span, list) and len(span) == 2 and all(type(n) is int and n >= 0 for n in span) for span in spans
-    ):
-        raise ReplayError(f"faithful.buffers: expected a list of [offset, size] pairs, got {spans!r:.200}")
-    data = (entry / COPY_FILE).read_bytes()
-    buffers: list[memoryview] = []
-    if spans:
-        with open(entry / BUFFERS_FILE, "rb") as file:
-            raw = bytearray(os.fstat(file.fileno()).st_size)  # writable: the arrays come back writable, as they were
-            file.readinto(raw)
-        whole = memoryview(raw)
-        for offset, size in spans:
-            if offset + size > len(raw):
-                raise ReplayError(f"{BUFFERS_FILE} holds {len(raw)} bytes, expected {offset + size} or more")
-            buffers.append(whole[offset : offset + size])
+    listed = faithful.get("buffers")
+    spans = [faithful.get("pickle"), *(listed if isinstance(listed, list) else [listed])]
+    if not all(_is_span(span) for span in spans):
+        raise ReplayError(f"faithful: expected [offset, size] pairs for the pickle and buffers, got {faithful!r:.200}")
+    with open(entry / COPY_FILE, "rb") as file:
+        raw = bytearray(os.fstat(file.fileno()).st_size)  # writable: the arrays come back writable, as they were
+        if file.readinto(raw) != len(raw):
+            raise ReplayError(f"{COPY_FILE} changed size while it was read")
+    whole = memoryview(raw)
+    for offset, size in spans:
+        if offset + size > len(raw):
+            raise ReplayError(f"{COPY_FILE} holds {len(raw)} bytes, expected {offset + size} or more")
+    (start, length), *buffer_spans = spans
+    data = bytes(whole[start : start + length])
+    buffers = [whole[offset : offset + size] for offset, size in buffer_spans]
     try:
         item = decode(data, buffers)
     except UnfaithfulError as exc:
@@ -353,6 +356,10 @@ def _load_copy(entry: Path, info: dict[str, Any]) -> tuple[Any, dict[Any, Any]]:
     if type(item) is not tuple or len(item) != 2 or not isinstance(item[1], dict):
         raise ReplayError(f"{COPY_FILE}: expected (payload, metadata dict), got {type_name(item)}")
     return item[0], item[1]
+
+
+def _is_span(span: Any) -> bool:
+    return isinstance(span, list) and len(span) == 2 and all(type(n) is int and n >= 0 for n in span)
 
 
 def _load_readable(entry: Path, info: dict[str, Any]) -> tuple[Any, dict[Any, Any]]:

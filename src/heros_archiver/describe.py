@@ -12,6 +12,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+
 from .formats.json import encode_json
 from .saferepr import safe_repr, type_name
 
@@ -19,6 +21,14 @@ from .saferepr import safe_repr, type_name
 def describe(value: Any) -> dict[str, str]:
     """What a value JSON cannot carry is written as: its type and a truncated repr."""
     return {"unencodable": type_name(value), "repr": safe_repr(value)}
+
+
+def summary(value: Any) -> dict[str, Any]:
+    """Type, and for an array its dtype and shape: cheap enough for every spooled frame (no repr)."""
+    doc: dict[str, Any] = {"type": type_name(value)}
+    if isinstance(value, np.ndarray):
+        doc.update(dtype=value.dtype.str, shape=list(value.shape))
+    return doc
 
 
 def readable(value: Any) -> Any:
