@@ -112,13 +112,13 @@ class Spool:
         try:
             stored = self._store.load(entry)  # raises ReplayError, and only that, for any damaged entry
         except Exception as exc:  # noqa: BLE001 - whatever the entry did, it is set aside and the spool goes on
-            return self._set_aside(entry, f"{type(exc).__name__}: {safe_str(exc)}")
+            return self._quarantine_entry(entry, f"{type(exc).__name__}: {safe_str(exc)}")
         item = Item(stored.source, stored.payload, stored.metadata, stored.nbytes, stored.received)
         item.attempts = stored.attempts
         item.spool_entry = entry
         return item
 
-    def _set_aside(self, entry: Path, error: str) -> Damaged:
+    def _quarantine_entry(self, entry: Path, error: str) -> Damaged:
         """Move a damaged entry into the quarantine with its error; if even that fails it stays where it is."""
         with self._ready:
             source = self._sources.pop(entry, None)

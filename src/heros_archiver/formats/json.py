@@ -30,7 +30,9 @@ _OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS | orjson.OPT_IND
 def _encode_extra(value: Any) -> Any:
     """orjson's fallback for types it does not know natively."""
     if isinstance(value, np.ndarray):
-        return value.tolist()  # non-contiguous or an unsupported dtype
+        if not value.flags.c_contiguous:  # orjson writes only C-contiguous arrays: a copy is written as they are
+            return np.ascontiguousarray(value)  # (not as .tolist(), which writes float32 values as float64 ones)
+        return value.tolist()  # a dtype orjson does not write
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, complex):
@@ -60,33 +62,38 @@ def encode_json(value: Any) -> bytes:
     try:
         return orjson.dumps(value, default=_encode_extra, option=_OPTIONS)
     except orjson.JSONEncodeError as exc:
-        if "64-bit" in str(exc):  # an integer orjson cannot write: write it as its digits
+        # an integer orjson cannot write (write it as its digits), or a contiguous big-endian array, which
+        # orjson refuses instead of handing it to ``_encode_extra``
+        if "64-bit" in str(exc) or "native-endianness" in str(exc):
             try:
-                return orjson.dumps(_with_big_integers_as_digits(value), default=_encode_extra, option=_OPTIONS)
+                return orjson.dumps(_rewritten_for_orjson(value), default=_encode_extra, option=_OPTIONS)
             except orjson.JSONEncodeError as again:
                 exc = again
         raise PayloadError(f"expected JSON-encodable data, got a value that is not: {exc}") from exc
 
 
-def _with_big_integers_as_digits(value: Any) -> Any:
-    """``value`` with every integer beyond 64 bits replaced by its JSON text (an ``orjson.Fragment``).
+def _rewritten_for_orjson(value: Any) -> Any:
+    """``value`` with every integer beyond 64 bits replaced by its JSON text (an ``orjson.Fragment``) and
+    every array of non-native byte order by a native copy (the same numbers).
 
     Only for the rare payload that has one, so the common path stays a single ``orjson.dumps``. Walks
-    what may hold such an integer: containers, and what ``_encode_extra`` turns into containers.
+    what may hold such a value: containers, and what ``_encode_extra`` turns into containers.
     """
     if isinstance(value, int):
         return value if value in _INTEGER_RANGE else orjson.Fragment(str(int(value)).encode())
     if isinstance(value, Mapping):
         return {
-            (str(key) if isinstance(key, int) and key not in _INTEGER_RANGE else key): _with_big_integers_as_digits(v)
+            (str(key) if isinstance(key, int) and key not in _INTEGER_RANGE else key): _rewritten_for_orjson(v)
             for key, v in value.items()
         }
     if isinstance(value, (list, tuple)):
-        return [_with_big_integers_as_digits(item) for item in value]
+        return [_rewritten_for_orjson(item) for item in value]
     if isinstance(value, (set, frozenset)):
-        return [_with_big_integers_as_digits(item) for item in _in_written_order(value)]
+        return [_rewritten_for_orjson(item) for item in _in_written_order(value)]
     if isinstance(value, np.ndarray) and value.dtype.hasobject:
-        return _with_big_integers_as_digits(value.tolist())
+        return _rewritten_for_orjson(value.tolist())
+    if isinstance(value, np.ndarray) and not value.dtype.isnative:
+        return value.astype(value.dtype.newbyteorder("="))
     return value
 
 
