@@ -18,8 +18,13 @@ import pytest
 from conftest import RigFactory
 from helpers import RawCamera, dead_letter_entries, read_entry, wait_for_items
 from heros_archiver import ArrayArchiver
+from heros_archiver.accounting import Accounting
 from heros_archiver.deadletter import DeadLetterStore
-from procs import check_frame_file, frame, npy_files
+from heros_archiver.errors import PayloadError
+from heros_archiver.pipeline import Pipeline, PipelineOptions
+from heros_archiver.queueing import Item
+from heros_archiver.spool import Spool
+from procs import check_frame_file, frame, npy_files, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -93,3 +98,36 @@ def test_an_odd_item_is_dead_lettered_at_once_and_the_next_is_archived(
             assert np.array_equal(np.ma.getmaskarray(kept), np.ma.getmaskarray(payload))
         else:
             assert kept == payload
+
+
+def test_an_entry_that_cannot_be_written_for_any_reason_but_storage_is_not_retried(tmp_path: Path) -> None:
+    """The general rule behind the cases above: whatever a non-storage error in writing an entry is (here
+    writer settings JSON cannot carry), it is not retried with backoff: one description attempt, then the
+    item is counted as lost and the writer goes on."""
+    written: list[int] = []
+
+    def store(item: Item) -> None:
+        if item.metadata["frame"] == 0:
+            raise PayloadError("bad payload")
+        written.append(item.metadata["frame"])
+
+    accounting = Accounting("acquisition_data")
+    pipeline = Pipeline(
+        "acquisition_data",
+        store,
+        PipelineOptions(retry_delay=60.0),  # a retry would hold the writer for a minute
+        accounting,
+        DeadLetterStore(tmp_path / "dl"),
+        Spool(tmp_path / "spool", "acquisition_data"),
+        max_retries=lambda: 5,
+        writer_settings=lambda: {"settings": object()},
+    )
+    try:
+        for index in range(2):
+            accounting.received("cam", {})
+            pipeline.submit(Item("cam", np.zeros(2), {"frame": index}, 100))
+        wait_until(lambda: written == [1], timeout=10, what="the next item written")
+    finally:
+        pipeline.stop()
+    total = accounting.snapshot()["total"]
+    assert total["archived"] == 1 and total["dropped"] == 1 and total["dead_lettered"] == 0, total
