@@ -165,8 +165,12 @@ class DeadLetterStore:
         tmp.mkdir()
         try:
             faithful = _write_copy(tmp, copy) if copy is not None else None
-            payload_file, payload_note = None, "not written (private state)"
-            if self.readable_payload and not described:
+            payload_file: str | None = None
+            if not self.readable_payload:
+                payload_note = "no readable copy: the spool is private state, item.pickle holds the payload"
+            elif described:
+                payload_note = "not written: the entry describes the item only"
+            else:
                 payload_file, payload_note = _write_readable_payload(tmp, payload)
             values, other_keys = readable_metadata(metadata)
             entry = {
