@@ -108,13 +108,15 @@ def test_an_entry_damaged_while_it_waits_is_counted_and_leaves_nothing_in_flight
     make_rig: RigFactory, tmp_path: Path
 ) -> None:
     """Item 4: an entry of this run that cannot be read back ends counted as quarantined, not in flight."""
-    rig = make_rig(archiver_cls=SlowArrayArchiver, store_delay=1.0, overflow="spill", max_queue_items=1)
+    rig = make_rig(
+        archiver_cls=SlowArrayArchiver, store_delay=1.0, first_store_delay=1.0, overflow="spill", max_queue_items=1
+    )
     archiver: Any = rig.archiver
     for index in range(4):  # one being written, one queued, two in the spool (one of them maybe read already)
         archiver.feed("cam", (frame(index, SHAPE), {"frame": index}))
     pending = archiver._pipeline.spool.pending()
     assert pending, "the spool should hold the last frame"
-    _damage(pending[-1], "empty-copy")  # the newest: not read back before the writer has finished two (2 s)
+    _damage(pending[-1], "empty-copy")  # the newest: read back only once the first frame is written (1 s)
 
     wait_until(lambda: settled(archiver.stats()) + archiver.stats()["total"]["quarantined"] >= 4, what="all settled")
     wait_until(archiver.is_queue_drained, what="nothing in flight")
