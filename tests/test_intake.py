@@ -137,5 +137,7 @@ def test_bad_bytes_on_the_wire_are_dead_lettered_and_the_next_event_is_archived(
         for entry in store.entries()
         if "could not be decoded" in json.loads((entry / "entry.json").read_text())["error"]
     ]
-    assert [letter.payload for letter in undecodable] == [{"base64": base64.b64encode(not_cbor).decode()}]
+    assert [letter.payload for letter in undecodable] == [not_cbor]  # the faithful copy: the bytes themselves
+    readable = json.loads((undecodable[0].path / "payload.json").read_text())
+    assert readable == {"base64": base64.b64encode(not_cbor).decode()}
     assert undecodable[0].source == "cam" and key in undecodable[0].error

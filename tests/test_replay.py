@@ -104,12 +104,12 @@ def test_unreadable_entries_are_reported_and_kept(tmp_path: Path) -> None:
     store = _store(tmp_path)
     good_before = _put(store, tmp_path, 0)
     corrupt = _put(store, tmp_path, 1)
-    (corrupt / "payload.npy").write_bytes(b"\x93NUMPY garbage, not an array")
+    (corrupt / "item.pickle").write_bytes(b"garbage, not an array")  # the faithful copy, which replay reads
     unstorable = store.put(
         source="cam", event="acquisition_data", payload=object(), metadata={"frame": 2}, error="x", attempts=1
     )
     _put(store, tmp_path, 3)
-    corrupt_bytes = (corrupt / "payload.npy").read_bytes()
+    corrupt_bytes = (corrupt / "item.pickle").read_bytes()
 
     result = run_cli(["replay", str(store.directory)])
 
@@ -117,7 +117,7 @@ def test_unreadable_entries_are_reported_and_kept(tmp_path: Path) -> None:
     assert "archived 2 of 4 item(s); 2 failed" in result.stdout
     assert "cannot read dead-letter entry" in result.stdout and "payload was not storable" in result.stdout
     assert entries(store.directory) == [corrupt, unstorable]  # kept, untouched
-    assert (corrupt / "payload.npy").read_bytes() == corrupt_bytes
+    assert (corrupt / "item.pickle").read_bytes() == corrupt_bytes
     assert not good_before.exists()
     assert [check_frame_file(p, SHAPE) for p in npy_files(tmp_path)] == [0, 3]
 

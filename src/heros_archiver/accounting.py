@@ -1,7 +1,8 @@
 """Counters per source and in total, and gap detection on a sequence number in the metadata.
 
-Every received item ends in exactly one of archived / dead_lettered / dropped; ``in_flight`` is what
-is still queued or being written, so ``received == archived + dead_lettered + dropped + in_flight``.
+Every received item ends in exactly one of archived / dead_lettered / dropped / quarantined (its spool
+entry could not be read back and was moved aside); ``in_flight`` is what is still queued or being
+written, so ``received == archived + dead_lettered + dropped + quarantined + in_flight``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,21 @@ from typing import Any
 
 log = logging.getLogger("heros_archiver")
 
-COUNTERS = ("received", "archived", "retried", "dead_lettered", "dropped", "bytes", "gaps", "missing", "duplicates")
+COUNTERS = (
+    "received",
+    "archived",
+    "retried",
+    "dead_lettered",
+    "dropped",
+    "quarantined",
+    "bytes",
+    "gaps",
+    "missing",
+    "duplicates",
+)
+
+#: The counters an item ends in (exactly one of them); ``in_flight`` is ``received`` minus their sum.
+SETTLED = ("archived", "dead_lettered", "dropped", "quarantined")
 
 
 @dataclass
@@ -25,6 +40,7 @@ class SourceCounters:
     retried: int = 0
     dead_lettered: int = 0
     dropped: int = 0
+    quarantined: int = 0
     bytes: int = 0
     gaps: int = 0
     missing: int = 0

@@ -21,7 +21,7 @@ import zenoh
 from heros import EventObserver
 from heros.helper import object_name_from_keyexpr
 
-from .accounting import Accounting
+from .accounting import SETTLED, Accounting
 from .batching import BatchWriter
 from .deadletter import DeadLetterStore
 from .errors import ArchiverError, ConfigurationError, PayloadError
@@ -314,7 +314,7 @@ class HERODataArchiver(EventObserver):
         """Counters per source and in total, and the queue's fill (a remote capability under BOSS)."""
         snapshot = self._accounting.snapshot()
         total = snapshot["total"]
-        total["in_flight"] = total["received"] - total["archived"] - total["dead_lettered"] - total["dropped"]
+        total["in_flight"] = total["received"] - sum(total[name] for name in SETTLED)
         snapshot["queue"] = self._pipeline.queue_status()
         snapshot["event"] = self._event
         snapshot["intake_buffer"] = self._intake_buffer

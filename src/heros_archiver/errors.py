@@ -72,3 +72,11 @@ class ReplayError(ArchiverError):
 
 class HerosCompatibilityError(ConfigurationError):
     """The installed heros lacks a private piece the archiver relies on (``heros_compat``): a heros release changed."""
+
+
+class UnfaithfulError(ArchiverError):
+    """A value cannot be kept in the archiver's own state exactly as it arrived (spool, dead-letter store).
+
+    Raised for a type outside the faithful encoding's whitelist, a value pickle refuses (too deeply
+    nested, not picklable), and for a stored copy that cannot be read back (damaged, planted, edited).
+    """

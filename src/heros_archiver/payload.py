@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from .errors import PayloadError
+from .saferepr import safe_repr
 
 
 def split_event(data: Any) -> tuple[Any, dict[str, Any]]:
@@ -27,10 +28,10 @@ def split_event(data: Any) -> tuple[Any, dict[str, Any]]:
         if not isinstance(data[1], Mapping):
             raise PayloadError(
                 "expected a payload (data, metadata dict), got metadata of type "
-                f"{type(data[1]).__name__}: {repr(data[1])[:80]}"
+                f"{type(data[1]).__name__}: {safe_repr(data[1], 80)}"
             )
         return data[0], dict(data[1])
-    raise PayloadError(f"expected a payload (data, metadata dict), got {type(data).__name__}: {repr(data)[:80]}")
+    raise PayloadError(f"expected a payload (data, metadata dict), got {type(data).__name__}: {safe_repr(data, 80)}")
 
 
 _LEAF_TYPES = frozenset({str, int, float, bool, type(None)})

@@ -19,9 +19,10 @@ from typing import Any
 from .accounting import Accounting
 from .batching import BATCH_BYTES, BATCH_ITEMS, Batch, BatchWriter, Inline, Outcome
 from .deadletter import DeadLetterStore
-from .errors import ArchiverError, ConfigurationError
+from .errors import ArchiverError, ConfigurationError, UnfaithfulError
 from .queueing import Item, LaneQueue
-from .spool import Spool
+from .saferepr import safe_str
+from .spool import Damaged, Spool
 from .storage import check_choice, check_integer
 
 log = logging.getLogger("heros_archiver")
@@ -111,6 +112,7 @@ class Pipeline:
         self._stop_lock = threading.Lock()
         self._spilling = False
         self._spilled = 0  # items that went to the spool, in total
+        self._quarantined = 0  # spool entries that could not be read back, moved to the quarantine
         self._spool_lock = threading.Lock()
         self._drop_logged = 0
         for entry_store in (dead_letters, spool.store):
@@ -176,7 +178,7 @@ class Pipeline:
                 self._spilling = True
                 self._spilled += 1
                 return
-            except OSError as exc:
+            except (OSError, UnfaithfulError) as exc:  # a disk error, or an item the spool cannot keep as it is
                 log.error(
                     "%s (event %s): cannot spill to %s (%s); blocking instead",
                     item.source,
@@ -188,15 +190,20 @@ class Pipeline:
             self._set_aside(item, ArchiverError("arrived while the archiver was stopping"))
 
     def _unspool_loop(self) -> None:
-        """Hand spooled items back to the queue, oldest first, as room frees up."""
+        """Hand spooled items back to the queue, oldest first, as room frees up; an entry that cannot be
+        read is moved aside and counted (``Spool.take``), and the entries after it go on."""
         while not self._queue.closed:
             with self._spool_lock:
                 if len(self.spool) == 0:
                     self._spilling = False
             try:
                 item = self.spool.take(timeout=0.2)
-            except ArchiverError as exc:
-                log.error("event %s: unreadable spool entry skipped (kept on disk): %s", self._event, exc)
+            except Exception as exc:  # noqa: BLE001 - this thread must outlive any fault: it alone empties the spool
+                log.error("event %s: reading the spool %s failed: %s", self._event, self.spool.directory, exc)
+                self._abort.wait(0.2)
+                continue
+            if isinstance(item, Damaged):
+                self._count_damaged(item)
                 continue
             if item is None:
                 continue
@@ -208,6 +215,22 @@ class Pipeline:
                 self.spool.give_back(item)
                 return
 
+    def _count_damaged(self, damaged: Damaged) -> None:
+        """A spool entry that cannot be read: counted (per source if this run spooled it), logged, gone on."""
+        self._resumed.discard(damaged.entry)
+        self._quarantined += 1
+        if damaged.source is not None:  # counted as received when it arrived: it ends here, not in flight
+            self._accounting.add(damaged.source, "quarantined")
+        where = f"moved to {damaged.moved_to}" if damaged.moved_to else "left in place for the next start"
+        log.error(
+            "%s (event %s): spool entry %s cannot be read back, %s, its item not archived: %s",
+            damaged.source or "source unknown",
+            self._event,
+            damaged.entry,
+            where,
+            damaged.error,
+        )
+
     def _set_aside(self, item: Item, error: ArchiverError) -> None:
         """An item not written now: it stays in (or goes to) the spool under ``spill``, else dead letters."""
         if item.spool_entry is not None:
@@ -216,7 +239,7 @@ class Pipeline:
             try:
                 self.spool.put(item)
                 return
-            except OSError as exc:
+            except (OSError, UnfaithfulError) as exc:
                 log.error("%s (event %s): cannot spool at shutdown: %s", item.source, self._event, exc)
         self._dead_letter(item, error)
 
@@ -328,15 +351,19 @@ class Pipeline:
     def _dead_letter(self, item: Item, error: BaseException, persist: bool = False) -> None:
         """Keep ``item`` in the dead-letter store; with ``persist``, retry that store until it works or we abort.
 
-        Writers persist (holding back their queue, and so the sender, while storage is broken); the
-        receive path does not, and the item is then counted as dropped and logged as LOST.
+        Only storage errors are retried: writers persist (holding back their queue, and so the sender,
+        while storage is broken); the receive path does not, and the item is then counted as dropped and
+        logged as LOST. Anything else that goes wrong with an entry comes from the item (a key JSON cannot
+        carry, a ``repr`` that recurses too deep) and would fail again: the entry is written at once as a
+        description, which cannot fail that way. An item kept without its faithful copy is a loss too.
         """
-        message = f"{type(error).__name__}: {error}"
+        message = f"{type(error).__name__}: {safe_str(error)}"
+        described = False
         attempt = 0
         while True:
             attempt += 1
             try:
-                entry = self.dead_letters.put(
+                written = self.dead_letters.write(
                     source=item.source,
                     event=self._event,
                     payload=item.payload,
@@ -344,8 +371,11 @@ class Pipeline:
                     error=message,
                     attempts=item.attempts,
                     writer=self._writer_settings(),
+                    nbytes=item.nbytes,
+                    received=item.received,
+                    described=described,
                 )
-            except Exception as exc:  # noqa: BLE001 - retried, or reported as a loss
+            except OSError as exc:  # storage (StorageError is one): worth retrying
                 if persist and attempt == 1:
                     log.error(
                         "%s (event %s): the dead-letter store %s cannot be written (%s); retrying, queue held back",
@@ -356,16 +386,23 @@ class Pipeline:
                     )
                 if persist and not self._abort.wait(self._backoff(attempt)):
                     continue
-                self._accounting.add(item.source, "dropped")
+                self._lost(item, message, f"the dead-letter store {self.dead_letters.directory} failed too: {exc}")
+                return
+            except Exception as exc:  # noqa: BLE001 - from the item, not storage: never retried as it is
+                if described:
+                    self._lost(item, message, f"not even its description could be written: {safe_str(exc)}")
+                    return
                 log.error(
-                    "%s (event %s): LOST item after %d attempt(s): %s; the dead-letter store %s failed too: %s",
+                    "%s (event %s): a dead-letter entry cannot hold the item as it is (%s: %s); writing a description",
                     item.source,
                     self._event,
-                    item.attempts,
-                    message,
-                    self.dead_letters.directory,
-                    exc,
+                    type(exc).__name__,
+                    safe_str(exc),
                 )
+                described = True
+                continue
+            if written.lost:
+                self._lost(item, message, f"only a description is kept in {written.path}: {written.lost}")
                 return
             self._accounting.add(item.source, "dead_lettered")
             log.error(
@@ -373,10 +410,16 @@ class Pipeline:
                 item.source,
                 self._event,
                 message,
-                entry,
+                written.path,
                 item.attempts,
             )
             return
+
+    def _lost(self, item: Item, message: str, why: str) -> None:
+        """Count and log an item that could not be kept in a form that can be archived later."""
+        self._accounting.add(item.source, "dropped")
+        source, attempts = item.source, item.attempts
+        log.error("%s (event %s): LOST item after %d attempt(s): %s; %s", source, self._event, attempts, message, why)
 
     # ------------------------------------------------------------------ shutdown
     def stop(
@@ -446,6 +489,8 @@ class Pipeline:
             "max_bytes": self.options.max_queue_bytes,
             "spooled": len(self.spool),
             "spilled_total": self._spilled,
+            "quarantined": self._quarantined,
+            "quarantine_dir": str(self.spool.quarantine),
         }
 
 

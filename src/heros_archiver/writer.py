@@ -18,6 +18,7 @@ from .formats.base import Content, FileFormat
 from .formats.json import JsonFormat
 from .formats.npy import NpyFormat, as_array
 from .naming import PathTemplate
+from .saferepr import safe_repr
 from .storage import (
     FSYNC_CHOICES,
     ON_EXISTS_CHOICES,
@@ -171,7 +172,7 @@ def _with_merged_metadata(payload: Mapping[str, Any], metadata: dict[str, Any]) 
     if MERGED_METADATA_KEY in payload:
         raise PayloadError(
             f"merge_metadata=True writes the merged metadata under the key {MERGED_METADATA_KEY!r}, but the payload "
-            f"has that key itself (value {repr(payload[MERGED_METADATA_KEY])[:80]}); neither is replaced: the item "
+            f"has that key itself (value {safe_repr(payload[MERGED_METADATA_KEY], 80)}); neither is replaced: the item "
             "is dead-lettered"
         )
     return {**payload, MERGED_METADATA_KEY: metadata}

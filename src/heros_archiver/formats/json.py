@@ -23,6 +23,7 @@ import numpy as np
 import orjson
 
 from ..errors import PayloadError
+from ..saferepr import safe_repr
 from .base import Content
 
 _OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE
@@ -35,7 +36,9 @@ _NON_STR_KEY_MESSAGE = "Dict key must be str"
 def _encode_extra(value: Any) -> Any:
     """orjson's fallback for types it does not know natively."""
     if isinstance(value, np.ndarray):
-        return value.tolist()  # non-contiguous or an unsupported dtype
+        if not value.flags.c_contiguous:  # orjson writes only C-contiguous arrays: a copy is written as they are
+            return np.ascontiguousarray(value)  # (not as .tolist(), which writes float32 values as float64 ones)
+        return value.tolist()  # a dtype orjson does not write
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, complex):
@@ -86,10 +89,12 @@ def _dumps(value: Any, options: int) -> bytes:
     try:
         return orjson.dumps(value, default=_encode_extra, option=options)
     except orjson.JSONEncodeError as exc:
-        if "64-bit" not in str(exc):
+        # an integer orjson cannot write (write it as its digits), or a contiguous big-endian array, which
+        # orjson refuses instead of handing it to ``_encode_extra``
+        if "64-bit" not in str(exc) and "native-endianness" not in str(exc):
             raise
         _check_written_keys_distinct(value)  # big integer keys become strings, which may meet a string key
-        return orjson.dumps(_with_big_integers_as_digits(value), default=_encode_extra, option=options)
+        return orjson.dumps(_rewritten_for_orjson(value), default=_encode_extra, option=options)
 
 
 def _check_written_keys_distinct(value: Any) -> None:
@@ -107,8 +112,9 @@ def _check_written_keys_distinct(value: Any) -> None:
                 name = _written_key(key)
                 if name in written:
                     raise PayloadError(
-                        f"expected object keys that stay distinct in JSON, got {written[name]!r} and {key!r}, "
-                        f"both written as {name!r} (a reader would keep only one of the two values)"
+                        f"expected object keys that stay distinct in JSON, got {safe_repr(written[name], 80)} and "
+                        f"{safe_repr(key, 80)}, "
+                        f"both written as {safe_repr(name, 80)} (a reader would keep only one of the two values)"
                     )
                 written[name] = key
             pending.extend(node.values())
@@ -123,36 +129,40 @@ def _written_key(key: Any) -> str:
     if isinstance(key, str):
         return key
     if isinstance(key, int) and not isinstance(key, bool) and key not in _INTEGER_RANGE:
-        return str(key)  # as _with_big_integers_as_digits writes it
+        return str(key)  # as _rewritten_for_orjson writes it
     try:
         encoded = orjson.dumps({key: None}, option=orjson.OPT_NON_STR_KEYS)
     except orjson.JSONEncodeError as exc:
         raise PayloadError(
-            f"expected a JSON object key (str, number, bool, None, date/time, UUID, enum), got {key!r}: {exc}"
+            "expected a JSON object key (str, number, bool, None, date/time, UUID, enum), got "
+            f"{safe_repr(key, 80)}: {exc}"
         ) from exc
     (name,) = orjson.loads(encoded)
     return str(name)
 
 
-def _with_big_integers_as_digits(value: Any) -> Any:
-    """``value`` with every integer beyond 64 bits replaced by its JSON text (an ``orjson.Fragment``).
+def _rewritten_for_orjson(value: Any) -> Any:
+    """``value`` with every integer beyond 64 bits replaced by its JSON text (an ``orjson.Fragment``) and
+    every array of non-native byte order by a native copy (the same numbers).
 
     Only for the rare payload that has one, so the common path stays a single ``orjson.dumps``. Walks
-    what may hold such an integer: containers, and what ``_encode_extra`` turns into containers.
+    what may hold such a value: containers, and what ``_encode_extra`` turns into containers.
     """
     if isinstance(value, int):
         return value if value in _INTEGER_RANGE else orjson.Fragment(str(int(value)).encode())
     if isinstance(value, Mapping):
         return {
-            (str(key) if isinstance(key, int) and key not in _INTEGER_RANGE else key): _with_big_integers_as_digits(v)
+            (str(key) if isinstance(key, int) and key not in _INTEGER_RANGE else key): _rewritten_for_orjson(v)
             for key, v in value.items()
         }
     if isinstance(value, (list, tuple)):
-        return [_with_big_integers_as_digits(item) for item in value]
+        return [_rewritten_for_orjson(item) for item in value]
     if isinstance(value, (set, frozenset)):
-        return [_with_big_integers_as_digits(item) for item in _in_written_order(value)]
+        return [_rewritten_for_orjson(item) for item in _in_written_order(value)]
     if isinstance(value, np.ndarray) and value.dtype.hasobject:
-        return _with_big_integers_as_digits(value.tolist())
+        return _rewritten_for_orjson(value.tolist())
+    if isinstance(value, np.ndarray) and not value.dtype.isnative:
+        return value.astype(value.dtype.newbyteorder("="))
     return value
 
 
@@ -164,5 +174,5 @@ class JsonFormat:
     def prepare(self, payload: Any, metadata: Mapping[str, Any]) -> Content:
         """Encode now, so that an unencodable payload fails before a file is created."""
         if not isinstance(payload, Mapping):
-            raise PayloadError(f"expected a dict as JSON data, got {type(payload).__name__} {repr(payload)[:80]}")
+            raise PayloadError(f"expected a dict as JSON data, got {type(payload).__name__} {safe_repr(payload, 80)}")
         return [encode_json(payload)]

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import PayloadError
+from ..saferepr import safe_repr
 from .base import Content
 
 
@@ -34,8 +35,7 @@ def as_array(payload: Any) -> np.ndarray:
 
 
 def _describe(value: Any) -> str:
-    text = repr(value)
-    return f"{type(value).__name__} {text[:80]}{'...' if len(text) > 80 else ''}"
+    return f"{type(value).__name__} {safe_repr(value, 80)}"
 
 
 class NpyFormat:
