@@ -86,7 +86,7 @@ def replay(
     writers: dict[tuple[object, ...], FileWriter] = {}
     outcomes = []
     try:
-        for entry in store.entries():
+        for entry in _candidates(store):
             source = "?"
             try:
                 item = _load(store, entry)
@@ -107,6 +107,13 @@ def replay(
         for writer in writers.values():
             writer.close()
     return outcomes
+
+
+def _candidates(store: DeadLetterStore) -> list[Path]:
+    """The store's entries and, to be reported and refused, the symbolic links planted among them (the store
+    itself passes over links: they are no entries of its own)."""
+    links = [path for path in store.directory.iterdir() if path.is_symlink()] if store.directory.is_dir() else []
+    return sorted([*store.entries(), *links])
 
 
 def _load(store: DeadLetterStore, entry: Path) -> DeadLetter:
