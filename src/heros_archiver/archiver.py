@@ -27,7 +27,7 @@ from .deadletter import DeadLetterStore
 from .errors import ArchiverError, ConfigurationError, PayloadError
 from .fastdecode import decode_frame_event
 from .intake import BufferedIntake
-from .payload import estimate_nbytes, split_event
+from .payload import estimate_nbytes, item_nbytes, split_event
 from .pipeline import (
     DEFAULT_BLOCK_LIMIT,
     DEFAULT_MAX_QUEUE_BYTES,
@@ -303,11 +303,12 @@ class HERODataArchiver(EventObserver):
             payload, event_metadata = split_event(data)
         except ArchiverError as exc:
             self._accounting.received(source_name, {})
-            self._pipeline.reject(Item(source_name, data, {}, 0, attempts=retry_count), exc)
+            self._pipeline.reject(Item(source_name, data, {}, estimate_nbytes(data), attempts=retry_count), exc)
             return
         metadata = {**self.metadata, **event_metadata}
         self._accounting.received(source_name, metadata)
-        self._pipeline.submit(Item(source_name, payload, metadata, estimate_nbytes(payload), attempts=retry_count))
+        nbytes = item_nbytes(payload, metadata)
+        self._pipeline.submit(Item(source_name, payload, metadata, nbytes, attempts=retry_count))
 
     # ------------------------------------------------------------------ status and shutdown
     def stats(self) -> dict[str, Any]:
