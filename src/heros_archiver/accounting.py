@@ -2,6 +2,8 @@
 
 Every received item ends in exactly one of archived / dead_lettered / dropped; ``in_flight`` is what
 is still queued or being written, so ``received == archived + dead_lettered + dropped + in_flight``.
+``lost_spool_full`` and ``lost_reject_backlog`` say why some of the dropped were lost without a policy
+asking for it (a full queue while the spool could not be written; a backlog of rejected items too long).
 """
 
 from __future__ import annotations
@@ -13,7 +15,19 @@ from typing import Any
 
 log = logging.getLogger("heros_archiver")
 
-COUNTERS = ("received", "archived", "retried", "dead_lettered", "dropped", "bytes", "gaps", "missing", "duplicates")
+COUNTERS = (
+    "received",
+    "archived",
+    "retried",
+    "dead_lettered",
+    "dropped",
+    "lost_spool_full",
+    "lost_reject_backlog",
+    "bytes",
+    "gaps",
+    "missing",
+    "duplicates",
+)
 
 
 @dataclass
@@ -25,6 +39,8 @@ class SourceCounters:
     retried: int = 0
     dead_lettered: int = 0
     dropped: int = 0
+    lost_spool_full: int = 0
+    lost_reject_backlog: int = 0
     bytes: int = 0
     gaps: int = 0
     missing: int = 0
@@ -56,6 +72,14 @@ class Accounting:
         with self._lock:
             counters = self._of(source)
             setattr(counters, counter, getattr(counters, counter) + amount)
+
+    def lost(self, source: str, reason: str) -> None:
+        """Count one item of ``source`` dropped without a policy asking for it: ``dropped`` and ``reason``
+        (``lost_spool_full`` or ``lost_reject_backlog``) together, so no snapshot sees one without the other."""
+        with self._lock:
+            counters = self._of(source)
+            counters.dropped += 1
+            setattr(counters, reason, getattr(counters, reason) + 1)
 
     def archived(self, source: str, nbytes: int) -> None:
         """Count one archived item of ``nbytes`` payload bytes."""

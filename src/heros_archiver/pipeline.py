@@ -20,7 +20,7 @@ from .accounting import Accounting
 from .batching import BATCH_BYTES, BATCH_ITEMS, Batch, BatchWriter, Inline, Outcome
 from .deadletter import DeadLetterStore
 from .errors import ArchiverError, ConfigurationError
-from .queueing import Item, LaneQueue
+from .queueing import Item, LaneQueue, RejectQueue
 from .spool import Spool
 from .storage import check_choice, check_integer
 
@@ -30,6 +30,12 @@ OVERFLOW_CHOICES: tuple[str, ...] = ("block", "spill", "drop")
 DEFAULT_MAX_QUEUE_BYTES = 64 * 2**20
 DEFAULT_MAX_QUEUE_ITEMS = 10_000
 DEFAULT_BLOCK_LIMIT = 2.0
+#: Rejected items (bad payloads, undecodable bytes) waiting for their dead-letter entry: at most this many ...
+REJECT_MAX_ITEMS = 1000
+#: ... and this many bytes; a flood beyond that is counted as lost instead of holding the receive thread.
+REJECT_MAX_BYTES = 16 * 2**20
+#: Seconds between two LOST log lines (the first is always logged; the count says how many in between).
+LOST_LOG_INTERVAL = 5.0
 
 #: store(item): writes one item or raises.
 StoreFunction = Callable[[Item], None]
@@ -112,7 +118,15 @@ class Pipeline:
         self._spilling = False
         self._spilled = 0  # items that went to the spool, in total
         self._spool_lock = threading.Lock()
+        #: time.monotonic() of the spool's last refusal while it still refuses (None: it works)
+        self._spool_failed_at: float | None = None
+        #: counters of this pipeline's own (``_spilled`` is under ``_spool_lock``, the rest under this)
+        self._count_lock = threading.Lock()
         self._drop_logged = 0
+        self._lost = 0
+        self._lost_logged_at = -LOST_LOG_INTERVAL
+        self._lost_unlogged = 0
+        self._rejects = RejectQueue(REJECT_MAX_ITEMS, REJECT_MAX_BYTES)
         for entry_store in (dead_letters, spool.store):
             if removed := entry_store.remove_stale_temporaries():
                 log.warning("removed %d half-written entries of a crashed run from %s", removed, entry_store.directory)
@@ -125,37 +139,64 @@ class Pipeline:
             for lane in range(options.writers)
         ]
         self._spool_reader = threading.Thread(target=self._unspool_loop, name="heros-archiver-spool", daemon=True)
-        for thread in [*self._writers, self._spool_reader]:
+        self._reject_writer = threading.Thread(target=self._reject_loop, name="heros-archiver-rejects", daemon=True)
+        for thread in [*self._writers, self._spool_reader, self._reject_writer]:
             thread.start()
 
     # ------------------------------------------------------------------ intake
     def submit(self, item: Item) -> None:
-        """Accept one item under the overflow policy; blocks only with ``block`` (or a failed spill)."""
+        """Accept one item under the overflow policy; waits (``block``, or a spool that just failed) at most
+        ``block_limit`` seconds."""
         if self.options.overflow == "drop":
             if not self._queue.put(item, block=False):
                 self._drop(item)
         elif self.options.overflow == "spill":
-            self._put_or_spill(item)
+            self._put_or_spill(item, self.options.block_limit)
         else:
             self._block_then_spill(item)
 
     def reject(self, item: Item, error: ArchiverError) -> None:
-        """An item that cannot be archived as it is (a bad payload): straight to the dead-letter store."""
-        self._dead_letter(item, error)
+        """An item that cannot be archived as it is (a bad payload): to the dead-letter store, by a thread of
+        ours (``_reject_loop``), never on the receive thread, so a flood of garbage cannot hold up intake.
+
+        When that thread's backlog is full the item is counted as lost (``lost_reject_backlog``) and logged.
+        """
+        if self._rejects.put(item, error):
+            return
+        if self._rejects.closed:  # stopping: nothing serves the backlog any more
+            self._dead_letter(item, error)
+            return
+        self._lose(
+            item,
+            "lost_reject_backlog",
+            f"{type(error).__name__}: {error}; not dead-lettered: {len(self._rejects)} rejected items already wait "
+            f"for the dead-letter store {self.dead_letters.directory}",
+        )
+
+    def _reject_loop(self) -> None:
+        """Dead-letter the rejected items, oldest first, until the backlog is closed and empty."""
+        while True:
+            entry = self._rejects.get(timeout=0.2)
+            if entry is None:
+                if self._rejects.closed:
+                    return
+                continue
+            item, error = entry
+            self._dead_letter(item, error, persist=True)
 
     def _block_then_spill(self, item: Item) -> None:
         """Wait for room up to ``block_limit`` (back-pressure), then spool: a sender that waited longer
         would have its link closed by Zenoh and lose what waited. Once spilling, later items follow
-        through the spool, so the order stays."""
+        through the spool, so the order stays. While the spool refuses items, nothing waits (decision 0015)."""
         limit = self.options.block_limit
         with self._spool_lock:
-            spilling = self._spilling
-        if not spilling and self._queue.put(item, block=True, timeout=limit):
+            spilling, failing = self._spilling, self._spool_failed_at is not None
+        if not spilling and not failing and self._queue.put(item, block=True, timeout=limit):
             return
         if self._queue.closed:
             self._set_aside(item, ArchiverError("arrived while the archiver was stopping"))
             return
-        if not spilling:
+        if not spilling and not failing:
             log.warning(
                 "%s (event %s): the queue has been full for %s s; items go to the spool at %s until there is "
                 "room (a sender held back longer would have its link closed by Zenoh)",
@@ -164,28 +205,68 @@ class Pipeline:
                 limit,
                 self.spool.directory,
             )
-        self._put_or_spill(item)
+        self._put_or_spill(item, limit if spilling else 0.0)
 
-    def _put_or_spill(self, item: Item) -> None:
-        """Queue ``item`` if there is room and nothing older waits in the spool; spool it otherwise."""
+    def _put_or_spill(self, item: Item, may_wait: float | None) -> None:
+        """Queue ``item`` if there is room and nothing older waits in the spool; spool it otherwise.
+
+        If the spool refuses it (a full disk), the item may wait ``may_wait`` more seconds for room (None:
+        as long as it takes), and is then lost, counted and logged: the receive thread is never held past
+        ``block_limit``. Until the spool takes an item again, items that find the queue full are lost at once,
+        without waiting: a full disk refuses at once, so trying each one costs little (decision 0015).
+        """
         with self._spool_lock:
-            if not self._spilling and self._queue.put(item, block=False):
-                return
+            failed_at = self._spool_failed_at
+            if (not self._spilling or failed_at is not None) and self._queue.put(item, block=False):
+                return  # while the spool fails, overtaking what it holds beats losing the item
             try:
                 self.spool.put(item)
+            except OSError as exc:
+                error = exc
+                self._spool_failed_at = time.monotonic()
+            else:
                 self._spilling = True
                 self._spilled += 1
+                self._spool_failed_at = None
+                if failed_at is not None:
+                    log.warning("event %s: the spool %s takes items again", self._event, self.spool.directory)
                 return
-            except OSError as exc:
-                log.error(
-                    "%s (event %s): cannot spill to %s (%s); blocking instead",
-                    item.source,
-                    self._event,
-                    self.spool.directory,
-                    exc,
-                )
-        if not self._queue.put(item, block=True):
+        if failed_at is None:
+            log.error(
+                "%s (event %s): cannot spill to %s (%s); while it fails, items that find the queue full are LOST "
+                "(give spool_dir a file system other than the archive's)",
+                item.source,
+                self._event,
+                self.spool.directory,
+                error,
+            )
+            if may_wait != 0 and self._queue.put(item, block=True, timeout=may_wait):
+                return
+        if self._queue.closed:
             self._set_aside(item, ArchiverError("arrived while the archiver was stopping"))
+            return
+        self._lose(item, "lost_spool_full", f"the queue is full and the spool {self.spool.directory} failed: {error}")
+
+    def _lose(self, item: Item, reason: str, message: str) -> None:
+        """Count ``item`` as dropped under ``reason`` and log it as LOST (the first always, then at most every
+        ``LOST_LOG_INTERVAL`` seconds with the count since)."""
+        self._accounting.lost(item.source, reason)
+        now = time.monotonic()
+        with self._count_lock:
+            self._lost += 1
+            self._lost_unlogged += 1
+            if self._lost > 1 and now - self._lost_logged_at < LOST_LOG_INTERVAL:
+                return
+            self._lost_logged_at, unlogged, self._lost_unlogged = now, self._lost_unlogged, 0
+            lost = self._lost
+        log.error(
+            "%s (event %s): LOST item: %s (%d lost since the last such line, %d in total)",
+            item.source,
+            self._event,
+            message,
+            unlogged,
+            lost,
+        )
 
     def _unspool_loop(self) -> None:
         """Hand spooled items back to the queue, oldest first, as room frees up."""
@@ -225,8 +306,10 @@ class Pipeline:
             self._dead_letter(item, ArchiverError("arrived while the archiver was stopping"))
             return
         self._accounting.add(item.source, "dropped")
-        self._drop_logged += 1
-        if self._drop_logged == 1 or self._drop_logged % 100 == 0:
+        with self._count_lock:
+            self._drop_logged += 1
+            dropped = self._drop_logged
+        if dropped == 1 or dropped % 100 == 0:
             items, nbytes = self._queue.depth()
             log.warning(
                 "%s (event %s): queue full (%d items, %d bytes), overflow='drop': item dropped (%d dropped so far)",
@@ -234,7 +317,7 @@ class Pipeline:
                 self._event,
                 items,
                 nbytes,
-                self._drop_logged,
+                dropped,
             )
 
     # ------------------------------------------------------------------ writing
@@ -400,16 +483,17 @@ class Pipeline:
             self._queue.close()
             self.spool.wake()
             before_drain()
-            for thread in self._writers:
+            self._rejects.close()  # intake has stopped: what still arrives is dead-lettered by its caller
+            for thread in [*self._writers, self._reject_writer]:
                 thread.join(max(0.0, deadline - time.monotonic()))
-            if any(thread.is_alive() for thread in self._writers):
+            if any(thread.is_alive() for thread in [*self._writers, self._reject_writer]):
                 log.warning(
                     "event %s: queue not drained within drain_timeout=%.1f s; setting the rest aside",
                     self._event,
                     self.options.drain_timeout,
                 )
                 self._abort.set()
-                for thread in self._writers:
+                for thread in [*self._writers, self._reject_writer]:
                     thread.join()
             self._spool_reader.join()
             if self._batch_writer is not None:
@@ -446,6 +530,8 @@ class Pipeline:
             "max_bytes": self.options.max_queue_bytes,
             "spooled": len(self.spool),
             "spilled_total": self._spilled,
+            "spool_failing": self._spool_failed_at is not None,
+            "rejected_waiting": len(self._rejects),
         }
 
 
