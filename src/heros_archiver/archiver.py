@@ -10,10 +10,13 @@ store. At shutdown intake stops, the queue drains within ``drain_timeout`` and t
 
 from __future__ import annotations
 
+import atexit
 import logging
+import threading
 import time
+import weakref
 from abc import abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +51,33 @@ DEAD_LETTER_SUBDIR = Path(STATE_DIR_NAME) / "dead-letter"
 _SET_ASIDE_TIMEOUT = 30.0
 #: Key expression -> sender name entries kept before the cache starts over (senders come and go).
 _MAX_SOURCE_NAMES = 1024
+
+
+def close_all(archivers: Iterable[HERODataArchiver], teardown_only: bool = False) -> None:
+    """``close()`` (or, with ``teardown_only``, ``_teardown()``) every archiver, all at once, each in a thread
+    of its own: stopping takes about as long as the longest drain, not the sum of them."""
+    threads = [
+        threading.Thread(
+            target=archiver._teardown if teardown_only else archiver.close, name=f"heros-archiver-close-{index}"
+        )
+        for index, archiver in enumerate(archivers)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+#: Archivers constructed and not yet closed: drained at interpreter exit (decision 0016).
+_OPEN: weakref.WeakSet[HERODataArchiver] = weakref.WeakSet()
+
+
+@atexit.register
+def _drain_at_exit() -> None:
+    """A script that ends without ``close()`` or ``_teardown()`` still gets its queue written: the writer
+    threads are daemons (a non-daemon writer would keep the interpreter from ever exiting), so without this
+    the queue would vanish with them. Registered at import, so it runs after heros closed its sessions."""
+    close_all(list(_OPEN), teardown_only=True)
 
 
 class HERODataArchiver(EventObserver):
@@ -123,6 +153,8 @@ class HERODataArchiver(EventObserver):
         zenoh_shared_memory: bool | None = None,
         **kwargs: Any,
     ) -> None:
+        self._close_lock = threading.Lock()
+        self._closed = False
         if default_metadata is not None and not isinstance(default_metadata, dict):
             raise ConfigurationError(f"default_metadata: expected a dict, got {type(default_metadata).__name__}")
         check_integer("max_retries", max_retries, "a non-negative integer", 0)
@@ -179,6 +211,7 @@ class HERODataArchiver(EventObserver):
                     "'cam-$*' (a wildcard inside a name) or '*'"
                 ) from exc
             raise
+        _OPEN.add(self)
         log.info(
             "archiving event %r of %r (queue %d items / %d MiB, overflow=%s, %d writer(s), dead letters in %s)",
             event_name,
@@ -360,8 +393,28 @@ class HERODataArchiver(EventObserver):
         if subscription in getattr(self, "_subscriptions", []):
             self._subscriptions.remove(subscription)
 
+    def close(self) -> None:
+        """Stop intake, drain the queue within ``drain_timeout``, set aside what is left, log the final
+        figures and release the Zenoh session: ``_teardown()`` followed by ``_destroy_hero()``, BOSS's two
+        steps, in one. Idempotent; a second caller waits until the first one has finished. ``with
+        ArrayArchiver(...) as archiver:`` calls it at the end of the block. An archiver a script never
+        closes is drained (not destroyed) at interpreter exit (decision 0016)."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._teardown()
+            self._destroy_hero()
+            self._closed = True
+
+    def __enter__(self) -> HERODataArchiver:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
     def _teardown(self) -> None:
-        """Called by BOSS at shutdown: drain, then log the final figures."""
+        """Called by BOSS at shutdown: drain, then log the final figures (``close`` also releases Zenoh)."""
+        _OPEN.discard(self)
         self._stop()
         total = self.stats()["total"]
         log.info(
@@ -379,6 +432,8 @@ class HERODataArchiver(EventObserver):
         )
 
     def _destroy_hero(self) -> None:
-        """Drain before the Zenoh session goes away, so that nothing queued is discarded."""
+        """Drain before the Zenoh session goes away, so that nothing queued is discarded. Idempotent."""
+        _OPEN.discard(self)
         self._stop()
-        super()._destroy_hero()
+        if not getattr(self, "_hero_destroyed", False):
+            super()._destroy_hero()
