@@ -61,9 +61,11 @@ leaves = (
 keys = st.text(max_size=10) | st.integers() | st.tuples(st.integers(), st.text(max_size=3)) | st.binary(max_size=8)
 nested = st.recursive(
     leaves,
-    lambda children: st.lists(children, max_size=5)
-    | st.lists(children, max_size=5).map(tuple)
-    | st.dictionaries(keys, children, max_size=5),
+    lambda children: (
+        st.lists(children, max_size=5)
+        | st.lists(children, max_size=5).map(tuple)
+        | st.dictionaries(keys, children, max_size=5)
+    ),
     max_leaves=40,
 )
 

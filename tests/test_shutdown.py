@@ -12,7 +12,13 @@ import pytest
 
 from conftest import RigFactory
 from fixtures_pkg.slow import SlowArrayArchiver
-from heros_archiver.testing import ReliableSimulatedCamera, free_port, session_manager, unique_realm, wait_for_subscriber
+from heros_archiver.testing import (
+    ReliableSimulatedCamera,
+    free_port,
+    session_manager,
+    unique_realm,
+    wait_for_subscriber,
+)
 from procs import (
     SLOW_ARCHIVER,
     TESTS_DIR,
@@ -126,4 +132,3 @@ def test_run_drains_its_archivers_in_parallel(tmp_path: Path) -> None:
         what, name, when = line.split()
         times[what, name] = float(when)
     assert times["start", "cam-b"] < times["end", "cam-a"] and times["start", "cam-a"] < times["end", "cam-b"], times
-

@@ -42,6 +42,7 @@ from .queueing import Item
 from .sharedmemory import disable_shared_memory, installed_zenoh_version, shared_memory_is_safe
 from .spool import Spool
 from .storage import check_integer
+from .writeback import WritebackWindow
 from .writer import STATE_DIR_NAME
 
 log = logging.getLogger("heros_archiver")
@@ -191,6 +192,7 @@ class HERODataArchiver(EventObserver):
             lambda: self.max_retries,
             self._writer_settings,
             self._batch_writer_factory(),
+            self._writeback_tracker(),
         )
         if zenoh_shared_memory is None:
             zenoh_shared_memory = shared_memory_is_safe(installed_zenoh_version())
@@ -240,6 +242,10 @@ class HERODataArchiver(EventObserver):
 
     def _batch_writer_factory(self) -> Callable[[int], BatchWriter] | None:
         """How to make the helpers that write this archiver's items in batches (None: ``_store`` per item)."""
+        return None
+
+    def _writeback_tracker(self) -> WritebackWindow | None:
+        """The window ``_store`` hands large files to (None: none); its items count as archived once on disk."""
         return None
 
     def _store_item(self, item: Item) -> None:

@@ -7,11 +7,14 @@ dead-letter store) what cannot be written, so that every item it accepted is acc
 
 from __future__ import annotations
 
+import errno
+import functools
 import logging
 import os
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,10 +22,11 @@ from typing import Any
 from .accounting import Accounting
 from .batching import BATCH_BYTES, BATCH_ITEMS, Batch, BatchWriter, Inline, Outcome
 from .deadletter import DeadLetterStore
-from .errors import ArchiverError, ConfigurationError
+from .errors import ArchiverError, ConfigurationError, StorageError
 from .queueing import Item, LaneQueue, RejectQueue
 from .spool import Spool
 from .storage import check_choice, check_integer
+from .writeback import Ticket, WritebackWindow
 
 log = logging.getLogger("heros_archiver")
 
@@ -89,6 +93,9 @@ class Pipeline:
         writer_settings: returns how items are written, recorded with dead letters for replay.
         batch_writer: makes, for a number of writer lanes, the BatchWriter that writes their items in
             batches through helper processes (None: each item through ``store``); closed by ``stop``.
+        writeback: the window ``store`` hands large files to: an item whose files are in it counts as
+            archived (and leaves the spool) only once they are on the device, and is written again if the
+            device reports an error (None: an item counts as archived when ``store`` returns).
     """
 
     def __init__(
@@ -102,6 +109,7 @@ class Pipeline:
         max_retries: Callable[[], int],
         writer_settings: Callable[[], dict[str, Any] | None],
         batch_writer: Callable[[int], BatchWriter] | None = None,
+        writeback: WritebackWindow | None = None,
     ) -> None:
         self._event = event
         self._store = store
@@ -127,6 +135,11 @@ class Pipeline:
         self._lost_logged_at = -LOST_LOG_INTERVAL
         self._lost_unlogged = 0
         self._rejects = RejectQueue(REJECT_MAX_ITEMS, REJECT_MAX_BYTES)
+        self._writeback = writeback
+        #: per lane, items whose writeback finished, with the device's errors, waiting for their writer
+        self._written_back: list[deque[tuple[Item, list[str]]]] = [deque() for _ in range(options.writers)]
+        #: per lane, items written whose files are still on their way to the device (under _count_lock)
+        self._unsettled = [0] * options.writers
         for entry_store in (dead_letters, spool.store):
             if removed := entry_store.remove_stale_temporaries():
                 log.warning("removed %d half-written entries of a crashed run from %s", removed, entry_store.directory)
@@ -327,19 +340,21 @@ class Pipeline:
             self._write_batches(lane, self._batch_writer)
             return
         while not self._abort.is_set():
+            self._settle_written_back(lane)
             item = self._queue.get(lane, timeout=0.2)
             if item is None:
-                if self._queue.closed:
+                if not self._flush_writeback() and self._queue.closed and not self._unsettled[lane]:
                     return
                 continue
-            self._process(item)
-            self.spool.done(item)
+            if self._process(item):
+                self.spool.done(item)
 
     def _write_batches(self, lane: int, batch_writer: BatchWriter) -> None:
         """Take what waits in the lane, hand it to the batch writer, and settle the previous batch while
         its helper works on this one: naming and encoding overlap with creating files."""
         pending: Batch | None = None
         while True:
+            self._settle_written_back(lane)
             items: list[Item] = []
             if not self._abort.is_set():
                 items = self._queue.get_many(lane, BATCH_ITEMS, BATCH_BYTES, 0.0 if pending else 0.2)
@@ -348,37 +363,88 @@ class Pipeline:
                 for item, outcome in batch_writer.collect(pending):
                     self._settle(item, outcome)
             pending = batch
-            if pending is None and (self._abort.is_set() or (not items and self._queue.closed)):
+            if pending is None and not items and self._flush_writeback():
+                continue
+            finished = not items and self._queue.closed and not self._unsettled[lane]
+            if pending is None and (self._abort.is_set() or finished):
                 return
 
     def _settle(self, item: Item, outcome: Outcome) -> None:
         """Account for one item of a batch; write it here if the helper did not, retry it if it failed."""
         if isinstance(outcome, Inline):
-            self._process(item)
+            settled = self._process(item)
         else:
             item.attempts += 1
+            settled = True
             if outcome is None:
                 self._accounting.archived(item.source, item.nbytes)
             else:
-                self._process(item, outcome)
-        self.spool.done(item)
+                settled = self._process(item, outcome)
+        if settled:
+            self.spool.done(item)
 
-    def _process(self, item: Item, failure: BaseException | None = None) -> None:
+    def _process(self, item: Item, failure: BaseException | None = None) -> bool:
         """Store ``item``, retrying transient failures with backoff; ``failure``: how the attempt already
-        made (by a batch's helper) failed."""
+        made (by a batch's helper, or the device in writeback) failed.
+
+        True once the item is settled (archived or dead-lettered); False while files it was written to are
+        still on their way to the device: it is then settled by ``_settle_written_back``.
+        """
+        window = self._writeback if self._writeback is not None and self._writeback.enabled else None
         while True:
             if failure is None:
                 item.attempts += 1
+                ticket = Ticket(functools.partial(self._on_written_back, item)) if window else None
                 try:
-                    self._store(item)
+                    if window is not None and ticket is not None:
+                        with window.tracking(ticket):
+                            self._store(item)
+                    else:
+                        self._store(item)
                 except Exception as exc:  # noqa: BLE001 - every failure is retried or dead-lettered, never raised
+                    if window is not None and ticket is not None:
+                        window.release(ticket, cancel=True)
                     failure = exc
                 else:
-                    self._accounting.archived(item.source, item.nbytes)
-                    return
+                    if window is not None and ticket is not None:
+                        if not window.release(ticket):
+                            with self._count_lock:
+                                self._unsettled[self._queue.lane_of(item.source)] += 1
+                            return False
+                        if ticket.errors:
+                            failure = _writeback_failure(ticket.errors)
+                    if failure is None:
+                        self._accounting.archived(item.source, item.nbytes)
+                        return True
             if not self._wait_for_retry(item, failure):
-                return
+                return True
             failure = None
+
+    def _on_written_back(self, item: Item, ticket: Ticket) -> None:
+        """The window finished the last file of ``item`` (on any thread): its writer settles it."""
+        self._written_back[self._queue.lane_of(item.source)].append((item, ticket.errors))
+
+    def _settle_written_back(self, lane: int) -> None:
+        """Count the items of ``lane`` whose files reached the device as archived; write those again whose
+        writeback failed (or dead-letter them, once their retries are used up)."""
+        done = self._written_back[lane]
+        while done:
+            item, errors = done.popleft()
+            with self._count_lock:
+                self._unsettled[lane] -= 1
+            if not errors:
+                self._accounting.archived(item.source, item.nbytes)
+            elif not self._process(item, _writeback_failure(errors)):
+                continue  # written again, and on its way to the device again
+            self.spool.done(item)
+
+    def _flush_writeback(self) -> bool:
+        """Push what the window holds to the device (a writer with nothing to do), so that its items settle;
+        True if there was something."""
+        if self._writeback is None or not self._writeback.in_flight:
+            return False
+        self._writeback.flush()
+        return True
 
     def _wait_for_retry(self, item: Item, failure: BaseException) -> bool:
         """After a failed attempt: True once the backoff has passed, or False when the item was dead-lettered
@@ -498,6 +564,7 @@ class Pipeline:
             self._spool_reader.join()
             if self._batch_writer is not None:
                 self._batch_writer.close()
+            self._settle_after_writers()
             reason = ArchiverError(f"not written within drain_timeout={self.options.drain_timeout} s at shutdown")
             for item in self._queue.drain():
                 self._set_aside(item, reason)
@@ -509,6 +576,19 @@ class Pipeline:
                     self.spool.directory,
                 )
             self._stopped = True
+
+    def _settle_after_writers(self) -> None:
+        """Writers cut short by the drain timeout may leave items whose files are in the window: finish them,
+        count those on the device as archived, set the others aside."""
+        self._flush_writeback()
+        for done in self._written_back:
+            while done:
+                item, errors = done.popleft()
+                if errors:
+                    self._set_aside(item, _writeback_failure(errors))
+                else:
+                    self._accounting.archived(item.source, item.nbytes)
+                    self.spool.done(item)
 
     @property
     def stopped(self) -> bool:
@@ -533,6 +613,11 @@ class Pipeline:
             "spool_failing": self._spool_failed_at is not None,
             "rejected_waiting": len(self._rejects),
         }
+
+
+def _writeback_failure(errors: list[str]) -> StorageError:
+    """The error of an item whose files the device failed to write back (retried like any storage error)."""
+    return StorageError(errno.EIO, "; ".join(errors))
 
 
 def _lower_priority(nice: int) -> None:
