@@ -194,7 +194,9 @@ def _faulty_archiver(window: FaultyWindow) -> type[ArrayArchiver]:
 FRAMES_1MIB = [np.full((512, 1024), i, dtype=np.uint16) for i in range(8)]
 
 
-def test_a_writeback_error_makes_that_item_written_again(make_rig: RigFactory, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_writeback_error_makes_that_item_written_again(
+    make_rig: RigFactory, caplog: pytest.LogCaptureFixture
+) -> None:
     window = FaultyWindow(2 * MIN_FILE_BYTES, fail={"003.npy"})
     rig = make_rig(archiver_cls=_faulty_archiver(window), retry_delay=0.01)
     with caplog.at_level(logging.ERROR, logger="heros_archiver"):
