@@ -13,10 +13,13 @@ import numpy as np
 import pytest
 
 from conftest import RigFactory
-from helpers import archived_files, assert_npy_equal, assert_refused_before_zenoh, wait_for_items
+from helpers import archived_files, assert_npy_equal, assert_refused_before_zenoh, wait_for_items, wait_until
 from heros_archiver import ArrayArchiver, writeback
+from heros_archiver.queueing import Item
+from heros_archiver.spool import Spool
 from heros_archiver.storage import write_atomic
 from heros_archiver.writeback import MIN_FILE_BYTES, WritebackWindow
+from procs import entries
 
 pytestmark = [
     pytest.mark.timeout(60),
@@ -224,3 +227,22 @@ def test_an_item_counts_as_archived_only_once_its_file_is_on_the_device(make_rig
     window.gate.set()
     total = wait_for_items(rig.archiver, 1)
     assert total["archived"] == 1, total
+
+
+def test_a_spooled_item_leaves_the_spool_only_once_its_file_is_on_the_device(
+    make_rig: RigFactory, tmp_path: Path
+) -> None:
+    spool_dir = tmp_path / ".heros-archiver" / "spool"
+    Spool(spool_dir, "acquisition_data").put(
+        Item("cam", FRAMES_1MIB[0], {"file_path": str(tmp_path), "frame": 0}, FRAMES_1MIB[0].nbytes)
+    )  # left by an earlier run: resumed at start
+    window = FaultyWindow(64 * MIN_FILE_BYTES, fail=set(), held="000.npy")
+    rig = make_rig(archiver_cls=_faulty_archiver(window))
+    assert window.entered.wait(30), "the idle writer never pushed its file to the device"
+    assert (tmp_path / "000.npy").exists()
+    assert len(entries(spool_dir)) == 1  # the spool still holds it ...
+    assert rig.archiver.stats()["total"]["archived"] == 0  # ... and it is not archived yet
+    window.gate.set()
+    wait_for_items(rig.archiver, 1)
+    wait_until(lambda: entries(spool_dir) == [], what="the spool entry removed")
+    assert_npy_equal(tmp_path / "000.npy", FRAMES_1MIB[0])

@@ -394,7 +394,7 @@ class Pipeline:
         while True:
             if failure is None:
                 item.attempts += 1
-                ticket = Ticket(functools.partial(self._on_written_back, item)) if window else None
+                ticket = Ticket(functools.partial(self._on_written_back, item)) if window is not None else None
                 try:
                     if window is not None and ticket is not None:
                         with window.tracking(ticket):
