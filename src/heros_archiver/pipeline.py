@@ -126,8 +126,9 @@ class Pipeline:
         self._spilling = False
         self._spilled = 0  # items that went to the spool, in total
         self._spool_lock = threading.Lock()
-        #: time.monotonic() of the spool's last refusal while it still refuses (None: it works)
-        self._spool_failed_at: float | None = None
+        #: True from a refusal of the spool until it takes an item again or the queue has room again
+        self._spool_failing = False
+        self._spool_error_logged_at: float | None = None
         #: counters of this pipeline's own (``_spilled`` is under ``_spool_lock``, the rest under this)
         self._count_lock = threading.Lock()
         self._drop_logged = 0
@@ -203,7 +204,7 @@ class Pipeline:
         through the spool, so the order stays. While the spool refuses items, nothing waits (decision 0015)."""
         limit = self.options.block_limit
         with self._spool_lock:
-            spilling, failing = self._spilling, self._spool_failed_at is not None
+            spilling, failing = self._spilling, self._spool_failing
         if not spilling and not failing and self._queue.put(item, block=True, timeout=limit):
             return
         if self._queue.closed:
@@ -225,34 +226,39 @@ class Pipeline:
 
         If the spool refuses it (a full disk), the item may wait ``may_wait`` more seconds for room (None:
         as long as it takes), and is then lost, counted and logged: the receive thread is never held past
-        ``block_limit``. Until the spool takes an item again, items that find the queue full are lost at once,
-        without waiting: a full disk refuses at once, so trying each one costs little (decision 0015).
+        ``block_limit``. Until the spool takes an item again or the queue has room again, items that find the
+        queue full are lost at once, without waiting: a full disk refuses at once, so trying the spool for
+        each one costs little (decision 0015).
         """
         with self._spool_lock:
-            failed_at = self._spool_failed_at
-            if (not self._spilling or failed_at is not None) and self._queue.put(item, block=False):
+            failing = self._spool_failing
+            if (not self._spilling or failing) and self._queue.put(item, block=False):
+                self._spool_failing = False  # room again: the next full queue may hold the sender back again
                 return  # while the spool fails, overtaking what it holds beats losing the item
             try:
                 self.spool.put(item)
             except OSError as exc:
                 error = exc
-                self._spool_failed_at = time.monotonic()
+                self._spool_failing = True
             else:
                 self._spilling = True
                 self._spilled += 1
-                self._spool_failed_at = None
-                if failed_at is not None:
+                self._spool_failing = False
+                if failing:
                     log.warning("event %s: the spool %s takes items again", self._event, self.spool.directory)
                 return
-        if failed_at is None:
-            log.error(
-                "%s (event %s): cannot spill to %s (%s); while it fails, items that find the queue full are LOST "
-                "(give spool_dir a file system other than the archive's)",
-                item.source,
-                self._event,
-                self.spool.directory,
-                error,
-            )
+        if not failing:
+            now = time.monotonic()
+            if self._spool_error_logged_at is None or now - self._spool_error_logged_at >= LOST_LOG_INTERVAL:
+                self._spool_error_logged_at = now
+                log.error(
+                    "%s (event %s): cannot spill to %s (%s); while it fails, items that find the queue full are "
+                    "LOST (give spool_dir a file system other than the archive's)",
+                    item.source,
+                    self._event,
+                    self.spool.directory,
+                    error,
+                )
             if may_wait != 0 and self._queue.put(item, block=True, timeout=may_wait):
                 return
         if self._queue.closed:
@@ -610,7 +616,7 @@ class Pipeline:
             "max_bytes": self.options.max_queue_bytes,
             "spooled": len(self.spool),
             "spilled_total": self._spilled,
-            "spool_failing": self._spool_failed_at is not None,
+            "spool_failing": self._spool_failing,
             "rejected_waiting": len(self._rejects),
         }
 
