@@ -6,16 +6,20 @@ import contextlib
 import errno
 import logging
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from conftest import RigFactory
-from helpers import archived_files, assert_npy_equal, assert_refused_before_zenoh, wait_for_items
-from heros_archiver import writeback
+from helpers import archived_files, assert_npy_equal, assert_refused_before_zenoh, wait_for_items, wait_until
+from heros_archiver import ArrayArchiver, writeback
+from heros_archiver.queueing import Item
+from heros_archiver.spool import Spool
 from heros_archiver.storage import write_atomic
 from heros_archiver.writeback import MIN_FILE_BYTES, WritebackWindow
+from procs import entries
 
 pytestmark = [
     pytest.mark.timeout(60),
@@ -155,3 +159,90 @@ def test_archiver_streams_large_frames_through_the_window(make_rig: RigFactory) 
 @pytest.mark.parametrize("bad", [-1, 1.5, True, "32M"])
 def test_writeback_window_is_checked(tmp_path: Path, bad: object) -> None:
     assert_refused_before_zenoh(tmp_path, "writeback_window: expected a number of bytes >= 0", writeback_window=bad)
+
+
+class FaultyWindow(WritebackWindow):
+    """A window whose device answers EIO for the files named in ``fail`` (once each), and waits for ``gate``
+    before answering for ``held``. A real device error needs dm-error or a failing loop device, which this
+    machine lacks (no device-mapper), so the device's answer is substituted at the window's own seam."""
+
+    def __init__(self, max_bytes: int, fail: set[str], held: str | None = None) -> None:
+        super().__init__(max_bytes)
+        self.fail = set(fail)
+        self.held = held
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+
+    def _wait_on_device(self, fd: int, path: str) -> int:
+        name = os.path.basename(path)
+        if name == self.held:
+            self.entered.set()
+            self.gate.wait(30)
+        error = super()._wait_on_device(fd, path)
+        if name in self.fail:
+            self.fail.discard(name)
+            return errno.EIO
+        return error
+
+
+def _faulty_archiver(window: FaultyWindow) -> type[ArrayArchiver]:
+    class FaultyWindowArchiver(ArrayArchiver):
+        def _setup_storage(self) -> None:
+            super()._setup_storage()
+            self._writer.window = window
+
+    return FaultyWindowArchiver
+
+
+FRAMES_1MIB = [np.full((512, 1024), i, dtype=np.uint16) for i in range(8)]
+
+
+def test_a_writeback_error_makes_that_item_written_again(
+    make_rig: RigFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    window = FaultyWindow(2 * MIN_FILE_BYTES, fail={"003.npy"})
+    rig = make_rig(archiver_cls=_faulty_archiver(window), retry_delay=0.01)
+    with caplog.at_level(logging.ERROR, logger="heros_archiver"):
+        for i, frame in enumerate(FRAMES_1MIB):
+            rig.camera.acquisition_data(frame, {"frame": i})
+        total = wait_for_items(rig.archiver, len(FRAMES_1MIB))
+    assert total["archived"] == len(FRAMES_1MIB) and total["dead_lettered"] == 0, total
+    assert total["retried"] == 1, total  # the item whose file failed, and only it
+    assert rig.archiver.stats()["writeback_errors"] == 1
+    assert "003.npy: the device reported an error while writing this file back" in caplog.text
+    assert "removed, its item is written again" in caplog.text
+    assert archived_files(rig.root) == [f"{i:03d}.npy" for i in range(len(FRAMES_1MIB))]
+    for i, frame in enumerate(FRAMES_1MIB):
+        assert_npy_equal(rig.root / f"{i:03d}.npy", frame)
+
+
+def test_an_item_counts_as_archived_only_once_its_file_is_on_the_device(make_rig: RigFactory) -> None:
+    window = FaultyWindow(64 * MIN_FILE_BYTES, fail=set(), held="000.npy")
+    rig = make_rig(archiver_cls=_faulty_archiver(window), overflow="spill")
+    rig.camera.acquisition_data(FRAMES_1MIB[0], {"frame": 0})
+    assert window.entered.wait(30), "the idle writer never pushed its file to the device"
+    assert (rig.root / "000.npy").exists()  # written and published ...
+    stats = rig.archiver.stats()
+    assert stats["total"]["archived"] == 0 and stats["total"]["in_flight"] == 1, stats["total"]  # ... not archived
+    window.gate.set()
+    total = wait_for_items(rig.archiver, 1)
+    assert total["archived"] == 1, total
+
+
+def test_a_spooled_item_leaves_the_spool_only_once_its_file_is_on_the_device(
+    make_rig: RigFactory, tmp_path: Path
+) -> None:
+    spool_dir = tmp_path / ".heros-archiver" / "spool"
+    Spool(spool_dir, "acquisition_data").put(
+        Item("cam", FRAMES_1MIB[0], {"file_path": str(tmp_path), "frame": 0}, FRAMES_1MIB[0].nbytes)
+    )  # left by an earlier run: resumed at start
+    window = FaultyWindow(64 * MIN_FILE_BYTES, fail=set(), held="000.npy")
+    rig = make_rig(archiver_cls=_faulty_archiver(window))
+    assert window.entered.wait(30), "the idle writer never pushed its file to the device"
+    assert (tmp_path / "000.npy").exists()
+    assert len(entries(spool_dir)) == 1  # the spool still holds it ...
+    assert rig.archiver.stats()["total"]["archived"] == 0  # ... and it is not archived yet
+    window.gate.set()
+    wait_for_items(rig.archiver, 1)
+    wait_until(lambda: entries(spool_dir) == [], what="the spool entry removed")
+    assert_npy_equal(tmp_path / "000.npy", FRAMES_1MIB[0])

@@ -3,6 +3,8 @@
 Every received item ends in exactly one of archived / dead_lettered / dropped / quarantined (its spool
 entry could not be read back and was moved aside); ``in_flight`` is what is still queued or being
 written, so ``received == archived + dead_lettered + dropped + quarantined + in_flight``.
+``lost_spool_full`` and ``lost_reject_backlog`` say why some of the dropped were lost without a policy
+asking for it (a full queue while the spool could not be written; a backlog of rejected items too long).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ COUNTERS = (
     "dead_lettered",
     "dropped",
     "quarantined",
+    "lost_spool_full",
+    "lost_reject_backlog",
     "bytes",
     "gaps",
     "missing",
@@ -41,6 +45,8 @@ class SourceCounters:
     dead_lettered: int = 0
     dropped: int = 0
     quarantined: int = 0
+    lost_spool_full: int = 0
+    lost_reject_backlog: int = 0
     bytes: int = 0
     gaps: int = 0
     missing: int = 0
@@ -72,6 +78,16 @@ class Accounting:
         with self._lock:
             counters = self._of(source)
             setattr(counters, counter, getattr(counters, counter) + amount)
+
+    def lost(self, source: str, reason: str | None) -> None:
+        """Count one item of ``source`` dropped without a policy asking for it: ``dropped`` and ``reason``
+        (``lost_spool_full``, ``lost_reject_backlog``, or None for no counter of its own) together, so no
+        snapshot sees one without the other."""
+        with self._lock:
+            counters = self._of(source)
+            counters.dropped += 1
+            if reason is not None:
+                setattr(counters, reason, getattr(counters, reason) + 1)
 
     def archived(self, source: str, nbytes: int) -> None:
         """Count one archived item of ``nbytes`` payload bytes."""

@@ -10,10 +10,13 @@ store. At shutdown intake stops, the queue drains within ``drain_timeout`` and t
 
 from __future__ import annotations
 
+import atexit
 import logging
+import threading
 import time
+import weakref
 from abc import abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +30,7 @@ from .deadletter import DeadLetterStore
 from .errors import ArchiverError, ConfigurationError, PayloadError
 from .fastdecode import decode_frame_event
 from .intake import BufferedIntake
-from .payload import estimate_nbytes, split_event
+from .payload import estimate_nbytes, item_nbytes, split_event
 from .pipeline import (
     DEFAULT_BLOCK_LIMIT,
     DEFAULT_MAX_QUEUE_BYTES,
@@ -39,6 +42,7 @@ from .queueing import Item
 from .sharedmemory import disable_shared_memory, installed_zenoh_version, shared_memory_is_safe
 from .spool import Spool
 from .storage import check_integer
+from .writeback import WritebackWindow
 from .writer import STATE_DIR_NAME
 
 log = logging.getLogger("heros_archiver")
@@ -48,6 +52,33 @@ DEAD_LETTER_SUBDIR = Path(STATE_DIR_NAME) / "dead-letter"
 _SET_ASIDE_TIMEOUT = 30.0
 #: Key expression -> sender name entries kept before the cache starts over (senders come and go).
 _MAX_SOURCE_NAMES = 1024
+
+
+def close_all(archivers: Iterable[HERODataArchiver], teardown_only: bool = False) -> None:
+    """``close()`` (or, with ``teardown_only``, ``_teardown()``) every archiver, all at once, each in a thread
+    of its own: stopping takes about as long as the longest drain, not the sum of them."""
+    threads = [
+        threading.Thread(
+            target=archiver._teardown if teardown_only else archiver.close, name=f"heros-archiver-close-{index}"
+        )
+        for index, archiver in enumerate(archivers)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+#: Archivers constructed and not yet closed: drained at interpreter exit (decision 0016).
+_OPEN: weakref.WeakSet[HERODataArchiver] = weakref.WeakSet()
+
+
+@atexit.register
+def _drain_at_exit() -> None:
+    """A script that ends without ``close()`` or ``_teardown()`` still gets its queue written: the writer
+    threads are daemons (a non-daemon writer would keep the interpreter from ever exiting), so without this
+    the queue would vanish with them. Registered at import, so it runs after heros closed its sessions."""
+    close_all(list(_OPEN), teardown_only=True)
 
 
 class HERODataArchiver(EventObserver):
@@ -123,6 +154,8 @@ class HERODataArchiver(EventObserver):
         zenoh_shared_memory: bool | None = None,
         **kwargs: Any,
     ) -> None:
+        self._close_lock = threading.Lock()
+        self._closed = False
         if default_metadata is not None and not isinstance(default_metadata, dict):
             raise ConfigurationError(f"default_metadata: expected a dict, got {type(default_metadata).__name__}")
         check_integer("max_retries", max_retries, "a non-negative integer", 0)
@@ -159,6 +192,7 @@ class HERODataArchiver(EventObserver):
             lambda: self.max_retries,
             self._writer_settings,
             self._batch_writer_factory(),
+            self._writeback_tracker(),
         )
         if zenoh_shared_memory is None:
             zenoh_shared_memory = shared_memory_is_safe(installed_zenoh_version())
@@ -179,6 +213,7 @@ class HERODataArchiver(EventObserver):
                     "'cam-$*' (a wildcard inside a name) or '*'"
                 ) from exc
             raise
+        _OPEN.add(self)
         log.info(
             "archiving event %r of %r (queue %d items / %d MiB, overflow=%s, %d writer(s), dead letters in %s)",
             event_name,
@@ -207,6 +242,10 @@ class HERODataArchiver(EventObserver):
 
     def _batch_writer_factory(self) -> Callable[[int], BatchWriter] | None:
         """How to make the helpers that write this archiver's items in batches (None: ``_store`` per item)."""
+        return None
+
+    def _writeback_tracker(self) -> WritebackWindow | None:
+        """The window ``_store`` hands large files to (None: none); its items count as archived once on disk."""
         return None
 
     def _store_item(self, item: Item) -> None:
@@ -303,11 +342,12 @@ class HERODataArchiver(EventObserver):
             payload, event_metadata = split_event(data)
         except ArchiverError as exc:
             self._accounting.received(source_name, {})
-            self._pipeline.reject(Item(source_name, data, {}, 0, attempts=retry_count), exc)
+            self._pipeline.reject(Item(source_name, data, {}, estimate_nbytes(data), attempts=retry_count), exc)
             return
         metadata = {**self.metadata, **event_metadata}
         self._accounting.received(source_name, metadata)
-        self._pipeline.submit(Item(source_name, payload, metadata, estimate_nbytes(payload), attempts=retry_count))
+        nbytes = item_nbytes(payload, metadata)
+        self._pipeline.submit(Item(source_name, payload, metadata, nbytes, attempts=retry_count))
 
     # ------------------------------------------------------------------ status and shutdown
     def stats(self) -> dict[str, Any]:
@@ -359,8 +399,28 @@ class HERODataArchiver(EventObserver):
         if subscription in getattr(self, "_subscriptions", []):
             self._subscriptions.remove(subscription)
 
+    def close(self) -> None:
+        """Stop intake, drain the queue within ``drain_timeout``, set aside what is left, log the final
+        figures and release the Zenoh session: ``_teardown()`` followed by ``_destroy_hero()``, BOSS's two
+        steps, in one. Idempotent; a second caller waits until the first one has finished. ``with
+        ArrayArchiver(...) as archiver:`` calls it at the end of the block. An archiver a script never
+        closes is drained (not destroyed) at interpreter exit (decision 0016)."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._teardown()
+            self._destroy_hero()
+            self._closed = True
+
+    def __enter__(self) -> HERODataArchiver:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
     def _teardown(self) -> None:
-        """Called by BOSS at shutdown: drain, then log the final figures."""
+        """Called by BOSS at shutdown: drain, then log the final figures (``close`` also releases Zenoh)."""
+        _OPEN.discard(self)
         self._stop()
         total = self.stats()["total"]
         log.info(
@@ -378,6 +438,8 @@ class HERODataArchiver(EventObserver):
         )
 
     def _destroy_hero(self) -> None:
-        """Drain before the Zenoh session goes away, so that nothing queued is discarded."""
+        """Drain before the Zenoh session goes away, so that nothing queued is discarded. Idempotent."""
+        _OPEN.discard(self)
         self._stop()
-        super()._destroy_hero()
+        if not getattr(self, "_hero_destroyed", False):
+            super()._destroy_hero()

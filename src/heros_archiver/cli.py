@@ -88,6 +88,7 @@ def run(
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING, ERROR")] = "INFO",
 ) -> None:
     """Run the archivers of CONFIG until Ctrl-C or SIGTERM, then drain them and print their figures."""
+    from .archiver import close_all
     from .config import build_archivers, load_config
 
     _setup_logging(log_level)
@@ -103,9 +104,7 @@ def run(
     while not stop.wait(0.5):
         pass
     console.print("stopping: draining queues")
-    for archiver in archivers:
-        archiver._teardown()
-        archiver._destroy_hero()
+    close_all(archivers)  # in parallel: stopping takes about the longest drain, not the sum
     for archiver in archivers:
         _print_stats(archiver.stats())
 

@@ -14,6 +14,7 @@ from .errors import ConfigurationError
 from .naming import PathTemplate, derive_root
 from .queueing import Item
 from .storage import Fsync, OnExists, check_integer, remove_stale_temporaries
+from .writeback import WritebackWindow
 from .writer import STATE_DIR_NAME, FileWriter, WriterSettings
 
 log = logging.getLogger("heros_archiver")
@@ -104,6 +105,9 @@ class FileArchiver(HERODataArchiver):
 
     def _default_dead_letter_dir(self) -> Path:
         return self.root / DEAD_LETTER_SUBDIR
+
+    def _writeback_tracker(self) -> WritebackWindow:
+        return self._writer.window
 
     def _batch_writer_factory(self) -> Callable[[int], BatchWriter] | None:
         """Helpers for the small files, unless turned off or a subclass writes its items its own way

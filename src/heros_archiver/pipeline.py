@@ -7,11 +7,14 @@ dead-letter store) what cannot be written, so that every item it accepted is acc
 
 from __future__ import annotations
 
+import errno
+import functools
 import logging
 import os
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,11 +22,12 @@ from typing import Any
 from .accounting import Accounting
 from .batching import BATCH_BYTES, BATCH_ITEMS, Batch, BatchWriter, Inline, Outcome
 from .deadletter import DeadLetterStore
-from .errors import ArchiverError, ConfigurationError, UnfaithfulError
-from .queueing import Item, LaneQueue
+from .errors import ArchiverError, ConfigurationError, StorageError, UnfaithfulError
+from .queueing import Item, LaneQueue, RejectQueue
 from .saferepr import safe_str
 from .spool import Damaged, Spool
 from .storage import check_choice, check_integer
+from .writeback import Ticket, WritebackWindow
 
 log = logging.getLogger("heros_archiver")
 
@@ -31,6 +35,12 @@ OVERFLOW_CHOICES: tuple[str, ...] = ("block", "spill", "drop")
 DEFAULT_MAX_QUEUE_BYTES = 64 * 2**20
 DEFAULT_MAX_QUEUE_ITEMS = 10_000
 DEFAULT_BLOCK_LIMIT = 2.0
+#: Rejected items (bad payloads, undecodable bytes) waiting for their dead-letter entry: at most this many ...
+REJECT_MAX_ITEMS = 1000
+#: ... and this many bytes; a flood beyond that is counted as lost instead of holding the receive thread.
+REJECT_MAX_BYTES = 16 * 2**20
+#: Seconds between two LOST log lines (the first is always logged; the count says how many in between).
+LOST_LOG_INTERVAL = 5.0
 
 #: store(item): writes one item or raises.
 StoreFunction = Callable[[Item], None]
@@ -84,6 +94,9 @@ class Pipeline:
         writer_settings: returns how items are written, recorded with dead letters for replay.
         batch_writer: makes, for a number of writer lanes, the BatchWriter that writes their items in
             batches through helper processes (None: each item through ``store``); closed by ``stop``.
+        writeback: the window ``store`` hands large files to: an item whose files are in it counts as
+            archived (and leaves the spool) only once they are on the device, and is written again if the
+            device reports an error (None: an item counts as archived when ``store`` returns).
     """
 
     def __init__(
@@ -97,6 +110,7 @@ class Pipeline:
         max_retries: Callable[[], int],
         writer_settings: Callable[[], dict[str, Any] | None],
         batch_writer: Callable[[int], BatchWriter] | None = None,
+        writeback: WritebackWindow | None = None,
     ) -> None:
         self._event = event
         self._store = store
@@ -114,7 +128,21 @@ class Pipeline:
         self._spilled = 0  # items that went to the spool, in total
         self._quarantined = 0  # spool entries that could not be read back, moved to the quarantine
         self._spool_lock = threading.Lock()
+        #: True from a refusal of the spool until it takes an item again or the queue has room again
+        self._spool_failing = False
+        self._spool_error_logged_at: float | None = None
+        #: counters of this pipeline's own (``_spilled`` is under ``_spool_lock``, the rest under this)
+        self._count_lock = threading.Lock()
         self._drop_logged = 0
+        self._lost_count = 0
+        self._lost_logged_at = -LOST_LOG_INTERVAL
+        self._lost_unlogged = 0
+        self._rejects = RejectQueue(REJECT_MAX_ITEMS, REJECT_MAX_BYTES)
+        self._writeback = writeback
+        #: per lane, items whose writeback finished, with the device's errors, waiting for their writer
+        self._written_back: list[deque[tuple[Item, list[str]]]] = [deque() for _ in range(options.writers)]
+        #: per lane, items written whose files are still on their way to the device (under _count_lock)
+        self._unsettled = [0] * options.writers
         for entry_store in (dead_letters, spool.store):
             if removed := entry_store.remove_stale_temporaries():
                 log.warning("removed %d half-written entries of a crashed run from %s", removed, entry_store.directory)
@@ -127,37 +155,64 @@ class Pipeline:
             for lane in range(options.writers)
         ]
         self._spool_reader = threading.Thread(target=self._unspool_loop, name="heros-archiver-spool", daemon=True)
-        for thread in [*self._writers, self._spool_reader]:
+        self._reject_writer = threading.Thread(target=self._reject_loop, name="heros-archiver-rejects", daemon=True)
+        for thread in [*self._writers, self._spool_reader, self._reject_writer]:
             thread.start()
 
     # ------------------------------------------------------------------ intake
     def submit(self, item: Item) -> None:
-        """Accept one item under the overflow policy; blocks only with ``block`` (or a failed spill)."""
+        """Accept one item under the overflow policy; waits (``block``, or a spool that just failed) at most
+        ``block_limit`` seconds."""
         if self.options.overflow == "drop":
             if not self._queue.put(item, block=False):
                 self._drop(item)
         elif self.options.overflow == "spill":
-            self._put_or_spill(item)
+            self._put_or_spill(item, self.options.block_limit)
         else:
             self._block_then_spill(item)
 
     def reject(self, item: Item, error: ArchiverError) -> None:
-        """An item that cannot be archived as it is (a bad payload): straight to the dead-letter store."""
-        self._dead_letter(item, error)
+        """An item that cannot be archived as it is (a bad payload): to the dead-letter store, by a thread of
+        ours (``_reject_loop``), never on the receive thread, so a flood of garbage cannot hold up intake.
+
+        When that thread's backlog is full the item is counted as lost (``lost_reject_backlog``) and logged.
+        """
+        if self._rejects.put(item, error):
+            return
+        if self._rejects.closed:  # stopping: nothing serves the backlog any more
+            self._dead_letter(item, error)
+            return
+        self._lose(
+            item,
+            "lost_reject_backlog",
+            f"{type(error).__name__}: {error}; not dead-lettered: {len(self._rejects)} rejected items already wait "
+            f"for the dead-letter store {self.dead_letters.directory}",
+        )
+
+    def _reject_loop(self) -> None:
+        """Dead-letter the rejected items, oldest first, until the backlog is closed and empty."""
+        while True:
+            entry = self._rejects.get(timeout=0.2)
+            if entry is None:
+                if self._rejects.closed:
+                    return
+                continue
+            item, error = entry
+            self._dead_letter(item, error, persist=True)
 
     def _block_then_spill(self, item: Item) -> None:
         """Wait for room up to ``block_limit`` (back-pressure), then spool: a sender that waited longer
         would have its link closed by Zenoh and lose what waited. Once spilling, later items follow
-        through the spool, so the order stays."""
+        through the spool, so the order stays. While the spool refuses items, nothing waits (decision 0015)."""
         limit = self.options.block_limit
         with self._spool_lock:
-            spilling = self._spilling
-        if not spilling and self._queue.put(item, block=True, timeout=limit):
+            spilling, failing = self._spilling, self._spool_failing
+        if not spilling and not failing and self._queue.put(item, block=True, timeout=limit):
             return
         if self._queue.closed:
             self._set_aside(item, ArchiverError("arrived while the archiver was stopping"))
             return
-        if not spilling:
+        if not spilling and not failing:
             log.warning(
                 "%s (event %s): the queue has been full for %s s; items go to the spool at %s until there is "
                 "room (a sender held back longer would have its link closed by Zenoh)",
@@ -166,28 +221,83 @@ class Pipeline:
                 limit,
                 self.spool.directory,
             )
-        self._put_or_spill(item)
+        self._put_or_spill(item, limit if spilling else 0.0)
 
-    def _put_or_spill(self, item: Item) -> None:
-        """Queue ``item`` if there is room and nothing older waits in the spool; spool it otherwise."""
+    def _put_or_spill(self, item: Item, may_wait: float | None) -> None:
+        """Queue ``item`` if there is room and nothing older waits in the spool; spool it otherwise.
+
+        If the spool refuses it (a full disk), the item may wait ``may_wait`` more seconds for room (None:
+        as long as it takes), and is then lost, counted and logged: the receive thread is never held past
+        ``block_limit``. Until the spool takes an item again or the queue has room again, items that find the
+        queue full are lost at once, without waiting: a full disk refuses at once, so trying the spool for
+        each one costs little (decision 0015). An item the spool cannot keep exactly as it arrived (a type
+        outside its faithful encoding) waits the same, and is then dead-lettered as what it is, by the
+        rejects thread: described, and counted as a loss there.
+        """
+        unspoolable: UnfaithfulError | None = None
         with self._spool_lock:
-            if not self._spilling and self._queue.put(item, block=False):
-                return
+            failing = self._spool_failing
+            if (not self._spilling or failing) and self._queue.put(item, block=False):
+                self._spool_failing = False  # room again: the next full queue may hold the sender back again
+                return  # while the spool fails, overtaking what it holds beats losing the item
             try:
                 self.spool.put(item)
+            except UnfaithfulError as exc:  # not a disk fault: this item cannot be kept in the spool as it is
+                unspoolable = exc
+            except OSError as exc:
+                error = exc
+                self._spool_failing = True
+            else:
                 self._spilling = True
                 self._spilled += 1
+                self._spool_failing = False
+                if failing:
+                    log.warning("event %s: the spool %s takes items again", self._event, self.spool.directory)
                 return
-            except (OSError, UnfaithfulError) as exc:  # a disk error, or an item the spool cannot keep as it is
+        if unspoolable is not None:
+            if may_wait != 0 and self._queue.put(item, block=True, timeout=may_wait):
+                return
+            self.reject(item, unspoolable)
+            return
+        if not failing:
+            now = time.monotonic()
+            if self._spool_error_logged_at is None or now - self._spool_error_logged_at >= LOST_LOG_INTERVAL:
+                self._spool_error_logged_at = now
                 log.error(
-                    "%s (event %s): cannot spill to %s (%s); blocking instead",
+                    "%s (event %s): cannot spill to %s (%s); while it fails, items that find the queue full are "
+                    "LOST (give spool_dir a file system other than the archive's)",
                     item.source,
                     self._event,
                     self.spool.directory,
-                    exc,
+                    error,
                 )
-        if not self._queue.put(item, block=True):
+            if may_wait != 0 and self._queue.put(item, block=True, timeout=may_wait):
+                return
+        if self._queue.closed:
             self._set_aside(item, ArchiverError("arrived while the archiver was stopping"))
+            return
+        self._lose(item, "lost_spool_full", f"the queue is full and the spool {self.spool.directory} failed: {error}")
+
+    def _lose(self, item: Item, reason: str | None, message: str) -> None:
+        """Count ``item`` as dropped (and under ``reason``, if given) and log it as LOST (the first always, then
+        at most every ``LOST_LOG_INTERVAL`` seconds with the count since)."""
+        self._accounting.lost(item.source, reason)
+        now = time.monotonic()
+        with self._count_lock:
+            self._lost_count += 1
+            self._lost_unlogged += 1
+            if self._lost_count > 1 and now - self._lost_logged_at < LOST_LOG_INTERVAL:
+                return
+            self._lost_logged_at, unlogged, self._lost_unlogged = now, self._lost_unlogged, 0
+            lost = self._lost_count
+        log.error(
+            "%s (event %s): LOST item: %s (%d lost since the last such line, %d in total)",
+            item.source,
+            self._event,
+            message,
+            unlogged,
+            lost,
+        )
 
     def _unspool_loop(self) -> None:
         """Hand spooled items back to the queue, oldest first, as room frees up; an entry that cannot be
@@ -248,8 +358,10 @@ class Pipeline:
             self._dead_letter(item, ArchiverError("arrived while the archiver was stopping"))
             return
         self._accounting.add(item.source, "dropped")
-        self._drop_logged += 1
-        if self._drop_logged == 1 or self._drop_logged % 100 == 0:
+        with self._count_lock:
+            self._drop_logged += 1
+            dropped = self._drop_logged
+        if dropped == 1 or dropped % 100 == 0:
             items, nbytes = self._queue.depth()
             log.warning(
                 "%s (event %s): queue full (%d items, %d bytes), overflow='drop': item dropped (%d dropped so far)",
@@ -257,7 +369,7 @@ class Pipeline:
                 self._event,
                 items,
                 nbytes,
-                self._drop_logged,
+                dropped,
             )
 
     # ------------------------------------------------------------------ writing
@@ -267,19 +379,21 @@ class Pipeline:
             self._write_batches(lane, self._batch_writer)
             return
         while not self._abort.is_set():
+            self._settle_written_back(lane)
             item = self._queue.get(lane, timeout=0.2)
             if item is None:
-                if self._queue.closed:
+                if not self._flush_writeback() and self._queue.closed and not self._unsettled[lane]:
                     return
                 continue
-            self._process(item)
-            self.spool.done(item)
+            if self._process(item):
+                self.spool.done(item)
 
     def _write_batches(self, lane: int, batch_writer: BatchWriter) -> None:
         """Take what waits in the lane, hand it to the batch writer, and settle the previous batch while
         its helper works on this one: naming and encoding overlap with creating files."""
         pending: Batch | None = None
         while True:
+            self._settle_written_back(lane)
             items: list[Item] = []
             if not self._abort.is_set():
                 items = self._queue.get_many(lane, BATCH_ITEMS, BATCH_BYTES, 0.0 if pending else 0.2)
@@ -288,37 +402,88 @@ class Pipeline:
                 for item, outcome in batch_writer.collect(pending):
                     self._settle(item, outcome)
             pending = batch
-            if pending is None and (self._abort.is_set() or (not items and self._queue.closed)):
+            if pending is None and not items and self._flush_writeback():
+                continue
+            finished = not items and self._queue.closed and not self._unsettled[lane]
+            if pending is None and (self._abort.is_set() or finished):
                 return
 
     def _settle(self, item: Item, outcome: Outcome) -> None:
         """Account for one item of a batch; write it here if the helper did not, retry it if it failed."""
         if isinstance(outcome, Inline):
-            self._process(item)
+            settled = self._process(item)
         else:
             item.attempts += 1
+            settled = True
             if outcome is None:
                 self._accounting.archived(item.source, item.nbytes)
             else:
-                self._process(item, outcome)
-        self.spool.done(item)
+                settled = self._process(item, outcome)
+        if settled:
+            self.spool.done(item)
 
-    def _process(self, item: Item, failure: BaseException | None = None) -> None:
+    def _process(self, item: Item, failure: BaseException | None = None) -> bool:
         """Store ``item``, retrying transient failures with backoff; ``failure``: how the attempt already
-        made (by a batch's helper) failed."""
+        made (by a batch's helper, or the device in writeback) failed.
+
+        True once the item is settled (archived or dead-lettered); False while files it was written to are
+        still on their way to the device: it is then settled by ``_settle_written_back``.
+        """
+        window = self._writeback if self._writeback is not None and self._writeback.enabled else None
         while True:
             if failure is None:
                 item.attempts += 1
+                ticket = Ticket(functools.partial(self._on_written_back, item)) if window is not None else None
                 try:
-                    self._store(item)
+                    if window is not None and ticket is not None:
+                        with window.tracking(ticket):
+                            self._store(item)
+                    else:
+                        self._store(item)
                 except Exception as exc:  # noqa: BLE001 - every failure is retried or dead-lettered, never raised
+                    if window is not None and ticket is not None:
+                        window.release(ticket, cancel=True)
                     failure = exc
                 else:
-                    self._accounting.archived(item.source, item.nbytes)
-                    return
+                    if window is not None and ticket is not None:
+                        if not window.release(ticket):
+                            with self._count_lock:
+                                self._unsettled[self._queue.lane_of(item.source)] += 1
+                            return False
+                        if ticket.errors:
+                            failure = _writeback_failure(ticket.errors)
+                    if failure is None:
+                        self._accounting.archived(item.source, item.nbytes)
+                        return True
             if not self._wait_for_retry(item, failure):
-                return
+                return True
             failure = None
+
+    def _on_written_back(self, item: Item, ticket: Ticket) -> None:
+        """The window finished the last file of ``item`` (on any thread): its writer settles it."""
+        self._written_back[self._queue.lane_of(item.source)].append((item, ticket.errors))
+
+    def _settle_written_back(self, lane: int) -> None:
+        """Count the items of ``lane`` whose files reached the device as archived; write those again whose
+        writeback failed (or dead-letter them, once their retries are used up)."""
+        done = self._written_back[lane]
+        while done:
+            item, errors = done.popleft()
+            with self._count_lock:
+                self._unsettled[lane] -= 1
+            if not errors:
+                self._accounting.archived(item.source, item.nbytes)
+            elif not self._process(item, _writeback_failure(errors)):
+                continue  # written again, and on its way to the device again
+            self.spool.done(item)
+
+    def _flush_writeback(self) -> bool:
+        """Push what the window holds to the device (a writer with nothing to do), so that its items settle;
+        True if there was something."""
+        if self._writeback is None or not self._writeback.in_flight:
+            return False
+        self._writeback.flush()
+        return True
 
     def _wait_for_retry(self, item: Item, failure: BaseException) -> bool:
         """After a failed attempt: True once the backoff has passed, or False when the item was dead-lettered
@@ -416,10 +581,8 @@ class Pipeline:
             return
 
     def _lost(self, item: Item, message: str, why: str) -> None:
-        """Count and log an item that could not be kept in a form that can be archived later."""
-        self._accounting.add(item.source, "dropped")
-        source, attempts = item.source, item.attempts
-        log.error("%s (event %s): LOST item after %d attempt(s): %s; %s", source, self._event, attempts, message, why)
+        """An item that could not be kept in a form that can be archived later: counted and logged as LOST."""
+        self._lose(item, None, f"after {item.attempts} attempt(s): {message}; {why}")
 
     # ------------------------------------------------------------------ shutdown
     def stop(
@@ -443,20 +606,22 @@ class Pipeline:
             self._queue.close()
             self.spool.wake()
             before_drain()
-            for thread in self._writers:
+            self._rejects.close()  # intake has stopped: what still arrives is dead-lettered by its caller
+            for thread in [*self._writers, self._reject_writer]:
                 thread.join(max(0.0, deadline - time.monotonic()))
-            if any(thread.is_alive() for thread in self._writers):
+            if any(thread.is_alive() for thread in [*self._writers, self._reject_writer]):
                 log.warning(
                     "event %s: queue not drained within drain_timeout=%.1f s; setting the rest aside",
                     self._event,
                     self.options.drain_timeout,
                 )
                 self._abort.set()
-                for thread in self._writers:
+                for thread in [*self._writers, self._reject_writer]:
                     thread.join()
             self._spool_reader.join()
             if self._batch_writer is not None:
                 self._batch_writer.close()
+            self._settle_after_writers()
             reason = ArchiverError(f"not written within drain_timeout={self.options.drain_timeout} s at shutdown")
             for item in self._queue.drain():
                 self._set_aside(item, reason)
@@ -468,6 +633,19 @@ class Pipeline:
                     self.spool.directory,
                 )
             self._stopped = True
+
+    def _settle_after_writers(self) -> None:
+        """Writers cut short by the drain timeout may leave items whose files are in the window: finish them,
+        count those on the device as archived, set the others aside."""
+        self._flush_writeback()
+        for done in self._written_back:
+            while done:
+                item, errors = done.popleft()
+                if errors:
+                    self._set_aside(item, _writeback_failure(errors))
+                else:
+                    self._accounting.archived(item.source, item.nbytes)
+                    self.spool.done(item)
 
     @property
     def stopped(self) -> bool:
@@ -491,7 +669,14 @@ class Pipeline:
             "spilled_total": self._spilled,
             "quarantined": self._quarantined,
             "quarantine_dir": str(self.spool.quarantine),
+            "spool_failing": self._spool_failing,
+            "rejected_waiting": len(self._rejects),
         }
+
+
+def _writeback_failure(errors: list[str]) -> StorageError:
+    """The error of an item whose files the device failed to write back (retried like any storage error)."""
+    return StorageError(errno.EIO, "; ".join(errors))
 
 
 def _lower_priority(nice: int) -> None:

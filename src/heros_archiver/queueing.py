@@ -142,3 +142,56 @@ class LaneQueue:
         """(items, bytes) currently queued."""
         with self._lock:
             return self._items, self._bytes
+
+
+class RejectQueue:
+    """Items refused on the receive path, each with its error, for a thread that dead-letters them.
+
+    Bounded in items and bytes, and never blocking: the receive thread must not wait for disk work, so
+    what does not fit is the caller's to count as lost.
+    """
+
+    def __init__(self, max_items: int, max_bytes: int) -> None:
+        self._entries: deque[tuple[Item, BaseException]] = deque()
+        self.max_items = max_items
+        self.max_bytes = max_bytes
+        self._bytes = 0
+        self._closed = False
+        self._ready = threading.Condition()
+
+    def put(self, item: Item, error: BaseException) -> bool:
+        """Add ``item``; False (nothing added) when the queue is full or closed."""
+        with self._ready:
+            full = len(self._entries) >= self.max_items or self._bytes + item.nbytes > self.max_bytes
+            if self._closed or (full and self._entries):
+                return False
+            self._entries.append((item, error))
+            self._bytes += item.nbytes
+            self._ready.notify()
+            return True
+
+    def get(self, timeout: float) -> tuple[Item, BaseException] | None:
+        """The oldest entry, or None after ``timeout`` seconds without one."""
+        with self._ready:
+            if not self._entries:
+                self._ready.wait(timeout)
+            if not self._entries:
+                return None
+            entry = self._entries.popleft()
+            self._bytes -= entry[0].nbytes
+            return entry
+
+    def close(self) -> None:
+        """Refuse new entries from now on; wake the thread waiting in ``get``."""
+        with self._ready:
+            self._closed = True
+            self._ready.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        """True once ``close`` was called."""
+        return self._closed
+
+    def __len__(self) -> int:
+        """Entries waiting."""
+        return len(self._entries)

@@ -17,8 +17,16 @@ from heros_archiver import ArrayArchiver
 class SlowArrayArchiver(ArrayArchiver):
     """An ArrayArchiver whose storage takes ``store_delay`` seconds longer per item; records the call order."""
 
-    def __init__(self, *args: Any, store_delay: float = 0.05, first_store_delay: float = 0.0, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        store_delay: float = 0.05,
+        first_store_delay: float = 0.0,
+        drain_log: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         self.store_delay = float(store_delay)
+        self.drain_log = drain_log  # a file that gets "start NAME T" and "end NAME T" (monotonic) per drain
         self.first_store_delay = float(first_store_delay)  # a storage stall at the first item
         self.store_calls: list[tuple[str, Any]] = []
         self._calls_lock = threading.Lock()
@@ -30,3 +38,13 @@ class SlowArrayArchiver(ArrayArchiver):
             first = len(self.store_calls) == 1
         time.sleep(self.first_store_delay if first else self.store_delay)
         super()._store(source_name, payload, metadata)
+
+    def _teardown(self) -> None:
+        self._log_drain("start")
+        super()._teardown()
+        self._log_drain("end")
+
+    def _log_drain(self, what: str) -> None:
+        if self.drain_log is not None:
+            with open(self.drain_log, "a") as log:
+                log.write(f"{what} {self._selector} {time.monotonic()}\n")
