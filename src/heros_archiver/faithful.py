@@ -86,7 +86,9 @@ def _reduce_array(array: np.ndarray) -> Any:
         raw = flat.reshape(-1).view(np.uint8)
     except ValueError:  # a dtype of itemsize 0: numpy's own pickling handles it
         return NotImplemented
-    return _array, (pickle.PickleBuffer(raw.data), array.dtype, array.shape, order)
+    # the array itself, not raw.data: a buffer whose exporter is a memoryview can crash the garbage
+    # collector of CPython 3.11 (memory_clear drops the view's managed buffer while another holds an export)
+    return _array, (pickle.PickleBuffer(raw), array.dtype, array.shape, order)
 
 
 def _masked_array(data: np.ndarray, mask: Any, fill_value: Any, hard_mask: bool) -> np.ma.MaskedArray:
