@@ -28,15 +28,15 @@ GOOD = np.arange(64, dtype=np.uint16).reshape(8, 8)
 def _record_dead_letter_threads(archiver: Any, monkeypatch: pytest.MonkeyPatch, delay: float) -> list[str]:
     """Make the dead-letter store slow (``delay`` s per entry, as a busy disk) and record which thread writes."""
     store = archiver._pipeline.dead_letters
-    real_put = store.put
+    real_write = store.write
     threads: list[str] = []
 
-    def put(**kwargs: Any) -> Any:
+    def write(**kwargs: Any) -> Any:
         threads.append(threading.current_thread().name)
         time.sleep(delay)
-        return real_put(**kwargs)
+        return real_write(**kwargs)
 
-    monkeypatch.setattr(store, "put", put)
+    monkeypatch.setattr(store, "write", write)
     return threads
 
 
@@ -79,8 +79,8 @@ def test_a_full_reject_backlog_counts_and_logs_the_rest_as_lost(
     rig = make_rig()
     archiver: Any = rig.archiver
     store = archiver._pipeline.dead_letters
-    real_put, gate = store.put, threading.Event()
-    monkeypatch.setattr(store, "put", lambda **kwargs: gate.wait(30) and real_put(**kwargs))
+    real_write, gate = store.write, threading.Event()
+    monkeypatch.setattr(store, "write", lambda **kwargs: gate.wait(30) and real_write(**kwargs))
 
     archiver.feed("cam", "garbage 0")
     wait_until(lambda: archiver.stats()["queue"]["rejected_waiting"] == 0, what="the rejects thread to take one")
