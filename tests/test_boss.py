@@ -18,6 +18,7 @@ from heros import RemoteHERO
 from heros.zenoh import ZenohSessionManager
 
 from helpers import RawCamera, assert_npy_equal, wait_until
+from heros_archiver import heros_compat
 from heros_archiver.testing import (
     ReliableSimulatedCamera,
     free_port,
@@ -125,7 +126,7 @@ def test_boss_runs_the_spec_example(tmp_path: Path) -> None:
         assert sorted(p.name for p in images.iterdir() if p.is_file()) == sorted(p.name for p in expected)
 
         # BOSS exposes public methods as capabilities: another process (here: the test) asks for the figures
-        remote = _remote_hero("my-camera-capturer", realm, camera._session_manager)
+        remote = _remote_hero("my-camera-capturer", realm, heros_compat.session_manager(camera))
         try:
             stats = remote.stats()
         finally:

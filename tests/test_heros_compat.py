@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 import zenoh
-from heros import EventObserver, serdes
+from heros import serdes
 
 from conftest import RigFactory
 from heros_archiver import heros_compat
@@ -48,7 +48,7 @@ def test_each_accessor_reaches_what_heros_set_on_a_real_archiver(make_rig: RigFa
     assert manager is not None and rig.realm in heros_compat.open_sessions(manager)
     assert heros_compat.primary_subscription(archiver) in heros_compat.subscriptions(archiver)
     assert archiver.feed in heros_compat.event_callbacks(archiver).values()
-    key = f"{EventObserver._ns_objects}/{rig.realm}/cam/acquisition_data"  # type: ignore[attr-defined]
+    key = heros_compat.event_key(rig.realm, "cam", "acquisition_data")
     assert heros_compat.sender_name(archiver, key, "acquisition_data") == "cam"
     assert heros_compat.hero_name(rig.camera) == "cam"
     assert heros_compat.deserialize(archiver, serdes.serialize([1, {"frame": 2}])) == [1, {"frame": 2}]

@@ -15,7 +15,7 @@ import zenoh
 
 from conftest import RigFactory
 from helpers import RawCamera, assert_refused_before_zenoh, wait_for_items, wait_until
-from heros_archiver import ArrayArchiver, JsonArchiver
+from heros_archiver import ArrayArchiver, JsonArchiver, heros_compat
 from heros_archiver.deadletter import DeadLetterStore
 from heros_archiver.intake import BufferedIntake
 from heros_archiver.queueing import Item
@@ -119,11 +119,11 @@ def test_bad_bytes_on_the_wire_are_dead_lettered_and_the_next_event_is_archived(
     kept as they arrived (base64 in the dead-letter store), the key expression in the error; bytes that
     decode to something other than a payload are dead-lettered as decoded. Both intakes do the same."""
     rig = make_rig(TEMPLATE, archiver_cls=JsonArchiver, camera_cls=RawCamera, intake_buffer=intake_buffer)
-    key = f"{rig.camera._ns_objects}/{rig.realm}/cam/acquisition_data"
+    key = heros_compat.event_key(rig.realm, "cam", "acquisition_data")
     not_cbor = b"\x1c reserved CBOR head"  # no CBOR item starts with 0x1c
     with caplog.at_level(logging.ERROR, logger="heros_archiver"):
-        rig.camera._session.put(key, not_cbor)
-        rig.camera._session.put(key, b"\xff")  # CBOR's "break" marker: decodes, but is no (data, metadata)
+        heros_compat.session(rig.camera).put(key, not_cbor)
+        heros_compat.session(rig.camera).put(key, b"\xff")  # CBOR's "break" marker: decodes, but is no (data, metadata)
         rig.camera.acquisition_data({"i": 1})
         total = wait_for_items(rig.archiver, 3)
 

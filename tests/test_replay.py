@@ -14,10 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import RigFactory
-from heros_archiver.archiver import DEAD_LETTER_SUBDIR
 from heros_archiver.deadletter import DeadLetterStore
 from heros_archiver.errors import ConfigurationError, ReplayError
-from heros_archiver.replay import STORE_SUBDIR, archive_root, replay
+from heros_archiver.replay import archive_root, replay
 from heros_archiver.writer import WriterSettings
 from procs import (
     check_frame_file,
@@ -272,7 +271,6 @@ def test_the_file_system_root_is_never_implied() -> None:
     assert archive_root("/.heros-archiver/dead-letter", root="/") == Path("/")
     assert archive_root("/data/run42/.heros-archiver/dead-letter") == Path("/data/run42")
     assert archive_root("/data/run42/.heros-archiver/dead-letter/", root="/data/x/../y") == Path("/data/y")
-    assert DEAD_LETTER_SUBDIR.parts == STORE_SUBDIR
 
 
 def test_a_corrected_template_is_confined_too(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import zenoh
 
 from conftest import RigFactory
 from helpers import assert_npy_equal, wait_for_items, wait_until
+from heros_archiver import heros_compat
 from heros_archiver.sharedmemory import installed_zenoh_version, shared_memory_is_safe
 from heros_archiver.testing import make_frame
 
@@ -45,7 +46,7 @@ def _transport_of_frames(make_rig: RigFactory, tmp_path: Path, **kwargs: Any) ->
     rig = make_rig(**kwargs)
     through_shared_memory: list[bool] = []
     key = f"@object/{rig.realm}/cam/acquisition_data"  # where heros publishes the camera's event
-    tap = rig.archiver._session.declare_subscriber(
+    tap = heros_compat.session(rig.archiver).declare_subscriber(
         key, zenoh.handlers.Callback(lambda s: through_shared_memory.append(s.payload.as_shm() is not None))
     )
     try:

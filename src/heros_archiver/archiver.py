@@ -22,8 +22,8 @@ from typing import Any
 
 import zenoh
 from heros import EventObserver
-from heros.helper import object_name_from_keyexpr
 
+from . import heros_compat
 from .accounting import SETTLED, Accounting
 from .batching import BatchWriter
 from .deadletter import DeadLetterStore
@@ -41,13 +41,12 @@ from .pipeline import (
 from .queueing import Item
 from .sharedmemory import disable_shared_memory, installed_zenoh_version, shared_memory_is_safe
 from .spool import Spool
+from .statedir import DEAD_LETTER_SUBDIR, SPOOL_DIR_NAME
 from .storage import check_integer
 from .writeback import WritebackWindow
-from .writer import STATE_DIR_NAME
 
 log = logging.getLogger("heros_archiver")
 
-DEAD_LETTER_SUBDIR = Path(STATE_DIR_NAME) / "dead-letter"
 #: Seconds a buffered intake may take, after the drain, to set aside the samples it still holds.
 _SET_ASIDE_TIMEOUT = 30.0
 #: Key expression -> sender name entries kept before the cache starts over (senders come and go).
@@ -180,8 +179,10 @@ class HERODataArchiver(EventObserver):
         self._selector = object_selector
         self._accounting = Accounting(event_name, sequence_key)
         self._setup_storage()
-        dead_letters = DeadLetterStore(dead_letter_dir or self._default_dead_letter_dir())
-        spool = Spool(Path(spool_dir) if spool_dir else dead_letters.directory.parent / "spool", event_name)
+        durable = self._state_is_durable()
+        dead_letters = DeadLetterStore(dead_letter_dir or self._default_dead_letter_dir(), durable)
+        spool_path = Path(spool_dir) if spool_dir else dead_letters.directory.parent / SPOOL_DIR_NAME
+        spool = Spool(spool_path, event_name, durable)
         self._pipeline = Pipeline(
             event_name,
             self._store_item,
@@ -203,7 +204,7 @@ class HERODataArchiver(EventObserver):
             EventObserver.__init__(self, object_selector, event_name, *args, **kwargs)
         except BaseException as exc:
             self._pipeline.stop()
-            manager = getattr(self, "_session_manager", None)
+            manager = heros_compat.session_manager(self)
             if manager is not None:
                 manager.release_session(self)
             if isinstance(exc, zenoh.ZError):
@@ -213,6 +214,7 @@ class HERODataArchiver(EventObserver):
                     "'cam-$*' (a wildcard inside a name) or '*'"
                 ) from exc
             raise
+        heros_compat.check_observer(self)
         _OPEN.add(self)
         log.info(
             "archiving event %r of %r (queue %d items / %d MiB, overflow=%s, %d writer(s), dead letters in %s)",
@@ -232,6 +234,10 @@ class HERODataArchiver(EventObserver):
     def _default_dead_letter_dir(self) -> Path:
         """Where failed items go unless ``dead_letter_dir`` is given."""
         return Path.cwd() / DEAD_LETTER_SUBDIR
+
+    def _state_is_durable(self) -> bool:
+        """Whether spool and dead-letter entries are fsynced (archivers with an ``fsync`` setting follow it)."""
+        return False
 
     def _writer_settings(self) -> dict[str, Any] | None:
         """How this archiver names and writes items, recorded with dead letters so they can be replayed.
@@ -277,7 +283,7 @@ class HERODataArchiver(EventObserver):
             try:
                 data = decode_frame_event(raw)  # camera frames without the decoder's extra copy
                 if data is None:
-                    data = self._deserialize(raw)
+                    data = heros_compat.deserialize(self, raw)
             except Exception as exc:  # noqa: BLE001 - one undecodable sample must not stop the subscription
                 self._reject_undecodable(str(sample.key_expr), raw, exc)
                 return
@@ -288,13 +294,19 @@ class HERODataArchiver(EventObserver):
         self.register_callback(self.feed)
         if self._intake_buffer:
             intake = BufferedIntake(
-                self._session, selector, self._intake_buffer, on_sample, f"heros-archiver-intake-{self._event}"
+                heros_compat.session(self),
+                selector,
+                self._intake_buffer,
+                on_sample,
+                f"heros-archiver-intake-{self._event}",
             )
             self._buffered_intakes.append(intake)
             sub = intake.subscriber
         else:
-            sub = self._session.declare_subscriber(selector, zenoh.handlers.Callback(on_sample, indirect=False))
-        self._subscriptions.append(sub)
+            sub = heros_compat.session(self).declare_subscriber(
+                selector, zenoh.handlers.Callback(on_sample, indirect=False)
+            )
+        heros_compat.subscriptions(self).append(sub)  # heros undeclares it with the others
         return sub
 
     def _reject_undecodable(self, key: str, raw: bytes, error: Exception) -> None:
@@ -313,7 +325,7 @@ class HERODataArchiver(EventObserver):
         try:
             return self._source_names[key]
         except KeyError:
-            source_name = object_name_from_keyexpr(key, self._ns_objects, self._realm, self._event_name) or key
+            source_name = heros_compat.sender_name(self, key, self._event) or key
             if len(self._source_names) >= _MAX_SOURCE_NAMES:
                 self._source_names.clear()
             self._source_names[key] = source_name
@@ -324,7 +336,7 @@ class HERODataArchiver(EventObserver):
         sender's name cached per key expression (``_source_name``; ~1.4 us per event, a fifth of the
         receive path's Python)."""
         source_name = self._source_name(str(key_expr))
-        for uid, callback in list(self._event_callbacks.items()):  # a callback may remove itself
+        for uid, callback in list(heros_compat.event_callbacks(self).items()):  # a callback may remove itself
             try:
                 callback(source_name, data)
             except Exception as exc:  # noqa: BLE001 - one failing callback must not keep the others from the event
@@ -385,19 +397,21 @@ class HERODataArchiver(EventObserver):
         still takes items, until ``deadline``."""
         for intake in self._buffered_intakes:
             intake.close(deadline)
-            if intake.subscriber in self._subscriptions:
-                self._subscriptions.remove(intake.subscriber)
+            subscriptions = heros_compat.subscriptions(self)
+            if intake.subscriber in subscriptions:
+                subscriptions.remove(intake.subscriber)
 
     def _undeclare_subscription(self) -> None:
-        subscription = getattr(self, "_subscription", None)
-        if subscription is None or subscription not in getattr(self, "_subscriptions", []):
+        subscription = heros_compat.primary_subscription(self)
+        subscriptions = heros_compat.subscriptions(self)
+        if subscription is None or subscription not in subscriptions:
             return  # never declared, or a buffered one, undeclared before the drain
         try:
             subscription.undeclare()
         except Exception as exc:  # noqa: BLE001 - the session may already be closed
             log.debug("undeclaring the subscription failed: %s", exc)
-        if subscription in getattr(self, "_subscriptions", []):
-            self._subscriptions.remove(subscription)
+        if subscription in subscriptions:
+            subscriptions.remove(subscription)
 
     def close(self) -> None:
         """Stop intake, drain the queue within ``drain_timeout``, set aside what is left, log the final

@@ -88,7 +88,7 @@ def _reduce_array(array: np.ndarray) -> Any:
         return NotImplemented
     # the array itself, not raw.data: a buffer whose exporter is a memoryview can crash the garbage
     # collector of CPython 3.11 (memory_clear drops the view's managed buffer while another holds an export)
-    return _array, (pickle.PickleBuffer(raw), array.dtype, array.shape, order)
+    return _array, (pickle.PickleBuffer(raw), array.dtype, array.shape, order)  # type: ignore[arg-type]
 
 
 def _masked_array(data: np.ndarray, mask: Any, fill_value: Any, hard_mask: bool) -> np.ma.MaskedArray:

@@ -8,14 +8,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .archiver import DEAD_LETTER_SUBDIR, HERODataArchiver
+from .archiver import HERODataArchiver
 from .batching import BatchWriter
 from .errors import ConfigurationError
 from .naming import PathTemplate, derive_root
 from .queueing import Item
+from .statedir import DEAD_LETTER_SUBDIR, STATE_DIR_NAME
 from .storage import Fsync, OnExists, check_integer, remove_stale_temporaries
 from .writeback import WritebackWindow
-from .writer import STATE_DIR_NAME, FileWriter, WriterSettings
+from .writer import FileWriter, WriterSettings
 
 log = logging.getLogger("heros_archiver")
 
@@ -77,11 +78,6 @@ class FileArchiver(HERODataArchiver):
             file_format, save_template, "", on_exists, fsync, bool(split_data_array), bool(merge_metadata)
         )
         HERODataArchiver.__init__(self, *args, **kwargs)
-        # Spool and dead-letter entries are as durable as the files (item 7 of issue 13). The stores are
-        # made by HERODataArchiver.__init__, which does not know this archiver's setting.
-        durable = fsync != "none"
-        self._pipeline.dead_letters.fsync = durable
-        self._pipeline.spool.store.fsync = durable
 
     def _setup_storage(self) -> None:
         """Compile the template (a syntax error fails here, at start), refuse a state directory that is a
@@ -105,6 +101,10 @@ class FileArchiver(HERODataArchiver):
 
     def _default_dead_letter_dir(self) -> Path:
         return self.root / DEAD_LETTER_SUBDIR
+
+    def _state_is_durable(self) -> bool:
+        """Spool and dead-letter entries are fsynced whenever the files are (``fsync`` other than ``none``)."""
+        return self._settings.fsync != "none"
 
     def _writeback_tracker(self) -> WritebackWindow:
         return self._writer.window

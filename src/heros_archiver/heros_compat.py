@@ -110,6 +110,11 @@ def sender_name(observer: EventObserver, key: str, event_name: str) -> str | Non
     return name
 
 
+def event_key(realm: str, object_name: str, event_name: str) -> str:
+    """The key expression on which HERO ``object_name`` of ``realm`` publishes ``event_name``."""
+    return f"{EventObserver._ns_objects}/{realm}/{object_name}/{event_name}"
+
+
 def open_sessions(manager: ZenohSessionManager) -> dict[str, Any]:
     """The sessions a manager has open, by realm (its configuration can no longer change for those)."""
     sessions: dict[str, Any] = getattr(manager, "_sessions", {})

@@ -19,11 +19,11 @@ from pathlib import Path
 from .deadletter import DeadLetter, DeadLetterStore
 from .errors import ReplayError
 from .naming import PathTemplate
-from .writer import STATE_DIR_NAME, FileWriter, WriterSettings
+from .statedir import DEAD_LETTER_SUBDIR
+from .writer import FileWriter, WriterSettings
 
-#: Where an archiver keeps its dead letters under its root (``archiver.DEAD_LETTER_SUBDIR``; not imported
-#: from there because that module pulls in heros and Zenoh, which a replay does not need).
-STORE_SUBDIR = (STATE_DIR_NAME, "dead-letter")
+#: Where an archiver keeps its dead letters under its root, as path parts.
+STORE_SUBDIR = DEAD_LETTER_SUBDIR.parts
 
 
 @dataclass

@@ -22,12 +22,12 @@ import uuid
 
 from .confinement import open_directory
 from .errors import PathConfinementError
+from .statedir import RECORDS_SUBDIR
 
 log = logging.getLogger("heros_archiver")
 
 #: The directory under the archive root that holds the archiver's own state (dead letters, spool, records).
-STATE_DIR_NAME = ".heros-archiver"
-RECORDS_DIR = f"{STATE_DIR_NAME}/temporaries"
+RECORDS_DIR = str(RECORDS_SUBDIR)
 TMP_PREFIX = ".~heros-archiver"
 _TMP_NAME = re.compile(re.escape(TMP_PREFIX) + r"\.(\d+)\.([0-9a-f]{8})\.[0-9a-f]+\.tmp$")
 _RECORD_NAME = re.compile(r"(\d+)\.([0-9a-f]{8})$")

@@ -19,6 +19,7 @@ from .formats.json import JsonFormat
 from .formats.npy import NpyFormat, as_array
 from .naming import PathTemplate
 from .saferepr import safe_repr
+from .statedir import STATE_DIR_NAME
 from .storage import (
     FSYNC_CHOICES,
     ON_EXISTS_CHOICES,
@@ -29,7 +30,6 @@ from .storage import (
     remove_file,
     write_unless_present,
 )
-from .temporaries import STATE_DIR_NAME as STATE_DIR_NAME  # re-exported: the archiver imports it from here
 from .writeback import WritebackWindow
 
 #: The key under which ``merge_metadata=True`` adds the merged metadata to a JSON document.
