@@ -59,7 +59,7 @@ def test_npy_reads_back_as_sent(array: np.ndarray, layout: str) -> None:
         array = np.asfortranarray(array)
     elif layout == "every other" and array.ndim:
         array = array[::2]  # a strided view, not contiguous
-    _assert_same_array(_load_npy(NpyFormat().prepare(array, {})), array)
+    _assert_same_array(_load_npy(NpyFormat().prepare(array)), array)
 
 
 @settings(max_examples=100, deadline=None, database=None)
@@ -67,7 +67,7 @@ def test_npy_reads_back_as_sent(array: np.ndarray, layout: str) -> None:
 def test_npy_scalar_payload_stays_a_scalar(value: Any) -> None:
     """A number (or numpy scalar) is stored as a 0-d array, as ``np.save`` stores it."""
     for payload in (value, np.asarray(value)[()], np.asarray(value)):
-        _assert_same_array(_load_npy(NpyFormat().prepare(payload, {})), np.asarray(value))
+        _assert_same_array(_load_npy(NpyFormat().prepare(payload)), np.asarray(value))
 
 
 @settings(max_examples=150, deadline=None, database=None)
@@ -86,7 +86,7 @@ def test_split_parts_read_back_as_the_slices_sent(array: np.ndarray) -> None:
 @pytest.mark.parametrize("payload", [{"a": 1}, "text", b"bytes", None, np.array([{"a": 1}], dtype=object)])
 def test_npy_refuses_what_would_need_pickling(payload: Any) -> None:
     with pytest.raises(PayloadError, match="expected a numpy array"):
-        NpyFormat().prepare(payload, {})
+        NpyFormat().prepare(payload)
 
 
 NUMPY_SCALARS = st.one_of(
@@ -157,14 +157,14 @@ def _strict_json(data: bytes) -> Any:
 @settings(max_examples=300, deadline=None, database=None)
 @given(payload=st.dictionaries(st.text(max_size=8), JSON_VALUES, max_size=6))
 def test_json_reads_back_as_sent(payload: dict[str, Any]) -> None:
-    (data,) = JsonFormat().prepare(payload, {})
+    (data,) = JsonFormat().prepare(payload)
     assert _strict_json(bytes(data)) == _as_json_reads_it(payload)
 
 
 def test_json_keeps_integers_beyond_64_bits(tmp_path: Path) -> None:
     """CBOR (and Python) carry integers of any size; JSON has no limit either, so none is refused."""
     payload = {"big": 2**70, "negative": -(2**65), "nested": [2**64, {"x": 10**30}], "nan": float("nan")}
-    (data,) = JsonFormat().prepare(payload, {})
+    (data,) = JsonFormat().prepare(payload)
     assert _strict_json(bytes(data)) == {
         "big": 2**70,
         "negative": -(2**65),
@@ -203,7 +203,7 @@ def _count_members(value: Any) -> int:
 def test_json_never_merges_keys_silently(payload: dict[Any, Any]) -> None:
     """Either the item is refused, or every key of every object arrives: a reader keeps no fewer values."""
     try:
-        (data,) = JsonFormat().prepare(payload, {})
+        (data,) = JsonFormat().prepare(payload)
     except PayloadError as exc:
         assert "distinct" in str(exc), exc
         return
@@ -221,4 +221,4 @@ def test_json_never_merges_keys_silently(payload: dict[Any, Any]) -> None:
 )
 def test_json_refuses_keys_written_alike(payload: dict[Any, Any], keys: str) -> None:
     with pytest.raises(PayloadError, match=keys):
-        JsonFormat().prepare(payload, {})
+        JsonFormat().prepare(payload)

@@ -28,7 +28,13 @@ from heros_archiver import (
     PathConfinementError,
     TemplateRenderError,
 )
-from heros_archiver.naming import PathTemplate, confine, derive_root
+from heros_archiver.naming import PathTemplate, confine_text, derive_root
+
+
+def confine(rendered: str, root: Path) -> Path:
+    """The confined path of ``rendered`` under ``root`` (as the writer gets it, as text)."""
+    return Path(confine_text(rendered, str(root)))
+
 
 SPEC_TEMPLATE = "{{ file_path }}/testimg-{{ '%04d' % ( frame / 2 ) |round(0, 'floor') }}-{{ frame % 2 }}.npy"
 

@@ -281,7 +281,7 @@ def _write_readable_payload(directory: Path, payload: Any) -> tuple[str | None, 
     note = ""
     if isinstance(payload, np.ndarray) and not payload.dtype.hasobject:
         try:
-            content = NpyFormat().prepare(np.asarray(payload), {})
+            content = NpyFormat().prepare(np.asarray(payload))
         except Exception as exc:  # noqa: BLE001 - a form numpy cannot write is described, never retried
             note = f"not storable as npy ({type(exc).__name__}: {safe_str(exc, 200)}); "
         else:

@@ -144,18 +144,10 @@ def _file_system_limits(root: Path) -> tuple[int, int]:
     return limits[0], limits[1]
 
 
-def confine(rendered: str, root: Path, template: str = "") -> Path:
-    """Resolve ``rendered`` against ``root``; raise unless the result is a file path under ``root``.
-
-    Lexical check only (``..``, absolute paths); what the file system makes of the path (symlinks,
-    renames) is settled when it is written, by opening its directory beneath a handle of the root
-    (``confinement.py``), because only then does the file system say where a name leads.
-    """
-    return Path(confine_text(rendered, str(root), template))
-
-
 def confine_text(rendered: str, root_text: str, template: str = "") -> str:
-    """``confine`` on text: ``root_text`` is an absolute, normalised directory; returns the path as text."""
+    """Resolve ``rendered`` against ``root_text`` (an absolute, normalised directory); raise unless the result
+    is a file path under it. Lexical only (``..``, absolute paths): the writer opens every directory beneath a
+    handle of the root without following symlinks (``confinement``), which no rename can get around."""
     where = f" (template {template!r})" if template else ""
     if not rendered.strip():
         raise TemplateRenderError(f"rendered path is empty{where}")

@@ -131,7 +131,7 @@ class FileWriter:
             seen[path] = index
             if self.settings.merge_metadata and isinstance(part, Mapping):
                 part = _with_merged_metadata(part, metadata)
-            planned.append((path, self._format.prepare(part, metadata)))
+            planned.append((path, self._format.prepare(part)))
         return planned
 
     def write(self, source_name: str, payload: Any, metadata: dict[str, Any], resumed: bool = False) -> list[str]:

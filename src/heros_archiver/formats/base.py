@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any, Protocol
 
 #: The bytes of one file, as buffers written in order: no joined copy of large arrays.
@@ -10,12 +9,13 @@ Content = list[bytes | memoryview]
 
 
 class FileFormat(Protocol):
-    """A format validates a payload up front (so bad input fails before any file exists) and encodes it."""
+    """A format validates a payload up front (so bad input fails before any file exists) and encodes it.
 
-    #: The file name extension this format produces, e.g. ``.npy``.
-    suffix: str
+    The file's name comes from the template alone (its extension too), and the content from the payload
+    alone: the metadata goes into the name, or into the payload first (``merge_metadata``).
+    """
 
-    def prepare(self, payload: Any, metadata: Mapping[str, Any]) -> Content:
+    def prepare(self, payload: Any) -> Content:
         """Check ``payload`` and return the file's content.
 
         Raises PayloadError when the payload is not of a type this format stores.

@@ -169,9 +169,7 @@ def _rewritten_for_orjson(value: Any) -> Any:
 class JsonFormat:
     """Writes a dict payload as a JSON object."""
 
-    suffix = ".json"
-
-    def prepare(self, payload: Any, metadata: Mapping[str, Any]) -> Content:
+    def prepare(self, payload: Any) -> Content:
         """Encode now, so that an unencodable payload fails before a file is created."""
         if not isinstance(payload, Mapping):
             raise PayloadError(f"expected a dict as JSON data, got {type(payload).__name__} {safe_repr(payload, 80)}")

@@ -41,9 +41,7 @@ def _describe(value: Any) -> str:
 class NpyFormat:
     """Writes one array per file in NumPy's ``.npy`` format (``np.load`` reads it back)."""
 
-    suffix = ".npy"
-
-    def prepare(self, payload: Any, metadata: Mapping[str, Any]) -> Content:
+    def prepare(self, payload: Any) -> Content:
         """Validate the array; the content is the ``.npy`` header and a view of the array's memory."""
         array = as_array(payload)
         if not array.flags.c_contiguous:  # never a 0-d array: np.ascontiguousarray would make it 1-d
