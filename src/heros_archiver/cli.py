@@ -155,7 +155,7 @@ def replay(
 
 def _print_stats(stats: dict[str, Any]) -> None:
     table = Table(title=f"event {stats['event']} of {stats['object_selector']}")
-    columns = ("received", "archived", "retried", "dead_lettered", "dropped", "gaps", "missing", "bytes")
+    columns = ("received", "archived", "retried", "dead_lettered", "dropped", "quarantined", "gaps", "missing", "bytes")
     table.add_column("source")
     for column in columns:
         table.add_column(column, justify="right")
