@@ -243,7 +243,17 @@ def run_cli(args: list[str], timeout: float = DEADLINE) -> subprocess.CompletedP
     return subprocess.CompletedProcess(proc.args, proc.returncode, output)
 
 
-STATS_COLUMNS = ("received", "archived", "retried", "dead_lettered", "dropped", "gaps", "missing", "bytes")
+STATS_COLUMNS = (
+    "received",
+    "archived",
+    "retried",
+    "dead_lettered",
+    "dropped",
+    "quarantined",
+    "gaps",
+    "missing",
+    "bytes",
+)
 
 
 def parse_stats_table(output: str) -> dict[str, int]:
