@@ -1,0 +1,272 @@
+"""The container sink of ``Hdf5Archiver``: which file and stack an item goes to, rollover, open-file limits.
+
+One instance per writer lane; it alone opens the files of the items routed to that lane (``Item.route`` is
+the rendered, confined file path), so each HDF5 file has one writer. Per rendered path it keeps a
+*series*: the file it writes now and how many rollover parts came before. A file is rolled over (closed,
+committed first) once it holds ``max_frames`` frames or ``max_bytes`` bytes; the next part is
+``name-1.h5``, ``name-2.h5``, ... beside it, under the same ``on_exists`` policy. A file unused for
+``idle_timeout`` seconds is closed, and at most ``max_open_files`` are open (the least recently used is
+closed first); a file this run made is reopened with ``append`` (its committed frames and keys recovered).
+A file holds one stack open at a time (decision 0017): an item for another dataset of an open file closes
+the one open and reopens the file.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .confinement import open_directory
+from .containers import ItemKey
+from .containers.hdf5 import Hdf5Container, OnExists
+from .errors import PathConfinementError, PayloadError, storage_error
+from .queueing import Item
+from .sinks import CommitFailure, ContainerSink, Settled
+
+log = logging.getLogger("heros_archiver")
+
+
+@dataclass(frozen=True)
+class Hdf5SinkSettings:
+    """How the sink writes (validated by ``Hdf5Archiver``)."""
+
+    root: str
+    compression: Any
+    frames_per_chunk: int | None
+    on_exists: OnExists
+    fsync: bool
+    flush_frames: int
+    flush_seconds: float
+    flush_bytes: int
+    max_frames: int | None
+    max_bytes: int | None
+    idle_timeout: float
+    max_open_files: int
+    sequence_key: str | None
+
+
+@dataclass
+class _Series:
+    """The files of one rendered path: the part written now (None until opened) and its number."""
+
+    part: int = 0
+    current: Path | None = None
+
+
+@dataclass
+class _Open:
+    container: Hdf5Container
+    dataset: str
+    waiting: list[Item] = field(default_factory=list)
+    nbytes: int = 0
+    pending_bytes: int = 0
+    first_pending: float | None = None
+    used: float = field(default_factory=time.monotonic)
+
+
+class Hdf5Sink(ContainerSink):
+    """See the module docstring. ``dataset_of(item)`` renders the item's dataset path."""
+
+    def __init__(self, settings: Hdf5SinkSettings, dataset_of: Callable[[Item], str]) -> None:
+        self._settings = settings
+        self._dataset_of = dataset_of
+        self.flush_frames = settings.flush_frames
+        self.flush_seconds = settings.flush_seconds
+        self.flush_bytes = settings.flush_bytes
+        self._series: dict[str, _Series] = {}
+        self._open: OrderedDict[str, _Open] = OrderedDict()
+
+    # ------------------------------------------------------------------ the ContainerSink interface
+    @property
+    def pending(self) -> int:
+        return sum(len(o.waiting) for o in self._open.values())
+
+    @property
+    def pending_bytes(self) -> int:
+        return sum(o.pending_bytes for o in self._open.values())
+
+    @property
+    def oldest_pending(self) -> float | None:
+        times = [o.first_pending for o in self._open.values() if o.first_pending is not None]
+        return min(times) if times else None
+
+    def append(self, item: Item) -> Settled:
+        settled = Settled()
+        route = item.lane_key
+        dataset = self._dataset_of(item)
+        key = item.key if item.key is not None else self._key(item)
+        item.key = key
+        opened = self._open.get(route)
+        if opened is not None and opened.dataset != dataset:
+            settled.add(self._close(route))
+            opened = None
+        if opened is not None and self._full(opened, item):
+            settled.add(self._close(route))
+            self._series[route].part += 1
+            self._series[route].current = None
+            opened = None
+        while opened is None:
+            opened = self._opened(route, dataset)
+            if self._full(opened, item) and opened.container.committed_length > 0:  # reopened a full part
+                settled.add(self._close(route))
+                self._series[route].part += 1
+                self._series[route].current = None
+                opened = None
+        self._open.move_to_end(route)
+        settled.add(self._limit_open_files())
+        opened.used = time.monotonic()
+        container = opened.container
+        index = container.append(key, item.payload, item.metadata, received=item.received)
+        if index < container.committed_length:  # resumed, and already committed before the crash
+            settled.archived.append(item)
+            return settled
+        if opened.first_pending is None:
+            opened.first_pending = time.monotonic()
+        opened.waiting.append(item)
+        size = int(getattr(item.payload, "nbytes", 0))
+        opened.pending_bytes += size
+        opened.nbytes += size
+        return settled
+
+    def commit(self) -> Settled:
+        settled = Settled()
+        for route in [r for r, o in self._open.items() if o.waiting]:
+            settled.add(self._commit(route))
+        return settled
+
+    def expire(self, now: float) -> Settled:
+        settled = Settled()
+        for route in [r for r, o in self._open.items() if now - o.used >= self._settings.idle_timeout]:
+            settled.add(self._close(route))
+        return settled
+
+    def close(self) -> Settled:
+        settled = Settled()
+        for route in list(self._open):
+            settled.add(self._close(route))
+        return settled
+
+    # ------------------------------------------------------------------ files
+    def _key(self, item: Item) -> ItemKey:
+        """The item's key: a pure function of what arrived (the spool keeps that exactly), so a resumed item
+        gets the same key in any run; computed here, on the writer, to keep hashing off Zenoh's thread."""
+        sequence_key = self._settings.sequence_key
+        value = item.metadata.get(sequence_key) if sequence_key is not None else None
+        sequence = value if isinstance(value, int) and not isinstance(value, bool) else None
+        if not hasattr(item.payload, "dtype"):
+            raise PayloadError(
+                f"item from {item.source!r} for {item.lane_key}: expected a numpy array (a frame), "
+                f"got {type(item.payload).__name__}"
+            )
+        return ItemKey.of(item.source, item.payload, item.metadata, sequence)
+
+    def _full(self, opened: _Open, item: Item) -> bool:
+        """True when ``item`` would take the open part past ``max_frames`` or ``max_bytes``."""
+        container = opened.container
+        frames = container.committed_length + container.pending
+        if self._settings.max_frames is not None and frames >= self._settings.max_frames:
+            return True
+        size = int(getattr(item.payload, "nbytes", 0))
+        limit = self._settings.max_bytes
+        return limit is not None and frames > 0 and opened.nbytes + size > limit
+
+    def _opened(self, route: str, dataset: str) -> _Open:
+        """Open (or reopen) the current part of ``route``'s series for ``dataset``."""
+        settings = self._settings
+        series = self._series.setdefault(route, _Series())
+        policy: OnExists
+        if series.current is not None:  # made by this run: continue it
+            path, policy = series.current, "append"
+        elif settings.on_exists == "unique":
+            path, policy = Path(route), "unique"  # the first free name among name, name-1, name-2, ...
+        else:
+            path, policy = _part_path(Path(route), series.part), settings.on_exists
+        _check_confined(path, settings.root)
+        container = Hdf5Container(
+            path, dataset, compression=settings.compression, frames_per_chunk=settings.frames_per_chunk,
+            on_exists=policy, fsync=settings.fsync,
+        )  # fmt: skip
+        series.current = container.path
+        try:
+            size = container.path.stat().st_size
+        except OSError:
+            size = 0
+        opened = _Open(container, dataset, nbytes=size)
+        self._open[route] = opened
+        return opened
+
+    def _limit_open_files(self) -> Settled:
+        """Close the least recently used files beyond ``max_open_files`` (committed first)."""
+        settled = Settled()
+        while len(self._open) > self._settings.max_open_files:
+            settled.add(self._close(next(iter(self._open))))
+        return settled
+
+    def _commit(self, route: str) -> Settled:
+        opened = self._open[route]
+        try:
+            opened.container.commit()
+        except Exception as exc:  # noqa: BLE001 - the pipeline retries or dead-letters, never raised
+            return self._release_failed(route, exc)
+        return self._committed(opened)
+
+    def _close(self, route: str) -> Settled:
+        opened = self._open.get(route)
+        if opened is None:
+            return Settled()
+        try:
+            opened.container.close()
+        except Exception as exc:  # noqa: BLE001 - as in _commit
+            return self._release_failed(route, exc)
+        del self._open[route]
+        return self._committed(opened)
+
+    @staticmethod
+    def _committed(opened: _Open) -> Settled:
+        """The items ``opened`` held, now committed (a commit reports every pending item)."""
+        archived, opened.waiting = opened.waiting, []
+        opened.pending_bytes = 0
+        opened.first_pending = None
+        return Settled(archived=archived)
+
+    def _release_failed(self, route: str, error: BaseException) -> Settled:
+        """A commit failed: release the file (its state in this process is unknown after a write error); the
+        next append reopens it with ``append``, which cuts an unfinished commit off."""
+        opened = self._open.pop(route)
+        try:
+            opened.container.close()
+        except Exception as exc:  # noqa: BLE001 - releasing is all that is left to do
+            log.debug("closing %s after a failed commit failed too: %s", opened.container.path, exc)
+        return Settled(failed=[CommitFailure(str(opened.container.path), opened.waiting, error)])
+
+
+def _part_path(path: Path, part: int) -> Path:
+    """Rollover part ``part`` of ``path``: the path itself, then ``name-1.h5``, ``name-2.h5``, ..."""
+    return path if part == 0 else path.with_name(f"{path.stem}-{part}{path.suffix}")
+
+
+def _check_confined(path: Path, root: str) -> None:
+    """Make ``path``'s directory beneath ``root`` without following a symlink (``confinement.open_directory``),
+    and refuse a file name that is a symlink: the file opens by name, so nothing planted may lead out."""
+    try:
+        handle = open_directory(root, str(path.parent))
+    except OSError as exc:
+        if isinstance(exc, PathConfinementError):
+            raise
+        raise storage_error(exc.errno or errno.EIO, f"cannot make the directory of {path}: {exc}") from exc
+    try:
+        linked = stat.S_ISLNK(os.stat(path.name, dir_fd=handle, follow_symlinks=False).st_mode)
+    except FileNotFoundError:
+        linked = False
+    finally:
+        os.close(handle)
+    if linked:
+        raise PathConfinementError(f"{path} is a symbolic link; expected a file under the archive root {root}")
