@@ -6,16 +6,24 @@ files are read back with h5py. Nothing is mocked.
 
 from __future__ import annotations
 
+import hashlib
+import re
+import sys
 from pathlib import Path
 
 import h5py
 import numpy as np
+import pytest
 
 import procs
 from conftest import Rig, RigFactory
 from helpers import dead_letter_entries, read_entry, wait_for_items, wait_until
 from heros_archiver import Hdf5Archiver
+from heros_archiver.config import build_archivers, load_config
 from heros_archiver.containers.hdf5 import read_metadata
+from heros_archiver.testing import free_port, loopback_config_json, unique_realm, wait_for_subscriber
+
+pytestmark = pytest.mark.timeout(120)
 
 SHAPE = (16, 24)
 FILE = "{{ file_path }}/run-{{ run }}.h5"
@@ -48,6 +56,15 @@ def indices(path: Path) -> list[int]:
     """The frame numbers (first element of each frame) of the stack in ``path``, in order."""
     frames, _ = stack(path)
     return [int(f.flat[0]) for f in frames]
+
+
+def visible(path: Path) -> int:
+    """Frames a SWMR reader sees in ``path`` now; -1 while there is no file or it is not yet open for SWMR."""
+    try:
+        with h5py.File(path, "r", libver="latest", swmr=True) as handle:
+            return int(handle[DATASET].shape[0]) if DATASET in handle else -1
+    except OSError:  # missing, or created and not yet in SWMR mode (HDF5's own lock)
+        return -1
 
 
 def test_a_run_of_frames_is_one_file_bit_identical_with_its_metadata(make_rig: RigFactory, tmp_path: Path) -> None:
@@ -140,3 +157,107 @@ def test_an_existing_file_is_kept_under_on_exists_error(make_rig: RigFactory, tm
     total = wait_for_items(made.archiver, 2)
     assert total["dead_lettered"] == 2
     assert (tmp_path / "run-1.h5").read_bytes() == b"not yours"
+
+
+# ------------------------------------------------------------------------------------------ other processes
+CHILD = Path(__file__).with_name("hdf5_child.py")
+
+
+def watcher(path: Path, stop: int, log: Path) -> procs.Child:
+    """A SWMR reader of ``path`` in another process (tests/hdf5_child.py watch); the caller kills it."""
+    env = procs.child_env(0)
+    return procs.Child([sys.executable, str(CHILD), "watch", str(path), DATASET, str(stop)], log, env)
+
+
+def test_a_swmr_reader_in_another_process_sees_committed_frames_during_the_run(
+    make_rig: RigFactory, tmp_path: Path
+) -> None:
+    made = rig(make_rig, flush_frames=5, flush_seconds=3600)
+    path = tmp_path / "run-1.h5"
+    reader = watcher(path, 20, tmp_path / "watch.log")
+    try:
+        send(made.camera, range(10), run=1)
+        wait_until(lambda: "@@ SEEN 10" in reader.output(), 60, "the reader to see 10 frames")
+        assert made.archiver.stats()["total"]["archived"] == 10  # the archiver still runs, the file is open
+        send(made.camera, range(10, 22), run=1)  # 20 committed now, 2 pending
+        reader.proc.wait(60)
+        output = reader.output()
+    finally:
+        reader.kill()
+    seen = [int(n) for n in re.findall(r"@@ SEEN (\d+)", output)]
+    assert seen == sorted(seen) and all(n % 5 == 0 for n in seen), output  # whole commits, never less
+    expected = np.stack([procs.frame(i, SHAPE) for i in range(20)])
+    assert f"@@ FRAMES {','.join(map(str, range(20)))}" in output, output
+    assert f"@@ SHA {hashlib.sha256(expected.tobytes()).hexdigest()}" in output, output
+
+
+def test_sigkill_mid_run_keeps_committed_frames_and_a_restart_adds_no_duplicates(tmp_path: Path) -> None:
+    """The archiver (``heros-archiver run``, a BOSS-style config) is SIGKILLed with frames pending; the file
+    opens in h5py with every committed frame intact; a restart with ``on_exists="append"`` gets every frame
+    again from the camera and writes only the missing ones: each frame exactly once in the end."""
+    archive = tmp_path / "archive"
+    path = archive / "run.h5"
+    port, realm = free_port(), unique_realm()
+    arguments = {
+        "object_selector": "cam",
+        "event_name": "acquisition_data",
+        "default_metadata": {"file_path": str(archive)},
+        "file_template": "{{ file_path }}/run.h5",
+        "dataset_template": DATASET,
+        "on_exists": "append",
+        "sequence_key": "frame",
+        "flush_frames": 8,
+        "flush_seconds": 3600,
+    }
+    config = procs.write_config(tmp_path / "config.json", arguments, classname="heros_archiver.Hdf5Archiver")
+    with procs.camera(port, realm) as cam:
+        with procs.run_archiver(config, realm, port, tmp_path / "run-1.log") as proc:
+            procs.wait_for_archiver(cam, proc)
+            send(cam, range(20))  # 16 committed, 4 pending
+            wait_until(lambda: visible(path) == 16, 60, "two commits")
+            proc.kill()
+        frames, metadata = stack(path)  # a SWMR read opens the crashed file as it is
+        assert [int(f.flat[0]) for f in frames] == list(range(16))
+        for index in range(16):
+            np.testing.assert_array_equal(frames[index], procs.frame(index, SHAPE))
+            assert metadata[index]["frame"] == index
+        with pytest.raises(OSError, match="already open for write"):
+            h5py.File(path, "r")  # the mark a killed writer leaves; the restart clears it
+
+        with procs.run_archiver(config, realm, port, tmp_path / "run-2.log") as proc:
+            procs.wait_for_archiver(cam, proc)
+            send(cam, range(30))  # the camera sends the whole run again
+            wait_until(lambda: visible(path) == 24, 60, "a commit of new frames")
+            code, output = proc.terminate()
+        assert code == 0, output
+        total = procs.parse_stats_table(output)
+        assert total["received"] == 30 and total["archived"] == 30 and total["dead_lettered"] == 0, output
+    with h5py.File(path, "r") as handle:  # closed cleanly: any reader opens it
+        assert [int(f.flat[0]) for f in handle[DATASET][()]] == list(range(30))
+        assert handle["cam/archive/committed_length"][0] == 30
+
+
+def test_a_boss_config_builds_an_hdf5_archiver(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    port, realm = free_port(), unique_realm()
+    arguments = {
+        "object_selector": "cam",
+        "event_name": "acquisition_data",
+        "default_metadata": {"file_path": str(tmp_path / "archive")},
+        "file_template": "{{ file_path }}/{{ source_name }}.h5",
+        "compression": "bitshuffle-lz4",
+        "flush_seconds": 0.1,
+    }
+    config = procs.write_config(tmp_path / "config.json", arguments, classname="heros_archiver.Hdf5Archiver")
+    with procs.camera(port, realm) as cam:
+        monkeypatch.setenv("HEROS_ZENOH_CONFIG", loopback_config_json(connect_port=port))
+        [archiver] = build_archivers(load_config(config), realm)
+        try:
+            assert isinstance(archiver, Hdf5Archiver) and archiver.compression == "bitshuffle-lz4"
+            wait_for_subscriber(cam)
+            send(cam, range(5))
+            wait_for_items(archiver, 5)
+        finally:
+            archiver.close()
+    with h5py.File(tmp_path / "archive" / "cam.h5", "r") as handle:
+        assert handle["cam/data"].compression is not None or handle["cam/data"]._filters
+        assert [int(f.flat[0]) for f in handle["cam/data"][()]] == list(range(5))
