@@ -6,9 +6,12 @@ files are read back with h5py. Nothing is mocked.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
+import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import h5py
@@ -20,7 +23,10 @@ from conftest import Rig, RigFactory
 from helpers import dead_letter_entries, read_entry, wait_for_items, wait_until
 from heros_archiver import Hdf5Archiver
 from heros_archiver.config import build_archivers, load_config
-from heros_archiver.containers.hdf5 import read_metadata
+from heros_archiver.containers import ItemKey
+from heros_archiver.containers.hdf5 import Hdf5Container, read_metadata
+from heros_archiver.queueing import Item
+from heros_archiver.spool import Spool
 from heros_archiver.testing import free_port, loopback_config_json, unique_realm, wait_for_subscriber
 
 pytestmark = pytest.mark.timeout(120)
@@ -261,3 +267,76 @@ def test_a_boss_config_builds_an_hdf5_archiver(tmp_path: Path, monkeypatch: pyte
     with h5py.File(tmp_path / "archive" / "cam.h5", "r") as handle:
         assert handle["cam/data"].compression is not None or handle["cam/data"]._filters
         assert [int(f.flat[0]) for f in handle["cam/data"][()]] == list(range(5))
+
+
+def test_resumed_spool_items_already_committed_count_as_archived_and_the_rest_leave_the_spool_at_commit(
+    make_rig: RigFactory, tmp_path: Path
+) -> None:
+    """An earlier run left frames 0-9 in its spool and had committed 0-4 (killed before it removed their
+    entries). The restart de-duplicates 0-4 by their keys (archived at once, their entries removed) and keeps
+    the entries of 5-9 until the commit that makes them archived."""
+    spool_dir = tmp_path / ".heros-archiver" / "spool"
+    spool = Spool(spool_dir, "acquisition_data")
+    items = [
+        Item("cam", procs.frame(i, SHAPE), {"file_path": str(tmp_path), "frame": i, "run": 1}, 200) for i in range(10)
+    ]
+    for item in items:
+        spool.put(item)
+    with Hdf5Container(tmp_path / "run-1.h5", DATASET) as container:
+        for item in items[:5]:
+            key = ItemKey.of("cam", item.payload, item.metadata, item.metadata["frame"])
+            container.append(key, item.payload, item.metadata)
+
+    made = rig(make_rig, on_exists="append", flush_frames=1000, flush_seconds=3600)
+    wait_until(lambda: made.archiver.stats()["total"]["archived"] == 5, what="the five committed ones")
+    assert len(procs.entries(spool_dir)) == 5  # the other five wait for their commit
+    made.archiver._teardown()
+    assert made.archiver.stats()["total"]["archived"] == 10 and procs.entries(spool_dir) == []
+    assert indices(tmp_path / "run-1.h5") == list(range(10))
+
+
+@contextlib.contextmanager
+def tiny_file_system(directory: Path, size: str) -> Iterator[None]:
+    """A tmpfs of ``size`` at ``directory`` (needs root; skips otherwise); unmounted when the block ends."""
+    directory.mkdir(parents=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)], capture_output=True, text=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield
+    finally:
+        if subprocess.run(["umount", str(directory)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(directory)], capture_output=True)
+
+
+def test_a_full_disk_mid_file_leaves_a_readable_file_and_dead_letters_the_rest(
+    make_rig: RigFactory, tmp_path: Path
+) -> None:
+    """The file's file system (a 1 MiB tmpfs; the dead-letter store elsewhere) fills during the run: the
+    failed commits are retried, then their frames dead-lettered; the file opens in h5py and holds the frames
+    committed before, intact; every frame is either in the file or in the dead-letter store."""
+    shape = (64, 128)  # 16 KiB
+    data = tmp_path / "data"
+    with tiny_file_system(data, "1m"):
+        made = rig(
+            make_rig, file_template="{{ file_path }}/data/run.h5", root=str(tmp_path), flush_frames=2,
+            max_retries=1, retry_delay=0.01, retry_max_delay=0.02,
+        )  # fmt: skip
+        send(made.camera, range(80), shape=shape)
+        wait_for_items(made.archiver, 80)
+        made.archiver._teardown()
+        total = made.archiver.stats()["total"]
+        with h5py.File(data / "run.h5", "r", libver="latest", swmr=True) as handle:  # opens as it was left
+            committed = int(handle["cam/archive/committed_length"][0])
+            frames = handle[DATASET][:committed]  # rows beyond the marker: the commit that failed
+        kept = [int(f.flat[0]) for f in frames]
+        assert 0 < committed < 80 and kept == list(range(committed)), kept
+        for index in kept:
+            np.testing.assert_array_equal(frames[index], procs.frame(index, shape))
+        assert total["archived"] == committed and total["dead_lettered"] == 80 - committed, total
+        dead = sorted(read_entry(e)["metadata"]["frame"] for e in dead_letter_entries(tmp_path))
+        assert dead == list(range(committed, 80))
+        errors = {read_entry(e)["error"] for e in dead_letter_entries(tmp_path)}
+        assert all("No space left on device" in error or "cannot create" in error for error in errors), errors

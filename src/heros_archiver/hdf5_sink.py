@@ -13,6 +13,7 @@ the one open and reopens the file.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -27,7 +28,7 @@ from typing import Any
 from .confinement import open_directory
 from .containers import ItemKey
 from .containers.hdf5 import Hdf5Container, OnExists
-from .errors import PathConfinementError, PayloadError, storage_error
+from .errors import PathConfinementError, PayloadError, StorageError, storage_error
 from .queueing import Item
 from .sinks import CommitFailure, ContainerSink, Settled
 
@@ -70,6 +71,10 @@ class _Open:
     pending_bytes: int = 0
     first_pending: float | None = None
     used: float = field(default_factory=time.monotonic)
+
+    @property
+    def path(self) -> Path:
+        return self.container.path
 
 
 class Hdf5Sink(ContainerSink):
@@ -124,7 +129,12 @@ class Hdf5Sink(ContainerSink):
         settled.add(self._limit_open_files())
         opened.used = time.monotonic()
         container = opened.container
-        index = container.append(key, item.payload, item.metadata, received=item.received)
+        try:
+            index = container.append(key, item.payload, item.metadata, received=item.received)
+        except StorageError as exc:  # HDF5 failed writing (creating the stack): the file is not touched again
+            failed = self._abandon(route, exc)
+            failed.failed[0].items.append(item)
+            return settled.add(failed)
         if index < container.committed_length:  # resumed, and already committed before the crash
             settled.archived.append(item)
             return settled
@@ -190,10 +200,17 @@ class Hdf5Sink(ContainerSink):
         else:
             path, policy = _part_path(Path(route), series.part), settings.on_exists
         _check_confined(path, settings.root)
-        container = Hdf5Container(
-            path, dataset, compression=settings.compression, frames_per_chunk=settings.frames_per_chunk,
-            on_exists=policy, fsync=settings.fsync,
-        )  # fmt: skip
+        existed = path.exists()
+        try:
+            container = Hdf5Container(
+                path, dataset, compression=settings.compression, frames_per_chunk=settings.frames_per_chunk,
+                on_exists=policy, fsync=settings.fsync,
+            )  # fmt: skip
+        except StorageError:
+            if not existed and policy != "unique":  # created by us just now (exclusively) and left half-made
+                with contextlib.suppress(OSError):
+                    path.unlink()
+            raise
         series.current = container.path
         try:
             size = container.path.stat().st_size
@@ -214,20 +231,24 @@ class Hdf5Sink(ContainerSink):
         opened = self._open[route]
         try:
             opened.container.commit()
-        except Exception as exc:  # noqa: BLE001 - the pipeline retries or dead-letters, never raised
-            return self._release_failed(route, exc)
+        except StorageError as exc:
+            return self._abandon(route, exc)
         return self._committed(opened)
 
     def _close(self, route: str) -> Settled:
+        """Commit, then close: a file whose commit failed is never closed (see ``_abandon``)."""
         opened = self._open.get(route)
         if opened is None:
             return Settled()
+        settled = self._commit(route)
+        if settled.failed:
+            return settled
+        del self._open[route]
         try:
             opened.container.close()
-        except Exception as exc:  # noqa: BLE001 - as in _commit
-            return self._release_failed(route, exc)
-        del self._open[route]
-        return self._committed(opened)
+        except Exception as exc:  # noqa: BLE001 - its frames are committed; the file may need its flags cleared
+            log.error("closing %s failed after its last commit (its frames are committed): %s", opened.path, exc)
+        return settled
 
     @staticmethod
     def _committed(opened: _Open) -> Settled:
@@ -237,15 +258,28 @@ class Hdf5Sink(ContainerSink):
         opened.first_pending = None
         return Settled(archived=archived)
 
-    def _release_failed(self, route: str, error: BaseException) -> Settled:
-        """A commit failed: release the file (its state in this process is unknown after a write error); the
-        next append reopens it with ``append``, which cuts an unfinished commit off."""
+    def _abandon(self, route: str, error: BaseException) -> Settled:
+        """A write to the file failed: HDF5 cannot be trusted with that open file any more (measured: after
+        ENOSPC every later flush fails, also once space is free, and closing it crashed the interpreter in
+        h5py's ``_close_open_objects``). It is left as its last commit left it, never closed by this process
+        (kept referenced, with its writer lock, until the process ends), and the series goes on in its next
+        part (``name-N.h5``): the waiting items are returned, to be appended there after the backoff."""
         opened = self._open.pop(route)
-        try:
-            opened.container.close()
-        except Exception as exc:  # noqa: BLE001 - releasing is all that is left to do
-            log.debug("closing %s after a failed commit failed too: %s", opened.container.path, exc)
-        return Settled(failed=[CommitFailure(str(opened.container.path), opened.waiting, error)])
+        _ABANDONED.append(opened.container)
+        series = self._series[route]
+        series.part += 1
+        series.current = None
+        log.error(
+            "%s: a write failed (%s); the file keeps the frames of its last commit and is not written again, "
+            "its series continues in a new part",
+            opened.path,
+            error,
+        )
+        return Settled(failed=[CommitFailure(str(opened.path), opened.waiting, error)])
+
+
+#: Containers whose file failed a write: never closed (closing such a file crashed h5py), kept until exit.
+_ABANDONED: list[Hdf5Container] = []
 
 
 def _part_path(path: Path, part: int) -> Path:
