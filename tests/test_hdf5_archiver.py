@@ -340,3 +340,103 @@ def test_a_full_disk_mid_file_leaves_a_readable_file_and_dead_letters_the_rest(
         assert dead == list(range(committed, 80))
         errors = {read_entry(e)["error"] for e in dead_letter_entries(tmp_path)}
         assert all("No space left on device" in error or "cannot create" in error for error in errors), errors
+
+
+def test_an_idle_file_is_closed_and_reopened_when_frames_come_again(make_rig: RigFactory, tmp_path: Path) -> None:
+    made = rig(make_rig, flush_seconds=0.05, idle_timeout=0.2)
+    path = tmp_path / "run-1.h5"
+    send(made.camera, range(3), run=1)
+    wait_for_items(made.archiver, 3)
+
+    def closed() -> bool:
+        try:
+            with h5py.File(path, "r"):  # a plain open works only once the writer closed the file
+                return True
+        except OSError:
+            return False
+
+    wait_until(closed, what="the idle file closed")
+    send(made.camera, range(3, 6), run=1)
+    wait_for_items(made.archiver, 6)
+    made.archiver._teardown()
+    assert indices(path) == list(range(6))
+
+
+def test_at_most_max_open_files_are_open_and_the_least_recently_used_is_closed(
+    make_rig: RigFactory, tmp_path: Path
+) -> None:
+    made = rig(make_rig, max_open_files=1, flush_frames=1000, flush_seconds=3600)
+    for index in range(12):
+        send(made.camera, [index], run=index % 3)  # three files in turn, one open at a time
+    wait_until(lambda: made.archiver.stats()["total"]["archived"] >= 11, what="closed files committed")
+    made.archiver._teardown()
+    for run in range(3):
+        assert indices(tmp_path / f"run-{run}.h5") == list(range(run, 12, 3))
+
+
+def test_max_bytes_rolls_over(make_rig: RigFactory, tmp_path: Path) -> None:
+    frame_bytes = SHAPE[0] * SHAPE[1] * 2
+    made = rig(make_rig, flush_frames=2, max_bytes=3 * frame_bytes + 10)
+    send(made.camera, range(10), run=1)
+    wait_for_items(made.archiver, 10)
+    made.archiver._teardown()
+    parts = [tmp_path / name for name in ("run-1.h5", "run-1-1.h5", "run-1-2.h5", "run-1-3.h5")]
+    assert [indices(p) for p in parts] == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]
+
+
+def test_on_exists_unique_writes_beside_an_existing_file(make_rig: RigFactory, tmp_path: Path) -> None:
+    (tmp_path / "run-1.h5").write_bytes(b"not yours")
+    made = rig(make_rig, on_exists="unique", max_frames=2)
+    send(made.camera, range(5), run=1)
+    wait_for_items(made.archiver, 5)
+    made.archiver._teardown()
+    assert (tmp_path / "run-1.h5").read_bytes() == b"not yours"
+    assert [indices(tmp_path / f"run-1-{n}.h5") for n in (1, 2, 3)] == [[0, 1], [2, 3], [4]]
+
+
+def test_two_sources_into_one_file_get_a_stack_each(make_rig: RigFactory, tmp_path: Path) -> None:
+    """One file per run, one stack per camera: interleaved frames switch the open stack (close, reopen)."""
+    made = make_rig(
+        None, archiver_cls=Hdf5Archiver, cameras=("cam-1", "cam-2"), object_selector="cam-$*",
+        file_template="{{ file_path }}/run.h5", dataset_template="{{ source_name }}/data", flush_frames=3,
+    )  # fmt: skip
+    for index in range(6):
+        for camera in made.cameras.values():
+            send(camera, [index])
+    wait_for_items(made.archiver, 12)
+    made.archiver._teardown()
+    with h5py.File(tmp_path / "run.h5", "r") as handle:
+        for name in ("cam-1", "cam-2"):
+            assert [int(f.flat[0]) for f in handle[f"{name}/data"][()]] == list(range(6))
+            assert set(handle[f"{name}/archive/source_name"].asstr()[()]) == {name}
+
+
+def test_a_commit_that_fails_while_the_disk_is_full_is_retried_and_succeeds_once_there_is_space(
+    make_rig: RigFactory, tmp_path: Path
+) -> None:
+    """The disk fills (a filler file leaves ~400 KiB of a 4 MiB tmpfs), commits fail, space is freed during
+    the retries: every frame is archived, exactly once, and the file holds them all in order."""
+    shape = (64, 128)
+    data = tmp_path / "data"
+    with tiny_file_system(data, "4m"):
+        filler = data / "filler"
+        filler.write_bytes(b"\0" * (4 * 2**20 - 400 * 2**10))
+        made = rig(
+            make_rig, file_template="{{ file_path }}/data/run.h5", root=str(tmp_path), flush_frames=2,
+            max_retries=1000, retry_delay=0.02, retry_max_delay=0.05,
+        )  # fmt: skip
+        send(made.camera, range(40), shape=shape)
+        wait_until(lambda: made.archiver.stats()["total"]["retried"] > 0, what="a failed commit")
+        filler.unlink()
+        total = wait_for_items(made.archiver, 40)
+        made.archiver._teardown()
+        assert total["archived"] == 40 and total["dead_lettered"] == 0, total
+        kept = []
+        for part in [data / "run.h5", *sorted(data.glob("run-*.h5"))]:
+            with h5py.File(part, "r", libver="latest", swmr=True) as handle:
+                committed = int(handle["cam/archive/committed_length"][0])
+                frames = handle[DATASET][:committed]
+            kept += [int(f.flat[0]) for f in frames]
+            for frame in frames:
+                np.testing.assert_array_equal(frame, procs.frame(int(frame.flat[0]), shape))
+        assert kept == list(range(40))

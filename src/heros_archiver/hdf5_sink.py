@@ -201,6 +201,9 @@ class Hdf5Sink(ContainerSink):
             path, policy = _part_path(Path(route), series.part), settings.on_exists
         _check_confined(path, settings.root)
         existed = path.exists()
+        short = _space_shortage(path, SPACE_MARGIN)
+        if short is not None:
+            raise short
         try:
             container = Hdf5Container(
                 path, dataset, compression=settings.compression, frames_per_chunk=settings.frames_per_chunk,
@@ -212,10 +215,10 @@ class Hdf5Sink(ContainerSink):
                     path.unlink()
             raise
         series.current = container.path
-        try:
-            size = container.path.stat().st_size
-        except OSError:
-            size = 0
+        size = 0
+        if existed and policy == "append":  # frames from before count by the file's size (their bytes, roughly)
+            with contextlib.suppress(OSError):
+                size = container.path.stat().st_size
         opened = _Open(container, dataset, nbytes=size)
         self._open[route] = opened
         return opened
@@ -229,11 +232,28 @@ class Hdf5Sink(ContainerSink):
 
     def _commit(self, route: str) -> Settled:
         opened = self._open[route]
+        short = _space_shortage(opened.path, 2 * opened.pending_bytes + SPACE_MARGIN)
+        if short is not None:  # before HDF5 sees ENOSPC (see _abandon): the file stays as its last commit left it
+            return self._set_back(route, short)
         try:
             opened.container.commit()
         except StorageError as exc:
             return self._abandon(route, exc)
         return self._committed(opened)
+
+    def _set_back(self, route: str, error: StorageError) -> Settled:
+        """A commit that cannot fit: forget its frames and close the file cleanly (nothing of the commit was
+        written), so that they are appended again after the backoff (the reopened file knows its keys)."""
+        opened = self._open.pop(route)
+        opened.container.discard()
+        try:
+            opened.container.close()
+        except Exception as exc:  # noqa: BLE001 - then it is treated as a file whose write failed
+            _ABANDONED.append(opened.container)
+            self._series[route].part += 1
+            self._series[route].current = None
+            log.error("closing %s without a commit failed: %s; its series continues in a new part", opened.path, exc)
+        return Settled(failed=[CommitFailure(str(opened.path), opened.waiting, error)])
 
     def _close(self, route: str) -> Settled:
         """Commit, then close: a file whose commit failed is never closed (see ``_abandon``)."""
@@ -280,6 +300,30 @@ class Hdf5Sink(ContainerSink):
 
 #: Containers whose file failed a write: never closed (closing such a file crashed h5py), kept until exit.
 _ABANDONED: list[Hdf5Container] = []
+
+
+#: Free bytes a commit needs beyond twice its frames' bytes (chunks rewritten, metadata), and a new file needs.
+SPACE_MARGIN = 256 << 10
+
+
+def _space_shortage(path: Path, needed: int) -> StorageError | None:
+    """A StorageError (ENOSPC) when the file system of ``path`` has less than ``needed`` bytes free for us.
+
+    HDF5 must not meet a full disk in an open file: after one failed flush every later one fails, and
+    closing the file crashed the interpreter (decision 0018), so a commit checks first (one statvfs).
+    """
+    try:
+        stats = os.statvfs(path.parent)
+    except OSError:
+        return None  # the write itself will say what is wrong
+    free = stats.f_bavail * stats.f_frsize
+    if free >= needed:
+        return None
+    return StorageError(
+        errno.ENOSPC,
+        f"{os.strerror(errno.ENOSPC)}: {path} needs about {needed} bytes free to commit, {free} are (frames kept "
+        "for a retry; the file keeps its last commit)",
+    )
 
 
 def _part_path(path: Path, part: int) -> Path:
