@@ -314,30 +314,30 @@ def tiny_file_system(directory: Path, size: str) -> Iterator[None]:
 def test_a_full_disk_mid_file_leaves_a_readable_file_and_dead_letters_the_rest(
     make_rig: RigFactory, tmp_path: Path
 ) -> None:
-    """The file's file system (a 1 MiB tmpfs; the dead-letter store elsewhere) fills during the run: the
+    """The file's file system (a 2 MiB tmpfs; the dead-letter store elsewhere) fills during the run: the
     failed commits are retried, then their frames dead-lettered; the file opens in h5py and holds the frames
     committed before, intact; every frame is either in the file or in the dead-letter store."""
     shape = (64, 128)  # 16 KiB
     data = tmp_path / "data"
-    with tiny_file_system(data, "1m"):
+    with tiny_file_system(data, "2m"):
         made = rig(
             make_rig, file_template="{{ file_path }}/data/run.h5", root=str(tmp_path), flush_frames=2,
             max_retries=1, retry_delay=0.01, retry_max_delay=0.02,
         )  # fmt: skip
-        send(made.camera, range(80), shape=shape)
-        wait_for_items(made.archiver, 80)
+        send(made.camera, range(160), shape=shape)
+        wait_for_items(made.archiver, 160)
         made.archiver._teardown()
         total = made.archiver.stats()["total"]
         with h5py.File(data / "run.h5", "r", libver="latest", swmr=True) as handle:  # opens as it was left
             committed = int(handle["cam/archive/committed_length"][0])
             frames = handle[DATASET][:committed]  # rows beyond the marker: the commit that failed
         kept = [int(f.flat[0]) for f in frames]
-        assert 0 < committed < 80 and kept == list(range(committed)), kept
+        assert 0 < committed < 160 and kept == list(range(committed)), kept
         for index in kept:
             np.testing.assert_array_equal(frames[index], procs.frame(index, shape))
-        assert total["archived"] == committed and total["dead_lettered"] == 80 - committed, total
+        assert total["archived"] == committed and total["dead_lettered"] == 160 - committed, total
         dead = sorted(read_entry(e)["metadata"]["frame"] for e in dead_letter_entries(tmp_path))
-        assert dead == list(range(committed, 80))
+        assert dead == list(range(committed, 160))
         errors = {read_entry(e)["error"] for e in dead_letter_entries(tmp_path)}
         assert all("No space left on device" in error or "cannot create" in error for error in errors), errors
 
@@ -414,23 +414,23 @@ def test_two_sources_into_one_file_get_a_stack_each(make_rig: RigFactory, tmp_pa
 def test_a_commit_that_fails_while_the_disk_is_full_is_retried_and_succeeds_once_there_is_space(
     make_rig: RigFactory, tmp_path: Path
 ) -> None:
-    """The disk fills (a filler file leaves ~400 KiB of a 4 MiB tmpfs), commits fail, space is freed during
+    """The disk fills (a filler file leaves ~1.6 MiB of a 4 MiB tmpfs), commits fail, space is freed during
     the retries: every frame is archived, exactly once, and the file holds them all in order."""
     shape = (64, 128)
     data = tmp_path / "data"
     with tiny_file_system(data, "4m"):
         filler = data / "filler"
-        filler.write_bytes(b"\0" * (4 * 2**20 - 400 * 2**10))
+        filler.write_bytes(b"\0" * (4 * 2**20 - 1600 * 2**10))
         made = rig(
             make_rig, file_template="{{ file_path }}/data/run.h5", root=str(tmp_path), flush_frames=2,
             max_retries=1000, retry_delay=0.02, retry_max_delay=0.05,
         )  # fmt: skip
-        send(made.camera, range(40), shape=shape)
+        send(made.camera, range(120), shape=shape)
         wait_until(lambda: made.archiver.stats()["total"]["retried"] > 0, what="a failed commit")
         filler.unlink()
-        total = wait_for_items(made.archiver, 40)
+        total = wait_for_items(made.archiver, 120)
         made.archiver._teardown()
-        assert total["archived"] == 40 and total["dead_lettered"] == 0, total
+        assert total["archived"] == 120 and total["dead_lettered"] == 0, total
         kept = []
         for part in [data / "run.h5", *sorted(data.glob("run-*.h5"))]:
             with h5py.File(part, "r", libver="latest", swmr=True) as handle:
@@ -439,4 +439,4 @@ def test_a_commit_that_fails_while_the_disk_is_full_is_retried_and_succeeds_once
             kept += [int(f.flat[0]) for f in frames]
             for frame in frames:
                 np.testing.assert_array_equal(frame, procs.frame(int(frame.flat[0]), shape))
-        assert kept == list(range(40))
+        assert kept == list(range(120))

@@ -232,7 +232,8 @@ class Hdf5Sink(ContainerSink):
 
     def _commit(self, route: str) -> Settled:
         opened = self._open[route]
-        short = _space_shortage(opened.path, 2 * opened.pending_bytes + SPACE_MARGIN)
+        margin = SPACE_MARGIN if opened.container.committed_length else FIRST_COMMIT_MARGIN
+        short = _space_shortage(opened.path, 2 * opened.pending_bytes + margin)
         if short is not None:  # before HDF5 sees ENOSPC (see _abandon): the file stays as its last commit left it
             return self._set_back(route, short)
         try:
@@ -304,6 +305,9 @@ _ABANDONED: list[Hdf5Container] = []
 
 #: Free bytes a commit needs beyond twice its frames' bytes (chunks rewritten, metadata), and a new file needs.
 SPACE_MARGIN = 256 << 10
+#: ... and the first commit of a stack, which allocates every per-frame dataset (measured: 375 KB for two
+#: frames of 16 KiB, of which 32 KiB frames).
+FIRST_COMMIT_MARGIN = 1 << 20
 
 
 def _space_shortage(path: Path, needed: int) -> StorageError | None:
