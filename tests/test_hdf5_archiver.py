@@ -440,3 +440,24 @@ def test_a_commit_that_fails_while_the_disk_is_full_is_retried_and_succeeds_once
             for frame in frames:
                 np.testing.assert_array_equal(frame, procs.frame(int(frame.flat[0]), shape))
         assert kept == list(range(120))
+
+
+def test_with_two_writers_the_frames_of_one_file_still_have_one_writer(make_rig: RigFactory, tmp_path: Path) -> None:
+    """cam-1 and cam-4 fall in different lanes by source (crc32 % 2: 0 and 1); routed by their file they share
+    one writer, so neither finds the file locked by the other and both stacks are complete and in order."""
+    made = make_rig(
+        None, archiver_cls=Hdf5Archiver, cameras=("cam-1", "cam-4"), object_selector="cam-$*", writers=2,
+        file_template="{{ file_path }}/run.h5", dataset_template="{{ source_name }}/data", flush_frames=2,
+        max_retries=0,
+    )  # fmt: skip
+    lanes = {made.archiver._pipeline._queue.lane_of(name) for name in made.cameras}
+    assert lanes == {0, 1}
+    for index in range(6):
+        for camera in made.cameras.values():
+            send(camera, [index])
+    total = wait_for_items(made.archiver, 12)
+    made.archiver._teardown()
+    assert total["archived"] == 12 and total["dead_lettered"] == 0, total
+    with h5py.File(tmp_path / "run.h5", "r") as handle:
+        for name in made.cameras:
+            assert [int(f.flat[0]) for f in handle[f"{name}/data"][()]] == list(range(6))
