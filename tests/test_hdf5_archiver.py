@@ -461,3 +461,35 @@ def test_with_two_writers_the_frames_of_one_file_still_have_one_writer(make_rig:
     with h5py.File(tmp_path / "run.h5", "r") as handle:
         for name in made.cameras:
             assert [int(f.flat[0]) for f in handle[f"{name}/data"][()]] == list(range(6))
+
+
+def test_a_file_another_writer_holds_is_retried_until_it_is_free(make_rig: RigFactory, tmp_path: Path) -> None:
+    """ContainerBusyError (another writer has the file open) is transient: retried with backoff, then written."""
+    holder = Hdf5Container(tmp_path / "run-1.h5", DATASET)
+    try:
+        made = rig(make_rig, on_exists="append", max_retries=1000, retry_delay=0.02, retry_max_delay=0.05)
+        send(made.camera, range(3), run=1)
+        wait_until(lambda: made.archiver.stats()["total"]["retried"] > 0, what="the file found busy")
+        assert made.archiver.stats()["total"]["archived"] == 0
+    finally:
+        holder.close()
+    total = wait_for_items(made.archiver, 3)
+    assert total["archived"] == 3 and total["dead_lettered"] == 0, total
+    made.archiver._teardown()
+    assert indices(tmp_path / "run-1.h5") == [0, 1, 2]
+
+
+def test_a_spooled_item_whose_file_template_cannot_render_is_dead_lettered_and_leaves_the_spool(
+    make_rig: RigFactory, tmp_path: Path
+) -> None:
+    spool_dir = tmp_path / ".heros-archiver" / "spool"
+    spool = Spool(spool_dir, "acquisition_data")
+    spool.put(Item("cam", procs.frame(0, SHAPE), {"file_path": str(tmp_path), "frame": 0}, 200))  # no "run"
+    spool.put(Item("cam", procs.frame(1, SHAPE), {"file_path": str(tmp_path), "frame": 1, "run": 1}, 200))
+    made = rig(make_rig)
+    total = wait_for_items(made.archiver, 2)
+    assert total["archived"] == 1 and total["dead_lettered"] == 1, total
+    assert procs.entries(spool_dir) == []
+    assert "run" in read_entry(dead_letter_entries(tmp_path)[0])["error"]
+    made.archiver._teardown()
+    assert indices(tmp_path / "run-1.h5") == [1]
