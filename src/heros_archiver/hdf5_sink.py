@@ -114,16 +114,12 @@ class Hdf5Sink(ContainerSink):
             settled.add(self._close(route))
             opened = None
         if opened is not None and self._full(opened, item):
-            settled.add(self._close(route))
-            self._series[route].part += 1
-            self._series[route].current = None
+            settled.add(self._roll_over(route))
             opened = None
         while opened is None:
             opened = self._opened(route, dataset)
             if self._full(opened, item) and opened.container.committed_length > 0:  # reopened a full part
-                settled.add(self._close(route))
-                self._series[route].part += 1
-                self._series[route].current = None
+                settled.add(self._roll_over(route))
                 opened = None
         self._open.move_to_end(route)
         settled.add(self._limit_open_files())
@@ -222,6 +218,17 @@ class Hdf5Sink(ContainerSink):
         opened = _Open(container, dataset, nbytes=size)
         self._open[route] = opened
         return opened
+
+    def _roll_over(self, route: str) -> Settled:
+        """Close the part of ``route`` written now and go on with the next one (once: a part abandoned by
+        ``_abandon`` while closing has moved the series on already)."""
+        series = self._series[route]
+        part = series.part
+        settled = self._close(route)
+        if series.part == part:
+            series.part += 1
+            series.current = None
+        return settled
 
     def _limit_open_files(self) -> Settled:
         """Close the least recently used files beyond ``max_open_files`` (committed first)."""
