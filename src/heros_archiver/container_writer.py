@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from typing import TYPE_CHECKING
 
 from .errors import ArchiverError
@@ -36,6 +37,9 @@ class ContainerWriter:
         self._pipeline = pipeline
         self._lane = lane
         self._sink = sink
+        #: failed commits waiting for their retry (see ``_settle``)
+        self._failures: deque[CommitFailure] = deque()
+        self._retrying = False
 
     def run(self) -> None:
         """Write until the queue is closed and empty (then commit and close everything), or the abort."""
@@ -88,13 +92,21 @@ class ContainerWriter:
 
     def _settle(self, settled: Settled) -> None:
         """Count the committed items as archived (and drop their spool entries); retry or dead-letter the
-        items of the commits that failed."""
+        items of the commits that failed. A retry appends again, which may settle more (and fail again):
+        those wait in ``_failures`` for this loop, so retries never nest however many there are."""
         pipeline = self._pipeline
         for item in settled.archived:
             pipeline._accounting.archived(item.source, item.nbytes)
             pipeline.spool.done(item)
-        for failure in settled.failed:
-            self._retry_commit(failure)
+        self._failures.extend(settled.failed)
+        if self._retrying:
+            return
+        self._retrying = True
+        try:
+            while self._failures:
+                self._retry_commit(self._failures.popleft())
+        finally:
+            self._retrying = False
 
     def _retry_commit(self, failure: CommitFailure) -> None:
         """One backoff for all the items of a failed commit, then append them again (or dead-letter them)."""
@@ -138,16 +150,7 @@ class ContainerWriter:
     def _finish(self) -> None:
         """Drain or abort: commit and close every container; what cannot be committed is retried (drain) or
         set aside (abort). Ends: each retry counts an attempt, and used-up items are dead-lettered."""
-        settled = self._sink.close()
         while True:
-            for item in settled.archived:
-                self._pipeline._accounting.archived(item.source, item.nbytes)
-                self._pipeline.spool.done(item)
-            if not settled.failed:
+            self._settle(self._sink.close())
+            if self._sink.pending == 0:
                 return
-            for failure in settled.failed:
-                if self._pipeline._abort.is_set():
-                    self._set_aside(failure)
-                else:
-                    self._retry_commit(failure)
-            settled = self._sink.close()
