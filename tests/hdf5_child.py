@@ -5,6 +5,9 @@
     python hdf5_child.py reader PATH DATASET STOP            polls the file as a SWMR reader, checks every
         frame it sees against ``expected_frame``; prints "@@ SEEN n" when more appear, "@@ BAD i" for a
         frame that differs, "@@ DONE n" once it saw STOP frames
+    python hdf5_child.py watch PATH DATASET STOP             waits for the file and its dataset (an archiver
+        makes them), polls it as a SWMR reader, prints "@@ SEEN n" when more frames appear, and once it saw
+        STOP frames "@@ FRAMES i,j,..." (each frame's first element) and "@@ SHA hex" (SHA-256 of their bytes)
 
 Both import neither heros nor Zenoh (fast to start), only the container and h5py.
 """
@@ -65,6 +68,35 @@ def reader(path: str, dataset: str, stop: int) -> None:
     print(f"@@ DONE {seen}", flush=True)
 
 
+def watch(path: str, dataset: str, stop: int) -> None:
+    import hashlib
+    import os
+
+    import h5py
+
+    while True:
+        try:
+            if os.path.exists(path):
+                with h5py.File(path, "r", libver="latest", swmr=True) as handle:
+                    if dataset in handle:
+                        break
+        except OSError:
+            pass  # created, not yet in SWMR mode (HDF5's own lock): look again
+        time.sleep(0.01)
+    seen = 0
+    with h5py.File(path, "r", libver="latest", swmr=True) as handle:
+        frames = handle[dataset]
+        while seen < stop:
+            frames.refresh()
+            if frames.shape[0] > seen:
+                seen = frames.shape[0]
+                print(f"@@ SEEN {seen}", flush=True)
+            time.sleep(0.005)
+        stack = frames[:seen]
+    print("@@ FRAMES " + ",".join(str(int(f.flat[0])) for f in stack), flush=True)
+    print(f"@@ SHA {hashlib.sha256(np.ascontiguousarray(stack).tobytes()).hexdigest()}", flush=True)
+
+
 if __name__ == "__main__":
     role, target, name, number = sys.argv[1:5]
-    (writer if role == "writer" else reader)(target, name, int(number))
+    {"writer": writer, "reader": reader, "watch": watch}[role](target, name, int(number))

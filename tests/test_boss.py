@@ -205,3 +205,49 @@ def test_boss_runs_a_json_archiver_whose_helper_ends_with_it(tmp_path: Path) -> 
         sensor._destroy_hero()
     assert sorted(p.name for p in (tmp_path / "events").iterdir() if p.is_file()) == names
     assert json.loads((tmp_path / "events" / "reading-007.json").read_text()) == {"i": 7, "value": 1.75}
+
+
+def test_boss_runs_an_hdf5_archiver(tmp_path: Path) -> None:
+    """``heros_archiver.Hdf5Archiver`` under BOSS: frames stacked in one file, its figures through BOSS's
+    remote ``stats()``, and BOSS's SIGTERM commits and closes the file (any reader opens it afterwards)."""
+    import h5py
+
+    runs = tmp_path / "runs"
+    config = {
+        "_id": "run-archiver",
+        "classname": "heros_archiver.Hdf5Archiver",
+        "arguments": {
+            "object_selector": "cam",
+            "event_name": "acquisition_data",
+            "default_metadata": {"file_path": str(runs)},
+            "file_template": "{{ file_path }}/run-{{ run }}.h5",
+            "dataset_template": "entry/{{ source_name }}/data",
+            "sequence_key": "frame",
+            "flush_seconds": 0.1,
+        },
+    }
+    config_file = tmp_path / "archiver.json"
+    config_file.write_text(json.dumps(config))
+    port, realm = free_port(), unique_realm()
+    camera = ReliableSimulatedCamera("cam", realm=realm, session_manager=session_manager(listen_port=port))
+    process: subprocess.Popen[bytes] | None = None
+    try:
+        process = _start_boss(config_file, realm, port, tmp_path / "boss.log")
+        wait_for_subscriber(camera, timeout=60)
+        frames = [np.arange(12, dtype=np.uint16).reshape(3, 4) + 100 * i for i in range(5)]
+        for i, frame in enumerate(frames):
+            camera.acquisition_data(frame, {"frame": i, "run": 3})
+        remote = _remote_hero("run-archiver", realm, heros_compat.session_manager(camera))
+        try:
+            wait_until(lambda: remote.stats()["total"]["archived"] == 5, 30, "5 frames committed")
+        finally:
+            remote._destroy_hero()
+        os.killpg(process.pid, signal.SIGTERM)
+        assert process.wait(timeout=30) == 0, (tmp_path / "boss.log").read_text()
+        with h5py.File(runs / "run-3.h5", "r") as handle:
+            np.testing.assert_array_equal(handle["entry/cam/data"][()], np.stack(frames))
+            assert handle["entry"].attrs["NX_class"] == "NXentry"
+    finally:
+        if process is not None:
+            _stop_group(process)
+        camera._destroy_hero()

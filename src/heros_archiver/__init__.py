@@ -22,6 +22,7 @@ from .errors import (
 if TYPE_CHECKING:
     from .archiver import HERODataArchiver
     from .files import ArrayArchiver, FileArchiver, JsonArchiver
+    from .hdf5_archiver import Hdf5Archiver
 
 __version__ = "0.1.0"
 
@@ -30,6 +31,7 @@ _ARCHIVERS = {
     "ArrayArchiver": "files",
     "FileArchiver": "files",
     "JsonArchiver": "files",
+    "Hdf5Archiver": "hdf5_archiver",
 }
 
 __all__ = [
@@ -38,6 +40,7 @@ __all__ = [
     "ConfigurationError",
     "FileArchiver",
     "HERODataArchiver",
+    "Hdf5Archiver",
     "JsonArchiver",
     "PathConfinementError",
     "PayloadError",

@@ -40,6 +40,7 @@ from .pipeline import (
 )
 from .queueing import Item
 from .sharedmemory import disable_shared_memory, installed_zenoh_version, shared_memory_is_safe
+from .sinks import ContainerSink
 from .spool import Spool
 from .statedir import DEAD_LETTER_SUBDIR, SPOOL_DIR_NAME
 from .storage import check_integer
@@ -183,6 +184,7 @@ class HERODataArchiver(EventObserver):
         dead_letters = DeadLetterStore(dead_letter_dir or self._default_dead_letter_dir(), durable)
         spool_path = Path(spool_dir) if spool_dir else dead_letters.directory.parent / SPOOL_DIR_NAME
         spool = Spool(spool_path, event_name, durable)
+        self._router = self._item_router()
         self._pipeline = Pipeline(
             event_name,
             self._store_item,
@@ -194,6 +196,8 @@ class HERODataArchiver(EventObserver):
             self._writer_settings,
             self._batch_writer_factory(),
             self._writeback_tracker(),
+            self._container_sink_factory(),
+            self._router,
         )
         if zenoh_shared_memory is None:
             zenoh_shared_memory = shared_memory_is_safe(installed_zenoh_version())
@@ -252,6 +256,14 @@ class HERODataArchiver(EventObserver):
 
     def _writeback_tracker(self) -> WritebackWindow | None:
         """The window ``_store`` hands large files to (None: none); its items count as archived once on disk."""
+        return None
+
+    def _container_sink_factory(self) -> Callable[[], ContainerSink] | None:
+        """Makes one container sink per writer (None: items go to ``_store_item``, one file per item)."""
+        return None
+
+    def _item_router(self) -> Callable[[Item], None] | None:
+        """Sets ``item.route`` (the container an item goes to) on receipt, once (None: lanes by source)."""
         return None
 
     def _store_item(self, item: Item) -> None:
@@ -359,7 +371,14 @@ class HERODataArchiver(EventObserver):
         metadata = {**self.metadata, **event_metadata}
         self._accounting.received(source_name, metadata)
         nbytes = item_nbytes(payload, metadata)
-        self._pipeline.submit(Item(source_name, payload, metadata, nbytes, attempts=retry_count))
+        item = Item(source_name, payload, metadata, nbytes, attempts=retry_count)
+        if self._router is not None:
+            try:
+                self._router(item)
+            except ArchiverError as exc:  # e.g. a file template that cannot render: the item's own fault
+                self._pipeline.reject(item, exc)
+                return
+        self._pipeline.submit(item)
 
     # ------------------------------------------------------------------ status and shutdown
     def stats(self) -> dict[str, Any]:

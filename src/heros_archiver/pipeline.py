@@ -21,10 +21,12 @@ from typing import Any
 
 from .accounting import Accounting
 from .batching import BATCH_BYTES, BATCH_ITEMS, Batch, BatchWriter, Inline, Outcome
+from .container_writer import ContainerWriter
 from .deadletter import DeadLetterStore
 from .errors import ArchiverError, ConfigurationError, StorageError, UnfaithfulError
 from .queueing import Item, LaneQueue, RejectQueue
 from .saferepr import safe_str
+from .sinks import ContainerSink, FileSink
 from .spool import Damaged, Spool
 from .storage import check_choice, check_integer
 from .writeback import Ticket, WritebackWindow
@@ -97,6 +99,10 @@ class Pipeline:
         writeback: the window ``store`` hands large files to: an item whose files are in it counts as
             archived (and leaves the spool) only once they are on the device, and is written again if the
             device reports an error (None: an item counts as archived when ``store`` returns).
+        container_sink: makes one container sink per writer lane (``sinks.ContainerSink``); items then go
+            there instead of ``store``, and count as archived only once committed (``container_writer``).
+        route: sets ``item.route`` of an item read back from the spool (the archiver does it in ``feed`` for
+            the others), so that it reaches its container's writer; an error dead-letters the item.
     """
 
     def __init__(
@@ -111,9 +117,15 @@ class Pipeline:
         writer_settings: Callable[[], dict[str, Any] | None],
         batch_writer: Callable[[int], BatchWriter] | None = None,
         writeback: WritebackWindow | None = None,
+        container_sink: Callable[[], ContainerSink] | None = None,
+        route: Callable[[Item], None] | None = None,
     ) -> None:
         self._event = event
-        self._store = store
+        self._sink = FileSink(store)
+        self._store = self._sink.store
+        #: one container sink per lane, made here so that a sink that cannot be made fails the constructor
+        self._container_sinks = [container_sink() for _ in range(options.writers)] if container_sink else None
+        self._route = route
         self.options = options
         self._accounting = accounting
         self.dead_letters = dead_letters
@@ -321,9 +333,23 @@ class Pipeline:
                 self._resumed.discard(item.spool_entry)
                 item.resumed = True
                 self._accounting.received(item.source, item.metadata)
+            if self._route is not None and not self._routed(item):
+                continue
             if not self._queue.put(item, block=True):
                 self.spool.give_back(item)
                 return
+
+    def _routed(self, item: Item) -> bool:
+        """Give a spooled item its route again (the spool keeps what arrived, not where it goes); False when
+        that fails for the item's own reason: it is then dead-lettered and leaves the spool."""
+        assert self._route is not None
+        try:
+            self._route(item)
+        except ArchiverError as exc:
+            self._dead_letter(item, exc, persist=True)
+            self.spool.done(item)
+            return False
+        return True
 
     def _count_damaged(self, damaged: Damaged) -> None:
         """A spool entry that cannot be read: counted (per source if this run spooled it), logged, gone on."""
@@ -375,6 +401,9 @@ class Pipeline:
     # ------------------------------------------------------------------ writing
     def _write_loop(self, lane: int) -> None:
         _lower_priority(self.options.writer_nice)
+        if self._container_sinks is not None:
+            ContainerWriter(self, lane, self._container_sinks[lane]).run()
+            return
         if self._batch_writer is not None:
             self._write_batches(lane, self._batch_writer)
             return
@@ -448,7 +477,7 @@ class Pipeline:
                     if window is not None and ticket is not None:
                         if not window.release(ticket):
                             with self._count_lock:
-                                self._unsettled[self._queue.lane_of(item.source)] += 1
+                                self._unsettled[self._queue.lane_of(item.lane_key)] += 1
                             return False
                         if ticket.errors:
                             failure = _writeback_failure(ticket.errors)
@@ -461,7 +490,7 @@ class Pipeline:
 
     def _on_written_back(self, item: Item, ticket: Ticket) -> None:
         """The window finished the last file of ``item`` (on any thread): its writer settles it."""
-        self._written_back[self._queue.lane_of(item.source)].append((item, ticket.errors))
+        self._written_back[self._queue.lane_of(item.lane_key)].append((item, ticket.errors))
 
     def _settle_written_back(self, lane: int) -> None:
         """Count the items of ``lane`` whose files reached the device as archived; write those again whose

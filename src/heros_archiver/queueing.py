@@ -1,8 +1,8 @@
 """A queue bounded in items *and* bytes, with one lane per writer thread.
 
 Bounding by bytes is what bounds memory: 1,000 small readings and 1,000 camera frames are very
-different amounts. Items are assigned to a lane by their source, so one writer handles each source
-and a source's items are written in the order they arrived.
+different amounts. Items are assigned to a lane by their source (or their ``route``: a container's
+file), so one writer handles each source (or container) and its items are written in the order they arrived.
 """
 
 from __future__ import annotations
@@ -31,6 +31,16 @@ class Item:
     spool_entry: Path | None = None
     #: True when an earlier run may already have written it (resumed from its spool)
     resumed: bool = False
+    #: what decides its writer (lane): None for its source; a container archiver sets its rendered file path,
+    #: so that every item of one container is written by one writer, in arrival order
+    route: str | None = None
+    #: a container sink's item key (``containers.ItemKey``), computed once by its writer
+    key: Any = None
+
+    @property
+    def lane_key(self) -> str:
+        """The text that picks this item's lane: its ``route``, else its source."""
+        return self.source if self.route is None else self.route
 
 
 class LaneQueue:
@@ -51,9 +61,10 @@ class LaneQueue:
         self._not_full = threading.Condition(self._lock)
         self._not_empty = [threading.Condition(self._lock) for _ in range(lanes)]
 
-    def lane_of(self, source: str) -> int:
-        """The lane (writer) that handles ``source``: stable across runs, spread evenly."""
-        return zlib.crc32(source.encode()) % len(self._lanes)
+    def lane_of(self, lane_key: str) -> int:
+        """The lane (writer) that handles ``lane_key`` (an item's source or route): stable across runs, spread
+        evenly."""
+        return zlib.crc32(lane_key.encode()) % len(self._lanes)
 
     def _fits(self, nbytes: int) -> bool:
         if self._items == 0:
@@ -73,7 +84,7 @@ class LaneQueue:
                 self._not_full.wait(remaining)
             if self._closed:
                 return False
-            lane = self.lane_of(item.source)
+            lane = self.lane_of(item.lane_key)
             self._lanes[lane].append(item)
             self._items += 1
             self._bytes += item.nbytes

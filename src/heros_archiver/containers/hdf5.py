@@ -347,6 +347,15 @@ class Hdf5Container(Container):
         if self.fsync:
             os.fsync(self._file.id.get_vfd_handle())
 
+    def discard(self) -> int:
+        """Forget the frames appended since the last commit (the caller set them aside, e.g. dead-lettered
+        them, or will append them again); the file is not touched. Returns how many were dropped."""
+        dropped = len(self._pending)
+        for pending in self._pending:
+            self._index.pop(pending.row.key.key_id(), None)
+        self._pending.clear()
+        return dropped
+
     def close(self) -> CommitReport:
         """Commit what is pending and close the file (also when that commit fails); idempotent."""
         if self._closed:

@@ -1,0 +1,495 @@
+"""Hdf5Archiver over real Zenoh: frames into one file, commit points, mismatches, rollover, SWMR, SIGKILL.
+
+Cameras and archivers talk over loopback Zenoh (conftest ``make_rig``, tests/procs.py for children); the
+files are read back with h5py. Nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+import procs
+from conftest import Rig, RigFactory
+from helpers import dead_letter_entries, read_entry, wait_for_items, wait_until
+from heros_archiver import Hdf5Archiver
+from heros_archiver.config import build_archivers, load_config
+from heros_archiver.containers import ItemKey
+from heros_archiver.containers.hdf5 import Hdf5Container, read_metadata
+from heros_archiver.queueing import Item
+from heros_archiver.spool import Spool
+from heros_archiver.testing import free_port, loopback_config_json, unique_realm, wait_for_subscriber
+
+pytestmark = pytest.mark.timeout(120)
+
+SHAPE = (16, 24)
+FILE = "{{ file_path }}/run-{{ run }}.h5"
+DATASET = "cam/data"
+
+
+def rig(make_rig: RigFactory, **kwargs: object) -> Rig:
+    """A camera ``cam`` and an Hdf5Archiver of its frames into ``run-<run>.h5`` under tmp_path."""
+    kwargs.setdefault("file_template", FILE)
+    kwargs.setdefault("dataset_template", DATASET)
+    kwargs.setdefault("sequence_key", "frame")
+    made = make_rig(None, archiver_cls=Hdf5Archiver, **kwargs)
+    assert isinstance(made.archiver, Hdf5Archiver)
+    return made
+
+
+def send(cam: object, indices: range | list[int], shape: tuple[int, ...] = SHAPE, **metadata: object) -> None:
+    procs.send_frames(cam, list(indices), shape, **metadata)
+
+
+def stack(path: Path) -> tuple[np.ndarray, list[dict[str, object]]]:
+    """Frames and per-frame metadata of the ``cam/data`` stack in ``path`` (a SWMR read: works on any file)."""
+    with h5py.File(path, "r", libver="latest", swmr=True) as handle:
+        frames = handle[DATASET][()]
+        group = handle["cam"]
+        return frames, [read_metadata(group, i) for i in range(frames.shape[0])]
+
+
+def indices(path: Path) -> list[int]:
+    """The frame numbers (first element of each frame) of the stack in ``path``, in order."""
+    frames, _ = stack(path)
+    return [int(f.flat[0]) for f in frames]
+
+
+def visible(path: Path) -> int:
+    """Frames a SWMR reader sees in ``path`` now; -1 while there is no file or it is not yet open for SWMR."""
+    try:
+        with h5py.File(path, "r", libver="latest", swmr=True) as handle:
+            return int(handle[DATASET].shape[0]) if DATASET in handle else -1
+    except OSError:  # missing, or created and not yet in SWMR mode (HDF5's own lock)
+        return -1
+
+
+def test_a_run_of_frames_is_one_file_bit_identical_with_its_metadata(make_rig: RigFactory, tmp_path: Path) -> None:
+    made = rig(make_rig)
+    send(made.camera, range(50), run=7, exposure=0.25)
+    total = wait_for_items(made.archiver, 50)
+    assert total["archived"] == 50 and total["dead_lettered"] == 0
+    frames, metadata = stack(tmp_path / "run-7.h5")
+    assert frames.shape == (50, *SHAPE) and frames.dtype == np.uint16
+    for index in range(50):
+        np.testing.assert_array_equal(frames[index], procs.frame(index, SHAPE))
+        assert metadata[index]["frame"] == index and metadata[index]["exposure"] == 0.25
+        assert metadata[index]["run"] == 7 and metadata[index]["file_path"] == str(tmp_path)
+    with h5py.File(tmp_path / "run-7.h5", "r", libver="latest", swmr=True) as handle:
+        assert handle["cam"].attrs["NX_class"] == "NXdata"
+        assert list(handle["cam/archive/source_name"].asstr()[()]) == ["cam"] * 50
+
+
+def test_frames_count_as_archived_only_once_committed(make_rig: RigFactory, tmp_path: Path) -> None:
+    """flush_frames=10, flush_seconds long: 25 frames give two commits (20 archived), the drain the rest."""
+    made = rig(make_rig, flush_frames=10, flush_seconds=3600)
+    send(made.camera, range(25), run=1)
+    wait_until(lambda: made.archiver.stats()["total"]["archived"] == 20, what="two commits")
+    assert made.archiver.stats()["total"]["in_flight"] == 5
+    assert indices(tmp_path / "run-1.h5") == list(range(20))
+    made.archiver._teardown()
+    assert made.archiver.stats()["total"]["archived"] == 25
+    assert indices(tmp_path / "run-1.h5") == list(range(25))
+
+
+def test_flush_seconds_commits_while_no_frame_arrives(make_rig: RigFactory, tmp_path: Path) -> None:
+    made = rig(make_rig, flush_frames=1000, flush_seconds=0.2)
+    send(made.camera, range(3), run=1)
+    wait_for_items(made.archiver, 3)
+    assert indices(tmp_path / "run-1.h5") == [0, 1, 2]
+
+
+def test_a_frame_of_another_shape_is_dead_lettered_and_the_rest_are_written(
+    make_rig: RigFactory, tmp_path: Path
+) -> None:
+    made = rig(make_rig, flush_frames=4)
+    send(made.camera, range(3), run=1)
+    send(made.camera, [3], shape=(8, 8), run=1)
+    send(made.camera, range(4, 9), run=1)
+    total = wait_for_items(made.archiver, 9)
+    assert total["archived"] == 8 and total["dead_lettered"] == 1
+    assert indices(tmp_path / "run-1.h5") == [0, 1, 2, 4, 5, 6, 7, 8]
+    [entry] = dead_letter_entries(tmp_path)
+    error = read_entry(entry)["error"]
+    assert "(8, 8)" in error and str(SHAPE) in error, error
+
+
+def test_a_new_rendered_path_starts_a_new_file(make_rig: RigFactory, tmp_path: Path) -> None:
+    made = rig(make_rig, flush_frames=3)
+    send(made.camera, range(4), run=1)
+    send(made.camera, range(4, 9), run=2)
+    send(made.camera, range(9, 11), run=1)
+    wait_for_items(made.archiver, 11)
+    made.archiver._teardown()
+    assert indices(tmp_path / "run-1.h5") == [0, 1, 2, 3, 9, 10]
+    assert indices(tmp_path / "run-2.h5") == [4, 5, 6, 7, 8]
+
+
+def test_max_frames_rolls_over_to_numbered_parts(make_rig: RigFactory, tmp_path: Path) -> None:
+    made = rig(make_rig, flush_frames=2, max_frames=4)
+    send(made.camera, range(10), run=1)
+    total = wait_for_items(made.archiver, 10)
+    assert total["archived"] == 10
+    made.archiver._teardown()
+    assert indices(tmp_path / "run-1.h5") == [0, 1, 2, 3]
+    assert indices(tmp_path / "run-1-1.h5") == [4, 5, 6, 7]
+    assert indices(tmp_path / "run-1-2.h5") == [8, 9]
+
+
+def test_a_template_that_cannot_render_is_dead_lettered_on_receipt(make_rig: RigFactory, tmp_path: Path) -> None:
+    made = rig(make_rig)
+    send(made.camera, [0], run=1)
+    procs.send_frames(made.camera, [1], SHAPE)  # no "run": the file template cannot render
+    send(made.camera, [2], run=1)
+    total = wait_for_items(made.archiver, 3)
+    assert total["archived"] == 2 and total["dead_lettered"] == 1
+    assert indices(tmp_path / "run-1.h5") == [0, 2]
+    assert "run" in read_entry(dead_letter_entries(tmp_path)[0])["error"]
+
+
+def test_an_existing_file_is_kept_under_on_exists_error(make_rig: RigFactory, tmp_path: Path) -> None:
+    (tmp_path / "run-1.h5").write_bytes(b"not yours")
+    made = rig(make_rig)
+    send(made.camera, range(2), run=1)
+    total = wait_for_items(made.archiver, 2)
+    assert total["dead_lettered"] == 2
+    assert (tmp_path / "run-1.h5").read_bytes() == b"not yours"
+
+
+# ------------------------------------------------------------------------------------------ other processes
+CHILD = Path(__file__).with_name("hdf5_child.py")
+
+
+def watcher(path: Path, stop: int, log: Path) -> procs.Child:
+    """A SWMR reader of ``path`` in another process (tests/hdf5_child.py watch); the caller kills it."""
+    env = procs.child_env(0)
+    return procs.Child([sys.executable, str(CHILD), "watch", str(path), DATASET, str(stop)], log, env)
+
+
+def test_a_swmr_reader_in_another_process_sees_committed_frames_during_the_run(
+    make_rig: RigFactory, tmp_path: Path
+) -> None:
+    made = rig(make_rig, flush_frames=5, flush_seconds=3600)
+    path = tmp_path / "run-1.h5"
+    reader = watcher(path, 20, tmp_path / "watch.log")
+    try:
+        send(made.camera, range(10), run=1)
+        wait_until(lambda: "@@ SEEN 10" in reader.output(), 60, "the reader to see 10 frames")
+        assert made.archiver.stats()["total"]["archived"] == 10  # the archiver still runs, the file is open
+        send(made.camera, range(10, 22), run=1)  # 20 committed now, 2 pending
+        reader.proc.wait(60)
+        output = reader.output()
+    finally:
+        reader.kill()
+    seen = [int(n) for n in re.findall(r"@@ SEEN (\d+)", output)]
+    assert seen == sorted(seen) and all(n % 5 == 0 for n in seen), output  # whole commits, never less
+    expected = np.stack([procs.frame(i, SHAPE) for i in range(20)])
+    assert f"@@ FRAMES {','.join(map(str, range(20)))}" in output, output
+    assert f"@@ SHA {hashlib.sha256(expected.tobytes()).hexdigest()}" in output, output
+
+
+def test_sigkill_mid_run_keeps_committed_frames_and_a_restart_adds_no_duplicates(tmp_path: Path) -> None:
+    """The archiver (``heros-archiver run``, a BOSS-style config) is SIGKILLed with frames pending; the file
+    opens in h5py with every committed frame intact; a restart with ``on_exists="append"`` gets every frame
+    again from the camera and writes only the missing ones: each frame exactly once in the end."""
+    archive = tmp_path / "archive"
+    path = archive / "run.h5"
+    port, realm = free_port(), unique_realm()
+    arguments = {
+        "object_selector": "cam",
+        "event_name": "acquisition_data",
+        "default_metadata": {"file_path": str(archive)},
+        "file_template": "{{ file_path }}/run.h5",
+        "dataset_template": DATASET,
+        "on_exists": "append",
+        "sequence_key": "frame",
+        "flush_frames": 8,
+        "flush_seconds": 3600,
+    }
+    config = procs.write_config(tmp_path / "config.json", arguments, classname="heros_archiver.Hdf5Archiver")
+    with procs.camera(port, realm) as cam:
+        with procs.run_archiver(config, realm, port, tmp_path / "run-1.log") as proc:
+            procs.wait_for_archiver(cam, proc)
+            send(cam, range(20))  # 16 committed, 4 pending
+            wait_until(lambda: visible(path) == 16, 60, "two commits")
+            proc.kill()
+        frames, metadata = stack(path)  # a SWMR read opens the crashed file as it is
+        assert [int(f.flat[0]) for f in frames] == list(range(16))
+        for index in range(16):
+            np.testing.assert_array_equal(frames[index], procs.frame(index, SHAPE))
+            assert metadata[index]["frame"] == index
+        with pytest.raises(OSError, match="already open for write"):
+            h5py.File(path, "r")  # the mark a killed writer leaves; the restart clears it
+
+        with procs.run_archiver(config, realm, port, tmp_path / "run-2.log") as proc:
+            procs.wait_for_archiver(cam, proc)
+            send(cam, range(30))  # the camera sends the whole run again
+            wait_until(lambda: visible(path) == 24, 60, "a commit of new frames")
+            code, output = proc.terminate()
+        assert code == 0, output
+        total = procs.parse_stats_table(output)
+        assert total["received"] == 30 and total["archived"] == 30 and total["dead_lettered"] == 0, output
+    with h5py.File(path, "r") as handle:  # closed cleanly: any reader opens it
+        assert [int(f.flat[0]) for f in handle[DATASET][()]] == list(range(30))
+        assert handle["cam/archive/committed_length"][0] == 30
+
+
+def test_a_boss_config_builds_an_hdf5_archiver(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    port, realm = free_port(), unique_realm()
+    arguments = {
+        "object_selector": "cam",
+        "event_name": "acquisition_data",
+        "default_metadata": {"file_path": str(tmp_path / "archive")},
+        "file_template": "{{ file_path }}/{{ source_name }}.h5",
+        "compression": "bitshuffle-lz4",
+        "flush_seconds": 0.1,
+    }
+    config = procs.write_config(tmp_path / "config.json", arguments, classname="heros_archiver.Hdf5Archiver")
+    with procs.camera(port, realm) as cam:
+        monkeypatch.setenv("HEROS_ZENOH_CONFIG", loopback_config_json(connect_port=port))
+        [archiver] = build_archivers(load_config(config), realm)
+        try:
+            assert isinstance(archiver, Hdf5Archiver) and archiver.compression == "bitshuffle-lz4"
+            wait_for_subscriber(cam)
+            send(cam, range(5))
+            wait_for_items(archiver, 5)
+        finally:
+            archiver.close()
+    with h5py.File(tmp_path / "archive" / "cam.h5", "r") as handle:
+        assert handle["cam/data"].compression is not None or handle["cam/data"]._filters
+        assert [int(f.flat[0]) for f in handle["cam/data"][()]] == list(range(5))
+
+
+def test_resumed_spool_items_already_committed_count_as_archived_and_the_rest_leave_the_spool_at_commit(
+    make_rig: RigFactory, tmp_path: Path
+) -> None:
+    """An earlier run left frames 0-9 in its spool and had committed 0-4 (killed before it removed their
+    entries). The restart de-duplicates 0-4 by their keys (archived at once, their entries removed) and keeps
+    the entries of 5-9 until the commit that makes them archived."""
+    spool_dir = tmp_path / ".heros-archiver" / "spool"
+    spool = Spool(spool_dir, "acquisition_data")
+    items = [
+        Item("cam", procs.frame(i, SHAPE), {"file_path": str(tmp_path), "frame": i, "run": 1}, 200) for i in range(10)
+    ]
+    for item in items:
+        spool.put(item)
+    with Hdf5Container(tmp_path / "run-1.h5", DATASET) as container:
+        for item in items[:5]:
+            key = ItemKey.of("cam", item.payload, item.metadata, item.metadata["frame"])
+            container.append(key, item.payload, item.metadata)
+
+    made = rig(make_rig, on_exists="append", flush_frames=1000, flush_seconds=3600)
+    wait_until(lambda: made.archiver.stats()["total"]["archived"] == 5, what="the five committed ones")
+    assert len(procs.entries(spool_dir)) == 5  # the other five wait for their commit
+    made.archiver._teardown()
+    assert made.archiver.stats()["total"]["archived"] == 10 and procs.entries(spool_dir) == []
+    assert indices(tmp_path / "run-1.h5") == list(range(10))
+
+
+@contextlib.contextmanager
+def tiny_file_system(directory: Path, size: str) -> Iterator[None]:
+    """A tmpfs of ``size`` at ``directory`` (needs root; skips otherwise); unmounted when the block ends."""
+    directory.mkdir(parents=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)], capture_output=True, text=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield
+    finally:
+        if subprocess.run(["umount", str(directory)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(directory)], capture_output=True)
+
+
+def test_a_full_disk_mid_file_leaves_a_readable_file_and_dead_letters_the_rest(
+    make_rig: RigFactory, tmp_path: Path
+) -> None:
+    """The file's file system (a 2 MiB tmpfs; the dead-letter store elsewhere) fills during the run: the
+    failed commits are retried, then their frames dead-lettered; the file opens in h5py and holds the frames
+    committed before, intact; every frame is either in the file or in the dead-letter store."""
+    shape = (64, 128)  # 16 KiB
+    data = tmp_path / "data"
+    with tiny_file_system(data, "2m"):
+        made = rig(
+            make_rig, file_template="{{ file_path }}/data/run.h5", root=str(tmp_path), flush_frames=2,
+            max_retries=1, retry_delay=0.01, retry_max_delay=0.02,
+        )  # fmt: skip
+        send(made.camera, range(160), shape=shape)
+        wait_for_items(made.archiver, 160)
+        made.archiver._teardown()
+        total = made.archiver.stats()["total"]
+        with h5py.File(data / "run.h5", "r", libver="latest", swmr=True) as handle:  # opens as it was left
+            committed = int(handle["cam/archive/committed_length"][0])
+            frames = handle[DATASET][:committed]  # rows beyond the marker: the commit that failed
+        kept = [int(f.flat[0]) for f in frames]
+        assert 0 < committed < 160 and kept == list(range(committed)), kept
+        for index in kept:
+            np.testing.assert_array_equal(frames[index], procs.frame(index, shape))
+        assert total["archived"] == committed and total["dead_lettered"] == 160 - committed, total
+        dead = sorted(read_entry(e)["metadata"]["frame"] for e in dead_letter_entries(tmp_path))
+        assert dead == list(range(committed, 160))
+        errors = {read_entry(e)["error"] for e in dead_letter_entries(tmp_path)}
+        assert all("No space left on device" in error or "cannot create" in error for error in errors), errors
+
+
+def test_an_idle_file_is_closed_and_reopened_when_frames_come_again(make_rig: RigFactory, tmp_path: Path) -> None:
+    made = rig(make_rig, flush_seconds=0.05, idle_timeout=0.2)
+    path = tmp_path / "run-1.h5"
+    send(made.camera, range(3), run=1)
+    wait_for_items(made.archiver, 3)
+
+    def closed() -> bool:
+        try:
+            with h5py.File(path, "r"):  # a plain open works only once the writer closed the file
+                return True
+        except OSError:
+            return False
+
+    wait_until(closed, what="the idle file closed")
+    send(made.camera, range(3, 6), run=1)
+    wait_for_items(made.archiver, 6)
+    made.archiver._teardown()
+    assert indices(path) == list(range(6))
+
+
+def test_at_most_max_open_files_are_open_and_the_least_recently_used_is_closed(
+    make_rig: RigFactory, tmp_path: Path
+) -> None:
+    made = rig(make_rig, max_open_files=1, flush_frames=1000, flush_seconds=3600)
+    for index in range(12):
+        send(made.camera, [index], run=index % 3)  # three files in turn, one open at a time
+    wait_until(lambda: made.archiver.stats()["total"]["archived"] >= 11, what="closed files committed")
+    made.archiver._teardown()
+    for run in range(3):
+        assert indices(tmp_path / f"run-{run}.h5") == list(range(run, 12, 3))
+
+
+def test_max_bytes_rolls_over(make_rig: RigFactory, tmp_path: Path) -> None:
+    frame_bytes = SHAPE[0] * SHAPE[1] * 2
+    made = rig(make_rig, flush_frames=2, max_bytes=3 * frame_bytes + 10)
+    send(made.camera, range(10), run=1)
+    wait_for_items(made.archiver, 10)
+    made.archiver._teardown()
+    parts = [tmp_path / name for name in ("run-1.h5", "run-1-1.h5", "run-1-2.h5", "run-1-3.h5")]
+    assert [indices(p) for p in parts] == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]
+
+
+def test_on_exists_unique_writes_beside_an_existing_file(make_rig: RigFactory, tmp_path: Path) -> None:
+    (tmp_path / "run-1.h5").write_bytes(b"not yours")
+    made = rig(make_rig, on_exists="unique", max_frames=2)
+    send(made.camera, range(5), run=1)
+    wait_for_items(made.archiver, 5)
+    made.archiver._teardown()
+    assert (tmp_path / "run-1.h5").read_bytes() == b"not yours"
+    assert [indices(tmp_path / f"run-1-{n}.h5") for n in (1, 2, 3)] == [[0, 1], [2, 3], [4]]
+
+
+def test_two_sources_into_one_file_get_a_stack_each(make_rig: RigFactory, tmp_path: Path) -> None:
+    """One file per run, one stack per camera: interleaved frames switch the open stack (close, reopen)."""
+    made = make_rig(
+        None, archiver_cls=Hdf5Archiver, cameras=("cam-1", "cam-2"), object_selector="cam-$*",
+        file_template="{{ file_path }}/run.h5", dataset_template="{{ source_name }}/data", flush_frames=3,
+    )  # fmt: skip
+    for index in range(6):
+        for camera in made.cameras.values():
+            send(camera, [index])
+    wait_for_items(made.archiver, 12)
+    made.archiver._teardown()
+    with h5py.File(tmp_path / "run.h5", "r") as handle:
+        for name in ("cam-1", "cam-2"):
+            assert [int(f.flat[0]) for f in handle[f"{name}/data"][()]] == list(range(6))
+            assert set(handle[f"{name}/archive/source_name"].asstr()[()]) == {name}
+
+
+def test_a_commit_that_fails_while_the_disk_is_full_is_retried_and_succeeds_once_there_is_space(
+    make_rig: RigFactory, tmp_path: Path
+) -> None:
+    """The disk fills (a filler file leaves ~1.6 MiB of a 4 MiB tmpfs), commits fail, space is freed during
+    the retries: every frame is archived, exactly once, and the file holds them all in order."""
+    shape = (64, 128)
+    data = tmp_path / "data"
+    with tiny_file_system(data, "4m"):
+        filler = data / "filler"
+        filler.write_bytes(b"\0" * (4 * 2**20 - 1600 * 2**10))
+        made = rig(
+            make_rig, file_template="{{ file_path }}/data/run.h5", root=str(tmp_path), flush_frames=2,
+            max_retries=1000, retry_delay=0.02, retry_max_delay=0.05,
+        )  # fmt: skip
+        send(made.camera, range(120), shape=shape)
+        wait_until(lambda: made.archiver.stats()["total"]["retried"] > 0, what="a failed commit")
+        filler.unlink()
+        total = wait_for_items(made.archiver, 120)
+        made.archiver._teardown()
+        assert total["archived"] == 120 and total["dead_lettered"] == 0, total
+        kept = []
+        for part in [data / "run.h5", *sorted(data.glob("run-*.h5"))]:
+            with h5py.File(part, "r", libver="latest", swmr=True) as handle:
+                committed = int(handle["cam/archive/committed_length"][0])
+                frames = handle[DATASET][:committed]
+            kept += [int(f.flat[0]) for f in frames]
+            for frame in frames:
+                np.testing.assert_array_equal(frame, procs.frame(int(frame.flat[0]), shape))
+        assert kept == list(range(120))
+
+
+def test_with_two_writers_the_frames_of_one_file_still_have_one_writer(make_rig: RigFactory, tmp_path: Path) -> None:
+    """cam-1 and cam-4 fall in different lanes by source (crc32 % 2: 0 and 1); routed by their file they share
+    one writer, so neither finds the file locked by the other and both stacks are complete and in order."""
+    made = make_rig(
+        None, archiver_cls=Hdf5Archiver, cameras=("cam-1", "cam-4"), object_selector="cam-$*", writers=2,
+        file_template="{{ file_path }}/run.h5", dataset_template="{{ source_name }}/data", flush_frames=2,
+        max_retries=0,
+    )  # fmt: skip
+    lanes = {made.archiver._pipeline._queue.lane_of(name) for name in made.cameras}
+    assert lanes == {0, 1}
+    for index in range(6):
+        for camera in made.cameras.values():
+            send(camera, [index])
+    total = wait_for_items(made.archiver, 12)
+    made.archiver._teardown()
+    assert total["archived"] == 12 and total["dead_lettered"] == 0, total
+    with h5py.File(tmp_path / "run.h5", "r") as handle:
+        for name in made.cameras:
+            assert [int(f.flat[0]) for f in handle[f"{name}/data"][()]] == list(range(6))
+
+
+def test_a_file_another_writer_holds_is_retried_until_it_is_free(make_rig: RigFactory, tmp_path: Path) -> None:
+    """ContainerBusyError (another writer has the file open) is transient: retried with backoff, then written."""
+    holder = Hdf5Container(tmp_path / "run-1.h5", DATASET)
+    try:
+        made = rig(make_rig, on_exists="append", max_retries=1000, retry_delay=0.02, retry_max_delay=0.05)
+        send(made.camera, range(3), run=1)
+        wait_until(lambda: made.archiver.stats()["total"]["retried"] > 0, what="the file found busy")
+        assert made.archiver.stats()["total"]["archived"] == 0
+    finally:
+        holder.close()
+    total = wait_for_items(made.archiver, 3)
+    assert total["archived"] == 3 and total["dead_lettered"] == 0, total
+    made.archiver._teardown()
+    assert indices(tmp_path / "run-1.h5") == [0, 1, 2]
+
+
+def test_a_spooled_item_whose_file_template_cannot_render_is_dead_lettered_and_leaves_the_spool(
+    make_rig: RigFactory, tmp_path: Path
+) -> None:
+    spool_dir = tmp_path / ".heros-archiver" / "spool"
+    spool = Spool(spool_dir, "acquisition_data")
+    spool.put(Item("cam", procs.frame(0, SHAPE), {"file_path": str(tmp_path), "frame": 0}, 200))  # no "run"
+    spool.put(Item("cam", procs.frame(1, SHAPE), {"file_path": str(tmp_path), "frame": 1, "run": 1}, 200))
+    made = rig(make_rig)
+    total = wait_for_items(made.archiver, 2)
+    assert total["archived"] == 1 and total["dead_lettered"] == 1, total
+    assert procs.entries(spool_dir) == []
+    assert "run" in read_entry(dead_letter_entries(tmp_path)[0])["error"]
+    made.archiver._teardown()
+    assert indices(tmp_path / "run-1.h5") == [1]
