@@ -13,7 +13,7 @@ import timeit
 
 import numpy as np
 
-from heros_archiver.payload import estimate_nbytes, item_nbytes
+from heros_archiver.pipeline.payload import estimate_nbytes, item_nbytes
 
 METADATA = {
     "frame": 1,

@@ -27,8 +27,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from heros_archiver import storage
-from heros_archiver.writer import FileWriter, WriterSettings
+from heros_archiver.sinks.writer import FileWriter, WriterSettings
+from heros_archiver.storage import atomic as storage
 
 Variant = Callable[[str, int], None]
 

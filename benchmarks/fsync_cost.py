@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from heros_archiver.writer import FileWriter, WriterSettings
+from heros_archiver.sinks.writer import FileWriter, WriterSettings
 
 POLICIES = ("none", "file", "file+directory")
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from heros_archiver.containers import ItemKey
-from heros_archiver.containers.hdf5 import Hdf5Container
+from heros_archiver.sinks.containers import ItemKey
+from heros_archiver.sinks.containers.hdf5 import Hdf5Container
 
 CASES = {"64x64": ((64, 64), 20_000), "1024x1024": ((1024, 1024), 300)}
 INTERVALS = (1, 10, 100, 1000, 0)  # 0: one commit at the end

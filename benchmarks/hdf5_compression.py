@@ -23,8 +23,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from heros_archiver.containers import ItemKey
-from heros_archiver.containers.hdf5 import COMPRESSIONS, Hdf5Container
+from heros_archiver.sinks.containers import ItemKey
+from heros_archiver.sinks.containers.hdf5 import COMPRESSIONS, Hdf5Container
 from heros_archiver.testing import make_frame
 
 DATASET = "entry/cam/data"

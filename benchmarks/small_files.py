@@ -26,9 +26,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from heros_archiver.batching import BATCH_ITEMS, BatchWriter
-from heros_archiver.queueing import Item
-from heros_archiver.writer import FileWriter, WriterSettings
+from heros_archiver.pipeline.queueing import Item
+from heros_archiver.sinks.batching import BATCH_ITEMS, BatchWriter
+from heros_archiver.sinks.writer import FileWriter, WriterSettings
 
 Variant = Callable[[FileWriter, list[Item]], None]
 

@@ -13,7 +13,8 @@ import pytest
 from heros import LocalHERO
 from hypothesis.configuration import set_hypothesis_home_dir
 
-from heros_archiver import ArrayArchiver, HERODataArchiver, storage
+from heros_archiver import ArrayArchiver, HERODataArchiver
+from heros_archiver.storage import atomic as storage
 from heros_archiver.testing import (
     ReliableSimulatedCamera,
     free_port,

@@ -34,8 +34,8 @@ def expected_metadata(index: int) -> dict[str, Any]:
 
 
 def writer(path: str, dataset: str, commit_every: int) -> None:
-    from heros_archiver.containers import ItemKey
-    from heros_archiver.containers.hdf5 import Hdf5Container
+    from heros_archiver.sinks.containers import ItemKey
+    from heros_archiver.sinks.containers.hdf5 import Hdf5Container
 
     container = Hdf5Container(path, dataset, on_exists="append")
     index = container.committed_length

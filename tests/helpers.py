@@ -16,8 +16,8 @@ from heros import LocalHERO, event
 from heros.event import reliable
 
 from heros_archiver import ArrayArchiver, ConfigurationError, HERODataArchiver
-from heros_archiver.heros_compat import open_sessions
 from heros_archiver.testing import free_port, session_manager, unique_realm
+from heros_archiver.transport.heros_compat import open_sessions
 
 DEAD_LETTER_DIR = Path(".heros-archiver") / "dead-letter"
 #: How long a test waits for items to arrive; generous, the normal case takes milliseconds.

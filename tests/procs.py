@@ -213,7 +213,7 @@ def publishing_helpers() -> dict[int, int]:
     found = {}
     for entry in Path("/proc").iterdir():
         try:
-            if b"heros_archiver.publisher" in (entry / "cmdline").read_bytes():
+            if b"heros_archiver.sinks.publisher" in (entry / "cmdline").read_bytes():
                 status = (entry / "status").read_text()
                 found[int(entry.name)] = int(status.split("PPid:")[1].split()[0])
         except (OSError, ValueError, IndexError):

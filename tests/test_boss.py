@@ -18,7 +18,6 @@ from heros import RemoteHERO
 from heros.zenoh import ZenohSessionManager
 
 from helpers import RawCamera, assert_npy_equal, wait_until
-from heros_archiver import heros_compat
 from heros_archiver.testing import (
     ReliableSimulatedCamera,
     free_port,
@@ -27,6 +26,7 @@ from heros_archiver.testing import (
     unique_realm,
     wait_for_subscriber,
 )
+from heros_archiver.transport import heros_compat
 from procs import group_alive, publishing_helpers
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(110)]

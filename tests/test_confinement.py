@@ -24,10 +24,11 @@ from helpers import (
     read_entry,
     wait_for_items,
 )
-from heros_archiver import JsonArchiver, PathConfinementError, confinement
-from heros_archiver.confinement import open_directory
-from heros_archiver.storage import remove_file, write_atomic
-from heros_archiver.writer import FileWriter, WriterSettings
+from heros_archiver import JsonArchiver, PathConfinementError
+from heros_archiver.sinks.writer import FileWriter, WriterSettings
+from heros_archiver.storage import confinement
+from heros_archiver.storage.atomic import remove_file, write_atomic
+from heros_archiver.storage.confinement import open_directory
 
 
 @pytest.fixture(params=["openat2", "walk"])

@@ -18,12 +18,12 @@ import pytest
 from conftest import RigFactory
 from helpers import RawCamera, dead_letter_entries, read_entry, wait_for_items
 from heros_archiver import ArrayArchiver
-from heros_archiver.accounting import Accounting
-from heros_archiver.deadletter import DeadLetterStore
 from heros_archiver.errors import PayloadError
-from heros_archiver.pipeline import Pipeline, PipelineOptions
-from heros_archiver.queueing import Item
-from heros_archiver.spool import Spool
+from heros_archiver.pipeline.accounting import Accounting
+from heros_archiver.pipeline.core import Pipeline, PipelineOptions
+from heros_archiver.pipeline.queueing import Item
+from heros_archiver.state.deadletter import DeadLetterStore
+from heros_archiver.state.spool import Spool
 from procs import check_frame_file, frame, npy_files, wait_until
 
 pytestmark = pytest.mark.timeout(60)

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from heros_archiver.deadletter import DeadLetterStore
 from heros_archiver.errors import ReplayError
-from heros_archiver.storage import PROCESS_TOKEN
+from heros_archiver.state.deadletter import DeadLetterStore
+from heros_archiver.storage.atomic import PROCESS_TOKEN
 
 
 def _dead_pid() -> int:

@@ -15,11 +15,11 @@ import pytest
 
 from conftest import RigFactory
 from helpers import dead_letter_entries, wait_for_items
-from heros_archiver.deadletter import DeadLetterStore
-from heros_archiver.queueing import Item
-from heros_archiver.spool import Spool
-from heros_archiver.storage import PROCESS_TOKEN, write_atomic
-from heros_archiver.temporaries import RECORDS_DIR
+from heros_archiver.pipeline.queueing import Item
+from heros_archiver.state.deadletter import DeadLetterStore
+from heros_archiver.state.spool import Spool
+from heros_archiver.storage.atomic import PROCESS_TOKEN, write_atomic
+from heros_archiver.storage.temporaries import RECORDS_DIR
 
 Inode = tuple[int, int]
 

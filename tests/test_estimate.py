@@ -16,7 +16,7 @@ from hypothesis.extra import numpy as hnp
 from conftest import RigFactory
 from helpers import wait_until
 from heros_archiver import HERODataArchiver
-from heros_archiver.payload import estimate_nbytes, item_nbytes
+from heros_archiver.pipeline.payload import estimate_nbytes, item_nbytes
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -25,13 +25,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as npst
 
-from heros_archiver.deadletter import DeadLetterStore
 from heros_archiver.errors import ArchiverError, ReplayError, UnfaithfulError
 from heros_archiver.formats.json import encode_json
-from heros_archiver.payload import estimate_nbytes
-from heros_archiver.queueing import Item
-from heros_archiver.spool import Spool
-from heros_archiver.writer import FileWriter, WriterSettings
+from heros_archiver.pipeline.payload import estimate_nbytes
+from heros_archiver.pipeline.queueing import Item
+from heros_archiver.sinks.writer import FileWriter, WriterSettings
+from heros_archiver.state.deadletter import DeadLetterStore
+from heros_archiver.state.spool import Spool
 
 PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import array_shapes, arrays
 
-from heros_archiver.fastdecode import decode_frame_event
+from heros_archiver.transport.fastdecode import decode_frame_event
 
 DTYPES = st.sampled_from(["uint8", "uint16", "int32", "float32", "float64", "complex64", "bool", ">u2", "<f8"])
 METADATA = st.dictionaries(

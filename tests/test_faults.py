@@ -18,8 +18,8 @@ from conftest import RigFactory
 from fixtures_pkg.slow import SlowArrayArchiver
 from helpers import immutable
 from heros_archiver import StorageError
+from heros_archiver.sinks.writer import FileWriter, WriterSettings
 from heros_archiver.testing import free_port, unique_realm
-from heros_archiver.writer import FileWriter, WriterSettings
 from procs import (
     SLOW_ARCHIVER,
     camera,

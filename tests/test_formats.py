@@ -23,7 +23,7 @@ from heros_archiver import PayloadError
 from heros_archiver.formats.base import Content
 from heros_archiver.formats.json import JsonFormat
 from heros_archiver.formats.npy import NpyFormat
-from heros_archiver.writer import FileWriter, WriterSettings
+from heros_archiver.sinks.writer import FileWriter, WriterSettings
 
 PROPERTY_ROOT = "/srv/heros-archiver-formats-root"  # never created: planning writes nothing
 

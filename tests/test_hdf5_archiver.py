@@ -22,11 +22,11 @@ import procs
 from conftest import Rig, RigFactory
 from helpers import dead_letter_entries, read_entry, wait_for_items, wait_until
 from heros_archiver import Hdf5Archiver
-from heros_archiver.config import build_archivers, load_config
-from heros_archiver.containers import ItemKey
-from heros_archiver.containers.hdf5 import Hdf5Container, read_metadata
-from heros_archiver.queueing import Item
-from heros_archiver.spool import Spool
+from heros_archiver.cli.config import build_archivers, load_config
+from heros_archiver.pipeline.queueing import Item
+from heros_archiver.sinks.containers import ItemKey
+from heros_archiver.sinks.containers.hdf5 import Hdf5Container, read_metadata
+from heros_archiver.state.spool import Spool
 from heros_archiver.testing import free_port, loopback_config_json, unique_realm, wait_for_subscriber
 
 pytestmark = pytest.mark.timeout(120)

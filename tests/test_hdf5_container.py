@@ -23,15 +23,15 @@ from hypothesis import strategies as st
 import heros_archiver
 import procs
 from hdf5_child import expected_frame, expected_metadata
-from heros_archiver.containers import CommitReport, ItemKey, ItemMismatchError
-from heros_archiver.containers.hdf5 import (
+from heros_archiver.errors import ConfigurationError, PayloadError, TargetExistsError
+from heros_archiver.sinks.containers import CommitReport, ItemKey, ItemMismatchError
+from heros_archiver.sinks.containers.hdf5 import (
     COMPRESSIONS,
     Hdf5Container,
     clear_status_flags,
     read_archive_row,
     read_metadata,
 )
-from heros_archiver.errors import ConfigurationError, PayloadError, TargetExistsError
 
 CHILD = Path(__file__).with_name("hdf5_child.py")
 SRC = Path(heros_archiver.__file__).resolve().parents[1]
@@ -307,7 +307,7 @@ def test_bad_arguments_are_refused_at_construction(tmp_path: Path, arguments: di
 def test_without_h5py_the_package_imports_and_the_container_names_the_extra(tmp_path: Path) -> None:
     code = (
         "import sys; sys.modules['h5py'] = None\n"
-        "import heros_archiver, heros_archiver.containers, heros_archiver.containers.hdf5 as hdf5\n"
+        "import heros_archiver, heros_archiver.sinks.containers, heros_archiver.sinks.containers.hdf5 as hdf5\n"
         "try:\n"
         f"    hdf5.Hdf5Container({str(tmp_path / 'x.h5')!r}, 'a/b')\n"
         "except heros_archiver.ConfigurationError as exc:\n"

@@ -27,12 +27,13 @@ from helpers import (
     wait_for_items,
     wait_until,
 )
-from heros_archiver import ArrayArchiver, JsonArchiver, PathConfinementError, StorageError, TargetExistsError, publisher
-from heros_archiver.batching import BATCH_ITEMS, BatchWriter
-from heros_archiver.publisher import publish, result_error
-from heros_archiver.queueing import Item
+from heros_archiver import ArrayArchiver, JsonArchiver, PathConfinementError, StorageError, TargetExistsError
+from heros_archiver.pipeline.queueing import Item
+from heros_archiver.sinks import publisher
+from heros_archiver.sinks.batching import BATCH_ITEMS, BatchWriter
+from heros_archiver.sinks.publisher import publish, result_error
+from heros_archiver.sinks.writer import FileWriter, WriterSettings
 from heros_archiver.testing import free_port, unique_realm
-from heros_archiver.writer import FileWriter, WriterSettings
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -10,8 +10,8 @@ import zenoh
 from heros import serdes
 
 from conftest import RigFactory
-from heros_archiver import heros_compat
 from heros_archiver.errors import ConfigurationError, HerosCompatibilityError
+from heros_archiver.transport import heros_compat
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -18,7 +18,7 @@ from conftest import RigFactory
 from helpers import RawCamera, archived_files, dead_letter_entries, read_entry, wait_for_items
 from heros_archiver import JsonArchiver, StorageError
 from heros_archiver.errors import InvalidTargetError, storage_error
-from heros_archiver.storage import write_atomic
+from heros_archiver.storage.atomic import write_atomic
 
 pytestmark = pytest.mark.timeout(60)
 

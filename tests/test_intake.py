@@ -15,11 +15,12 @@ import zenoh
 
 from conftest import RigFactory
 from helpers import RawCamera, assert_refused_before_zenoh, wait_for_items, wait_until
-from heros_archiver import ArrayArchiver, JsonArchiver, heros_compat
-from heros_archiver.deadletter import DeadLetterStore
-from heros_archiver.intake import BufferedIntake
-from heros_archiver.queueing import Item
+from heros_archiver import ArrayArchiver, JsonArchiver
+from heros_archiver.pipeline.queueing import Item
+from heros_archiver.state.deadletter import DeadLetterStore
 from heros_archiver.testing import free_port, loopback_config_json
+from heros_archiver.transport import heros_compat
+from heros_archiver.transport.intake import BufferedIntake
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -28,7 +28,7 @@ from heros_archiver import (
     PathConfinementError,
     TemplateRenderError,
 )
-from heros_archiver.naming import PathTemplate, confine_text, derive_root
+from heros_archiver.naming.templates import PathTemplate, confine_text, derive_root
 
 
 def confine(rendered: str, root: Path) -> Path:

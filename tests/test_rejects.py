@@ -18,7 +18,7 @@ import pytest
 
 from conftest import RigFactory
 from helpers import RawCamera, archived_files, assert_npy_equal, wait_for_items, wait_until
-from heros_archiver import pipeline
+from heros_archiver.pipeline import core as pipeline
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -14,10 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import RigFactory
-from heros_archiver.deadletter import DeadLetterStore
 from heros_archiver.errors import ConfigurationError, ReplayError
-from heros_archiver.replay import archive_root, replay
-from heros_archiver.writer import WriterSettings
+from heros_archiver.sinks.writer import WriterSettings
+from heros_archiver.state.deadletter import DeadLetterStore
+from heros_archiver.state.replay import archive_root, replay
 from procs import (
     check_frame_file,
     entries,

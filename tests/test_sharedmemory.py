@@ -11,9 +11,9 @@ import zenoh
 
 from conftest import RigFactory
 from helpers import assert_npy_equal, wait_for_items, wait_until
-from heros_archiver import heros_compat
-from heros_archiver.sharedmemory import installed_zenoh_version, shared_memory_is_safe
 from heros_archiver.testing import make_frame
+from heros_archiver.transport import heros_compat
+from heros_archiver.transport.sharedmemory import installed_zenoh_version, shared_memory_is_safe
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,8 @@ import pytest
 
 from conftest import RigFactory
 from fixtures_pkg.slow import SlowArrayArchiver
-from heros_archiver.queueing import Item
-from heros_archiver.spool import Damaged, Spool
+from heros_archiver.pipeline.queueing import Item
+from heros_archiver.state.spool import Damaged, Spool
 from procs import check_frame_file, entries, frame, npy_files, send_frames, settled, wait_until
 from test_deadletter import DAMAGE, _damage
 

@@ -24,11 +24,12 @@ from helpers import (
     read_entry,
     wait_for_items,
 )
-from heros_archiver import StorageError, TargetExistsError, storage
-from heros_archiver.deadletter import DeadLetterStore
+from heros_archiver import StorageError, TargetExistsError
 from heros_archiver.errors import ReplayError
-from heros_archiver.storage import PROCESS_TOKEN, is_temporary, remove_stale_temporaries, write_atomic
-from heros_archiver.temporaries import RECORDS_DIR
+from heros_archiver.state.deadletter import DeadLetterStore
+from heros_archiver.storage import atomic as storage
+from heros_archiver.storage.atomic import PROCESS_TOKEN, is_temporary, remove_stale_temporaries, write_atomic
+from heros_archiver.storage.temporaries import RECORDS_DIR
 
 
 def _writer(data: bytes) -> list[bytes | memoryview]:
@@ -191,7 +192,7 @@ def test_where_the_direct_link_is_refused_the_link_through_proc_names_the_file(
 
 _KILLED_MIDWAY = """
 import os, sys, time
-from heros_archiver import storage
+from heros_archiver.storage import atomic as storage
 real_write = os.write
 def write(fd, data):
     n = real_write(fd, data)

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from conftest import RigFactory
 from helpers import archived_files, dead_letter_entries, read_entry, wait_for_items
 from heros_archiver import PathConfinementError, TemplateRenderError
-from heros_archiver.naming import PathTemplate
+from heros_archiver.naming.templates import PathTemplate
 
 BIG = 5_000_000  # characters an unbounded render would make: small enough not to hurt, far beyond any path
 

@@ -14,8 +14,8 @@ import pytest
 from conftest import RigFactory
 from helpers import archived_files, assert_npy_equal, wait_for_items
 from heros_archiver import ArrayArchiver, ConfigurationError
-from heros_archiver.heros_compat import open_sessions
 from heros_archiver.testing import free_port, session_manager, unique_realm
+from heros_archiver.transport.heros_compat import open_sessions
 
 pytestmark = pytest.mark.timeout(60)
 

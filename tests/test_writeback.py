@@ -14,11 +14,12 @@ import pytest
 
 from conftest import RigFactory
 from helpers import archived_files, assert_npy_equal, assert_refused_before_zenoh, wait_for_items, wait_until
-from heros_archiver import ArrayArchiver, writeback
-from heros_archiver.queueing import Item
-from heros_archiver.spool import Spool
-from heros_archiver.storage import write_atomic
-from heros_archiver.writeback import MIN_FILE_BYTES, WritebackWindow
+from heros_archiver import ArrayArchiver
+from heros_archiver.pipeline.queueing import Item
+from heros_archiver.state.spool import Spool
+from heros_archiver.storage import writeback
+from heros_archiver.storage.atomic import write_atomic
+from heros_archiver.storage.writeback import MIN_FILE_BYTES, WritebackWindow
 from procs import entries
 
 pytestmark = [

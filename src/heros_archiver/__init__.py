@@ -20,18 +20,18 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from .archiver import HERODataArchiver
-    from .files import ArrayArchiver, FileArchiver, JsonArchiver
-    from .hdf5_archiver import Hdf5Archiver
+    from .archivers.base import HERODataArchiver
+    from .archivers.files import ArrayArchiver, FileArchiver, JsonArchiver
+    from .archivers.hdf5 import Hdf5Archiver
 
 __version__ = "0.1.0"
 
 _ARCHIVERS = {
-    "HERODataArchiver": "archiver",
-    "ArrayArchiver": "files",
-    "FileArchiver": "files",
-    "JsonArchiver": "files",
-    "Hdf5Archiver": "hdf5_archiver",
+    "HERODataArchiver": "archivers.base",
+    "ArrayArchiver": "archivers.files",
+    "FileArchiver": "archivers.files",
+    "JsonArchiver": "archivers.files",
+    "Hdf5Archiver": "archivers.hdf5",
 }
 
 __all__ = [

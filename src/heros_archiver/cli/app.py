@@ -1,0 +1,212 @@
+"""The ``heros-archiver`` command: demo, run, render."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ..errors import ArchiverError
+from ..naming.templates import PathTemplate, derive_root
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Archive the events of HEROS devices to files.")
+console = Console(stderr=True)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(message)s", handlers=[RichHandler(console=console, show_path=False)], force=True
+    )
+
+
+def _parse_value(text: str) -> Any:
+    """``3`` -> 3, ``"a"`` -> "a", ``[1, 2]`` -> [1, 2]; anything that is not JSON stays a string."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _parse_pairs(pairs: list[str]) -> dict[str, Any]:
+    parsed: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            console.print(f"[red]expected key=value, got {pair!r}[/red]")
+            raise typer.Exit(2)
+        parsed[key] = _parse_value(value)
+    return parsed
+
+
+@app.command()
+def render(
+    template: Annotated[
+        str, typer.Argument(help="Jinja2 path template, e.g. \"{{ file_path }}/img-{{ '%04d' % frame }}.npy\"")
+    ],
+    values: Annotated[
+        list[str] | None, typer.Argument(help="metadata as key=value (values parsed as JSON if they can be)")
+    ] = None,
+    default: Annotated[
+        list[str] | None, typer.Option(help="default metadata key=value, as in the config (repeatable)")
+    ] = None,
+    root: Annotated[
+        Path | None, typer.Option(help="archive root (default: derived from template and defaults)")
+    ] = None,
+) -> None:
+    """Print the path TEMPLATE renders to for the given metadata, or the error (a dry run of the naming).
+
+    As in the archiver, the archive root comes from the template and the --default values (the
+    config), and the positional values (the event's metadata) are merged over the defaults.
+    """
+    defaults = _parse_pairs(default or [])
+    metadata = {**defaults, **_parse_pairs(values or [])}
+    try:
+        compiled = PathTemplate(template, root or derive_root(template, defaults))
+        path = compiled.render(metadata)
+    except ArchiverError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    typer.echo(str(path))
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Argument(help="BOSS-style JSON config: one object or a list of them")],
+    realm: Annotated[str, typer.Option(help="HEROS realm")] = "heros",
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING, ERROR")] = "INFO",
+) -> None:
+    """Run the archivers of CONFIG until Ctrl-C or SIGTERM, then drain them and print their figures."""
+    from ..archivers.base import close_all
+    from .config import build_archivers, load_config
+
+    _setup_logging(log_level)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        archivers = build_archivers(load_config(config), realm)
+    except ArchiverError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    console.print(f"running {len(archivers)} archiver(s) in realm {realm!r}; Ctrl-C or SIGTERM to stop")
+    while not stop.wait(0.5):
+        pass
+    console.print("stopping: draining queues")
+    close_all(archivers)  # in parallel: stopping takes about the longest drain, not the sum
+    for archiver in archivers:
+        _print_stats(archiver.stats())
+
+
+@app.command()
+def replay(
+    directory: Annotated[Path, typer.Argument(help="dead-letter directory, e.g. ROOT/.heros-archiver/dead-letter")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="show what would be written; change nothing")] = False,
+    template: Annotated[
+        str | None, typer.Option(help="a corrected save_template to use instead of the recorded one")
+    ] = None,
+    root: Annotated[
+        Path | None,
+        typer.Option(help="archive root to write under (default: ROOT of ROOT/.heros-archiver/dead-letter)"),
+    ] = None,
+) -> None:
+    """Archive dead-lettered items again (after the disk was freed or the template fixed); archived entries leave.
+
+    Files are written only under the archive root (entries recording another root are refused), one
+    line reports each entry that failed, and the exit code is 1 when any did (2: nothing could start).
+    """
+    from ..state.replay import replay as replay_entries
+
+    try:
+        outcomes = replay_entries(directory, template, dry_run, root)
+    except (ArchiverError, OSError) as exc:
+        console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(2) from exc
+    done = [o for o in outcomes if o.ok]
+    if done:
+        table = Table(title=f"replay of {directory}" + (" (dry run)" if dry_run else ""))
+        for column in ("entry", "source", "result"):
+            table.add_column(column)
+        for outcome in done:
+            result = ("would write " if dry_run else "archived ") + ", ".join(map(str, outcome.paths))
+            table.add_row(outcome.entry.name, outcome.source, result)
+        console.print(table)
+    for outcome in outcomes:
+        if not outcome.ok:  # one line each, whatever the terminal's width: the operator greps for them
+            error = outcome.error.replace(f"{outcome.entry}: ", "")  # the line names the entry already
+            console.print(f"[red]failed[/red] {escape(outcome.entry.name)}: {escape(error)}", soft_wrap=True)
+    failed = len(outcomes) - len(done)
+    verb = "would archive" if dry_run else "archived"
+    console.print(f"{verb} {len(done)} of {len(outcomes)} item(s); {failed} failed")
+    if failed:
+        raise typer.Exit(1)
+
+
+def _print_stats(stats: dict[str, Any]) -> None:
+    table = Table(title=f"event {stats['event']} of {stats['object_selector']}")
+    columns = ("received", "archived", "retried", "dead_lettered", "dropped", "quarantined", "gaps", "missing", "bytes")
+    table.add_column("source")
+    for column in columns:
+        table.add_column(column, justify="right")
+    for source, counters in sorted(stats["sources"].items()):
+        table.add_row(source, *(str(counters[c]) for c in columns))
+    table.add_row("total", *(str(stats["total"][c]) for c in columns), style="bold")
+    console.print(table)
+
+
+@app.command()
+def demo(
+    frames: Annotated[int, typer.Option(help="number of frames to send")] = 200,
+    shape: Annotated[str, typer.Option(help="frame shape HxW")] = "1024x1024",
+    dtype: Annotated[str, typer.Option(help="frame dtype")] = "uint16",
+    out: Annotated[
+        Path | None, typer.Option(help="folder for the files (default: ./heros-archiver-demo/<time>)")
+    ] = None,
+    rate: Annotated[float | None, typer.Option(help="frames per second (default: as fast as possible)")] = None,
+    timeout: Annotated[float, typer.Option(help="give up when nothing arrives for this many seconds")] = 30.0,
+) -> None:
+    """Start a simulated camera and an ArrayArchiver on loopback Zenoh, archive FRAMES frames, check them."""
+    from .demo import run_demo
+
+    _setup_logging("WARNING")
+    height, _, width = shape.lower().partition("x")
+    folder = out or Path.cwd() / "heros-archiver-demo" / time.strftime("%Y%m%d-%H%M%S")
+    result = run_demo(frames, (int(height), int(width)), dtype, folder, rate, timeout, _progress)
+    table = Table(title="heros-archiver demo", show_header=False)
+    table.add_column("what")
+    table.add_column("value", overflow="fold")  # paths are shown whole, folded if the terminal is narrow
+    for key, value in result.summary_rows():
+        table.add_row(key, value)
+    console.print(table)
+    if not result.complete:
+        raise typer.Exit(1)
+
+
+def _progress(total: int, status: Callable[[], tuple[int, bool]]) -> None:
+    """Show a progress bar of ``status()`` (archived so far, finished) until it says finished."""
+    with Progress(
+        TextColumn("archiving"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    ) as progress:
+        task = progress.add_task("frames", total=total)
+        finished = False
+        while not finished:
+            done, finished = status()
+            progress.update(task, completed=done)
+            if not finished:
+                time.sleep(0.1)
+
+
+def main() -> None:
+    """Entry point of the ``heros-archiver`` command."""
+    app()

@@ -1,0 +1,188 @@
+"""Naming + format + atomic storage for one payload: the part of a file archiver that needs no network.
+
+The archivers use it for every event, and ``heros-archiver replay`` rebuilds it from the settings a
+dead-letter entry recorded, so a replayed item is named and written exactly as it would have been.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+from ..errors import ArchiverError, ConfigurationError, PathConfinementError, PayloadError, TemplateRenderError
+from ..formats.base import Content, FileFormat
+from ..formats.json import JsonFormat
+from ..formats.npy import NpyFormat, as_array
+from ..naming.templates import PathTemplate
+from ..saferepr import safe_repr
+from ..state.statedir import STATE_DIR_NAME
+from ..storage.atomic import (
+    FSYNC_CHOICES,
+    ON_EXISTS_CHOICES,
+    Fsync,
+    OnExists,
+    check_choice,
+    is_temporary,
+    remove_file,
+    write_unless_present,
+)
+from ..storage.writeback import WritebackWindow
+
+#: The key under which ``merge_metadata=True`` adds the merged metadata to a JSON document.
+MERGED_METADATA_KEY = "metadata"
+
+FORMATS: dict[str, type[FileFormat]] = {"npy": NpyFormat, "json": JsonFormat}
+
+
+@dataclass
+class WriterSettings:
+    """Everything that decides where and how a payload is written (recorded in dead-letter entries)."""
+
+    format: str
+    save_template: str
+    root: str
+    on_exists: OnExists = "error"
+    fsync: Fsync = "none"
+    split_data_array: bool = False
+    merge_metadata: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict for JSON."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> WriterSettings:
+        """Inverse of ``to_dict``, strict: the dict comes from a file (a dead-letter entry) that may have been
+        edited, so every field must be there with its JSON type (``true`` is not ``"yes"``) and nothing else
+        (a newer entry is not misread). Values are checked further where they are used (``FileWriter``)."""
+        if not isinstance(data, dict):
+            raise ConfigurationError(
+                f"writer settings: expected a JSON object with the fields of WriterSettings, "
+                f"got {type(data).__name__} {data!r:.200}"
+            )
+        names = [item.name for item in fields(cls)]
+        unknown = sorted(str(key) for key in data if key not in names)
+        missing = [name for name in names if name not in data]
+        if unknown or missing:
+            raise ConfigurationError(
+                f"writer settings: expected exactly the fields {names}, got unknown {unknown} and missing {missing}"
+            )
+        hints = get_type_hints(cls)
+        for name in names:
+            hint = hints[name]
+            expected = {type(choice) for choice in get_args(hint)} if get_origin(hint) is Literal else {hint}
+            if type(data[name]) not in expected:  # exact: a bool must not pass as an int, nor 1 as a bool
+                raise ConfigurationError(
+                    f"writer settings field {name!r}: expected {' or '.join(sorted(t.__name__ for t in expected))}, "
+                    f"got {type(data[name]).__name__} {data[name]!r:.200}"
+                )
+        return cls(**data)
+
+
+class FileWriter:
+    """Render, check and write the file(s) of one payload: all of them or none."""
+
+    def __init__(self, settings: WriterSettings, writeback_window: int = 0) -> None:
+        if settings.format not in FORMATS:
+            raise ConfigurationError(f"format: expected one of {', '.join(FORMATS)}, got {settings.format!r}")
+        check_choice("on_exists", settings.on_exists, ON_EXISTS_CHOICES)
+        check_choice("fsync", settings.fsync, FSYNC_CHOICES)
+        self.settings = settings
+        self.template = PathTemplate(settings.save_template, settings.root)
+        self.root = self.template.root
+        self._root_text = str(self.root)
+        self._format = FORMATS[settings.format]()
+        #: large files on their way to disk and out of the page cache (``writeback_window`` bytes; 0 = off)
+        self.window = WritebackWindow(writeback_window)
+        #: the root writes are confined to (None for a root of ``/``, where nothing is confined)
+        self.confine_root: str | None = None if self.root == Path(self.root.anchor) else self._root_text
+
+    def _parts(self, payload: Any) -> list[tuple[int | None, Any]]:
+        if not self.settings.split_data_array:
+            return [(None, payload)]
+        array = as_array(payload)
+        if array.ndim == 0:
+            raise PayloadError(f"split_data_array needs an array with at least one dimension, got a scalar {array!r}")
+        return [(index, array[index]) for index in range(array.shape[0])]
+
+    def plan(self, source_name: str, payload: Any, metadata: dict[str, Any]) -> list[tuple[Path, Content]]:
+        """The files one payload becomes, with everything input-related checked before anything is written."""
+        return [(Path(path), content) for path, content in self.plan_text(source_name, payload, metadata)]
+
+    def plan_text(self, source_name: str, payload: Any, metadata: dict[str, Any]) -> list[tuple[str, Content]]:
+        """``plan`` with paths as text (the per-event hot path)."""
+        planned: list[tuple[str, Content]] = []
+        seen: dict[str, int | None] = {}
+        for index, part in self._parts(payload):
+            context = {**metadata, "source_name": source_name}
+            if index is not None:
+                context["_split_index"] = index
+            path = self.template.render_confined(context)
+            _refuse_reserved(path, self._root_text, self.template.source)
+            if path in seen:
+                raise TemplateRenderError(
+                    f"template {self.template.source!r} renders {path!r} for split indices {seen[path]} and "
+                    f"{index}; use {{{{ _split_index }}}} in it"
+                )
+            seen[path] = index
+            if self.settings.merge_metadata and isinstance(part, Mapping):
+                part = _with_merged_metadata(part, metadata)
+            planned.append((path, self._format.prepare(part)))
+        return planned
+
+    def write(self, source_name: str, payload: Any, metadata: dict[str, Any], resumed: bool = False) -> list[str]:
+        """Write every file of one payload; on a failure midway remove this attempt's files and re-raise.
+
+        A target that already holds exactly the bytes we would write counts as written, so replaying an
+        item or resuming after a crash between writing and bookkeeping never duplicates a file. With
+        ``on_exists="unique"`` that check needs ``resumed`` (the item may have been written before):
+        otherwise two events with identical bytes are two files, as that policy promises.
+        """
+        written: list[str] = []
+        try:
+            for path, content in self.plan_text(source_name, payload, metadata):
+                settings = self.settings
+                final = write_unless_present(
+                    path, content, settings.on_exists, settings.fsync, self.window, self.confine_root, resumed
+                )
+                if final is not None:
+                    written.append(final)
+        except BaseException:
+            for done in written:
+                with contextlib.suppress(OSError, ArchiverError):
+                    remove_file(done, self.confine_root)
+            raise
+        return written
+
+    def close(self) -> None:
+        """Finish the files still in the writeback window (at shutdown)."""
+        self.window.close()
+
+
+def _with_merged_metadata(payload: Mapping[str, Any], metadata: dict[str, Any]) -> dict[str, Any]:
+    """``payload`` with the merged metadata under the key ``metadata`` (``merge_metadata=True``).
+
+    A payload that has a ``metadata`` key of its own is refused: replacing it would lose that value
+    silently, and renaming either one would surprise every reader of the file.
+    """
+    if MERGED_METADATA_KEY in payload:
+        raise PayloadError(
+            f"merge_metadata=True writes the merged metadata under the key {MERGED_METADATA_KEY!r}, but the payload "
+            f"has that key itself (value {safe_repr(payload[MERGED_METADATA_KEY], 80)}); neither is replaced: the item "
+            "is dead-lettered"
+        )
+    return {**payload, MERGED_METADATA_KEY: metadata}
+
+
+def _refuse_reserved(path: str, root: str, template: str) -> None:
+    """Event metadata must not reach the archiver's own state (spool, dead letters) or mimic a temporary."""
+    relative = path[len(root) :].lstrip(os.sep)
+    if relative.split(os.sep, 1)[0] == STATE_DIR_NAME or is_temporary(os.path.basename(path)):
+        raise PathConfinementError(
+            f"rendered path {path!r} (template {template!r}) is reserved for the archiver's own files "
+            f"({STATE_DIR_NAME}/ under the root, or a temporary's name)"
+        )

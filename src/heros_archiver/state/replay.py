@@ -1,0 +1,151 @@
+"""Re-drive dead-lettered items through the naming and writing they were meant for.
+
+An item that is archived leaves the store; one that fails again stays, with the new error reported.
+Running it twice never duplicates a file: the writer treats a target holding the same bytes as written.
+
+An entry is a file anyone with access to the store may have edited or planted, so nothing in it decides
+*where* replay writes: every file goes under the archive root the store belongs to (implied by the store's
+place, ``ROOT/.heros-archiver/dead-letter``, or given by the operator), through the same confinement as
+the archiver, and an entry that records another root is refused. One entry that cannot be read or used,
+for whatever reason, is that entry's failure and never stops the others.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import ReplayError
+from ..naming.templates import PathTemplate
+from ..sinks.writer import FileWriter, WriterSettings
+from .deadletter import DeadLetter, DeadLetterStore
+from .statedir import DEAD_LETTER_SUBDIR
+
+#: Where an archiver keeps its dead letters under its root, as path parts.
+STORE_SUBDIR = DEAD_LETTER_SUBDIR.parts
+
+
+@dataclass
+class ReplayOutcome:
+    """What happened to one dead-letter entry."""
+
+    entry: Path
+    source: str
+    ok: bool
+    paths: list[Path] = field(default_factory=list)
+    error: str = ""
+
+
+def archive_root(directory: str | os.PathLike[str], root: str | os.PathLike[str] | None = None) -> Path:
+    """The archive root replay may write under: ``root`` if given, else the one the store's place implies.
+
+    A store at ``ROOT/.heros-archiver/dead-letter`` (the archiver's default) belongs to ``ROOT``. A store
+    elsewhere (``dead_letter_dir=...``) says nothing about its root, so the operator must name it; so must
+    they when the implied root is the whole file system, where confinement would confine nothing.
+    """
+    if root is not None:
+        return Path(os.path.abspath(os.path.expanduser(os.fspath(root))))
+    store = Path(os.path.abspath(os.fspath(directory)))
+    if store.parts[-len(STORE_SUBDIR) :] != STORE_SUBDIR:
+        raise ReplayError(
+            f"{directory}: expected a dead-letter store at ROOT/{'/'.join(STORE_SUBDIR)}, which names the archive "
+            "root its entries may write under; this one is elsewhere: pass --root ROOT (root=...) to name it"
+        )
+    implied = store.parents[len(STORE_SUBDIR) - 1]
+    if implied == Path(implied.anchor):
+        raise ReplayError(
+            f"{directory}: the implied archive root is {str(implied)!r}, the whole file system, which confines "
+            f"nothing; pass --root {implied} (root=...) to confirm it"
+        )
+    return implied
+
+
+def replay(
+    directory: str | Path,
+    template: str | None = None,
+    dry_run: bool = False,
+    root: str | os.PathLike[str] | None = None,
+) -> list[ReplayOutcome]:
+    """Replay every entry of the dead-letter store at ``directory``, oldest first.
+
+    Args:
+        directory: the dead-letter directory (e.g. ``<root>/.heros-archiver/dead-letter``).
+        template: a corrected ``save_template`` to use instead of the recorded one (confined as well).
+        dry_run: only render and check; write nothing, remove nothing.
+        root: the archive root to write under (default: implied by ``directory``, see ``archive_root``).
+
+    Raises:
+        ReplayError: no archive root is known for ``directory`` (before any entry is touched).
+        ConfigurationError: ``template`` is not a valid template (idem).
+    """
+    trusted_root = archive_root(directory, root)
+    if template is not None:
+        PathTemplate(template, trusted_root)  # the operator's typo is one error, not one per entry
+    store = DeadLetterStore(directory)
+    writers: dict[tuple[object, ...], FileWriter] = {}
+    outcomes = []
+    try:
+        for entry in _candidates(store):
+            source = "?"
+            try:
+                item = _load(store, entry)
+                source = item.source
+                settings = _trusted_settings(item, trusted_root, template)
+                key = tuple(settings.to_dict().values())
+                writer = writers.get(key) or writers.setdefault(key, FileWriter(settings))
+                if dry_run:
+                    paths = [path for path, _ in writer.plan(item.source, item.payload, item.metadata)]
+                else:
+                    paths = [Path(p) for p in writer.write(item.source, item.payload, item.metadata, resumed=True)]
+                    store.remove(entry)
+            except Exception as exc:  # noqa: BLE001 - whatever an entry holds, it is this entry's failure only
+                outcomes.append(ReplayOutcome(entry, source, False, error=f"{type(exc).__name__}: {exc}"))
+                continue
+            outcomes.append(ReplayOutcome(entry, source, True, paths))
+    finally:
+        for writer in writers.values():
+            writer.close()
+    return outcomes
+
+
+def _candidates(store: DeadLetterStore) -> list[Path]:
+    """The store's entries and, to be reported and refused, the symbolic links planted among them (the store
+    itself passes over links: they are no entries of its own)."""
+    links = [path for path in store.directory.iterdir() if path.is_symlink()] if store.directory.is_dir() else []
+    return sorted([*store.entries(), *links])
+
+
+def _load(store: DeadLetterStore, entry: Path) -> DeadLetter:
+    """Read one entry and check the parts replay uses (the store reads; what it returns came from a file)."""
+    if entry.is_symlink():
+        raise ReplayError(f"{entry}: is a symbolic link to {os.readlink(entry)!r}, expected an entry directory")
+    item = store.load(entry)
+    if not isinstance(item.source, str):
+        raise ReplayError(f"{entry}: field 'source': expected str, got {type(item.source).__name__}")
+    if not isinstance(item.metadata, dict):
+        raise ReplayError(f"{entry}: field 'metadata': expected a JSON object, got {type(item.metadata).__name__}")
+    if item.writer is None:
+        raise ReplayError(f"{entry}: stored by an archiver with its own _store; re-feed it with that code")
+    return item
+
+
+def _trusted_settings(item: DeadLetter, trusted_root: Path, template: str | None) -> WriterSettings:
+    """The entry's writer settings, checked, with the root replaced by the trusted one."""
+    settings = WriterSettings.from_dict(item.writer)
+    if not _same_directory(settings.root, trusted_root):
+        raise ReplayError(
+            f"{item.path}: recorded archive root {settings.root!r} is not the archive root of this store, "
+            f"{str(trusted_root)!r}; refused (replay writes only under the root its store belongs to)"
+        )
+    settings.root = str(trusted_root)
+    if template is not None:
+        settings.save_template = template
+    return settings
+
+
+def _same_directory(recorded: str, trusted: Path) -> bool:
+    """True when ``recorded`` (absolute) names ``trusted``, as text after normalising or through symlinks."""
+    if not os.path.isabs(recorded):
+        return False
+    return os.path.normpath(recorded) == str(trusted) or os.path.realpath(recorded) == os.path.realpath(trusted)
