@@ -20,7 +20,8 @@ from helpers import RawCamera, dead_letter_entries, read_entry, wait_for_items
 from heros_archiver import ArrayArchiver
 from heros_archiver.errors import PayloadError
 from heros_archiver.pipeline.accounting import Accounting
-from heros_archiver.pipeline.core import Pipeline, PipelineOptions
+from heros_archiver.pipeline.core import Pipeline
+from heros_archiver.pipeline.options import PipelineOptions
 from heros_archiver.pipeline.queueing import Item
 from heros_archiver.state.deadletter import DeadLetterStore
 from heros_archiver.state.spool import Spool

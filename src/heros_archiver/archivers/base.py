@@ -25,13 +25,8 @@ from heros import EventObserver
 
 from ..errors import ArchiverError, ConfigurationError, PayloadError
 from ..pipeline.accounting import SETTLED, Accounting
-from ..pipeline.core import (
-    DEFAULT_BLOCK_LIMIT,
-    DEFAULT_MAX_QUEUE_BYTES,
-    DEFAULT_MAX_QUEUE_ITEMS,
-    Pipeline,
-    PipelineOptions,
-)
+from ..pipeline.core import Pipeline
+from ..pipeline.options import DEFAULT_BLOCK_LIMIT, DEFAULT_MAX_QUEUE_BYTES, DEFAULT_MAX_QUEUE_ITEMS, PipelineOptions
 from ..pipeline.payload import estimate_nbytes, item_nbytes, split_event
 from ..pipeline.queueing import Item
 from ..sinks.base import ContainerSink

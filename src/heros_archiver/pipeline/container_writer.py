@@ -1,6 +1,6 @@
 """One writer lane of a container sink: append, commit at the commit points, account only what was committed.
 
-The file-per-item writer (``Pipeline._process``) is done with an item when ``store`` returns. Here an item
+The file-per-item writer (``Writers._process``) is done with an item when ``store`` returns. Here an item
 is only *appended* then: it is counted as archived, and its spool entry removed, when a commit reports it.
 A commit happens once ``flush_frames`` items or ``flush_bytes`` bytes are pending, ``flush_seconds`` after
 the oldest pending item (checked also while no item arrives), and at drain. An append that fails for the
@@ -22,7 +22,7 @@ from ..sinks.base import CommitFailure, ContainerSink, Settled
 from .queueing import Item
 
 if TYPE_CHECKING:
-    from .core import Pipeline
+    from .writers import Writers
 
 log = logging.getLogger("heros_archiver")
 
@@ -33,7 +33,7 @@ _TICK = 0.2
 class ContainerWriter:
     """The loop of one lane's writer thread for a container sink (it alone calls ``sink``)."""
 
-    def __init__(self, pipeline: Pipeline, lane: int, sink: ContainerSink) -> None:
+    def __init__(self, pipeline: Writers, lane: int, sink: ContainerSink) -> None:
         self._pipeline = pipeline
         self._lane = lane
         self._sink = sink

@@ -1,0 +1,191 @@
+"""The writing side of the pipeline: one writer thread per lane, writing items one by one, in batches
+through helper processes, or into containers; retries with backoff, the writeback window settled.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import os
+import threading
+
+from ..errors import ArchiverError, StorageError
+from ..sinks.batching import BATCH_BYTES, BATCH_ITEMS, Batch, BatchWriter, Inline, Outcome
+from ..storage.writeback import Ticket
+from .container_writer import ContainerWriter
+from .queueing import Item
+from .setaside import SetAside, log
+
+
+class Writers(SetAside):
+    """The writer threads' loops (``_write_loop`` per lane) and how one item is stored and settled."""
+
+    def _write_loop(self, lane: int) -> None:
+        _lower_priority(self.options.writer_nice)
+        if self._container_sinks is not None:
+            ContainerWriter(self, lane, self._container_sinks[lane]).run()
+            return
+        if self._batch_writer is not None:
+            self._write_batches(lane, self._batch_writer)
+            return
+        while not self._abort.is_set():
+            self._settle_written_back(lane)
+            item = self._queue.get(lane, timeout=0.2)
+            if item is None:
+                if not self._flush_writeback() and self._queue.closed and not self._unsettled[lane]:
+                    return
+                continue
+            if self._process(item):
+                self.spool.done(item)
+
+    def _write_batches(self, lane: int, batch_writer: BatchWriter) -> None:
+        """Take what waits in the lane, hand it to the batch writer, and settle the previous batch while
+        its helper works on this one: naming and encoding overlap with creating files."""
+        pending: Batch | None = None
+        while True:
+            self._settle_written_back(lane)
+            items: list[Item] = []
+            if not self._abort.is_set():
+                items = self._queue.get_many(lane, BATCH_ITEMS, BATCH_BYTES, 0.0 if pending else 0.2)
+            batch = batch_writer.send(lane, items) if items else None
+            if pending is not None:
+                for item, outcome in batch_writer.collect(pending):
+                    self._settle(item, outcome)
+            pending = batch
+            if pending is None and not items and self._flush_writeback():
+                continue
+            finished = not items and self._queue.closed and not self._unsettled[lane]
+            if pending is None and (self._abort.is_set() or finished):
+                return
+
+    def _settle(self, item: Item, outcome: Outcome) -> None:
+        """Account for one item of a batch; write it here if the helper did not, retry it if it failed."""
+        if isinstance(outcome, Inline):
+            settled = self._process(item)
+        else:
+            item.attempts += 1
+            settled = True
+            if outcome is None:
+                self._accounting.archived(item.source, item.nbytes)
+            else:
+                settled = self._process(item, outcome)
+        if settled:
+            self.spool.done(item)
+
+    def _process(self, item: Item, failure: BaseException | None = None) -> bool:
+        """Store ``item``, retrying transient failures with backoff; ``failure``: how the attempt already
+        made (by a batch's helper, or the device in writeback) failed.
+
+        True once the item is settled (archived or dead-lettered); False while files it was written to are
+        still on their way to the device: it is then settled by ``_settle_written_back``.
+        """
+        window = self._writeback if self._writeback is not None and self._writeback.enabled else None
+        while True:
+            if failure is None:
+                item.attempts += 1
+                ticket = Ticket(functools.partial(self._on_written_back, item)) if window is not None else None
+                try:
+                    if window is not None and ticket is not None:
+                        with window.tracking(ticket):
+                            self._store(item)
+                    else:
+                        self._store(item)
+                except Exception as exc:  # noqa: BLE001 - every failure is retried or dead-lettered, never raised
+                    if window is not None and ticket is not None:
+                        window.release(ticket, cancel=True)
+                    failure = exc
+                else:
+                    if window is not None and ticket is not None:
+                        if not window.release(ticket):
+                            with self._count_lock:
+                                self._unsettled[self._queue.lane_of(item.lane_key)] += 1
+                            return False
+                        if ticket.errors:
+                            failure = _writeback_failure(ticket.errors)
+                    if failure is None:
+                        self._accounting.archived(item.source, item.nbytes)
+                        return True
+            if not self._wait_for_retry(item, failure):
+                return True
+            failure = None
+
+    def _on_written_back(self, item: Item, ticket: Ticket) -> None:
+        """The window finished the last file of ``item`` (on any thread): its writer settles it."""
+        self._written_back[self._queue.lane_of(item.lane_key)].append((item, ticket.errors))
+
+    def _settle_written_back(self, lane: int) -> None:
+        """Count the items of ``lane`` whose files reached the device as archived; write those again whose
+        writeback failed (or dead-letter them, once their retries are used up)."""
+        done = self._written_back[lane]
+        while done:
+            item, errors = done.popleft()
+            with self._count_lock:
+                self._unsettled[lane] -= 1
+            if not errors:
+                self._accounting.archived(item.source, item.nbytes)
+            elif not self._process(item, _writeback_failure(errors)):
+                continue  # written again, and on its way to the device again
+            self.spool.done(item)
+
+    def _flush_writeback(self) -> bool:
+        """Push what the window holds to the device (a writer with nothing to do), so that its items settle;
+        True if there was something."""
+        if self._writeback is None or not self._writeback.in_flight:
+            return False
+        self._writeback.flush()
+        return True
+
+    def _wait_for_retry(self, item: Item, failure: BaseException) -> bool:
+        """After a failed attempt: True once the backoff has passed, or False when the item was dead-lettered
+        (a permanent failure, the retries used up, or shutdown cutting the wait short)."""
+        permanent = isinstance(failure, ArchiverError) and failure.permanent
+        if permanent or item.attempts > self._max_retries():
+            self._dead_letter(item, failure, persist=True)
+            return False
+        delay = self._backoff(item.attempts)
+        self._accounting.add(item.source, "retried")
+        log.warning(
+            "%s (event %s): store failed (attempt %d of %d), retrying in %.2f s: %s",
+            item.source,
+            self._event,
+            item.attempts,
+            self._max_retries() + 1,
+            delay,
+            failure,
+        )
+        if self._abort.wait(delay):
+            self._dead_letter(item, failure)
+            return False
+        return True
+
+    def _settle_after_writers(self) -> None:
+        """Writers cut short by the drain timeout may leave items whose files are in the window: finish them,
+        count those on the device as archived, set the others aside."""
+        self._flush_writeback()
+        for done in self._written_back:
+            while done:
+                item, errors = done.popleft()
+                if errors:
+                    self._set_aside(item, _writeback_failure(errors))
+                else:
+                    self._accounting.archived(item.source, item.nbytes)
+                    self.spool.done(item)
+
+
+def _writeback_failure(errors: list[str]) -> StorageError:
+    """The error of an item whose files the device failed to write back (retried like any storage error)."""
+    return StorageError(errno.EIO, "; ".join(errors))
+
+
+def _lower_priority(nice: int) -> None:
+    """Add ``nice`` to the calling thread's niceness (Linux: per thread), so that receiving wins the CPU.
+
+    A trade-off, off by default (decision 0008): it protects bursts from a best-effort sender on a busy
+    machine, and it slows writing when the CPU is short for a long time.
+    """
+    if nice <= 0 or not hasattr(os, "setpriority"):
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + nice)
+    except OSError as exc:
+        log.debug("cannot lower the writer's priority: %s", exc)
