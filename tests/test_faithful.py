@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import io
 import json
 import math
 import os
@@ -30,6 +31,7 @@ from heros_archiver.formats.json import encode_json
 from heros_archiver.pipeline.payload import estimate_nbytes
 from heros_archiver.pipeline.queueing import Item
 from heros_archiver.sinks.writer import FileWriter, WriterSettings
+from heros_archiver.state import faithful
 from heros_archiver.state.deadletter import DeadLetterStore
 from heros_archiver.state.spool import Spool
 
@@ -273,3 +275,17 @@ def test_a_big_endian_array_in_a_json_payload_is_written() -> None:
     """Found by the property test above: orjson refuses a contiguous big-endian array instead of falling
     back, so such a payload was a PayloadError unless it was a view (and a spooled view is contiguous)."""
     assert encode_json({"a": np.array([1, 258], dtype=">i2")}) == encode_json({"a": [1, 258]})
+
+
+def test_copies_written_before_the_subpackages_still_read_back() -> None:
+    """Spool and dead-letter entries outlive an upgrade: copies that name the module by its old path
+    (``heros_archiver.faithful``, before it moved into ``state/``) read back as the same values."""
+    value = {"tag": cbor2.CBORTag(4711, [1, 2]), "simple": cbor2.CBORSimpleValue(99)}
+    stream = io.BytesIO()
+    faithful._Pickler(stream, protocol=2).dump(value)  # protocol 2 names its globals as text: "module\nname\n"
+    current = stream.getvalue()
+    assert b"heros_archiver.state.faithful\n" in current
+    old = current.replace(b"heros_archiver.state.faithful\n", b"heros_archiver.faithful\n")
+    assert faithful.decode(old, []) == value
+    with pytest.raises(UnfaithfulError, match=r"heros_archiver\.elsewhere\._cbor_tag"):
+        faithful.decode(current.replace(b"heros_archiver.state.faithful\n", b"heros_archiver.elsewhere\n"), [])
