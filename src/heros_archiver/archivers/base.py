@@ -23,6 +23,7 @@ from typing import Any
 import zenoh
 from heros import EventObserver
 
+from ..checks import check_integer
 from ..errors import ArchiverError, ConfigurationError, PayloadError
 from ..pipeline.accounting import SETTLED, Accounting
 from ..pipeline.core import Pipeline
@@ -34,7 +35,6 @@ from ..sinks.batching import BatchWriter
 from ..state.deadletter import DeadLetterStore
 from ..state.spool import Spool
 from ..state.statedir import DEAD_LETTER_SUBDIR, SPOOL_DIR_NAME
-from ..storage.atomic import check_integer
 from ..storage.writeback import WritebackWindow
 from ..transport import heros_compat
 from ..transport.fastdecode import decode_frame_event

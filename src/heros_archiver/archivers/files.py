@@ -8,13 +8,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..checks import check_integer
 from ..errors import ConfigurationError
 from ..naming.templates import PathTemplate, derive_root
 from ..pipeline.queueing import Item
 from ..sinks.batching import BatchWriter
 from ..sinks.writer import FileWriter, WriterSettings
 from ..state.statedir import DEAD_LETTER_SUBDIR, STATE_DIR_NAME
-from ..storage.atomic import Fsync, OnExists, check_integer, remove_stale_temporaries
+from ..storage.atomic import Fsync, OnExists, remove_stale_temporaries
 from ..storage.writeback import WritebackWindow
 from .base import HERODataArchiver
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, get_args
 
+from ..checks import check_choice, check_integer
 from ..errors import ConfigurationError
 from ..naming.templates import PathTemplate, derive_root
 from ..pipeline.queueing import Item
@@ -21,7 +22,6 @@ from ..sinks.containers.hdf5 import COMPRESSIONS, DEFAULT_COMPRESSION, OnExists
 from ..sinks.containers.hdf5_files import load_h5py
 from ..sinks.writer import _refuse_reserved
 from ..state.statedir import DEAD_LETTER_SUBDIR
-from ..storage.atomic import check_choice, check_integer
 from .base import HERODataArchiver
 from .files import _refuse_linked_state_directory
 

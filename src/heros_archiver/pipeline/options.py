@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..checks import check_choice, check_integer
 from ..errors import ConfigurationError
-from ..storage.atomic import check_choice, check_integer
 
 OVERFLOW_CHOICES: tuple[str, ...] = ("block", "spill", "drop")
 DEFAULT_MAX_QUEUE_BYTES = 64 * 2**20

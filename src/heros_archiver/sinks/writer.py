@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
+from ..checks import check_choice
 from ..errors import ArchiverError, ConfigurationError, PathConfinementError, PayloadError, TemplateRenderError
 from ..formats.base import Content, FileFormat
 from ..formats.json import JsonFormat
@@ -25,7 +26,6 @@ from ..storage.atomic import (
     ON_EXISTS_CHOICES,
     Fsync,
     OnExists,
-    check_choice,
     is_temporary,
     remove_file,
     write_unless_present,

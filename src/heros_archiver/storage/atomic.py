@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from ..errors import ConfigurationError, TargetExistsError, storage_error
+from ..errors import TargetExistsError, storage_error
 from ..formats.base import Content
 from .confinement import fsync_directory, open_directory
 from .temporaries import PROCESS_TOKEN as PROCESS_TOKEN  # re-exported: the dead-letter store and tests use them
@@ -44,26 +44,6 @@ _CREATE_FLAGS = (
     os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 )  # unique within the process; pid + token make it unique across processes
 _MAX_UNIQUE = 10_000
-
-
-def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    """Raise ConfigurationError unless ``value`` is one of ``choices``."""
-    if value not in choices:
-        raise ConfigurationError(f"{name}: expected one of {', '.join(choices)}, got {value!r}")
-
-
-def check_integer(name: str, value: object, expected: str, minimum: int, maximum: int | None = None) -> None:
-    """Raise ConfigurationError unless ``value`` is an int (not a bool) from ``minimum`` to ``maximum``.
-
-    ``expected`` words the range for the message, e.g. "a positive integer".
-    """
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int)
-        or value < minimum
-        or (maximum is not None and value > maximum)
-    ):
-        raise ConfigurationError(f"{name}: expected {expected}, got {value!r}")
 
 
 def write_atomic(
