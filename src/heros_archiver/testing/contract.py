@@ -16,12 +16,16 @@ would. A package that adds a sink subclasses :class:`SinkContract` in its own te
 
 Each test says one promise: payloads come back as sent (dtypes, byte orders, shapes), a bad item is
 dead-lettered and the others go on, an existing target is never replaced under ``on_exists="error"``,
-``close()`` drains what is queued, several sources at once stay apart and in order, and items resumed from
-the spool after a crash are not written twice. Needs pytest (and numpy); it runs nothing at import.
+``close()`` drains what is queued, several sources at once stay apart and in order, a storage fault that
+passes (a directory that refuses new entries for a while: a real fault, not a patched function) is retried
+until the item is archived, and items resumed from the spool after a crash are not written twice. Needs
+pytest (and numpy); it runs nothing at import.
 """
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -199,6 +203,20 @@ class SinkContract:
         for source in sources:
             self.assert_same(back[source], sent[source])
 
+    def test_a_storage_fault_that_passes_is_retried_until_the_item_is_archived(
+        self, make_archiver: Factory, tmp_path: Path
+    ) -> None:
+        archiver = make_archiver(max_retries=1000, retry_max_delay=0.05)
+        payload = self.cases()[0]
+        with refusing_new_entries(tmp_path):
+            self.feed_all(archiver, [("cam", payload, 0)])
+            wait_until(lambda: self.totals(archiver)["retried"] >= 2, "two retries while the root refuses")
+        archiver.close()
+
+        total = self.totals(archiver)
+        assert total["archived"] == 1 and total["dead_lettered"] == total["dropped"] == 0, total
+        self.assert_same(self.read_back(tmp_path)["cam"], [payload])
+
     def test_items_resumed_from_the_spool_are_not_written_twice(self, make_archiver: Factory, tmp_path: Path) -> None:
         """A crash after an item was written but before its spool entry was removed: the next start finds it
         in the spool again, and must count it as archived without a second copy."""
@@ -223,13 +241,35 @@ class SinkContract:
         self.assert_same(self.read_back(tmp_path)["cam"], [*sent, extra])
 
 
+@contextlib.contextmanager
+def refusing_new_entries(directory: Path) -> Iterator[None]:
+    """``directory`` refuses new entries until the block ends: a real, passing storage fault (``chattr +i``:
+    EPERM, also for root), not a patched function. Skips the test where the file system or tool cannot."""
+    made = subprocess.run(["chattr", "+i", str(directory)], capture_output=True, text=True, check=False)
+    if made.returncode != 0:
+        pytest.skip(f"cannot make {directory} refuse new entries here: {made.stderr.strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(directory)], check=True)
+
+
+def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    """Poll ``predicate`` until it holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.01)
+
+
 def wait_until_drained(archiver: HERODataArchiver, timeout: float = 60.0) -> None:
     """Wait until the spool is empty and nothing is in flight (a start resumes its spool in the background)."""
-    deadline = time.monotonic() + timeout
-    while archiver.stats()["queue"]["spooled"] or not archiver.is_queue_drained():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not drained within {timeout} s: {archiver.stats()['queue']}")
-        time.sleep(0.01)
+    wait_until(
+        lambda: not archiver.stats()["queue"]["spooled"] and archiver.is_queue_drained(),
+        "the spool to drain and nothing in flight",
+        timeout,
+    )
 
 
 def payload_size(payload: Any) -> int:
