@@ -17,8 +17,11 @@ from heros.event import reliable
 
 from heros_archiver import ArrayArchiver, ConfigurationError, HERODataArchiver
 from heros_archiver.testing import free_port, session_manager, unique_realm
+from heros_archiver.testing.contract import refusing_new_entries
 from heros_archiver.transport.heros_compat import open_sessions
 
+#: A directory that refuses new entries for a while: the contract suite's passing storage fault.
+immutable = refusing_new_entries
 DEAD_LETTER_DIR = Path(".heros-archiver") / "dead-letter"
 #: How long a test waits for items to arrive; generous, the normal case takes milliseconds.
 DEADLINE = 30.0
@@ -107,13 +110,16 @@ def assert_npy_equal(path: Path, expected: np.ndarray) -> None:
 
 
 @contextlib.contextmanager
-def immutable(directory: Path) -> Iterator[None]:
-    """``directory`` refuses new entries (``chattr +i``: EPERM even for root, a passing fault) until the block
-    ends; skips the test where the file system or tool cannot do it."""
-    made = subprocess.run(["chattr", "+i", str(directory)], capture_output=True, text=True)
-    if made.returncode != 0:
-        pytest.skip(f"cannot make {directory} immutable here: {made.stderr.strip()}")
+def tiny_file_system(directory: Path, size: str) -> Iterator[None]:
+    """A tmpfs of ``size`` mounted at ``directory`` (needs root; skips otherwise); unmounted when the block ends."""
+    directory.mkdir(parents=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)], capture_output=True, text=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     try:
         yield
     finally:
-        subprocess.run(["chattr", "-i", str(directory)], check=True)
+        if subprocess.run(["umount", str(directory)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(directory)], capture_output=True)

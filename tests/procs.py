@@ -23,6 +23,7 @@ import numpy as np
 from heros import LocalHERO
 
 import helpers
+from heros_archiver.cli.app import STATS_COLUMNS
 from heros_archiver.testing import (
     ReliableSimulatedCamera,
     frame_index,
@@ -241,19 +242,6 @@ def run_cli(args: list[str], timeout: float = DEADLINE) -> subprocess.CompletedP
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(30)
     return subprocess.CompletedProcess(proc.args, proc.returncode, output)
-
-
-STATS_COLUMNS = (
-    "received",
-    "archived",
-    "retried",
-    "dead_lettered",
-    "dropped",
-    "quarantined",
-    "gaps",
-    "missing",
-    "bytes",
-)
 
 
 def parse_stats_table(output: str) -> dict[str, int]:

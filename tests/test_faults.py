@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +14,7 @@ import pytest
 
 from conftest import RigFactory
 from fixtures_pkg.slow import SlowArrayArchiver
-from helpers import immutable
+from helpers import immutable, tiny_file_system
 from heros_archiver import StorageError
 from heros_archiver.sinks.writer import FileWriter, WriterSettings
 from heros_archiver.testing import free_port, unique_realm
@@ -76,22 +74,6 @@ def test_target_directory_unwritable_for_3_s_loses_nothing(make_rig: RigFactory,
 
 
 # ---------------------------------------------------------------------------------------------- (b) full disk
-@contextlib.contextmanager
-def tiny_file_system(directory: Path, size: str) -> Iterator[None]:
-    """A tmpfs of ``size`` mounted at ``directory`` (needs root; skips otherwise); unmounted when the block ends."""
-    directory.mkdir(parents=True)
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)], capture_output=True, text=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
-        yield
-    finally:
-        if subprocess.run(["umount", str(directory)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(directory)], capture_output=True)
-
-
 def test_disk_full_dead_letters_then_replay_archives_all(tmp_path: Path) -> None:
     """Target file system full (a 1 MiB tmpfs; the root with the dead-letter store elsewhere): the frames that do
     not fit are dead-lettered with the disk's error; after freeing space ``replay`` archives them exactly once."""

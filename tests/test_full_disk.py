@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import RigFactory
+from helpers import tiny_file_system
 from procs import check_frame_file, npy_files, send_frames, settled, wait_until
 
 pytestmark = pytest.mark.timeout(120)
@@ -27,15 +28,8 @@ SHAPE = (256, 256)  # 128 KiB of uint16: three fit on the 512 KiB disk
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 512 KiB tmpfs (needs root; skips otherwise), unmounted at the end, also on failure."""
     disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(disk)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
+    with tiny_file_system(disk, "512k"):
         yield disk
-    finally:
-        if subprocess.run(["umount", str(disk)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(disk)], capture_output=True)
 
 
 def test_a_full_disk_loses_counted_items_and_keeps_the_sender_connected(

@@ -6,12 +6,9 @@ files are read back with h5py. Nothing is mocked.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import re
-import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import h5py
@@ -20,7 +17,7 @@ import pytest
 
 import procs
 from conftest import Rig, RigFactory
-from helpers import dead_letter_entries, read_entry, wait_for_items, wait_until
+from helpers import dead_letter_entries, read_entry, tiny_file_system, wait_for_items, wait_until
 from heros_archiver import Hdf5Archiver
 from heros_archiver.cli.config import build_archivers, load_config
 from heros_archiver.pipeline.queueing import Item
@@ -293,22 +290,6 @@ def test_resumed_spool_items_already_committed_count_as_archived_and_the_rest_le
     made.archiver._teardown()
     assert made.archiver.stats()["total"]["archived"] == 10 and procs.entries(spool_dir) == []
     assert indices(tmp_path / "run-1.h5") == list(range(10))
-
-
-@contextlib.contextmanager
-def tiny_file_system(directory: Path, size: str) -> Iterator[None]:
-    """A tmpfs of ``size`` at ``directory`` (needs root; skips otherwise); unmounted when the block ends."""
-    directory.mkdir(parents=True)
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)], capture_output=True, text=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
-        yield
-    finally:
-        if subprocess.run(["umount", str(directory)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(directory)], capture_output=True)
 
 
 def test_a_full_disk_mid_file_leaves_a_readable_file_and_dead_letters_the_rest(

@@ -23,6 +23,18 @@ from ..naming.templates import PathTemplate, derive_root
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Archive the events of HEROS devices to files.")
 console = Console(stderr=True)
+#: The counters of the table ``run`` prints per source when it stops.
+STATS_COLUMNS = (
+    "received",
+    "archived",
+    "retried",
+    "dead_lettered",
+    "dropped",
+    "quarantined",
+    "gaps",
+    "missing",
+    "bytes",
+)
 
 
 def _setup_logging(level: str) -> None:
@@ -155,13 +167,12 @@ def replay(
 
 def _print_stats(stats: dict[str, Any]) -> None:
     table = Table(title=f"event {stats['event']} of {stats['object_selector']}")
-    columns = ("received", "archived", "retried", "dead_lettered", "dropped", "quarantined", "gaps", "missing", "bytes")
     table.add_column("source")
-    for column in columns:
+    for column in STATS_COLUMNS:
         table.add_column(column, justify="right")
     for source, counters in sorted(stats["sources"].items()):
-        table.add_row(source, *(str(counters[c]) for c in columns))
-    table.add_row("total", *(str(stats["total"][c]) for c in columns), style="bold")
+        table.add_row(source, *(str(counters[c]) for c in STATS_COLUMNS))
+    table.add_row("total", *(str(stats["total"][c]) for c in STATS_COLUMNS), style="bold")
     console.print(table)
 
 
