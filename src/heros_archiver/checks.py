@@ -27,3 +27,9 @@ def check_integer(name: str, value: object, expected: str, minimum: int, maximum
         or (maximum is not None and value > maximum)
     ):
         raise ConfigurationError(f"{name}: expected {expected}, got {value!r}")
+
+
+def check_seconds(name: str, value: object, expected: str = "a non-negative number of seconds") -> None:
+    """Raise ConfigurationError unless ``value`` is a number >= 0 (not a bool), saying what was ``expected``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ConfigurationError(f"{name}: expected {expected}, got {value!r}")

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, get_args
 
-from ..checks import check_choice, check_integer
+from ..checks import check_choice, check_integer, check_seconds
 from ..errors import ConfigurationError
 from ..naming.templates import PathTemplate, derive_root
 from ..pipeline.queueing import Item
@@ -92,9 +92,8 @@ class Hdf5Archiver(HERODataArchiver):
         for name, value in (("max_frames", max_frames), ("max_bytes", max_bytes)):
             if value is not None:
                 check_integer(name, value, "None or a positive integer", 1)
-        for name, seconds in (("flush_seconds", flush_seconds), ("idle_timeout", idle_timeout)):
-            if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
-                raise ConfigurationError(f"{name}: expected a non-negative number of seconds, got {seconds!r}")
+        check_seconds("flush_seconds", flush_seconds)
+        check_seconds("idle_timeout", idle_timeout)
         load_h5py()  # a missing extra fails here, at start
         self.file_template = file_template
         self.dataset_template = dataset_template

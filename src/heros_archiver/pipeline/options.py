@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..checks import check_choice, check_integer
-from ..errors import ConfigurationError
+from ..checks import check_choice, check_integer, check_seconds
 
 OVERFLOW_CHOICES: tuple[str, ...] = ("block", "spill", "drop")
 DEFAULT_MAX_QUEUE_BYTES = 64 * 2**20
@@ -35,13 +34,7 @@ class PipelineOptions:
         for name in ("max_queue_bytes", "max_queue_items", "writers"):
             check_integer(name, getattr(self, name), "a positive integer", 1)
         for name in ("drain_timeout", "retry_delay", "retry_max_delay"):
-            _check_seconds(name, getattr(self, name), "a non-negative number of seconds")
+            check_seconds(name, getattr(self, name), "a non-negative number of seconds")
         check_integer("writer_nice", self.writer_nice, "an integer from 0 to 19", 0, 19)
         if self.block_limit is not None:
-            _check_seconds("block_limit", self.block_limit, "None or a non-negative number of seconds")
-
-
-def _check_seconds(name: str, value: object, expected: str) -> None:
-    """Refuse ``value`` unless it is a number >= 0 (not a bool), saying what was ``expected``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise ConfigurationError(f"{name}: expected {expected}, got {value!r}")
+            check_seconds("block_limit", self.block_limit, "None or a non-negative number of seconds")
