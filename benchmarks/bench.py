@@ -69,12 +69,22 @@ SHARED = "-"  # impl of rows that belong to no implementation (count, wire:* = t
 
 
 # ----------------------------------------------------------------------------- shared helpers
-def base_frame(shape):
-    return np.random.default_rng(SEED).integers(0, 1 << 16, size=shape, dtype=np.uint16)
+PIXELS = ("random", "camera")  # --pixels: what the frames hold besides their stamp
+
+
+def base_frame(shape, pixels="random"):
+    """The fixed image every frame is a copy of: uniform random pixels (incompressible), or `camera`: a
+    beam spot on an offset with shot noise, as benchmarks/hdf5_compression.py, for compression ratios."""
+    rng = np.random.default_rng(SEED)
+    if pixels == "random":
+        return rng.integers(0, 1 << 16, size=shape, dtype=np.uint16)
+    y, x = np.indices(shape)
+    spot = 3000.0 * np.exp(-(((y - shape[0] / 2) ** 2 + (x - shape[1] / 2) ** 2) / (2 * (shape[0] / 8) ** 2)))
+    return np.clip(rng.poisson(spot + 100.0) + rng.normal(0, 3.0, shape), 0, 65535).astype(np.uint16)
 
 
 def stamp(buf, i):
-    """Frame i = fixed random image with i written into its first two pixels."""
+    """Frame i = the fixed image (base_frame) with i written into its first two pixels."""
     buf[0, 0], buf[0, 1] = i & 0xFFFF, (i >> 16) & 0xFFFF
 
 
@@ -245,7 +255,7 @@ def run_device(spec):
     errors = []
 
     def send(k, ev):
-        buf = base_frame(tuple(spec["shape"])) if frames else None
+        buf = base_frame(tuple(spec["shape"]), spec["pixels"]) if frames else None
         t0 = time.time()
         try:
             for i in range(k * n, (k + 1) * n):
@@ -524,7 +534,7 @@ def pct(values, q):
     return float(np.percentile(values, q)) if len(values) else None
 
 
-def verify(fmt, data, n, shape, sink_info, arrivals=None):
+def verify(fmt, data, n, shape, sink_info, arrivals=None, pixels="random"):
     """Load every archived item, check its content; return per-index arrival times and counters.
 
     Arrival time of an npy / json file: its time in `arrivals` (ArrivalWatcher), else its mtime (counted in
@@ -538,8 +548,8 @@ def verify(fmt, data, n, shape, sink_info, arrivals=None):
             good[i] = t
         return good, bad, dup, None, 0
     if fmt == "hdf5":
-        return verify_hdf5(data, n, shape, sink_info)
-    exp = base_frame(shape) if fmt != "json" else None
+        return verify_hdf5(data, n, shape, sink_info, pixels)
+    exp = base_frame(shape, pixels) if fmt != "json" else None
     if fmt == "zarr":
         import zarr
     for p in item_paths(data, fmt):
@@ -588,7 +598,7 @@ def hdf5_stacks(handle):
     return out
 
 
-def verify_hdf5(data, n, shape, sink_info):
+def verify_hdf5(data, n, shape, sink_info, pixels="random"):
     """Load every committed frame of every *.h5 file back with h5py and compare it with what was sent.
 
     Rows up to archive/committed_length count (a reopen trusts no more); a frame is good when its
@@ -599,8 +609,13 @@ def verify_hdf5(data, n, shape, sink_info):
     receipt in the archiver: no commit wait), counted in the last value returned."""
     import h5py
 
+    try:
+        import hdf5plugin  # noqa: F401 - registers the filters (lz4, bitshuffle, zstd, blosc) with h5py
+    except ImportError:
+        pass
+
     good, bad, dup, by_received, rows = {}, 0, 0, 0, []
-    exp = base_frame(shape)
+    exp = base_frame(shape, pixels)
     flat = exp.reshape(-1)[2:]  # all but the two stamp pixels
     for p in item_paths(data, "hdf5"):
         try:
@@ -614,9 +629,9 @@ def verify_hdf5(data, n, shape, sink_info):
                     step = max(1, VERIFY_BLOCK_BYTES // max(1, exp.nbytes))
                     for start in range(0, committed, step):
                         block = frames[start : min(committed, start + step)]
-                        pixels = block.reshape(len(block), -1)
-                        ok = (pixels[:, 2:] == flat).all(axis=1)
-                        idx = pixels[:, 0].astype(np.int64) | (pixels[:, 1].astype(np.int64) << 16)
+                        flat_rows = block.reshape(len(block), -1)
+                        ok = (flat_rows[:, 2:] == flat).all(axis=1)
+                        idx = flat_rows[:, 0].astype(np.int64) | (flat_rows[:, 1].astype(np.int64) << 16)
                         rows.append((group.name, start, idx, ok, received[start : start + len(block)]))
         except Exception:  # noqa: BLE001 - an unreadable file: its frames are missing, and it is one bad item
             bad += 1
@@ -891,6 +906,7 @@ def one_run(cfg, wl, sink, impl, rep):
                 "rate": rate,
                 "reliable": rel,
                 "shape": wl["shape"],
+                "pixels": wl["pixels"],
             },
             zenoh_env(cfg, connect=port),
             meta / "device.log",
@@ -917,7 +933,7 @@ def one_run(cfg, wl, sink, impl, rep):
         t_send = np.array(dinfo["t_send"])
         t_first, t_lastsend = float(t_send.min()), float(t_send.max())  # cameras of 'four' send concurrently
         sink_info = json.loads((meta / "sink.json").read_text())
-        good, bad, dup, partial, by_mtime = verify(fmt, data, n, tuple(wl["shape"]), sink_info, arrivals)
+        good, bad, dup, partial, by_mtime = verify(fmt, data, n, tuple(wl["shape"]), sink_info, arrivals, wl["pixels"])
         if watcher and watcher.ok:  # exact: every file written to while it had its final name, not a sample
             # (an unnamed O_TMPFILE file is written under "#<inode>", a name that never exists in the folder)
             partial = sum(1 for p in watcher.partial if os.path.lexists(p))
@@ -1013,7 +1029,7 @@ def disk_run(cfg, wls, name, rep):
     n = wl["n"]
     data = Path(cfg.out, f"{name.replace(':', '-')}-{rep}")
     data.mkdir(parents=True)
-    buf = base_frame(tuple(wl["shape"])) if wl["kind"] == "frames" else None
+    buf = base_frame(tuple(wl["shape"]), wl["pixels"]) if wl["kind"] == "frames" else None
     try:
         t0 = time.time()
         if what == "h5py":
@@ -1425,6 +1441,13 @@ def parse_args():
     ap.add_argument("--rates", default="50,200", help="fixed frame rates for the 'rate' workload")
     ap.add_argument("--n-frames-big", type=int, default=100, help="frames of the 'big' workload")
     ap.add_argument("--big-shape", default="2048x2048", help="frame HxW (uint16) of the 'big' workload")
+    ap.add_argument(
+        "--pixels",
+        choices=PIXELS,
+        default="random",
+        help="frame content besides the stamp: random (incompressible) or camera (a beam spot with shot noise, "
+        "for the compression ratio of the hdf5 sink)",
+    )
     ap.add_argument("--n-small", type=int, default=20000, help="frames of the 'small' workload")
     ap.add_argument("--small-shape", default="64x64", help="frame HxW (uint16) of the 'small' workload (8 KiB)")
     ap.add_argument("--n-long", type=int, default=5000, help="frames of the 'long' workload")
@@ -1507,7 +1530,7 @@ def parse_args():
 def workloads(cfg):
     """name -> workload description (kind, per-camera n, camera names, selector, shape, rate, reliable)."""
     frame = {"kind": "frames", "n": cfg.n_frames, "names": ["cam1"], "selector": "cam1", "shape": cfg.shape}
-    frame |= {"rate": None, "reliable": False, "sample_rss": False}
+    frame |= {"rate": None, "reliable": False, "sample_rss": False, "pixels": cfg.pixels}
     wls = {}
     for w in cfg.workloads:
         if w == "rate":
