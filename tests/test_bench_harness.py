@@ -9,6 +9,7 @@ from pathlib import Path
 from types import ModuleType
 
 import numpy as np
+import pytest
 from heros import serdes
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -53,18 +54,19 @@ def _committed_stack(path: Path, frames: list[np.ndarray]) -> None:
     container.close()
 
 
-def test_verify_hdf5_loads_every_committed_frame_and_times_it_by_its_commit(tmp_path: Path) -> None:
+@pytest.mark.parametrize("pixels", bench.PIXELS)
+def test_verify_hdf5_loads_every_committed_frame_and_times_it_by_its_commit(tmp_path: Path, pixels: str) -> None:
     shape = (8, 6)
     frames = []
     for i in (0, 1, 2, 2, 4, 5):  # frame 2 twice (a duplicate), frame 3 never (lost)
-        frame = bench.base_frame(shape)
+        frame = bench.base_frame(shape, pixels)
         bench.stamp(frame, i)
         frames.append(frame)
     frames[5][3, 3] ^= 1  # frame 5 arrives with one pixel changed
     _committed_stack(tmp_path / "run.h5", frames)
     commits = [[10.0, 0], [11.0, 4], [12.0, 6]]  # rows 0-3 committed by t=11, rows 4-5 by t=12
 
-    good, bad, dup, partial, by_received = bench.verify_hdf5(tmp_path, 6, shape, {"commits": commits})
+    good, bad, dup, partial, by_received = bench.verify_hdf5(tmp_path, 6, shape, {"commits": commits}, pixels)
 
     assert sorted(good) == [0, 1, 2, 4]
     assert (bad, dup, partial, by_received) == (1, 1, None, 0)
