@@ -45,6 +45,9 @@ SINKS = {  # name: (default class, default kwargs, output format)
         {"store_template": "{{ file_path }}/frames.zarr", "array_path_template": "{{ '%06d' % frame }}"},
         "zarr",
     ),
+    # one HDF5 file per run, a dataset per source (default dataset_template); only implementations with the
+    # class (this project's), so opt-in like zarr; items count once a commit reported them (stats())
+    "hdf5": ("heros_archiver.Hdf5Archiver", {"file_template": "{{ file_path }}/run.h5"}, "hdf5"),
     "json": ("herostools.actor.JsonArchiver", {"save_template": "{{ file_path }}/ev-{{ '%06d' % i }}.json"}, "json"),
     "count": ("heros.EventObserver", {}, "count"),
     # the transport's limit: a bare Zenoh subscriber that takes each sample's bytes and reads only the index
@@ -54,20 +57,34 @@ SINKS = {  # name: (default class, default kwargs, output format)
 }
 WIRE_SINKS = ("wire:tcp", "wire:shm")
 # (for small events the per-sample Python work of any subscriber, not the wire, is the limit: no wire rows)
-FRAME_SINKS, EVENT_SINKS = ("array", "zarr", "count", *WIRE_SINKS), ("json", "count")
+FRAME_SINKS, EVENT_SINKS = ("array", "zarr", "hdf5", "count", *WIRE_SINKS), ("json", "count")
+SMALL_SINKS = ("array", "hdf5", "count")  # 'small': 8 KiB frames, where per-item work is the limit (no wire rows)
 SHARED_SINKS = ("count", *WIRE_SINKS)  # rows of no implementation
 RECEIVE_FORMATS = ("count", "wire")  # sinks that write nothing: an item is its receipt
+COMMIT_FORMATS = ("hdf5",)  # container sinks: an item arrives when a commit made it archived (the archiver's stats())
+#: stats() poll of a container sink, seconds: the commit clock's resolution (a call costs tens of us of GIL time)
+COMMIT_POLL = 0.005
 N_CAMS_FOUR = 4  # cameras of the 'four' workload, all in the one device process
 SHARED = "-"  # impl of rows that belong to no implementation (count, wire:* = transport, disk:* = disk limits)
 
 
 # ----------------------------------------------------------------------------- shared helpers
-def base_frame(shape):
-    return np.random.default_rng(SEED).integers(0, 1 << 16, size=shape, dtype=np.uint16)
+PIXELS = ("random", "camera")  # --pixels: what the frames hold besides their stamp
+
+
+def base_frame(shape, pixels="random"):
+    """The fixed image every frame is a copy of: uniform random pixels (incompressible), or `camera`: a
+    beam spot on an offset with shot noise, as benchmarks/hdf5_compression.py, for compression ratios."""
+    rng = np.random.default_rng(SEED)
+    if pixels == "random":
+        return rng.integers(0, 1 << 16, size=shape, dtype=np.uint16)
+    y, x = np.indices(shape)
+    spot = 3000.0 * np.exp(-(((y - shape[0] / 2) ** 2 + (x - shape[1] / 2) ** 2) / (2 * (shape[0] / 8) ** 2)))
+    return np.clip(rng.poisson(spot + 100.0) + rng.normal(0, 3.0, shape), 0, 65535).astype(np.uint16)
 
 
 def stamp(buf, i):
-    """Frame i = fixed random image with i written into its first two pixels."""
+    """Frame i = the fixed image (base_frame) with i written into its first two pixels."""
     buf[0, 0], buf[0, 1] = i & 0xFFFF, (i >> 16) & 0xFFFF
 
 
@@ -130,7 +147,8 @@ def proc_cpu(pid):
 
 
 def item_paths(root, fmt):
-    """Paths of archived items: *.npy / *.json files, or zarr array metadata files (one per array).
+    """Paths of archived items: *.npy / *.json files, zarr array metadata files (one per array), or the *.h5
+    files of a container sink (many items each).
 
     Hidden directories (an archiver's dead letters / spool, e.g. .heros-archiver/) hold no archived items."""
     out, stack = [], [str(root)]
@@ -149,6 +167,7 @@ def item_paths(root, fmt):
                     (fmt == "npy" and e.name.endswith(".npy"))
                     or (fmt == "json" and e.name.endswith(".json"))
                     or (fmt == "zarr" and e.name == "zarr.json" and not d.endswith(".zarr"))
+                    or (fmt == "hdf5" and e.name.endswith(".h5"))
                 ):
                     out.append(e.path)
     return out
@@ -236,7 +255,7 @@ def run_device(spec):
     errors = []
 
     def send(k, ev):
-        buf = base_frame(tuple(spec["shape"])) if frames else None
+        buf = base_frame(tuple(spec["shape"]), spec["pixels"]) if frames else None
         t0 = time.time()
         try:
             for i in range(k * n, (k + 1) * n):
@@ -298,10 +317,16 @@ def run_sink(spec):
     say("READY")
 
     first_size = {}  # path -> size when the poller first saw it (partial-write detector)
+    commits = [[time.time(), 0]]  # container sinks: [time, archived] whenever the archiver's archived count changed
 
     def progress():
         if fmt in RECEIVE_FORMATS:
             return len(recv)
+        if fmt in COMMIT_FORMATS:  # committed items; the file alone cannot say when a frame was committed
+            count = obs.stats()["total"]["archived"]
+            if not commits or commits[-1][1] != count:
+                commits.append([time.time(), count])
+            return count
         paths = item_paths(data, fmt)
         for p in paths:
             if p not in first_size:
@@ -333,8 +358,9 @@ def run_sink(spec):
             last, t_change = count, now
         if expected is not None:
             if count >= expected:
-                fp = count if fmt in RECEIVE_FORMATS else tree_fingerprint(data)
-                if fmt in RECEIVE_FORMATS or fp == prev_fp:  # nothing changed between two polls: files are complete
+                final = fmt in RECEIVE_FORMATS or fmt in COMMIT_FORMATS  # the count is the verdict
+                fp = count if final else tree_fingerprint(data)
+                if final or fp == prev_fp:  # nothing changed between two polls: files are complete
                     status = "complete"
                     break
                 prev_fp = fp
@@ -345,7 +371,9 @@ def run_sink(spec):
                 status = "timeout"
                 break
         time.sleep(spec["poll"])
-    Path(spec["meta"], "sink.json").write_text(json.dumps({"recv": recv, "tap": tap, "first_size": first_size}))
+    module = getattr(sys.modules.get(type(obs).__module__), "__file__", None)  # which copy of the package ran
+    info = {"recv": recv, "tap": tap, "first_size": first_size, "commits": commits, "module": module}
+    Path(spec["meta"], "sink.json").write_text(json.dumps(info))
     say("DONE", {"status": status, "count": last})
     while cmd != "STOP":
         cmd = cmds.get()
@@ -506,11 +534,12 @@ def pct(values, q):
     return float(np.percentile(values, q)) if len(values) else None
 
 
-def verify(fmt, data, n, shape, sink_info, arrivals=None):
+def verify(fmt, data, n, shape, sink_info, arrivals=None, pixels="random"):
     """Load every archived item, check its content; return per-index arrival times and counters.
 
     Arrival time of an npy / json file: its time in `arrivals` (ArrivalWatcher), else its mtime (counted in
-    the last value); of a zarr array: the newest mtime below it; of a count item: its receive time."""
+    the last value); of a zarr array: the newest mtime below it; of a count item: its receive time; of an
+    hdf5 frame: see verify_hdf5 (the last value counts frames timed by their receive time)."""
     good, bad, dup, partial, by_mtime = {}, 0, 0, 0, 0
     arrivals = arrivals or {}
     if fmt in RECEIVE_FORMATS:
@@ -518,7 +547,9 @@ def verify(fmt, data, n, shape, sink_info, arrivals=None):
             dup += i in good
             good[i] = t
         return good, bad, dup, None, 0
-    exp = base_frame(shape) if fmt != "json" else None
+    if fmt == "hdf5":
+        return verify_hdf5(data, n, shape, sink_info, pixels)
+    exp = base_frame(shape, pixels) if fmt != "json" else None
     if fmt == "zarr":
         import zarr
     for p in item_paths(data, fmt):
@@ -548,6 +579,79 @@ def verify(fmt, data, n, shape, sink_info, arrivals=None):
         dup += i in good
         good[i] = t
     return good, bad, dup, (None if fmt == "zarr" else partial), (None if fmt == "zarr" else by_mtime)
+
+
+#: rows of an HDF5 stack read back at once in verify_hdf5 (at least one)
+VERIFY_BLOCK_BYTES = 64 << 20
+
+
+def hdf5_stacks(handle):
+    """(group, frames dataset) of every stack in an open HDF5 file: the NXdata groups the archiver makes."""
+    out = []
+
+    def visit(_name, obj):
+        if obj.attrs.get("NX_class") in ("NXdata", b"NXdata") and "archive" in obj:
+            signal = obj.attrs.get("signal")
+            out.append((obj, obj[signal.decode() if isinstance(signal, bytes) else signal]))
+
+    handle.visititems(visit)
+    return out
+
+
+def verify_hdf5(data, n, shape, sink_info, pixels="random"):
+    """Load every committed frame of every *.h5 file back with h5py and compare it with what was sent.
+
+    Rows up to archive/committed_length count (a reopen trusts no more); a frame is good when its
+    shape, dtype and every pixel are those of the frame its stamp names. Arrival = commit: with one stack,
+    row k was committed when the archiver's archived count (sink_info["commits"], polled every COMMIT_POLL s)
+    first exceeded k, since one writer commits a stack's rows in order; with several stacks (several
+    sources or files) that order is not known, and their frames are timed by archive/received (their
+    receipt in the archiver: no commit wait), counted in the last value returned."""
+    import h5py
+
+    try:
+        import hdf5plugin  # noqa: F401 - registers the filters (lz4, bitshuffle, zstd, blosc) with h5py
+    except ImportError:
+        pass
+
+    good, bad, dup, by_received, rows = {}, 0, 0, 0, []
+    exp = base_frame(shape, pixels)
+    flat = exp.reshape(-1)[2:]  # all but the two stamp pixels
+    for p in item_paths(data, "hdf5"):
+        try:
+            with h5py.File(p, "r") as f:
+                for group, frames in hdf5_stacks(f):
+                    committed = int(group["archive/committed_length"][0])
+                    received = group["archive/received"][:committed]
+                    if frames.shape[1:] != tuple(shape) or frames.dtype != exp.dtype:
+                        bad += committed
+                        continue
+                    step = max(1, VERIFY_BLOCK_BYTES // max(1, exp.nbytes))
+                    for start in range(0, committed, step):
+                        block = frames[start : min(committed, start + step)]
+                        flat_rows = block.reshape(len(block), -1)
+                        ok = (flat_rows[:, 2:] == flat).all(axis=1)
+                        idx = flat_rows[:, 0].astype(np.int64) | (flat_rows[:, 1].astype(np.int64) << 16)
+                        rows.append((group.name, start, idx, ok, received[start : start + len(block)]))
+        except Exception:  # noqa: BLE001 - an unreadable file: its frames are missing, and it is one bad item
+            bad += 1
+    commits = np.array(sink_info.get("commits") or [[0.0, 0]], dtype=float)
+    single = len({name for name, *_ in rows}) == 1
+    for _name, start, idx, ok, received in rows:
+        if single:  # arrival of row k: the first poll that saw more than k frames archived
+            at = np.searchsorted(commits[:, 1], np.arange(start, start + len(idx)), side="right")
+            late = at >= len(commits)  # committed after the sink stopped polling (at teardown)
+            times = np.where(late, received, commits[np.minimum(at, len(commits) - 1), 0])
+            by_received += int(late.sum())
+        else:
+            times, by_received = received, by_received + len(idx)
+        for i, fine, t in zip(idx.tolist(), ok.tolist(), times.tolist()):
+            if not fine or not 0 <= i < n:
+                bad += 1
+                continue
+            dup += i in good
+            good[i] = t
+    return good, bad, dup, None, by_received
 
 
 def sink_spec(cfg, sink, impl):
@@ -765,7 +869,7 @@ def one_run(cfg, wl, sink, impl, rep):
             watcher = ArrivalWatcher(data)
             res["arrival_clock"] = "inotify" if watcher.ok else "mtime"
         else:
-            res["arrival_clock"] = "mtime" if fmt == "zarr" else "recv"
+            res["arrival_clock"] = {"zarr": "mtime", "hdf5": "commit"}.get(fmt, "recv")
         common = {"meta": str(meta), "max_life": cfg.run_timeout + 60}
         sink_p = Child(
             "_sink",
@@ -776,7 +880,7 @@ def one_run(cfg, wl, sink, impl, rep):
                 "format": fmt,
                 "data": str(data),
                 "quiet": cfg.quiet,
-                "poll": cfg.poll,
+                "poll": min(cfg.poll, COMMIT_POLL) if fmt in COMMIT_FORMATS else cfg.poll,
                 "driver_progress": bool(watcher and watcher.ok),
                 "selector": wl["selector"],
                 "event": FRAME_EVENT if kind == "frames" else EVENT_EVENT,
@@ -802,6 +906,7 @@ def one_run(cfg, wl, sink, impl, rep):
                 "rate": rate,
                 "reliable": rel,
                 "shape": wl["shape"],
+                "pixels": wl["pixels"],
             },
             zenoh_env(cfg, connect=port),
             meta / "device.log",
@@ -828,13 +933,18 @@ def one_run(cfg, wl, sink, impl, rep):
         t_send = np.array(dinfo["t_send"])
         t_first, t_lastsend = float(t_send.min()), float(t_send.max())  # cameras of 'four' send concurrently
         sink_info = json.loads((meta / "sink.json").read_text())
-        good, bad, dup, partial, by_mtime = verify(fmt, data, n, tuple(wl["shape"]), sink_info, arrivals)
+        good, bad, dup, partial, by_mtime = verify(fmt, data, n, tuple(wl["shape"]), sink_info, arrivals, wl["pixels"])
         if watcher and watcher.ok:  # exact: every file written to while it had its final name, not a sample
             # (an unnamed O_TMPFILE file is written under "#<inode>", a name that never exists in the folder)
             partial = sum(1 for p in watcher.partial if os.path.lexists(p))
         if watcher and watcher.ok:  # items the watcher missed (queue overflow, watch limit) were timed by mtime
             res.update(arrival_by_mtime=by_mtime, inotify_overflow=watcher.overflow)
             res["inotify_watch_errors"] = watcher.watch_errors
+        res["sink_module"] = sink_info.get("module")
+        if fmt in COMMIT_FORMATS:  # frames timed by their receipt, not their commit (see verify_hdf5)
+            res["arrival_by_received"] = by_mtime
+            res["file_bytes"] = sum(os.stat(p).st_size for p in item_paths(data, fmt))
+            res["raw_per_file_byte"] = len(good) * payload_bytes(wl) / res["file_bytes"] if res["file_bytes"] else None
         idx = np.fromiter(good.keys(), int, len(good))
         t_arr = np.fromiter(good.values(), float, len(good))
         lat_ms = (t_arr - t_send[idx]) * 1e3
@@ -891,7 +1001,25 @@ DISK_ROWS = {  # name: (workload row it belongs to, what is written)
     "disk:np.save+fsync": ("frames", "npy+fsync"),
     "disk:json": ("events", "json"),
     "disk:np.save-big": ("big", "npy"),
+    # the driver's own h5py append (one chunked dataset, a chunk per frame, no SWMR, no metadata), as
+    # benchmarks/hdf5_compression.py's baseline: the limit of the hdf5 sink, with --sinks hdf5
+    "disk:h5py": ("frames", "h5py"),
+    "disk:h5py-big": ("big", "h5py"),
 }
+
+
+def h5py_append(path, n, buf):
+    """Append n stamped copies of buf to one chunked dataset, resized and written frame by frame."""
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        ds = f.create_dataset(
+            "data", shape=(0, *buf.shape), maxshape=(None, *buf.shape), chunks=(1, *buf.shape), dtype=buf.dtype
+        )
+        for i in range(n):
+            stamp(buf, i)
+            ds.resize(i + 1, axis=0)
+            ds[i] = buf
 
 
 def disk_run(cfg, wls, name, rep):
@@ -901,21 +1029,24 @@ def disk_run(cfg, wls, name, rep):
     n = wl["n"]
     data = Path(cfg.out, f"{name.replace(':', '-')}-{rep}")
     data.mkdir(parents=True)
-    buf = base_frame(tuple(wl["shape"])) if wl["kind"] == "frames" else None
+    buf = base_frame(tuple(wl["shape"]), wl["pixels"]) if wl["kind"] == "frames" else None
     try:
         t0 = time.time()
-        for i in range(n):
-            if what == "json":
-                Path(data, f"ev-{i:06d}.json").write_text(json.dumps(event_payload(i), indent=4))
-            elif what == "npy":
-                stamp(buf, i)
-                np.save(data / f"img-{i:06d}.npy", buf)
-            else:
-                stamp(buf, i)
-                with open(data / f"img-{i:06d}.npy", "wb") as f:
-                    np.save(f, buf)
-                    f.flush()
-                    os.fsync(f.fileno())
+        if what == "h5py":
+            h5py_append(data / "frames.h5", n, buf)
+        else:
+            for i in range(n):
+                if what == "json":
+                    Path(data, f"ev-{i:06d}.json").write_text(json.dumps(event_payload(i), indent=4))
+                elif what == "npy":
+                    stamp(buf, i)
+                    np.save(data / f"img-{i:06d}.npy", buf)
+                else:
+                    stamp(buf, i)
+                    with open(data / f"img-{i:06d}.npy", "wb") as f:
+                        np.save(f, buf)
+                        f.flush()
+                        os.fsync(f.fileno())
         wall = time.time() - t0
     finally:
         release_space(data)
@@ -960,6 +1091,8 @@ METRICS = (
     "lat_p99_first10_ms",
     "lat_p99_last10_ms",
     "lat_p99_growth",
+    "file_bytes",
+    "raw_per_file_byte",
 )
 
 
@@ -1038,17 +1171,35 @@ def ratios(summary, impls):
             ("four", "frames", r["sink"], "four/frames aggregate ev/s"),
             ("frames", "frames", "disk:np.save", "frames MiB/s / disk:np.save"),
             ("big", "big", "disk:np.save-big", "big MiB/s / disk:np.save-big"),
+            ("frames", "frames", "disk:h5py", "frames MiB/s / disk:h5py"),
+            ("big", "big", "disk:h5py-big", "big MiB/s / disk:h5py-big"),
+            ("small", "small", "array", "small ev/s / array"),
+            ("small", "small", "count", "small ev/s / count"),
             *wire,
         ):
             shared_sink = r["sink"] in WIRE_SINKS or (wl != "four" and r["sink"] == "count")
             if r["workload"] != wl or r["sink"].startswith("disk:") or shared_sink:
                 continue
-            o = by.get((ref_wl, ref_sink, r["impl"] if ref_sink == r["sink"] else SHARED))
-            key = "events_per_s" if wl == "four" or ref_sink in WIRE_SINKS else "mib_per_s"
+            if (ref_sink.startswith("disk:h5py") or wl == "small") and r["sink"] != "hdf5":  # the hdf5 sink's limits
+                continue
+            o = by.get((ref_wl, ref_sink, SHARED if ref_sink in SHARED_SINKS or ref_sink in DISK_ROWS else r["impl"]))
+            key = "events_per_s" if wl in ("four", "small") or ref_sink in WIRE_SINKS else "mib_per_s"
             if o:
                 cross.append(
                     {"what": what, "sink": r["sink"], "impl": r["impl"], "ratio": ratio(med(r, key), med(o, key))}
                 )
+    for r in summary:  # the hdf5 sink's memory over the npy archiver's (peak RSS, MiB), per workload
+        o = by.get((r["workload"], "array", r["impl"]))
+        if r["sink"] == "hdf5" and o and med(r, "rss_peak_mib") is not None and med(o, "rss_peak_mib") is not None:
+            what = f"{r['workload']} RSS peak MiB hdf5 - array"
+            cross.append(
+                {
+                    "what": what,
+                    "sink": r["sink"],
+                    "impl": r["impl"],
+                    "diff": med(r, "rss_peak_mib") - med(o, "rss_peak_mib"),
+                }
+            )
     return rows, cross
 
 
@@ -1090,7 +1241,10 @@ def print_ratios(rows, cross):
             ]
             print("  ".join(f"{v:<{w}}" for v, (_, w) in zip(vals, cols)))
     for c in cross:
-        print(f"{c['what']} ratio  {c['sink']:<6} {c['impl']:<12} {fmt_ratio(c['ratio'])}")
+        if "diff" in c:
+            print(f"{c['what']}  {c['sink']:<6} {c['impl']:<12} {c['diff']:+.0f}")
+        else:
+            print(f"{c['what']} ratio  {c['sink']:<6} {c['impl']:<12} {fmt_ratio(c['ratio'])}")
 
 
 def fmt_stat(s, digits=0):
@@ -1128,6 +1282,8 @@ def print_table(summary):
             notes.append(
                 f"p99 first10>last10={fmt_stat(r['lat_p99_first10_ms'], 1)}>{fmt_stat(r.get('lat_p99_last10_ms'), 1)}ms"
             )
+        if r.get("raw_per_file_byte"):  # container sinks: raw frame bytes per byte of file (compression ratio)
+            notes.append(f"raw/file={fmt_stat(r['raw_per_file_byte'], 2)}")
         if r.get("recv_p99_ms") and r["sink"] not in SHARED_SINKS:  # there, receipt is arrival
             notes.append(f"recv p50/p99={fmt_stat(r['recv_p50_ms'], 1)}/{fmt_stat(r['recv_p99_ms'], 1)}ms")
         if r["statuses"] and r["statuses"] != ["complete"]:
@@ -1199,7 +1355,7 @@ VERSIONS_SNIPPET = """
 import importlib, json, os, platform, sys
 from importlib import metadata
 out = {"executable": sys.executable, "python": platform.python_version()}
-for dist in ["heros", "eclipse-zenoh", "numpy", "herostools", "zarr"] + sys.argv[1:]:
+for dist in ["heros", "eclipse-zenoh", "numpy", "herostools", "zarr", "h5py", "hdf5plugin"] + sys.argv[1:]:
     for name in (dist, dist.replace("_", "-")):
         try:
             out[dist] = metadata.version(name)
@@ -1212,6 +1368,11 @@ for dist in ["heros", "eclipse-zenoh", "numpy", "herostools", "zarr"] + sys.argv
                 out[dist] = getattr(importlib.import_module(dist), "__version__", "?")
             except ImportError as e:
                 out[dist] = "missing: " + str(e)
+for dist in sys.argv[1:]:  # where the package under test comes from (PYTHONPATH or the installed copy)
+    try:
+        out[dist + " from"] = os.path.dirname(importlib.import_module(dist).__file__)
+    except (ImportError, TypeError) as e:
+        out[dist + " from"] = "missing: " + str(e)
 print(json.dumps(out))
 """
 
@@ -1232,7 +1393,7 @@ def versions(cfg):
     return out
 
 
-WORKLOADS = ("frames", "rate", "reliable", "events", "disk", "four", "big", "long")
+WORKLOADS = ("frames", "rate", "reliable", "events", "disk", "four", "big", "small", "long")
 
 
 def parse_shape(text):
@@ -1244,13 +1405,14 @@ def parse_args():
     ap.add_argument(
         "--workloads",
         default="frames,rate,reliable,events,disk,four,big",
-        help="comma list of " + ",".join(WORKLOADS) + " (rate = one workload per --rates entry; long is opt-in)",
+        help="comma list of " + ",".join(WORKLOADS) + " (rate = one workload per --rates entry; small and long are "
+        "opt-in)",
     )
     ap.add_argument(
         "--sinks",
         default="array,json,count,wire",
-        help="comma list of array,zarr,json,count,wire (wire = the rows wire:tcp and wire:shm; zarr is opt-in: "
-        "the archiver API has no ZarrArchiver, only the reference does)",
+        help="comma list of array,zarr,hdf5,json,count,wire (wire = the rows wire:tcp and wire:shm; zarr and hdf5 "
+        "are opt-in: only the reference has a ZarrArchiver, only this project an Hdf5Archiver)",
     )
     ap.add_argument(
         "--impl",
@@ -1258,7 +1420,8 @@ def parse_args():
         default=[],
         metavar="NAME=PYTHON:PACKAGE",
         help="implementation under test (repeatable): its sink runs with PYTHON, classes PACKAGE.ArrayArchiver, "
-        "PACKAGE.JsonArchiver (PACKAGE.ZarrArchiver for --sinks zarr); the first one is the ratio numerator",
+        "PACKAGE.JsonArchiver (PACKAGE.ZarrArchiver / Hdf5Archiver for --sinks zarr / hdf5); the first one is the "
+        "ratio numerator",
     )
     ap.add_argument(
         "--impl-kwargs",
@@ -1267,7 +1430,7 @@ def parse_args():
         metavar="NAME=JSON",
         help="extra archiver kwargs for one implementation (repeatable), e.g. ours='{\"writers\": 2}'",
     )
-    for sink in ("array", "zarr", "json"):
+    for sink in ("array", "zarr", "hdf5", "json"):
         ap.add_argument(f"--{sink}", help=f"dotted archiver class without --impl (default {SINKS[sink][0]})")
         ap.add_argument(
             f"--{sink}-kwargs", help=f"JSON kwargs merged over {json.dumps(SINKS[sink][1])}".replace("%", "%%")
@@ -1278,6 +1441,15 @@ def parse_args():
     ap.add_argument("--rates", default="50,200", help="fixed frame rates for the 'rate' workload")
     ap.add_argument("--n-frames-big", type=int, default=100, help="frames of the 'big' workload")
     ap.add_argument("--big-shape", default="2048x2048", help="frame HxW (uint16) of the 'big' workload")
+    ap.add_argument(
+        "--pixels",
+        choices=PIXELS,
+        default="random",
+        help="frame content besides the stamp: random (incompressible) or camera (a beam spot with shot noise, "
+        "for the compression ratio of the hdf5 sink)",
+    )
+    ap.add_argument("--n-small", type=int, default=20000, help="frames of the 'small' workload")
+    ap.add_argument("--small-shape", default="64x64", help="frame HxW (uint16) of the 'small' workload (8 KiB)")
     ap.add_argument("--n-long", type=int, default=5000, help="frames of the 'long' workload")
     ap.add_argument("--long-rate", type=float, default=100, help="frames/s of the 'long' workload")
     ap.add_argument("--rss-period", type=float, default=0.5, help="sink VmRSS sampling period of 'long', seconds")
@@ -1323,7 +1495,7 @@ def parse_args():
         '(e.g. \'{"transport": {"shared_memory": {"enabled": false}}}\'); \'none\' = Zenoh defaults',
     )
     cfg = ap.parse_args()
-    cfg.shape, cfg.big_shape = parse_shape(cfg.shape), parse_shape(cfg.big_shape)
+    cfg.shape, cfg.big_shape, cfg.small_shape = map(parse_shape, (cfg.shape, cfg.big_shape, cfg.small_shape))
     cfg.sinks = [w for s in cfg.sinks.split(",") if s for w in (WIRE_SINKS if s == "wire" else [s])]
     cfg.workloads = [w for w in cfg.workloads.split(",") if w]
     for w in cfg.workloads:
@@ -1341,8 +1513,8 @@ def parse_args():
         if name in [i["name"] for i in cfg.impls]:
             ap.error(f"--impl {name!r} given twice")
         cfg.impls.append({"name": name, "python": os.path.abspath(python), "package": package, "kwargs": {}})
-    if cfg.impls and (cfg.array or cfg.zarr or cfg.json):
-        ap.error("--array/--zarr/--json choose the classes without --impl; with --impl they are PACKAGE.<Class>")
+    if cfg.impls and (cfg.array or cfg.zarr or cfg.hdf5 or cfg.json):
+        ap.error("--array/--zarr/--hdf5/--json choose the classes without --impl; with --impl they are PACKAGE.<Class>")
     if not cfg.impls:  # the old single-implementation behaviour: this interpreter, classes from --array etc.
         top = (cfg.array or SINKS["array"][0]).split(".")[0]
         cfg.impls.append({"name": top, "python": sys.executable, "package": None, "kwargs": {}})
@@ -1358,7 +1530,7 @@ def parse_args():
 def workloads(cfg):
     """name -> workload description (kind, per-camera n, camera names, selector, shape, rate, reliable)."""
     frame = {"kind": "frames", "n": cfg.n_frames, "names": ["cam1"], "selector": "cam1", "shape": cfg.shape}
-    frame |= {"rate": None, "reliable": False, "sample_rss": False}
+    frame |= {"rate": None, "reliable": False, "sample_rss": False, "pixels": cfg.pixels}
     wls = {}
     for w in cfg.workloads:
         if w == "rate":
@@ -1379,6 +1551,9 @@ def workloads(cfg):
             wls[w] = frame | {"name": w, "names": cams, "selector": cfg.four_selector, "reliable": True}
         elif w == "big":
             wls[w] = frame | {"name": w, "n": cfg.n_frames_big, "shape": cfg.big_shape, "reliable": True}
+        elif w == "small":
+            wls[w] = frame | {"name": w, "n": cfg.n_small, "shape": cfg.small_shape, "reliable": True}
+            wls[w]["sinks"] = SMALL_SINKS
         elif w == "long":
             wls[w] = frame | {"name": w, "n": cfg.n_long, "rate": cfg.long_rate, "sample_rss": True}
     if "disk" in cfg.workloads and "frames" not in wls:  # the disk rows write what 'frames' would send
@@ -1395,7 +1570,7 @@ def matrix(cfg, wls):
     for wl in wls.values():
         if wl.get("skip"):
             continue
-        for s in FRAME_SINKS if wl["kind"] == "frames" else EVENT_SINKS:
+        for s in wl.get("sinks") or (FRAME_SINKS if wl["kind"] == "frames" else EVENT_SINKS):
             if s in cfg.sinks and not (s in WIRE_SINKS and wl["rate"]):
                 plan.append((wl, s, [shared] if s in SHARED_SINKS else cfg.impls))
     if "disk" in cfg.workloads:
@@ -1404,6 +1579,11 @@ def matrix(cfg, wls):
             plan.append((None, "disk:json", [shared]))
     if "big" in cfg.workloads:
         plan.append((None, "disk:np.save-big", [shared]))
+    if "hdf5" in cfg.sinks:  # the limit of the hdf5 rows: h5py driven by hand, same frames
+        if "frames" in wls:
+            plan.append((None, "disk:h5py", [shared]))
+        if "big" in cfg.workloads:
+            plan.append((None, "disk:h5py-big", [shared]))
     return plan
 
 

@@ -1,4 +1,5 @@
-"""The benchmark harness reads the frame index from a raw heros payload exactly as heros would decode it."""
+"""The benchmark harness reads the frame index from a raw heros payload exactly as heros would decode it, and
+reads back every committed frame of an HDF5 run."""
 
 from __future__ import annotations
 
@@ -7,9 +8,14 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
+import pytest
 from heros import serdes
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from heros_archiver.containers import ItemKey
+from heros_archiver.containers.hdf5 import Hdf5Container
 
 
 def _load_bench() -> ModuleType:
@@ -38,3 +44,45 @@ def test_wire_index_reads_the_stamp_of_a_heros_frame(index: int, shape: tuple[in
     decoded, _meta = serdes.deserialize(raw)
     assert bench.frame_index(decoded) == index
     assert bench.wire_index(raw) == index
+
+
+def _committed_stack(path: Path, frames: list[np.ndarray]) -> None:
+    """An HDF5 file as Hdf5Archiver writes it (the real container), every frame committed."""
+    container = Hdf5Container(path, "cam1/data")
+    for k, frame in enumerate(frames):
+        container.append(ItemKey.of("cam1", frame, None, k), frame, {"frame": k}, received=100.0 + k)
+    container.close()
+
+
+@pytest.mark.parametrize("pixels", bench.PIXELS)
+def test_verify_hdf5_loads_every_committed_frame_and_times_it_by_its_commit(tmp_path: Path, pixels: str) -> None:
+    shape = (8, 6)
+    frames = []
+    for i in (0, 1, 2, 2, 4, 5):  # frame 2 twice (a duplicate), frame 3 never (lost)
+        frame = bench.base_frame(shape, pixels)
+        bench.stamp(frame, i)
+        frames.append(frame)
+    frames[5][3, 3] ^= 1  # frame 5 arrives with one pixel changed
+    _committed_stack(tmp_path / "run.h5", frames)
+    commits = [[10.0, 0], [11.0, 4], [12.0, 6]]  # rows 0-3 committed by t=11, rows 4-5 by t=12
+
+    good, bad, dup, partial, by_received = bench.verify_hdf5(tmp_path, 6, shape, {"commits": commits}, pixels)
+
+    assert sorted(good) == [0, 1, 2, 4]
+    assert (bad, dup, partial, by_received) == (1, 1, None, 0)
+    assert good[0] == good[1] == 11.0 and good[4] == 12.0
+
+
+def test_verify_hdf5_times_frames_committed_after_the_last_poll_by_their_receipt(tmp_path: Path) -> None:
+    shape = (4, 4)
+    frames = []
+    for i in range(3):
+        frame = bench.base_frame(shape)
+        bench.stamp(frame, i)
+        frames.append(frame)
+    _committed_stack(tmp_path / "run.h5", frames)
+
+    good, bad, dup, _partial, by_received = bench.verify_hdf5(tmp_path, 3, shape, {"commits": [[10.0, 0], [11.0, 2]]})
+
+    assert (bad, dup, by_received) == (0, 0, 1)
+    assert good == {0: 11.0, 1: 11.0, 2: 102.0}
