@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from heros_archiver.containers import ItemKey
-from heros_archiver.containers.hdf5 import Hdf5Container
-from heros_archiver.naming import PathTemplate
+from heros_archiver.naming.templates import PathTemplate
+from heros_archiver.sinks.containers import ItemKey
+from heros_archiver.sinks.containers.hdf5 import Hdf5Container
 
 
 def per_call_us(call: Callable[[int], object], n: int) -> float:

@@ -14,8 +14,8 @@ from heros import serdes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from heros_archiver.containers import ItemKey
-from heros_archiver.containers.hdf5 import Hdf5Container
+from heros_archiver.sinks.containers import ItemKey
+from heros_archiver.sinks.containers.hdf5 import Hdf5Container
 
 
 def _load_bench() -> ModuleType:
