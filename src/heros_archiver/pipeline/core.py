@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import ArchiverError
+from ..errors import ArchiverError, ConfigurationError
 from ..sinks.base import ContainerSink, FileSink
 from ..sinks.batching import BatchWriter
 from ..state.deadletter import DeadLetterStore
@@ -75,9 +75,14 @@ class Pipeline(Submission, Writers):
     ) -> None:
         self._event = event
         self._sink = FileSink(store)
-        self._store = self._sink.store
         #: one container sink per lane, made here so that a sink that cannot be made fails the constructor
         self._container_sinks = [container_sink() for _ in range(options.writers)] if container_sink else None
+        for sink in self._container_sinks or ():
+            if sink.capabilities.single_writer and route is None:
+                raise ConfigurationError(
+                    f"event {event}: expected a route for the items of {type(sink).__name__}, whose containers "
+                    "must each have one writer, got none (the archiver must set Item.route)"
+                )
         self._route = route
         self.options = options
         self._accounting = accounting

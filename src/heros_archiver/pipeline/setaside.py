@@ -47,7 +47,6 @@ class SetAside:
     _rejects: RejectQueue
     _abort: threading.Event
     _sink: FileSink
-    _store: StoreFunction
     _container_sinks: list[ContainerSink] | None
     _route: Callable[[Item], None] | None
     _max_retries: Callable[[], int]

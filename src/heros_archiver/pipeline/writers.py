@@ -87,9 +87,9 @@ class Writers(SetAside):
                 try:
                     if window is not None and ticket is not None:
                         with window.tracking(ticket):
-                            self._store(item)
+                            self._sink.store(item)
                     else:
-                        self._store(item)
+                        self._sink.store(item)
                 except Exception as exc:  # noqa: BLE001 - every failure is retried or dead-lettered, never raised
                     if window is not None and ticket is not None:
                         window.release(ticket, cancel=True)
