@@ -255,7 +255,7 @@ def test_a_boss_config_builds_an_hdf5_archiver(tmp_path: Path, monkeypatch: pyte
         monkeypatch.setenv("HEROS_ZENOH_CONFIG", loopback_config_json(connect_port=port))
         [archiver] = build_archivers(load_config(config), realm)
         try:
-            assert isinstance(archiver, Hdf5Archiver) and archiver.compression == "bitshuffle-lz4"
+            assert isinstance(archiver, Hdf5Archiver) and archiver.sink_options.compression == "bitshuffle-lz4"
             wait_for_subscriber(cam)
             send(cam, range(5))
             wait_for_items(archiver, 5)

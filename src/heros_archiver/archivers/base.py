@@ -23,7 +23,6 @@ from typing import Any
 import zenoh
 from heros import EventObserver
 
-from ..checks import check_integer
 from ..errors import ArchiverError, ConfigurationError, PayloadError
 from ..pipeline.accounting import SETTLED, Accounting
 from ..pipeline.core import Pipeline
@@ -40,6 +39,7 @@ from ..transport import heros_compat
 from ..transport.fastdecode import decode_frame_event
 from ..transport.intake import BufferedIntake
 from ..transport.sharedmemory import disable_shared_memory, installed_zenoh_version, shared_memory_is_safe
+from .options import ArchiverOptions
 
 log = logging.getLogger("heros_archiver")
 
@@ -151,25 +151,31 @@ class HERODataArchiver(EventObserver):
     ) -> None:
         self._close_lock = threading.Lock()
         self._closed = False
-        if default_metadata is not None and not isinstance(default_metadata, dict):
-            raise ConfigurationError(f"default_metadata: expected a dict, got {type(default_metadata).__name__}")
-        check_integer("max_retries", max_retries, "a non-negative integer", 0)
-        self._intake_buffer = self.DEFAULT_INTAKE_BUFFER if intake_buffer is None else intake_buffer
-        check_integer("intake_buffer", self._intake_buffer, "a number of samples >= 0", 0)
+        self.options = ArchiverOptions(
+            object_selector,
+            event_name,
+            {} if default_metadata is None else default_metadata,
+            max_retries,
+            PipelineOptions(
+                max_queue_bytes,
+                max_queue_items,
+                overflow,
+                writers,
+                drain_timeout,
+                retry_delay,
+                retry_max_delay,
+                writer_nice,
+                block_limit,
+            ),
+            self.DEFAULT_INTAKE_BUFFER if intake_buffer is None else intake_buffer,
+            sequence_key,
+            dead_letter_dir,
+            spool_dir,
+            zenoh_shared_memory,
+        )
         self._buffered_intakes: list[BufferedIntake] = []
         self._source_names: dict[str, str] = {}
-        options = PipelineOptions(
-            max_queue_bytes,
-            max_queue_items,
-            overflow,
-            writers,
-            drain_timeout,
-            retry_delay,
-            retry_max_delay,
-            writer_nice,
-            block_limit,
-        )
-        self.metadata = dict(default_metadata or {})
+        self.metadata = dict(self.options.default_metadata)
         self.max_retries = max_retries
         self._event = event_name
         self._selector = object_selector
@@ -183,7 +189,7 @@ class HERODataArchiver(EventObserver):
         self._pipeline = Pipeline(
             event_name,
             self._store_item,
-            options,
+            self.options.pipeline,
             self._accounting,
             dead_letters,
             spool,
@@ -299,11 +305,11 @@ class HERODataArchiver(EventObserver):
         # EventObserver registers callbacks only after subscribing; an event arriving in between would
         # reach no callback and vanish, so ``feed`` is registered before the subscription exists.
         self.register_callback(self.feed)
-        if self._intake_buffer:
+        if self.options.intake_buffer:
             intake = BufferedIntake(
                 heros_compat.session(self),
                 selector,
-                self._intake_buffer,
+                self.options.intake_buffer,
                 on_sample,
                 f"heros-archiver-intake-{self._event}",
             )
@@ -383,7 +389,7 @@ class HERODataArchiver(EventObserver):
         total["in_flight"] = total["received"] - sum(total[name] for name in SETTLED)
         snapshot["queue"] = self._pipeline.queue_status()
         snapshot["event"] = self._event
-        snapshot["intake_buffer"] = self._intake_buffer
+        snapshot["intake_buffer"] = self.options.intake_buffer
         snapshot["zenoh_shared_memory"] = self._shared_memory
         snapshot["helper_processes"] = self._pipeline.helper_pids
         snapshot["object_selector"] = self._selector

@@ -8,7 +8,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..checks import check_integer
 from ..errors import ConfigurationError
 from ..naming.templates import PathTemplate, derive_root
 from ..pipeline.queueing import Item
@@ -18,11 +17,9 @@ from ..state.statedir import DEAD_LETTER_SUBDIR, STATE_DIR_NAME
 from ..storage.atomic import Fsync, OnExists, remove_stale_temporaries
 from ..storage.writeback import WritebackWindow
 from .base import HERODataArchiver
+from .options import DEFAULT_WRITEBACK_WINDOW, FileOptions
 
 log = logging.getLogger("heros_archiver")
-
-#: Default ``writeback_window``: 16 camera frames of 2 MiB in flight to disk.
-DEFAULT_WRITEBACK_WINDOW = 32 * 2**20
 
 
 class FileArchiver(HERODataArchiver):
@@ -54,6 +51,7 @@ class FileArchiver(HERODataArchiver):
 
     name_template: PathTemplate
     root: Path
+    sink_options: FileOptions
 
     def __init__(
         self,
@@ -69,27 +67,31 @@ class FileArchiver(HERODataArchiver):
         helper_process: bool | None = None,
         **kwargs: Any,
     ) -> None:
-        check_integer("writeback_window", writeback_window, "a number of bytes >= 0", 0)
-        if helper_process is not None and not isinstance(helper_process, bool):
-            raise ConfigurationError(f"helper_process: expected true or false, got {helper_process!r}")
-        self._helper_process = self.DEFAULT_HELPER_PROCESS if helper_process is None else helper_process
-        self._writeback_window = writeback_window
-        self._root_argument = root
-        self._settings = WriterSettings(
-            file_format, save_template, "", on_exists, fsync, bool(split_data_array), bool(merge_metadata)
+        self.sink_options = FileOptions(
+            save_template,
+            file_format,
+            root,
+            on_exists,
+            fsync,
+            writeback_window,
+            bool(split_data_array),
+            bool(merge_metadata),
+            self.DEFAULT_HELPER_PROCESS if helper_process is None else helper_process,
         )
+        options = self.sink_options
+        self._settings = WriterSettings(
+            options.file_format, options.save_template, "", options.on_exists, options.fsync,
+            options.split_data_array, options.merge_metadata,
+        )  # fmt: skip
         HERODataArchiver.__init__(self, *args, **kwargs)
 
     def _setup_storage(self) -> None:
         """Compile the template (a syntax error fails here, at start), refuse a state directory that is a
         symlink, and clean the stale temporaries the records of dead processes point to (no walk)."""
-        root = (
-            Path(self._root_argument)
-            if self._root_argument
-            else derive_root(self._settings.save_template, self.metadata)
-        )
+        options = self.sink_options
+        root = Path(options.root) if options.root else derive_root(options.save_template, self.metadata)
         self._settings.root = str(root)
-        self._writer = FileWriter(self._settings, self._writeback_window)
+        self._writer = FileWriter(self._settings, self.sink_options.writeback_window)
         self.name_template = self._writer.template
         self.root = self._writer.root
         if self.root == Path(self.root.anchor):
@@ -116,7 +118,7 @@ class FileArchiver(HERODataArchiver):
         own_store = (
             type(self)._store is not FileArchiver._store or type(self)._store_item is not FileArchiver._store_item
         )
-        if not self._helper_process or own_store:
+        if not self.sink_options.helper_process or own_store:
             return None
         return lambda lanes: BatchWriter(self._writer, lanes)
 

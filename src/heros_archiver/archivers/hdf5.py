@@ -11,33 +11,28 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
-from ..checks import check_choice, check_integer, check_seconds
 from ..errors import ConfigurationError
 from ..naming.templates import PathTemplate, derive_root
 from ..pipeline.queueing import Item
 from ..sinks.base import ContainerSink
-from ..sinks.containers.hdf5 import COMPRESSIONS, DEFAULT_COMPRESSION, OnExists
+from ..sinks.containers.hdf5 import DEFAULT_COMPRESSION, OnExists
 from ..sinks.containers.hdf5_files import load_h5py
 from ..sinks.writer import _refuse_reserved
 from ..state.statedir import DEAD_LETTER_SUBDIR
 from .base import HERODataArchiver
 from .files import _refuse_linked_state_directory
+from .options import (
+    DEFAULT_FLUSH_BYTES,
+    DEFAULT_FLUSH_FRAMES,
+    DEFAULT_FLUSH_SECONDS,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_OPEN_FILES,
+    Hdf5Options,
+)
 
 log = logging.getLogger("heros_archiver")
-
-#: Commit every this many frames by default: measured (benchmarks/hdf5_commit_interval.py, decision 0018),
-#: 8 KiB frames reach 0.94x the rate of a single commit at the end with 1000, 0.81x with 100.
-DEFAULT_FLUSH_FRAMES = 1000
-#: ... or once this many payload bytes wait (they are held in memory outside the queue's bound): 16 frames
-#: of 2 MiB, where committing every 10 already runs at 0.93-1.0x.
-DEFAULT_FLUSH_BYTES = 32 * 2**20
-#: ... or this many seconds after the oldest waiting frame: what a SWMR reader (or a crash) may lag behind.
-DEFAULT_FLUSH_SECONDS = 1.0
-DEFAULT_IDLE_TIMEOUT = 60.0
-DEFAULT_MAX_OPEN_FILES = 16
-FSYNC_CHOICES: tuple[str, ...] = ("none", "file")
 
 
 class Hdf5Archiver(HERODataArchiver):
@@ -64,6 +59,8 @@ class Hdf5Archiver(HERODataArchiver):
             fsync per commit: it survives a power loss too).
     """
 
+    sink_options: Hdf5Options
+
     def __init__(
         self,
         file_template: str,
@@ -82,42 +79,21 @@ class Hdf5Archiver(HERODataArchiver):
         fsync: str = "none",
         **kwargs: Any,
     ) -> None:
-        check_choice("compression", compression, COMPRESSIONS)
-        check_choice("on_exists", on_exists, get_args(OnExists))
-        check_choice("fsync", fsync, FSYNC_CHOICES)
-        check_integer("flush_frames", flush_frames, "a positive integer", 1)
-        check_integer("max_open_files", max_open_files, "a positive integer", 1)
-        if frames_per_chunk is not None:
-            check_integer("frames_per_chunk", frames_per_chunk, "None or a positive integer", 1)
-        for name, value in (("max_frames", max_frames), ("max_bytes", max_bytes)):
-            if value is not None:
-                check_integer(name, value, "None or a positive integer", 1)
-        check_seconds("flush_seconds", flush_seconds)
-        check_seconds("idle_timeout", idle_timeout)
+        self.sink_options = Hdf5Options(
+            file_template, dataset_template, compression, frames_per_chunk, flush_frames, flush_seconds,
+            max_frames, max_bytes, idle_timeout, max_open_files, on_exists, root, fsync,
+        )  # fmt: skip
         load_h5py()  # a missing extra fails here, at start
-        self.file_template = file_template
-        self.dataset_template = dataset_template
-        self.compression = compression
-        self.frames_per_chunk = frames_per_chunk
-        self.flush_frames = flush_frames
-        self.flush_seconds = float(flush_seconds)
-        self.max_frames = max_frames
-        self.max_bytes = max_bytes
-        self.idle_timeout = float(idle_timeout)
-        self.max_open_files = max_open_files
-        self.on_exists = on_exists
-        self.fsync = fsync
-        self._root_argument = root
-        self._sequence_key = kwargs.get("sequence_key")
         HERODataArchiver.__init__(self, *args, **kwargs)
 
     # ------------------------------------------------------------------ hooks of HERODataArchiver
     def _setup_storage(self) -> None:
         """Compile both templates (syntax errors fail here) under the root, and check the state directory."""
-        root = Path(self._root_argument) if self._root_argument else derive_root(self.file_template, self.metadata)
-        self.name_template = PathTemplate(self.file_template, root)
+        options = self.sink_options
+        root = Path(options.root) if options.root else derive_root(options.file_template, self.metadata)
+        self.name_template = PathTemplate(options.file_template, root)
         self.root = self.name_template.root
-        self._dataset = PathTemplate(self.dataset_template, self.root)
+        self._dataset = PathTemplate(options.dataset_template, self.root)
         if self.root == Path(self.root.anchor):
             log.warning("archive root is %s: paths are not confined; pass root=... to confine them", self.root)
         else:
@@ -127,7 +103,7 @@ class Hdf5Archiver(HERODataArchiver):
         return self.root / DEAD_LETTER_SUBDIR
 
     def _state_is_durable(self) -> bool:
-        return self.fsync != "none"
+        return self.sink_options.fsync != "none"
 
     def _item_router(self) -> Callable[[Item], None]:
         return self._route
@@ -136,7 +112,7 @@ class Hdf5Archiver(HERODataArchiver):
         """Render and confine the item's file path (once, on receipt): it is the item's route to its writer."""
         context = {**item.metadata, "source_name": item.source}
         path = self.name_template.render_confined(context)
-        _refuse_reserved(path, str(self.root), self.file_template)
+        _refuse_reserved(path, str(self.root), self.sink_options.file_template)
         item.route = path
 
     def _dataset_of(self, item: Item) -> str:
@@ -145,12 +121,13 @@ class Hdf5Archiver(HERODataArchiver):
     def _container_sink_factory(self) -> Callable[[], ContainerSink]:
         from ..sinks.hdf5 import Hdf5Sink, Hdf5SinkSettings
 
+        options = self.sink_options
         settings = Hdf5SinkSettings(
-            root=str(self.root), compression=self.compression, frames_per_chunk=self.frames_per_chunk,
-            on_exists=self.on_exists, fsync=self.fsync != "none", flush_frames=self.flush_frames,
-            flush_seconds=self.flush_seconds, flush_bytes=DEFAULT_FLUSH_BYTES, max_frames=self.max_frames,
-            max_bytes=self.max_bytes, idle_timeout=self.idle_timeout, max_open_files=self.max_open_files,
-            sequence_key=self._sequence_key,
+            root=str(self.root), compression=options.compression, frames_per_chunk=options.frames_per_chunk,
+            on_exists=options.on_exists, fsync=options.fsync != "none", flush_frames=options.flush_frames,
+            flush_seconds=float(options.flush_seconds), flush_bytes=DEFAULT_FLUSH_BYTES,
+            max_frames=options.max_frames, max_bytes=options.max_bytes, idle_timeout=float(options.idle_timeout),
+            max_open_files=options.max_open_files, sequence_key=self.options.sequence_key,
         )  # fmt: skip
         return lambda: Hdf5Sink(settings, self._dataset_of)
 

@@ -1,0 +1,155 @@
+"""Every constructor argument of the archivers, in frozen objects checked when they are made.
+
+An archiver's ``__init__`` only gathers its arguments into one of these and reads from it; all refusals
+of a bad argument are raised here, before a thread, a file or a Zenoh session exists, and are worded the
+same way for every archiver (``checks``). The object is kept as ``archiver.options``: one frozen record of
+how the archiver was configured (what ``stats()`` callers and later the status view read).
+
+``ArchiverOptions`` holds what every archiver takes (the reference API's arguments and the pipeline's);
+``FileOptions`` and ``Hdf5Options`` add what their archivers take. The pipeline's own part is the
+``PipelineOptions`` inside, which the pipeline checks itself because it is also built without an archiver.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, get_args
+
+from ..checks import check_choice, check_integer, check_seconds
+from ..errors import ConfigurationError
+from ..pipeline.options import PipelineOptions
+from ..sinks.containers.hdf5 import COMPRESSIONS, DEFAULT_COMPRESSION
+from ..sinks.containers.hdf5 import OnExists as ContainerOnExists
+from ..storage.atomic import FSYNC_CHOICES, ON_EXISTS_CHOICES, Fsync, OnExists
+
+__all__ = ["ArchiverOptions", "FileOptions", "Hdf5Options"]
+
+#: Default ``writeback_window``: 16 camera frames of 2 MiB in flight to disk.
+DEFAULT_WRITEBACK_WINDOW = 32 * 2**20
+
+#: ``fsync`` choices of the HDF5 archiver: a commit survives the process (``none``) or a power loss too.
+HDF5_FSYNC_CHOICES: tuple[str, ...] = ("none", "file")
+#: Commit every this many frames by default: measured (benchmarks/hdf5_commit_interval.py, decision 0018),
+#: 8 KiB frames reach 0.94x the rate of a single commit at the end with 1000, 0.81x with 100.
+DEFAULT_FLUSH_FRAMES = 1000
+#: ... or once this many payload bytes wait (they are held in memory outside the queue's bound): 16 frames
+#: of 2 MiB, where committing every 10 already runs at 0.93-1.0x.
+DEFAULT_FLUSH_BYTES = 32 * 2**20
+#: ... or this many seconds after the oldest waiting frame: what a SWMR reader (or a crash) may lag behind.
+DEFAULT_FLUSH_SECONDS = 1.0
+DEFAULT_IDLE_TIMEOUT = 60.0
+DEFAULT_MAX_OPEN_FILES = 16
+
+
+def _check_optional_text(name: str, value: object, expected: str) -> None:
+    if value is not None and not isinstance(value, str | os.PathLike):
+        raise ConfigurationError(f"{name}: expected {expected}, got {type(value).__name__} {value!r:.200}")
+
+
+def _check_template(name: str, value: object) -> None:
+    if not isinstance(value, str):
+        raise ConfigurationError(
+            f"{name}: expected a Jinja2 template (text), got {type(value).__name__} {value!r:.100}"
+        )
+
+
+def _check_optional_bool(name: str, value: object, expected: str = "true, false or None") -> None:
+    if value is not None and not isinstance(value, bool):
+        raise ConfigurationError(f"{name}: expected {expected}, got {value!r:.200}")
+
+
+@dataclass(frozen=True)
+class ArchiverOptions:
+    """What every archiver takes (see ``HERODataArchiver`` for each); the rest goes to ``heros.EventObserver``."""
+
+    object_selector: str
+    event_name: str
+    default_metadata: Mapping[str, Any] = field(default_factory=dict)
+    max_retries: int = 5
+    pipeline: PipelineOptions = field(default_factory=PipelineOptions)
+    #: samples Zenoh may hold in front of the queue (the archiver class's default already applied)
+    intake_buffer: int = 0
+    sequence_key: str | None = None
+    dead_letter_dir: str | os.PathLike[str] | None = None
+    spool_dir: str | os.PathLike[str] | None = None
+    zenoh_shared_memory: bool | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("object_selector", "event_name"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value:
+                raise ConfigurationError(f"{name}: expected a non-empty text, got {value!r:.200}")
+        if not isinstance(self.default_metadata, Mapping):
+            raise ConfigurationError(f"default_metadata: expected a dict, got {type(self.default_metadata).__name__}")
+        check_integer("max_retries", self.max_retries, "a non-negative integer", 0)
+        check_integer("intake_buffer", self.intake_buffer, "a number of samples >= 0", 0)
+        if self.sequence_key is not None and not isinstance(self.sequence_key, str):
+            raise ConfigurationError(
+                f"sequence_key: expected a metadata key (text) or None, got {self.sequence_key!r:.200}"
+            )
+        _check_optional_text("dead_letter_dir", self.dead_letter_dir, "a directory path or None")
+        _check_optional_text("spool_dir", self.spool_dir, "a directory path or None")
+        _check_optional_bool("zenoh_shared_memory", self.zenoh_shared_memory)
+
+
+@dataclass(frozen=True)
+class FileOptions:
+    """What the file-per-item archivers take (see ``FileArchiver``); the format is checked by the writer,
+    which knows which formats exist."""
+
+    save_template: str
+    file_format: str
+    root: str | os.PathLike[str] | None = None
+    on_exists: OnExists = "error"
+    fsync: Fsync = "none"
+    writeback_window: int = DEFAULT_WRITEBACK_WINDOW
+    split_data_array: bool = False
+    merge_metadata: bool = False
+    #: the archiver class's default already applied
+    helper_process: bool = False
+
+    def __post_init__(self) -> None:
+        _check_template("save_template", self.save_template)
+        _check_optional_text("root", self.root, "a directory path or None")
+        check_choice("on_exists", self.on_exists, ON_EXISTS_CHOICES)
+        check_choice("fsync", self.fsync, FSYNC_CHOICES)
+        check_integer("writeback_window", self.writeback_window, "a number of bytes >= 0", 0)
+        if not isinstance(self.helper_process, bool):
+            raise ConfigurationError(f"helper_process: expected true or false, got {self.helper_process!r}")
+
+
+@dataclass(frozen=True)
+class Hdf5Options:
+    """What ``Hdf5Archiver`` takes (see its docstring for each)."""
+
+    file_template: str
+    dataset_template: str = "{{ source_name }}/data"
+    compression: str = DEFAULT_COMPRESSION
+    frames_per_chunk: int | None = None
+    flush_frames: int = DEFAULT_FLUSH_FRAMES
+    flush_seconds: float = DEFAULT_FLUSH_SECONDS
+    max_frames: int | None = None
+    max_bytes: int | None = None
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    max_open_files: int = DEFAULT_MAX_OPEN_FILES
+    on_exists: ContainerOnExists = "error"
+    root: str | os.PathLike[str] | None = None
+    fsync: str = "none"
+
+    def __post_init__(self) -> None:
+        _check_template("file_template", self.file_template)
+        _check_template("dataset_template", self.dataset_template)
+        check_choice("compression", self.compression, COMPRESSIONS)
+        check_choice("on_exists", self.on_exists, get_args(ContainerOnExists))
+        check_choice("fsync", self.fsync, HDF5_FSYNC_CHOICES)
+        check_integer("flush_frames", self.flush_frames, "a positive integer", 1)
+        check_integer("max_open_files", self.max_open_files, "a positive integer", 1)
+        for name in ("frames_per_chunk", "max_frames", "max_bytes"):
+            value = getattr(self, name)
+            if value is not None:
+                check_integer(name, value, "None or a positive integer", 1)
+        check_seconds("flush_seconds", self.flush_seconds)
+        check_seconds("idle_timeout", self.idle_timeout)
+        _check_optional_text("root", self.root, "a directory path or None")

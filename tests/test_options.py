@@ -1,0 +1,150 @@
+"""Every archiver argument is gathered into one frozen options object, checked once, before Zenoh is touched."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from heros_archiver import ArrayArchiver, ConfigurationError, Hdf5Archiver, JsonArchiver
+from heros_archiver.archivers.options import ArchiverOptions, FileOptions, Hdf5Options
+from heros_archiver.pipeline.options import PipelineOptions
+from heros_archiver.testing import free_port, session_manager, unique_realm
+from heros_archiver.transport.heros_compat import open_sessions
+
+BAD_COMMON: list[tuple[str, Any, str]] = [
+    ("max_retries", -1, "max_retries: expected a non-negative integer"),
+    ("max_queue_items", 0, "max_queue_items: expected a positive integer"),
+    ("overflow", "later", "overflow: expected one of block, spill, drop"),
+    ("drain_timeout", True, "drain_timeout: expected a non-negative number"),
+    ("intake_buffer", -5, "intake_buffer: expected a number of samples"),
+    ("sequence_key", 7, "sequence_key: expected a metadata key"),
+    ("dead_letter_dir", 3.5, "dead_letter_dir: expected a directory path or None"),
+    ("zenoh_shared_memory", "yes", "zenoh_shared_memory: expected true, false or None"),
+    ("default_metadata", ["file_path"], "default_metadata: expected a dict"),
+]
+BAD_HDF5: list[tuple[str, Any, str]] = [
+    ("compression", "lzma", "compression: expected one of none"),
+    ("flush_frames", 0, "flush_frames: expected a positive integer"),
+    ("max_frames", 1.5, "max_frames: expected None or a positive integer"),
+    ("idle_timeout", -1, "idle_timeout: expected a non-negative number"),
+    ("on_exists", "overwrite", "on_exists: expected one of error, append, unique"),
+    ("fsync", "file+directory", "fsync: expected one of none, file"),
+    ("dataset_template", 5, "dataset_template: expected a Jinja2 template"),
+]
+BAD_FILES: list[tuple[str, Any, str]] = [
+    ("on_exists", "append", "on_exists: expected one of error, overwrite, unique"),
+    ("fsync", "always", "fsync: expected one of none, file, file\\+directory"),
+    ("writeback_window", -1, "writeback_window: expected a number of bytes >= 0"),
+    ("helper_process", "on", "helper_process: expected true or false"),
+    ("root", 12, "root: expected a directory path or None"),
+]
+
+
+def _refused_before_zenoh(make: Any, match: str) -> None:
+    manager = session_manager(connect_port=free_port())
+    try:
+        with pytest.raises(ConfigurationError, match=match):
+            make(manager)
+        assert open_sessions(manager) == {}, "a bad argument must be refused before a Zenoh session exists"
+    finally:
+        manager.force_close()
+
+
+def _common(tmp_path: Path, manager: Any) -> dict[str, Any]:
+    return {
+        "object_selector": "cam",
+        "event_name": "acquisition_data",
+        "default_metadata": {"file_path": str(tmp_path)},
+        "realm": unique_realm(),
+        "session_manager": manager,
+    }
+
+
+@pytest.mark.parametrize(("name", "value", "match"), BAD_COMMON + BAD_HDF5, ids=lambda v: str(v)[:30])
+def test_every_hdf5_argument_is_refused_in_the_options_before_zenoh(
+    tmp_path: Path, name: str, value: Any, match: str
+) -> None:
+    def make(manager: Any) -> Any:
+        kwargs = {**_common(tmp_path, manager), name: value}
+        return Hdf5Archiver("{{ file_path }}/run.h5", **kwargs)
+
+    _refused_before_zenoh(make, match)
+
+
+@pytest.mark.parametrize(("name", "value", "match"), BAD_COMMON + BAD_FILES, ids=lambda v: str(v)[:30])
+@pytest.mark.parametrize("archiver_class", [ArrayArchiver, JsonArchiver])
+def test_every_file_archiver_argument_is_refused_in_the_options_before_zenoh(
+    tmp_path: Path, archiver_class: type, name: str, value: Any, match: str
+) -> None:
+    def make(manager: Any) -> Any:
+        kwargs = {**_common(tmp_path, manager), name: value}
+        return archiver_class("{{ file_path }}/{{ frame }}.x", **kwargs)
+
+    _refused_before_zenoh(make, match)
+
+
+def test_the_options_are_a_frozen_record_of_the_arguments(tmp_path: Path) -> None:
+    manager = session_manager(connect_port=free_port())
+    archiver = Hdf5Archiver(
+        "{{ file_path }}/run.h5",
+        compression="lz4",
+        max_frames=10,
+        writers=2,
+        sequence_key="frame",
+        **_common(tmp_path, manager),
+    )
+    try:
+        assert archiver.options.pipeline == PipelineOptions(writers=2)
+        assert archiver.options.sequence_key == "frame"
+        assert archiver.options.intake_buffer == Hdf5Archiver.DEFAULT_INTAKE_BUFFER
+        assert archiver.sink_options == Hdf5Options("{{ file_path }}/run.h5", compression="lz4", max_frames=10)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            archiver.sink_options.max_frames = 20  # type: ignore[misc]
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            archiver.options.max_retries = 0  # type: ignore[misc]
+    finally:
+        archiver.close()
+        manager.force_close()
+
+
+def test_the_class_default_of_a_file_archiver_is_in_its_options(tmp_path: Path) -> None:
+    manager = session_manager(connect_port=free_port())
+    archiver = JsonArchiver("{{ file_path }}/{{ i }}.json", **_common(tmp_path, manager))
+    try:
+        assert archiver.sink_options.helper_process is True
+        assert archiver.options.intake_buffer == JsonArchiver.DEFAULT_INTAKE_BUFFER
+    finally:
+        archiver.close()
+        manager.force_close()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(["max_retries", "intake_buffer", "sequence_key", "zenoh_shared_memory", "spool_dir"]),
+        st.one_of(st.none(), st.booleans(), st.integers(-3, 3), st.floats(allow_nan=True), st.text(max_size=5)),
+    )
+)
+def test_options_either_take_a_value_or_refuse_it_with_a_configuration_error(values: dict[str, Any]) -> None:
+    """Whatever a JSON config holds, making the options raises nothing but ConfigurationError (a BOSS start
+    fails with a message, never a TypeError from deep inside), and what is taken is kept as given."""
+    arguments = {"max_retries": 5, "intake_buffer": 0, **values}
+    try:
+        options = ArchiverOptions("cam", "acquisition_data", **arguments)
+    except ConfigurationError as exc:
+        assert any(str(exc).startswith(f"{name}: expected") for name in arguments)
+        return
+    for name, value in arguments.items():
+        assert getattr(options, name) == value or value != value  # NaN is never equal to itself
+
+
+def test_file_and_hdf5_options_check_templates_without_an_archiver() -> None:
+    with pytest.raises(ConfigurationError, match="save_template: expected a Jinja2 template"):
+        FileOptions(None, "npy")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="file_template: expected a Jinja2 template"):
+        Hdf5Options(b"run.h5")  # type: ignore[arg-type]
