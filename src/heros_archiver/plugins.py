@@ -153,8 +153,8 @@ class PluginGroup:
             registration = registered[0]
             try:
                 value = registration.entry_point.load()
-            except ConfigurationError:
-                raise  # e.g. a missing extra, already worded
+            except ConfigurationError as exc:  # e.g. a missing extra, worded already: say whose
+                raise ConfigurationError(f"{self.kind} {name!r} ({registration.describe()}): {exc}") from exc
             except Exception as exc:  # noqa: BLE001 - whatever the plugin's import raises, worded alike
                 raise ConfigurationError(
                     f"{self.kind} {name!r} ({registration.describe()}): expected an importable object, got "
@@ -208,8 +208,8 @@ def make_format(name: str) -> FileFormat:
     registration = formats.registrations()[name][0]
     try:
         instance = factory()
-    except ConfigurationError:
-        raise
+    except ConfigurationError as exc:  # e.g. a missing extra, worded already: say whose
+        raise ConfigurationError(f"format {name!r} ({registration.describe()}): {exc}") from exc
     except Exception as exc:  # noqa: BLE001 - a plugin's constructor may raise anything
         raise ConfigurationError(
             f"format {name!r} ({registration.describe()}): expected a FileFormat made without arguments, "
