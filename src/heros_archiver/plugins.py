@@ -155,7 +155,7 @@ class PluginGroup:
                 value = registration.entry_point.load()
             except ConfigurationError as exc:  # e.g. a missing extra, worded already: say whose
                 raise ConfigurationError(f"{self.kind} {name!r} ({registration.describe()}): {exc}") from exc
-            except Exception as exc:  # noqa: BLE001 - whatever the plugin's import raises, worded alike
+            except Exception as exc:  # whatever the plugin's import raises, worded alike
                 raise ConfigurationError(
                     f"{self.kind} {name!r} ({registration.describe()}): expected an importable object, got "
                     f"{type(exc).__name__}: {exc}"
@@ -210,7 +210,7 @@ def make_format(name: str) -> FileFormat:
         instance = factory()
     except ConfigurationError as exc:  # e.g. a missing extra, worded already: say whose
         raise ConfigurationError(f"format {name!r} ({registration.describe()}): {exc}") from exc
-    except Exception as exc:  # noqa: BLE001 - a plugin's constructor may raise anything
+    except Exception as exc:  # a plugin's constructor may raise anything
         raise ConfigurationError(
             f"format {name!r} ({registration.describe()}): expected a FileFormat made without arguments, "
             f"got {type(exc).__name__}: {exc}"
