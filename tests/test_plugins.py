@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -88,6 +89,37 @@ def test_the_built_ins_are_the_entry_points_our_pyproject_declares_and_each_load
         else:
             assert issubclass(plugins.sink_class(name), HERODataArchiver)
     assert plugins.sink_class("hdf5").__name__ == "Hdf5Archiver"
+
+
+def test_installed_from_a_wheel_the_built_ins_come_from_the_distributions_metadata(tmp_path: Path) -> None:
+    """Outside a checkout there is no pyproject.toml: the package and a ``.dist-info`` with the
+    ``entry_points.txt`` an install writes from our pyproject.toml, first on the path of a child."""
+    site = tmp_path / "site"
+    shutil.copytree(PROJECT / "src" / "heros_archiver", site / "heros_archiver")
+    info = site / "heros_archiver-0.1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: heros-archiver\nVersion: 0.1.0\n")
+    sections = [
+        f"[{group}]\n" + "".join(f"{k} = {v}\n" for k, v in table.items())
+        for group, table in pyproject_entry_points().items()
+    ]
+    (info / "entry_points.txt").write_text("\n".join(sections))
+    code = (
+        "import heros_archiver, numpy\n"
+        "from heros_archiver import plugins\n"
+        "print(heros_archiver.__file__)\n"
+        "for r in plugins.available(): print(r.group, r.name, r.distribution)\n"
+        "print(type(plugins.make_format('npy')).__name__, plugins.sink_class('hdf5').__name__)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), str(EXAMPLE)]))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == str(site / "heros_archiver" / "__init__.py")
+    assert "heros_archiver.formats npy heros-archiver 0.1.0" in lines
+    assert "heros_archiver.sinks hdf5 heros-archiver 0.1.0" in lines
+    assert "heros_archiver.formats pgm heros-archiver-pgm 0.1.0" in lines
+    assert lines[-1] == "NpyFormat Hdf5Archiver"
 
 
 def test_an_unknown_format_is_refused_before_zenoh_naming_what_is_installed(tmp_path: Path) -> None:
