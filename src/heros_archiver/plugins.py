@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigurationError
+from .saferepr import safe_repr
 
 if TYPE_CHECKING:
     from .archivers.base import HERODataArchiver
@@ -117,9 +118,9 @@ class PluginGroup:
         #: what a name stands for, in messages ("format", "sink")
         self.kind = kind
         self._check = check
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # reentrant: a plugin's import may look up another name
         self._registrations: dict[str, list[Registration]] | None = None
-        self._loaded: dict[str, Any] = {}
+        self._loaded: dict[str, tuple[Registration, Any]] = {}
 
     def registrations(self) -> dict[str, list[Registration]]:
         """Every registration by name (found once per process, or again after ``refresh``)."""
@@ -128,12 +129,12 @@ class PluginGroup:
                 self._registrations = discover(self.group)
             return self._registrations
 
-    def names(self) -> list[str]:
-        """The registered names, sorted."""
-        return sorted(self.registrations())
-
     def load(self, name: str) -> Any:
         """The object registered as ``name``, imported and checked the first time it is asked for."""
+        return self.entry(name)[1]
+
+    def entry(self, name: str) -> tuple[Registration, Any]:
+        """``name``'s registration and object (``load``)."""
         known = self.registrations()
         registered = known.get(name)
         with self._lock:
@@ -161,8 +162,8 @@ class PluginGroup:
                     f"{type(exc).__name__}: {exc}"
                 ) from exc
             self._check(registration, value)
-            self._loaded[name] = value
-            return value
+            self._loaded[name] = (registration, value)
+            return registration, value
 
     def refresh(self) -> None:
         """Forget what was found and loaded: packages installed since are seen, removed ones forgotten."""
@@ -172,8 +173,7 @@ class PluginGroup:
 
 
 def _describe(value: Any) -> str:
-    text = repr(value)
-    return f"{type(value).__name__} {text[:120]}"
+    return f"{type(value).__name__} {safe_repr(value, 120)}"
 
 
 def _check_format_factory(registration: Registration, value: Any) -> None:
@@ -204,8 +204,7 @@ def make_format(name: str) -> FileFormat:
     Raises ConfigurationError for a name not registered or registered twice, a plugin that cannot be
     imported or is not a FileFormat, and a format whose extra is missing (its constructor raises that).
     """
-    factory = formats.load(name)
-    registration = formats.registrations()[name][0]
+    registration, factory = formats.entry(name)
     try:
         instance = factory()
     except ConfigurationError as exc:  # e.g. a missing extra, worded already: say whose
