@@ -105,11 +105,13 @@ def test_installed_from_a_wheel_the_built_ins_come_from_the_distributions_metada
     ]
     (info / "entry_points.txt").write_text("\n".join(sections))
     code = (
-        "import heros_archiver, numpy\n"
+        "import sys, heros_archiver, numpy\n"
         "from heros_archiver import plugins\n"
         "print(heros_archiver.__file__)\n"
         "for r in plugins.available(): print(r.group, r.name, r.distribution)\n"
-        "print(type(plugins.make_format('npy')).__name__, plugins.sink_class('hdf5').__name__)\n"
+        "fmt = plugins.make_format('npy')\n"
+        "assert not {'heros', 'zenoh', 'h5py'} & set(sys.modules), 'a format needs neither heros nor Zenoh'\n"
+        "print(type(fmt).__name__, plugins.sink_class('hdf5').__name__)\n"
     )
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), str(EXAMPLE)]))
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
@@ -191,14 +193,15 @@ def test_the_command_lists_formats_and_sinks_and_check_reports_each_fault(tmp_pa
 
 # ------------------------------------------------------------------------------------- end to end over Zenoh
 def test_a_plugin_format_archives_camera_frames_through_the_helper_and_its_dead_letters_replay(
-    on_path: None, make_rig: RigFactory, tmp_path: Path
+    on_path: None, make_rig: RigFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """FileArchiver(save_template, "pgm"): a frame whose target exists and one PGM cannot hold are
     dead-lettered with the format's name; replay writes the first once its target is free, and without the
     plugin installed replay names the missing format."""
     (tmp_path / "005.pgm").write_bytes(b"kept")
     rig = make_rig(TEMPLATE, archiver_cls=FileArchiver, file_format="pgm", helper_process=True)
-    assert len(rig.archiver.stats()["helper_processes"]) == 1
+    helpers_at_start = rig.archiver.stats()["helper_processes"]
+    assert len(helpers_at_start) == 1  # started without the plugin on its path: it is handed bytes only
     procs.send_frames(rig.camera, [0, 1, 2], SHAPE)
     rig.camera.acquisition_data(np.zeros((2, 3, 4), np.uint16), {"frame": 3})
     procs.send_frames(rig.camera, list(range(4, 10)), SHAPE)
@@ -207,6 +210,8 @@ def test_a_plugin_format_archives_camera_frames_through_the_helper_and_its_dead_
     for index in [0, 1, 2, 4, 6, 7, 8, 9]:
         np.testing.assert_array_equal(read_pgm(tmp_path / f"{index:03d}.pgm"), procs.frame(index, SHAPE))
     assert (tmp_path / "005.pgm").read_bytes() == b"kept"
+    assert rig.archiver.stats()["helper_processes"] == helpers_at_start
+    assert "itself" not in caplog.text, "the helper wrote the files, not the writer in its place"
     recorded = [read_entry(entry) for entry in dead_letter_entries(tmp_path)]
     assert [entry["writer"]["format"] for entry in recorded] == ["pgm", "pgm"]
     rig.archiver._teardown()
