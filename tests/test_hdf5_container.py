@@ -314,7 +314,7 @@ def test_without_h5py_the_package_imports_and_the_container_names_the_extra(tmp_
         "    print('REFUSED', exc)\n"
     )
     result = subprocess.run([sys.executable, "-c", code], env=child_env(), capture_output=True, text=True, timeout=60)
-    assert "REFUSED" in result.stdout and "pip install heros-archiver[hdf5]" in result.stdout, result.stderr
+    assert "REFUSED" in result.stdout and "pip install 'heros-archiver[hdf5]'" in result.stdout, result.stderr
 
 
 # ------------------------------------------------------------------------------------------ other processes

@@ -28,7 +28,8 @@ class FileArchiver(HERODataArchiver):
     Args:
         save_template: Jinja2 template of the file path; sees the merged metadata, ``source_name``
             and (when splitting) ``_split_index``.
-        file_format: ``npy`` or ``json``.
+        file_format: the name of a registered format: ``npy``, ``json``, or one an installed plugin adds
+            (entry-point group ``heros_archiver.formats``; ``heros-archiver formats`` lists them).
         root: archive root every file must stay under (default: derived from the template, see
             ``heros_archiver.naming``).
         on_exists: when the target exists: ``error`` (default; keep the file, dead-letter the item),

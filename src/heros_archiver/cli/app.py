@@ -1,4 +1,4 @@
-"""The ``heros-archiver`` command: demo, run, render."""
+"""The ``heros-archiver`` command: demo, run, render, replay, formats."""
 
 from __future__ import annotations
 
@@ -162,6 +162,48 @@ def replay(
     verb = "would archive" if dry_run else "archived"
     console.print(f"{verb} {len(done)} of {len(outcomes)} item(s); {failed} failed")
     if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def formats(
+    check: Annotated[
+        bool, typer.Option("--check", help="also import each one and report what fails (a missing extra, a bad plugin)")
+    ] = False,
+) -> None:
+    """List the file formats (FileArchiver's file_format) and sinks (a config's classname) installed.
+
+    Both are found by entry point (groups heros_archiver.formats and heros_archiver.sinks), ours as those
+    of any installed plugin; without --check nothing is imported. Exit code 1 when a name is registered
+    twice or, with --check, cannot be used.
+    """
+    from .. import plugins
+
+    registrations = plugins.available()
+    counts: dict[tuple[str, str], int] = {}
+    for registration in registrations:
+        key = (registration.group, registration.name)
+        counts[key] = counts.get(key, 0) + 1
+    table = Table(title="formats and sinks (entry points)")
+    for column in ("kind", "name", "object", "registered by", *(["check"] if check else [])):
+        table.add_column(column, overflow="fold")
+    problems: dict[tuple[str, str], str] = {}  # one per name: a name registered twice is one problem
+    for registration in registrations:
+        kind = "format" if registration.group == plugins.FORMATS_GROUP else "sink"
+        twice = counts[(registration.group, registration.name)] > 1
+        status = "[red]registered twice[/red]" if twice else "ok"
+        if twice or check:
+            try:
+                plugins.make_format(registration.name) if kind == "format" else plugins.sink_class(registration.name)
+            except ArchiverError as exc:
+                status = status if twice else "[red]failed[/red]"
+                problems[(registration.group, registration.name)] = str(exc)
+        row = [kind, registration.name, registration.value, registration.distribution]
+        table.add_row(*(escape(cell) for cell in row), *([status] if check else []))
+    Console(width=max(console.width, 160)).print(table)
+    for problem in problems.values():  # one line each, whatever the terminal's width, as replay's failures
+        console.print(f"[red]failed[/red] {escape(problem)}", soft_wrap=True)
+    if problems:
         raise typer.Exit(1)
 
 

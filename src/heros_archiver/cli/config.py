@@ -2,7 +2,8 @@
 
 A configuration is one object ``{"_id": ..., "classname": ..., "arguments": {...}}`` or a list of them.
 The reference's class names (``herostools.actor.ArrayArchiver`` and friends) are accepted and mapped
-to ours, so a config written for the reference runs unchanged under ``heros-archiver run``.
+to ours, so a config written for the reference runs unchanged under ``heros-archiver run``. A classname
+without a dot is the name of a sink registered by entry point (``hdf5``, or a plugin's; ``plugins.py``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 from ..archivers.base import HERODataArchiver
 from ..errors import ConfigurationError
+from ..plugins import sink_class
 
 _REFERENCE_NAMES = {
     f"{prefix}.{name}": f"heros_archiver.{name}"
@@ -40,7 +42,9 @@ def load_config(path: str | Path) -> list[dict[str, Any]]:
 
 
 def resolve_class(classname: str) -> type[HERODataArchiver]:
-    """Import ``classname`` (a dotted path); reference names map to heros_archiver's classes."""
+    """Import ``classname`` (a dotted path, or a registered sink's name); reference names map to ours."""
+    if "." not in classname:
+        return sink_class(classname)
     dotted = _REFERENCE_NAMES.get(classname, classname)
     module_name, _, attribute = dotted.rpartition(".")
     try:

@@ -1,4 +1,10 @@
-"""The small interface every file format implements."""
+"""The small interface every file format implements, ours and plugins' alike.
+
+A format is registered by entry point (group ``heros_archiver.formats``, decision 0025): a class whose
+instances this Protocol describes, made without arguments once per writer. Its module should import only
+what finding it needs; a heavy library is imported in ``__init__`` with ``heros_archiver.extras.require_extra``
+so that a missing one fails when the archiver is made, naming the extra to install.
+"""
 
 from __future__ import annotations
 

@@ -15,10 +15,10 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from ..checks import check_choice
 from ..errors import ArchiverError, ConfigurationError, PathConfinementError, PayloadError, TemplateRenderError
-from ..formats.base import Content, FileFormat
-from ..formats.json import JsonFormat
-from ..formats.npy import NpyFormat, as_array
+from ..formats.base import Content
+from ..formats.npy import as_array
 from ..naming.templates import PathTemplate
+from ..plugins import make_format
 from ..saferepr import safe_repr
 from ..state.statedir import STATE_DIR_NAME
 from ..storage.atomic import (
@@ -34,8 +34,6 @@ from ..storage.writeback import WritebackWindow
 
 #: The key under which ``merge_metadata=True`` adds the merged metadata to a JSON document.
 MERGED_METADATA_KEY = "metadata"
-
-FORMATS: dict[str, type[FileFormat]] = {"npy": NpyFormat, "json": JsonFormat}
 
 
 @dataclass
@@ -87,15 +85,15 @@ class FileWriter:
     """Render, check and write the file(s) of one payload: all of them or none."""
 
     def __init__(self, settings: WriterSettings, writeback_window: int = 0) -> None:
-        if settings.format not in FORMATS:
-            raise ConfigurationError(f"format: expected one of {', '.join(FORMATS)}, got {settings.format!r}")
+        if not isinstance(settings.format, str):
+            raise ConfigurationError(f"file_format: expected the name of a format, got {settings.format!r}")
+        self._format = make_format(settings.format)  # registered by entry point (plugins.py): ours and plugins'
         check_choice("on_exists", settings.on_exists, ON_EXISTS_CHOICES)
         check_choice("fsync", settings.fsync, FSYNC_CHOICES)
         self.settings = settings
         self.template = PathTemplate(settings.save_template, settings.root)
         self.root = self.template.root
         self._root_text = str(self.root)
-        self._format = FORMATS[settings.format]()
         #: large files on their way to disk and out of the page cache (``writeback_window`` bytes; 0 = off)
         self.window = WritebackWindow(writeback_window)
         #: the root writes are confined to (None for a root of ``/``, where nothing is confined)

@@ -2,8 +2,9 @@
 
 Why each piece exists:
 
-* **The import.** h5py and hdf5plugin are an extra (``pip install heros-archiver[hdf5]``); nothing imports
-  them until a container is constructed, and a missing one is a ``ConfigurationError`` naming the extra.
+* **The import.** h5py and hdf5plugin are an extra (``pip install 'heros-archiver[hdf5]'``); nothing imports
+  them until an archiver or a container is constructed, and a missing one is a ``ConfigurationError`` naming
+  the extra (``heros_archiver.extras.require_extra``).
 * **The writer lock.** A SWMR writer releases HDF5's own file lock once SWMR starts (so that readers can
   open the file), so HDF5 does not stop a second writer. A second archiver that "recovered" a live file
   (cleared its status flags) would corrupt it. Each container therefore holds an open-file-description
@@ -31,7 +32,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from ...errors import ConfigurationError, StorageError
+from ...errors import StorageError
+from ...extras import require_extra
 from . import ContainerBusyError
 
 #: What HDF5 says when a file's status flags mark it as still open for writing.
@@ -39,16 +41,8 @@ OPEN_FOR_WRITE = "already open for write"
 
 
 def load_h5py() -> tuple[ModuleType, ModuleType]:
-    """``(h5py, hdf5plugin)``, or a ConfigurationError that names the extra to install."""
-    try:
-        import h5py
-        import hdf5plugin
-    except ImportError as exc:
-        raise ConfigurationError(
-            f"the HDF5 container needs h5py and hdf5plugin, which are not installed ({exc}); "
-            "install the extra: pip install heros-archiver[hdf5]"
-        ) from exc
-    return h5py, hdf5plugin
+    """``(h5py, hdf5plugin)``, or a ConfigurationError that names the extra to install (``require_extra``)."""
+    return require_extra("hdf5", "h5py"), require_extra("hdf5", "hdf5plugin")
 
 
 class WriterLock:
