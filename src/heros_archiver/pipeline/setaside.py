@@ -99,7 +99,7 @@ class SetAside:
             try:
                 written = self.dead_letters.write(
                     source=item.source,
-                    event=self._event,
+                    event=item.event or self._event,
                     payload=item.payload,
                     metadata=item.metadata,
                     error=message,
@@ -108,6 +108,7 @@ class SetAside:
                     nbytes=item.nbytes,
                     received=item.received,
                     described=described,
+                    context=item.context,
                 )
             except OSError as exc:  # storage (StorageError is one): worth retrying
                 if persist and attempt == 1:

@@ -203,7 +203,7 @@ class Hdf5Sink(ContainerSink):
         try:
             container = Hdf5Container(
                 path, dataset, compression=settings.compression, frames_per_chunk=settings.frames_per_chunk,
-                on_exists=policy, fsync=settings.fsync,
+                on_exists=policy, fsync=settings.fsync, **self._container_options(route),
             )  # fmt: skip
         except StorageError:
             if not existed and policy != "unique":  # created by us just now (exclusively) and left half-made
@@ -218,6 +218,10 @@ class Hdf5Sink(ContainerSink):
         opened = _Open(container, dataset, nbytes=size)
         self._open[route] = opened
         return opened
+
+    def _container_options(self, route: str) -> dict[str, Any]:
+        """More keywords for the container of ``route`` (a subclass adds attributes; none here)."""
+        return {}
 
     def _roll_over(self, route: str) -> Settled:
         """Close the part of ``route`` written now and go on with the next one (once: a part abandoned by
@@ -278,8 +282,7 @@ class Hdf5Sink(ContainerSink):
             log.error("closing %s failed after its last commit (its frames are committed): %s", opened.path, exc)
         return settled
 
-    @staticmethod
-    def _committed(opened: _Open) -> Settled:
+    def _committed(self, opened: _Open) -> Settled:
         """The items ``opened`` held, now committed (a commit reports every pending item)."""
         archived, opened.waiting = opened.waiting, []
         opened.pending_bytes = 0
