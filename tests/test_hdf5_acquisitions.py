@@ -58,7 +58,8 @@ class AcquiringCamera(LocalHERO):
         self.acquisition_started(configuration)
         sent = []
         for i in range(frames):
-            frame = make_frame(100 * len(configuration) + i, SHAPE)
+            self.sent = getattr(self, "sent", 0) + 1
+            frame = make_frame(self.sent, SHAPE)  # unlike any other frame of the test
             self.acquisition_data(frame, {"frame": i, "exposure": 0.5})
             sent.append(frame)
         self.acquisition_stopped({"frames": frames if claimed is None else claimed, "frame_count": frames})
@@ -161,8 +162,23 @@ def test_frames_without_a_start_are_archived_and_their_stop_checked(make_rig: Ri
     cam = wait_for_acquisitions(made, 1)
     frames, configuration, acquisition = read(tmp_path / "cam-1.h5")
     np.testing.assert_array_equal(frames, np.stack(late))
+    assert set(configuration) == {"NX_class"}  # no start, no configuration
     assert not acquisition["start_seen"] and acquisition["frames_held"] == 3 and acquisition["frames_expected"] == 5
     assert cam["acquisition_gaps"] == 1 and cam["acquisition_missing"] == 2, cam
+
+
+def test_markers_keep_their_place_through_a_full_queue_and_the_spool(make_rig: RigFactory, tmp_path: Path) -> None:
+    """A queue of two items, spilling: most items of three back-to-back acquisitions go through the spool; each
+    acquisition still gets exactly its own frames (a marker that overtook a frame would move it to another file)."""
+    made = rig(make_rig, "{{ file_path }}/{{ source_name }}-{{ acquisition }}.h5", overflow="spill", max_queue_items=2)
+    sent = [made.camera.acquire({"exposure_time": float(n)}, frames) for n, frames in enumerate((4, 1, 3))]
+    cam = wait_for_acquisitions(made, 3)
+    assert made.archiver.stats()["queue"]["spilled_total"] > 0
+    for n, frames in enumerate(sent, start=1):
+        stored, configuration, acquisition = read(tmp_path / f"cam-{n}.h5")
+        np.testing.assert_array_equal(stored, np.stack(frames))
+        assert configuration["exposure_time"] == n - 1 and acquisition["frames_held"] == len(frames)
+    assert cam["acquisition_gaps"] == 0 and cam["archived"] == 8 + 6, cam
 
 
 def test_markers_resumed_from_the_spool_after_a_restart(make_rig: RigFactory, tmp_path: Path) -> None:
@@ -202,6 +218,7 @@ def test_a_marker_that_cannot_be_kept_is_dead_lettered_with_its_event(make_rig: 
         ({"file_template": "{{ file_path }}/{{ frame }}.h5"}, "it uses frame"),
         ({"dataset_template": "entry/{{ roi }}/data"}, "it uses roi"),
         ({"intake_buffer": 16}, "expected intake_buffer=0"),
+        ({"overflow": "drop"}, "expected 'block' or 'spill'"),
         ({"acquisitions": "yes"}, "expected True or False"),
     ],
 )

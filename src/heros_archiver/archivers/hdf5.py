@@ -72,7 +72,8 @@ class Hdf5Archiver(HERODataArchiver):
             ``acquisition`` (1, 2, ... per camera since the archiver started), ``acquisition_start`` (UTC,
             ``20261201T221803.123Z``) and ``acquisition_start_seen``, and may use only those, ``source_name``
             and the default metadata; a template that renders the same path again gets ``name-1.h5``, ...
-            (default False). Needs ``intake_buffer=0`` (the default), which keeps the events in order.
+            (default False). Needs ``intake_buffer=0`` (the default), which keeps the events in order, and
+            ``overflow`` ``block`` or ``spill``, under which the two events are never dropped.
     """
 
     def __init__(
@@ -113,6 +114,11 @@ class Hdf5Archiver(HERODataArchiver):
                 f"acquisitions=True with intake_buffer={kwargs['intake_buffer']!r}: expected intake_buffer=0 (the "
                 "default): the acquisition events arrive on subscriptions of their own, and only direct callbacks "
                 "keep them in order with the frames"
+            )
+        if acquisitions and kwargs.get("overflow") == "drop":
+            raise ConfigurationError(
+                "acquisitions=True with overflow='drop': expected 'block' or 'spill', under which the acquisition "
+                "events are never dropped (a lost start or stop would put frames in the wrong file, unchecked)"
             )
         load_h5py()  # a missing extra fails here, at start
         self.file_template = file_template
