@@ -38,6 +38,8 @@ START_KEY = "acquisition_start"
 SEEN_KEY = "acquisition_start_seen"
 
 Identity = tuple[str, int, str]
+#: Acquisitions whose frames held are counted at once (per sink); the oldest of those never stopped go first.
+MAX_TRACKED = 1024
 
 
 def identity_of(item: Item) -> Identity | None:
@@ -64,7 +66,8 @@ class Hdf5AcquisitionSink(Hdf5Sink):
         self._current: dict[str, Identity] = {}
         self._configuration: dict[str, dict[str, Any]] = {}
         self._seen: dict[str, bool] = {}
-        #: per open file path, the acquisition it holds; per acquisition, frames committed per file path
+        #: per open file path, the acquisition it holds; per acquisition (until its stop), frames committed per
+        #: file path: an acquisition's parts may be interleaved with another's when a commit at its end failed
         self._holds: dict[str, Identity] = {}
         self._held: dict[Identity, dict[str, int]] = {}
 
@@ -80,6 +83,8 @@ class Hdf5AcquisitionSink(Hdf5Sink):
             self._current[route] = acquisition
             self._seen[route] = bool((item.context or {}).get(SEEN_KEY))
             self._held.setdefault(acquisition, {})
+            while len(self._held) > MAX_TRACKED:  # acquisitions whose stop never came
+                del self._held[next(iter(self._held))]
         if item.event == START_EVENT:
             return settled.add(self._start(route, item))
         if item.event == STOP_EVENT:
@@ -157,7 +162,6 @@ class Hdf5AcquisitionSink(Hdf5Sink):
         self._configuration.pop(route, None)
         self._seen.pop(route, None)
         if previous is not None and not settled.failed:
-            self._held.pop(previous, None)
             self._holds = {path: held for path, held in self._holds.items() if held != previous}
         return settled
 
