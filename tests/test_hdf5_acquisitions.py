@@ -16,12 +16,16 @@ import numpy as np
 import pytest
 from heros import LocalHERO, event
 from heros.event import reliable
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from conftest import Rig, RigFactory
 from helpers import dead_letter_entries, wait_until
 from heros_archiver import Hdf5Archiver
 from heros_archiver.errors import ConfigurationError
 from heros_archiver.pipeline.queueing import Item
+from heros_archiver.sinks.containers import ItemKey, lossless_json
+from heros_archiver.sinks.containers.hdf5 import JSON_ATTRIBUTES, OTHER_ATTRIBUTES, Hdf5Container
 from heros_archiver.state.spool import Spool
 from heros_archiver.testing import make_frame, wait_for_subscriber
 
@@ -233,3 +237,50 @@ def test_settings_that_cannot_work_are_refused(tmp_path: Path, arguments: dict[s
     }
     with pytest.raises(ConfigurationError, match=message):
         Hdf5Archiver(**settings)
+
+
+# ------------------------------------------------------------------------------------------ the container's part
+network_values = st.recursive(
+    st.one_of(
+        st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=20),
+        st.binary(max_size=8),
+    ),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=8,
+)  # fmt: skip
+configurations = st.dictionaries(st.text(max_size=12), network_values, max_size=6)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(configurations, st.integers(0, 2))
+def test_any_configuration_from_the_network_is_kept(
+    tmp_path_factory: pytest.TempPathFactory, configuration: dict[str, Any], frames: int
+) -> None:
+    """Whatever a camera announces as its configuration is kept: each value as an attribute or as JSON text,
+    with or without frames, and the end is recorded under SWMR."""
+    path = tmp_path_factory.mktemp("acq") / "acq.h5"
+    acquisition = {"source": "cam", "number": 1, "started": "20261201T000000.000Z", "start_seen": True}
+    with Hdf5Container(path, "entry/cam/data", attributes=configuration, acquisition=acquisition) as container:
+        for i in range(frames):
+            frame = make_frame(i, SHAPE)
+            container.append(ItemKey.of("cam", frame, {}, i), frame, {})
+        container.commit()
+        container.end_acquisition({"stopped": True, "frames_expected": 2, "frame_count": 2, "frames_held": frames})
+    with h5py.File(path, "r") as handle:
+        attributes = handle["entry/cam/configuration"].attrs
+        encoded = set(attributes.get(JSON_ATTRIBUTES, []))
+        others = json.loads(attributes.get(OTHER_ATTRIBUTES, "{}"))
+        for name, value in configuration.items():
+            if name in others:  # a name HDF5 cannot hold, or one of the group's own
+                assert json.dumps(others[name]) == json.dumps(json.loads(lossless_json(value))), name
+                continue
+            stored = attributes[name]
+            if name in encoded:
+                assert stored == lossless_json(value).decode("ascii"), name
+            elif isinstance(value, float) and value != value:
+                assert np.isnan(stored)
+            else:
+                assert stored == value, name
+        assert set(others) <= {n for n in configuration if n in ("", "NX_class", JSON_ATTRIBUTES) or "\0" in n}
+        ended = handle["entry/cam/acquisition"].attrs
+        assert ended["stopped"] and ended["frames_held"] == frames and ended["number"] == 1

@@ -53,6 +53,7 @@ __all__ = [
     "COMPRESSIONS",
     "DEFAULT_COMPRESSION",
     "JSON_ATTRIBUTES",
+    "OTHER_ATTRIBUTES",
     "Hdf5Container",
     "clear_status_flags",
     "read_archive_row",
@@ -417,15 +418,29 @@ class Hdf5Container(Container):
 
 #: Names of the attributes of a ``configuration`` group whose values are JSON text (not plain scalars).
 JSON_ATTRIBUTES = "json_attributes"
+#: JSON text of the attributes whose names HDF5 cannot hold (empty, with NUL, not UTF-8, too long), that
+#: collide as text (``1`` and ``"1"``) or with the group's own (``NX_class``, these two): ``{name: value}``.
+OTHER_ATTRIBUTES = "other_attributes"
+#: Longest attribute name kept as a name (HDF5 refuses names beyond its object header's limits).
+MAX_NAME_BYTES = 1024
 
 
 def write_attributes(group: Any, attributes: Mapping[str, Any]) -> None:
     """``attributes`` on ``group``: numbers, booleans and strings as they are, anything else as JSON text
-    (its name listed in the ``json_attributes`` attribute); names already there keep their values."""
+    (its name listed in the ``json_attributes`` attribute); names already there keep their values. A name
+    HDF5 cannot hold (the configuration comes from the network) goes into ``other_attributes``, never lost."""
     encoded = list(group.attrs.get(JSON_ATTRIBUTES, []))
+    existing = set(group.attrs)
+    reserved = {JSON_ATTRIBUTES, OTHER_ATTRIBUTES, "NX_class"}
+    written: set[str] = set()
+    others: dict[str, Any] = {}
     for name, value in attributes.items():
         key = str(name)
-        if key in group.attrs or key == JSON_ATTRIBUTES:
+        if key in reserved or not _plain_name(key) or key in written:
+            others[repr(name) if key in others else key] = value
+            continue
+        written.add(key)
+        if key in existing:
             continue
         if _plain_attribute(value):
             group.attrs[key] = value
@@ -434,6 +449,17 @@ def write_attributes(group: Any, attributes: Mapping[str, Any]) -> None:
             encoded.append(key)
     if encoded:
         group.attrs[JSON_ATTRIBUTES] = encoded
+    if others and OTHER_ATTRIBUTES not in existing:
+        group.attrs[OTHER_ATTRIBUTES] = lossless_json(others).decode("ascii")
+
+
+def _plain_name(name: str) -> bool:
+    """True for a name HDF5 keeps as an attribute name, unchanged."""
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        return False
+    return 0 < size <= MAX_NAME_BYTES and "\0" not in name
 
 
 def _plain_attribute(value: Any) -> bool:
