@@ -216,6 +216,46 @@ def test_a_marker_that_cannot_be_kept_is_dead_lettered_with_its_event(make_rig: 
     assert entry["context"]["acquisition"] == 1
 
 
+@pytest.mark.parametrize("acquisitions", [False, True])
+def test_frames_committed_before_the_next_file_fails_to_open_are_counted(
+    make_rig: RigFactory, tmp_path: Path, acquisitions: bool
+) -> None:
+    """The file written now is committed and closed (rollover by max_frames; or a new acquisition), then the
+    next part cannot be opened (it exists, on_exists="error"): the frames committed count as archived all the
+    same, and only what was for the next part is dead-lettered."""
+    (tmp_path / "run-1.h5").write_bytes(b"not ours")
+    made = make_rig(
+        None,
+        archiver_cls=Hdf5Archiver,
+        camera_cls=AcquiringCamera,
+        file_template="{{ file_path }}/run.h5",
+        dataset_template=DATASET,
+        flush_seconds=60,
+        max_frames=None if acquisitions else 2,
+        acquisitions=acquisitions,
+    )
+    if acquisitions:
+        for name in ("acquisition_started", "acquisition_stopped"):
+            wait_for_subscriber(made.camera, name)
+        made.camera.acquisition_started({"exposure_time": 1.0})
+    for i in range(2):
+        made.camera.acquisition_data(make_frame(i, SHAPE), {"frame": i})
+    if acquisitions:
+        made.camera.acquisition_started({"exposure_time": 2.0})  # its stop never came: a new acquisition
+    made.camera.acquisition_data(make_frame(2, SHAPE), {"frame": 2})
+
+    def settled() -> bool:
+        total = made.archiver.stats()["total"]
+        return total["in_flight"] == 0 and total["dead_lettered"] >= 1
+
+    wait_until(settled, 30, f"every item settled (stats: {made.archiver.stats()['total']})")
+    total = made.archiver.stats()["total"]
+    archived = 3 if acquisitions else 2  # the first start too
+    assert total["archived"] == archived and total["dead_lettered"] == total["received"] - archived, total
+    with h5py.File(tmp_path / "run.h5", "r") as handle:
+        assert handle["entry/cam/data"].shape[0] == 2
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [

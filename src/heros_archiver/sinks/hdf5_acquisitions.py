@@ -71,12 +71,11 @@ class Hdf5AcquisitionSink(Hdf5Sink):
         self._holds: dict[str, Identity] = {}
         self._held: dict[Identity, dict[str, int]] = {}
 
-    def append(self, item: Item) -> Settled:
+    def _append(self, item: Item, settled: Settled) -> Settled:
         acquisition = identity_of(item)
         if acquisition is None:  # an item the archiver gave no acquisition: as without the option
-            return super().append(item)
+            return super()._append(item, settled)
         route = item.lane_key
-        settled = Settled()
         if self._current.get(route, acquisition) != acquisition:
             settled.add(self._end_part(route))
         if route not in self._current:
@@ -89,7 +88,7 @@ class Hdf5AcquisitionSink(Hdf5Sink):
             return settled.add(self._start(route, item))
         if item.event == STOP_EVENT:
             return settled.add(self._stop(route, item, acquisition))
-        return settled.add(super().append(item))
+        return super()._append(item, settled)
 
     # ------------------------------------------------------------------ markers
     def _start(self, route: str, item: Item) -> Settled:
