@@ -324,3 +324,35 @@ def test_any_configuration_from_the_network_is_kept(
         assert set(others) <= {n for n in configuration if n in ("", "NX_class", JSON_ATTRIBUTES) or "\0" in n}
         ended = handle["entry/cam/acquisition"].attrs
         assert ended["stopped"] and ended["frames_held"] == frames and ended["number"] == 1
+
+
+_RIGS: dict[int, Rig] = {}
+FILE = "{{ file_path }}/{{ source_name }}-{{ acquisition }}.h5"
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(network_values, network_values)
+def test_any_start_and_stop_payload_from_the_network_is_handled(
+    make_rig: RigFactory, tmp_path_factory: pytest.TempPathFactory, started: Any, stopped: Any
+) -> None:
+    """Whatever a camera sends as its start and stop (over Zenoh), the archiver goes on: the frame between
+    them is archived, a marker that is no dict is dead-lettered, every item settles, a stop (a dict) is checked."""
+    made = _RIGS.get(id(make_rig))  # one rig for every example of this test
+    if made is None:
+        directory = tmp_path_factory.mktemp("markers")
+        made = _RIGS[id(make_rig)] = rig(make_rig, FILE, default_metadata={"file_path": str(directory)})
+    before = counters(made)
+    made.camera.acquisition_started(started)
+    made.camera.acquisition_data(make_frame(0, SHAPE), {"frame": 0})
+    made.camera.acquisition_stopped(stopped)
+    wait_until(
+        lambda: (
+            counters(made)["received"] == before.get("received", 0) + 3
+            and made.archiver.stats()["total"]["in_flight"] == 0
+        ),
+        30,
+        f"three items settled ({counters(made)})",
+    )
+    cam = counters(made)
+    assert cam["archived"] - before.get("archived", 0) == 1 + isinstance(started, dict) + isinstance(stopped, dict), cam
+    assert cam["acquisitions"] - before.get("acquisitions", 0) == isinstance(stopped, dict), cam

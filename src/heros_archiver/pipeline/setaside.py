@@ -143,7 +143,7 @@ class SetAside:
             log.error(
                 "%s (event %s): %s; kept in the dead-letter store as %s after %d attempt(s)",
                 item.source,
-                self._event,
+                item.event or self._event,
                 message,
                 written.path,
                 item.attempts,
