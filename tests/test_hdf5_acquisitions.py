@@ -8,6 +8,7 @@ real herosdevices ``CameraDummy`` under BOSS is in tests/test_boss.py.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +154,27 @@ def test_a_template_without_the_acquisition_gets_a_new_part_per_acquisition(
         if sent:
             np.testing.assert_array_equal(frames, np.stack(sent))
         assert configuration["exposure_time"] == exposure, name
+    assert cam["acquisition_gaps"] == 0, cam
+
+
+def test_an_acquisition_split_by_max_frames_is_checked_over_its_parts(make_rig: RigFactory, tmp_path: Path) -> None:
+    """Rollover by max_frames inside an acquisition, and a file closed as idle and reopened: the configuration
+    goes with every part, the check counts the frames of all of them."""
+    made = rig(make_rig, FILE, max_frames=2, idle_timeout=0.05)
+    made.camera.acquisition_started({"exposure_time": 5.0})
+    frames = [make_frame(50 + i, SHAPE) for i in range(3)]
+    made.camera.acquisition_data(frames[0], {"frame": 0})
+    time.sleep(0.3)  # long enough for the file to be closed as idle (or not: the outcome is the same)
+    for i, frame in enumerate(frames[1:], start=1):
+        made.camera.acquisition_data(frame, {"frame": i})
+    made.camera.acquisition_stopped({"frames": 3, "frame_count": 3})
+    cam = wait_for_acquisitions(made, 1)
+    first, configuration, acquisition = read(tmp_path / "cam-1.h5")
+    rest, last_configuration, last = read(tmp_path / "cam-1-1.h5")
+    np.testing.assert_array_equal(np.concatenate([first, rest]), np.stack(frames))
+    assert configuration["exposure_time"] == last_configuration["exposure_time"] == 5.0
+    assert not acquisition["stopped"] and last["stopped"] and last["number"] == acquisition["number"] == 1
+    assert last["frames_held"] == 3 and last["frames_expected"] == 3, last
     assert cam["acquisition_gaps"] == 0, cam
 
 

@@ -13,9 +13,10 @@ announced) its ``acquisition`` group says::
         @stopped          True once the end was received and checked
         @frames_expected  frames the camera said it emitted (-1: not stopped yet, or it did not say)
         @frame_count      frames the camera was asked for (-1: not stopped yet, or it did not say)
-        @frames_held      frames this file holds for the acquisition (-1 until stopped)
+        @frames_held      frames archived of the acquisition, in this file and its earlier parts (-1 until stopped)
 
-All of them are created with the group, before SWMR starts (SWMR forbids creating attributes later), so the
+The end is written into the acquisition's last file (with ``max_frames`` or ``max_bytes`` it may have
+several parts). All of them are created with the group, before SWMR starts (SWMR forbids creating attributes later), so the
 end only changes values in place. ``number`` and ``started`` identify the acquisition: a reopened file of
 another acquisition is not appended to.
 """
