@@ -178,7 +178,9 @@ def test_an_acquisition_split_by_max_frames_is_checked_over_its_parts(make_rig: 
     assert cam["acquisition_gaps"] == 0, cam
 
 
-def test_frames_without_a_start_are_archived_and_their_stop_checked(make_rig: RigFactory, tmp_path: Path) -> None:
+def test_frames_without_a_start_are_archived_and_their_stop_checked(
+    make_rig: RigFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """An archiver started mid-acquisition: the frames it gets go to the template's file, the stop is checked."""
     made = rig(make_rig, "{{ file_path }}/{{ source_name }}-{{ acquisition }}.h5")
     late = [make_frame(i, SHAPE) for i in range(2, 5)]
@@ -191,6 +193,7 @@ def test_frames_without_a_start_are_archived_and_their_stop_checked(make_rig: Ri
     assert set(configuration) == {"NX_class"}  # no start, no configuration
     assert not acquisition["start_seen"] and acquisition["frames_held"] == 3 and acquisition["frames_expected"] == 5
     assert cam["acquisition_gaps"] == 1 and cam["acquisition_missing"] == 2, cam
+    assert "2 missing (the archiver did not see it start)" in caplog.text
 
 
 def test_markers_keep_their_place_through_a_full_queue_and_the_spool(make_rig: RigFactory, tmp_path: Path) -> None:

@@ -131,7 +131,7 @@ class Hdf5AcquisitionSink(Hdf5Sink):
             failed = self._abandon(route, exc)
             failed.failed[0].items.append(item)
             return settled.add(failed)
-        path = str(opened.path)
+        path, seen = str(opened.path), self._seen.get(route, True)
         settled.add(self._end_part(route))
         self._held.pop(acquisition, None)
         if expected is None:
@@ -143,7 +143,7 @@ class Hdf5AcquisitionSink(Hdf5Sink):
             log.warning(
                 "%s: acquisition %d ended with %d frame(s) emitted, but %s holds %d: %d missing%s",
                 item.source, acquisition[1], expected, path, held, expected - held,
-                "" if self._seen.get(route, True) else " (the archiver did not see it start)",
+                "" if seen else " (the archiver did not see it start)",
             )  # fmt: skip
         elif held > expected:
             log.warning(

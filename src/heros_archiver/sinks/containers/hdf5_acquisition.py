@@ -16,9 +16,9 @@ announced) its ``acquisition`` group says::
         @frames_held      frames archived of the acquisition, in this file and its earlier parts (-1 until stopped)
 
 The end is written into the acquisition's last file (with ``max_frames`` or ``max_bytes`` it may have
-several parts). All of them are created with the group, before SWMR starts (SWMR forbids creating attributes later), so the
-end only changes values in place. ``number`` and ``started`` identify the acquisition: a reopened file of
-another acquisition is not appended to.
+several parts). All of them are created with the group, before SWMR starts (SWMR forbids creating
+attributes later), so the end only changes values in place. ``source``, ``number`` and ``started``
+identify the acquisition: a reopened file of another acquisition is not appended to.
 """
 
 from __future__ import annotations
