@@ -372,7 +372,7 @@ def test_any_start_and_stop_payload_from_the_network_is_handled(
     made.camera.acquisition_stopped(stopped)
     wait_until(
         lambda: (
-            counters(made)["received"] == before.get("received", 0) + 3
+            counters(made).get("received", 0) == before.get("received", 0) + 3
             and made.archiver.stats()["total"]["in_flight"] == 0
         ),
         30,
