@@ -22,6 +22,7 @@ from heros_archiver.testing import (
     ReliableSimulatedCamera,
     free_port,
     loopback_config_json,
+    loopback_settings,
     session_manager,
     unique_realm,
     wait_for_subscriber,
@@ -251,3 +252,116 @@ def test_boss_runs_an_hdf5_archiver(tmp_path: Path) -> None:
         if process is not None:
             _stop_group(process)
         camera._destroy_hero()
+
+
+def test_boss_runs_a_herosdevices_camera_and_an_hdf5_archiver_of_its_acquisitions(tmp_path: Path) -> None:
+    """A real herosdevices ``CameraDummy`` and ``Hdf5Archiver(acquisitions=True)``, both started by BOSS, the
+    camera's three events made reliable by BOSS's ``extra_decorators``; the test arms and triggers the camera
+    by remote calls, twice, and reads one file per acquisition back with h5py."""
+    import h5py
+
+    runs = tmp_path / "runs"
+    reliable = "heros.event.reliable"
+    camera_config = {
+        "_id": "cam",
+        "classname": "herosdevices.hardware.dummy.cameras.CameraDummy",
+        "arguments": {
+            "config_dict": {
+                "triggered": {"frame_count": 3, "width": 8, "height": 6, "exposure_time": 0.5, "auto_trigger": False},
+                "second": {"frame_count": 2, "width": 4, "height": 2, "exposure_time": 0.25, "auto_trigger": False},
+            },
+            "default_config": "triggered",
+        },
+        "extra_decorators": [
+            [name, reliable] for name in ("acquisition_data", "acquisition_started", "acquisition_stopped")
+        ],
+    }
+    archiver_config = {
+        "_id": "acquisition-archiver",
+        "classname": "heros_archiver.Hdf5Archiver",
+        "arguments": {
+            "object_selector": "cam",
+            "event_name": "acquisition_data",
+            "default_metadata": {"file_path": str(runs)},
+            "file_template": "{{ file_path }}/{{ source_name }}-{{ acquisition }}.h5",
+            "acquisitions": True,
+            "sequence_key": "frame",
+        },
+    }
+    files = []
+    for config in (camera_config, archiver_config):
+        files.append(tmp_path / f"{config['_id']}.json")
+        files[-1].write_text(json.dumps(config))
+    port, realm = free_port(), unique_realm()
+    # the test's session routes between BOSS's workers (peers that only connect to it): the archiver's
+    # subscription reaches the camera before the remote calls the test sends after it through the same router
+    router = ZenohSessionManager({**loopback_settings(listen_port=port), "mode": "router"})
+    log_file = tmp_path / "boss.log"
+    process: subprocess.Popen[bytes] | None = None
+    heroes: list[RemoteHERO] = []
+    try:
+        process = _start_boss_with(files, realm, port, log_file)
+        try:
+            archiver = _remote_hero("acquisition-archiver", realm, router, timeout=60)
+            heroes.append(archiver)
+            camera = _remote_hero("cam", realm, router, timeout=60)
+            heroes.append(camera)
+        except AssertionError as exc:
+            pytest.fail(f"{exc}; boss log:\n{log_file.read_text()}")
+
+        def acquisitions_checked(count: int) -> None:
+            try:
+                wait_until(lambda: archiver.stats()["total"]["acquisitions"] == count, 30, f"acquisition {count}'s end")
+                wait_until(lambda: archiver.stats()["total"]["in_flight"] == 0, 30, "every item archived")
+            except AssertionError as exc:
+                pytest.fail(f"{exc}; stats {archiver.stats()['total']}; boss log:\n{log_file.read_text()}")
+
+        # triggered by the test, not by the camera itself: with auto_trigger, CameraDummy's acquisition thread
+        # (started by arm() before it emits acquisition_started) may emit frame 0 before the start
+        for number, (configuration, frames) in enumerate((("triggered", 3), ("second", 2)), start=1):
+            assert camera.configure(configuration)
+            assert camera.arm()
+            for _ in range(frames):
+                assert camera.start()  # a software trigger: one frame each
+            acquisitions_checked(number)
+        stats = archiver.stats()["sources"]["cam"]
+        assert stats["archived"] == 5 + 4 and stats["acquisition_gaps"] == 0 and stats["duplicates"] == 0, stats
+
+        os.killpg(process.pid, signal.SIGTERM)
+        assert process.wait(timeout=30) == 0, log_file.read_text()
+    finally:
+        for hero in heroes:
+            hero._destroy_hero()
+        if process is not None:
+            _stop_group(process)
+        router.force_close()
+
+    assert sorted(p.name for p in runs.glob("*.h5")) == ["cam-1.h5", "cam-2.h5"]
+    for name, shape, count, exposure in (("cam-1.h5", (6, 8), 3, 0.5), ("cam-2.h5", (2, 4), 2, 0.25)):
+        with h5py.File(runs / name, "r") as handle:
+            group = handle["cam"]
+            frames = group["data"]
+            assert frames.shape == (count, *shape) and frames.dtype == np.uint16, (name, frames)
+            assert list(group["metadata/frame"][()]) == list(range(count)), name
+            assert group["configuration"].attrs["exposure_time"] == exposure, name
+            acquisition = dict(group["acquisition"].attrs)
+            assert acquisition["stopped"] and acquisition["frames_expected"] == acquisition["frames_held"] == count
+            assert acquisition["start_seen"], acquisition
+
+
+def _start_boss_with(config_files: list[Path], realm: str, port: int, log_file: Path) -> subprocess.Popen[bytes]:
+    """``boss`` with several config files (one worker process per HERO), each a Zenoh client of the test's router
+    (peers would expect to reach each other directly, and BOSS's workers do not listen)."""
+    settings = {**json.loads(loopback_config_json(connect_port=port)), "mode": "client"}
+    env = {**os.environ, "HEROS_ZENOH_CONFIG": json.dumps(settings)}
+    urls = [argument for path in config_files for argument in ("-u", path.as_uri())]
+    with open(log_file, "wb") as log:
+        return subprocess.Popen(
+            [str(BOSS), *urls, "--realm", realm],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=log_file.parent,
+            start_new_session=True,
+        )

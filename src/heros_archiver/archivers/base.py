@@ -174,6 +174,8 @@ class HERODataArchiver(EventObserver):
             zenoh_shared_memory,
         )
         self._buffered_intakes: list[BufferedIntake] = []
+        #: subscriptions to more events of the same HEROs (``_subscribe_event``), undeclared with the first
+        self._more_subscriptions: list[Any] = []
         self._source_names: dict[str, str] = {}
         self.metadata = dict(self.options.default_metadata)
         self.max_retries = max_retries
@@ -333,12 +335,23 @@ class HERODataArchiver(EventObserver):
         )
         self._pipeline.reject(Item(source_name, raw, {}, len(raw)), problem)
 
-    def _source_name(self, key: str) -> str:
+    def _subscribe_event(self, event_name: str, callback: Callable[[str, Any], None]) -> None:
+        """Also receive ``event_name`` of the HEROs the archiver observes: ``callback(source_name, data)`` on the
+        same path as its own event (decoded alike; a direct callback on Zenoh's receive thread, so that the
+        events of one sender reach the archiver in the order they were sent). Undeclared before the drain."""
+        selector = heros_compat.event_key(heros_compat.realm(self), self._selector, event_name)
+
+        def handle(key_expr: Any, data: Any) -> None:
+            callback(self._source_name(str(key_expr), event_name), data)
+
+        self._more_subscriptions.append(self._subscribe_selector(selector, handle))
+
+    def _source_name(self, key: str, event_name: str | None = None) -> str:
         """The HERO that sends on ``key``, found once per sender instead of by a regular expression per event."""
         try:
             return self._source_names[key]
         except KeyError:
-            source_name = heros_compat.sender_name(self, key, self._event) or key
+            source_name = heros_compat.sender_name(self, key, event_name or self._event) or key
             if len(self._source_names) >= _MAX_SOURCE_NAMES:
                 self._source_names.clear()
             self._source_names[key] = source_name
@@ -422,16 +435,16 @@ class HERODataArchiver(EventObserver):
                 subscriptions.remove(intake.subscriber)
 
     def _undeclare_subscription(self) -> None:
-        subscription = heros_compat.primary_subscription(self)
         subscriptions = heros_compat.subscriptions(self)
-        if subscription is None or subscription not in subscriptions:
-            return  # never declared, or a buffered one, undeclared before the drain
-        try:
-            subscription.undeclare()
-        except Exception as exc:  # noqa: BLE001 - the session may already be closed
-            log.debug("undeclaring the subscription failed: %s", exc)
-        if subscription in subscriptions:
-            subscriptions.remove(subscription)
+        for subscription in [heros_compat.primary_subscription(self), *self._more_subscriptions]:
+            if subscription is None or subscription not in subscriptions:
+                continue  # never declared, or a buffered one, undeclared before the drain
+            try:
+                subscription.undeclare()
+            except Exception as exc:  # noqa: BLE001 - the session may already be closed
+                log.debug("undeclaring the subscription failed: %s", exc)
+            if subscription in subscriptions:
+                subscriptions.remove(subscription)
 
     def close(self) -> None:
         """Stop intake, drain the queue within ``drain_timeout``, set aside what is left, log the final

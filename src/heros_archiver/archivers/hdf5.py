@@ -13,14 +13,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigurationError
+from ..errors import ArchiverError, ConfigurationError, PayloadError
 from ..naming.templates import PathTemplate, derive_root
+from ..pipeline.payload import item_nbytes
 from ..pipeline.queueing import Item
 from ..sinks.base import ContainerSink
 from ..sinks.containers.hdf5 import DEFAULT_COMPRESSION, OnExists
 from ..sinks.containers.hdf5_files import load_h5py
+from ..sinks.hdf5_acquisitions import START_EVENT, STOP_EVENT, frame_count
 from ..sinks.writer import _refuse_reserved
 from ..state.statedir import DEAD_LETTER_SUBDIR
+from .acquisitions import AcquisitionTracker, check_templates
 from .base import HERODataArchiver
 from .files import _refuse_linked_state_directory
 from .options import (
@@ -57,6 +60,15 @@ class Hdf5Archiver(HERODataArchiver):
         root: archive root (default: derived from ``file_template`` as for the file archivers).
         fsync: ``none`` (default: a commit survives the archiver's process being killed) or ``file`` (an
             fsync per commit: it survives a power loss too).
+        acquisitions: also receive the cameras' ``acquisition_started`` and ``acquisition_stopped`` (HEROS
+            cameras of herosdevices) and write each acquisition into a file of its own: the start's
+            configuration as attributes, the stop's count of frames emitted checked against the frames the
+            file holds (a shortfall is logged and counted in ``acquisition_gaps``). The templates see
+            ``acquisition`` (1, 2, ... per camera since the archiver started), ``acquisition_start`` (UTC,
+            ``20261201T221803.123Z``) and ``acquisition_start_seen``, and may use only those, ``source_name``
+            and the default metadata; a template that renders the same path again gets ``name-1.h5``, ...
+            (default False). Needs ``intake_buffer=0`` (the default), which keeps the events in order, and
+            ``overflow`` ``block`` or ``spill``, under which the two events are never dropped.
     """
 
     sink_options: Hdf5Options
@@ -77,19 +89,32 @@ class Hdf5Archiver(HERODataArchiver):
         on_exists: OnExists = "error",
         root: str | None = None,
         fsync: str = "none",
+        acquisitions: bool = False,
         **kwargs: Any,
     ) -> None:
         self.sink_options = Hdf5Options(
             file_template, dataset_template, compression, frames_per_chunk, flush_frames, flush_seconds,
-            max_frames, max_bytes, idle_timeout, max_open_files, on_exists, root, fsync,
+            max_frames, max_bytes, idle_timeout, max_open_files, on_exists, root, fsync, acquisitions,
         )  # fmt: skip
+        self.sink_options.check_with(kwargs.get("intake_buffer"), kwargs.get("overflow", "block"))
         load_h5py()  # a missing extra fails here, at start
+        self._tracker = AcquisitionTracker()
         HERODataArchiver.__init__(self, *args, **kwargs)
+        if acquisitions:
+            try:
+                for event_name in (START_EVENT, STOP_EVENT):
+                    self._subscribe_event(event_name, self._marker_feed(event_name))
+            except BaseException:
+                self.close()
+                raise
 
     # ------------------------------------------------------------------ hooks of HERODataArchiver
     def _setup_storage(self) -> None:
         """Compile both templates (syntax errors fail here) under the root, and check the state directory."""
         options = self.sink_options
+        if self.sink_options.acquisitions:
+            templates = (("file_template", options.file_template), ("dataset_template", options.dataset_template))
+            check_templates(templates, self.metadata)
         root = Path(options.root) if options.root else derive_root(options.file_template, self.metadata)
         self.name_template = PathTemplate(options.file_template, root)
         self.root = self.name_template.root
@@ -109,17 +134,69 @@ class Hdf5Archiver(HERODataArchiver):
         return self._route
 
     def _route(self, item: Item) -> None:
-        """Render and confine the item's file path (once, on receipt): it is the item's route to its writer."""
-        context = {**item.metadata, "source_name": item.source}
-        path = self.name_template.render_confined(context)
+        """Render and confine the item's file path (once, on receipt): it is the item's route to its writer.
+
+        With ``acquisitions``, a frame received now (not read back from the spool, which kept its context)
+        is first given the acquisition it belongs to."""
+        if self.sink_options.acquisitions and item.context is None and item.spool_entry is None and item.event is None:
+            item.context = self._tracker.frame(item.source)
+        path = self.name_template.render_confined(self._context(item))
         _refuse_reserved(path, str(self.root), self.sink_options.file_template)
         item.route = path
 
+    def _context(self, item: Item) -> dict[str, Any]:
+        """What the templates see: the item's metadata, or, for an item of an acquisition, what is known when
+        it starts (the default metadata and the acquisition), so that all its items render the same path."""
+        if item.context is not None:
+            return {**self.metadata, **item.context, "source_name": item.source}
+        return {**item.metadata, "source_name": item.source}
+
     def _dataset_of(self, item: Item) -> str:
-        return self._dataset.render_text({**item.metadata, "source_name": item.source})
+        return self._dataset.render_text(self._context(item))
+
+    def _marker_feed(self, event_name: str) -> Callable[[str, Any], None]:
+        """The callback of ``acquisition_started`` / ``acquisition_stopped``: the event becomes a marker item
+        in the lane of its acquisition's frames (see ``sinks.hdf5_acquisitions``). Never raises."""
+
+        def feed_marker(source_name: str, data: Any) -> None:
+            item = Item(source_name, data, {}, item_nbytes(data, {}), event=event_name)
+            if event_name == START_EVENT:
+                self._accounting.restart_sequence(source_name)  # the camera's frame counter starts again
+                item.context = self._tracker.started(source_name)
+            else:
+                item.context = self._tracker.stopped(source_name)
+                if item.context is None:
+                    self._stop_without_acquisition(source_name, data)
+                    return
+            self._accounting.received(source_name, {})
+            if not isinstance(data, dict):
+                problem = PayloadError(f"{event_name} from {source_name!r}: expected a dict, got {type(data).__name__}")
+                self._pipeline.reject(item, problem)
+                return
+            try:
+                self._route(item)
+            except ArchiverError as exc:
+                self._pipeline.reject(item, exc)
+                return
+            self._pipeline.submit(item)
+
+        return feed_marker
+
+    def _stop_without_acquisition(self, source_name: str, data: Any) -> None:
+        """A stop of an acquisition of which nothing arrived (no start, no frame): nothing to write; counted
+        (its frames as missing) and logged."""
+        expected = frame_count(data, "frames") if isinstance(data, dict) else None
+        self._accounting.acquisition_checked(source_name, expected, 0)
+        log.warning(
+            "%s: %s (%.200r) for an acquisition of which neither its start nor a frame arrived; nothing written",
+            source_name,
+            STOP_EVENT,
+            data,
+        )
 
     def _container_sink_factory(self) -> Callable[[], ContainerSink]:
         from ..sinks.hdf5 import Hdf5Sink, Hdf5SinkSettings
+        from ..sinks.hdf5_acquisitions import Hdf5AcquisitionSink
 
         options = self.sink_options
         settings = Hdf5SinkSettings(
@@ -129,7 +206,8 @@ class Hdf5Archiver(HERODataArchiver):
             max_frames=options.max_frames, max_bytes=options.max_bytes, idle_timeout=float(options.idle_timeout),
             max_open_files=options.max_open_files, sequence_key=self.options.sequence_key,
         )  # fmt: skip
-        return lambda: Hdf5Sink(settings, self._dataset_of)
+        sink = Hdf5AcquisitionSink if self.sink_options.acquisitions else Hdf5Sink
+        return lambda: sink(settings, self._dataset_of)
 
     def _store(self, source_name: str, payload: Any, metadata: dict[str, Any]) -> None:
         """Not used: items go to the container sink (the reference API's hook, kept for subclasses' sake)."""

@@ -137,6 +137,7 @@ class Hdf5Options:
     on_exists: ContainerOnExists = "error"
     root: str | os.PathLike[str] | None = None
     fsync: str = "none"
+    acquisitions: bool = False
 
     def __post_init__(self) -> None:
         _check_template("file_template", self.file_template)
@@ -153,3 +154,19 @@ class Hdf5Options:
         check_seconds("flush_seconds", self.flush_seconds)
         check_seconds("idle_timeout", self.idle_timeout)
         _check_optional_text("root", self.root, "a directory path or None")
+        if not isinstance(self.acquisitions, bool):
+            raise ConfigurationError(f"acquisitions: expected True or False, got {self.acquisitions!r:.200}")
+
+    def check_with(self, intake_buffer: object, overflow: object) -> None:
+        """What the options need of the archiver's common arguments (checked by ``ArchiverOptions``)."""
+        if self.acquisitions and intake_buffer:
+            raise ConfigurationError(
+                f"acquisitions=True with intake_buffer={intake_buffer!r}: expected intake_buffer=0 (the "
+                "default): the acquisition events arrive on subscriptions of their own, and only direct callbacks "
+                "keep them in order with the frames"
+            )
+        if self.acquisitions and overflow == "drop":
+            raise ConfigurationError(
+                "acquisitions=True with overflow='drop': expected 'block' or 'spill', under which the acquisition "
+                "events are never dropped (a lost start or stop would put frames in the wrong file, unchecked)"
+            )

@@ -5,6 +5,11 @@ entry could not be read back and was moved aside); ``in_flight`` is what is stil
 written, so ``received == archived + dead_lettered + dropped + quarantined + in_flight``.
 ``lost_spool_full`` and ``lost_reject_backlog`` say why some of the dropped were lost without a policy
 asking for it (a full queue while the spool could not be written; a backlog of rejected items too long).
+``acquisitions`` counts the acquisitions whose end a camera announced (``acquisition_stopped``) and whose
+file was checked against the frames it said it emitted; ``acquisition_gaps`` those whose file held fewer,
+``acquisition_missing`` how many fewer in all. They are apart from ``gaps``/``missing`` (found from the
+sequence numbers), which may see the same missing frames: a frame missing at the end of an acquisition
+only shows here.
 """
 
 from __future__ import annotations
@@ -29,6 +34,9 @@ COUNTERS = (
     "gaps",
     "missing",
     "duplicates",
+    "acquisitions",
+    "acquisition_gaps",
+    "acquisition_missing",
 )
 
 #: The counters an item ends in (exactly one of them); ``in_flight`` is ``received`` minus their sum.
@@ -51,6 +59,9 @@ class SourceCounters:
     gaps: int = 0
     missing: int = 0
     duplicates: int = 0
+    acquisitions: int = 0
+    acquisition_gaps: int = 0
+    acquisition_missing: int = 0
     last_sequence: int | None = None
     missing_ranges: list[tuple[int, int]] = field(default_factory=list)
 
@@ -95,6 +106,22 @@ class Accounting:
             counters = self._of(source)
             counters.archived += 1
             counters.bytes += nbytes
+
+    def restart_sequence(self, source: str) -> None:
+        """``source`` starts counting its sequence again (a camera's ``frame`` restarts at 0 at every arm):
+        its next value is neither a gap nor a repeat."""
+        with self._lock:
+            self._of(source).last_sequence = None
+
+    def acquisition_checked(self, source: str, expected: int | None, held: int) -> None:
+        """One acquisition of ``source`` ended: its file holds ``held`` frames, the camera said it emitted
+        ``expected`` (None: it did not say); a shortfall counts as an acquisition gap."""
+        with self._lock:
+            counters = self._of(source)
+            counters.acquisitions += 1
+            if expected is not None and held < expected:
+                counters.acquisition_gaps += 1
+                counters.acquisition_missing += expected - held
 
     def received(self, source: str, metadata: dict[str, Any]) -> None:
         """Count a received item and check its sequence number, if a ``sequence_key`` is set."""

@@ -98,6 +98,8 @@ class ContainerWriter:
         for item in settled.archived:
             pipeline._accounting.archived(item.source, item.nbytes)
             pipeline.spool.done(item)
+        for check in settled.checks:
+            pipeline._accounting.acquisition_checked(check.source, check.expected, check.held)
         self._failures.extend(settled.failed)
         if self._retrying:
             return

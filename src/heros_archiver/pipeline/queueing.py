@@ -36,6 +36,11 @@ class Item:
     route: str | None = None
     #: a container sink's item key (``containers.ItemKey``), computed once by its writer
     key: Any = None
+    #: the event it came from when that is not the archiver's own (e.g. ``acquisition_started``: a marker)
+    event: str | None = None
+    #: what the archiver added on receipt for its templates (e.g. the acquisition it belongs to): not part of
+    #: the metadata that arrived, kept beside it (also in the spool and the dead-letter store)
+    context: dict[str, Any] | None = None
 
     @property
     def lane_key(self) -> str:

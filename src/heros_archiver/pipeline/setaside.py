@@ -99,7 +99,7 @@ class SetAside:
             try:
                 written = self.dead_letters.write(
                     source=item.source,
-                    event=self._event,
+                    event=item.event or self._event,
                     payload=item.payload,
                     metadata=item.metadata,
                     error=message,
@@ -108,6 +108,7 @@ class SetAside:
                     nbytes=item.nbytes,
                     received=item.received,
                     described=described,
+                    context=item.context,
                 )
             except OSError as exc:  # storage (StorageError is one): worth retrying
                 if persist and attempt == 1:
@@ -142,7 +143,7 @@ class SetAside:
             log.error(
                 "%s (event %s): %s; kept in the dead-letter store as %s after %d attempt(s)",
                 item.source,
-                self._event,
+                item.event or self._event,
                 message,
                 written.path,
                 item.attempts,

@@ -22,7 +22,7 @@ from typing import ClassVar
 
 from ..pipeline.queueing import Item
 
-__all__ = ["CommitFailure", "ContainerSink", "FileSink", "Settled", "Sink", "SinkCapabilities"]
+__all__ = ["AcquisitionCheck", "CommitFailure", "ContainerSink", "FileSink", "Settled", "Sink", "SinkCapabilities"]
 
 
 @dataclass(frozen=True)
@@ -60,17 +60,30 @@ class CommitFailure:
     error: BaseException
 
 
+@dataclass(frozen=True)
+class AcquisitionCheck:
+    """An acquisition's end, checked: its file holds ``held`` frames, its camera said it emitted ``expected``
+    (None: it did not say). Reported once, with the end marker's item, when that is archived."""
+
+    source: str
+    path: str
+    expected: int | None
+    held: int
+
+
 @dataclass
 class Settled:
-    """What a sink call settled: items now committed (archived), and commits that failed."""
+    """What a sink call settled: items now committed (archived), commits that failed, acquisitions checked."""
 
     archived: list[Item] = field(default_factory=list)
     failed: list[CommitFailure] = field(default_factory=list)
+    checks: list[AcquisitionCheck] = field(default_factory=list)
 
     def add(self, other: Settled) -> Settled:
         """Both together (returns self)."""
         self.archived.extend(other.archived)
         self.failed.extend(other.failed)
+        self.checks.extend(other.checks)
         return self
 
 

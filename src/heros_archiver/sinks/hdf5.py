@@ -88,6 +88,8 @@ class Hdf5Sink(ContainerSink):
         self.flush_bytes = settings.flush_bytes
         self._series: dict[str, _Series] = {}
         self._open: OrderedDict[str, _Open] = OrderedDict()
+        #: what a call settled before it raised, reported with the next one
+        self._unreported = Settled()
 
     # ------------------------------------------------------------------ the ContainerSink interface
     @property
@@ -104,7 +106,18 @@ class Hdf5Sink(ContainerSink):
         return min(times) if times else None
 
     def append(self, item: Item) -> Settled:
-        settled = Settled()
+        """``_append``; what it settled before it raised (a file committed and closed, then the next one cannot
+        be opened) is kept and reported with the next call, so that no committed item goes unaccounted."""
+        settled, self._unreported = self._unreported, Settled()
+        try:
+            self._append(item, settled)
+        except BaseException:
+            self._unreported = settled
+            raise
+        return settled
+
+    def _append(self, item: Item, settled: Settled) -> Settled:
+        """Append ``item`` to its file (see ``append``), adding what that settled to ``settled``."""
         route = item.lane_key
         dataset = self._dataset_of(item)
         key = item.key if item.key is not None else self._key(item)
@@ -143,19 +156,19 @@ class Hdf5Sink(ContainerSink):
         return settled
 
     def commit(self) -> Settled:
-        settled = Settled()
+        settled, self._unreported = self._unreported, Settled()
         for route in [r for r, o in self._open.items() if o.waiting]:
             settled.add(self._commit(route))
         return settled
 
     def expire(self, now: float) -> Settled:
-        settled = Settled()
+        settled, self._unreported = self._unreported, Settled()
         for route in [r for r, o in self._open.items() if now - o.used >= self._settings.idle_timeout]:
             settled.add(self._close(route))
         return settled
 
     def close(self) -> Settled:
-        settled = Settled()
+        settled, self._unreported = self._unreported, Settled()
         for route in list(self._open):
             settled.add(self._close(route))
         return settled
@@ -203,7 +216,7 @@ class Hdf5Sink(ContainerSink):
         try:
             container = Hdf5Container(
                 path, dataset, compression=settings.compression, frames_per_chunk=settings.frames_per_chunk,
-                on_exists=policy, fsync=settings.fsync,
+                on_exists=policy, fsync=settings.fsync, **self._container_options(route),
             )  # fmt: skip
         except StorageError:
             if not existed and policy != "unique":  # created by us just now (exclusively) and left half-made
@@ -218,6 +231,10 @@ class Hdf5Sink(ContainerSink):
         opened = _Open(container, dataset, nbytes=size)
         self._open[route] = opened
         return opened
+
+    def _container_options(self, route: str) -> dict[str, Any]:
+        """More keywords for the container of ``route`` (a subclass adds attributes; none here)."""
+        return {}
 
     def _roll_over(self, route: str) -> Settled:
         """Close the part of ``route`` written now and go on with the next one (once: a part abandoned by
@@ -278,8 +295,7 @@ class Hdf5Sink(ContainerSink):
             log.error("closing %s failed after its last commit (its frames are committed): %s", opened.path, exc)
         return settled
 
-    @staticmethod
-    def _committed(opened: _Open) -> Settled:
+    def _committed(self, opened: _Open) -> Settled:
         """The items ``opened`` held, now committed (a commit reports every pending item)."""
         archived, opened.waiting = opened.waiting, []
         opened.pending_bytes = 0

@@ -73,6 +73,8 @@ class DeadLetter:
     nbytes: int = 0
     #: when the item arrived (``time`` is when the entry was written)
     received: float = 0.0
+    #: what the archiver added to the item on receipt (``Item.context``), None for none
+    context: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -144,12 +146,14 @@ class DeadLetterStore:
         received: float | None = None,
         require_faithful: bool = False,
         described: bool = False,
+        context: dict[str, Any] | None = None,
     ) -> Written:
         """Store one item with its faithful copy; raises OSError (or StorageError) only if storage fails.
 
         An item with no faithful copy raises UnfaithfulError with ``require_faithful`` (the spool), and is
         otherwise written described, with ``Written.lost`` saying why. ``described``: write only the
-        description (``entry.json``), the form that cannot fail whatever the item holds.
+        description (``entry.json``), the form that cannot fail whatever the item holds. ``context``: what the
+        archiver added on receipt (``Item.context``: text, numbers, booleans), kept in ``entry.json``.
         """
         copy: Encoded | None = None
         lost = "kept as a description only"
@@ -194,6 +198,7 @@ class DeadLetterStore:
                 "payload_note": payload_note,
                 "payload": _payload_description(payload, payload_file, self.readable_payload),
                 "writer": writer,
+                "context": context,
             }
             _write_file(tmp / ENTRY_FILE, [json.dumps(entry, indent=2).encode()])
             if self.fsync:
@@ -337,6 +342,7 @@ def _load(entry: Path) -> DeadLetter:
         writer=writer,
         nbytes=nbytes,
         received=received,
+        context=info.get("context") and _field(info, "context", (dict,)),
     )
 
 

@@ -87,7 +87,7 @@ class Spool:
         """
         written = self._store.write(
             source=item.source,
-            event=self._event,
+            event=item.event or self._event,
             payload=item.payload,
             metadata=item.metadata,
             error="",
@@ -95,6 +95,7 @@ class Spool:
             nbytes=item.nbytes,
             received=item.received,
             require_faithful=True,
+            context=item.context,
         )
         with self._ready:
             self._sources[written.path] = item.source
@@ -117,6 +118,8 @@ class Spool:
         item = Item(stored.source, stored.payload, stored.metadata, stored.nbytes, stored.received)
         item.attempts = stored.attempts
         item.spool_entry = entry
+        item.event = None if stored.event == self._event else stored.event
+        item.context = stored.context
         return item
 
     def _quarantine_entry(self, entry: Path, error: str) -> Damaged:

@@ -110,6 +110,11 @@ def sender_name(observer: EventObserver, key: str, event_name: str) -> str | Non
     return name
 
 
+def realm(observer: EventObserver) -> str:
+    """The realm the observer's HEROs are in."""
+    return str(observer._realm)
+
+
 def event_key(realm: str, object_name: str, event_name: str) -> str:
     """The key expression on which HERO ``object_name`` of ``realm`` publishes ``event_name``."""
     return f"{EventObserver._ns_objects}/{realm}/{object_name}/{event_name}"

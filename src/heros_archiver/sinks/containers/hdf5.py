@@ -10,6 +10,7 @@ What a file looks like (``dataset_path="entry/cam/data"``)::
     /entry/cam/archive/   item keys, source, sequence, receive time,  }
                           JSON of the rest, committed_length          }
     /entry/cam/configuration  @... the ``attributes`` given (e.g. a camera's configuration)
+    /entry/cam/acquisition    @... the acquisition the frames are, and its end (``hdf5_acquisition``)
 
 The shape and dtype of the frames and the metadata columns are fixed by the first frame, created before
 SWMR starts (SWMR forbids creating objects later). ``append`` keeps items in memory; ``commit`` writes
@@ -43,6 +44,8 @@ import numpy as np
 
 from ...errors import ConfigurationError, PayloadError, StorageError, TargetExistsError
 from . import CommitReport, Container, ContainerCapabilities, ItemKey, ItemMismatchError, lossless_json
+from .hdf5_acquisition import GROUP as ACQUISITION_GROUP
+from .hdf5_acquisition import check_same, write_end, write_group
 from .hdf5_columns import Columns, Row, read_archive_row, read_metadata, write_block
 from .hdf5_files import OPEN_FOR_WRITE, WriterLock, clear_status_flags, load_h5py, unique_path
 
@@ -50,6 +53,7 @@ __all__ = [
     "COMPRESSIONS",
     "DEFAULT_COMPRESSION",
     "JSON_ATTRIBUTES",
+    "OTHER_ATTRIBUTES",
     "Hdf5Container",
     "clear_status_flags",
     "read_archive_row",
@@ -104,7 +108,10 @@ class Hdf5Container(Container):
     ``COMPRESSIONS``; anything but ``none`` and ``gzip`` needs hdf5plugin in every reader too.
     ``attributes`` (e.g. a camera's configuration from ``acquisition_started``) become attributes of the
     stack's ``configuration`` group, written before SWMR starts (it forbids adding them later); reopening
-    a stack adds the names it does not have yet and keeps the values already there.
+    a stack adds the names it does not have yet and keeps the values already there. ``acquisition`` (the
+    acquisition the frames are, ``hdf5_acquisition``) becomes the ``acquisition`` group; an existing file
+    whose stack is of another acquisition raises ``OtherAcquisitionError``. With either, the groups are
+    written when the file opens, so a file of an acquisition without frames has them too.
     """
 
     capabilities = ContainerCapabilities(
@@ -122,6 +129,7 @@ class Hdf5Container(Container):
         swmr: bool = True,
         fsync: bool = False,
         attributes: Mapping[str, Any] | None = None,
+        acquisition: Mapping[str, Any] | None = None,
     ) -> None:
         self._parts = _dataset_parts(dataset_path)
         if compression not in COMPRESSIONS:
@@ -138,6 +146,7 @@ class Hdf5Container(Container):
         self.swmr = swmr
         self.fsync = fsync
         self._attributes = dict(attributes or {})
+        self._acquisition = dict(acquisition) if acquisition is not None else None
         self._pending: list[_Pending] = []
         self._index: dict[str, int] = {}
         self._committed = 0
@@ -146,10 +155,18 @@ class Hdf5Container(Container):
         self._frame_dtype = np.dtype(np.uint8)
         self._columns: Columns | None = None
         self._closed = False
+        existed = on_exists == "append" and Path(path).exists()
         self.path, self._file, self._lock = self._open(Path(path), on_exists)
         try:
+            if existed and self._acquisition is not None:
+                parent = self._file.get("/".join(self._parts[:-1]), default={})
+                check_same(parent, self._acquisition, f"{self.path} ({self.dataset_path!r})")
             if self.dataset_path in self._file:
                 self._reopen_stack()
+            elif self._attributes or self._acquisition is not None:
+                self._write_groups(self._file.require_group("/".join(self._parts[:-1])))
+                _link_defaults(self._file, self._parts[:-1])
+                self._file.flush()
         except BaseException:
             self._release()
             raise
@@ -211,7 +228,7 @@ class Hdf5Container(Container):
         self._committed = self._columns.recover(frames.shape[0])
         frames.resize(self._committed, axis=0)
         self._index = {key: i for i, key in enumerate(self._columns.keys(self._committed))}
-        write_attributes(group.require_group("configuration"), self._attributes)
+        self._write_groups(group)
         self._file.flush()
         self._start_swmr()
 
@@ -237,12 +254,31 @@ class Hdf5Container(Container):
         parent.attrs["NX_class"] = "NXdata"
         parent.attrs["signal"] = name
         self._columns = Columns.create(self._h5py, parent, metadata)
-        configuration = parent.create_group("configuration")
-        configuration.attrs["NX_class"] = "NXcollection"
-        write_attributes(configuration, self._attributes)
+        self._write_groups(parent)
         _link_defaults(self._file, groups)
         self._file.flush()
         self._start_swmr()
+
+    def _write_groups(self, parent: Any) -> None:
+        """The ``configuration`` group (``attributes``) and, if given, the ``acquisition`` group: before SWMR."""
+        configuration = parent.require_group("configuration")
+        configuration.attrs.setdefault("NX_class", "NXcollection")
+        write_attributes(configuration, self._attributes)
+        if self._acquisition is not None:
+            write_group(parent, self._acquisition)
+
+    def end_acquisition(self, end: Mapping[str, Any]) -> None:
+        """Record how the acquisition ended (``hdf5_acquisition.END_PLACEHOLDERS``' names) and flush; values
+        change in place, so SWMR readers may keep the file open."""
+        self._check_open()
+        group = self._file.get("/".join(self._parts[:-1]))
+        if group is None or ACQUISITION_GROUP not in group:
+            raise ConfigurationError(f"{self.path} has no acquisition group for {self.dataset_path!r} (expected one)")
+        try:
+            write_end(group, end)
+            self._flush()
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise StorageError(f"cannot record the end of the acquisition in {self.path}: {exc}") from exc
 
     def _set_frames(self, frames: Any) -> None:
         """The frames dataset, with its frame shape and dtype kept (h5py's properties ask HDF5 each time)."""
@@ -382,15 +418,29 @@ class Hdf5Container(Container):
 
 #: Names of the attributes of a ``configuration`` group whose values are JSON text (not plain scalars).
 JSON_ATTRIBUTES = "json_attributes"
+#: JSON text of the attributes whose names HDF5 cannot hold (empty, with NUL, not UTF-8, too long), that
+#: collide as text (``1`` and ``"1"``) or with the group's own (``NX_class``, these two): ``{name: value}``.
+OTHER_ATTRIBUTES = "other_attributes"
+#: Longest attribute name kept as a name (HDF5 refuses names beyond its object header's limits).
+MAX_NAME_BYTES = 1024
 
 
 def write_attributes(group: Any, attributes: Mapping[str, Any]) -> None:
     """``attributes`` on ``group``: numbers, booleans and strings as they are, anything else as JSON text
-    (its name listed in the ``json_attributes`` attribute); names already there keep their values."""
+    (its name listed in the ``json_attributes`` attribute); names already there keep their values. A name
+    HDF5 cannot hold (the configuration comes from the network) goes into ``other_attributes``, never lost."""
     encoded = list(group.attrs.get(JSON_ATTRIBUTES, []))
+    existing = set(group.attrs)
+    reserved = {JSON_ATTRIBUTES, OTHER_ATTRIBUTES, "NX_class"}
+    written: set[str] = set()
+    others: dict[str, Any] = {}
     for name, value in attributes.items():
         key = str(name)
-        if key in group.attrs or key == JSON_ATTRIBUTES:
+        if key in reserved or not _plain_name(key) or key in written:
+            others[repr(name) if key in others else key] = value
+            continue
+        written.add(key)
+        if key in existing:
             continue
         if _plain_attribute(value):
             group.attrs[key] = value
@@ -399,6 +449,17 @@ def write_attributes(group: Any, attributes: Mapping[str, Any]) -> None:
             encoded.append(key)
     if encoded:
         group.attrs[JSON_ATTRIBUTES] = encoded
+    if others and OTHER_ATTRIBUTES not in existing:
+        group.attrs[OTHER_ATTRIBUTES] = lossless_json(others).decode("ascii")
+
+
+def _plain_name(name: str) -> bool:
+    """True for a name HDF5 keeps as an attribute name, unchanged."""
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        return False
+    return 0 < size <= MAX_NAME_BYTES and "\0" not in name
 
 
 def _plain_attribute(value: Any) -> bool:
