@@ -148,6 +148,24 @@ def test_a_corrected_file_template_makes_a_new_file_under_the_root_only(tmp_path
     np.testing.assert_array_equal(frames, odd[np.newaxis])
 
 
+def test_frames_whose_file_template_cannot_render_are_replayed_with_it_fixed(tmp_path: Path) -> None:
+    """Dead-lettered on receipt (the events carry no ``run``); replayed into one file, in the order they came."""
+    archiver = _fed_archiver(tmp_path)
+    sent = [procs.frame(index, SHAPE) for index in range(3)]
+    for index, frame in enumerate(sent):
+        archiver.feed("cam", (frame, {"frame": index}))
+    archiver.close()
+    assert archiver.stats()["total"]["dead_lettered"] == 3
+    assert all("TemplateRenderError" in read_entry(e)["error"] for e in dead_letter_entries(tmp_path))
+
+    outcomes = replay(_dead_letters(tmp_path), template="{{ file_path }}/fixed.h5")
+    assert [o.ok for o in outcomes] == [True] * 3, outcomes
+    frames, metadata = _frames(tmp_path / "fixed.h5", "cam/data")  # the recorded dataset_template
+    np.testing.assert_array_equal(frames, np.stack(sent))
+    assert [m["frame"] for m in metadata] == [0, 1, 2]
+    assert dead_letter_entries(tmp_path) == []
+
+
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [

@@ -76,7 +76,11 @@ Factory = Callable[..., HERODataArchiver]
 
 
 class SinkContract:
-    """Subclass, set ``archiver_class`` (and ``payloads`` for dict sinks), implement the two methods."""
+    """Subclass, set ``archiver_class`` (and ``payloads`` for dict sinks), implement the two methods.
+
+    The crash test runs the archiver in a child process: it needs ``archiver_class`` importable by its module
+    and name, and ``archiver_kwargs`` that JSON can carry (it is skipped otherwise).
+    """
 
     #: the archiver whose sink is tested
     archiver_class: ClassVar[type[HERODataArchiver]]
@@ -301,6 +305,16 @@ class SinkContract:
         archived = self.read_back(tmp_path).get("cam", [])
         assert len(archived) == total["archived"], (len(archived), total)
         assert sorted(map(fingerprint, [*archived, *kept])) == sorted(map(fingerprint, sent))
+
+    def test_close_with_slow_storage_drains_within_drain_timeout(self, make_archiver: Factory, tmp_path: Path) -> None:
+        sent = [self.varied(self.cases()[0], i) for i in range(10)]
+        archiver = make_archiver(sink_wrapper=SlowSink(0.02))
+        self.feed_all(archiver, [("cam", p, i) for i, p in enumerate(sent)])
+        archiver.close()  # at once: slow storage, but drain_timeout (30 s) is long enough for all of it
+
+        total = self.totals(archiver)
+        assert total["archived"] == len(sent) and total["dead_lettered"] == total["dropped"] == 0, total
+        self.assert_same(self.read_back(tmp_path)["cam"], sent)
 
     def test_storage_failing_n_times_is_retried_and_every_item_archived_once(
         self, make_archiver: Factory, tmp_path: Path
