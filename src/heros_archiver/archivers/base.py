@@ -29,7 +29,7 @@ from ..pipeline.core import Pipeline
 from ..pipeline.options import DEFAULT_BLOCK_LIMIT, DEFAULT_MAX_QUEUE_BYTES, DEFAULT_MAX_QUEUE_ITEMS, PipelineOptions
 from ..pipeline.payload import estimate_nbytes, item_nbytes, split_event
 from ..pipeline.queueing import Item
-from ..sinks.base import ContainerSink
+from ..sinks.base import ContainerSink, Sink
 from ..sinks.batching import BatchWriter
 from ..state.deadletter import DeadLetterStore
 from ..state.spool import Spool
@@ -119,6 +119,10 @@ class HERODataArchiver(EventObserver):
         zenoh_shared_memory: use Zenoh's shared-memory transport for the archiver's session. ``None``
             (default): only with eclipse-zenoh 1.10.2 or later, because earlier releases drop messages
             silently when the receiver pushes back (eclipse-zenoh/zenoh#2628); see docs/decisions/0003.
+        sink_wrapper: for tests and instrumentation (not for BOSS configs): given each sink the pipeline
+            makes, returns the sink to use instead, of the same kind, e.g. the fault wrappers of
+            ``heros_archiver.testing.faults`` (slow storage, storage that fails). The JSON archiver's helper
+            processes are not used then, so that every item passes the wrapper (decision 0021).
     """
 
     metadata: dict[str, Any]
@@ -147,8 +151,11 @@ class HERODataArchiver(EventObserver):
         dead_letter_dir: str | None = None,
         spool_dir: str | None = None,
         zenoh_shared_memory: bool | None = None,
+        sink_wrapper: Callable[[Sink], Sink] | None = None,
         **kwargs: Any,
     ) -> None:
+        if sink_wrapper is not None and not callable(sink_wrapper):
+            raise ConfigurationError(f"sink_wrapper: expected a callable (sink -> sink) or None, got {sink_wrapper!r}")
         self._close_lock = threading.Lock()
         self._closed = False
         self.options = ArchiverOptions(
@@ -201,6 +208,7 @@ class HERODataArchiver(EventObserver):
             self._writeback_tracker(),
             self._container_sink_factory(),
             self._router,
+            sink_wrapper,
         )
         if zenoh_shared_memory is None:
             zenoh_shared_memory = shared_memory_is_safe(installed_zenoh_version())

@@ -22,6 +22,7 @@ from ..sinks.containers.hdf5 import DEFAULT_COMPRESSION, OnExists
 from ..sinks.containers.hdf5_files import load_h5py
 from ..sinks.hdf5_acquisitions import START_EVENT, STOP_EVENT, frame_count
 from ..sinks.writer import _refuse_reserved
+from ..state.replay_hdf5 import HDF5_KIND, Hdf5WriterSettings
 from ..state.statedir import DEAD_LETTER_SUBDIR
 from .acquisitions import AcquisitionTracker, check_templates
 from .base import HERODataArchiver
@@ -129,6 +130,15 @@ class Hdf5Archiver(HERODataArchiver):
 
     def _state_is_durable(self) -> bool:
         return self.sink_options.fsync != "none"
+
+    def _writer_settings(self) -> dict[str, Any]:
+        """Recorded with each dead letter, so that ``heros-archiver replay`` appends it where it belongs."""
+        return Hdf5WriterSettings(
+            kind=HDF5_KIND, file_template=self.name_template.source, dataset_template=self._dataset.source,
+            root=str(self.root), compression=self.compression, frames_per_chunk=self.frames_per_chunk,
+            on_exists=self.on_exists, fsync=self.fsync != "none", max_frames=self.max_frames,
+            max_bytes=self.max_bytes, sequence_key=self._sequence_key,
+        ).to_dict()  # fmt: skip
 
     def _item_router(self) -> Callable[[Item], None]:
         return self._route

@@ -47,12 +47,13 @@ class ContainerWriter:
         queue, abort = pipeline._queue, pipeline._abort
         while not abort.is_set():
             self._settle(sink.expire(time.monotonic()))
+            closed = queue.closed  # before taking: only a lane found empty after closing is done for good
             item = queue.get(self._lane, timeout=self._wait())
             if item is not None:
                 self._append(item)
             if self._due():
                 self._settle(sink.commit())
-            elif item is None and queue.closed:
+            elif item is None and closed:
                 break
         self._finish()
 

@@ -14,10 +14,10 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from ..errors import ArchiverError, ConfigurationError
-from ..sinks.base import ContainerSink, FileSink
+from ..sinks.base import ContainerSink, FileSink, Sink
 from ..sinks.batching import BatchWriter
 from ..state.deadletter import DeadLetterStore
 from ..state.spool import Spool
@@ -28,6 +28,8 @@ from .queueing import Item, LaneQueue, RejectQueue
 from .setaside import LOST_LOG_INTERVAL, StoreFunction, log
 from .submission import Submission
 from .writers import Writers
+
+SinkT = TypeVar("SinkT", bound=Sink)
 
 #: Rejected items (bad payloads, undecodable bytes) waiting for their dead-letter entry: at most this many ...
 REJECT_MAX_ITEMS = 1000
@@ -56,6 +58,9 @@ class Pipeline(Submission, Writers):
             there instead of ``store``, and count as archived only once committed (``container_writer``).
         route: sets ``item.route`` of an item read back from the spool (the archiver does it in ``feed`` for
             the others), so that it reaches its container's writer; an error dead-letters the item.
+        sink_wrapper: given every sink made here (the file sink, each lane's container sink), returns the sink
+            to use instead, of the same kind: fault wrappers in tests (``heros_archiver.testing.faults``),
+            instrumentation. With it the batch writer is not used, so that every item reaches the wrapper.
     """
 
     def __init__(
@@ -72,11 +77,16 @@ class Pipeline(Submission, Writers):
         writeback: WritebackWindow | None = None,
         container_sink: Callable[[], ContainerSink] | None = None,
         route: Callable[[Item], None] | None = None,
+        sink_wrapper: Callable[[Sink], Sink] | None = None,
     ) -> None:
         self._event = event
-        self._sink = FileSink(store)
+        self._sink = _wrapped(FileSink(store), sink_wrapper)
         #: one container sink per lane, made here so that a sink that cannot be made fails the constructor
-        self._container_sinks = [container_sink() for _ in range(options.writers)] if container_sink else None
+        self._container_sinks = (
+            [_wrapped(container_sink(), sink_wrapper) for _ in range(options.writers)] if container_sink else None
+        )
+        if sink_wrapper is not None:
+            batch_writer = None  # its helper processes would write items the wrapper never sees
         for sink in self._container_sinks or ():
             if sink.capabilities.single_writer and route is None:
                 raise ConfigurationError(
@@ -204,3 +214,17 @@ class Pipeline(Submission, Writers):
             "spool_failing": self._spool_failing,
             "rejected_waiting": len(self._rejects),
         }
+
+
+def _wrapped(sink: SinkT, wrapper: Callable[[Sink], Sink] | None) -> SinkT:
+    """``wrapper(sink)`` (or ``sink`` without a wrapper), checked to be the same kind of sink."""
+    if wrapper is None:
+        return sink
+    kind = FileSink if isinstance(sink, FileSink) else ContainerSink
+    wrapped = wrapper(sink)
+    if not isinstance(wrapped, kind):
+        raise ConfigurationError(
+            f"sink_wrapper: expected a {kind.__name__} around the {type(sink).__name__} it was given, "
+            f"got {type(wrapped).__name__}"
+        )
+    return cast(SinkT, wrapped)

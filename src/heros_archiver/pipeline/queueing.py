@@ -99,7 +99,7 @@ class LaneQueue:
     def get(self, lane: int, timeout: float) -> Item | None:
         """The next item of ``lane``, or None after ``timeout`` seconds without one."""
         with self._not_empty[lane]:
-            if not self._lanes[lane]:
+            if not self._lanes[lane] and not self._closed:  # closed: nothing more can come
                 self._not_empty[lane].wait(timeout)
             if not self._lanes[lane]:
                 return None
@@ -114,7 +114,7 @@ class LaneQueue:
         reached (at least one); waits up to ``timeout`` seconds for the first."""
         with self._not_empty[lane]:
             waiting = self._lanes[lane]
-            if not waiting and timeout > 0:
+            if not waiting and timeout > 0 and not self._closed:  # closed: nothing more can come
                 self._not_empty[lane].wait(timeout)
             items: list[Item] = []
             nbytes = 0

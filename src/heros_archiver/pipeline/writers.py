@@ -30,9 +30,10 @@ class Writers(SetAside):
             return
         while not self._abort.is_set():
             self._settle_written_back(lane)
+            closed = self._queue.closed  # before taking: only a lane found empty after closing is done for good
             item = self._queue.get(lane, timeout=0.2)
             if item is None:
-                if not self._flush_writeback() and self._queue.closed and not self._unsettled[lane]:
+                if not self._flush_writeback() and closed and not self._unsettled[lane]:
                     return
                 continue
             if self._process(item):
@@ -45,6 +46,9 @@ class Writers(SetAside):
         while True:
             self._settle_written_back(lane)
             items: list[Item] = []
+            # read before taking: the collect below waits for a helper, while more may be queued and the queue
+            # closed; only a lane found empty after the queue was closed is done for good
+            closed = self._queue.closed
             if not self._abort.is_set():
                 items = self._queue.get_many(lane, BATCH_ITEMS, BATCH_BYTES, 0.0 if pending else 0.2)
             batch = batch_writer.send(lane, items) if items else None
@@ -54,7 +58,7 @@ class Writers(SetAside):
             pending = batch
             if pending is None and not items and self._flush_writeback():
                 continue
-            finished = not items and self._queue.closed and not self._unsettled[lane]
+            finished = not items and closed and not self._unsettled[lane]
             if pending is None and (self._abort.is_set() or finished):
                 return
 

@@ -2,6 +2,8 @@
 
 An item that is archived leaves the store; one that fails again stays, with the new error reported.
 Running it twice never duplicates a file: the writer treats a target holding the same bytes as written.
+Entries of an ``Hdf5Archiver`` (their writer settings say ``kind: "hdf5"``) are appended again to their file
+and stack instead (``replay_hdf5``), where a frame the file holds already is known by its item key.
 
 An entry is a file anyone with access to the store may have edited or planted, so nothing in it decides
 *where* replay writes: every file goes under the archive root the store belongs to (implied by the store's
@@ -20,6 +22,7 @@ from ..errors import ReplayError
 from ..naming.templates import PathTemplate
 from ..sinks.writer import FileWriter, WriterSettings
 from .deadletter import DeadLetter, DeadLetterStore
+from .replay_hdf5 import Hdf5Replay, Hdf5WriterSettings, is_hdf5_entry
 from .statedir import DEAD_LETTER_SUBDIR
 
 #: Where an archiver keeps its dead letters under its root, as path parts.
@@ -66,22 +69,28 @@ def replay(
     template: str | None = None,
     dry_run: bool = False,
     root: str | os.PathLike[str] | None = None,
+    dataset_template: str | None = None,
 ) -> list[ReplayOutcome]:
     """Replay every entry of the dead-letter store at ``directory``, oldest first.
 
     Args:
         directory: the dead-letter directory (e.g. ``<root>/.heros-archiver/dead-letter``).
-        template: a corrected ``save_template`` to use instead of the recorded one (confined as well).
+        template: a corrected ``save_template`` (for an Hdf5Archiver's entries: ``file_template``) to use
+            instead of the recorded one (confined as well).
         dry_run: only render and check; write nothing, remove nothing.
         root: the archive root to write under (default: implied by ``directory``, see ``archive_root``).
+        dataset_template: a corrected ``dataset_template`` for an Hdf5Archiver's entries (other entries have
+            none and ignore it).
 
     Raises:
         ReplayError: no archive root is known for ``directory`` (before any entry is touched).
-        ConfigurationError: ``template`` is not a valid template (idem).
+        ConfigurationError: ``template`` or ``dataset_template`` is not a valid template (idem).
     """
     trusted_root = archive_root(directory, root)
-    if template is not None:
-        PathTemplate(template, trusted_root)  # the operator's typo is one error, not one per entry
+    for corrected in (template, dataset_template):
+        if corrected is not None:
+            PathTemplate(corrected, trusted_root)  # the operator's typo is one error, not one per entry
+    hdf5 = Hdf5Replay(template, dataset_template)
     store = DeadLetterStore(directory)
     writers: dict[tuple[object, ...], FileWriter] = {}
     outcomes = []
@@ -91,6 +100,12 @@ def replay(
             try:
                 item = _load(store, entry)
                 source = item.source
+                if item.writer is not None and is_hdf5_entry(item.writer):
+                    paths = _replay_hdf5(hdf5, item, trusted_root, dry_run)
+                    if not dry_run:
+                        store.remove(entry)
+                    outcomes.append(ReplayOutcome(entry, source, True, paths))
+                    continue
                 settings = _trusted_settings(item, trusted_root, template)
                 key = tuple(settings.to_dict().values())
                 writer = writers.get(key) or writers.setdefault(key, FileWriter(settings))
@@ -106,7 +121,16 @@ def replay(
     finally:
         for writer in writers.values():
             writer.close()
+        hdf5.close()
     return outcomes
+
+
+def _replay_hdf5(hdf5: Hdf5Replay, item: DeadLetter, trusted_root: Path, dry_run: bool) -> list[Path]:
+    """One Hdf5Archiver entry: its settings checked, the root the trusted one; appended and committed."""
+    settings = Hdf5WriterSettings.from_dict(item.writer)
+    _check_recorded_root(item, settings.root, trusted_root)
+    settings.root = str(trusted_root)
+    return hdf5.plan(item, settings) if dry_run else hdf5.write(item, settings)
 
 
 def _candidates(store: DeadLetterStore) -> list[Path]:
@@ -133,15 +157,20 @@ def _load(store: DeadLetterStore, entry: Path) -> DeadLetter:
 def _trusted_settings(item: DeadLetter, trusted_root: Path, template: str | None) -> WriterSettings:
     """The entry's writer settings, checked, with the root replaced by the trusted one."""
     settings = WriterSettings.from_dict(item.writer)
-    if not _same_directory(settings.root, trusted_root):
-        raise ReplayError(
-            f"{item.path}: recorded archive root {settings.root!r} is not the archive root of this store, "
-            f"{str(trusted_root)!r}; refused (replay writes only under the root its store belongs to)"
-        )
+    _check_recorded_root(item, settings.root, trusted_root)
     settings.root = str(trusted_root)
     if template is not None:
         settings.save_template = template
     return settings
+
+
+def _check_recorded_root(item: DeadLetter, recorded: str, trusted_root: Path) -> None:
+    """An entry that records another archive root than the store's is refused (it may have been edited)."""
+    if not _same_directory(recorded, trusted_root):
+        raise ReplayError(
+            f"{item.path}: recorded archive root {recorded!r} is not the archive root of this store, "
+            f"{str(trusted_root)!r}; refused (replay writes only under the root its store belongs to)"
+        )
 
 
 def _same_directory(recorded: str, trusted: Path) -> bool:

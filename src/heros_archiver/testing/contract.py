@@ -18,14 +18,27 @@ Each test says one promise: payloads come back as sent (dtypes, byte orders, sha
 dead-lettered and the others go on, an existing target is never replaced under ``on_exists="error"``,
 ``close()`` drains what is queued, several sources at once stay apart and in order, a storage fault that
 passes (a directory that refuses new entries for a while: a real fault, not a patched function) is retried
-until the item is archived, and items resumed from the spool after a crash are not written twice. Needs
-pytest (and numpy); it runs nothing at import.
+until the item is archived, and items resumed from the spool after a crash are not written twice.
+
+With the fault wrappers of ``heros_archiver.testing.faults`` around the archiver's sink (its ``sink_wrapper``
+argument, no patched function): slow storage under a fast producer loses and duplicates nothing and keeps
+the queue within its bounds; ``close()`` with slow storage drains what it can within ``drain_timeout`` and
+sets aside, counted, what it cannot; storage that fails a few times is retried until every item is archived
+once; a container whose commit is reported failed after it wrote finds the items again by their key instead
+of writing them twice; and an archiver killed with SIGKILL in a child process (``crash_child``) keeps every
+item it committed, once, after the restart resumed its spool. Needs pytest (and numpy); it runs nothing at
+import.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import os
+import pickle
+import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -36,9 +49,12 @@ import pytest
 
 from ..archivers.base import HERODataArchiver
 from ..pipeline.queueing import Item
+from ..state.deadletter import DeadLetterStore
 from ..state.spool import Spool
 from ..state.statedir import DEAD_LETTER_SUBDIR, SPOOL_DIR_NAME
 from . import free_port, session_manager, unique_realm
+from .crash_child import QUEUE_ITEMS
+from .faults import FailingSink, SlowSink
 
 #: Payloads every array sink must give back exactly: dtypes, byte orders, shapes and layouts.
 ARRAY_CASES: tuple[np.ndarray, ...] = (
@@ -61,7 +77,11 @@ Factory = Callable[..., HERODataArchiver]
 
 
 class SinkContract:
-    """Subclass, set ``archiver_class`` (and ``payloads`` for dict sinks), implement the two methods."""
+    """Subclass, set ``archiver_class`` (and ``payloads`` for dict sinks), implement the two methods.
+
+    The crash test runs the archiver in a child process: it needs ``archiver_class`` importable by its module
+    and name, and ``archiver_kwargs`` that JSON can carry (it is skipped otherwise).
+    """
 
     #: the archiver whose sink is tested
     archiver_class: ClassVar[type[HERODataArchiver]]
@@ -240,6 +260,167 @@ class SinkContract:
         assert len(spool.store) == 0, "the spool keeps entries of archived items"
         self.assert_same(self.read_back(tmp_path)["cam"], [*sent, extra])
 
+    # ------------------------------------------------------------------ faults (testing.faults)
+    @pytest.mark.parametrize("overflow", ["block", "spill"])
+    def test_slow_storage_loses_and_duplicates_nothing_within_the_queue_bounds(
+        self, make_archiver: Factory, tmp_path: Path, overflow: str
+    ) -> None:
+        """A producer faster than storage: the queue never holds more than its bounds (the sender is held
+        back, or the rest waits in the spool), and every item is archived once, in order."""
+        sent = [self.varied(self.cases()[0], i) for i in range(30)]
+        max_bytes = 4 * payload_size(sent[0])
+        slow = SlowSink(0.01)
+        archiver = make_archiver(
+            sink_wrapper=slow, overflow=overflow, max_queue_items=3, max_queue_bytes=max_bytes, block_limit=0.05
+        )
+        depths = []
+        for i, payload in enumerate(sent):
+            archiver.feed("cam", (payload, {"frame": i}))
+            queue = archiver.stats()["queue"]
+            depths.append((queue["items"], queue["bytes"]))
+        wait_until_drained(archiver)
+        archiver.close()
+
+        assert all(items <= 3 and (nbytes <= max_bytes or items == 1) for items, nbytes in depths), depths
+        total = self.totals(archiver)
+        assert total["archived"] == len(sent) and total["dead_lettered"] == total["dropped"] == 0, total
+        assert slow.calls >= len(sent), "the slow wrapper did not see every item"
+        self.assert_same(self.read_back(tmp_path)["cam"], sent)
+
+    def test_close_with_slow_storage_sets_aside_what_drain_timeout_leaves(
+        self, make_archiver: Factory, tmp_path: Path
+    ) -> None:
+        """``close()`` waits ``drain_timeout``, not for slow storage: what is not archived by then is
+        dead-lettered, counted, and every item is in exactly one place (archive or dead-letter store)."""
+        sent = [self.varied(self.cases()[0], i) for i in range(8)]
+        archiver = make_archiver(sink_wrapper=SlowSink(0.3), drain_timeout=0.4)
+        self.feed_all(archiver, [("cam", p, i) for i, p in enumerate(sent)])
+        archiver.close()
+
+        total = self.totals(archiver)
+        assert total["dropped"] == 0 and total["in_flight"] == 0, total
+        assert total["dead_lettered"] > 0, f"slow storage drained everything in time: {total}"
+        assert total["archived"] + total["dead_lettered"] == len(sent), total
+        store = DeadLetterStore(tmp_path / DEAD_LETTER_SUBDIR)
+        kept = [store.load(entry).payload for entry in store.entries()]
+        archived = self.read_back(tmp_path).get("cam", [])
+        assert len(archived) == total["archived"], (len(archived), total)
+        assert sorted(map(fingerprint, [*archived, *kept])) == sorted(map(fingerprint, sent))
+
+    def test_close_with_slow_storage_drains_within_drain_timeout(self, make_archiver: Factory, tmp_path: Path) -> None:
+        sent = [self.varied(self.cases()[0], i) for i in range(10)]
+        archiver = make_archiver(sink_wrapper=SlowSink(0.02))
+        self.feed_all(archiver, [("cam", p, i) for i, p in enumerate(sent)])
+        archiver.close()  # at once: slow storage, but drain_timeout (30 s) is long enough for all of it
+
+        total = self.totals(archiver)
+        assert total["archived"] == len(sent) and total["dead_lettered"] == total["dropped"] == 0, total
+        self.assert_same(self.read_back(tmp_path)["cam"], sent)
+
+    def test_storage_failing_n_times_is_retried_and_every_item_archived_once(
+        self, make_archiver: Factory, tmp_path: Path
+    ) -> None:
+        """The store (file sink) or append (container) raises a StorageError three times, then works."""
+        sent = [self.varied(self.cases()[0], i) for i in range(5)]
+        failing = FailingSink(3)
+        archiver = make_archiver(sink_wrapper=failing, max_retries=10, retry_max_delay=0.05)
+        self.feed_all(archiver, [("cam", p, i) for i, p in enumerate(sent)])
+        archiver.close()
+
+        total = self.totals(archiver)
+        assert failing.failures == 3 and total["retried"] == 3, (failing.failures, total)
+        assert total["archived"] == len(sent) and total["dead_lettered"] == total["dropped"] == 0, total
+        self.assert_same(self.read_back(tmp_path)["cam"], sent)
+
+    def test_a_commit_reported_failed_after_it_wrote_is_not_written_twice(
+        self, make_archiver: Factory, tmp_path: Path
+    ) -> None:
+        """Container sinks: a commit that wrote its items but was reported failed (twice): the items are
+        appended again, and the container must know them by their item key."""
+        failing = FailingSink(2, calls=("commit",))
+        archiver = make_archiver(sink_wrapper=failing, max_retries=10, retry_max_delay=0.05)
+        if not failing.containers:
+            pytest.skip(f"{self.archiver_class.__name__} writes a file per item: it has no commit point")
+        sent = [self.varied(self.cases()[0], i) for i in range(10)]
+        self.feed_all(archiver, [("cam", p, i) for i, p in enumerate(sent[:5])])
+        wait_until(lambda: failing.failures >= 1 and self.totals(archiver)["archived"] >= 5, "the first commit")
+        self.feed_all(archiver, [("cam", p, 5 + i) for i, p in enumerate(sent[5:])])
+        archiver.close()
+
+        total = self.totals(archiver)
+        assert failing.failures == 2, failing.failures
+        assert total["archived"] == len(sent) and total["dead_lettered"] == total["dropped"] == 0, total
+        self.assert_same(self.read_back(tmp_path)["cam"], sent)
+
+    def test_committed_items_survive_sigkill_once(self, tmp_path: Path) -> None:
+        """The archiver in a child process (``crash_child``) commits some items, then its storage hangs
+        and it is killed with SIGKILL while the rest wait in its spool. What it committed reads back; the
+        restarted archiver resumes the spool; at the end every item archived is one that was sent, none twice,
+        and every item committed before the kill is among them, unchanged. Only the items held in the killed
+        process's memory alone (its queue, two items, and the one in the hung write) may be missing: the
+        design keeps the queue in memory."""
+        cls = self.archiver_class
+        kwargs = self.archiver_kwargs(tmp_path)
+        try:
+            json.dumps(kwargs)
+        except TypeError:
+            pytest.skip("archiver_kwargs must be JSON for the child process")
+        sent = [self.varied(self.cases()[0], i) for i in range(40)]
+        scratch = tmp_path / ".contract-crash"  # a dot: not part of the archive a read_back reads
+        scratch.mkdir()
+        spec = {
+            "archiver": f"{cls.__module__}:{cls.__qualname__}",
+            "kwargs": kwargs,
+            "default_metadata": {"file_path": str(tmp_path)},
+            "items": str(scratch / "items.pickle"),
+            "commit_after": 5,
+            "realm": unique_realm("contract-crash"),
+            "listen_port": free_port(),
+        }
+        (scratch / "items.pickle").write_bytes(pickle.dumps([("cam", p, {"frame": i}) for i, p in enumerate(sent)]))
+        log = scratch / "child.log"
+        with open(log, "wb") as output:
+            child = subprocess.Popen(
+                [sys.executable, "-m", "heros_archiver.testing.crash_child", json.dumps(spec)],
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            seen = reported(log, {"@@ FED", "@@ STALLED"}, child)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+        archived_before = int(seen["@@ STALLED"])
+        before = self.read_back(tmp_path).get("cam", [])
+        spool = Spool(tmp_path / DEAD_LETTER_SUBDIR.parent / SPOOL_DIR_NAME, "acquisition_data")
+        spooled = [spool.store.load(entry).payload for entry in spool.store.entries()]
+        assert len(before) >= archived_before >= 5, (len(before), archived_before)
+        assert len(spooled) >= len(sent) - archived_before - QUEUE_ITEMS - 1, (len(spooled), archived_before)
+
+        with contextlib.ExitStack() as stack:
+            resumed = self.archiver_class(
+                object_selector="contract-sender",
+                event_name="acquisition_data",
+                default_metadata={"file_path": str(tmp_path)},
+                retry_delay=0.01,
+                realm=unique_realm("contract"),
+                session_manager=session_manager(listen_port=free_port()),
+                **kwargs,
+            )
+            stack.callback(resumed.close)
+            wait_until_drained(resumed)
+        total = self.totals(resumed)
+        assert total["dead_lettered"] == total["dropped"] == 0, total
+        after = list(map(fingerprint, self.read_back(tmp_path)["cam"]))
+        assert len(after) == len(set(after)), "an item was archived twice"
+        assert set(after) <= set(map(fingerprint, sent)), "an item was archived that was never sent"
+        assert set(map(fingerprint, before)) <= set(after), "an item committed before the kill is gone or changed"
+        assert set(map(fingerprint, spooled)) <= set(after), "an item of the spool was not resumed"
+        assert len(after) >= len(sent) - QUEUE_ITEMS - 1, f"{len(sent) - len(after)} items lost, more than in memory"
+
 
 @contextlib.contextmanager
 def refusing_new_entries(directory: Path) -> Iterator[None]:
@@ -275,3 +456,30 @@ def wait_until_drained(archiver: HERODataArchiver, timeout: float = 60.0) -> Non
 def payload_size(payload: Any) -> int:
     """Bytes a payload holds, for an item put straight into a spool."""
     return int(payload.nbytes) if isinstance(payload, np.ndarray) else 1024
+
+
+def fingerprint(payload: Any) -> str:
+    """What tells two payloads apart, as text: an array's dtype, shape and bytes; anything else its JSON."""
+    if isinstance(payload, np.ndarray):
+        return f"{payload.dtype.str}{payload.shape}{np.ascontiguousarray(payload).tobytes().hex()}"
+    return json.dumps(payload, sort_keys=True, default=repr)
+
+
+def reported(log: Path, wanted: set[str], child: subprocess.Popen[bytes], timeout: float = 60.0) -> dict[str, str]:
+    """Wait until the child wrote a line ``@@ WORD value`` to ``log`` for every ``@@ WORD`` in ``wanted``;
+    their values. Fails if the child ends first, or after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        seen = {}
+        for line in log.read_text().splitlines():
+            words = line.split()
+            if len(words) >= 2 and f"{words[0]} {words[1]}" in wanted:
+                seen[f"{words[0]} {words[1]}"] = " ".join(words[2:])
+        if wanted <= seen.keys():
+            return seen
+        if child.poll() is not None:
+            missing = sorted(wanted - seen.keys())
+            raise AssertionError(f"the child ended (exit code {child.returncode}) before {missing}: {log.read_text()}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {sorted(wanted - seen.keys())}")
+        time.sleep(0.02)
