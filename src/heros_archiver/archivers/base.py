@@ -154,8 +154,6 @@ class HERODataArchiver(EventObserver):
         sink_wrapper: Callable[[Sink], Sink] | None = None,
         **kwargs: Any,
     ) -> None:
-        if sink_wrapper is not None and not callable(sink_wrapper):
-            raise ConfigurationError(f"sink_wrapper: expected a callable (sink -> sink) or None, got {sink_wrapper!r}")
         self._close_lock = threading.Lock()
         self._closed = False
         self.options = ArchiverOptions(
@@ -179,6 +177,7 @@ class HERODataArchiver(EventObserver):
             dead_letter_dir,
             spool_dir,
             zenoh_shared_memory,
+            sink_wrapper,
         )
         self._buffered_intakes: list[BufferedIntake] = []
         #: subscriptions to more events of the same HEROs (``_subscribe_event``), undeclared with the first
@@ -208,7 +207,7 @@ class HERODataArchiver(EventObserver):
             self._writeback_tracker(),
             self._container_sink_factory(),
             self._router,
-            sink_wrapper,
+            self.options.sink_wrapper,
         )
         if zenoh_shared_memory is None:
             zenoh_shared_memory = shared_memory_is_safe(installed_zenoh_version())

@@ -133,11 +133,12 @@ class Hdf5Archiver(HERODataArchiver):
 
     def _writer_settings(self) -> dict[str, Any]:
         """Recorded with each dead letter, so that ``heros-archiver replay`` appends it where it belongs."""
+        options = self.sink_options
         return Hdf5WriterSettings(
             kind=HDF5_KIND, file_template=self.name_template.source, dataset_template=self._dataset.source,
-            root=str(self.root), compression=self.compression, frames_per_chunk=self.frames_per_chunk,
-            on_exists=self.on_exists, fsync=self.fsync != "none", max_frames=self.max_frames,
-            max_bytes=self.max_bytes, sequence_key=self._sequence_key,
+            root=str(self.root), compression=options.compression, frames_per_chunk=options.frames_per_chunk,
+            on_exists=options.on_exists, fsync=options.fsync != "none", max_frames=options.max_frames,
+            max_bytes=options.max_bytes, sequence_key=self.options.sequence_key,
         ).to_dict()  # fmt: skip
 
     def _item_router(self) -> Callable[[Item], None]:

@@ -13,13 +13,14 @@ how the archiver was configured (what ``stats()`` callers and later the status v
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, get_args
 
 from ..checks import check_choice, check_integer, check_seconds
 from ..errors import ConfigurationError
 from ..pipeline.options import PipelineOptions
+from ..sinks.base import Sink
 from ..sinks.containers.hdf5 import COMPRESSIONS, DEFAULT_COMPRESSION
 from ..sinks.containers.hdf5 import OnExists as ContainerOnExists
 from ..storage.atomic import FSYNC_CHOICES, ON_EXISTS_CHOICES, Fsync, OnExists
@@ -75,6 +76,8 @@ class ArchiverOptions:
     dead_letter_dir: str | os.PathLike[str] | None = None
     spool_dir: str | os.PathLike[str] | None = None
     zenoh_shared_memory: bool | None = None
+    #: for tests and instrumentation: given each sink the pipeline makes, returns the one to use
+    sink_wrapper: Callable[[Sink], Sink] | None = None
 
     def __post_init__(self) -> None:
         for name in ("object_selector", "event_name"):
@@ -92,6 +95,10 @@ class ArchiverOptions:
         _check_optional_text("dead_letter_dir", self.dead_letter_dir, "a directory path or None")
         _check_optional_text("spool_dir", self.spool_dir, "a directory path or None")
         _check_optional_bool("zenoh_shared_memory", self.zenoh_shared_memory)
+        if self.sink_wrapper is not None and not callable(self.sink_wrapper):
+            raise ConfigurationError(
+                f"sink_wrapper: expected a callable (sink -> sink) or None, got {self.sink_wrapper!r:.200}"
+            )
 
 
 @dataclass(frozen=True)
