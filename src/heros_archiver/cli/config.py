@@ -18,7 +18,7 @@ from ..errors import ConfigurationError
 _REFERENCE_NAMES = {
     f"{prefix}.{name}": f"heros_archiver.{name}"
     for prefix in ("herostools.actor", "herostools.actor.archiver", "herostools.actor.data_archiver")
-    for name in ("ArrayArchiver", "JsonArchiver")
+    for name in ("ArrayArchiver", "JsonArchiver", "ZarrArchiver")
 }
 
 
