@@ -28,7 +28,8 @@ from hypothesis.extra import numpy as hnp
 import procs
 from conftest import Rig, RigFactory
 from helpers import dead_letter_entries, read_entry, wait_for_items, wait_until
-from heros_archiver import ZarrArchiver
+from heros_archiver import ConfigurationError, ZarrArchiver
+from heros_archiver.cli.config import build_archivers, load_config
 from heros_archiver.sinks.zarr_arrays import ZarrArrayWriter
 from heros_archiver.state.statedir import STAGING_SUBDIR
 from heros_archiver.storage.staged_trees import remove_stale_staging
@@ -400,3 +401,75 @@ def test_a_live_writers_build_is_not_removed(tmp_path: Path) -> None:
     (dead / "zarr.json").write_text("{}")
     assert remove_stale_staging(str(tmp_path), str(tmp_path)) == 1
     assert live.exists() and not dead.exists()
+
+
+# ------------------------------------------------------------------------------------------ configuration
+def test_the_references_class_name_runs_ours_under_heros_archiver_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``heros-archiver run`` takes a config written for the reference unchanged: its class name maps to ours."""
+    port, realm = free_port(), unique_realm()
+    arguments = {
+        "object_selector": "cam",
+        "event_name": "acquisition_data",
+        "default_metadata": {"file_path": str(tmp_path)},
+        "store_template": "{{ file_path }}/frames.zarr",
+        "array_path_template": "{{ '%06d' % frame }}",
+    }
+    config = procs.write_config(tmp_path / "config.json", arguments, classname="herostools.actor.ZarrArchiver")
+    with procs.camera(port, realm) as cam:
+        monkeypatch.setenv("HEROS_ZENOH_CONFIG", procs.loopback_config_json(connect_port=port))
+        [archiver] = build_archivers(load_config(config), realm)
+        try:
+            assert isinstance(archiver, ZarrArchiver)
+            wait_for_subscriber(cam)
+            procs.send_frames(cam, [0, 1], SHAPE)
+            wait_for_items(archiver, 2)
+        finally:
+            archiver.close()
+    assert sorted(zarr.open_group(tmp_path / "frames.zarr", mode="r").array_keys()) == ["000000", "000001"]
+
+
+def test_one_chunk_per_array_reads_back_the_same(make_rig: RigFactory, tmp_path: Path) -> None:
+    made = rig(make_rig, chunks="array", compression_level=-1)
+    frame = procs.frame(3, (600, 700))
+    made.camera.acquisition_data(frame, {"frame": 3, "run": 1})
+    wait_for_items(made.archiver, 1)
+    array = zarr.open_group(tmp_path / "run-1.zarr", mode="r")["cam/0003"]
+    assert array.chunks == (600, 700) and array.metadata.to_dict()["codecs"][1]["configuration"]["level"] == -1
+    np.testing.assert_array_equal(array[...], frame)
+    assert sorted(p.name for p in (tmp_path / "run-1.zarr" / "cam" / "0003").rglob("*") if p.is_file()) == [
+        "0",
+        "zarr.json",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"compression": "lz4"}, "compression: expected one of zstd, none"),
+        ({"chunks": "rows"}, "chunks: expected one of auto, array"),
+        ({"compression_level": 99}, "compression_level"),
+        ({"on_exists": "append"}, "on_exists"),
+        ({"store_template": "{{ file_path }/x.zarr"}, "syntax error"),
+    ],
+)
+def test_bad_arguments_are_refused_at_construction(
+    make_rig: RigFactory, arguments: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        rig(make_rig, **arguments)
+
+
+def test_without_zarr_the_package_imports_and_the_archiver_names_the_extra(tmp_path: Path) -> None:
+    code = (
+        "import sys; sys.modules['zarr'] = None\n"
+        "import heros_archiver, heros_archiver.archivers.zarr, heros_archiver.sinks.zarr_arrays as sink\n"
+        "assert 'numcodecs' not in sys.modules\n"
+        "try:\n"
+        f"    sink.ZarrArrayWriter('{{{{ file_path }}}}/x.zarr', 'a', {str(tmp_path)!r})\n"
+        "except heros_archiver.ConfigurationError as exc:\n"
+        "    print('REFUSED', exc)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "REFUSED" in result.stdout and "pip install heros-archiver[zarr]" in result.stdout, result.stderr

@@ -29,6 +29,8 @@ from .npy import _describe, as_array
 #: complex, datetime64/timedelta64, fixed-length bytes and unicode); objects and structs are refused.
 SUPPORTED_KINDS = "biufcmMSU"
 COMPRESSIONS: tuple[str, ...] = ("zstd", "none")
+#: ``auto``: the chunks zarr guesses for the shape (the reference's); ``array``: one chunk per array
+CHUNKINGS: tuple[str, ...] = ("auto", "array")
 #: (shape, dtype) layouts kept: a run has few shapes; a source that changes shape every frame must not grow it
 _MAX_LAYOUTS = 256
 
@@ -108,13 +110,19 @@ class ZarrArrayEncoder:
     Args:
         compression: ``zstd`` (the reference's: zarr's default codec) or ``none`` (only the ``bytes`` codec).
         level: the zstd level (0, zarr's default, is zstd's own default, 3).
+        chunks: ``auto`` (zarr's guess from shape and dtype, as the reference's arrays; a 2 MiB frame is eight
+            chunks) or ``array`` (the whole array in one chunk: fewer objects, each a file and most of an array's
+            cost on a local disk).
     """
 
-    def __init__(self, compression: str = "zstd", level: int = 0) -> None:
+    def __init__(self, compression: str = "zstd", level: int = 0, chunks: str = "auto") -> None:
         if compression not in COMPRESSIONS:
             raise ConfigurationError(f"compression: expected one of {', '.join(COMPRESSIONS)}, got {compression!r}")
         if isinstance(level, bool) or not isinstance(level, int) or not -131072 <= level <= 22:
             raise ConfigurationError(f"compression_level: expected a zstd level (an integer up to 22), got {level!r}")
+        if chunks not in CHUNKINGS:
+            raise ConfigurationError(f"chunks: expected one of {', '.join(CHUNKINGS)}, got {chunks!r}")
+        self.chunks = chunks
         self._zarr, numcodecs = load_zarr()
         self.compression = compression
         self.level = level
@@ -143,7 +151,10 @@ class ZarrArrayEncoder:
         if self._codec is not None:  # zarr's default (zstd, level 0, no checksum), or zstd at another level
             compressors = "auto" if self.level == 0 else self._zarr.codecs.ZstdCodec(level=self.level, checksum=False)
         try:
-            array = self._zarr.create_array(store=objects, shape=shape, dtype=dtype, compressors=compressors)
+            grid: Any = "auto" if self.chunks == "auto" or not shape else tuple(max(1, n) for n in shape)
+            array = self._zarr.create_array(
+                store=objects, shape=shape, dtype=dtype, chunks=grid, compressors=compressors
+            )
         except Exception as exc:  # zarr's own refusal of this dtype or shape, worded as ours
             raise PayloadError(f"expected an array Zarr v3 can store, got shape {shape} dtype {dtype} ({exc})") from exc
         stored = dtype.newbyteorder("<") if dtype.byteorder not in ("|", "<") else dtype

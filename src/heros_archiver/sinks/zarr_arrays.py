@@ -42,7 +42,7 @@ class ZarrArrayWriter:
         on_exists: an existing array at the key: ``error`` (keep it; the item is dead-lettered), ``overwrite``
             (replace it, atomically), ``unique`` (``key-1``, ``key-2``, ...).
         fsync: ``none``, ``file`` (every object), ``file+directory`` (and the directories).
-        compression, compression_level: see ``formats.zarr_v3.ZarrArrayEncoder``.
+        compression, compression_level, chunks: see ``formats.zarr_v3.ZarrArrayEncoder``.
         writeback_window: bytes of arrays that may be between "written" and "on the device" (0: off).
     """
 
@@ -56,6 +56,7 @@ class ZarrArrayWriter:
         compression: str = "zstd",
         compression_level: int = 0,
         writeback_window: int = 0,
+        chunks: str = "auto",
     ) -> None:
         check_choice("on_exists", on_exists, ON_EXISTS_CHOICES)
         check_choice("fsync", fsync, FSYNC_CHOICES)
@@ -66,7 +67,7 @@ class ZarrArrayWriter:
         self.confine_root: str | None = None if self._root_text == "/" else self._root_text
         self.on_exists: OnExists = on_exists
         self.fsync: Fsync = fsync
-        self.encoder = ZarrArrayEncoder(compression, compression_level)
+        self.encoder = ZarrArrayEncoder(compression, compression_level, chunks)
         self.window = WritebackWindow(writeback_window)
         self._groups: set[str] = set()
 
