@@ -289,6 +289,19 @@ def test_unique_adds_a_suffix_and_overwrite_replaces_in_one_step(make_rig: RigFa
     assert not list((tmp_path / STAGING_SUBDIR).iterdir()), "the replaced array was left in the staging directory"
 
 
+def test_overwrite_replaces_only_arrays_never_a_group(make_rig: RigFactory, tmp_path: Path) -> None:
+    first = rig(make_rig, array_path_template="{{ name }}")
+    first.camera.acquisition_data(procs.frame(0, SHAPE), {"frame": 0, "run": 1, "name": "g/inner"})
+    wait_for_items(first.archiver, 1)
+    made = rig(make_rig, array_path_template="{{ name }}", on_exists="overwrite")
+    made.camera.acquisition_data(procs.frame(1, SHAPE), {"frame": 1, "run": 1, "name": "g"})  # a group there
+    total = wait_for_items(made.archiver, 1)
+    assert total["dead_lettered"] == 1, total
+    assert "replaces only arrays" in read_entry(dead_letter_entries(tmp_path)[0])["error"]
+    kept = zarr.open_group(tmp_path / "run-1.zarr", mode="r")["g/inner"][...]
+    np.testing.assert_array_equal(kept, procs.frame(0, SHAPE))
+
+
 def test_a_store_or_group_that_is_an_array_is_not_written_into(make_rig: RigFactory, tmp_path: Path) -> None:
     zarr.create_array(tmp_path / "run-1.zarr", shape=(2,), dtype="i4")  # the store is an array
     made = rig(make_rig, array_path_template="{{ '%04d' % frame }}")
@@ -307,6 +320,7 @@ def test_a_store_or_group_that_is_an_array_is_not_written_into(make_rig: RigFact
         (STORE, "{{ run }}/{{ frame }}", "outside the archive root"),  # key = "../x/0": out of the group
         (STORE, "/{{ frame }}", "is absolute"),
         (STORE, "__{{ frame }}", "reserves names"),
+        (STORE, "zarr.json", "reserves names"),
     ],
 )
 def test_hostile_metadata_cannot_write_outside_the_store(

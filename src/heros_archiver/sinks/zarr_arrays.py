@@ -28,6 +28,8 @@ from .writer import _refuse_reserved
 
 #: Group directories known to hold a group's ``zarr.json`` (made or checked by this writer) before it starts over
 _MAX_GROUPS = 10_000
+#: The metadata objects of Zarr v3 and v2: no part of an array's key may take one of their names
+_ZARR_NAMES = frozenset({"zarr.json", ".zarray", ".zgroup", ".zattrs", ".zmetadata"})
 #: A ``zarr.json`` larger than this is no group document of ours to check (read no further)
 _MAX_DOCUMENT = 1 << 20
 
@@ -84,10 +86,11 @@ class ZarrArrayWriter:
             )
         array = confine_text(key, group, self.key.source)
         for part in array[len(group) + 1 :].split("/"):
-            if part.startswith("__") or is_temporary(part) or part.strip(".") == "":
+            if part.startswith("__") or part in _ZARR_NAMES or is_temporary(part) or part.strip(".") == "":
                 raise TemplateRenderError(
-                    f"array key {key!r} (template {self.key.source!r}) has the part {part!r}: Zarr v3 reserves names "
-                    "starting with '__' and names of only dots, the archiver its temporaries' names"
+                    f"array key {key!r} (template {self.key.source!r}) has the part {part!r}: Zarr reserves names "
+                    "starting with '__', names of only dots and its metadata files' names, the archiver its "
+                    "temporaries' names"
                 )
         return group, array
 

@@ -17,8 +17,10 @@ import contextlib
 import ctypes
 import errno
 import itertools
+import json
 import os
 import shutil
+import stat
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -184,6 +186,11 @@ def _publish(stage: int, tmp: str, parent_fd: int, name: str, objects: Objects, 
         if error not in (errno.EEXIST, errno.ENOTEMPTY):
             raise OSError(error, os.strerror(error), name)
         if on_exists == "overwrite":
+            if not is_array(parent_fd, candidate):
+                raise TargetExistsError(
+                    f"{name!r} exists and is no Zarr array (a group, or not Zarr at all): on_exists='overwrite' "
+                    "replaces only arrays; it is kept and the new array was not written"
+                )
             error = _rename(stage, tmp, parent_fd, candidate, _RENAME_EXCHANGE)
             if error == 0:  # the old tree now has the temporary's name
                 with contextlib.suppress(OSError):
@@ -227,6 +234,23 @@ def _identical_unique_name(parent_fd: int, name: str, objects: Objects) -> bool:
         if holds_tree(parent_fd, candidate.name, objects):
             return True
     return False
+
+
+def is_array(parent_fd: int, name: str) -> bool:
+    """True when ``name`` in ``parent_fd`` is a directory (not a symlink) whose ``zarr.json`` is an array's."""
+    try:
+        fd = os.open(f"{name}/zarr.json", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd)
+        if not stat.S_ISDIR(os.lstat(name, dir_fd=parent_fd).st_mode):
+            os.close(fd)
+            return False
+    except OSError:
+        return False
+    with open(fd, "rb") as handle:
+        try:
+            document = json.loads(handle.read(1 << 20))
+        except ValueError:
+            return False
+    return isinstance(document, dict) and document.get("node_type") == "array"
 
 
 def holds_tree(parent_fd: int, name: str, objects: Objects) -> bool:
