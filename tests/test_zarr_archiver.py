@@ -28,7 +28,7 @@ from hypothesis.extra import numpy as hnp
 import procs
 from conftest import Rig, RigFactory
 from helpers import dead_letter_entries, read_entry, wait_for_items, wait_until
-from heros_archiver import ConfigurationError, ZarrArchiver
+from heros_archiver import ConfigurationError, TargetExistsError, ZarrArchiver
 from heros_archiver.cli.config import build_archivers, load_config
 from heros_archiver.sinks.zarr_arrays import ZarrArrayWriter
 from heros_archiver.state.statedir import STAGING_SUBDIR
@@ -300,6 +300,23 @@ def test_overwrite_replaces_only_arrays_never_a_group(make_rig: RigFactory, tmp_
     assert "replaces only arrays" in read_entry(dead_letter_entries(tmp_path)[0])["error"]
     kept = zarr.open_group(tmp_path / "run-1.zarr", mode="r")["g/inner"][...]
     np.testing.assert_array_equal(kept, procs.frame(0, SHAPE))
+
+
+def test_an_array_missing_chunks_of_this_very_item_is_completed_and_any_other_is_kept(tmp_path: Path) -> None:
+    """The writeback window removes a chunk file the device failed to write and the item is written again: the
+    array holding the same zarr.json and the same other chunks is completed; an array of other content is not."""
+    writer = ZarrArrayWriter(STORE, KEY, str(tmp_path))
+    frame = procs.frame(4, (600, 700))
+    metadata = {"file_path": str(tmp_path), "frame": 4, "run": 1}
+    array = tmp_path / "run-1.zarr" / "cam" / "0004"
+    assert writer.write("cam", frame, metadata) == str(array)
+    (array / "c" / "1" / "1").unlink()
+    assert writer.write("cam", frame, metadata) == str(array)
+    np.testing.assert_array_equal(zarr.open_array(array, mode="r")[...], frame)
+    (array / "c" / "1" / "1").unlink()
+    with pytest.raises(TargetExistsError):
+        writer.write("cam", procs.frame(5, (600, 700)), metadata)
+    assert not (array / "c" / "1" / "1").exists()
 
 
 def test_a_store_or_group_that_is_an_array_is_not_written_into(make_rig: RigFactory, tmp_path: Path) -> None:

@@ -129,6 +129,7 @@ class ZarrArrayEncoder:
         self._codec = numcodecs.Zstd(level=level, checksum=False) if compression == "zstd" else None
         self._layouts: OrderedDict[tuple[tuple[int, ...], str], ArrayLayout] = OrderedDict()
         self._group_document: bytes | None = None
+        self._lock = threading.Lock()
 
     @property
     def group_document(self) -> bytes:
@@ -142,10 +143,11 @@ class ZarrArrayEncoder:
     def layout(self, shape: tuple[int, ...], dtype: np.dtype[Any]) -> ArrayLayout:
         """The layout zarr gives an array of ``shape`` and ``dtype`` with this encoder's compression."""
         key = (shape, dtype.str)
-        layout = self._layouts.get(key)
-        if layout is not None:
-            self._layouts.move_to_end(key)
-            return layout
+        with self._lock:  # writer threads share the encoder
+            layout = self._layouts.get(key)
+            if layout is not None:
+                self._layouts.move_to_end(key)
+                return layout
         objects: dict[str, Any] = {}
         compressors: Any = None  # the bytes codec alone
         if self._codec is not None:  # zarr's default (zstd, level 0, no checksum), or zstd at another level
@@ -159,9 +161,10 @@ class ZarrArrayEncoder:
             raise PayloadError(f"expected an array Zarr v3 can store, got shape {shape} dtype {dtype} ({exc})") from exc
         stored = dtype.newbyteorder("<") if dtype.byteorder not in ("|", "<") else dtype
         layout = ArrayLayout(bytes(objects["zarr.json"].to_bytes()), shape, tuple(array.chunks), stored)
-        self._layouts[key] = layout
-        if len(self._layouts) > _MAX_LAYOUTS:
-            self._layouts.popitem(last=False)
+        with self._lock:
+            self._layouts[key] = layout
+            if len(self._layouts) > _MAX_LAYOUTS:
+                self._layouts.popitem(last=False)
         return layout
 
     def encode(self, payload: Any) -> EncodedArray:

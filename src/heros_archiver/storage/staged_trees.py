@@ -198,8 +198,13 @@ def _publish(stage: int, tmp: str, parent_fd: int, name: str, objects: Objects, 
                 return candidate
             raise OSError(error, os.strerror(error), name)
         if on_exists == "error":
-            if holds_tree(parent_fd, candidate, objects):
+            found = compare_tree(parent_fd, candidate, objects)
+            if found == "same":
                 return None
+            if found == "part" and _rename(stage, tmp, parent_fd, candidate, _RENAME_EXCHANGE) == 0:
+                with contextlib.suppress(OSError):  # the incomplete copy, now under the temporary's name
+                    shutil.rmtree(tmp, dir_fd=stage)
+                return candidate
             raise TargetExistsError(f"{name!r} exists and on_exists='error' keeps it; the new array was not written")
     raise TargetExistsError(f"{name!r}: no free unique name among {len(candidates)} suffixes")
 
@@ -256,6 +261,13 @@ def is_array(parent_fd: int, name: str) -> bool:
 def holds_tree(parent_fd: int, name: str, objects: Objects) -> bool:
     """True when the directory ``name`` in ``parent_fd`` holds exactly ``objects``: the same keys, the same bytes,
     nothing else, no symlink (so that an item written before a crash is not written, or refused, again)."""
+    return compare_tree(parent_fd, name, objects) == "same"
+
+
+def compare_tree(parent_fd: int, name: str, objects: Objects) -> str:
+    """``same``: ``name`` holds exactly ``objects``; ``part``: the same ``zarr.json`` and some of the chunks, each
+    identical, the others missing (what the writeback window leaves of this very item when the device failed
+    one chunk: it removes that file and the item is written again); ``other`` for anything else."""
     try:
         found = {
             os.path.normpath(os.path.join(path, file))
@@ -263,18 +275,23 @@ def holds_tree(parent_fd: int, name: str, objects: Objects) -> bool:
             for file in files
         }
     except OSError:
-        return False
+        return "other"
     expected = set()
     for key, data in objects():
-        expected.add(os.path.normpath(os.path.join(name, key)))
+        path = os.path.normpath(os.path.join(name, key))
+        expected.add(path)
+        if path not in found and key != "zarr.json":
+            continue
         try:
             fd = os.open(f"{name}/{key}", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd)
         except OSError:
-            return False
+            return "other"
         with open(fd, "rb") as handle:
             if handle.read(memoryview(data).nbytes + 1) != data:
-                return False
-    return found == expected
+                return "other"
+    if found == expected:
+        return "same"
+    return "part" if found < expected else "other"
 
 
 def remove_stale_staging(root: str, confine_root: str | None) -> int:
