@@ -29,7 +29,7 @@ from ..state.statedir import STAGING_SUBDIR
 from .atomic import OnExists, _libc_function, _write_all, unique_names
 from .confinement import fsync_directory, open_directory
 from .temporaries import PROCESS_TOKEN, TMP_PREFIX, is_temporary, owner_alive
-from .writeback import WritebackWindow
+from .writeback import MAX_FILES, WritebackWindow
 
 _RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -38,7 +38,8 @@ _counter = itertools.count()
 
 #: Makes the objects of a tree anew at each call: (key relative to the tree, bytes valid until the next object)
 Objects = Callable[[], Iterable[tuple[str, bytes | memoryview]]]
-#: Objects of a large tree this small are not worth the window's system calls (zarr.json, tiny chunks).
+#: Objects of a large tree this small are not worth the window's system calls (zarr.json, tiny chunks); of a
+#: tree of many chunks at most the window's ``MAX_FILES`` are kept open for it (descriptors are limited).
 _MIN_WINDOW_OBJECT = 64 << 10
 
 
@@ -155,7 +156,7 @@ def _build(
             except BaseException:
                 os.close(fd)
                 raise
-            if handed is not None and nbytes >= _MIN_WINDOW_OBJECT:
+            if handed is not None and nbytes >= _MIN_WINDOW_OBJECT and len(handed) < MAX_FILES:
                 handed.append((fd, nbytes, key))  # closed by the window, or by publish_tree
             else:
                 os.close(fd)
