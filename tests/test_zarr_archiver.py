@@ -135,6 +135,7 @@ def test_the_stores_open_in_zarr_exactly_as_the_references_do(make_rig: RigFacto
         ).read_bytes()
 
 
+@pytest.mark.slow
 def test_boss_runs_the_references_zarr_config_with_only_the_classname_changed(tmp_path: Path) -> None:
     """A config written for ``herostools.actor.ZarrArchiver`` under the real ``boss``, classname changed: the
     frames are arrays at their keys, read back with zarr; SIGTERM drains."""
@@ -387,6 +388,7 @@ KILLED_WRITER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_a_killed_writer_leaves_complete_arrays_or_none_and_its_temporary_is_cleaned(
     make_rig: RigFactory, tmp_path: Path
 ) -> None:
