@@ -243,6 +243,18 @@ def test_any_array_zarr_can_hold_comes_back_bit_for_bit(tmp_path: Path, array: n
     assert back.tobytes() == array.astype(back.dtype).tobytes()
 
 
+@pytest.mark.parametrize("fsync", ["file", "file+directory"])
+def test_durable_writes_give_the_same_arrays(tmp_path: Path, fsync: Any) -> None:
+    writer = ZarrArrayWriter(STORE, "a/b/{{ '%04d' % frame }}", str(tmp_path), fsync=fsync, writeback_window=1 << 20)
+    frames = [procs.frame(i, (600, 700)) for i in range(3)]
+    for i, frame in enumerate(frames):
+        writer.write("cam", frame, {"file_path": str(tmp_path), "frame": i, "run": 1})
+    writer.close()
+    group = zarr.open_group(tmp_path / "run-1.zarr", mode="r")
+    for i, frame in enumerate(frames):
+        np.testing.assert_array_equal(group[f"a/b/{i:04d}"][...], frame)
+
+
 def test_payloads_zarr_cannot_hold_as_the_reference_stores_them_are_dead_lettered(
     make_rig: RigFactory, tmp_path: Path
 ) -> None:
