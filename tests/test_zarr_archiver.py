@@ -27,7 +27,7 @@ from hypothesis.extra import numpy as hnp
 
 import procs
 from conftest import Rig, RigFactory
-from helpers import dead_letter_entries, read_entry, wait_for_items, wait_until
+from helpers import dead_letter_entries, read_entry, tiny_file_system, wait_for_items, wait_until
 from heros_archiver import ConfigurationError, TargetExistsError, ZarrArchiver
 from heros_archiver.cli.config import build_archivers, load_config
 from heros_archiver.sinks.zarr_arrays import ZarrArrayWriter
@@ -380,6 +380,19 @@ def test_a_symlink_in_the_store_is_not_followed(make_rig: RigFactory, tmp_path: 
     assert total["archived"] == 2 and total["dead_lettered"] == 1, total
     assert "symbolic link" in read_entry(dead_letter_entries(tmp_path)[0])["error"]
     assert list(elsewhere.iterdir()) == []
+
+
+def test_a_store_on_another_file_system_than_the_root_is_refused_at_once(make_rig: RigFactory, tmp_path: Path) -> None:
+    """The array cannot be moved from the root's staging directory to another mount (EXDEV): dead-lettered at
+    the first attempt with the reason, not retried and not written non-atomically."""
+    with tiny_file_system(tmp_path / "mnt", "4m"):
+        made = rig(make_rig, store_template="{{ file_path }}/mnt/run.zarr", root=str(tmp_path), max_retries=5)
+        procs.send_frames(made.camera, [0], SHAPE)
+        total = wait_for_items(made.archiver, 1)
+        made.archiver.close()
+        assert total["dead_lettered"] == 1 and total["retried"] == 0, total
+        assert "another file system" in read_entry(dead_letter_entries(tmp_path)[0])["error"]
+        assert not list((tmp_path / "mnt" / "run.zarr").glob("cam/*/zarr.json"))  # the group cam, no array
 
 
 # ------------------------------------------------------------------------------------------ crashes

@@ -24,7 +24,7 @@ import stat
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from ..errors import InvalidTargetError, TargetExistsError, storage_error
+from ..errors import ArchiverError, InvalidTargetError, TargetExistsError, storage_error
 from ..state.statedir import STAGING_SUBDIR
 from .atomic import OnExists, _libc_function, _write_all, unique_names
 from .confinement import fsync_directory, open_directory
@@ -118,7 +118,7 @@ def publish_tree(
                 fd, nbytes, key = handed.pop()
                 window.take(fd, nbytes, f"{path}/{key}")
         return path
-    except TargetExistsError:
+    except ArchiverError:  # TargetExistsError, InvalidTargetError: already worded, and already permanent or not
         raise
     except OSError as exc:
         where = f" ({exc.filename})" if exc.filename else ""
