@@ -1412,7 +1412,8 @@ def parse_args():
         "--sinks",
         default="array,json,count,wire",
         help="comma list of array,zarr,hdf5,json,count,wire (wire = the rows wire:tcp and wire:shm; zarr and hdf5 "
-        "are opt-in: only the reference has a ZarrArchiver, only this project an Hdf5Archiver)",
+        "are opt-in: ZarrArchiver is in both implementations (the reference's package is herostools.actor), "
+        "Hdf5Archiver only in this project)",
     )
     ap.add_argument(
         "--impl",

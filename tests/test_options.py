@@ -148,3 +148,25 @@ def test_file_and_hdf5_options_check_templates_without_an_archiver() -> None:
         FileOptions(None, "npy")  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="file_template: expected a Jinja2 template"):
         Hdf5Options(b"run.h5")  # type: ignore[arg-type]
+
+
+BAD_ZARR: list[tuple[str, Any, str]] = [
+    ("compression", "lz4", "compression: expected one of zstd, none"),
+    ("compression_level", 23, "compression_level: expected a zstd level"),
+    ("chunks", "frame", "chunks: expected one of auto, array"),
+    ("on_exists", "append", "on_exists: expected one of error, overwrite, unique"),
+    ("array_path_template", None, "array_path_template: expected a Jinja2 template"),
+]
+
+
+@pytest.mark.parametrize(("name", "value", "match"), BAD_COMMON[:3] + BAD_ZARR, ids=lambda v: str(v)[:30])
+def test_every_zarr_argument_is_refused_in_the_options_before_zenoh(
+    tmp_path: Path, name: str, value: Any, match: str
+) -> None:
+    from heros_archiver import ZarrArchiver
+
+    def make(manager: Any) -> Any:
+        kwargs = {"array_path_template": "{{ frame }}", **_common(tmp_path, manager), name: value}
+        return ZarrArchiver("{{ file_path }}/run.zarr", **kwargs)
+
+    _refused_before_zenoh(make, match)

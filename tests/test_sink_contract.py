@@ -1,4 +1,4 @@
-"""Every sink passes the contract of ``heros_archiver.testing.contract`` (the npy, JSON and HDF5 sinks)."""
+"""Every sink passes the contract of ``heros_archiver.testing.contract`` (the npy, JSON, HDF5 and Zarr sinks)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from typing import Any
 import h5py
 import numpy as np
 import pytest
+import zarr
 
-from heros_archiver import ArrayArchiver, Hdf5Archiver, JsonArchiver
+from heros_archiver import ArrayArchiver, Hdf5Archiver, JsonArchiver, ZarrArchiver
 from heros_archiver.testing.contract import SinkContract
 
 pytestmark = pytest.mark.timeout(120)
@@ -69,3 +70,27 @@ class TestHdf5Sink(SinkContract):
             return {
                 name: list(handle[name]["data"][()]) for name in handle if name in handle and "data" in handle[name]
             }
+
+
+class TestZarrSink(SinkContract):
+    archiver_class = ZarrArchiver
+
+    def archiver_kwargs(self, root: Path) -> dict[str, Any]:
+        return {
+            "store_template": "{{ file_path }}/run.zarr",
+            "array_path_template": "{{ source_name }}/{{ '%04d' % frame }}",
+        }
+
+    def assert_same(self, got: list[Any], sent: list[Any]) -> None:
+        """Zarr v3 data types have no byte order (the bytes codec has one, little-endian as the reference writes
+        it): a big-endian payload comes back with the same values in native order."""
+        super().assert_same(got, [payload.astype(payload.dtype.newbyteorder("=")) for payload in sent])
+
+    def read_back(self, root: Path) -> dict[str, list[Any]]:
+        if not (root / "run.zarr").exists():
+            return {}
+        store = zarr.open_group(root / "run.zarr", mode="r")
+        return {
+            source: [store[source][name][...] for name in sorted(store[source].array_keys())]
+            for source in sorted(store.group_keys())
+        }

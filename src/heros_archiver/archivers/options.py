@@ -19,13 +19,15 @@ from typing import Any, get_args
 
 from ..checks import check_choice, check_integer, check_seconds
 from ..errors import ConfigurationError
+from ..formats.zarr_v3 import CHUNKINGS as ZARR_CHUNKINGS
+from ..formats.zarr_v3 import COMPRESSIONS as ZARR_COMPRESSIONS
 from ..pipeline.options import PipelineOptions
 from ..sinks.base import Sink
 from ..sinks.containers.hdf5 import COMPRESSIONS, DEFAULT_COMPRESSION
 from ..sinks.containers.hdf5 import OnExists as ContainerOnExists
 from ..storage.atomic import FSYNC_CHOICES, ON_EXISTS_CHOICES, Fsync, OnExists
 
-__all__ = ["ArchiverOptions", "FileOptions", "Hdf5Options"]
+__all__ = ["ArchiverOptions", "FileOptions", "Hdf5Options", "ZarrOptions"]
 
 #: Default ``writeback_window``: 16 camera frames of 2 MiB in flight to disk.
 DEFAULT_WRITEBACK_WINDOW = 32 * 2**20
@@ -177,3 +179,29 @@ class Hdf5Options:
                 "acquisitions=True with overflow='drop': expected 'block' or 'spill', under which the acquisition "
                 "events are never dropped (a lost start or stop would put frames in the wrong file, unchecked)"
             )
+
+
+@dataclass(frozen=True)
+class ZarrOptions:
+    """What ``ZarrArchiver`` (the reference's drop-in) takes (see its docstring for each)."""
+
+    store_template: str
+    array_path_template: str
+    root: str | os.PathLike[str] | None = None
+    on_exists: OnExists = "error"
+    fsync: Fsync = "none"
+    compression: str = "zstd"
+    compression_level: int = 0
+    writeback_window: int = DEFAULT_WRITEBACK_WINDOW
+    chunks: str = "auto"
+
+    def __post_init__(self) -> None:
+        _check_template("store_template", self.store_template)
+        _check_template("array_path_template", self.array_path_template)
+        _check_optional_text("root", self.root, "a directory path or None")
+        check_choice("on_exists", self.on_exists, ON_EXISTS_CHOICES)
+        check_choice("fsync", self.fsync, FSYNC_CHOICES)
+        check_choice("compression", self.compression, ZARR_COMPRESSIONS)
+        check_integer("compression_level", self.compression_level, "a zstd level (an integer up to 22)", -131072, 22)
+        check_integer("writeback_window", self.writeback_window, "a number of bytes >= 0", 0)
+        check_choice("chunks", self.chunks, ZARR_CHUNKINGS)

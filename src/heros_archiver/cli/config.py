@@ -20,7 +20,7 @@ from ..plugins import sink_class
 _REFERENCE_NAMES = {
     f"{prefix}.{name}": f"heros_archiver.{name}"
     for prefix in ("herostools.actor", "herostools.actor.archiver", "herostools.actor.data_archiver")
-    for name in ("ArrayArchiver", "JsonArchiver")
+    for name in ("ArrayArchiver", "JsonArchiver", "ZarrArchiver")
 }
 
 

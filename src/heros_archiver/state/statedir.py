@@ -17,3 +17,5 @@ DEAD_LETTER_SUBDIR = PurePath(STATE_DIR_NAME, "dead-letter")
 SPOOL_DIR_NAME = "spool"
 #: Where each process records the directories of its named temporaries (decision 0014), relative to the root.
 RECORDS_SUBDIR = PurePath(STATE_DIR_NAME, "temporaries")
+#: Where the Zarr archiver builds each array before giving it its name (``storage.staged_trees``), relative to the root.
+STAGING_SUBDIR = PurePath(STATE_DIR_NAME, "staging")
