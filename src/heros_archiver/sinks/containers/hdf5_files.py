@@ -39,13 +39,15 @@ OPEN_FOR_WRITE = "already open for write"
 
 
 def load_h5py() -> tuple[ModuleType, ModuleType]:
-    """``(h5py, hdf5plugin)``, or a ConfigurationError that names the extra to install."""
+    """``(h5py, hdf5plugin)``, or a ConfigurationError that names the extra to install (xxhash, for the item
+    keys, is checked here too)."""
     try:
         import h5py
         import hdf5plugin
+        import xxhash  # noqa: F401 - containers.ItemKey.of
     except ImportError as exc:
         raise ConfigurationError(
-            f"the HDF5 container needs h5py and hdf5plugin, which are not installed ({exc}); "
+            f"the HDF5 container needs h5py, hdf5plugin and xxhash, which are not all installed ({exc}); "
             "install the extra: pip install heros-archiver[hdf5]"
         ) from exc
     return h5py, hdf5plugin
