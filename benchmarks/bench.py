@@ -48,6 +48,8 @@ SINKS = {  # name: (default class, default kwargs, output format)
     # one HDF5 file per run, a dataset per source (default dataset_template); only implementations with the
     # class (this project's), so opt-in like zarr; items count once a commit reported them (stats())
     "hdf5": ("heros_archiver.Hdf5Archiver", {"file_template": "{{ file_path }}/run.h5"}, "hdf5"),
+    # the same, with a SWMR reader in another process polling the file during the run (run_reader, --swmr-poll)
+    "hdf5:swmr": ("heros_archiver.Hdf5Archiver", {"file_template": "{{ file_path }}/run.h5"}, "hdf5"),
     "json": ("herostools.actor.JsonArchiver", {"save_template": "{{ file_path }}/ev-{{ '%06d' % i }}.json"}, "json"),
     "count": ("heros.EventObserver", {}, "count"),
     # the transport's limit: a bare Zenoh subscriber that takes each sample's bytes and reads only the index
@@ -57,7 +59,8 @@ SINKS = {  # name: (default class, default kwargs, output format)
 }
 WIRE_SINKS = ("wire:tcp", "wire:shm")
 # (for small events the per-sample Python work of any subscriber, not the wire, is the limit: no wire rows)
-FRAME_SINKS, EVENT_SINKS = ("array", "zarr", "hdf5", "count", *WIRE_SINKS), ("json", "count")
+FRAME_SINKS, EVENT_SINKS = ("array", "zarr", "hdf5", "hdf5:swmr", "count", *WIRE_SINKS), ("json", "count")
+SWMR_SINKS = ("hdf5:swmr",)  # rows with a SWMR reader beside the archiver
 SMALL_SINKS = ("array", "hdf5", "count")  # 'small': 8 KiB frames, where per-item work is the limit (no wire rows)
 SHARED_SINKS = ("count", *WIRE_SINKS)  # rows of no implementation
 RECEIVE_FORMATS = ("count", "wire")  # sinks that write nothing: an item is its receipt
@@ -413,6 +416,52 @@ class WireSubscriber:
     def _destroy_hero(self):
         self.sub.undeclare()
         self.session.close()
+
+
+# ----------------------------------------------------------------------------- child: SWMR reader
+def run_reader(spec):
+    """A live viewer of the archiver's HDF5 files, in a process of its own: every `poll` seconds it refreshes
+    each stack of every .h5 file below `data` (opened once with SWMR) and reads its newest frame. At STOP it
+    writes reader.json: polls, frames read, the most frames it saw, and the open errors (a file not yet in
+    SWMR mode refuses readers)."""
+    import h5py
+
+    try:
+        import hdf5plugin  # noqa: F401 - the filters, for compressed rows
+    except ImportError:
+        pass
+    watchdog(spec["max_life"])
+    cmds = stdin_commands()
+    data, poll = Path(spec["data"]), spec["poll"]
+    handles, stacks = {}, {}
+    stats = {"polls": 0, "frames_read": 0, "seen": 0, "open_errors": 0}
+    say("READY")
+    while True:
+        try:
+            if cmds.get(timeout=poll) == "STOP":
+                break
+        except queue.Empty:
+            pass
+        for path in item_paths(str(data), "hdf5"):
+            if path not in handles:
+                try:
+                    handles[path] = h5py.File(path, "r", libver="latest", swmr=True)
+                except OSError:
+                    stats["open_errors"] += 1
+                    continue
+                stacks[path] = [frames for _group, frames in hdf5_stacks(handles[path])]
+            for frames in stacks[path]:
+                frames.refresh()
+                n = frames.shape[0]
+                if n:
+                    frames[n - 1]  # what a live display does with the newest committed frame
+                    stats["frames_read"] += 1
+                stats["seen"] = max(stats["seen"], n)
+        stats["polls"] += 1
+    for handle in handles.values():
+        handle.close()
+    Path(spec["meta"], "reader.json").write_text(json.dumps(stats))
+    say("BYE", stats)
 
 
 # ----------------------------------------------------------------------------- driver
@@ -896,6 +945,13 @@ def one_run(cfg, wl, sink, impl, rep):
         if wl["sample_rss"]:
             sampler = RssSampler(sink_p.pid, cfg.rss_period)
         profiler = Profiler(cfg.profile, sink_p.pid, run_dir.name)
+        reader = None
+        if sink in SWMR_SINKS:  # started before the first frame: it polls until the file appears
+            reader = Child(
+                "_reader", common | {"data": str(data), "poll": cfg.swmr_poll}, os.environ, meta / "reader.log"
+            )
+            procs.append(reader)
+            reader.expect("READY", time.time() + 60)
         dev = Child(
             "_device",
             common
@@ -928,6 +984,10 @@ def one_run(cfg, wl, sink, impl, rep):
         res["sink_cpu_s"], res["sink_minflt"] = cpu1 - cpu0, flt1 - flt0
         res["device_rss_peak_mib"] = proc_field_mib(dev.pid, "VmHWM")
         res["status"] = done["status"]
+        if reader is not None:
+            reader.send("STOP")
+            res["reader"] = reader.expect("BYE", time.time() + 30)
+            reader.stop()
         res["sink_stop"] = sink_p.stop()
         res["device_stop"] = dev.stop()
         t_send = np.array(dinfo["t_send"])
@@ -1175,12 +1235,15 @@ def ratios(summary, impls):
             ("big", "big", "disk:h5py-big", "big MiB/s / disk:h5py-big"),
             ("small", "small", "array", "small ev/s / array"),
             ("small", "small", "count", "small ev/s / count"),
+            ("frames", "frames", "hdf5", "frames ev/s hdf5:swmr / hdf5"),
             *wire,
         ):
             shared_sink = r["sink"] in WIRE_SINKS or (wl != "four" and r["sink"] == "count")
             if r["workload"] != wl or r["sink"].startswith("disk:") or shared_sink:
                 continue
             if (ref_sink.startswith("disk:h5py") or wl == "small") and r["sink"] != "hdf5":  # the hdf5 sink's limits
+                continue
+            if (ref_sink == "hdf5") != (r["sink"] in SWMR_SINKS):  # the reader's cost: only hdf5:swmr over hdf5
                 continue
             o = by.get((ref_wl, ref_sink, SHARED if ref_sink in SHARED_SINKS or ref_sink in DISK_ROWS else r["impl"]))
             key = "events_per_s" if wl in ("four", "small") or ref_sink in WIRE_SINKS else "mib_per_s"
@@ -1411,9 +1474,9 @@ def parse_args():
     ap.add_argument(
         "--sinks",
         default="array,json,count,wire",
-        help="comma list of array,zarr,hdf5,json,count,wire (wire = the rows wire:tcp and wire:shm; zarr and hdf5 "
-        "are opt-in: ZarrArchiver is in both implementations (the reference's package is herostools.actor), "
-        "Hdf5Archiver only in this project)",
+        help="comma list of array,zarr,hdf5,hdf5:swmr,json,count,wire (wire = the rows wire:tcp and wire:shm; zarr "
+        "and hdf5 are opt-in: ZarrArchiver is in both implementations (the reference's package is herostools.actor), "
+        "Hdf5Archiver only in this project; hdf5:swmr = hdf5 with a SWMR reader polling the file in another process)",
     )
     ap.add_argument(
         "--impl",
@@ -1448,6 +1511,12 @@ def parse_args():
         default="random",
         help="frame content besides the stamp: random (incompressible) or camera (a beam spot with shot noise, "
         "for the compression ratio of the hdf5 sink)",
+    )
+    ap.add_argument(
+        "--swmr-poll",
+        type=float,
+        default=0.05,
+        help="seconds between two polls of the SWMR reader of the hdf5:swmr rows (refresh, read the newest frame)",
     )
     ap.add_argument("--n-small", type=int, default=20000, help="frames of the 'small' workload")
     ap.add_argument("--small-shape", default="64x64", help="frame HxW (uint16) of the 'small' workload (8 KiB)")
@@ -1673,7 +1742,7 @@ def main():
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] in ("_device", "_sink"):
-        (run_device if sys.argv[1] == "_device" else run_sink)(json.loads(sys.argv[2]))
+    if len(sys.argv) == 3 and sys.argv[1] in ("_device", "_sink", "_reader"):
+        {"_device": run_device, "_sink": run_sink, "_reader": run_reader}[sys.argv[1]](json.loads(sys.argv[2]))
     else:
         main()

@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """What each frame costs on Hdf5Archiver's own path, without Zenoh: where bench.py's hdf5 rows spend their CPU.
 
-Times, per frame, the item key (``ItemKey.of``: SHA-256 over the pixels and the metadata), the two template
-renders of an item (file path at receipt, dataset path at append) and the container's append + commit
+Times, per frame, the item key (``ItemKey.of``: XXH3-128 over the pixels and the metadata, for frames with a
+sequence value; ``ItemKey.of_arrival``: the receive time, for frames without), the two template renders of an
+item (file path at receipt, dataset path at append; the archiver caches both per run) and the container's
+append + commit
 (commit every 1000 frames of 8 KiB, every 16 of 2 MiB: the archiver's flush_frames / flush_bytes defaults):
 
     python benchmarks/hdf5_item_costs.py [--dir /data/scratch] [--n-small 20000] [--n-big 500]
@@ -60,6 +62,7 @@ def main() -> None:
         rows = [
             ("ItemKey.of, 8 KiB frame", per_call_us(lambda i: ItemKey.of("cam1", small, meta, i), args.n_small)),
             ("ItemKey.of, 2 MiB frame", per_call_us(lambda i: ItemKey.of("cam1", big, meta, i), args.n_big)),
+            ("ItemKey.of_arrival", per_call_us(lambda i: ItemKey.of_arrival("cam1", None, 1.7e9 + i), args.n_small)),
             ("file template render + confine", per_call_us(lambda i: file_path.render_confined(context), args.n_small)),
             ("dataset template render", per_call_us(lambda i: dataset.render_text(context), args.n_small)),
             ("append + commit, 8 KiB, every 1000", append_commit_us(scratch / "s.h5", small, args.n_small, 1000)),

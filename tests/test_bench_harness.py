@@ -86,3 +86,28 @@ def test_verify_hdf5_times_frames_committed_after_the_last_poll_by_their_receipt
 
     assert (bad, dup, by_received) == (0, 0, 1)
     assert good == {0: 11.0, 1: 11.0, 2: 102.0}
+
+
+def test_the_swmr_reader_of_the_hdf5_swmr_rows_polls_a_growing_file(tmp_path: Path) -> None:
+    """bench.py's `_reader` child opens the archiver's file with SWMR while it grows, reads the newest frame
+    at each poll, and reports what it saw at STOP."""
+    data, meta = tmp_path / "data", tmp_path / "meta"
+    data.mkdir()
+    meta.mkdir()
+    spec = {"data": str(data), "meta": str(meta), "poll": 0.01, "max_life": 60}
+    reader = bench.Child("_reader", spec, None, meta / "reader.log")
+    container = Hdf5Container(data / "run.h5", "cam1/data")
+    try:
+        reader.expect("READY", bench.time.time() + 30)
+        frame = bench.base_frame((8, 6))
+        for k in range(3):
+            bench.stamp(frame, k)
+            container.append(ItemKey.of("cam1", frame, None, k), frame.copy(), {"frame": k})
+            container.commit()
+        bench.time.sleep(0.5)  # 50 polls
+        reader.send("STOP")
+        stats = reader.expect("BYE", bench.time.time() + 30)
+    finally:
+        reader.stop(10)
+        container.close()
+    assert stats["seen"] == 3 and stats["frames_read"] >= 1 and stats["polls"] >= 1, stats

@@ -87,8 +87,9 @@ def test_a_run_of_frames_is_one_file_bit_identical_with_its_metadata(make_rig: R
 
 
 def test_frames_count_as_archived_only_once_committed(make_rig: RigFactory, tmp_path: Path) -> None:
-    """flush_frames=10, flush_seconds long: 25 frames give two commits (20 archived), the drain the rest."""
-    made = rig(make_rig, flush_frames=10, flush_seconds=3600)
+    """flush_frames=10, flush_seconds long, no idle commit: 25 frames give two commits (20 archived), the drain
+    the rest."""
+    made = rig(make_rig, flush_frames=10, flush_seconds=3600, flush_idle=None)
     send(made.camera, range(25), run=1)
     wait_until(lambda: made.archiver.stats()["total"]["archived"] == 20, what="two commits")
     assert made.archiver.stats()["total"]["in_flight"] == 5
@@ -103,6 +104,44 @@ def test_flush_seconds_commits_while_no_frame_arrives(make_rig: RigFactory, tmp_
     send(made.camera, range(3), run=1)
     wait_for_items(made.archiver, 3)
     assert indices(tmp_path / "run-1.h5") == [0, 1, 2]
+
+
+def test_the_end_of_a_burst_is_committed_once_no_frame_arrives(make_rig: RigFactory, tmp_path: Path) -> None:
+    """Neither flush_frames nor flush_seconds is reached: the idle commit (flush_idle, default 0.05 s) makes
+    the burst archived and visible while the archiver runs, not at the drain."""
+    made = rig(make_rig, flush_frames=1000, flush_seconds=3600)
+    send(made.camera, range(3), run=1)
+    total = wait_for_items(made.archiver, 3, timeout=30)
+    assert total["archived"] == 3
+    assert visible(tmp_path / "run-1.h5") == 3
+
+
+def test_pending_frames_count_against_the_queue_bounds(make_rig: RigFactory, tmp_path: Path) -> None:
+    """Frames appended and waiting for their commit are held in memory: the queue counts them (stats and
+    bounds) until the commit, so what the archiver holds stays within max_queue_bytes."""
+    made = rig(make_rig, flush_frames=1000, flush_seconds=3600, flush_idle=None)
+    send(made.camera, range(5), run=1)
+    wait_until(lambda: made.archiver.stats()["queue"]["items"] == 5, what="five frames held for their commit")
+    queue = made.archiver.stats()["queue"]
+    assert queue["bytes"] >= 5 * SHAPE[0] * SHAPE[1] * 2, queue
+    assert made.archiver.stats()["total"]["archived"] == 0
+    made.archiver._teardown()
+    assert made.archiver.stats()["queue"]["items"] == 0
+    assert indices(tmp_path / "run-1.h5") == list(range(5))
+
+
+def test_equal_frames_without_a_sequence_value_are_two_frames(make_rig: RigFactory, tmp_path: Path) -> None:
+    """Two frames with the same pixels and metadata and no sequence value are two items (told apart by their
+    receive times), not one item arriving twice."""
+    made = rig(make_rig, sequence_key=None)
+    send(made.camera, [5, 5, 5], run=1)
+    total = wait_for_items(made.archiver, 3)
+    assert total["archived"] == 3
+    made.archiver._teardown()
+    assert indices(tmp_path / "run-1.h5") == [5, 5, 5]
+    with h5py.File(tmp_path / "run-1.h5", "r") as handle:
+        received = handle["cam/archive/received"][()]
+    assert len(set(received.tolist())) == 3 and list(received) == sorted(received)
 
 
 def test_a_frame_of_another_shape_is_dead_lettered_and_the_rest_are_written(
@@ -175,7 +214,7 @@ def watcher(path: Path, stop: int, log: Path) -> procs.Child:
 def test_a_swmr_reader_in_another_process_sees_committed_frames_during_the_run(
     make_rig: RigFactory, tmp_path: Path
 ) -> None:
-    made = rig(make_rig, flush_frames=5, flush_seconds=3600)
+    made = rig(make_rig, flush_frames=5, flush_seconds=3600, flush_idle=None)  # commits of 5 frames, no others
     path = tmp_path / "run-1.h5"
     reader = watcher(path, 20, tmp_path / "watch.log")
     try:
@@ -211,6 +250,7 @@ def test_sigkill_mid_run_keeps_committed_frames_and_a_restart_adds_no_duplicates
         "sequence_key": "frame",
         "flush_frames": 8,
         "flush_seconds": 3600,
+        "flush_idle": None,  # the 4 frames after the second commit stay pending until the kill
     }
     config = procs.write_config(tmp_path / "config.json", arguments, classname="heros_archiver.Hdf5Archiver")
     with procs.camera(port, realm) as cam:

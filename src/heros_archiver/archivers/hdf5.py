@@ -9,7 +9,9 @@ count as archived only once a commit (an HDF5 flush) made them durable and visib
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import math
+import threading
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ from .files import _refuse_linked_state_directory
 from .options import (
     DEFAULT_FLUSH_BYTES,
     DEFAULT_FLUSH_FRAMES,
+    DEFAULT_FLUSH_IDLE,
     DEFAULT_FLUSH_SECONDS,
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_OPEN_FILES,
@@ -51,6 +54,8 @@ class Hdf5Archiver(HERODataArchiver):
         frames_per_chunk: frames per HDF5 chunk (default: as many as make 64 KiB, at least one).
         flush_frames, flush_seconds: commit (flush; frames become archived and visible to SWMR readers)
             every this many frames or seconds after the oldest waiting frame, whichever first, and at drain.
+        flush_idle: also commit once no frame has arrived for this many seconds (default 0.05; None: only
+            by ``flush_frames``, ``flush_seconds`` and at drain).
         max_frames, max_bytes: roll over to ``name-1.h5``, ``name-2.h5``, ... once a file holds this many
             frames or bytes (None: no limit).
         idle_timeout: seconds after which a file nothing was appended to is closed (reopened when needed).
@@ -83,6 +88,7 @@ class Hdf5Archiver(HERODataArchiver):
         frames_per_chunk: int | None = None,
         flush_frames: int = DEFAULT_FLUSH_FRAMES,
         flush_seconds: float = DEFAULT_FLUSH_SECONDS,
+        flush_idle: float | None = DEFAULT_FLUSH_IDLE,
         max_frames: int | None = None,
         max_bytes: int | None = None,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
@@ -94,8 +100,10 @@ class Hdf5Archiver(HERODataArchiver):
         **kwargs: Any,
     ) -> None:
         self.sink_options = Hdf5Options(
-            file_template, dataset_template, compression, frames_per_chunk, flush_frames, flush_seconds,
-            max_frames, max_bytes, idle_timeout, max_open_files, on_exists, root, fsync, acquisitions,
+            file_template, dataset_template, compression=compression, frames_per_chunk=frames_per_chunk,
+            flush_frames=flush_frames, flush_seconds=flush_seconds, flush_idle=flush_idle, max_frames=max_frames,
+            max_bytes=max_bytes, idle_timeout=idle_timeout, max_open_files=max_open_files, on_exists=on_exists,
+            root=root, fsync=fsync, acquisitions=acquisitions,
         )  # fmt: skip
         self.sink_options.check_with(kwargs.get("intake_buffer"), kwargs.get("overflow", "block"))
         load_h5py()  # a missing extra fails here, at start
@@ -120,6 +128,9 @@ class Hdf5Archiver(HERODataArchiver):
         self.name_template = PathTemplate(options.file_template, root)
         self.root = self.name_template.root
         self._dataset = PathTemplate(options.dataset_template, self.root)
+        self._file_paths = RenderCache(self.name_template)
+        self._datasets = RenderCache(self._dataset)
+        self._receive_times = DistinctReceiveTimes()
         if self.root == Path(self.root.anchor):
             log.warning("archive root is %s: paths are not confined; pass root=... to confine them", self.root)
         else:
@@ -148,12 +159,19 @@ class Hdf5Archiver(HERODataArchiver):
         """Render and confine the item's file path (once, on receipt): it is the item's route to its writer.
 
         With ``acquisitions``, a frame received now (not read back from the spool, which kept its context)
-        is first given the acquisition it belongs to."""
-        if self.sink_options.acquisitions and item.context is None and item.spool_entry is None and item.event is None:
-            item.context = self._tracker.frame(item.source)
-        path = self.name_template.render_confined(self._context(item))
+        is first given the acquisition it belongs to. An item just received also gets a receive time later
+        than any earlier one of its source (its item key, decision 0020); one read back from the spool keeps
+        the time it was spooled with."""
+        if item.spool_entry is None:
+            self._receive_times.make_distinct(item)
+            if self.sink_options.acquisitions and item.context is None and item.event is None:
+                item.context = self._tracker.frame(item.source)
+        item.route = self._file_paths.render(self._context(item), self._render_route)
+
+    def _render_route(self, context: Mapping[str, Any]) -> str:
+        path = self.name_template.render_confined(context)
         _refuse_reserved(path, str(self.root), self.sink_options.file_template)
-        item.route = path
+        return path
 
     def _context(self, item: Item) -> dict[str, Any]:
         """What the templates see: the item's metadata, or, for an item of an acquisition, what is known when
@@ -163,7 +181,7 @@ class Hdf5Archiver(HERODataArchiver):
         return {**item.metadata, "source_name": item.source}
 
     def _dataset_of(self, item: Item) -> str:
-        return self._dataset.render_text(self._context(item))
+        return self._datasets.render(self._context(item), self._dataset.render_text)
 
     def _marker_feed(self, event_name: str) -> Callable[[str, Any], None]:
         """The callback of ``acquisition_started`` / ``acquisition_stopped``: the event becomes a marker item
@@ -213,7 +231,7 @@ class Hdf5Archiver(HERODataArchiver):
         settings = Hdf5SinkSettings(
             root=str(self.root), compression=options.compression, frames_per_chunk=options.frames_per_chunk,
             on_exists=options.on_exists, fsync=options.fsync != "none", flush_frames=options.flush_frames,
-            flush_seconds=float(options.flush_seconds), flush_bytes=DEFAULT_FLUSH_BYTES,
+            flush_seconds=float(options.flush_seconds), flush_bytes=DEFAULT_FLUSH_BYTES, flush_idle=options.flush_idle,
             max_frames=options.max_frames, max_bytes=options.max_bytes, idle_timeout=float(options.idle_timeout),
             max_open_files=options.max_open_files, sequence_key=self.options.sequence_key,
         )  # fmt: skip
@@ -225,3 +243,49 @@ class Hdf5Archiver(HERODataArchiver):
         raise ConfigurationError(
             f"Hdf5Archiver writes items through its container sink, not _store (item from {source_name!r})"
         )
+
+
+class RenderCache:
+    """Renders of one template, kept per ``PathTemplate.render_key``: a file path that stays the same for a
+    run is rendered (and checked) once, not per frame. Bounded: it starts over after ``MAX_ENTRIES``
+    distinct keys (a template of the frame number renders anew each time, as without the cache)."""
+
+    MAX_ENTRIES = 1024
+
+    def __init__(self, template: PathTemplate) -> None:
+        self._template = template
+        self._renders: dict[tuple[Any, ...], str] = {}
+
+    def render(self, context: Mapping[str, Any], render: Callable[[Mapping[str, Any]], str]) -> str:
+        """``render(context)``, or what it gave for an equal key before (errors are raised, never kept)."""
+        key = self._template.render_key(context)
+        if key is None:
+            return render(context)
+        text = self._renders.get(key)
+        if text is None:
+            text = render(context)
+            if len(self._renders) >= self.MAX_ENTRIES:
+                self._renders.clear()
+            self._renders[key] = text
+        return text
+
+
+class DistinctReceiveTimes:
+    """Makes the receive times of one source strictly increasing (the next float when two are equal), so
+    that the item key (source, sequence value, receive time) of two items never coincides, even for equal
+    frames without a sequence value that arrived within the clock's resolution (~0.24 us)."""
+
+    MAX_SOURCES = 1024
+
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def make_distinct(self, item: Item) -> None:
+        with self._lock:
+            last = self._last.get(item.source)
+            if last is not None and item.received <= last:
+                item.received = math.nextafter(last, math.inf)
+            elif len(self._last) >= self.MAX_SOURCES:
+                self._last.clear()
+            self._last[item.source] = item.received

@@ -37,11 +37,15 @@ HDF5_FSYNC_CHOICES: tuple[str, ...] = ("none", "file")
 #: Commit every this many frames by default: measured (benchmarks/hdf5_commit_interval.py, decision 0018),
 #: 8 KiB frames reach 0.94x the rate of a single commit at the end with 1000, 0.81x with 100.
 DEFAULT_FLUSH_FRAMES = 1000
-#: ... or once this many payload bytes wait (they are held in memory outside the queue's bound): 16 frames
-#: of 2 MiB, where committing every 10 already runs at 0.93-1.0x.
+#: ... or once this many bytes wait (held in memory, counted within the queue's byte bound, decision 0020):
+#: 16 frames of 2 MiB, where committing every 10 already runs at 0.93-1.0x.
 DEFAULT_FLUSH_BYTES = 32 * 2**20
 #: ... or this many seconds after the oldest waiting frame: what a SWMR reader (or a crash) may lag behind.
 DEFAULT_FLUSH_SECONDS = 1.0
+#: ... or once no frame has arrived for this long: the end of a burst (or of a run) is committed at once, not
+#: flush_seconds later; short enough to be 2-3 % of a 2 s run, long enough that frames 20 ms apart (50 fps)
+#: are not committed one by one (decision 0020).
+DEFAULT_FLUSH_IDLE = 0.05
 DEFAULT_IDLE_TIMEOUT = 60.0
 DEFAULT_MAX_OPEN_FILES = 16
 
@@ -139,6 +143,7 @@ class Hdf5Options:
     frames_per_chunk: int | None = None
     flush_frames: int = DEFAULT_FLUSH_FRAMES
     flush_seconds: float = DEFAULT_FLUSH_SECONDS
+    flush_idle: float | None = DEFAULT_FLUSH_IDLE
     max_frames: int | None = None
     max_bytes: int | None = None
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
@@ -161,6 +166,8 @@ class Hdf5Options:
             if value is not None:
                 check_integer(name, value, "None or a positive integer", 1)
         check_seconds("flush_seconds", self.flush_seconds)
+        if self.flush_idle is not None:
+            check_seconds("flush_idle", self.flush_idle, "None or a non-negative number of seconds")
         check_seconds("idle_timeout", self.idle_timeout)
         _check_optional_text("root", self.root, "a directory path or None")
         if not isinstance(self.acquisitions, bool):

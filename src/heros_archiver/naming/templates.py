@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import jinja2.meta
+import jinja2.nodes
 from jinja2.sandbox import SecurityError
 
 from ..errors import ConfigurationError, PathConfinementError, TemplateRenderError
@@ -30,6 +32,9 @@ _ENV = BoundedSandbox()
 #: What Linux takes when a file system does not say: a name of 255 bytes, a path of 4096.
 _DEFAULT_NAME_MAX, _DEFAULT_PATH_MAX = 255, 4096
 _LEADING_PLACEHOLDER = re.compile(r"\{\{-?\s*([A-Za-z_][A-Za-z0-9_]*)\s*-?\}\}")
+#: Values a render key may hold: immutable, and rendered the same whenever they compare equal with their type
+#: (not float: -0.0 == 0.0 renders differently).
+_KEYABLE = frozenset({str, int, bool, type(None)})
 
 
 def derive_root(template: str, default_metadata: Mapping[str, Any]) -> Path:
@@ -75,6 +80,28 @@ class PathTemplate:
         self._root_text = str(self.root)
         self._globals = dict(self._template.globals)
         self._name_max, self._path_max = _file_system_limits(self.root)
+        tree = _ENV.parse(source)
+        loaded = {node.name for node in tree.find_all(jinja2.nodes.Name) if node.ctx == "load"}
+        #: the context keys the render depends on, sorted; None when it also names a global (``lipsum``...)
+        self.variables: tuple[str, ...] | None = (
+            None if loaded & self._globals.keys() else tuple(sorted(jinja2.meta.find_undeclared_variables(tree)))
+        )
+
+    def render_key(self, context: Mapping[str, Any]) -> tuple[Any, ...] | None:
+        """What the render of ``context`` depends on, as a hashable key (equal keys: equal renders), or None
+        when that cannot be told cheaply (a global, a missing key, a value other than str, int, bool, None).
+
+        For caching renders: a file template like ``{{ file_path }}/run-{{ run }}.h5`` renders the same path
+        for every frame of a run, ~4 us of Jinja2 each time on the receive path."""
+        if self.variables is None:
+            return None
+        key = []
+        for name in self.variables:
+            value = context.get(name, _MISSING)
+            if type(value) not in _KEYABLE:
+                return None
+            key.append((type(value), value))
+        return tuple(key)
 
     def render_text(self, context: Mapping[str, Any]) -> str:
         """Render the template to text, with no path checks (used by ``render`` and the CLI's dry run)."""
@@ -116,6 +143,9 @@ class PathTemplate:
                 f"(at most {self._path_max - 1}), its longest part {len(longest)} bytes (at most {self._name_max}): "
                 f"{path[:120]!r}..."
             )
+
+
+_MISSING = object()
 
 
 def _joined_within_bound(chunks: Iterator[str]) -> str:

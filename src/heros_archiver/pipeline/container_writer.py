@@ -2,8 +2,12 @@
 
 The file-per-item writer (``Writers._process``) is done with an item when ``store`` returns. Here an item
 is only *appended* then: it is counted as archived, and its spool entry removed, when a commit reports it.
-A commit happens once ``flush_frames`` items or ``flush_bytes`` bytes are pending, ``flush_seconds`` after
-the oldest pending item (checked also while no item arrives), and at drain. An append that fails for the
+A commit happens once ``flush_frames`` items or ``flush_bytes`` bytes are pending (or half the queue's
+bounds, which the pending items count against: ``LaneQueue.hold``), ``flush_seconds`` after the oldest
+pending item, once no item has arrived for ``flush_idle`` seconds (checked also while no item arrives),
+and at drain. Items are taken from the queue in batches, and after a short batch the writer lets more
+gather for ``_LINGER`` seconds instead of waking for each one: an append only keeps the item in memory,
+while waking a thread per item of 8 KiB cost as much as the rest of its path. An append that fails for the
 item's own reason (another shape, a template that cannot render) dead-letters that item, the rest go on;
 a failed commit releases the container, waits the pipeline's backoff and appends its items again (the
 reopened container recovers its committed length and skips keys it holds), until ``max_retries``, then
@@ -28,6 +32,11 @@ log = logging.getLogger("heros_archiver")
 
 #: Longest wait for the next item, so that idle containers are closed and due commits made on time.
 _TICK = 0.2
+#: Items taken from the queue at once (they count against its bounds until committed, wherever they are).
+_BATCH_ITEMS = 256
+#: After a batch of fewer than this many items, wait ``_LINGER`` seconds for more to gather.
+_LINGER_ITEMS = 64
+_LINGER = 0.002
 
 
 class ContainerWriter:
@@ -40,40 +49,63 @@ class ContainerWriter:
         #: failed commits waiting for their retry (see ``_settle``)
         self._failures: deque[CommitFailure] = deque()
         self._retrying = False
+        queue = pipeline._queue
+        #: what is pending counts against the queue's bounds (``LaneQueue.hold``): commit by half of them at most
+        self._flush_items = min(sink.flush_frames, max(1, queue.max_items // 2))
+        self._flush_bytes = min(sink.flush_bytes, max(1, queue.max_bytes // 2))
+        self._last_arrival = time.monotonic()
 
     def run(self) -> None:
         """Write until the queue is closed and empty (then commit and close everything), or the abort."""
-        pipeline, sink = self._pipeline, self._sink
+        pipeline, sink, lane = self._pipeline, self._sink, self._lane
         queue, abort = pipeline._queue, pipeline._abort
         while not abort.is_set():
             self._settle(sink.expire(time.monotonic()))
             closed = queue.closed  # before taking: only a lane found empty after closing is done for good
-            item = queue.get(self._lane, timeout=self._wait())
-            if item is not None:
+            items = queue.get_many(lane, _BATCH_ITEMS, queue.max_bytes, self._wait(), hold=True)
+            if items:
+                self._last_arrival = time.monotonic()
+            for index, item in enumerate(items):
+                if abort.is_set():  # the drain timeout ended: the rest of the batch is set aside, not written
+                    self._set_aside_taken(items[index:])
+                    break
                 self._append(item)
-            if self._due():
+                if self._due(idle=False):
+                    self._settle(sink.commit())
+            if not items and self._due(idle=True):
                 self._settle(sink.commit())
-            elif item is None and closed:
+            queue.hold(lane, sink.pending, sink.pending_bytes)
+            if not items and closed:
                 break
+            if 0 < len(items) < _LINGER_ITEMS:
+                abort.wait(min(_LINGER, self._wait()))
         self._finish()
 
     def _wait(self) -> float:
-        """Seconds to wait for an item: until the oldest pending one is due, at most ``_TICK``."""
-        oldest = self._sink.oldest_pending
+        """Seconds to wait for an item: until a commit of what is pending is due by time, at most ``_TICK``."""
+        sink = self._sink
+        oldest = sink.oldest_pending
         if oldest is None:
             return _TICK
-        return max(0.0, min(_TICK, oldest + self._sink.flush_seconds - time.monotonic()))
+        due = oldest + sink.flush_seconds
+        if sink.flush_idle is not None:
+            due = min(due, self._last_arrival + sink.flush_idle)
+        return max(0.0, min(_TICK, due - time.monotonic()))
 
-    def _due(self) -> bool:
+    def _due(self, idle: bool) -> bool:
+        """Whether to commit now (``idle``: no item arrived in the last wait, so ``flush_idle`` applies)."""
         sink = self._sink
         oldest = sink.oldest_pending
         if oldest is None:
             return False
+        now = time.monotonic()
         return (
-            sink.pending >= sink.flush_frames
-            or sink.pending_bytes >= sink.flush_bytes
-            or time.monotonic() - oldest >= sink.flush_seconds
+            sink.pending >= self._flush_items
+            or sink.pending_bytes >= self._flush_bytes
+            or now - oldest >= sink.flush_seconds
+            or (idle and sink.flush_idle is not None and now - self._last_arrival >= sink.flush_idle)
             or self._pipeline._queue.closed
+            or self._pipeline._queue.room_wanted
         )
 
     def _append(self, item: Item) -> None:
@@ -95,6 +127,8 @@ class ContainerWriter:
         """Count the committed items as archived (and drop their spool entries); retry or dead-letter the
         items of the commits that failed. A retry appends again, which may settle more (and fail again):
         those wait in ``_failures`` for this loop, so retries never nest however many there are."""
+        if not settled.archived and not settled.failed:
+            return  # the usual outcome of an append
         pipeline = self._pipeline
         for item in settled.archived:
             pipeline._accounting.archived(item.source, item.nbytes)
@@ -150,10 +184,17 @@ class ContainerWriter:
         for item in failure.items:
             self._pipeline._set_aside(item, reason)
 
+    def _set_aside_taken(self, items: list[Item]) -> None:
+        """Items taken in a batch but not appended when the drain timeout ended: set aside as the queue's are."""
+        reason = ArchiverError(f"not written within drain_timeout ({len(items)} item(s) taken, not yet appended)")
+        for item in items:
+            self._pipeline._set_aside(item, reason)
+
     def _finish(self) -> None:
         """Drain or abort: commit and close every container; what cannot be committed is retried (drain) or
         set aside (abort). Ends: each retry counts an attempt, and used-up items are dead-lettered."""
         while True:
             self._settle(self._sink.close())
             if self._sink.pending == 0:
+                self._pipeline._queue.hold(self._lane, 0, 0)
                 return

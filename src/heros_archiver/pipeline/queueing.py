@@ -53,6 +53,12 @@ class LaneQueue:
 
     An item larger than ``max_bytes`` on its own is admitted when the queue is empty, so it cannot
     deadlock; memory is then bounded by the largest single item.
+
+    A writer may also declare items it has taken and still holds (``hold``: a container sink's items wait
+    in memory for their commit); they count against both bounds until it declares them gone. A producer
+    that waits for room while writers hold items raises ``room_wanted``, on which a container writer commits
+    (and so lets go of what it holds) at once: an item is let in over the bounds only when nothing is queued
+    or held, and the bounds hold for queued and held items together.
     """
 
     def __init__(self, lanes: int, max_items: int, max_bytes: int) -> None:
@@ -61,6 +67,12 @@ class LaneQueue:
         self.max_bytes = max_bytes
         self._items = 0
         self._bytes = 0
+        #: per lane, (items, bytes) its writer holds outside the queue (``hold``), and their totals
+        self._held = [(0, 0)] * lanes
+        self._held_items = 0
+        self._held_bytes = 0
+        #: producers waiting in ``put`` for room
+        self._waiting_producers = 0
         self._closed = False
         self._lock = threading.Lock()
         self._not_full = threading.Condition(self._lock)
@@ -71,10 +83,29 @@ class LaneQueue:
         evenly."""
         return zlib.crc32(lane_key.encode()) % len(self._lanes)
 
+    @property
+    def room_wanted(self) -> bool:
+        """A producer waits for room, and writers hold items whose commit would make it."""
+        return self._waiting_producers > 0 and self._held_items > 0
+
     def _fits(self, nbytes: int) -> bool:
-        if self._items == 0:
+        if self._items == 0 and self._held_items == 0:  # nothing waits: no writer needs this item to make room
             return True
-        return self._items < self.max_items and self._bytes + nbytes <= self.max_bytes
+        items, size = self._items + self._held_items, self._bytes + self._held_bytes
+        return items < self.max_items and size + nbytes <= self.max_bytes
+
+    def hold(self, lane: int, items: int, nbytes: int) -> None:
+        """Declare that ``lane``'s writer now holds ``items`` taken items of ``nbytes`` bytes (replacing what
+        it declared before), so that what waits for a commit stays within the bounds too."""
+        with self._lock:
+            old_items, old_bytes = self._held[lane]
+            if (old_items, old_bytes) == (items, nbytes):
+                return
+            self._held[lane] = (items, nbytes)
+            self._held_items += items - old_items
+            self._held_bytes += nbytes - old_bytes
+            if items < old_items or nbytes < old_bytes:
+                self._not_full.notify_all()
 
     def put(self, item: Item, block: bool = True, timeout: float | None = None) -> bool:
         """Enqueue ``item``; False if it did not fit (non-blocking, timed out, or the queue closed)."""
@@ -86,7 +117,14 @@ class LaneQueue:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
-                self._not_full.wait(remaining)
+                self._waiting_producers += 1
+                if self._held_items:
+                    for condition in self._not_empty:  # a writer that holds items commits them (room_wanted)
+                        condition.notify()
+                try:
+                    self._not_full.wait(remaining)
+                finally:
+                    self._waiting_producers -= 1
             if self._closed:
                 return False
             lane = self.lane_of(item.lane_key)
@@ -109,9 +147,10 @@ class LaneQueue:
             self._not_full.notify_all()
             return item
 
-    def get_many(self, lane: int, max_items: int, max_bytes: int, timeout: float) -> list[Item]:
+    def get_many(self, lane: int, max_items: int, max_bytes: int, timeout: float, hold: bool = False) -> list[Item]:
         """The items of ``lane`` waiting now, oldest first, up to ``max_items`` or until ``max_bytes`` are
-        reached (at least one); waits up to ``timeout`` seconds for the first."""
+        reached (at least one); waits up to ``timeout`` seconds for the first. With ``hold``, they are added
+        to what the lane's writer holds (``hold``), in the same step, so they never leave the bounds."""
         with self._not_empty[lane]:
             waiting = self._lanes[lane]
             if not waiting and timeout > 0 and not self._closed:  # closed: nothing more can come
@@ -122,6 +161,11 @@ class LaneQueue:
                 item = waiting.popleft()
                 items.append(item)
                 nbytes += item.nbytes
+            if items and hold:
+                held_items, held_bytes = self._held[lane]
+                self._held[lane] = (held_items + len(items), held_bytes + nbytes)
+                self._held_items += len(items)
+                self._held_bytes += nbytes
             if items:
                 self._items -= len(items)
                 self._bytes -= nbytes
@@ -155,9 +199,9 @@ class LaneQueue:
             yield item
 
     def depth(self) -> tuple[int, int]:
-        """(items, bytes) currently queued."""
+        """(items, bytes) currently queued, or held by a writer (``hold``)."""
         with self._lock:
-            return self._items, self._bytes
+            return self._items + self._held_items, self._bytes + self._held_bytes
 
 
 class RejectQueue:

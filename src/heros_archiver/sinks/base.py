@@ -99,10 +99,13 @@ class ContainerSink(Sink):
 
     #: commit once this many items are pending ...
     flush_frames: int
-    #: ... or this many payload bytes (they are held in memory, outside the queue's byte bound) ...
+    #: ... or this many bytes (held in memory, and counted within the queue's byte bound until committed) ...
     flush_bytes: int
-    #: ... or this many seconds after the oldest pending item arrived at the sink
+    #: ... or this many seconds after the oldest pending item arrived at the sink ...
     flush_seconds: float
+    #: ... or once no item has arrived for this many seconds (None: never; the end of a burst is committed
+    #: at once instead of ``flush_seconds`` later)
+    flush_idle: float | None = None
 
     @abstractmethod
     def append(self, item: Item) -> Settled:
@@ -129,7 +132,7 @@ class ContainerSink(Sink):
     @property
     @abstractmethod
     def pending_bytes(self) -> int:
-        """Payload bytes of the pending items."""
+        """Bytes of the pending items (``Item.nbytes``: payload and metadata, as the queue counts them)."""
 
     @property
     @abstractmethod

@@ -47,6 +47,7 @@ class Hdf5SinkSettings:
     flush_frames: int
     flush_seconds: float
     flush_bytes: int
+    flush_idle: float | None
     max_frames: int | None
     max_bytes: int | None
     idle_timeout: float
@@ -86,6 +87,7 @@ class Hdf5Sink(ContainerSink):
         self.flush_frames = settings.flush_frames
         self.flush_seconds = settings.flush_seconds
         self.flush_bytes = settings.flush_bytes
+        self.flush_idle = settings.flush_idle
         self._series: dict[str, _Series] = {}
         self._open: OrderedDict[str, _Open] = OrderedDict()
         #: what a call settled before it raised, reported with the next one
@@ -135,7 +137,8 @@ class Hdf5Sink(ContainerSink):
                 settled.add(self._roll_over(route))
                 opened = None
         self._open.move_to_end(route)
-        settled.add(self._limit_open_files())
+        if len(self._open) > self._settings.max_open_files:
+            settled.add(self._limit_open_files())
         opened.used = time.monotonic()
         container = opened.container
         try:
@@ -150,9 +153,8 @@ class Hdf5Sink(ContainerSink):
         if opened.first_pending is None:
             opened.first_pending = time.monotonic()
         opened.waiting.append(item)
-        size = int(getattr(item.payload, "nbytes", 0))
-        opened.pending_bytes += size
-        opened.nbytes += size
+        opened.pending_bytes += item.nbytes
+        opened.nbytes += int(getattr(item.payload, "nbytes", 0))
         return settled
 
     def commit(self) -> Settled:
@@ -175,8 +177,10 @@ class Hdf5Sink(ContainerSink):
 
     # ------------------------------------------------------------------ files
     def _key(self, item: Item) -> ItemKey:
-        """The item's key: a pure function of what arrived (the spool keeps that exactly), so a resumed item
-        gets the same key in any run; computed here, on the writer, to keep hashing off Zenoh's thread."""
+        """The item's key, a pure function of what arrived (the spool keeps all of it exactly, receive time
+        included), so a resumed item gets the same key in any run; computed here, on the writer, to keep
+        hashing off Zenoh's thread. With a sequence value: a hash of the content (a frame sent again is found);
+        without one: the receive time (two equal frames are two frames; decision 0020)."""
         sequence_key = self._settings.sequence_key
         value = item.metadata.get(sequence_key) if sequence_key is not None else None
         sequence = value if isinstance(value, int) and not isinstance(value, bool) else None
@@ -185,6 +189,8 @@ class Hdf5Sink(ContainerSink):
                 f"item from {item.source!r} for {item.lane_key}: expected a numpy array (a frame), "
                 f"got {type(item.payload).__name__}"
             )
+        if sequence is None:
+            return ItemKey.of_arrival(item.source, None, item.received)
         return ItemKey.of(item.source, item.payload, item.metadata, sequence)
 
     def _full(self, opened: _Open, item: Item) -> bool:

@@ -173,7 +173,7 @@ class Hdf5Replay:
         datasets = PathTemplate(self._dataset_template or settings.dataset_template, settings.root)
         sink_settings = Hdf5SinkSettings(
             root=settings.root, compression=settings.compression, frames_per_chunk=settings.frames_per_chunk,
-            on_exists="append", fsync=settings.fsync, flush_frames=1, flush_seconds=0.0, flush_bytes=1,
+            on_exists="append", fsync=settings.fsync, flush_frames=1, flush_seconds=0.0, flush_bytes=1, flush_idle=None,
             max_frames=settings.max_frames, max_bytes=settings.max_bytes, idle_timeout=3600.0, max_open_files=4,
             sequence_key=settings.sequence_key,
         )  # fmt: skip

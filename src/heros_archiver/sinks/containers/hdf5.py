@@ -314,7 +314,8 @@ class Hdf5Container(Container):
         The container keeps a reference to ``data`` until then: the caller must not change it.
         """
         self._check_open()
-        known = self._index.get(key.key_id())
+        key_id = key.key_id()
+        known = self._index.get(key_id)
         if known is not None:
             return known
         self._check_fits(key, data)
@@ -325,8 +326,8 @@ class Hdf5Container(Container):
                 raise StorageError(f"cannot create dataset {self.dataset_path!r} in {self.path}: {exc}") from exc
         index = self._committed + len(self._pending)
         when = received if received is not None else time.time()
-        self._pending.append(_Pending(data, Row(key, when, metadata)))
-        self._index[key.key_id()] = index
+        self._pending.append(_Pending(data, Row(key, when, metadata, key_id)))
+        self._index[key_id] = index
         return index
 
     def _check_fits(self, key: ItemKey, data: Any) -> None:
@@ -388,7 +389,7 @@ class Hdf5Container(Container):
         them, or will append them again); the file is not touched. Returns how many were dropped."""
         dropped = len(self._pending)
         for pending in self._pending:
-            self._index.pop(pending.row.key.key_id(), None)
+            self._index.pop(pending.row.key_id, None)
         self._pending.clear()
         return dropped
 

@@ -5,7 +5,7 @@ Layout, inside the NXdata group that holds the frames::
     metadata/<key>          one 1-D dataset per metadata key of the first frame: numbers, booleans,
                             fixed-length UTF-8 strings (NXcollection)
     archive/item_key        the 32-hex-digit id of each frame's ItemKey (de-duplication after a reopen)
-    archive/content_hash    ItemKey.digest
+    archive/digest          ItemKey.digest: the receive time (float.hex) of a received frame, or a content hash
     archive/source_name     the HERO that sent the frame
     archive/sequence        its sequence value; -2**63 when it had none
     archive/received        receive time, seconds since the epoch
@@ -18,7 +18,7 @@ is created with the first frame, has a fixed-size type, and the JSON documents a
 A value that has no column (a key first seen later, a name HDF5 cannot hold) or does not fit its column
 (a longer string, another type, an integer out of range) goes into that frame's JSON document, under
 ``metadata``; keys of the first frame that a later frame lacks are listed under ``absent``; a
-``source_name``, sequence or content hash too long for its column goes under ``archive``. Nothing is
+``source_name``, sequence or digest too long for its column goes under ``archive``. Nothing is
 dropped, and ``read_metadata`` puts each frame's metadata back together.
 """
 
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -37,7 +37,7 @@ NO_SEQUENCE = np.iinfo(np.int64).min
 _ROWS_PER_CHUNK = 1024
 _MIN_STRING_WIDTH = 32
 _SOURCE_WIDTH = 128
-_HASH_WIDTH = 64
+_DIGEST_WIDTH = 64
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,8 @@ class Row:
     key: ItemKey
     received: float
     metadata: Mapping[str, Any]
+    #: ``key.key_id()``, computed once by the container
+    key_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -56,9 +58,23 @@ class MetaColumn:
     name: str
     kind: str  # "bool", "int", "float", "str"
     dtype: np.dtype[Any]
+    #: the values an "int" column holds (looked up once: ``np.iinfo`` per value cost more than the rest of fit)
+    low: int = field(default=0, init=False, compare=False, repr=False)
+    high: int = field(default=0, init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.kind == "int":
+            limits = np.iinfo(self.dtype)
+            object.__setattr__(self, "low", int(limits.min))
+            object.__setattr__(self, "high", int(limits.max))
 
     def fit(self, value: Any) -> Any:
         """``value`` as this column stores it, or None when it does not fit (it then goes to the JSON)."""
+        kind = self.kind
+        if type(value) is int and kind == "int":  # the usual cases first: a frame number, a time
+            return value if self.low <= value <= self.high else None
+        if type(value) is float and kind == "float" and self.dtype.itemsize == 8:
+            return value
         if self.kind == "bool":
             return bool(value) if isinstance(value, bool | np.bool_) else None
         if isinstance(value, bool | np.bool_):
@@ -66,8 +82,7 @@ class MetaColumn:
         if self.kind == "int":
             if not isinstance(value, int | np.integer):
                 return None
-            limits = np.iinfo(self.dtype)
-            return int(value) if limits.min <= int(value) <= limits.max else None
+            return int(value) if self.low <= int(value) <= self.high else None
         if self.kind == "float":
             if not isinstance(value, int | float | np.integer | np.floating):
                 return None
@@ -142,7 +157,7 @@ class Columns:
         string = h5py.string_dtype
         for name, dtype, fill in (
             ("item_key", string("ascii", 32), b""),
-            ("content_hash", string("utf-8", _HASH_WIDTH), b""),
+            ("digest", string("utf-8", _DIGEST_WIDTH), b""),
             ("source_name", string("utf-8", _SOURCE_WIDTH), b""),
             ("sequence", np.dtype(np.int64), NO_SEQUENCE),
             ("received", np.dtype(np.float64), np.nan),
@@ -168,7 +183,7 @@ class Columns:
 
     def datasets(self) -> list[Any]:
         """Every per-frame dataset (one row per frame)."""
-        names = ("item_key", "content_hash", "source_name", "sequence", "received", "extra_json_end")
+        names = ("item_key", "digest", "source_name", "sequence", "received", "extra_json_end")
         return [self._datasets[n] for n in names] + [self._datasets[f"metadata/{c.name}"] for c in self.columns]
 
     def recover(self, frames_length: int) -> int:
@@ -193,24 +208,36 @@ class Columns:
     def write(self, start: int, rows: Sequence[Row]) -> None:
         """Write ``rows`` as frames ``start ..``: resize every dataset, then fill the new rows."""
         stop = start + len(rows)
-        extras = [self._extras(row) for row in rows]
+        columns = self.columns
+        names = {c.name for c in columns}
+        values: dict[str, list[Any]] = {c.name: [] for c in columns}
+        extras = []
+        for row in rows:  # each value fitted once: this loop is most of a commit's Python for small frames
+            metadata = row.metadata
+            unfit: list[str] = []
+            absent: list[str] = []
+            for column in columns:
+                name = column.name
+                fitted = column.fit(metadata[name]) if name in metadata else None
+                if fitted is None:
+                    (unfit if name in metadata else absent).append(name)
+                    fitted = column.fill
+                values[name].append(fitted)
+            no_column = len(metadata) + len(absent) != len(columns)
+            extras.append(self._extras(row, unfit if unfit or no_column else None, absent, names))
         ends = np.cumsum([len(e) for e in extras], dtype=np.int64) + self._json_length
-        values: dict[str, list[Any]] = {c.name: [] for c in self.columns}
-        for row in rows:
-            for column in self.columns:
-                fitted = column.fit(row.metadata[column.name]) if column.name in row.metadata else None
-                values[column.name].append(column.fill if fitted is None else fitted)
+        sources = {source: _fixed(source, _SOURCE_WIDTH) for source in {r.key.source for r in rows}}
         archive = {
-            "item_key": np.array([r.key.key_id().encode("ascii") for r in rows], dtype="S32"),
-            "content_hash": np.array([_fixed(r.key.digest, _HASH_WIDTH) for r in rows], dtype=f"S{_HASH_WIDTH}"),
-            "source_name": np.array([_fixed(r.key.source, _SOURCE_WIDTH) for r in rows], dtype=f"S{_SOURCE_WIDTH}"),
+            "item_key": np.array([(r.key_id or r.key.key_id()).encode("ascii") for r in rows], dtype="S32"),
+            "digest": np.array([_fixed(r.key.digest, _DIGEST_WIDTH) for r in rows], dtype=f"S{_DIGEST_WIDTH}"),
+            "source_name": np.array([sources[r.key.source] for r in rows], dtype=f"S{_SOURCE_WIDTH}"),
             "sequence": np.array([_sequence(r.key.sequence) for r in rows], dtype=np.int64),
             "received": np.array([r.received for r in rows], dtype=np.float64),
             "extra_json_end": ends,
         }
         for name, array in archive.items():
             self._write_rows(name, start, stop, array)
-        for column in self.columns:
+        for column in columns:
             name = f"metadata/{column.name}"
             self._write_rows(name, start, stop, np.array(values[column.name], dtype=self._datasets[name].dtype))
         blob = b"".join(extras)
@@ -228,21 +255,26 @@ class Columns:
         marker[0] = length
         marker.flush()
 
-    def _extras(self, row: Row) -> bytes:
-        """The frame's JSON document: what has no column or does not fit it; b"" when there is nothing."""
-        names = {c.name: c for c in self.columns}
-        extra = {str(k): v for k, v in row.metadata.items() if k not in names or names[k].fit(v) is None}
-        absent = [name for name in names if name not in row.metadata]
+    def _extras(self, row: Row, unfit: list[str] | None, absent: list[str], names: set[str]) -> bytes:
+        """The frame's JSON document: what has no column or does not fit it (``unfit``: the names of the
+        columns whose value did not fit; None when every key has a column and fits it), the columns' names
+        its metadata lacks (``absent``), the archive fields too long for theirs; b"" when there is nothing."""
+        extra: dict[str, Any] = {}
+        if unfit is not None:
+            misfit = set(unfit)
+            extra = {str(k): v for k, v in row.metadata.items() if k not in names or k in misfit}
         archive: dict[str, Any] = {}
-        if _fixed(row.key.source, _SOURCE_WIDTH) == b"":
-            archive["source_name"] = row.key.source
-        if row.key.sequence is not None and _sequence(row.key.sequence) == NO_SEQUENCE:
-            archive["sequence"] = row.key.sequence
-        if _fixed(row.key.digest, _HASH_WIDTH) == b"":
-            archive["content_hash"] = row.key.digest
+        key = row.key
+        if _fixed(key.source, _SOURCE_WIDTH) == b"":
+            archive["source_name"] = key.source
+        if key.sequence is not None and _sequence(key.sequence) == NO_SEQUENCE:
+            archive["sequence"] = key.sequence
+        if _fixed(key.digest, _DIGEST_WIDTH) == b"":
+            archive["digest"] = key.digest
+        if not (extra or absent or archive):
+            return b""
         document = {"metadata": extra, "absent": absent, "archive": archive}
-        document = {k: v for k, v in document.items() if v}
-        return lossless_json(document) if document else b""
+        return lossless_json({k: v for k, v in document.items() if v})
 
 
 def _appendable(group: Any, name: str, dtype: Any, fill: Any, chunk: int) -> None:
@@ -295,14 +327,14 @@ def read_metadata(group: Any, index: int) -> dict[str, Any]:
 
 
 def read_archive_row(group: Any, index: int) -> dict[str, Any]:
-    """Frame ``index``'s source name, sequence value (None if it had none), content hash and receive time."""
+    """Frame ``index``'s source name, sequence value (None if it had none), key digest and receive time."""
     archive = group["archive"]
     document = _document(archive, index).get("archive", {})
     sequence = int(archive["sequence"][index])
     return {
         "source_name": document.get("source_name", archive["source_name"][index].decode("utf-8")),
         "sequence": document.get("sequence", None if sequence == NO_SEQUENCE else sequence),
-        "content_hash": document.get("content_hash", archive["content_hash"][index].decode("utf-8")),
+        "digest": document.get("digest", archive["digest"][index].decode("utf-8")),
         "received": float(archive["received"][index]),
     }
 
