@@ -3,9 +3,10 @@
 One instance per writer lane; the items of one store are routed to one lane (``Item.route`` is the
 rendered, confined store path), so each store has one writer. Per (store, array) it keeps a *series*:
 the store part written now and its number; an array is rolled over (committed, closed) once it holds
-``max_frames`` frames, and continues in ``name-1.zarr``, ``name-2.zarr``, ... beside the store. A store
-this sink made (or took under ``on_exists="append"``) is written into by every array routed to it; only
-a store found at its first use is subject to ``on_exists``. An array unused for ``idle_timeout`` seconds is
+``max_frames`` frames, and continues in ``name-1.zarr``, ``name-2.zarr``, ... beside the store (under
+``on_exists="unique"``: the next free name, as the HDF5 sink does). A store part this sink made (or took
+under ``append``) is joined by the other arrays routed to it; only a store found at its first use is
+subject to ``on_exists``. An array unused for ``idle_timeout`` seconds is
 committed and closed (reopened when needed: its committed frames and keys are recovered).
 
 Unlike an HDF5 file, a Zarr store is only files: a failed commit (a full disk) leaves the store as its
@@ -76,8 +77,8 @@ class ZarrAppendSink(ContainerSink):
         self.flush_bytes = settings.flush_bytes
         self._series: dict[tuple[str, str], _Series] = {}
         self._open: dict[tuple[str, str], _Open] = {}
-        #: stores this sink may write into without asking ``on_exists`` again (made or taken by it)
-        self._ours: set[Path] = set()
+        #: per (route, part) the store this sink made or took: other arrays of that part join it
+        self._made: dict[tuple[str, int], Path] = {}
 
     # ------------------------------------------------------------------ the ContainerSink interface
     @property
@@ -167,11 +168,15 @@ class ZarrAppendSink(ContainerSink):
         series = self._series.setdefault(target, _Series())
         route, array = target
         policy: OnExists
+        made = self._made.get((route, series.part))
         if series.current is not None:  # chosen before by this sink: continue it
             path, policy = series.current, "append"
+        elif made is not None:  # another array of this store part made it: join it
+            path, policy = made, "append"
+        elif settings.on_exists == "unique":
+            path, policy = Path(route), "unique"  # the first free name among name, name-1, name-2, ...
         else:
-            path = _part_path(Path(route), series.part)
-            policy = "append" if path in self._ours else settings.on_exists
+            path, policy = _part_path(Path(route), series.part), settings.on_exists
         frame_bytes = max(1, int(getattr(item.payload, "nbytes", 1)))
         shard = settings.frames_per_shard or max(1, min(settings.flush_frames, settings.flush_bytes // frame_bytes))
         container = ZarrAppendContainer(
@@ -180,7 +185,7 @@ class ZarrAppendSink(ContainerSink):
             fsync=settings.fsync,
         )  # fmt: skip
         series.current = container.path
-        self._ours.add(container.path)
+        self._made.setdefault((route, series.part), container.path)
         opened = _Open(container)
         self._open[target] = opened
         return opened
