@@ -113,5 +113,5 @@ def test_a_second_writer_of_the_same_array_is_refused_and_an_existing_store_unde
             ZarrAppendContainer(store, ARRAY, on_exists="append")
         with ZarrAppendContainer(store, "other/data", on_exists="append") as other:  # another array: fine
             append(other, 0)
-    with pytest.raises(TargetExistsError, match="run.zarr"):
+    with pytest.raises(TargetExistsError, match=r"run\.zarr"):
         ZarrAppendContainer(store, ARRAY)
