@@ -115,3 +115,17 @@ def test_a_second_writer_of_the_same_array_is_refused_and_an_existing_store_unde
             append(other, 0)
     with pytest.raises(TargetExistsError, match=r"run\.zarr"):
         ZarrAppendContainer(store, ARRAY)
+
+
+@pytest.mark.parametrize("compression", COMPRESSIONS)
+def test_the_shards_decode_in_another_implementation_zarrs(tmp_path: Path, compression: Any) -> None:
+    """The shards are written by this module, not by zarr-python: zarrs (Rust, through zarr's codec pipeline
+    setting) reads them too, as any Zarr v3 reader with sharding must."""
+    store = tmp_path / "run.zarr"
+    with ZarrAppendContainer(store, ARRAY, compression=compression, frames_per_shard=4) as container:
+        for index in range(10):
+            append(container, index)
+    with zarr.config.set({"codec_pipeline.path": "zarrs.ZarrsCodecPipeline"}):
+        array = zarr.open_array(store, path=ARRAY, mode="r")
+        np.testing.assert_array_equal(array[...], np.stack([frame(i) for i in range(10)]))
+        np.testing.assert_array_equal(array[7], frame(7))
