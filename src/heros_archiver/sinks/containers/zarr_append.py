@@ -333,7 +333,8 @@ class ZarrAppendContainer(Container):
         The container keeps a reference to ``data`` until its shard is full: the caller must not change it.
         """
         self._check_usable()
-        known = self._index.get(key.key_id())
+        key_id = key.key_id()
+        known = self._index.get(key_id)
         if known is not None:
             return known
         self._check_fits(key, data)
@@ -345,8 +346,8 @@ class ZarrAppendContainer(Container):
                 raise
         index = self._committed + len(self._pending)
         when = received if received is not None else time.time()
-        self._pending.append(_Pending(data, Row(key, when, metadata)))
-        self._index[key.key_id()] = index
+        self._pending.append(_Pending(data, Row(key, when, metadata, key_id)))
+        self._index[key_id] = index
         return index
 
     def _check_fits(self, key: ItemKey, data: Any) -> None:
@@ -454,7 +455,7 @@ class ZarrAppendContainer(Container):
         """Forget the frames appended since the last commit (the store is not touched); how many were dropped."""
         dropped = len(self._pending)
         for pending in self._pending:
-            self._index.pop(pending.row.key.key_id(), None)
+            self._index.pop(pending.row.key_id, None)
         self._pending.clear()
         return dropped
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +50,7 @@ class Row:
     key: ItemKey
     received: float
     metadata: Mapping[str, Any]
+    key_id: str
 
 
 @dataclass(frozen=True)
@@ -62,9 +63,31 @@ class Column:
 
     def fit(self, value: Any) -> Any:
         """``value`` as this column stores it, or None when it does not fit (it then goes to the JSON)."""
+        return self.fitter()(value)
+
+    def fitter(self) -> Callable[[Any], Any]:
+        """``fit`` as a function with the column's limits looked up once (it runs per frame and key)."""
         if self.kind == "str":
-            return _text(value)
-        return MetaColumn(self.path, self.kind, np.dtype(self.dtype)).fit(value)
+            return _text
+        if self.kind == "int":
+            limits = np.iinfo(np.dtype(self.dtype))
+            low, high = int(limits.min), int(limits.max)
+
+            def fit_int(value: Any) -> int | None:
+                if isinstance(value, bool | np.bool_) or not isinstance(value, int | np.integer):
+                    return None
+                number = int(value)
+                return number if low <= number <= high else None
+
+            return fit_int
+        slow = MetaColumn(self.path, self.kind, np.dtype(self.dtype)).fit
+        if self.kind == "float" and np.dtype(self.dtype) == np.float64:
+
+            def fit_float(value: Any) -> Any:
+                return value if type(value) is float else slow(value)  # a Python float is a float64
+
+            return fit_float
+        return slow
 
     @property
     def fill(self) -> Any:
@@ -125,6 +148,7 @@ class Columns:
         self.rows = rows
         self.states = {c.path: ColumnState(c) for c in columns}
         self.metadata = {c.path.rsplit("/", 1)[1]: c for c in columns if c.path.startswith(f"{group}/metadata/")}
+        self._fitters = {name: (column, column.fitter()) for name, column in self.metadata.items()}
 
     @staticmethod
     def plan(group: str, first_metadata: Mapping[str, Any]) -> list[Column]:
@@ -157,37 +181,61 @@ class Columns:
             state.document = metadata_document(array)
 
     def rows_of(self, rows: Sequence[Row]) -> dict[str, list[Any]]:
-        """Each column's values for ``rows``."""
+        """Each column's values for ``rows`` (each metadata value fitted once: this runs per frame)."""
         values: dict[str, list[Any]] = {path: [] for path in self.states}
         prefix = f"{self.group}/archive/"
+        item_keys, hashes, sources = (
+            values[prefix + "item_key"],
+            values[prefix + "content_hash"],
+            values[prefix + "source_name"],
+        )
+        sequences, received, documents = (
+            values[prefix + "sequence"],
+            values[prefix + "received"],
+            values[prefix + "extra_json"],
+        )
+        fitters = [(name, column, fit, values[column.path]) for name, (column, fit) in self._fitters.items()]
         for row in rows:
-            key = row.key
-            values[prefix + "item_key"].append(key.key_id())
-            values[prefix + "content_hash"].append(_text(key.digest) or "")
-            values[prefix + "source_name"].append(_text(key.source) or "")
-            values[prefix + "sequence"].append(_sequence(key.sequence))
-            values[prefix + "received"].append(row.received)
-            values[prefix + "extra_json"].append(self._extras(row))
-            for name, column in self.metadata.items():
-                fitted = column.fit(row.metadata[name]) if name in row.metadata else None
-                values[column.path].append(column.fill if fitted is None else fitted)
+            key, metadata = row.key, row.metadata
+            item_keys.append(row.key_id)
+            hashes.append(_text(key.digest) or "")
+            sources.append(_text(key.source) or "")
+            sequences.append(_sequence(key.sequence))
+            received.append(row.received)
+            extra: dict[str, Any] = {}
+            absent: list[str] = []
+            for name, column, fit, out in fitters:
+                if name not in metadata:
+                    absent.append(name)
+                    out.append(column.fill)
+                    continue
+                value = metadata[name]
+                fitted = fit(value)
+                if fitted is None:
+                    extra[name] = value
+                    out.append(column.fill)
+                else:
+                    out.append(fitted)
+            if len(metadata) > len(fitters) - len(absent):
+                extra.update({str(k): v for k, v in metadata.items() if k not in self._fitters})
+            documents.append(self._document(row, extra, absent))
         return values
 
-    def _extras(self, row: Row) -> str:
+    @staticmethod
+    def _document(row: Row, extra: dict[str, Any], absent: list[str]) -> str:
         """The frame's JSON document: what has no column or does not fit it; "" when there is nothing."""
-        names = self.metadata
-        extra = {str(k): v for k, v in row.metadata.items() if k not in names or names[k].fit(v) is None}
-        absent = [name for name in names if name not in row.metadata]
         archive: dict[str, Any] = {}
-        if _text(row.key.source) != row.key.source:
-            archive["source_name"] = row.key.source
-        if row.key.sequence is not None and _sequence(row.key.sequence) == NO_SEQUENCE:
-            archive["sequence"] = row.key.sequence
-        if _text(row.key.digest) != row.key.digest:
-            archive["content_hash"] = row.key.digest
+        key = row.key
+        if _text(key.source) != key.source:
+            archive["source_name"] = key.source
+        if key.sequence is not None and _sequence(key.sequence) == NO_SEQUENCE:
+            archive["sequence"] = key.sequence
+        if _text(key.digest) != key.digest:
+            archive["content_hash"] = key.digest
+        if not (extra or absent or archive):
+            return ""
         document = {"metadata": extra, "absent": absent, "archive": archive}
-        document = {k: v for k, v in document.items() if v}
-        return lossless_json(document).decode("ascii") if document else ""
+        return lossless_json({k: v for k, v in document.items() if v}).decode("ascii")
 
     def chunks(self, start: int, rows: Sequence[Row], encode: Any) -> list[tuple[str, Content]]:
         """The chunk files the rows ``start ..`` change, per column: (key inside the store, content).
@@ -197,20 +245,21 @@ class Columns:
         out: list[tuple[str, Content]] = []
         for path, values in self.rows_of(rows).items():
             state = self.states[path]
-            position = start
-            for value in values:
-                state.tail.append(value)
-                position += 1
-                if len(state.tail) == self.rows:
-                    out.append(self._chunk(state, position - 1, encode))
-                    state.tail = []
-            if state.tail:
-                out.append(self._chunk(state, position - 1, encode))
+            position = start - len(state.tail)  # the first row of the tail's chunk
+            pending = state.tail + values
+            while pending:
+                room = self.rows - position % self.rows
+                block, pending = pending[:room], pending[room:]
+                state.tail = block
+                out.append(self._chunk(state, position, encode))
+                position += len(block)
+            if len(state.tail) == self.rows:
+                state.tail = []
         return out
 
-    def _chunk(self, state: ColumnState, last: int, encode: Any) -> tuple[str, Content]:
+    def _chunk(self, state: ColumnState, first: int, encode: Any) -> tuple[str, Content]:
         block = state.column.block(state.tail, self.rows)
-        return f"{state.column.path}/c.{last // self.rows}", [encode(state.column, block)]
+        return f"{state.column.path}/c.{first // self.rows}", [encode(state.column, block)]
 
 
 def _sequence(value: int | None) -> int:
