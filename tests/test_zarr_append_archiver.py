@@ -22,6 +22,8 @@ from conftest import Rig, RigFactory
 from helpers import dead_letter_entries, read_entry, wait_for_items, wait_until
 from heros_archiver import ZarrAppendArchiver
 from heros_archiver.sinks.containers.zarr_append import read_archive_row, read_metadata
+from heros_archiver.state.statedir import RECORDS_SUBDIR
+from heros_archiver.storage.temporaries import TMP_PREFIX
 from heros_archiver.testing import free_port, unique_realm
 
 pytestmark = pytest.mark.timeout(120)
@@ -192,8 +194,9 @@ def test_a_reader_in_another_process_sees_a_consistent_growing_array_during_the_
 def test_sigkill_mid_shard_keeps_committed_frames_and_a_restart_writes_each_frame_once(tmp_path: Path) -> None:
     """``heros-archiver run`` (a BOSS-style config) commits every 6 frames into shards of 8 and is SIGKILLed
     with frames pending and shard 2 half full: zarr opens the store with exactly the 18 committed frames. A
-    junk object where shard 3 goes (a half-written shard beyond the shape) is ignored. The restart gets the
-    whole run again from the camera and writes only the missing frames: each frame exactly once."""
+    junk object where shard 3 goes (a half-written shard beyond the shape) is ignored and replaced, and a
+    temporary of the killed run is removed at the restart's start. The restart gets the whole run again from
+    the camera and writes only the missing frames: each frame exactly once."""
     archive = tmp_path / "archive"
     store = archive / "run.zarr"
     port, realm = free_port(), unique_realm()
@@ -223,6 +226,9 @@ def test_sigkill_mid_shard_keeps_committed_frames_and_a_restart_writes_each_fram
         group = zarr.open_group(store, mode="r")["cam"]
         assert [read_metadata(group, i)["frame"] for i in range(18)] == list(range(18))
         (store / "cam" / "data" / "c.3.0.0").write_bytes(b"\x00half a shard")
+        [record] = (archive / RECORDS_SUBDIR).iterdir()  # <pid>.<token> of the killed run, naming its directories
+        stray = store / "cam" / "data" / f"{TMP_PREFIX}.{record.name}.0.tmp"
+        stray.write_bytes(b"a shard the killed run was writing")  # as its temporary would be left
 
         with procs.run_archiver(config, realm, port, tmp_path / "run-2.log") as proc:
             procs.wait_for_archiver(cam, proc)
@@ -240,5 +246,6 @@ def test_sigkill_mid_shard_keeps_committed_frames_and_a_restart_writes_each_fram
     assert list(group["metadata/frame"][...]) == list(range(30))
     assert len(set(group["archive/item_key"][...])) == 30
     leftovers = [p for p in store.rglob("*") if p.is_file() and p.name != "zarr.json" and not p.name.startswith("c.")]
-    assert leftovers == [], leftovers  # no temporaries of either run
+    assert leftovers == [], leftovers  # no temporaries of either run: the stray one was removed at the start
+    assert "removed 1 stale temporary file" in output, output
     assert json.loads((store / "cam" / "data" / "zarr.json").read_text())["shape"][0] == 30
