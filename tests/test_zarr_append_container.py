@@ -12,7 +12,7 @@ import zarr
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from heros_archiver.errors import PayloadError, TargetExistsError
+from heros_archiver.errors import PayloadError, StorageError, TargetExistsError
 from heros_archiver.sinks.containers import ContainerBusyError, ItemKey, ItemMismatchError
 from heros_archiver.sinks.containers.zarr_append import ZarrAppendContainer, read_metadata
 from heros_archiver.sinks.containers.zarr_shards import COMPRESSIONS
@@ -129,3 +129,14 @@ def test_the_shards_decode_in_another_implementation_zarrs(tmp_path: Path, compr
         array = zarr.open_array(store, path=ARRAY, mode="r")
         np.testing.assert_array_equal(array[...], np.stack([frame(i) for i in range(10)]))
         np.testing.assert_array_equal(array[7], frame(7))
+
+
+def test_fsync_commits_read_back_and_an_undecodable_partial_shard_is_a_storage_error(tmp_path: Path) -> None:
+    store = tmp_path / "run.zarr"
+    with ZarrAppendContainer(store, ARRAY, root=tmp_path, fsync=True, frames_per_shard=4) as container:
+        for index in range(6):
+            append(container, index)
+    np.testing.assert_array_equal(zarr.open_array(store, path=ARRAY)[...], np.stack([frame(i) for i in range(6)]))
+    (store / "cam" / "data" / "c.1.0.0").write_bytes(b"not a shard")  # holds committed frames 4 and 5
+    with pytest.raises(StorageError, match=r"cannot read back .* 6 committed frames"):
+        ZarrAppendContainer(store, ARRAY, root=tmp_path, on_exists="append")

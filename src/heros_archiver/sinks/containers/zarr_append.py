@@ -46,7 +46,7 @@ from ...storage.atomic import unique_names, write_atomic
 from ...storage.confinement import open_directory
 from . import CommitReport, Container, ContainerBusyError, ContainerCapabilities, ItemKey, ItemMismatchError
 from . import lossless_json as lossless_json
-from .zarr_columns import COLUMN_ROWS, Column, Columns, Row, read_archive_row, read_metadata
+from .zarr_columns import ATTRIBUTE, COLUMN_ROWS, Column, Columns, Row, read_archive_row, read_metadata
 from .zarr_shards import (
     CHUNK_KEY_ENCODING,
     COMPRESSIONS,
@@ -77,8 +77,6 @@ OnExists = Literal["error", "append", "unique"]
 #: one shard and a partial shard is rarely rewritten.
 SHARD_TARGET_BYTES = 32 << 20
 MAX_AUTO_SHARD_FRAMES = 1000
-#: The attribute of the frames array that says how this module wrote it (read back at a reopen).
-ATTRIBUTE = "heros_archiver"
 FORMAT_VERSION = 1
 _STORABLE_KINDS = "biufc"
 _RESERVED_NAMES = frozenset({"metadata", "archive", "zarr.json"})
@@ -242,6 +240,20 @@ class ZarrAppendContainer(Container):
         self._set_document(document)
         self._columns = Columns(self.group, columns, self.column_rows)
         committed = int(document["shape"][0])
+        try:
+            self._read_back(committed)
+        except ArchiverError:
+            raise
+        except Exception as exc:  # zarr's own errors for an object that does not decode
+            raise StorageError(
+                f"cannot read back the last partial shard, column chunks or item keys of {self.array_path!r} in "
+                f"{self.path} (expected the objects of its {committed} committed frames): {exc!r}"
+            ) from exc
+        self._committed = committed
+
+    def _read_back(self, committed: int) -> None:
+        """The frames of the last partial shard, each column's last partial chunk, and the stored keys."""
+        assert self._columns is not None and self.frames_per_shard is not None
         zarr = self._zarr
         frames = zarr.open_array(store=str(self.path), path=self.array_path, mode="r")
         start = committed - committed % self.frames_per_shard
@@ -262,7 +274,6 @@ class ZarrAppendContainer(Container):
                 self._write(f"{path}/zarr.json", [with_shape(state.document, committed)])
         keys = zarr.open_array(store=str(self.path), path=f"{self.group}/archive/item_key", mode="r")
         self._index = {str(key): i for i, key in enumerate(keys[:committed].tolist())} if committed else {}
-        self._committed = committed
 
     def _set_document(self, document: dict[str, Any]) -> None:
         self._document = document

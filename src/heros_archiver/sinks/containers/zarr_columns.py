@@ -34,12 +34,17 @@ from . import ItemKey, lossless_json
 from .hdf5_columns import NO_SEQUENCE, MetaColumn
 from .zarr_shards import CHUNK_KEY_ENCODING, metadata_document
 
+#: The attribute of the frames array that says how the container wrote it (its columns among others).
+ATTRIBUTE = "heros_archiver"
 #: Rows per chunk of a column file (a partial chunk is rewritten whole at each commit until it is full).
 COLUMN_ROWS = 4096
 #: Column names Zarr and every file system take as they are (others go to the JSON): no "/", no NUL, not
 #: "zarr.json", not Zarr's reserved "__" prefix, no leading dot, at most 128 characters.
 _NAME = re.compile(r"(?!__)[A-Za-z0-9_][A-Za-z0-9_.+-]{0,127}")
 _RESERVED = frozenset({"zarr.json"})
+#: Metadata keys of the first frame that get a column (each costs two small files per commit); the rest
+#: go to the per-frame JSON.
+MAX_METADATA_COLUMNS = 64
 ARCHIVE_COLUMNS = ("item_key", "content_hash", "source_name", "sequence", "received", "extra_json")
 
 
@@ -162,10 +167,10 @@ class Columns:
             Column(f"{prefix}/received", "float", "<f8"),
             Column(f"{prefix}/extra_json", "str", "str"),
         ]
-        metadata = []
+        metadata: list[Column] = []
         for name, value in first_metadata.items():
             found = column_for(name, value)
-            if found is not None:
+            if found is not None and len(metadata) < MAX_METADATA_COLUMNS:
                 metadata.append(Column(f"{group}/metadata/{name}", *found))
         return archive + metadata
 
@@ -274,14 +279,24 @@ def read_metadata(group: Any, index: int) -> dict[str, Any]:
     document = _document(group, index)
     absent = set(document.get("absent", ()))
     result: dict[str, Any] = {}
-    if "metadata" in group:
-        for name, array in group["metadata"].arrays():
-            if name in absent:
-                continue
-            value = array[index]
-            result[name] = value.item() if isinstance(value, np.generic | np.ndarray) else value
+    for name in metadata_columns(group):
+        if name in absent:
+            continue
+        value = group["metadata"][name][index]
+        result[name] = value.item() if isinstance(value, np.generic | np.ndarray) else value
     result.update(document.get("metadata", {}))
     return result
+
+
+def metadata_columns(group: Any) -> list[str]:
+    """The metadata keys with a column, as the frames array's attributes list them (not every array in
+    ``metadata/``: a creation cut short by a crash may have left others there)."""
+    prefix = f"{group.path}/metadata/" if group.path else "metadata/"
+    for _name, array in group.arrays():
+        settings = array.attrs.get(ATTRIBUTE)
+        if isinstance(settings, dict):
+            return [str(path)[len(prefix) :] for path, *_ in settings["columns"] if str(path).startswith(prefix)]
+    return []
 
 
 def read_archive_row(group: Any, index: int) -> dict[str, Any]:
