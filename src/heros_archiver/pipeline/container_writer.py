@@ -68,11 +68,12 @@ class ContainerWriter:
         oldest = sink.oldest_pending
         if oldest is None:
             return False
+        # not "the queue is closed": at drain the items still queued are appended first and committed
+        # together (``_finish``), not one commit each (for the Zarr sink, a partial shard rewritten per item)
         return (
             sink.pending >= sink.flush_frames
             or sink.pending_bytes >= sink.flush_bytes
             or time.monotonic() - oldest >= sink.flush_seconds
-            or self._pipeline._queue.closed
         )
 
     def _append(self, item: Item) -> None:
