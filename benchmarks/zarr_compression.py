@@ -7,7 +7,9 @@ rotated), committing every ``--commit-every`` frames into shards of ``--shard`` 
 chunk, and prints MiB/s (raw frame bytes over the time from construction to close), the size on disk and
 compression ratio (raw bytes / bytes of every file in the store), and the ratio to ``zarr-python``: the
 same sharded array written by zarr-python 3.1 itself (``array[a:b] = frames`` per commit, LocalStore, no
-metadata arrays, no item keys), with its default codec pipeline and with the zarrs (Rust) pipeline:
+metadata arrays, no item keys), with its default codec pipeline and with the zarrs (Rust) pipeline.
+Two more rows for scale: ``disk:files`` (the frame bytes as one plain file per shard) and
+``hdf5-container`` (the HDF5 archiver's container, uncompressed, same commits):
 
     python benchmarks/zarr_compression.py [--dir /data/scratch] [--n 128] [--repeats 3]
 """
@@ -57,6 +59,30 @@ def container(path: Path, frames: list[np.ndarray], keys: list[ItemKey], compres
                 sink.commit()
 
 
+def plain_files(path: Path, frames: list[np.ndarray], shard: int) -> None:
+    """The disk's part: the same frame bytes as one file per shard, written in place (no index, no
+    temporary, no rename, no metadata arrays)."""
+    path.mkdir()
+    for start in range(0, len(frames), shard):
+        fd = os.open(path / f"c.{start // shard}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            for frame in frames[start : start + shard]:
+                os.write(fd, frame.data.cast("B"))
+        finally:
+            os.close(fd)
+
+
+def hdf5_container(path: Path, frames: list[np.ndarray], keys: list[ItemKey], commit_every: int) -> None:
+    """The HDF5 archiver's container on the same frames (one frame per chunk, no compression)."""
+    from heros_archiver.sinks.containers.hdf5 import Hdf5Container
+
+    with Hdf5Container(path, ARRAY) as sink:
+        for i, (frame, key) in enumerate(zip(frames, keys, strict=True)):
+            sink.append(key, frame, {"frame": i, "exposure_s": 0.01, "mode": "continuous"}, received=time.time())
+            if (i + 1) % commit_every == 0:
+                sink.commit()
+
+
 def store_bytes(path: Path) -> int:
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
 
@@ -75,7 +101,7 @@ def main() -> None:
     frames = camera_frames(args.n, (height, width))
     keys = [ItemKey.of("cam", frame, None, i) for i, frame in enumerate(frames)]
     mib = sum(f.nbytes for f in frames) / 2**20
-    rows: list[tuple[str, str]] = []
+    rows: list[tuple[str, str]] = [("disk:files", "none"), ("hdf5-container", "none")]
     for compression in args.compressions.split(","):
         rows += [("zarr-python", compression), ("zarr-python+zarrs", compression), ("container", compression)]
     seconds: dict[tuple[str, str], list[float]] = {row: [] for row in rows}
@@ -91,11 +117,19 @@ def main() -> None:
                     start = time.perf_counter()
                     if row[0] == "container":
                         container(path, frames, keys, row[1], args.shard, args.commit_every)
+                    elif row[0] == "disk:files":
+                        plain_files(path, frames, args.shard)
+                    elif row[0] == "hdf5-container":
+                        hdf5_container(path, frames, keys, args.commit_every)
                     else:
                         zarr_python(path, frames, row[1], args.shard, args.commit_every)
                     seconds[row].append(time.perf_counter() - start)
-                sizes[row] = store_bytes(path)
-                shutil.rmtree(path)
+                if path.is_dir():
+                    sizes[row] = store_bytes(path)
+                    shutil.rmtree(path)
+                else:  # the HDF5 file
+                    sizes[row] = path.stat().st_size
+                    path.unlink()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     print(

@@ -3,6 +3,7 @@ network, reopening, a second writer, and the shard layout that keeps readers con
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from heros_archiver.errors import PayloadError, StorageError, TargetExistsError
 from heros_archiver.sinks.containers import ContainerBusyError, ItemKey, ItemMismatchError
 from heros_archiver.sinks.containers.zarr_append import ZarrAppendContainer, read_metadata
 from heros_archiver.sinks.containers.zarr_shards import COMPRESSIONS
+from heros_archiver.sinks.containers.zarr_trash import empty, trash_directory
 
 ARRAY = "cam/data"
 
@@ -140,3 +142,22 @@ def test_fsync_commits_read_back_and_an_undecodable_partial_shard_is_a_storage_e
     (store / "cam" / "data" / "c.1.0.0").write_bytes(b"not a shard")  # holds committed frames 4 and 5
     with pytest.raises(StorageError, match=r"cannot read back .* 6 committed frames"):
         ZarrAppendContainer(store, ARRAY, root=tmp_path, on_exists="append")
+
+
+def test_replaced_objects_wait_in_the_trash_until_the_background_thread_frees_them(tmp_path: Path) -> None:
+    """Each commit replaces zarr.json files and a partial shard: their old versions are hard-linked into
+    the root's trash first (the rename then frees nothing) and unlinked behind the writer; ``empty`` removes
+    what a killed run left there."""
+    store = tmp_path / "run.zarr"
+    trash = Path(trash_directory(str(tmp_path)))
+    with ZarrAppendContainer(store, ARRAY, root=tmp_path, frames_per_shard=8) as container:
+        for index in range(6):
+            append(container, index)
+            container.commit()  # shard 0 replaced five times, every zarr.json too
+    np.testing.assert_array_equal(zarr.open_array(store, path=ARRAY)[...], np.stack([frame(i) for i in range(6)]))
+    deadline = time.monotonic() + 30
+    while any(trash.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert list(trash.iterdir()) == []
+    (trash / "12345.0123abcd.0").write_bytes(b"an old shard a killed run left")
+    assert empty(str(tmp_path)) == 1 and list(trash.iterdir()) == []

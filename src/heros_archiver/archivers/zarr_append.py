@@ -20,6 +20,7 @@ from ..naming.templates import PathTemplate, derive_root
 from ..pipeline.queueing import Item
 from ..sinks.base import ContainerSink
 from ..sinks.containers.zarr_shards import COMPRESSIONS, DEFAULT_COMPRESSION, load_zarr
+from ..sinks.containers.zarr_trash import empty as empty_trash
 from ..sinks.writer import _refuse_reserved
 from ..state.statedir import DEAD_LETTER_SUBDIR
 from ..storage.atomic import remove_stale_temporaries
@@ -115,6 +116,9 @@ class ZarrAppendArchiver(HERODataArchiver):
         removed = remove_stale_temporaries(self.root)
         if removed:
             log.warning("removed %d stale temporary file(s) under %s left by an earlier run", removed, self.root)
+        freed = empty_trash(str(self.root))
+        if freed:
+            log.info("freed %d old version(s) of Zarr objects an earlier run had replaced", freed)
 
     def _default_dead_letter_dir(self) -> Path:
         return self.root / DEAD_LETTER_SUBDIR

@@ -61,6 +61,7 @@ from .zarr_shards import (
     with_shape,
     zarr_compressors,
 )
+from .zarr_trash import keep_old_version
 
 __all__ = [
     "COMPRESSIONS",
@@ -458,8 +459,15 @@ class ZarrAppendContainer(Container):
         return encode
 
     def _write(self, key: str, content: Content) -> None:
-        """One object of the store, written whole: temporary + rename beneath the archive root."""
+        """One object of the store, written whole: temporary + rename beneath the archive root. A version
+        already there is first linked into the trash, so that the rename frees nothing (``zarr_trash``)."""
         target = self.path / key
+        if self._root is not None:
+            handle = self._directory(target.parent)
+            try:
+                keep_old_version(self._root, handle, target.name)
+            finally:
+                os.close(handle)
         write_atomic(target, content, "overwrite", "file+directory" if self.fsync else "none", root=self._root)
 
     def discard(self) -> int:
