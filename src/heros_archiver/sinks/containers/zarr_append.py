@@ -44,8 +44,15 @@ from ...errors import ArchiverError, ConfigurationError, PayloadError, StorageEr
 from ...formats.base import Content
 from ...storage.atomic import unique_names, write_atomic
 from ...storage.confinement import open_directory
-from . import CommitReport, Container, ContainerBusyError, ContainerCapabilities, ItemKey, ItemMismatchError
-from . import lossless_json as lossless_json
+from . import (
+    CommitReport,
+    Container,
+    ContainerBusyError,
+    ContainerCapabilities,
+    ItemKey,
+    ItemMismatchError,
+    lossless_json,
+)
 from .zarr_columns import ATTRIBUTE, COLUMN_ROWS, Column, Columns, Row, read_archive_row, read_metadata
 from .zarr_shards import (
     CHUNK_KEY_ENCODING,
