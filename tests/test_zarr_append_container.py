@@ -3,6 +3,9 @@ network, reopening, a second writer, and the shard layout that keeps readers con
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,7 @@ from heros_archiver.sinks.containers.zarr_shards import COMPRESSIONS
 from heros_archiver.sinks.containers.zarr_trash import empty, trash_directory
 
 ARRAY = "cam/data"
+SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 def frame(index: int, shape: tuple[int, ...] = (6, 5), dtype: str = "<u2") -> np.ndarray:
@@ -161,3 +165,18 @@ def test_replaced_objects_wait_in_the_trash_until_the_background_thread_frees_th
     assert list(trash.iterdir()) == []
     (trash / "12345.0123abcd.0").write_bytes(b"an old shard a killed run left")
     assert empty(str(tmp_path)) == 1 and list(trash.iterdir()) == []
+
+
+def test_without_zarr_the_package_imports_and_the_container_names_the_extra(tmp_path: Path) -> None:
+    code = (
+        "import sys; sys.modules['zarr'] = None\n"
+        "import heros_archiver, heros_archiver.archivers.zarr_append\n"
+        "import heros_archiver.sinks.containers.zarr_append as za\n"
+        "try:\n"
+        f"    za.ZarrAppendContainer({str(tmp_path / 'x.zarr')!r}, 'a/b')\n"
+        "except heros_archiver.ConfigurationError as exc:\n"
+        "    print('REFUSED', exc)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]))
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert "REFUSED" in result.stdout and "pip install heros-archiver[zarr]" in result.stdout, result.stderr
