@@ -11,6 +11,8 @@ import hashlib
 import json
 import re
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +23,10 @@ import procs
 from conftest import Rig, RigFactory
 from helpers import dead_letter_entries, read_entry, wait_for_items, wait_until
 from heros_archiver import ZarrAppendArchiver
+from heros_archiver.pipeline.queueing import Item
+from heros_archiver.sinks.base import ContainerSink, Settled
 from heros_archiver.sinks.containers.zarr_append import read_archive_row, read_metadata
+from heros_archiver.sinks.zarr_append import ZarrAppendSink
 from heros_archiver.state.statedir import RECORDS_SUBDIR
 from heros_archiver.storage.temporaries import TMP_PREFIX
 from heros_archiver.testing import free_port, unique_realm
@@ -249,3 +254,55 @@ def test_sigkill_mid_shard_keeps_committed_frames_and_a_restart_writes_each_fram
     assert leftovers == [], leftovers  # no temporaries of either run: the stray one was removed at the start
     assert "removed 1 stale temporary file" in output, output
     assert json.loads((store / "cam" / "data" / "zarr.json").read_text())["shape"][0] == 30
+
+
+class _CountingSink(ZarrAppendSink):
+    """The real Zarr sink, counting its commits; its first append waits until the test lets it go."""
+
+    release = threading.Event()
+    commits = 0
+
+    def append(self, item: Item) -> Settled:
+        _CountingSink.release.wait(60)
+        return super().append(item)
+
+    def commit(self) -> Settled:
+        settled = super().commit()
+        _CountingSink.commits += bool(settled.archived)
+        return settled
+
+    def close(self) -> Settled:
+        settled = super().close()
+        _CountingSink.commits += bool(settled.archived)
+        return settled
+
+
+class _CountingArchiver(ZarrAppendArchiver):
+    def _container_sink_factory(self) -> Callable[[], ContainerSink]:
+        real = super()._container_sink_factory()
+        settings = real()._settings  # type: ignore[attr-defined]
+        return lambda: _CountingSink(settings, self._array_of)
+
+
+def test_at_drain_the_queued_frames_are_committed_together_not_one_commit_each(
+    make_rig: RigFactory, tmp_path: Path
+) -> None:
+    """A commit rewrites the partial shard, so one commit per drained frame rewrote it once per frame: frames
+    queued when the archiver closes are appended first and committed once."""
+    _CountingSink.release.clear()
+    _CountingSink.commits = 0
+    made = make_rig(
+        None, archiver_cls=_CountingArchiver, store_template=STORE, array_template=ARRAY,
+        sequence_key="frame", flush_frames=1000, flush_seconds=3600,
+    )  # fmt: skip
+    send(made.camera, range(20), run=1)
+    queue = made.archiver._pipeline._queue
+    wait_until(lambda: queue.depth()[0] == 19, what="19 frames queued behind the first")
+    closing = threading.Thread(target=made.archiver.close)
+    closing.start()
+    wait_until(lambda: queue.closed, what="the queue closed")
+    _CountingSink.release.set()
+    closing.join(60)
+    assert made.archiver.stats()["total"]["archived"] == 20
+    assert _CountingSink.commits == 1
+    assert indices(tmp_path / "run-1.zarr") == list(range(20))
