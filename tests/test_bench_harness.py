@@ -111,3 +111,26 @@ def test_the_swmr_reader_of_the_hdf5_swmr_rows_polls_a_growing_file(tmp_path: Pa
         reader.stop(10)
         container.close()
     assert stats["seen"] == 3 and stats["frames_read"] >= 1 and stats["polls"] >= 1, stats
+
+
+@pytest.mark.parametrize("pixels", bench.PIXELS)
+def test_verify_zarr_append_loads_every_committed_frame_and_times_it_by_its_commit(tmp_path: Path, pixels: str) -> None:
+    from heros_archiver.sinks.containers.zarr_append import ZarrAppendContainer
+
+    shape = (8, 6)
+    frames = []
+    for i in (0, 1, 2, 2, 4, 5):  # frame 2 twice (a duplicate), frame 3 never (lost)
+        frame = bench.base_frame(shape, pixels)
+        bench.stamp(frame, i)
+        frames.append(frame)
+    frames[5][3, 3] ^= 1  # frame 5 arrives with one pixel changed
+    with ZarrAppendContainer(tmp_path / "run.zarr", "cam1/data", frames_per_shard=4) as container:
+        for k, frame in enumerate(frames):
+            container.append(ItemKey(f"cam1-{k}", k, "0" * 32), frame, {"frame": k}, received=100.0 + k)
+    commits = [[10.0, 0], [11.0, 4], [12.0, 6]]  # rows 0-3 committed by t=11, rows 4-5 by t=12
+
+    good, bad, dup, partial, by_received = bench.verify_zarr_append(tmp_path, 6, shape, {"commits": commits}, pixels)
+
+    assert sorted(good) == [0, 1, 2, 4]
+    assert (bad, dup, partial, by_received) == (1, 1, None, 0)
+    assert good[0] == good[1] == 11.0 and good[4] == 12.0

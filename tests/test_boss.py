@@ -365,3 +365,48 @@ def _start_boss_with(config_files: list[Path], realm: str, port: int, log_file: 
             cwd=log_file.parent,
             start_new_session=True,
         )
+
+
+def test_boss_runs_a_zarr_append_archiver(tmp_path: Path) -> None:
+    """``heros_archiver.ZarrAppendArchiver`` under BOSS: frames appended to one sharded array, its figures
+    through BOSS's remote ``stats()``, and BOSS's SIGTERM commits what waits (zarr reads every frame)."""
+    import zarr
+
+    runs = tmp_path / "runs"
+    config = {
+        "_id": "run-archiver",
+        "classname": "heros_archiver.ZarrAppendArchiver",
+        "arguments": {
+            "object_selector": "cam",
+            "event_name": "acquisition_data",
+            "default_metadata": {"file_path": str(runs)},
+            "store_template": "{{ file_path }}/run-{{ run }}.zarr",
+            "sequence_key": "frame",
+            "flush_frames": 3,
+            "flush_seconds": 3600,
+        },
+    }
+    config_file = tmp_path / "archiver.json"
+    config_file.write_text(json.dumps(config))
+    port, realm = free_port(), unique_realm()
+    camera = ReliableSimulatedCamera("cam", realm=realm, session_manager=session_manager(listen_port=port))
+    process: subprocess.Popen[bytes] | None = None
+    try:
+        process = _start_boss(config_file, realm, port, tmp_path / "boss.log")
+        wait_for_subscriber(camera, timeout=60)
+        frames = [np.arange(12, dtype=np.uint16).reshape(3, 4) + 100 * i for i in range(5)]
+        for i, frame in enumerate(frames):
+            camera.acquisition_data(frame, {"frame": i, "run": 3})
+        remote = _remote_hero("run-archiver", realm, heros_compat.session_manager(camera))
+        try:
+            wait_until(lambda: remote.stats()["total"]["archived"] == 3, 30, "one commit of 3 frames")
+        finally:
+            remote._destroy_hero()
+        os.killpg(process.pid, signal.SIGTERM)  # frames 3 and 4 wait for a commit: the drain makes it
+        assert process.wait(timeout=30) == 0, (tmp_path / "boss.log").read_text()
+        array = zarr.open_array(runs / "run-3.zarr", path="cam/data", mode="r")
+        np.testing.assert_array_equal(array[...], np.stack(frames))
+    finally:
+        if process is not None:
+            _stop_group(process)
+        camera._destroy_hero()

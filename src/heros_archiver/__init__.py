@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from .archivers.files import ArrayArchiver, FileArchiver, JsonArchiver
     from .archivers.hdf5 import Hdf5Archiver
     from .archivers.zarr import ZarrArchiver
+    from .archivers.zarr_append import ZarrAppendArchiver
 
 __version__ = "0.1.0"
 
@@ -34,6 +35,7 @@ _ARCHIVERS = {
     "JsonArchiver": "archivers.files",
     "Hdf5Archiver": "archivers.hdf5",
     "ZarrArchiver": "archivers.zarr",
+    "ZarrAppendArchiver": "archivers.zarr_append",
 }
 
 __all__ = [
@@ -50,6 +52,7 @@ __all__ = [
     "TargetExistsError",
     "TemplateRenderError",
     "ZarrArchiver",
+    "ZarrAppendArchiver",
 ]
 
 

@@ -98,13 +98,14 @@ class ContainerWriter:
         oldest = sink.oldest_pending
         if oldest is None:
             return False
+        # not "the queue is closed": at drain the items still queued are appended first and committed
+        # together (``_finish``), not one commit each (for the Zarr sink, a partial shard rewritten per item)
         now = time.monotonic()
         return (
             sink.pending >= self._flush_items
             or sink.pending_bytes >= self._flush_bytes
             or now - oldest >= sink.flush_seconds
             or (idle and sink.flush_idle is not None and now - self._last_arrival >= sink.flush_idle)
-            or self._pipeline._queue.closed
             or self._pipeline._queue.room_wanted
         )
 

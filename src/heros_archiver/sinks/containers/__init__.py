@@ -112,13 +112,13 @@ _HEADERS: dict[tuple[np.dtype[Any], tuple[int, ...]], bytes] = {}
 
 
 def _xxhash() -> ModuleType:
-    """The xxhash module (the ``hdf5`` extra), or a ConfigurationError that names the extra to install."""
+    """The xxhash module (a dependency of heros-archiver), or a ConfigurationError that says so."""
     try:
         import xxhash
     except ImportError as exc:
         raise ConfigurationError(
-            f"container item keys need xxhash, which is not installed ({exc}); install the extra: "
-            "pip install heros-archiver[hdf5]"
+            f"container item keys need xxhash, a dependency of heros-archiver, which is not installed ({exc}); "
+            "install it: pip install 'xxhash>=3,<5'"
         ) from exc
     return xxhash
 

@@ -1,0 +1,157 @@
+"""ZarrAppendArchiver: the frames of a run appended to one sharded Zarr v3 array, readable at any moment.
+
+Built on the container sink (``sinks.ContainerSink``, ``sinks.zarr_append.ZarrAppendSink``) and the Zarr
+append container (``containers.zarr_append``), as ``Hdf5Archiver`` is on the HDF5 one: the store path is
+rendered from ``store_template`` once, when the event arrives, and becomes the item's route, so every frame
+of one store is written by one writer, in arrival order; frames count as archived only once a commit wrote
+their shards and then advanced the array's shape (decision 0023).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..checks import check_choice, check_integer, check_seconds
+from ..errors import ConfigurationError
+from ..naming.templates import PathTemplate, derive_root
+from ..pipeline.queueing import Item
+from ..sinks.base import ContainerSink
+from ..sinks.containers.zarr_shards import COMPRESSIONS, DEFAULT_COMPRESSION, load_zarr
+from ..sinks.containers.zarr_trash import empty as empty_trash
+from ..sinks.writer import _refuse_reserved
+from ..state.statedir import DEAD_LETTER_SUBDIR
+from ..storage.atomic import remove_stale_temporaries
+from .base import HERODataArchiver
+from .files import _refuse_linked_state_directory
+from .hdf5 import DEFAULT_FLUSH_BYTES, DEFAULT_FLUSH_FRAMES, DEFAULT_FLUSH_SECONDS, DEFAULT_IDLE_TIMEOUT
+
+log = logging.getLogger("heros_archiver")
+
+ON_EXISTS_CHOICES: tuple[str, ...] = ("error", "append", "unique")
+FSYNC_CHOICES: tuple[str, ...] = ("none", "file")
+
+
+class ZarrAppendArchiver(HERODataArchiver):
+    """Append array payloads as frames of a sharded Zarr v3 array, one store per ``store_template`` path.
+
+    Args:
+        store_template: Jinja2 template of the store's directory (as ``save_template``: the merged metadata
+            and ``source_name``; strict sandbox; confined to the archive root), e.g. one per run.
+        array_template: Jinja2 template of the frames' array inside the store (at least ``group/name``;
+            the per-frame metadata arrays go beside it in the group). Default ``{{ source_name }}/data``.
+        compression: ``none`` (default, by measurement: docs/benchmarks.md), ``zstd`` or ``blosc-lz4``.
+        frames_per_chunk: frames per inner chunk (what a reader decodes at once; default 1).
+        frames_per_shard: frames per shard (the object on disk; default: as many as one default commit
+            holds, ``min(flush_frames, 32 MiB / frame bytes)``, so a commit writes about one whole shard).
+        flush_frames, flush_seconds: commit (frames become archived and visible to readers) every this many
+            frames or seconds after the oldest waiting frame, whichever first, and at drain.
+        max_frames: roll over to ``name-1.zarr``, ``name-2.zarr``, ... once an array holds this many frames.
+        idle_timeout: seconds after which an array nothing was appended to is committed and let go.
+        on_exists: a store that exists at its first use: ``error`` (default; its frames are dead-lettered),
+            ``append`` (continue each array after its committed frames, also after a crash; frames whose key
+            it holds are not written again), ``unique`` (``name-1.zarr``, ...).
+        root: archive root (default: derived from ``store_template`` as for the file archivers).
+        fsync: ``none`` (default: a commit survives the archiver's process being killed) or ``file`` (every
+            object and directory of a commit fsynced: it survives a power loss too).
+    """
+
+    def __init__(
+        self,
+        store_template: str,
+        array_template: str = "{{ source_name }}/data",
+        *args: Any,
+        compression: str = DEFAULT_COMPRESSION,
+        frames_per_chunk: int = 1,
+        frames_per_shard: int | None = None,
+        flush_frames: int = DEFAULT_FLUSH_FRAMES,
+        flush_seconds: float = DEFAULT_FLUSH_SECONDS,
+        max_frames: int | None = None,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        on_exists: str = "error",
+        root: str | None = None,
+        fsync: str = "none",
+        **kwargs: Any,
+    ) -> None:
+        check_choice("compression", compression, COMPRESSIONS)
+        check_choice("on_exists", on_exists, ON_EXISTS_CHOICES)
+        check_choice("fsync", fsync, FSYNC_CHOICES)
+        check_integer("flush_frames", flush_frames, "a positive integer", 1)
+        check_integer("frames_per_chunk", frames_per_chunk, "a positive integer", 1)
+        for name, value in (("frames_per_shard", frames_per_shard), ("max_frames", max_frames)):
+            if value is not None:
+                check_integer(name, value, "None or a positive integer", 1)
+        check_seconds("flush_seconds", flush_seconds)
+        check_seconds("idle_timeout", idle_timeout)
+        load_zarr()  # a missing extra fails here, at start
+        self.store_template = store_template
+        self.array_template = array_template
+        self.compression = compression
+        self.frames_per_chunk = frames_per_chunk
+        self.frames_per_shard = frames_per_shard
+        self.flush_frames = flush_frames
+        self.flush_seconds = float(flush_seconds)
+        self.max_frames = max_frames
+        self.idle_timeout = float(idle_timeout)
+        self.on_exists = on_exists
+        self.fsync = fsync
+        self._root_argument = root
+        self._sequence_key = kwargs.get("sequence_key")
+        HERODataArchiver.__init__(self, *args, **kwargs)
+
+    # ------------------------------------------------------------------ hooks of HERODataArchiver
+    def _setup_storage(self) -> None:
+        """Compile both templates under the root, check the state directory, and remove the temporaries a
+        killed run left (a shard or zarr.json it was writing: never under a name Zarr reads)."""
+        root = Path(self._root_argument) if self._root_argument else derive_root(self.store_template, self.metadata)
+        self.name_template = PathTemplate(self.store_template, root)
+        self.root = self.name_template.root
+        self._array = PathTemplate(self.array_template, self.root)
+        if self.root == Path(self.root.anchor):
+            log.warning("archive root is %s: paths are not confined; pass root=... to confine them", self.root)
+            return
+        _refuse_linked_state_directory(self.root)
+        removed = remove_stale_temporaries(self.root)
+        if removed:
+            log.warning("removed %d stale temporary file(s) under %s left by an earlier run", removed, self.root)
+        freed = empty_trash(str(self.root))
+        if freed:
+            log.info("freed %d old version(s) of Zarr objects an earlier run had replaced", freed)
+
+    def _default_dead_letter_dir(self) -> Path:
+        return self.root / DEAD_LETTER_SUBDIR
+
+    def _state_is_durable(self) -> bool:
+        return self.fsync != "none"
+
+    def _item_router(self) -> Callable[[Item], None]:
+        return self._route
+
+    def _route(self, item: Item) -> None:
+        """Render and confine the item's store path (once, on receipt): it is the item's route to its writer."""
+        context = {**item.metadata, "source_name": item.source}
+        path = self.name_template.render_confined(context)
+        _refuse_reserved(path, str(self.root), self.store_template)
+        item.route = path
+
+    def _array_of(self, item: Item) -> str:
+        return self._array.render_text({**item.metadata, "source_name": item.source})
+
+    def _container_sink_factory(self) -> Callable[[], ContainerSink]:
+        from ..sinks.zarr_append import ZarrAppendSink, ZarrAppendSinkSettings
+
+        settings = ZarrAppendSinkSettings(
+            root=str(self.root), compression=self.compression, frames_per_chunk=self.frames_per_chunk,  # type: ignore[arg-type]
+            frames_per_shard=self.frames_per_shard, on_exists=self.on_exists, fsync=self.fsync != "none",  # type: ignore[arg-type]
+            flush_frames=self.flush_frames, flush_seconds=self.flush_seconds, flush_bytes=DEFAULT_FLUSH_BYTES,
+            max_frames=self.max_frames, idle_timeout=self.idle_timeout, sequence_key=self._sequence_key,
+        )  # fmt: skip
+        return lambda: ZarrAppendSink(settings, self._array_of)
+
+    def _store(self, source_name: str, payload: Any, metadata: dict[str, Any]) -> None:
+        """Not used: items go to the container sink (the reference API's hook, kept for subclasses' sake)."""
+        raise ConfigurationError(
+            f"ZarrAppendArchiver writes items through its container sink, not _store (item from {source_name!r})"
+        )

@@ -1,0 +1,308 @@
+"""ZarrAppendArchiver over real Zenoh: frames appended to one sharded Zarr array, commit points, a reader
+in another process, SIGKILL mid-shard and a restart, on_exists, mismatched frames.
+
+Cameras and archivers talk over loopback Zenoh (conftest ``make_rig``, tests/procs.py for children); the
+stores are read back with zarr. Nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+import procs
+from conftest import Rig, RigFactory
+from helpers import dead_letter_entries, read_entry, wait_for_items, wait_until
+from heros_archiver import ZarrAppendArchiver
+from heros_archiver.pipeline.queueing import Item
+from heros_archiver.sinks.base import ContainerSink, Settled
+from heros_archiver.sinks.containers.zarr_append import read_archive_row, read_metadata
+from heros_archiver.sinks.zarr_append import ZarrAppendSink
+from heros_archiver.state.statedir import RECORDS_SUBDIR
+from heros_archiver.storage.temporaries import TMP_PREFIX
+from heros_archiver.testing import free_port, unique_realm
+
+pytestmark = pytest.mark.timeout(120)
+
+SHAPE = (16, 24)
+STORE = "{{ file_path }}/run-{{ run }}.zarr"
+ARRAY = "cam/data"
+
+
+def rig(make_rig: RigFactory, **kwargs: object) -> Rig:
+    """A camera ``cam`` and a ZarrAppendArchiver of its frames into ``run-<run>.zarr`` under tmp_path."""
+    kwargs.setdefault("store_template", STORE)
+    kwargs.setdefault("array_template", ARRAY)
+    kwargs.setdefault("sequence_key", "frame")
+    made = make_rig(None, archiver_cls=ZarrAppendArchiver, **kwargs)
+    assert isinstance(made.archiver, ZarrAppendArchiver)
+    return made
+
+
+def send(cam: object, indices: range | list[int], shape: tuple[int, ...] = SHAPE, **metadata: object) -> None:
+    procs.send_frames(cam, list(indices), shape, **metadata)
+
+
+def indices(store: Path) -> list[int]:
+    """The frame numbers (first element of each frame) of the ``cam/data`` array in ``store``, in order."""
+    return [int(f.flat[0]) for f in zarr.open_array(store, path=ARRAY, mode="r")[...]]
+
+
+def visible(store: Path) -> int:
+    """Frames a reader sees in ``store`` now; -1 while there is no array."""
+    try:
+        return int(zarr.open_array(store, path=ARRAY, mode="r").shape[0])
+    except (FileNotFoundError, zarr.errors.NodeNotFoundError):
+        return -1
+
+
+def test_a_run_of_frames_is_one_array_bit_identical_with_its_metadata(make_rig: RigFactory, tmp_path: Path) -> None:
+    made = rig(make_rig, frames_per_shard=8)
+    send(made.camera, range(50), run=7, exposure=0.25)
+    total = wait_for_items(made.archiver, 50)
+    assert total["archived"] == 50 and total["dead_lettered"] == 0
+    store = tmp_path / "run-7.zarr"
+    frames = zarr.open_array(store, path=ARRAY, mode="r")
+    assert frames.shape == (50, *SHAPE) and frames.dtype == np.uint16
+    assert frames.shards == (8, *SHAPE) and frames.chunks == (1, *SHAPE)
+    group = zarr.open_group(store, mode="r")["cam"]
+    data = frames[...]
+    for index in range(50):
+        np.testing.assert_array_equal(data[index], procs.frame(index, SHAPE))
+        metadata = read_metadata(group, index)
+        assert metadata["frame"] == index and metadata["exposure"] == 0.25
+        assert metadata["run"] == 7 and metadata["file_path"] == str(tmp_path)
+        assert read_archive_row(group, index)["sequence"] == index
+    assert list(group["archive/source_name"][...]) == ["cam"] * 50
+    assert list(group["metadata/frame"][...]) == list(range(50))
+    assert sorted(p.name for p in (store / "cam" / "data").iterdir()) == [f"c.{n}.0.0" for n in range(7)] + [
+        "zarr.json"
+    ]  # 50 frames in 7 shard objects of 8 frames
+
+
+def test_frames_count_as_archived_only_once_committed(make_rig: RigFactory, tmp_path: Path) -> None:
+    """flush_frames=10, flush_seconds long: 25 frames give two commits (20 archived), the drain the rest."""
+    made = rig(make_rig, flush_frames=10, flush_seconds=3600)
+    send(made.camera, range(25), run=1)
+    wait_until(lambda: made.archiver.stats()["total"]["archived"] == 20, what="two commits")
+    assert made.archiver.stats()["total"]["in_flight"] == 5
+    assert indices(tmp_path / "run-1.zarr") == list(range(20))
+    made.archiver._teardown()
+    assert made.archiver.stats()["total"]["archived"] == 25
+    assert indices(tmp_path / "run-1.zarr") == list(range(25))
+
+
+def test_a_frame_of_another_shape_is_dead_lettered_and_the_rest_are_written(
+    make_rig: RigFactory, tmp_path: Path
+) -> None:
+    made = rig(make_rig, flush_frames=4)
+    send(made.camera, range(3), run=1)
+    send(made.camera, [3], shape=(8, 8), run=1)
+    send(made.camera, range(4, 9), run=1)
+    total = wait_for_items(made.archiver, 9)
+    assert total["archived"] == 8 and total["dead_lettered"] == 1
+    assert indices(tmp_path / "run-1.zarr") == [0, 1, 2, 4, 5, 6, 7, 8]
+    [entry] = dead_letter_entries(tmp_path)
+    error = read_entry(entry)["error"]
+    assert "(8, 8)" in error and str(SHAPE) in error, error
+
+
+def test_an_existing_store_is_kept_under_on_exists_error(make_rig: RigFactory, tmp_path: Path) -> None:
+    existing = tmp_path / "run-1.zarr"
+    existing.mkdir()
+    (existing / "zarr.json").write_text("not yours")
+    made = rig(make_rig)
+    send(made.camera, range(2), run=1)
+    total = wait_for_items(made.archiver, 2)
+    assert total["dead_lettered"] == 2 and total["archived"] == 0
+    assert [p.name for p in existing.iterdir()] == ["zarr.json"]
+    assert (existing / "zarr.json").read_text() == "not yours"
+
+
+def test_on_exists_unique_writes_beside_an_existing_store_and_max_frames_rolls_over(
+    make_rig: RigFactory, tmp_path: Path
+) -> None:
+    (tmp_path / "run-1.zarr").mkdir()
+    made = rig(make_rig, on_exists="unique", max_frames=2)
+    send(made.camera, range(5), run=1)
+    wait_for_items(made.archiver, 5)
+    made.archiver._teardown()
+    assert list((tmp_path / "run-1.zarr").iterdir()) == []
+    assert [indices(tmp_path / f"run-1-{n}.zarr") for n in (1, 2, 3)] == [[0, 1], [2, 3], [4]]
+
+
+def test_on_exists_append_continues_a_store_of_an_earlier_run(make_rig: RigFactory, tmp_path: Path) -> None:
+    first = rig(make_rig, on_exists="append")
+    send(first.camera, range(5), run=1)
+    wait_for_items(first.archiver, 5)
+    first.archiver._teardown()
+    again = rig(make_rig, on_exists="append", frames_per_shard=4)  # the store keeps its own shard size
+    send(again.camera, range(3, 9), run=1)  # 3 and 4 are already there: not written twice
+    wait_for_items(again.archiver, 6)
+    again.archiver._teardown()
+    assert indices(tmp_path / "run-1.zarr") == list(range(9))
+
+
+def test_two_sources_into_one_store_get_an_array_each(make_rig: RigFactory, tmp_path: Path) -> None:
+    made = make_rig(
+        None, archiver_cls=ZarrAppendArchiver, cameras=("cam-1", "cam-2"), object_selector="cam-$*", writers=2,
+        store_template="{{ file_path }}/run.zarr", flush_frames=3,
+    )  # fmt: skip
+    for index in range(6):
+        for camera in made.cameras.values():
+            send(camera, [index])
+    total = wait_for_items(made.archiver, 12)
+    made.archiver._teardown()
+    assert total["archived"] == 12 and total["dead_lettered"] == 0, total
+    group = zarr.open_group(tmp_path / "run.zarr", mode="r")
+    for name in ("cam-1", "cam-2"):
+        assert [int(f.flat[0]) for f in group[f"{name}/data"][...]] == list(range(6))
+        assert set(group[f"{name}/archive/source_name"][...]) == {name}
+
+
+# ------------------------------------------------------------------------------------------ other processes
+CHILD = Path(__file__).with_name("zarr_child.py")
+
+
+def test_a_reader_in_another_process_sees_a_consistent_growing_array_during_the_run(
+    make_rig: RigFactory, tmp_path: Path
+) -> None:
+    """Commits every 5 frames into shards of 8: most commits end inside a shard, which is written whole and
+    replaced whole by the next; the reader never sees a torn frame, a changed frame or a failed read."""
+    made = rig(make_rig, flush_frames=5, flush_seconds=3600, frames_per_shard=8)
+    store = tmp_path / "run-1.zarr"
+    log = tmp_path / "watch.log"
+    with procs.child([sys.executable, str(CHILD), "watch", str(store), ARRAY, "20"], log, procs.child_env(0)) as reader:
+        send(made.camera, range(10), run=1)
+        wait_until(lambda: "@@ SEEN 10" in reader.output(), 60, "the reader to see 10 frames")
+        assert made.archiver.stats()["total"]["archived"] == 10  # the archiver still runs
+        send(made.camera, range(10, 22), run=1)  # 20 committed now, 2 pending
+        reader.proc.wait(60)
+        output = reader.output()
+    assert "@@ BAD" not in output, output
+    seen = [int(n) for n in re.findall(r"@@ SEEN (\d+)", output)]
+    assert seen == sorted(seen) and all(n % 5 == 0 for n in seen), output  # whole commits, never less
+    expected = np.stack([procs.frame(i, SHAPE) for i in range(20)])
+    assert f"@@ FRAMES {','.join(map(str, range(20)))}" in output, output
+    assert f"@@ SHA {hashlib.sha256(expected.tobytes()).hexdigest()}" in output, output
+
+
+def test_sigkill_mid_shard_keeps_committed_frames_and_a_restart_writes_each_frame_once(tmp_path: Path) -> None:
+    """``heros-archiver run`` (a BOSS-style config) commits every 6 frames into shards of 8 and is SIGKILLed
+    with frames pending and shard 2 half full: zarr opens the store with exactly the 18 committed frames. A
+    junk object where shard 3 goes (a half-written shard beyond the shape) is ignored and replaced, and a
+    temporary of the killed run is removed at the restart's start. The restart gets the whole run again from
+    the camera and writes only the missing frames: each frame exactly once."""
+    archive = tmp_path / "archive"
+    store = archive / "run.zarr"
+    port, realm = free_port(), unique_realm()
+    arguments = {
+        "object_selector": "cam",
+        "event_name": "acquisition_data",
+        "default_metadata": {"file_path": str(archive)},
+        "store_template": "{{ file_path }}/run.zarr",
+        "array_template": ARRAY,
+        "on_exists": "append",
+        "sequence_key": "frame",
+        "flush_frames": 6,
+        "flush_seconds": 3600,
+        "frames_per_shard": 8,
+    }
+    config = procs.write_config(tmp_path / "config.json", arguments, classname="heros_archiver.ZarrAppendArchiver")
+    with procs.camera(port, realm) as cam:
+        with procs.run_archiver(config, realm, port, tmp_path / "run-1.log") as proc:
+            procs.wait_for_archiver(cam, proc)
+            send(cam, range(20))  # 18 committed, 2 pending
+            wait_until(lambda: visible(store) == 18, 60, "three commits")
+            proc.kill()
+        frames = zarr.open_array(store, path=ARRAY, mode="r")[...]
+        assert [int(f.flat[0]) for f in frames] == list(range(18))
+        for index in range(18):
+            np.testing.assert_array_equal(frames[index], procs.frame(index, SHAPE))
+        group = zarr.open_group(store, mode="r")["cam"]
+        assert [read_metadata(group, i)["frame"] for i in range(18)] == list(range(18))
+        (store / "cam" / "data" / "c.3.0.0").write_bytes(b"\x00half a shard")
+        [record] = (archive / RECORDS_SUBDIR).iterdir()  # <pid>.<token> of the killed run, naming its directories
+        stray = store / "cam" / "data" / f"{TMP_PREFIX}.{record.name}.0.tmp"
+        stray.write_bytes(b"a shard the killed run was writing")  # as its temporary would be left
+
+        with procs.run_archiver(config, realm, port, tmp_path / "run-2.log") as proc:
+            procs.wait_for_archiver(cam, proc)
+            send(cam, range(30))  # the camera sends the whole run again
+            wait_until(lambda: visible(store) == 24, 60, "a commit of new frames")
+            code, output = proc.terminate()
+        assert code == 0, output
+        total = procs.parse_stats_table(output)
+        assert total["received"] == 30 and total["archived"] == 30 and total["dead_lettered"] == 0, output
+    frames = zarr.open_array(store, path=ARRAY, mode="r")[...]
+    assert [int(f.flat[0]) for f in frames] == list(range(30))
+    for index in range(30):
+        np.testing.assert_array_equal(frames[index], procs.frame(index, SHAPE))
+    group = zarr.open_group(store, mode="r")["cam"]
+    assert list(group["metadata/frame"][...]) == list(range(30))
+    assert len(set(group["archive/item_key"][...])) == 30
+    leftovers = [p for p in store.rglob("*") if p.is_file() and p.name != "zarr.json" and not p.name.startswith("c.")]
+    assert leftovers == [], leftovers  # no temporaries of either run: the stray one was removed at the start
+    assert "removed 1 stale temporary file" in output, output
+    assert json.loads((store / "cam" / "data" / "zarr.json").read_text())["shape"][0] == 30
+
+
+class _CountingSink(ZarrAppendSink):
+    """The real Zarr sink, counting its commits; its first append waits until the test lets it go."""
+
+    release = threading.Event()
+    commits = 0
+
+    def append(self, item: Item) -> Settled:
+        _CountingSink.release.wait(60)
+        return super().append(item)
+
+    def commit(self) -> Settled:
+        settled = super().commit()
+        _CountingSink.commits += bool(settled.archived)
+        return settled
+
+    def close(self) -> Settled:
+        settled = super().close()
+        _CountingSink.commits += bool(settled.archived)
+        return settled
+
+
+class _CountingArchiver(ZarrAppendArchiver):
+    def _container_sink_factory(self) -> Callable[[], ContainerSink]:
+        real = super()._container_sink_factory()
+        settings = real()._settings  # type: ignore[attr-defined]
+        return lambda: _CountingSink(settings, self._array_of)
+
+
+def test_at_drain_the_queued_frames_are_committed_together_not_one_commit_each(
+    make_rig: RigFactory, tmp_path: Path
+) -> None:
+    """A commit rewrites the partial shard, so one commit per drained frame rewrote it once per frame: frames
+    queued when the archiver closes are appended first and committed once."""
+    _CountingSink.release.clear()
+    _CountingSink.commits = 0
+    made = make_rig(
+        None, archiver_cls=_CountingArchiver, store_template=STORE, array_template=ARRAY,
+        sequence_key="frame", flush_frames=1000, flush_seconds=3600,
+    )  # fmt: skip
+    send(made.camera, range(20), run=1)
+    queue = made.archiver._pipeline._queue
+    wait_until(lambda: queue.depth()[0] == 20, what="19 frames queued behind the first (which its writer holds)")
+    closing = threading.Thread(target=made.archiver.close)
+    closing.start()
+    wait_until(lambda: queue.closed, what="the queue closed")
+    _CountingSink.release.set()
+    closing.join(60)
+    assert made.archiver.stats()["total"]["archived"] == 20
+    assert _CountingSink.commits == 1
+    assert indices(tmp_path / "run-1.zarr") == list(range(20))
