@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from .archivers.base import HERODataArchiver
     from .archivers.files import ArrayArchiver, FileArchiver, JsonArchiver
     from .archivers.hdf5 import Hdf5Archiver
+    from .archivers.tiff import TiffArchiver
 
 __version__ = "0.1.0"
 
@@ -32,6 +33,7 @@ _ARCHIVERS = {
     "FileArchiver": "archivers.files",
     "JsonArchiver": "archivers.files",
     "Hdf5Archiver": "archivers.hdf5",
+    "TiffArchiver": "archivers.tiff",
 }
 
 __all__ = [
@@ -47,6 +49,7 @@ __all__ = [
     "StorageError",
     "TargetExistsError",
     "TemplateRenderError",
+    "TiffArchiver",
 ]
 
 

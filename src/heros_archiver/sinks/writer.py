@@ -18,6 +18,7 @@ from ..errors import ArchiverError, ConfigurationError, PathConfinementError, Pa
 from ..formats.base import Content, FileFormat
 from ..formats.json import JsonFormat
 from ..formats.npy import NpyFormat, as_array
+from ..formats.tiff import TiffFormat
 from ..naming.templates import PathTemplate
 from ..saferepr import safe_repr
 from ..state.statedir import STATE_DIR_NAME
@@ -35,7 +36,7 @@ from ..storage.writeback import WritebackWindow
 #: The key under which ``merge_metadata=True`` adds the merged metadata to a JSON document.
 MERGED_METADATA_KEY = "metadata"
 
-FORMATS: dict[str, type[FileFormat]] = {"npy": NpyFormat, "json": JsonFormat}
+FORMATS: dict[str, type[FileFormat]] = {"npy": NpyFormat, "json": JsonFormat, "tiff": TiffFormat}
 
 
 @dataclass
