@@ -55,7 +55,7 @@ from .tiff_ifd import (
     read_chain,
 )
 
-__all__ = ["PAGES", "TiffStackContainer", "check_page"]
+__all__ = ["PAGES", "TiffStackContainer", "check_page", "read_records"]
 
 OnExists = Literal["error", "append", "unique"]
 #: The "dataset" of a stack's commit reports: a TIFF has one series of pages.
@@ -230,7 +230,7 @@ class TiffStackContainer(Container):
         stop = start + len(self._pending)
         first_commit = self._end == 0
         position = HEADER_BYTES if first_commit else self._end
-        buffers: list[tuple[int, bytes | memoryview]] = [(0, header(self._byteorder))] if first_commit else []
+        buffers: list[tuple[int, bytes | memoryview]] = []
         first_page, last_next_field, description_offset = position, 0, self._description_offset
         for number, pending in enumerate(self._pending):
             page = encode_page(
@@ -249,8 +249,10 @@ class TiffStackContainer(Container):
         try:
             for offset, buffer in buffers:
                 self._write_at(buffer, offset)
-            if not first_commit:  # the header linked the first commit's pages already
-                self._sync()
+            self._sync()
+            if first_commit:  # the header is the first commit's link: until it is written, no TIFF at all
+                self._write_at(header(self._byteorder), 0)
+            else:
                 self._write_at(link_bytes(self._byteorder, first_page), self._last_next_field)
                 self._write_at(imagej_description(stop), description_offset)
             self._sync()
@@ -303,6 +305,21 @@ class TiffStackContainer(Container):
 
     def __repr__(self) -> str:
         return f"TiffStackContainer({str(self.path)!r}, committed={self._committed})"
+
+
+def read_records(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Per page of a stack, in order, the record stored with it: ``key`` (the item key id), ``source``,
+    ``sequence``, ``digest``, ``received`` (seconds since the epoch) and ``metadata`` (as it arrived, in JSON).
+
+    Reads the pages a reader sees (the linked chain, complete pages only), without tifffile; with tifffile
+    the same text is ``json.loads(page.tags[65000].value)``.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        pages = read_chain(fd).pages
+    finally:
+        os.close(fd)
+    return [json.loads(page.extra) if page.extra else {} for page in pages]
 
 
 def _key_of(extra: bytes | None) -> str | None:

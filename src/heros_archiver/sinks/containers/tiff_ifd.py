@@ -179,16 +179,17 @@ def read_chain(fd: int) -> Chain:
     """Walk the IFD chain of the file open as ``fd``, keeping the pages that are complete in the file.
 
     Stops at the first IFD that is cut off, points outside the file or backwards, or whose pixels are not all
-    in the file: what a crash in the middle of a commit leaves. A file of fewer bytes than a header is an
-    empty stack. Raises NotAStackError for a file that is not a little- or big-endian BigTIFF.
+    in the file: what a crash in the middle of a commit leaves. An empty file, or one whose header is still
+    zeros (the first commit writes it last), is an empty stack. Raises NotAStackError for a file that is not
+    a little- or big-endian BigTIFF.
     """
     size = os.fstat(fd).st_size
-    if size < HEADER_BYTES:
-        return Chain("<", [])
     start = os.pread(fd, HEADER_BYTES, 0)
+    if not start.strip(b"\0"):  # empty, or pages written and no header yet: a first commit that did not end
+        return Chain("<", [])
     byteorder = {b"II": "<", b"MM": ">"}.get(start[:2])
-    if byteorder is None:
-        raise NotAStackError(f"expected a TIFF byte order mark (II or MM), found {start[:2]!r}")
+    if byteorder is None or len(start) < HEADER_BYTES:
+        raise NotAStackError(f"expected a TIFF header (II or MM, 16 bytes), found {start!r:.60}")
     magic, offset_size, _, first = struct.unpack(f"{byteorder}HHHQ", start[2:])
     if magic != 43 or offset_size != 8:
         raise NotAStackError(
