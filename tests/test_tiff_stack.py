@@ -6,7 +6,9 @@ the killed writer is a real child process (tests/tiff_child.py). Nothing is mock
 
 from __future__ import annotations
 
+import ctypes
 import json
+import mmap
 import os
 import re
 import shutil
@@ -23,7 +25,8 @@ from hypothesis import strategies as st
 
 import heros_archiver
 import procs
-from heros_archiver.errors import ConfigurationError, PayloadError, TargetExistsError
+from helpers import tiny_file_system
+from heros_archiver.errors import ConfigurationError, PayloadError, StorageError, TargetExistsError
 from heros_archiver.sinks.containers import ContainerBusyError, ItemKey, ItemMismatchError
 from heros_archiver.sinks.containers.tiff import TiffStackContainer, read_records
 from heros_archiver.sinks.containers.tiff_ifd import METADATA_TAG
@@ -291,6 +294,59 @@ def test_writers_killed_again_and_again_lose_and_repeat_no_committed_frame(tmp_p
         committed = container.committed_length
     assert committed >= printed
     assert_stack(path, committed)
+
+
+def test_a_commit_that_meets_a_full_disk_leaves_the_committed_pages_and_the_reopen_cuts_the_rest(
+    tmp_path: Path,
+) -> None:
+    """A real ENOSPC in the middle of a commit's pages (a 1 MiB tmpfs): the commit raises StorageError and
+    keeps its frames pending; the file still opens with every page committed before; a reopen cuts off the
+    partial pages (freeing their space) and appends after the committed ones."""
+    shape = (64, 128)  # 16 KiB
+    data = tmp_path / "data"
+    with tiny_file_system(data, "1m"):
+        path = data / "s.tif"
+        container = TiffStackContainer(path)
+        committed, index = 0, 0
+        with pytest.raises(StorageError, match="No space left on device"):
+            while True:
+                for _ in range(4):
+                    append(container, index, expected_frame(index, shape))
+                    index += 1
+                committed = container.commit().stop
+        assert container.pending == 4 and container.committed_length == committed > 0
+        container.discard()
+        container.close()
+        with tifffile.TiffFile(path) as handle:
+            assert len(handle.pages) == committed and handle.imagej_metadata["images"] == committed
+        with TiffStackContainer(path, on_exists="append") as reopened:
+            assert reopened.committed_length == committed
+            append(reopened, committed, expected_frame(committed, shape))
+        assert_stack(path, committed + 1, shape)
+
+
+def resident_bytes(path: Path) -> int:
+    """Bytes of ``path`` in the page cache now (mincore of a mapping of it)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    size = path.stat().st_size
+    pages = -(-size // mmap.PAGESIZE)
+    with open(path, "r+b") as handle, mmap.mmap(handle.fileno(), size) as mapped:
+        address = ctypes.addressof(ctypes.c_char.from_buffer(mapped))
+        vector = (ctypes.c_ubyte * pages)()
+        assert libc.mincore(ctypes.c_void_p(address), ctypes.c_size_t(size), vector) == 0, ctypes.get_errno()
+        del address
+        return sum(v & 1 for v in vector) * mmap.PAGESIZE
+
+
+def test_committed_pages_go_to_the_device_and_leave_the_page_cache_behind_the_window(tmp_path: Path) -> None:
+    shape = (512, 1024)  # 1 MiB
+    path = tmp_path / "s.tif"
+    with TiffStackContainer(path, writeback_window=4 << 20) as container:
+        for i in range(40):
+            append(container, i, expected_frame(i, shape))
+            container.commit()
+        assert resident_bytes(path) <= 8 << 20  # the window, the commit in flight, the header's page
+    assert_stack(path, 40, shape)
 
 
 def test_without_tifffile_the_package_imports_the_stack_works_and_the_files_format_names_the_extra(

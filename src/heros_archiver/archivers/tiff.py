@@ -23,11 +23,14 @@ from ..sinks.containers.tiff import OnExists as StackOnExists
 from ..sinks.writer import _refuse_reserved
 from ..storage.atomic import OnExists
 from .files import DEFAULT_WRITEBACK_WINDOW, FileArchiver
-from .hdf5 import DEFAULT_FLUSH_BYTES, DEFAULT_FLUSH_SECONDS, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_OPEN_FILES
+from .hdf5 import DEFAULT_FLUSH_BYTES, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_OPEN_FILES
 
-#: Commit a stack every this many frames by default (or ``DEFAULT_FLUSH_BYTES``, 32 MiB, whichever first):
-#: a commit costs two small writes (the link and the ImageJ count) beyond the pages themselves.
+#: Commit a stack every this many frames by default (or ``DEFAULT_FLUSH_BYTES``, 32 MiB, whichever first) ...
 DEFAULT_FLUSH_FRAMES = 1000
+#: ... or this many seconds after the oldest waiting frame: what a reader (or a crash) may lag behind. Shorter
+#: than the HDF5 archiver's 1 s because a TIFF commit costs two small writes beyond the pages themselves
+#: (the link and the ImageJ count: ~10 us, benchmarks/tiff_commit_interval.py, decision 0024).
+DEFAULT_STACK_FLUSH_SECONDS = 0.1
 _STACK_FSYNC: tuple[str, ...] = ("none", "file")
 _STACK_ONLY = ("flush_frames", "flush_seconds", "max_frames", "max_bytes", "idle_timeout", "max_open_files")
 
@@ -48,12 +51,15 @@ class TiffArchiver(FileArchiver):
         fsync: files: ``none``, ``file``, ``file+directory``; stack: ``none`` (a commit survives the process
             being killed) or ``file`` (two fdatasyncs per commit: it survives a power loss too).
         flush_frames, flush_seconds: (stack) commit every this many frames (or 32 MiB) or seconds after the
-            oldest waiting frame, whichever first, and at drain (defaults 1000 frames, 1 s).
+            oldest waiting frame, whichever first, and at drain (defaults 1000 frames, 0.1 s).
         max_frames, max_bytes: (stack) roll over to ``name-1.tif``, ``name-2.tif``, ... once a stack holds
             this many frames or bytes (None: no limit; BigTIFF has no 4 GiB limit).
         idle_timeout, max_open_files: (stack) close a stack unused this many seconds (default 60); at most
             this many open per writer (default 16), the least recently used closed first.
-        root, writeback_window, helper_process: as ``FileArchiver`` (the last two for files only).
+        writeback_window: bytes of large files (files) or of committed pages (stack) that may be in the page
+            cache before the oldest are waited for on the device and dropped from the cache (default 32 MiB;
+            0: the kernel decides); keeps the cache small and latency flat over long runs (decision 0009).
+        root, helper_process: as ``FileArchiver`` (the last for files only).
     """
 
     def __init__(
@@ -81,13 +87,13 @@ class TiffArchiver(FileArchiver):
         if stack:
             self._check_stack_arguments(on_exists, fsync, split_data_array, given)
             self.flush_frames = DEFAULT_FLUSH_FRAMES if flush_frames is None else flush_frames
-            self.flush_seconds = DEFAULT_FLUSH_SECONDS if flush_seconds is None else float(flush_seconds)
+            self.flush_seconds = DEFAULT_STACK_FLUSH_SECONDS if flush_seconds is None else float(flush_seconds)
             self.idle_timeout = DEFAULT_IDLE_TIMEOUT if idle_timeout is None else float(idle_timeout)
             self.max_open_files = DEFAULT_MAX_OPEN_FILES if max_open_files is None else max_open_files
             self.max_frames, self.max_bytes = max_frames, max_bytes
             self._stack_on_exists: StackOnExists = on_exists  # type: ignore[assignment]
             file_on_exists: str = "error"  # the per-file writer is not used for a stack
-            writeback_window = 0
+            self._stack_writeback_window, writeback_window = writeback_window, 0
         elif given:
             raise ConfigurationError(
                 f"{', '.join(sorted(given))}: expected only with stack=True (they shape a stack's commits and "
@@ -138,6 +144,7 @@ class TiffArchiver(FileArchiver):
             flush_frames=self.flush_frames, flush_seconds=self.flush_seconds, flush_bytes=DEFAULT_FLUSH_BYTES,
             max_frames=self.max_frames, max_bytes=self.max_bytes, idle_timeout=self.idle_timeout,
             max_open_files=self.max_open_files, sequence_key=self._sequence_key,
+            writeback_window=self._stack_writeback_window,
         )  # fmt: skip
         return lambda: TiffStackSink(settings)
 

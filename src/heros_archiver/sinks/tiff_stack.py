@@ -43,6 +43,7 @@ class TiffStackSettings:
     idle_timeout: float
     max_open_files: int
     sequence_key: str | None
+    writeback_window: int
 
 
 @dataclass
@@ -173,7 +174,9 @@ class TiffStackSink(ContainerSink):
         short = _space_shortage(path, SPACE_MARGIN)
         if short is not None:
             raise short
-        container = TiffStackContainer(path, root=settings.root, on_exists=policy, fsync=settings.fsync)
+        container = TiffStackContainer(
+            path, root=settings.root, on_exists=policy, fsync=settings.fsync, writeback_window=settings.writeback_window
+        )
         series.current = container.path
         size = 0
         if container.committed_length:  # frames from before count by the file's size

@@ -17,13 +17,17 @@ unfinished commit left after them, sets the description's count to the pages fou
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import json
+import logging
 import os
 import struct
+import sys
 import time
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -56,6 +60,8 @@ from .tiff_ifd import (
 )
 
 __all__ = ["PAGES", "TiffStackContainer", "check_page", "read_records"]
+
+log = logging.getLogger("heros_archiver")
 
 OnExists = Literal["error", "append", "unique"]
 #: The "dataset" of a stack's commit reports: a TIFF has one series of pages.
@@ -100,7 +106,9 @@ class TiffStackContainer(Container):
     ``error`` refuses an existing file (TargetExistsError), ``append`` reopens it (after a crash too),
     ``unique`` takes the first free name among ``name``, ``name-1.tif``, ... ``fsync`` makes each commit
     survive a power loss too (two fdatasyncs per commit); without it a commit survives the writer's
-    process being killed.
+    process being killed. ``writeback_window``: bytes of committed pages that may be in the page cache
+    before the oldest are waited for on the device and dropped from it (0: the kernel decides; see
+    ``_Writeback``).
     """
 
     capabilities = ContainerCapabilities(
@@ -114,6 +122,7 @@ class TiffStackContainer(Container):
         root: str | None = None,
         on_exists: OnExists = "error",
         fsync: bool = False,
+        writeback_window: int = 32 << 20,
     ) -> None:
         if on_exists not in get_args(OnExists):
             raise ConfigurationError(f"on_exists must be one of error, append, unique, got {on_exists!r}")
@@ -129,6 +138,7 @@ class TiffStackContainer(Container):
         self._description_offset = 0
         self._closed = False
         self.path, self._fd, existed = _open(Path(path), on_exists, root)
+        self._writeback = _Writeback(self._fd, writeback_window, self.path)
         try:
             _lock(self._fd, self.path)
             if existed:
@@ -264,6 +274,7 @@ class TiffStackContainer(Container):
             ) from exc
         keys = tuple(p.key for p in self._pending)
         self._pending.clear()
+        self._writeback.committed(self._end, position, last_next_field)
         self._committed, self._end = stop, position
         self._last_next_field, self._description_offset = last_next_field, description_offset
         return CommitReport(self.path, PAGES, start, stop, keys)
@@ -297,6 +308,7 @@ class TiffStackContainer(Container):
             return self.commit()
         finally:
             self._closed = True
+            self._writeback.close()
             os.close(self._fd)
 
     def _check_open(self) -> None:
@@ -320,6 +332,73 @@ def read_records(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     finally:
         os.close(fd)
     return [json.loads(page.extra) if page.extra else {} for page in pages]
+
+
+def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    """``sync_file_range(fd, offset, length, flags)`` from the C library (Linux), returning 0 or an errno."""
+    if sys.platform != "linux" or not hasattr(os, "posix_fadvise"):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    function.restype = ctypes.c_int
+
+    def call(fd: int, offset: int, length: int, flags: int) -> int:
+        return 0 if function(fd, offset, length, flags) == 0 else ctypes.get_errno()
+
+    return call
+
+
+_SYNC_FILE_RANGE = _load_sync_file_range()
+_WRITE, _WAIT = 2, 1 | 2 | 4  # SYNC_FILE_RANGE_WRITE; WAIT_BEFORE | WRITE | WAIT_AFTER
+_PAGE = 4096
+
+
+class _Writeback:
+    """Start writeback of each commit's pages at once; drop them from the page cache once on the device,
+    ``window`` bytes behind the end (decision 0009 for files, here by ranges of one growing file).
+
+    Left to the kernel, a stack fills the page cache with gigabytes of dirty pages, and then every write
+    pays for fresh page-cache memory and for the kernel's throttling. The range holding the last page's
+    IFD stays cached: the next commit writes its link there (dropping it would make that 8-byte write read
+    the block back from the disk). A writeback error of the device is logged (the pages are committed: a
+    reader of this machine sees them; ``fsync="file"`` is what makes them durable).
+    """
+
+    def __init__(self, fd: int, window: int, path: Path) -> None:
+        self._fd, self._window, self._path = fd, window, path
+        self._ranges: deque[tuple[int, int]] = deque()
+        self._bytes = 0
+        self.enabled = window > 0 and _SYNC_FILE_RANGE is not None
+
+    def committed(self, start: int, stop: int, keep_from: int) -> None:
+        """Bytes ``start`` to ``stop`` were just committed; ``keep_from``: the offset the next link is written at."""
+        if not self.enabled or _SYNC_FILE_RANGE is None or stop <= start:
+            return
+        _SYNC_FILE_RANGE(self._fd, start, stop - start, _WRITE)
+        self._ranges.append((start, stop))
+        self._bytes += stop - start
+        limit = keep_from // _PAGE * _PAGE
+        while self._bytes > self._window and self._ranges and self._ranges[0][1] <= limit:
+            self._finish(*self._ranges.popleft())
+
+    def close(self) -> None:
+        """Leave what is in flight to the kernel (the file is closed; nothing is waited for)."""
+        self._ranges.clear()
+        self._bytes = 0
+
+    def _finish(self, start: int, stop: int) -> None:
+        self._bytes -= stop - start
+        assert _SYNC_FILE_RANGE is not None
+        error = _SYNC_FILE_RANGE(self._fd, start, stop - start, _WAIT)
+        if error:
+            message = os.strerror(error)
+            log.error("%s: the device failed writing bytes %d..%d back: %s", self._path, start, stop, message)
+        first = max(start, _PAGE)  # the header's page (and the ImageJ count) stays cached: it is rewritten
+        if stop > first:
+            os.posix_fadvise(self._fd, first, stop - first, os.POSIX_FADV_DONTNEED)
 
 
 def _key_of(extra: bytes | None) -> str | None:
