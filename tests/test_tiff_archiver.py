@@ -173,6 +173,23 @@ def test_an_existing_file_is_kept_under_error_and_unique_writes_beside_it(make_r
     assert indices(tmp_path / "run-1-1.tif") == [0, 1, 2]
 
 
+def test_a_stack_path_leaving_the_root_or_reaching_the_state_directory_is_dead_lettered(
+    make_rig: RigFactory, tmp_path: Path
+) -> None:
+    root = tmp_path / "archive"
+    made = rig(make_rig, save_template="{{ file_path }}/{{ name }}.tif", default_metadata={"file_path": str(root)})
+    send(made.camera, [0], name="../outside")
+    send(made.camera, [1], name=".heros-archiver/spool/x")
+    send(made.camera, [2], name="run")
+    total = wait_for_items(made.archiver, 3)
+    assert total["archived"] == 1 and total["dead_lettered"] == 2, total
+    made.archiver._teardown()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["archive"]
+    assert indices(root / "run.tif") == [2]
+    errors = [read_entry(entry)["error"] for entry in dead_letter_entries(root)]
+    assert any("outside" in e for e in errors) and any("reserved" in e for e in errors), errors
+
+
 CHILD = Path(__file__).with_name("tiff_child.py")
 
 

