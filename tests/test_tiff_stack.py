@@ -12,6 +12,7 @@ import mmap
 import os
 import re
 import shutil
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -258,6 +259,27 @@ def test_a_first_commit_cut_before_its_header_is_an_empty_stack_the_next_commit_
         assert container.committed_length == 0
         assert append(container, 0) == 0
     assert_stack(path, 1)
+
+
+def test_a_complete_page_of_another_geometry_is_refused_at_reopen_and_the_file_left_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "s.tif"
+    with TiffStackContainer(path) as container:
+        for i in range(3):
+            append(container, i)
+    page = _pages(path)[1]
+    with open(path, "r+b") as handle:  # page 1 becomes 40 wide and 24 high: as many bytes, another shape
+        handle.seek(page.offset)
+        (count,) = struct.unpack("<Q", handle.read(8))
+        for entry in range(count):
+            handle.seek(page.offset + 8 + 20 * entry)
+            (tag,) = struct.unpack("<H", handle.read(2))
+            if tag in (256, 257):
+                handle.seek(page.offset + 8 + 20 * entry + 12)
+                handle.write(struct.pack("<I", SHAPE[0] if tag == 256 else SHAPE[1]))
+    before = path.read_bytes()
+    with pytest.raises(ConfigurationError, match="page 1 has shape"):
+        TiffStackContainer(path, on_exists="append")
+    assert path.read_bytes() == before
 
 
 def test_sigkill_of_the_writer_keeps_every_committed_page_and_append_resumes(tmp_path: Path) -> None:

@@ -167,8 +167,12 @@ class TiffStackContainer(Container):
                 f"{self.path} is a BigTIFF but not a stack written by heros-archiver (expected the ImageJ "
                 "description and the item tag in its first page)"
             )
-        same = [p for p in pages if p.frame_shape == first.frame_shape and p.dtype == first.dtype]
-        pages = pages[: len(same)] if len(same) < len(pages) else pages
+        for number, page in enumerate(pages):  # the archiver never writes one: refuse rather than cut it off
+            if page.frame_shape != first.frame_shape or page.dtype != first.dtype:
+                raise ConfigurationError(
+                    f"{self.path}: page {number} has shape {page.frame_shape} and dtype {page.dtype}, page 0 "
+                    f"{first.frame_shape} and {first.dtype}: not a stack written by heros-archiver (left untouched)"
+                )
         self._byteorder = chain.byteorder
         self._frame_shape, self._dtype = first.frame_shape, first.dtype
         self._description_offset = first.description_offset
