@@ -173,6 +173,23 @@ def test_any_metadata_from_the_network_reads_back_as_sent(tmp_path_factory: pyte
         assert len(handle.pages) == len(sent) and handle.is_imagej
 
 
+def test_a_stack_key_is_a_function_of_what_arrived_and_tells_frames_apart() -> None:
+    import blake3
+
+    from heros_archiver.sinks.tiff_stack import stack_key
+
+    frame = np.arange(12, dtype=np.uint16).reshape(3, 4)
+    key = stack_key(blake3, "cam", frame, {"frame": 1, "t": 0.5}, 1)
+    assert key == stack_key(blake3, "cam", frame.copy(order="F"), {"t": 0.5, "frame": 1}, 1)  # layout, key order
+    others = [
+        stack_key(blake3, "cam", frame.astype(">u2"), {"frame": 1, "t": 0.5}, 1),
+        stack_key(blake3, "cam", frame.reshape(4, 3), {"frame": 1, "t": 0.5}, 1),
+        stack_key(blake3, "cam", frame, {"frame": 1, "t": 0.25}, 1),
+        stack_key(blake3, "cam2", frame, {"frame": 1, "t": 0.5}, 1),
+    ]
+    assert len({key.key_id(), *(other.key_id() for other in others)}) == 5
+
+
 # ------------------------------------------------------------------------------------------ policies
 def test_on_exists_error_refuses_unique_picks_a_new_name_and_a_second_writer_is_busy(tmp_path: Path) -> None:
     path = tmp_path / "s.tif"
@@ -418,14 +435,26 @@ def test_without_tifffile_the_package_imports_the_stack_works_and_the_files_form
         "    TiffFormat()\n"
         "except heros_archiver.ConfigurationError as exc:\n"
         "    print('REFUSED', exc)\n"
+        "sys.modules['blake3'] = None\n"
+        "from heros_archiver.sinks.tiff_stack import load_blake3\n"
+        "try:\n"
+        "    load_blake3()\n"
+        "except heros_archiver.ConfigurationError as exc:\n"
+        "    print('REFUSED', exc)\n"
     )
     result = subprocess.run([sys.executable, "-c", code], env=child_env(), capture_output=True, text=True, timeout=60)
-    assert "REFUSED" in result.stdout and "pip install heros-archiver[tiff]" in result.stdout, result.stderr
+    refusals = [line for line in result.stdout.splitlines() if line.startswith("REFUSED")]
+    assert len(refusals) == 2, result.stdout + result.stderr
+    assert all("pip install heros-archiver[tiff]" in line for line in refusals), refusals
+    assert "tifffile" in refusals[0] and "blake3" in refusals[1], refusals
     assert (tmp_path / "s.tif").stat().st_size > 0
 
 
-def test_importing_the_package_and_the_class_loads_no_tifffile() -> None:
-    code = "import sys, heros_archiver; heros_archiver.TiffArchiver; print('LOADED', 'tifffile' in sys.modules)"
+def test_importing_the_package_and_the_class_loads_neither_tifffile_nor_blake3() -> None:
+    code = (
+        "import sys, heros_archiver; heros_archiver.TiffArchiver\n"
+        "print('LOADED', 'tifffile' in sys.modules or 'blake3' in sys.modules)"
+    )
     result = subprocess.run([sys.executable, "-c", code], env=child_env(), capture_output=True, text=True, timeout=60)
     assert "LOADED False" in result.stdout, result.stdout + result.stderr
 

@@ -86,6 +86,9 @@ class TiffArchiver(FileArchiver):
                  idle_timeout, max_open_files), strict=True) if value is not None}  # fmt: skip
         if stack:
             self._check_stack_arguments(on_exists, fsync, split_data_array, given)
+            from ..sinks.tiff_stack import load_blake3
+
+            load_blake3()  # a missing extra fails here, at start
             self.flush_frames = DEFAULT_FLUSH_FRAMES if flush_frames is None else flush_frames
             self.flush_seconds = DEFAULT_STACK_FLUSH_SECONDS if flush_seconds is None else float(flush_seconds)
             self.idle_timeout = DEFAULT_IDLE_TIMEOUT if idle_timeout is None else float(idle_timeout)

@@ -15,17 +15,48 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
-from ..errors import PayloadError, StorageError
+import numpy as np
+
+from ..errors import ConfigurationError, PayloadError, StorageError
 from ..pipeline.queueing import Item
 from .base import CommitFailure, ContainerSink, Settled
-from .containers import ItemKey
+from .containers import ItemKey, _hashable_json
 from .containers.tiff import OnExists, TiffStackContainer
 from .hdf5 import SPACE_MARGIN, _check_confined, _part_path, _space_shortage
 
 log = logging.getLogger("heros_archiver")
+
+
+def load_blake3() -> ModuleType:
+    """blake3 (the stack's item digests), or a ConfigurationError that names the extra to install."""
+    try:
+        import blake3
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"the TIFF stack needs blake3, which is not installed ({exc}); install the extra: "
+            "pip install heros-archiver[tiff]"
+        ) from exc
+    return blake3
+
+
+def stack_key(
+    blake3: ModuleType, source: str, data: np.ndarray, metadata: Mapping[str, Any], sequence: int | None
+) -> ItemKey:
+    """The key of a frame in a stack: ``ItemKey.of``'s composition (dtype, shape, bytes, metadata), hashed with
+    BLAKE3 (128 bits kept) instead of SHA-256: 4x faster here (1.0 against 4.5 ms for 2 MiB on a busy core,
+    decision 0024) and as collision-resistant, since a stack's writer hashes every frame it writes."""
+    array = np.ascontiguousarray(data)
+    hasher = blake3.blake3(f"{array.dtype.str}{array.shape}".encode())
+    hasher.update(array.reshape(-1).view(np.uint8).data)
+    if metadata:
+        hasher.update(_hashable_json(metadata))
+    return ItemKey(source, sequence, hasher.hexdigest()[:32])
 
 
 @dataclass(frozen=True)
@@ -74,6 +105,7 @@ class TiffStackSink(ContainerSink):
         self.flush_bytes = settings.flush_bytes
         self._series: dict[str, _Series] = {}
         self._open: OrderedDict[str, _Open] = OrderedDict()
+        self._blake3 = load_blake3()
 
     # ------------------------------------------------------------------ the ContainerSink interface
     @property
@@ -139,7 +171,7 @@ class TiffStackSink(ContainerSink):
 
     # ------------------------------------------------------------------ files
     def _key(self, item: Item) -> ItemKey:
-        """The item's key, a pure function of what arrived (as ``Hdf5Sink._key``), computed on the writer."""
+        """The item's key, a pure function of what arrived (the spool keeps that exactly), computed on the writer."""
         sequence_key = self._settings.sequence_key
         value = item.metadata.get(sequence_key) if sequence_key is not None else None
         sequence = value if isinstance(value, int) and not isinstance(value, bool) else None
@@ -148,7 +180,7 @@ class TiffStackSink(ContainerSink):
                 f"item from {item.source!r} for {item.lane_key}: expected a numpy array (a 2-D frame), "
                 f"got {type(item.payload).__name__}"
             )
-        return ItemKey.of(item.source, item.payload, item.metadata, sequence)
+        return stack_key(self._blake3, item.source, item.payload, item.metadata, sequence)
 
     def _full(self, opened: _Open, item: Item) -> bool:
         """True when ``item`` would take the open part past ``max_frames`` or ``max_bytes``."""
