@@ -20,7 +20,8 @@ import procs
 from conftest import Rig, RigFactory
 from helpers import dead_letter_entries, read_entry, tiny_file_system, wait_for_items, wait_until
 from heros_archiver import ConfigurationError, TiffArchiver
-from heros_archiver.sinks.containers.tiff import read_records
+from heros_archiver.sinks.containers import ContainerBusyError
+from heros_archiver.sinks.containers.tiff import TiffStackContainer, read_records
 from heros_archiver.testing import free_port, session_manager, unique_realm
 
 pytestmark = pytest.mark.timeout(120)
@@ -148,6 +149,38 @@ def test_a_new_rendered_path_starts_a_new_stack_and_max_frames_rolls_over(make_r
     for part in ("run-1.tif", "run-1-1.tif", "run-1-2.tif", "run-2.tif"):
         with tifffile.TiffFile(tmp_path / part) as handle:
             assert handle.is_imagej and handle.imagej_metadata["images"] == len(handle.pages)
+
+
+def test_an_idle_stack_is_closed_and_reopened_when_frames_come_again(make_rig: RigFactory, tmp_path: Path) -> None:
+    made = rig(make_rig, flush_seconds=0.05, idle_timeout=0.2)
+    path = tmp_path / "run-1.tif"
+    send(made.camera, range(3), run=1)
+    wait_for_items(made.archiver, 3)
+
+    def closed() -> bool:
+        try:
+            TiffStackContainer(path, on_exists="append").close()  # refused while the archiver holds it
+            return True
+        except ContainerBusyError:
+            return False
+
+    wait_until(closed, what="the idle stack closed")
+    send(made.camera, range(3, 6), run=1)
+    wait_for_items(made.archiver, 6)
+    made.archiver._teardown()
+    assert indices(path) == list(range(6))
+
+
+def test_at_most_max_open_files_are_open_and_the_least_recently_used_is_closed(
+    make_rig: RigFactory, tmp_path: Path
+) -> None:
+    made = rig(make_rig, max_open_files=1, flush_frames=1000, flush_seconds=3600)
+    for index in range(12):
+        send(made.camera, [index], run=index % 3)  # three stacks in turn, one open at a time
+    wait_until(lambda: made.archiver.stats()["total"]["archived"] >= 11, what="closed stacks committed")
+    made.archiver._teardown()
+    for run in range(3):
+        assert indices(tmp_path / f"run-{run}.tif") == list(range(run, 12, 3))
 
 
 def test_max_bytes_rolls_over(make_rig: RigFactory, tmp_path: Path) -> None:

@@ -32,7 +32,6 @@ DEFAULT_FLUSH_FRAMES = 1000
 #: (the link and the ImageJ count: ~10 us, benchmarks/tiff_commit_interval.py, decision 0024).
 DEFAULT_STACK_FLUSH_SECONDS = 0.1
 _STACK_FSYNC: tuple[str, ...] = ("none", "file")
-_STACK_ONLY = ("flush_frames", "flush_seconds", "max_frames", "max_bytes", "idle_timeout", "max_open_files")
 
 
 class TiffArchiver(FileArchiver):
@@ -82,8 +81,11 @@ class TiffArchiver(FileArchiver):
         if not isinstance(stack, bool):
             raise ConfigurationError(f"stack: expected true or false, got {stack!r}")
         self.stack = stack
-        given = {name: value for name, value in zip(_STACK_ONLY, (flush_frames, flush_seconds, max_frames, max_bytes,
-                 idle_timeout, max_open_files), strict=True) if value is not None}  # fmt: skip
+        stack_only = {
+            "flush_frames": flush_frames, "flush_seconds": flush_seconds, "max_frames": max_frames,
+            "max_bytes": max_bytes, "idle_timeout": idle_timeout, "max_open_files": max_open_files,
+        }  # fmt: skip
+        given = {name: value for name, value in stack_only.items() if value is not None}
         if stack:
             self._check_stack_arguments(on_exists, fsync, split_data_array, given)
             from ..sinks.tiff_stack import load_blake3
