@@ -22,6 +22,7 @@ from helpers import dead_letter_entries, read_entry, tiny_file_system, wait_for_
 from heros_archiver import ConfigurationError, TiffArchiver
 from heros_archiver.sinks.containers import ContainerBusyError
 from heros_archiver.sinks.containers.tiff import TiffStackContainer, read_records
+from heros_archiver.state.replay import replay
 from heros_archiver.testing import free_port, session_manager, unique_realm
 
 pytestmark = pytest.mark.timeout(120)
@@ -73,6 +74,31 @@ def test_frames_as_tiff_files_read_back_bit_identical(make_rig: RigFactory, tmp_
         assert back.tobytes() == expected.tobytes()
     with tifffile.TiffFile(tmp_path / "cam" / "0000.tif") as handle:  # a plain grayscale page Fiji opens
         assert handle.pages[0].photometric == tifffile.PHOTOMETRIC.MINISBLACK and handle.pages[0].shape == SHAPE
+
+
+def test_dead_letters_of_tiff_files_replay_as_tiff_files_and_those_of_a_stack_stay(
+    make_rig: RigFactory, tmp_path: Path
+) -> None:
+    files = make_rig("{{ file_path }}/files/{{ run }}/{{ frame }}.tif", archiver_cls=TiffArchiver)  # no "run" sent
+    send(files.camera, [0, 1])
+    wait_for_items(files.archiver, 2)
+    files.archiver._teardown()
+    dead_letters = tmp_path / "files" / ".heros-archiver" / "dead-letter"
+    outcomes = replay(dead_letters, template="{{ file_path }}/files/fixed/{{ frame }}.tif")
+    assert [o.ok for o in outcomes] == [True, True], outcomes
+    for index in (0, 1):
+        back = tifffile.imread(tmp_path / "files" / "fixed" / f"{index}.tif")
+        assert back.tobytes() == procs.frame(index, SHAPE).tobytes()
+
+    stacked = rig(make_rig, save_template="{{ file_path }}/stack/run.tif")
+    send(stacked.camera, [0])
+    send(stacked.camera, [1], shape=(4, 4))  # another shape: dead-lettered
+    wait_for_items(stacked.archiver, 2)
+    stacked.archiver._teardown()
+    store = tmp_path / "stack" / ".heros-archiver" / "dead-letter"
+    [outcome] = replay(store)
+    assert not outcome.ok and "re-feed it" in (outcome.error or ""), outcome  # not written as a file of its own
+    assert len(list(store.iterdir())) == 1 and indices(tmp_path / "stack" / "run.tif") == [0]
 
 
 def test_stack_only_arguments_without_stack_and_a_files_policy_with_it_are_refused() -> None:
