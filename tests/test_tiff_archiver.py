@@ -76,6 +76,18 @@ def test_frames_as_tiff_files_read_back_bit_identical(make_rig: RigFactory, tmp_
         assert handle.pages[0].photometric == tifffile.PHOTOMETRIC.MINISBLACK and handle.pages[0].shape == SHAPE
 
 
+def test_split_data_array_writes_one_tiff_per_index(make_rig: RigFactory, tmp_path: Path) -> None:
+    made = make_rig(
+        "{{ file_path }}/{{ frame }}-{{ _split_index }}.tif", archiver_cls=TiffArchiver, split_data_array=True
+    )
+    send(made.camera, [7], shape=(3, 4, 5))
+    assert wait_for_items(made.archiver, 1)["archived"] == 1
+    sent = procs.frame(7, (3, 4, 5))
+    for index in range(3):
+        back = tifffile.imread(tmp_path / f"7-{index}.tif")
+        assert back.shape == (4, 5) and back.tobytes() == sent[index].tobytes()
+
+
 def test_dead_letters_of_tiff_files_replay_as_tiff_files_and_those_of_a_stack_stay(
     make_rig: RigFactory, tmp_path: Path
 ) -> None:
