@@ -381,7 +381,13 @@ class _Writeback:
         """Bytes ``start`` to ``stop`` were just committed; ``keep_from``: the offset the next link is written at."""
         if not self.enabled or _SYNC_FILE_RANGE is None or stop <= start:
             return
-        _SYNC_FILE_RANGE(self._fd, start, stop - start, _WRITE)
+        error = _SYNC_FILE_RANGE(self._fd, start, stop - start, _WRITE)
+        if error:  # e.g. a file system without it: leave the page cache to the kernel from now on
+            reason = os.strerror(error)
+            log.warning("sync_file_range on %s failed (%s); writeback left to the kernel", self._path, reason)
+            self.enabled = False
+            self.close()
+            return
         self._ranges.append((start, stop))
         self._bytes += stop - start
         limit = keep_from // _PAGE * _PAGE
