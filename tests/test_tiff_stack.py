@@ -190,6 +190,17 @@ def test_a_stack_key_is_a_function_of_what_arrived_and_tells_frames_apart() -> N
     assert len({key.key_id(), *(other.key_id() for other in others)}) == 5
 
 
+def test_fsync_commits_and_the_capabilities_say_what_the_container_does(tmp_path: Path) -> None:
+    capabilities = TiffStackContainer.capabilities
+    assert capabilities.supports_swmr and capabilities.supports_append and capabilities.needs_single_writer
+    assert capabilities.commit_survives_process_kill
+    with TiffStackContainer(tmp_path / "s.tif", fsync=True) as container:
+        for i in range(2):
+            append(container, i)
+            assert container.commit().count == 1
+    assert_stack(tmp_path / "s.tif", 2)
+
+
 # ------------------------------------------------------------------------------------------ policies
 def test_on_exists_error_refuses_unique_picks_a_new_name_and_a_second_writer_is_busy(tmp_path: Path) -> None:
     path = tmp_path / "s.tif"
