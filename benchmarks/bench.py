@@ -52,6 +52,14 @@ SINKS = {  # name: (default class, default kwargs, output format)
     "hdf5:swmr": ("heros_archiver.Hdf5Archiver", {"file_template": "{{ file_path }}/run.h5"}, "hdf5"),
     # one sharded Zarr array per run and source (default array_template), counted at commits as hdf5
     "zarr-append": ("heros_archiver.ZarrAppendArchiver", {"store_template": "{{ file_path }}/run.zarr"}, "zarr-append"),
+    # TiffArchiver (this project's, opt-in): one TIFF per frame (files, as array), or one BigTIFF stack per run
+    # whose frames count once a commit linked their pages (stats(), as hdf5)
+    "tiff": ("heros_archiver.TiffArchiver", {"save_template": "{{ file_path }}/img-{{ '%06d' % frame }}.tif"}, "tiff"),
+    "tiff-stack": (
+        "heros_archiver.TiffArchiver",
+        {"save_template": "{{ file_path }}/run.tif", "stack": True},
+        "tiff-stack",
+    ),
     "json": ("herostools.actor.JsonArchiver", {"save_template": "{{ file_path }}/ev-{{ '%06d' % i }}.json"}, "json"),
     "count": ("heros.EventObserver", {}, "count"),
     # the transport's limit: a bare Zenoh subscriber that takes each sample's bytes and reads only the index
@@ -61,7 +69,7 @@ SINKS = {  # name: (default class, default kwargs, output format)
 }
 WIRE_SINKS = ("wire:tcp", "wire:shm")
 # (for small events the per-sample Python work of any subscriber, not the wire, is the limit: no wire rows)
-FRAME_SINKS = ("array", "zarr", "hdf5", "hdf5:swmr", "zarr-append", "count", *WIRE_SINKS)
+FRAME_SINKS = ("array", "zarr", "hdf5", "hdf5:swmr", "zarr-append", "tiff", "tiff-stack", "count", *WIRE_SINKS)
 EVENT_SINKS = ("json", "count")
 SWMR_SINKS = ("hdf5:swmr",)  # rows with a SWMR reader beside the archiver
 # 'small': 8 KiB frames, where per-item work is the limit (no wire rows)
@@ -71,6 +79,7 @@ RECEIVE_FORMATS = ("count", "wire")  # sinks that write nothing: an item is its 
 COMMIT_FORMATS = (
     "hdf5",
     "zarr-append",
+    "tiff-stack",
 )  # container sinks: an item arrives when a commit made it archived (the archiver's stats())
 #: stats() poll of a container sink, seconds: the commit clock's resolution (a call costs tens of us of GIL time)
 COMMIT_POLL = 0.005
@@ -179,6 +188,7 @@ def item_paths(root, fmt):
                     or (fmt == "zarr" and e.name == "zarr.json" and not d.endswith(".zarr"))
                     or (fmt == "hdf5" and e.name.endswith(".h5"))
                     or (fmt == "zarr-append" and ".zarr" in d)  # every object of a store: its size on disk
+                    or (fmt in ("tiff", "tiff-stack") and e.name.endswith(".tif"))
                 ):
                     out.append(e.path)
     return out
@@ -608,9 +618,13 @@ def verify(fmt, data, n, shape, sink_info, arrivals=None, pixels="random"):
         return verify_hdf5(data, n, shape, sink_info, pixels)
     if fmt == "zarr-append":
         return verify_zarr_append(data, n, shape, sink_info, pixels)
+    if fmt == "tiff-stack":
+        return verify_tiff_stack(data, n, shape, sink_info, pixels)
     exp = base_frame(shape, pixels) if fmt != "json" else None
     if fmt == "zarr":
         import zarr
+    if fmt == "tiff":
+        import tifffile
     for p in item_paths(data, fmt):
         try:
             if fmt == "json":
@@ -618,7 +632,10 @@ def verify(fmt, data, n, shape, sink_info, arrivals=None, pixels="random"):
                 i = obj["i"]
                 ok = obj.get("temperature") == event_payload(i)["temperature"]
             else:
-                arr = np.load(p) if fmt == "npy" else zarr.open_array(os.path.dirname(p), mode="r")[...]
+                if fmt == "tiff":
+                    arr = tifffile.imread(p)
+                else:
+                    arr = np.load(p) if fmt == "npy" else zarr.open_array(os.path.dirname(p), mode="r")[...]
                 i = frame_index(arr)
                 stamp(exp, i)
                 ok = arr.shape == exp.shape and arr.dtype == exp.dtype and np.array_equal(arr, exp)
@@ -764,6 +781,49 @@ def _zarr_stacks(group, prefix=""):
         elif "heros_archiver" in member.attrs:
             out.append((path, member))
     return out
+
+
+def verify_tiff_stack(data, n, shape, sink_info, pixels="random"):
+    """Load every page of every *.tif stack back with tifffile and compare it with what was sent.
+
+    The linked pages are the committed ones. Arrival = commit, as in verify_hdf5 (one stack: page k was
+    committed when the archiver's archived count first exceeded k; several stacks: the receive time each
+    page's record holds, counted in the last value returned)."""
+    import tifffile
+
+    good, bad, dup, by_received, stacks = {}, 0, 0, 0, []
+    exp = base_frame(shape, pixels)
+    flat = exp.reshape(-1)[2:]
+    for p in item_paths(data, "tiff-stack"):
+        try:
+            with tifffile.TiffFile(p) as handle:
+                if not handle.is_imagej or handle.imagej_metadata.get("images") != len(handle.pages):
+                    bad += 1  # not a hyperstack whose count is right: Fiji would not show its frames
+                rows = []
+                for page in handle.pages:
+                    pixels_back = page.asarray().reshape(-1)
+                    fine = page.shape == tuple(shape) and page.dtype == exp.dtype and (pixels_back[2:] == flat).all()
+                    i = int(pixels_back[0]) | (int(pixels_back[1]) << 16)
+                    rows.append((i, bool(fine), json.loads(page.tags[65000].value)["received"]))
+                stacks.append(rows)
+        except Exception:  # noqa: BLE001 - an unreadable file: its frames are missing, and it is one bad item
+            bad += 1
+    commits = np.array(sink_info.get("commits") or [[0.0, 0]], dtype=float)
+    for rows in stacks:
+        for k, (i, fine, received) in enumerate(rows):
+            if len(stacks) == 1:
+                at = int(np.searchsorted(commits[:, 1], k, side="right"))
+                late = at >= len(commits)
+                t = received if late else float(commits[at, 0])
+                by_received += late
+            else:
+                t, by_received = received, by_received + 1
+            if not fine or not 0 <= i < n:
+                bad += 1
+                continue
+            dup += i in good
+            good[i] = t
+    return good, bad, dup, None, by_received
 
 
 def sink_spec(cfg, sink, impl):
@@ -978,11 +1038,16 @@ def one_run(cfg, wl, sink, impl, rep):
     try:
         cls, kwargs, fmt = sink_spec(cfg, sink, impl)
         res["class"] = cls
-        if fmt in ("npy", "json"):  # before the sink exists, so that no file escapes it
+        if fmt in ("npy", "json", "tiff"):  # before the sink exists, so that no file escapes it
             watcher = ArrivalWatcher(data)
             res["arrival_clock"] = "inotify" if watcher.ok else "mtime"
         else:
-            res["arrival_clock"] = {"zarr": "mtime", "hdf5": "commit", "zarr-append": "commit"}.get(fmt, "recv")
+            res["arrival_clock"] = {
+                "zarr": "mtime",
+                "hdf5": "commit",
+                "zarr-append": "commit",
+                "tiff-stack": "commit",
+            }.get(fmt, "recv")
         common = {"meta": str(meta), "max_life": cfg.run_timeout + 60}
         sink_p = Child(
             "_sink",
@@ -1540,10 +1605,10 @@ def parse_args():
     ap.add_argument(
         "--sinks",
         default="array,json,count,wire",
-        help="comma list of array,zarr,hdf5,hdf5:swmr,zarr-append,json,count,wire (wire = the rows wire:tcp and "
-        "wire:shm; zarr, hdf5 and zarr-append are opt-in: ZarrArchiver is in both implementations (the reference's "
-        "package is herostools.actor), Hdf5Archiver and ZarrAppendArchiver only in this project; hdf5:swmr = hdf5 "
-        "with a SWMR reader polling the file in another process)",
+        help="comma list of array,zarr,hdf5,hdf5:swmr,zarr-append,tiff,tiff-stack,json,count,wire (wire = the rows "
+        "wire:tcp and wire:shm; zarr, hdf5, zarr-append and the tiff ones are opt-in: ZarrArchiver is in both "
+        "implementations (the reference's package is herostools.actor), the others only in this project; hdf5:swmr "
+        "= hdf5 with a SWMR reader polling the file in another process)",
     )
     ap.add_argument(
         "--impl",

@@ -181,7 +181,7 @@ def test_the_command_lists_formats_and_sinks_and_check_reports_each_fault(tmp_pa
     rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in listed.stdout.splitlines() if "│" in line]
     assert ["format", "pgm", "heros_archiver_pgm:PgmFormat", "heros-archiver-pgm 0.1.0"] in rows
     assert ["sink", "pgm", "heros_archiver_pgm.archiver:PgmArchiver", "heros-archiver-pgm 0.1.0"] in rows
-    assert {row[1] for row in rows if row[0] == "format"} == {"json", "npy", "pgm"}
+    assert {row[1] for row in rows if row[0] == "format"} == {"json", "npy", "pgm", "tiff"}
     env["PYTHONPATH"] = pythonpath(EXAMPLE, FAULTY)
     checked = subprocess.run([*procs.CLI, "formats", "--check"], capture_output=True, text=True, env=env, timeout=60)
     assert checked.returncode == 1

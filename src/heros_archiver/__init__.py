@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from .archivers.base import HERODataArchiver
     from .archivers.files import ArrayArchiver, FileArchiver, JsonArchiver
     from .archivers.hdf5 import Hdf5Archiver
+    from .archivers.tiff import TiffArchiver
     from .archivers.zarr import ZarrArchiver
     from .archivers.zarr_append import ZarrAppendArchiver
 
@@ -34,6 +35,7 @@ _ARCHIVERS = {
     "FileArchiver": "archivers.files",
     "JsonArchiver": "archivers.files",
     "Hdf5Archiver": "archivers.hdf5",
+    "TiffArchiver": "archivers.tiff",
     "ZarrArchiver": "archivers.zarr",
     "ZarrAppendArchiver": "archivers.zarr_append",
 }
@@ -51,6 +53,7 @@ __all__ = [
     "StorageError",
     "TargetExistsError",
     "TemplateRenderError",
+    "TiffArchiver",
     "ZarrArchiver",
     "ZarrAppendArchiver",
 ]

@@ -134,7 +134,7 @@ class FileArchiver(HERODataArchiver):
         snapshot["writeback_errors"] = self._writer.window.errors
         return snapshot
 
-    def _writer_settings(self) -> dict[str, Any]:
+    def _writer_settings(self) -> dict[str, Any] | None:
         return self._settings.to_dict()
 
     def _store(self, source_name: str, payload: Any, metadata: dict[str, Any]) -> None:
