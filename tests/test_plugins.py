@@ -127,7 +127,7 @@ def test_installed_from_a_wheel_the_built_ins_come_from_the_distributions_metada
 def test_an_unknown_format_is_refused_before_zenoh_naming_what_is_installed(tmp_path: Path) -> None:
     manager = session_manager(connect_port=free_port())
     try:
-        with pytest.raises(ConfigurationError, match=r"format 'tiff-stack': expected one of json, npy \(entry-point"):
+        with pytest.raises(ConfigurationError, match=r"format 'tiff-stack': expected one of json, npy, tiff \(entry-point"):
             FileArchiver(
                 "{{ file_path }}/{{ frame }}.tif", "tiff-stack", object_selector="cam", event_name="acquisition_data",
                 default_metadata={"file_path": str(tmp_path)}, realm=unique_realm(), session_manager=manager,
