@@ -21,8 +21,10 @@ from .errors import (
 
 if TYPE_CHECKING:
     from .archivers.base import HERODataArchiver
+    from .archivers.datasource import DatasourceArchiver
     from .archivers.files import ArrayArchiver, FileArchiver, JsonArchiver
     from .archivers.hdf5 import Hdf5Archiver
+    from .archivers.parquet import ParquetArchiver
 
 __version__ = "0.1.0"
 
@@ -32,16 +34,20 @@ _ARCHIVERS = {
     "FileArchiver": "archivers.files",
     "JsonArchiver": "archivers.files",
     "Hdf5Archiver": "archivers.hdf5",
+    "ParquetArchiver": "archivers.parquet",
+    "DatasourceArchiver": "archivers.datasource",
 }
 
 __all__ = [
     "ArchiverError",
     "ArrayArchiver",
     "ConfigurationError",
+    "DatasourceArchiver",
     "FileArchiver",
     "HERODataArchiver",
     "Hdf5Archiver",
     "JsonArchiver",
+    "ParquetArchiver",
     "PathConfinementError",
     "PayloadError",
     "StorageError",

@@ -1,0 +1,351 @@
+"""One Parquet file being written, with the journal that makes its rows durable, and the recovery from journals.
+
+Parquet writes its footer only when a file is closed: until then the file cannot be read, and after a
+crash it never can. So every committed batch of rows is first appended to a **journal** (an Arrow IPC
+stream, append-only, one per open file) and flushed to the kernel (and fsynced with ``fsync``): that write
+is the commit point, after which the rows count as archived. The same rows are buffered and written to
+the Parquet file under a temporary name beside its final one, one row group every ``row_group_rows``
+rows or ``row_group_seconds``, whichever first. ``close`` writes the footer and publishes the file under
+its final name in one ``renameat2(RENAME_NOREPLACE)`` relative to a directory handle opened beneath the
+archive root (``storage.confinement``): no reader ever sees a half-written Parquet file, no existing file
+is replaced (a taken name moves the file to the next free part name, with a warning), and then the journal
+is removed. After SIGKILL, ``recover_journals`` (called at start) rebuilds each journal's file from the
+batches it holds, whole (a batch cut short by the kill was never acknowledged), and publishes it.
+
+The journals live in ``<root>/.heros-archiver/parquet-journal/``, not beside their files, so a start finds
+them without walking the archive (the lesson of the named temporaries, decision 0014); each names its
+target in its schema's metadata. The temporary Parquet file is named like every named temporary of the
+package and recorded (``storage.temporaries``), so the stale ones are removed at start without a walk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import itertools
+import logging
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import pyarrow as pa
+import pyarrow.ipc as ipc
+import pyarrow.parquet as pq
+
+from ...errors import PathConfinementError, StorageError, storage_error
+from ...state.statedir import STATE_DIR_NAME
+from ...storage.atomic import _link_or_rename_noreplace
+from ...storage.confinement import open_directory
+from ...storage.temporaries import PROCESS_TOKEN, TMP_PREFIX, owner_alive, record_directory
+
+log = logging.getLogger("heros_archiver")
+
+__all__ = ["JOURNAL_SUBDIR", "ParquetFile", "RecoveredFile", "part_path", "recover_journals"]
+
+#: Where the journals of open files are, relative to the archive root.
+JOURNAL_SUBDIR = f"{STATE_DIR_NAME}/parquet-journal"
+#: The schema metadata key naming a journal's target file (relative to the root).
+_TARGET_KEY = b"heros_archiver.target"
+_counter = itertools.count()
+_MAX_PARTS = 100_000
+
+
+def part_path(path: Path, part: int) -> Path:
+    """Rollover part ``part`` of ``path``: the path itself, then ``name-1.parquet``, ``name-2.parquet``, ..."""
+    return path if part == 0 else path.with_name(f"{path.stem}-{part}{path.suffix}")
+
+
+def _relative(root: str, path: Path) -> str:
+    text = str(path)
+    prefix = root.rstrip("/") + "/"
+    if not text.startswith(prefix):
+        raise PathConfinementError(f"{path} is not under the archive root {root}")
+    return text[len(prefix) :]
+
+
+def _open_beneath(root: str, directory: Path) -> int:
+    try:
+        return open_directory(root, str(directory))
+    except PathConfinementError:
+        raise
+    except OSError as exc:
+        raise storage_error(exc.errno or errno.EIO, f"cannot make the directory {directory}: {exc}") from exc
+
+
+def _create(handle: int, name: str, what: Path) -> BinaryIO:
+    """A new file ``name`` in directory ``handle`` (never an existing one, never through a symlink)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(name, flags, 0o644, dir_fd=handle)
+    except OSError as exc:
+        raise storage_error(exc.errno or errno.EIO, f"cannot create {what}: {exc}") from exc
+    return open(fd, "wb", buffering=0)
+
+
+def _publish(handle: int, tmp: str, final: Path) -> Path:
+    """Give ``tmp`` (in directory ``handle``) the name of ``final``, or of its first free later part: never a
+    replacement. Returns the path it got."""
+    base = Path(final.name)
+    for part in range(_MAX_PARTS):
+        name = part_path(base, part).name
+        try:
+            _link_or_rename_noreplace(handle, tmp, name)
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise storage_error(exc.errno or errno.EIO, f"cannot publish {final}: {exc}") from exc
+        published = final.with_name(name)
+        if part:
+            log.warning("%s existed when its rows were published; they are in %s instead", final, published)
+        return published
+    raise storage_error(errno.EEXIST, f"{final}: no free part name among {_MAX_PARTS}")
+
+
+class ParquetFile:
+    """One Parquet file of the archive being written: its journal, its temporary file and its row groups.
+
+    Made at the first commit of a file with the schema its first rows fixed. ``write`` is the commit point;
+    ``close`` publishes. After a failed write the file is ``abandon``-ed: its journal is kept, and
+    ``recover_journals`` makes the file from it (at once if it can, else at the next start).
+    """
+
+    def __init__(
+        self,
+        root: str,
+        final: Path,
+        schema: pa.Schema,
+        *,
+        row_group_rows: int,
+        row_group_seconds: float,
+        compression: str,
+        fsync: bool,
+    ) -> None:
+        self.root, self.final, self.fsync = root, final, fsync
+        self.row_group_rows, self.row_group_seconds = row_group_rows, row_group_seconds
+        self.rows = 0  # journaled (archived) rows
+        self._buffered: list[pa.RecordBatch] = []
+        self._buffered_rows = 0
+        self._buffered_since: float | None = None
+        self.closed = False
+        schema = schema.with_metadata({_TARGET_KEY: _relative(root, final).encode()})
+        self.schema = schema
+        self._handles: list[int] = []
+        self._dir = _open_beneath(root, final.parent)
+        self._handles.append(self._dir)
+        journals = _open_beneath(root, Path(root, JOURNAL_SUBDIR))
+        self._handles.append(journals)
+        self._journal_dir = journals
+        self.journal_name = f"{os.getpid()}.{PROCESS_TOKEN}.{next(_counter)}.arrows"
+        record_directory(root, str(final.parent), durable=fsync)  # before the temporary: found after a crash
+        self._tmp = f"{TMP_PREFIX}.{os.getpid()}.{PROCESS_TOKEN}.{next(_counter)}.tmp"
+        self._files: list[BinaryIO] = []
+        try:
+            self._journal_file = _create(journals, self.journal_name, Path(root, JOURNAL_SUBDIR, self.journal_name))
+            self._files.append(self._journal_file)
+            self._journal = ipc.new_stream(self._journal_file, schema)
+            self._durable(self._journal_file)
+            self._data_file = _create(self._dir, self._tmp, final.with_name(self._tmp))
+            self._files.append(self._data_file)
+            self._writer = pq.ParquetWriter(self._data_file, schema, compression=compression)
+        except (OSError, pa.ArrowException) as exc:
+            self._release()
+            self._remove_own()
+            if isinstance(exc, StorageError):
+                raise
+            raise storage_error(getattr(exc, "errno", None) or errno.EIO, f"cannot start {final}: {exc}") from exc
+
+    # ------------------------------------------------------------------ writing
+    def write(self, batch: pa.RecordBatch) -> None:
+        """Append ``batch`` to the journal and flush it (the commit point), then buffer it for a row group."""
+        try:
+            self._journal.write_batch(batch)
+            self._durable(self._journal_file)
+        except (OSError, pa.ArrowException) as exc:
+            raise storage_error(
+                getattr(exc, "errno", None) or errno.EIO,
+                f"cannot journal {batch.num_rows} row(s) of {self.final}: {exc}",
+            ) from exc
+        self.rows += batch.num_rows
+        self._buffered.append(batch)
+        self._buffered_rows += batch.num_rows
+        if self._buffered_since is None:
+            self._buffered_since = time.monotonic()
+        if self._buffered_rows >= self.row_group_rows:
+            self.flush_row_group()
+
+    def _durable(self, handle: BinaryIO) -> None:
+        handle.flush()
+        if self.fsync:
+            os.fsync(handle.fileno())
+
+    def row_group_due(self, now: float) -> bool:
+        """True when the buffered rows waited ``row_group_seconds``."""
+        return self._buffered_since is not None and now - self._buffered_since >= self.row_group_seconds
+
+    def flush_row_group(self) -> None:
+        """Write the buffered rows as row groups of at most ``row_group_rows`` rows (their rows are journaled)."""
+        if not self._buffered:
+            return
+        table = pa.Table.from_batches(self._buffered, self.schema)
+        try:
+            self._writer.write_table(table, row_group_size=self.row_group_rows)
+        except (OSError, pa.ArrowException) as exc:
+            raise storage_error(
+                getattr(exc, "errno", None) or errno.EIO, f"cannot write a row group of {self.final}: {exc}"
+            ) from exc
+        self._buffered, self._buffered_rows, self._buffered_since = [], 0, None
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the file so far: what its row groups took on disk, and the buffered rows uncompressed."""
+        try:
+            written = os.fstat(self._data_file.fileno()).st_size
+        except (OSError, ValueError):
+            written = 0
+        return written + sum(batch.nbytes for batch in self._buffered)
+
+    def close(self) -> Path:
+        """Write the last row group and the footer, publish the file, remove the journal; the path it got."""
+        try:
+            self.flush_row_group()
+            self._writer.close()
+            self._durable(self._data_file)
+            published = _publish(self._dir, self._tmp, self.final)
+        except (OSError, pa.ArrowException) as exc:
+            raise storage_error(getattr(exc, "errno", None) or errno.EIO, f"cannot close {self.final}: {exc}") from exc
+        self.closed = True
+        with contextlib.suppress(OSError, pa.ArrowException):
+            self._journal.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.journal_name, dir_fd=self._journal_dir)
+        self._release()
+        return published
+
+    def abandon(self) -> None:
+        """Stop writing after a failure: the journal stays (its whole batches are the file's rows), the
+        temporary goes. ``recover`` then makes the file from the journal."""
+        self.closed = True
+        self._release()
+        self._remove_own(journal=False)
+
+    def recover(self) -> RecoveredFile | None:
+        """Make the file from this (abandoned) file's journal now; None (and the journal kept for the next
+        start) if that fails too."""
+        try:
+            return _recover_one(self.root, Path(self.root, JOURNAL_SUBDIR, self.journal_name))
+        except (OSError, pa.ArrowException, StorageError) as exc:
+            log.error("%s: rebuilding it from its journal failed (%s); the next start does it", self.final, exc)
+            return None
+
+    # ------------------------------------------------------------------ descriptors
+    def _journal_dir_handle(self) -> int:
+        return _open_beneath(self.root, Path(self.root, JOURNAL_SUBDIR))
+
+    def _release(self) -> None:
+        for handle in self._files:
+            with contextlib.suppress(OSError, ValueError):
+                handle.close()
+        self._files = []
+        for fd in self._handles:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._handles = []
+
+    def _remove_own(self, journal: bool = True) -> None:
+        with contextlib.suppress(OSError):
+            handle = _open_beneath(self.root, self.final.parent)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._tmp, dir_fd=handle)
+            os.close(handle)
+        if journal:
+            with contextlib.suppress(OSError):
+                handle = self._journal_dir_handle()
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.journal_name, dir_fd=handle)
+                os.close(handle)
+
+
+@dataclass(frozen=True)
+class RecoveredFile:
+    """A file made from a journal: where it went, its rows and its item keys (to de-duplicate resumed items)."""
+
+    target: Path
+    path: Path
+    rows: int
+    keys: frozenset[bytes]
+
+
+def _batches(reader: Any) -> Iterator[pa.RecordBatch]:
+    """The whole batches of a journal; a batch cut short by a kill ends it (it was never acknowledged)."""
+    while True:
+        try:
+            yield reader.read_next_batch()
+        except StopIteration:
+            return
+        except (pa.ArrowInvalid, OSError, EOFError) as exc:
+            log.warning("journal ends in a batch cut short (not acknowledged, not archived): %s", exc)
+            return
+
+
+def _recover_one(root: str, journal: Path) -> RecoveredFile | None:
+    """Rebuild and publish the file of one journal, then remove the journal; None for an empty one."""
+    with pa.OSFile(str(journal), "rb") as source:
+        try:
+            reader = ipc.open_stream(source)
+        except (pa.ArrowInvalid, OSError) as exc:  # killed before the schema was written: no rows in it
+            log.warning("journal %s holds no schema (%s); removing it", journal, exc)
+            journal.unlink()
+            return None
+        schema = reader.schema
+        target_text = (schema.metadata or {}).get(_TARGET_KEY, b"").decode()
+        target = Path(root, target_text)
+        if not target_text or _relative(root, target) != target_text:
+            raise PathConfinementError(f"journal {journal} names the target {target_text!r}, not a path under {root}")
+        batches = list(_batches(reader))
+    rows = sum(batch.num_rows for batch in batches)
+    if rows == 0:
+        journal.unlink()
+        return None
+    table = pa.Table.from_batches(batches, schema)
+    directory = _open_beneath(root, target.parent)
+    tmp = f"{TMP_PREFIX}.{os.getpid()}.{PROCESS_TOKEN}.{next(_counter)}.tmp"
+    record_directory(root, str(target.parent), durable=False)
+    try:
+        handle = _create(directory, tmp, target.with_name(tmp))
+        with handle:
+            pq.write_table(table, handle)
+            handle.flush()
+            os.fsync(handle.fileno())  # the journal goes next: the rebuilt file must be on disk first
+        published = _publish(directory, tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=directory)
+        raise
+    finally:
+        os.close(directory)
+    keys = frozenset(table.column("item_key").to_pylist())
+    journal.unlink()
+    return RecoveredFile(target, published, rows, keys)
+
+
+def recover_journals(root: str) -> list[RecoveredFile]:
+    """Rebuild the files of the journals that processes no longer running left under ``root`` (at start)."""
+    directory = Path(root, JOURNAL_SUBDIR)
+    try:
+        names = sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return []
+    recovered = []
+    for name in names:
+        pid, _, rest = name.partition(".")
+        token = rest.partition(".")[0]
+        if not name.endswith(".arrows") or not pid.isdigit() or owner_alive(int(pid), token):
+            continue
+        found = _recover_one(root, directory / name)
+        if found is not None:
+            log.warning("rebuilt %s (%d rows) from the journal an earlier run left", found.path, found.rows)
+            recovered.append(found)
+    return recovered
