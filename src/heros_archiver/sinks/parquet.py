@@ -98,12 +98,18 @@ class _Open:
     used: float = field(default_factory=time.monotonic)
 
 
+def _sequence(item: Item, sequence_key: str | None) -> int | None:
+    value = item.metadata.get(sequence_key) if sequence_key is not None else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def item_key(item: Item, sequence_key: str | None) -> bytes:
     """16 bytes that are the same for the same item in any run (the spool gives back what arrived): its source,
-    sequence value and content. Two readings without a sequence value, equal in payload and metadata, are one
-    item for the de-duplication of resumed items (as for the HDF5 sink)."""
-    value = item.metadata.get(sequence_key) if sequence_key is not None else None
-    sequence = value if isinstance(value, int) and not isinstance(value, bool) else None
+    sequence value and content. Readings with a sequence value are compared with the keys of their series
+    always (a sender that repeats a run after a restart adds nothing twice); readings without one only when
+    resumed from the spool or appended again after a failed commit, since two equal readings (the same
+    temperature twice) are then one key."""
+    sequence = _sequence(item, sequence_key)
     digest = hashlib.sha256(f"{item.source}\0{sequence}\0".encode())
     digest.update(_hashable_json({"p": item.payload, "m": item.metadata}))
     return digest.digest()[:16]
@@ -146,7 +152,8 @@ class ParquetSink(ContainerSink):
         if item.key is None:
             item.key = item_key(item, self._settings.sequence_key)
         key: bytes = item.key
-        if (item.resumed or item.attempts > 1) and self._holds(route, key):
+        sequence = _sequence(item, self._settings.sequence_key)
+        if (sequence is not None or item.resumed or item.attempts > 1) and self._holds(route, key):
             settled.archived.append(item)
             return settled
         if not rows:  # an empty set of readings: nothing to write, nothing lost
@@ -171,9 +178,6 @@ class ParquetSink(ContainerSink):
         self._open.move_to_end(route)
         settled.add(self._limit_open_files())
         opened.used = time.monotonic()
-        sequence_key = self._settings.sequence_key
-        value = item.metadata.get(sequence_key) if sequence_key is not None else None
-        sequence = value if isinstance(value, int) and not isinstance(value, bool) else None
         opened.buffer.add(rows, item.source, sequence, item.received, key)
         opened.keys.add(key)
         opened.rows += len(rows)

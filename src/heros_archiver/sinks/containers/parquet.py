@@ -126,6 +126,7 @@ class ParquetFile:
         self.root, self.final, self.fsync = root, final, fsync
         self.row_group_rows, self.row_group_seconds = row_group_rows, row_group_seconds
         self.rows = 0  # journaled (archived) rows
+        self._last_group_bytes = 0
         self._buffered: list[pa.RecordBatch] = []
         self._buffered_rows = 0
         self._buffered_since: float | None = None
@@ -197,15 +198,17 @@ class ParquetFile:
                 getattr(exc, "errno", None) or errno.EIO, f"cannot write a row group of {self.final}: {exc}"
             ) from exc
         self._buffered, self._buffered_rows, self._buffered_since = [], 0, None
+        self._last_group_bytes = table.nbytes
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the file so far: what its row groups took on disk, and the buffered rows uncompressed."""
+        """Bytes of the file so far, roughly: what is on disk, the last row group (Parquet writes it out when
+        the next one starts) and the buffered rows, both uncompressed."""
         try:
             written = os.fstat(self._data_file.fileno()).st_size
         except (OSError, ValueError):
             written = 0
-        return written + sum(batch.nbytes for batch in self._buffered)
+        return written + self._last_group_bytes + sum(batch.nbytes for batch in self._buffered)
 
     def close(self) -> Path:
         """Write the last row group and the footer, publish the file, remove the journal; the path it got."""
@@ -228,6 +231,10 @@ class ParquetFile:
         """Stop writing after a failure: the journal stays (its whole batches are the file's rows), the
         temporary goes. ``recover`` then makes the file from the journal."""
         self.closed = True
+        for stream in (getattr(self, "_writer", None), getattr(self, "_journal", None)):
+            with contextlib.suppress(Exception):  # what they still write goes nowhere: the temporary goes
+                if stream is not None:
+                    stream.close()
         self._release()
         self._remove_own(journal=False)
 
