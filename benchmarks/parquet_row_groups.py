@@ -4,7 +4,8 @@
 Writes the same table of readings (the archiver's own columns and a sensor's: a float, an integer, a unit)
 through ``ParquetWriter`` as the archiver does (batches of ``--batch`` rows journaled, written as row groups
 of N rows), then reads it back whole with pyarrow, and runs a DuckDB aggregate and a polars filter over it.
-Per N: rows/s written, file bytes per row, read times (the best of ``--repeat``: the least disturbed run on a shared machine), relative to the best N.
+Per N: rows/s written, file bytes per row, read times (the best of ``--repeat``: the least disturbed run on
+a shared machine), relative to the best N.
 
     python benchmarks/parquet_row_groups.py [--rows 1000000] [--repeat 3] [--compression zstd]
 """
@@ -87,12 +88,12 @@ def main() -> None:
                 w.append(write(table, path, group, args.batch, args.compression))
                 r.append(timed(partial(pq.read_table, path)))
                 d.append(timed(partial(lambda q: duckdb.sql(q).fetchall(), query)))
-                p.append(timed(partial(lambda f: pl.scan_parquet(f).filter(pl.col("i") > half).collect(), path)))
+                p.append(timed(partial(lambda f, h: pl.scan_parquet(f).filter(pl.col("i") > h).collect(), path, half)))
             size = os.path.getsize(path) / args.rows
             results.append((group, args.rows / min(w), size, min(r), min(d), min(p)))
     best_write = max(x[1] for x in results)
     best = [min(x[i] for x in results) for i in (3, 4, 5)]
-    print(f"{args.rows} rows, batches of {args.batch}, {args.compression}, best of {args.repeat} (the machine is shared: the least disturbed run)")
+    print(f"{args.rows} rows, batches of {args.batch}, {args.compression}, best of {args.repeat} (a shared machine)")
     print(f"{'rows/group':>10} {'write rows/s':>13} {'rel':>5} {'B/row':>6} {'pyarrow s':>9} {'rel':>5} "
           f"{'duckdb s':>9} {'rel':>5} {'polars s':>9} {'rel':>5}")  # fmt: skip
     for group, rate, size, read, duck, polar in results:
