@@ -270,6 +270,19 @@ def test_rollover_by_template_hour_and_hive_folders(make_rig: RigFactory, tmp_pa
     assert hive.fetchall() == [("s1", received[0].date())]
 
 
+def test_paths_kept_per_value_render_as_a_render_would(make_rig: RigFactory, tmp_path: Path) -> None:
+    """Rendered paths are kept per the values the template reads: 1, 1.0 and True still go apart, and a reading
+    without the key is dead-lettered, also after one with it was routed."""
+    made = rig(make_rig, file_template="{{ file_path }}/run-{{ run }}.parquet")
+    for reading in ({"run": 1}, {"run": 1.0}, {"run": True}, {"n": 0}, {"run": 1}):
+        made.camera.acquisition_data(reading)
+    total = wait_for_items(made.archiver, 5)
+    made.archiver.close()
+    assert total["archived"] == 4 and total["dead_lettered"] == 1, total
+    assert [p.name for p in parquet_files(tmp_path)] == ["run-1.0.parquet", "run-1.parquet", "run-True.parquet"]
+    assert len(rows(tmp_path / "run-1.parquet")) == 2
+
+
 def test_rollover_by_rows_and_by_size(make_rig: RigFactory, tmp_path: Path) -> None:
     made = rig(make_rig, file_template="{{ file_path }}/rows.parquet", max_rows=4)
     for n in range(10):

@@ -165,6 +165,7 @@ class ParquetSink(ContainerSink):
             opened = None
         if opened is None:
             opened = self._start(route, schema_of(rows, item.source, self._settings.base_types))
+            settled.add(self._limit_open_files())
         try:
             opened.buffer.check(rows, item.source)
         except SchemaMismatchError as exc:
@@ -175,14 +176,14 @@ class ParquetSink(ContainerSink):
             settled.add(self._roll_over(route))
             opened = self._start(route, schema)
             opened.buffer.check(rows, item.source)  # rows that disagree among themselves: the item's own fault
+            settled.add(self._limit_open_files())
         self._open.move_to_end(route)
-        settled.add(self._limit_open_files())
-        opened.used = time.monotonic()
+        opened.used = now = time.monotonic()
         opened.buffer.add(rows, item.source, sequence, item.received, key)
         opened.keys.add(key)
         opened.rows += len(rows)
         if opened.first_pending is None:
-            opened.first_pending = time.monotonic()
+            opened.first_pending = now
         opened.waiting.append(item)
         opened.pending_bytes += item.nbytes
         return settled
