@@ -4,18 +4,19 @@ Parquet writes its footer only when a file is closed: until then the file cannot
 crash it never can. So every committed batch of rows is first appended to a **journal** (an Arrow IPC
 stream, append-only, one per open file) and flushed to the kernel (and fsynced with ``fsync``): that write
 is the commit point, after which the rows count as archived. The same rows are buffered and written to
-the Parquet file under a temporary name beside its final one, one row group every ``row_group_rows``
-rows or ``row_group_seconds``, whichever first. ``close`` writes the footer and publishes the file under
-its final name in one ``renameat2(RENAME_NOREPLACE)`` relative to a directory handle opened beneath the
-archive root (``storage.confinement``): no reader ever sees a half-written Parquet file, no existing file
-is replaced (a taken name moves the file to the next free part name, with a warning), and then the journal
-is removed. After SIGKILL, ``recover_journals`` (called at start) rebuilds each journal's file from the
-batches it holds, whole (a batch cut short by the kill was never acknowledged), and publishes it.
+the Parquet file, one row group every ``row_group_rows`` rows or ``row_group_seconds``, whichever first,
+into an unnamed file (``O_TMPFILE``) in the target directory, opened beneath the archive root
+(``storage.confinement``). ``close`` writes the footer and links the file under its final name, which fails
+atomically if the name exists (elsewhere: a named temporary and ``renameat2(RENAME_NOREPLACE)``): no reader
+ever sees a half-written Parquet file, no existing file is replaced (a taken name moves the file to the next
+free part name, with a warning), and then the journal is removed. After SIGKILL the unnamed file is gone
+with the process, and ``recover_journals`` (called at start) rebuilds each journal's file from the batches it
+holds, whole (a batch cut short by the kill was never acknowledged), and publishes it.
 
 The journals live in ``<root>/.heros-archiver/parquet-journal/``, not beside their files, so a start finds
 them without walking the archive (the lesson of the named temporaries, decision 0014); each names its
-target in its schema's metadata. The temporary Parquet file is named like every named temporary of the
-package and recorded (``storage.temporaries``), so the stale ones are removed at start without a walk.
+target in its schema's metadata. A named temporary (file systems without unnamed files) is named like every
+named temporary of the package and recorded (``storage.temporaries``), so a start removes stale ones.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import pyarrow.parquet as pq
 
 from ...errors import PathConfinementError, StorageError, storage_error
 from ...state.statedir import STATE_DIR_NAME
-from ...storage.atomic import _link_or_rename_noreplace
+from ...storage.atomic import _ANONYMOUS_FLAGS, _LINK_ANONYMOUS, _NO_ANONYMOUS_FILES, _link_or_rename_noreplace
 from ...storage.confinement import open_directory
 from ...storage.temporaries import PROCESS_TOKEN, TMP_PREFIX, owner_alive, record_directory
 
@@ -85,14 +86,38 @@ def _create(handle: int, name: str, what: Path) -> BinaryIO:
     return open(fd, "wb", buffering=0)
 
 
-def _publish(handle: int, tmp: str, final: Path) -> Path:
-    """Give ``tmp`` (in directory ``handle``) the name of ``final``, or of its first free later part: never a
-    replacement. Returns the path it got."""
+def _new_data_file(root: str, handle: int, final: Path, durable: bool) -> tuple[BinaryIO, str | None]:
+    """The file a Parquet file is written to before it is published, in directory ``handle`` beside ``final``:
+    an unnamed file (``O_TMPFILE``, nothing left after a crash) where the file system has them, else a named
+    temporary, recorded first so that a start removes it if this process dies (``storage.temporaries``).
+    Returns the file and the temporary's name (None: unnamed)."""
+    if _LINK_ANONYMOUS is not None:
+        try:
+            return open(os.open(".", _ANONYMOUS_FLAGS, 0o644, dir_fd=handle), "wb", buffering=0), None
+        except OSError as exc:
+            if exc.errno not in _NO_ANONYMOUS_FILES:
+                raise storage_error(exc.errno or errno.EIO, f"cannot create a file beside {final}: {exc}") from exc
+    record_directory(root, str(final.parent), durable=durable)
+    tmp = f"{TMP_PREFIX}.{os.getpid()}.{PROCESS_TOKEN}.{next(_counter)}.tmp"
+    return _create(handle, tmp, final.with_name(tmp)), tmp
+
+
+def _publish(handle: int, data: BinaryIO, tmp: str | None, final: Path) -> Path:
+    """Give the written file (``tmp``, or the unnamed ``data``, in directory ``handle``) the name of ``final``,
+    or of its first free later part: never a replacement. Returns the path it got."""
     base = Path(final.name)
     for part in range(_MAX_PARTS):
         name = part_path(base, part).name
         try:
-            _link_or_rename_noreplace(handle, tmp, name)
+            if tmp is not None:
+                _link_or_rename_noreplace(handle, tmp, name)
+            else:
+                assert _LINK_ANONYMOUS is not None
+                error = _LINK_ANONYMOUS(data.fileno(), handle, name)
+                if error == errno.EEXIST:
+                    continue
+                if error:
+                    raise OSError(error, os.strerror(error), str(final.with_name(name)))
         except FileExistsError:
             continue
         except OSError as exc:
@@ -140,15 +165,14 @@ class ParquetFile:
         self._handles.append(journals)
         self._journal_dir = journals
         self.journal_name = f"{os.getpid()}.{PROCESS_TOKEN}.{next(_counter)}.arrows"
-        record_directory(root, str(final.parent), durable=fsync)  # before the temporary: found after a crash
-        self._tmp = f"{TMP_PREFIX}.{os.getpid()}.{PROCESS_TOKEN}.{next(_counter)}.tmp"
+        self._tmp: str | None = None
         self._files: list[BinaryIO] = []
         try:
             self._journal_file = _create(journals, self.journal_name, Path(root, JOURNAL_SUBDIR, self.journal_name))
             self._files.append(self._journal_file)
             self._journal = ipc.new_stream(self._journal_file, schema)
             self._durable(self._journal_file)
-            self._data_file = _create(self._dir, self._tmp, final.with_name(self._tmp))
+            self._data_file, self._tmp = _new_data_file(root, self._dir, final, fsync)
             self._files.append(self._data_file)
             self._writer = pq.ParquetWriter(self._data_file, schema, compression=compression)
         except (OSError, pa.ArrowException) as exc:
@@ -216,7 +240,7 @@ class ParquetFile:
             self.flush_row_group()
             self._writer.close()
             self._durable(self._data_file)
-            published = _publish(self._dir, self._tmp, self.final)
+            published = _publish(self._dir, self._data_file, self._tmp, self.final)
         except (OSError, pa.ArrowException) as exc:
             raise storage_error(getattr(exc, "errno", None) or errno.EIO, f"cannot close {self.final}: {exc}") from exc
         self.closed = True
@@ -262,11 +286,13 @@ class ParquetFile:
         self._handles = []
 
     def _remove_own(self, journal: bool = True) -> None:
-        with contextlib.suppress(OSError):
-            handle = _open_beneath(self.root, self.final.parent)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._tmp, dir_fd=handle)
-            os.close(handle)
+        """Remove the named temporary (an unnamed file went with its descriptor) and, with ``journal``, the journal."""
+        if self._tmp is not None:
+            with contextlib.suppress(OSError):
+                handle = _open_beneath(self.root, self.final.parent)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self._tmp, dir_fd=handle)
+                os.close(handle)
         if journal:
             with contextlib.suppress(OSError):
                 handle = self._journal_dir_handle()
@@ -318,18 +344,18 @@ def _recover_one(root: str, journal: Path) -> RecoveredFile | None:
         return None
     table = pa.Table.from_batches(batches, schema)
     directory = _open_beneath(root, target.parent)
-    tmp = f"{TMP_PREFIX}.{os.getpid()}.{PROCESS_TOKEN}.{next(_counter)}.tmp"
-    record_directory(root, str(target.parent), durable=False)
+    tmp: str | None = None
     try:
-        handle = _create(directory, tmp, target.with_name(tmp))
+        handle, tmp = _new_data_file(root, directory, target, durable=True)
         with handle:
             pq.write_table(table, handle)
             handle.flush()
             os.fsync(handle.fileno())  # the journal goes next: the rebuilt file must be on disk first
-        published = _publish(directory, tmp, target)
+            published = _publish(directory, handle, tmp, target)
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp, dir_fd=directory)
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=directory)
         raise
     finally:
         os.close(directory)
