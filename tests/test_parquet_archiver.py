@@ -19,7 +19,7 @@ from heros import LocalDatasourceHERO
 
 import procs
 from conftest import Rig, RigFactory
-from helpers import RawCamera, dead_letter_entries, read_entry, wait_for_items, wait_until
+from helpers import RawCamera, dead_letter_entries, read_entry, tiny_file_system, wait_for_items, wait_until
 from heros_archiver import ConfigurationError, DatasourceArchiver, ParquetArchiver
 from heros_archiver.cli.config import build_archivers, load_config
 from heros_archiver.pipeline.queueing import Item
@@ -306,6 +306,32 @@ def test_rollover_by_rows_and_by_size(make_rig: RigFactory, tmp_path: Path) -> N
     assert [row["n"] for path in files for row in rows(path)] == list(range(12))
     sizes = [path.stat().st_size for path in files]  # a file ends after the row group that reached the limit,
     assert all(size < 3 * 50_000 for size in sizes) and all(size >= 50_000 for size in sizes[:-1]), sizes
+
+
+def test_a_full_disk_is_retried_and_every_reading_ends_in_a_file_exactly_once(
+    make_rig: RigFactory, tmp_path: Path
+) -> None:
+    """The archive (journal included) is on a 4 MiB tmpfs that a filler leaves ~150 KiB of: journal writes
+    fail, their readings are retried; once the filler is gone every reading is archived, and after the
+    drain every one is in a Parquet file exactly once (journals rebuilt into files), no journal left."""
+    data = tmp_path / "data"
+    with tiny_file_system(data, "4m"):
+        filler = data / "filler"
+        filler.write_bytes(b"\0" * (4 * 2**20 - 150 * 2**10))
+        made = rig(
+            make_rig, file_template=f"{data}/run.parquet", flush_items=10, max_retries=1000, retry_delay=0.02,
+            retry_max_delay=0.05, compression="none",
+        )  # fmt: skip
+        for n in range(200):
+            made.camera.acquisition_data({"n": n, "blob": f"{n:05d}" * 400})
+        wait_until(lambda: made.archiver.stats()["total"]["retried"] > 0, what="a failed commit")
+        filler.unlink()
+        total = wait_for_items(made.archiver, 200)
+        made.archiver.close()
+        assert total["archived"] == 200 and total["dead_lettered"] == 0, total
+        back = [row["n"] for path in parquet_files(data) for row in rows(path)]
+        assert sorted(back) == list(range(200)), sorted(back)
+        assert not list((data / JOURNAL_SUBDIR).glob("*.arrows"))
 
 
 def test_an_existing_file_is_kept_under_on_exists_error(make_rig: RigFactory, tmp_path: Path) -> None:

@@ -130,6 +130,8 @@ class ParquetSink(ContainerSink):
         self._open: OrderedDict[str, _Open] = OrderedDict()
         #: keys of the files rebuilt from journals at start (and after a failure), per route
         self._recovered: dict[str, set[bytes]] = {route: set(keys) for route, keys in (recovered or {}).items()}
+        #: abandoned files whose rebuild from the journal failed too (a full disk): tried again at each close
+        self._unrebuilt: list[tuple[str, ParquetFile]] = []
 
     # ------------------------------------------------------------------ the ContainerSink interface
     @property
@@ -207,6 +209,11 @@ class ParquetSink(ContainerSink):
         settled = Settled()
         for route in list(self._open):
             settled.add(self._close(route))
+        for route, file in list(self._unrebuilt):  # their rows are archived: make them a file if there is room now
+            recovered = file.recover()
+            if recovered is not None:
+                self._unrebuilt.remove((route, file))
+                self._remember(route, recovered)
         return settled
 
     # ------------------------------------------------------------------ files
@@ -297,7 +304,9 @@ class ParquetSink(ContainerSink):
         """Stop writing ``file``; rebuild it from its journal (its rows are archived) now, or at the next start."""
         file.abandon()
         recovered = file.recover()
-        if recovered is not None:
+        if recovered is None:
+            self._unrebuilt.append((route, file))
+        else:
             self._remember(route, recovered)
             log.error("%s was rebuilt from its journal as %s after a write failed", file.final, recovered.path)
 

@@ -268,7 +268,7 @@ class ParquetFile:
         try:
             return _recover_one(self.root, Path(self.root, JOURNAL_SUBDIR, self.journal_name))
         except (OSError, pa.ArrowException, StorageError) as exc:
-            log.error("%s: rebuilding it from its journal failed (%s); the next start does it", self.final, exc)
+            log.error("%s: rebuilding it from its journal failed (%s); tried again at drain and start", self.final, exc)
             return None
 
     # ------------------------------------------------------------------ descriptors
@@ -377,7 +377,11 @@ def recover_journals(root: str) -> list[RecoveredFile]:
         token = rest.partition(".")[0]
         if not name.endswith(".arrows") or not pid.isdigit() or owner_alive(int(pid), token):
             continue
-        found = _recover_one(root, directory / name)
+        try:
+            found = _recover_one(root, directory / name)
+        except (OSError, pa.ArrowException, StorageError, PathConfinementError) as exc:  # e.g. still no room
+            log.error("journal %s: rebuilding its file failed (%s); it is kept for the next start", name, exc)
+            continue
         if found is not None:
             log.warning("rebuilt %s (%d rows) from the journal an earlier run left", found.path, found.rows)
             recovered.append(found)
