@@ -283,6 +283,25 @@ def test_paths_kept_per_value_render_as_a_render_would(make_rig: RigFactory, tmp
     assert len(rows(tmp_path / "run-1.parquet")) == 2
 
 
+def test_a_file_closed_by_the_open_file_limit_is_followed_by_the_next_part(
+    make_rig: RigFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two sources alternate with ``max_open_files=1``: each switch publishes the other's file, and its next
+    reading starts the next part (never the name just published, which would move it with a warning)."""
+    made = rig(make_rig, ("s1", "s2"), max_open_files=1)
+    for n in range(3):
+        for name in ("s1", "s2"):
+            made.cameras[name].acquisition_data({"n": n})
+            wait_for_items(made.archiver, 2 * n + (name == "s2") + 1)
+    made.archiver.close()
+    for name in ("s1", "s2"):
+        folder = tmp_path / f"source={name}"
+        parts = [folder / "readings.parquet", folder / "readings-1.parquet", folder / "readings-2.parquet"]
+        assert sorted(folder.iterdir()) == sorted(parts)
+        assert [rows(p) for p in parts] == [[{"n": 0}], [{"n": 1}], [{"n": 2}]]
+    assert "existed when its rows were published" not in caplog.text
+
+
 def test_rollover_by_rows_and_by_size(make_rig: RigFactory, tmp_path: Path) -> None:
     made = rig(make_rig, file_template="{{ file_path }}/rows.parquet", max_rows=4)
     for n in range(10):

@@ -167,6 +167,11 @@ DEFAULT_ROW_GROUP_ROWS = 65_536
 DEFAULT_ROW_GROUP_SECONDS = 300.0
 #: Journal (commit) every this many readings or seconds after the oldest waiting one (decision 0027).
 DEFAULT_PARQUET_FLUSH_ITEMS = 1000
+#: Files open at once per writer: one per source of a lab (50 datasources into per-source files closed and
+#: reopened files at every reading with 16); each buffers at most a row group, all together DEFAULT_ROW_GROUP_BYTES.
+DEFAULT_PARQUET_MAX_OPEN_FILES = 128
+#: Journaled rows all open files may buffer for their row groups (beyond: the largest are written early).
+DEFAULT_ROW_GROUP_BYTES = 64 * 2**20
 DEFAULT_PARQUET_FLUSH_SECONDS = 0.5
 
 
@@ -183,7 +188,7 @@ class ParquetOptions:
     max_rows: int | None = None
     max_bytes: int | None = None
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
-    max_open_files: int = DEFAULT_MAX_OPEN_FILES
+    max_open_files: int = DEFAULT_PARQUET_MAX_OPEN_FILES
     on_exists: str = "append"
     compression: str = "zstd"
     root: str | os.PathLike[str] | None = None

@@ -31,9 +31,10 @@ from .files import _refuse_linked_state_directory
 from .options import (
     DEFAULT_FLUSH_BYTES,
     DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_MAX_OPEN_FILES,
     DEFAULT_PARQUET_FLUSH_ITEMS,
     DEFAULT_PARQUET_FLUSH_SECONDS,
+    DEFAULT_PARQUET_MAX_OPEN_FILES,
+    DEFAULT_ROW_GROUP_BYTES,
     DEFAULT_ROW_GROUP_ROWS,
     DEFAULT_ROW_GROUP_SECONDS,
     ParquetOptions,
@@ -80,7 +81,9 @@ class ParquetArchiver(HERODataArchiver):
             or seconds after the oldest waiting one, whichever first, and at drain.
         max_rows, max_bytes: roll over to ``name-1.parquet``, ... once a file has this many rows or bytes.
         idle_timeout: seconds after which a file nothing was appended to is closed (published).
-        max_open_files: files open at once per writer; the least recently used is closed first.
+        max_open_files: files open at once per writer (default 128: a file per source of a lab); the least
+            recently used is closed (published) first. The rows waiting for their row groups are bounded by
+            64 MiB over all open files (the largest are written early).
         on_exists: a file already there when its path is first used: ``append`` (default; the series goes on
             in the next free part ``name-N.parquet``) or ``error`` (its readings are dead-lettered).
         compression: ``zstd`` (default), ``snappy``, ``lz4``, ``gzip`` or ``none``.
@@ -105,7 +108,7 @@ class ParquetArchiver(HERODataArchiver):
         max_rows: int | None = None,
         max_bytes: int | None = None,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
-        max_open_files: int = DEFAULT_MAX_OPEN_FILES,
+        max_open_files: int = DEFAULT_PARQUET_MAX_OPEN_FILES,
         on_exists: str = "append",
         compression: str = "zstd",
         root: str | None = None,
@@ -208,6 +211,7 @@ class ParquetArchiver(HERODataArchiver):
             compression=options.compression, fsync=options.fsync != "none", flush_frames=options.flush_items,
             flush_seconds=float(options.flush_seconds), flush_bytes=DEFAULT_FLUSH_BYTES,
             row_group_rows=options.row_group_rows, row_group_seconds=float(options.row_group_seconds),
+            row_group_bytes=DEFAULT_ROW_GROUP_BYTES,
             max_rows=options.max_rows, max_bytes=options.max_bytes, idle_timeout=float(options.idle_timeout),
             max_open_files=options.max_open_files, sequence_key=self.options.sequence_key,
             base_types=self._base_types(),

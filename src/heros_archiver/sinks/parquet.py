@@ -66,6 +66,8 @@ class ParquetSinkSettings:
     flush_bytes: int
     row_group_rows: int
     row_group_seconds: float
+    #: journaled rows all open files may buffer for their row groups together, bytes
+    row_group_bytes: int
     max_rows: int | None
     max_bytes: int | None
     idle_timeout: float
@@ -227,17 +229,12 @@ class ParquetSink(ContainerSink):
         """The next part of ``route``'s series, to be made with ``schema`` at its first commit."""
         series = self._series.setdefault(route, _Series())
         path = part_path(Path(route), series.part)
-        if not series.started:
-            if self._settings.on_exists == "error":
-                if path.exists():
-                    raise TargetExistsError(
-                        f"{str(path)!r} exists and on_exists='error' keeps it; the reading was not written"
-                    )
-            else:  # append: the series goes on after the parts already there
-                while path.exists():
-                    series.part += 1
-                    path = part_path(Path(route), series.part)
-            series.started = True
+        if not series.started and self._settings.on_exists == "error" and path.exists():
+            raise TargetExistsError(f"{str(path)!r} exists and on_exists='error' keeps it; the reading was not written")
+        while path.exists():  # append, or parts this run published: the series goes on after them
+            series.part += 1
+            path = part_path(Path(route), series.part)
+        series.started = True
         opened = _Open(path, schema, RowBuffer(schema, str(path)))
         self._open[route] = opened
         return opened
@@ -264,11 +261,8 @@ class ParquetSink(ContainerSink):
         return opened.file.nbytes >= settings.max_bytes
 
     def _roll_over(self, route: str) -> Settled:
-        """Close the part being written and go on with the next one."""
-        settled = self._close(route)
-        series = self._series[route]
-        series.part += 1
-        return settled
+        """Close the part being written; the next one is started by the next reading (``_start``)."""
+        return self._close(route)
 
     def _limit_open_files(self) -> Settled:
         settled = Settled()
@@ -294,7 +288,19 @@ class ParquetSink(ContainerSink):
         archived, opened.waiting = opened.waiting, []
         opened.pending_bytes = 0
         opened.first_pending = None
+        self._bound_buffers()
         return Settled(archived=archived)
+
+    def _bound_buffers(self) -> None:
+        """Write the largest buffered row groups early while all open files together buffer more than
+        ``row_group_bytes`` (journaled rows waiting for their row group; memory outside the queue's bound)."""
+        files = [(o.file.buffered_bytes, route) for route, o in self._open.items() if o.file is not None]
+        total = sum(size for size, _ in files)
+        for size, route in sorted(files, reverse=True):
+            if total <= self._settings.row_group_bytes:
+                return
+            self._flush_row_group(route)
+            total -= size
 
     def _failed(self, route: str, error: StorageError) -> Settled:
         """A journal write failed: the items of this commit go back (appended again after the backoff, into
@@ -360,6 +366,7 @@ class ParquetSink(ContainerSink):
             return settled
         log.info("published %s (%d rows)", published, opened.file.rows)
         series = self._series.setdefault(route, _Series())
+        series.part += 1  # a file closed for any reason (rollover, idle, the open-file limit) is never reopened
         if series.keys is not None:
             series.keys.update(opened.keys)
         return settled

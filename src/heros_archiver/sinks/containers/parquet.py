@@ -225,6 +225,11 @@ class ParquetFile:
         self._last_group_bytes = table.nbytes
 
     @property
+    def buffered_bytes(self) -> int:
+        """Bytes of the journaled rows waiting for their row group (Arrow, in memory)."""
+        return sum(batch.nbytes for batch in self._buffered)
+
+    @property
     def nbytes(self) -> int:
         """Bytes of the file so far, roughly: what is on disk, the last row group (Parquet writes it out when
         the next one starts) and the buffered rows, both uncompressed."""
