@@ -135,20 +135,34 @@ class ParquetSink(ContainerSink):
         #: abandoned files whose rebuild from the journal failed too (a full disk): tried again at each close
         self._unrebuilt: list[tuple[str, ParquetFile]] = []
         self._expired_at = 0.0
+        self._stale = False
+        self._waiting = self._waiting_bytes = 0
+        self._oldest: float | None = None
 
     # ------------------------------------------------------------------ the ContainerSink interface
+    # The writer asks these before and after every item: kept as totals (appends add to them) and counted
+    # again over the open files only after a commit or a close changed them (a walk over 50 files per item
+    # was most of the archiver's CPU time with 50 datasources).
+    def _totals(self) -> tuple[int, int, float | None]:
+        if self._stale:
+            times = [o.first_pending for o in self._open.values() if o.first_pending is not None]
+            self._waiting = sum(len(o.waiting) for o in self._open.values())
+            self._waiting_bytes = sum(o.pending_bytes for o in self._open.values())
+            self._oldest = min(times) if times else None
+            self._stale = False
+        return self._waiting, self._waiting_bytes, self._oldest
+
     @property
     def pending(self) -> int:
-        return sum(len(o.waiting) for o in self._open.values())
+        return self._totals()[0]
 
     @property
     def pending_bytes(self) -> int:
-        return sum(o.pending_bytes for o in self._open.values())
+        return self._totals()[1]
 
     @property
     def oldest_pending(self) -> float | None:
-        times = [o.first_pending for o in self._open.values() if o.first_pending is not None]
-        return min(times) if times else None
+        return self._totals()[2]
 
     def append(self, item: Item) -> Settled:
         settled = Settled()
@@ -191,12 +205,18 @@ class ParquetSink(ContainerSink):
             opened.first_pending = now
         opened.waiting.append(item)
         opened.pending_bytes += item.nbytes
+        if not self._stale:
+            self._waiting += 1
+            self._waiting_bytes += item.nbytes
+            if self._oldest is None:
+                self._oldest = now
         return settled
 
     def commit(self) -> Settled:
         settled = Settled()
         for route in [r for r, o in self._open.items() if o.waiting]:
-            settled.add(self._commit(route))
+            settled.add(self._commit(route, bound=False))
+        self._bound_buffers()
         return settled
 
     def expire(self, now: float) -> Settled:
@@ -270,8 +290,10 @@ class ParquetSink(ContainerSink):
             settled.add(self._close(next(iter(self._open))))
         return settled
 
-    def _commit(self, route: str) -> Settled:
-        """Journal the buffered rows of ``route``'s file: its waiting items are archived then."""
+    def _commit(self, route: str, bound: bool = True) -> Settled:
+        """Journal the buffered rows of ``route``'s file: its waiting items are archived then (``bound``: and
+        keep the rows buffered for row groups within their bound)."""
+        self._stale = True
         opened = self._open[route]
         settings = self._settings
         try:
@@ -288,7 +310,8 @@ class ParquetSink(ContainerSink):
         archived, opened.waiting = opened.waiting, []
         opened.pending_bytes = 0
         opened.first_pending = None
-        self._bound_buffers()
+        if bound:
+            self._bound_buffers()
         return Settled(archived=archived)
 
     def _bound_buffers(self) -> None:
@@ -305,6 +328,7 @@ class ParquetSink(ContainerSink):
     def _failed(self, route: str, error: StorageError) -> Settled:
         """A journal write failed: the items of this commit go back (appended again after the backoff, into
         the next part); what the journal holds becomes a file now or at the next start."""
+        self._stale = True
         opened = self._open.pop(route)
         opened.buffer.discard()
         if opened.file is not None:

@@ -154,6 +154,7 @@ class ParquetFile:
         self._last_group_bytes = 0
         self._buffered: list[pa.RecordBatch] = []
         self._buffered_rows = 0
+        self._buffered_bytes = 0
         self._buffered_since: float | None = None
         self.closed = False
         schema = schema.with_metadata({_TARGET_KEY: _relative(root, final).encode()})
@@ -196,6 +197,7 @@ class ParquetFile:
         self.rows += batch.num_rows
         self._buffered.append(batch)
         self._buffered_rows += batch.num_rows
+        self._buffered_bytes += batch.nbytes
         if self._buffered_since is None:
             self._buffered_since = time.monotonic()
         if self._buffered_rows >= self.row_group_rows:
@@ -221,13 +223,13 @@ class ParquetFile:
             raise storage_error(
                 getattr(exc, "errno", None) or errno.EIO, f"cannot write a row group of {self.final}: {exc}"
             ) from exc
-        self._buffered, self._buffered_rows, self._buffered_since = [], 0, None
+        self._buffered, self._buffered_rows, self._buffered_since, self._buffered_bytes = [], 0, None, 0
         self._last_group_bytes = table.nbytes
 
     @property
     def buffered_bytes(self) -> int:
         """Bytes of the journaled rows waiting for their row group (Arrow, in memory)."""
-        return sum(batch.nbytes for batch in self._buffered)
+        return self._buffered_bytes
 
     @property
     def nbytes(self) -> int:
@@ -237,7 +239,7 @@ class ParquetFile:
             written = os.fstat(self._data_file.fileno()).st_size
         except (OSError, ValueError):
             written = 0
-        return written + self._last_group_bytes + sum(batch.nbytes for batch in self._buffered)
+        return written + self._last_group_bytes + self._buffered_bytes
 
     def close(self) -> Path:
         """Write the last row group and the footer, publish the file, remove the journal; the path it got."""
