@@ -16,6 +16,8 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 import pytest
 from heros import LocalDatasourceHERO
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import procs
 from conftest import Rig, RigFactory
@@ -455,3 +457,46 @@ def test_import_heros_archiver_does_not_load_pyarrow() -> None:
     code = "import sys, heros_archiver; heros_archiver.ParquetArchiver; print('pyarrow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+_SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=False),
+    st.text(),
+    st.binary(max_size=20),
+    st.lists(st.integers(-(2**63), 2**63 - 1), max_size=3),
+)
+_READINGS = st.dictionaries(st.text(max_size=12), _SCALARS, max_size=6)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_READINGS, min_size=1, max_size=4))
+def test_readings_from_the_network_come_back_as_sent_or_are_refused_with_a_payload_error(
+    readings: list[dict[str, Any]],
+) -> None:
+    """Any readings: each one fits the schema of the first (and reads back equal, a missing key as None), does
+    not fit (SchemaMismatchError, naming the key), or holds what no column can (PayloadError); nothing else."""
+    from heros_archiver.errors import PayloadError
+    from heros_archiver.sinks.containers.parquet_rows import SchemaMismatchError
+
+    try:
+        schema = schema_of(readings[:1], "s")
+    except PayloadError:
+        return
+    buffer = RowBuffer(schema, "x")
+    kept = []
+    for reading in readings:
+        try:
+            buffer.check([reading], "s")
+        except SchemaMismatchError as exc:
+            assert repr(exc.key) in str(exc)
+            continue
+        except PayloadError:
+            continue
+        buffer.add([reading], "s", None, 0.0, bytes(16))
+        kept.append(reading)
+    names = [field.name for field in schema][len(OWN) :]
+    back = [{k: v for k, v in row.items() if k not in OWN} for row in buffer.take().to_pylist()]
+    assert back == [{name: reading.get(name) for name in names} for reading in kept]
