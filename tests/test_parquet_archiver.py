@@ -500,3 +500,17 @@ def test_readings_from_the_network_come_back_as_sent_or_are_refused_with_a_paylo
     names = [field.name for field in schema][len(OWN) :]
     back = [{k: v for k, v in row.items() if k not in OWN} for row in buffer.take().to_pylist()]
     assert back == [{name: reading.get(name) for name in names} for reading in kept]
+
+
+def test_a_path_out_of_the_root_from_the_metadata_is_dead_lettered(make_rig: RigFactory, tmp_path: Path) -> None:
+    archive = tmp_path / "archive"
+    made = rig(make_rig, file_template=f"{archive}/{{{{ name }}}}.parquet")
+    for name in ("../escaped", "/etc/escaped", "ok"):
+        made.camera.acquisition_data({"name": name, "n": 1})
+    total = wait_for_items(made.archiver, 3)
+    made.archiver.close()
+    assert total["archived"] == 2 and total["dead_lettered"] == 1, total  # "archive//etc/..." stays under it
+    found = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.parquet"))
+    assert found == [Path("archive/etc/escaped.parquet"), Path("archive/ok.parquet")]
+    [entry] = dead_letter_entries(archive)
+    assert "outside the archive root" in read_entry(entry)["error"]
