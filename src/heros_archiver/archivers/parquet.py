@@ -101,10 +101,12 @@ class ParquetArchiver(HERODataArchiver):
     """
 
     sink_options: ParquetOptions
-    #: samples Zenoh may hold in front of the queue (decision 0011): readings are small, and the writer thread is
-    #: Python that competes with the intake for the GIL (the JSON archiver's writes are in a helper process);
-    #: with 1024, a burst of 5,000 best-effort events lost 300-2,400 at the receiver in 4 of 10 repeats
-    DEFAULT_INTAKE_BUFFER = 8192
+    #: samples Zenoh may hold in front of the queue (decision 0011): the writer thread is Python that competes
+    #: with the intake for the GIL (the JSON archiver's writes are in a helper process); with 1024 a burst of
+    #: 5,000 best-effort events lost 300-2,400 at the receiver in 4 of 13 repeats, with 4096 and 8192 none in
+    #: 3 and 8; a held sample keeps Zenoh's receive batch alive, so 8192 peaked at 292-534 MiB under a 20,000/s
+    #: overload where 4096 stayed at 282-343 and 1024 at 224-249 (docs/benchmarks.md, E7)
+    DEFAULT_INTAKE_BUFFER = 4096
 
     def __init__(
         self,
