@@ -14,8 +14,8 @@ once the first commit made it) and the series of its parts (``name.parquet``, ``
   row groups are written by the ``ParquetFile`` every ``row_group_rows`` rows, and by ``expire`` once rows
   waited ``row_group_seconds``. ``expire`` also closes (publishes) files unused for ``idle_timeout``.
 * An item resumed from the spool (or appended again after a failed commit) whose key the series already
-  holds (in a published part, in the journal of the file being written, or in a file rebuilt from a journal
-  at start) counts as archived without a second row.
+  holds (in a part published before it came, or in a file rebuilt from a journal at start) counts as
+  archived without a second row.
 * A failed journal write hands the commit's items back (appended again after the backoff, into the next
   part); a failed row-group write or publish, whose rows are already journaled, abandons the file and
   rebuilds it from its journal (now, or at the next start).
@@ -93,7 +93,6 @@ class _Open:
     buffer: RowBuffer
     file: ParquetFile | None = None
     waiting: list[Item] = field(default_factory=list)
-    keys: set[bytes] = field(default_factory=set)
     rows: int = 0  # rows journaled and buffered
     pending_bytes: int = 0
     first_pending: float | None = None
@@ -107,10 +106,9 @@ def _sequence(item: Item, sequence_key: str | None) -> int | None:
 
 def item_key(item: Item, sequence_key: str | None) -> bytes:
     """16 bytes that are the same for the same item in any run (the spool gives back what arrived): its source,
-    sequence value and content. Readings with a sequence value are compared with the keys of their series
-    always (a sender that repeats a run after a restart adds nothing twice); readings without one only when
-    resumed from the spool or appended again after a failed commit, since two equal readings (the same
-    temperature twice) are then one key."""
+    sequence value and content. Only readings resumed from the spool or appended again after a failed commit
+    are compared with the keys of their series: live readings never were in a file, and two equal live
+    readings without a sequence value (the same temperature twice) would be one key."""
     sequence = _sequence(item, sequence_key)
     digest = hashlib.sha256(f"{item.source}\0{sequence}\0".encode())
     digest.update(_hashable_json({"p": item.payload, "m": item.metadata}))
@@ -172,7 +170,7 @@ class ParquetSink(ContainerSink):
             item.key = item_key(item, self._settings.sequence_key)
         key: bytes = item.key
         sequence = _sequence(item, self._settings.sequence_key)
-        if (sequence is not None or item.resumed or item.attempts > 1) and self._holds(route, key):
+        if (item.resumed or item.attempts > 1) and self._holds(route, key):
             settled.archived.append(item)
             return settled
         if not rows:  # an empty set of readings: nothing to write, nothing lost
@@ -199,7 +197,6 @@ class ParquetSink(ContainerSink):
         self._open.move_to_end(route)
         opened.used = now = time.monotonic()
         opened.buffer.add(rows, item.source, sequence, item.received, key)
-        opened.keys.add(key)
         opened.rows += len(rows)
         if opened.first_pending is None:
             opened.first_pending = now
@@ -260,11 +257,9 @@ class ParquetSink(ContainerSink):
         return opened
 
     def _holds(self, route: str, key: bytes) -> bool:
-        """True when ``key`` is already in ``route``'s series: a published part, the file being written, or a
-        file rebuilt from a journal."""
-        opened = self._open.get(route)
-        if opened is not None and key in opened.keys:
-            return True
+        """True when ``key`` is already in ``route``'s series: a file rebuilt from a journal, or a part published
+        before the first such item came (read from disk once; nothing of this run's own rows is kept in
+        memory, which a day of readings would fill)."""
         if key in self._recovered.get(route, ()):
             return True
         series = self._series.setdefault(route, _Series())
@@ -363,12 +358,10 @@ class ParquetSink(ContainerSink):
         in the next part (the rows not yet journaled stay buffered, in a fresh file of the same schema)."""
         assert opened.file is not None
         self._abandon(route, opened.file)
-        self._recovered.setdefault(route, set()).update(opened.keys)
         series = self._series[route]
         series.part += 1
         opened.file = None
         opened.path = part_path(Path(route), series.part)
-        opened.keys = set()
         opened.rows = len(opened.buffer)
 
     def _close(self, route: str) -> Settled:
@@ -391,8 +384,6 @@ class ParquetSink(ContainerSink):
         log.info("published %s (%d rows)", published, opened.file.rows)
         series = self._series.setdefault(route, _Series())
         series.part += 1  # a file closed for any reason (rollover, idle, the open-file limit) is never reopened
-        if series.keys is not None:
-            series.keys.update(opened.keys)
         return settled
 
 
