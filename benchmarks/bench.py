@@ -60,6 +60,8 @@ SINKS = {  # name: (default class, default kwargs, output format)
         {"save_template": "{{ file_path }}/run.tif", "stack": True},
         "tiff-stack",
     ),
+    # readings as rows of one Parquet file (this project's class, opt-in as hdf5); an event counts once journaled
+    "parquet": ("heros_archiver.ParquetArchiver", {"file_template": "{{ file_path }}/events.parquet"}, "parquet"),
     "json": ("herostools.actor.JsonArchiver", {"save_template": "{{ file_path }}/ev-{{ '%06d' % i }}.json"}, "json"),
     "count": ("heros.EventObserver", {}, "count"),
     # the transport's limit: a bare Zenoh subscriber that takes each sample's bytes and reads only the index
@@ -70,7 +72,7 @@ SINKS = {  # name: (default class, default kwargs, output format)
 WIRE_SINKS = ("wire:tcp", "wire:shm")
 # (for small events the per-sample Python work of any subscriber, not the wire, is the limit: no wire rows)
 FRAME_SINKS = ("array", "zarr", "hdf5", "hdf5:swmr", "zarr-append", "tiff", "tiff-stack", "count", *WIRE_SINKS)
-EVENT_SINKS = ("json", "count")
+EVENT_SINKS = ("json", "parquet", "count")
 SWMR_SINKS = ("hdf5:swmr",)  # rows with a SWMR reader beside the archiver
 # 'small': 8 KiB frames, where per-item work is the limit (no wire rows)
 SMALL_SINKS = ("array", "hdf5", "zarr-append", "count")
@@ -80,6 +82,7 @@ COMMIT_FORMATS = (
     "hdf5",
     "zarr-append",
     "tiff-stack",
+    "parquet",
 )  # container sinks: an item arrives when a commit made it archived (the archiver's stats())
 #: stats() poll of a container sink, seconds: the commit clock's resolution (a call costs tens of us of GIL time)
 COMMIT_POLL = 0.005
@@ -189,6 +192,7 @@ def item_paths(root, fmt):
                     or (fmt == "hdf5" and e.name.endswith(".h5"))
                     or (fmt == "zarr-append" and ".zarr" in d)  # every object of a store: its size on disk
                     or (fmt in ("tiff", "tiff-stack") and e.name.endswith(".tif"))
+                    or (fmt == "parquet" and e.name.endswith(".parquet"))
                 ):
                     out.append(e.path)
     return out
@@ -620,6 +624,8 @@ def verify(fmt, data, n, shape, sink_info, arrivals=None, pixels="random"):
         return verify_zarr_append(data, n, shape, sink_info, pixels)
     if fmt == "tiff-stack":
         return verify_tiff_stack(data, n, shape, sink_info, pixels)
+    if fmt == "parquet":
+        return verify_parquet(data, n, sink_info)
     exp = base_frame(shape, pixels) if fmt != "json" else None
     if fmt == "zarr":
         import zarr
@@ -818,6 +824,38 @@ def verify_tiff_stack(data, n, shape, sink_info, pixels="random"):
                 by_received += late
             else:
                 t, by_received = received, by_received + 1
+            if not fine or not 0 <= i < n:
+                bad += 1
+                continue
+            dup += i in good
+            good[i] = t
+    return good, bad, dup, None, by_received
+
+
+def verify_parquet(data, n, sink_info):
+    """Read every row of every *.parquet file back with pyarrow; a row is good when its temperature is the one
+    its index ``i`` was sent with. Arrival = journal commit: rows are in commit order in one file, so row k
+    was archived when the archiver's archived count (sink_info["commits"]) first exceeded k; rows committed
+    after the sink stopped polling are timed by their ``received`` column (counted in the last value)."""
+    import pyarrow.parquet as pq
+
+    good, bad, dup, by_received, start = {}, 0, 0, 0, 0
+    commits = np.array(sink_info.get("commits") or [[0.0, 0]], dtype=float)
+    for p in sorted(item_paths(data, "parquet")):
+        try:
+            table = pq.read_table(p, columns=["i", "temperature", "received"])
+        except Exception:  # noqa: BLE001 - an unreadable file is one bad item
+            bad += 1
+            continue
+        idx = np.asarray(table.column("i").to_numpy(), dtype=np.int64)
+        ok = np.asarray(table.column("temperature").to_numpy()) == 20.0 + (idx % 1000) * 0.01
+        received = table.column("received").cast("int64").to_numpy() / 1e6
+        at = np.searchsorted(commits[:, 1], np.arange(start, start + len(idx)), side="right")
+        late = at >= len(commits)
+        times = np.where(late, received, commits[np.minimum(at, len(commits) - 1), 0])
+        by_received += int(late.sum())
+        start += len(idx)
+        for i, fine, t in zip(idx.tolist(), ok.tolist(), times.tolist()):
             if not fine or not 0 <= i < n:
                 bad += 1
                 continue
@@ -1047,6 +1085,7 @@ def one_run(cfg, wl, sink, impl, rep):
                 "hdf5": "commit",
                 "zarr-append": "commit",
                 "tiff-stack": "commit",
+                "parquet": "commit",
             }.get(fmt, "recv")
         common = {"meta": str(meta), "max_life": cfg.run_timeout + 60}
         sink_p = Child(
@@ -1365,6 +1404,7 @@ def ratios(summary, impls):
             ("small", "small", "array", "small ev/s / array"),
             ("small", "small", "count", "small ev/s / count"),
             ("frames", "frames", "hdf5", "frames ev/s hdf5:swmr / hdf5"),
+            *((w, w, ref, f"{w} ev/s / {ref}") for w in ("events", "eventslong") for ref in ("count", "json")),
             *wire,
         ):
             shared_sink = r["sink"] in WIRE_SINKS or (wl != "four" and r["sink"] == "count")
@@ -1376,16 +1416,23 @@ def ratios(summary, impls):
                 continue
             if (ref_sink == "hdf5") != (r["sink"] in SWMR_SINKS):  # the reader's cost: only hdf5:swmr over hdf5
                 continue
+            if wl in ("events", "eventslong") and r["sink"] != "parquet":  # the parquet sink's targets
+                continue
             o = by.get((ref_wl, ref_sink, SHARED if ref_sink in SHARED_SINKS or ref_sink in DISK_ROWS else r["impl"]))
-            key = "events_per_s" if wl in ("four", "small") or ref_sink in WIRE_SINKS else "mib_per_s"
+            key = (
+                "events_per_s"
+                if wl in ("four", "small", "events", "eventslong") or ref_sink in WIRE_SINKS
+                else "mib_per_s"
+            )
             if o:
                 cross.append(
                     {"what": what, "sink": r["sink"], "impl": r["impl"], "ratio": ratio(med(r, key), med(o, key))}
                 )
-    for r in summary:  # the hdf5 sink's memory over the npy archiver's (peak RSS, MiB), per workload
-        o = by.get((r["workload"], "array", r["impl"]))
-        if r["sink"] == "hdf5" and o and med(r, "rss_peak_mib") is not None and med(o, "rss_peak_mib") is not None:
-            what = f"{r['workload']} RSS peak MiB hdf5 - array"
+    for r in summary:  # the hdf5 (parquet) sink's memory over the npy (json) archiver's (peak RSS, MiB), per workload
+        base = {"hdf5": "array", "parquet": "json"}.get(r["sink"])
+        o = by.get((r["workload"], base, r["impl"]))
+        if base and o and med(r, "rss_peak_mib") is not None and med(o, "rss_peak_mib") is not None:
+            what = f"{r['workload']} RSS peak MiB {r['sink']} - {base}"
             cross.append(
                 {
                     "what": what,
@@ -1587,7 +1634,7 @@ def versions(cfg):
     return out
 
 
-WORKLOADS = ("frames", "rate", "reliable", "events", "disk", "four", "big", "small", "long")
+WORKLOADS = ("frames", "rate", "reliable", "events", "disk", "four", "big", "small", "long", "eventslong")
 
 
 def parse_shape(text):
@@ -1605,10 +1652,10 @@ def parse_args():
     ap.add_argument(
         "--sinks",
         default="array,json,count,wire",
-        help="comma list of array,zarr,hdf5,hdf5:swmr,zarr-append,tiff,tiff-stack,json,count,wire (wire = the rows "
-        "wire:tcp and wire:shm; zarr, hdf5, zarr-append and the tiff ones are opt-in: ZarrArchiver is in both "
-        "implementations (the reference's package is herostools.actor), the others only in this project; hdf5:swmr "
-        "= hdf5 with a SWMR reader polling the file in another process)",
+        help="comma list of array,zarr,hdf5,hdf5:swmr,zarr-append,tiff,tiff-stack,parquet,json,count,wire (wire = "
+        "the rows wire:tcp and wire:shm; zarr, hdf5, zarr-append, parquet and the tiff ones are opt-in: ZarrArchiver "
+        "is in both implementations (the reference's package is herostools.actor), the others only in this project; "
+        "hdf5:swmr = hdf5 with a SWMR reader polling the file in another process)",
     )
     ap.add_argument(
         "--impl",
@@ -1626,13 +1673,15 @@ def parse_args():
         metavar="NAME=JSON",
         help="extra archiver kwargs for one implementation (repeatable), e.g. ours='{\"writers\": 2}'",
     )
-    for sink in ("array", "zarr", "hdf5", "zarr-append", "json"):
+    for sink in ("array", "zarr", "hdf5", "zarr-append", "parquet", "json"):
         ap.add_argument(f"--{sink}", help=f"dotted archiver class without --impl (default {SINKS[sink][0]})")
         ap.add_argument(
             f"--{sink}-kwargs", help=f"JSON kwargs merged over {json.dumps(SINKS[sink][1])}".replace("%", "%%")
         )
     ap.add_argument("--n-frames", type=int, default=500, help="frames per run (per camera for 'four')")
     ap.add_argument("--n-events", type=int, default=5000)
+    ap.add_argument("--n-events-long", type=int, default=100_000, help="events of the 'eventslong' workload")
+    ap.add_argument("--events-long-rate", type=float, default=20_000, help="events/s of the 'eventslong' workload")
     ap.add_argument("--shape", default="1024x1024", help="frame HxW (uint16)")
     ap.add_argument("--rates", default="50,200", help="fixed frame rates for the 'rate' workload")
     ap.add_argument("--n-frames-big", type=int, default=100, help="frames of the 'big' workload")
@@ -1715,7 +1764,7 @@ def parse_args():
         if name in [i["name"] for i in cfg.impls]:
             ap.error(f"--impl {name!r} given twice")
         cfg.impls.append({"name": name, "python": os.path.abspath(python), "package": package, "kwargs": {}})
-    if cfg.impls and (cfg.array or cfg.zarr or cfg.hdf5 or cfg.json):
+    if cfg.impls and (cfg.array or cfg.zarr or cfg.hdf5 or cfg.parquet or cfg.json):
         ap.error("--array/--zarr/--hdf5/--json choose the classes without --impl; with --impl they are PACKAGE.<Class>")
     if not cfg.impls:  # the old single-implementation behaviour: this interpreter, classes from --array etc.
         top = (cfg.array or SINKS["array"][0]).split(".")[0]
@@ -1745,6 +1794,15 @@ def workloads(cfg):
                 "name": w,
                 "kind": "events",
                 "n": cfg.n_events,
+                "names": ["sensor1"],
+                "selector": "sensor1",
+            }
+        elif w == "eventslong":  # a long run at a fixed high rate: what a lab's sensors send for minutes
+            wls[w] = frame | {
+                "name": w,
+                "kind": "events",
+                "n": cfg.n_events_long,
+                "rate": cfg.events_long_rate,
                 "names": ["sensor1"],
                 "selector": "sensor1",
             }

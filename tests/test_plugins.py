@@ -127,7 +127,9 @@ def test_installed_from_a_wheel_the_built_ins_come_from_the_distributions_metada
 def test_an_unknown_format_is_refused_before_zenoh_naming_what_is_installed(tmp_path: Path) -> None:
     manager = session_manager(connect_port=free_port())
     try:
-        with pytest.raises(ConfigurationError, match=r"format 'tiff-stack': expected one of json, npy, tiff \(entry-point"):
+        with pytest.raises(
+            ConfigurationError, match=r"format 'tiff-stack': expected one of json, npy, tiff \(entry-point"
+        ):
             FileArchiver(
                 "{{ file_path }}/{{ frame }}.tif", "tiff-stack", object_selector="cam", event_name="acquisition_data",
                 default_metadata={"file_path": str(tmp_path)}, realm=unique_realm(), session_manager=manager,
@@ -162,7 +164,7 @@ def test_listing_a_plugin_imports_nothing_and_asking_for_it_loads_it_once(on_pat
         ("format", "needs-extra", r"'needs-extra' .*: expected the Python package "
          r"'heros_archiver_faulty_no_such_module' of the extra \[tiff\].*pip install 'heros-archiver\[tiff\]'"),
         ("sink", "not-an-archiver", r"'not-an-archiver' .*: expected a subclass of heros_archiver.HERODataArchiver"),
-        ("sink", "nothing", r"sink 'nothing': expected one of array, files, hdf5, json, not-an-archiver, pgm"),
+        ("sink", "nothing", r"sink 'nothing': expected one of array, .*\bnot-an-archiver\b.*\bpgm\b"),
     ],
 )  # fmt: skip
 def test_a_wrong_registration_is_refused_saying_what_was_expected_and_who_registered_it(

@@ -179,4 +179,4 @@ def test_without_zarr_the_package_imports_and_the_container_names_the_extra(tmp_
     )
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]))
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
-    assert "REFUSED" in result.stdout and "pip install heros-archiver[zarr]" in result.stdout, result.stderr
+    assert "REFUSED" in result.stdout and "pip install 'heros-archiver[zarr]'" in result.stdout, result.stderr

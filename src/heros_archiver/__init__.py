@@ -21,8 +21,10 @@ from .errors import (
 
 if TYPE_CHECKING:
     from .archivers.base import HERODataArchiver
+    from .archivers.datasource import DatasourceArchiver
     from .archivers.files import ArrayArchiver, FileArchiver, JsonArchiver
     from .archivers.hdf5 import Hdf5Archiver
+    from .archivers.parquet import ParquetArchiver
     from .archivers.tiff import TiffArchiver
     from .archivers.zarr import ZarrArchiver
     from .archivers.zarr_append import ZarrAppendArchiver
@@ -38,16 +40,20 @@ _ARCHIVERS = {
     "TiffArchiver": "archivers.tiff",
     "ZarrArchiver": "archivers.zarr",
     "ZarrAppendArchiver": "archivers.zarr_append",
+    "ParquetArchiver": "archivers.parquet",
+    "DatasourceArchiver": "archivers.datasource",
 }
 
 __all__ = [
     "ArchiverError",
     "ArrayArchiver",
     "ConfigurationError",
+    "DatasourceArchiver",
     "FileArchiver",
     "HERODataArchiver",
     "Hdf5Archiver",
     "JsonArchiver",
+    "ParquetArchiver",
     "PathConfinementError",
     "PayloadError",
     "StorageError",

@@ -27,7 +27,7 @@ from ..sinks.containers.hdf5 import COMPRESSIONS, DEFAULT_COMPRESSION
 from ..sinks.containers.hdf5 import OnExists as ContainerOnExists
 from ..storage.atomic import FSYNC_CHOICES, ON_EXISTS_CHOICES, Fsync, OnExists
 
-__all__ = ["ArchiverOptions", "FileOptions", "Hdf5Options", "ZarrOptions"]
+__all__ = ["ArchiverOptions", "FileOptions", "Hdf5Options", "ParquetOptions", "ZarrOptions"]
 
 #: Default ``writeback_window``: 16 camera frames of 2 MiB in flight to disk.
 DEFAULT_WRITEBACK_WINDOW = 32 * 2**20
@@ -212,3 +212,59 @@ class ZarrOptions:
         check_integer("compression_level", self.compression_level, "a zstd level (an integer up to 22)", -131072, 22)
         check_integer("writeback_window", self.writeback_window, "a number of bytes >= 0", 0)
         check_choice("chunks", self.chunks, ZARR_CHUNKINGS)
+
+
+#: ``on_exists`` of the Parquet archiver: refuse a file that is there at start, or go on after its parts.
+PARQUET_ON_EXISTS: tuple[str, ...] = ("append", "error")
+#: ``on_schema_change``: a reading that does not fit its file's schema starts a new part, or is dead-lettered.
+PARQUET_ON_SCHEMA_CHANGE: tuple[str, ...] = ("new_file", "dead_letter")
+#: Parquet compressions every reader (pandas, polars, DuckDB, Spark) opens without anything more.
+PARQUET_COMPRESSIONS: tuple[str, ...] = ("zstd", "snappy", "lz4", "gzip", "none")
+#: Rows per row group by default (benchmarks/parquet_row_groups.py, decision 0027).
+DEFAULT_ROW_GROUP_ROWS = 65_536
+#: ... or a row group once its first row waited this long (decision 0027).
+DEFAULT_ROW_GROUP_SECONDS = 300.0
+#: Journal (commit) every this many readings or seconds after the oldest waiting one (decision 0027).
+DEFAULT_PARQUET_FLUSH_ITEMS = 1000
+#: Files open at once per writer: one per source of a lab (50 datasources into per-source files closed and
+#: reopened files at every reading with 16); each buffers at most a row group, all together DEFAULT_ROW_GROUP_BYTES.
+DEFAULT_PARQUET_MAX_OPEN_FILES = 128
+#: Journaled rows all open files may buffer for their row groups (beyond: the largest are written early).
+DEFAULT_ROW_GROUP_BYTES = 64 * 2**20
+DEFAULT_PARQUET_FLUSH_SECONDS = 0.5
+
+
+@dataclass(frozen=True)
+class ParquetOptions:
+    """What ``ParquetArchiver`` (and ``DatasourceArchiver``) take (see its docstring for each)."""
+
+    file_template: str
+    on_schema_change: str = "new_file"
+    row_group_rows: int = DEFAULT_ROW_GROUP_ROWS
+    row_group_seconds: float = DEFAULT_ROW_GROUP_SECONDS
+    flush_items: int = DEFAULT_PARQUET_FLUSH_ITEMS
+    flush_seconds: float = DEFAULT_PARQUET_FLUSH_SECONDS
+    max_rows: int | None = None
+    max_bytes: int | None = None
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    max_open_files: int = DEFAULT_PARQUET_MAX_OPEN_FILES
+    on_exists: str = "append"
+    compression: str = "zstd"
+    root: str | os.PathLike[str] | None = None
+    fsync: str = "none"
+
+    def __post_init__(self) -> None:
+        _check_template("file_template", self.file_template)
+        check_choice("on_schema_change", self.on_schema_change, PARQUET_ON_SCHEMA_CHANGE)
+        check_choice("on_exists", self.on_exists, PARQUET_ON_EXISTS)
+        check_choice("compression", self.compression, PARQUET_COMPRESSIONS)
+        check_choice("fsync", self.fsync, HDF5_FSYNC_CHOICES)
+        for name in ("row_group_rows", "flush_items", "max_open_files"):
+            check_integer(name, getattr(self, name), "a positive integer", 1)
+        for name in ("max_rows", "max_bytes"):
+            value = getattr(self, name)
+            if value is not None:
+                check_integer(name, value, "None or a positive integer", 1)
+        for name in ("row_group_seconds", "flush_seconds", "idle_timeout"):
+            check_seconds(name, getattr(self, name))
+        _check_optional_text("root", self.root, "a directory path or None")

@@ -16,10 +16,11 @@ from typing import Any
 
 from ..checks import check_choice, check_integer, check_seconds
 from ..errors import ConfigurationError
+from ..formats.zarr_v3 import load_zarr
 from ..naming.templates import PathTemplate, derive_root
 from ..pipeline.queueing import Item
 from ..sinks.base import ContainerSink
-from ..sinks.containers.zarr_shards import COMPRESSIONS, DEFAULT_COMPRESSION, load_zarr
+from ..sinks.containers.zarr_shards import COMPRESSIONS, DEFAULT_COMPRESSION
 from ..sinks.containers.zarr_trash import empty as empty_trash
 from ..sinks.writer import _refuse_reserved
 from ..state.statedir import DEAD_LETTER_SUBDIR

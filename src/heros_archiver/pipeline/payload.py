@@ -43,12 +43,14 @@ _SEQUENCES = (list, tuple, set, frozenset, deque)
 def item_nbytes(payload: Any, metadata: dict[str, Any]) -> int:
     """What one queued item holds: its payload and its metadata, each object counted once.
 
-    A frame's metadata is a separate small dict (counted on the fast path); any other payload is walked
-    together with its metadata, so that values they share (a dict payload is also its own metadata)
-    count once.
+    A frame's metadata is a separate small dict (counted on the fast path), and so is a dict payload (a
+    reading, whose values its metadata shares: counted twice, a bound above what they hold); any other
+    payload is walked together with its metadata, so that values they share count once.
     """
     if type(payload) is np.ndarray and not payload.dtype.hasobject:
         return _array_nbytes(payload) + estimate_nbytes(metadata)
+    if type(payload) is dict:  # a reading: both dicts on the fast path, values they share counted twice (more,
+        return estimate_nbytes(payload) + estimate_nbytes(metadata)  # never less: 2.4 us instead of the walk's 6)
     return estimate_nbytes((payload, metadata))
 
 

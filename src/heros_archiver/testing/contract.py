@@ -88,6 +88,9 @@ class SinkContract:
     archiver_class: ClassVar[type[HERODataArchiver]]
     #: ``"arrays"`` or ``"dicts"``: what kind of payload the sink stores
     payloads: ClassVar[str] = "arrays"
+    #: False for a sink whose committed items sit in a journal until a restart (or ``close()``) writes them
+    #: into its files (Parquet): the crash test then checks them after the restart, not right after the kill
+    readable_before_recovery: ClassVar[bool] = True
 
     def archiver_kwargs(self, root: Path) -> dict[str, Any]:
         """Arguments that name the archive under ``root`` (``file_path`` is ``root`` in the default metadata).
@@ -400,7 +403,9 @@ class SinkContract:
         before = self.read_back(tmp_path).get("cam", [])
         spool = Spool(tmp_path / DEAD_LETTER_SUBDIR.parent / SPOOL_DIR_NAME, "acquisition_data")
         spooled = [spool.store.load(entry).payload for entry in spool.store.entries()]
-        assert len(before) >= archived_before >= 5, (len(before), archived_before)
+        assert archived_before >= 5, archived_before
+        if self.readable_before_recovery:
+            assert len(before) >= archived_before, (len(before), archived_before)
         assert len(spooled) >= len(sent) - archived_before - QUEUE_ITEMS - 1, (len(spooled), archived_before)
 
         with contextlib.ExitStack() as stack:
@@ -421,6 +426,7 @@ class SinkContract:
         assert len(after) == len(set(after)), "an item was archived twice"
         assert set(after) <= set(map(fingerprint, sent)), "an item was archived that was never sent"
         assert set(map(fingerprint, before)) <= set(after), "an item committed before the kill is gone or changed"
+        assert len(after) >= archived_before, f"{archived_before} items committed before the kill, {len(after)} after"
         assert set(map(fingerprint, spooled)) <= set(after), "an item of the spool was not resumed"
         assert len(after) >= len(sent) - QUEUE_ITEMS - 1, f"{len(sent) - len(after)} items lost, more than in memory"
 

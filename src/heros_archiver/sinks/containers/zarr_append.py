@@ -42,6 +42,7 @@ import numpy as np
 
 from ...errors import ArchiverError, ConfigurationError, PayloadError, StorageError, TargetExistsError, storage_error
 from ...formats.base import Content
+from ...formats.zarr_v3 import load_zarr
 from ...storage.atomic import unique_names, write_atomic
 from ...storage.confinement import open_directory
 from . import (
@@ -61,7 +62,6 @@ from .zarr_shards import (
     ChunkEncoder,
     Compression,
     group_document,
-    load_zarr,
     metadata_document,
     serializer_endian,
     shard_content,

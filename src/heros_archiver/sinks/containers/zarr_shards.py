@@ -45,19 +45,6 @@ CHUNK_KEY_ENCODING = {"name": "default", "separator": "."}
 JOIN_BELOW_BYTES = 1 << 18
 
 
-def load_zarr() -> tuple[ModuleType, ModuleType]:
-    """``(zarr, numcodecs)``, or a ConfigurationError that names the extra to install."""
-    try:
-        import numcodecs
-        import zarr
-    except ImportError as exc:
-        raise ConfigurationError(
-            f"the Zarr append container needs zarr (3.1 or later) and numcodecs, which are not installed ({exc}); "
-            "install the extra: pip install heros-archiver[zarr]"
-        ) from exc
-    return zarr, numcodecs
-
-
 def crc32c(data: bytes) -> int:
     """CRC32C of ``data`` with the library zarr itself uses for its ``crc32c`` codec."""
     import google_crc32c
