@@ -324,7 +324,7 @@ def test_resumed_spool_items_already_committed_count_as_archived_and_the_rest_le
             key = ItemKey.of("cam", item.payload, item.metadata, item.metadata["frame"])
             container.append(key, item.payload, item.metadata)
 
-    made = rig(make_rig, on_exists="append", flush_frames=1000, flush_seconds=3600)
+    made = rig(make_rig, on_exists="append", flush_frames=1000, flush_seconds=3600, flush_idle=None)
     wait_until(lambda: made.archiver.stats()["total"]["archived"] == 5, what="the five committed ones")
     assert len(procs.entries(spool_dir)) == 5  # the other five wait for their commit
     made.archiver._teardown()

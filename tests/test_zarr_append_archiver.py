@@ -222,7 +222,7 @@ def test_sigkill_mid_shard_keeps_committed_frames_and_a_restart_writes_each_fram
         with procs.run_archiver(config, realm, port, tmp_path / "run-1.log") as proc:
             procs.wait_for_archiver(cam, proc)
             send(cam, range(20))  # 18 committed, 2 pending
-            wait_until(lambda: visible(store) == 18, 60, "three commits")
+            wait_until(lambda: visible(store) >= 18, 60, "three commits")
             proc.kill()
         frames = zarr.open_array(store, path=ARRAY, mode="r")[...]
         assert [int(f.flat[0]) for f in frames] == list(range(18))
@@ -238,7 +238,7 @@ def test_sigkill_mid_shard_keeps_committed_frames_and_a_restart_writes_each_fram
         with procs.run_archiver(config, realm, port, tmp_path / "run-2.log") as proc:
             procs.wait_for_archiver(cam, proc)
             send(cam, range(30))  # the camera sends the whole run again
-            wait_until(lambda: visible(store) == 24, 60, "a commit of new frames")
+            wait_until(lambda: visible(store) >= 24, 60, "a commit of new frames")
             code, output = proc.terminate()
         assert code == 0, output
         total = procs.parse_stats_table(output)
