@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 import tifffile
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -35,6 +35,7 @@ def written(payload: Any) -> tifffile.TiffFile:
     )
 )
 def test_any_array_tiff_can_hold_reads_back_with_its_dtype_shape_byte_order_and_bytes(array: np.ndarray) -> None:
+    assume(not (array.dtype.kind == "b" and array.ndim < 2 and array.size < 2))  # refused: see the test below
     with written(array) as handle:
         back = handle.asarray()
         assert back.shape == array.shape
@@ -56,12 +57,14 @@ def test_a_frame_is_one_grayscale_page_and_a_non_contiguous_array_is_written_in_
     ("payload", "words"),
     [
         (np.zeros((0, 3), np.uint16), ["(0, 3)", "empty axis"]),
+        (np.array(False), ["bool", "shape ()"]),
+        (np.array([True]), ["bool", "shape (1,)"]),
         (np.array(["a", "b"]), ["<U1"]),
         (np.zeros(2, dtype="datetime64[s]"), ["datetime64"]),
         (np.zeros(2, dtype=[("a", "u1"), ("b", "f4")]), ["dtype"]),
         ({"not": "an array"}, ["dict"]),
     ],
-    ids=["empty", "strings", "datetimes", "structured", "dict"],
+    ids=["empty", "bool-0d", "bool-one", "strings", "datetimes", "structured", "dict"],
 )
 def test_what_tiff_cannot_hold_is_refused_naming_it(payload: Any, words: list[str]) -> None:
     with pytest.raises(PayloadError) as refused:

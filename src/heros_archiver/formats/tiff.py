@@ -49,13 +49,18 @@ class TiffFormat:
                 f"expected an array without an empty axis (a TIFF page has a width and a height of at least 1), got "
                 f"shape {array.shape} of dtype {array.dtype}"
             )
+        if array.dtype.kind == "b" and array.ndim < 2 and array.size < 2:
+            raise PayloadError(
+                f"expected a bool array of two or more values, or of two or more axes (a bilevel TIFF image; "
+                f"tifffile cannot write one value alone), got shape {array.shape}"
+            )
         order = ">" if array.dtype.byteorder == ">" or (array.dtype.byteorder == "=" and not np.little_endian) else "<"
         buffer = io.BytesIO()
         # photometric only for 2-D and more: tifffile fails on 0-D and 1-D arrays given one (2026.3)
         options: dict[str, Any] = {"photometric": "minisblack"} if array.ndim >= 2 else {}
         try:
             self._tifffile.imwrite(buffer, array, byteorder=order, **options)
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, IndexError) as exc:  # IndexError: tifffile 2026.3 on some shapes
             raise PayloadError(
                 f"tifffile cannot write an array of dtype {array.dtype} and shape {array.shape}: {exc}"
             ) from exc
