@@ -11,7 +11,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from heros_archiver import ArrayArchiver, ConfigurationError, Hdf5Archiver, JsonArchiver
-from heros_archiver.archivers.options import ArchiverOptions, FileOptions, Hdf5Options
+from heros_archiver.archivers.options import (
+    ArchiverOptions,
+    FileOptions,
+    Hdf5Options,
+    TiffOptions,
+    ZarrAppendOptions,
+)
 from heros_archiver.pipeline.options import PipelineOptions
 from heros_archiver.testing import free_port, session_manager, unique_realm
 from heros_archiver.transport.heros_compat import open_sessions
@@ -170,3 +176,114 @@ def test_every_zarr_argument_is_refused_in_the_options_before_zenoh(
         return ZarrArchiver("{{ file_path }}/run.zarr", **kwargs)
 
     _refused_before_zenoh(make, match)
+
+
+BAD_ZARR_APPEND: list[tuple[str, Any, str]] = [
+    ("array_template", 3, "array_template: expected a Jinja2 template"),
+    ("compression", "gzip", "compression: expected one of none, zstd, blosc-lz4"),
+    ("frames_per_chunk", 0, "frames_per_chunk: expected a positive integer"),
+    ("frames_per_shard", "8", "frames_per_shard: expected None or a positive integer"),
+    ("flush_frames", True, "flush_frames: expected a positive integer"),
+    ("flush_seconds", -0.5, "flush_seconds: expected a non-negative number"),
+    ("max_frames", 0, "max_frames: expected None or a positive integer"),
+    ("idle_timeout", "60", "idle_timeout: expected a non-negative number"),
+    ("on_exists", "overwrite", "on_exists: expected one of error, append, unique"),
+    ("root", 12, "root: expected a directory path or None"),
+    ("fsync", "file+directory", "fsync: expected one of none, file"),
+]
+
+
+@pytest.mark.parametrize(("name", "value", "match"), BAD_COMMON[:3] + BAD_ZARR_APPEND, ids=lambda v: str(v)[:30])
+def test_every_zarr_append_argument_is_refused_in_the_options_before_zenoh(
+    tmp_path: Path, name: str, value: Any, match: str
+) -> None:
+    from heros_archiver import ZarrAppendArchiver
+
+    def make(manager: Any) -> Any:
+        kwargs = {**_common(tmp_path, manager), name: value}
+        return ZarrAppendArchiver("{{ file_path }}/run.zarr", **kwargs)
+
+    _refused_before_zenoh(make, match)
+
+
+BAD_TIFF_FILES: list[tuple[str, Any, str]] = [
+    ("stack", "yes", "stack: expected true or false"),
+    ("flush_frames", 10, "flush_frames: expected only with stack=True"),
+    ("on_exists", "append", "on_exists: expected one of error, overwrite, unique"),
+    ("fsync", "always", "fsync: expected one of none, file, file\\+directory"),
+    ("writeback_window", 0.5, "writeback_window: expected a number of bytes >= 0"),
+    ("helper_process", 1, "helper_process: expected true or false"),
+    ("root", b"/data", "root: expected a directory path or None"),
+]
+BAD_TIFF_STACK: list[tuple[str, Any, str]] = [
+    ("on_exists", "overwrite", "on_exists: expected one of error, append, unique"),
+    ("fsync", "file+directory", "fsync: expected one of none, file"),
+    ("split_data_array", True, "split_data_array: expected false with stack=True"),
+    ("flush_frames", 0, "flush_frames: expected a positive integer"),
+    ("max_open_files", 2.0, "max_open_files: expected a positive integer"),
+    ("max_frames", -1, "max_frames: expected None or a positive integer"),
+    ("max_bytes", "1G", "max_bytes: expected None or a positive integer"),
+    ("flush_seconds", -1, "flush_seconds: expected a non-negative number"),
+    ("idle_timeout", False, "idle_timeout: expected a non-negative number"),
+    ("writeback_window", -1, "writeback_window: expected a number of bytes >= 0"),
+    ("helper_process", "on", "helper_process: expected true or false"),
+    ("root", 12, "root: expected a directory path or None"),
+]
+
+
+@pytest.mark.parametrize(
+    ("stack", "name", "value", "match"),
+    [(False, *bad) for bad in BAD_COMMON[:3] + BAD_TIFF_FILES] + [(True, *bad) for bad in BAD_TIFF_STACK],
+    ids=lambda v: str(v)[:30],
+)
+def test_every_tiff_argument_is_refused_in_the_options_before_zenoh(
+    tmp_path: Path, stack: bool, name: str, value: Any, match: str
+) -> None:
+    from heros_archiver import TiffArchiver
+
+    def make(manager: Any) -> Any:
+        kwargs = {**_common(tmp_path, manager), name: value}
+        if name != "stack":
+            kwargs["stack"] = stack
+        return TiffArchiver("{{ file_path }}/{{ source_name }}.tif", **kwargs)
+
+    _refused_before_zenoh(make, match)
+
+
+def test_zarr_append_and_tiff_options_check_templates_without_an_archiver() -> None:
+    with pytest.raises(ConfigurationError, match="store_template: expected a Jinja2 template"):
+        ZarrAppendOptions(None)  # type: ignore[arg-type]
+    for stack in (False, True):
+        with pytest.raises(ConfigurationError, match="save_template: expected a Jinja2 template"):
+            TiffOptions(Path("run.tif"), stack=stack)  # type: ignore[arg-type]
+
+
+def test_the_options_of_zarr_append_and_tiff_archivers_are_frozen_records(tmp_path: Path) -> None:
+    """What the archivers are made from is their options (the defaults of a stack filled in), and nothing else:
+    no loose copies of the arguments on the archiver."""
+    from heros_archiver import TiffArchiver, ZarrAppendArchiver
+
+    manager = session_manager(connect_port=free_port())
+    archivers: list[Any] = []
+    try:
+        archivers.append(ZarrAppendArchiver("{{ file_path }}/run.zarr", max_frames=7, **_common(tmp_path, manager)))
+        assert archivers[-1].sink_options == ZarrAppendOptions("{{ file_path }}/run.zarr", max_frames=7)
+        archivers.append(TiffArchiver("{{ file_path }}/s.tif", stack=True, max_frames=5, **_common(tmp_path, manager)))
+        stack = archivers[-1].sink_options
+        assert stack == TiffOptions("{{ file_path }}/s.tif", stack=True, max_frames=5, flush_frames=1000)
+        assert (stack.flush_seconds, stack.idle_timeout, stack.max_open_files) == (0.1, 60.0, 16)
+        assert stack.files.on_exists == "error" and stack.files.writeback_window == 0
+        archivers.append(TiffArchiver("{{ file_path }}/{{ i }}.tif", on_exists="unique", **_common(tmp_path, manager)))
+        files = archivers[-1].sink_options
+        assert files.flush_frames is None and files.max_open_files is None
+        assert files.files == FileOptions("{{ file_path }}/{{ i }}.tif", "tiff", on_exists="unique")
+        assert archivers[-1].on_exists == "unique"
+        for archiver in archivers:
+            with pytest.raises(dataclasses.FrozenInstanceError):
+                archiver.sink_options.max_frames = 20
+            for loose in ("stack", "flush_frames", "max_frames", "idle_timeout", "store_template", "compression"):
+                assert loose not in vars(archiver), f"{type(archiver).__name__}.{loose} is a loose copy of an option"
+    finally:
+        for archiver in archivers:
+            archiver.close()
+        manager.force_close()

@@ -79,20 +79,25 @@ class FileArchiver(HERODataArchiver):
             bool(merge_metadata),
             self.DEFAULT_HELPER_PROCESS if helper_process is None else helper_process,
         )
-        options = self.sink_options
+        self._init_files(self.sink_options, *args, **kwargs)
+
+    def _init_files(self, files: FileOptions, *args: Any, **kwargs: Any) -> None:
+        """Start the archiver on ``files``, what the per-file writer is made from; a subclass with options of
+        its own (``TiffArchiver``) keeps those as ``sink_options`` and passes their file part here."""
+        self._files = files
         self._settings = WriterSettings(
-            options.file_format, options.save_template, "", options.on_exists, options.fsync,
-            options.split_data_array, options.merge_metadata,
+            files.file_format, files.save_template, "", files.on_exists, files.fsync,
+            files.split_data_array, files.merge_metadata,
         )  # fmt: skip
         HERODataArchiver.__init__(self, *args, **kwargs)
 
     def _setup_storage(self) -> None:
         """Compile the template (a syntax error fails here, at start), refuse a state directory that is a
         symlink, and clean the stale temporaries the records of dead processes point to (no walk)."""
-        options = self.sink_options
-        root = Path(options.root) if options.root else derive_root(options.save_template, self.metadata)
+        files = self._files
+        root = Path(files.root) if files.root else derive_root(files.save_template, self.metadata)
         self._settings.root = str(root)
-        self._writer = FileWriter(self._settings, self.sink_options.writeback_window)
+        self._writer = FileWriter(self._settings, files.writeback_window)
         self.name_template = self._writer.template
         self.root = self._writer.root
         if self.root == Path(self.root.anchor):
@@ -119,7 +124,7 @@ class FileArchiver(HERODataArchiver):
         own_store = (
             type(self)._store is not FileArchiver._store or type(self)._store_item is not FileArchiver._store_item
         )
-        if not self.sink_options.helper_process or own_store:
+        if not self._files.helper_process or own_store:
             return None
         return lambda lanes: BatchWriter(self._writer, lanes)
 

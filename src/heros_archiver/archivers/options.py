@@ -6,7 +6,8 @@ same way for every archiver (``checks``). The object is kept as ``archiver.optio
 how the archiver was configured (what ``stats()`` callers and later the status view read).
 
 ``ArchiverOptions`` holds what every archiver takes (the reference API's arguments and the pipeline's);
-``FileOptions`` and ``Hdf5Options`` add what their archivers take. The pipeline's own part is the
+``FileOptions``, ``Hdf5Options``, ``ZarrOptions``, ``ZarrAppendOptions``, ``TiffOptions`` and
+``ParquetOptions`` add what their archivers take (``archiver.sink_options``). The pipeline's own part is the
 ``PipelineOptions`` inside, which the pipeline checks itself because it is also built without an archiver.
 """
 
@@ -25,9 +26,20 @@ from ..pipeline.options import PipelineOptions
 from ..sinks.base import Sink
 from ..sinks.containers.hdf5 import COMPRESSIONS, DEFAULT_COMPRESSION
 from ..sinks.containers.hdf5 import OnExists as ContainerOnExists
+from ..sinks.containers.tiff import OnExists as StackOnExists
+from ..sinks.containers.zarr_shards import COMPRESSIONS as ZARR_APPEND_COMPRESSIONS
+from ..sinks.containers.zarr_shards import DEFAULT_COMPRESSION as ZARR_APPEND_DEFAULT_COMPRESSION
 from ..storage.atomic import FSYNC_CHOICES, ON_EXISTS_CHOICES, Fsync, OnExists
 
-__all__ = ["ArchiverOptions", "FileOptions", "Hdf5Options", "ParquetOptions", "ZarrOptions"]
+__all__ = [
+    "ArchiverOptions",
+    "FileOptions",
+    "Hdf5Options",
+    "ParquetOptions",
+    "TiffOptions",
+    "ZarrAppendOptions",
+    "ZarrOptions",
+]
 
 #: Default ``writeback_window``: 16 camera frames of 2 MiB in flight to disk.
 DEFAULT_WRITEBACK_WINDOW = 32 * 2**20
@@ -212,6 +224,138 @@ class ZarrOptions:
         check_integer("compression_level", self.compression_level, "a zstd level (an integer up to 22)", -131072, 22)
         check_integer("writeback_window", self.writeback_window, "a number of bytes >= 0", 0)
         check_choice("chunks", self.chunks, ZARR_CHUNKINGS)
+
+
+@dataclass(frozen=True)
+class ZarrAppendOptions:
+    """What ``ZarrAppendArchiver`` takes (see its docstring for each)."""
+
+    store_template: str
+    array_template: str = "{{ source_name }}/data"
+    compression: str = ZARR_APPEND_DEFAULT_COMPRESSION
+    frames_per_chunk: int = 1
+    frames_per_shard: int | None = None
+    flush_frames: int = DEFAULT_FLUSH_FRAMES
+    flush_seconds: float = DEFAULT_FLUSH_SECONDS
+    max_frames: int | None = None
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    on_exists: str = "error"
+    root: str | os.PathLike[str] | None = None
+    fsync: str = "none"
+
+    def __post_init__(self) -> None:
+        _check_template("store_template", self.store_template)
+        _check_template("array_template", self.array_template)
+        check_choice("compression", self.compression, ZARR_APPEND_COMPRESSIONS)
+        check_choice("on_exists", self.on_exists, get_args(ContainerOnExists))
+        check_choice("fsync", self.fsync, HDF5_FSYNC_CHOICES)
+        check_integer("flush_frames", self.flush_frames, "a positive integer", 1)
+        check_integer("frames_per_chunk", self.frames_per_chunk, "a positive integer", 1)
+        for name in ("frames_per_shard", "max_frames"):
+            value = getattr(self, name)
+            if value is not None:
+                check_integer(name, value, "None or a positive integer", 1)
+        check_seconds("flush_seconds", self.flush_seconds)
+        check_seconds("idle_timeout", self.idle_timeout)
+        _check_optional_text("root", self.root, "a directory path or None")
+
+
+#: Commit a TIFF stack every this many frames by default (or ``DEFAULT_FLUSH_BYTES``, whichever first) ...
+DEFAULT_STACK_FLUSH_FRAMES = 1000
+#: ... or this many seconds after the oldest waiting frame: what a reader (or a crash) may lag behind. Shorter
+#: than the HDF5 archiver's 1 s because a TIFF commit costs two small writes beyond the pages themselves
+#: (the link and the ImageJ count: ~10 us, benchmarks/tiff_commit_interval.py, decision 0024).
+DEFAULT_STACK_FLUSH_SECONDS = 0.1
+#: Arguments of ``TiffArchiver`` that shape a stack's commits and rollover (None: not given).
+TIFF_STACK_ONLY: tuple[str, ...] = (
+    "flush_frames", "flush_seconds", "max_frames", "max_bytes", "idle_timeout", "max_open_files",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TiffOptions:
+    """What ``TiffArchiver`` takes (see its docstring for each), in both of its modes.
+
+    Not a ``FileOptions``: with ``stack=True`` the same arguments mean other things (``on_exists`` takes
+    ``append``, ``fsync`` has two choices, ``writeback_window`` bounds committed pages), so a stack's options
+    would not be valid ones of a file archiver; ``files`` holds the ``FileOptions`` the file archiver part
+    is built on. The stack-only arguments are None when not given; with ``stack=True`` their defaults are filled
+    in here, so the options record what the stack uses.
+    """
+
+    save_template: str
+    stack: bool = False
+    split_data_array: bool = False
+    on_exists: str = "error"
+    fsync: str = "none"
+    flush_frames: int | None = None
+    flush_seconds: float | None = None
+    max_frames: int | None = None
+    max_bytes: int | None = None
+    idle_timeout: float | None = None
+    max_open_files: int | None = None
+    writeback_window: int = DEFAULT_WRITEBACK_WINDOW
+    root: str | os.PathLike[str] | None = None
+    helper_process: bool = False
+
+    #: the options of the file archiver ``TiffArchiver`` is built on (made here, which checks them)
+    files: FileOptions = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.stack, bool):
+            raise ConfigurationError(f"stack: expected true or false, got {self.stack!r}")
+        given = [name for name in TIFF_STACK_ONLY if getattr(self, name) is not None]
+        if self.stack:
+            self._check_stack(given)
+        elif given:
+            raise ConfigurationError(
+                f"{', '.join(sorted(given))}: expected only with stack=True (they shape a stack's commits and "
+                "rollover); one file per item needs none of them"
+            )
+        object.__setattr__(self, "files", self._file_options())
+
+    def _check_stack(self, given: list[str]) -> None:
+        """Check what only a stack takes, and fill in the defaults of what was not given."""
+        check_choice("on_exists", self.on_exists, get_args(StackOnExists))
+        check_choice("fsync", self.fsync, HDF5_FSYNC_CHOICES)
+        if self.split_data_array:
+            raise ConfigurationError(
+                "split_data_array: expected false with stack=True (each frame is one page), "
+                f"got {self.split_data_array!r}"
+            )
+        for name in ("flush_frames", "max_open_files"):
+            if name in given:
+                check_integer(name, getattr(self, name), "a positive integer", 1)
+        for name in ("max_frames", "max_bytes"):
+            if name in given:
+                check_integer(name, getattr(self, name), "None or a positive integer", 1)
+        for name in ("flush_seconds", "idle_timeout"):
+            if name in given:
+                check_seconds(name, getattr(self, name))
+        check_integer("writeback_window", self.writeback_window, "a number of bytes >= 0", 0)
+        defaults: dict[str, int | float] = {
+            "flush_frames": DEFAULT_STACK_FLUSH_FRAMES, "flush_seconds": DEFAULT_STACK_FLUSH_SECONDS,
+            "idle_timeout": DEFAULT_IDLE_TIMEOUT, "max_open_files": DEFAULT_MAX_OPEN_FILES,
+        }  # fmt: skip
+        for name, default in defaults.items():
+            value = default if getattr(self, name) is None else getattr(self, name)
+            object.__setattr__(self, name, float(value) if name in ("flush_seconds", "idle_timeout") else value)
+
+    def _file_options(self) -> FileOptions:
+        """One file per item: the arguments as given. A stack: only the template, root and ``fsync`` (of the
+        spool and dead letters); its per-file writer names stacks and never writes, so no writeback window."""
+        stack = self.stack
+        return FileOptions(
+            self.save_template,
+            "tiff",
+            self.root,
+            "error" if stack else self.on_exists,  # type: ignore[arg-type]  # checked by FileOptions
+            self.fsync,  # type: ignore[arg-type]
+            0 if stack else self.writeback_window,
+            not stack and bool(self.split_data_array),
+            False,
+            self.helper_process,
+        )
 
 
 #: ``on_exists`` of the Parquet archiver: refuse a file that is there at start, or go on after its parts.

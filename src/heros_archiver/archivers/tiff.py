@@ -12,26 +12,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, get_args
+from typing import Any
 
-from ..checks import check_choice, check_integer, check_seconds
-from ..errors import ConfigurationError
 from ..pipeline.queueing import Item
 from ..sinks.base import ContainerSink
 from ..sinks.batching import BatchWriter
-from ..sinks.containers.tiff import OnExists as StackOnExists
 from ..sinks.writer import _refuse_reserved
 from ..storage.atomic import OnExists
-from .files import DEFAULT_WRITEBACK_WINDOW, FileArchiver
-from .hdf5 import DEFAULT_FLUSH_BYTES, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_OPEN_FILES
-
-#: Commit a stack every this many frames by default (or ``DEFAULT_FLUSH_BYTES``, 32 MiB, whichever first) ...
-DEFAULT_FLUSH_FRAMES = 1000
-#: ... or this many seconds after the oldest waiting frame: what a reader (or a crash) may lag behind. Shorter
-#: than the HDF5 archiver's 1 s because a TIFF commit costs two small writes beyond the pages themselves
-#: (the link and the ImageJ count: ~10 us, benchmarks/tiff_commit_interval.py, decision 0024).
-DEFAULT_STACK_FLUSH_SECONDS = 0.1
-_STACK_FSYNC: tuple[str, ...] = ("none", "file")
+from .files import FileArchiver
+from .options import DEFAULT_FLUSH_BYTES, DEFAULT_WRITEBACK_WINDOW, TiffOptions
 
 
 class TiffArchiver(FileArchiver):
@@ -61,6 +50,8 @@ class TiffArchiver(FileArchiver):
         root, helper_process: as ``FileArchiver`` (the last for files only).
     """
 
+    sink_options: TiffOptions  # type: ignore[assignment]  # its file part, a FileOptions, is ``sink_options.files``
+
     def __init__(
         self,
         save_template: str,
@@ -78,59 +69,21 @@ class TiffArchiver(FileArchiver):
         writeback_window: int = DEFAULT_WRITEBACK_WINDOW,
         **kwargs: Any,
     ) -> None:
-        if not isinstance(stack, bool):
-            raise ConfigurationError(f"stack: expected true or false, got {stack!r}")
-        self.stack = stack
-        stack_only = {
-            "flush_frames": flush_frames, "flush_seconds": flush_seconds, "max_frames": max_frames,
-            "max_bytes": max_bytes, "idle_timeout": idle_timeout, "max_open_files": max_open_files,
-        }  # fmt: skip
-        given = {name: value for name, value in stack_only.items() if value is not None}
-        if stack:
-            self._check_stack_arguments(on_exists, fsync, split_data_array, given)
+        helper_process = kwargs.pop("helper_process", None)
+        self.sink_options = TiffOptions(
+            save_template, stack, split_data_array, on_exists, fsync, flush_frames, flush_seconds, max_frames,
+            max_bytes, idle_timeout, max_open_files, writeback_window, kwargs.pop("root", None),
+            self.DEFAULT_HELPER_PROCESS if helper_process is None else helper_process,
+        )  # fmt: skip
+        if self.sink_options.stack:
             from ..sinks.tiff_stack import load_blake3
 
             load_blake3()  # a missing extra fails here, at start
-            self.flush_frames = DEFAULT_FLUSH_FRAMES if flush_frames is None else flush_frames
-            self.flush_seconds = DEFAULT_STACK_FLUSH_SECONDS if flush_seconds is None else float(flush_seconds)
-            self.idle_timeout = DEFAULT_IDLE_TIMEOUT if idle_timeout is None else float(idle_timeout)
-            self.max_open_files = DEFAULT_MAX_OPEN_FILES if max_open_files is None else max_open_files
-            self.max_frames, self.max_bytes = max_frames, max_bytes
-            self._stack_on_exists: StackOnExists = on_exists  # type: ignore[assignment]
-            file_on_exists: str = "error"  # the per-file writer is not used for a stack
-            self._stack_writeback_window, writeback_window = writeback_window, 0
-        elif given:
-            raise ConfigurationError(
-                f"{', '.join(sorted(given))}: expected only with stack=True (they shape a stack's commits and "
-                "rollover); one file per item needs none of them"
-            )
-        else:
-            file_on_exists = on_exists
-        self._sequence_key = kwargs.get("sequence_key")
-        FileArchiver.__init__(
-            self, save_template, "tiff", *args, on_exists=file_on_exists, fsync=fsync,  # type: ignore[arg-type]
-            writeback_window=writeback_window, split_data_array=split_data_array, **kwargs,
-        )  # fmt: skip
-
-    @staticmethod
-    def _check_stack_arguments(on_exists: str, fsync: str, split: bool, given: dict[str, Any]) -> None:
-        check_choice("on_exists", on_exists, get_args(StackOnExists))
-        check_choice("fsync", fsync, _STACK_FSYNC)
-        if split:
-            raise ConfigurationError("split_data_array: expected false with stack=True (each frame is one page)")
-        for name in ("flush_frames", "max_open_files"):
-            if name in given:
-                check_integer(name, given[name], "a positive integer", 1)
-        for name in ("max_frames", "max_bytes"):
-            if name in given:
-                check_integer(name, given[name], "None or a positive integer", 1)
-        for name in ("flush_seconds", "idle_timeout"):
-            if name in given:
-                check_seconds(name, given[name])
+        self._init_files(self.sink_options.files, *args, **kwargs)
 
     # ------------------------------------------------------------------ hooks of HERODataArchiver
     def _item_router(self) -> Callable[[Item], None] | None:
-        return self._route if self.stack else None
+        return self._route if self.sink_options.stack else None
 
     def _route(self, item: Item) -> None:
         """Render and confine the item's stack path (once, on receipt): it is the item's route to its writer."""
@@ -140,33 +93,34 @@ class TiffArchiver(FileArchiver):
         item.route = path
 
     def _container_sink_factory(self) -> Callable[[], ContainerSink] | None:
-        if not self.stack:
+        if not self.sink_options.stack:
             return None
         from ..sinks.tiff_stack import TiffStackSettings, TiffStackSink
 
+        options = self.sink_options
         settings = TiffStackSettings(
-            root=str(self.root), on_exists=self._stack_on_exists, fsync=self.fsync != "none",
-            flush_frames=self.flush_frames, flush_seconds=self.flush_seconds, flush_bytes=DEFAULT_FLUSH_BYTES,
-            max_frames=self.max_frames, max_bytes=self.max_bytes, idle_timeout=self.idle_timeout,
-            max_open_files=self.max_open_files, sequence_key=self._sequence_key,
-            writeback_window=self._stack_writeback_window,
+            root=str(self.root), on_exists=options.on_exists, fsync=options.fsync != "none",  # type: ignore[arg-type]
+            flush_frames=options.flush_frames, flush_seconds=options.flush_seconds,  # type: ignore[arg-type]
+            flush_bytes=DEFAULT_FLUSH_BYTES, max_frames=options.max_frames, max_bytes=options.max_bytes,
+            idle_timeout=options.idle_timeout, max_open_files=options.max_open_files,  # type: ignore[arg-type]
+            sequence_key=self.options.sequence_key, writeback_window=options.writeback_window,
         )  # fmt: skip
         return lambda: TiffStackSink(settings)
 
     def _batch_writer_factory(self) -> Callable[[int], BatchWriter] | None:
-        return None if self.stack else super()._batch_writer_factory()
+        return None if self.sink_options.stack else super()._batch_writer_factory()
 
     def _writer_settings(self) -> dict[str, Any] | None:
         """Dead letters of a stack are not replayed as single files (None); those of files are."""
-        return None if self.stack else super()._writer_settings()
+        return None if self.sink_options.stack else super()._writer_settings()
 
     @property
     def on_exists(self) -> OnExists:
         """What happens when a target exists (files: ``error``, ``overwrite``, ``unique``; stack: ``error``,
         ``append``, ``unique``)."""
-        return self._stack_on_exists if self.stack else self._settings.on_exists  # type: ignore[return-value]
+        return self.sink_options.on_exists  # type: ignore[return-value]
 
     @property
     def split_data_array(self) -> bool:
         """(files) One file per index along axis 0."""
-        return self._settings.split_data_array
+        return bool(self.sink_options.split_data_array)

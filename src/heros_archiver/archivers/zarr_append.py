@@ -14,25 +14,27 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..checks import check_choice, check_integer, check_seconds
 from ..errors import ConfigurationError
 from ..formats.zarr_v3 import load_zarr
 from ..naming.templates import PathTemplate, derive_root
 from ..pipeline.queueing import Item
 from ..sinks.base import ContainerSink
-from ..sinks.containers.zarr_shards import COMPRESSIONS, DEFAULT_COMPRESSION
+from ..sinks.containers.zarr_shards import DEFAULT_COMPRESSION
 from ..sinks.containers.zarr_trash import empty as empty_trash
 from ..sinks.writer import _refuse_reserved
 from ..state.statedir import DEAD_LETTER_SUBDIR
 from ..storage.atomic import remove_stale_temporaries
 from .base import HERODataArchiver
 from .files import _refuse_linked_state_directory
-from .hdf5 import DEFAULT_FLUSH_BYTES, DEFAULT_FLUSH_FRAMES, DEFAULT_FLUSH_SECONDS, DEFAULT_IDLE_TIMEOUT
+from .options import (
+    DEFAULT_FLUSH_BYTES,
+    DEFAULT_FLUSH_FRAMES,
+    DEFAULT_FLUSH_SECONDS,
+    DEFAULT_IDLE_TIMEOUT,
+    ZarrAppendOptions,
+)
 
 log = logging.getLogger("heros_archiver")
-
-ON_EXISTS_CHOICES: tuple[str, ...] = ("error", "append", "unique")
-FSYNC_CHOICES: tuple[str, ...] = ("none", "file")
 
 
 class ZarrAppendArchiver(HERODataArchiver):
@@ -59,6 +61,8 @@ class ZarrAppendArchiver(HERODataArchiver):
             object and directory of a commit fsynced: it survives a power loss too).
     """
 
+    sink_options: ZarrAppendOptions
+
     def __init__(
         self,
         store_template: str,
@@ -76,40 +80,22 @@ class ZarrAppendArchiver(HERODataArchiver):
         fsync: str = "none",
         **kwargs: Any,
     ) -> None:
-        check_choice("compression", compression, COMPRESSIONS)
-        check_choice("on_exists", on_exists, ON_EXISTS_CHOICES)
-        check_choice("fsync", fsync, FSYNC_CHOICES)
-        check_integer("flush_frames", flush_frames, "a positive integer", 1)
-        check_integer("frames_per_chunk", frames_per_chunk, "a positive integer", 1)
-        for name, value in (("frames_per_shard", frames_per_shard), ("max_frames", max_frames)):
-            if value is not None:
-                check_integer(name, value, "None or a positive integer", 1)
-        check_seconds("flush_seconds", flush_seconds)
-        check_seconds("idle_timeout", idle_timeout)
+        self.sink_options = ZarrAppendOptions(
+            store_template, array_template, compression, frames_per_chunk, frames_per_shard, flush_frames,
+            flush_seconds, max_frames, idle_timeout, on_exists, root, fsync,
+        )  # fmt: skip
         load_zarr()  # a missing extra fails here, at start
-        self.store_template = store_template
-        self.array_template = array_template
-        self.compression = compression
-        self.frames_per_chunk = frames_per_chunk
-        self.frames_per_shard = frames_per_shard
-        self.flush_frames = flush_frames
-        self.flush_seconds = float(flush_seconds)
-        self.max_frames = max_frames
-        self.idle_timeout = float(idle_timeout)
-        self.on_exists = on_exists
-        self.fsync = fsync
-        self._root_argument = root
-        self._sequence_key = kwargs.get("sequence_key")
         HERODataArchiver.__init__(self, *args, **kwargs)
 
     # ------------------------------------------------------------------ hooks of HERODataArchiver
     def _setup_storage(self) -> None:
         """Compile both templates under the root, check the state directory, and remove the temporaries a
         killed run left (a shard or zarr.json it was writing: never under a name Zarr reads)."""
-        root = Path(self._root_argument) if self._root_argument else derive_root(self.store_template, self.metadata)
-        self.name_template = PathTemplate(self.store_template, root)
+        options = self.sink_options
+        root = Path(options.root) if options.root else derive_root(options.store_template, self.metadata)
+        self.name_template = PathTemplate(options.store_template, root)
         self.root = self.name_template.root
-        self._array = PathTemplate(self.array_template, self.root)
+        self._array = PathTemplate(options.array_template, self.root)
         if self.root == Path(self.root.anchor):
             log.warning("archive root is %s: paths are not confined; pass root=... to confine them", self.root)
             return
@@ -125,7 +111,7 @@ class ZarrAppendArchiver(HERODataArchiver):
         return self.root / DEAD_LETTER_SUBDIR
 
     def _state_is_durable(self) -> bool:
-        return self.fsync != "none"
+        return self.sink_options.fsync != "none"
 
     def _item_router(self) -> Callable[[Item], None]:
         return self._route
@@ -134,7 +120,7 @@ class ZarrAppendArchiver(HERODataArchiver):
         """Render and confine the item's store path (once, on receipt): it is the item's route to its writer."""
         context = {**item.metadata, "source_name": item.source}
         path = self.name_template.render_confined(context)
-        _refuse_reserved(path, str(self.root), self.store_template)
+        _refuse_reserved(path, str(self.root), self.sink_options.store_template)
         item.route = path
 
     def _array_of(self, item: Item) -> str:
@@ -143,11 +129,13 @@ class ZarrAppendArchiver(HERODataArchiver):
     def _container_sink_factory(self) -> Callable[[], ContainerSink]:
         from ..sinks.zarr_append import ZarrAppendSink, ZarrAppendSinkSettings
 
+        options = self.sink_options
         settings = ZarrAppendSinkSettings(
-            root=str(self.root), compression=self.compression, frames_per_chunk=self.frames_per_chunk,  # type: ignore[arg-type]
-            frames_per_shard=self.frames_per_shard, on_exists=self.on_exists, fsync=self.fsync != "none",  # type: ignore[arg-type]
-            flush_frames=self.flush_frames, flush_seconds=self.flush_seconds, flush_bytes=DEFAULT_FLUSH_BYTES,
-            max_frames=self.max_frames, idle_timeout=self.idle_timeout, sequence_key=self._sequence_key,
+            root=str(self.root), compression=options.compression, frames_per_chunk=options.frames_per_chunk,  # type: ignore[arg-type]
+            frames_per_shard=options.frames_per_shard, on_exists=options.on_exists, fsync=options.fsync != "none",  # type: ignore[arg-type]
+            flush_frames=options.flush_frames, flush_seconds=float(options.flush_seconds),
+            flush_bytes=DEFAULT_FLUSH_BYTES, max_frames=options.max_frames,
+            idle_timeout=float(options.idle_timeout), sequence_key=self.options.sequence_key,
         )  # fmt: skip
         return lambda: ZarrAppendSink(settings, self._array_of)
 
