@@ -53,8 +53,7 @@ class Hdf5SinkSettings(RoutedSinkSettings):
 
 
 @dataclass
-class _Open(OpenPart):
-    container: Hdf5Container
+class _Open(OpenPart[Hdf5Container]):
     dataset: str
     #: bytes of the part's frames (the file's size for frames from before): ``max_bytes``
     nbytes: int = 0
@@ -139,9 +138,8 @@ class Hdf5Sink(RoutedSink[str, _Open]):
 
     def _full(self, opened: _Open, item: Item) -> bool:
         """True when ``item`` would take the open part past ``max_frames`` or ``max_bytes``."""
-        container, settings = opened.container, self._settings
-        frames, size = container.committed_length + container.pending, int(getattr(item.payload, "nbytes", 0))
-        return would_overflow(frames, opened.nbytes, size, settings.max_frames, settings.max_bytes)
+        settings, size = self._settings, int(getattr(item.payload, "nbytes", 0))
+        return would_overflow(opened.frames, opened.nbytes, size, settings.max_frames, settings.max_bytes)
 
     def _opened(self, route: str, dataset: str) -> _Open:
         """Open (or reopen) the current part of ``route``'s series for ``dataset``."""
@@ -211,20 +209,12 @@ class Hdf5Sink(RoutedSink[str, _Open]):
             log.error("closing %s without a commit failed: %s; its series continues in a new part", opened.path, exc)
         return Settled(failed=[CommitFailure(str(opened.path), opened.waiting, error)])
 
-    def _close(self, route: str) -> Settled:
-        """Commit, then close: a file whose commit failed is never closed (see ``_abandon``)."""
-        opened = self._open.get(route)
-        if opened is None:
-            return Settled()
-        settled = self._commit(route)
-        if settled.failed:
-            return settled
-        del self._open[route]
+    def _close_container(self, opened: _Open) -> None:
+        """Close a committed file (a file whose commit failed is never closed: see ``_abandon``)."""
         try:
             opened.container.close()
         except Exception as exc:  # noqa: BLE001 - its frames are committed; the file may need its flags cleared
             log.error("closing %s failed after its last commit (its frames are committed): %s", opened.path, exc)
-        return settled
 
     def _abandon(self, route: str, error: BaseException) -> Settled:
         """A write to the file failed: HDF5 cannot be trusted with that open file any more (measured: after

@@ -18,12 +18,13 @@ from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from ..errors import PathConfinementError, StorageError, storage_error
 from ..pipeline.queueing import Item
 from ..storage.confinement import open_directory
 from .base import ContainerSink, Settled
+from .containers import Container
 
 #: The ``on_exists`` policies of the containers (each container module names the same ``Literal``).
 OnExists = Literal["error", "append", "unique"]
@@ -70,15 +71,24 @@ class Series:
         return part_path(Path(route), self.part), on_exists
 
 
-@dataclass(kw_only=True)
-class OpenPart:
-    """What a sink keeps about an open container besides the container: the items waiting for its next
-    commit, their bytes, when the first of them came (the flush clock) and when it was last used (LRU, idle)."""
+C = TypeVar("C", bound=Container)
 
-    waiting: list[Item] = field(default_factory=list)
-    pending_bytes: int = 0
-    first_pending: float | None = None
-    used: float = field(default_factory=time.monotonic)
+
+@dataclass
+class OpenPart(Generic[C]):
+    """An open container and what a sink keeps about it: the items waiting for its next commit, their
+    bytes, when the first of them came (the flush clock) and when it was last used (LRU, idle)."""
+
+    container: C
+    waiting: list[Item] = field(default_factory=list, kw_only=True)
+    pending_bytes: int = field(default=0, kw_only=True)
+    first_pending: float | None = field(default=None, kw_only=True)
+    used: float = field(default_factory=time.monotonic, kw_only=True)
+
+    @property
+    def frames(self) -> int:
+        """The frames in the part: committed, and appended since (what ``max_frames`` counts)."""
+        return self.container.committed_length + self.container.pending
 
     def hold(self, item: Item, nbytes: int) -> None:
         """Count ``item`` (``nbytes`` of it) as waiting for the next commit."""
@@ -96,16 +106,17 @@ class OpenPart:
 
 
 K = TypeVar("K", bound=Hashable)
-P = TypeVar("P", bound=OpenPart)
+P = TypeVar("P", bound=OpenPart[Any])
 
 
 class RoutedSink(ContainerSink, Generic[K, P]):
     """The bookkeeping of a sink with one open container per key ``K`` (a route, or a route and an array).
 
-    A subclass appends, and says how one key is committed (``_commit``) and closed (``_close``); the loops
-    over the open containers are here. What a call settled before it raised is kept in ``_unreported`` (a
-    subclass that can raise mid-way puts it there) and reported first by the next call, so that no committed
-    item goes unaccounted.
+    A subclass appends, and says how one key is committed (``_commit``: a commit that fails also takes the
+    key out of ``_open``, its container set back, abandoned or let go) and how a committed container is
+    closed (``_close_container``); the loops over the open containers are here. What a call settled before
+    it raised is kept in ``_unreported`` (a subclass that can raise mid-way puts it there) and reported first
+    by the next call, so that no committed item goes unaccounted.
     """
 
     def __init__(self, settings: RoutedSinkSettings) -> None:
@@ -161,8 +172,21 @@ class RoutedSink(ContainerSink, Generic[K, P]):
         raise NotImplementedError
 
     def _close(self, key: K) -> Settled:
-        """Commit, then close the container of ``key`` (nothing when none is open)."""
-        raise NotImplementedError
+        """Commit, then close the container of ``key`` (nothing when none is open). A container whose commit
+        failed is not closed here: the failed commit has dealt with it (see ``_commit``)."""
+        opened = self._open.get(key)
+        if opened is None:
+            return Settled()
+        settled = self._commit(key)
+        if settled.failed:
+            return settled
+        del self._open[key]
+        self._close_container(opened)
+        return settled
+
+    def _close_container(self, opened: P) -> None:
+        """Close a container just committed (a hook: a subclass may log a failure instead of raising)."""
+        opened.container.close()
 
     def _committed(self, opened: P) -> Settled:
         """The items ``opened`` held, now committed (a hook: a subclass records more about the commit)."""

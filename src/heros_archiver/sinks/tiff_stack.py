@@ -71,8 +71,7 @@ class TiffStackSettings(RoutedSinkSettings):
 
 
 @dataclass
-class _Open(OpenPart):
-    container: TiffStackContainer
+class _Open(OpenPart[TiffStackContainer]):
     #: bytes of the stack's pages (the file's size for pages from before): ``max_bytes``
     nbytes: int = 0
 
@@ -126,9 +125,8 @@ class TiffStackSink(RoutedSink[str, _Open]):
 
     def _full(self, opened: _Open, item: Item) -> bool:
         """True when ``item`` would take the open part past ``max_frames`` or ``max_bytes``."""
-        container, settings = opened.container, self._settings
-        frames, size = container.committed_length + container.pending, int(item.payload.nbytes)
-        return would_overflow(frames, opened.nbytes, size, settings.max_frames, settings.max_bytes)
+        settings, size = self._settings, int(item.payload.nbytes)
+        return would_overflow(opened.frames, opened.nbytes, size, settings.max_frames, settings.max_bytes)
 
     def _opened(self, route: str) -> _Open:
         """Open (or reopen) the current part of ``route``'s series."""
@@ -180,15 +178,3 @@ class TiffStackSink(RoutedSink[str, _Open]):
         log.warning("%s: commit set back (%s); the file keeps its %d committed pages", opened.container.path,
                     error, opened.container.committed_length)  # fmt: skip
         return Settled(failed=[CommitFailure(str(opened.container.path), opened.waiting, error)])
-
-    def _close(self, route: str) -> Settled:
-        """Commit, then close."""
-        opened = self._open.get(route)
-        if opened is None:
-            return Settled()
-        settled = self._commit(route)
-        if settled.failed:
-            return settled
-        del self._open[route]
-        opened.container.close()
-        return settled

@@ -42,8 +42,8 @@ class ZarrAppendSinkSettings(RoutedSinkSettings):
 
 
 @dataclass
-class _Open(OpenPart):
-    container: ZarrAppendContainer
+class _Open(OpenPart[ZarrAppendContainer]):
+    """An open array of a store part."""
 
 
 class ZarrAppendSink(RoutedSink[tuple[str, str], _Open]):
@@ -101,8 +101,7 @@ class ZarrAppendSink(RoutedSink[tuple[str, str], _Open]):
 
     def _full(self, opened: _Open) -> bool:
         """True when one more frame would take the open part past ``max_frames``."""
-        container = opened.container
-        return would_overflow(container.committed_length + container.pending, 0, 0, self._settings.max_frames, None)
+        return would_overflow(opened.frames, 0, 0, self._settings.max_frames, None)
 
     def _opened(self, target: tuple[str, str], item: Item) -> _Open:
         """Open (or reopen) the current part of ``target``'s series."""
@@ -142,16 +141,6 @@ class ZarrAppendSink(RoutedSink[tuple[str, str], _Open]):
         except Exception as exc:  # noqa: BLE001 - any failure: the store keeps its last commit, retried later
             return self._let_go(target, exc)
         return self._committed(opened)
-
-    def _close(self, target: tuple[str, str]) -> Settled:
-        """Commit, then close (a container whose commit failed was let go already)."""
-        if target not in self._open:
-            return Settled()
-        settled = self._commit(target)
-        opened = self._open.pop(target, None)
-        if opened is not None:
-            opened.container.close()
-        return settled
 
     def _let_go(self, target: tuple[str, str], error: BaseException) -> Settled:
         """A commit failed: release the array (the store is as its last commit left it) and hand the waiting
