@@ -32,7 +32,7 @@ from .routed import (
     RoutedSink,
     RoutedSinkSettings,
     Series,
-    check_confined,
+    check_before_opening,
     sequence_of,
     space_shortage,
     would_overflow,
@@ -146,11 +146,8 @@ class Hdf5Sink(RoutedSink[str, _Open]):
         settings = self._settings
         series = self._series.setdefault(route, Series())
         path, policy = series.choose(route, settings.on_exists)
-        check_confined(path, settings.root)
+        check_before_opening(path, settings.root)
         existed = path.exists()
-        short = space_shortage(path, SPACE_MARGIN)
-        if short is not None:
-            raise short
         try:
             container = Hdf5Container(
                 path, dataset, compression=settings.compression, frames_per_chunk=settings.frames_per_chunk,

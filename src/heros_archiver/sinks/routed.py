@@ -207,6 +207,16 @@ def would_overflow(frames: int, nbytes: int, size: int, max_frames: int | None, 
     return max_bytes is not None and frames > 0 and nbytes + size > max_bytes
 
 
+def check_before_opening(path: Path, root: str) -> None:
+    """Before a container opens or creates ``path``: its directory made beneath ``root`` with nothing planted
+    leading out (``check_confined``), and ``SPACE_MARGIN`` bytes free, so that a new file's first writes do
+    not meet a full disk (``space_shortage``). Raises the PathConfinementError or StorageError."""
+    check_confined(path, root)
+    short = space_shortage(path, SPACE_MARGIN)
+    if short is not None:
+        raise short
+
+
 def space_shortage(path: Path, needed: int) -> StorageError | None:
     """A StorageError (ENOSPC) when the file system of ``path`` has less than ``needed`` bytes free for us.
 

@@ -33,7 +33,7 @@ from .routed import (
     RoutedSink,
     RoutedSinkSettings,
     Series,
-    check_confined,
+    check_before_opening,
     sequence_of,
     space_shortage,
     would_overflow,
@@ -133,10 +133,7 @@ class TiffStackSink(RoutedSink[str, _Open]):
         settings = self._settings
         series = self._series.setdefault(route, Series())
         path, policy = series.choose(route, settings.on_exists)
-        check_confined(path, settings.root)
-        short = space_shortage(path, SPACE_MARGIN)
-        if short is not None:
-            raise short
+        check_before_opening(path, settings.root)
         container = TiffStackContainer(
             path, root=settings.root, on_exists=policy, fsync=settings.fsync, writeback_window=settings.writeback_window
         )
