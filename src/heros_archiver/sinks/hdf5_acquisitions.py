@@ -182,9 +182,7 @@ class Hdf5AcquisitionSink(Hdf5Sink):
                 opened = super()._opened(route, dataset)
             except OtherAcquisitionError as exc:
                 log.info("%s; writing the next part", exc)
-                series = self._series[route]
-                series.part += 1
-                series.current = None
+                self._series[route].advance()
                 continue
             acquisition = self._current.get(route)
             if acquisition is not None:

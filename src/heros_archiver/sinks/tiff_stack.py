@@ -14,10 +14,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
@@ -26,10 +24,20 @@ import numpy as np
 from ..errors import PayloadError, StorageError
 from ..extras import require_extra
 from ..pipeline.queueing import Item
-from .base import CommitFailure, ContainerSink, Settled
+from .base import CommitFailure, Settled
 from .containers import ItemKey, _hashable_json
-from .containers.tiff import OnExists, TiffStackContainer
-from .hdf5 import SPACE_MARGIN, _check_confined, _part_path, _space_shortage
+from .containers.tiff import TiffStackContainer
+from .routed import (
+    SPACE_MARGIN,
+    OpenPart,
+    RoutedSink,
+    RoutedSinkSettings,
+    Series,
+    check_before_opening,
+    sequence_of,
+    space_shortage,
+    would_overflow,
+)
 
 log = logging.getLogger("heros_archiver")
 
@@ -53,68 +61,30 @@ def stack_key(
     return ItemKey(source, sequence, hasher.hexdigest()[:32])
 
 
-@dataclass(frozen=True)
-class TiffStackSettings:
+@dataclass(frozen=True, kw_only=True)
+class TiffStackSettings(RoutedSinkSettings):
     """How the sink writes (validated by ``TiffArchiver``)."""
 
-    root: str
-    on_exists: OnExists
-    fsync: bool
-    flush_frames: int
-    flush_seconds: float
-    flush_bytes: int
-    max_frames: int | None
     max_bytes: int | None
-    idle_timeout: float
     max_open_files: int
-    sequence_key: str | None
     writeback_window: int
 
 
 @dataclass
-class _Series:
-    """The stacks of one rendered path: the part written now (None until opened) and its number."""
-
-    part: int = 0
-    current: Path | None = None
-
-
-@dataclass
-class _Open:
-    container: TiffStackContainer
-    waiting: list[Item] = field(default_factory=list)
+class _Open(OpenPart[TiffStackContainer]):
+    #: bytes of the stack's pages (the file's size for pages from before): ``max_bytes``
     nbytes: int = 0
-    pending_bytes: int = 0
-    first_pending: float | None = None
-    used: float = field(default_factory=time.monotonic)
 
 
-class TiffStackSink(ContainerSink):
+class TiffStackSink(RoutedSink[str, _Open]):
     """See the module docstring."""
 
     def __init__(self, settings: TiffStackSettings) -> None:
+        super().__init__(settings)
         self._settings = settings
-        self.flush_frames = settings.flush_frames
-        self.flush_seconds = settings.flush_seconds
-        self.flush_bytes = settings.flush_bytes
-        self._series: dict[str, _Series] = {}
-        self._open: OrderedDict[str, _Open] = OrderedDict()
         self._blake3 = load_blake3()
 
     # ------------------------------------------------------------------ the ContainerSink interface
-    @property
-    def pending(self) -> int:
-        return sum(len(o.waiting) for o in self._open.values())
-
-    @property
-    def pending_bytes(self) -> int:
-        return sum(o.pending_bytes for o in self._open.values())
-
-    @property
-    def oldest_pending(self) -> float | None:
-        times = [o.first_pending for o in self._open.values() if o.first_pending is not None]
-        return min(times) if times else None
-
     def append(self, item: Item) -> Settled:
         settled = Settled()
         route = item.lane_key
@@ -130,45 +100,22 @@ class TiffStackSink(ContainerSink):
                 settled.add(self._roll_over(route))
                 opened = None
         self._open.move_to_end(route)
-        settled.add(self._limit_open_files())
+        settled.add(self._limit_open_files(self._settings.max_open_files))
         opened.used = time.monotonic()
         container = opened.container
         index = container.append(key, item.payload, item.metadata, received=item.received)
         if index < container.committed_length:  # resumed, and already committed before the crash
             settled.archived.append(item)
             return settled
-        if opened.first_pending is None:
-            opened.first_pending = time.monotonic()
-        opened.waiting.append(item)
         size = int(item.payload.nbytes)
-        opened.pending_bytes += size
+        opened.hold(item, size)
         opened.nbytes += size
-        return settled
-
-    def commit(self) -> Settled:
-        settled = Settled()
-        for route in [r for r, o in self._open.items() if o.waiting]:
-            settled.add(self._commit(route))
-        return settled
-
-    def expire(self, now: float) -> Settled:
-        settled = Settled()
-        for route in [r for r, o in self._open.items() if now - o.used >= self._settings.idle_timeout]:
-            settled.add(self._close(route))
-        return settled
-
-    def close(self) -> Settled:
-        settled = Settled()
-        for route in list(self._open):
-            settled.add(self._close(route))
         return settled
 
     # ------------------------------------------------------------------ files
     def _key(self, item: Item) -> ItemKey:
         """The item's key, a pure function of what arrived (the spool keeps that exactly), computed on the writer."""
-        sequence_key = self._settings.sequence_key
-        value = item.metadata.get(sequence_key) if sequence_key is not None else None
-        sequence = value if isinstance(value, int) and not isinstance(value, bool) else None
+        sequence = sequence_of(item, self._settings.sequence_key)
         if not hasattr(item.payload, "dtype") or not hasattr(item.payload, "nbytes"):
             raise PayloadError(
                 f"item from {item.source!r} for {item.lane_key}: expected a numpy array (a 2-D frame), "
@@ -178,28 +125,15 @@ class TiffStackSink(ContainerSink):
 
     def _full(self, opened: _Open, item: Item) -> bool:
         """True when ``item`` would take the open part past ``max_frames`` or ``max_bytes``."""
-        container = opened.container
-        frames = container.committed_length + container.pending
-        if self._settings.max_frames is not None and frames >= self._settings.max_frames:
-            return True
-        limit = self._settings.max_bytes
-        return limit is not None and frames > 0 and opened.nbytes + int(item.payload.nbytes) > limit
+        settings, size = self._settings, int(item.payload.nbytes)
+        return would_overflow(opened.frames, opened.nbytes, size, settings.max_frames, settings.max_bytes)
 
     def _opened(self, route: str) -> _Open:
         """Open (or reopen) the current part of ``route``'s series."""
         settings = self._settings
-        series = self._series.setdefault(route, _Series())
-        policy: OnExists
-        if series.current is not None:  # made by this run: continue it
-            path, policy = series.current, "append"
-        elif settings.on_exists == "unique":
-            path, policy = Path(route), "unique"
-        else:
-            path, policy = _part_path(Path(route), series.part), settings.on_exists
-        _check_confined(path, settings.root)
-        short = _space_shortage(path, SPACE_MARGIN)
-        if short is not None:
-            raise short
+        series = self._series.setdefault(route, Series())
+        path, policy = series.choose(route, settings.on_exists)
+        check_before_opening(path, settings.root)
         container = TiffStackContainer(
             path, root=settings.root, on_exists=policy, fsync=settings.fsync, writeback_window=settings.writeback_window
         )
@@ -217,29 +151,19 @@ class TiffStackSink(ContainerSink):
         series = self._series[route]
         settled = self._close(route)
         if not settled.failed:
-            series.part += 1
-            series.current = None
-        return settled
-
-    def _limit_open_files(self) -> Settled:
-        settled = Settled()
-        while len(self._open) > self._settings.max_open_files:
-            settled.add(self._close(next(iter(self._open))))
+            series.advance()
         return settled
 
     def _commit(self, route: str) -> Settled:
         opened = self._open[route]
-        short = _space_shortage(opened.container.path, opened.pending_bytes + SPACE_MARGIN)
+        short = space_shortage(opened.container.path, opened.pending_bytes + SPACE_MARGIN)
         if short is not None:
             return self._set_back(route, short)
         try:
             opened.container.commit()
         except StorageError as exc:
             return self._set_back(route, exc)
-        archived, opened.waiting = opened.waiting, []
-        opened.pending_bytes = 0
-        opened.first_pending = None
-        return Settled(archived=archived)
+        return self._committed(opened)
 
     def _set_back(self, route: str, error: StorageError) -> Settled:
         """A commit that failed or cannot fit: forget its frames and close the file (it keeps its committed
@@ -251,15 +175,3 @@ class TiffStackSink(ContainerSink):
         log.warning("%s: commit set back (%s); the file keeps its %d committed pages", opened.container.path,
                     error, opened.container.committed_length)  # fmt: skip
         return Settled(failed=[CommitFailure(str(opened.container.path), opened.waiting, error)])
-
-    def _close(self, route: str) -> Settled:
-        """Commit, then close."""
-        opened = self._open.get(route)
-        if opened is None:
-            return Settled()
-        settled = self._commit(route)
-        if settled.failed:
-            return settled
-        del self._open[route]
-        opened.container.close()
-        return settled

@@ -18,82 +18,47 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import PayloadError, StorageError
 from ..pipeline.queueing import Item
-from .base import CommitFailure, ContainerSink, Settled
+from .base import CommitFailure, Settled
 from .containers import ItemKey
-from .containers.zarr_append import OnExists, ZarrAppendContainer
+from .containers.zarr_append import ZarrAppendContainer
 from .containers.zarr_shards import Compression
+from .routed import OnExists, OpenPart, RoutedSink, RoutedSinkSettings, Series, sequence_of, would_overflow
 
 log = logging.getLogger("heros_archiver")
 
 
-@dataclass(frozen=True)
-class ZarrAppendSinkSettings:
+@dataclass(frozen=True, kw_only=True)
+class ZarrAppendSinkSettings(RoutedSinkSettings):
     """How the sink writes (validated by ``ZarrAppendArchiver``)."""
 
-    root: str
     compression: Compression
     frames_per_chunk: int
     frames_per_shard: int | None
-    on_exists: OnExists
-    fsync: bool
-    flush_frames: int
-    flush_seconds: float
-    flush_bytes: int
-    max_frames: int | None
-    idle_timeout: float
-    sequence_key: str | None
 
 
 @dataclass
-class _Series:
-    """The store parts of one (store, array): the part written now and its path once chosen."""
-
-    part: int = 0
-    current: Path | None = None
+class _Open(OpenPart[ZarrAppendContainer]):
+    """An open array of a store part."""
 
 
-@dataclass
-class _Open:
-    container: ZarrAppendContainer
-    waiting: list[Item] = field(default_factory=list)
-    pending_bytes: int = 0
-    first_pending: float | None = None
-    used: float = field(default_factory=time.monotonic)
+class ZarrAppendSink(RoutedSink[tuple[str, str], _Open]):
+    """See the module docstring. ``array_of(item)`` renders the item's array path inside its store.
 
-
-class ZarrAppendSink(ContainerSink):
-    """See the module docstring. ``array_of(item)`` renders the item's array path inside its store."""
+    Its series and open arrays are keyed by (store path, array path)."""
 
     def __init__(self, settings: ZarrAppendSinkSettings, array_of: Callable[[Item], str]) -> None:
+        super().__init__(settings)
         self._settings = settings
         self._array_of = array_of
-        self.flush_frames = settings.flush_frames
-        self.flush_seconds = settings.flush_seconds
-        self.flush_bytes = settings.flush_bytes
-        self._series: dict[tuple[str, str], _Series] = {}
-        self._open: dict[tuple[str, str], _Open] = {}
         #: per (route, part) the store this sink made or took: other arrays of that part join it
         self._made: dict[tuple[str, int], Path] = {}
 
     # ------------------------------------------------------------------ the ContainerSink interface
-    @property
-    def pending(self) -> int:
-        return sum(len(o.waiting) for o in self._open.values())
-
-    @property
-    def pending_bytes(self) -> int:
-        return sum(o.pending_bytes for o in self._open.values())
-
-    @property
-    def oldest_pending(self) -> float | None:
-        times = [o.first_pending for o in self._open.values() if o.first_pending is not None]
-        return min(times) if times else None
-
     def append(self, item: Item) -> Settled:
         settled = Settled()
         target = (item.lane_key, self._array_of(item))
@@ -119,37 +84,14 @@ class ZarrAppendSink(ContainerSink):
         if index < container.committed_length:  # resumed, and already committed before the crash
             settled.archived.append(item)
             return settled
-        if opened.first_pending is None:
-            opened.first_pending = time.monotonic()
-        opened.waiting.append(item)
-        opened.pending_bytes += int(getattr(item.payload, "nbytes", 0))
-        return settled
-
-    def commit(self) -> Settled:
-        settled = Settled()
-        for target in [t for t, o in self._open.items() if o.waiting]:
-            settled.add(self._commit(target))
-        return settled
-
-    def expire(self, now: float) -> Settled:
-        settled = Settled()
-        for target in [t for t, o in self._open.items() if now - o.used >= self._settings.idle_timeout]:
-            settled.add(self._close(target))
-        return settled
-
-    def close(self) -> Settled:
-        settled = Settled()
-        for target in list(self._open):
-            settled.add(self._close(target))
+        opened.hold(item, int(getattr(item.payload, "nbytes", 0)))
         return settled
 
     # ------------------------------------------------------------------ stores and arrays
     def _key(self, item: Item) -> ItemKey:
         """The item's key: a pure function of what arrived (so a resumed item gets the same key in any run);
         computed here, on the writer, to keep hashing off Zenoh's thread."""
-        sequence_key = self._settings.sequence_key
-        value = item.metadata.get(sequence_key) if sequence_key is not None else None
-        sequence = value if isinstance(value, int) and not isinstance(value, bool) else None
+        sequence = sequence_of(item, self._settings.sequence_key)
         if not hasattr(item.payload, "dtype"):
             raise PayloadError(
                 f"item from {item.source!r} for {item.lane_key}: expected a numpy array (a frame), "
@@ -159,24 +101,19 @@ class ZarrAppendSink(ContainerSink):
 
     def _full(self, opened: _Open) -> bool:
         """True when one more frame would take the open part past ``max_frames``."""
-        container, limit = opened.container, self._settings.max_frames
-        return limit is not None and container.committed_length + container.pending >= limit
+        return would_overflow(opened.frames, 0, 0, self._settings.max_frames, None)
 
     def _opened(self, target: tuple[str, str], item: Item) -> _Open:
         """Open (or reopen) the current part of ``target``'s series."""
         settings = self._settings
-        series = self._series.setdefault(target, _Series())
+        series = self._series.setdefault(target, Series())
         route, array = target
         policy: OnExists
         made = self._made.get((route, series.part))
-        if series.current is not None:  # chosen before by this sink: continue it
-            path, policy = series.current, "append"
-        elif made is not None:  # another array of this store part made it: join it
+        if series.current is None and made is not None:  # another array of this store part made it: join it
             path, policy = made, "append"
-        elif settings.on_exists == "unique":
-            path, policy = Path(route), "unique"  # the first free name among name, name-1, name-2, ...
         else:
-            path, policy = _part_path(Path(route), series.part), settings.on_exists
+            path, policy = series.choose(route, settings.on_exists)
         frame_bytes = max(1, int(getattr(item.payload, "nbytes", 1)))
         shard = settings.frames_per_shard or max(1, min(settings.flush_frames, settings.flush_bytes // frame_bytes))
         container = ZarrAppendContainer(
@@ -194,9 +131,7 @@ class ZarrAppendSink(ContainerSink):
         """Close the part of ``target`` written now and go on with the next one."""
         settled = self._close(target)
         if not settled.failed:
-            series = self._series[target]
-            series.part += 1
-            series.current = None
+            self._series[target].advance()
         return settled
 
     def _commit(self, target: tuple[str, str]) -> Settled:
@@ -205,20 +140,7 @@ class ZarrAppendSink(ContainerSink):
             opened.container.commit()
         except Exception as exc:  # noqa: BLE001 - any failure: the store keeps its last commit, retried later
             return self._let_go(target, exc)
-        archived, opened.waiting = opened.waiting, []
-        opened.pending_bytes = 0
-        opened.first_pending = None
-        return Settled(archived=archived)
-
-    def _close(self, target: tuple[str, str]) -> Settled:
-        """Commit, then close (a container whose commit failed was let go already)."""
-        if target not in self._open:
-            return Settled()
-        settled = self._commit(target)
-        opened = self._open.pop(target, None)
-        if opened is not None:
-            opened.container.close()
-        return settled
+        return self._committed(opened)
 
     def _let_go(self, target: tuple[str, str], error: BaseException) -> Settled:
         """A commit failed: release the array (the store is as its last commit left it) and hand the waiting
@@ -227,8 +149,3 @@ class ZarrAppendSink(ContainerSink):
         opened.container.release()
         log.warning("%s: commit failed (%s); the store keeps its last commit", opened.container.path, error)
         return Settled(failed=[CommitFailure(str(opened.container.path), opened.waiting, error)])
-
-
-def _part_path(path: Path, part: int) -> Path:
-    """Rollover part ``part`` of ``path``: the path itself, then ``name-1.zarr``, ``name-2.zarr``, ..."""
-    return path if part == 0 else path.with_name(f"{path.stem}-{part}{path.suffix}")
