@@ -133,16 +133,6 @@ class TestParquetSink(SinkContract):
     payloads = "dicts"
     readable_before_recovery = False  # committed = journaled; the restart writes the journal into the file
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="known defect: a commit that wrote its journal and then failed closes the file; the readings "
-        "appended again go to the next part, and item keys are only checked within the open part",
-    )
-    def test_a_commit_reported_failed_after_it_wrote_is_not_written_twice(
-        self, make_archiver: Any, tmp_path: Path
-    ) -> None:
-        super().test_a_commit_reported_failed_after_it_wrote_is_not_written_twice(make_archiver, tmp_path)
-
     def archiver_kwargs(self, root: Path) -> dict[str, Any]:
         return {"file_template": "{{ file_path }}/{{ source_name }}/readings.parquet", "sequence_key": "frame"}
 

@@ -384,6 +384,7 @@ class ParquetSink(ContainerSink):
         log.info("published %s (%d rows)", published, opened.file.rows)
         series = self._series.setdefault(route, _Series())
         series.part += 1  # a file closed for any reason (rollover, idle, the open-file limit) is never reopened
+        series.keys = None  # the keys read from disk lack this part: read them again when a retried item comes
         return settled
 
 
