@@ -170,7 +170,8 @@ def test_frames_whose_file_template_cannot_render_are_replayed_with_it_fixed(tmp
     ("field", "value", "message"),
     [
         ("root", "/elsewhere", "recorded archive root '/elsewhere'"),
-        ("kind", "zarr", "kind 'zarr'"),
+        ("kind", "tiff", "kind 'tiff'"),
+        ("kind", "zarr", "zarr writer settings: expected exactly the fields"),
         ("fsync", "yes", "field 'fsync': expected bool"),
         ("max_frames", True, "field 'max_frames': expected int or null"),
         ("compression", "rot13", "expected one of"),

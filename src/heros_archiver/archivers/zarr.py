@@ -15,6 +15,7 @@ from typing import Any
 
 from ..naming.templates import derive_root
 from ..pipeline.queueing import Item
+from ..state.replay_zarr import ZARR_KIND, ZarrWriterSettings
 from ..state.statedir import DEAD_LETTER_SUBDIR
 from ..storage.atomic import Fsync, OnExists
 from ..storage.staged_trees import remove_stale_staging
@@ -100,6 +101,18 @@ class ZarrArchiver(HERODataArchiver):
 
     def _state_is_durable(self) -> bool:
         return self._writer.fsync != "none"
+
+    def _writer_settings(self) -> dict[str, Any] | None:
+        """Recorded with each dead letter, so that ``heros-archiver replay`` writes its array as this archiver
+        would (None for a subclass with its own ``_store``: its code re-feeds them)."""
+        if type(self)._store is not ZarrArchiver._store:
+            return None
+        writer, options = self._writer, self.sink_options
+        return ZarrWriterSettings(
+            kind=ZARR_KIND, store_template=writer.store.source, array_path_template=writer.key.source,
+            root=str(self.root), on_exists=writer.on_exists, fsync=writer.fsync, compression=options.compression,
+            compression_level=options.compression_level, chunks=options.chunks,
+        ).to_dict()  # fmt: skip
 
     def _writeback_tracker(self) -> WritebackWindow:
         return self._writer.window

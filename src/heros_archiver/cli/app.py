@@ -127,7 +127,10 @@ def replay(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="show what would be written; change nothing")] = False,
     template: Annotated[
         str | None,
-        typer.Option(help="a corrected save_template (Hdf5Archiver: file_template) to use instead of the recorded one"),
+        typer.Option(
+            help="a corrected save_template (Hdf5Archiver: file_template, ZarrArchiver: store_template) to use "
+            "instead of the recorded one"
+        ),
     ] = None,
     root: Annotated[
         Path | None,
@@ -136,17 +139,21 @@ def replay(
     dataset_template: Annotated[
         str | None, typer.Option(help="Hdf5Archiver entries: a corrected dataset_template (the stack in the file)")
     ] = None,
+    array_template: Annotated[
+        str | None, typer.Option(help="ZarrArchiver entries: a corrected array_path_template (the key in the store)")
+    ] = None,
 ) -> None:
     """Archive dead-lettered items again (after the disk was freed or the template fixed); archived entries leave.
 
     Files are written only under the archive root (entries recording another root are refused), one
     line reports each entry that failed, and the exit code is 1 when any did (2: nothing could start).
-    An Hdf5Archiver's frames are appended to their file and stack again (a frame it holds is not added twice).
+    An Hdf5Archiver's frames are appended to their file and stack again (a frame it holds is not added twice);
+    a ZarrArchiver's payloads become their array again (an identical array there counts as written).
     """
     from ..state.replay import replay as replay_entries
 
     try:
-        outcomes = replay_entries(directory, template, dry_run, root, dataset_template)
+        outcomes = replay_entries(directory, template, dry_run, root, dataset_template, array_template)
     except (ArchiverError, OSError) as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from exc

@@ -3,7 +3,8 @@
 An item that is archived leaves the store; one that fails again stays, with the new error reported.
 Running it twice never duplicates a file: the writer treats a target holding the same bytes as written.
 Entries of an ``Hdf5Archiver`` (their writer settings say ``kind: "hdf5"``) are appended again to their file
-and stack instead (``replay_hdf5``), where a frame the file holds already is known by its item key.
+and stack instead (``replay_hdf5``), where a frame the file holds already is known by its item key; those of
+a ``ZarrArchiver`` (``kind: "zarr"``) become their array again through the archiver's writer (``replay_zarr``).
 
 An entry is a file anyone with access to the store may have edited or planted, so nothing in it decides
 *where* replay writes: every file goes under the archive root the store belongs to (implied by the store's
@@ -17,12 +18,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..errors import ReplayError
 from ..naming.templates import PathTemplate
 from ..sinks.writer import FileWriter, WriterSettings
 from .deadletter import DeadLetter, DeadLetterStore
-from .replay_hdf5 import Hdf5Replay, Hdf5WriterSettings, is_hdf5_entry
+from .replay_hdf5 import HDF5_KIND, Hdf5Replay, Hdf5WriterSettings
+from .replay_zarr import ZARR_KIND, ZarrReplay, ZarrWriterSettings
 from .statedir import DEAD_LETTER_SUBDIR
 
 #: Where an archiver keeps its dead letters under its root, as path parts.
@@ -70,27 +73,31 @@ def replay(
     dry_run: bool = False,
     root: str | os.PathLike[str] | None = None,
     dataset_template: str | None = None,
+    array_template: str | None = None,
 ) -> list[ReplayOutcome]:
     """Replay every entry of the dead-letter store at ``directory``, oldest first.
 
     Args:
         directory: the dead-letter directory (e.g. ``<root>/.heros-archiver/dead-letter``).
-        template: a corrected ``save_template`` (for an Hdf5Archiver's entries: ``file_template``) to use
-            instead of the recorded one (confined as well).
+        template: a corrected ``save_template`` (for an Hdf5Archiver's entries: ``file_template``, for a
+            ZarrArchiver's: ``store_template``) to use instead of the recorded one (confined as well).
         dry_run: only render and check; write nothing, remove nothing.
         root: the archive root to write under (default: implied by ``directory``, see ``archive_root``).
         dataset_template: a corrected ``dataset_template`` for an Hdf5Archiver's entries (other entries have
             none and ignore it).
+        array_template: a corrected ``array_path_template`` for a ZarrArchiver's entries (others ignore it).
 
     Raises:
         ReplayError: no archive root is known for ``directory`` (before any entry is touched).
-        ConfigurationError: ``template`` or ``dataset_template`` is not a valid template (idem).
+        ConfigurationError: ``template``, ``dataset_template`` or ``array_template`` is not a valid template
+            (idem).
     """
     trusted_root = archive_root(directory, root)
-    for corrected in (template, dataset_template):
+    for corrected in (template, dataset_template, array_template):
         if corrected is not None:
             PathTemplate(corrected, trusted_root)  # the operator's typo is one error, not one per entry
     hdf5 = Hdf5Replay(template, dataset_template)
+    zarr = ZarrReplay(template, array_template)
     store = DeadLetterStore(directory)
     writers: dict[tuple[object, ...], FileWriter] = {}
     outcomes = []
@@ -100,8 +107,12 @@ def replay(
             try:
                 item = _load(store, entry)
                 source = item.source
-                if item.writer is not None and is_hdf5_entry(item.writer):
-                    paths = _replay_hdf5(hdf5, item, trusted_root, dry_run)
+                kind = _entry_kind(item.writer)
+                if kind is not None:
+                    if kind == HDF5_KIND:
+                        paths = _replay_hdf5(hdf5, item, trusted_root, dry_run)
+                    else:
+                        paths = _replay_zarr(zarr, item, trusted_root, dry_run)
                     if not dry_run:
                         store.remove(entry)
                     outcomes.append(ReplayOutcome(entry, source, True, paths))
@@ -122,7 +133,22 @@ def replay(
         for writer in writers.values():
             writer.close()
         hdf5.close()
+        zarr.close()
     return outcomes
+
+
+def _entry_kind(writer: dict[str, Any] | None) -> str | None:
+    """``"hdf5"`` or ``"zarr"`` for the settings of those archivers, None for a file archiver's (no kind);
+    ReplayError for a kind this replay does not know."""
+    if writer is None or "kind" not in writer:
+        return None
+    if writer["kind"] not in (HDF5_KIND, ZARR_KIND):
+        raise ReplayError(
+            f"writer settings of kind {writer['kind']!r}: this replay knows {HDF5_KIND!r} (Hdf5Archiver), "
+            f"{ZARR_KIND!r} (ZarrArchiver) and the file archivers' settings (no kind); replay it with the release "
+            "that wrote it"
+        )
+    return str(writer["kind"])
 
 
 def _replay_hdf5(hdf5: Hdf5Replay, item: DeadLetter, trusted_root: Path, dry_run: bool) -> list[Path]:
@@ -131,6 +157,14 @@ def _replay_hdf5(hdf5: Hdf5Replay, item: DeadLetter, trusted_root: Path, dry_run
     _check_recorded_root(item, settings.root, trusted_root)
     settings.root = str(trusted_root)
     return hdf5.plan(item, settings) if dry_run else hdf5.write(item, settings)
+
+
+def _replay_zarr(zarr: ZarrReplay, item: DeadLetter, trusted_root: Path, dry_run: bool) -> list[Path]:
+    """One ZarrArchiver entry: its settings checked, the root the trusted one; the array written."""
+    settings = ZarrWriterSettings.from_dict(item.writer)
+    _check_recorded_root(item, settings.root, trusted_root)
+    settings.root = str(trusted_root)
+    return zarr.plan(item, settings) if dry_run else zarr.write(item, settings)
 
 
 def _candidates(store: DeadLetterStore) -> list[Path]:

@@ -92,19 +92,6 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
-def is_hdf5_entry(writer: dict[str, Any]) -> bool:
-    """True when an entry's writer settings are an Hdf5Archiver's; ReplayError for a kind replay does not know
-    (a file archiver's settings name no kind)."""
-    if "kind" not in writer:
-        return False
-    if writer["kind"] != HDF5_KIND:
-        raise ReplayError(
-            f"writer settings of kind {writer['kind']!r}: this replay knows {HDF5_KIND!r} (Hdf5Archiver) and the "
-            "file archivers' settings (no kind); replay it with the release that wrote it"
-        )
-    return True
-
-
 class Hdf5Replay:
     """Appends dead-lettered frames through one container sink per kind of settings; ``close`` at the end.
 

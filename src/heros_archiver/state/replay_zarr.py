@@ -1,0 +1,120 @@
+"""Replaying the dead letters of a ``ZarrArchiver``: each payload written again as one array, as the archiver would.
+
+A ``ZarrArchiver`` records its settings with every dead letter (``ZarrWriterSettings``, ``kind: "zarr"``), as
+the file archivers record their ``WriterSettings``. Replay rebuilds the archiver's ``ZarrArrayWriter`` from
+them under the trusted archive root, with the operator's corrected store or array template if given, so the
+group is rendered and confined, the array staged and published in one rename and an existing array treated
+by the recorded ``on_exists``, exactly as in the archiver. An identical array at the key (a replay run twice,
+or one cut short after its rename) counts as written. zarr is imported only when an entry needs it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ConfigurationError
+from .deadletter import DeadLetter
+
+if TYPE_CHECKING:
+    from ..sinks.zarr_arrays import ZarrArrayWriter
+
+#: The ``kind`` a ZarrArchiver's writer settings carry (file archivers' settings have no ``kind``).
+ZARR_KIND = "zarr"
+
+
+@dataclass
+class ZarrWriterSettings:
+    """What decides where and how a ZarrArchiver writes an array (recorded in its dead-letter entries)."""
+
+    kind: str
+    store_template: str
+    array_path_template: str
+    root: str
+    on_exists: str
+    fsync: str
+    compression: str
+    compression_level: int
+    chunks: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict for JSON."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ZarrWriterSettings:
+        """Inverse of ``to_dict``, strict (the dict comes from a file that may have been edited): every field,
+        nothing else, each of its JSON type (``true`` is no number). Values are checked where they are used
+        (``ZarrArrayWriter``: the choices, the level's range, the templates)."""
+        names = [item.name for item in fields(cls)]
+        if not isinstance(data, dict):
+            raise ConfigurationError(f"zarr writer settings: expected a JSON object, got {type(data).__name__}")
+        unknown = sorted(str(key) for key in data if key not in names)
+        missing = [name for name in names if name not in data]
+        if unknown or missing:
+            raise ConfigurationError(
+                f"zarr writer settings: expected exactly the fields {names}, got unknown {unknown} and missing "
+                f"{missing}"
+            )
+        for name in names:
+            expected = int if name == "compression_level" else str
+            if type(data[name]) is not expected:  # exact: a bool is no level
+                raise ConfigurationError(
+                    f"zarr writer settings field {name!r}: expected {expected.__name__}, "
+                    f"got {type(data[name]).__name__} {data[name]!r:.100}"
+                )
+        if data["kind"] != ZARR_KIND:
+            raise ConfigurationError(f"zarr writer settings field 'kind': expected {ZARR_KIND!r}, got {data['kind']!r}")
+        return cls(**data)
+
+
+class ZarrReplay:
+    """Writes dead-lettered arrays through one ``ZarrArrayWriter`` per kind of settings; ``close`` at the end.
+
+    Args:
+        store_template: a corrected ``store_template`` for every Zarr entry (None: the recorded one).
+        array_path_template: a corrected ``array_path_template`` for every Zarr entry (None: the recorded one).
+    """
+
+    def __init__(self, store_template: str | None = None, array_path_template: str | None = None) -> None:
+        self._store_template = store_template
+        self._array_path_template = array_path_template
+        self._writers: dict[tuple[Any, ...], ZarrArrayWriter] = {}
+
+    def plan(self, item: DeadLetter, settings: ZarrWriterSettings) -> list[Path]:
+        """The array the payload would become (group and key rendered and confined); nothing written."""
+        _, array = self._writer(settings).target(item.source, item.metadata)
+        return [Path(array)]
+
+    def write(self, item: DeadLetter, settings: ZarrWriterSettings) -> list[Path]:
+        """Write the array; returns its path (``key-N`` under ``on_exists="unique"``). Raises the writer's error
+        (an existing array under ``on_exists="error"``, a payload zarr cannot store, ...): the entry then stays."""
+        writer = self._writer(settings)
+        _, array = writer.target(item.source, item.metadata)
+        written = writer.write(item.source, item.payload, item.metadata, resumed=True)
+        return [Path(written if written is not None else array)]
+
+    def close(self) -> None:
+        """Finish the writers (each array was published already)."""
+        for writer in self._writers.values():
+            writer.close()
+        self._writers.clear()
+
+    def _writer(self, settings: ZarrWriterSettings) -> ZarrArrayWriter:
+        key = tuple(settings.to_dict().values())
+        if key not in self._writers:
+            from ..sinks.zarr_arrays import ZarrArrayWriter
+
+            self._writers[key] = ZarrArrayWriter(
+                self._store_template or settings.store_template,
+                self._array_path_template or settings.array_path_template,
+                settings.root,
+                settings.on_exists,  # type: ignore[arg-type]  # checked by the writer
+                settings.fsync,  # type: ignore[arg-type]  # idem
+                settings.compression,
+                settings.compression_level,
+                0,
+                settings.chunks,
+            )
+        return self._writers[key]
