@@ -271,7 +271,8 @@ def test_a_reader_in_another_process_sees_whole_commits_during_the_run(make_rig:
     with procs.child([sys.executable, str(CHILD), "watch", str(path), "20"], tmp_path / "watch.log", env) as reader:
         send(made.camera, range(10), run=1)
         wait_until(lambda: "@@ SEEN 10" in reader.output(), 60, "the reader to see 10 frames")
-        assert made.archiver.stats()["total"]["archived"] == 10  # the archiver still runs, the file is open
+        # the archiver still runs, the file is open; it counts a commit just after the reader can see it
+        wait_until(lambda: made.archiver.stats()["total"]["archived"] == 10, what="the ten committed frames counted")
         send(made.camera, range(10, 22), run=1)  # 20 committed now, 2 pending
         reader.proc.wait(60)
         output = reader.output()
