@@ -5,6 +5,7 @@ frame count checked, as Hdf5Archiver(acquisitions=True) does (tests/test_hdf5_ac
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,9 @@ from conftest import Rig, RigFactory
 from helpers import dead_letter_entries, wait_until
 from heros_archiver import TiffArchiver
 from heros_archiver.errors import ConfigurationError
+from heros_archiver.pipeline.queueing import Item
 from heros_archiver.sinks.containers.tiff import read_records
+from heros_archiver.state.spool import Spool
 from heros_archiver.testing import make_frame, wait_for_subscriber
 from test_hdf5_acquisitions import SHAPE, AcquiringCamera
 
@@ -143,6 +146,48 @@ def test_frames_without_a_start_are_archived_and_their_stop_checked(
     assert not acquisition["start_seen"] and "configuration" not in acquisition  # no start, no configuration
     assert cam["acquisition_gaps"] == 1 and cam["acquisition_missing"] == 2, cam
     assert "2 missing (the archiver did not see it start)" in caplog.text
+
+
+def test_markers_keep_their_place_through_a_full_queue_and_the_spool(make_rig: RigFactory, tmp_path: Path) -> None:
+    """A queue of two items, spilling: most items of three back-to-back acquisitions go through the spool; each
+    acquisition still gets exactly its own frames, and its own configuration."""
+    made = rig(make_rig, PER_ACQUISITION, overflow="spill", max_queue_items=2)
+    sent = [made.camera.acquire({"exposure_time": float(n)}, frames) for n, frames in enumerate((4, 1, 3))]
+    cam = wait_for_acquisitions(made, 3)
+    assert made.archiver.stats()["queue"]["spilled_total"] > 0
+    for n, frames in enumerate(sent, start=1):
+        stored, records = read(tmp_path / f"cam-{n}.tif")
+        np.testing.assert_array_equal(stored.reshape(-1, *SHAPE), np.stack(frames))
+        assert records[0]["acquisition"]["configuration"] == {"exposure_time": n - 1.0}
+    assert cam["acquisition_gaps"] == 0 and cam["archived"] == 8 + 6, cam
+
+
+def test_markers_resumed_from_the_spool_after_a_restart(make_rig: RigFactory, tmp_path: Path) -> None:
+    """Markers and frames an earlier run left in its spool come back in order, with their acquisition, and make
+    the same stack a live run would."""
+    spool = Spool(tmp_path / ".heros-archiver" / "spool", "acquisition_data")
+    context = {"acquisition": 7, "acquisition_start": "20261201T000000.000Z", "acquisition_start_seen": True}
+    frames = [make_frame(i, SHAPE) for i in range(3)]
+    spool.put(Item("cam", {"exposure_time": 0.25}, {}, 64, event="acquisition_started", context=dict(context)))
+    for i, frame in enumerate(frames):
+        spool.put(Item("cam", frame, {"frame": i}, frame.nbytes, context=dict(context)))
+    spool.put(Item("cam", {"frames": 3, "frame_count": 3}, {}, 64, event="acquisition_stopped", context=dict(context)))
+
+    made = rig(make_rig, "{{ file_path }}/{{ acquisition_start }}-{{ acquisition }}.tif", overflow="spill")
+    cam = wait_for_acquisitions(made, 1)
+    stored, records = read(tmp_path / "20261201T000000.000Z-7.tif")
+    np.testing.assert_array_equal(stored, np.stack(frames))
+    assert records[0]["acquisition"]["configuration"] == {"exposure_time": 0.25}
+    assert records[0]["acquisition"]["number"] == 7
+    assert cam["archived"] == 5 and cam["acquisition_gaps"] == 0, cam
+
+
+def test_a_marker_that_cannot_be_kept_is_dead_lettered_with_its_event(make_rig: RigFactory, tmp_path: Path) -> None:
+    made = rig(make_rig, PER_ACQUISITION)
+    made.camera.acquisition_started("not a configuration")  # type: ignore[arg-type]
+    wait_until(lambda: bool(dead_letter_entries(tmp_path)), 30, "the marker dead-lettered")
+    entry = json.loads((dead_letter_entries(tmp_path)[0] / "entry.json").read_text())
+    assert entry["event"] == "acquisition_started" and "expected a dict" in entry["error"], entry
 
 
 @pytest.mark.parametrize(
