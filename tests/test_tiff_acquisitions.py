@@ -13,16 +13,20 @@ from typing import Any
 import numpy as np
 import pytest
 import tifffile
+from hypothesis import HealthCheck, given, settings
 
 from conftest import Rig, RigFactory
 from helpers import dead_letter_entries, wait_until
 from heros_archiver import TiffArchiver
 from heros_archiver.errors import ConfigurationError
 from heros_archiver.pipeline.queueing import Item
+from heros_archiver.sinks.containers import lossless_json
 from heros_archiver.sinks.containers.tiff import read_records
+from heros_archiver.sinks.tiff_acquisitions import TiffAcquisitionSink
+from heros_archiver.sinks.tiff_stack import TiffStackSettings
 from heros_archiver.state.spool import Spool
 from heros_archiver.testing import make_frame, wait_for_subscriber
-from test_hdf5_acquisitions import SHAPE, AcquiringCamera
+from test_hdf5_acquisitions import SHAPE, AcquiringCamera, configurations
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -212,3 +216,32 @@ def test_settings_that_cannot_work_are_refused(tmp_path: Path, arguments: dict[s
     }
     with pytest.raises(ConfigurationError, match=message):
         TiffArchiver(**settings)
+
+
+# ------------------------------------------------------------------------------------------ the sink's part
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(configurations)
+def test_any_configuration_from_the_network_is_kept(
+    tmp_path_factory: pytest.TempPathFactory, configuration: dict[str, Any]
+) -> None:
+    """Whatever a camera announces as its configuration is kept in the first page's record, as JSON holds it."""
+    root = tmp_path_factory.mktemp("acq")
+    stack_settings = TiffStackSettings(
+        root=str(root), on_exists="error", fsync=False, flush_frames=100, flush_seconds=1.0, flush_bytes=1 << 20,
+        max_frames=None, idle_timeout=60.0, sequence_key="frame", max_bytes=None, max_open_files=4, writeback_window=0,
+    )  # fmt: skip
+    sink = TiffAcquisitionSink(stack_settings)
+    context = {"acquisition": 1, "acquisition_start": "20261201T000000.000Z", "acquisition_start_seen": True}
+    route = str(root / "cam-1.tif")
+    items = [Item("cam", configuration, {}, 64, event="acquisition_started", context=dict(context))]
+    items += [Item("cam", make_frame(i, SHAPE), {"frame": i}, 96, context=dict(context)) for i in range(2)]
+    items.append(Item("cam", {"frames": 2, "frame_count": 2}, {}, 64, event="acquisition_stopped", context=context))
+    archived, checks = [], []
+    for item in items:
+        item.route = route
+        settled = sink.append(item)
+        archived += settled.archived
+        checks += settled.checks
+    assert archived == items and [(c.expected, c.held) for c in checks] == [(2, 2)]
+    stored = read_records(route)[0]["acquisition"]["configuration"]
+    assert json.dumps(stored) == json.dumps(json.loads(lossless_json(configuration)))
