@@ -16,7 +16,7 @@ import tifffile
 from hypothesis import HealthCheck, given, settings
 
 from conftest import Rig, RigFactory
-from helpers import dead_letter_entries, wait_until
+from helpers import dead_letter_entries, tiny_file_system, wait_until
 from heros_archiver import TiffArchiver
 from heros_archiver.errors import ConfigurationError
 from heros_archiver.pipeline.queueing import Item
@@ -184,6 +184,31 @@ def test_markers_resumed_from_the_spool_after_a_restart(make_rig: RigFactory, tm
     assert records[0]["acquisition"]["configuration"] == {"exposure_time": 0.25}
     assert records[0]["acquisition"]["number"] == 7
     assert cam["archived"] == 5 and cam["acquisition_gaps"] == 0, cam
+
+
+def test_acquisitions_on_a_full_disk_are_retried_into_their_own_stacks(make_rig: RigFactory, tmp_path: Path) -> None:
+    """No room for a stack or a commit (a real full tmpfs) while two acquisitions arrive: their frames and markers
+    are retried until there is space, then each acquisition is in its own stack, checked, nothing lost."""
+    data = tmp_path / "data"
+    with tiny_file_system(data, "2m"):
+        filler = data / "filler"
+        filler.write_bytes(b"\0" * (2 * 2**20 - 100 * 2**10))  # less free than a commit's margin
+        made = rig(
+            make_rig, "{{ file_path }}/data/{{ source_name }}-{{ acquisition }}.tif", root=str(tmp_path),
+            max_retries=1000, retry_delay=0.02, retry_max_delay=0.05,
+        )  # fmt: skip
+        first = made.camera.acquire({"exposure_time": 1.0}, 3)
+        second = made.camera.acquire({"exposure_time": 2.0}, 2)
+        wait_until(lambda: made.archiver.stats()["total"]["retried"] > 0, 30, "a failed write")
+        filler.unlink()
+        cam = wait_for_acquisitions(made, 2)
+        made.archiver._teardown()
+        assert sorted(p.name for p in data.glob("*.tif")) == ["cam-1.tif", "cam-2.tif"]
+        for name, sent, exposure in (("cam-1.tif", first, 1.0), ("cam-2.tif", second, 2.0)):
+            frames, records = read(data / name)
+            np.testing.assert_array_equal(frames, np.stack(sent))
+            assert records[0]["acquisition"]["configuration"] == {"exposure_time": exposure}, name
+        assert cam["acquisition_gaps"] == 0 and cam["archived"] == 9 and not dead_letter_entries(tmp_path), cam
 
 
 def test_a_marker_that_cannot_be_kept_is_dead_lettered_with_its_event(make_rig: RigFactory, tmp_path: Path) -> None:
