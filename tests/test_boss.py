@@ -254,12 +254,12 @@ def test_boss_runs_an_hdf5_archiver(tmp_path: Path) -> None:
         camera._destroy_hero()
 
 
-def test_boss_runs_a_herosdevices_camera_and_an_hdf5_archiver_of_its_acquisitions(tmp_path: Path) -> None:
-    """A real herosdevices ``CameraDummy`` and ``Hdf5Archiver(acquisitions=True)``, both started by BOSS, the
-    camera's three events made reliable by BOSS's ``extra_decorators``; the test arms and triggers the camera
-    by remote calls, twice, and reads one file per acquisition back with h5py."""
-    import h5py
-
+@pytest.mark.parametrize("kind", ["hdf5", "tiff"])
+def test_boss_runs_a_herosdevices_camera_and_an_archiver_of_its_acquisitions(tmp_path: Path, kind: str) -> None:
+    """A real herosdevices ``CameraDummy`` and ``Hdf5Archiver(acquisitions=True)`` (or ``TiffArchiver(stack=True,
+    acquisitions=True)``), both started by BOSS, the camera's three events made reliable by BOSS's
+    ``extra_decorators``; the test arms and triggers the camera by remote calls, twice, and reads one file per
+    acquisition back."""
     runs = tmp_path / "runs"
     reliable = "heros.event.reliable"
     camera_config = {
@@ -276,14 +276,15 @@ def test_boss_runs_a_herosdevices_camera_and_an_hdf5_archiver_of_its_acquisition
             [name, reliable] for name in ("acquisition_data", "acquisition_started", "acquisition_stopped")
         ],
     }
+    template = "{{ file_path }}/{{ source_name }}-{{ acquisition }}." + ("h5" if kind == "hdf5" else "tif")
     archiver_config = {
         "_id": "acquisition-archiver",
-        "classname": "heros_archiver.Hdf5Archiver",
+        "classname": "heros_archiver.Hdf5Archiver" if kind == "hdf5" else "heros_archiver.TiffArchiver",
         "arguments": {
             "object_selector": "cam",
             "event_name": "acquisition_data",
             "default_metadata": {"file_path": str(runs)},
-            "file_template": "{{ file_path }}/{{ source_name }}-{{ acquisition }}.h5",
+            **({"file_template": template} if kind == "hdf5" else {"save_template": template, "stack": True}),
             "acquisitions": True,
             "sequence_key": "frame",
         },
@@ -336,6 +337,11 @@ def test_boss_runs_a_herosdevices_camera_and_an_hdf5_archiver_of_its_acquisition
             _stop_group(process)
         router.force_close()
 
+    if kind == "tiff":
+        _check_tiff_acquisitions(runs)
+        return
+    import h5py
+
     assert sorted(p.name for p in runs.glob("*.h5")) == ["cam-1.h5", "cam-2.h5"]
     for name, shape, count, exposure in (("cam-1.h5", (6, 8), 3, 0.5), ("cam-2.h5", (2, 4), 2, 0.25)):
         with h5py.File(runs / name, "r") as handle:
@@ -347,6 +353,22 @@ def test_boss_runs_a_herosdevices_camera_and_an_hdf5_archiver_of_its_acquisition
             acquisition = dict(group["acquisition"].attrs)
             assert acquisition["stopped"] and acquisition["frames_expected"] == acquisition["frames_held"] == count
             assert acquisition["start_seen"], acquisition
+
+
+def _check_tiff_acquisitions(runs: Path) -> None:
+    """The two stacks of ``test_boss_runs_a_herosdevices_camera_and_an_archiver_of_its_acquisitions``."""
+    import tifffile
+
+    from heros_archiver.sinks.containers.tiff import read_records
+
+    assert sorted(p.name for p in runs.glob("*.tif")) == ["cam-1.tif", "cam-2.tif"]
+    for name, shape, count, exposure in (("cam-1.tif", (6, 8), 3, 0.5), ("cam-2.tif", (2, 4), 2, 0.25)):
+        frames = tifffile.imread(runs / name).reshape(-1, *shape)
+        assert frames.shape == (count, *shape) and frames.dtype == np.uint16, (name, frames.shape)
+        records = read_records(runs / name)
+        assert [r["metadata"]["frame"] for r in records] == list(range(count)), name
+        acquisition = records[0]["acquisition"]
+        assert acquisition["configuration"]["exposure_time"] == exposure and acquisition["start_seen"], acquisition
 
 
 def _start_boss_with(config_files: list[Path], realm: str, port: int, log_file: Path) -> subprocess.Popen[bytes]:

@@ -1,7 +1,8 @@
 """Which acquisition each received item belongs to, decided on receipt, in the order Zenoh delivered them.
 
-``Hdf5Archiver(acquisitions=True)`` subscribes to ``acquisition_started`` and ``acquisition_stopped`` of its
-cameras besides their frames. Here, per camera: a start opens a new acquisition (numbered 1, 2, ... since the
+``Hdf5Archiver(acquisitions=True)`` and ``TiffArchiver(stack=True, acquisitions=True)`` subscribe to
+``acquisition_started`` and ``acquisition_stopped`` of their cameras besides their frames
+(``AcquisitionMarkers``). Here, per camera: a start opens a new acquisition (numbered 1, 2, ... since the
 archiver started, and stamped with the time it arrived); frames belong to the open one; a stop closes it.
 Frames that arrive while none is open (the archiver started mid-acquisition) open one without a start. The
 acquisition goes with each item as its ``Item.context``, which the spool and the dead-letter store keep, so
@@ -11,16 +12,28 @@ chosen when its acquisition starts, they may use only those, ``source_name`` and
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 import jinja2
 from jinja2 import meta
 
-from ..errors import ConfigurationError
-from ..sinks.hdf5_acquisitions import NUMBER_KEY, SEEN_KEY, START_KEY
+from ..errors import ArchiverError, ConfigurationError, PayloadError
+from ..pipeline.payload import item_nbytes
+from ..pipeline.queueing import Item
+from ..sinks.hdf5_acquisitions import NUMBER_KEY, SEEN_KEY, START_EVENT, START_KEY, STOP_EVENT, frame_count
+
+if TYPE_CHECKING:
+    from .base import HERODataArchiver
+
+    _Base = HERODataArchiver
+else:
+    _Base = object
+
+log = logging.getLogger("heros_archiver")
 
 #: What a template may use besides the default metadata, with ``acquisitions=True``.
 CONTEXT_KEYS = ("source_name", NUMBER_KEY, START_KEY, SEEN_KEY)
@@ -81,3 +94,78 @@ class AcquisitionTracker:
         with self._lock:
             context = self._open.pop(source, None)
             return dict(context) if context is not None else None
+
+
+class AcquisitionMarkers(_Base):
+    """What an archiver with ``acquisitions=True`` does with the two events, shared by ``Hdf5Archiver`` and
+    ``TiffArchiver(stack=True)``: both events become marker items in their acquisition's lane, each frame is
+    given its acquisition on receipt, and the templates see the acquisition instead of the frame's metadata.
+    The archiver's sink (``Hdf5AcquisitionSink``, ``TiffAcquisitionSink``) does the rest."""
+
+    _tracker: AcquisitionTracker
+
+    def _subscribe_markers(self) -> None:
+        """Subscribe to both events (the archiver is closed if that fails)."""
+        try:
+            for event_name in (START_EVENT, STOP_EVENT):
+                self._subscribe_event(event_name, self._marker_feed(event_name))
+        except BaseException:
+            self.close()
+            raise
+
+    def _give_acquisition(self, item: Item) -> None:
+        """A frame received now (not read back from the spool, which kept its context) is given the
+        acquisition it belongs to."""
+        if item.spool_entry is None and item.context is None and item.event is None:
+            item.context = self._tracker.frame(item.source)
+
+    def _acquisition_context(self, item: Item) -> dict[str, Any]:
+        """What the templates see: the item's metadata, or, for an item of an acquisition, what is known when
+        it starts (the default metadata and the acquisition), so that all its items render the same path."""
+        if item.context is not None:
+            return {**self.metadata, **item.context, "source_name": item.source}
+        return {**item.metadata, "source_name": item.source}
+
+    def _route(self, item: Item) -> None:
+        """Give ``item`` its route (the archiver's own: its rendered and confined file path)."""
+        raise NotImplementedError
+
+    def _marker_feed(self, event_name: str) -> Callable[[str, Any], None]:
+        """The callback of ``acquisition_started`` / ``acquisition_stopped``: the event becomes a marker item
+        in the lane of its acquisition's frames (see ``sinks.hdf5_acquisitions``). Never raises."""
+
+        def feed_marker(source_name: str, data: Any) -> None:
+            item = Item(source_name, data, {}, item_nbytes(data, {}), event=event_name)
+            if event_name == START_EVENT:
+                self._accounting.restart_sequence(source_name)  # the camera's frame counter starts again
+                item.context = self._tracker.started(source_name)
+            else:
+                item.context = self._tracker.stopped(source_name)
+                if item.context is None:
+                    self._stop_without_acquisition(source_name, data)
+                    return
+            self._accounting.received(source_name, {})
+            if not isinstance(data, dict):
+                problem = PayloadError(f"{event_name} from {source_name!r}: expected a dict, got {type(data).__name__}")
+                self._pipeline.reject(item, problem)
+                return
+            try:
+                self._route(item)
+            except ArchiverError as exc:
+                self._pipeline.reject(item, exc)
+                return
+            self._pipeline.submit(item)
+
+        return feed_marker
+
+    def _stop_without_acquisition(self, source_name: str, data: Any) -> None:
+        """A stop of an acquisition of which nothing arrived (no start, no frame): nothing to write; counted
+        (its frames as missing) and logged."""
+        expected = frame_count(data, "frames") if isinstance(data, dict) else None
+        self._accounting.acquisition_checked(source_name, expected, 0)
+        log.warning(
+            "%s: %s (%.200r) for an acquisition of which neither its start nor a frame arrived; nothing written",
+            source_name,
+            STOP_EVENT,
+            data,
+        )

@@ -15,18 +15,16 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..errors import ArchiverError, ConfigurationError, PayloadError
+from ..errors import ConfigurationError
 from ..naming.templates import PathTemplate, derive_root
-from ..pipeline.payload import item_nbytes
 from ..pipeline.queueing import Item
 from ..sinks.base import ContainerSink
 from ..sinks.containers.hdf5 import DEFAULT_COMPRESSION, OnExists
 from ..sinks.containers.hdf5_files import load_h5py
-from ..sinks.hdf5_acquisitions import START_EVENT, STOP_EVENT, frame_count
 from ..sinks.writer import _refuse_reserved
 from ..state.replay_hdf5 import HDF5_KIND, Hdf5WriterSettings
 from ..state.statedir import DEAD_LETTER_SUBDIR
-from .acquisitions import AcquisitionTracker, check_templates
+from .acquisitions import AcquisitionMarkers, AcquisitionTracker, check_templates
 from .base import HERODataArchiver
 from .files import _refuse_linked_state_directory
 from .options import (
@@ -42,7 +40,7 @@ from .options import (
 log = logging.getLogger("heros_archiver")
 
 
-class Hdf5Archiver(HERODataArchiver):
+class Hdf5Archiver(AcquisitionMarkers, HERODataArchiver):
     """Append array payloads as frames of a chunked HDF5 dataset, one file per ``file_template`` path.
 
     Args:
@@ -110,12 +108,7 @@ class Hdf5Archiver(HERODataArchiver):
         self._tracker = AcquisitionTracker()
         HERODataArchiver.__init__(self, *args, **kwargs)
         if acquisitions:
-            try:
-                for event_name in (START_EVENT, STOP_EVENT):
-                    self._subscribe_event(event_name, self._marker_feed(event_name))
-            except BaseException:
-                self.close()
-                raise
+            self._subscribe_markers()
 
     # ------------------------------------------------------------------ hooks of HERODataArchiver
     def _setup_storage(self) -> None:
@@ -164,64 +157,17 @@ class Hdf5Archiver(HERODataArchiver):
         the time it was spooled with."""
         if item.spool_entry is None:
             self._receive_times.make_distinct(item)
-            if self.sink_options.acquisitions and item.context is None and item.event is None:
-                item.context = self._tracker.frame(item.source)
-        item.route = self._file_paths.render(self._context(item), self._render_route)
+        if self.sink_options.acquisitions:
+            self._give_acquisition(item)
+        item.route = self._file_paths.render(self._acquisition_context(item), self._render_route)
 
     def _render_route(self, context: Mapping[str, Any]) -> str:
         path = self.name_template.render_confined(context)
         _refuse_reserved(path, str(self.root), self.sink_options.file_template)
         return path
 
-    def _context(self, item: Item) -> dict[str, Any]:
-        """What the templates see: the item's metadata, or, for an item of an acquisition, what is known when
-        it starts (the default metadata and the acquisition), so that all its items render the same path."""
-        if item.context is not None:
-            return {**self.metadata, **item.context, "source_name": item.source}
-        return {**item.metadata, "source_name": item.source}
-
     def _dataset_of(self, item: Item) -> str:
-        return self._datasets.render(self._context(item), self._dataset.render_text)
-
-    def _marker_feed(self, event_name: str) -> Callable[[str, Any], None]:
-        """The callback of ``acquisition_started`` / ``acquisition_stopped``: the event becomes a marker item
-        in the lane of its acquisition's frames (see ``sinks.hdf5_acquisitions``). Never raises."""
-
-        def feed_marker(source_name: str, data: Any) -> None:
-            item = Item(source_name, data, {}, item_nbytes(data, {}), event=event_name)
-            if event_name == START_EVENT:
-                self._accounting.restart_sequence(source_name)  # the camera's frame counter starts again
-                item.context = self._tracker.started(source_name)
-            else:
-                item.context = self._tracker.stopped(source_name)
-                if item.context is None:
-                    self._stop_without_acquisition(source_name, data)
-                    return
-            self._accounting.received(source_name, {})
-            if not isinstance(data, dict):
-                problem = PayloadError(f"{event_name} from {source_name!r}: expected a dict, got {type(data).__name__}")
-                self._pipeline.reject(item, problem)
-                return
-            try:
-                self._route(item)
-            except ArchiverError as exc:
-                self._pipeline.reject(item, exc)
-                return
-            self._pipeline.submit(item)
-
-        return feed_marker
-
-    def _stop_without_acquisition(self, source_name: str, data: Any) -> None:
-        """A stop of an acquisition of which nothing arrived (no start, no frame): nothing to write; counted
-        (its frames as missing) and logged."""
-        expected = frame_count(data, "frames") if isinstance(data, dict) else None
-        self._accounting.acquisition_checked(source_name, expected, 0)
-        log.warning(
-            "%s: %s (%.200r) for an acquisition of which neither its start nor a frame arrived; nothing written",
-            source_name,
-            STOP_EVENT,
-            data,
-        )
+        return self._datasets.render(self._acquisition_context(item), self._dataset.render_text)
 
     def _container_sink_factory(self) -> Callable[[], ContainerSink]:
         from ..sinks.hdf5 import Hdf5Sink, Hdf5SinkSettings

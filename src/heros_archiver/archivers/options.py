@@ -187,17 +187,22 @@ class Hdf5Options:
 
     def check_with(self, intake_buffer: object, overflow: object) -> None:
         """What the options need of the archiver's common arguments (checked by ``ArchiverOptions``)."""
-        if self.acquisitions and intake_buffer:
-            raise ConfigurationError(
-                f"acquisitions=True with intake_buffer={intake_buffer!r}: expected intake_buffer=0 (the "
-                "default): the acquisition events arrive on subscriptions of their own, and only direct callbacks "
-                "keep them in order with the frames"
-            )
-        if self.acquisitions and overflow == "drop":
-            raise ConfigurationError(
-                "acquisitions=True with overflow='drop': expected 'block' or 'spill', under which the acquisition "
-                "events are never dropped (a lost start or stop would put frames in the wrong file, unchecked)"
-            )
+        check_acquisitions_with(self.acquisitions, intake_buffer, overflow)
+
+
+def check_acquisitions_with(acquisitions: bool, intake_buffer: object, overflow: object) -> None:
+    """What ``acquisitions=True`` needs of the archiver's common arguments (HDF5 and TIFF stack alike)."""
+    if acquisitions and intake_buffer:
+        raise ConfigurationError(
+            f"acquisitions=True with intake_buffer={intake_buffer!r}: expected intake_buffer=0 (the "
+            "default): the acquisition events arrive on subscriptions of their own, and only direct callbacks "
+            "keep them in order with the frames"
+        )
+    if acquisitions and overflow == "drop":
+        raise ConfigurationError(
+            "acquisitions=True with overflow='drop': expected 'block' or 'spill', under which the acquisition "
+            "events are never dropped (a lost start or stop would put frames in the wrong file, unchecked)"
+        )
 
 
 @dataclass(frozen=True)
@@ -297,6 +302,7 @@ class TiffOptions:
     writeback_window: int = DEFAULT_WRITEBACK_WINDOW
     root: str | os.PathLike[str] | None = None
     helper_process: bool = False
+    acquisitions: bool = False
 
     #: the options of the file archiver ``TiffArchiver`` is built on (made here, which checks them)
     files: FileOptions = field(init=False, repr=False, compare=False)
@@ -304,6 +310,13 @@ class TiffOptions:
     def __post_init__(self) -> None:
         if not isinstance(self.stack, bool):
             raise ConfigurationError(f"stack: expected true or false, got {self.stack!r}")
+        if not isinstance(self.acquisitions, bool):
+            raise ConfigurationError(f"acquisitions: expected True or False, got {self.acquisitions!r:.200}")
+        if self.acquisitions and not self.stack:
+            raise ConfigurationError(
+                "acquisitions=True with stack=False: expected stack=True (an acquisition is written as one stack; "
+                "one file per item has no file to start or close at its markers)"
+            )
         given = [name for name in TIFF_STACK_ONLY if getattr(self, name) is not None]
         if self.stack:
             self._check_stack(given)
@@ -356,6 +369,10 @@ class TiffOptions:
             False,
             self.helper_process,
         )
+
+    def check_with(self, intake_buffer: object, overflow: object) -> None:
+        """What the options need of the archiver's common arguments (checked by ``ArchiverOptions``)."""
+        check_acquisitions_with(self.acquisitions, intake_buffer, overflow)
 
 
 #: ``on_exists`` of the Parquet archiver: refuse a file that is there at start, or go on after its parts.

@@ -6,7 +6,9 @@
 * ``stack=True``: a container archiver like ``Hdf5Archiver``: the template names a stack, rendered once per
   item on receipt (the item's route, so one writer has each stack); frames are appended as pages of a
   BigTIFF with an ImageJ hyperstack description (``sinks.tiff_stack``, ``sinks.containers.tiff``) and count
-  as archived only once a commit linked their pages. Decision 0024.
+  as archived only once a commit linked their pages. Decision 0024. With ``acquisitions=True`` each camera
+  acquisition is a stack of its own (``AcquisitionMarkers``, ``sinks.tiff_acquisitions``), as in
+  ``Hdf5Archiver``.
 """
 
 from __future__ import annotations
@@ -19,11 +21,12 @@ from ..sinks.base import ContainerSink
 from ..sinks.batching import BatchWriter
 from ..sinks.writer import _refuse_reserved
 from ..storage.atomic import OnExists
+from .acquisitions import AcquisitionMarkers, AcquisitionTracker, check_templates
 from .files import FileArchiver
 from .options import DEFAULT_FLUSH_BYTES, DEFAULT_WRITEBACK_WINDOW, TiffOptions
 
 
-class TiffArchiver(FileArchiver):
+class TiffArchiver(AcquisitionMarkers, FileArchiver):
     """Save array payloads as TIFF: one file per item, or (``stack=True``) the pages of a BigTIFF stack.
 
     Args:
@@ -48,6 +51,13 @@ class TiffArchiver(FileArchiver):
             cache before the oldest are waited for on the device and dropped from the cache (default 32 MiB;
             0: the kernel decides); keeps the cache small and latency flat over long runs (decision 0009).
         root, helper_process: as ``FileArchiver`` (the last for files only).
+        acquisitions: (stack) also receive the cameras' ``acquisition_started`` and ``acquisition_stopped``
+            and write each acquisition into a stack of its own, as ``Hdf5Archiver(acquisitions=True)``: the
+            start's configuration in the record of the stack's first page (``acquisition``), the stop's count
+            of frames emitted checked against the frames the stack holds (a shortfall is logged and counted in
+            ``acquisition_gaps``). The template sees ``acquisition``, ``acquisition_start`` and
+            ``acquisition_start_seen`` and may use only those, ``source_name`` and the default metadata.
+            Needs ``stack=True``, ``intake_buffer=0`` and ``overflow`` ``block`` or ``spill`` (default False).
     """
 
     sink_options: TiffOptions  # type: ignore[assignment]  # its file part, a FileOptions, is ``sink_options.files``
@@ -67,27 +77,40 @@ class TiffArchiver(FileArchiver):
         idle_timeout: float | None = None,
         max_open_files: int | None = None,
         writeback_window: int = DEFAULT_WRITEBACK_WINDOW,
+        acquisitions: bool = False,
         **kwargs: Any,
     ) -> None:
         helper_process = kwargs.pop("helper_process", None)
         self.sink_options = TiffOptions(
             save_template, stack, split_data_array, on_exists, fsync, flush_frames, flush_seconds, max_frames,
             max_bytes, idle_timeout, max_open_files, writeback_window, kwargs.pop("root", None),
-            self.DEFAULT_HELPER_PROCESS if helper_process is None else helper_process,
+            self.DEFAULT_HELPER_PROCESS if helper_process is None else helper_process, acquisitions,
         )  # fmt: skip
+        self.sink_options.check_with(kwargs.get("intake_buffer"), kwargs.get("overflow", "block"))
         if self.sink_options.stack:
             from ..sinks.tiff_stack import load_blake3
 
             load_blake3()  # a missing extra fails here, at start
+        self._tracker = AcquisitionTracker()
         self._init_files(self.sink_options.files, *args, **kwargs)
+        if self.sink_options.acquisitions:
+            self._subscribe_markers()
 
     # ------------------------------------------------------------------ hooks of HERODataArchiver
+    def _setup_storage(self) -> None:
+        if self.sink_options.acquisitions:
+            check_templates((("save_template", self.sink_options.save_template),), self.metadata)
+        super()._setup_storage()
+
     def _item_router(self) -> Callable[[Item], None] | None:
         return self._route if self.sink_options.stack else None
 
     def _route(self, item: Item) -> None:
-        """Render and confine the item's stack path (once, on receipt): it is the item's route to its writer."""
-        context = {**item.metadata, "source_name": item.source}
+        """Render and confine the item's stack path (once, on receipt): it is the item's route to its writer.
+        With ``acquisitions``, a frame is first given the acquisition it belongs to."""
+        if self.sink_options.acquisitions:
+            self._give_acquisition(item)
+        context = self._acquisition_context(item)
         path = self.name_template.render_confined(context)
         _refuse_reserved(path, str(self.root), self.name_template.source)
         item.route = path
@@ -95,6 +118,7 @@ class TiffArchiver(FileArchiver):
     def _container_sink_factory(self) -> Callable[[], ContainerSink] | None:
         if not self.sink_options.stack:
             return None
+        from ..sinks.tiff_acquisitions import TiffAcquisitionSink
         from ..sinks.tiff_stack import TiffStackSettings, TiffStackSink
 
         options = self.sink_options
@@ -105,7 +129,8 @@ class TiffArchiver(FileArchiver):
             idle_timeout=options.idle_timeout, max_open_files=options.max_open_files,  # type: ignore[arg-type]
             sequence_key=self.options.sequence_key, writeback_window=options.writeback_window,
         )  # fmt: skip
-        return lambda: TiffStackSink(settings)
+        sink = TiffAcquisitionSink if options.acquisitions else TiffStackSink
+        return lambda: sink(settings)
 
     def _batch_writer_factory(self) -> Callable[[int], BatchWriter] | None:
         return None if self.sink_options.stack else super()._batch_writer_factory()

@@ -103,7 +103,8 @@ class TiffStackSink(RoutedSink[str, _Open]):
         settled.add(self._limit_open_files(self._settings.max_open_files))
         opened.used = time.monotonic()
         container = opened.container
-        index = container.append(key, item.payload, item.metadata, received=item.received)
+        first = self._first_page(route) if opened.frames == 0 else None
+        index = container.append(key, item.payload, item.metadata, received=item.received, acquisition=first)
         if index < container.committed_length:  # resumed, and already committed before the crash
             settled.archived.append(item)
             return settled
@@ -113,6 +114,10 @@ class TiffStackSink(RoutedSink[str, _Open]):
         return settled
 
     # ------------------------------------------------------------------ files
+    def _first_page(self, route: str) -> Mapping[str, Any] | None:
+        """What the record of a stack's first page keeps besides the frame's (a hook: the acquisition)."""
+        return None
+
     def _key(self, item: Item) -> ItemKey:
         """The item's key, a pure function of what arrived (the spool keeps that exactly), computed on the writer."""
         sequence = sequence_of(item, self._settings.sequence_key)

@@ -205,11 +205,19 @@ class TiffStackContainer(Container):
         return sum(p.frame.nbytes for p in self._pending)
 
     def append(
-        self, key: ItemKey, data: np.ndarray, metadata: Mapping[str, Any], *, received: float | None = None
+        self,
+        key: ItemKey,
+        data: np.ndarray,
+        metadata: Mapping[str, Any],
+        *,
+        received: float | None = None,
+        acquisition: Mapping[str, Any] | None = None,
     ) -> int:
         """Give the frame the next index (or the one its key already has); written at the next commit.
 
-        The container keeps a reference to ``data`` until then: the caller must not change it.
+        ``acquisition`` (the camera acquisition's number, start and configuration) goes into the page's record
+        as ``acquisition``; the TIFF acquisition sink gives it to the first page of each stack. The container
+        keeps a reference to ``data`` until the commit: the caller must not change it.
         """
         self._check_open()
         known = self._index.get(key.key_id())
@@ -229,6 +237,8 @@ class TiffStackContainer(Container):
             "key": key.key_id(), "source": key.source, "sequence": key.sequence, "digest": key.digest,
             "received": when, "metadata": metadata,
         }  # fmt: skip
+        if acquisition is not None:
+            record["acquisition"] = acquisition
         index = self._committed + len(self._pending)
         self._pending.append(_Pending(np.ascontiguousarray(frame), key, lossless_json(record)))
         self._index[key.key_id()] = index
@@ -325,7 +335,8 @@ class TiffStackContainer(Container):
 
 def read_records(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Per page of a stack, in order, the record stored with it: ``key`` (the item key id), ``source``,
-    ``sequence``, ``digest``, ``received`` (seconds since the epoch) and ``metadata`` (as it arrived, in JSON).
+    ``sequence``, ``digest``, ``received`` (seconds since the epoch) and ``metadata`` (as it arrived, in JSON);
+    with ``acquisitions=True`` the first page's also has ``acquisition`` (number, start, configuration).
 
     Reads the pages a reader sees (the linked chain, complete pages only), without tifffile; with tifffile
     the same text is ``json.loads(page.tags[65000].value)``.
