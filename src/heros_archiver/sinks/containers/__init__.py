@@ -44,8 +44,11 @@ __all__ = [
     "Container",
     "ContainerBusyError",
     "ContainerCapabilities",
+    "FrameStack",
     "ItemKey",
     "ItemMismatchError",
+    "STORABLE_KINDS",
+    "check_frame",
 ]
 
 
@@ -272,3 +275,64 @@ class Container(ABC):
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+#: dtype kinds a frame stack stores: booleans, integers, floats, complex
+STORABLE_KINDS = "biufc"
+
+
+class FrameStack(Container):
+    """A container of frames that keeps those appended since its last commit in ``_pending`` (each with its
+    array as ``.frame``) and counts the committed ones in ``_committed``: what every such container reports
+    the same way, kept here once (HDF5, Zarr append, TIFF stack)."""
+
+    _pending: list[Any]
+    _committed: int
+
+    @property
+    def committed_length(self) -> int:
+        """Frames committed (monotonic while open; recovered from the container at reopen)."""
+        return self._committed
+
+    @property
+    def pending(self) -> int:
+        """Frames appended and not yet committed (held in memory until ``commit``)."""
+        return len(self._pending)
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes of the frames waiting for the next commit (the caller's measure for committing early)."""
+        return sum(p.frame.nbytes for p in self._pending)
+
+
+def check_frame(
+    data: Any,
+    source: str,
+    path: Path,
+    dataset: str,
+    where: str,
+    fixed: tuple[tuple[int, ...], np.dtype[Any]] | None,
+    no_empty_axes: str,
+) -> None:
+    """Refuse what a stack of numeric frames cannot hold: not a numeric array, a first frame with an empty axis
+    (``no_empty_axes`` says why the format cannot), or another shape or dtype than ``fixed`` (the first frame's).
+
+    ``where`` names the stack in messages (e.g. "dataset 'cam/data' in run.h5")."""
+    if not isinstance(data, np.ndarray) or data.dtype.kind not in STORABLE_KINDS or data.dtype.fields:
+        arrived = f"{type(data).__name__}" + (f" of dtype {data.dtype}" if isinstance(data, np.ndarray) else "")
+        raise PayloadError(
+            f"item from {source!r} for {where}: expected a numpy array of numbers or booleans, got {arrived}"
+        )
+    if fixed is None:
+        if 0 in data.shape:
+            raise PayloadError(
+                f"item from {source!r} for {where}: expected a first frame without empty axes ({no_empty_axes}), "
+                f"got shape {data.shape}"
+            )
+        return
+    shape, dtype = fixed
+    if data.shape != shape or data.dtype != dtype:
+        raise ItemMismatchError(
+            path=path, dataset=dataset, source=source, expected_shape=shape, expected_dtype=str(dtype),
+            shape=tuple(data.shape), dtype=str(data.dtype),
+        )  # fmt: skip

@@ -42,8 +42,8 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
-from ...errors import ConfigurationError, PayloadError, StorageError, TargetExistsError
-from . import CommitReport, Container, ContainerCapabilities, ItemKey, ItemMismatchError, lossless_json
+from ...errors import ConfigurationError, StorageError, TargetExistsError
+from . import CommitReport, ContainerCapabilities, FrameStack, ItemKey, check_frame, lossless_json
 from .hdf5_acquisition import GROUP as ACQUISITION_GROUP
 from .hdf5_acquisition import check_same, write_end, write_group
 from .hdf5_columns import Columns, Row, read_archive_row, read_metadata, write_block
@@ -70,7 +70,6 @@ DEFAULT_COMPRESSION: Compression = "none"
 #: ends inside them, which costs compressed files their ratio (1.63 -> 1.05 at 128 per chunk, decision 0017).
 CHUNK_TARGET_BYTES = 1 << 16
 _MAX_AUTO_FRAMES = 1024
-_STORABLE_KINDS = "biufc"
 _STACK_BELOW_BYTES = 1 << 16
 
 
@@ -95,7 +94,7 @@ class _Pending:
     row: Row
 
 
-class Hdf5Container(Container):
+class Hdf5Container(FrameStack):
     """Frames of one stack appended to one HDF5 file, with SWMR readers and crash recovery.
 
     ``path`` is the file (already rendered and confined by the caller), ``dataset_path`` the frames'
@@ -291,21 +290,6 @@ class Hdf5Container(Container):
             self._file.swmr_mode = True
 
     # ------------------------------------------------------------------------------------------ writing
-    @property
-    def committed_length(self) -> int:
-        """Frames committed (monotonic while open; recovered from ``archive/committed_length`` at reopen)."""
-        return self._committed
-
-    @property
-    def pending(self) -> int:
-        """Frames appended and not yet committed (held in memory until ``commit``)."""
-        return len(self._pending)
-
-    @property
-    def pending_bytes(self) -> int:
-        """Bytes of frames held for the next commit (the caller's measure for committing early)."""
-        return sum(p.frame.nbytes for p in self._pending)
-
     def append(
         self, key: ItemKey, data: np.ndarray, metadata: Mapping[str, Any], *, received: float | None = None
     ) -> int:
@@ -331,23 +315,9 @@ class Hdf5Container(Container):
         return index
 
     def _check_fits(self, key: ItemKey, data: Any) -> None:
-        if not isinstance(data, np.ndarray) or data.dtype.kind not in _STORABLE_KINDS or data.dtype.fields:
-            arrived = f"{type(data).__name__}" + (f" of dtype {data.dtype}" if isinstance(data, np.ndarray) else "")
-            raise PayloadError(
-                f"item from {key.source!r} for dataset {self.dataset_path!r} in {self.path}: expected a numpy "
-                f"array of numbers or booleans, got {arrived}"
-            )
-        if self._frames is None and 0 in data.shape:
-            raise PayloadError(
-                f"item from {key.source!r} for dataset {self.dataset_path!r} in {self.path}: expected a first frame "
-                f"without empty axes (HDF5 cannot chunk them), got shape {data.shape}"
-            )
-        if self._frames is not None and (data.shape != self._frame_shape or data.dtype != self._frame_dtype):
-            raise ItemMismatchError(
-                path=self.path, dataset=self.dataset_path, source=key.source,
-                expected_shape=self._frame_shape, expected_dtype=str(self._frame_dtype),
-                shape=tuple(data.shape), dtype=str(data.dtype),
-            )  # fmt: skip
+        fixed = None if self._frames is None else (self._frame_shape, self._frame_dtype)
+        where = f"dataset {self.dataset_path!r} in {self.path}"
+        check_frame(data, key.source, self.path, self.dataset_path, where, fixed, "HDF5 cannot chunk them")
 
     def commit(self) -> CommitReport:
         """Write the pending frames and their columns, flush, record the committed length, flush again."""

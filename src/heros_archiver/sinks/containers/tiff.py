@@ -39,9 +39,9 @@ from ...storage.atomic import unique_names
 from ...storage.confinement import open_directory
 from . import (
     CommitReport,
-    Container,
     ContainerBusyError,
     ContainerCapabilities,
+    FrameStack,
     ItemKey,
     ItemMismatchError,
     lossless_json,
@@ -98,7 +98,7 @@ class _Pending:
     extra: bytes
 
 
-class TiffStackContainer(Container):
+class TiffStackContainer(FrameStack):
     """Frames of one stack appended as pages of one BigTIFF; see the module docstring.
 
     ``path`` is the file, already rendered and confined by the caller; with ``root`` its directory is also
@@ -189,21 +189,6 @@ class TiffStackContainer(Container):
         self._sync()
 
     # ------------------------------------------------------------------------------------------ writing
-    @property
-    def committed_length(self) -> int:
-        """Pages committed (linked into the chain; recovered from the file at reopen)."""
-        return self._committed
-
-    @property
-    def pending(self) -> int:
-        """Frames appended and not yet committed (held in memory until ``commit``)."""
-        return len(self._pending)
-
-    @property
-    def pending_bytes(self) -> int:
-        """Bytes of the frames waiting for the next commit."""
-        return sum(p.frame.nbytes for p in self._pending)
-
     def append(
         self,
         key: ItemKey,

@@ -40,18 +40,18 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
-from ...errors import ArchiverError, ConfigurationError, PayloadError, StorageError, TargetExistsError, storage_error
+from ...errors import ArchiverError, ConfigurationError, StorageError, TargetExistsError, storage_error
 from ...formats.base import Content
 from ...formats.zarr_v3 import load_zarr
 from ...storage.atomic import unique_names, write_atomic
 from ...storage.confinement import open_directory
 from . import (
     CommitReport,
-    Container,
     ContainerBusyError,
     ContainerCapabilities,
+    FrameStack,
     ItemKey,
-    ItemMismatchError,
+    check_frame,
     lossless_json,
 )
 from .zarr_columns import ATTRIBUTE, COLUMN_ROWS, Column, Columns, Row, read_archive_row, read_metadata
@@ -86,7 +86,6 @@ OnExists = Literal["error", "append", "unique"]
 SHARD_TARGET_BYTES = 32 << 20
 MAX_AUTO_SHARD_FRAMES = 1000
 FORMAT_VERSION = 1
-_STORABLE_KINDS = "biufc"
 _RESERVED_NAMES = frozenset({"metadata", "archive", "zarr.json"})
 
 
@@ -96,7 +95,7 @@ class _Pending:
     row: Row
 
 
-class ZarrAppendContainer(Container):
+class ZarrAppendContainer(FrameStack):
     """Frames of one array appended to a Zarr v3 store, sharded, with atomic commits and crash recovery.
 
     ``store`` is the store's directory (rendered and confined by the caller; ``root`` the archive root its
@@ -330,20 +329,6 @@ class ZarrAppendContainer(Container):
         self._set_document(document)
 
     # ------------------------------------------------------------------------------------------ writing
-    @property
-    def committed_length(self) -> int:
-        """Frames committed (monotonic while open; the frames' ``zarr.json`` shape at reopen)."""
-        return self._committed
-
-    @property
-    def pending(self) -> int:
-        """Frames appended and not yet committed (held in memory until ``commit``)."""
-        return len(self._pending)
-
-    @property
-    def pending_bytes(self) -> int:
-        return sum(p.frame.nbytes for p in self._pending)
-
     def append(
         self, key: ItemKey, data: np.ndarray, metadata: Mapping[str, Any], *, received: float | None = None
     ) -> int:
@@ -370,23 +355,9 @@ class ZarrAppendContainer(Container):
         return index
 
     def _check_fits(self, key: ItemKey, data: Any) -> None:
+        fixed = None if self._document is None else (self._frame_shape, self._frame_dtype)
         where = f"array {self.array_path!r} in {self.path}"
-        if not isinstance(data, np.ndarray) or data.dtype.kind not in _STORABLE_KINDS or data.dtype.fields:
-            arrived = f"{type(data).__name__}" + (f" of dtype {data.dtype}" if isinstance(data, np.ndarray) else "")
-            raise PayloadError(
-                f"item from {key.source!r} for {where}: expected a numpy array of numbers or booleans, got {arrived}"
-            )
-        if self._document is None and 0 in data.shape:
-            raise PayloadError(
-                f"item from {key.source!r} for {where}: expected a first frame without empty axes (a Zarr chunk "
-                f"cannot have one), got shape {data.shape}"
-            )
-        if self._document is not None and (data.shape != self._frame_shape or data.dtype != self._frame_dtype):
-            raise ItemMismatchError(
-                path=self.path, dataset=self.array_path, source=key.source,
-                expected_shape=self._frame_shape, expected_dtype=str(self._frame_dtype),
-                shape=tuple(data.shape), dtype=str(data.dtype),
-            )  # fmt: skip
+        check_frame(data, key.source, self.path, self.array_path, where, fixed, "a Zarr chunk cannot have one")
 
     def commit(self) -> CommitReport:
         """Write the shards and column chunks of the pending frames, then the columns' and last the frames'
