@@ -12,7 +12,7 @@ Each frame is committed before its entry leaves the store. h5py is imported only
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,14 +21,13 @@ from ..naming.templates import PathTemplate
 from ..pipeline.queueing import Item
 from ..sinks.writer import _refuse_reserved
 from .deadletter import DeadLetter
+from .records import NONE, strict_fields
 
 if TYPE_CHECKING:
     from ..sinks.hdf5 import Hdf5Sink
 
 #: The ``kind`` an Hdf5Archiver's writer settings carry (file archivers' settings have no ``kind``).
 HDF5_KIND = "hdf5"
-
-_NONE = type(None)
 
 
 @dataclass
@@ -55,26 +54,7 @@ class Hdf5WriterSettings:
     def from_dict(cls, data: Any) -> Hdf5WriterSettings:
         """Inverse of ``to_dict``, strict (the dict comes from a file that may have been edited): every field,
         nothing else, each of its JSON type (``true`` is no number, ``1`` no boolean)."""
-        names = [item.name for item in fields(cls)]
-        if not isinstance(data, dict):
-            raise ConfigurationError(f"hdf5 writer settings: expected a JSON object, got {type(data).__name__}")
-        unknown = sorted(str(key) for key in data if key not in names)
-        missing = [name for name in names if name not in data]
-        if unknown or missing:
-            raise ConfigurationError(
-                f"hdf5 writer settings: expected exactly the fields {names}, got unknown {unknown} and missing "
-                f"{missing}"
-            )
-        for name, kinds in _FIELD_TYPES.items():
-            if type(data[name]) not in kinds:
-                expected = " or ".join("null" if kind is _NONE else kind.__name__ for kind in kinds)
-                raise ConfigurationError(
-                    f"hdf5 writer settings field {name!r}: expected {expected}, got {type(data[name]).__name__} "
-                    f"{data[name]!r:.100}"
-                )
-        if data["kind"] != HDF5_KIND:
-            raise ConfigurationError(f"hdf5 writer settings field 'kind': expected {HDF5_KIND!r}, got {data['kind']!r}")
-        return cls(**data)
+        return cls(**strict_fields(cls, data, "hdf5 writer settings", _FIELD_TYPES, HDF5_KIND))
 
 
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {
@@ -83,12 +63,12 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "dataset_template": (str,),
     "root": (str,),
     "compression": (str,),
-    "frames_per_chunk": (int, _NONE),
+    "frames_per_chunk": (int, NONE),
     "on_exists": (str,),
     "fsync": (bool,),
-    "max_frames": (int, _NONE),
-    "max_bytes": (int, _NONE),
-    "sequence_key": (str, _NONE),
+    "max_frames": (int, NONE),
+    "max_bytes": (int, NONE),
+    "sequence_key": (str, NONE),
 }
 
 

@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ConfigurationError
 from .deadletter import DeadLetter
+from .records import strict_fields
 
 if TYPE_CHECKING:
     from ..sinks.zarr_arrays import ZarrArrayWriter
@@ -47,26 +47,8 @@ class ZarrWriterSettings:
         """Inverse of ``to_dict``, strict (the dict comes from a file that may have been edited): every field,
         nothing else, each of its JSON type (``true`` is no number). Values are checked where they are used
         (``ZarrArrayWriter``: the choices, the level's range, the templates)."""
-        names = [item.name for item in fields(cls)]
-        if not isinstance(data, dict):
-            raise ConfigurationError(f"zarr writer settings: expected a JSON object, got {type(data).__name__}")
-        unknown = sorted(str(key) for key in data if key not in names)
-        missing = [name for name in names if name not in data]
-        if unknown or missing:
-            raise ConfigurationError(
-                f"zarr writer settings: expected exactly the fields {names}, got unknown {unknown} and missing "
-                f"{missing}"
-            )
-        for name in names:
-            expected = int if name == "compression_level" else str
-            if type(data[name]) is not expected:  # exact: a bool is no level
-                raise ConfigurationError(
-                    f"zarr writer settings field {name!r}: expected {expected.__name__}, "
-                    f"got {type(data[name]).__name__} {data[name]!r:.100}"
-                )
-        if data["kind"] != ZARR_KIND:
-            raise ConfigurationError(f"zarr writer settings field 'kind': expected {ZARR_KIND!r}, got {data['kind']!r}")
-        return cls(**data)
+        field_types = {item.name: (int,) if item.name == "compression_level" else (str,) for item in fields(cls)}
+        return cls(**strict_fields(cls, data, "zarr writer settings", field_types, ZARR_KIND))
 
 
 class ZarrReplay:
