@@ -100,13 +100,8 @@ class FileArchiver(HERODataArchiver):
         self._writer = FileWriter(self._settings, files.writeback_window)
         self.name_template = self._writer.template
         self.root = self._writer.root
-        if self.root == Path(self.root.anchor):
-            log.warning("archive root is %s: paths are not confined; pass root=... to confine them", self.root)
-            return
-        _refuse_linked_state_directory(self.root)
-        removed = remove_stale_temporaries(self.root)
-        if removed:
-            log.warning("removed %d stale temporary file(s) under %s left by an earlier run", removed, self.root)
+        if check_root(self.root):
+            clean_stale_temporaries(self.root)
 
     def _default_dead_letter_dir(self) -> Path:
         return self.root / DEAD_LETTER_SUBDIR
@@ -168,8 +163,12 @@ class FileArchiver(HERODataArchiver):
         return self._settings.fsync
 
 
-def _refuse_linked_state_directory(root: Path) -> None:
-    """The archiver's own directory under the root must be a directory, not a symlink (pointing anywhere)."""
+def check_root(root: Path) -> bool:
+    """Whether paths are confined under ``root``: not when it is ``/`` (warned); otherwise the archiver's own
+    directory under it must be a directory, not a symlink (pointing anywhere) nor a file."""
+    if root == Path(root.anchor):
+        log.warning("archive root is %s: paths are not confined; pass root=... to confine them", root)
+        return False
     state = root / STATE_DIR_NAME
     if state.is_symlink():
         raise ConfigurationError(
@@ -179,6 +178,14 @@ def _refuse_linked_state_directory(root: Path) -> None:
         )
     if state.exists() and not state.is_dir():
         raise ConfigurationError(f"{state}: expected the archiver's own directory under {root}, found a file")
+    return True
+
+
+def clean_stale_temporaries(root: Path) -> None:
+    """Remove the temporaries that the records of dead processes point to (no walk of the archive), and say so."""
+    removed = remove_stale_temporaries(root)
+    if removed:
+        log.warning("removed %d stale temporary file(s) under %s left by an earlier run", removed, root)
 
 
 class ArrayArchiver(FileArchiver):

@@ -26,7 +26,7 @@ from ..state.replay_hdf5 import HDF5_KIND, Hdf5WriterSettings
 from ..state.statedir import DEAD_LETTER_SUBDIR
 from .acquisitions import AcquisitionMarkers, AcquisitionTracker, check_templates
 from .base import HERODataArchiver
-from .files import _refuse_linked_state_directory
+from .files import check_root
 from .options import (
     DEFAULT_FLUSH_BYTES,
     DEFAULT_FLUSH_FRAMES,
@@ -124,10 +124,7 @@ class Hdf5Archiver(AcquisitionMarkers, HERODataArchiver):
         self._file_paths = RenderCache(self.name_template)
         self._datasets = RenderCache(self._dataset)
         self._receive_times = DistinctReceiveTimes()
-        if self.root == Path(self.root.anchor):
-            log.warning("archive root is %s: paths are not confined; pass root=... to confine them", self.root)
-        else:
-            _refuse_linked_state_directory(self.root)
+        check_root(self.root)
 
     def _default_dead_letter_dir(self) -> Path:
         return self.root / DEAD_LETTER_SUBDIR

@@ -25,9 +25,8 @@ from ..saferepr import safe_repr
 from ..sinks.base import ContainerSink
 from ..sinks.writer import _refuse_reserved
 from ..state.statedir import DEAD_LETTER_SUBDIR
-from ..storage.temporaries import remove_stale_temporaries
 from .base import HERODataArchiver
-from .files import _refuse_linked_state_directory
+from .files import check_root, clean_stale_temporaries
 from .options import (
     DEFAULT_FLUSH_BYTES,
     DEFAULT_IDLE_TIMEOUT,
@@ -153,15 +152,11 @@ class ParquetArchiver(HERODataArchiver):
         keep = "random" not in options.file_template and "received" not in names  # a date and an hour: keyed
         self._routes: dict[tuple[Any, ...], str] | None = {} if keep else None
         self._recovered: dict[str, set[bytes]] = {}
-        if self.root == Path(self.root.anchor):
-            log.warning("archive root is %s: paths are not confined; pass root=... to confine them", self.root)
+        if not check_root(self.root):
             return
-        _refuse_linked_state_directory(self.root)
         for found in recover_journals(str(self.root)):
             self._recovered.setdefault(str(found.target), set()).update(found.keys)
-        removed = remove_stale_temporaries(self.root)
-        if removed:
-            log.warning("removed %d stale temporary file(s) under %s left by an earlier run", removed, self.root)
+        clean_stale_temporaries(self.root)
 
     def _default_dead_letter_dir(self) -> Path:
         return self.root / DEAD_LETTER_SUBDIR

@@ -21,7 +21,7 @@ from ..storage.atomic import Fsync, OnExists
 from ..storage.staged_trees import remove_stale_staging
 from ..storage.writeback import WritebackWindow
 from .base import HERODataArchiver
-from .files import _refuse_linked_state_directory
+from .files import check_root
 from .options import DEFAULT_WRITEBACK_WINDOW, ZarrOptions
 
 log = logging.getLogger("heros_archiver")
@@ -88,11 +88,10 @@ class ZarrArchiver(HERODataArchiver):
         )
         self.root = self._writer.root
         self.name_template = self._writer.store
-        if self._writer.confine_root is None:
-            log.warning("archive root is %s: paths are not confined; pass root=... to confine them", self.root)
+        confine_root = self._writer.confine_root  # None exactly when the root is / (check_root warns then)
+        if not check_root(self.root) or confine_root is None:
             return
-        _refuse_linked_state_directory(self.root)
-        removed = remove_stale_staging(str(self.root), self._writer.confine_root)
+        removed = remove_stale_staging(str(self.root), confine_root)
         if removed:
             log.warning("removed %d half-built Zarr array(s) left by an earlier run under %s", removed, self.root)
 

@@ -23,9 +23,8 @@ from ..sinks.containers.zarr_shards import DEFAULT_COMPRESSION
 from ..sinks.containers.zarr_trash import empty as empty_trash
 from ..sinks.writer import _refuse_reserved
 from ..state.statedir import DEAD_LETTER_SUBDIR
-from ..storage.atomic import remove_stale_temporaries
 from .base import HERODataArchiver
-from .files import _refuse_linked_state_directory
+from .files import check_root, clean_stale_temporaries
 from .options import (
     DEFAULT_FLUSH_BYTES,
     DEFAULT_FLUSH_FRAMES,
@@ -96,13 +95,9 @@ class ZarrAppendArchiver(HERODataArchiver):
         self.name_template = PathTemplate(options.store_template, root)
         self.root = self.name_template.root
         self._array = PathTemplate(options.array_template, self.root)
-        if self.root == Path(self.root.anchor):
-            log.warning("archive root is %s: paths are not confined; pass root=... to confine them", self.root)
+        if not check_root(self.root):
             return
-        _refuse_linked_state_directory(self.root)
-        removed = remove_stale_temporaries(self.root)
-        if removed:
-            log.warning("removed %d stale temporary file(s) under %s left by an earlier run", removed, self.root)
+        clean_stale_temporaries(self.root)
         freed = empty_trash(str(self.root))
         if freed:
             log.info("freed %d old version(s) of Zarr objects an earlier run had replaced", freed)
