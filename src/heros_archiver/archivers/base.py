@@ -16,7 +16,7 @@ import threading
 import time
 import weakref
 from abc import abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ import zenoh
 from heros import EventObserver
 
 from ..errors import ArchiverError, ConfigurationError, PayloadError
+from ..observe.listeners import Listener
 from ..pipeline.accounting import SETTLED, Accounting
 from ..pipeline.core import Pipeline
 from ..pipeline.options import DEFAULT_BLOCK_LIMIT, DEFAULT_MAX_QUEUE_BYTES, DEFAULT_MAX_QUEUE_ITEMS, PipelineOptions
@@ -123,6 +124,8 @@ class HERODataArchiver(EventObserver):
             makes, returns the sink to use instead, of the same kind, e.g. the fault wrappers of
             ``heros_archiver.testing.faults`` (slow storage, storage that fails). The JSON archiver's helper
             processes are not used then, so that every item passes the wrapper (decision 0021).
+        listeners: for tests and instrumentation (not for BOSS configs): ``heros_archiver.observe.listeners.Listener``
+            objects told of every item's outcome (archived, with where it went; dead-lettered; dropped).
     """
 
     metadata: dict[str, Any]
@@ -152,6 +155,7 @@ class HERODataArchiver(EventObserver):
         spool_dir: str | None = None,
         zenoh_shared_memory: bool | None = None,
         sink_wrapper: Callable[[Sink], Sink] | None = None,
+        listeners: Sequence[Listener] = (),
         **kwargs: Any,
     ) -> None:
         self._close_lock = threading.Lock()
@@ -178,6 +182,7 @@ class HERODataArchiver(EventObserver):
             spool_dir,
             zenoh_shared_memory,
             sink_wrapper,
+            tuple(listeners) if isinstance(listeners, (list, tuple)) else listeners,  # type: ignore[arg-type]
         )
         self._buffered_intakes: list[BufferedIntake] = []
         #: subscriptions to more events of the same HEROs (``_subscribe_event``), undeclared with the first
@@ -208,6 +213,8 @@ class HERODataArchiver(EventObserver):
             self._container_sink_factory(),
             self._router,
             self.options.sink_wrapper,
+            sequence_key,
+            self._listeners(),
         )
         if zenoh_shared_memory is None:
             zenoh_shared_memory = shared_memory_is_safe(installed_zenoh_version())
@@ -275,6 +282,11 @@ class HERODataArchiver(EventObserver):
     def _item_router(self) -> Callable[[Item], None] | None:
         """Sets ``item.route`` (the container an item goes to) on receipt, once (None: lanes by source)."""
         return None
+
+    def _listeners(self) -> list[Listener]:
+        """The listeners of every item's outcome (``observe``), made before the pipeline starts: those given as
+        ``listeners`` here; subclasses add their own."""
+        return list(self.options.listeners)
 
     def _store_item(self, item: Item) -> None:
         """Write one queued item (the pipeline's entry point); subclasses may use what the item knows."""

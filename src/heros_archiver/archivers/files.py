@@ -150,7 +150,10 @@ class FileArchiver(HERODataArchiver):
             super()._store_item(item)
             return
         # item.metadata was merged with the default metadata when the event arrived (feed)
-        self._writer.write(item.source, item.payload, item.metadata, resumed=item.resumed)
+        if self._pipeline.hub.active:
+            item.locations = self._writer.write_located(item.source, item.payload, item.metadata, item.resumed)
+        else:
+            self._writer.write(item.source, item.payload, item.metadata, resumed=item.resumed)
 
     @property
     def on_exists(self) -> OnExists:

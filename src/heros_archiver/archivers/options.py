@@ -22,6 +22,7 @@ from ..checks import check_choice, check_integer, check_seconds
 from ..errors import ConfigurationError
 from ..formats.zarr_v3 import CHUNKINGS as ZARR_CHUNKINGS
 from ..formats.zarr_v3 import COMPRESSIONS as ZARR_COMPRESSIONS
+from ..observe.listeners import Listener
 from ..pipeline.options import PipelineOptions
 from ..sinks.base import Sink
 from ..sinks.containers.hdf5 import COMPRESSIONS, DEFAULT_COMPRESSION
@@ -96,6 +97,8 @@ class ArchiverOptions:
     zenoh_shared_memory: bool | None = None
     #: for tests and instrumentation: given each sink the pipeline makes, returns the one to use
     sink_wrapper: Callable[[Sink], Sink] | None = None
+    #: for tests and instrumentation: told of every item's outcome, beside the archiver's own (``observe``)
+    listeners: tuple[Listener, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("object_selector", "event_name"):
@@ -116,6 +119,11 @@ class ArchiverOptions:
         if self.sink_wrapper is not None and not callable(self.sink_wrapper):
             raise ConfigurationError(
                 f"sink_wrapper: expected a callable (sink -> sink) or None, got {self.sink_wrapper!r:.200}"
+            )
+        if not isinstance(self.listeners, tuple) or not all(isinstance(one, Listener) for one in self.listeners):
+            raise ConfigurationError(
+                "listeners: expected a sequence of heros_archiver.observe.listeners.Listener, "
+                f"got {self.listeners!r:.200}"
             )
 
 

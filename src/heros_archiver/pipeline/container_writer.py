@@ -131,8 +131,8 @@ class ContainerWriter:
         if not settled.archived and not settled.failed:
             return  # the usual outcome of an append
         pipeline = self._pipeline
+        pipeline._archived(settled.archived)
         for item in settled.archived:
-            pipeline._accounting.archived(item.source, item.nbytes)
             pipeline.spool.done(item)
         for check in settled.checks:
             pipeline._accounting.acquisition_checked(check.source, check.expected, check.held)

@@ -13,10 +13,11 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, cast
 
 from ..errors import ArchiverError, ConfigurationError
+from ..observe.listeners import Listener, ListenerHub
 from ..sinks.base import ContainerSink, FileSink, Sink
 from ..sinks.batching import BatchWriter
 from ..state.deadletter import DeadLetterStore
@@ -61,6 +62,9 @@ class Pipeline(Submission, Writers):
         sink_wrapper: given every sink made here (the file sink, each lane's container sink), returns the sink
             to use instead, of the same kind: fault wrappers in tests (``heros_archiver.testing.faults``),
             instrumentation. With it the batch writer is not used, so that every item reaches the wrapper.
+        sequence_key: the metadata key whose value outcomes carry as the item's sequence value.
+        listeners: told of every item's outcome (``observe.listeners``); with any, the sinks report where
+            each item went (``Item.locations``), which costs a checksum per item.
     """
 
     def __init__(
@@ -78,8 +82,14 @@ class Pipeline(Submission, Writers):
         container_sink: Callable[[], ContainerSink] | None = None,
         route: Callable[[Item], None] | None = None,
         sink_wrapper: Callable[[Sink], Sink] | None = None,
+        sequence_key: str | None = None,
+        listeners: Sequence[Listener] = (),
     ) -> None:
         self._event = event
+        self.hub = ListenerHub(event)
+        for listener in listeners:  # before any thread: the items resumed from the spool are told too
+            self.hub.add(listener)
+        self._sequence_key = sequence_key
         self._sink = _wrapped(FileSink(store), sink_wrapper)
         #: one container sink per lane, made here so that a sink that cannot be made fails the constructor
         self._container_sinks = (
@@ -127,6 +137,9 @@ class Pipeline(Submission, Writers):
             if removed := entry_store.remove_stale_temporaries():
                 log.warning("removed %d half-written entries of a crashed run from %s", removed, entry_store.directory)
         self._batch_writer = batch_writer(options.writers) if batch_writer is not None else None
+        if self.hub.active:
+            for sink in [*(self._container_sinks or ()), *([self._batch_writer] if self._batch_writer else [])]:
+                sink.locate = True
         self._resumed = set(spool.pending())
         if self._resumed:
             log.warning("resuming %d spooled item(s) from %s", len(self._resumed), spool.directory)
@@ -187,6 +200,7 @@ class Pipeline(Submission, Writers):
                     len(self.spool),
                     self.spool.directory,
                 )
+            self.hub.close(max(1.0, deadline - time.monotonic()))
             self._stopped = True
 
     @property

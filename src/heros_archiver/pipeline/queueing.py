@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..observe.outcomes import Location
+
 
 @dataclass(slots=True)
 class Item:
@@ -41,6 +43,8 @@ class Item:
     #: what the archiver added on receipt for its templates (e.g. the acquisition it belongs to): not part of
     #: the metadata that arrived, kept beside it (also in the spool and the dead-letter store)
     context: dict[str, Any] | None = None
+    #: where its sink put it (set by the sink when it is written or committed; ``observe.outcomes``)
+    locations: tuple[Location, ...] = ()
 
     @property
     def lane_key(self) -> str:

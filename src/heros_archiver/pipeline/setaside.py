@@ -13,9 +13,11 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ..errors import ArchiverError, UnfaithfulError
+from ..observe.listeners import ListenerHub
+from ..observe.outcomes import Archived, DeadLettered, Dropped
 from ..saferepr import safe_str
 from ..sinks.base import ContainerSink, FileSink
 from ..sinks.batching import BatchWriter
@@ -31,6 +33,8 @@ log = logging.getLogger("heros_archiver")
 #: Seconds between two LOST log lines (the first is always logged; the count says how many in between).
 LOST_LOG_INTERVAL = 5.0
 
+OutcomeT = TypeVar("OutcomeT", Archived, DeadLettered, Dropped)
+
 #: store(item): writes one item or raises.
 StoreFunction = Callable[[Item], None]
 
@@ -41,6 +45,10 @@ class SetAside:
     _event: str
     options: PipelineOptions
     _accounting: Accounting
+    #: the listeners told of every item's outcome (``observe``)
+    hub: ListenerHub
+    #: the metadata key of the sequence value outcomes carry (None: none)
+    _sequence_key: str | None
     dead_letters: DeadLetterStore
     spool: Spool
     _queue: LaneQueue
@@ -140,6 +148,8 @@ class SetAside:
                 self._lost(item, message, f"only a description is kept in {written.path}: {written.lost}")
                 return
             self._accounting.add(item.source, "dead_lettered")
+            if self.hub.active:
+                self.hub.publish([self._outcome(DeadLettered, item, entry=str(written.path), error=message)])
             log.error(
                 "%s (event %s): %s; kept in the dead-letter store as %s after %d attempt(s)",
                 item.source,
@@ -149,6 +159,29 @@ class SetAside:
                 item.attempts,
             )
             return
+
+    def _archived(self, items: list[Item]) -> None:
+        """Count ``items`` (one commit's, or one file's) as archived and tell the listeners where they went."""
+        for item in items:
+            self._accounting.archived(item.source, item.nbytes)
+        if self.hub.active:
+            now = time.time()
+            self.hub.publish([self._outcome(Archived, item, locations=item.locations, committed=now) for item in items])
+
+    def _outcome(self, kind: type[OutcomeT], item: Item, **fields: Any) -> OutcomeT:
+        """The outcome ``kind`` of ``item``, with what every outcome holds and ``fields``."""
+        sequence = None if self._sequence_key is None else item.metadata.get(self._sequence_key)
+        if isinstance(sequence, bool) or not isinstance(sequence, int):
+            sequence = None
+        return kind(
+            source=item.source,
+            event=item.event or self._event,
+            sequence=sequence,
+            metadata=item.metadata,
+            received=item.received,
+            nbytes=item.nbytes,
+            **fields,
+        )
 
     def _backoff(self, attempt: int) -> float:
         """Exponential backoff with equal jitter: half the delay fixed, half random."""
@@ -163,6 +196,8 @@ class SetAside:
         """Count ``item`` as dropped (and under ``reason``, if given) and log it as LOST (the first always, then
         at most every ``LOST_LOG_INTERVAL`` seconds with the count since)."""
         self._accounting.lost(item.source, reason)
+        if self.hub.active:
+            self.hub.publish([self._outcome(Dropped, item, why=message)])
         now = time.monotonic()
         with self._count_lock:
             self._lost_count += 1

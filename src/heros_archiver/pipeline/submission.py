@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 
 from ..errors import ArchiverError, UnfaithfulError
+from ..observe.outcomes import Dropped
 from ..state.spool import Damaged
 from .queueing import Item
 from .setaside import LOST_LOG_INTERVAL, SetAside, log
@@ -194,6 +195,8 @@ class Submission(SetAside):
             self._dead_letter(item, ArchiverError("arrived while the archiver was stopping"))
             return
         self._accounting.add(item.source, "dropped")
+        if self.hub.active:
+            self.hub.publish([self._outcome(Dropped, item, why="queue full, overflow='drop'")])
         with self._count_lock:
             self._drop_logged += 1
             dropped = self._drop_logged

@@ -70,7 +70,7 @@ class Writers(SetAside):
             item.attempts += 1
             settled = True
             if outcome is None:
-                self._accounting.archived(item.source, item.nbytes)
+                self._archived([item])
             else:
                 settled = self._process(item, outcome)
         if settled:
@@ -107,7 +107,7 @@ class Writers(SetAside):
                         if ticket.errors:
                             failure = _writeback_failure(ticket.errors)
                     if failure is None:
-                        self._accounting.archived(item.source, item.nbytes)
+                        self._archived([item])
                         return True
             if not self._wait_for_retry(item, failure):
                 return True
@@ -126,7 +126,7 @@ class Writers(SetAside):
             with self._count_lock:
                 self._unsettled[lane] -= 1
             if not errors:
-                self._accounting.archived(item.source, item.nbytes)
+                self._archived([item])
             elif not self._process(item, _writeback_failure(errors)):
                 continue  # written again, and on its way to the device again
             self.spool.done(item)
@@ -172,7 +172,7 @@ class Writers(SetAside):
                 if errors:
                     self._set_aside(item, _writeback_failure(errors))
                 else:
-                    self._accounting.archived(item.source, item.nbytes)
+                    self._archived([item])
                     self.spool.done(item)
 
 

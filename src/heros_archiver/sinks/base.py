@@ -97,6 +97,10 @@ class ContainerSink(Sink):
 
     capabilities = SinkCapabilities(commit_points=True, single_writer=True)
 
+    #: set ``Item.locations`` of every item a commit reports (someone listens: ``observe``); the pipeline
+    #: sets it before the first append
+    locate: bool = False
+
     #: commit once this many items are pending ...
     flush_frames: int
     #: ... or this many bytes (held in memory, and counted within the queue's byte bound until committed) ...

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from ..pipeline.queueing import Item
 from ..storage.writeback import MIN_FILE_BYTES
 from .publisher import HelperGone, PublishHelper, Request, result_error
-from .writer import FileWriter
+from .writer import FileWriter, locate_file
 
 log = logging.getLogger("heros_archiver")
 
@@ -47,6 +47,8 @@ class Batch:
     helper: PublishHelper | None = None
     #: index into ``items`` of each file sent to the helper, in the order it answers
     sent: list[int] = field(default_factory=list)
+    #: with ``locate``: the content of each file sent, for its location (size and checksum)
+    contents: list[bytes] = field(default_factory=list)
 
 
 class BatchWriter:
@@ -54,6 +56,8 @@ class BatchWriter:
 
     def __init__(self, writer: FileWriter, lanes: int) -> None:
         self._writer = writer
+        #: set items' locations (``Item.locations``) as they are written: someone listens (``observe``)
+        self.locate = False
         self._helpers: list[PublishHelper | None] = []
         self._starts = [0] * lanes
         try:
@@ -98,6 +102,8 @@ class BatchWriter:
                 continue
             requests.append((self._writer.confine_root, path, data, settings.on_exists, settings.fsync))
             batch.sent.append(index)
+            if self.locate:
+                batch.contents.append(data)
         if requests:
             try:
                 helper.send(requests)
@@ -118,8 +124,10 @@ class BatchWriter:
                 self._lost(batch.lane, batch.helper, exc)
                 self._give_back(batch)
             else:
-                for index, result in zip(batch.sent, results, strict=True):
-                    batch.outcomes[index] = result_error(result)
+                for number, (index, result) in enumerate(zip(batch.sent, results, strict=True)):
+                    batch.outcomes[index] = error = result_error(result)
+                    if error is None and batch.contents:
+                        batch.items[index].locations = (locate_file(result[1], [batch.contents[number]]),)
         return list(zip(batch.items, batch.outcomes, strict=True))
 
     def _lost(self, lane: int, helper: PublishHelper, error: HelperGone) -> None:
@@ -147,6 +155,7 @@ class BatchWriter:
             batch.items[index].resumed = True
             batch.outcomes[index] = INLINE
         batch.sent = []
+        batch.contents = []
 
     def close(self) -> None:
         """Stop the helpers (each finishes what it was given first)."""

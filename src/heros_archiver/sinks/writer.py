@@ -18,6 +18,7 @@ from ..errors import ArchiverError, ConfigurationError, PathConfinementError, Pa
 from ..formats.base import Content
 from ..formats.npy import as_array
 from ..naming.templates import PathTemplate
+from ..observe.outcomes import Location, checksum
 from ..plugins import make_format
 from ..saferepr import safe_repr
 from ..state.statedir import STATE_DIR_NAME
@@ -134,12 +135,33 @@ class FileWriter:
 
     def write(self, source_name: str, payload: Any, metadata: dict[str, Any], resumed: bool = False) -> list[str]:
         """Write every file of one payload; on a failure midway remove this attempt's files and re-raise.
+        Returns the files written (not those found holding the same bytes already).
 
         A target that already holds exactly the bytes we would write counts as written, so replaying an
         item or resuming after a crash between writing and bookkeeping never duplicates a file. With
         ``on_exists="unique"`` that check needs ``resumed`` (the item may have been written before):
         otherwise two events with identical bytes are two files, as that policy promises.
         """
+        return self._write(source_name, payload, metadata, resumed, None)
+
+    def write_located(
+        self, source_name: str, payload: Any, metadata: dict[str, Any], resumed: bool = False
+    ) -> tuple[Location, ...]:
+        """``write``, returning where every file of the payload is (written now or found identical), with its
+        size and checksum (``observe.outcomes``). An identical file found under ``on_exists="unique"`` is
+        reported under the name planned, which may differ by its ``-N``."""
+        locations: list[Location] = []
+        self._write(source_name, payload, metadata, resumed, locations)
+        return tuple(locations)
+
+    def _write(
+        self,
+        source_name: str,
+        payload: Any,
+        metadata: dict[str, Any],
+        resumed: bool,
+        locations: list[Location] | None,
+    ) -> list[str]:
         written: list[str] = []
         try:
             for path, content in self.plan_text(source_name, payload, metadata):
@@ -149,6 +171,8 @@ class FileWriter:
                 )
                 if final is not None:
                     written.append(final)
+                if locations is not None:
+                    locations.append(locate_file(final or path, content))
         except BaseException:
             for done in written:
                 with contextlib.suppress(OSError, ArchiverError):
@@ -159,6 +183,12 @@ class FileWriter:
     def close(self) -> None:
         """Finish the files still in the writeback window (at shutdown)."""
         self.window.close()
+
+
+def locate_file(path: str, content: Content) -> Location:
+    """Where a file of ``content`` written at ``path`` is, with its size and checksum."""
+    size = sum(buffer.nbytes if isinstance(buffer, memoryview) else len(buffer) for buffer in content)
+    return Location(path, size, checksum(content))
 
 
 def _with_merged_metadata(payload: Mapping[str, Any], metadata: dict[str, Any]) -> dict[str, Any]:
