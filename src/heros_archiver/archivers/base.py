@@ -24,6 +24,7 @@ import zenoh
 from heros import EventObserver
 
 from ..errors import ArchiverError, ConfigurationError, PayloadError
+from ..observe.catalog import CatalogListener
 from ..observe.listeners import Listener
 from ..pipeline.accounting import SETTLED, Accounting
 from ..pipeline.core import Pipeline
@@ -126,6 +127,10 @@ class HERODataArchiver(EventObserver):
             processes are not used then, so that every item passes the wrapper (decision 0021).
         listeners: for tests and instrumentation (not for BOSS configs): ``heros_archiver.observe.listeners.Listener``
             objects told of every item's outcome (archived, with where it went; dead-lettered; dropped).
+        catalog: keep the catalog of the archive root (``<root>/.heros-archiver/catalog.sqlite``: every archived
+            item with its location, bytes, checksum and metadata, and every failure; ``heros-archiver ls``,
+            ``export``, ``verify`` read it). Default True; only archivers with an archive root have one. False
+            saves the per-item journal line and checksum (decision 0031).
     """
 
     metadata: dict[str, Any]
@@ -156,6 +161,7 @@ class HERODataArchiver(EventObserver):
         zenoh_shared_memory: bool | None = None,
         sink_wrapper: Callable[[Sink], Sink] | None = None,
         listeners: Sequence[Listener] = (),
+        catalog: bool = True,
         **kwargs: Any,
     ) -> None:
         self._close_lock = threading.Lock()
@@ -183,6 +189,7 @@ class HERODataArchiver(EventObserver):
             zenoh_shared_memory,
             sink_wrapper,
             tuple(listeners) if isinstance(listeners, (list, tuple)) else listeners,  # type: ignore[arg-type]
+            catalog,
         )
         self._buffered_intakes: list[BufferedIntake] = []
         #: subscriptions to more events of the same HEROs (``_subscribe_event``), undeclared with the first
@@ -199,23 +206,31 @@ class HERODataArchiver(EventObserver):
         spool_path = Path(spool_dir) if spool_dir else dead_letters.directory.parent / SPOOL_DIR_NAME
         spool = Spool(spool_path, event_name, durable)
         self._router = self._item_router()
-        self._pipeline = Pipeline(
-            event_name,
-            self._store_item,
-            self.options.pipeline,
-            self._accounting,
-            dead_letters,
-            spool,
-            lambda: self.max_retries,
-            self._writer_settings,
-            self._batch_writer_factory(),
-            self._writeback_tracker(),
-            self._container_sink_factory(),
-            self._router,
-            self.options.sink_wrapper,
-            sequence_key,
-            self._listeners(),
-        )
+        #: the catalog of the archive root (None: no root, or ``catalog=False``; made by ``_listeners``)
+        self._catalog: CatalogListener | None = None
+        listeners = self._listeners()
+        try:
+            self._pipeline = Pipeline(
+                event_name,
+                self._store_item,
+                self.options.pipeline,
+                self._accounting,
+                dead_letters,
+                spool,
+                lambda: self.max_retries,
+                self._writer_settings,
+                self._batch_writer_factory(),
+                self._writeback_tracker(),
+                self._container_sink_factory(),
+                self._router,
+                self.options.sink_wrapper,
+                sequence_key,
+                listeners,
+            )
+        except BaseException:
+            for listener in listeners:  # a pipeline that could not be made never closes them
+                listener.close()
+            raise
         if zenoh_shared_memory is None:
             zenoh_shared_memory = shared_memory_is_safe(installed_zenoh_version())
         self._shared_memory = zenoh_shared_memory
@@ -285,8 +300,29 @@ class HERODataArchiver(EventObserver):
 
     def _listeners(self) -> list[Listener]:
         """The listeners of every item's outcome (``observe``), made before the pipeline starts: those given as
-        ``listeners`` here; subclasses add their own."""
-        return list(self.options.listeners)
+        ``listeners``, and the catalog of the archive root; subclasses add their own."""
+        listeners = list(self.options.listeners)
+        root = self._catalog_root()
+        if self.options.catalog and root is not None:
+            self._catalog = CatalogListener(root, self._event, self._catalog_label, self._catalog_adoption())
+            listeners.append(self._catalog)
+        return listeners
+
+    def _catalog_root(self) -> Path | None:
+        """The archive root whose catalog this archiver keeps: ``self.root``, which every archiver with a root
+        sets in ``_setup_storage`` (None: no root, or ``/``, under which nothing is confined)."""
+        root = getattr(self, "root", None)
+        return root if isinstance(root, Path) and root != Path(root.anchor) else None
+
+    def _catalog_adoption(self) -> str | None:
+        """How the files of this archiver end (``.npy``), when it writes one file per item and reports them:
+        after a kill, a later start adopts those it had not yet journaled (None: not such an archiver)."""
+        return None
+
+    def _catalog_label(self) -> str:
+        """Who wrote an item, in the catalog: the HERO's name (or the class's), a colon and the event."""
+        name = getattr(self, "_name", None)
+        return f"{name if isinstance(name, str) and name else type(self).__name__}:{self._event}"
 
     def _store_item(self, item: Item) -> None:
         """Write one queued item (the pipeline's entry point); subclasses may use what the item knows."""
@@ -427,6 +463,7 @@ class HERODataArchiver(EventObserver):
         snapshot["object_selector"] = self._selector
         snapshot["dead_letter_dir"] = str(self._pipeline.dead_letters.directory)
         snapshot["spool_dir"] = str(self._pipeline.spool.directory)
+        snapshot["catalog"] = self._catalog.status() if self._catalog is not None else None
         return snapshot
 
     def is_queue_drained(self) -> bool:

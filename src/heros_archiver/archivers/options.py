@@ -99,6 +99,8 @@ class ArchiverOptions:
     sink_wrapper: Callable[[Sink], Sink] | None = None
     #: for tests and instrumentation: told of every item's outcome, beside the archiver's own (``observe``)
     listeners: tuple[Listener, ...] = ()
+    #: keep the catalog of the archive root (archivers with a root; decision 0031)
+    catalog: bool = True
 
     def __post_init__(self) -> None:
         for name in ("object_selector", "event_name"):
@@ -120,6 +122,8 @@ class ArchiverOptions:
             raise ConfigurationError(
                 f"sink_wrapper: expected a callable (sink -> sink) or None, got {self.sink_wrapper!r:.200}"
             )
+        if not isinstance(self.catalog, bool):
+            raise ConfigurationError(f"catalog: expected true or false, got {self.catalog!r:.200}")
         if not isinstance(self.listeners, tuple) or not all(isinstance(one, Listener) for one in self.listeners):
             raise ConfigurationError(
                 "listeners: expected a sequence of heros_archiver.observe.listeners.Listener, "

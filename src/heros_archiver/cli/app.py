@@ -1,4 +1,4 @@
-"""The ``heros-archiver`` command: demo, run, render, replay, formats."""
+"""The ``heros-archiver`` command: demo, run, render, replay, formats, ls, export."""
 
 from __future__ import annotations
 
@@ -275,3 +275,9 @@ def _progress(total: int, status: Callable[[], tuple[int, bool]]) -> None:
 def main() -> None:
     """Entry point of the ``heros-archiver`` command."""
     app()
+
+
+from .catalog_commands import export, ls  # noqa: E402 - the catalog's commands, in a module of their own
+
+app.command("ls")(ls)
+app.command()(export)

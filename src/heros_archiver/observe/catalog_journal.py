@@ -1,0 +1,295 @@
+"""The catalog's journal: each commit's outcomes appended as lines, on the writer thread, before they count.
+
+Writing SQLite on the writer thread would cost a transaction per commit; a queued listener would lose what it
+holds when the process is killed after the spool entry of an item was removed. So the catalog's listener is
+inline (``catalog.CatalogListener``): it appends the batch as lines to a file of its own, one ``os.write`` per
+batch (serialised by orjson), before the pipeline acknowledges the batch, and a thread applies the file to
+SQLite (``catalog_apply``). No fsync: the page cache survives a SIGKILL, and a journal line is no more durable
+than the file it describes (``fsync="none"`` by default); a power loss may lose the journal's tail.
+
+One journal per archiver and process, ``<root>/.heros-archiver/catalog-journal/<pid>-<start>-<n>-<segment>.jsonl``
+(``start``: the process's start time in clock ticks, so that a journal of a dead process is told from one of a
+live process that got the same PID; ``segment``: a journal is continued in a new file past ``SEGMENT_BYTES``).
+Its lines:
+
+* ``{...}``: the header (first line: archiver, event, pid, root, created, adopt) or a change of it; ``{"closed":
+  t}`` is the last line of a journal whose archiver stopped cleanly.
+* ``["a", source, event, sequence, received, committed, [[path, member, index, count, nbytes, checksum], ...]]``,
+  ``["d", source, event, sequence, received, time, entry, error]``, ``["x", source, event, sequence, received,
+  time, why]`` (archived, dead-lettered, dropped), then a tab and the metadata as JSON. JSON text never holds
+  a raw tab, so the metadata is stored in the catalog as it was written here, never decoded and encoded again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import re
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from ..saferepr import safe_repr, safe_str
+from .outcomes import Archived, DeadLettered, Outcome
+
+__all__ = ["JournalName", "JournalWriter", "encode_metadata", "encode_outcomes", "owner_alive", "process_start"]
+
+#: A journal is continued in a new file once it holds this many bytes (applied files are removed).
+SEGMENT_BYTES = 64 * 2**20
+#: Nesting kept of metadata that orjson refuses as it is; deeper values are written as their repr.
+_MAX_DEPTH = 64
+_INT64 = range(-(2**63), 2**63)
+_METADATA_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE
+_NAME = re.compile(r"(\d+)-(\d+)-(\d+)-(\d+)\.jsonl$")
+#: Journals made by this process so far (several archivers per process each have their own).
+_instances = itertools.count(1)
+
+
+# ------------------------------------------------------------------------------------------------ encoding
+def _as_text(value: Any) -> Any:
+    """orjson's fallback: numpy values it does not take as they are become numbers and lists, the rest text."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return safe_str(value)
+
+
+def _plain(value: Any, depth: int) -> Any:
+    """``value`` rewritten into what orjson takes: keys as text, integers beyond 64 bits as their digits,
+    text without lone surrogates, sets and tuples as lists; nested deeper than ``_MAX_DEPTH``, its repr."""
+    if depth > _MAX_DEPTH:
+        return safe_repr(value)
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "backslashreplace").decode("utf-8")
+        return value
+    if isinstance(value, bool) or value is None or isinstance(value, float):
+        return value
+    if isinstance(value, int):
+        return value if value in _INT64 else orjson.Fragment(str(int(value)).encode())
+    if isinstance(value, Mapping):
+        return {
+            (_plain(key, depth + 1) if isinstance(key, str) else safe_str(key)): _plain(item, depth + 1)
+            for key, item in value.items()
+        }
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_plain(item, depth + 1) for item in value]
+    if isinstance(value, np.ndarray):
+        return _plain(value.tolist(), depth + 1)
+    if isinstance(value, np.generic):
+        return _plain(value.item(), depth + 1)
+    return _as_text(value)
+
+
+def _dumps(value: Any, options: int) -> bytes:
+    """orjson, and for what it refuses as it is the same value made plain; never raises."""
+    try:
+        return orjson.dumps(value, default=_as_text, option=options)
+    except TypeError:  # orjson.JSONEncodeError: a big integer, a key that is no text, a surrogate, deep nesting
+        pass
+    try:
+        return orjson.dumps(_plain(value, 0), default=_as_text, option=options)
+    except Exception as exc:  # noqa: BLE001 - never fail on metadata: describe it instead
+        return orjson.dumps({"_unencodable": safe_repr(value), "_error": safe_str(exc)}, option=options)
+
+
+def encode_metadata(metadata: Mapping[str, Any]) -> bytes:
+    """The metadata as one line of JSON (a newline at its end), whatever it holds (never raises)."""
+    return _dumps(metadata, _METADATA_OPTIONS)
+
+
+def _sequence(value: int | None) -> int | None:
+    """A sequence value SQLite can hold (64 bits), or None."""
+    return value if value is None or value in _INT64 else None
+
+
+def encode_outcomes(outcomes: Sequence[Outcome]) -> bytes:
+    """The journal lines of ``outcomes`` (archived items without a location have nothing to catalog)."""
+    parts: list[bytes] = []
+    for outcome in outcomes:
+        head: list[Any]
+        if isinstance(outcome, Archived):
+            if not outcome.locations:
+                continue
+            locations = [[o.path, o.member, o.index, o.count, o.nbytes, o.checksum] for o in outcome.locations]
+            head = ["a", outcome.source, outcome.event, _sequence(outcome.sequence), outcome.received,
+                    outcome.committed, locations]  # fmt: skip
+        elif isinstance(outcome, DeadLettered):
+            head = ["d", outcome.source, outcome.event, _sequence(outcome.sequence), outcome.received,
+                    outcome.time, outcome.entry, outcome.error]  # fmt: skip
+        else:
+            head = ["x", outcome.source, outcome.event, _sequence(outcome.sequence), outcome.received,
+                    outcome.time, outcome.why]  # fmt: skip
+        parts.append(_dumps(head, 0))
+        parts.append(b"\t")
+        parts.append(encode_metadata(outcome.metadata))
+    return b"".join(parts)
+
+
+def encode_header(fields: Mapping[str, Any]) -> bytes:
+    """A header line (or a change of the header)."""
+    return _dumps(fields, orjson.OPT_APPEND_NEWLINE)
+
+
+# ------------------------------------------------------------------------------------------------ names, owners
+def process_start(pid: int) -> int:
+    """The start time of process ``pid`` in clock ticks since boot (Linux ``/proc``), 0 where unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read()
+        return int(stat[stat.rindex(b")") + 2 :].split()[19])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def owner_alive(pid: int, start: int) -> bool:
+    """True while the process that made a journal (``pid``, started at ``start``) runs."""
+    if start:
+        return process_start(pid) == start
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass(frozen=True)
+class JournalName:
+    """What a journal's file name says: its process, the archiver within it, the segment."""
+
+    pid: int
+    start: int
+    instance: int
+    segment: int
+
+    @classmethod
+    def parse(cls, name: str) -> JournalName | None:
+        """The parts of a journal's file name (None: not a journal's name)."""
+        match = _NAME.match(name)
+        if match is None:
+            return None
+        pid, start, instance, segment = (int(part) for part in match.groups())
+        return cls(pid, start, instance, segment)
+
+    @property
+    def text(self) -> str:
+        """The file name."""
+        return f"{self.pid}-{self.start}-{self.instance}-{self.segment:06d}.jsonl"
+
+    @property
+    def journal(self) -> tuple[int, int, int]:
+        """Which journal (all segments alike)."""
+        return self.pid, self.start, self.instance
+
+    def alive(self) -> bool:
+        """Whether its process still runs."""
+        return owner_alive(self.pid, self.start)
+
+
+# ------------------------------------------------------------------------------------------------ writing
+class JournalWriter:
+    """Appends lines to this archiver's journal: whole batches, one ``os.write`` each (any thread).
+
+    Made with its header line at once, so that a kill before the first commit still leaves a journal that
+    says when the archiver started (what the recovery's adoption of files starts from).
+    """
+
+    def __init__(self, directory: Path, header: Mapping[str, Any], segment_bytes: int = SEGMENT_BYTES) -> None:
+        self.directory = directory
+        self._header = dict(header)
+        self._segment_bytes = segment_bytes
+        self._lock = threading.Lock()
+        pid = os.getpid()
+        self._name = JournalName(pid, process_start(pid), next(_instances), 1)
+        #: the segments made so far, oldest first (the last is written)
+        self.segments: list[str] = []
+        #: bytes in the current segment
+        self.written = 0
+        #: a write failed part-way: the next batch starts on a new line (the torn one is skipped when applied)
+        self._torn = False
+        self._closed = False
+        self._fd = self._open(self._name)
+
+    def _open(self, name: JournalName) -> int:
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+        fd = os.open(self.directory / name.text, flags, 0o644)
+        try:
+            self._write(fd, encode_header({**self._header, "segment": name.segment, "created": time.time()}))
+        except BaseException:
+            os.close(fd)
+            raise
+        self.segments.append(name.text)
+        return fd
+
+    @property
+    def name(self) -> str:
+        """The file name of the current segment."""
+        return self._name.text
+
+    def forget(self, name: str) -> None:
+        """``name`` is applied and removed: no longer one of ``segments``."""
+        with self._lock:
+            if name in self.segments:
+                self.segments.remove(name)
+
+    def append(self, data: bytes) -> None:
+        """Append lines (whole, with their newlines). Raises OSError when the file system refuses them."""
+        if not data:
+            return
+        with self._lock:
+            if self._closed:
+                raise OSError(f"journal {self.directory / self.name} is closed: {len(data)} byte(s) not journaled")
+            if self._torn:
+                data = b"\n" + data
+                self._torn = False
+            self._write(self._fd, data)
+            if self.written >= self._segment_bytes:
+                self._rotate()
+
+    def set_header(self, fields: Mapping[str, Any]) -> None:
+        """Change header fields (the archiver's name, once known): written as a line, and into later segments."""
+        with self._lock:
+            self._header.update(fields)
+            if not self._closed:
+                self._write(self._fd, encode_header(fields))
+
+    def _write(self, fd: int, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                count = os.write(fd, view)
+            except OSError:
+                self._torn = len(view) != len(data)
+                raise
+            self.written += count
+            view = view[count:]
+
+    def _rotate(self) -> None:
+        """Go on in a new segment; the applier removes the old one once it is applied."""
+        name = JournalName(self._name.pid, self._name.start, self._name.instance, self._name.segment + 1)
+        fd = self._open(name)  # written = the new header's bytes plus the old segment's: reset below
+        os.close(self._fd)
+        self._fd, self._name = fd, name
+        self.written = os.fstat(fd).st_size
+
+    def close(self) -> None:
+        """End the journal with its ``closed`` line (a clean stop: no file to adopt) and close it. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            with contextlib.suppress(OSError):  # a journal without it is merely treated as a killed run's
+                self._write(self._fd, encode_header({"closed": time.time()}))
+            os.close(self._fd)
