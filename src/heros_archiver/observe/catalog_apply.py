@@ -10,6 +10,7 @@ said.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
@@ -26,22 +27,34 @@ __all__ = ["Applied", "JournalState", "apply_journal", "relative_to_root"]
 log = logging.getLogger("heros_archiver")
 
 #: Journal bytes applied in one transaction at most (a transaction per step keeps the lock short).
-TRANSACTION_BYTES = 4 * 2**20
+TRANSACTION_BYTES = 2**20
 
-_INSERT_ITEM = """
+#: Every archived item's locations, as rows of ``items``, straight from a JSON array of journal lines (SQLite
+#: reads the lines itself: the thread holds the GIL for one call per batch, not for every row).
+_INSERT_ITEMS = """
 INSERT INTO items (archiver, source, event, sequence, path, member, idx, count, nbytes, checksum, metadata, received,
                    committed)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+SELECT ?1, j.value ->> 1, j.value ->> 2, j.value ->> 3,
+       CASE WHEN substr(j.value ->> 6, 1, ?2) = ?3 THEN substr(j.value ->> 6, ?2 + 1) ELSE j.value ->> 6 END,
+       j.value ->> 7, j.value ->> 8, j.value ->> 9, j.value ->> 10, j.value ->> 11,
+       j.value -> 12, j.value ->> 4, j.value ->> 5
+FROM json_each(?4) AS j
+WHERE j.value ->> 0 = 'a'
 ON CONFLICT (path, ifnull(member, ''), ifnull(idx, -1)) DO UPDATE SET
   archiver = excluded.archiver, source = excluded.source, event = excluded.event, sequence = excluded.sequence,
   count = excluded.count, nbytes = excluded.nbytes, checksum = excluded.checksum, metadata = excluded.metadata,
   received = excluded.received, committed = excluded.committed
 """
-_INSERT_FAILURE = """
+_INSERT_FAILURES = """
 INSERT INTO failures (archiver, source, event, sequence, kind, entry, error, metadata, received, time)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+SELECT ?1, j.value ->> 1, j.value ->> 2, j.value ->> 3,
+       CASE j.value ->> 0 WHEN 'd' THEN 'dead_lettered' ELSE 'dropped' END,
+       CASE WHEN j.value ->> 0 != 'd' THEN NULL
+            WHEN substr(j.value ->> 6, 1, ?2) = ?3 THEN substr(j.value ->> 6, ?2 + 1) ELSE j.value ->> 6 END,
+       j.value ->> '$[#-2]', j.value -> '$[#-1]', j.value ->> 4, j.value ->> 5
+FROM json_each(?4) AS j
+WHERE j.value ->> 0 IN ('d', 'x')
 """
-_KINDS = {"d": "dead_lettered", "x": "dropped"}
 
 
 @dataclass
@@ -52,9 +65,8 @@ class JournalState:
     header: dict[str, Any] = field(default_factory=dict)
     #: the latest commit (or failure) time applied
     last: float | None = None
-    #: the one source of every item applied (None: none yet, or several: ``several_sources``)
+    #: the source of the last item applied
     source: str | None = None
-    several_sources: bool = False
     #: the journal's last line says its archiver stopped cleanly
     closed: bool = False
     #: lines that could not be read (a write torn by a full disk, a kill in the middle of a large write)
@@ -71,13 +83,12 @@ class JournalState:
     def archiver(self) -> str:
         return str(self.header.get("archiver", "?"))
 
-    def saw(self, source: str, when: float) -> None:
-        if self.source is None and not self.several_sources:
-            self.source = source
-        elif source != self.source:
-            self.source, self.several_sources = None, True
-        if self.last is None or when > self.last:
-            self.last = when
+    def saw(self, line: bytes) -> None:
+        """Note the source and time of an outcome line (the last one applied)."""
+        with contextlib.suppress(ValueError, TypeError, IndexError):  # a torn line: it is not the last one's
+            outcome = orjson.loads(line)
+            self.source, when = str(outcome[1]), float(outcome[5])
+            self.last = when if self.last is None else max(self.last, when)
 
 
 @dataclass(frozen=True)
@@ -148,9 +159,8 @@ def _apply_step(
         if not consumed:
             connection.execute("COMMIT")
             return Applied(state, offset, size), False
-        items, failures = _rows(data[:end].split(b"\n")[:-1] if end else [], state, root, name)
-        connection.executemany(_INSERT_ITEM, items)
-        connection.executemany(_INSERT_FAILURE, failures)
+        if end:
+            _apply_lines(connection, data[:end], state, root, name)
         connection.execute(
             "INSERT INTO journal_applied (name, offset, header) VALUES (?, ?, ?) "
             "ON CONFLICT (name) DO UPDATE SET offset = excluded.offset, header = excluded.header",
@@ -164,38 +174,62 @@ def _apply_step(
     return Applied(state, offset + consumed, size), True
 
 
-def _rows(
-    lines: list[bytes], state: JournalState, root: str, name: str
-) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    """The items' and failures' rows of ``lines``; header lines change ``state``."""
-    items: list[tuple[Any, ...]] = []
-    failures: list[tuple[Any, ...]] = []
-    archiver = state.archiver
-    for line in lines:
+def _apply_lines(connection: sqlite3.Connection, data: bytes, state: JournalState, root: str, name: str) -> None:
+    """Apply whole lines (``data`` ends with a newline): header lines change ``state`` for the lines after them."""
+    if b"\n{" not in b"\n" + data:  # the usual chunk: no header line in it
+        _apply_run(connection, data, state, root, name)
+        return
+    run: list[bytes] = []
+    for line in data.split(b"\n")[:-1]:
+        if line[:1] != b"{":
+            run.append(line)
+            continue
+        if run:
+            _apply_run(connection, b"\n".join(run) + b"\n", state, root, name)
+            run = []
         try:
-            if line[:1] == b"{":
-                fields = orjson.loads(line)
-                if "closed" in fields:
-                    state.closed = True
-                else:
-                    state.header.update(fields)
-                    archiver = state.archiver
-                continue
-            head_text, _, metadata = line.partition(b"\t")
-            head = orjson.loads(head_text)
-            kind, source, event, sequence, received, when = head[:6]
-            metadata_text = metadata.decode()
-            if kind == "a":
-                for path, member, index, count, nbytes, checksum in head[6]:
-                    items.append((archiver, source, event, sequence, relative_to_root(path, root), member, index,
-                                  count, nbytes, checksum, metadata_text, received, when))  # fmt: skip
-            else:
-                entry = relative_to_root(head[6], root) if kind == "d" else None
-                failures.append(
-                    (archiver, source, event, sequence, _KINDS[kind], entry, head[-1], metadata_text, received, when)
-                )
-            state.saw(source, when)
-        except (ValueError, TypeError, KeyError, IndexError, UnicodeDecodeError) as exc:
-            state.skipped += 1
-            log.warning("catalog journal %s: a line that cannot be read, skipped: %s", name, safe_str(exc, 200))
-    return items, failures
+            fields = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            _skipped(state, name, exc)
+            continue
+        if "closed" in fields:
+            state.closed = True
+        else:
+            state.header.update(fields)
+    if run:
+        _apply_run(connection, b"\n".join(run) + b"\n", state, root, name)
+
+
+def _apply_run(connection: sqlite3.Connection, data: bytes, state: JournalState, root: str, name: str) -> None:
+    """Insert the rows of outcome lines; a batch SQLite cannot read (a torn line) is applied line by line, and
+    the lines it cannot read are skipped."""
+    failures = b'\n["d"' in b"\n" + data or b'\n["x"' in b"\n" + data
+    try:
+        _insert(
+            connection, "[" + data[:-1].replace(b"\n", b",").decode("utf-8", "replace") + "]", root, state, failures
+        )
+    except sqlite3.OperationalError as exc:
+        if "malformed JSON" not in str(exc):
+            raise
+        for line in data.split(b"\n")[:-1]:
+            try:
+                _insert(connection, "[" + line.decode("utf-8", "replace") + "]", root, state, True)
+            except sqlite3.OperationalError as line_error:
+                if "malformed JSON" not in str(line_error):
+                    raise
+                _skipped(state, name, line_error)
+    state.saw(data[data.rfind(b"\n", 0, len(data) - 1) + 1 : -1])
+
+
+def _insert(connection: sqlite3.Connection, batch: str, root: str, state: JournalState, failures: bool) -> None:
+    """One statement per table for a whole batch: SQLite reads the lines, the GIL is released meanwhile."""
+    prefix = root.rstrip("/") + "/"
+    parameters = (state.archiver, len(prefix), prefix, batch)
+    connection.execute(_INSERT_ITEMS, parameters)
+    if failures:
+        connection.execute(_INSERT_FAILURES, parameters)
+
+
+def _skipped(state: JournalState, name: str, error: BaseException) -> None:
+    state.skipped += 1
+    log.warning("catalog journal %s: a line that cannot be read, skipped: %s", name, safe_str(error, 200))

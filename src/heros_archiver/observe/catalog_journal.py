@@ -14,10 +14,11 @@ Its lines:
 
 * ``{...}``: the header (first line: archiver, event, pid, root, created, adopt) or a change of it; ``{"closed":
   t}`` is the last line of a journal whose archiver stopped cleanly.
-* ``["a", source, event, sequence, received, committed, [[path, member, index, count, nbytes, checksum], ...]]``,
-  ``["d", source, event, sequence, received, time, entry, error]``, ``["x", source, event, sequence, received,
-  time, why]`` (archived, dead-lettered, dropped), then a tab and the metadata as JSON. JSON text never holds
-  a raw tab, so the metadata is stored in the catalog as it was written here, never decoded and encoded again.
+* ``["a", source, event, sequence, received, committed, path, member, index, count, nbytes, checksum, metadata]``
+  (archived: a line per location), ``["d", source, event, sequence, received, time, entry, error, metadata]``
+  (dead-lettered), ``["x", source, event, sequence, received, time, why, metadata]`` (dropped). Plain JSON and
+  flat, so that SQLite reads a whole batch of lines itself (``catalog_apply``), and the metadata is stored as
+  written here.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ SEGMENT_BYTES = 64 * 2**20
 #: Nesting kept of metadata that orjson refuses as it is; deeper values are written as their repr.
 _MAX_DEPTH = 64
 _INT64 = range(-(2**63), 2**63)
-_METADATA_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE
+_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 _NAME = re.compile(r"(\d+)-(\d+)-(\d+)-(\d+)\.jsonl$")
 #: Journals made by this process so far (several archivers per process each have their own).
 _instances = itertools.count(1)
@@ -104,8 +105,8 @@ def _dumps(value: Any, options: int) -> bytes:
 
 
 def encode_metadata(metadata: Mapping[str, Any]) -> bytes:
-    """The metadata as one line of JSON (a newline at its end), whatever it holds (never raises)."""
-    return _dumps(metadata, _METADATA_OPTIONS)
+    """The metadata as JSON, whatever it holds (never raises)."""
+    return _dumps(metadata, _OPTIONS)
 
 
 def _sequence(value: int | None) -> int | None:
@@ -113,32 +114,42 @@ def _sequence(value: int | None) -> int | None:
     return value if value is None or value in _INT64 else None
 
 
+def _line(head: tuple[Any, ...], metadata: Mapping[str, Any]) -> bytes:
+    """One journal line: ``head`` and the metadata as its last element; one orjson call unless something in it
+    needs the careful path."""
+    try:
+        return orjson.dumps((*head, metadata), default=_as_text, option=_OPTIONS)
+    except TypeError:  # orjson.JSONEncodeError: see _dumps
+        return _dumps(head, 0)[:-1] + b"," + encode_metadata(metadata) + b"]"
+
+
 def encode_outcomes(outcomes: Sequence[Outcome]) -> bytes:
-    """The journal lines of ``outcomes`` (archived items without a location have nothing to catalog)."""
-    parts: list[bytes] = []
+    """The journal lines of ``outcomes``, each with its newline: one per location of an archived item (none for
+    one without a location: nothing to catalog), one per failure."""
+    lines: list[bytes] = []
     for outcome in outcomes:
-        head: list[Any]
         if isinstance(outcome, Archived):
-            if not outcome.locations:
-                continue
-            locations = [[o.path, o.member, o.index, o.count, o.nbytes, o.checksum] for o in outcome.locations]
-            head = ["a", outcome.source, outcome.event, _sequence(outcome.sequence), outcome.received,
-                    outcome.committed, locations]  # fmt: skip
-        elif isinstance(outcome, DeadLettered):
-            head = ["d", outcome.source, outcome.event, _sequence(outcome.sequence), outcome.received,
-                    outcome.time, outcome.entry, outcome.error]  # fmt: skip
+            for location in outcome.locations:
+                head: tuple[Any, ...] = (
+                    "a", outcome.source, outcome.event, _sequence(outcome.sequence), outcome.received,
+                    outcome.committed, location.path, location.member, location.index, location.count,
+                    location.nbytes, location.checksum,
+                )  # fmt: skip
+                lines.append(_line(head, outcome.metadata))
+            continue
+        if isinstance(outcome, DeadLettered):
+            head = ("d", outcome.source, outcome.event, _sequence(outcome.sequence), outcome.received, outcome.time,
+                    outcome.entry, outcome.error)  # fmt: skip
         else:
-            head = ["x", outcome.source, outcome.event, _sequence(outcome.sequence), outcome.received,
-                    outcome.time, outcome.why]  # fmt: skip
-        parts.append(_dumps(head, 0))
-        parts.append(b"\t")
-        parts.append(encode_metadata(outcome.metadata))
-    return b"".join(parts)
+            head = ("x", outcome.source, outcome.event, _sequence(outcome.sequence), outcome.received, outcome.time,
+                    outcome.why)  # fmt: skip
+        lines.append(_line(head, outcome.metadata))
+    return b"\n".join(lines) + b"\n" if lines else b""
 
 
 def encode_header(fields: Mapping[str, Any]) -> bytes:
     """A header line (or a change of the header)."""
-    return _dumps(fields, orjson.OPT_APPEND_NEWLINE)
+    return _dumps(fields, 0) + b"\n"
 
 
 # ------------------------------------------------------------------------------------------------ names, owners

@@ -10,7 +10,7 @@ between leaves a file under the root that no journal names. So after a killed ru
 journal has no ``closed`` line and says which files it writes: ``adopt``), the files under the root that are
 newer than that run's last journaled commit minus ``ADOPT_MARGIN``, end as its files do, and are not in the
 catalog are *adopted*: cataloged with the checksum of the file as it is, metadata ``{}``, and the source of
-the run's items when it had one (``?`` otherwise). The walk happens only then (after a kill), skips the
+the run's last journaled item (``?`` if it journaled none). The walk happens only then (after a kill), skips the
 archiver's own folder and temporaries, and looks at the files only of directories changed since then. A
 container archiver's kill window (a commit made, not yet journaled) is not recovered: see the README.
 """
