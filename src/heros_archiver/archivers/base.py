@@ -231,6 +231,8 @@ class HERODataArchiver(EventObserver):
             for listener in listeners:  # a pipeline that could not be made never closes them
                 listener.close()
             raise
+        if self._catalog is not None and self._pipeline.helper_pids:
+            self._catalog.note_helpers(self._pipeline.helper_pids)
         if zenoh_shared_memory is None:
             zenoh_shared_memory = shared_memory_is_safe(installed_zenoh_version())
         self._shared_memory = zenoh_shared_memory

@@ -117,7 +117,7 @@ class FileArchiver(HERODataArchiver):
         if type(self)._store is not FileArchiver._store:
             return None
         tail = re.split(r"}}|%}", self._files.save_template)[-1]
-        return PurePosixPath(tail).suffix if "{" not in tail else ""
+        return PurePosixPath("name" + tail).suffix if "{" not in tail else ""
 
     def _writeback_tracker(self) -> WritebackWindow:
         return self._writer.window

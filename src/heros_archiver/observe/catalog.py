@@ -29,7 +29,7 @@ from typing import Any
 from ..errors import CatalogError
 from ..saferepr import safe_str
 from .catalog_apply import apply_journal
-from .catalog_journal import JournalWriter, encode_outcomes
+from .catalog_journal import JournalWriter, encode_outcomes, process_start
 from .catalog_recovery import recover
 from .catalog_schema import catalog_path, journal_directory, open_for_writing
 from .listeners import Listener
@@ -99,6 +99,11 @@ class CatalogListener(Listener):
                 self._journal.set_header({"archiver": archiver})
         self._journal.append(encode_outcomes(outcomes))
 
+    def note_helpers(self, pids: list[int]) -> None:
+        """The helper processes that create this archiver's files (``sinks.publisher``): after a kill of the
+        archiver they finish the batch they were given, so a later start waits for them before it adopts."""
+        self._journal.set_header({"helpers": [[pid, process_start(pid)] for pid in pids]})
+
     def status(self) -> dict[str, Any]:
         """Where the catalog is, its journal, and how far behind it the catalog is (bytes), with its errors."""
         return {
@@ -127,6 +132,11 @@ class _Applier:
         self._error_logged_at = -ERROR_LOG_INTERVAL
         self._thread = threading.Thread(target=self._run, name=f"heros-archiver-catalog-{event}", daemon=True)
         self._thread.start()
+
+    def note_helpers(self, pids: list[int]) -> None:
+        """The helper processes that create this archiver's files (``sinks.publisher``): after a kill of the
+        archiver they finish the batch they were given, so a later start waits for them before it adopts."""
+        self._journal.set_header({"helpers": [[pid, process_start(pid)] for pid in pids]})
 
     def status(self) -> dict[str, Any]:
         current = self._journal.name

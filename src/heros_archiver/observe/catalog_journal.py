@@ -123,6 +123,11 @@ def _line(head: tuple[Any, ...], metadata: Mapping[str, Any]) -> bytes:
         return _dumps(head, 0)[:-1] + b"," + encode_metadata(metadata) + b"]"
 
 
+def _no_nul(text: str) -> str:
+    """An error message as SQLite's JSON functions give it back whole (they end text at a NUL character)."""
+    return text.replace("\x00", "\\x00") if "\x00" in text else text
+
+
 def encode_outcomes(outcomes: Sequence[Outcome]) -> bytes:
     """The journal lines of ``outcomes``, each with its newline: one per location of an archived item (none for
     one without a location: nothing to catalog), one per failure."""
@@ -139,10 +144,10 @@ def encode_outcomes(outcomes: Sequence[Outcome]) -> bytes:
             continue
         if isinstance(outcome, DeadLettered):
             head = ("d", outcome.source, outcome.event, _sequence(outcome.sequence), outcome.received, outcome.time,
-                    outcome.entry, outcome.error)  # fmt: skip
+                    outcome.entry, _no_nul(outcome.error))  # fmt: skip
         else:
             head = ("x", outcome.source, outcome.event, _sequence(outcome.sequence), outcome.received, outcome.time,
-                    outcome.why)  # fmt: skip
+                    _no_nul(outcome.why))  # fmt: skip
         lines.append(_line(head, outcome.metadata))
     return b"\n".join(lines) + b"\n" if lines else b""
 
@@ -217,10 +222,10 @@ class JournalWriter:
     says when the archiver started (what the recovery's adoption of files starts from).
     """
 
-    def __init__(self, directory: Path, header: Mapping[str, Any], segment_bytes: int = SEGMENT_BYTES) -> None:
+    def __init__(self, directory: Path, header: Mapping[str, Any], segment_bytes: int | None = None) -> None:
         self.directory = directory
         self._header = dict(header)
-        self._segment_bytes = segment_bytes
+        self._segment_bytes = SEGMENT_BYTES if segment_bytes is None else segment_bytes
         self._lock = threading.Lock()
         pid = os.getpid()
         self._name = JournalName(pid, process_start(pid), next(_instances), 1)

@@ -9,7 +9,8 @@ The kill window: a file-per-item archiver links its file, then journals it, micr
 between leaves a file under the root that no journal names. So after a killed run of such an archiver (its
 journal has no ``closed`` line and says which files it writes: ``adopt``), the files under the root that are
 newer than that run's last journaled commit minus ``ADOPT_MARGIN``, end as its files do, and are not in the
-catalog are *adopted*: cataloged with the checksum of the file as it is, metadata ``{}``, and the source of
+catalog are *adopted* (once the run's helper processes, which finish the batch they were given, have exited):
+cataloged with the checksum of the file as it is, metadata ``{}``, and the source of
 the run's last journaled item (``?`` if it journaled none). The walk happens only then (after a kill), skips the
 archiver's own folder and temporaries, and looks at the files only of directories changed since then. A
 container archiver's kill window (a commit made, not yet journaled) is not recovered: see the README.
@@ -21,6 +22,7 @@ import contextlib
 import logging
 import os
 import sqlite3
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +32,7 @@ import xxhash
 from ..state.statedir import STATE_DIR_NAME
 from ..storage.temporaries import is_temporary
 from .catalog_apply import Applied, apply_journal, relative_to_root
-from .catalog_journal import JournalName
+from .catalog_journal import JournalName, owner_alive
 from .catalog_schema import journal_directory, open_for_writing
 from .outcomes import CHECKSUM_ALGORITHM
 
@@ -43,6 +45,9 @@ log = logging.getLogger("heros_archiver")
 #: links a batch of files before the writer journals them, so a file may be linked well before the last
 #: commit journaled before it.
 ADOPT_MARGIN = 60.0
+#: Seconds a start waits for the helper processes of a killed run to finish the batch they were given (they
+#: exit once they see their archiver gone), before it looks for the files to adopt.
+HELPER_WAIT = 10.0
 _READ_BYTES = 8 * 2**20
 
 
@@ -55,6 +60,8 @@ class _KilledRun:
     source: str
     suffix: str
     since: float
+    #: its helper processes, as ``[pid, start]``
+    helpers: list[list[int]]
 
 
 def recover(root: Path) -> None:
@@ -92,6 +99,7 @@ def _recover(connection: sqlite3.Connection, root: Path) -> None:
             applied.state.source or "?",
             str(applied.state.header["adopt"]["suffix"]),
             times[journal] - ADOPT_MARGIN,
+            list(applied.state.header.get("helpers") or []),
         )
         for journal, applied in last.items()
         if not applied.state.closed and isinstance(applied.state.header.get("adopt"), dict)
@@ -100,6 +108,7 @@ def _recover(connection: sqlite3.Connection, root: Path) -> None:
         for name in names:  # the files of live archivers sharing the root are theirs, not the killed run's
             if name not in dead:
                 apply_journal(connection, directory / name.text, str(root))
+        _wait_for_helpers(root, [helper for run in killed for helper in run.helpers])
         adopted = _adopt(connection, root, killed)
         if adopted:
             log.warning(
@@ -117,6 +126,16 @@ def _recover(connection: sqlite3.Connection, root: Path) -> None:
         connection.execute("BEGIN IMMEDIATE")
         connection.executemany("DELETE FROM journal_applied WHERE name = ?", stale)
         connection.execute("COMMIT")
+
+
+def _wait_for_helpers(root: Path, helpers: list[list[int]]) -> None:
+    """Until the killed runs' helper processes have exited (within ``HELPER_WAIT``)."""
+    deadline = time.monotonic() + HELPER_WAIT
+    while any(owner_alive(pid, start) for pid, start in helpers):
+        if time.monotonic() > deadline:
+            log.warning("catalog %s: helper processes of a killed run still run; adopting its files anyway", root)
+            return
+        time.sleep(0.02)
 
 
 def _adopt(connection: sqlite3.Connection, root: Path, killed: list[_KilledRun]) -> int:
