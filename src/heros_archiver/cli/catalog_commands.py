@@ -7,6 +7,7 @@ Both read the catalog read-only (``observe.catalog_reader``), also while archive
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
 import sys
@@ -150,7 +151,7 @@ def export(
     metadata as JSON text. Written to a temporary beside FILE and renamed, so FILE is never half-written."""
     try:
         pa = require_extra("parquet", "pyarrow")
-        pq = require_extra("parquet", "pyarrow.parquet")
+        pq = importlib.import_module("pyarrow.parquet")  # part of pyarrow
     except ArchiverError as exc:
         raise _fail(f"export --parquet needs pyarrow: {exc}") from exc
     target = parquet.absolute()
