@@ -147,26 +147,34 @@ class _Applier:
         }
 
     def stop(self) -> None:
+        """Stop the thread (after its current transaction), then apply the rest here: the thread is niced, and
+        on a busy machine the last application would wait for the CPU behind everything else."""
         self._stopping.set()
         self._thread.join(CLOSE_TIMEOUT)
         if self._thread.is_alive():
             log.warning("catalog %s: the journal was not applied within %.0f s; the next start applies it",
                         self._root, CLOSE_TIMEOUT)  # fmt: skip
+            return
+        try:
+            connection = open_for_writing(self._root)
+            try:
+                self._apply(connection, final=True)
+            finally:
+                connection.close()
+        except (sqlite3.Error, OSError, CatalogError) as exc:
+            self._failed(exc, True)
 
     def _run(self) -> None:
         _lower_priority(APPLIER_NICE)
         connection: sqlite3.Connection | None = None
         try:
-            while True:
-                stopping = self._stopping.wait(APPLY_INTERVAL)
+            while not self._stopping.wait(APPLY_INTERVAL):
                 try:
                     if connection is None:
                         connection = open_for_writing(self._root)
-                    self._apply(connection, stopping)
+                    self._apply(connection, final=False)
                 except (sqlite3.Error, OSError, CatalogError) as exc:
-                    self._failed(exc, stopping)
-                if stopping:
-                    return
+                    self._failed(exc, False)
         finally:
             if connection is not None:
                 connection.close()
