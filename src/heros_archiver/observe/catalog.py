@@ -6,21 +6,23 @@ stop cleanly are applied (``catalog_recovery``). Then:
 
 * on the writer thread, after each commit and before the pipeline acknowledges it (removes the spool entries
   of its items), the batch's outcomes are appended to the archiver's journal (``catalog_journal``): one
-  ``os.write`` of orjson lines, a few microseconds;
-* a thread of the archiver applies the journal to SQLite (``catalog_apply``), every ``APPLY_INTERVAL`` seconds
-  what has come since, in one transaction: readers see an item a fraction of a second after its commit;
-* at close (after the pipeline's last outcome) the journal ends with its ``closed`` line, is applied whole
-  and removed.
+  ``write`` of orjson lines, a few microseconds, the GIL kept;
+* the archiver's applier process applies the journal to SQLite (``catalog_process``, ``catalog_apply``), every
+  0.1 s what has come since, in one transaction: readers see an item a fraction of a second after its commit;
+* at close (after the pipeline's last outcome) the journal ends with its ``closed`` line, the applier stops,
+  and the rest is applied here and the journal removed.
 
 The schema and how to read it: ``catalog_schema``, ``catalog_reader``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
-import threading
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,35 +30,32 @@ from typing import Any
 
 from ..errors import CatalogError
 from ..saferepr import safe_str
-from .catalog_apply import apply_journal
-from .catalog_journal import JournalWriter, encode_outcomes, process_start
+from .catalog_journal import JournalWriter, encode_outcomes
+from .catalog_names import process_start
+from .catalog_process import STOP, apply_segments
 from .catalog_recovery import recover
 from .catalog_schema import catalog_path, journal_directory, open_for_writing
 from .listeners import Listener
 from .outcomes import Outcome
 
-__all__ = ["APPLY_INTERVAL", "CatalogListener"]
+__all__ = ["CatalogListener"]
 
 log = logging.getLogger("heros_archiver")
 
-#: Seconds between two looks of the applier at the journal (what a reader of the catalog lags behind, at most
-#: about this plus one transaction).
-APPLY_INTERVAL = 0.1
-#: Seconds between two log lines of an applier that keeps failing (the journal keeps what it could not apply).
-ERROR_LOG_INTERVAL = 30.0
-#: Seconds ``close`` waits for the last application of the journal (a catalog locked by another archiver).
-CLOSE_TIMEOUT = 60.0
-#: Niceness added to the applier's thread: SQLite's work runs mostly outside the GIL, on what the writers and
-#: the intake leave of the CPU (the catalog lags further behind on a saturated machine, archiving does not slow).
-APPLIER_NICE = 10
+#: Seconds between two looks at whether the applier process still runs.
+CHECK_INTERVAL = 5.0
+#: Times a dead applier process is started again before the catalog waits for the archiver's stop.
+MAX_RESTARTS = 5
+#: Seconds ``close`` waits for the applier process to finish its transaction and exit.
+STOP_TIMEOUT = 30.0
 
 
 class CatalogListener(Listener):
-    """Journals every outcome on the writer thread and applies the journal to the root's catalog on a thread.
+    """Journals every outcome on the writer thread; its applier process puts the journal into the root's catalog.
 
     Args:
         root: the archive root (the catalog is ``<root>/.heros-archiver/catalog.sqlite``).
-        event: the archiver's event (for its journal's header and its thread's name).
+        event: the archiver's event (for its journal's header).
         label: returns the archiver's name in the catalog (``<HERO name or class>:<event>``), asked once more
             at the first outcome (a HERO's name may be set after its archiver's pipeline is made).
         adopt: for a file-per-item archiver, the ending of its files' names (``.npy``; ``""``: any), which a
@@ -79,7 +78,7 @@ class CatalogListener(Listener):
         }
         self._journal = JournalWriter(journal_directory(root), header)
         self._labelled = False
-        self._applier = _Applier(root, self._journal, event)
+        self._applier = _Applier(root, self._journal.prefix)
 
     @property
     def name(self) -> str:
@@ -98,6 +97,7 @@ class CatalogListener(Listener):
                 self._archiver = archiver
                 self._journal.set_header({"archiver": archiver})
         self._journal.append(encode_outcomes(outcomes))
+        self._applier.check()
 
     def note_helpers(self, pids: list[int]) -> None:
         """The helper processes that create this archiver's files (``sinks.publisher``): after a kill of the
@@ -105,119 +105,98 @@ class CatalogListener(Listener):
         self._journal.set_header({"helpers": [[pid, process_start(pid)] for pid in pids]})
 
     def status(self) -> dict[str, Any]:
-        """Where the catalog is, its journal, and how far behind it the catalog is (bytes), with its errors."""
+        """Where the catalog and the journal are, the journal's bytes so far, the applier process."""
         return {
             "path": str(self.path),
             "journal": str(self._journal.directory / self._journal.name),
+            "journal_bytes": self._journal.written,
             **self._applier.status(),
         }
 
     def close(self) -> None:
-        """End the journal, apply it whole, and remove it (kept, for the next start, if that fails)."""
+        """End the journal, stop the applier, apply the rest and remove the journal."""
         self._journal.close()
         self._applier.stop()
 
 
 class _Applier:
-    """The thread that applies one archiver's journal to the catalog."""
+    """The archiver's side of its applier process (``catalog_process``): started with the archiver, restarted if
+    it dies, told to stop at close, after which the rest of the journal is applied here."""
 
-    def __init__(self, root: Path, journal: JournalWriter, event: str) -> None:
+    def __init__(self, root: Path, prefix: str) -> None:
         self._root = root
-        self._journal = journal
-        self._stopping = threading.Event()
-        #: bytes of each segment known to be applied (so that an idle look costs no transaction)
-        self._applied: dict[str, int] = {}
-        self.errors = 0
-        self.last_error: str | None = None
-        self._error_logged_at = -ERROR_LOG_INTERVAL
-        self._thread = threading.Thread(target=self._run, name=f"heros-archiver-catalog-{event}", daemon=True)
-        self._thread.start()
+        self._prefix = prefix
+        self.restarts = 0
+        self._next_check = time.monotonic() + CHECK_INTERVAL
+        self._process = self._start()
 
-    def note_helpers(self, pids: list[int]) -> None:
-        """The helper processes that create this archiver's files (``sinks.publisher``): after a kill of the
-        archiver they finish the batch they were given, so a later start waits for them before it adopts."""
-        self._journal.set_header({"helpers": [[pid, process_start(pid)] for pid in pids]})
+    def _start(self) -> subprocess.Popen[bytes] | None:
+        package_parent = str(Path(__file__).resolve().parents[2])  # src/, above heros_archiver/observe/
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH")])),
+        }
+        try:
+            return subprocess.Popen(
+                [sys.executable, "-m", "heros_archiver.observe.catalog_process", str(self._root), self._prefix],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                env=env,
+                process_group=0,  # a Ctrl-C or kill of the archiver's group must not reach it: the archiver ends it
+            )
+        except OSError as exc:
+            log.error("catalog %s: cannot start the applier process (%s); the catalog is brought up to date at the "
+                      "archiver's stop", self._root, exc)  # fmt: skip
+            return None
+
+    def check(self) -> None:
+        """Restart the applier if it died (looked at every ``CHECK_INTERVAL`` seconds at most; any thread)."""
+        now = time.monotonic()
+        if now < self._next_check or self._process is None:
+            return
+        self._next_check = now + CHECK_INTERVAL
+        code = self._process.poll()
+        if code is None:
+            return
+        if self.restarts >= MAX_RESTARTS:
+            log.error("catalog %s: the applier process exited (status %s) %d times; the catalog is brought up to "
+                      "date at the archiver's stop", self._root, code, self.restarts + 1)  # fmt: skip
+            self._process = None
+            return
+        log.warning("catalog %s: the applier process exited (status %s); starting it again", self._root, code)
+        self.restarts += 1
+        self._process = self._start()
 
     def status(self) -> dict[str, Any]:
-        current = self._journal.name
+        process = self._process
         return {
-            "lag_bytes": max(0, self._journal.written - self._applied.get(current, 0)),
-            "errors": self.errors,
-            "last_error": self.last_error,
+            "applier_pid": None if process is None else process.pid,
+            "applier_running": process is not None and process.poll() is None,
+            "applier_restarts": self.restarts,
         }
 
     def stop(self) -> None:
-        """Stop the thread (after its current transaction), then apply the rest here: the thread is niced, and
-        on a busy machine the last application would wait for the CPU behind everything else."""
-        self._stopping.set()
-        self._thread.join(CLOSE_TIMEOUT)
-        if self._thread.is_alive():
-            log.warning("catalog %s: the journal was not applied within %.0f s; the next start applies it",
-                        self._root, CLOSE_TIMEOUT)  # fmt: skip
-            return
+        """Stop the process (after its current transaction), then apply the rest of the journal here, at the
+        archiver's priority, and remove the journal (kept, for the next start, if that fails)."""
+        process, self._process = self._process, None
+        if process is not None:
+            with contextlib.suppress(OSError):  # it is gone already: its stdin is a broken pipe
+                assert process.stdin is not None
+                process.stdin.write(STOP + b"\n")
+                process.stdin.close()
+            try:
+                process.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                log.warning("catalog %s: the applier process (pid %d) did not stop within %.0f s; killing it",
+                            self._root, process.pid, STOP_TIMEOUT)  # fmt: skip
+                process.kill()
+                process.wait()
         try:
             connection = open_for_writing(self._root)
             try:
-                self._apply(connection, final=True)
+                apply_segments(connection, self._root, self._prefix, final=True)
             finally:
                 connection.close()
         except (sqlite3.Error, OSError, CatalogError) as exc:
-            self._failed(exc, True)
-
-    def _run(self) -> None:
-        _lower_priority(APPLIER_NICE)
-        connection: sqlite3.Connection | None = None
-        try:
-            while not self._stopping.wait(APPLY_INTERVAL):
-                try:
-                    if connection is None:
-                        connection = open_for_writing(self._root)
-                    self._apply(connection, final=False)
-                except (sqlite3.Error, OSError, CatalogError) as exc:
-                    self._failed(exc, False)
-        finally:
-            if connection is not None:
-                connection.close()
-
-    def _apply(self, connection: sqlite3.Connection, final: bool) -> None:
-        """Apply what is new in every segment; remove the segments the writer has left and that are applied
-        (at the end: all of them)."""
-        journal = self._journal
-        segments = list(journal.segments)
-        for name in segments:
-            current = name == segments[-1]
-            if current and not final and journal.written <= self._applied.get(name, 0):
-                continue  # nothing new: no transaction
-            applied = apply_journal(connection, journal.directory / name, str(self._root))
-            if applied is None:
-                continue
-            self._applied[name] = applied.offset
-            if applied.complete and (final or not current):
-                (journal.directory / name).unlink(missing_ok=True)
-                connection.execute("DELETE FROM journal_applied WHERE name = ?", (name,))
-                journal.forget(name)
-                self._applied.pop(name, None)
-
-    def _failed(self, exc: BaseException, stopping: bool) -> None:
-        """The catalog could not be written (locked too long, a full disk): the journal keeps it all; retried."""
-        self.errors += 1
-        self.last_error = f"{type(exc).__name__}: {safe_str(exc)}"
-        now = time.monotonic()
-        if stopping or now - self._error_logged_at >= ERROR_LOG_INTERVAL:
-            self._error_logged_at = now
-            log.error(
-                "catalog %s: cannot apply the journal (%s); %s",
-                self._root,
-                self.last_error,
-                "it is kept and applied at the next start" if stopping else "the journal keeps it, retrying",
-            )
-
-
-def _lower_priority(nice: int) -> None:
-    """Add ``nice`` to the calling thread's niceness (Linux: per thread; elsewhere nothing)."""
-    if not hasattr(os, "setpriority"):
-        return
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + nice)
-    except OSError as exc:
-        log.debug("cannot lower the catalog thread's priority: %s", exc)
+            log.error("catalog %s: cannot apply the journal at the stop (%s: %s); it is kept and applied at the "
+                      "next start", self._root, type(exc).__name__, safe_str(exc))  # fmt: skip

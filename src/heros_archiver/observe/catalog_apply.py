@@ -1,16 +1,16 @@
 """Applying a journal to the catalog: its lines beyond the recorded offset, as rows, in one transaction each step.
 
-The offset each journal is applied to is kept in the catalog itself (``journal_applied``), read and moved in
-the same transaction as the rows, and that transaction is ``BEGIN IMMEDIATE``: whoever applies a journal (its
-archiver's thread, or another archiver's start after a kill) applies each line once, even when both try at
-the same time. Items are upserted on their location (``items_location``): a location written again (an item
-resumed from the spool after a crash, ``on_exists="overwrite"``) keeps its row, with what its last commit
-said.
+Lines are read here (orjson) and inserted with ``executemany``: by the archiver's applier process while the
+archiver runs (``catalog_process``), by the archiver itself at its start (recovery) and at its stop. The offset
+each journal is applied to is kept in the catalog itself (``journal_applied``), read and moved in the same
+transaction as the rows, and that transaction is ``BEGIN IMMEDIATE``: whoever applies a journal applies each
+line once, even when two try at the same time. Items are upserted on their location (``items_location``): a
+location written again (an item resumed from the spool after a crash, ``on_exists="overwrite"``) keeps its
+row, with what its last commit said.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import sqlite3
@@ -29,32 +29,20 @@ log = logging.getLogger("heros_archiver")
 #: Journal bytes applied in one transaction at most (a transaction per step keeps the lock short).
 TRANSACTION_BYTES = 2**20
 
-#: Every archived item's locations, as rows of ``items``, straight from a JSON array of journal lines (SQLite
-#: reads the lines itself: the thread holds the GIL for one call per batch, not for every row).
-_INSERT_ITEMS = """
+_INSERT_ITEM = """
 INSERT INTO items (archiver, source, event, sequence, path, member, idx, count, nbytes, checksum, metadata, received,
                    committed)
-SELECT ?1, j.value ->> 1, j.value ->> 2, j.value ->> 3,
-       CASE WHEN substr(j.value ->> 6, 1, ?2) = ?3 THEN substr(j.value ->> 6, ?2 + 1) ELSE j.value ->> 6 END,
-       j.value ->> 7, j.value ->> 8, j.value ->> 9, j.value ->> 10, j.value ->> 11,
-       j.value -> 12, j.value ->> 4, j.value ->> 5
-FROM json_each(?4) AS j
-WHERE j.value ->> 0 = 'a'
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (path, ifnull(member, ''), ifnull(idx, -1)) DO UPDATE SET
   archiver = excluded.archiver, source = excluded.source, event = excluded.event, sequence = excluded.sequence,
   count = excluded.count, nbytes = excluded.nbytes, checksum = excluded.checksum, metadata = excluded.metadata,
   received = excluded.received, committed = excluded.committed
 """
-_INSERT_FAILURES = """
+_INSERT_FAILURE = """
 INSERT INTO failures (archiver, source, event, sequence, kind, entry, error, metadata, received, time)
-SELECT ?1, j.value ->> 1, j.value ->> 2, j.value ->> 3,
-       CASE j.value ->> 0 WHEN 'd' THEN 'dead_lettered' ELSE 'dropped' END,
-       CASE WHEN j.value ->> 0 != 'd' THEN NULL
-            WHEN substr(j.value ->> 6, 1, ?2) = ?3 THEN substr(j.value ->> 6, ?2 + 1) ELSE j.value ->> 6 END,
-       j.value ->> '$[#-2]', j.value -> '$[#-1]', j.value ->> 4, j.value ->> 5
-FROM json_each(?4) AS j
-WHERE j.value ->> 0 IN ('d', 'x')
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
+_KINDS = {"d": "dead_lettered", "x": "dropped"}
 
 
 @dataclass
@@ -83,12 +71,10 @@ class JournalState:
     def archiver(self) -> str:
         return str(self.header.get("archiver", "?"))
 
-    def saw(self, line: bytes) -> None:
-        """Note the source and time of an outcome line (the last one applied)."""
-        with contextlib.suppress(ValueError, TypeError, IndexError):  # a torn line: it is not the last one's
-            outcome = orjson.loads(line)
-            self.source, when = str(outcome[1]), float(outcome[5])
-            self.last = when if self.last is None else max(self.last, when)
+    def saw(self, source: str, when: float) -> None:
+        """Note the source and time of the last outcome applied."""
+        self.source = source
+        self.last = when if self.last is None else max(self.last, when)
 
 
 @dataclass(frozen=True)
@@ -175,59 +161,54 @@ def _apply_step(
 
 
 def _apply_lines(connection: sqlite3.Connection, data: bytes, state: JournalState, root: str, name: str) -> None:
-    """Apply whole lines (``data`` ends with a newline): header lines change ``state`` for the lines after them."""
-    if b"\n{" not in b"\n" + data:  # the usual chunk: no header line in it
-        _apply_run(connection, data, state, root, name)
-        return
-    run: list[bytes] = []
-    for line in data.split(b"\n")[:-1]:
-        if line[:1] != b"{":
-            run.append(line)
-            continue
-        if run:
-            _apply_run(connection, b"\n".join(run) + b"\n", state, root, name)
-            run = []
-        try:
-            fields = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            _skipped(state, name, exc)
-            continue
-        if "closed" in fields:
-            state.closed = True
-        else:
-            state.header.update(fields)
-    if run:
-        _apply_run(connection, b"\n".join(run) + b"\n", state, root, name)
-
-
-def _apply_run(connection: sqlite3.Connection, data: bytes, state: JournalState, root: str, name: str) -> None:
-    """Insert the rows of outcome lines; a batch SQLite cannot read (a torn line) is applied line by line, and
-    the lines it cannot read are skipped."""
-    failures = b'\n["d"' in b"\n" + data or b'\n["x"' in b"\n" + data
-    try:
-        _insert(
-            connection, "[" + data[:-1].replace(b"\n", b",").decode("utf-8", "replace") + "]", root, state, failures
-        )
-    except sqlite3.OperationalError as exc:
-        if "malformed JSON" not in str(exc):
-            raise
-        for line in data.split(b"\n")[:-1]:
-            try:
-                _insert(connection, "[" + line.decode("utf-8", "replace") + "]", root, state, True)
-            except sqlite3.OperationalError as line_error:
-                if "malformed JSON" not in str(line_error):
-                    raise
-                _skipped(state, name, line_error)
-    state.saw(data[data.rfind(b"\n", 0, len(data) - 1) + 1 : -1])
-
-
-def _insert(connection: sqlite3.Connection, batch: str, root: str, state: JournalState, failures: bool) -> None:
-    """One statement per table for a whole batch: SQLite reads the lines, the GIL is released meanwhile."""
+    """Insert the rows of whole lines (``data`` ends with a newline); header lines change ``state`` for the lines
+    after them; a line that cannot be read (a write torn by a full disk) is skipped."""
     prefix = root.rstrip("/") + "/"
-    parameters = (state.archiver, len(prefix), prefix, batch)
-    connection.execute(_INSERT_ITEMS, parameters)
-    if failures:
-        connection.execute(_INSERT_FAILURES, parameters)
+    items: list[tuple[Any, ...]] = []
+    failures: list[tuple[Any, ...]] = []
+    archiver = state.archiver
+    last: list[Any] | None = None
+    for line in data.split(b"\n")[:-1]:
+        try:
+            if line[:1] == b"{":
+                fields = orjson.loads(line)
+                if "closed" in fields:
+                    state.closed = True
+                else:
+                    state.header.update(fields)
+                    archiver = state.archiver
+                continue
+            record = orjson.loads(line)
+            metadata = _metadata_text(line, record)
+            kind, source, event, sequence, received, when = record[:6]
+            if kind == "a":
+                path, member, index, count, nbytes, checksum = record[6:12]
+                if path.startswith(prefix):
+                    path = path[len(prefix) :]
+                items.append((archiver, source, event, sequence, path, member, index, count, nbytes, checksum,
+                              metadata, received, when))  # fmt: skip
+            else:
+                entry = record[6] if kind == "d" else None
+                if entry is not None and entry.startswith(prefix):
+                    entry = entry[len(prefix) :]
+                failures.append((archiver, source, event, sequence, _KINDS[kind], entry, record[-2], metadata,
+                                 received, when))  # fmt: skip
+            last = record
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:  # orjson's errors are these
+            _skipped(state, name, exc)
+    connection.executemany(_INSERT_ITEM, items)
+    connection.executemany(_INSERT_FAILURE, failures)
+    if last is not None:
+        state.saw(str(last[1]), float(last[5]))
+
+
+def _metadata_text(line: bytes, record: list[Any]) -> str:
+    """The metadata of a line as the journal wrote it (the line's last element), not decoded and encoded again:
+    orjson reads integers beyond 64 bits as floats. The rest of the line is what orjson writes of the rest."""
+    head = orjson.dumps(record[:-1])
+    if line[: len(head) - 1] == head[:-1] and line[len(head) - 1 : len(head)] == b",":
+        return line[len(head) : -1].decode()
+    return orjson.dumps(record[-1]).decode()
 
 
 def _skipped(state: JournalState, name: str, error: BaseException) -> None:

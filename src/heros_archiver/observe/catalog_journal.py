@@ -2,23 +2,21 @@
 
 Writing SQLite on the writer thread would cost a transaction per commit; a queued listener would lose what it
 holds when the process is killed after the spool entry of an item was removed. So the catalog's listener is
-inline (``catalog.CatalogListener``): it appends the batch as lines to a file of its own, one ``os.write`` per
-batch (serialised by orjson), before the pipeline acknowledges the batch, and a thread applies the file to
-SQLite (``catalog_apply``). No fsync: the page cache survives a SIGKILL, and a journal line is no more durable
-than the file it describes (``fsync="none"`` by default); a power loss may lose the journal's tail.
+inline (``catalog.CatalogListener``): it appends the batch as lines to a file of its own, one ``write`` per
+batch (serialised by orjson; libc's ``write``, keeping the GIL), before the pipeline acknowledges the batch, and
+a process of the archiver's applies the file to SQLite (``catalog_process``, ``catalog_apply``). No fsync: the
+page cache survives a SIGKILL, and a journal line is no more durable than the file it describes
+(``fsync="none"`` by default); a power loss may lose the journal's tail.
 
-One journal per archiver and process, ``<root>/.heros-archiver/catalog-journal/<pid>-<start>-<n>-<segment>.jsonl``
-(``start``: the process's start time in clock ticks, so that a journal of a dead process is told from one of a
-live process that got the same PID; ``segment``: a journal is continued in a new file past ``SEGMENT_BYTES``).
-Its lines:
+One journal per archiver and process (its name: ``catalog_names``). Its lines:
 
-* ``{...}``: the header (first line: archiver, event, pid, root, created, adopt) or a change of it; ``{"closed":
-  t}`` is the last line of a journal whose archiver stopped cleanly.
+* ``{...}``: the header (first line: archiver, event, pid, root, created, adopt) or a change of it (the
+  archiver's name, its helper processes); ``{"closed": t}`` is the last line of a journal whose archiver
+  stopped cleanly.
 * ``["a", source, event, sequence, received, committed, path, member, index, count, nbytes, checksum, metadata]``
   (archived: a line per location), ``["d", source, event, sequence, received, time, entry, error, metadata]``
-  (dead-lettered), ``["x", source, event, sequence, received, time, why, metadata]`` (dropped). Plain JSON and
-  flat, so that SQLite reads a whole batch of lines itself (``catalog_apply``), and the metadata is stored as
-  written here.
+  (dead-lettered), ``["x", source, event, sequence, received, time, why, metadata]`` (dropped): one orjson call
+  per line, and the metadata is stored in the catalog as written here (``catalog_apply``).
 """
 
 from __future__ import annotations
@@ -28,11 +26,9 @@ import ctypes
 import errno
 import itertools
 import os
-import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -40,9 +36,10 @@ import numpy as np
 import orjson
 
 from ..saferepr import safe_repr, safe_str
+from .catalog_names import JournalName, process_start
 from .outcomes import Archived, DeadLettered, Outcome
 
-__all__ = ["JournalName", "JournalWriter", "encode_metadata", "encode_outcomes", "owner_alive", "process_start"]
+__all__ = ["JournalWriter", "encode_header", "encode_metadata", "encode_outcomes"]
 
 #: A journal is continued in a new file once it holds this many bytes (applied files are removed).
 SEGMENT_BYTES = 64 * 2**20
@@ -50,7 +47,6 @@ SEGMENT_BYTES = 64 * 2**20
 _MAX_DEPTH = 64
 _INT64 = range(-(2**63), 2**63)
 _OPTIONS = orjson.OPT_SERIALIZE_NUMPY
-_NAME = re.compile(r"(\d+)-(\d+)-(\d+)-(\d+)\.jsonl$")
 #: Journals made by this process so far (several archivers per process each have their own).
 _instances = itertools.count(1)
 
@@ -125,11 +121,6 @@ def _line(head: tuple[Any, ...], metadata: Mapping[str, Any]) -> bytes:
         return _dumps(head, 0)[:-1] + b"," + encode_metadata(metadata) + b"]"
 
 
-def _no_nul(text: str) -> str:
-    """An error message as SQLite's JSON functions give it back whole (they end text at a NUL character)."""
-    return text.replace("\x00", "\\x00") if "\x00" in text else text
-
-
 def encode_outcomes(outcomes: Sequence[Outcome]) -> bytes:
     """The journal lines of ``outcomes``, each with its newline: one per location of an archived item (none for
     one without a location: nothing to catalog), one per failure."""
@@ -146,10 +137,10 @@ def encode_outcomes(outcomes: Sequence[Outcome]) -> bytes:
             continue
         if isinstance(outcome, DeadLettered):
             head = ("d", outcome.source, outcome.event, _sequence(outcome.sequence), outcome.received, outcome.time,
-                    outcome.entry, _no_nul(outcome.error))  # fmt: skip
+                    outcome.entry, outcome.error)  # fmt: skip
         else:
             head = ("x", outcome.source, outcome.event, _sequence(outcome.sequence), outcome.received, outcome.time,
-                    _no_nul(outcome.why))  # fmt: skip
+                    outcome.why)  # fmt: skip
         lines.append(_line(head, outcome.metadata))
     return b"\n".join(lines) + b"\n" if lines else b""
 
@@ -157,63 +148,6 @@ def encode_outcomes(outcomes: Sequence[Outcome]) -> bytes:
 def encode_header(fields: Mapping[str, Any]) -> bytes:
     """A header line (or a change of the header)."""
     return _dumps(fields, 0) + b"\n"
-
-
-# ------------------------------------------------------------------------------------------------ names, owners
-def process_start(pid: int) -> int:
-    """The start time of process ``pid`` in clock ticks since boot (Linux ``/proc``), 0 where unknown."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            stat = handle.read()
-        return int(stat[stat.rindex(b")") + 2 :].split()[19])
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
-def owner_alive(pid: int, start: int) -> bool:
-    """True while the process that made a journal (``pid``, started at ``start``) runs."""
-    if start:
-        return process_start(pid) == start
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-@dataclass(frozen=True)
-class JournalName:
-    """What a journal's file name says: its process, the archiver within it, the segment."""
-
-    pid: int
-    start: int
-    instance: int
-    segment: int
-
-    @classmethod
-    def parse(cls, name: str) -> JournalName | None:
-        """The parts of a journal's file name (None: not a journal's name)."""
-        match = _NAME.match(name)
-        if match is None:
-            return None
-        pid, start, instance, segment = (int(part) for part in match.groups())
-        return cls(pid, start, instance, segment)
-
-    @property
-    def text(self) -> str:
-        """The file name."""
-        return f"{self.pid}-{self.start}-{self.instance}-{self.segment:06d}.jsonl"
-
-    @property
-    def journal(self) -> tuple[int, int, int]:
-        """Which journal (all segments alike)."""
-        return self.pid, self.start, self.instance
-
-    def alive(self) -> bool:
-        """Whether its process still runs."""
-        return owner_alive(self.pid, self.start)
 
 
 # ------------------------------------------------------------------------------------------------ writing
@@ -260,8 +194,6 @@ class JournalWriter:
         self._lock = threading.Lock()
         pid = os.getpid()
         self._name = JournalName(pid, process_start(pid), next(_instances), 1)
-        #: the segments made so far, oldest first (the last is written)
-        self.segments: list[str] = []
         #: bytes in the current segment
         self.written = 0
         #: a write failed part-way: the next batch starts on a new line (the torn one is skipped when applied)
@@ -277,7 +209,6 @@ class JournalWriter:
         except BaseException:
             os.close(fd)
             raise
-        self.segments.append(name.text)
         return fd
 
     @property
@@ -285,11 +216,10 @@ class JournalWriter:
         """The file name of the current segment."""
         return self._name.text
 
-    def forget(self, name: str) -> None:
-        """``name`` is applied and removed: no longer one of ``segments``."""
-        with self._lock:
-            if name in self.segments:
-                self.segments.remove(name)
+    @property
+    def prefix(self) -> str:
+        """The start of the names of all this journal's segments."""
+        return self._name.prefix
 
     def append(self, data: bytes) -> None:
         """Append lines (whole, with their newlines). Raises OSError when the file system refuses them."""
@@ -324,7 +254,7 @@ class JournalWriter:
             done += count
 
     def _rotate(self) -> None:
-        """Go on in a new segment; the applier removes the old one once it is applied."""
+        """Go on in a new segment; the applier removes the old one once it is applied (``catalog_process``)."""
         name = JournalName(self._name.pid, self._name.start, self._name.instance, self._name.segment + 1)
         fd = self._open(name)  # written = the new header's bytes plus the old segment's: reset below
         os.close(self._fd)

@@ -32,7 +32,7 @@ import xxhash
 from ..state.statedir import STATE_DIR_NAME
 from ..storage.temporaries import is_temporary
 from .catalog_apply import Applied, apply_journal, relative_to_root
-from .catalog_journal import JournalName, owner_alive
+from .catalog_names import JournalName, owner_alive
 from .catalog_schema import journal_directory, open_for_writing
 from .outcomes import CHECKSUM_ALGORITHM
 
