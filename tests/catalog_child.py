@@ -4,9 +4,10 @@
                                           (JsonArchiver, files created by its helper process) or hdf5
                                           (Hdf5Archiver, frames committed to one file)
 
-Feeds items 0, 1, 2, ... as fast as the archiver takes them (``feed``, no Zenoh sender) and prints
-``@@ ARCHIVED n`` every 100 items once the archiver counts n archived, so the test can kill it in the middle
-of a run. It never stops by itself.
+Prints ``@@ PIDS p1 p2 ...`` (its catalog applier and helper processes, which a kill of this process's group
+does not reach: the test stops them by PID if they outlive it), then feeds items 0, 1, 2, ... as fast as the
+archiver takes them (``feed``, no Zenoh sender) and prints ``@@ ARCHIVED n`` every 100 items once the archiver
+counts n archived, so the test can kill it in the middle of a run. It never stops by itself.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ def main(kind: str, root: str) -> None:
         sequence_key="frame",
         **template,
     )
+    stats = archiver.stats()
+    print("@@ PIDS", stats["catalog"]["applier_pid"], *stats["helper_processes"], flush=True)
     index = 0
     while True:
         archiver.feed("cam", (payload(kind, index), {"frame": index, "run": "crash"}))

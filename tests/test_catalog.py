@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from conftest import RigFactory
 from helpers import wait_for_items, wait_until
 from heros_archiver import ArrayArchiver, JsonArchiver
 from heros_archiver.errors import CatalogError
-from heros_archiver.observe import catalog_journal
+from heros_archiver.observe import catalog, catalog_journal
 from heros_archiver.observe.catalog import CatalogListener
 from heros_archiver.observe.catalog_apply import apply_journal
 from heros_archiver.observe.catalog_journal import JournalWriter, encode_outcomes
@@ -214,25 +215,59 @@ def test_after_sigkill_and_restart_the_catalog_and_the_files_agree(tmp_path: Pat
     # HDF5 (and the other containers) report their items' locations from branch 'locations' on; their kill
     # window (a commit made, not yet journaled) is not recovered (README): this test covers the file archivers.
     root = tmp_path / "archive"
-    with child(
-        [sys.executable, str(TESTS_DIR / "catalog_child.py"), kind, str(root)], tmp_path / "child.log", child_env(0)
-    ) as proc:
-        wait_until(lambda: "@@ ARCHIVED" in proc.output() and catalog_count(root) >= 300, what="a run under way")
-        proc.kill()
-    template = f"{{{{ file_path }}}}/{{{{ '%05d' % frame }}}}.{kind}"
-    cls = ArrayArchiver if kind == "npy" else JsonArchiver
-    restarted = cls(
-        object_selector="crash-sender",
-        event_name="acquisition_data",
-        save_template=template,
-        default_metadata={"file_path": str(root)},
-        realm=unique_realm(),
-        session_manager=session_manager(listen_port=free_port()),
-    )
-    restarted.close()
+    others: list[int] = []
+    try:
+        with child(
+            [sys.executable, str(TESTS_DIR / "catalog_child.py"), kind, str(root)], tmp_path / "child.log", child_env(0)
+        ) as proc:
+            wait_until(lambda: "@@ ARCHIVED" in proc.output() and catalog_count(root) >= 300, what="a run under way")
+            others = [int(pid) for pid in proc.output().split("@@ PIDS", 1)[1].split("\n", 1)[0].split()]
+            proc.kill()
+        # its applier sees its input end and exits after one last application; its helpers finish their batch
+        wait_until(lambda: not any(_runs(pid) for pid in others), what="the killed run's own processes to exit")
+        template = f"{{{{ file_path }}}}/{{{{ '%05d' % frame }}}}.{kind}"
+        cls = ArrayArchiver if kind == "npy" else JsonArchiver
+        restarted = cls(
+            object_selector="crash-sender",
+            event_name="acquisition_data",
+            save_template=template,
+            default_metadata={"file_path": str(root)},
+            realm=unique_realm(),
+            session_manager=session_manager(listen_port=free_port()),
+        )
+        restarted.close()
+    finally:
+        for pid in others:
+            if _runs(pid):
+                os.kill(pid, signal.SIGKILL)
     items = assert_files_and_catalog_agree(root)
     assert len(items) >= 300
     assert not os.listdir(journal_directory(root)), "the killed run's journal was applied and removed"
+
+
+def _runs(pid: int) -> bool:
+    """Whether ``pid`` is still one of this package's processes (not a later process that got the PID)."""
+    try:
+        return b"heros_archiver" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def test_an_applier_process_that_dies_is_started_again(make_rig: RigFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(catalog, "CHECK_INTERVAL", 0.0)
+    rig = make_rig(NPY, matched=())
+    first = rig.archiver.stats()["catalog"]["applier_pid"]
+    os.kill(first, signal.SIGKILL)
+    wait_until(lambda: not _runs(first), what="the applier to die")
+    for frame in range(5):
+        rig.archiver.feed("cam", (np.full(3, frame), {"frame": frame}))
+        wait_for_items(rig.archiver, frame + 1)
+    status = rig.archiver.stats()["catalog"]
+    assert status["applier_restarts"] == 1 and status["applier_pid"] != first and status["applier_running"]
+    wait_until(lambda: catalog_count(rig.root) == 5, what="the new applier to catch up")
+    applier = status["applier_pid"]
+    rig.archiver.close()
+    assert not _runs(applier), "close stops the applier"
 
 
 def _dead_journal(root: Path, lines: bytes, adopt: str | None = ".npy") -> Path:
