@@ -80,3 +80,9 @@ class UnfaithfulError(ArchiverError):
     Raised for a type outside the faithful encoding's whitelist, a value pickle refuses (too deeply
     nested, not picklable), and for a stored copy that cannot be read back (damaged, planted, edited).
     """
+
+
+class StatusError(ArchiverError):
+    """A running archiver's status could not be read over Zenoh (``heros-archiver status``): gone, or no answer."""
+
+    permanent = False

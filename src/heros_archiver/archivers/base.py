@@ -21,10 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import zenoh
-from heros import EventObserver
+from heros import EventObserver, LocalHERO
 
 from ..errors import ArchiverError, ConfigurationError, PayloadError
 from ..observe.listeners import Listener
+from ..observe.logs import log_fields
+from ..observe.status import StatusListener
 from ..pipeline.accounting import SETTLED, Accounting
 from ..pipeline.core import Pipeline
 from ..pipeline.options import DEFAULT_BLOCK_LIMIT, DEFAULT_MAX_QUEUE_BYTES, DEFAULT_MAX_QUEUE_ITEMS, PipelineOptions
@@ -130,6 +132,8 @@ class HERODataArchiver(EventObserver):
 
     metadata: dict[str, Any]
     max_retries: int
+    #: what heros' discovery says a HERO of this class implements: ``heros-archiver status`` finds archivers by it
+    _hero_implements: list[str] = ["heros_archiver.Archiver"]  # noqa: RUF012 - heros reads it, nobody changes it
     #: ``intake_buffer`` when not given: archivers of unknown payloads hand samples over directly
     DEFAULT_INTAKE_BUFFER = 0
 
@@ -199,6 +203,7 @@ class HERODataArchiver(EventObserver):
         spool_path = Path(spool_dir) if spool_dir else dead_letters.directory.parent / SPOOL_DIR_NAME
         spool = Spool(spool_path, event_name, durable)
         self._router = self._item_router()
+        self._status = StatusListener()
         self._pipeline = Pipeline(
             event_name,
             self._store_item,
@@ -285,8 +290,8 @@ class HERODataArchiver(EventObserver):
 
     def _listeners(self) -> list[Listener]:
         """The listeners of every item's outcome (``observe``), made before the pipeline starts: those given as
-        ``listeners`` here; subclasses add their own."""
-        return list(self.options.listeners)
+        ``listeners`` here and the status (``status()``); subclasses add their own."""
+        return [*self.options.listeners, self._status]
 
     def _store_item(self, item: Item) -> None:
         """Write one queued item (the pipeline's entry point); subclasses may use what the item knows."""
@@ -385,7 +390,14 @@ class HERODataArchiver(EventObserver):
             try:
                 callback(source_name, data)
             except Exception as exc:  # noqa: BLE001 - one failing callback must not keep the others from the event
-                log.error("%s (event %s): callback %s failed: %s", source_name, self._event, uid, exc)
+                log.error(
+                    "%s (event %s): callback %s failed: %s",
+                    source_name,
+                    self._event,
+                    uid,
+                    exc,
+                    extra=log_fields(source_name, self._event, error=exc),
+                )
 
     def feed(self, source_name: str, data: Any, retry_count: int = 0) -> None:
         """Event callback: take ``(payload, metadata)`` from ``source_name`` and queue it. Never raises.
@@ -428,6 +440,29 @@ class HERODataArchiver(EventObserver):
         snapshot["dead_letter_dir"] = str(self._pipeline.dead_letters.directory)
         snapshot["spool_dir"] = str(self._pipeline.spool.directory)
         return snapshot
+
+    def status(self) -> dict[str, Any]:
+        """What the archiver does now, for ``heros-archiver status`` and the metrics (a remote capability under
+        BOSS): per source the counters, the archive rate and the last error; the queue and its oldest item's
+        age, the spool, the disk's free space, the listeners (``observe.status``, decision 0033)."""
+        cls = next(c for c in type(self).__mro__ if issubclass(c, HERODataArchiver) and not issubclass(c, LocalHERO))
+        root = getattr(self, "root", None)
+        identity = {
+            "name": getattr(self, "_name", None),  # a HERO's (BOSS, heros-archiver run); None for a plain observer
+            "class": f"{cls.__module__}.{cls.__qualname__}",
+            "event": self._event,
+            "selector": self._selector,
+            "root": None if root is None else str(root),
+        }
+        paused = getattr(self, "paused", None)
+        return self._status.report(
+            identity,
+            self.stats(),
+            self._accounting.last_retries(),
+            self._pipeline.hub.stats(),
+            Path(root) if root is not None else self._pipeline.dead_letters.directory,
+            paused if isinstance(paused, bool) else None,
+        )
 
     def is_queue_drained(self) -> bool:
         """True when no received item waits in memory: all archived, dead-lettered, dropped, or (once

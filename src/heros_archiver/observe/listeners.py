@@ -37,6 +37,9 @@ class Listener(ABC):
     inline: ClassVar[bool] = False
     #: a queued listener's lane holds at most this many outcomes; a batch beyond that is not queued for it
     max_queued: ClassVar[int] = 65_536
+    #: reads ``Archived.locations``: while any listener does, sinks report where each item went, which costs a
+    #: checksum per item; a listener that only counts (the status) sets it False
+    wants_locations: ClassVar[bool] = True
 
     @property
     def name(self) -> str:
@@ -143,6 +146,12 @@ class ListenerHub:
     def active(self) -> bool:
         """Whether anyone listens (the pipeline makes no outcomes otherwise)."""
         return bool(self._inline or self._lanes)
+
+    @property
+    def locating(self) -> bool:
+        """Whether a listener reads where items went (``Listener.wants_locations``): sinks report it then."""
+        listeners = [counts.listener for counts in self._inline] + [lane.listener for lane in self._lanes]
+        return any(listener.wants_locations for listener in listeners)
 
     def add(self, listener: Listener) -> None:
         """Start telling ``listener`` (before the first outcome, or at any time after)."""

@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from ..observe.logs import log_fields
 
 log = logging.getLogger("heros_archiver")
 
@@ -76,6 +79,8 @@ class Accounting:
         self._event_name = event_name
         self._sequence_key = sequence_key
         self._sources: dict[str, SourceCounters] = {}
+        #: per source, the error of its last failed attempt that was retried, and when (``time.time()``)
+        self._last_retry: dict[str, tuple[str, float]] = {}
         self._lock = threading.Lock()
 
     def _of(self, source: str) -> SourceCounters:
@@ -89,6 +94,18 @@ class Accounting:
         with self._lock:
             counters = self._of(source)
             setattr(counters, counter, getattr(counters, counter) + amount)
+
+    def retried(self, source: str, error: str) -> None:
+        """Count one retry of an item of ``source`` after ``error`` (``ErrorType: message``), kept as its last
+        retried error for the status (``observe.status``): retries are rare, so this costs nothing per item."""
+        with self._lock:
+            self._of(source).retried += 1
+            self._last_retry[source] = (error, time.time())
+
+    def last_retries(self) -> dict[str, tuple[str, float]]:
+        """Per source, the last error that was retried and its time (sources without a retry are left out)."""
+        with self._lock:
+            return dict(self._last_retry)
 
     def lost(self, source: str, reason: str | None) -> None:
         """Count one item of ``source`` dropped without a policy asking for it: ``dropped`` and ``reason``
@@ -156,6 +173,7 @@ class Accounting:
                 source,
                 self._event_name,
                 self._sequence_key,
+                extra=log_fields(source, self._event_name, error=f"{self._sequence_key} {span} never arrived"),
             )
         if duplicate is not None:
             log.warning(
@@ -164,6 +182,7 @@ class Accounting:
                 duplicate,
                 source,
                 self._event_name,
+                extra=log_fields(source, self._event_name, error=f"{self._sequence_key} {duplicate} arrived again"),
             )
 
     def snapshot(self) -> dict[str, Any]:

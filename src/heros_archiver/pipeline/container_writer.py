@@ -22,6 +22,8 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from ..errors import ArchiverError
+from ..observe.logs import log_fields
+from ..saferepr import safe_str
 from ..sinks.base import CommitFailure, ContainerSink, Settled
 from .queueing import Item
 
@@ -74,7 +76,7 @@ class ContainerWriter:
                     self._settle(sink.commit())
             if not items and self._due(idle=True):
                 self._settle(sink.commit())
-            queue.hold(lane, sink.pending, sink.pending_bytes)
+            queue.hold(lane, sink.pending, sink.pending_bytes, sink.oldest_pending)
             if not items and closed:
                 break
             if 0 < len(items) < _LINGER_ITEMS:
@@ -161,8 +163,11 @@ class ContainerWriter:
                 pipeline.spool.done(item)
             return
         delay = pipeline._backoff(attempts)
+        problem = f"commit to {failure.target} failed: {type(error).__name__}: {safe_str(error)}"
         for item in failure.items:
-            pipeline._accounting.add(item.source, "retried")
+            pipeline._accounting.retried(item.source, problem)
+        sources = {item.source for item in failure.items}
+        source = next(iter(sources)) if len(sources) == 1 else None
         log.warning(
             "event %s: commit of %d item(s) to %s failed (attempt %d of %d), appending them again in %.2f s: %s",
             pipeline._event,
@@ -172,6 +177,7 @@ class ContainerWriter:
             pipeline._max_retries() + 1,
             delay,
             error,
+            extra=log_fields(source, pipeline._event, failure.target, error),
         )
         if pipeline._abort.wait(delay):
             self._set_aside(failure)

@@ -18,6 +18,7 @@ from typing import Any, TypeVar, cast
 
 from ..errors import ArchiverError, ConfigurationError
 from ..observe.listeners import Listener, ListenerHub
+from ..observe.logs import log_fields
 from ..sinks.base import ContainerSink, FileSink, Sink
 from ..sinks.batching import BatchWriter
 from ..state.deadletter import DeadLetterStore
@@ -137,7 +138,7 @@ class Pipeline(Submission, Writers):
             if removed := entry_store.remove_stale_temporaries():
                 log.warning("removed %d half-written entries of a crashed run from %s", removed, entry_store.directory)
         self._batch_writer = batch_writer(options.writers) if batch_writer is not None else None
-        if self.hub.active:
+        if self.hub.locating:
             for sink in [*(self._container_sinks or ()), *([self._batch_writer] if self._batch_writer else [])]:
                 sink.locate = True
         self._resumed = set(spool.pending())
@@ -182,6 +183,7 @@ class Pipeline(Submission, Writers):
                     "event %s: queue not drained within drain_timeout=%.1f s; setting the rest aside",
                     self._event,
                     self.options.drain_timeout,
+                    extra=log_fields(event=self._event),
                 )
                 self._abort.set()
                 for thread in [*self._writers, self._reject_writer]:
@@ -199,6 +201,7 @@ class Pipeline(Submission, Writers):
                     self._event,
                     len(self.spool),
                     self.spool.directory,
+                    extra=log_fields(event=self._event, path=self.spool.directory),
                 )
             self.hub.close(max(1.0, deadline - time.monotonic()))
             self._stopped = True
@@ -221,6 +224,7 @@ class Pipeline(Submission, Writers):
             "bytes": nbytes,
             "max_items": self.options.max_queue_items,
             "max_bytes": self.options.max_queue_bytes,
+            "oldest_age": self._queue.oldest_age(),
             "spooled": len(self.spool),
             "spilled_total": self._spilled,
             "quarantined": self._quarantined,

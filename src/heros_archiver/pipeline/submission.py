@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 
 from ..errors import ArchiverError, UnfaithfulError
+from ..observe.logs import log_fields
 from ..observe.outcomes import Dropped
 from ..state.spool import Damaged
 from .queueing import Item
@@ -76,6 +77,7 @@ class Submission(SetAside):
                 self._event,
                 limit,
                 self.spool.directory,
+                extra=log_fields(item.source, self._event, self.spool.directory),
             )
         self._put_or_spill(item, limit if spilling else 0.0)
 
@@ -108,7 +110,12 @@ class Submission(SetAside):
                 self._spilled += 1
                 self._spool_failing = False
                 if failing:
-                    log.warning("event %s: the spool %s takes items again", self._event, self.spool.directory)
+                    log.warning(
+                        "event %s: the spool %s takes items again",
+                        self._event,
+                        self.spool.directory,
+                        extra=log_fields(event=self._event, path=self.spool.directory),
+                    )
                 return
         if unspoolable is not None:
             if may_wait != 0 and self._queue.put(item, block=True, timeout=may_wait):
@@ -126,6 +133,7 @@ class Submission(SetAside):
                     self._event,
                     self.spool.directory,
                     error,
+                    extra=log_fields(item.source, self._event, self.spool.directory, error),
                 )
             if may_wait != 0 and self._queue.put(item, block=True, timeout=may_wait):
                 return
@@ -144,7 +152,13 @@ class Submission(SetAside):
             try:
                 item = self.spool.take(timeout=0.2)
             except Exception as exc:  # noqa: BLE001 - this thread must outlive any fault: it alone empties the spool
-                log.error("event %s: reading the spool %s failed: %s", self._event, self.spool.directory, exc)
+                log.error(
+                    "event %s: reading the spool %s failed: %s",
+                    self._event,
+                    self.spool.directory,
+                    exc,
+                    extra=log_fields(event=self._event, path=self.spool.directory, error=exc),
+                )
                 self._abort.wait(0.2)
                 continue
             if isinstance(item, Damaged):
@@ -188,6 +202,7 @@ class Submission(SetAside):
             damaged.entry,
             where,
             damaged.error,
+            extra=log_fields(damaged.source, self._event, damaged.moved_to or damaged.entry, damaged.error),
         )
 
     def _drop(self, item: Item) -> None:
@@ -209,4 +224,5 @@ class Submission(SetAside):
                 items,
                 nbytes,
                 dropped,
+                extra=log_fields(item.source, self._event, error="queue full, overflow='drop'"),
             )

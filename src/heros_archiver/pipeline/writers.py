@@ -10,6 +10,8 @@ import os
 import threading
 
 from ..errors import ArchiverError, StorageError
+from ..observe.logs import log_fields
+from ..saferepr import safe_str
 from ..sinks.batching import BATCH_BYTES, BATCH_ITEMS, Batch, BatchWriter, Inline, Outcome
 from ..storage.writeback import Ticket
 from .container_writer import ContainerWriter
@@ -147,7 +149,7 @@ class Writers(SetAside):
             self._dead_letter(item, failure, persist=True)
             return False
         delay = self._backoff(item.attempts)
-        self._accounting.add(item.source, "retried")
+        self._accounting.retried(item.source, f"store failed: {type(failure).__name__}: {safe_str(failure)}")
         log.warning(
             "%s (event %s): store failed (attempt %d of %d), retrying in %.2f s: %s",
             item.source,
@@ -156,6 +158,7 @@ class Writers(SetAside):
             self._max_retries() + 1,
             delay,
             failure,
+            extra=log_fields(item.source, item.event or self._event, error=failure),
         )
         if self._abort.wait(delay):
             self._dead_letter(item, failure)

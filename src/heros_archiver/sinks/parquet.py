@@ -38,6 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import StorageError, TargetExistsError
+from ..observe.logs import log_fields
 from ..pipeline.queueing import Item
 from .base import CommitFailure, ContainerSink, Settled
 from .containers import _hashable_json
@@ -188,7 +189,12 @@ class ParquetSink(ContainerSink):
         except SchemaMismatchError as exc:
             if self._settings.on_schema_change == "dead_letter":
                 raise
-            log.warning("%s; %s goes on in a new part with the wider schema", exc, opened.path)
+            log.warning(
+                "%s; %s goes on in a new part with the wider schema",
+                exc,
+                opened.path,
+                extra=log_fields(item.source, path=opened.path, error=exc),
+            )
             schema = widened(opened.schema, rows, item.source)
             settled.add(self._roll_over(route))
             opened = self._start(route, schema)
@@ -339,7 +345,12 @@ class ParquetSink(ContainerSink):
             self._unrebuilt.append((route, file))
         else:
             self._remember(route, recovered)
-            log.error("%s was rebuilt from its journal as %s after a write failed", file.final, recovered.path)
+            log.error(
+                "%s was rebuilt from its journal as %s after a write failed",
+                file.final,
+                recovered.path,
+                extra=log_fields(path=recovered.path),
+            )
 
     def _remember(self, route: str, recovered: RecoveredFile) -> None:
         self._recovered.setdefault(route, set()).update(recovered.keys)
@@ -350,7 +361,12 @@ class ParquetSink(ContainerSink):
         try:
             opened.file.flush_row_group()
         except StorageError as exc:
-            log.error("%s: %s; the file is rebuilt from its journal", opened.path, exc)
+            log.error(
+                "%s: %s; the file is rebuilt from its journal",
+                opened.path,
+                exc,
+                extra=log_fields(path=opened.path, error=exc),
+            )
             self._drop_file(route, opened)
 
     def _drop_file(self, route: str, opened: _Open) -> None:
@@ -378,7 +394,12 @@ class ParquetSink(ContainerSink):
         try:
             published = opened.file.close()
         except StorageError as exc:
-            log.error("%s: %s; the file is rebuilt from its journal", opened.path, exc)
+            log.error(
+                "%s: %s; the file is rebuilt from its journal",
+                opened.path,
+                exc,
+                extra=log_fields(path=opened.path, error=exc),
+            )
             self._abandon(route, opened.file)
             return settled
         log.info("published %s (%d rows)", published, opened.file.rows)
@@ -417,7 +438,12 @@ def _published_keys(route: Path) -> set[bytes]:
         try:
             column = pq.read_table(path, columns=["item_key"]).column("item_key")
         except (OSError, pa.ArrowException, KeyError) as exc:
-            log.warning("%s: its item keys cannot be read (%s); resumed items are not compared with it", path, exc)
+            log.warning(
+                "%s: its item keys cannot be read (%s); resumed items are not compared with it",
+                path,
+                exc,
+                extra=log_fields(path=path, error=exc),
+            )
             continue
         keys.update(column.to_pylist())
     return keys
