@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -32,7 +34,7 @@ from heros_archiver.testing import (
 from heros_archiver.testing.faults import FailingSink, SlowSink
 from heros_archiver.transport import heros_compat
 from heros_archiver.transport.discovery import ARCHIVER_INTERFACE
-from procs import camera_archiver_arguments, child, child_env, run_cli
+from procs import CLI, camera_archiver_arguments, child, child_env, run_cli
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -233,6 +235,14 @@ def test_status_shows_an_archiver_under_boss_and_its_counters_move(tmp_path: Pat
 
             nothing = run_cli(["status", "other-*", "--json", "--realm", realm, "--timeout", "1", *connect])
             assert nothing.returncode == 2, nothing.stdout
+
+            live_args = [*CLI, "status", "--realm", realm, "--interval", "0.2", *connect]
+            with child(live_args, tmp_path / "live.log", dict(os.environ, COLUMNS="250")) as live:
+                wait_until(lambda: "Ctrl-C to stop" in live.output(), 60, f"the live table:\n{live.output()}")
+                os.kill(live.pid, signal.SIGINT)  # Ctrl-C
+                live.proc.wait(30)
+                assert live.proc.returncode == 0, live.output()
+                assert "capturer" in live.output() and "cam" in live.output(), live.output()
     finally:
         if remote is not None:
             remote._destroy_hero()

@@ -97,7 +97,7 @@ def run(
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING, ERROR")] = "INFO",
     log_format: Annotated[LogFormat, typer.Option(help="text, or json: one JSON object per line")] = LogFormat.text,
     metrics_port: Annotated[
-        int | None, typer.Option(help="serve Prometheus metrics on this port (/metrics; needs the extra [metrics])")
+        int | None, typer.Option(help="serve Prometheus metrics on this port (/metrics; needs prometheus-client)")
     ] = None,
     metrics_address: Annotated[str, typer.Option(help="address the metrics endpoint binds to")] = "127.0.0.1",
 ) -> None:

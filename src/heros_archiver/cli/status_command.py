@@ -50,8 +50,7 @@ def status(
 ) -> None:
     """Show the running archivers (under BOSS or heros-archiver run) of REALM that match SELECTOR, live.
 
-    Exit code 2 when none is found within --timeout; with --once or --json, 1 when an archiver found
-    did not answer.
+    Exit code 2 when none is found within --timeout; with --once or --json, 1 when one that was found did not answer.
     """
     from ..transport.discovery import ArchiverFinder
 
@@ -107,10 +106,12 @@ def _collect(finder: Any, names: list[str]) -> tuple[list[dict[str, Any]], list[
 
 def _live(finder: Any, selector: str, names: list[str], realm: str, interval: float) -> None:
     """Refresh the table every ``interval`` seconds until Ctrl-C; look for new archivers now and then."""
-    searched = time.monotonic()
-    statuses, errors = _collect(finder, names)
-    with Live(status_table(statuses, errors, realm), console=Console(), auto_refresh=False) as live:
-        try:
+    try:
+        searched = time.monotonic()
+        statuses, errors = _collect(finder, names)
+        shown = f"showing {len(names)} archiver(s) of realm {escape(realm)!r}"
+        console.print(f"{shown} every {interval:g} s; Ctrl-C to stop")
+        with Live(status_table(statuses, errors, realm), console=Console(), auto_refresh=False) as live:
             while True:
                 time.sleep(interval)
                 if time.monotonic() - searched >= REDISCOVER_INTERVAL:
@@ -118,8 +119,8 @@ def _live(finder: Any, selector: str, names: list[str], realm: str, interval: fl
                     searched = time.monotonic()
                 statuses, errors = _collect(finder, names)
                 live.update(status_table(statuses, errors, realm), refresh=True)
-        except KeyboardInterrupt:
-            return
+    except KeyboardInterrupt:  # Ctrl-C: the way to leave the live view
+        return
 
 
 def status_table(statuses: list[dict[str, Any]], errors: list[dict[str, str]], realm: str) -> Table:
