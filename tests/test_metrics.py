@@ -52,6 +52,7 @@ def test_the_collector_serves_every_counter_per_source_and_every_gauge(make_rig:
     wait_for_items(rig.archiver, 3)  # then the bad payload, after them
     rig.archiver.feed("cam", ("not an array", {"frame": 4}))
     wait_for_items(rig.archiver, 4)
+    wait_until(lambda: rig.archiver.status()["listeners"]["status"]["handled"] == 4, what="the status listener")
     port = free_port()
     server = serve_metrics([rig.archiver.status], port)
     try:
