@@ -242,15 +242,27 @@ class _Hdf5(_Opened):
         from ..sinks.containers.hdf5_files import load_h5py
 
         self._h5py, _ = load_h5py()  # hdf5plugin too: compressed stacks need its filters
-        try:
-            self._file = self._h5py.File(path, "r", libver="latest", swmr=True, locking=False)
-        except OSError:
-            try:  # a file of an older format cannot be read as SWMR
-                self._file = self._h5py.File(path, "r", locking=False)
-            except OSError as exc:
-                raise self.error("unreadable", None, None, f"expected an HDF5 file it can open, got: {exc}") from exc
+        self._file = self._open(path)
         #: per stack dataset, its committed length as last read
         self._lengths: dict[str, int] = {}
+
+    def _open(self, path: str) -> Any:
+        """The file, read-only: as a SWMR reader without file locking (a writer's lock does not stop it), else
+        with the locking of a writer in this same process (HDF5 refuses to open one file twice with different
+        locking), else not as SWMR (a file of an older format)."""
+        File = self._h5py.File
+        attempts: list[dict[str, Any]] = [
+            {"libver": "latest", "swmr": True, "locking": False},
+            {"libver": "latest", "swmr": True},
+            {"locking": False},
+            {},
+        ]
+        for options in attempts:
+            try:
+                return File(path, "r", **options)
+            except OSError as exc:
+                error = exc
+        raise self.error("unreadable", None, None, f"expected an HDF5 file it can open, got: {error}") from error
 
     def read(self, member: str | None, index: int | None, count: int, key: bytes | None) -> ItemReading:
         h5py = self._h5py
