@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import signal
@@ -15,13 +16,17 @@ from typing import Any
 import numpy as np
 import pytest
 from heros import RemoteHERO
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from rich.console import Console
 
 from conftest import RigFactory
 from helpers import wait_for_items, wait_until
 from heros_archiver import Hdf5Archiver
-from heros_archiver.cli.status_command import status_table
+from heros_archiver.cli.status_command import jsonable, status_table
 from heros_archiver.errors import StorageError
-from heros_archiver.observe.status import RateWindow, disk_usage
+from heros_archiver.observe.status import RateWindow, StatusListener, disk_usage
+from heros_archiver.pipeline.accounting import Accounting
 from heros_archiver.pipeline.queueing import Item, LaneQueue
 from heros_archiver.testing import (
     ReliableSimulatedCamera,
@@ -161,6 +166,68 @@ def test_the_last_error_is_the_latest_retry_dead_letter_or_drop(make_rig: RigFac
     cam = rig.archiver.status()["sources"]["cam"]
     assert cam["failed"] == cam["dead_lettered"] == 1 and cam["retried"] == 1
     assert "expected a numpy array" in cam["last_error"]["error"] and cam["last_error"]["time"] >= last["time"]
+
+
+# ------------------------------------------------------------------------------------------------ the table
+def _sample_status() -> dict[str, Any]:
+    """A status as an archiver with one source makes it (without Zenoh)."""
+    accounting = Accounting("acquisition_data", "frame")
+    accounting.received("cam", {"frame": 0})
+    accounting.archived("cam", 100)
+    stats = accounting.snapshot()
+    stats["total"]["in_flight"] = 0
+    stats["queue"] = {"items": 2, "bytes": 3000, "max_items": 10, "max_bytes": 10**6, "oldest_age": 1.5, "spooled": 0}
+    identity = {"name": "capturer", "class": "x.ArrayArchiver", "event": "acquisition_data", "selector": "cam"}
+    listeners = {"status": {"handled": 1, "queued": 0, "lagged": 0, "failed": 0}}
+    return StatusListener().report(identity, stats, {"cam": ("OSError: hiccup", time.time())}, listeners, None, None)
+
+
+def _rendered(table: Any) -> str:
+    console = Console(file=io.StringIO(), width=250)
+    console.print(table)
+    return console.file.getvalue()  # type: ignore[attr-defined,no-any-return]
+
+
+def test_the_table_shows_each_source_and_the_archivers_own_figures_once() -> None:
+    status = _sample_status()
+    text = _rendered(status_table([status], [{"name": "gone", "error": "no answer"}], "lab"))
+    row = next(line for line in text.splitlines() if "capturer" in line)
+    assert "cam" in row and "2 · 2.9 KiB" in row and "1.5 s" in row and "retried" in row, text
+    assert "gone" in text and "no answer" in text
+
+
+network_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12) | st.binary(max_size=6),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8) | st.integers(), children, max_size=3)
+    ),
+    max_leaves=12,
+)
+
+
+#: paths into a status (as far as each goes) where the network value is put instead
+status_paths = st.lists(
+    st.sampled_from(["queue", "sources", "cam", "disk", "time", "archiver", "last_error", "received", "oldest_age"]),
+    min_size=1,
+    max_size=3,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(junk=network_values, where=status_paths)
+def test_a_status_of_any_shape_is_shown_never_raised(junk: Any, where: list[str]) -> None:
+    """A status comes over the network: another version's, a broken peer's. The table and the JSON take it."""
+    status: Any = _sample_status()
+    node = status
+    for key in where[:-1]:  # replace what is at a path of the real status, as far as the path goes
+        if not isinstance(node, dict) or key not in node:
+            break
+        node = node[key]
+    if isinstance(node, dict):
+        node[where[-1]] = junk
+    for shown in (status, junk):
+        _rendered(status_table([shown], [], "lab"))
+        json.dumps(jsonable({"archivers": [shown]}))
 
 
 # ------------------------------------------------------------------------------------------------ the command

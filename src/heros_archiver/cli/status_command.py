@@ -71,13 +71,25 @@ def status(
             statuses, errors = _collect(finder, names)
             if as_json:
                 document = {"realm": realm, "time": time.time(), "archivers": statuses, "errors": errors}
-                sys.stdout.write(json.dumps(document, indent=2, default=str) + "\n")
+                sys.stdout.write(json.dumps(jsonable(document), indent=2) + "\n")
             else:
                 Console().print(status_table(statuses, errors, realm))
             if errors:
                 raise typer.Exit(1)
             return
         _live(finder, selector, names, realm, interval)
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` with only what JSON carries: a status came over the network as CBOR, which also has sets,
+    tuples, bytes and keys that are not text (kept as lists, lists, their repr and text)."""
+    if isinstance(value, dict):
+        return {key if isinstance(key, str) else repr(key): jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [jsonable(item) for item in value]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return repr(value)
 
 
 def _find(finder: Any, selector: str, timeout: float) -> list[str]:
@@ -125,50 +137,71 @@ def _live(finder: Any, selector: str, names: list[str], realm: str, interval: fl
 
 def status_table(statuses: list[dict[str, Any]], errors: list[dict[str, str]], realm: str) -> Table:
     """One row per archiver and source (an archiver without sources yet: one row); the archiver's own figures
-    (queue, oldest item, spool, disk) on its first row; one row per archiver that did not answer."""
+    (queue, oldest item, spool, disk) on its first row; one row per archiver that did not answer, or answered
+    with something this version cannot show (another version's status, a broken peer: it came over the
+    network, so it is shown as an error, never raised)."""
     table = Table(title=f"archivers in realm {realm} ({time.strftime('%H:%M:%S')})")
     for column in ("archiver", "source", "received", "archived", "failed", "gaps", "rate"):
         table.add_column(column, justify="left" if column in ("archiver", "source") else "right")
     for column in ("queue", "oldest", "spool", "disk free"):
         table.add_column(column, justify="right")
     table.add_column("last error", overflow="fold")
-    for status in sorted(statuses, key=archiver_label):
-        queue, disk = status["queue"], status["disk"]
-        name = archiver_label(status) + (" (paused)" if status.get("paused") else "")
-        own = [
-            f"{queue['items']} · {_bytes(queue['bytes'])}",
-            _age(queue["oldest_age"]),
-            str(queue["spooled"]),
-            "-" if disk is None else _bytes(disk["free_bytes"]),
-        ]
-        rows = sorted(status["sources"].items()) or [("-", None)]
-        for index, (source, counters) in enumerate(rows):
-            first = index == 0
-            cells = ["-"] * 5 + [""] if counters is None else _source_cells(counters, status["time"])
-            table.add_row(
-                escape(name) if first else "",
-                escape(source),
-                *cells[:5],
-                *(own if first else [""] * len(own)),
-                cells[5],
-            )
+    problems = list(errors)
+    for status in sorted(statuses, key=_label):
+        try:
+            rows = _archiver_rows(status)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as exc:
+            problems.append({"name": _label(status), "error": f"a status this version cannot show ({exc!r:.200})"})
+            continue
+        for row in rows:
+            table.add_row(*row)
         table.add_section()
-    for error in errors:
-        table.add_row(escape(error["name"]), "", *[""] * 9, f"[red]{escape(error['error'])}[/red]")
+    for problem in problems:
+        table.add_row(escape(str(problem["name"])), "", *[""] * 9, f"[red]{escape(str(problem['error']))}[/red]")
     return table
+
+
+def _label(status: Any) -> str:
+    """The archiver's name in the table, whatever arrived."""
+    try:
+        return archiver_label(status)
+    except (KeyError, TypeError, AttributeError):
+        return "?"
+
+
+def _archiver_rows(status: dict[str, Any]) -> list[list[str]]:
+    """The rows of one archiver: its sources, its own figures on the first."""
+    queue, disk = status["queue"], status["disk"]
+    name = archiver_label(status) + (" (paused)" if status.get("paused") else "")
+    own = [
+        f"{int(queue['items'])} · {_bytes(queue['bytes'])}",
+        _age(queue["oldest_age"]),
+        str(int(queue["spooled"])),
+        "-" if disk is None else _bytes(disk["free_bytes"]),
+    ]
+    sources: list[tuple[str, dict[str, Any] | None]] = sorted((str(k), v) for k, v in status["sources"].items())
+    rows = []
+    for index, (source, counters) in enumerate(sources or [("-", None)]):
+        first = index == 0
+        cells = ["-"] * 5 + [""] if counters is None else _source_cells(counters, float(status["time"]))
+        rows.append(
+            [escape(name) if first else "", escape(source), *cells[:5], *(own if first else [""] * len(own)), cells[5]]
+        )
+    return rows
 
 
 def _source_cells(counters: dict[str, Any], now: float) -> list[str]:
     """received, archived, failed, gaps, rate and the last error of one source."""
-    gaps = str(counters["gaps"]) + (f" ({counters['missing']} missing)" if counters["gaps"] else "")
+    gaps = str(int(counters["gaps"])) + (f" ({int(counters['missing'])} missing)" if counters["gaps"] else "")
     rate = f"{counters['items_per_second']:.1f}/s · {_bytes(counters['bytes_per_second'])}/s"
     last = counters.get("last_error")
     error = ""
     if last:
         text = str(last["error"])
         text = text if len(text) <= ERROR_WIDTH else text[: ERROR_WIDTH - 1] + "…"
-        error = f"[red]{escape(last['kind'])}[/red] {_age(now - last['time'])} ago: {escape(text)}"
-    return [str(counters["received"]), str(counters["archived"]), str(counters["failed"]), gaps, rate, error]
+        error = f"[red]{escape(str(last['kind']))}[/red] {_age(now - float(last['time']))} ago: {escape(text)}"
+    counts = (int(counters[name]) for name in ("received", "archived", "failed"))
+    return [*map(str, counts), gaps, rate, error]
 
 
 def _bytes(value: float) -> str:
