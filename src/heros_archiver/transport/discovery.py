@@ -47,11 +47,15 @@ class ArchiverFinder:
     def discover(self, pattern: str = "*", timeout: float = 1.0) -> list[str]:
         """The names of the archivers that answer heros' discovery within ``timeout`` seconds and match
         ``pattern`` (a glob on the name, e.g. ``cam-*``), sorted."""
-        replies = heros_compat.discover(self._peer, timeout)
+        try:
+            replies = heros_compat.discover(self._peer, timeout)
+        except Exception as exc:  # noqa: BLE001 - a broken reply (heros reads its "name") must not end the command
+            log.warning("discovery in realm %r failed: %s: %s", self.realm, type(exc).__name__, safe_str(exc))
+            return []
         return sorted(
             name
             for name, reply in replies.items()
-            if ARCHIVER_INTERFACE in _implements(reply) and fnmatch.fnmatchcase(name, pattern)
+            if isinstance(name, str) and ARCHIVER_INTERFACE in _implements(reply) and fnmatch.fnmatchcase(name, pattern)
         )
 
     def status(self, name: str) -> dict[str, Any]:
