@@ -454,10 +454,11 @@ class HERODataArchiver(EventObserver):
             "selector": self._selector,
             "root": None if root is None else str(root),
         }
-        paused = getattr(self, "paused", None)
+        stats = self.stats()
+        paused = stats.get("paused")  # an archiver that can pause says so in its stats
         return self._status.report(
             identity,
-            self.stats(),
+            stats,
             self._accounting.last_retries(),
             self._pipeline.hub.stats(),
             Path(root) if root is not None else self._pipeline.dead_letters.directory,
