@@ -121,9 +121,9 @@ def _live(finder: Any, selector: str, names: list[str], realm: str, interval: fl
     try:
         searched = time.monotonic()
         statuses, errors = _collect(finder, names)
-        shown = f"showing {len(names)} archiver(s) of realm {escape(realm)!r}"
-        console.print(f"{shown} every {interval:g} s; Ctrl-C to stop")
         with Live(status_table(statuses, errors, realm), console=Console(), auto_refresh=False) as live:
+            shown = f"showing {len(names)} archiver(s) of realm {escape(realm)!r}"
+            console.print(f"{shown} every {interval:g} s; Ctrl-C to stop")  # printed above the table
             while True:
                 time.sleep(interval)
                 if time.monotonic() - searched >= REDISCOVER_INTERVAL:
