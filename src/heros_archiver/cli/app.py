@@ -37,9 +37,6 @@ STATS_COLUMNS = (
 )
 
 
-app.command(name="status")(status_command.status)
-
-
 def _parse_value(text: str) -> Any:
     """``3`` -> 3, ``"a"`` -> "a", ``[1, 2]`` -> [1, 2]; anything that is not JSON stays a string."""
     try:
@@ -292,6 +289,9 @@ def _progress(total: int, status: Callable[[], tuple[int, bool]]) -> None:
             progress.update(task, completed=done)
             if not finished:
                 time.sleep(0.1)
+
+
+app.command(name="status")(status_command.status)
 
 
 def main() -> None:
