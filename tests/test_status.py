@@ -39,7 +39,17 @@ from heros_archiver.testing import (
 from heros_archiver.testing.faults import FailingSink, SlowSink
 from heros_archiver.transport import heros_compat
 from heros_archiver.transport.discovery import ARCHIVER_INTERFACE
-from procs import CLI, camera_archiver_arguments, child, child_env, run_cli
+from procs import (
+    CLI,
+    camera,
+    camera_archiver_arguments,
+    child,
+    child_env,
+    run_cli,
+    send_frames,
+    wait_for_archiver,
+    write_config,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -314,3 +324,29 @@ def test_status_shows_an_archiver_under_boss_and_its_counters_move(tmp_path: Pat
         if remote is not None:
             remote._destroy_hero()
         camera._destroy_hero()
+
+
+@pytest.mark.slow
+def test_status_shows_an_archiver_of_heros_archiver_run(tmp_path: Path) -> None:
+    """``heros-archiver run`` makes each config entry with an ``_id`` a HERO of that name (transport.hero_builder,
+    the control work): the command finds it like one under BOSS, and its counters move."""
+    pytest.importorskip("heros_archiver.transport.hero_builder", reason="heros-archiver run makes no HEROs here yet")
+    config = write_config(tmp_path / "config.json", camera_archiver_arguments(tmp_path / "archive"))
+    port, run_port, realm = free_port(), free_port(), unique_realm()
+    env = child_env(port, HEROS_ZENOH_CONFIG=loopback_config_json(listen_port=run_port, connect_port=port))
+    args = [*CLI, "run", str(config), "--realm", realm]
+    with camera(port, realm) as cam, child(args, tmp_path / "run.log", env) as proc:
+        wait_for_archiver(cam, proc)
+        send_frames(cam, [0, 1, 2], (4, 4))
+        connect = ["--connect", f"tcp/127.0.0.1:{run_port}"]
+
+        def archived() -> int:
+            result = run_cli(["status", "--json", "--realm", realm, "--timeout", "30", *connect])
+            assert result.returncode == 0, f"{result.stdout}\n{proc.output()}"
+            (status,) = json.loads(result.stdout)["archivers"]
+            assert status["archiver"]["name"] == "archiver" and status["paused"] is False, status
+            return int(status["total"]["archived"])
+
+        wait_until(lambda: archived() == 3, what="3 archived in the status of the run's archiver")
+        send_frames(cam, [3, 4], (4, 4))
+        wait_until(lambda: archived() == 5, what="the counters to move")
