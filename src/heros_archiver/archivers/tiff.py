@@ -22,7 +22,7 @@ from ..sinks.batching import BatchWriter
 from ..sinks.writer import _refuse_reserved
 from ..state.replay_tiff import TIFF_STACK_KIND, TiffStackWriterSettings
 from ..storage.atomic import OnExists
-from .acquisitions import AcquisitionMarkers, AcquisitionTracker, check_templates
+from .acquisitions import AcquisitionMarkers, AcquisitionTracker, check_templates, recorded_defaults
 from .files import FileArchiver
 from .options import DEFAULT_WRITEBACK_WINDOW, TiffOptions
 
@@ -139,7 +139,9 @@ class TiffArchiver(AcquisitionMarkers, FileArchiver):
             kind=TIFF_STACK_KIND, save_template=self.name_template.source, root=str(self.root),
             on_exists=options.on_exists, fsync=options.fsync, max_frames=options.max_frames,
             max_bytes=options.max_bytes, writeback_window=options.writeback_window,
-            acquisitions=options.acquisitions, sequence_key=self.options.sequence_key,
+            acquisitions=options.acquisitions,
+            default_metadata=recorded_defaults(self.metadata) if options.acquisitions else None,
+            sequence_key=self.options.sequence_key,
         ).to_dict()  # fmt: skip
 
     @property

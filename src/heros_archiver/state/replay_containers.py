@@ -8,7 +8,7 @@ letter (a ``records.SettingsRecord`` of its own ``kind``); replaying one entry t
    refusals, worded the same), with ``on_exists="append"`` whatever the archiver's policy was (the store's
    items belong to the run that wrote them; a container that is not there yet is made);
 2. the container's path is rendered from the recorded template (or the operator's corrected one) with what
-   the archiver's templates saw (the metadata, ``source_name``, the item's context) and confined under the
+   the archiver's templates saw (the metadata, ``source_name``; a kind adds its own) and confined under the
    trusted root, exactly as the archiver routes an item;
 3. the item is appended through the archiver's own sink class, built from the same options, and committed
    at once: the entry leaves the store only after its commit reported it. An item whose key the container
@@ -21,6 +21,7 @@ sink. The container's library is imported only when an entry needs it.
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -62,7 +63,7 @@ class ContainerReplay(ABC, Generic[S]):
     def __init__(self, template: str | None = None, member_template: str | None = None) -> None:
         self._template = template
         self._member_template = member_template
-        self._targets: dict[tuple[Any, ...], Target[S]] = {}
+        self._targets: dict[str, Target[S]] = {}
 
     # ------------------------------------------------------------------ what each kind says
     @abstractmethod
@@ -77,14 +78,13 @@ class ContainerReplay(ABC, Generic[S]):
     def _make_sink(self, target: Target[S]) -> ContainerSink:
         """The archiver's container sink for ``target`` (made at the first write)."""
 
-    def _context(self, item: Item | DeadLetter) -> dict[str, Any]:
-        """What the templates see: the metadata, what the archiver added on receipt (the acquisition), the
-        source."""
-        return {**item.metadata, **(item.context or {}), "source_name": item.source}
+    def _context(self, item: Item | DeadLetter, target: Target[S]) -> dict[str, Any]:
+        """What the templates see: the metadata that arrived (merged with the default metadata) and the source."""
+        return {**item.metadata, "source_name": item.source}
 
     def _route(self, item: DeadLetter, target: Target[S]) -> str:
         """The confined container path of ``item``, rendered as the archiver renders its route."""
-        path = target.files.render_confined(self._context(item))
+        path = target.files.render_confined(self._context(item, target))
         _refuse_reserved(path, target.settings.root, target.files.source)
         return path
 
@@ -93,7 +93,7 @@ class ContainerReplay(ABC, Generic[S]):
         member = target.member
         if member is None:
             raise ReplayError(f"{type(self).__name__}: this kind of container has no member template")
-        return lambda one: member.render_text(self._context(one))
+        return lambda one: member.render_text(self._context(one, target))
 
     # ------------------------------------------------------------------ the steps
     def plan(self, item: DeadLetter, settings: S) -> list[Path]:
@@ -102,7 +102,7 @@ class ContainerReplay(ABC, Generic[S]):
         target = self._target(settings)
         path = self._route(item, target)
         if target.member is not None:
-            target.member.render_text(self._context(item))
+            target.member.render_text(self._context(item, target))
         return [Path(path)]
 
     def write(self, item: DeadLetter, settings: S) -> list[Path]:
@@ -143,7 +143,7 @@ class ContainerReplay(ABC, Generic[S]):
         )  # fmt: skip
 
     def _target(self, settings: S) -> Target[S]:
-        key = tuple(settings.to_dict().values())
+        key = json.dumps(settings.to_dict(), sort_keys=True)  # as read from JSON: it dumps again
         target = self._targets.get(key)
         if target is None:
             options = self._options(settings)

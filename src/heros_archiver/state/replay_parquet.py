@@ -88,10 +88,11 @@ class ParquetReplay(ContainerReplay[ParquetWriterSettings]):
     def _template_sources(self, settings: ParquetWriterSettings) -> tuple[str, str | None]:
         return settings.file_template, None
 
-    def _context(self, item: Item | DeadLetter) -> dict[str, Any]:
+    def _context(self, item: Item | DeadLetter, target: Target[ParquetWriterSettings]) -> dict[str, Any]:
         from ..archivers.parquet import time_names
 
-        return {**super()._context(item), **time_names(dt.datetime.fromtimestamp(item.received, dt.UTC))}
+        received = dt.datetime.fromtimestamp(item.received, dt.UTC)
+        return {**super()._context(item, target), **time_names(received)}
 
     def _make_sink(self, target: Target[ParquetWriterSettings]) -> ContainerSink:
         """The sink, after the files of journals that dead processes left under the root are rebuilt (their

@@ -8,13 +8,16 @@ reopened (a failed commit's partial pages cut off) or made, a frame whose key a 
 twice, and each frame's pages are linked (the commit) before its entry leaves.
 
 With ``acquisitions=True`` every item of an entry knows its acquisition (source, number, start: kept in the
-entry's context), and a template may render the same path for several acquisitions (the archiver then
-wrote ``name-1.tif``, ``name-2.tif``, ... one per acquisition). Replay appends a frame to the stack whose first
-page names its acquisition (the record's ``acquisition``), the last such part if it rolled over; an
-acquisition without a stack yet gets the next free part, whose first page records it (with the configuration
-of its ``acquisition_started`` marker when that entry is replayed first: entries go oldest first). A stop
-marker writes nothing (in the archiver it closes the stack and counts its frames; replay commits every frame
-and closes every stack at the end): its entry is replayed as done.
+entry's context); the template is rendered, as in the archiver, with the acquisition and the default
+metadata (recorded in the settings, its JSON values only), not the item's metadata. A template may render
+the same path for several acquisitions (the archiver then wrote ``name-1.tif``, ``name-2.tif``, ... one per
+acquisition). Replay appends a frame to the stack whose first page names its acquisition (the record's
+``acquisition``), the last such part if it rolled over; an acquisition without a stack yet gets the next
+free part, whose first page records it (with the configuration of its ``acquisition_started`` marker when
+that entry is replayed first: entries go oldest first). A stop marker writes nothing (in the archiver it
+closes the stack and counts its frames; replay commits every frame and closes every stack at the end): its
+entry is replayed as done. A stack that fills up (``max_frames``, ``max_bytes``) rolls over to a part named
+after the acquisition's part (``name-1-1.tif``), not to the next one of the series.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ..pipeline.queueing import Item
 from ..sinks.base import ContainerSink
 from ..sinks.hdf5_acquisitions import START_EVENT, STOP_EVENT, Identity, identity_of
 from ..sinks.routed import part_path
@@ -46,7 +50,7 @@ class TiffStackWriterSettings(SettingsRecord):
     FIELD_TYPES: ClassVar[dict[str, tuple[type, ...]]] = {
         "kind": (str,), "save_template": (str,), "root": (str,), "on_exists": (str,), "fsync": (str,),
         "max_frames": (int, NONE), "max_bytes": (int, NONE), "writeback_window": (int,), "acquisitions": (bool,),
-        "sequence_key": (str, NONE),
+        "default_metadata": (dict, NONE), "sequence_key": (str, NONE),
     }  # fmt: skip
 
     kind: str
@@ -58,6 +62,8 @@ class TiffStackWriterSettings(SettingsRecord):
     max_bytes: int | None
     writeback_window: int
     acquisitions: bool
+    #: with acquisitions: the default metadata the templates see beside the acquisition (JSON values only)
+    default_metadata: dict[str, Any] | None
     sequence_key: str | None
 
 
@@ -84,6 +90,14 @@ class TiffStackReplay(ContainerReplay[TiffStackWriterSettings]):
 
     def _template_sources(self, settings: TiffStackWriterSettings) -> tuple[str, str | None]:
         return settings.save_template, None
+
+    def _context(self, item: Item | DeadLetter, target: Target[TiffStackWriterSettings]) -> dict[str, Any]:
+        """With acquisitions, what the archiver's template saw for an item of an acquisition: the default
+        metadata and the acquisition (``AcquisitionMarkers._acquisition_context``), not the item's metadata
+        (a marker has none)."""
+        if not target.options.acquisitions or item.context is None:
+            return super()._context(item, target)
+        return {**(target.settings.default_metadata or {}), **item.context, "source_name": item.source}
 
     def _make_sink(self, target: Target[TiffStackWriterSettings]) -> ContainerSink:
         from ..sinks.tiff_acquisitions import TiffAcquisitionSink
@@ -116,32 +130,43 @@ class TiffStackReplay(ContainerReplay[TiffStackWriterSettings]):
 
     def _part_of(self, route: Path, acquisition: Identity, taken: set[str]) -> Path:
         """The last part of ``route``'s series whose first page names ``acquisition``, else the first free one
-        (neither on disk nor chosen for another acquisition in this replay)."""
+        (no file, or a stack without a page, and not chosen for another acquisition in this replay)."""
         found, part = None, 0
-        path = part_path(route, part)
-        while path.exists() or path.is_symlink() or str(path) in taken:
-            if _acquisition_of(path) == acquisition:
+        while True:
+            path = part_path(route, part)
+            state = _OTHER if str(path) in taken else _state_of(path)
+            if state == _FREE:
+                return found or path
+            if state == acquisition:
                 found = path
             part += 1
-            path = part_path(route, part)
-        return found or path
 
 
-def _acquisition_of(path: Path) -> Identity | None:
-    """(source, number, start) the first page of the stack at ``path`` records; None for none (a stack of no
-    acquisition, not a stack of ours, a link, unreadable): never one to append to."""
+#: ``_state_of`` a part: nothing there (or a stack made without a page yet), or not one to append to
+_FREE, _OTHER = "free", "other"
+
+
+def _state_of(path: Path) -> Identity | str:
+    """The acquisition (source, number, start) the first page of the stack at ``path`` records; ``_FREE`` for
+    no file or a stack without a page (made, and its writer killed before its first commit: appending to it
+    continues it, as the archiver does); ``_OTHER`` for anything else (a stack of no acquisition, a file that
+    is no stack of ours, a link, unreadable)."""
     from ..sinks.containers.tiff import read_records
 
     if path.is_symlink():
-        return None
+        return _OTHER
     try:
         records = read_records(path)
+    except FileNotFoundError:
+        return _FREE
     except (OSError, ValueError):  # NotAStackError is a ValueError
-        return None
-    first: Any = records[0].get("acquisition") if records else None
+        return _OTHER
+    if not records:
+        return _FREE
+    first: Any = records[0].get("acquisition")
     if not isinstance(first, dict):
-        return None
+        return _OTHER
     source, number, start = first.get("source"), first.get("number"), first.get("started")
     if not isinstance(source, str) or not isinstance(number, int) or not isinstance(start, str):
-        return None
+        return _OTHER
     return source, number, start
