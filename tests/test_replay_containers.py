@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -328,6 +330,39 @@ def test_acquisitions_refused_whole_are_replayed_with_their_markers_into_a_corre
         np.testing.assert_array_equal(tifffile.imread(tmp_path / name), np.stack(sent))
         assert read_records(tmp_path / name)[0]["acquisition"]["configuration"] == configuration, name
     assert not (tmp_path.parent / "out").exists()
+
+
+#: A replay whose process ends (without closing anything) when it would remove its first entry: its rows are
+#: journaled, the entry is still there, no Parquet file was published.
+_KILLED_REPLAY = """
+import os, sys
+from heros_archiver.state.deadletter import DeadLetterStore
+from heros_archiver.state.replay import replay
+DeadLetterStore.remove = lambda self, entry: os._exit(3)
+replay(sys.argv[1], template=sys.argv[2])
+"""
+
+
+def test_a_parquet_replay_killed_after_its_first_commit_is_finished_once_by_the_next(
+    make_rig: RigFactory, tmp_path: Path
+) -> None:
+    """The next replay rebuilds the dead replay's journal into the file first, so the first entry's reading is
+    found by its key (archived, no second row) and the others go into the next part: every row once."""
+    entries = _unrenderable_entries(make_rig, KINDS[2])
+    template = "{{ file_path }}/fixed.parquet"
+    killed = subprocess.run(
+        [sys.executable, "-c", _KILLED_REPLAY, str(_dead_letters(tmp_path)), template], timeout=60, check=False
+    )
+    assert killed.returncode == 3 and dead_letter_entries(tmp_path) == entries
+    assert not (tmp_path / "fixed.parquet").exists()
+    assert len(list((tmp_path / ".heros-archiver" / "parquet-journal").glob("*.arrows"))) == 1
+
+    outcomes = replay(_dead_letters(tmp_path), template=template)
+    assert [o.ok for o in outcomes] == [True] * 3 and dead_letter_entries(tmp_path) == [], outcomes
+    assert [o.paths for o in outcomes] == [[tmp_path / "fixed.parquet"]] + [[tmp_path / "fixed-1.parquet"]] * 2
+    assert _parquet_rows(tmp_path / "fixed.parquet") == [0]
+    assert _parquet_rows(tmp_path / "fixed-1.parquet") == [1, 2]
+    assert not list((tmp_path / ".heros-archiver" / "parquet-journal").glob("*.arrows"))
 
 
 # ------------------------------------------------------------------------------------------ a datasource

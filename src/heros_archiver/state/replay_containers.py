@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from ..errors import ReplayError
+from ..errors import ConfigurationError, ReplayError
 from ..naming.templates import PathTemplate
 from ..pipeline.queueing import Item
 from ..sinks.base import ContainerSink
@@ -110,9 +110,9 @@ class ContainerReplay(ABC, Generic[S]):
         one is full). Raises the append's or the commit's error: the entry then stays."""
         target = self._target(settings)
         one = self._item(item, self._route(item, target))
-        return self.append(target, one, item)
+        return self._append(target, one, item)
 
-    def append(self, target: Target[S], one: Item, item: DeadLetter) -> list[Path]:
+    def _append(self, target: Target[S], one: Item, item: DeadLetter) -> list[Path]:
         """``one`` (made from ``item``) appended through ``target``'s sink and committed; where it went."""
         if target.sink is None:
             target.sink = self._make_sink(target)
@@ -146,7 +146,10 @@ class ContainerReplay(ABC, Generic[S]):
         key = json.dumps(settings.to_dict(), sort_keys=True)  # as read from JSON: it dumps again
         target = self._targets.get(key)
         if target is None:
-            options = self._options(settings)
+            try:
+                options = self._options(settings)
+            except ConfigurationError as exc:  # say which record the value came from
+                raise ConfigurationError(f"{settings.LABEL}: {exc}") from exc
             files, member = self._template_sources(settings)
             corrected = self._member_template if member is not None else None
             target = Target(

@@ -12,8 +12,9 @@ time the entry kept) and appends through a ``ParquetSink`` made from the archive
 A published Parquet file is never written again, so the rows go into the next free part of the series
 (``name-N.parquet``, as the archiver continues after a restart), published when replay ends. Each entry
 leaves the store once its rows are journaled (the archiver's commit point, decision 0027); a replay killed
-before the publish leaves the journal, which the next replay or archiver start under that root rebuilds
-(replay does so first, as the archiver's start does: journals of running processes are left alone). An
+before the publish leaves the journal, which the next replay of Parquet entries under that root (or the
+next start of a Parquet archiver there) rebuilds into the file first, so that an entry it had journaled is
+found by its key (journals of running processes are left alone, as at an archiver's start). An
 item whose key a published part of its series holds (a replay run twice) writes no second row.
 """
 
@@ -78,7 +79,7 @@ class ParquetReplay(ContainerReplay[ParquetWriterSettings]):
     def _options(self, settings: ParquetWriterSettings) -> ParquetOptions:
         from ..archivers.options import ParquetOptions
 
-        check_choice("parquet writer settings field 'rows'", settings.rows, (READING_ROWS, DATASOURCE_ROWS))
+        check_choice("rows", settings.rows, (READING_ROWS, DATASOURCE_ROWS))
         return ParquetOptions(
             settings.file_template, on_schema_change=settings.on_schema_change,
             row_group_rows=settings.row_group_rows, max_rows=settings.max_rows, max_bytes=settings.max_bytes,

@@ -115,7 +115,7 @@ class TiffStackReplay(ContainerReplay[TiffStackWriterSettings]):
         route = self._route(item, target)
         if item.event == STOP_EVENT:
             return [Path(route)]
-        return self.append(target, self._item(item, route, START_EVENT if item.event == START_EVENT else None), item)
+        return self._append(target, self._item(item, route, START_EVENT if item.event == START_EVENT else None), item)
 
     def _route(self, item: DeadLetter, target: Target[TiffStackWriterSettings]) -> str:
         """The rendered stack, or with acquisitions the part that holds (or will hold) the item's acquisition."""
