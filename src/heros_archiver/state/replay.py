@@ -7,6 +7,12 @@ Entries of the container archivers (their writer settings name a ``kind``: ``"hd
 archiver's own sink, committed before the entry leaves, where an item the container holds already is known by
 its item key (``replay_containers`` and one module per kind); those of a ``ZarrArchiver`` (``kind: "zarr"``)
 become their array again through the archiver's writer (``replay_zarr``).
+
+An entry is a file anyone with access to the store may have edited or planted, so nothing in it decides
+*where* replay writes: every file goes under the archive root the store belongs to (implied by the store's
+place, ``ROOT/.heros-archiver/dead-letter``, or given by the operator), through the same confinement as
+the archiver, and an entry that records another root is refused. One entry that cannot be read or used,
+for whatever reason, is that entry's failure and never stops the others.
 """
 
 from __future__ import annotations

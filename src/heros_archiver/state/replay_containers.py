@@ -116,7 +116,7 @@ class ContainerReplay(ABC, Generic[S]):
         """``one`` (made from ``item``) appended through ``target``'s sink and committed; where it went."""
         if target.sink is None:
             target.sink = self._make_sink(target)
-            target.sink.locate = True  # the sink says where each item went: reported, and told to a catalog
+            target.sink.locate = True  # the sink says where each item went (a rollover part, a Parquet part)
         settled = target.sink.append(one)
         settled.add(target.sink.commit())
         for failure in settled.failed:
