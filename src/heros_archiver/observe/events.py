@@ -10,7 +10,8 @@ Payloads are plain dicts (CBOR and JSON carry them), kept small: no metadata bey
 catalog has the rest). Paths are given relative to the archive ``root`` (``/`` separators), with ``root`` given
 once per event; a path outside the root, or of an archiver without one, is absolute.
 
-``archived``, one per commit (or per file for file-per-item archivers), at most ``MAX_EVENT_ITEMS`` items each::
+``archived``, one per commit (or per file for file-per-item archivers); when the listener is behind, one for
+all the commits that wait together (``Listener.coalesce``); at most ``MAX_EVENT_ITEMS`` items each::
 
     {"archiver": "cam-archiver", "event": "acquisition_data", "root": "/data/run7", "count": 3,
      "items": [{"source": "cam", "event": "acquisition_data", "sequence": 7, "path": "img-0007.npy",
@@ -37,6 +38,7 @@ report with ``archiver`` and ``event``.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -48,7 +50,15 @@ from .diskspace import DiskSpaceWatch
 from .listeners import Listener
 from .outcomes import Archived, DeadLettered, Outcome
 
-__all__ = ["DISK_CHECK_INTERVAL", "MAX_EVENT_ITEMS", "Emitter", "EventsListener", "archived_payloads", "failed_payload"]
+__all__ = [
+    "DISK_CHECK_INTERVAL",
+    "MAX_EVENT_ITEMS",
+    "Emitter",
+    "EventsListener",
+    "archived_payloads",
+    "failed_payload",
+    "root_text",
+]
 
 log = logging.getLogger("heros_archiver")
 
@@ -75,28 +85,37 @@ class Emitter(Protocol):
         """Send ``payload`` as ``event`` (``archived``, ``failed``, ``low_disk_space``)."""
 
 
-def _relative(path: str | None, root: Path | None) -> str | None:
-    """``path`` relative to ``root`` with ``/`` separators, or absolute when outside it (or without a root)."""
+def _prefix(root: str | None) -> str | None:
+    """``root`` as the text every path under it starts with (a trailing ``/``)."""
+    if root is None:
+        return None
+    return root if root.endswith("/") else f"{root}/"
+
+
+def _relative(path: str | None, prefix: str | None) -> str | None:
+    """``path`` relative to the root of ``prefix`` (``_prefix``), or as it is (absolute) when outside it or
+    without a root. Lexical, as the sinks made the paths from the root (a third of the cost of pathlib's)."""
     if path is None:
         return None
-    pure = PurePath(path)
-    if root is not None and pure.is_relative_to(root):
-        return pure.relative_to(root).as_posix()
-    return pure.as_posix()
+    if os.sep != "/":
+        path = path.replace(os.sep, "/")
+    if prefix is not None and path.startswith(prefix):
+        return path[len(prefix) :]
+    return path
 
 
-def _entries(outcomes: Sequence[Archived], root: Path | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The ``items`` and ``ranges`` of ``outcomes`` (see the module docstring)."""
+def _entries(outcomes: Sequence[Archived], prefix: str | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The ``items`` and ``ranges`` of ``outcomes`` (see the module docstring), paths relative to ``prefix``."""
     items: list[dict[str, Any]] = []
     ranges: list[dict[str, Any]] = []
     for outcome in outcomes:
         if not outcome.locations:
-            items.append(_file_entry(outcome, None, outcome.nbytes, None, root))
+            items.append(_file_entry(outcome, None, outcome.nbytes, None, prefix))
         for location in outcome.locations:
             if location.member is None or location.index is None:
-                items.append(_file_entry(outcome, location.path, location.nbytes, location.checksum, root))
+                items.append(_file_entry(outcome, location.path, location.nbytes, location.checksum, prefix))
                 continue
-            path = _relative(location.path, root)
+            path = _relative(location.path, prefix)
             last = ranges[-1] if ranges else None
             if (
                 last is not None
@@ -130,13 +149,13 @@ def _entries(outcomes: Sequence[Archived], root: Path | None) -> tuple[list[dict
 
 
 def _file_entry(
-    outcome: Archived, path: str | None, nbytes: int, checksum: str | None, root: Path | None
+    outcome: Archived, path: str | None, nbytes: int, checksum: str | None, prefix: str | None
 ) -> dict[str, Any]:
     return {
         "source": outcome.source,
         "event": outcome.event,
         "sequence": outcome.sequence,
-        "path": _relative(path, root),
+        "path": _relative(path, prefix),
         "nbytes": nbytes,
         "checksum": checksum,
         "received": outcome.received,
@@ -145,29 +164,36 @@ def _file_entry(
 
 
 def archived_payloads(
-    outcomes: Sequence[Archived], archiver: str, event: str, root: Path | None
+    outcomes: Sequence[Archived], archiver: str, event: str, root: str | None
 ) -> Iterator[dict[str, Any]]:
-    """The ``archived`` events of one commit's outcomes, ``MAX_EVENT_ITEMS`` items each at most."""
+    """The ``archived`` events of one commit's outcomes, ``MAX_EVENT_ITEMS`` items each at most; ``root``: the
+    archive root as text with ``/`` separators (``root_text``), or None."""
+    prefix = _prefix(root)
     for start in range(0, len(outcomes), MAX_EVENT_ITEMS):
         chunk = outcomes[start : start + MAX_EVENT_ITEMS]
-        items, ranges = _entries(chunk, root)
+        items, ranges = _entries(chunk, prefix)
         yield {
             "archiver": archiver,
             "event": event,
-            "root": None if root is None else str(root),
+            "root": root,
             "count": len(chunk),
             "items": items,
             "ranges": ranges,
         }
 
 
-def failed_payload(outcome: Outcome, archiver: str, event: str, root: Path | None) -> dict[str, Any]:
-    """The ``failed`` event of one dead-lettered or dropped item."""
+def root_text(root: Path | None) -> str | None:
+    """The archive root as events carry it: text with ``/`` separators (None: the archiver has none)."""
+    return None if root is None else PurePath(os.path.abspath(root)).as_posix()
+
+
+def failed_payload(outcome: Outcome, archiver: str, event: str, root: str | None) -> dict[str, Any]:
+    """The ``failed`` event of one dead-lettered or dropped item (``root``: as for ``archived_payloads``)."""
     dead = isinstance(outcome, DeadLettered)
     return {
         "archiver": archiver,
         "event": event,
-        "root": None if root is None else str(root),
+        "root": root,
         "source": outcome.source,
         "item_event": outcome.event,
         "sequence": outcome.sequence,
@@ -184,6 +210,9 @@ class EventsListener(Listener):
     """Sends ``archived`` and ``failed`` for the outcomes it is told of, and ``low_disk_space`` from a timer of
     its own (``disk``; None: no such check), through ``emitter``; see the module docstring."""
 
+    #: one ``archived`` event for the commits waiting together, not one each (``Listener.coalesce``)
+    coalesce = True
+
     def __init__(
         self,
         emitter: Emitter,
@@ -194,7 +223,7 @@ class EventsListener(Listener):
     ) -> None:
         self._emitter = emitter
         self._event = event
-        self._root = root
+        self._root = root_text(root)
         self._disk = disk
         self._interval = interval
         self._ready = False

@@ -37,6 +37,9 @@ class Listener(ABC):
     inline: ClassVar[bool] = False
     #: a queued listener's lane holds at most this many outcomes; a batch beyond that is not queued for it
     max_queued: ClassVar[int] = 65_536
+    #: a queued listener that is behind is handed every batch waiting in its lane at once, as one (the events
+    #: send one message for many commits then, instead of one each: the cost per outcome falls under load)
+    coalesce: ClassVar[bool] = False
 
     @property
     def name(self) -> str:
@@ -95,6 +98,11 @@ class _Lane:
                 if not self.batches:
                     return
                 batch = self.batches.popleft()
+                if self.listener.coalesce and self.batches:
+                    merged = list(batch)
+                    while self.batches:
+                        merged.extend(self.batches.popleft())
+                    batch = merged
             _call(self.listener, batch, self)
             with self.condition:
                 self.queued -= len(batch)

@@ -59,12 +59,20 @@ class WriterControl:
         self.paused = False
         self.drop = False
         self.paused_since: float | None = None
+        #: items the pauses spooled (counted under the pipeline's ``_spool_lock``) and dropped (``_count_lock``),
+        #: in total, and the totals when the pause now (or last) began
+        self.spilled = 0
+        self.dropped = 0
+        self.counts_at_pause = (0, 0)
+        #: when a paused drop was last logged (``time.monotonic()``)
+        self.drop_logged_at = -LOST_LOG_INTERVAL
 
     def set_paused(self, paused: bool, drop: bool = False) -> None:
         """Pause (or resume) and wake everyone waiting on the control."""
         with self._condition:
             if paused and not self.paused:
                 self.paused_since = time.time()
+                self.counts_at_pause = (self.spilled, self.dropped)
             elif not paused:
                 self.paused_since = None
             self.paused, self.drop = paused, drop and paused
@@ -123,10 +131,6 @@ class Control(SetAside):
     """The pipeline's side of the control requests: post them, wait, and take items in while paused."""
 
     _control: WriterControl
-    _paused_spilled: int
-    #: under ``_count_lock``, with when a paused drop was last logged
-    _paused_dropped: int
-    _paused_logged_at: float
     #: ``Submission.reject``: a bad item to the dead-letter store, off the receive thread
     reject: Callable[[Item, ArchiverError], None]
 
@@ -152,11 +156,12 @@ class Control(SetAside):
         self._queue.wake()
         self.spool.wake()
         if was_paused:
+            spilled, dropped = self._control.counts_at_pause
             log.warning(
                 "event %s: resumed; %d item(s) spooled and %d dropped during the pause, %d wait in the spool",
                 self._event,
-                self._paused_spilled,
-                self._paused_dropped,
+                self._control.spilled - spilled,
+                self._control.dropped - dropped,
                 len(self.spool),
             )
         return {
@@ -197,13 +202,13 @@ class Control(SetAside):
         return self._control.paused
 
     def pause_status(self) -> dict[str, Any]:
-        """Whether paused, since when (unix time), and what the pauses spooled and dropped so far."""
+        """Whether paused (and dropping), since when (unix time), and what the pauses spooled and dropped in total."""
         return {
             "paused": self._control.paused,
             "drop": self._control.drop,
             "since": self._control.paused_since,
-            "spilled": self._paused_spilled,
-            "dropped": self._paused_dropped,
+            "spilled": self._control.spilled,
+            "dropped": self._control.dropped,
         }
 
     def _post(self, kind: RequestKind) -> Request:
@@ -231,7 +236,7 @@ class Control(SetAside):
             else:
                 self._spilling = True  # what arrives after the resume follows the spool, so the order stays
                 self._spilled += 1
-                self._paused_spilled += 1
+                self._control.spilled += 1
                 return
         if self._queue.put(item, block=False):
             return
@@ -246,12 +251,12 @@ class Control(SetAside):
         if self.hub.active:
             self.hub.publish([self._outcome(Dropped, item, why="paused")])
         with self._count_lock:
-            self._paused_dropped += 1
-            dropped = self._paused_dropped
+            self._control.dropped += 1
+            dropped = self._control.dropped
             now = time.monotonic()
-            due = dropped == 1 or now - self._paused_logged_at >= LOST_LOG_INTERVAL
+            due = dropped == 1 or now - self._control.drop_logged_at >= LOST_LOG_INTERVAL
             if due:
-                self._paused_logged_at = now
+                self._control.drop_logged_at = now
         if due:
             log.warning(
                 "%s (event %s): paused with drop=True: item dropped (%d dropped during pauses so far)",

@@ -131,9 +131,6 @@ class Pipeline(Submission, Writers):
         self._lost_unlogged = 0
         self._rejects = RejectQueue(REJECT_MAX_ITEMS, REJECT_MAX_BYTES)
         self._control = WriterControl(options.writers)
-        self._paused_spilled = 0
-        self._paused_dropped = 0
-        self._paused_logged_at = -LOST_LOG_INTERVAL
         self._writeback = writeback
         #: per lane, items whose writeback finished, with the device's errors, waiting for their writer
         self._written_back: list[deque[tuple[Item, list[str]]]] = [deque() for _ in range(options.writers)]

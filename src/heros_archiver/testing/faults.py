@@ -206,9 +206,6 @@ class _WrappedContainerSink(ContainerSink):
     def expire(self, now: float) -> Settled:
         return self._wrapper.commit(self.inner, lambda: self.inner.expire(now))
 
-    def close(self) -> Settled:
-        return self._wrapper.commit(self.inner, self.inner.close)
-
     def rollover(self) -> Settled | None:
         supported: list[bool] = []
 
@@ -219,6 +216,9 @@ class _WrappedContainerSink(ContainerSink):
 
         settled = self._wrapper.commit(self.inner, call)
         return settled if all(supported) else None
+
+    def close(self) -> Settled:
+        return self._wrapper.commit(self.inner, self.inner.close)
 
     @property
     def pending(self) -> int:
