@@ -20,7 +20,8 @@ import pytest
 import procs
 from conftest import Rig, RigFactory
 from helpers import RawCamera, wait_for_items, wait_until
-from heros_archiver import ArrayArchiver, Hdf5Archiver, ParquetArchiver
+from heros_archiver import ArrayArchiver, ConfigurationError, Hdf5Archiver, JsonArchiver, ParquetArchiver
+from heros_archiver.cli.config import build_archivers
 from heros_archiver.testing import (
     ReliableSimulatedCamera,
     free_port,
@@ -268,3 +269,27 @@ def test_the_hero_class_of_an_archiver_is_made_once_and_is_still_that_archiver()
         and configured_class(made) is ArrayArchiver
         and hero_class(ArrayArchiver) is made
     )
+
+
+def test_a_json_archiver_writing_through_its_helper_process_pauses_and_resumes(make_rig: RigFactory) -> None:
+    rig = make_rig("{{ file_path }}/{{ '%03d' % frame }}.json", archiver_cls=JsonArchiver, matched=())
+    archiver = rig.archiver
+    assert archiver.stats()["helper_processes"], "the batch path is what this test is about"
+    for frame in range(10):
+        archiver.feed("cam", ({"t": frame}, {"frame": frame}))
+    wait_for_items(archiver, 10)
+    assert archiver.pause()["done"]
+    for frame in range(10, 30):
+        archiver.feed("cam", ({"t": frame}, {"frame": frame}))
+    assert archiver.stats()["pause"]["spilled"] == 20 and archiver.stats()["total"]["archived"] == 10
+    archiver.resume()
+    assert wait_for_items(archiver, 30)["archived"] == 30
+    assert sorted(p.name for p in rig.root.glob("*.json")) == [f"{frame:03d}.json" for frame in range(30)]
+
+
+def test_two_config_entries_of_one_name_are_refused_before_any_is_built(tmp_path: Path) -> None:
+    entry = {"_id": "twice", "classname": "heros_archiver.ArrayArchiver", "arguments": {}}
+    with pytest.raises(ConfigurationError, match="_id 'twice': expected one archiver of each name, got 2"):
+        build_archivers([entry, entry], unique_realm())
+    with pytest.raises(ConfigurationError, match="_id: expected the archiver's HERO name"):
+        build_archivers([{**entry, "_id": ""}], unique_realm())

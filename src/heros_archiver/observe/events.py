@@ -227,7 +227,9 @@ class EventsListener(Listener):
         self._disk = disk
         self._interval = interval
         self._ready = False
-        #: outcomes not told because the HERO was never made (logged once)
+        #: the first wait for the HERO ended without it: later outcomes do not wait again
+        self._gave_up = False
+        #: outcomes not told because the HERO was not made (logged once)
         self.unsent = 0
         self._closing = threading.Event()
         self._watcher: threading.Thread | None = None
@@ -265,12 +267,16 @@ class EventsListener(Listener):
             self._watcher.join(self._interval + 1.0)
 
     def _wait_ready(self, timeout: float) -> bool:
-        """Whether the HERO is made, waiting up to ``timeout`` for it (only until it first was)."""
+        """Whether the HERO is made, waiting up to ``timeout`` for it (until it first was, or a wait ended
+        without it: then not again)."""
         if self._ready:
             return True
+        if self._gave_up:
+            timeout = 0.0
         deadline = time.monotonic() + timeout
         while not self._emitter.ready():
             if time.monotonic() > deadline or self._closing.wait(0.01):
+                self._gave_up = self._gave_up or timeout > 0
                 return False
         self._ready = True
         return True

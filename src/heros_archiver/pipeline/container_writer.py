@@ -64,7 +64,7 @@ class ContainerWriter:
         queue, abort = pipeline._queue, pipeline._abort
         while not abort.is_set():
             pipeline._serve_requests(lane, self._request)
-            if pipeline._holding():
+            if pipeline._holding(lane):
                 continue
             self._settle(sink.expire(time.monotonic()))
             closed = queue.closed  # before taking: only a lane found empty after closing is done for good

@@ -120,10 +120,11 @@ class WriterControl:
                 self._condition.wait(remaining)
             return True
 
-    def idle(self, timeout: float = IDLE_WAIT) -> None:
-        """Wait while paused, up to ``timeout`` seconds; a resume or a request ends the wait early."""
+    def idle(self, lane: int | None = None, timeout: float = IDLE_WAIT) -> None:
+        """Wait while paused, up to ``timeout`` seconds; a resume, or a request for ``lane``'s writer (None: the
+        spool reader, which answers none), ends the wait early."""
         with self._condition:
-            if self.paused and not any(self._inbox):
+            if self.paused and (lane is None or not self._inbox[lane]):
                 self._condition.wait(timeout)
 
 
@@ -272,10 +273,10 @@ class Control(SetAside):
             committed, supported = handle(request.kind)
             self._control.answer(request, lane, committed, supported)
 
-    def _holding(self) -> bool:
-        """True while the writers must take nothing (paused and not stopping); waits a little first, so a loop
-        that asks again does not spin."""
+    def _holding(self, lane: int) -> bool:
+        """True while ``lane``'s writer must take nothing (paused and not stopping); waits a little first (or
+        until a request for it comes), so a loop that asks again does not spin."""
         if not self._control.paused or self._queue.closed or self._abort.is_set():
             return False
-        self._control.idle()
+        self._control.idle(lane)
         return self._control.paused and not self._queue.closed

@@ -32,7 +32,7 @@ class Writers(Control):
         handle = functools.partial(self._file_request, lane)
         while not self._abort.is_set():
             self._serve_requests(lane, handle)
-            if self._holding():  # paused: what is on its way to the device still settles
+            if self._holding(lane):  # paused: what is on its way to the device still settles
                 self._settle_written_back(lane)
                 continue
             self._settle_written_back(lane)
@@ -58,7 +58,7 @@ class Writers(Control):
                 pending = None
             if pending is None:
                 self._serve_requests(lane, handle)
-                if self._holding():
+                if self._holding(lane):
                     continue
             items: list[Item] = []
             # read before taking: the collect below waits for a helper, while more may be queued and the queue
