@@ -40,6 +40,9 @@ class Listener(ABC):
     #: a queued listener that is behind is handed every batch waiting in its lane at once, as one (the events
     #: send one message for many commits then, instead of one each: the cost per outcome falls under load)
     coalesce: ClassVar[bool] = False
+    #: a coalescing listener waits this many seconds after a batch arrives before it takes what waits: a burst of
+    #: single-item commits (a file each) wakes its thread once, not once per item
+    linger: ClassVar[float] = 0.0
 
     @property
     def name(self) -> str:
@@ -91,12 +94,17 @@ class _Lane:
             self.condition.notify()
 
     def _run(self) -> None:
+        linger = self.listener.linger if self.listener.coalesce else 0.0
         while True:
             with self.condition:
                 while not self.batches and not self.closing:
                     self.condition.wait()
                 if not self.batches:
                     return
+                closing = self.closing
+            if linger and not closing:
+                time.sleep(linger)  # the batches of a burst gather and are handed over as one (this thread alone takes)
+            with self.condition:
                 batch = self.batches.popleft()
                 if self.listener.coalesce and self.batches:
                     merged = list(batch)
