@@ -6,7 +6,8 @@ Items are fed to the archiver directly (``feed``, as Zenoh's receive thread woul
 the queue is full), so the figure is the archiver's own: writing plus, with events on, checksums, payloads and
 Zenoh puts on the events thread competing for the GIL. Rows: ``small`` (8 KiB uint16 frames, a ``.npy`` each),
 ``events`` (small dicts, a ``.json`` each, through the helper process), ``frames`` (2 MiB uint16 frames). Prints
-items/s per row and setting (median of ``--repeats``, alternating) and the ratio::
+items/s per row and setting (median of ``--repeats``, alternating), the ratio, and the archiver process's CPU
+time per item::
 
     python benchmarks/events_cost.py [--repeats 3] [--small 5000] [--events 5000] [--frames 200] [--out DIR]
 """
@@ -53,8 +54,9 @@ os._exit(0)  # not the interpreter's finalization, with Zenoh's threads still ab
 """
 
 
-def run(kind: str, n: int, events: bool, out: Path) -> float:
-    """Items per second of one run: ``n`` items of ``kind`` fed and archived, events on or off."""
+def run(kind: str, n: int, events: bool, out: Path) -> tuple[float, float]:
+    """Items per second of one run, and the archiver's process CPU time per item (all its threads; less
+    disturbed by a busy machine than the rate): ``n`` items of ``kind`` fed and archived, events on or off."""
     port, realm = free_port(), unique_realm("bench")
     folder = Path(tempfile.mkdtemp(dir=out))
     os.environ["HEROS_ZENOH_CONFIG"] = loopback_config_json()
@@ -88,12 +90,12 @@ def run(kind: str, n: int, events: bool, out: Path) -> float:
             payloads = [np.full((64, 64), i, np.uint16) for i in range(4)]
         else:
             payloads = [{"value": i / 4, "name": "sensor"} for i in range(4)]
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         for index in range(n):
             archiver.feed("cam", (payloads[index % 4], {"frame": index}))
         while archiver.stats()["total"]["archived"] < n:
             time.sleep(0.002)
-        elapsed = time.perf_counter() - start
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     finally:
         try:
             subscriber.communicate("", timeout=30)
@@ -103,7 +105,7 @@ def run(kind: str, n: int, events: bool, out: Path) -> float:
                 subscriber.wait()
             archiver.close()
             shutil.rmtree(folder, ignore_errors=True)
-    return n / elapsed
+    return n / elapsed, cpu / n
 
 
 def main() -> None:
@@ -117,14 +119,15 @@ def main() -> None:
     out = args.out or Path(tempfile.mkdtemp(prefix="events-cost-"))
     out.mkdir(parents=True, exist_ok=True)
     try:
-        print(f"{'row':8} {'events off':>12} {'events on':>12} {'on/off':>7}")
+        print(f"{'row':8} {'events off':>12} {'events on':>12} {'on/off':>7} {'CPU us/item off':>16} {'on':>8}")
         for kind, n in (("small", args.small), ("events", args.events), ("frames", args.frames)):
-            rates: dict[bool, list[float]] = {False: [], True: []}
+            runs: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
             for _ in range(args.repeats):
                 for events in (False, True):
-                    rates[events].append(run(kind, n, events, out))
-            off, on = statistics.median(rates[False]), statistics.median(rates[True])
-            print(f"{kind:8} {off:10.0f}/s {on:10.0f}/s {on / off:7.3f}", flush=True)
+                    runs[events].append(run(kind, n, events, out))
+            off, on = (statistics.median(rate for rate, _ in runs[e]) for e in (False, True))
+            cpu_off, cpu_on = (statistics.median(cpu for _, cpu in runs[e]) * 1e6 for e in (False, True))
+            print(f"{kind:8} {off:10.0f}/s {on:10.0f}/s {on / off:7.3f} {cpu_off:16.1f} {cpu_on:8.1f}", flush=True)
     finally:
         if args.out is None:
             shutil.rmtree(out, ignore_errors=True)

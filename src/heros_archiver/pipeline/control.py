@@ -20,7 +20,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from ..errors import ArchiverError, UnfaithfulError
@@ -45,7 +45,6 @@ class Request:
     committed: int = 0
     #: lanes whose sink cannot do it (a file-per-item sink asked to roll over)
     unsupported: int = 0
-    posted: float = field(default_factory=time.monotonic)
 
 
 class WriterControl:
