@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 import pytest
 import xxhash
@@ -20,10 +21,10 @@ from heros import RemoteHERO
 import procs
 from conftest import RigFactory
 from helpers import assert_refused_before_zenoh, tiny_file_system, wait_for_items, wait_until
-from heros_archiver import ArrayArchiver, HERODataArchiver
+from heros_archiver import ArrayArchiver, Hdf5Archiver, HERODataArchiver
 from heros_archiver.observe.events import MAX_EVENT_ITEMS, archived_payloads, failed_payload
 from heros_archiver.observe.listeners import Listener, ListenerHub
-from heros_archiver.observe.outcomes import Archived, DeadLettered, Dropped, Location, Outcome
+from heros_archiver.observe.outcomes import Archived, DeadLettered, Dropped, Location, Outcome, checksum
 from heros_archiver.testing import free_port, unique_realm
 from heros_archiver.transport import heros_compat
 from heros_archiver.transport.hero_builder import hero_class
@@ -148,6 +149,42 @@ def test_failed_tells_a_dead_lettered_item_and_one_dropped_while_paused(make_rig
     assert dropped["sequence"] == 5
     total = archiver.stats()["total"]
     assert total["dead_lettered"] == 1 and total["dropped"] == total["dropped_paused"] == 1, total
+
+
+def test_archived_tells_an_hdf5_commit_as_index_ranges_with_the_frames_checksums(
+    make_rig: RigFactory, tmp_path: Path
+) -> None:
+    """Frames committed together into one stack are one range (first index, count, a sequence value and a
+    checksum per frame: xxh3-128 of its raw bytes, as read back from the file)."""
+    rig = make_rig(
+        None,
+        archiver_cls=hero_archiver("stacker", Hdf5Archiver),
+        file_template="{{ file_path }}/run.h5",
+        dataset_template="cam/data",
+        sequence_key="frame",
+        flush_frames=10_000,
+        flush_seconds=3600.0,
+        flush_idle=None,
+    )
+    received = Received()
+    with remote("stacker", rig.realm, heros_compat.session_manager(rig.camera)) as subscriber:
+        subscriber.archived.connect(received)
+        wait_for_event_subscriber(rig.archiver, "archived")
+        procs.send_frames(rig.camera, list(range(6)), SHAPE)
+        wait_until(lambda: rig.archiver.stats()["total"]["received"] == 6, what="6 frames received")
+        wait_until(lambda: rig.archiver.flush()["done"] and rig.archiver.stats()["total"]["archived"] == 6)
+        wait_until(lambda: sum(p["count"] for p in received.payloads) == 6, what="the archived events")
+    ranges = [r for payload in received.payloads for r in payload["ranges"]]
+    assert all(payload["items"] == [] and payload["root"] == str(tmp_path) for payload in received.payloads)
+    assert [r["sequences"] for r in ranges] in ([list(range(6))], [[0], list(range(1, 6))]), ranges  # 1-2 flushes
+    with h5py.File(tmp_path / "run.h5", "r") as handle:
+        stack = handle["cam/data"][()]
+    for found in ranges:
+        assert found["path"] == "run.h5" and found["member"] == "cam/data" and found["source"] == "cam"
+        assert found["count"] == len(found["sequences"]) and found["nbytes"] == found["count"] * stack[0].nbytes
+        indices = range(found["first"], found["first"] + found["count"])
+        assert [int(stack[i].flat[0]) for i in indices] == found["sequences"]
+        assert found["checksums"] == [checksum([np.ascontiguousarray(stack[i]).data]) for i in indices]
 
 
 @pytest.fixture
