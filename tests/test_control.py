@@ -4,11 +4,13 @@ flush commits containers at once, rollover starts the next parts, config() is pl
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,8 +22,15 @@ import pytest
 import procs
 from conftest import Rig, RigFactory
 from helpers import RawCamera, wait_for_items, wait_until
-from heros_archiver import ArrayArchiver, ConfigurationError, Hdf5Archiver, JsonArchiver, ParquetArchiver
+from heros_archiver import (
+    ArrayArchiver,
+    ConfigurationError,
+    Hdf5Archiver,
+    JsonArchiver,
+    ParquetArchiver,
+)
 from heros_archiver.cli.config import build_archivers
+from heros_archiver.errors import HerosCompatibilityError
 from heros_archiver.testing import (
     ReliableSimulatedCamera,
     free_port,
@@ -190,7 +199,7 @@ def test_rollover_starts_run_1_and_run_2(make_rig: RigFactory, tmp_path: Path) -
     assert sorted(p.name for p in tmp_path.glob("*.h5")) == ["run-1.h5", "run-2.h5", "run.h5"]
 
 
-def test_rollover_commits_the_frames_waiting_and_a_parquet_file_is_published(
+def test_rollover_publishes_a_parquet_file_and_the_next_reading_starts_the_next_part(
     make_rig: RigFactory, tmp_path: Path
 ) -> None:
     rig = make_rig(
@@ -202,18 +211,17 @@ def test_rollover_commits_the_frames_waiting_and_a_parquet_file_is_published(
         flush_items=10_000,
         flush_seconds=3600.0,
     )
+    archiver = rig.archiver
     for value in range(3):
         rig.camera.acquisition_data({"value": value})
-    wait_until(lambda: rig.archiver.stats()["total"]["received"] == 3, what="3 readings received")
-    committed = 0
-    while committed < 3:
-        rolled = rig.archiver.rollover()
-        assert rolled["rolled_over"] and rolled["done"], rolled
-        committed += rolled["committed"]
+    wait_until(lambda: archiver.flush()["done"] and archiver.stats()["total"]["archived"] == 3, what="3 readings")
+    assert not (tmp_path / "readings.parquet").exists()  # journaled: the file is published at its close
+    rolled = archiver.rollover()
+    assert rolled["rolled_over"] and rolled["done"] and rolled["committed"] == 0, rolled
     assert [row["value"] for row in pq.read_table(tmp_path / "readings.parquet").to_pylist()] == [0, 1, 2]
     rig.camera.acquisition_data({"value": 3})
-    wait_until(lambda: rig.archiver.stats()["total"]["received"] == 4, what="the next reading")
-    wait_until(lambda: rig.archiver.rollover()["done"] and (tmp_path / "readings-1.parquet").exists())
+    wait_until(lambda: archiver.stats()["total"]["received"] == 4, what="the next reading")
+    wait_until(lambda: archiver.rollover()["done"] and (tmp_path / "readings-1.parquet").exists())
     assert [row["value"] for row in pq.read_table(tmp_path / "readings-1.parquet").to_pylist()] == [3]
 
 
@@ -245,6 +253,8 @@ def test_a_pause_waits_for_the_item_a_slow_writer_holds(make_rig: RigFactory) ->
     paused = rig.archiver.pause(timeout=5.0)
     assert paused["done"], paused
     archived = rig.archiver.stats()["total"]["archived"]
+    time.sleep(0.5)  # more than a slow write: had the writer gone on, one more would be archived by now
+    assert rig.archiver.stats()["total"]["archived"] == archived < 4
     assert rig.archiver.stats()["total"]["in_flight"] == 4 - archived
     rig.archiver.resume()
     assert wait_for_items(rig.archiver, 4)["archived"] == 4
@@ -293,3 +303,16 @@ def test_two_config_entries_of_one_name_are_refused_before_any_is_built(tmp_path
         build_archivers([entry, entry], unique_realm())
     with pytest.raises(ConfigurationError, match="_id: expected the archiver's HERO name"):
         build_archivers([{**entry, "_id": ""}], unique_realm())
+
+
+def test_a_hero_archiver_has_what_heros_compat_checks_and_keeps_its_subscriptions(make_rig: RigFactory) -> None:
+    """The private pieces of a LocalHERO the events use are there (``check_hero``), and the subscription the
+    archiver declared before ``LocalHERO.__init__`` is still in heros' list (undeclared before the drain)."""
+    hero = make_rig(archiver_cls=functools.partial(hero_class(ArrayArchiver), "checked")).archiver
+    heros_compat.check_hero(hero)
+    assert heros_compat.hero_ready(hero) and heros_compat.hero_name(hero) == "checked"
+    assert heros_compat.primary_subscription(hero) in heros_compat.subscriptions(hero)
+    plain = make_rig().archiver
+    assert not heros_compat.hero_ready(plain)
+    with pytest.raises(HerosCompatibilityError, match="_name"):
+        heros_compat.check_hero(plain)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -196,7 +197,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_low_disk_space_is_sent_once_when_the_disk_fills_and_again_after_it_was_freed(
-    make_rig: RigFactory, small_disk: Path
+    make_rig: RigFactory, small_disk: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A real 8 MiB file system and a threshold of 4 MiB: frames of 1 MiB take the free space below it (one
     event, however many frames follow), files removed take it back above, more frames below again (a second)."""
@@ -217,9 +218,10 @@ def test_low_disk_space_is_sent_once_when_the_disk_fills_and_again_after_it_was_
         wait_until(lambda: len(received.payloads) == 1, what="low_disk_space")
         time.sleep(2 * 2.0 + 0.5)  # two more checks: still low, nothing more is sent
         assert len(received.payloads) == 1
+        caplog.set_level(logging.INFO, logger="heros_archiver")
         for path in small_disk.glob("*.npy"):
             path.unlink()
-        time.sleep(2.0 + 0.5)  # a check sees it free again
+        wait_until(lambda: "free again" in caplog.text, what="a check to see the space free again")
         for index in range(5, 10):
             rig.camera.acquisition_data(frame, {"frame": index})
         wait_for_items(archiver, 10)
