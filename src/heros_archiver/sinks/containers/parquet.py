@@ -426,3 +426,12 @@ def recover_journals(root: str) -> list[RecoveredFile]:
             log.warning("rebuilt %s (%d rows) from the journal an earlier run left", found.path, found.rows)
             recovered.append(found)
     return recovered
+
+
+def recovered_spans(root: str) -> dict[str, dict[bytes, RowSpan]]:
+    """``recover_journals(root)``, as what a sink needs of it: per route (the rebuilt file's path as rendered),
+    where the rows of each item key of the rebuilt files are."""
+    spans: dict[str, dict[bytes, RowSpan]] = {}
+    for found in recover_journals(root):
+        spans.setdefault(str(found.target), {}).update(found.spans)
+    return spans
