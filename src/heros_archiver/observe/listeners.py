@@ -43,6 +43,12 @@ class Listener(ABC):
     #: a queued listener that may be told a little late: its thread sleeps this many seconds after each round,
     #: so that outcomes gather and it wakes a few times a second instead of once per item (0: at once)
     gather_seconds: ClassVar[float] = 0.0
+    #: a queued listener that is behind is handed every batch waiting in its lane at once, as one (the events
+    #: send one message for many commits then, instead of one each: the cost per outcome falls under load)
+    coalesce: ClassVar[bool] = False
+    #: a coalescing listener waits this many seconds after a batch arrives before it takes what waits: a burst of
+    #: single-item commits (a file each) wakes its thread once, not once per item
+    linger: ClassVar[float] = 0.0
 
     @property
     def name(self) -> str:
@@ -97,14 +103,21 @@ class _Lane:
 
     def _run(self) -> None:
         gather = self.listener.gather_seconds
+        linger = self.listener.linger if self.listener.coalesce else 0.0
         while True:
             with self.condition:
                 while not self.batches and not self.closing:
                     self.condition.wait()
                 if not self.batches:
                     return
+                closing = self.closing
+            if linger and not closing:
+                time.sleep(linger)  # the batches of a burst gather and are handed over as one (this thread alone takes)
+            with self.condition:
                 batches = list(self.batches)  # all that waits, in order: one wake-up for all of them
                 self.batches.clear()
+            if self.listener.coalesce and len(batches) > 1:
+                batches = [[outcome for batch in batches for outcome in batch]]
             for batch in batches:
                 _call(self.listener, batch, self)
             with self.condition:

@@ -4,7 +4,8 @@ Every received item ends in exactly one of archived / dead_lettered / dropped / 
 entry could not be read back and was moved aside); ``in_flight`` is what is still queued or being
 written, so ``received == archived + dead_lettered + dropped + quarantined + in_flight``.
 ``lost_spool_full`` and ``lost_reject_backlog`` say why some of the dropped were lost without a policy
-asking for it (a full queue while the spool could not be written; a backlog of rejected items too long).
+asking for it (a full queue while the spool could not be written; a backlog of rejected items too long);
+``dropped_paused`` counts those dropped by choice while paused (``pause(drop=True)``).
 ``acquisitions`` counts the acquisitions whose end a camera announced (``acquisition_stopped``) and whose
 file was checked against the frames it said it emitted; ``acquisition_gaps`` those whose file held fewer,
 ``acquisition_missing`` how many fewer in all. They are apart from ``gaps``/``missing`` (found from the
@@ -33,6 +34,7 @@ COUNTERS = (
     "quarantined",
     "lost_spool_full",
     "lost_reject_backlog",
+    "dropped_paused",
     "bytes",
     "gaps",
     "missing",
@@ -58,6 +60,7 @@ class SourceCounters:
     quarantined: int = 0
     lost_spool_full: int = 0
     lost_reject_backlog: int = 0
+    dropped_paused: int = 0
     bytes: int = 0
     gaps: int = 0
     missing: int = 0
@@ -110,7 +113,8 @@ class Accounting:
     def lost(self, source: str, reason: str | None) -> None:
         """Count one item of ``source`` dropped without a policy asking for it: ``dropped`` and ``reason``
         (``lost_spool_full``, ``lost_reject_backlog``, or None for no counter of its own) together, so no
-        snapshot sees one without the other."""
+        snapshot sees one without the other. ``dropped_paused``, dropped by choice while paused, is counted here
+        for the same reason."""
         with self._lock:
             counters = self._of(source)
             counters.dropped += 1

@@ -4,8 +4,9 @@
 every item, retries transient failures with exponential backoff and jitter, and sets aside (spool or
 dead-letter store) what cannot be written, so that every item it accepted is accounted for.
 
-The pipeline is made of ``options`` (what it may buffer), ``submission`` (intake), ``writers`` (writing)
-and ``setaside`` (spool, dead letters, losses); ``Pipeline`` puts them together and stops them.
+The pipeline is made of ``options`` (what it may buffer), ``submission`` (intake), ``writers`` (writing),
+``setaside`` (spool, dead letters, losses) and ``control`` (pause, resume, flush, rollover); ``Pipeline`` puts
+them together and stops them.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from ..state.deadletter import DeadLetterStore
 from ..state.spool import Spool
 from ..storage.writeback import WritebackWindow
 from .accounting import Accounting
+from .control import WriterControl
 from .options import PipelineOptions
 from .queueing import Item, LaneQueue, RejectQueue
 from .setaside import LOST_LOG_INTERVAL, StoreFunction, log
@@ -129,6 +131,7 @@ class Pipeline(Submission, Writers):
         self._lost_logged_at = -LOST_LOG_INTERVAL
         self._lost_unlogged = 0
         self._rejects = RejectQueue(REJECT_MAX_ITEMS, REJECT_MAX_BYTES)
+        self._control = WriterControl(options.writers)
         self._writeback = writeback
         #: per lane, items whose writeback finished, with the device's errors, waiting for their writer
         self._written_back: list[deque[tuple[Item, list[str]]]] = [deque() for _ in range(options.writers)]

@@ -188,6 +188,12 @@ class LaneQueue:
             for cond in self._not_empty:
                 cond.notify_all()
 
+    def wake(self) -> None:
+        """Wake every writer waiting for an item, to look at its control requests (``pipeline.control``)."""
+        with self._lock:
+            for cond in self._not_empty:
+                cond.notify_all()
+
     @property
     def closed(self) -> bool:
         """True once ``close`` was called."""

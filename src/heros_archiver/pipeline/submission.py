@@ -10,18 +10,23 @@ from ..errors import ArchiverError, UnfaithfulError
 from ..observe.logs import log_fields
 from ..observe.outcomes import Dropped
 from ..state.spool import Damaged
+from .control import Control
 from .queueing import Item
-from .setaside import LOST_LOG_INTERVAL, SetAside, log
+from .setaside import LOST_LOG_INTERVAL, log
 
 
-class Submission(SetAside):
+class Submission(Control):
     """``submit`` and ``reject``, and the threads that serve the spool and the rejects' backlog."""
 
     def submit(self, item: Item) -> None:
         """Accept one item under the overflow policy; waits (``block``, or a spool that just failed) at most
-        ``block_limit`` seconds."""
-        if self.options.overflow == "drop":
-            if not self._queue.put(item, block=False):
+        ``block_limit`` seconds. While paused, items go to the spool (or are dropped: ``pause(drop=True)``)."""
+        if self._control.paused:
+            self._submit_paused(item)
+        elif self.options.overflow == "drop":
+            if self._spilling:  # only after a pause: behind the items it spooled, in order
+                self._put_or_spill(item, 0.0)
+            elif not self._queue.put(item, block=False):
                 self._drop(item)
         elif self.options.overflow == "spill":
             self._put_or_spill(item, self.options.block_limit)
@@ -144,8 +149,12 @@ class Submission(SetAside):
 
     def _unspool_loop(self) -> None:
         """Hand spooled items back to the queue, oldest first, as room frees up; an entry that cannot be
-        read is moved aside and counted (``Spool.take``), and the entries after it go on."""
+        read is moved aside and counted (``Spool.take``), and the entries after it go on. Nothing is handed back
+        while paused: the spool keeps what the pause spooled until ``resume``."""
         while not self._queue.closed:
+            if self._control.paused:
+                self._control.idle()
+                continue
             with self._spool_lock:
                 if len(self.spool) == 0:
                     self._spilling = False
@@ -165,6 +174,9 @@ class Submission(SetAside):
                 self._count_damaged(item)
                 continue
             if item is None:
+                continue
+            if self._control.paused:  # paused while it was read: it stays first in the spool
+                self.spool.give_back(item)
                 continue
             if item.spool_entry in self._resumed:  # spooled by an earlier run: may have been written already
                 self._resumed.discard(item.spool_entry)

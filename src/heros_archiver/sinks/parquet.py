@@ -267,6 +267,14 @@ class ParquetSink(ContainerSink):
                 self._remember(route, recovered)
         return settled
 
+    def rollover(self) -> Settled:
+        """Commit and publish every open file: a published part is never reopened, so the next reading of each
+        route starts its next part."""
+        settled = Settled()
+        for route in list(self._open):
+            settled.add(self._close(route))
+        return settled
+
     # ------------------------------------------------------------------ files
     def _start(self, route: str, schema: pa.Schema) -> _Open:
         """The next part of ``route``'s series, to be made with ``schema`` at its first commit."""

@@ -38,6 +38,9 @@ REQUIRED_CLASS_ATTRIBUTES: tuple[tuple[Any, str, str], ...] = (
 )
 #: Instance attributes an EventObserver has once constructed.
 REQUIRED_OBSERVER_ATTRIBUTES = ("_session", "_session_manager", "_subscriptions", "_event_callbacks", "_realm")
+#: Instance attributes a LocalHERO has once constructed: its name (the archiver's events name it), and the
+#: liveliness token ``LocalHERO.__init__`` declares last (``hero_ready``: its events can be sent).
+REQUIRED_HERO_ATTRIBUTES = ("_name", "_endpoint_base_path", "liveliness_token")
 
 
 def heros_version() -> str:
@@ -67,6 +70,25 @@ def check_observer(observer: EventObserver) -> None:
     for attribute in REQUIRED_OBSERVER_ATTRIBUTES:
         if not hasattr(observer, attribute):
             raise _missing(f"EventObserver instances to have {attribute}", "set by heros' constructor")
+
+
+def check_hero(hero: Any) -> None:
+    """Raise HerosCompatibilityError unless a constructed LocalHERO has the attributes the archiver uses."""
+    for attribute in REQUIRED_HERO_ATTRIBUTES:
+        if not hasattr(hero, attribute):
+            raise _missing(f"LocalHERO instances to have {attribute}", "set by heros' LocalHERO constructor")
+
+
+def hero_ready(hero: Any) -> bool:
+    """True once ``LocalHERO.__init__`` has finished (its last step declares the liveliness token): before, an
+    ``@event`` method of an archiver that is being made a HERO has no publisher yet."""
+    return getattr(hero, "liveliness_token", None) is not None
+
+
+def keep_subscriptions(observer: EventObserver, declared: list[Any]) -> None:
+    """Put ``declared`` back in front of the observer's subscriptions: ``LocalHERO.__init__`` (through
+    ``HEROPeer.__init__``) starts heros' list afresh, after the archiver declared its own."""
+    subscriptions(observer)[:0] = [sub for sub in declared if sub not in subscriptions(observer)]
 
 
 def session(observer: EventObserver) -> Any:
