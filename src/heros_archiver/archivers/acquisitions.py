@@ -22,6 +22,7 @@ import jinja2
 from jinja2 import meta
 
 from ..errors import ArchiverError, ConfigurationError, PayloadError
+from ..observe.logs import log_fields
 from ..pipeline.payload import item_nbytes
 from ..pipeline.queueing import Item
 from ..sinks.hdf5_acquisitions import NUMBER_KEY, SEEN_KEY, START_EVENT, START_KEY, STOP_EVENT, frame_count
@@ -61,6 +62,18 @@ def check_templates(templates: Iterable[tuple[str, str]], default_metadata: dict
                 f"template may use only {', '.join(CONTEXT_KEYS)} and the keys of default_metadata; it uses "
                 f"{', '.join(unknown)}"
             )
+
+
+def recorded_defaults(default_metadata: dict[str, Any]) -> dict[str, Any]:
+    """The default metadata as a dead letter's writer settings keep it for replay (the templates of an
+    acquisition's items see it, not the items' metadata): text keys with text, number, boolean or null values;
+    anything else cannot be kept in ``entry.json`` and is left out (a template using it then fails to render at
+    replay, naming the key, and the entry stays until a corrected template is given)."""
+    return {
+        key: value
+        for key, value in default_metadata.items()
+        if isinstance(key, str) and (value is None or type(value) in (str, int, float, bool))
+    }
 
 
 class AcquisitionTracker:
@@ -168,4 +181,5 @@ class AcquisitionMarkers(_Base):
             source_name,
             STOP_EVENT,
             data,
+            extra=log_fields(source_name, STOP_EVENT, error="an acquisition's stop without its start or a frame"),
         )

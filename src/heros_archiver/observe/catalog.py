@@ -55,29 +55,30 @@ class CatalogListener(Listener):
 
     Args:
         root: the archive root (the catalog is ``<root>/.heros-archiver/catalog.sqlite``).
-        event: the archiver's event (for its journal's header).
-        label: returns the archiver's name in the catalog (``<HERO name or class>:<event>``), asked once more
-            at the first outcome (a HERO's name may be set after its archiver's pipeline is made).
+        event: the archiver's event (its journal's header, and the end of its name in the catalog).
+        name: returns who writes the items (the HERO's name, or the class's), or None while that is not known yet
+            (a HERO's name is given after its archiver's pipeline is made); asked again at each outcome until known.
         adopt: for a file-per-item archiver, the ending of its files' names (``.npy``; ``""``: any), which a
             later start adopts after a kill (``catalog_recovery``); None for container archivers.
     """
 
     inline = True
 
-    def __init__(self, root: Path, event: str, label: Callable[[], str], adopt: str | None = None) -> None:
+    def __init__(self, root: Path, event: str, name: Callable[[], str | None], adopt: str | None = None) -> None:
         self.root = root
-        self._label = label
+        self._event = event
+        self._name = name
         recover(root)
-        self._archiver = label()
+        known = name()
+        self._named = known is not None
         header = {
-            "archiver": self._archiver,
+            "archiver": f"{known or '?'}:{event}",
             "event": event,
             "root": str(root),
             "pid": os.getpid(),
             "adopt": None if adopt is None else {"suffix": adopt},
         }
         self._journal = JournalWriter(journal_directory(root), header)
-        self._labelled = False
         self._applier = _Applier(root, self._journal.prefix)
 
     @property
@@ -90,12 +91,11 @@ class CatalogListener(Listener):
         return catalog_path(self.root)
 
     def handle(self, outcomes: Sequence[Outcome]) -> None:
-        if not self._labelled:
-            self._labelled = True
-            archiver = self._label()
-            if archiver != self._archiver:
-                self._archiver = archiver
-                self._journal.set_header({"archiver": archiver})
+        if not self._named:
+            known = self._name()
+            if known is not None:
+                self._named = True
+                self._journal.set_header({"archiver": f"{known}:{self._event}"})
         self._journal.append(encode_outcomes(outcomes))
         self._applier.check()
 

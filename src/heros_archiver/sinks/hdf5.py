@@ -9,6 +9,11 @@ committed first) once it holds ``max_frames`` frames or ``max_bytes`` bytes; the
 closed first); a file this run made is reopened with ``append`` (its committed frames and keys recovered).
 A file holds one stack open at a time (decision 0017): an item for another dataset of an open file closes
 the one open and reopens the file.
+
+With ``locate`` (someone listens: ``observe``), each frame's location is set when it is appended (and set
+again if a failed commit appends it again, so it names where its commit put it): the file (absolute, the
+part's final name), the frames' dataset path in it, the frame's index along axis 0 (the index it already has
+for a frame resumed after a crash and found by its key), and the checksum of its raw bytes.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PayloadError, StorageError
+from ..observe.logs import log_fields
 from ..pipeline.queueing import Item
 from .base import CommitFailure, Settled
 from .containers import ItemKey
@@ -113,6 +119,8 @@ class Hdf5Sink(RoutedSink[str, _Open]):
             failed = self._abandon(route, exc)
             failed.failed[0].items.append(item)
             return settled.add(failed)
+        if self.locate:
+            opened.locate(item, container.dataset_path, index)
         if index < container.committed_length:  # resumed, and already committed before the crash
             settled.archived.append(item)
             return settled
@@ -203,7 +211,12 @@ class Hdf5Sink(RoutedSink[str, _Open]):
         except Exception as exc:  # noqa: BLE001 - then it is treated as a file whose write failed
             _ABANDONED.append(opened.container)
             self._series[route].advance()
-            log.error("closing %s without a commit failed: %s; its series continues in a new part", opened.path, exc)
+            log.error(
+                "closing %s without a commit failed: %s; its series continues in a new part",
+                opened.path,
+                exc,
+                extra=log_fields(path=opened.path, error=exc),
+            )
         return Settled(failed=[CommitFailure(str(opened.path), opened.waiting, error)])
 
     def _close_container(self, opened: _Open) -> None:
@@ -211,7 +224,12 @@ class Hdf5Sink(RoutedSink[str, _Open]):
         try:
             opened.container.close()
         except Exception as exc:  # noqa: BLE001 - its frames are committed; the file may need its flags cleared
-            log.error("closing %s failed after its last commit (its frames are committed): %s", opened.path, exc)
+            log.error(
+                "closing %s failed after its last commit (its frames are committed): %s",
+                opened.path,
+                exc,
+                extra=log_fields(path=opened.path, error=exc),
+            )
 
     def _abandon(self, route: str, error: BaseException) -> Settled:
         """A write to the file failed: HDF5 cannot be trusted with that open file any more (measured: after
@@ -227,6 +245,7 @@ class Hdf5Sink(RoutedSink[str, _Open]):
             "its series continues in a new part",
             opened.path,
             error,
+            extra=log_fields(path=opened.path, error=error),
         )
         return Settled(failed=[CommitFailure(str(opened.path), opened.waiting, error)])
 

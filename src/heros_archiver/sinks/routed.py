@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 
 from ..errors import PathConfinementError, StorageError, storage_error
+from ..observe.outcomes import array_location
 from ..pipeline.queueing import Item
 from ..storage.confinement import open_directory
 from .base import ContainerSink, Settled
@@ -84,6 +85,16 @@ class OpenPart(Generic[C]):
     pending_bytes: int = field(default=0, kw_only=True)
     first_pending: float | None = field(default=None, kw_only=True)
     used: float = field(default_factory=time.monotonic, kw_only=True)
+    #: the container's path as its items' locations name it (absolute)
+    where: str = field(init=False, default="")
+
+    def __post_init__(self) -> None:
+        self.where = os.path.abspath(self.container.path)
+
+    def locate(self, item: Item, member: str, index: int) -> None:
+        """Set ``item.locations``: frame ``index`` of ``member`` here, with its raw bytes' size and checksum
+        (``observe.outcomes``). Called by a sink with ``locate`` set, when the container gave the index."""
+        item.locations = (array_location(self.where, member, index, item.payload),)
 
     @property
     def frames(self) -> int:
@@ -160,6 +171,19 @@ class RoutedSink(ContainerSink, Generic[K, P]):
             settled.add(self._close(key))
         return settled
 
+    def rollover(self) -> Settled:
+        """Every part written now is committed and closed, and its series goes on with the next part at its next
+        item; so does a series whose part was closed (idle, open-file limit) and would be reopened. A part that
+        holds nothing yet is already new and stays."""
+        settled, self._unreported = self._unreported, Settled()
+        closed = [key for key, series in self._series.items() if key not in self._open and series.current is not None]
+        for key, opened in list(self._open.items()):
+            if opened.frames or opened.waiting:
+                settled.add(self._roll_over(key))
+        for key in closed:
+            self._series[key].advance()
+        return settled
+
     def _limit_open_files(self, most: int) -> Settled:
         """Close the least recently used containers beyond ``most`` open (committed first)."""
         settled = Settled()
@@ -169,6 +193,10 @@ class RoutedSink(ContainerSink, Generic[K, P]):
 
     def _commit(self, key: K) -> Settled:
         """Commit the container of ``key`` (open, with items waiting)."""
+        raise NotImplementedError
+
+    def _roll_over(self, key: K) -> Settled:
+        """Close the part of ``key`` written now (committed first) and go on with the next one."""
         raise NotImplementedError
 
     def _close(self, key: K) -> Settled:

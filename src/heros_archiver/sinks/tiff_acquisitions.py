@@ -13,6 +13,13 @@ Unlike HDF5, no file is made at the start (a TIFF without a page is not a TIFF):
 archived when it arrives, and its configuration is kept in memory until the first frame; an acquisition
 without a frame leaves no file. So a crash between the start and the first commit of a frame loses the
 configuration (the frames resumed from the spool are written without it).
+
+With ``locate``, frames are located as ``TiffStackSink`` locates them; the markers are archived with no
+location (``Item.locations == ()``), because none of them is in a file when it counts as archived: the start
+marker's configuration waits in memory for the first page's record (which no location could name yet: the
+stack may not exist, and an acquisition without frames never makes one), and the stop marker writes nothing
+(linked pages are never rewritten; its counts go to the counters). The configuration is found, once written,
+in the record of page 0 of the acquisition's first stack (``containers.tiff.read_records``).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import PayloadError
+from ..observe.logs import log_fields
 from ..pipeline.queueing import Item
 from .base import AcquisitionCheck, Settled
 from .hdf5_acquisitions import MAX_TRACKED, SEEN_KEY, START_EVENT, STOP_EVENT, Identity, frame_count, identity_of
@@ -103,6 +111,7 @@ class TiffAcquisitionSink(TiffStackSink):
             log.warning(
                 "%s: %s without a count of the frames emitted (payload %.200r); %s holds %d frame(s), not checked",
                 item.source, STOP_EVENT, payload, path, held,
+                extra=log_fields(item.source, item.event, path, "no count of the frames emitted"),
             )  # fmt: skip
         elif held != expected:
             seen = bool((item.context or {}).get(SEEN_KEY))
@@ -111,6 +120,7 @@ class TiffAcquisitionSink(TiffStackSink):
                 item.source, acquisition[1], expected, path, held,
                 f": {expected - held} missing" if held < expected else "",
                 "" if seen or held > expected else " (the archiver did not see it start)",
+                extra=log_fields(item.source, item.event, path, f"{expected} frame(s) emitted, {held} held"),
             )  # fmt: skip
         settled.archived.append(item)
         settled.checks.append(AcquisitionCheck(item.source, path, expected, held))

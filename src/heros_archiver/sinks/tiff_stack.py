@@ -7,6 +7,11 @@ linked page, so after a failure (a full disk, an I/O error) the file is closed a
 back; the retry reopens it with ``append``, which cuts off what the failed commit left and continues, in
 the same file. Rollover: once a stack holds ``max_frames`` pages or ``max_bytes`` bytes the next part is
 ``name-1.tif``, ``name-2.tif``, ... beside it, under the same ``on_exists``.
+
+With ``locate``, each frame's location is set when it is appended (again at a retry's append): the stack's
+file, the member ``"pages"`` (``containers.tiff.PAGES``: a TIFF holds one sequence of pages, no datasets),
+the page's index (its existing one for a frame found by its key) and the checksum of the frame's raw bytes
+(the page's pixels, written in the frame's own byte order).
 """
 
 from __future__ import annotations
@@ -23,10 +28,11 @@ import numpy as np
 
 from ..errors import PayloadError, StorageError
 from ..extras import require_extra
+from ..observe.logs import log_fields
 from ..pipeline.queueing import Item
 from .base import CommitFailure, Settled
 from .containers import ItemKey, _hashable_json
-from .containers.tiff import TiffStackContainer
+from .containers.tiff import PAGES, TiffStackContainer
 from .routed import (
     SPACE_MARGIN,
     OpenPart,
@@ -105,6 +111,8 @@ class TiffStackSink(RoutedSink[str, _Open]):
         container = opened.container
         first = self._first_page(route) if opened.frames == 0 else None
         index = container.append(key, item.payload, item.metadata, received=item.received, acquisition=first)
+        if self.locate:
+            opened.locate(item, PAGES, index)
         if index < container.committed_length:  # resumed, and already committed before the crash
             settled.archived.append(item)
             return settled
@@ -178,5 +186,6 @@ class TiffStackSink(RoutedSink[str, _Open]):
         with contextlib.suppress(OSError):
             opened.container.close()
         log.warning("%s: commit set back (%s); the file keeps its %d committed pages", opened.container.path,
-                    error, opened.container.committed_length)  # fmt: skip
+                    error, opened.container.committed_length,
+                    extra=log_fields(path=opened.container.path, error=error))  # fmt: skip
         return Settled(failed=[CommitFailure(str(opened.container.path), opened.waiting, error)])

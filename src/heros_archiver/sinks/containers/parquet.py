@@ -27,7 +27,7 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -37,6 +37,7 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from ...errors import PathConfinementError, StorageError, storage_error
+from ...observe.logs import log_fields
 from ...state.statedir import STATE_DIR_NAME
 from ...storage.atomic import _ANONYMOUS_FLAGS, _LINK_ANONYMOUS, _NO_ANONYMOUS_FILES, _link_or_rename_noreplace
 from ...storage.confinement import open_directory
@@ -44,10 +45,21 @@ from ...storage.temporaries import PROCESS_TOKEN, TMP_PREFIX, owner_alive, recor
 
 log = logging.getLogger("heros_archiver")
 
-__all__ = ["JOURNAL_SUBDIR", "ParquetFile", "RecoveredFile", "part_path", "recover_journals"]
+__all__ = [
+    "JOURNAL_SUBDIR",
+    "ROWS",
+    "ParquetFile",
+    "RecoveredFile",
+    "RowSpan",
+    "key_spans",
+    "part_path",
+    "recover_journals",
+]
 
 #: Where the journals of open files are, relative to the archive root.
 JOURNAL_SUBDIR = f"{STATE_DIR_NAME}/parquet-journal"
+#: The member of a Parquet file its items' locations name (``observe.outcomes.Location``): its rows.
+ROWS = "rows"
 #: The schema metadata key naming a journal's target file (relative to the root).
 _TARGET_KEY = b"heros_archiver.target"
 _counter = itertools.count()
@@ -124,7 +136,12 @@ def _publish(handle: int, data: BinaryIO, tmp: str | None, final: Path) -> Path:
             raise storage_error(exc.errno or errno.EIO, f"cannot publish {final}: {exc}") from exc
         published = final.with_name(name)
         if part:
-            log.warning("%s existed when its rows were published; they are in %s instead", final, published)
+            log.warning(
+                "%s existed when its rows were published; they are in %s instead",
+                final,
+                published,
+                extra=log_fields(path=published),
+            )
         return published
     raise storage_error(errno.EEXIST, f"{final}: no free part name among {_MAX_PARTS}")
 
@@ -275,7 +292,12 @@ class ParquetFile:
         try:
             return _recover_one(self.root, Path(self.root, JOURNAL_SUBDIR, self.journal_name))
         except (OSError, pa.ArrowException, StorageError) as exc:
-            log.error("%s: rebuilding it from its journal failed (%s); tried again at drain and start", self.final, exc)
+            log.error(
+                "%s: rebuilding it from its journal failed (%s); tried again at drain and start",
+                self.final,
+                exc,
+                extra=log_fields(path=self.final, error=exc),
+            )
             return None
 
     # ------------------------------------------------------------------ descriptors
@@ -308,14 +330,36 @@ class ParquetFile:
                 os.close(handle)
 
 
+@dataclass(frozen=True, slots=True)
+class RowSpan:
+    """Where an item's rows are: ``count`` rows from row ``first`` of the published file ``path``."""
+
+    path: str
+    first: int
+    count: int
+
+
+def key_spans(path: str, keys: Sequence[bytes]) -> dict[bytes, RowSpan]:
+    """Per item key of a file's ``item_key`` column (``keys``, in row order), where its rows are: the rows of
+    one item are consecutive and share its key; a key found twice keeps its first rows."""
+    spans: dict[bytes, RowSpan] = {}
+    first = 0
+    for row in range(1, len(keys) + 1):
+        if row == len(keys) or keys[row] != keys[first]:
+            spans.setdefault(keys[first], RowSpan(path, first, row - first))
+            first = row
+    return spans
+
+
 @dataclass(frozen=True)
 class RecoveredFile:
-    """A file made from a journal: where it went, its rows and its item keys (to de-duplicate resumed items)."""
+    """A file made from a journal: where it went, its rows and where each item's rows are in it (to
+    de-duplicate resumed items, and tell where they went)."""
 
     target: Path
     path: Path
     rows: int
-    keys: frozenset[bytes]
+    spans: Mapping[bytes, RowSpan]
 
 
 def _batches(reader: Any) -> Iterator[pa.RecordBatch]:
@@ -366,9 +410,9 @@ def _recover_one(root: str, journal: Path) -> RecoveredFile | None:
         raise
     finally:
         os.close(directory)
-    keys = frozenset(table.column("item_key").to_pylist())
+    spans = key_spans(os.path.abspath(published), table.column("item_key").to_pylist())
     journal.unlink()
-    return RecoveredFile(target, published, rows, keys)
+    return RecoveredFile(target, published, rows, spans)
 
 
 def recover_journals(root: str) -> list[RecoveredFile]:
@@ -387,9 +431,23 @@ def recover_journals(root: str) -> list[RecoveredFile]:
         try:
             found = _recover_one(root, directory / name)
         except (OSError, pa.ArrowException, StorageError, PathConfinementError) as exc:  # e.g. still no room
-            log.error("journal %s: rebuilding its file failed (%s); it is kept for the next start", name, exc)
+            log.error(
+                "journal %s: rebuilding its file failed (%s); it is kept for the next start",
+                name,
+                exc,
+                extra=log_fields(path=directory / name, error=exc),
+            )
             continue
         if found is not None:
             log.warning("rebuilt %s (%d rows) from the journal an earlier run left", found.path, found.rows)
             recovered.append(found)
     return recovered
+
+
+def recovered_spans(root: str) -> dict[str, dict[bytes, RowSpan]]:
+    """``recover_journals(root)``, as what a sink needs of it: per route (the rebuilt file's path as rendered),
+    where the rows of each item key of the rebuilt files are."""
+    spans: dict[str, dict[bytes, RowSpan]] = {}
+    for found in recover_journals(root):
+        spans.setdefault(str(found.target), {}).update(found.spans)
+    return spans
