@@ -68,7 +68,13 @@ class CatalogListener(Listener):
         self.root = root
         self._event = event
         self._name = name
-        recover(root)
+        try:
+            recover(root)
+        except (OSError, sqlite3.Error) as exc:
+            raise CatalogError(
+                f"catalog {catalog_path(root)}: the journals of earlier runs cannot be applied ({exc}); pass "
+                "catalog=False to archive without a catalog"
+            ) from exc
         known = name()
         self._named = known is not None
         header = {
@@ -78,7 +84,13 @@ class CatalogListener(Listener):
             "pid": os.getpid(),
             "adopt": None if adopt is None else {"suffix": adopt},
         }
-        self._journal = JournalWriter(journal_directory(root), header)
+        try:
+            self._journal = JournalWriter(journal_directory(root), header)
+        except OSError as exc:
+            raise CatalogError(
+                f"catalog {catalog_path(root)}: cannot create the archiver's journal in {journal_directory(root)} "
+                f"({exc}); pass catalog=False to archive without a catalog"
+            ) from exc
         self._applier = _Applier(root, self._journal.prefix)
 
     @property
