@@ -491,3 +491,41 @@ def _plain_json(value: Any) -> bool:
     if isinstance(value, bool) or value is None:
         return True
     return isinstance(value, int) and -(2**63) <= value < 2**63
+
+
+@pytest.mark.parametrize(
+    ("where", "expected"),
+    [
+        ({"flag": True}, [0]),
+        ({"flag": False}, [1]),
+        ({"none": None}, [0]),
+        ({"shape": [2, 3]}, [0]),
+        ({"shape": [3, 2]}, [1]),
+        ({"nested": {"a": 1}}, [0]),
+        ({"x": 1}, [0, 1]),
+        ({"x": 1.0}, [0, 1]),
+        ({"x": "1"}, []),
+        ({"key with.dots": "v"}, [1]),
+        ({"flag": True, "x": 1}, [0]),
+    ],
+)
+def test_where_matches_metadata_values_of_every_json_type(
+    tmp_path: Path, where: dict[str, Any], expected: list[int]
+) -> None:
+    metadata = [
+        {"flag": True, "none": None, "shape": [2, 3], "nested": {"a": 1}, "x": 1},
+        {"flag": False, "none": 0, "shape": [3, 2], "nested": {"a": 2}, "x": 1, "key with.dots": "v"},
+    ]
+    connection = open_for_writing(tmp_path)
+    writer = JournalWriter(journal_directory(tmp_path), {})
+    writer.append(
+        encode_outcomes(
+            [Archived("cam", "ev", n, m, 1.0, 1, (Location(f"{n}", 1, None),)) for n, m in enumerate(metadata)]
+        )
+    )
+    writer.close()
+    apply_journal(connection, writer.directory / writer.name, str(tmp_path))
+    connection.close()
+    with CatalogReader(tmp_path) as reader:
+        assert [item.sequence for item in reader.items(where=where)] == expected
+        assert reader.count(where=where) == len(expected)
