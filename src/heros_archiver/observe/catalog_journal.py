@@ -47,6 +47,7 @@ SEGMENT_BYTES = 64 * 2**20
 _MAX_DEPTH = 64
 _INT64 = range(-(2**63), 2**63)
 _OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+_LINE_OPTIONS = _OPTIONS | orjson.OPT_APPEND_NEWLINE
 #: Journals made by this process so far (several archivers per process each have their own).
 _instances = itertools.count(1)
 
@@ -112,37 +113,35 @@ def _sequence(value: int | None) -> int | None:
     return value if value is None or value in _INT64 else None
 
 
-def _line(head: tuple[Any, ...], metadata: Mapping[str, Any]) -> bytes:
-    """One journal line: ``head`` and the metadata as its last element; one orjson call unless something in it
-    needs the careful path."""
+def _line(record: tuple[Any, ...]) -> bytes:
+    """One journal line, with its newline: ``record``, whose last element is the metadata; one orjson call unless
+    something in it needs the careful path (``_dumps``)."""
     try:
-        return orjson.dumps((*head, metadata), default=_as_text, option=_OPTIONS)
+        return orjson.dumps(record, default=_as_text, option=_LINE_OPTIONS)
     except TypeError:  # orjson.JSONEncodeError: see _dumps
-        return _dumps(head, 0)[:-1] + b"," + encode_metadata(metadata) + b"]"
+        return _dumps(record[:-1], 0)[:-1] + b"," + encode_metadata(record[-1]) + b"]\n"
 
 
 def encode_outcomes(outcomes: Sequence[Outcome]) -> bytes:
-    """The journal lines of ``outcomes``, each with its newline: one per location of an archived item (none for
-    one without a location: nothing to catalog), one per failure."""
+    """The journal lines of ``outcomes``: one per location of an archived item (none for one without a location:
+    nothing to catalog), one per failure. On the writer thread, for every item: kept to one call per line."""
     lines: list[bytes] = []
     for outcome in outcomes:
+        sequence = _sequence(outcome.sequence)
         if isinstance(outcome, Archived):
             for location in outcome.locations:
-                head: tuple[Any, ...] = (
-                    "a", outcome.source, outcome.event, _sequence(outcome.sequence), outcome.received,
-                    outcome.committed, location.path, location.member, location.index, location.count,
-                    location.nbytes, location.checksum,
-                )  # fmt: skip
-                lines.append(_line(head, outcome.metadata))
-            continue
-        if isinstance(outcome, DeadLettered):
-            head = ("d", outcome.source, outcome.event, _sequence(outcome.sequence), outcome.received, outcome.time,
-                    outcome.entry, outcome.error)  # fmt: skip
+                lines.append(_line((
+                    "a", outcome.source, outcome.event, sequence, outcome.received, outcome.committed, location.path,
+                    location.member, location.index, location.count, location.nbytes, location.checksum,
+                    outcome.metadata,
+                )))  # fmt: skip
+        elif isinstance(outcome, DeadLettered):
+            lines.append(_line(("d", outcome.source, outcome.event, sequence, outcome.received, outcome.time,
+                                outcome.entry, outcome.error, outcome.metadata)))  # fmt: skip
         else:
-            head = ("x", outcome.source, outcome.event, _sequence(outcome.sequence), outcome.received, outcome.time,
-                    outcome.why)  # fmt: skip
-        lines.append(_line(head, outcome.metadata))
-    return b"\n".join(lines) + b"\n" if lines else b""
+            lines.append(_line(("x", outcome.source, outcome.event, sequence, outcome.received, outcome.time,
+                                outcome.why, outcome.metadata)))  # fmt: skip
+    return b"".join(lines)
 
 
 def encode_header(fields: Mapping[str, Any]) -> bytes:
