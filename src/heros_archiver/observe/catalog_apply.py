@@ -1,6 +1,8 @@
 """Applying a journal to the catalog: its lines beyond the recorded offset, as rows, in one transaction each step.
 
-Lines are read here (orjson) and inserted with ``executemany``: by the archiver's applier process while the
+Lines (a commit's records each) are read here (orjson; metadata written as an object is written again by
+orjson, which gives back exactly what it wrote, and metadata written as text is stored as it is) and inserted
+with ``executemany``: by the archiver's applier process while the
 archiver runs (``catalog_process``), by the archiver itself at its start (recovery) and at its stop. The offset
 each journal is applied to is kept in the catalog itself (``journal_applied``), read and moved in the same
 transaction as the rows, and that transaction is ``BEGIN IMMEDIATE``: whoever applies a journal applies each
@@ -178,37 +180,28 @@ def _apply_lines(connection: sqlite3.Connection, data: bytes, state: JournalStat
                     state.header.update(fields)
                     archiver = state.archiver
                 continue
-            record = orjson.loads(line)
-            metadata = _metadata_text(line, record)
-            kind, source, event, sequence, received, when = record[:6]
-            if kind == "a":
-                path, member, index, count, nbytes, checksum = record[6:12]
-                if path.startswith(prefix):
-                    path = path[len(prefix) :]
-                items.append((archiver, source, event, sequence, path, member, index, count, nbytes, checksum,
-                              metadata, received, when))  # fmt: skip
-            else:
-                entry = record[6] if kind == "d" else None
-                if entry is not None and entry.startswith(prefix):
-                    entry = entry[len(prefix) :]
-                failures.append((archiver, source, event, sequence, _KINDS[kind], entry, record[-2], metadata,
-                                 received, when))  # fmt: skip
-            last = record
+            for record in orjson.loads(line):
+                kind, source, event, sequence, received, when = record[:6]
+                metadata = record[-1] if isinstance(record[-1], str) else orjson.dumps(record[-1]).decode()
+                if kind == "a":
+                    path, member, index, count, nbytes, checksum = record[6:12]
+                    if path.startswith(prefix):
+                        path = path[len(prefix) :]
+                    items.append((archiver, source, event, sequence, path, member, index, count, nbytes, checksum,
+                                  metadata, received, when))  # fmt: skip
+                else:
+                    entry = record[6] if kind == "d" else None
+                    if entry is not None and entry.startswith(prefix):
+                        entry = entry[len(prefix) :]
+                    failures.append((archiver, source, event, sequence, _KINDS[kind], entry, record[-2], metadata,
+                                     received, when))  # fmt: skip
+                last = record
         except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:  # orjson's errors are these
             _skipped(state, name, exc)
     connection.executemany(_INSERT_ITEM, items)
     connection.executemany(_INSERT_FAILURE, failures)
     if last is not None:
         state.saw(str(last[1]), float(last[5]))
-
-
-def _metadata_text(line: bytes, record: list[Any]) -> str:
-    """The metadata of a line as the journal wrote it (the line's last element), not decoded and encoded again:
-    orjson reads integers beyond 64 bits as floats. The rest of the line is what orjson writes of the rest."""
-    head = orjson.dumps(record[:-1])
-    if line[: len(head) - 1] == head[:-1] and line[len(head) - 1 : len(head)] == b",":
-        return line[len(head) : -1].decode()
-    return orjson.dumps(record[-1]).decode()
 
 
 def _skipped(state: JournalState, name: str, error: BaseException) -> None:

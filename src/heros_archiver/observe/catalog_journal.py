@@ -13,10 +13,12 @@ One journal per archiver and process (its name: ``catalog_names``). Its lines:
 * ``{...}``: the header (first line: archiver, event, pid, root, created, adopt) or a change of it (the
   archiver's name, its helper processes); ``{"closed": t}`` is the last line of a journal whose archiver
   stopped cleanly.
-* ``["a", source, event, sequence, received, committed, path, member, index, count, nbytes, checksum, metadata]``
-  (archived: a line per location), ``["d", source, event, sequence, received, time, entry, error, metadata]``
-  (dead-lettered), ``["x", source, event, sequence, received, time, why, metadata]`` (dropped): one orjson call
-  per line, and the metadata is stored in the catalog as written here (``catalog_apply``).
+* ``[record, ...]``: one commit's outcomes (one orjson call per batch), each record ``["a", source, event,
+  sequence, received, committed, path, member, index, count, nbytes, checksum, metadata]`` (archived: a record
+  per location), ``["d", source, event, sequence, received, time, entry, error, metadata]`` (dead-lettered) or
+  ``["x", source, event, sequence, received, time, why, metadata]`` (dropped). The metadata is an object, or,
+  where orjson could not write it as it is (integers beyond 64 bits, keys that are no text), its JSON text as a
+  string; ``catalog_apply`` stores either exactly as written here.
 """
 
 from __future__ import annotations
@@ -113,35 +115,42 @@ def _sequence(value: int | None) -> int | None:
     return value if value is None or value in _INT64 else None
 
 
-def _line(record: tuple[Any, ...]) -> bytes:
-    """One journal line, with its newline: ``record``, whose last element is the metadata; one orjson call unless
-    something in it needs the careful path (``_dumps``)."""
+def _careful(record: tuple[Any, ...]) -> orjson.Fragment:
+    """One record of a batch orjson refused as it is: as it is if it was another record's fault, else with its
+    head made plain and its metadata as JSON text (a string: the applier stores it as it is)."""
     try:
-        return orjson.dumps(record, default=_as_text, option=_LINE_OPTIONS)
+        return orjson.Fragment(orjson.dumps(record, default=_as_text, option=_OPTIONS))
     except TypeError:  # orjson.JSONEncodeError: see _dumps
-        return _dumps(record[:-1], 0)[:-1] + b"," + encode_metadata(record[-1]) + b"]\n"
+        metadata = encode_metadata(record[-1]).decode()
+        return orjson.Fragment(_dumps((*record[:-1], metadata), 0))
 
 
 def encode_outcomes(outcomes: Sequence[Outcome]) -> bytes:
-    """The journal lines of ``outcomes``: one per location of an archived item (none for one without a location:
-    nothing to catalog), one per failure. On the writer thread, for every item: kept to one call per line."""
-    lines: list[bytes] = []
+    """The journal line of ``outcomes``: a JSON array of records, one per location of an archived item (none for
+    one without a location: nothing to catalog) and one per failure, and a newline; empty without records. On
+    the writer thread, for every commit: one orjson call for the whole batch (a third of one call per record)."""
+    records: list[tuple[Any, ...]] = []
     for outcome in outcomes:
         sequence = _sequence(outcome.sequence)
         if isinstance(outcome, Archived):
             for location in outcome.locations:
-                lines.append(_line((
+                records.append((
                     "a", outcome.source, outcome.event, sequence, outcome.received, outcome.committed, location.path,
                     location.member, location.index, location.count, location.nbytes, location.checksum,
                     outcome.metadata,
-                )))  # fmt: skip
+                ))  # fmt: skip
         elif isinstance(outcome, DeadLettered):
-            lines.append(_line(("d", outcome.source, outcome.event, sequence, outcome.received, outcome.time,
-                                outcome.entry, outcome.error, outcome.metadata)))  # fmt: skip
+            records.append(("d", outcome.source, outcome.event, sequence, outcome.received, outcome.time,
+                            outcome.entry, outcome.error, outcome.metadata))  # fmt: skip
         else:
-            lines.append(_line(("x", outcome.source, outcome.event, sequence, outcome.received, outcome.time,
-                                outcome.why, outcome.metadata)))  # fmt: skip
-    return b"".join(lines)
+            records.append(("x", outcome.source, outcome.event, sequence, outcome.received, outcome.time,
+                            outcome.why, outcome.metadata))  # fmt: skip
+    if not records:
+        return b""
+    try:
+        return orjson.dumps(records, default=_as_text, option=_LINE_OPTIONS)
+    except TypeError:  # orjson.JSONEncodeError: one record (or more) needs the careful path
+        return orjson.dumps([_careful(record) for record in records], option=_LINE_OPTIONS)
 
 
 def encode_header(fields: Mapping[str, Any]) -> bytes:
