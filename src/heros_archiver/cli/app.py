@@ -275,3 +275,6 @@ def _progress(total: int, status: Callable[[], tuple[int, bool]]) -> None:
 def main() -> None:
     """Entry point of the ``heros-archiver`` command."""
     app()
+
+
+from . import verify_command as _verify_command  # noqa: E402, F401  (registers ``verify`` on ``app``)
