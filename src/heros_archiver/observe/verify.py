@@ -39,6 +39,9 @@ DEFAULT_BLOCK_SIZE = 4 << 20
 DEFAULT_WORKERS = 4
 #: Tasks waiting in the pool per worker (bounds the futures held for archives of millions of files).
 _QUEUED_PER_WORKER = 4
+#: A file no entry names is an orphan only once it is this many seconds old and the catalog still does not name
+#: it: an archiver links a file before its entry is written (the catalog listener runs behind the writer).
+DEFAULT_SETTLE = 2.0
 #: At most one progress report per this many seconds (and one at the end).
 _PROGRESS_INTERVAL = 0.1
 
@@ -136,11 +139,13 @@ def verify(
     workers: int | None = None,
     progress: Progress | None = None,
     block_size: int = DEFAULT_BLOCK_SIZE,
+    settle: float = DEFAULT_SETTLE,
 ) -> VerifyReport:
     """Check the archive under ``root`` against its catalog (``<root>/.heros-archiver/catalog.sqlite``).
 
     ``orphans=False`` skips the walk of the root for files no entry names; ``workers`` threads read (default
-    ``DEFAULT_WORKERS``); ``progress(done_bytes, total_bytes)`` is called as files and items are read. Raises
+    ``DEFAULT_WORKERS``); ``progress(done_bytes, total_bytes)`` is called as files and items are read; a file no
+    entry names is reported once it is ``settle`` seconds old (verify waits for that if it must). Raises
     ``VerifyError`` when it cannot start (no catalog, or one it cannot read); every problem of the archive
     itself is in the report."""
     workers = DEFAULT_WORKERS if workers is None else workers
@@ -155,7 +160,7 @@ def verify(
         report = VerifyReport(str(base), str(snapshot.path), time.time(), orphans_checked=orphans)
         files, containers, streams = snapshot.read()
         found = _check(str(base.absolute()), files, containers, report, orphans, workers, progress, block_size)
-        _second_look(snapshot, report, *found)
+        _second_look(snapshot, report, *found, settle)
         _sequences(snapshot, streams, report)
     finally:
         snapshot.close()
@@ -279,15 +284,18 @@ def _second_look(
     report: VerifyReport,
     problems: list[tuple[Entry, Problem]],
     candidates: list[tuple[str, float]],
+    settle: float,
 ) -> None:
     """Keep only what is still wrong now: entries unchanged in the catalog, and files it still does not name
-    that were not changed after verify started."""
+    that were not changed after verify started, looked at once they are ``settle`` seconds old."""
     unchanged = snapshot.unchanged(entry for entry, _ in problems)
     report.problems.extend(problem for entry, problem in problems if entry.key in unchanged)
-    old = [path for path, changed in candidates if changed < report.started]
-    named = snapshot.cataloged(old)
+    old = [(path, changed) for path, changed in candidates if changed < report.started]
+    if old:
+        time.sleep(max(0.0, max(changed for _, changed in old) + settle - time.time()))
+    named = snapshot.cataloged(path for path, _ in old)
     report.problems.extend(
-        Problem("orphan", path, "a cataloged file", "a file no entry names") for path in old if path not in named
+        Problem("orphan", path, "a cataloged file", "a file no entry names") for path, _ in old if path not in named
     )
 
 

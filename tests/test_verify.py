@@ -1,0 +1,240 @@
+"""heros-archiver verify: archives written by real archivers over Zenoh, then damaged, and what verify finds."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import xxhash
+
+from conftest import RigFactory
+from helpers import wait_for_items, wait_until
+from heros_archiver.observe.listeners import Listener
+from heros_archiver.observe.outcomes import Archived, Outcome
+from heros_archiver.observe.sequences import sequence_ranges
+from heros_archiver.observe.verify import VerifyError, verify
+from heros_archiver.storage.temporaries import PROCESS_TOKEN, TMP_PREFIX
+
+pytestmark = pytest.mark.timeout(90)
+
+CLI = [sys.executable, "-m", "heros_archiver.cli"]
+TEMPLATE = "{{ file_path }}/run/{{ '%03d' % frame }}.npy"
+SCHEMA = """
+CREATE TABLE items (
+  id INTEGER PRIMARY KEY, archiver TEXT NOT NULL, source TEXT NOT NULL, event TEXT NOT NULL, sequence INTEGER,
+  path TEXT NOT NULL, member TEXT, idx INTEGER, count INTEGER NOT NULL, nbytes INTEGER NOT NULL, checksum TEXT,
+  metadata TEXT NOT NULL, received REAL NOT NULL, committed REAL NOT NULL
+);
+CREATE UNIQUE INDEX items_location ON items (path, ifnull(member, ''), ifnull(idx, -1));
+CREATE INDEX items_source ON items (source, event, sequence);
+PRAGMA user_version = 1;
+"""
+
+
+class SchemaCatalog(Listener):
+    """Writes every archived location into a catalog of the shared schema (what the catalog listener writes)."""
+
+    def __init__(self, root: Path) -> None:
+        (root / ".heros-archiver").mkdir(exist_ok=True)
+        self.root = root
+        self.rows = 0
+        self._db = sqlite3.connect(root / ".heros-archiver" / "catalog.sqlite", check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode = WAL")
+        self._db.executescript(SCHEMA)
+
+    def handle(self, outcomes: Sequence[Outcome]) -> None:
+        for outcome in outcomes:
+            if not isinstance(outcome, Archived):
+                continue
+            for loc in outcome.locations:
+                self._db.execute(
+                    "INSERT INTO items (archiver, source, event, sequence, path, member, idx, count, nbytes, checksum,"
+                    " metadata, received, committed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        f"cam:{outcome.event}",
+                        outcome.source,
+                        outcome.event,
+                        outcome.sequence,
+                        Path(loc.path).relative_to(self.root).as_posix(),
+                        loc.member,
+                        loc.index,
+                        loc.count,
+                        loc.nbytes,
+                        loc.checksum,
+                        json.dumps(dict(outcome.metadata), default=str),
+                        outcome.received,
+                        outcome.committed,
+                    ),
+                )
+                self.rows += 1
+        self._db.commit()
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def _archive(make_rig: RigFactory, root: Path, frames: Sequence[int] = range(10)) -> Path:
+    """An archive of .npy frames written by a real ArrayArchiver; returns its root once every frame is cataloged."""
+    catalog = SchemaCatalog(root)
+    rig = make_rig(TEMPLATE, sequence_key="frame", listeners=[catalog])
+    for start, count in _runs(frames):
+        rig.camera.acquire(count, shape=(64, 48), dtype="uint16", start=start)
+    wait_for_items(rig.archiver, len(frames))
+    wait_until(lambda: catalog.rows == len(frames), what="every frame cataloged")
+    return rig.root
+
+
+def _runs(frames: Sequence[int]) -> list[tuple[int, int]]:
+    runs: list[tuple[int, int]] = []
+    for frame in frames:
+        if runs and runs[-1][0] + runs[-1][1] == frame:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        else:
+            runs.append((frame, 1))
+    return runs
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, "verify", *args], capture_output=True, text=True, timeout=60)
+
+
+def _problem_lines(output: str) -> list[str]:
+    kinds = ("missing ", "truncated ", "modified ", "unreadable ", "orphan ", "gap ", "repeat ")
+    return [line for line in output.splitlines() if line.startswith(kinds)]
+
+
+def test_a_clean_archive_exits_0(make_rig: RigFactory, tmp_path: Path) -> None:
+    root = _archive(make_rig, tmp_path)
+    result = _cli(str(root))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert _problem_lines(result.stdout) == [] and "all is well" in result.stdout
+    report = json.loads(_cli(str(root), "--json").stdout)
+    assert report["ok"] and report["checked"]["files"] == 10 and report["problems"] == []
+    assert report["checked"]["bytes"] == sum(p.stat().st_size for p in (root / "run").iterdir())
+
+
+def _truncate(path: Path) -> None:
+    os.truncate(path, path.stat().st_size - 1)
+
+
+def _modify(path: Path) -> None:
+    with path.open("r+b") as file:  # the last byte: the frame's data, not the .npy header
+        file.seek(-1, os.SEEK_END)
+        last = file.read(1)
+        file.seek(-1, os.SEEK_END)
+        file.write(bytes([last[0] ^ 1]))
+
+
+def _extend(path: Path) -> None:
+    with path.open("ab") as file:
+        file.write(b"\0")
+
+
+@pytest.mark.parametrize(
+    ("damage", "line"),
+    [
+        (_truncate, "truncated run/003.npy: expected 6272 bytes, found 6271 bytes"),
+        (_modify, "modified run/003.npy: expected xxh3-128:"),
+        (_extend, "modified run/003.npy: expected 6272 bytes, found 6273 bytes"),
+        (Path.unlink, "missing run/003.npy: expected a file of 6272 bytes, found no file"),
+    ],
+    ids=["truncated", "modified", "longer", "deleted"],
+)
+def test_a_damaged_file_is_found_and_exits_1(make_rig: RigFactory, tmp_path: Path, damage: Any, line: str) -> None:
+    root = _archive(make_rig, tmp_path)
+    damage(root / "run" / "003.npy")
+    result = _cli(str(root))
+    assert result.returncode == 1, result.stdout + result.stderr
+    (found,) = _problem_lines(result.stdout)
+    assert found.startswith(line), found
+    report = json.loads(_cli(str(root), "--json").stdout)
+    (problem,) = report["problems"]
+    assert problem["path"] == "run/003.npy" and problem["kind"] == line.split()[0]
+
+
+def test_a_modified_file_shows_both_checksums(make_rig: RigFactory, tmp_path: Path) -> None:
+    root = _archive(make_rig, tmp_path)
+    path = root / "run" / "007.npy"
+    before = f"xxh3-128:{xxhash.xxh3_128_hexdigest(path.read_bytes())}"
+    _modify(path)
+    after = f"xxh3-128:{xxhash.xxh3_128_hexdigest(path.read_bytes())}"
+    report = verify(root)
+    (problem,) = report.problems
+    assert (problem.kind, problem.expected, problem.found) == ("modified", before, after)
+
+
+def test_an_extra_file_is_an_orphan_and_the_state_directory_and_temporaries_are_not(
+    make_rig: RigFactory, tmp_path: Path
+) -> None:
+    root = _archive(make_rig, tmp_path)
+    (root / "run" / "notes.txt").write_text("not archived")
+    (root / "run" / "sub").mkdir()
+    (root / "run" / "sub" / "stray.npy").write_bytes(b"x")
+    (root / "run" / f"{TMP_PREFIX}.{os.getpid()}.{PROCESS_TOKEN}.1.tmp").write_bytes(b"half")
+    (root / ".heros-archiver" / "anything").write_bytes(b"ours")
+    result = _cli(str(root))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert _problem_lines(result.stdout) == [
+        "orphan run/notes.txt: expected a cataloged file, found a file no entry names",
+        "orphan run/sub/stray.npy: expected a cataloged file, found a file no entry names",
+    ]
+    assert _cli(str(root), "--no-orphans").returncode == 0
+
+
+def test_gaps_in_a_sequence_are_reported_as_ranges(make_rig: RigFactory, tmp_path: Path) -> None:
+    root = _archive(make_rig, tmp_path, [0, 1, 2, 3, 4, 6, 9, 10])
+    result = _cli(str(root))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert _problem_lines(result.stdout) == [
+        "gap cam acquisition_data (archiver cam:acquisition_data): expected sequence 5, "
+        "found none cataloged (1 missing between 0 and 10)",
+        "gap cam acquisition_data (archiver cam:acquisition_data): expected sequence 7-8, "
+        "found none cataloged (2 missing between 0 and 10)",
+    ]
+    gaps = json.loads(_cli(str(root), "--json").stdout)["problems"]
+    assert [(g["kind"], g["source"], g["event"], g["first"], g["last"]) for g in gaps] == [
+        ("gap", "cam", "acquisition_data", 5, 5),
+        ("gap", "cam", "acquisition_data", 7, 8),
+    ]
+
+
+def test_no_catalog_exits_2_and_says_where_it_looked(tmp_path: Path) -> None:
+    result = _cli(str(tmp_path))
+    assert result.returncode == 2
+    assert f"no catalog at {tmp_path / '.heros-archiver' / 'catalog.sqlite'}" in " ".join(result.stderr.split())
+    with pytest.raises(VerifyError, match="no catalog at"):
+        verify(tmp_path)
+
+
+def test_verify_while_the_archiver_writes_reports_nothing(make_rig: RigFactory, tmp_path: Path) -> None:
+    catalog = SchemaCatalog(tmp_path)
+    rig = make_rig(TEMPLATE, sequence_key="frame", listeners=[catalog])
+    sender = threading.Thread(target=rig.camera.acquire, args=(300,), kwargs={"shape": (64, 48), "rate": 300.0})
+    sender.start()
+    reports = []
+    try:
+        while sender.is_alive():
+            reports.append(verify(tmp_path, settle=0.5))
+    finally:
+        sender.join()
+    wait_for_items(rig.archiver, 300)
+    wait_until(lambda: catalog.rows == 300, what="every frame cataloged")
+    reports.append(verify(tmp_path))
+    assert len(reports) > 2 and all(r.problems == [] for r in reports), [r.problems for r in reports if r.problems]
+    assert reports[-1].files == 300
+
+
+def test_sequence_ranges_are_gaps_and_repeats() -> None:
+    ranges = sequence_ranges([(0, 1), (1, 2), (2, 2), (3, 1), (6, 1), (7, 3), (10, 1)])
+    assert ranges is not None
+    assert (ranges.first, ranges.last, ranges.values, ranges.missing) == (0, 10, 7, 4)
+    assert ranges.gaps == ((4, 5), (8, 9)) and ranges.repeats == ((1, 2), (7, 7))
+    assert sequence_ranges([]) is None
