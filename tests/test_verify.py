@@ -12,11 +12,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import h5py
 import pytest
 import xxhash
 
-from conftest import RigFactory
-from helpers import wait_for_items, wait_until
+from conftest import Rig, RigFactory
+from helpers import RawCamera, wait_for_items, wait_until
+from heros_archiver import Hdf5Archiver, ParquetArchiver, TiffArchiver, ZarrAppendArchiver
 from heros_archiver.observe.listeners import Listener
 from heros_archiver.observe.outcomes import Archived, Outcome
 from heros_archiver.observe.sequences import sequence_ranges
@@ -238,3 +240,76 @@ def test_sequence_ranges_are_gaps_and_repeats() -> None:
     assert (ranges.first, ranges.last, ranges.values, ranges.missing) == (0, 10, 7, 4)
     assert ranges.gaps == ((4, 5), (8, 9)) and ranges.repeats == ((1, 2), (7, 7))
     assert sequence_ranges([]) is None
+
+
+CONTAINERS = {
+    "hdf5": (Hdf5Archiver, {"file_template": "{{ file_path }}/run.h5"}, "run.h5", "cam/data"),
+    "zarr_append": (ZarrAppendArchiver, {"store_template": "{{ file_path }}/run.zarr"}, "run.zarr", "cam/data"),
+    "tiff_stack": (TiffArchiver, {"save_template": "{{ file_path }}/run.tif", "stack": True}, "run.tif", "pages"),
+}
+
+
+def _container_archive(make_rig: RigFactory, root: Path, kind: str, frames: int = 6) -> Rig:
+    """A container archive of ``frames`` frames of 16 x 8 uint16 written by a real archiver over Zenoh."""
+    archiver_cls, kwargs, _, _ = CONTAINERS[kind]
+    catalog = SchemaCatalog(root)
+    rig = make_rig(None, archiver_cls=archiver_cls, sequence_key="frame", listeners=[catalog], **kwargs)
+    rig.camera.acquire(frames, shape=(16, 8), dtype="uint16")
+    wait_for_items(rig.archiver, frames)
+    wait_until(lambda: catalog.rows == frames, what="every frame cataloged")
+    return rig
+
+
+@pytest.mark.parametrize("kind", CONTAINERS)
+def test_a_clean_container_archive_exits_0(make_rig: RigFactory, tmp_path: Path, kind: str) -> None:
+    rig = _container_archive(make_rig, tmp_path, kind)
+    live = verify(tmp_path)  # while the archiver still has the container open
+    rig.archiver.close()
+    result = _cli(str(tmp_path), "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert live.problems == [] and report["problems"] == []
+    assert (report["checked"]["containers"], report["checked"]["items"]) == (1, 6)
+    assert report["checked"]["bytes"] == 6 * 16 * 8 * 2 and report["checked"]["unchecked"] == 0
+
+
+def test_a_damaged_hdf5_frame_a_shortened_stack_and_a_deleted_file_are_found(
+    make_rig: RigFactory, tmp_path: Path
+) -> None:
+    rig = _container_archive(make_rig, tmp_path, "hdf5")
+    rig.archiver.close()
+    with h5py.File(tmp_path / "run.h5", "r+") as handle:
+        handle["cam/data"][3, 0, 0] ^= 1  # one bit of frame 3
+        handle["cam/archive/committed_length"][0] = 5  # frame 5 is past the end now
+    result = _cli(str(tmp_path))
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = _problem_lines(result.stdout)
+    assert [line.split(":")[0] for line in lines] == ["truncated run.h5[cam/data@5]", "modified run.h5[cam/data@3]"]
+    assert "the stack holds 5" in lines[0]
+
+    (tmp_path / "run.h5").unlink()
+    report = verify(tmp_path)
+    assert [(p.kind, p.where) for p in report.problems] == [("missing", f"run.h5[cam/data@{n}]") for n in range(6)]
+
+
+def test_parquet_rows_are_pending_until_their_file_is_published_then_checked(
+    make_rig: RigFactory, tmp_path: Path
+) -> None:
+    catalog = SchemaCatalog(tmp_path)
+    rig = make_rig(
+        None,
+        archiver_cls=ParquetArchiver,
+        camera_cls=RawCamera,
+        sequence_key="frame",
+        listeners=[catalog],
+        file_template="{{ file_path }}/readings.parquet",
+    )
+    for frame in range(5):
+        rig.camera.acquisition_data(({"t": frame * 0.5}, {"frame": frame}))
+    wait_for_items(rig.archiver, 5)
+    wait_until(lambda: catalog.rows == 5, what="every reading cataloged")
+    live = verify(tmp_path)
+    assert (live.problems, live.pending, live.containers) == ([], 5, 0)
+    rig.archiver.close()
+    published = verify(tmp_path)
+    assert (published.problems, published.pending, published.items, published.unchecked) == ([], 0, 5, 5)

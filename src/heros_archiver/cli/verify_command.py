@@ -104,6 +104,7 @@ def _print(report: VerifyReport) -> None:
         ("containers", f"{report.containers:,} ({report.items:,} items)"),
         ("bytes checked", f"{report.bytes / (1 << 20):,.1f} MiB in {report.seconds:.1f} s ({rate:,.0f} MiB/s)"),
         ("presence and size only", f"{report.unchecked:,}"),
+        ("pending (Parquet not yet published)", f"{report.pending:,}"),
         ("sequence streams", f"{report.streams:,}"),
         ("orphans", "looked for" if report.orphans_checked else "not looked for (--no-orphans)"),
     ]

@@ -46,6 +46,9 @@ class Entry:
     nbytes: int
     checksum: str | None
     committed: float
+    #: the item's source and sequence value (what a Parquet row holds is checked against them)
+    source: str
+    sequence: int | None
 
     @property
     def key(self) -> tuple[str, str, int]:
@@ -93,13 +96,13 @@ class CatalogSnapshot:
             self._connection.execute("BEGIN")
             try:
                 files = [
-                    Entry(path, None, None, 1, nbytes, checksum, committed)
-                    for path, nbytes, checksum, committed in self._connection.execute(
-                        "SELECT path, nbytes, checksum, committed FROM items WHERE member IS NULL"
+                    Entry(path, None, None, 1, nbytes, checksum, committed, source, sequence)
+                    for path, nbytes, checksum, committed, source, sequence in self._connection.execute(
+                        "SELECT path, nbytes, checksum, committed, source, sequence FROM items WHERE member IS NULL"
                     )
                 ]
                 rows = self._connection.execute(
-                    "SELECT path, member, idx, count, nbytes, checksum, committed FROM items"
+                    "SELECT path, member, idx, count, nbytes, checksum, committed, source, sequence FROM items"
                     " WHERE member IS NOT NULL ORDER BY path, member, idx"
                 )
                 containers = {path: [Entry(*row) for row in group] for path, group in groupby(rows, lambda r: r[0])}

@@ -393,3 +393,16 @@ def recover_journals(root: str) -> list[RecoveredFile]:
             log.warning("rebuilt %s (%d rows) from the journal an earlier run left", found.path, found.rows)
             recovered.append(found)
     return recovered
+
+
+def journal_target(journal: str | os.PathLike[str]) -> str | None:
+    """The file (relative to the archive root) a journal's rows are published as, or None when it names none
+    (cut short before its schema, or removed meanwhile: its file was published). For verify: a cataloged
+    Parquet file that is not on disk yet is pending, not missing, while a journal names it."""
+    try:
+        with pa.OSFile(os.fspath(journal), "rb") as source:
+            schema = ipc.open_stream(source).schema
+    except (pa.ArrowInvalid, OSError):
+        return None
+    target = (schema.metadata or {}).get(_TARGET_KEY, b"").decode()
+    return target or None
