@@ -313,3 +313,19 @@ def test_parquet_rows_are_pending_until_their_file_is_published_then_checked(
     rig.archiver.close()
     published = verify(tmp_path)
     assert (published.problems, published.pending, published.items, published.unchecked) == ([], 0, 5, 5)
+
+
+def test_repeated_sequence_values_are_notes_not_problems(make_rig: RigFactory, tmp_path: Path) -> None:
+    catalog = SchemaCatalog(tmp_path)
+    rig = make_rig("{{ file_path }}/run/{{ take }}-{{ frame }}.npy", sequence_key="frame", listeners=[catalog])
+    for take in (1, 2):  # a camera that counts from 0 again at every take
+        rig.camera.acquire(3, shape=(8, 8), extra_metadata={"take": take})
+    rig.camera.acquire(1, shape=(8, 8), start=3, extra_metadata={"take": 2})
+    wait_for_items(rig.archiver, 7)
+    wait_until(lambda: catalog.rows == 7, what="every frame cataloged")
+    result = _cli(str(tmp_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert _problem_lines(result.stdout) == [
+        "repeat cam acquisition_data (archiver cam:acquisition_data): expected sequence 0-2 once, "
+        "found it more than once"
+    ]

@@ -262,7 +262,7 @@ def _sequences(snapshot: CatalogSnapshot, streams: list[Stream], report: VerifyR
         for first, last in ranges.repeats:
             span = _span(first, last)
             report.notes.append(
-                _stream_problem("repeat", stream, first, last, f"sequence {span} once", "held by more than one item")
+                _stream_problem("repeat", stream, first, last, f"sequence {span} once", "it more than once")
             )
 
 
