@@ -53,6 +53,7 @@ class SchemaCatalog(Listener):
         self._db.executescript(SCHEMA)
 
     def handle(self, outcomes: Sequence[Outcome]) -> None:
+        added = 0
         for outcome in outcomes:
             if not isinstance(outcome, Archived):
                 continue
@@ -76,8 +77,9 @@ class SchemaCatalog(Listener):
                         outcome.committed,
                     ),
                 )
-                self.rows += 1
+                added += 1
         self._db.commit()
+        self.rows += added  # once readers can see them
 
     def close(self) -> None:
         self._db.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import orjson
 import typer
@@ -21,9 +21,11 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from ..observe.problems import KINDS, NOTE_KINDS, Problem
-from ..observe.verify import VerifyError, VerifyReport, verify
+from ..observe.problems import KINDS, NOTE_KINDS
 from .app import app, console
+
+if TYPE_CHECKING:
+    from ..observe.verify import VerifyReport
 
 #: Below this many bytes to read no progress bar is shown (it would flash and go).
 PROGRESS_FROM = 256 << 20
@@ -44,6 +46,8 @@ def verify_command(
     Runs beside an archiver that writes (what it commits meanwhile is not checked). Exit code 0 when all is
     well, 1 when anything was found, 2 when verify cannot start (no catalog).
     """
+    from ..observe.verify import VerifyError, verify  # imported when used: the other commands need none of it
+
     with _ProgressBar(enabled=not as_json or console.is_terminal) as bar:
         try:
             report = verify(root, orphans=not no_orphans, workers=workers, progress=bar.update)
@@ -115,10 +119,6 @@ def _print(report: VerifyReport) -> None:
         table.add_row(kind, f"[{style}]{counts[kind]:,}[/{style}]" if style else f"{counts[kind]:,}")
     out.print(table)
     for problem in (*report.problems, *report.notes):  # one line each, whatever the width: for grep
-        out.print(_line(problem), markup=False)
+        out.print(problem.line, markup=False)
     verdict = "all is well" if report.ok else f"{len(report.problems):,} problem(s)"
     out.print(f"{verdict}: {report.root}", markup=False)
-
-
-def _line(problem: Problem) -> str:
-    return f"{problem.kind} {problem.where}: expected {problem.expected}, found {problem.found}"

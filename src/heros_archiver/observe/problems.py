@@ -35,8 +35,9 @@ class Problem:
     kind: str
     #: the file or container, relative to the root ('/' separators); empty for a sequence range
     path: str
-    #: what the catalog says, in words (a checksum, a size, the sequence values)
-    expected: str
+    #: what the catalog says, in words (a checksum, a size, the sequence values); None when ``found`` says both
+    #: (a container reader's message: "expected 1 frame(s) from index 5, the stack holds 5")
+    expected: str | None
     #: what is there, in words
     found: str
     #: the dataset / array inside the container (None: a file of its own)
@@ -61,6 +62,12 @@ class Problem:
             return self.path
         return f"{self.source} {self.event} (archiver {self.archiver})"
 
+    @property
+    def line(self) -> str:
+        """The problem in one line: kind, where, expected and found."""
+        said = self.found if self.expected is None else f"expected {self.expected}, found {self.found}"
+        return f"{self.kind} {self.where}: {said}"
+
     def as_dict(self) -> dict[str, Any]:
         """Plain types, for ``--json``."""
         return {
@@ -77,4 +84,5 @@ class Problem:
             "last": self.last,
             "expected": self.expected,
             "found": self.found,
+            "line": self.line,
         }

@@ -58,8 +58,8 @@ def check_container(
                 kind = _KIND_OF_REASON.get(exc.reason, "unreadable")
                 found = str(exc).split(f"{exc.path}: ", 1)[-1]
                 if exc.index is None and entry.index is not None:  # the container's, not this item's: all of them
-                    return problems + [(e, _problem(e, kind, _expected(e), found)) for e in entries[number:]]
-                problems.append((entry, _problem(entry, kind, _expected(entry), found)))
+                    return problems + [(e, _problem(e, kind, None, found)) for e in entries[number:]]
+                problems.append((entry, _problem(entry, kind, None, found)))
                 continue
             finally:
                 if entry.checksum is not None:
@@ -101,11 +101,5 @@ def _rows_of(source: object, sequence: object) -> str:
     return f"rows of source {source!r}, sequence {sequence!r}"
 
 
-def _expected(entry: Entry) -> str:
-    if entry.checksum is not None:
-        return entry.checksum
-    return f"{entry.member} in the container" if entry.index is None else f"index {entry.index} in the container"
-
-
-def _problem(entry: Entry, kind: str, expected: str, found: str) -> Problem:
+def _problem(entry: Entry, kind: str, expected: str | None, found: str) -> Problem:
     return Problem(kind, entry.path, expected, found, entry.member, entry.index, entry.count)
