@@ -80,3 +80,21 @@ class UnfaithfulError(ArchiverError):
     Raised for a type outside the faithful encoding's whitelist, a value pickle refuses (too deeply
     nested, not picklable), and for a stored copy that cannot be read back (damaged, planted, edited).
     """
+
+
+class ItemUnreadableError(ArchiverError):
+    """An archived item cannot be read back where its location says it is (``observe.readers``, for verify).
+
+    ``reason`` says which way, for a report that sorts them: ``missing`` (no file or store there, or no such
+    member in it), ``beyond_end`` (the index is past what the container holds: truncated, or never committed),
+    ``unreadable`` (it is there but does not decode: a damaged chunk, shard, page or row group) or
+    ``other_item`` (a Parquet row there holds another item's key). ``path``, ``member`` and ``index`` say where.
+    """
+
+    def __init__(self, reason: str, path: str, member: str | None, index: int | None, message: str) -> None:
+        self.reason = reason
+        self.path = path
+        self.member = member
+        self.index = index
+        where = path if member is None else f"{member!r}{'' if index is None else f' [{index}]'} in {path}"
+        super().__init__(f"{where}: {message}")

@@ -151,11 +151,12 @@ class ParquetArchiver(HERODataArchiver):
         self._route_names = tuple(sorted(names - TIME_NAMES - {"source_name"}))
         keep = "random" not in options.file_template and "received" not in names  # a date and an hour: keyed
         self._routes: dict[tuple[Any, ...], str] | None = {} if keep else None
-        self._recovered: dict[str, set[bytes]] = {}
+        #: per route, where the rows of each item of the files rebuilt from journals are (key -> RowSpan)
+        self._recovered: dict[str, dict[bytes, Any]] = {}
         if not check_root(self.root):
             return
         for found in recover_journals(str(self.root)):
-            self._recovered.setdefault(str(found.target), set()).update(found.keys)
+            self._recovered.setdefault(str(found.target), {}).update(found.spans)
         clean_stale_temporaries(self.root)
 
     def _default_dead_letter_dir(self) -> Path:

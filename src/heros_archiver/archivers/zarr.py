@@ -131,7 +131,10 @@ class ZarrArchiver(HERODataArchiver):
         if type(self)._store is not ZarrArchiver._store:
             super()._store_item(item)
             return
-        self._writer.write(item.source, item.payload, item.metadata, resumed=item.resumed)
+        if self._pipeline.hub.active:
+            item.locations = self._writer.write_located(item.source, item.payload, item.metadata, item.resumed)
+        else:
+            self._writer.write(item.source, item.payload, item.metadata, resumed=item.resumed)
 
     @property
     def on_exists(self) -> OnExists:

@@ -86,6 +86,11 @@ class EncodedArray:
         """Bytes of the payload (the chunks' size before compression, without padding)."""
         return int(self._array.nbytes)
 
+    @property
+    def data(self) -> np.ndarray:
+        """The array as stored: its values in the stored byte order (little-endian, as the ``bytes`` codec says)."""
+        return self._array
+
     def objects(self) -> Iterator[tuple[str, bytes | memoryview]]:
         """``(key, bytes)`` of ``zarr.json`` and each chunk; a chunk's bytes are valid until the next one is made."""
         yield "zarr.json", self.layout.document

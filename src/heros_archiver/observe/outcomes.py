@@ -15,6 +15,14 @@ damage (a flipped bit, a truncated or rewritten file), not tampering: it is no c
   the first index along axis 0; ``count``: how many indices): the checksum of the item's raw bytes, C order,
   the dtype's byte order as stored (what ``numpy.ascontiguousarray(frame).data`` holds), so it does not depend
   on the container's compression or chunking. ``None`` where a sink has no such bytes (a Parquet row).
+* A whole member of a container (``index`` None): a Zarr array of ``ZarrArchiver`` (``path`` the group,
+  ``member`` the array's key: the checksum of its raw bytes as stored), or what a marker became (an HDF5
+  acquisition's ``configuration`` or ``acquisition`` group: no checksum, ``nbytes`` the item's own).
+* An item that left nothing to point at (a Parquet item of no readings, a TIFF acquisition marker) is
+  archived with no location at all (``locations == ()``).
+
+Where each container sink puts what: ``docs/architecture.md`` (Sinks), and each sink's module docstring;
+``observe.readers`` reads one item back to check it.
 """
 
 from __future__ import annotations
@@ -24,9 +32,20 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import xxhash
 
-__all__ = ["Archived", "CHECKSUM_ALGORITHM", "DeadLettered", "Dropped", "Location", "Outcome", "checksum"]
+__all__ = [
+    "Archived",
+    "CHECKSUM_ALGORITHM",
+    "DeadLettered",
+    "Dropped",
+    "Location",
+    "Outcome",
+    "array_bytes",
+    "array_location",
+    "checksum",
+]
 
 #: The prefix of every checksum this package writes.
 CHECKSUM_ALGORITHM = "xxh3-128"
@@ -38,6 +57,16 @@ def checksum(buffers: Iterable[bytes | memoryview]) -> str:
     for buffer in buffers:
         hasher.update(buffer)
     return f"{CHECKSUM_ALGORITHM}:{hasher.hexdigest()}"
+
+
+def array_bytes(array: Any) -> memoryview:
+    """The raw bytes of ``array`` in C order, in its dtype's byte order: what the checksum of an item inside a
+    container is taken over (a copy only when the array is not C-contiguous)."""
+    contiguous = np.ascontiguousarray(array)
+    try:
+        return contiguous.data.cast("B")
+    except (TypeError, ValueError):  # no buffer format to cast (complex, datetime64): the same bytes as uint8
+        return contiguous.reshape(-1).view(np.uint8).data
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +147,13 @@ class Dropped:
     #: why, in words (the LOST log line's reason)
     why: str
     time: float = field(default_factory=time.time)
+
+
+def array_location(path: str, member: str, index: int | None, array: Any) -> Location:
+    """Where an array went inside a container: ``member`` of ``path``, at ``index`` along axis 0 (None: the whole
+    member is the item), with its raw bytes' size and checksum (see the module docstring)."""
+    data = array_bytes(array)
+    return Location(path, data.nbytes, checksum([data]), member, index)
 
 
 Outcome = Archived | DeadLettered | Dropped

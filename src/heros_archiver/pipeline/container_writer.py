@@ -193,9 +193,12 @@ class ContainerWriter:
 
     def _finish(self) -> None:
         """Drain or abort: commit and close every container; what cannot be committed is retried (drain) or
-        set aside (abort). Ends: each retry counts an attempt, and used-up items are dead-lettered."""
+        set aside (abort). Ends: each retry counts an attempt, and used-up items are dead-lettered. A close that
+        reported a failed commit is followed by another: the retry's appends reopened containers (also when
+        they found every item committed already, and nothing is pending), which must be closed too."""
         while True:
-            self._settle(self._sink.close())
-            if self._sink.pending == 0:
+            settled = self._sink.close()
+            self._settle(settled)
+            if self._sink.pending == 0 and not settled.failed:
                 self._pipeline._queue.hold(self._lane, 0, 0)
                 return

@@ -9,6 +9,11 @@ committed first) once it holds ``max_frames`` frames or ``max_bytes`` bytes; the
 closed first); a file this run made is reopened with ``append`` (its committed frames and keys recovered).
 A file holds one stack open at a time (decision 0017): an item for another dataset of an open file closes
 the one open and reopens the file.
+
+With ``locate`` (someone listens: ``observe``), each frame's location is set when it is appended (and set
+again if a failed commit appends it again, so it names where its commit put it): the file (absolute, the
+part's final name), the frames' dataset path in it, the frame's index along axis 0 (the index it already has
+for a frame resumed after a crash and found by its key), and the checksum of its raw bytes.
 """
 
 from __future__ import annotations
@@ -113,6 +118,8 @@ class Hdf5Sink(RoutedSink[str, _Open]):
             failed = self._abandon(route, exc)
             failed.failed[0].items.append(item)
             return settled.add(failed)
+        if self.locate:
+            opened.locate(item, container.dataset_path, index)
         if index < container.committed_length:  # resumed, and already committed before the crash
             settled.archived.append(item)
             return settled

@@ -13,6 +13,12 @@ start marker opens the file with the configuration as attributes and the ``acqui
 (``containers.hdf5_acquisition``), and counts as archived at the next commit; the stop marker commits and
 closes the file after recording how many frames it holds against how many the camera said it emitted, and
 reports that check (``AcquisitionCheck``) for the counters. A shortfall is logged.
+
+With ``locate``, a marker's location names what it became in the file (there are no raw bytes of it to
+checksum: ``checksum`` None, ``index`` None, ``nbytes`` the item's own, as the queue counted it): the start
+marker the stack's ``configuration`` group (its payload is that group's attributes), the stop marker the
+stack's ``acquisition`` group (where its counts went: ``frames_expected``, ``frame_count``, ``frames_held``).
+Frames are located as ``Hdf5Sink`` locates them.
 """
 
 from __future__ import annotations
@@ -23,8 +29,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..errors import PayloadError, StorageError
+from ..observe.outcomes import Location
 from ..pipeline.queueing import Item
 from .base import AcquisitionCheck, Settled
+from .containers.hdf5_acquisition import GROUP as ACQUISITION_GROUP
 from .containers.hdf5_acquisition import OtherAcquisitionError
 from .hdf5 import Hdf5Sink, Hdf5SinkSettings, _Open
 
@@ -40,6 +48,8 @@ SEEN_KEY = "acquisition_start_seen"
 Identity = tuple[str, int, str]
 #: Acquisitions whose frames held are counted at once (per sink); the oldest of those never stopped go first.
 MAX_TRACKED = 1024
+#: The group beside a stack that holds the configuration of ``acquisition_started`` (``Hdf5Container``).
+CONFIGURATION_GROUP = "configuration"
 
 
 def identity_of(item: Item) -> Identity | None:
@@ -49,6 +59,12 @@ def identity_of(item: Item) -> Identity | None:
     if not isinstance(number, int) or not isinstance(start, str):
         return None
     return item.source, number, start
+
+
+def _locate_marker(item: Item, opened: _Open, group: str) -> None:
+    """Set a marker's location: the group beside the stack its payload became (see the module docstring)."""
+    stack = opened.container.dataset_path.rpartition("/")[0]
+    item.locations = (Location(opened.where, item.nbytes, None, f"{stack}/{group}"),)
 
 
 def frame_count(payload: Mapping[str, Any], key: str) -> int | None:
@@ -102,6 +118,8 @@ class Hdf5AcquisitionSink(Hdf5Sink):
         opened = self._open.get(route)
         if opened is None:
             opened = self._opened(route, self._dataset_of(item))
+        if self.locate:
+            _locate_marker(item, opened, CONFIGURATION_GROUP)
         opened.waiting.append(item)
         if opened.first_pending is None:
             opened.first_pending = time.monotonic()
@@ -150,6 +168,8 @@ class Hdf5AcquisitionSink(Hdf5Sink):
                 "%s: acquisition %d ended with %d frame(s) emitted, but %s holds %d",
                 item.source, acquisition[1], expected, path, held,
             )  # fmt: skip
+        if self.locate:
+            _locate_marker(item, opened, ACQUISITION_GROUP)
         settled.archived.append(item)
         settled.checks.append(AcquisitionCheck(item.source, path, expected, held))
         return settled

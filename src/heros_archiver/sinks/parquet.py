@@ -19,6 +19,14 @@ once the first commit made it) and the series of its parts (``name.parquet``, ``
 * A failed journal write hands the commit's items back (appended again after the backoff, into the next
   part); a failed row-group write or publish, whose rows are already journaled, abandons the file and
   rebuilds it from its journal (now, or at the next start).
+* With ``locate``, each item a commit archives gets its location: the file its rows are published as (the
+  part's final name, absolute: the file is written under no name and published at close, but its readers only
+  ever see that name), the member ``"rows"`` (``containers.parquet.ROWS``), the index of its first row in
+  that file and its rows' count, ``nbytes`` the item's as the queue counted it and no checksum (a row has no
+  raw bytes of its own: a reader checks the rows' ``item_key``). An item found already in the series by its
+  key gets the rows it has there. Only if another process takes the part's name before it is published (the
+  rows then go to the next free name, with a warning) does the location name the wrong file. An item of no
+  readings writes no row and has no location.
 """
 
 from __future__ import annotations
@@ -38,10 +46,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import StorageError, TargetExistsError
+from ..observe.outcomes import Location
 from ..pipeline.queueing import Item
 from .base import CommitFailure, ContainerSink, Settled
 from .containers import _hashable_json
-from .containers.parquet import ParquetFile, RecoveredFile, part_path
+from .containers.parquet import ROWS, ParquetFile, RecoveredFile, RowSpan, key_spans, part_path
 from .containers.parquet_rows import RowBuffer, SchemaMismatchError, schema_of, widened
 
 log = logging.getLogger("heros_archiver")
@@ -83,7 +92,7 @@ class _Series:
 
     part: int = 0
     started: bool = False  # a part of this series was begun by this run (then later parts are ours to take)
-    keys: set[bytes] | None = None  # loaded when an item that may be a duplicate first comes
+    keys: dict[bytes, RowSpan] | None = None  # loaded when an item that may be a duplicate first comes
 
 
 @dataclass
@@ -93,6 +102,8 @@ class _Open:
     buffer: RowBuffer
     file: ParquetFile | None = None
     waiting: list[Item] = field(default_factory=list)
+    #: with ``locate``: the rows of each waiting item, in order
+    counts: list[int] = field(default_factory=list)
     rows: int = 0  # rows journaled and buffered
     pending_bytes: int = 0
     first_pending: float | None = None
@@ -119,7 +130,10 @@ class ParquetSink(ContainerSink):
     """See the module docstring."""
 
     def __init__(
-        self, settings: ParquetSinkSettings, rows_of: RowsOf, recovered: Mapping[str, set[bytes]] | None = None
+        self,
+        settings: ParquetSinkSettings,
+        rows_of: RowsOf,
+        recovered: Mapping[str, Mapping[bytes, RowSpan]] | None = None,
     ) -> None:
         self._settings = settings
         self._rows_of = rows_of
@@ -128,8 +142,8 @@ class ParquetSink(ContainerSink):
         self.flush_bytes = settings.flush_bytes
         self._series: dict[str, _Series] = {}
         self._open: OrderedDict[str, _Open] = OrderedDict()
-        #: keys of the files rebuilt from journals at start (and after a failure), per route
-        self._recovered: dict[str, set[bytes]] = {route: set(keys) for route, keys in (recovered or {}).items()}
+        #: per route, the keys of the files rebuilt from journals at start (and after a failure), and their rows
+        self._recovered: dict[str, dict[bytes, RowSpan]] = {route: dict(s) for route, s in (recovered or {}).items()}
         #: abandoned files whose rebuild from the journal failed too (a full disk): tried again at each close
         self._unrebuilt: list[tuple[str, ParquetFile]] = []
         self._expired_at = 0.0
@@ -170,9 +184,13 @@ class ParquetSink(ContainerSink):
             item.key = item_key(item, self._settings.sequence_key)
         key: bytes = item.key
         sequence = _sequence(item, self._settings.sequence_key)
-        if (item.resumed or item.attempts > 1) and self._holds(route, key):
-            settled.archived.append(item)
-            return settled
+        if item.resumed or item.attempts > 1:
+            held = self._held(route, key)
+            if held is not None:
+                if self.locate:
+                    item.locations = (_location(held, item),)
+                settled.archived.append(item)
+                return settled
         if not rows:  # an empty set of readings: nothing to write, nothing lost
             settled.archived.append(item)
             return settled
@@ -201,6 +219,8 @@ class ParquetSink(ContainerSink):
         if opened.first_pending is None:
             opened.first_pending = now
         opened.waiting.append(item)
+        if self.locate:
+            opened.counts.append(len(rows))
         opened.pending_bytes += item.nbytes
         if not self._stale:
             self._waiting += 1
@@ -256,16 +276,17 @@ class ParquetSink(ContainerSink):
         self._open[route] = opened
         return opened
 
-    def _holds(self, route: str, key: bytes) -> bool:
-        """True when ``key`` is already in ``route``'s series: a file rebuilt from a journal, or a part published
-        before the first such item came (read from disk once; nothing of this run's own rows is kept in
-        memory, which a day of readings would fill)."""
-        if key in self._recovered.get(route, ()):
-            return True
+    def _held(self, route: str, key: bytes) -> RowSpan | None:
+        """Where ``key``'s rows are when it is already in ``route``'s series (None: it is not): a file rebuilt
+        from a journal, or a part published before the first such item came (read from disk once; nothing of
+        this run's own rows is kept in memory, which a day of readings would fill)."""
+        held = self._recovered.get(route, {}).get(key)
+        if held is not None:
+            return held
         series = self._series.setdefault(route, _Series())
         if series.keys is None:
             series.keys = _published_keys(Path(route))
-        return key in series.keys
+        return series.keys.get(key)
 
     def _full(self, opened: _Open, rows: int) -> bool:
         settings = self._settings
@@ -299,15 +320,26 @@ class ParquetSink(ContainerSink):
                     row_group_seconds=settings.row_group_seconds, compression=settings.compression,
                     fsync=settings.fsync,
                 )  # fmt: skip
+            first = opened.file.rows
             opened.file.write(opened.buffer.take())
         except StorageError as exc:
             return self._failed(route, exc)
         archived, opened.waiting = opened.waiting, []
+        if self.locate:
+            self._locate(opened, archived, first)
         opened.pending_bytes = 0
         opened.first_pending = None
         if bound:
             self._bound_buffers()
         return Settled(archived=archived)
+
+    def _locate(self, opened: _Open, archived: list[Item], first: int) -> None:
+        """Set the locations of the items of a commit whose rows start at row ``first`` of ``opened``'s file."""
+        path = os.path.abspath(opened.path)
+        counts, opened.counts = opened.counts, []
+        for item, count in zip(archived, counts, strict=True):
+            item.locations = (_location(RowSpan(path, first, count), item),)
+            first += count
 
     def _bound_buffers(self) -> None:
         """Write the largest buffered row groups early while all open files together buffer more than
@@ -342,7 +374,7 @@ class ParquetSink(ContainerSink):
             log.error("%s was rebuilt from its journal as %s after a write failed", file.final, recovered.path)
 
     def _remember(self, route: str, recovered: RecoveredFile) -> None:
-        self._recovered.setdefault(route, set()).update(recovered.keys)
+        self._recovered.setdefault(route, {}).update(recovered.spans)
 
     def _flush_row_group(self, route: str) -> None:
         opened = self._open[route]
@@ -407,9 +439,15 @@ def _check_space(path: Path, needed: int) -> None:
         )
 
 
-def _published_keys(route: Path) -> set[bytes]:
-    """The item keys of the parts of ``route``'s series already on disk (read when a resumed item first comes)."""
-    keys: set[bytes] = set()
+def _location(span: RowSpan, item: Item) -> Location:
+    """The location of ``item``'s rows (see the module docstring)."""
+    return Location(span.path, item.nbytes, None, ROWS, span.first, span.count)
+
+
+def _published_keys(route: Path) -> dict[bytes, RowSpan]:
+    """The item keys of the parts of ``route``'s series already on disk and where their rows are (read when a
+    resumed item first comes)."""
+    keys: dict[bytes, RowSpan] = {}
     for part in range(100_000):
         path = part_path(route, part)
         if not path.exists():
@@ -419,5 +457,6 @@ def _published_keys(route: Path) -> set[bytes]:
         except (OSError, pa.ArrowException, KeyError) as exc:
             log.warning("%s: its item keys cannot be read (%s); resumed items are not compared with it", path, exc)
             continue
-        keys.update(column.to_pylist())
+        for key, span in key_spans(os.path.abspath(path), column.to_pylist()).items():
+            keys.setdefault(key, span)
     return keys

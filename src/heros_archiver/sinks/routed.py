@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 
 from ..errors import PathConfinementError, StorageError, storage_error
+from ..observe.outcomes import array_location
 from ..pipeline.queueing import Item
 from ..storage.confinement import open_directory
 from .base import ContainerSink, Settled
@@ -84,6 +85,16 @@ class OpenPart(Generic[C]):
     pending_bytes: int = field(default=0, kw_only=True)
     first_pending: float | None = field(default=None, kw_only=True)
     used: float = field(default_factory=time.monotonic, kw_only=True)
+    #: the container's path as its items' locations name it (absolute)
+    where: str = field(init=False, default="")
+
+    def __post_init__(self) -> None:
+        self.where = os.path.abspath(self.container.path)
+
+    def locate(self, item: Item, member: str, index: int) -> None:
+        """Set ``item.locations``: frame ``index`` of ``member`` here, with its raw bytes' size and checksum
+        (``observe.outcomes``). Called by a sink with ``locate`` set, when the container gave the index."""
+        item.locations = (array_location(self.where, member, index, item.payload),)
 
     @property
     def frames(self) -> int:

@@ -13,6 +13,13 @@ Unlike HDF5, no file is made at the start (a TIFF without a page is not a TIFF):
 archived when it arrives, and its configuration is kept in memory until the first frame; an acquisition
 without a frame leaves no file. So a crash between the start and the first commit of a frame loses the
 configuration (the frames resumed from the spool are written without it).
+
+With ``locate``, frames are located as ``TiffStackSink`` locates them; the markers are archived with no
+location (``Item.locations == ()``), because none of them is in a file when it counts as archived: the start
+marker's configuration waits in memory for the first page's record (which no location could name yet: the
+stack may not exist, and an acquisition without frames never makes one), and the stop marker writes nothing
+(linked pages are never rewritten; its counts go to the counters). The configuration is found, once written,
+in the record of page 0 of the acquisition's first stack (``containers.tiff.read_records``).
 """
 
 from __future__ import annotations

@@ -7,6 +7,11 @@ linked page, so after a failure (a full disk, an I/O error) the file is closed a
 back; the retry reopens it with ``append``, which cuts off what the failed commit left and continues, in
 the same file. Rollover: once a stack holds ``max_frames`` pages or ``max_bytes`` bytes the next part is
 ``name-1.tif``, ``name-2.tif``, ... beside it, under the same ``on_exists``.
+
+With ``locate``, each frame's location is set when it is appended (again at a retry's append): the stack's
+file, the member ``"pages"`` (``containers.tiff.PAGES``: a TIFF holds one sequence of pages, no datasets),
+the page's index (its existing one for a frame found by its key) and the checksum of the frame's raw bytes
+(the page's pixels, written in the frame's own byte order).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from ..extras import require_extra
 from ..pipeline.queueing import Item
 from .base import CommitFailure, Settled
 from .containers import ItemKey, _hashable_json
-from .containers.tiff import TiffStackContainer
+from .containers.tiff import PAGES, TiffStackContainer
 from .routed import (
     SPACE_MARGIN,
     OpenPart,
@@ -105,6 +110,8 @@ class TiffStackSink(RoutedSink[str, _Open]):
         container = opened.container
         first = self._first_page(route) if opened.frames == 0 else None
         index = container.append(key, item.payload, item.metadata, received=item.received, acquisition=first)
+        if self.locate:
+            opened.locate(item, PAGES, index)
         if index < container.committed_length:  # resumed, and already committed before the crash
             settled.archived.append(item)
             return settled

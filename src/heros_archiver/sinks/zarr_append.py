@@ -11,6 +11,10 @@ committed and closed (reopened when needed: its committed frames and keys are re
 
 Unlike an HDF5 file, a Zarr store is only files: a failed commit (a full disk) leaves the store as its
 last commit left it, the container is let go, and the next append reopens it from the store.
+
+With ``locate``, each frame's location is set when it is appended (again at a retry's append): the store's
+directory, the frames' array path inside it, the frame's index along axis 0 (its existing one for a frame
+found by its key), and the checksum of its raw bytes in the byte order stored (the order it arrived in).
 """
 
 from __future__ import annotations
@@ -81,6 +85,8 @@ class ZarrAppendSink(RoutedSink[tuple[str, str], _Open]):
             self._open.pop(target)
             container.release()
             raise
+        if self.locate:
+            opened.locate(item, container.array_path, index)
         if index < container.committed_length:  # resumed, and already committed before the crash
             settled.archived.append(item)
             return settled

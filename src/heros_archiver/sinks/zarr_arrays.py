@@ -18,8 +18,9 @@ from typing import Any
 
 from ..checks import check_choice
 from ..errors import PathConfinementError, TargetExistsError, TemplateRenderError, storage_error
-from ..formats.zarr_v3 import ZarrArrayEncoder
+from ..formats.zarr_v3 import EncodedArray, ZarrArrayEncoder
 from ..naming.templates import PathTemplate, confine_text
+from ..observe.outcomes import Location, array_location
 from ..storage.atomic import FSYNC_CHOICES, ON_EXISTS_CHOICES, Fsync, OnExists, is_temporary, write_atomic
 from ..storage.confinement import open_directory
 from ..storage.staged_trees import publish_tree
@@ -98,10 +99,28 @@ class ZarrArrayWriter:
         """Write the array of one payload; the path written, or None when an identical array was there already
         (an item resumed after a crash, or replayed). Raises PayloadError, TemplateRenderError,
         PathConfinementError, TargetExistsError or StorageError (retried unless permanent)."""
+        return self._write(source_name, payload, metadata, resumed)[0]
+
+    def write_located(
+        self, source_name: str, payload: Any, metadata: dict[str, Any], resumed: bool = False
+    ) -> tuple[Location, ...]:
+        """``write``, returning where the array is (``observe.outcomes``): ``path`` the group's directory (the
+        store), ``member`` the array's key in it, no index (the array is the item), the checksum of its raw
+        bytes as stored (C order, little-endian: the ``bytes`` codec's order, whatever order arrived). An
+        identical array found under ``on_exists="unique"`` for a resumed item is reported under the key
+        planned, which may differ by its ``-N`` (as ``FileWriter.write_located`` reports such a file)."""
+        written, group, array, encoded = self._write(source_name, payload, metadata, resumed)
+        key = (written or array)[len(group) + 1 :]
+        return (array_location(os.path.abspath(group), key, None, encoded.data),)
+
+    def _write(
+        self, source_name: str, payload: Any, metadata: dict[str, Any], resumed: bool
+    ) -> tuple[str | None, str, str, EncodedArray]:
+        """``write``; also the group, the array's planned path and its encoding."""
         group, array = self.target(source_name, metadata)
         encoded = self.encoder.encode(payload)  # the payload's faults before anything is made
         self._ensure_groups(group, os.path.dirname(array))
-        return publish_tree(
+        written = publish_tree(
             self._root_text,
             self.confine_root,
             array,
@@ -113,6 +132,7 @@ class ZarrArrayWriter:
             self.window,
             resumed,
         )
+        return written, group, array, encoded
 
     def close(self) -> None:
         """Finish the arrays still in the writeback window (at shutdown)."""

@@ -16,7 +16,8 @@ would. A package that adds a sink subclasses :class:`SinkContract` in its own te
 
 Each test says one promise: payloads come back as sent (dtypes, byte orders, shapes), a bad item is
 dead-lettered and the others go on, an existing target is never replaced under ``on_exists="error"``,
-``close()`` drains what is queued, several sources at once stay apart and in order, a storage fault that
+``close()`` drains what is queued, several sources at once stay apart and in order, every archived item
+says where it went and reads back there with its checksum (``observe.readers``), a storage fault that
 passes (a directory that refuses new entries for a while: a real fault, not a patched function) is retried
 until the item is archived, and items resumed from the spool after a crash are not written twice.
 
@@ -40,7 +41,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -48,6 +49,9 @@ import numpy as np
 import pytest
 
 from ..archivers.base import HERODataArchiver
+from ..observe.listeners import Listener
+from ..observe.outcomes import Archived, Outcome
+from ..observe.readers import ContainerReader
 from ..pipeline.payload import item_nbytes
 from ..pipeline.queueing import Item
 from ..state.deadletter import DeadLetterStore
@@ -264,6 +268,32 @@ class SinkContract:
         assert len(spool.store) == 0, "the spool keeps entries of archived items"
         self.assert_same(self.read_back(tmp_path)["cam"], [*sent, extra])
 
+    def test_every_archived_item_is_located_and_reads_back_with_its_checksum(
+        self, make_archiver: Factory, tmp_path: Path
+    ) -> None:
+        """With a listener (``locate`` on), every archived item says where it went (``observe``), and reading it
+        back there (``observe.readers``, as verify does) gives the checksum it was archived with."""
+        listener = _Outcomes()
+        archiver = make_archiver(listeners=[listener])
+        sent = [self.varied(self.cases()[0], i) for i in range(12)]
+        self.feed_all(archiver, [("cam", p, i) for i, p in enumerate(sent)])
+        archiver.close()
+
+        archived = [outcome for outcome in listener.outcomes if isinstance(outcome, Archived)]
+        assert len(archived) == len(sent) == self.totals(archiver)["archived"], listener.outcomes
+        places = set()
+        with ContainerReader(tmp_path) as reader:
+            for outcome in archived:
+                assert outcome.locations, f"item {outcome.sequence} archived without a location"
+                for location in outcome.locations:
+                    assert os.path.isabs(location.path), location
+                    reading = reader.read(location.path, location.member, location.index, location.count)
+                    assert reading.checksum == location.checksum, (location, reading)
+                    if reading.nbytes is not None:
+                        assert reading.nbytes == location.nbytes, (location, reading)
+                    places.add((location.path, location.member, location.index))
+        assert len(places) == sum(len(outcome.locations) for outcome in archived), "two items at one place"
+
     # ------------------------------------------------------------------ faults (testing.faults)
     @pytest.mark.parametrize("overflow", ["block", "spill"])
     def test_slow_storage_loses_and_duplicates_nothing_within_the_queue_bounds(
@@ -429,6 +459,21 @@ class SinkContract:
         assert len(after) >= archived_before, f"{archived_before} items committed before the kill, {len(after)} after"
         assert set(map(fingerprint, spooled)) <= set(after), "an item of the spool was not resumed"
         assert len(after) >= len(sent) - QUEUE_ITEMS - 1, f"{len(sent) - len(after)} items lost, more than in memory"
+
+
+class _Outcomes(Listener):
+    """Keeps every outcome, told on the writer thread (so none is still queued when ``close()`` returns)."""
+
+    inline = True
+
+    def __init__(self) -> None:
+        self.outcomes: list[Outcome] = []
+
+    def handle(self, outcomes: Sequence[Outcome]) -> None:
+        self.outcomes.extend(outcomes)
+
+    def close(self) -> None:
+        """Nothing to release."""
 
 
 @contextlib.contextmanager

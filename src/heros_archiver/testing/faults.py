@@ -210,6 +210,15 @@ class _WrappedContainerSink(ContainerSink):
         return self._wrapper.commit(self.inner, self.inner.close)
 
     @property
+    def locate(self) -> bool:
+        """The inner sink's: the pipeline sets it on the sink it holds (this one), the inner one locates."""
+        return self.inner.locate
+
+    @locate.setter
+    def locate(self, value: bool) -> None:
+        self.inner.locate = value
+
+    @property
     def pending(self) -> int:
         return self.inner.pending
 

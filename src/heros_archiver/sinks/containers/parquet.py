@@ -27,7 +27,7 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -44,10 +44,22 @@ from ...storage.temporaries import PROCESS_TOKEN, TMP_PREFIX, owner_alive, recor
 
 log = logging.getLogger("heros_archiver")
 
-__all__ = ["JOURNAL_SUBDIR", "ParquetFile", "RecoveredFile", "part_path", "recover_journals"]
+__all__ = [
+    "JOURNAL_SUBDIR",
+    "ROWS",
+    "ParquetFile",
+    "RecoveredFile",
+    "RowSpan",
+    "journal_target",
+    "key_spans",
+    "part_path",
+    "recover_journals",
+]
 
 #: Where the journals of open files are, relative to the archive root.
 JOURNAL_SUBDIR = f"{STATE_DIR_NAME}/parquet-journal"
+#: The member of a Parquet file its items' locations name (``observe.outcomes.Location``): its rows.
+ROWS = "rows"
 #: The schema metadata key naming a journal's target file (relative to the root).
 _TARGET_KEY = b"heros_archiver.target"
 _counter = itertools.count()
@@ -308,14 +320,36 @@ class ParquetFile:
                 os.close(handle)
 
 
+@dataclass(frozen=True, slots=True)
+class RowSpan:
+    """Where an item's rows are: ``count`` rows from row ``first`` of the published file ``path``."""
+
+    path: str
+    first: int
+    count: int
+
+
+def key_spans(path: str, keys: Sequence[bytes]) -> dict[bytes, RowSpan]:
+    """Per item key of a file's ``item_key`` column (``keys``, in row order), where its rows are: the rows of
+    one item are consecutive and share its key; a key found twice keeps its first rows."""
+    spans: dict[bytes, RowSpan] = {}
+    first = 0
+    for row in range(1, len(keys) + 1):
+        if row == len(keys) or keys[row] != keys[first]:
+            spans.setdefault(keys[first], RowSpan(path, first, row - first))
+            first = row
+    return spans
+
+
 @dataclass(frozen=True)
 class RecoveredFile:
-    """A file made from a journal: where it went, its rows and its item keys (to de-duplicate resumed items)."""
+    """A file made from a journal: where it went, its rows and where each item's rows are in it (to
+    de-duplicate resumed items, and tell where they went)."""
 
     target: Path
     path: Path
     rows: int
-    keys: frozenset[bytes]
+    spans: Mapping[bytes, RowSpan]
 
 
 def _batches(reader: Any) -> Iterator[pa.RecordBatch]:
@@ -366,9 +400,9 @@ def _recover_one(root: str, journal: Path) -> RecoveredFile | None:
         raise
     finally:
         os.close(directory)
-    keys = frozenset(table.column("item_key").to_pylist())
+    spans = key_spans(os.path.abspath(published), table.column("item_key").to_pylist())
     journal.unlink()
-    return RecoveredFile(target, published, rows, keys)
+    return RecoveredFile(target, published, rows, spans)
 
 
 def recover_journals(root: str) -> list[RecoveredFile]:

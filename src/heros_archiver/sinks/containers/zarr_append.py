@@ -77,6 +77,7 @@ __all__ = [
     "ZarrAppendContainer",
     "read_archive_row",
     "read_metadata",
+    "stored_dtype",
 ]
 
 OnExists = Literal["error", "append", "unique"]
@@ -285,7 +286,7 @@ class ZarrAppendContainer(FrameStack):
     def _set_document(self, document: dict[str, Any]) -> None:
         self._document = document
         self._frame_shape = tuple(int(n) for n in document["shape"][1:])
-        self._frame_dtype = _dtype_of(self._zarr, document)
+        self._frame_dtype = stored_dtype(self._zarr, document)
         self._encoder = ChunkEncoder(self._numcodecs, self.compression, self._frame_dtype)
 
     def _create(self, data: np.ndarray, metadata: Mapping[str, Any]) -> None:
@@ -510,8 +511,9 @@ def _dimension_names(ndim: int) -> list[str]:
     return ["frame", *(["y", "x"] if ndim == 2 else [f"dim_{i}" for i in range(1, ndim + 1)])]
 
 
-def _dtype_of(zarr: Any, document: dict[str, Any]) -> np.dtype[Any]:
-    """The numpy dtype of the frames in ``document`` (the byte order its bytes codec says)."""
+def stored_dtype(zarr: Any, document: dict[str, Any]) -> np.dtype[Any]:
+    """The numpy dtype of an array's values as stored, from its ``zarr.json`` ``document``: the byte order its
+    bytes codec says (zarr-python reads them in the machine's order; ``observe.readers`` turns them back)."""
     from zarr.core.metadata.v3 import ArrayV3Metadata
 
     metadata = ArrayV3Metadata.from_dict(document)
