@@ -2,9 +2,9 @@
 the gaps in every stream's sequence values (``heros-archiver verify``).
 
 Files are read in large blocks by a pool of threads (xxh3-128 releases the GIL, so reading and hashing
-overlap across threads and with the kernel's read-ahead); a container is opened once and all its cataloged
-items are read from it by one thread; the walk of the root for orphans runs in the pool beside them. The
-largest tasks start first, so that no big container is left to run alone at the end.
+overlap across threads and with the kernel's read-ahead), in commit order; a container is opened once and all
+its cataloged items are read from it by one thread, the largest containers first, so that none is left to run
+alone at the end; the walk of the root for orphans runs in the pool beside them.
 
 Verify reads the catalog read-only, as one snapshot (``verify_catalog``), so it runs while an archiver writes:
 items committed after the snapshot are not checked, and before anything is reported the catalog is read
@@ -214,7 +214,7 @@ def _check(
         partial(one_container, path, entries)
         for path, entries in sorted(containers.items(), key=lambda kv: -sum(e.nbytes for e in kv[1]))
     ]
-    tasks += [partial(one_file, entry) for entry in sorted(files, key=lambda e: -e.nbytes)]
+    tasks += [partial(one_file, entry) for entry in files]  # in commit order: most often the order on disk
     problems: list[tuple[Entry, Problem]] = []
     with ThreadPoolExecutor(workers, thread_name_prefix="heros-archiver-verify") as pool:
         walk = pool.submit(lambda: list(find_orphans(root, cataloged))) if orphans else None

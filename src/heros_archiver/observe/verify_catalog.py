@@ -98,7 +98,8 @@ class CatalogSnapshot:
                 files = [
                     Entry(path, None, None, 1, nbytes, checksum, committed, source, sequence)
                     for path, nbytes, checksum, committed, source, sequence in self._connection.execute(
-                        "SELECT path, nbytes, checksum, committed, source, sequence FROM items WHERE member IS NULL"
+                        "SELECT path, nbytes, checksum, committed, source, sequence FROM items"
+                        " WHERE member IS NULL ORDER BY id"
                     )
                 ]
                 rows = self._connection.execute(
