@@ -37,6 +37,10 @@ CREATE TABLE items (
 );
 CREATE UNIQUE INDEX items_location ON items (path, ifnull(member, ''), ifnull(idx, -1));
 CREATE INDEX items_source ON items (source, event, sequence);
+CREATE TABLE failures (
+  id INTEGER PRIMARY KEY, archiver TEXT NOT NULL, source TEXT NOT NULL, event TEXT NOT NULL, sequence INTEGER,
+  kind TEXT NOT NULL, entry TEXT, error TEXT NOT NULL, metadata TEXT NOT NULL, received REAL NOT NULL, time REAL NOT NULL
+);
 PRAGMA user_version = 1;
 """
 

@@ -249,6 +249,9 @@ def _sequences(snapshot: CatalogSnapshot, streams: list[Stream], report: VerifyR
         for first, last in ranges.gaps:
             now = snapshot.stream_now(stream.archiver, stream.source, stream.event, first, last)
             for gap_first, gap_last in _uncovered(first, last, () if now is None else now.values):
+                missing = f"{gap_last - gap_first + 1} missing between {ranges.first} and {ranges.last}"
+                failed = snapshot.failed(stream.archiver, stream.source, stream.event, gap_first, gap_last)
+                why = "".join(f"; {count} {kind.replace('_', '-')}" for kind, count in failed.items())
                 report.problems.append(
                     _stream_problem(
                         "gap",
@@ -256,7 +259,7 @@ def _sequences(snapshot: CatalogSnapshot, streams: list[Stream], report: VerifyR
                         gap_first,
                         gap_last,
                         f"sequence {_span(gap_first, gap_last)}",
-                        f"none cataloged ({gap_last - gap_first + 1} missing between {ranges.first} and {ranges.last})",
+                        f"none cataloged ({missing}{why})",
                     )
                 )
         for first, last in ranges.repeats:

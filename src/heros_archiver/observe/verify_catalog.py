@@ -156,6 +156,16 @@ class CatalogSnapshot:
         where = " AND archiver = ? AND source = ? AND event = ? AND sequence BETWEEN ? AND ?"
         return next(self._streams(where, (archiver, source, event, first, last)), None)
 
+    def failed(self, archiver: str, source: str, event: str, first: int, last: int) -> dict[str, int]:
+        """How many items of the stream with values from ``first`` to ``last`` the catalog's ``failures`` table
+        holds, per kind (``dead_lettered``, ``dropped``): why a gap is there, when the archiver knew."""
+        rows = self._connection.execute(
+            "SELECT kind, COUNT(DISTINCT sequence) FROM failures WHERE archiver = ? AND source = ? AND event = ?"
+            " AND sequence BETWEEN ? AND ? GROUP BY kind ORDER BY kind",
+            (archiver, source, event, first, last),
+        )
+        return {str(kind): int(count) for kind, count in rows}
+
     def close(self) -> None:
         """Close the connection."""
         self._connection.close()
