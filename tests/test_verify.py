@@ -39,7 +39,8 @@ CREATE UNIQUE INDEX items_location ON items (path, ifnull(member, ''), ifnull(id
 CREATE INDEX items_source ON items (source, event, sequence);
 CREATE TABLE failures (
   id INTEGER PRIMARY KEY, archiver TEXT NOT NULL, source TEXT NOT NULL, event TEXT NOT NULL, sequence INTEGER,
-  kind TEXT NOT NULL, entry TEXT, error TEXT NOT NULL, metadata TEXT NOT NULL, received REAL NOT NULL, time REAL NOT NULL
+  kind TEXT NOT NULL, entry TEXT, error TEXT NOT NULL, metadata TEXT NOT NULL, received REAL NOT NULL,
+  time REAL NOT NULL
 );
 PRAGMA user_version = 1;
 """
