@@ -9,12 +9,15 @@ import subprocess
 import sys
 import threading
 from collections.abc import Sequence
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import h5py
 import pytest
 import xxhash
+from hypothesis import given
+from hypothesis import strategies as st
 
 from conftest import Rig, RigFactory
 from helpers import RawCamera, wait_for_items, wait_until
@@ -239,6 +242,22 @@ def test_verify_while_the_archiver_writes_reports_nothing(make_rig: RigFactory, 
     reports.append(verify(tmp_path))
     assert len(reports) >= 2 and all(r.problems == [] for r in reports), [r.problems for r in reports if r.problems]
     assert reports[-1].files == 900
+
+
+@given(st.dictionaries(st.integers(-(2**40), 2**40), st.integers(1, 3), max_size=60))
+def test_sequence_ranges_cover_exactly_the_values_not_held(held: dict[int, int]) -> None:
+    ranges = sequence_ranges(sorted(held.items()))
+    if not held:
+        assert ranges is None
+        return
+    assert ranges is not None and (ranges.first, ranges.last) == (min(held), max(held))
+    values = sorted(held)
+    assert list(ranges.gaps) == [(a + 1, b - 1) for a, b in pairwise(values) if b > a + 1]
+    assert ranges.missing == ranges.last - ranges.first + 1 - len(held) and ranges.values == len(held)
+    assert [v for first, last in ranges.repeats for v in range(first, last + 1)] == sorted(
+        v for v, items in held.items() if items > 1
+    )
+    assert all(b[0] > a[1] + 1 for a, b in pairwise(ranges.repeats))
 
 
 def test_sequence_ranges_are_gaps_and_repeats() -> None:
