@@ -88,7 +88,7 @@ def test_split_data_array_writes_one_tiff_per_index(make_rig: RigFactory, tmp_pa
         assert back.shape == (4, 5) and back.tobytes() == sent[index].tobytes()
 
 
-def test_dead_letters_of_tiff_files_replay_as_tiff_files_and_those_of_a_stack_stay(
+def test_dead_letters_of_tiff_files_replay_as_tiff_files_and_those_of_a_stack_into_a_stack(
     make_rig: RigFactory, tmp_path: Path
 ) -> None:
     files = make_rig("{{ file_path }}/files/{{ run }}/{{ frame }}.tif", archiver_cls=TiffArchiver)  # no "run" sent
@@ -108,9 +108,12 @@ def test_dead_letters_of_tiff_files_replay_as_tiff_files_and_those_of_a_stack_st
     wait_for_items(stacked.archiver, 2)
     stacked.archiver._teardown()
     store = tmp_path / "stack" / ".heros-archiver" / "dead-letter"
-    [outcome] = replay(store)
-    assert not outcome.ok and "re-feed it" in (outcome.error or ""), outcome  # not written as a file of its own
+    [outcome] = replay(store)  # into its stack again: the same mismatch, never a file of its own
+    assert not outcome.ok and "(4, 4)" in outcome.error, outcome
     assert len(list(store.iterdir())) == 1 and indices(tmp_path / "stack" / "run.tif") == [0]
+    [fixed] = replay(store, template="{{ file_path }}/stack/small.tif")
+    assert fixed.ok and fixed.paths == [tmp_path / "stack" / "small.tif"], fixed
+    assert indices(tmp_path / "stack" / "small.tif") == [1] and not list(store.iterdir())
 
 
 def test_stack_only_arguments_without_stack_and_a_files_policy_with_it_are_refused() -> None:

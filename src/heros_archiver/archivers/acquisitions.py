@@ -63,6 +63,18 @@ def check_templates(templates: Iterable[tuple[str, str]], default_metadata: dict
             )
 
 
+def recorded_defaults(default_metadata: dict[str, Any]) -> dict[str, Any]:
+    """The default metadata as a dead letter's writer settings keep it for replay (the templates of an
+    acquisition's items see it, not the items' metadata): text keys with text, number, boolean or null values;
+    anything else cannot be kept in ``entry.json`` and is left out (a template using it then fails to render at
+    replay, naming the key, and the entry stays until a corrected template is given)."""
+    return {
+        key: value
+        for key, value in default_metadata.items()
+        if isinstance(key, str) and (value is None or type(value) in (str, int, float, bool))
+    }
+
+
 class AcquisitionTracker:
     """The open acquisition of each camera (thread-safe: cameras may arrive on different receive threads)."""
 

@@ -19,6 +19,7 @@ from typing import Any
 from ..errors import PayloadError
 from ..pipeline.queueing import Item
 from ..saferepr import safe_repr
+from ..state.replay_parquet import DATASOURCE_ROWS
 from .parquet import ParquetArchiver
 
 #: The event every datasource HERO publishes its readings with.
@@ -63,18 +64,34 @@ class DatasourceArchiver(ParquetArchiver):
         super().feed(source_name, data, retry_count)
 
     def _base_types(self) -> dict[str, Any]:
-        import pyarrow as pa
-
-        return {name: pa.type_for_alias(kind) for name, kind in DATASOURCE_FIELDS.items()}
+        return datasource_types()
 
     def _rows_of(self, item: Item) -> Sequence[Mapping[str, Any]]:
-        values = item.payload
-        if not isinstance(values, list) or not all(isinstance(value, Mapping) for value in values):
-            raise PayloadError(
-                f"item from {item.source!r}: expected a DatasourceReturnSet (a list of DatasourceReturnValue "
-                f"dicts), got {type(values).__name__} {safe_repr(values, 80)}"
-            )
-        return [_row(value, item.source) for value in values]
+        return datasource_rows(item)
+
+    def _replay_rows(self) -> str | None:
+        """``"datasource"``: replay makes a row per value, as here (None for a subclass with rows of its own)."""
+        cls = type(self)
+        own = cls._rows_of is DatasourceArchiver._rows_of and cls._base_types is DatasourceArchiver._base_types
+        return DATASOURCE_ROWS if own else None
+
+
+def datasource_types() -> dict[str, Any]:
+    """The Arrow types of the ``DatasourceReturnValue`` fields' columns, fixed before the first rows."""
+    import pyarrow as pa
+
+    return {name: pa.type_for_alias(kind) for name, kind in DATASOURCE_FIELDS.items()}
+
+
+def datasource_rows(item: Item) -> Sequence[Mapping[str, Any]]:
+    """The rows of a ``DatasourceArchiver`` item (a whole ``DatasourceReturnSet``): one per value."""
+    values = item.payload
+    if not isinstance(values, list) or not all(isinstance(value, Mapping) for value in values):
+        raise PayloadError(
+            f"item from {item.source!r}: expected a DatasourceReturnSet (a list of DatasourceReturnValue "
+            f"dicts), got {type(values).__name__} {safe_repr(values, 80)}"
+        )
+    return [_row(value, item.source) for value in values]
 
 
 def _row(value: Mapping[str, Any], source: str) -> dict[str, Any]:

@@ -28,7 +28,6 @@ from .acquisitions import AcquisitionMarkers, AcquisitionTracker, check_template
 from .base import HERODataArchiver
 from .files import check_root
 from .options import (
-    DEFAULT_FLUSH_BYTES,
     DEFAULT_FLUSH_FRAMES,
     DEFAULT_FLUSH_IDLE,
     DEFAULT_FLUSH_SECONDS,
@@ -167,17 +166,10 @@ class Hdf5Archiver(AcquisitionMarkers, HERODataArchiver):
         return self._datasets.render(self._acquisition_context(item), self._dataset.render_text)
 
     def _container_sink_factory(self) -> Callable[[], ContainerSink]:
-        from ..sinks.hdf5 import Hdf5Sink, Hdf5SinkSettings
+        from ..sinks.hdf5 import Hdf5Sink
         from ..sinks.hdf5_acquisitions import Hdf5AcquisitionSink
 
-        options = self.sink_options
-        settings = Hdf5SinkSettings(
-            root=str(self.root), compression=options.compression, frames_per_chunk=options.frames_per_chunk,
-            on_exists=options.on_exists, fsync=options.fsync != "none", flush_frames=options.flush_frames,
-            flush_seconds=float(options.flush_seconds), flush_bytes=DEFAULT_FLUSH_BYTES, flush_idle=options.flush_idle,
-            max_frames=options.max_frames, max_bytes=options.max_bytes, idle_timeout=float(options.idle_timeout),
-            max_open_files=options.max_open_files, sequence_key=self.options.sequence_key,
-        )  # fmt: skip
+        settings = self.sink_options.sink_settings(str(self.root), self.options.sequence_key)
         sink = Hdf5AcquisitionSink if self.sink_options.acquisitions else Hdf5Sink
         return lambda: sink(settings, self._dataset_of)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, get_args
+from typing import TYPE_CHECKING, Any, get_args
 
 from ..checks import check_choice, check_integer, check_seconds
 from ..errors import ConfigurationError
@@ -31,6 +31,12 @@ from ..sinks.containers.tiff import OnExists as StackOnExists
 from ..sinks.containers.zarr_shards import COMPRESSIONS as ZARR_APPEND_COMPRESSIONS
 from ..sinks.containers.zarr_shards import DEFAULT_COMPRESSION as ZARR_APPEND_DEFAULT_COMPRESSION
 from ..storage.atomic import FSYNC_CHOICES, ON_EXISTS_CHOICES, Fsync, OnExists
+
+if TYPE_CHECKING:
+    from ..sinks.hdf5 import Hdf5SinkSettings
+    from ..sinks.parquet import ParquetSinkSettings
+    from ..sinks.tiff_stack import TiffStackSettings
+    from ..sinks.zarr_append import ZarrAppendSinkSettings
 
 __all__ = [
     "ArchiverOptions",
@@ -197,6 +203,18 @@ class Hdf5Options:
         """What the options need of the archiver's common arguments (checked by ``ArchiverOptions``)."""
         check_acquisitions_with(self.acquisitions, intake_buffer, overflow)
 
+    def sink_settings(self, root: str, sequence_key: str | None) -> Hdf5SinkSettings:
+        """The settings of the archiver's container sink under ``root`` (the archiver's, and replay's)."""
+        from ..sinks.hdf5 import Hdf5SinkSettings
+
+        return Hdf5SinkSettings(
+            root=root, compression=self.compression, frames_per_chunk=self.frames_per_chunk,
+            on_exists=self.on_exists, fsync=self.fsync != "none", flush_frames=self.flush_frames,
+            flush_seconds=float(self.flush_seconds), flush_bytes=DEFAULT_FLUSH_BYTES, flush_idle=self.flush_idle,
+            max_frames=self.max_frames, max_bytes=self.max_bytes, idle_timeout=float(self.idle_timeout),
+            max_open_files=self.max_open_files, sequence_key=sequence_key,
+        )  # fmt: skip
+
 
 def check_acquisitions_with(acquisitions: bool, intake_buffer: object, overflow: object) -> None:
     """What ``acquisitions=True`` needs of the archiver's common arguments (HDF5 and TIFF stack alike)."""
@@ -271,6 +289,18 @@ class ZarrAppendOptions:
         check_seconds("flush_seconds", self.flush_seconds)
         check_seconds("idle_timeout", self.idle_timeout)
         _check_optional_text("root", self.root, "a directory path or None")
+
+    def sink_settings(self, root: str, sequence_key: str | None) -> ZarrAppendSinkSettings:
+        """The settings of the archiver's container sink under ``root`` (the archiver's, and replay's)."""
+        from ..sinks.zarr_append import ZarrAppendSinkSettings
+
+        return ZarrAppendSinkSettings(
+            root=root, compression=self.compression, frames_per_chunk=self.frames_per_chunk,  # type: ignore[arg-type]
+            frames_per_shard=self.frames_per_shard, on_exists=self.on_exists, fsync=self.fsync != "none",  # type: ignore[arg-type]
+            flush_frames=self.flush_frames, flush_seconds=float(self.flush_seconds),
+            flush_bytes=DEFAULT_FLUSH_BYTES, max_frames=self.max_frames,
+            idle_timeout=float(self.idle_timeout), sequence_key=sequence_key,
+        )  # fmt: skip
 
 
 #: Commit a TIFF stack every this many frames by default (or ``DEFAULT_FLUSH_BYTES``, whichever first) ...
@@ -382,6 +412,18 @@ class TiffOptions:
         """What the options need of the archiver's common arguments (checked by ``ArchiverOptions``)."""
         check_acquisitions_with(self.acquisitions, intake_buffer, overflow)
 
+    def stack_settings(self, root: str, sequence_key: str | None) -> TiffStackSettings:
+        """The settings of the stack's container sink under ``root`` (the archiver's, and replay's; stack only)."""
+        from ..sinks.tiff_stack import TiffStackSettings
+
+        return TiffStackSettings(
+            root=root, on_exists=self.on_exists, fsync=self.fsync != "none",  # type: ignore[arg-type]
+            flush_frames=self.flush_frames, flush_seconds=self.flush_seconds,  # type: ignore[arg-type]
+            flush_bytes=DEFAULT_FLUSH_BYTES, max_frames=self.max_frames, max_bytes=self.max_bytes,
+            idle_timeout=self.idle_timeout, max_open_files=self.max_open_files,  # type: ignore[arg-type]
+            sequence_key=sequence_key, writeback_window=self.writeback_window,
+        )  # fmt: skip
+
 
 #: ``on_exists`` of the Parquet archiver: refuse a file that is there at start, or go on after its parts.
 PARQUET_ON_EXISTS: tuple[str, ...] = ("append", "error")
@@ -437,3 +479,18 @@ class ParquetOptions:
         for name in ("row_group_seconds", "flush_seconds", "idle_timeout"):
             check_seconds(name, getattr(self, name))
         _check_optional_text("root", self.root, "a directory path or None")
+
+    def sink_settings(self, root: str, sequence_key: str | None, base_types: Mapping[str, Any]) -> ParquetSinkSettings:
+        """The settings of the archiver's container sink under ``root``, with the column types fixed before
+        the first rows (``base_types``: the datasource fields); the archiver's, and replay's."""
+        from ..sinks.parquet import ParquetSinkSettings
+
+        return ParquetSinkSettings(
+            root=root, on_exists=self.on_exists, on_schema_change=self.on_schema_change,
+            compression=self.compression, fsync=self.fsync != "none", flush_frames=self.flush_items,
+            flush_seconds=float(self.flush_seconds), flush_bytes=DEFAULT_FLUSH_BYTES,
+            row_group_rows=self.row_group_rows, row_group_seconds=float(self.row_group_seconds),
+            row_group_bytes=DEFAULT_ROW_GROUP_BYTES,
+            max_rows=self.max_rows, max_bytes=self.max_bytes, idle_timeout=float(self.idle_timeout),
+            max_open_files=self.max_open_files, sequence_key=sequence_key, base_types=base_types,
+        )  # fmt: skip

@@ -24,16 +24,15 @@ from ..pipeline.queueing import Item
 from ..saferepr import safe_repr
 from ..sinks.base import ContainerSink
 from ..sinks.writer import _refuse_reserved
+from ..state.replay_parquet import PARQUET_KIND, READING_ROWS, ParquetWriterSettings
 from ..state.statedir import DEAD_LETTER_SUBDIR
 from .base import HERODataArchiver
 from .files import check_root, clean_stale_temporaries
 from .options import (
-    DEFAULT_FLUSH_BYTES,
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_PARQUET_FLUSH_ITEMS,
     DEFAULT_PARQUET_FLUSH_SECONDS,
     DEFAULT_PARQUET_MAX_OPEN_FILES,
-    DEFAULT_ROW_GROUP_BYTES,
     DEFAULT_ROW_GROUP_ROWS,
     DEFAULT_ROW_GROUP_SECONDS,
     ParquetOptions,
@@ -66,6 +65,21 @@ def load_pyarrow() -> Any:
         stream.write_table(table)
     pyarrow.parquet.write_table(table, pyarrow.BufferOutputStream(), compression="zstd")
     return pyarrow
+
+
+def time_names(received: dt.datetime) -> dict[str, Any]:
+    """What the file template gets from the receive time (UTC): ``received``, ``date`` and ``hour``."""
+    return {"received": received, "date": received.strftime("%Y-%m-%d"), "hour": received.strftime("%H")}
+
+
+def reading_rows(item: Item) -> Sequence[Mapping[str, Any]]:
+    """The rows of a ``ParquetArchiver`` item: its payload dict, one row (PayloadError for anything else)."""
+    if not isinstance(item.payload, Mapping):
+        raise PayloadError(
+            f"item from {item.source!r} for {item.lane_key}: expected a dict of values (a reading), "
+            f"got {type(item.payload).__name__} {safe_repr(item.payload, 80)}"
+        )
+    return (item.payload,)
 
 
 class ParquetArchiver(HERODataArchiver):
@@ -137,7 +151,7 @@ class ParquetArchiver(HERODataArchiver):
     def _setup_storage(self) -> None:
         """Compile the template under the root, check the state directory, rebuild the files of the journals
         a killed run left (their keys de-duplicate the spool's items) and remove stale temporaries."""
-        from ..sinks.containers.parquet import recover_journals
+        from ..sinks.containers.parquet import recovered_spans
 
         options = self.sink_options
         root = Path(options.root) if options.root else derive_root(options.file_template, self.metadata)
@@ -155,8 +169,7 @@ class ParquetArchiver(HERODataArchiver):
         self._recovered: dict[str, dict[bytes, Any]] = {}
         if not check_root(self.root):
             return
-        for found in recover_journals(str(self.root)):
-            self._recovered.setdefault(str(found.target), {}).update(found.spans)
+        self._recovered = recovered_spans(str(self.root))
         clean_stale_temporaries(self.root)
 
     def _default_dead_letter_dir(self) -> Path:
@@ -187,7 +200,7 @@ class ParquetArchiver(HERODataArchiver):
                 pass
         context = {**metadata, "source_name": item.source}
         if received is not None:
-            context.update(received=received, date=received.strftime("%Y-%m-%d"), hour=received.strftime("%H"))
+            context.update(time_names(received))
         path = self.name_template.render_confined(context)
         _refuse_reserved(path, str(self.root), self.sink_options.file_template)
         item.route = path
@@ -199,31 +212,35 @@ class ParquetArchiver(HERODataArchiver):
 
     def _rows_of(self, item: Item) -> Sequence[Mapping[str, Any]]:
         """One row: the payload dict (subclasses make other rows)."""
-        if not isinstance(item.payload, Mapping):
-            raise PayloadError(
-                f"item from {item.source!r} for {item.lane_key}: expected a dict of values (a reading), "
-                f"got {type(item.payload).__name__} {safe_repr(item.payload, 80)}"
-            )
-        return (item.payload,)
+        return reading_rows(item)
 
     def _base_types(self) -> dict[str, Any]:
         """Column types fixed before the first rows (none: the first rows fix them all)."""
         return {}
 
-    def _container_sink_factory(self) -> Callable[[], ContainerSink]:
-        from ..sinks.parquet import ParquetSink, ParquetSinkSettings
+    def _replay_rows(self) -> str | None:
+        """How replay makes this archiver's rows (``state.replay_parquet``): ``"reading"``; None for a subclass
+        with rows or column types of its own (its code re-feeds its dead letters)."""
+        own = type(self)._rows_of is ParquetArchiver._rows_of and type(self)._base_types is ParquetArchiver._base_types
+        return READING_ROWS if own else None
 
+    def _writer_settings(self) -> dict[str, Any] | None:
+        """Recorded with each dead letter, so that ``heros-archiver replay`` appends its rows where they belong."""
+        rows = self._replay_rows()
+        if rows is None:
+            return None
         options = self.sink_options
-        settings = ParquetSinkSettings(
-            root=str(self.root), on_exists=options.on_exists, on_schema_change=options.on_schema_change,
-            compression=options.compression, fsync=options.fsync != "none", flush_frames=options.flush_items,
-            flush_seconds=float(options.flush_seconds), flush_bytes=DEFAULT_FLUSH_BYTES,
-            row_group_rows=options.row_group_rows, row_group_seconds=float(options.row_group_seconds),
-            row_group_bytes=DEFAULT_ROW_GROUP_BYTES,
-            max_rows=options.max_rows, max_bytes=options.max_bytes, idle_timeout=float(options.idle_timeout),
-            max_open_files=options.max_open_files, sequence_key=self.options.sequence_key,
-            base_types=self._base_types(),
-        )  # fmt: skip
+        return ParquetWriterSettings(
+            kind=PARQUET_KIND, file_template=self.name_template.source, root=str(self.root), rows=rows,
+            on_schema_change=options.on_schema_change, row_group_rows=options.row_group_rows,
+            max_rows=options.max_rows, max_bytes=options.max_bytes, on_exists=options.on_exists,
+            compression=options.compression, fsync=options.fsync, sequence_key=self.options.sequence_key,
+        ).to_dict()  # fmt: skip
+
+    def _container_sink_factory(self) -> Callable[[], ContainerSink]:
+        from ..sinks.parquet import ParquetSink
+
+        settings = self.sink_options.sink_settings(str(self.root), self.options.sequence_key, self._base_types())
         return lambda: ParquetSink(settings, self._rows_of, self._recovered)
 
     def _store(self, source_name: str, payload: Any, metadata: dict[str, Any]) -> None:

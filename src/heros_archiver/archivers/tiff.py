@@ -20,10 +20,11 @@ from ..pipeline.queueing import Item
 from ..sinks.base import ContainerSink
 from ..sinks.batching import BatchWriter
 from ..sinks.writer import _refuse_reserved
+from ..state.replay_tiff import TIFF_STACK_KIND, TiffStackWriterSettings
 from ..storage.atomic import OnExists
-from .acquisitions import AcquisitionMarkers, AcquisitionTracker, check_templates
+from .acquisitions import AcquisitionMarkers, AcquisitionTracker, check_templates, recorded_defaults
 from .files import FileArchiver
-from .options import DEFAULT_FLUSH_BYTES, DEFAULT_WRITEBACK_WINDOW, TiffOptions
+from .options import DEFAULT_WRITEBACK_WINDOW, TiffOptions
 
 
 class TiffArchiver(AcquisitionMarkers, FileArchiver):
@@ -119,25 +120,29 @@ class TiffArchiver(AcquisitionMarkers, FileArchiver):
         if not self.sink_options.stack:
             return None
         from ..sinks.tiff_acquisitions import TiffAcquisitionSink
-        from ..sinks.tiff_stack import TiffStackSettings, TiffStackSink
+        from ..sinks.tiff_stack import TiffStackSink
 
-        options = self.sink_options
-        settings = TiffStackSettings(
-            root=str(self.root), on_exists=options.on_exists, fsync=options.fsync != "none",  # type: ignore[arg-type]
-            flush_frames=options.flush_frames, flush_seconds=options.flush_seconds,  # type: ignore[arg-type]
-            flush_bytes=DEFAULT_FLUSH_BYTES, max_frames=options.max_frames, max_bytes=options.max_bytes,
-            idle_timeout=options.idle_timeout, max_open_files=options.max_open_files,  # type: ignore[arg-type]
-            sequence_key=self.options.sequence_key, writeback_window=options.writeback_window,
-        )  # fmt: skip
-        sink = TiffAcquisitionSink if options.acquisitions else TiffStackSink
+        settings = self.sink_options.stack_settings(str(self.root), self.options.sequence_key)
+        sink = TiffAcquisitionSink if self.sink_options.acquisitions else TiffStackSink
         return lambda: sink(settings)
 
     def _batch_writer_factory(self) -> Callable[[int], BatchWriter] | None:
         return None if self.sink_options.stack else super()._batch_writer_factory()
 
     def _writer_settings(self) -> dict[str, Any] | None:
-        """Dead letters of a stack are not replayed as single files (None); those of files are."""
-        return None if self.sink_options.stack else super()._writer_settings()
+        """Recorded with each dead letter, so that ``heros-archiver replay`` writes it as this archiver would:
+        a stack's frames appended to their stack (``state.replay_tiff``), files as the file archivers'."""
+        options = self.sink_options
+        if not options.stack:
+            return super()._writer_settings()
+        return TiffStackWriterSettings(
+            kind=TIFF_STACK_KIND, save_template=self.name_template.source, root=str(self.root),
+            on_exists=options.on_exists, fsync=options.fsync, max_frames=options.max_frames,
+            max_bytes=options.max_bytes, writeback_window=options.writeback_window,
+            acquisitions=options.acquisitions,
+            default_metadata=recorded_defaults(self.metadata) if options.acquisitions else None,
+            sequence_key=self.options.sequence_key,
+        ).to_dict()  # fmt: skip
 
     @property
     def on_exists(self) -> OnExists:

@@ -22,11 +22,11 @@ from ..sinks.base import ContainerSink
 from ..sinks.containers.zarr_shards import DEFAULT_COMPRESSION
 from ..sinks.containers.zarr_trash import empty as empty_trash
 from ..sinks.writer import _refuse_reserved
+from ..state.replay_zarr_append import ZARR_APPEND_KIND, ZarrAppendWriterSettings
 from ..state.statedir import DEAD_LETTER_SUBDIR
 from .base import HERODataArchiver
 from .files import check_root, clean_stale_temporaries
 from .options import (
-    DEFAULT_FLUSH_BYTES,
     DEFAULT_FLUSH_FRAMES,
     DEFAULT_FLUSH_SECONDS,
     DEFAULT_IDLE_TIMEOUT,
@@ -108,6 +108,17 @@ class ZarrAppendArchiver(HERODataArchiver):
     def _state_is_durable(self) -> bool:
         return self.sink_options.fsync != "none"
 
+    def _writer_settings(self) -> dict[str, Any]:
+        """Recorded with each dead letter, so that ``heros-archiver replay`` appends it where it belongs."""
+        options = self.sink_options
+        return ZarrAppendWriterSettings(
+            kind=ZARR_APPEND_KIND, store_template=self.name_template.source, array_template=self._array.source,
+            root=str(self.root), compression=options.compression, frames_per_chunk=options.frames_per_chunk,
+            frames_per_shard=options.frames_per_shard, flush_frames=options.flush_frames,
+            on_exists=options.on_exists, fsync=options.fsync, max_frames=options.max_frames,
+            sequence_key=self.options.sequence_key,
+        ).to_dict()  # fmt: skip
+
     def _item_router(self) -> Callable[[Item], None]:
         return self._route
 
@@ -122,16 +133,9 @@ class ZarrAppendArchiver(HERODataArchiver):
         return self._array.render_text({**item.metadata, "source_name": item.source})
 
     def _container_sink_factory(self) -> Callable[[], ContainerSink]:
-        from ..sinks.zarr_append import ZarrAppendSink, ZarrAppendSinkSettings
+        from ..sinks.zarr_append import ZarrAppendSink
 
-        options = self.sink_options
-        settings = ZarrAppendSinkSettings(
-            root=str(self.root), compression=options.compression, frames_per_chunk=options.frames_per_chunk,  # type: ignore[arg-type]
-            frames_per_shard=options.frames_per_shard, on_exists=options.on_exists, fsync=options.fsync != "none",  # type: ignore[arg-type]
-            flush_frames=options.flush_frames, flush_seconds=float(options.flush_seconds),
-            flush_bytes=DEFAULT_FLUSH_BYTES, max_frames=options.max_frames,
-            idle_timeout=float(options.idle_timeout), sequence_key=self.options.sequence_key,
-        )  # fmt: skip
+        settings = self.sink_options.sink_settings(str(self.root), self.options.sequence_key)
         return lambda: ZarrAppendSink(settings, self._array_of)
 
     def _store(self, source_name: str, payload: Any, metadata: dict[str, Any]) -> None:

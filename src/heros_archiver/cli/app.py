@@ -128,8 +128,8 @@ def replay(
     template: Annotated[
         str | None,
         typer.Option(
-            help="a corrected save_template (Hdf5Archiver: file_template, ZarrArchiver: store_template) to use "
-            "instead of the recorded one"
+            help="a corrected save_template (Hdf5Archiver, ParquetArchiver: file_template; ZarrArchiver, "
+            "ZarrAppendArchiver: store_template) to use instead of the recorded one"
         ),
     ] = None,
     root: Annotated[
@@ -140,15 +140,20 @@ def replay(
         str | None, typer.Option(help="Hdf5Archiver entries: a corrected dataset_template (the stack in the file)")
     ] = None,
     array_template: Annotated[
-        str | None, typer.Option(help="ZarrArchiver entries: a corrected array_path_template (the key in the store)")
+        str | None,
+        typer.Option(
+            help="ZarrArchiver entries: a corrected array_path_template (the key in the store); ZarrAppendArchiver "
+            "entries: a corrected array_template (the array frames are appended to)"
+        ),
     ] = None,
 ) -> None:
     """Archive dead-lettered items again (after the disk was freed or the template fixed); archived entries leave.
 
     Files are written only under the archive root (entries recording another root are refused), one
     line reports each entry that failed, and the exit code is 1 when any did (2: nothing could start).
-    An Hdf5Archiver's frames are appended to their file and stack again (a frame it holds is not added twice);
-    a ZarrArchiver's payloads become their array again (an identical array there counts as written).
+    The container archivers' items (Hdf5Archiver, ZarrAppendArchiver, TiffArchiver(stack=True), ParquetArchiver,
+    DatasourceArchiver) are appended to their container again and committed (an item it holds is not added
+    twice); a ZarrArchiver's payloads become their array again (an identical array there counts as written).
     """
     from ..state.replay import replay as replay_entries
 

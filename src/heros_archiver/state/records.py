@@ -4,8 +4,8 @@ edited, so a record that is not exactly what the archiver wrote is refused, neve
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import fields
-from typing import Any
+from dataclasses import asdict, fields
+from typing import Any, ClassVar, Self
 
 from ..errors import ConfigurationError
 
@@ -37,3 +37,24 @@ def strict_fields(
     if data["kind"] != kind:
         raise ConfigurationError(f"{label} field 'kind': expected {kind!r}, got {data['kind']!r}")
     return data
+
+
+class SettingsRecord:
+    """The writer settings an archiver records with its dead letters, as a dataclass (subclasses are ones):
+    ``to_dict`` for ``entry.json``, ``from_dict`` to read it back strictly. Each kind names its ``KIND``, the
+    ``LABEL`` of its messages and the JSON types of its fields; every kind records the archive ``root``."""
+
+    KIND: ClassVar[str]
+    LABEL: ClassVar[str]
+    FIELD_TYPES: ClassVar[Mapping[str, tuple[type, ...]]]
+    root: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict for JSON."""
+        return asdict(self)  # type: ignore[call-overload]  # every subclass is a dataclass
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Self:
+        """Inverse of ``to_dict``, strict (the dict comes from a file that may have been edited): every field,
+        nothing else, each of its JSON type (``true`` is no number, ``1`` no boolean), the right ``kind``."""
+        return cls(**strict_fields(cls, data, cls.LABEL, cls.FIELD_TYPES, cls.KIND))

@@ -2,9 +2,11 @@
 
 An item that is archived leaves the store; one that fails again stays, with the new error reported.
 Running it twice never duplicates a file: the writer treats a target holding the same bytes as written.
-Entries of an ``Hdf5Archiver`` (their writer settings say ``kind: "hdf5"``) are appended again to their file
-and stack instead (``replay_hdf5``), where a frame the file holds already is known by its item key; those of
-a ``ZarrArchiver`` (``kind: "zarr"``) become their array again through the archiver's writer (``replay_zarr``).
+Entries of the container archivers (their writer settings name a ``kind``: ``"hdf5"``, ``"zarr-append"``,
+``"tiff-stack"``, ``"parquet"``) are appended again to the container their template names, through the
+archiver's own sink, committed before the entry leaves, where an item the container holds already is known by
+its item key (``replay_containers`` and one module per kind); those of a ``ZarrArchiver`` (``kind: "zarr"``)
+become their array again through the archiver's writer (``replay_zarr``).
 
 An entry is a file anyone with access to the store may have edited or planted, so nothing in it decides
 *where* replay writes: every file goes under the archive root the store belongs to (implied by the store's
@@ -18,14 +20,18 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ..errors import ReplayError
 from ..naming.templates import PathTemplate
 from ..sinks.writer import FileWriter, WriterSettings
 from .deadletter import DeadLetter, DeadLetterStore
+from .records import SettingsRecord
 from .replay_hdf5 import HDF5_KIND, Hdf5Replay, Hdf5WriterSettings
+from .replay_parquet import PARQUET_KIND, ParquetReplay, ParquetWriterSettings
+from .replay_tiff import TIFF_STACK_KIND, TiffStackReplay, TiffStackWriterSettings
 from .replay_zarr import ZARR_KIND, ZarrReplay, ZarrWriterSettings
+from .replay_zarr_append import ZARR_APPEND_KIND, ZarrAppendReplay, ZarrAppendWriterSettings
 from .statedir import DEAD_LETTER_SUBDIR
 
 #: Where an archiver keeps its dead letters under its root, as path parts.
@@ -41,6 +47,29 @@ class ReplayOutcome:
     ok: bool
     paths: list[Path] = field(default_factory=list)
     error: str = ""
+
+
+class KindReplay(Protocol):
+    """How the entries of one ``kind`` of writer settings are replayed (``Hdf5Replay``, ``ZarrReplay``, ...)."""
+
+    def plan(self, item: DeadLetter, settings: Any) -> list[Path]:
+        """Where the item would go; nothing written."""
+
+    def write(self, item: DeadLetter, settings: Any) -> list[Path]:
+        """Write (and commit) the item; where it went."""
+
+    def close(self) -> None:
+        """Finish (every item was written or committed already)."""
+
+
+#: The archivers' kinds of writer settings (file archivers' name none): the record each reads back as.
+KINDS: dict[str, type[SettingsRecord]] = {
+    HDF5_KIND: Hdf5WriterSettings,
+    ZARR_KIND: ZarrWriterSettings,
+    ZARR_APPEND_KIND: ZarrAppendWriterSettings,
+    TIFF_STACK_KIND: TiffStackWriterSettings,
+    PARQUET_KIND: ParquetWriterSettings,
+}
 
 
 def archive_root(directory: str | os.PathLike[str], root: str | os.PathLike[str] | None = None) -> Path:
@@ -79,13 +108,15 @@ def replay(
 
     Args:
         directory: the dead-letter directory (e.g. ``<root>/.heros-archiver/dead-letter``).
-        template: a corrected ``save_template`` (for an Hdf5Archiver's entries: ``file_template``, for a
-            ZarrArchiver's: ``store_template``) to use instead of the recorded one (confined as well).
+        template: a corrected ``save_template`` (for the entries of an Hdf5Archiver or ParquetArchiver:
+            ``file_template``, of a ZarrArchiver or ZarrAppendArchiver: ``store_template``) to use instead of the
+            recorded one (confined as well).
         dry_run: only render and check; write nothing, remove nothing.
         root: the archive root to write under (default: implied by ``directory``, see ``archive_root``).
         dataset_template: a corrected ``dataset_template`` for an Hdf5Archiver's entries (other entries have
             none and ignore it).
-        array_template: a corrected ``array_path_template`` for a ZarrArchiver's entries (others ignore it).
+        array_template: a corrected ``array_path_template`` for a ZarrArchiver's entries, ``array_template``
+            for a ZarrAppendArchiver's (others ignore it).
 
     Raises:
         ReplayError: no archive root is known for ``directory`` (before any entry is touched).
@@ -96,8 +127,13 @@ def replay(
     for corrected in (template, dataset_template, array_template):
         if corrected is not None:
             PathTemplate(corrected, trusted_root)  # the operator's typo is one error, not one per entry
-    hdf5 = Hdf5Replay(template, dataset_template)
-    zarr = ZarrReplay(template, array_template)
+    kinds: dict[str, KindReplay] = {
+        HDF5_KIND: Hdf5Replay(template, dataset_template),
+        ZARR_KIND: ZarrReplay(template, array_template),
+        ZARR_APPEND_KIND: ZarrAppendReplay(template, array_template),
+        TIFF_STACK_KIND: TiffStackReplay(template),
+        PARQUET_KIND: ParquetReplay(template),
+    }
     store = DeadLetterStore(directory)
     writers: dict[tuple[object, ...], FileWriter] = {}
     outcomes = []
@@ -109,10 +145,7 @@ def replay(
                 source = item.source
                 kind = _entry_kind(item.writer)
                 if kind is not None:
-                    if kind == HDF5_KIND:
-                        paths = _replay_hdf5(hdf5, item, trusted_root, dry_run)
-                    else:
-                        paths = _replay_zarr(zarr, item, trusted_root, dry_run)
+                    paths = _replay_kind(kinds[kind], KINDS[kind], item, trusted_root, dry_run)
                     if not dry_run:
                         store.remove(entry)
                     outcomes.append(ReplayOutcome(entry, source, True, paths))
@@ -132,39 +165,33 @@ def replay(
     finally:
         for writer in writers.values():
             writer.close()
-        hdf5.close()
-        zarr.close()
+        for replayer in kinds.values():
+            replayer.close()
     return outcomes
 
 
 def _entry_kind(writer: dict[str, Any] | None) -> str | None:
-    """``"hdf5"`` or ``"zarr"`` for the settings of those archivers, None for a file archiver's (no kind);
-    ReplayError for a kind this replay does not know."""
+    """The ``kind`` of an archiver's settings (``KINDS``), None for a file archiver's (no kind); ReplayError
+    for a kind this replay does not know."""
     if writer is None or "kind" not in writer:
         return None
-    if writer["kind"] not in (HDF5_KIND, ZARR_KIND):
+    if writer["kind"] not in KINDS:
         raise ReplayError(
-            f"writer settings of kind {writer['kind']!r}: this replay knows {HDF5_KIND!r} (Hdf5Archiver), "
-            f"{ZARR_KIND!r} (ZarrArchiver) and the file archivers' settings (no kind); replay it with the release "
-            "that wrote it"
+            f"writer settings of kind {writer['kind']!r}: this replay knows {', '.join(map(repr, KINDS))} and the "
+            "file archivers' settings (no kind); replay it with the release that wrote it"
         )
     return str(writer["kind"])
 
 
-def _replay_hdf5(hdf5: Hdf5Replay, item: DeadLetter, trusted_root: Path, dry_run: bool) -> list[Path]:
-    """One Hdf5Archiver entry: its settings checked, the root the trusted one; appended and committed."""
-    settings = Hdf5WriterSettings.from_dict(item.writer)
+def _replay_kind(
+    kind: KindReplay, record: type[SettingsRecord], item: DeadLetter, trusted_root: Path, dry_run: bool
+) -> list[Path]:
+    """One entry of an archiver with a ``kind``: its settings read strictly, the root the trusted one; planned,
+    or written (and committed)."""
+    settings = record.from_dict(item.writer)
     _check_recorded_root(item, settings.root, trusted_root)
     settings.root = str(trusted_root)
-    return hdf5.plan(item, settings) if dry_run else hdf5.write(item, settings)
-
-
-def _replay_zarr(zarr: ZarrReplay, item: DeadLetter, trusted_root: Path, dry_run: bool) -> list[Path]:
-    """One ZarrArchiver entry: its settings checked, the root the trusted one; the array written."""
-    settings = ZarrWriterSettings.from_dict(item.writer)
-    _check_recorded_root(item, settings.root, trusted_root)
-    settings.root = str(trusted_root)
-    return zarr.plan(item, settings) if dry_run else zarr.write(item, settings)
+    return kind.plan(item, settings) if dry_run else kind.write(item, settings)
 
 
 def _candidates(store: DeadLetterStore) -> list[Path]:

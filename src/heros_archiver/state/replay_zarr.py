@@ -10,12 +10,12 @@ or one cut short after its rename) counts as written. zarr is imported only when
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .deadletter import DeadLetter
-from .records import strict_fields
+from .records import SettingsRecord
 
 if TYPE_CHECKING:
     from ..sinks.zarr_arrays import ZarrArrayWriter
@@ -25,8 +25,16 @@ ZARR_KIND = "zarr"
 
 
 @dataclass
-class ZarrWriterSettings:
-    """What decides where and how a ZarrArchiver writes an array (recorded in its dead-letter entries)."""
+class ZarrWriterSettings(SettingsRecord):
+    """What decides where and how a ZarrArchiver writes an array (recorded in its dead-letter entries). Values
+    are checked where they are used (``ZarrArrayWriter``: the choices, the level's range, the templates)."""
+
+    KIND: ClassVar[str] = ZARR_KIND
+    LABEL: ClassVar[str] = "zarr writer settings"
+    FIELD_TYPES: ClassVar[dict[str, tuple[type, ...]]] = {
+        "kind": (str,), "store_template": (str,), "array_path_template": (str,), "root": (str,),
+        "on_exists": (str,), "fsync": (str,), "compression": (str,), "compression_level": (int,), "chunks": (str,),
+    }  # fmt: skip
 
     kind: str
     store_template: str
@@ -37,18 +45,6 @@ class ZarrWriterSettings:
     compression: str
     compression_level: int
     chunks: str
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict for JSON."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Any) -> ZarrWriterSettings:
-        """Inverse of ``to_dict``, strict (the dict comes from a file that may have been edited): every field,
-        nothing else, each of its JSON type (``true`` is no number). Values are checked where they are used
-        (``ZarrArrayWriter``: the choices, the level's range, the templates)."""
-        field_types = {item.name: (int,) if item.name == "compression_level" else (str,) for item in fields(cls)}
-        return cls(**strict_fields(cls, data, "zarr writer settings", field_types, ZARR_KIND))
 
 
 class ZarrReplay:

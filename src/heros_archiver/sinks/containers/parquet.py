@@ -429,6 +429,15 @@ def recover_journals(root: str) -> list[RecoveredFile]:
     return recovered
 
 
+def recovered_spans(root: str) -> dict[str, dict[bytes, RowSpan]]:
+    """``recover_journals(root)``, as what a sink needs of it: per route (the rebuilt file's path as rendered),
+    where the rows of each item key of the rebuilt files are."""
+    spans: dict[str, dict[bytes, RowSpan]] = {}
+    for found in recover_journals(root):
+        spans.setdefault(str(found.target), {}).update(found.spans)
+    return spans
+
+
 def journal_target(journal: str | os.PathLike[str]) -> str | None:
     """The file (relative to the archive root) a journal's rows are published as, or None when it names none
     (cut short before its schema, or removed meanwhile: its file was published). For verify: a cataloged
