@@ -333,6 +333,11 @@ def test_every_require_extra_call_names_an_extra_that_installs_its_module() -> N
     assert ("hdf5_files.py", "hdf5", "h5py") in calls
     for where, extra, module in calls:
         assert extra in extras and extra != "dev", f"{where}: require_extra({extra!r}, ...): no such extra"
-        wanted = {re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0].lower() for requirement in extras[extra]}
-        provided = {name.lower() for name in distributions.get(module, [])}
+        wanted = {_normalized(re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0]) for requirement in extras[extra]}
+        provided = {_normalized(name) for name in distributions.get(module, [])}
         assert wanted & provided, f"{where}: the extra [{extra}] installs {wanted}, none of which provides {module!r}"
+
+
+def _normalized(distribution: str) -> str:
+    """A distribution's name as pip compares them (PEP 503): ``prometheus_client`` is ``prometheus-client``."""
+    return re.sub(r"[-_.]+", "-", distribution).lower()

@@ -98,3 +98,9 @@ class ItemUnreadableError(ArchiverError):
         self.index = index
         where = path if member is None else f"{member!r}{'' if index is None else f' [{index}]'} in {path}"
         super().__init__(f"{where}: {message}")
+
+
+class StatusError(ArchiverError):
+    """A running archiver's status could not be read over Zenoh (``heros-archiver status``): gone, or no answer."""
+
+    permanent = False

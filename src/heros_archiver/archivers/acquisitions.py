@@ -22,6 +22,7 @@ import jinja2
 from jinja2 import meta
 
 from ..errors import ArchiverError, ConfigurationError, PayloadError
+from ..observe.logs import log_fields
 from ..pipeline.payload import item_nbytes
 from ..pipeline.queueing import Item
 from ..sinks.hdf5_acquisitions import NUMBER_KEY, SEEN_KEY, START_EVENT, START_KEY, STOP_EVENT, frame_count
@@ -180,4 +181,5 @@ class AcquisitionMarkers(_Base):
             source_name,
             STOP_EVENT,
             data,
+            extra=log_fields(source_name, STOP_EVENT, error="an acquisition's stop without its start or a frame"),
         )

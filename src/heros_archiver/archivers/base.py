@@ -21,10 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import zenoh
-from heros import EventObserver
+from heros import EventObserver, LocalHERO, event
+from heros.event import reliable
 
 from ..errors import ArchiverError, ConfigurationError, PayloadError
+from ..observe.diskspace import DEFAULT_LOW_DISK_SPACE
 from ..observe.listeners import Listener
+from ..observe.logs import log_fields
+from ..observe.status import StatusListener
 from ..pipeline.accounting import SETTLED, Accounting
 from ..pipeline.core import Pipeline
 from ..pipeline.options import DEFAULT_BLOCK_LIMIT, DEFAULT_MAX_QUEUE_BYTES, DEFAULT_MAX_QUEUE_ITEMS, PipelineOptions
@@ -40,6 +44,7 @@ from ..transport import heros_compat
 from ..transport.fastdecode import decode_frame_event
 from ..transport.intake import BufferedIntake
 from ..transport.sharedmemory import disable_shared_memory, installed_zenoh_version, shared_memory_is_safe
+from .control import config_of, event_listeners
 from .options import ArchiverOptions
 
 log = logging.getLogger("heros_archiver")
@@ -126,10 +131,18 @@ class HERODataArchiver(EventObserver):
             processes are not used then, so that every item passes the wrapper (decision 0021).
         listeners: for tests and instrumentation (not for BOSS configs): ``heros_archiver.observe.listeners.Listener``
             objects told of every item's outcome (archived, with where it went; dead-lettered; dropped).
+        events: send the ``archived``, ``failed`` and ``low_disk_space`` events (default True). Only an archiver
+            that is a HERO sends them (under BOSS, or ``heros-archiver run`` of a config entry with an ``_id``);
+            a plain ``EventObserver`` has no name and no event publishers, and sends nothing (decision 0032).
+        low_disk_space: send ``low_disk_space`` (and log a warning) when the archive root's file system has fewer
+            free bytes than this (default 1 GiB), or, for a number in (0, 1), less than that fraction of its
+            size free; checked every 2 s; once again only after the free space rose back above it. None: off.
     """
 
     metadata: dict[str, Any]
     max_retries: int
+    #: what heros' discovery says a HERO of this class implements: ``heros-archiver status`` finds archivers by it
+    _hero_implements: list[str] = ["heros_archiver.Archiver"]  # noqa: RUF012 - heros reads it, nobody changes it
     #: ``intake_buffer`` when not given: archivers of unknown payloads hand samples over directly
     DEFAULT_INTAKE_BUFFER = 0
 
@@ -156,6 +169,8 @@ class HERODataArchiver(EventObserver):
         zenoh_shared_memory: bool | None = None,
         sink_wrapper: Callable[[Sink], Sink] | None = None,
         listeners: Sequence[Listener] = (),
+        events: bool = True,
+        low_disk_space: int | float | None = DEFAULT_LOW_DISK_SPACE,
         **kwargs: Any,
     ) -> None:
         self._close_lock = threading.Lock()
@@ -183,6 +198,8 @@ class HERODataArchiver(EventObserver):
             zenoh_shared_memory,
             sink_wrapper,
             tuple(listeners) if isinstance(listeners, (list, tuple)) else listeners,  # type: ignore[arg-type]
+            events,
+            low_disk_space,
         )
         self._buffered_intakes: list[BufferedIntake] = []
         #: subscriptions to more events of the same HEROs (``_subscribe_event``), undeclared with the first
@@ -199,6 +216,7 @@ class HERODataArchiver(EventObserver):
         spool_path = Path(spool_dir) if spool_dir else dead_letters.directory.parent / SPOOL_DIR_NAME
         spool = Spool(spool_path, event_name, durable)
         self._router = self._item_router()
+        self._status = StatusListener()
         self._pipeline = Pipeline(
             event_name,
             self._store_item,
@@ -285,8 +303,11 @@ class HERODataArchiver(EventObserver):
 
     def _listeners(self) -> list[Listener]:
         """The listeners of every item's outcome (``observe``), made before the pipeline starts: those given as
-        ``listeners`` here; subclasses add their own."""
-        return list(self.options.listeners)
+        ``listeners`` here, the events listener of an archiver that is a HERO, and the status (``status()``);
+        subclasses add their own."""
+        dead_letters = self.options.dead_letter_dir
+        directory = Path(dead_letters) if dead_letters else self._default_dead_letter_dir()
+        return [*self.options.listeners, *event_listeners(self, directory), self._status]
 
     def _store_item(self, item: Item) -> None:
         """Write one queued item (the pipeline's entry point); subclasses may use what the item knows."""
@@ -385,7 +406,14 @@ class HERODataArchiver(EventObserver):
             try:
                 callback(source_name, data)
             except Exception as exc:  # noqa: BLE001 - one failing callback must not keep the others from the event
-                log.error("%s (event %s): callback %s failed: %s", source_name, self._event, uid, exc)
+                log.error(
+                    "%s (event %s): callback %s failed: %s",
+                    source_name,
+                    self._event,
+                    uid,
+                    exc,
+                    extra=log_fields(source_name, self._event, error=exc),
+                )
 
     def feed(self, source_name: str, data: Any, retry_count: int = 0) -> None:
         """Event callback: take ``(payload, metadata)`` from ``source_name`` and queue it. Never raises.
@@ -427,7 +455,79 @@ class HERODataArchiver(EventObserver):
         snapshot["object_selector"] = self._selector
         snapshot["dead_letter_dir"] = str(self._pipeline.dead_letters.directory)
         snapshot["spool_dir"] = str(self._pipeline.spool.directory)
+        snapshot["paused"] = self._pipeline.paused
+        snapshot["pause"] = self._pipeline.pause_status()
         return snapshot
+
+    def status(self) -> dict[str, Any]:
+        """What the archiver does now, for ``heros-archiver status`` and the metrics (a remote capability under
+        BOSS): per source the counters, the archive rate and the last error; the queue and its oldest item's
+        age, the spool, the disk's free space, the listeners (``observe.status``, decision 0033)."""
+        cls = next(c for c in type(self).__mro__ if issubclass(c, HERODataArchiver) and not issubclass(c, LocalHERO))
+        root = getattr(self, "root", None)
+        identity = {
+            "name": getattr(self, "_name", None),  # a HERO's (BOSS, heros-archiver run); None for a plain observer
+            "class": f"{cls.__module__}.{cls.__qualname__}",
+            "event": self._event,
+            "selector": self._selector,
+            "root": None if root is None else str(root),
+        }
+        stats = self.stats()
+        paused = stats.get("paused")  # an archiver that can pause says so in its stats
+        return self._status.report(
+            identity,
+            stats,
+            self._accounting.last_retries(),
+            self._pipeline.hub.stats(),
+            Path(root) if root is not None else self._pipeline.dead_letters.directory,
+            paused if isinstance(paused, bool) else None,
+        )
+
+    # ------------------------------------------------------------------ control and events (decision 0032)
+    def config(self) -> dict[str, Any]:
+        """The archiver's configuration as plain data (a remote capability): its class, HERO name, root, and its
+        options (``options``: what every archiver takes; ``sink_options``: its storage's), callables by name."""
+        return config_of(self)
+
+    def pause(self, drop: bool = False, timeout: float = 2.0) -> dict[str, Any]:
+        """Stop archiving until ``resume()``: the writers commit and close what they hold, then take nothing.
+        What arrives meanwhile is counted and kept in the spool (on disk), archived in order after ``resume()``;
+        with ``drop=True`` it is dropped instead, counted as ``dropped_paused``. Returns once the writers have
+        stopped (``done``), or after ``timeout`` seconds; ``committed``: items the pause committed."""
+        return self._pipeline.pause(drop, timeout)
+
+    def resume(self) -> dict[str, Any]:
+        """Archive again after ``pause()``: what was queued first, then what the pause spooled, in order."""
+        return self._pipeline.resume()
+
+    def flush(self, timeout: float = 2.0) -> dict[str, Any]:
+        """Commit every container now (HDF5, Zarr, TIFF stacks, Parquet): its items are archived and readable at
+        once. Returns the items committed, once every writer did it (``done``), or after ``timeout`` seconds."""
+        return self._pipeline.flush(timeout)
+
+    def rollover(self, timeout: float = 2.0) -> dict[str, Any]:
+        """Start new files now: every container written now is committed and closed, and the next item of each
+        opens its next part (``run-1.h5``, ``run-2.h5``, ...). For an archiver of a file per item, nothing to do
+        (``rolled_over`` False, and why)."""
+        return self._pipeline.rollover(timeout)
+
+    @reliable
+    @event
+    def archived(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """Sent after each commit: where its items went (``observe.events``: paths, index ranges, checksums)."""
+        return payload
+
+    @reliable
+    @event
+    def failed(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """Sent for each item dead-lettered or dropped, with the error or why (``observe.events``)."""
+        return payload
+
+    @reliable
+    @event
+    def low_disk_space(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """Sent when the archive's file system has less free space than ``low_disk_space`` (``observe.diskspace``)."""
+        return payload
 
     def is_queue_drained(self) -> bool:
         """True when no received item waits in memory: all archived, dead-lettered, dropped, or (once

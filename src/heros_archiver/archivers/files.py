@@ -150,7 +150,7 @@ class FileArchiver(HERODataArchiver):
             super()._store_item(item)
             return
         # item.metadata was merged with the default metadata when the event arrived (feed)
-        if self._pipeline.hub.active:
+        if self._pipeline.hub.locating:
             item.locations = self._writer.write_located(item.source, item.payload, item.metadata, item.resumed)
         else:
             self._writer.write(item.source, item.payload, item.metadata, resumed=item.resumed)

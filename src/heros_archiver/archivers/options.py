@@ -22,6 +22,7 @@ from ..checks import check_choice, check_integer, check_seconds
 from ..errors import ConfigurationError
 from ..formats.zarr_v3 import CHUNKINGS as ZARR_CHUNKINGS
 from ..formats.zarr_v3 import COMPRESSIONS as ZARR_COMPRESSIONS
+from ..observe.diskspace import DEFAULT_LOW_DISK_SPACE, check_threshold
 from ..observe.listeners import Listener
 from ..pipeline.options import PipelineOptions
 from ..sinks.base import Sink
@@ -105,6 +106,10 @@ class ArchiverOptions:
     sink_wrapper: Callable[[Sink], Sink] | None = None
     #: for tests and instrumentation: told of every item's outcome, beside the archiver's own (``observe``)
     listeners: tuple[Listener, ...] = ()
+    #: send the ``archived``, ``failed`` and ``low_disk_space`` events (an archiver that is a HERO only)
+    events: bool = True
+    #: free bytes (>= 1) or fraction of the file system (in (0, 1)) below which ``low_disk_space`` is sent
+    low_disk_space: int | float | None = DEFAULT_LOW_DISK_SPACE
 
     def __post_init__(self) -> None:
         for name in ("object_selector", "event_name"):
@@ -131,6 +136,9 @@ class ArchiverOptions:
                 "listeners: expected a sequence of heros_archiver.observe.listeners.Listener, "
                 f"got {self.listeners!r:.200}"
             )
+        if not isinstance(self.events, bool):
+            raise ConfigurationError(f"events: expected true or false, got {self.events!r:.200}")
+        check_threshold(self.low_disk_space)
 
 
 @dataclass(frozen=True)

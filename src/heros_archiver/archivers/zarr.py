@@ -131,7 +131,7 @@ class ZarrArchiver(HERODataArchiver):
         if type(self)._store is not ZarrArchiver._store:
             super()._store_item(item)
             return
-        if self._pipeline.hub.active:
+        if self._pipeline.hub.locating:
             item.locations = self._writer.write_located(item.source, item.payload, item.metadata, item.resumed)
         else:
             self._writer.write(item.source, item.payload, item.metadata, resumed=item.resumed)

@@ -1,9 +1,8 @@
-"""The ``heros-archiver`` command: demo, run, render, replay, formats."""
+"""The ``heros-archiver`` command: demo, run, render, replay, formats, status."""
 
 from __future__ import annotations
 
 import json
-import logging
 import signal
 import threading
 import time
@@ -13,13 +12,14 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.logging import RichHandler
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from ..errors import ArchiverError
 from ..naming.templates import PathTemplate, derive_root
+from . import status_command
+from .logging_options import LogFormat, setup_logging
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Archive the events of HEROS devices to files.")
 console = Console(stderr=True)
@@ -35,12 +35,6 @@ STATS_COLUMNS = (
     "missing",
     "bytes",
 )
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), format="%(message)s", handlers=[RichHandler(console=console, show_path=False)], force=True
-    )
 
 
 def _parse_value(text: str) -> Any:
@@ -98,12 +92,17 @@ def run(
     config: Annotated[Path, typer.Argument(help="BOSS-style JSON config: one object or a list of them")],
     realm: Annotated[str, typer.Option(help="HEROS realm")] = "heros",
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING, ERROR")] = "INFO",
+    log_format: Annotated[LogFormat, typer.Option(help="text, or json: one JSON object per line")] = LogFormat.text,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="serve Prometheus metrics on this port (/metrics; needs prometheus-client)")
+    ] = None,
+    metrics_address: Annotated[str, typer.Option(help="address the metrics endpoint binds to")] = "127.0.0.1",
 ) -> None:
     """Run the archivers of CONFIG until Ctrl-C or SIGTERM, then drain them and print their figures."""
     from ..archivers.base import close_all
     from .config import build_archivers, load_config
 
-    _setup_logging(log_level)
+    setup_logging(log_level, log_format)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
@@ -112,13 +111,32 @@ def run(
     except ArchiverError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
+    metrics = _serve_metrics(archivers, metrics_port, metrics_address) if metrics_port is not None else None
     console.print(f"running {len(archivers)} archiver(s) in realm {realm!r}; Ctrl-C or SIGTERM to stop")
     while not stop.wait(0.5):
         pass
     console.print("stopping: draining queues")
     close_all(archivers)  # in parallel: stopping takes about the longest drain, not the sum
+    if metrics is not None:
+        metrics.close()
     for archiver in archivers:
         _print_stats(archiver.stats())
+
+
+def _serve_metrics(archivers: list[Any], port: int, address: str) -> Any:
+    """Start the metrics endpoint of ``archivers`` (``observe.metrics``), or close them and exit 2."""
+    from ..archivers.base import close_all
+    from ..observe.metrics import serve_metrics
+
+    try:
+        server = serve_metrics([archiver.status for archiver in archivers], port, address)
+    except ArchiverError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        close_all(archivers)
+        raise typer.Exit(2) from exc
+    host, bound = server.address
+    console.print(f"metrics on http://{host}:{bound}/metrics")
+    return server
 
 
 @app.command()
@@ -245,11 +263,12 @@ def demo(
     ] = None,
     rate: Annotated[float | None, typer.Option(help="frames per second (default: as fast as possible)")] = None,
     timeout: Annotated[float, typer.Option(help="give up when nothing arrives for this many seconds")] = 30.0,
+    log_format: Annotated[LogFormat, typer.Option(help="text, or json: one JSON object per line")] = LogFormat.text,
 ) -> None:
     """Start a simulated camera and an ArrayArchiver on loopback Zenoh, archive FRAMES frames, check them."""
     from .demo import run_demo
 
-    _setup_logging("WARNING")
+    setup_logging("WARNING", log_format)
     height, _, width = shape.lower().partition("x")
     folder = out or Path.cwd() / "heros-archiver-demo" / time.strftime("%Y%m%d-%H%M%S")
     result = run_demo(frames, (int(height), int(width)), dtype, folder, rate, timeout, _progress)
@@ -275,6 +294,9 @@ def _progress(total: int, status: Callable[[], tuple[int, bool]]) -> None:
             progress.update(task, completed=done)
             if not finished:
                 time.sleep(0.1)
+
+
+app.command(name="status")(status_command.status)
 
 
 def main() -> None:

@@ -4,6 +4,10 @@ A configuration is one object ``{"_id": ..., "classname": ..., "arguments": {...
 The reference's class names (``herostools.actor.ArrayArchiver`` and friends) are accepted and mapped
 to ours, so a config written for the reference runs unchanged under ``heros-archiver run``. A classname
 without a dot is the name of a sink registered by entry point (``hdf5``, or a plugin's; ``plugins.py``).
+
+An entry with an ``_id`` is built as BOSS builds it: a HERO of that name (``transport.hero_builder``), whose
+public methods (``stats``, ``pause``, ...) other processes call and whose events (``archived``, ...) they
+subscribe to. An entry without one is a plain observer: it archives, but nobody can reach it (decision 0032).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any
 from ..archivers.base import HERODataArchiver
 from ..errors import ConfigurationError
 from ..plugins import sink_class
+from ..transport.hero_builder import hero_class
 
 _REFERENCE_NAMES = {
     f"{prefix}.{name}": f"heros_archiver.{name}"
@@ -57,14 +62,24 @@ def resolve_class(classname: str) -> type[HERODataArchiver]:
 
 
 def build_archivers(entries: list[dict[str, Any]], realm: str) -> list[HERODataArchiver]:
-    """Construct every archiver of ``entries`` in ``realm``; on a failure, stop the ones already built."""
+    """Construct every archiver of ``entries`` in ``realm`` (a HERO named by its ``_id``, if it has one); on a
+    failure, stop the ones already built."""
+    names = [entry["_id"] for entry in entries if "_id" in entry]
+    for name in names:
+        if not isinstance(name, str) or not name:
+            raise ConfigurationError(f"_id: expected the archiver's HERO name (a non-empty text), got {name!r:.100}")
+        if names.count(name) > 1:
+            raise ConfigurationError(f"_id {name!r}: expected one archiver of each name, got {names.count(name)}")
     built: list[HERODataArchiver] = []
     try:
         for entry in entries:
             cls = resolve_class(entry["classname"])
             arguments = {"realm": realm, **entry.get("arguments", {})}
             try:
-                built.append(cls(**arguments))
+                if "_id" in entry:
+                    built.append(hero_class(cls)(entry["_id"], **arguments))
+                else:
+                    built.append(cls(**arguments))
             except TypeError as exc:
                 raise ConfigurationError(f"{entry.get('_id', entry['classname'])}: bad arguments: {exc}") from exc
     except BaseException:

@@ -37,6 +37,18 @@ class Listener(ABC):
     inline: ClassVar[bool] = False
     #: a queued listener's lane holds at most this many outcomes; a batch beyond that is not queued for it
     max_queued: ClassVar[int] = 65_536
+    #: reads ``Archived.locations``: while any listener does, sinks report where each item went, which costs a
+    #: checksum per item; a listener that only counts (the status) sets it False
+    wants_locations: ClassVar[bool] = True
+    #: a queued listener that may be told a little late: its thread sleeps this many seconds after each round,
+    #: so that outcomes gather and it wakes a few times a second instead of once per item (0: at once)
+    gather_seconds: ClassVar[float] = 0.0
+    #: a queued listener that is behind is handed every batch waiting in its lane at once, as one (the events
+    #: send one message for many commits then, instead of one each: the cost per outcome falls under load)
+    coalesce: ClassVar[bool] = False
+    #: a coalescing listener waits this many seconds after a batch arrives before it takes what waits: a burst of
+    #: single-item commits (a file each) wakes its thread once, not once per item
+    linger: ClassVar[float] = 0.0
 
     @property
     def name(self) -> str:
@@ -63,6 +75,8 @@ class _Lane:
         self.failed = 0
         self.lag_logged_at = -LAG_LOG_INTERVAL
         self.closing = False
+        #: set at close: a gathering listener's thread stops sleeping
+        self.closed = threading.Event()
         self.condition = threading.Condition()
         self.thread = threading.Thread(
             target=self._run, name=f"heros-archiver-listener-{listener.name}-{event}", daemon=True
@@ -88,23 +102,37 @@ class _Lane:
             self.condition.notify()
 
     def _run(self) -> None:
+        gather = self.listener.gather_seconds
+        linger = self.listener.linger if self.listener.coalesce else 0.0
         while True:
             with self.condition:
                 while not self.batches and not self.closing:
                     self.condition.wait()
                 if not self.batches:
                     return
-                batch = self.batches.popleft()
-            _call(self.listener, batch, self)
+                closing = self.closing
+            if linger and not closing:
+                time.sleep(linger)  # the batches of a burst gather and are handed over as one (this thread alone takes)
             with self.condition:
-                self.queued -= len(batch)
-                self.handled += len(batch)
+                batches = list(self.batches)  # all that waits, in order: one wake-up for all of them
+                self.batches.clear()
+            if self.listener.coalesce and len(batches) > 1:
+                batches = [[outcome for batch in batches for outcome in batch]]
+            for batch in batches:
+                _call(self.listener, batch, self)
+            with self.condition:
+                handled = sum(len(batch) for batch in batches)
+                self.queued -= handled
+                self.handled += handled
                 self.condition.notify_all()
+            if gather:
+                self.closed.wait(gather)
 
     def close(self, deadline: float) -> None:
         with self.condition:
             self.closing = True
             self.condition.notify_all()
+        self.closed.set()
         self.thread.join(max(0.0, deadline - time.monotonic()))
         if self.thread.is_alive():
             log.warning("listener %s did not finish within the drain timeout", self.listener.name)
@@ -143,6 +171,12 @@ class ListenerHub:
     def active(self) -> bool:
         """Whether anyone listens (the pipeline makes no outcomes otherwise)."""
         return bool(self._inline or self._lanes)
+
+    @property
+    def locating(self) -> bool:
+        """Whether a listener reads where items went (``Listener.wants_locations``): sinks report it then."""
+        listeners = [counts.listener for counts in self._inline] + [lane.listener for lane in self._lanes]
+        return any(listener.wants_locations for listener in listeners)
 
     def add(self, listener: Listener) -> None:
         """Start telling ``listener`` (before the first outcome, or at any time after)."""

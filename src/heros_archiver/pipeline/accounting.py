@@ -4,7 +4,8 @@ Every received item ends in exactly one of archived / dead_lettered / dropped / 
 entry could not be read back and was moved aside); ``in_flight`` is what is still queued or being
 written, so ``received == archived + dead_lettered + dropped + quarantined + in_flight``.
 ``lost_spool_full`` and ``lost_reject_backlog`` say why some of the dropped were lost without a policy
-asking for it (a full queue while the spool could not be written; a backlog of rejected items too long).
+asking for it (a full queue while the spool could not be written; a backlog of rejected items too long);
+``dropped_paused`` counts those dropped by choice while paused (``pause(drop=True)``).
 ``acquisitions`` counts the acquisitions whose end a camera announced (``acquisition_stopped``) and whose
 file was checked against the frames it said it emitted; ``acquisition_gaps`` those whose file held fewer,
 ``acquisition_missing`` how many fewer in all. They are apart from ``gaps``/``missing`` (found from the
@@ -16,8 +17,11 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from ..observe.logs import log_fields
 
 log = logging.getLogger("heros_archiver")
 
@@ -30,6 +34,7 @@ COUNTERS = (
     "quarantined",
     "lost_spool_full",
     "lost_reject_backlog",
+    "dropped_paused",
     "bytes",
     "gaps",
     "missing",
@@ -55,6 +60,7 @@ class SourceCounters:
     quarantined: int = 0
     lost_spool_full: int = 0
     lost_reject_backlog: int = 0
+    dropped_paused: int = 0
     bytes: int = 0
     gaps: int = 0
     missing: int = 0
@@ -76,6 +82,8 @@ class Accounting:
         self._event_name = event_name
         self._sequence_key = sequence_key
         self._sources: dict[str, SourceCounters] = {}
+        #: per source, the error of its last failed attempt that was retried, and when (``time.time()``)
+        self._last_retry: dict[str, tuple[str, float]] = {}
         self._lock = threading.Lock()
 
     def _of(self, source: str) -> SourceCounters:
@@ -90,10 +98,23 @@ class Accounting:
             counters = self._of(source)
             setattr(counters, counter, getattr(counters, counter) + amount)
 
+    def retried(self, source: str, error: str) -> None:
+        """Count one retry of an item of ``source`` after ``error`` (``ErrorType: message``), kept as its last
+        retried error for the status (``observe.status``): retries are rare, so this costs nothing per item."""
+        with self._lock:
+            self._of(source).retried += 1
+            self._last_retry[source] = (error, time.time())
+
+    def last_retries(self) -> dict[str, tuple[str, float]]:
+        """Per source, the last error that was retried and its time (sources without a retry are left out)."""
+        with self._lock:
+            return dict(self._last_retry)
+
     def lost(self, source: str, reason: str | None) -> None:
         """Count one item of ``source`` dropped without a policy asking for it: ``dropped`` and ``reason``
         (``lost_spool_full``, ``lost_reject_backlog``, or None for no counter of its own) together, so no
-        snapshot sees one without the other."""
+        snapshot sees one without the other. ``dropped_paused``, dropped by choice while paused, is counted here
+        for the same reason."""
         with self._lock:
             counters = self._of(source)
             counters.dropped += 1
@@ -156,6 +177,7 @@ class Accounting:
                 source,
                 self._event_name,
                 self._sequence_key,
+                extra=log_fields(source, self._event_name, error=f"{self._sequence_key} {span} never arrived"),
             )
         if duplicate is not None:
             log.warning(
@@ -164,6 +186,7 @@ class Accounting:
                 duplicate,
                 source,
                 self._event_name,
+                extra=log_fields(source, self._event_name, error=f"{self._sequence_key} {duplicate} arrived again"),
             )
 
     def snapshot(self) -> dict[str, Any]:

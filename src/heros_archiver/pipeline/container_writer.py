@@ -11,7 +11,9 @@ while waking a thread per item of 8 KiB cost as much as the rest of its path. An
 item's own reason (another shape, a template that cannot render) dead-letters that item, the rest go on;
 a failed commit releases the container, waits the pipeline's backoff and appends its items again (the
 reopened container recovers its committed length and skips keys it holds), until ``max_retries``, then
-dead-letters them.
+dead-letters them. Between two batches the writer answers the control requests (``pipeline.control``):
+``flush`` commits, ``rollover`` closes the parts written now, ``pause`` commits and closes every container and
+the writer then takes nothing until the resume.
 """
 
 from __future__ import annotations
@@ -22,7 +24,10 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from ..errors import ArchiverError
+from ..observe.logs import log_fields
+from ..saferepr import safe_str
 from ..sinks.base import CommitFailure, ContainerSink, Settled
+from .control import RequestKind
 from .queueing import Item
 
 if TYPE_CHECKING:
@@ -60,6 +65,9 @@ class ContainerWriter:
         pipeline, sink, lane = self._pipeline, self._sink, self._lane
         queue, abort = pipeline._queue, pipeline._abort
         while not abort.is_set():
+            pipeline._serve_requests(lane, self._request)
+            if pipeline._holding(lane):
+                continue
             self._settle(sink.expire(time.monotonic()))
             closed = queue.closed  # before taking: only a lane found empty after closing is done for good
             items = queue.get_many(lane, _BATCH_ITEMS, queue.max_bytes, self._wait(), hold=True)
@@ -74,12 +82,31 @@ class ContainerWriter:
                     self._settle(sink.commit())
             if not items and self._due(idle=True):
                 self._settle(sink.commit())
-            queue.hold(lane, sink.pending, sink.pending_bytes)
+            queue.hold(lane, sink.pending, sink.pending_bytes, sink.oldest_pending)
             if not items and closed:
                 break
             if 0 < len(items) < _LINGER_ITEMS:
                 abort.wait(min(_LINGER, self._wait()))
         self._finish()
+
+    def _request(self, kind: RequestKind) -> tuple[int, bool]:
+        """Do a control request: commit (``flush``), close the parts written now (``rollover``), or commit and
+        close everything (``pause``); returns the items that became archived, and False for a sink that has no
+        parts to roll over."""
+        sink = self._sink
+        if kind == "flush":
+            settled = sink.commit()
+        elif kind == "rollover":
+            rolled = sink.rollover()
+            if rolled is None:
+                return 0, False
+            settled = rolled
+        else:
+            settled = sink.close()
+        committed = len(settled.archived)
+        self._settle(settled)
+        self._pipeline._queue.hold(self._lane, sink.pending, sink.pending_bytes)
+        return committed, True
 
     def _wait(self) -> float:
         """Seconds to wait for an item: until a commit of what is pending is due by time, at most ``_TICK``."""
@@ -161,8 +188,11 @@ class ContainerWriter:
                 pipeline.spool.done(item)
             return
         delay = pipeline._backoff(attempts)
+        problem = f"commit to {failure.target} failed: {type(error).__name__}: {safe_str(error)}"
         for item in failure.items:
-            pipeline._accounting.add(item.source, "retried")
+            pipeline._accounting.retried(item.source, problem)
+        sources = {item.source for item in failure.items}
+        source = next(iter(sources)) if len(sources) == 1 else None
         log.warning(
             "event %s: commit of %d item(s) to %s failed (attempt %d of %d), appending them again in %.2f s: %s",
             pipeline._event,
@@ -172,6 +202,7 @@ class ContainerWriter:
             pipeline._max_retries() + 1,
             delay,
             error,
+            extra=log_fields(source, pipeline._event, failure.target, error),
         )
         if pipeline._abort.wait(delay):
             self._set_aside(failure)

@@ -4,8 +4,9 @@
 every item, retries transient failures with exponential backoff and jitter, and sets aside (spool or
 dead-letter store) what cannot be written, so that every item it accepted is accounted for.
 
-The pipeline is made of ``options`` (what it may buffer), ``submission`` (intake), ``writers`` (writing)
-and ``setaside`` (spool, dead letters, losses); ``Pipeline`` puts them together and stops them.
+The pipeline is made of ``options`` (what it may buffer), ``submission`` (intake), ``writers`` (writing),
+``setaside`` (spool, dead letters, losses) and ``control`` (pause, resume, flush, rollover); ``Pipeline`` puts
+them together and stops them.
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ from typing import Any, TypeVar, cast
 
 from ..errors import ArchiverError, ConfigurationError
 from ..observe.listeners import Listener, ListenerHub
+from ..observe.logs import log_fields
 from ..sinks.base import ContainerSink, FileSink, Sink
 from ..sinks.batching import BatchWriter
 from ..state.deadletter import DeadLetterStore
 from ..state.spool import Spool
 from ..storage.writeback import WritebackWindow
 from .accounting import Accounting
+from .control import WriterControl
 from .options import PipelineOptions
 from .queueing import Item, LaneQueue, RejectQueue
 from .setaside import LOST_LOG_INTERVAL, StoreFunction, log
@@ -128,6 +131,7 @@ class Pipeline(Submission, Writers):
         self._lost_logged_at = -LOST_LOG_INTERVAL
         self._lost_unlogged = 0
         self._rejects = RejectQueue(REJECT_MAX_ITEMS, REJECT_MAX_BYTES)
+        self._control = WriterControl(options.writers)
         self._writeback = writeback
         #: per lane, items whose writeback finished, with the device's errors, waiting for their writer
         self._written_back: list[deque[tuple[Item, list[str]]]] = [deque() for _ in range(options.writers)]
@@ -137,7 +141,7 @@ class Pipeline(Submission, Writers):
             if removed := entry_store.remove_stale_temporaries():
                 log.warning("removed %d half-written entries of a crashed run from %s", removed, entry_store.directory)
         self._batch_writer = batch_writer(options.writers) if batch_writer is not None else None
-        if self.hub.active:
+        if self.hub.locating:
             for sink in [*(self._container_sinks or ()), *([self._batch_writer] if self._batch_writer else [])]:
                 sink.locate = True
         self._resumed = set(spool.pending())
@@ -182,6 +186,7 @@ class Pipeline(Submission, Writers):
                     "event %s: queue not drained within drain_timeout=%.1f s; setting the rest aside",
                     self._event,
                     self.options.drain_timeout,
+                    extra=log_fields(event=self._event),
                 )
                 self._abort.set()
                 for thread in [*self._writers, self._reject_writer]:
@@ -199,6 +204,7 @@ class Pipeline(Submission, Writers):
                     self._event,
                     len(self.spool),
                     self.spool.directory,
+                    extra=log_fields(event=self._event, path=self.spool.directory),
                 )
             self.hub.close(max(1.0, deadline - time.monotonic()))
             self._stopped = True
@@ -221,6 +227,7 @@ class Pipeline(Submission, Writers):
             "bytes": nbytes,
             "max_items": self.options.max_queue_items,
             "max_bytes": self.options.max_queue_bytes,
+            "oldest_age": self._queue.oldest_age(),
             "spooled": len(self.spool),
             "spilled_total": self._spilled,
             "quarantined": self._quarantined,

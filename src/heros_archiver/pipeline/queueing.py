@@ -73,6 +73,8 @@ class LaneQueue:
         self._bytes = 0
         #: per lane, (items, bytes) its writer holds outside the queue (``hold``), and their totals
         self._held = [(0, 0)] * lanes
+        #: per lane, ``time.monotonic()`` when its writer took the oldest item it still holds (None: none held)
+        self._held_since: list[float | None] = [None] * lanes
         self._held_items = 0
         self._held_bytes = 0
         #: producers waiting in ``put`` for room
@@ -98,10 +100,12 @@ class LaneQueue:
         items, size = self._items + self._held_items, self._bytes + self._held_bytes
         return items < self.max_items and size + nbytes <= self.max_bytes
 
-    def hold(self, lane: int, items: int, nbytes: int) -> None:
+    def hold(self, lane: int, items: int, nbytes: int, since: float | None = None) -> None:
         """Declare that ``lane``'s writer now holds ``items`` taken items of ``nbytes`` bytes (replacing what
-        it declared before), so that what waits for a commit stays within the bounds too."""
+        it declared before), so that what waits for a commit stays within the bounds too; ``since``: the
+        ``time.monotonic()`` the oldest of them was taken (its sink's ``oldest_pending``), for ``oldest_age``."""
         with self._lock:
+            self._held_since[lane] = since if items else None
             old_items, old_bytes = self._held[lane]
             if (old_items, old_bytes) == (items, nbytes):
                 return
@@ -184,6 +188,12 @@ class LaneQueue:
             for cond in self._not_empty:
                 cond.notify_all()
 
+    def wake(self) -> None:
+        """Wake every writer waiting for an item, to look at its control requests (``pipeline.control``)."""
+        with self._lock:
+            for cond in self._not_empty:
+                cond.notify_all()
+
     @property
     def closed(self) -> bool:
         """True once ``close`` was called."""
@@ -206,6 +216,17 @@ class LaneQueue:
         """(items, bytes) currently queued, or held by a writer (``hold``)."""
         with self._lock:
             return self._items + self._held_items, self._bytes + self._held_bytes
+
+    def oldest_age(self) -> float | None:
+        """Seconds the oldest waiting item has waited (None: nothing waits): a queued item since it was received,
+        one a container writer holds since the writer took it (``hold``'s ``since``). Looks at the head of each
+        lane only (a lane is in arrival order), so it costs nothing per item."""
+        now, monotonic = time.time(), time.monotonic()
+        ages: list[float] = []
+        with self._lock:
+            ages.extend(now - lane[0].received for lane in self._lanes if lane)
+            ages.extend(monotonic - since for since in self._held_since if since is not None)
+        return max(ages, default=None)
 
 
 class RejectQueue:

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from ..errors import ArchiverError, UnfaithfulError
 from ..observe.listeners import ListenerHub
+from ..observe.logs import log_fields
 from ..observe.outcomes import Archived, DeadLettered, Dropped
 from ..saferepr import safe_str
 from ..sinks.base import ContainerSink, FileSink
@@ -87,7 +88,13 @@ class SetAside:
                 self.spool.put(item)
                 return
             except (OSError, UnfaithfulError) as exc:
-                log.error("%s (event %s): cannot spool at shutdown: %s", item.source, self._event, exc)
+                log.error(
+                    "%s (event %s): cannot spool at shutdown: %s",
+                    item.source,
+                    self._event,
+                    exc,
+                    extra=log_fields(item.source, item.event or self._event, self.spool.directory, exc),
+                )
         self._dead_letter(item, error)
 
     def _dead_letter(self, item: Item, error: BaseException, persist: bool = False) -> None:
@@ -126,6 +133,7 @@ class SetAside:
                         self._event,
                         self.dead_letters.directory,
                         exc,
+                        extra=log_fields(item.source, item.event or self._event, self.dead_letters.directory, exc),
                     )
                 if persist and not self._abort.wait(self._backoff(attempt)):
                     continue
@@ -141,6 +149,7 @@ class SetAside:
                     self._event,
                     type(exc).__name__,
                     safe_str(exc),
+                    extra=log_fields(item.source, item.event or self._event, error=exc),
                 )
                 described = True
                 continue
@@ -157,6 +166,7 @@ class SetAside:
                 message,
                 written.path,
                 item.attempts,
+                extra=log_fields(item.source, item.event or self._event, written.path, message),
             )
             return
 
@@ -213,4 +223,5 @@ class SetAside:
             message,
             unlogged,
             lost,
+            extra=log_fields(item.source, item.event or self._event, error=message),
         )

@@ -7,20 +7,26 @@ from __future__ import annotations
 import time
 
 from ..errors import ArchiverError, UnfaithfulError
+from ..observe.logs import log_fields
 from ..observe.outcomes import Dropped
 from ..state.spool import Damaged
+from .control import Control
 from .queueing import Item
-from .setaside import LOST_LOG_INTERVAL, SetAside, log
+from .setaside import LOST_LOG_INTERVAL, log
 
 
-class Submission(SetAside):
+class Submission(Control):
     """``submit`` and ``reject``, and the threads that serve the spool and the rejects' backlog."""
 
     def submit(self, item: Item) -> None:
         """Accept one item under the overflow policy; waits (``block``, or a spool that just failed) at most
-        ``block_limit`` seconds."""
-        if self.options.overflow == "drop":
-            if not self._queue.put(item, block=False):
+        ``block_limit`` seconds. While paused, items go to the spool (or are dropped: ``pause(drop=True)``)."""
+        if self._control.paused:
+            self._submit_paused(item)
+        elif self.options.overflow == "drop":
+            if self._spilling:  # only after a pause: behind the items it spooled, in order
+                self._put_or_spill(item, 0.0)
+            elif not self._queue.put(item, block=False):
                 self._drop(item)
         elif self.options.overflow == "spill":
             self._put_or_spill(item, self.options.block_limit)
@@ -76,6 +82,7 @@ class Submission(SetAside):
                 self._event,
                 limit,
                 self.spool.directory,
+                extra=log_fields(item.source, self._event, self.spool.directory),
             )
         self._put_or_spill(item, limit if spilling else 0.0)
 
@@ -108,7 +115,12 @@ class Submission(SetAside):
                 self._spilled += 1
                 self._spool_failing = False
                 if failing:
-                    log.warning("event %s: the spool %s takes items again", self._event, self.spool.directory)
+                    log.warning(
+                        "event %s: the spool %s takes items again",
+                        self._event,
+                        self.spool.directory,
+                        extra=log_fields(event=self._event, path=self.spool.directory),
+                    )
                 return
         if unspoolable is not None:
             if may_wait != 0 and self._queue.put(item, block=True, timeout=may_wait):
@@ -126,6 +138,7 @@ class Submission(SetAside):
                     self._event,
                     self.spool.directory,
                     error,
+                    extra=log_fields(item.source, self._event, self.spool.directory, error),
                 )
             if may_wait != 0 and self._queue.put(item, block=True, timeout=may_wait):
                 return
@@ -136,21 +149,34 @@ class Submission(SetAside):
 
     def _unspool_loop(self) -> None:
         """Hand spooled items back to the queue, oldest first, as room frees up; an entry that cannot be
-        read is moved aside and counted (``Spool.take``), and the entries after it go on."""
+        read is moved aside and counted (``Spool.take``), and the entries after it go on. Nothing is handed back
+        while paused: the spool keeps what the pause spooled until ``resume``."""
         while not self._queue.closed:
+            if self._control.paused:
+                self._control.idle()
+                continue
             with self._spool_lock:
                 if len(self.spool) == 0:
                     self._spilling = False
             try:
                 item = self.spool.take(timeout=0.2)
             except Exception as exc:  # noqa: BLE001 - this thread must outlive any fault: it alone empties the spool
-                log.error("event %s: reading the spool %s failed: %s", self._event, self.spool.directory, exc)
+                log.error(
+                    "event %s: reading the spool %s failed: %s",
+                    self._event,
+                    self.spool.directory,
+                    exc,
+                    extra=log_fields(event=self._event, path=self.spool.directory, error=exc),
+                )
                 self._abort.wait(0.2)
                 continue
             if isinstance(item, Damaged):
                 self._count_damaged(item)
                 continue
             if item is None:
+                continue
+            if self._control.paused:  # paused while it was read: it stays first in the spool
+                self.spool.give_back(item)
                 continue
             if item.spool_entry in self._resumed:  # spooled by an earlier run: may have been written already
                 self._resumed.discard(item.spool_entry)
@@ -188,6 +214,7 @@ class Submission(SetAside):
             damaged.entry,
             where,
             damaged.error,
+            extra=log_fields(damaged.source, self._event, damaged.moved_to or damaged.entry, damaged.error),
         )
 
     def _drop(self, item: Item) -> None:
@@ -209,4 +236,5 @@ class Submission(SetAside):
                 items,
                 nbytes,
                 dropped,
+                extra=log_fields(item.source, self._event, error="queue full, overflow='drop'"),
             )

@@ -10,14 +10,17 @@ import os
 import threading
 
 from ..errors import ArchiverError, StorageError
+from ..observe.logs import log_fields
+from ..saferepr import safe_str
 from ..sinks.batching import BATCH_BYTES, BATCH_ITEMS, Batch, BatchWriter, Inline, Outcome
 from ..storage.writeback import Ticket
 from .container_writer import ContainerWriter
+from .control import Control, RequestKind
 from .queueing import Item
-from .setaside import SetAside, log
+from .setaside import log
 
 
-class Writers(SetAside):
+class Writers(Control):
     """The writer threads' loops (``_write_loop`` per lane) and how one item is stored and settled."""
 
     def _write_loop(self, lane: int) -> None:
@@ -28,7 +31,12 @@ class Writers(SetAside):
         if self._batch_writer is not None:
             self._write_batches(lane, self._batch_writer)
             return
+        handle = functools.partial(self._file_request, lane)
         while not self._abort.is_set():
+            self._serve_requests(lane, handle)
+            if self._holding(lane):  # paused: what is on its way to the device still settles
+                self._settle_written_back(lane)
+                continue
             self._settle_written_back(lane)
             closed = self._queue.closed  # before taking: only a lane found empty after closing is done for good
             item = self._queue.get(lane, timeout=0.2)
@@ -43,13 +51,22 @@ class Writers(SetAside):
         """Take what waits in the lane, hand it to the batch writer, and settle the previous batch while
         its helper works on this one: naming and encoding overlap with creating files."""
         pending: Batch | None = None
+        handle = functools.partial(self._file_request, lane)
         while True:
             self._settle_written_back(lane)
+            if pending is not None and self._control.has_requests(lane):  # answered once nothing is in flight
+                for item, outcome in batch_writer.collect(pending):
+                    self._settle(item, outcome)
+                pending = None
+            if pending is None:
+                self._serve_requests(lane, handle)
+                if self._holding(lane):
+                    continue
             items: list[Item] = []
             # read before taking: the collect below waits for a helper, while more may be queued and the queue
             # closed; only a lane found empty after the queue was closed is done for good
             closed = self._queue.closed
-            if not self._abort.is_set():
+            if not self._abort.is_set() and not (self._control.paused and not closed):
                 items = self._queue.get_many(lane, BATCH_ITEMS, BATCH_BYTES, 0.0 if pending else 0.2)
             batch = batch_writer.send(lane, items) if items else None
             if pending is not None:
@@ -61,6 +78,15 @@ class Writers(SetAside):
             finished = not items and closed and not self._unsettled[lane]
             if pending is None and (self._abort.is_set() or finished):
                 return
+
+    def _file_request(self, lane: int, kind: RequestKind) -> tuple[int, bool]:
+        """A control request to a file writer (``pipeline.control``): its items are archived as they are written,
+        so ``flush`` and ``pause`` only push the writeback window to the device and settle what reached it; a
+        file-per-item sink has no parts to roll over."""
+        if kind == "rollover":
+            return 0, False
+        self._flush_writeback()
+        return self._settle_written_back(lane), True
 
     def _settle(self, item: Item, outcome: Outcome) -> None:
         """Account for one item of a batch; write it here if the helper did not, retry it if it failed."""
@@ -117,19 +143,22 @@ class Writers(SetAside):
         """The window finished the last file of ``item`` (on any thread): its writer settles it."""
         self._written_back[self._queue.lane_of(item.lane_key)].append((item, ticket.errors))
 
-    def _settle_written_back(self, lane: int) -> None:
+    def _settle_written_back(self, lane: int) -> int:
         """Count the items of ``lane`` whose files reached the device as archived; write those again whose
-        writeback failed (or dead-letter them, once their retries are used up)."""
+        writeback failed (or dead-letter them, once their retries are used up). Returns how many were archived."""
         done = self._written_back[lane]
+        archived = 0
         while done:
             item, errors = done.popleft()
             with self._count_lock:
                 self._unsettled[lane] -= 1
             if not errors:
                 self._archived([item])
+                archived += 1
             elif not self._process(item, _writeback_failure(errors)):
                 continue  # written again, and on its way to the device again
             self.spool.done(item)
+        return archived
 
     def _flush_writeback(self) -> bool:
         """Push what the window holds to the device (a writer with nothing to do), so that its items settle;
@@ -147,7 +176,7 @@ class Writers(SetAside):
             self._dead_letter(item, failure, persist=True)
             return False
         delay = self._backoff(item.attempts)
-        self._accounting.add(item.source, "retried")
+        self._accounting.retried(item.source, f"store failed: {type(failure).__name__}: {safe_str(failure)}")
         log.warning(
             "%s (event %s): store failed (attempt %d of %d), retrying in %.2f s: %s",
             item.source,
@@ -156,6 +185,7 @@ class Writers(SetAside):
             self._max_retries() + 1,
             delay,
             failure,
+            extra=log_fields(item.source, item.event or self._event, error=failure),
         )
         if self._abort.wait(delay):
             self._dead_letter(item, failure)

@@ -128,6 +128,11 @@ class ContainerSink(Sink):
     def close(self) -> Settled:
         """Commit and close every container (at drain)."""
 
+    def rollover(self) -> Settled | None:
+        """Commit and close the parts written now, so that the next item of each container starts its next part
+        (``name-1.ext``, ...): the archiver's ``rollover()``. None: this sink has no parts (the default)."""
+        return None
+
     @property
     @abstractmethod
     def pending(self) -> int:

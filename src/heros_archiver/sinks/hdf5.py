@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PayloadError, StorageError
+from ..observe.logs import log_fields
 from ..pipeline.queueing import Item
 from .base import CommitFailure, Settled
 from .containers import ItemKey
@@ -210,7 +211,12 @@ class Hdf5Sink(RoutedSink[str, _Open]):
         except Exception as exc:  # noqa: BLE001 - then it is treated as a file whose write failed
             _ABANDONED.append(opened.container)
             self._series[route].advance()
-            log.error("closing %s without a commit failed: %s; its series continues in a new part", opened.path, exc)
+            log.error(
+                "closing %s without a commit failed: %s; its series continues in a new part",
+                opened.path,
+                exc,
+                extra=log_fields(path=opened.path, error=exc),
+            )
         return Settled(failed=[CommitFailure(str(opened.path), opened.waiting, error)])
 
     def _close_container(self, opened: _Open) -> None:
@@ -218,7 +224,12 @@ class Hdf5Sink(RoutedSink[str, _Open]):
         try:
             opened.container.close()
         except Exception as exc:  # noqa: BLE001 - its frames are committed; the file may need its flags cleared
-            log.error("closing %s failed after its last commit (its frames are committed): %s", opened.path, exc)
+            log.error(
+                "closing %s failed after its last commit (its frames are committed): %s",
+                opened.path,
+                exc,
+                extra=log_fields(path=opened.path, error=exc),
+            )
 
     def _abandon(self, route: str, error: BaseException) -> Settled:
         """A write to the file failed: HDF5 cannot be trusted with that open file any more (measured: after
@@ -234,6 +245,7 @@ class Hdf5Sink(RoutedSink[str, _Open]):
             "its series continues in a new part",
             opened.path,
             error,
+            extra=log_fields(path=opened.path, error=error),
         )
         return Settled(failed=[CommitFailure(str(opened.path), opened.waiting, error)])
 

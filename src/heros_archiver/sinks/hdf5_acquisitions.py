@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..errors import PayloadError, StorageError
+from ..observe.logs import log_fields
 from ..observe.outcomes import Location
 from ..pipeline.queueing import Item
 from .base import AcquisitionCheck, Settled
@@ -156,17 +157,20 @@ class Hdf5AcquisitionSink(Hdf5Sink):
             log.warning(
                 "%s: %s without a count of the frames emitted (payload %.200r); %s holds %d frame(s), not checked",
                 item.source, STOP_EVENT, payload, path, held,
+                extra=log_fields(item.source, item.event, path, "no count of the frames emitted"),
             )  # fmt: skip
         elif held < expected:
             log.warning(
                 "%s: acquisition %d ended with %d frame(s) emitted, but %s holds %d: %d missing%s",
                 item.source, acquisition[1], expected, path, held, expected - held,
                 "" if seen else " (the archiver did not see it start)",
+                extra=log_fields(item.source, item.event, path, f"{expected} frame(s) emitted, {held} held"),
             )  # fmt: skip
         elif held > expected:
             log.warning(
                 "%s: acquisition %d ended with %d frame(s) emitted, but %s holds %d",
                 item.source, acquisition[1], expected, path, held,
+                extra=log_fields(item.source, item.event, path, f"{expected} frame(s) emitted, {held} held"),
             )  # fmt: skip
         if self.locate:
             _locate_marker(item, opened, ACQUISITION_GROUP)

@@ -46,6 +46,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import StorageError, TargetExistsError
+from ..observe.logs import log_fields
 from ..observe.outcomes import Location
 from ..pipeline.queueing import Item
 from .base import CommitFailure, ContainerSink, Settled
@@ -206,7 +207,12 @@ class ParquetSink(ContainerSink):
         except SchemaMismatchError as exc:
             if self._settings.on_schema_change == "dead_letter":
                 raise
-            log.warning("%s; %s goes on in a new part with the wider schema", exc, opened.path)
+            log.warning(
+                "%s; %s goes on in a new part with the wider schema",
+                exc,
+                opened.path,
+                extra=log_fields(item.source, path=opened.path, error=exc),
+            )
             schema = widened(opened.schema, rows, item.source)
             settled.add(self._roll_over(route))
             opened = self._start(route, schema)
@@ -259,6 +265,14 @@ class ParquetSink(ContainerSink):
             if recovered is not None:
                 self._unrebuilt.remove((route, file))
                 self._remember(route, recovered)
+        return settled
+
+    def rollover(self) -> Settled:
+        """Commit and publish every open file: a published part is never reopened, so the next reading of each
+        route starts its next part."""
+        settled = Settled()
+        for route in list(self._open):
+            settled.add(self._close(route))
         return settled
 
     # ------------------------------------------------------------------ files
@@ -371,7 +385,12 @@ class ParquetSink(ContainerSink):
             self._unrebuilt.append((route, file))
         else:
             self._remember(route, recovered)
-            log.error("%s was rebuilt from its journal as %s after a write failed", file.final, recovered.path)
+            log.error(
+                "%s was rebuilt from its journal as %s after a write failed",
+                file.final,
+                recovered.path,
+                extra=log_fields(path=recovered.path),
+            )
 
     def _remember(self, route: str, recovered: RecoveredFile) -> None:
         self._recovered.setdefault(route, {}).update(recovered.spans)
@@ -382,7 +401,12 @@ class ParquetSink(ContainerSink):
         try:
             opened.file.flush_row_group()
         except StorageError as exc:
-            log.error("%s: %s; the file is rebuilt from its journal", opened.path, exc)
+            log.error(
+                "%s: %s; the file is rebuilt from its journal",
+                opened.path,
+                exc,
+                extra=log_fields(path=opened.path, error=exc),
+            )
             self._drop_file(route, opened)
 
     def _drop_file(self, route: str, opened: _Open) -> None:
@@ -410,7 +434,12 @@ class ParquetSink(ContainerSink):
         try:
             published = opened.file.close()
         except StorageError as exc:
-            log.error("%s: %s; the file is rebuilt from its journal", opened.path, exc)
+            log.error(
+                "%s: %s; the file is rebuilt from its journal",
+                opened.path,
+                exc,
+                extra=log_fields(path=opened.path, error=exc),
+            )
             self._abandon(route, opened.file)
             return settled
         log.info("published %s (%d rows)", published, opened.file.rows)
@@ -455,7 +484,12 @@ def _published_keys(route: Path) -> dict[bytes, RowSpan]:
         try:
             column = pq.read_table(path, columns=["item_key"]).column("item_key")
         except (OSError, pa.ArrowException, KeyError) as exc:
-            log.warning("%s: its item keys cannot be read (%s); resumed items are not compared with it", path, exc)
+            log.warning(
+                "%s: its item keys cannot be read (%s); resumed items are not compared with it",
+                path,
+                exc,
+                extra=log_fields(path=path, error=exc),
+            )
             continue
         for key, span in key_spans(os.path.abspath(path), column.to_pylist()).items():
             keys.setdefault(key, span)

@@ -171,6 +171,19 @@ class RoutedSink(ContainerSink, Generic[K, P]):
             settled.add(self._close(key))
         return settled
 
+    def rollover(self) -> Settled:
+        """Every part written now is committed and closed, and its series goes on with the next part at its next
+        item; so does a series whose part was closed (idle, open-file limit) and would be reopened. A part that
+        holds nothing yet is already new and stays."""
+        settled, self._unreported = self._unreported, Settled()
+        closed = [key for key, series in self._series.items() if key not in self._open and series.current is not None]
+        for key, opened in list(self._open.items()):
+            if opened.frames or opened.waiting:
+                settled.add(self._roll_over(key))
+        for key in closed:
+            self._series[key].advance()
+        return settled
+
     def _limit_open_files(self, most: int) -> Settled:
         """Close the least recently used containers beyond ``most`` open (committed first)."""
         settled = Settled()
@@ -180,6 +193,10 @@ class RoutedSink(ContainerSink, Generic[K, P]):
 
     def _commit(self, key: K) -> Settled:
         """Commit the container of ``key`` (open, with items waiting)."""
+        raise NotImplementedError
+
+    def _roll_over(self, key: K) -> Settled:
+        """Close the part of ``key`` written now (committed first) and go on with the next one."""
         raise NotImplementedError
 
     def _close(self, key: K) -> Settled:

@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import PayloadError
+from ..observe.logs import log_fields
 from ..pipeline.queueing import Item
 from .base import AcquisitionCheck, Settled
 from .hdf5_acquisitions import MAX_TRACKED, SEEN_KEY, START_EVENT, STOP_EVENT, Identity, frame_count, identity_of
@@ -110,6 +111,7 @@ class TiffAcquisitionSink(TiffStackSink):
             log.warning(
                 "%s: %s without a count of the frames emitted (payload %.200r); %s holds %d frame(s), not checked",
                 item.source, STOP_EVENT, payload, path, held,
+                extra=log_fields(item.source, item.event, path, "no count of the frames emitted"),
             )  # fmt: skip
         elif held != expected:
             seen = bool((item.context or {}).get(SEEN_KEY))
@@ -118,6 +120,7 @@ class TiffAcquisitionSink(TiffStackSink):
                 item.source, acquisition[1], expected, path, held,
                 f": {expected - held} missing" if held < expected else "",
                 "" if seen or held > expected else " (the archiver did not see it start)",
+                extra=log_fields(item.source, item.event, path, f"{expected} frame(s) emitted, {held} held"),
             )  # fmt: skip
         settled.archived.append(item)
         settled.checks.append(AcquisitionCheck(item.source, path, expected, held))

@@ -28,6 +28,7 @@ import numpy as np
 
 from ..errors import PayloadError, StorageError
 from ..extras import require_extra
+from ..observe.logs import log_fields
 from ..pipeline.queueing import Item
 from .base import CommitFailure, Settled
 from .containers import ItemKey, _hashable_json
@@ -185,5 +186,6 @@ class TiffStackSink(RoutedSink[str, _Open]):
         with contextlib.suppress(OSError):
             opened.container.close()
         log.warning("%s: commit set back (%s); the file keeps its %d committed pages", opened.container.path,
-                    error, opened.container.committed_length)  # fmt: skip
+                    error, opened.container.committed_length,
+                    extra=log_fields(path=opened.container.path, error=error))  # fmt: skip
         return Settled(failed=[CommitFailure(str(opened.container.path), opened.waiting, error)])

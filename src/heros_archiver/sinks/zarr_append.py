@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import PayloadError, StorageError
+from ..observe.logs import log_fields
 from ..pipeline.queueing import Item
 from .base import CommitFailure, Settled
 from .containers import ItemKey
@@ -153,5 +154,10 @@ class ZarrAppendSink(RoutedSink[tuple[str, str], _Open]):
         items back, to be appended again after the backoff into the reopened array (which knows its keys)."""
         opened = self._open.pop(target)
         opened.container.release()
-        log.warning("%s: commit failed (%s); the store keeps its last commit", opened.container.path, error)
+        log.warning(
+            "%s: commit failed (%s); the store keeps its last commit",
+            opened.container.path,
+            error,
+            extra=log_fields(path=opened.container.path, error=error),
+        )
         return Settled(failed=[CommitFailure(str(opened.container.path), opened.waiting, error)])

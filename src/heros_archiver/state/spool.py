@@ -22,6 +22,7 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..observe.logs import log_fields
 from ..pipeline.queueing import Item
 from ..saferepr import safe_str
 from .deadletter import QUARANTINE_DIR, DeadLetterStore
@@ -137,7 +138,13 @@ class Spool:
         except OSError as exc:
             if not target.exists():
                 return Damaged(entry, f"{error}; could not be moved to {self.quarantine}: {exc}", None, source)
-            log.warning("spool entry moved to %s, but its %s could not be written: %s", target, ERROR_FILE, exc)
+            log.warning(
+                "spool entry moved to %s, but its %s could not be written: %s",
+                target,
+                ERROR_FILE,
+                exc,
+                extra=log_fields(source, self._event, target, exc),
+            )
         return Damaged(entry, error, target, source)
 
     def wake(self) -> None:
@@ -161,4 +168,9 @@ class Spool:
         try:
             self._store.remove(item.spool_entry)
         except OSError as exc:
-            log.error("cannot remove the spool entry %s of an item already settled: %s", item.spool_entry, exc)
+            log.error(
+                "cannot remove the spool entry %s of an item already settled: %s",
+                item.spool_entry,
+                exc,
+                extra=log_fields(item.source, item.event or self._event, item.spool_entry, exc),
+            )

@@ -28,6 +28,8 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 
+from ..observe.logs import log_fields
+
 log = logging.getLogger("heros_archiver")
 
 #: Files smaller than this go their normal way: for them the page cache is no cost worth two syscalls.
@@ -200,6 +202,7 @@ class WritebackWindow:
                     "%s; %s",
                     message,
                     "removed, its item is written again" if removed else "it may be incomplete on disk",
+                    extra=log_fields(path=path, error=os.strerror(error)),
                 )
             else:
                 with contextlib.suppress(OSError):

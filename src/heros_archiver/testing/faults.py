@@ -13,8 +13,8 @@ totals over all of them::
     archiver = Hdf5Archiver(..., sink_wrapper=failing)
 
 The calls a fault can target are ``store`` (a file sink writes an item), ``append`` and ``commit`` (a
-container sink; ``commit`` is every call that commits: ``commit``, ``expire`` and ``close``). A subclass of
-:class:`SinkWrapper` overrides ``store``, ``append`` and ``commit`` to add a fault of its own.
+container sink; ``commit`` is every call that commits: ``commit``, ``expire``, ``close`` and ``rollover``). A
+subclass of :class:`SinkWrapper` overrides ``store``, ``append`` and ``commit`` to add a fault of its own.
 """
 
 from __future__ import annotations
@@ -205,6 +205,17 @@ class _WrappedContainerSink(ContainerSink):
 
     def expire(self, now: float) -> Settled:
         return self._wrapper.commit(self.inner, lambda: self.inner.expire(now))
+
+    def rollover(self) -> Settled | None:
+        supported: list[bool] = []
+
+        def call() -> Settled:
+            settled = self.inner.rollover()
+            supported.append(settled is not None)
+            return Settled() if settled is None else settled
+
+        settled = self._wrapper.commit(self.inner, call)
+        return settled if all(supported) else None
 
     def close(self) -> Settled:
         return self._wrapper.commit(self.inner, self.inner.close)

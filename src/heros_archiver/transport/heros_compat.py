@@ -3,7 +3,8 @@
 The archiver needs more of heros than its public API offers: the observer's Zenoh session (to declare a
 subscription with a handler of its own, decision 0002), its decoder, its list of subscriptions (so that
 heros undeclares ours), its callbacks (dispatch with a cached sender name), the name parts of a key
-expression, and the session manager's open sessions and configuration (shared memory, decision 0003).
+expression, the session manager's open sessions and configuration (shared memory, decision 0003), and the
+discovery of a realm's HEROs (``heros-archiver status``).
 None of these are promised by heros, so a new release may rename or remove any of them. Here each is
 reached through one function, and ``check_heros`` looks for all of them at import: a heros that changed
 fails the archiver's start with a message that names what is missing, instead of an AttributeError on
@@ -18,7 +19,7 @@ from typing import Any
 
 import heros
 import heros.helper
-from heros import EventObserver
+from heros import EventObserver, HEROPeer
 from heros.zenoh import ZenohSessionManager
 
 from ..errors import HerosCompatibilityError
@@ -33,9 +34,13 @@ REQUIRED_CLASS_ATTRIBUTES: tuple[tuple[Any, str, str], ...] = (
     (ZenohSessionManager, "update_config", "turns Zenoh's shared memory off before the session opens"),
     (ZenohSessionManager, "release_session", "releases the session of an archiver that failed to start"),
     (heros.helper, "object_name_from_keyexpr", "finds the sending HERO's name in a key expression"),
+    (HEROPeer, "_discover", "finds the running archivers of a realm (heros-archiver status)"),
 )
 #: Instance attributes an EventObserver has once constructed.
 REQUIRED_OBSERVER_ATTRIBUTES = ("_session", "_session_manager", "_subscriptions", "_event_callbacks", "_realm")
+#: Instance attributes a LocalHERO has once constructed: its name (the archiver's events name it), and the
+#: liveliness token ``LocalHERO.__init__`` declares last (``hero_ready``: its events can be sent).
+REQUIRED_HERO_ATTRIBUTES = ("_name", "_endpoint_base_path", "liveliness_token")
 
 
 def heros_version() -> str:
@@ -65,6 +70,25 @@ def check_observer(observer: EventObserver) -> None:
     for attribute in REQUIRED_OBSERVER_ATTRIBUTES:
         if not hasattr(observer, attribute):
             raise _missing(f"EventObserver instances to have {attribute}", "set by heros' constructor")
+
+
+def check_hero(hero: Any) -> None:
+    """Raise HerosCompatibilityError unless a constructed LocalHERO has the attributes the archiver uses."""
+    for attribute in REQUIRED_HERO_ATTRIBUTES:
+        if not hasattr(hero, attribute):
+            raise _missing(f"LocalHERO instances to have {attribute}", "set by heros' LocalHERO constructor")
+
+
+def hero_ready(hero: Any) -> bool:
+    """True once ``LocalHERO.__init__`` has finished (its last step declares the liveliness token): before, an
+    ``@event`` method of an archiver that is being made a HERO has no publisher yet."""
+    return getattr(hero, "liveliness_token", None) is not None
+
+
+def keep_subscriptions(observer: EventObserver, declared: list[Any]) -> None:
+    """Put ``declared`` back in front of the observer's subscriptions: ``LocalHERO.__init__`` (through
+    ``HEROPeer.__init__``) starts heros' list afresh, after the archiver declared its own."""
+    subscriptions(observer)[:0] = [sub for sub in declared if sub not in subscriptions(observer)]
 
 
 def session(observer: EventObserver) -> Any:
@@ -124,6 +148,13 @@ def open_sessions(manager: ZenohSessionManager) -> dict[str, Any]:
     """The sessions a manager has open, by realm (its configuration can no longer change for those)."""
     sessions: dict[str, Any] = getattr(manager, "_sessions", {})
     return sessions
+
+
+def discover(peer: HEROPeer, timeout: float) -> dict[str, dict[str, Any]]:
+    """Every HERO of the peer's realm that answers within ``timeout`` seconds: name -> its discovery reply
+    (``class``, ``implements``, ``tags``, ...)."""
+    replies: dict[str, dict[str, Any]] = peer._discover(timeout=timeout)
+    return replies
 
 
 def hero_name(hero: Any) -> str:

@@ -37,6 +37,7 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from ...errors import PathConfinementError, StorageError, storage_error
+from ...observe.logs import log_fields
 from ...state.statedir import STATE_DIR_NAME
 from ...storage.atomic import _ANONYMOUS_FLAGS, _LINK_ANONYMOUS, _NO_ANONYMOUS_FILES, _link_or_rename_noreplace
 from ...storage.confinement import open_directory
@@ -136,7 +137,12 @@ def _publish(handle: int, data: BinaryIO, tmp: str | None, final: Path) -> Path:
             raise storage_error(exc.errno or errno.EIO, f"cannot publish {final}: {exc}") from exc
         published = final.with_name(name)
         if part:
-            log.warning("%s existed when its rows were published; they are in %s instead", final, published)
+            log.warning(
+                "%s existed when its rows were published; they are in %s instead",
+                final,
+                published,
+                extra=log_fields(path=published),
+            )
         return published
     raise storage_error(errno.EEXIST, f"{final}: no free part name among {_MAX_PARTS}")
 
@@ -287,7 +293,12 @@ class ParquetFile:
         try:
             return _recover_one(self.root, Path(self.root, JOURNAL_SUBDIR, self.journal_name))
         except (OSError, pa.ArrowException, StorageError) as exc:
-            log.error("%s: rebuilding it from its journal failed (%s); tried again at drain and start", self.final, exc)
+            log.error(
+                "%s: rebuilding it from its journal failed (%s); tried again at drain and start",
+                self.final,
+                exc,
+                extra=log_fields(path=self.final, error=exc),
+            )
             return None
 
     # ------------------------------------------------------------------ descriptors
@@ -421,7 +432,12 @@ def recover_journals(root: str) -> list[RecoveredFile]:
         try:
             found = _recover_one(root, directory / name)
         except (OSError, pa.ArrowException, StorageError, PathConfinementError) as exc:  # e.g. still no room
-            log.error("journal %s: rebuilding its file failed (%s); it is kept for the next start", name, exc)
+            log.error(
+                "journal %s: rebuilding its file failed (%s); it is kept for the next start",
+                name,
+                exc,
+                extra=log_fields(path=directory / name, error=exc),
+            )
             continue
         if found is not None:
             log.warning("rebuilt %s (%d rows) from the journal an earlier run left", found.path, found.rows)

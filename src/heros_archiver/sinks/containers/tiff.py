@@ -35,6 +35,7 @@ from typing import Any, Literal, get_args
 import numpy as np
 
 from ...errors import ConfigurationError, PayloadError, StorageError, TargetExistsError, storage_error
+from ...observe.logs import log_fields
 from ...storage.atomic import unique_names
 from ...storage.confinement import open_directory
 from . import (
@@ -401,7 +402,14 @@ class _Writeback:
         error = _SYNC_FILE_RANGE(self._fd, start, stop - start, _WAIT)
         if error:
             message = os.strerror(error)
-            log.error("%s: the device failed writing bytes %d..%d back: %s", self._path, start, stop, message)
+            log.error(
+                "%s: the device failed writing bytes %d..%d back: %s",
+                self._path,
+                start,
+                stop,
+                message,
+                extra=log_fields(path=self._path, error=message),
+            )
         first = max(start, _PAGE)  # the header's page (and the ImageJ count) stays cached: it is rewritten
         if stop > first:
             os.posix_fadvise(self._fd, first, stop - first, os.POSIX_FADV_DONTNEED)
