@@ -69,13 +69,21 @@ SINKS = {  # name: (default class, default kwargs, output format)
     "wire:tcp": ("zenoh.Subscriber", {"shared_memory": False}, "wire"),
     "wire:shm": ("zenoh.Subscriber", {"shared_memory": True}, "wire"),
 }
+#: a sink with this suffix is the sink's archiver made with catalog=False (this project's archivers only): the
+#: catalog's cost is the ratio of the sink's row to this one's, measured in the same run
+NOCATALOG = ":nocatalog"
+for _name in ("array", "json", "hdf5"):
+    SINKS[_name + NOCATALOG] = (SINKS[_name][0], {**SINKS[_name][1], "catalog": False}, SINKS[_name][2])
 WIRE_SINKS = ("wire:tcp", "wire:shm")
 # (for small events the per-sample Python work of any subscriber, not the wire, is the limit: no wire rows)
-FRAME_SINKS = ("array", "zarr", "hdf5", "hdf5:swmr", "zarr-append", "tiff", "tiff-stack", "count", *WIRE_SINKS)
-EVENT_SINKS = ("json", "parquet", "count")
+FRAME_SINKS = (
+    "array", "array:nocatalog", "zarr", "hdf5", "hdf5:nocatalog", "hdf5:swmr", "zarr-append", "tiff", "tiff-stack",
+    "count", *WIRE_SINKS,
+)  # fmt: skip
+EVENT_SINKS = ("json", "json:nocatalog", "parquet", "count")
 SWMR_SINKS = ("hdf5:swmr",)  # rows with a SWMR reader beside the archiver
 # 'small': 8 KiB frames, where per-item work is the limit (no wire rows)
-SMALL_SINKS = ("array", "hdf5", "zarr-append", "count")
+SMALL_SINKS = ("array", "array:nocatalog", "hdf5", "hdf5:nocatalog", "zarr-append", "count")
 SHARED_SINKS = ("count", *WIRE_SINKS)  # rows of no implementation
 RECEIVE_FORMATS = ("count", "wire")  # sinks that write nothing: an item is its receipt
 COMMIT_FORMATS = (
@@ -198,18 +206,25 @@ def item_paths(root, fmt):
     return out
 
 
+#: the archiver's catalog under .heros-archiver/: no items, neither set aside nor archived
+CATALOG_NAMES = ("catalog.sqlite", "catalog.sqlite-wal", "catalog.sqlite-shm")
+CATALOG_JOURNALS = "catalog-journal"
+
+
 def hidden_files(root):
     """Files under hidden directories of the data folder (dead letters, spool): items set aside, not archived."""
     n = 0
     for d, dirs, files in os.walk(root):
+        dirs[:] = [x for x in dirs if x != CATALOG_JOURNALS]
         if any(part.startswith(".") for part in Path(d).relative_to(root).parts):
-            n += len(files)
+            n += len([f for f in files if f not in CATALOG_NAMES])
     return n
 
 
 def tree_fingerprint(root):
     n = size = newest = 0
-    for d, _, files in os.walk(root):
+    for d, dirs, files in os.walk(root):
+        dirs[:] = [x for x in dirs if x != ".heros-archiver"]  # the archiver's own state (its catalog changes later)
         for f in files:
             try:
                 st = os.stat(os.path.join(d, f))
@@ -869,7 +884,7 @@ def sink_spec(cfg, sink, impl):
     cls, kwargs, fmt = SINKS[sink]
     if sink in SHARED_SINKS:
         return cls, kwargs, fmt
-    option = sink.replace("-", "_")  # --zarr-append: cfg.zarr_append
+    option = sink.removesuffix(NOCATALOG).replace("-", "_")  # --zarr-append: cfg.zarr_append
     cls = f"{impl['package']}.{cls.rpartition('.')[2]}" if impl["package"] else getattr(cfg, option, None) or cls
     return cls, kwargs | json.loads(getattr(cfg, option + "_kwargs", None) or "{}") | impl["kwargs"], fmt
 
@@ -1439,6 +1454,17 @@ def ratios(summary, impls):
                     "sink": r["sink"],
                     "impl": r["impl"],
                     "diff": med(r, "rss_peak_mib") - med(o, "rss_peak_mib"),
+                }
+            )
+    for r in summary:  # the catalog's cost: a sink over the same sink without its catalog, same run and impl
+        o = by.get((r["workload"], r["sink"] + NOCATALOG, r["impl"]))
+        if o:
+            cross.append(
+                {
+                    "what": f"{r['workload']} ev/s {r['sink']} / {r['sink']}{NOCATALOG}",
+                    "sink": r["sink"],
+                    "impl": r["impl"],
+                    "ratio": ratio(med(r, "events_per_s"), med(o, "events_per_s")),
                 }
             )
     return rows, cross

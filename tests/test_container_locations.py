@@ -298,9 +298,10 @@ class Settlements(SinkWrapper):
 
 
 def test_without_a_listener_nothing_is_located(make: Callable[..., HERODataArchiver], tmp_path: Path) -> None:
-    """No listener, no location: the sinks do no work for an outcome nobody hears."""
+    """No listener that reads locations (the catalog off), no location: the sinks do no work for an outcome
+    nobody hears."""
     kept = Settlements()
-    archiver = make(Hdf5Archiver, sink_wrapper=kept, file_template="{{ file_path }}/run.h5")
+    archiver = make(Hdf5Archiver, sink_wrapper=kept, file_template="{{ file_path }}/run.h5", catalog=False)
     feed(archiver, frames_of(5))
     archiver.close()
     assert len(kept.items) == 5 and all(item.locations == () for item in kept.items)

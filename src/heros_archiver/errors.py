@@ -70,6 +70,10 @@ class ReplayError(ArchiverError):
     """A dead-letter entry could not be read back."""
 
 
+class CatalogError(ArchiverError):
+    """The catalog of an archive root cannot be opened or read: none there, another schema, not SQLite."""
+
+
 class HerosCompatibilityError(ConfigurationError):
     """The installed heros lacks a private piece the archiver relies on (``heros_compat``): a heros release changed."""
 

@@ -25,6 +25,7 @@ from heros import EventObserver, LocalHERO, event
 from heros.event import reliable
 
 from ..errors import ArchiverError, ConfigurationError, PayloadError
+from ..observe.catalog import CatalogListener
 from ..observe.diskspace import DEFAULT_LOW_DISK_SPACE
 from ..observe.listeners import Listener
 from ..observe.logs import log_fields
@@ -42,6 +43,7 @@ from ..state.statedir import DEAD_LETTER_SUBDIR, SPOOL_DIR_NAME
 from ..storage.writeback import WritebackWindow
 from ..transport import heros_compat
 from ..transport.fastdecode import decode_frame_event
+from ..transport.hero_builder import configured_class, is_hero
 from ..transport.intake import BufferedIntake
 from ..transport.sharedmemory import disable_shared_memory, installed_zenoh_version, shared_memory_is_safe
 from .control import config_of, event_listeners
@@ -131,6 +133,10 @@ class HERODataArchiver(EventObserver):
             processes are not used then, so that every item passes the wrapper (decision 0021).
         listeners: for tests and instrumentation (not for BOSS configs): ``heros_archiver.observe.listeners.Listener``
             objects told of every item's outcome (archived, with where it went; dead-lettered; dropped).
+        catalog: keep the catalog of the archive root (``<root>/.heros-archiver/catalog.sqlite``: every archived
+            item with its location, bytes, checksum and metadata, and every failure; ``heros-archiver ls``,
+            ``export``, ``verify`` read it). Default True; only archivers with an archive root have one. False
+            saves the per-item journal line (decision 0031).
         events: send the ``archived``, ``failed`` and ``low_disk_space`` events (default True). Only an archiver
             that is a HERO sends them (under BOSS, or ``heros-archiver run`` of a config entry with an ``_id``);
             a plain ``EventObserver`` has no name and no event publishers, and sends nothing (decision 0032).
@@ -169,6 +175,7 @@ class HERODataArchiver(EventObserver):
         zenoh_shared_memory: bool | None = None,
         sink_wrapper: Callable[[Sink], Sink] | None = None,
         listeners: Sequence[Listener] = (),
+        catalog: bool = True,
         events: bool = True,
         low_disk_space: int | float | None = DEFAULT_LOW_DISK_SPACE,
         **kwargs: Any,
@@ -198,6 +205,7 @@ class HERODataArchiver(EventObserver):
             zenoh_shared_memory,
             sink_wrapper,
             tuple(listeners) if isinstance(listeners, (list, tuple)) else listeners,  # type: ignore[arg-type]
+            catalog,
             events,
             low_disk_space,
         )
@@ -217,23 +225,33 @@ class HERODataArchiver(EventObserver):
         spool = Spool(spool_path, event_name, durable)
         self._router = self._item_router()
         self._status = StatusListener()
-        self._pipeline = Pipeline(
-            event_name,
-            self._store_item,
-            self.options.pipeline,
-            self._accounting,
-            dead_letters,
-            spool,
-            lambda: self.max_retries,
-            self._writer_settings,
-            self._batch_writer_factory(),
-            self._writeback_tracker(),
-            self._container_sink_factory(),
-            self._router,
-            self.options.sink_wrapper,
-            sequence_key,
-            self._listeners(),
-        )
+        #: the catalog of the archive root (None: no root, or ``catalog=False``; made by ``_listeners``)
+        self._catalog: CatalogListener | None = None
+        listeners = self._listeners()
+        try:
+            self._pipeline = Pipeline(
+                event_name,
+                self._store_item,
+                self.options.pipeline,
+                self._accounting,
+                dead_letters,
+                spool,
+                lambda: self.max_retries,
+                self._writer_settings,
+                self._batch_writer_factory(),
+                self._writeback_tracker(),
+                self._container_sink_factory(),
+                self._router,
+                self.options.sink_wrapper,
+                sequence_key,
+                listeners,
+            )
+        except BaseException:
+            for listener in listeners:  # a pipeline that could not be made never closes them
+                listener.close()
+            raise
+        if self._catalog is not None and self._pipeline.helper_pids:
+            self._catalog.note_helpers(self._pipeline.helper_pids)
         if zenoh_shared_memory is None:
             zenoh_shared_memory = shared_memory_is_safe(installed_zenoh_version())
         self._shared_memory = zenoh_shared_memory
@@ -303,11 +321,35 @@ class HERODataArchiver(EventObserver):
 
     def _listeners(self) -> list[Listener]:
         """The listeners of every item's outcome (``observe``), made before the pipeline starts: those given as
-        ``listeners`` here, the events listener of an archiver that is a HERO, and the status (``status()``);
-        subclasses add their own."""
+        ``listeners`` here, the events listener of an archiver that is a HERO, the status (``status()``), and the
+        catalog of the archive root; subclasses add their own."""
         dead_letters = self.options.dead_letter_dir
         directory = Path(dead_letters) if dead_letters else self._default_dead_letter_dir()
-        return [*self.options.listeners, *event_listeners(self, directory), self._status]
+        listeners = [*self.options.listeners, *event_listeners(self, directory), self._status]
+        root = self._catalog_root()
+        if self.options.catalog and root is not None:
+            self._catalog = CatalogListener(root, self._event, self._catalog_name, self._catalog_adoption())
+            listeners.append(self._catalog)
+        return listeners
+
+    def _catalog_root(self) -> Path | None:
+        """The archive root whose catalog this archiver keeps: ``self.root``, which every archiver with a root
+        sets in ``_setup_storage`` (None: no root, or ``/``, under which nothing is confined)."""
+        root = getattr(self, "root", None)
+        return root if isinstance(root, Path) and root != Path(root.anchor) else None
+
+    def _catalog_adoption(self) -> str | None:
+        """How the files of this archiver end (``.npy``), when it writes one file per item and reports them:
+        after a kill, a later start adopts those it had not yet journaled (None: not such an archiver)."""
+        return None
+
+    def _catalog_name(self) -> str | None:
+        """Who writes the items, in the catalog (before ``:<event>``): the HERO's name, or for an archiver that is
+        no HERO its class's name; None while its HERO is being made (the name is given after the pipeline)."""
+        if not is_hero(self):
+            return configured_class(type(self)).__name__
+        name = getattr(self, "_name", None)
+        return name if isinstance(name, str) and name else None
 
     def _store_item(self, item: Item) -> None:
         """Write one queued item (the pipeline's entry point); subclasses may use what the item knows."""
@@ -457,6 +499,7 @@ class HERODataArchiver(EventObserver):
         snapshot["spool_dir"] = str(self._pipeline.spool.directory)
         snapshot["paused"] = self._pipeline.paused
         snapshot["pause"] = self._pipeline.pause_status()
+        snapshot["catalog"] = self._catalog.status() if self._catalog is not None else None
         return snapshot
 
     def status(self) -> dict[str, Any]:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Callable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..errors import ConfigurationError
@@ -109,6 +110,14 @@ class FileArchiver(HERODataArchiver):
     def _state_is_durable(self) -> bool:
         """Spool and dead-letter entries are fsynced whenever the files are (``fsync`` other than ``none``)."""
         return self._settings.fsync != "none"
+
+    def _catalog_adoption(self) -> str | None:
+        """The ending of the files' names (``.npy``; ``""`` when the template's end is an expression), if
+        this archiver reports where it writes (a subclass's own ``_store`` does not)."""
+        if type(self)._store is not FileArchiver._store:
+            return None
+        tail = re.split(r"}}|%}", self._files.save_template)[-1]
+        return PurePosixPath("name" + tail).suffix if "{" not in tail else ""
 
     def _writeback_tracker(self) -> WritebackWindow:
         return self._writer.window

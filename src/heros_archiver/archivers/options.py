@@ -106,6 +106,8 @@ class ArchiverOptions:
     sink_wrapper: Callable[[Sink], Sink] | None = None
     #: for tests and instrumentation: told of every item's outcome, beside the archiver's own (``observe``)
     listeners: tuple[Listener, ...] = ()
+    #: keep the catalog of the archive root (archivers with a root; decision 0031)
+    catalog: bool = True
     #: send the ``archived``, ``failed`` and ``low_disk_space`` events (an archiver that is a HERO only)
     events: bool = True
     #: free bytes (>= 1) or fraction of the file system (in (0, 1)) below which ``low_disk_space`` is sent
@@ -131,6 +133,8 @@ class ArchiverOptions:
             raise ConfigurationError(
                 f"sink_wrapper: expected a callable (sink -> sink) or None, got {self.sink_wrapper!r:.200}"
             )
+        if not isinstance(self.catalog, bool):
+            raise ConfigurationError(f"catalog: expected true or false, got {self.catalog!r:.200}")
         if not isinstance(self.listeners, tuple) or not all(isinstance(one, Listener) for one in self.listeners):
             raise ConfigurationError(
                 "listeners: expected a sequence of heros_archiver.observe.listeners.Listener, "

@@ -126,6 +126,10 @@ class TiffArchiver(AcquisitionMarkers, FileArchiver):
         sink = TiffAcquisitionSink if self.sink_options.acquisitions else TiffStackSink
         return lambda: sink(settings)
 
+    def _catalog_adoption(self) -> str | None:
+        """A stack is a container: its commits are not adopted after a kill (see observe.catalog_recovery)."""
+        return None if self.sink_options.stack else super()._catalog_adoption()
+
     def _batch_writer_factory(self) -> Callable[[int], BatchWriter] | None:
         return None if self.sink_options.stack else super()._batch_writer_factory()
 

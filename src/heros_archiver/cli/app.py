@@ -1,4 +1,4 @@
-"""The ``heros-archiver`` command: demo, run, render, replay, formats, status."""
+"""The ``heros-archiver`` command: demo, run, render, replay, formats, status, ls, export."""
 
 from __future__ import annotations
 
@@ -303,5 +303,10 @@ def main() -> None:
     """Entry point of the ``heros-archiver`` command."""
     app()
 
+
+from .catalog_commands import export, ls  # noqa: E402 - the catalog's commands, in a module of their own
+
+app.command("ls")(ls)
+app.command()(export)
 
 from . import verify_command as _verify_command  # noqa: E402, F401  (registers ``verify`` on ``app``)

@@ -55,8 +55,7 @@ class Writers(Control):
         while True:
             self._settle_written_back(lane)
             if pending is not None and self._control.has_requests(lane):  # answered once nothing is in flight
-                for item, outcome in batch_writer.collect(pending):
-                    self._settle(item, outcome)
+                self._settle_batch(batch_writer.collect(pending))
                 pending = None
             if pending is None:
                 self._serve_requests(lane, handle)
@@ -70,14 +69,34 @@ class Writers(Control):
                 items = self._queue.get_many(lane, BATCH_ITEMS, BATCH_BYTES, 0.0 if pending else 0.2)
             batch = batch_writer.send(lane, items) if items else None
             if pending is not None:
-                for item, outcome in batch_writer.collect(pending):
-                    self._settle(item, outcome)
+                self._settle_batch(batch_writer.collect(pending))
             pending = batch
             if pending is None and not items and self._flush_writeback():
                 continue
             finished = not items and closed and not self._unsettled[lane]
             if pending is None and (self._abort.is_set() or finished):
                 return
+
+    def _settle_batch(self, results: list[tuple[Item, Outcome]]) -> None:
+        """Account for a batch's items in order; each run of items the helper archived is counted and told to
+        the listeners together (one outcome batch: the catalog journals it with one write, not one per file)."""
+        archived: list[Item] = []
+        for item, outcome in results:
+            if outcome is None:
+                item.attempts += 1
+                archived.append(item)
+                continue
+            self._settle_archived(archived)
+            self._settle(item, outcome)
+        self._settle_archived(archived)
+
+    def _settle_archived(self, items: list[Item]) -> None:
+        """Count ``items`` (archived) and remove their spool entries, then forget them."""
+        if items:
+            self._archived(items)
+            for item in items:
+                self.spool.done(item)
+            items.clear()
 
     def _file_request(self, lane: int, kind: RequestKind) -> tuple[int, bool]:
         """A control request to a file writer (``pipeline.control``): its items are archived as they are written,
@@ -89,16 +108,12 @@ class Writers(Control):
         return self._settle_written_back(lane), True
 
     def _settle(self, item: Item, outcome: Outcome) -> None:
-        """Account for one item of a batch; write it here if the helper did not, retry it if it failed."""
+        """One item of a batch the helper did not archive: write it here (the helper did not), or retry it."""
         if isinstance(outcome, Inline):
             settled = self._process(item)
         else:
             item.attempts += 1
-            settled = True
-            if outcome is None:
-                self._archived([item])
-            else:
-                settled = self._process(item, outcome)
+            settled = self._process(item, outcome)
         if settled:
             self.spool.done(item)
 

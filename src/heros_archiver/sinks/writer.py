@@ -187,7 +187,10 @@ class FileWriter:
 
 def locate_file(path: str, content: Content) -> Location:
     """Where a file of ``content`` written at ``path`` is, with its size and checksum."""
-    size = sum(buffer.nbytes if isinstance(buffer, memoryview) else len(buffer) for buffer in content)
+    if len(content) == 1:  # a small file's one buffer (every JSON file): no generator on the writer thread
+        size = content[0].nbytes if isinstance(content[0], memoryview) else len(content[0])
+    else:
+        size = sum(buffer.nbytes if isinstance(buffer, memoryview) else len(buffer) for buffer in content)
     return Location(path, size, checksum(content))
 
 

@@ -1,0 +1,214 @@
+"""The catalog of an archive root: every archived item, where it went, its checksum and metadata (decision 0031).
+
+``CatalogListener`` is what an archiver with an archive root adds to its listeners (``catalog=True``, the
+default). At its construction, before the archiver writes anything, the journals of earlier runs that did not
+stop cleanly are applied (``catalog_recovery``). Then:
+
+* on the writer thread, after each commit and before the pipeline acknowledges it (removes the spool entries
+  of its items), the batch's outcomes are appended to the archiver's journal (``catalog_journal``): one
+  ``write`` of orjson lines, a few microseconds, the GIL kept;
+* the archiver's applier process applies the journal to SQLite (``catalog_process``, ``catalog_apply``), every
+  0.1 s what has come since, in one transaction: readers see an item a fraction of a second after its commit;
+* at close (after the pipeline's last outcome) the journal ends with its ``closed`` line, the applier stops,
+  and the rest is applied here and the journal removed.
+
+The schema and how to read it: ``catalog_schema``, ``catalog_reader``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import CatalogError
+from ..saferepr import safe_str
+from .catalog_journal import JournalWriter, encode_outcomes
+from .catalog_names import process_start
+from .catalog_process import STOP, apply_segments
+from .catalog_recovery import recover
+from .catalog_schema import catalog_path, journal_directory, open_for_writing
+from .listeners import Listener
+from .outcomes import Outcome
+
+__all__ = ["CatalogListener"]
+
+log = logging.getLogger("heros_archiver")
+
+#: Seconds between two looks at whether the applier process still runs.
+CHECK_INTERVAL = 5.0
+#: Times a dead applier process is started again before the catalog waits for the archiver's stop.
+MAX_RESTARTS = 5
+#: Seconds ``close`` waits for the applier process to finish its transaction and exit.
+STOP_TIMEOUT = 30.0
+
+
+class CatalogListener(Listener):
+    """Journals every outcome on the writer thread; its applier process puts the journal into the root's catalog.
+
+    Args:
+        root: the archive root (the catalog is ``<root>/.heros-archiver/catalog.sqlite``).
+        event: the archiver's event (its journal's header, and the end of its name in the catalog).
+        name: returns who writes the items (the HERO's name, or the class's), or None while that is not known yet
+            (a HERO's name is given after its archiver's pipeline is made); asked again at each outcome until known.
+        adopt: for a file-per-item archiver, the ending of its files' names (``.npy``; ``""``: any), which a
+            later start adopts after a kill (``catalog_recovery``); None for container archivers.
+    """
+
+    inline = True
+
+    def __init__(self, root: Path, event: str, name: Callable[[], str | None], adopt: str | None = None) -> None:
+        self.root = root
+        self._event = event
+        self._name = name
+        try:
+            recover(root)
+        except (OSError, sqlite3.Error) as exc:
+            raise CatalogError(
+                f"catalog {catalog_path(root)}: the journals of earlier runs cannot be applied ({exc}); pass "
+                "catalog=False to archive without a catalog"
+            ) from exc
+        known = name()
+        self._named = known is not None
+        header = {
+            "archiver": f"{known or '?'}:{event}",
+            "event": event,
+            "root": str(root),
+            "pid": os.getpid(),
+            "adopt": None if adopt is None else {"suffix": adopt},
+        }
+        try:
+            self._journal = JournalWriter(journal_directory(root), header)
+        except OSError as exc:
+            raise CatalogError(
+                f"catalog {catalog_path(root)}: cannot create the archiver's journal in {journal_directory(root)} "
+                f"({exc}); pass catalog=False to archive without a catalog"
+            ) from exc
+        self._applier = _Applier(root, self._journal.prefix)
+
+    @property
+    def name(self) -> str:
+        return "catalog"
+
+    @property
+    def path(self) -> Path:
+        """The catalog's file."""
+        return catalog_path(self.root)
+
+    def handle(self, outcomes: Sequence[Outcome]) -> None:
+        if not self._named:
+            known = self._name()
+            if known is not None:
+                self._named = True
+                self._journal.set_header({"archiver": f"{known}:{self._event}"})
+        self._journal.append(encode_outcomes(outcomes))
+        self._applier.check()
+
+    def note_helpers(self, pids: list[int]) -> None:
+        """The helper processes that create this archiver's files (``sinks.publisher``): after a kill of the
+        archiver they finish the batch they were given, so a later start waits for them before it adopts."""
+        self._journal.set_header({"helpers": [[pid, process_start(pid)] for pid in pids]})
+
+    def status(self) -> dict[str, Any]:
+        """Where the catalog and the journal are, the journal's bytes so far, the applier process."""
+        return {
+            "path": str(self.path),
+            "journal": str(self._journal.directory / self._journal.name),
+            "journal_bytes": self._journal.written,
+            **self._applier.status(),
+        }
+
+    def close(self) -> None:
+        """End the journal, stop the applier, apply the rest and remove the journal."""
+        self._journal.close()
+        self._applier.stop()
+
+
+class _Applier:
+    """The archiver's side of its applier process (``catalog_process``): started with the archiver, restarted if
+    it dies, told to stop at close, after which the rest of the journal is applied here."""
+
+    def __init__(self, root: Path, prefix: str) -> None:
+        self._root = root
+        self._prefix = prefix
+        self.restarts = 0
+        self._next_check = time.monotonic() + CHECK_INTERVAL
+        self._process = self._start()
+
+    def _start(self) -> subprocess.Popen[bytes] | None:
+        package_parent = str(Path(__file__).resolve().parents[2])  # src/, above heros_archiver/observe/
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH")])),
+        }
+        try:
+            return subprocess.Popen(
+                [sys.executable, "-m", "heros_archiver.observe.catalog_process", str(self._root), self._prefix],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                env=env,
+                process_group=0,  # a Ctrl-C or kill of the archiver's group must not reach it: the archiver ends it
+            )
+        except OSError as exc:
+            log.error("catalog %s: cannot start the applier process (%s); the catalog is brought up to date at the "
+                      "archiver's stop", self._root, exc)  # fmt: skip
+            return None
+
+    def check(self) -> None:
+        """Restart the applier if it died (looked at every ``CHECK_INTERVAL`` seconds at most; any thread)."""
+        now = time.monotonic()
+        if now < self._next_check or self._process is None:
+            return
+        self._next_check = now + CHECK_INTERVAL
+        code = self._process.poll()
+        if code is None:
+            return
+        if self.restarts >= MAX_RESTARTS:
+            log.error("catalog %s: the applier process exited (status %s) %d times; the catalog is brought up to "
+                      "date at the archiver's stop", self._root, code, self.restarts + 1)  # fmt: skip
+            self._process = None
+            return
+        log.warning("catalog %s: the applier process exited (status %s); starting it again", self._root, code)
+        self.restarts += 1
+        self._process = self._start()
+
+    def status(self) -> dict[str, Any]:
+        process = self._process
+        return {
+            "applier_pid": None if process is None else process.pid,
+            "applier_running": process is not None and process.poll() is None,
+            "applier_restarts": self.restarts,
+        }
+
+    def stop(self) -> None:
+        """Stop the process (after its current transaction), then apply the rest of the journal here, at the
+        archiver's priority, and remove the journal (kept, for the next start, if that fails)."""
+        process, self._process = self._process, None
+        if process is not None:
+            with contextlib.suppress(OSError):  # it is gone already: its stdin is a broken pipe
+                assert process.stdin is not None
+                process.stdin.write(STOP + b"\n")
+                process.stdin.close()
+            try:
+                process.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                log.warning("catalog %s: the applier process (pid %d) did not stop within %.0f s; killing it",
+                            self._root, process.pid, STOP_TIMEOUT)  # fmt: skip
+                process.kill()
+                process.wait()
+        try:
+            connection = open_for_writing(self._root)
+            try:
+                apply_segments(connection, self._root, self._prefix, final=True)
+            finally:
+                connection.close()
+        except (sqlite3.Error, OSError, CatalogError) as exc:
+            log.error("catalog %s: cannot apply the journal at the stop (%s: %s); it is kept and applied at the "
+                      "next start", self._root, type(exc).__name__, safe_str(exc))  # fmt: skip

@@ -1,0 +1,110 @@
+"""The catalog's applier: a process per archiver that applies the archiver's journal to the catalog as it grows.
+
+    python -m heros_archiver.observe.catalog_process ROOT PREFIX
+
+A thread of the archiver's own would share its GIL: every SQLite call gives the GIL up and must take it back
+from a busy writer or intake thread, and parsing the lines holds it (decision 0031). In a process of its own,
+at the lowest CPU priority (nice 19), it costs the archiver nothing but the CPU left over: on a saturated
+machine the catalog falls behind, and catches up once there is time.
+
+Every ``APPLY_INTERVAL`` seconds it applies what is new in the segments of the journal ``PREFIX`` (the
+archiver's: ``catalog_names``) under ``ROOT``, and removes a segment once it is applied and the archiver writes
+the next one. It reads its standard input: ``stop`` (the archiver stops and applies the rest itself) ends it
+at once; the end of the input without ``stop`` (the archiver is gone: killed) ends it after one last
+application, leaving the journal for the next start to find (a killed run's files may need adopting,
+``catalog_recovery``). Like the publishing helper it runs in a process group of its own and ignores SIGINT and
+SIGTERM: the archiver ends it. It imports neither heros nor numpy.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sqlite3
+import sys
+import threading
+import time
+from pathlib import Path
+
+from ..errors import CatalogError
+from ..saferepr import safe_str
+from .catalog_apply import apply_journal
+from .catalog_names import JournalName
+from .catalog_schema import journal_directory, open_for_writing
+
+log = logging.getLogger("heros_archiver")
+
+#: Seconds between two looks at the journal: what a reader of the catalog lags behind, at most about this plus
+#: one transaction (more when the CPU is short: the applier runs at the lowest priority).
+APPLY_INTERVAL = 0.1
+#: Niceness of the applier process.
+NICE = 19
+#: Seconds between two log lines of an applier that keeps failing (the journal keeps what it could not apply).
+ERROR_LOG_INTERVAL = 30.0
+#: The command that ends it (the archiver applies the rest).
+STOP = b"stop"
+
+
+def apply_segments(connection: sqlite3.Connection, root: Path, prefix: str, final: bool = False) -> None:
+    """Apply what is new in each segment of journal ``prefix``; remove each segment applied whole that is not
+    the last one (the archiver writes the next), or with ``final`` (the archiver has stopped) all of them."""
+    directory = journal_directory(root)
+    names = sorted(
+        (name for name in map(JournalName.parse, os.listdir(directory)) if name is not None and name.prefix == prefix),
+        key=lambda name: name.segment,
+    )
+    for number, name in enumerate(names):
+        applied = apply_journal(connection, directory / name.text, str(root))
+        if applied is not None and applied.complete and (final or number < len(names) - 1):
+            (directory / name.text).unlink(missing_ok=True)
+            connection.execute("DELETE FROM journal_applied WHERE name = ?", (name.text,))
+
+
+class _Commands:
+    """What the archiver says on standard input, read by a thread: ``stop``, or the end of the input."""
+
+    def __init__(self) -> None:
+        self.ended = threading.Event()
+        self.stopped = False
+        threading.Thread(target=self._read, name="catalog-commands", daemon=True).start()
+
+    def _read(self) -> None:
+        for line in sys.stdin.buffer:
+            if line.strip() == STOP:
+                self.stopped = True
+                break
+        self.ended.set()
+
+
+def main(argv: list[str]) -> None:
+    root, prefix = Path(argv[0]), argv[1]
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
+    os.nice(NICE)
+    logging.basicConfig(level=logging.WARNING, format=f"catalog applier {os.getpid()}: %(message)s")
+    commands = _Commands()
+    connection: sqlite3.Connection | None = None
+    logged_at = -ERROR_LOG_INTERVAL
+    try:
+        while True:
+            ended = commands.ended.wait(APPLY_INTERVAL)
+            if ended and commands.stopped:
+                return
+            try:
+                connection = connection or open_for_writing(root)
+                apply_segments(connection, root, prefix)
+            except (sqlite3.Error, OSError, CatalogError) as exc:
+                if time.monotonic() - logged_at >= ERROR_LOG_INTERVAL:
+                    logged_at = time.monotonic()
+                    log.error("cannot apply the journal %s to %s: %s; the journal keeps it, retrying", prefix, root,
+                              safe_str(exc))  # fmt: skip
+            if ended:
+                return
+    finally:
+        if connection is not None:
+            connection.close()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,202 @@
+"""At an archiver's start, before it writes anything: what earlier runs' journals hold goes into the catalog.
+
+A run that stopped cleanly applied its journal and removed it. A journal of a process that no longer runs is
+a run that was killed (or lost its catalog's lock at the end): what it holds beyond its applied offset is
+applied now, and the journal removed. Journals of live processes (other archivers sharing the root) are left
+to their own archivers.
+
+The kill window: a file-per-item archiver links its file, then journals it, microseconds later; a kill in
+between leaves a file under the root that no journal names. So after a killed run of such an archiver (its
+journal has no ``closed`` line and says which files it writes: ``adopt``), the files under the root that are
+newer than that run's last journaled commit minus ``ADOPT_MARGIN``, end as its files do, and are not in the
+catalog are *adopted* (once the run's helper processes, which finish the batch they were given, have exited):
+cataloged with the checksum of the file as it is, metadata ``{}``, and the source of
+the run's last journaled item (``?`` if it journaled none). The walk happens only then (after a kill), skips the
+archiver's own folder and temporaries, and looks at the files only of directories changed since then. A
+container archiver's kill window (a commit made, not yet journaled) is not recovered: see the README.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import xxhash
+
+from ..state.statedir import STATE_DIR_NAME
+from ..storage.temporaries import is_temporary
+from .catalog_apply import Applied, apply_journal, relative_to_root
+from .catalog_names import JournalName, owner_alive
+from .catalog_schema import journal_directory, open_for_writing
+from .outcomes import CHECKSUM_ALGORITHM
+
+__all__ = ["ADOPT_MARGIN", "recover"]
+
+log = logging.getLogger("heros_archiver")
+
+#: Seconds before a killed run's last journaled commit from which its files not in the catalog are adopted:
+#: a large file counts as archived only once the writeback window has it on the device, and the JSON helper
+#: links a batch of files before the writer journals them, so a file may be linked well before the last
+#: commit journaled before it.
+ADOPT_MARGIN = 60.0
+#: Seconds a start waits for the helper processes of a killed run to finish the batch they were given (they
+#: exit once they see their archiver gone), before it looks for the files to adopt.
+HELPER_WAIT = 10.0
+_READ_BYTES = 8 * 2**20
+
+
+@dataclass
+class _KilledRun:
+    """A journal (all its segments) of a run that did not stop cleanly, and which of its files to adopt."""
+
+    archiver: str
+    event: str
+    source: str
+    suffix: str
+    since: float
+    #: its helper processes, as ``[pid, start]``
+    helpers: list[list[int]]
+
+
+def recover(root: Path) -> None:
+    """Apply the journals of processes that no longer run, adopt a killed file archiver's unjournaled files,
+    remove those journals. Raises CatalogError when the catalog cannot be opened."""
+    connection = open_for_writing(root)
+    try:
+        _recover(connection, root)
+    finally:
+        connection.close()
+
+
+def _recover(connection: sqlite3.Connection, root: Path) -> None:
+    directory = journal_directory(root)
+    names = sorted(
+        (name for name in map(JournalName.parse, os.listdir(directory)) if name is not None),
+        key=lambda name: (name.journal, name.segment),
+    )
+    dead = [name for name in names if not name.alive()]
+    last: dict[tuple[int, int, int], Applied] = {}
+    times: dict[tuple[int, int, int], float] = {}
+    for name in dead:
+        applied = apply_journal(connection, directory / name.text, str(root), dead=True)
+        if applied is None:
+            continue  # another archiver's start removed it meanwhile
+        last[name.journal] = applied
+        when = applied.state.last or applied.state.header.get("created") or 0.0
+        times[name.journal] = max(times.get(name.journal, 0.0), when)
+    if dead:
+        log.warning("catalog %s: applied the journals of %d run(s) that did not stop cleanly", root, len(last))
+    killed = [
+        _KilledRun(
+            applied.state.archiver,
+            str(applied.state.header.get("event", "?")),
+            applied.state.source or "?",
+            str(applied.state.header["adopt"]["suffix"]),
+            times[journal] - ADOPT_MARGIN,
+            list(applied.state.header.get("helpers") or []),
+        )
+        for journal, applied in last.items()
+        if not applied.state.closed and isinstance(applied.state.header.get("adopt"), dict)
+    ]
+    if killed:
+        for name in names:  # the files of live archivers sharing the root are theirs, not the killed run's
+            if name not in dead:
+                apply_journal(connection, directory / name.text, str(root))
+        _wait_for_helpers(root, [helper for run in killed for helper in run.helpers])
+        adopted = _adopt(connection, root, killed)
+        if adopted:
+            log.warning(
+                "catalog %s: adopted %d file(s) a killed run linked but did not journal (metadata {}, checksum of "
+                "the file as found)",
+                root,
+                adopted,
+            )
+    for name in dead:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(directory / name.text)
+    present = set(os.listdir(directory))
+    stale = [(row[0],) for row in connection.execute("SELECT name FROM journal_applied") if row[0] not in present]
+    if stale:
+        connection.execute("BEGIN IMMEDIATE")
+        connection.executemany("DELETE FROM journal_applied WHERE name = ?", stale)
+        connection.execute("COMMIT")
+
+
+def _wait_for_helpers(root: Path, helpers: list[list[int]]) -> None:
+    """Until the killed runs' helper processes have exited (within ``HELPER_WAIT``)."""
+    deadline = time.monotonic() + HELPER_WAIT
+    while any(owner_alive(pid, start) for pid, start in helpers):
+        if time.monotonic() > deadline:
+            log.warning("catalog %s: helper processes of a killed run still run; adopting its files anyway", root)
+            return
+        time.sleep(0.02)
+
+
+def _adopt(connection: sqlite3.Connection, root: Path, killed: list[_KilledRun]) -> int:
+    """Catalog the files of ``killed`` runs found under ``root`` and not in the catalog; how many."""
+    since = min(run.since for run in killed)
+    runs = sorted(killed, key=lambda run: run.since, reverse=True)
+    rows = []
+    for path, stat in _changed_files(str(root), since):
+        when = max(stat.st_mtime, stat.st_ctime)
+        run = next((r for r in runs if when >= r.since and path.endswith(r.suffix)), None)
+        relative = relative_to_root(path, str(root))
+        if run is None or connection.execute("SELECT 1 FROM items WHERE path = ? LIMIT 1", (relative,)).fetchone():
+            continue
+        try:
+            digest = _file_checksum(path)
+        except OSError as exc:
+            log.warning("catalog %s: cannot read %s to adopt it: %s", root, path, exc)
+            continue
+        rows.append((run.archiver, run.source, run.event, relative, stat.st_size, digest, when, when))
+    if rows:
+        connection.execute("BEGIN IMMEDIATE")
+        connection.executemany(
+            "INSERT OR IGNORE INTO items (archiver, source, event, sequence, path, member, idx, count, nbytes, "
+            "checksum, metadata, received, committed) VALUES (?, ?, ?, NULL, ?, NULL, NULL, 1, ?, ?, '{}', ?, ?)",
+            rows,
+        )
+        connection.execute("COMMIT")
+    return len(rows)
+
+
+def _changed_files(root: str, since: float) -> Iterator[tuple[str, os.stat_result]]:
+    """Regular files under ``root`` changed (or linked) at ``since`` or later, outside the archiver's own folder.
+
+    Every directory is listed (a new file may be deep below an old directory), but only those whose entries
+    changed since then have their files looked at: linking a file changes its directory's mtime.
+    """
+    pending = [root]
+    while pending:
+        directory = pending.pop()
+        try:
+            recent = os.stat(directory).st_mtime >= since
+            entries = list(os.scandir(directory))
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                if not (directory == root and entry.name == STATE_DIR_NAME):
+                    pending.append(entry.path)
+            elif recent and entry.is_file(follow_symlinks=False) and not is_temporary(entry.name):
+                try:
+                    stat = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if max(stat.st_mtime, stat.st_ctime) >= since:
+                    yield entry.path, stat
+
+
+def _file_checksum(path: str) -> str:
+    """The checksum of a file's bytes, as ``outcomes.checksum`` gives it for a file the archiver wrote."""
+    hasher = xxhash.xxh3_128()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_READ_BYTES):
+            hasher.update(chunk)
+    return f"{CHECKSUM_ALGORITHM}:{hasher.hexdigest()}"

@@ -1,0 +1,60 @@
+"""Child process of tests/test_catalog.py: an archiver that archives items until it is killed (SIGKILL).
+
+    python catalog_child.py KIND ROOT     KIND: npy (ArrayArchiver, frames written by the writer thread), json
+                                          (JsonArchiver, files created by its helper process) or hdf5
+                                          (Hdf5Archiver, frames committed to one file)
+
+Prints ``@@ PIDS p1 p2 ...`` (its catalog applier and helper processes, which a kill of this process's group
+does not reach: the test stops them by PID if they outlive it), then feeds items 0, 1, 2, ... as fast as the
+archiver takes them (``feed``, no Zenoh sender) and prints ``@@ ARCHIVED n`` every 100 items once the archiver
+counts n archived, so the test can kill it in the middle of a run. It never stops by itself.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+import numpy as np
+
+from heros_archiver import ArrayArchiver, Hdf5Archiver, JsonArchiver
+from heros_archiver.testing import free_port, session_manager, unique_realm
+
+TEMPLATES = {
+    "npy": (ArrayArchiver, {"save_template": "{{ file_path }}/{{ '%05d' % frame }}.npy"}),
+    "json": (JsonArchiver, {"save_template": "{{ file_path }}/{{ '%05d' % frame }}.json"}),
+    "hdf5": (Hdf5Archiver, {"file_template": "{{ file_path }}/run.h5", "flush_frames": 25}),
+}
+
+
+def payload(kind: str, index: int) -> object:
+    """Item ``index``'s data."""
+    if kind == "json":
+        return {"value": index * 0.5, "index": index}
+    return np.full((16, 16), index, dtype=np.uint16)
+
+
+def main(kind: str, root: str) -> None:
+    cls, template = TEMPLATES[kind]
+    archiver = cls(
+        object_selector="crash-sender",
+        event_name="acquisition_data",
+        default_metadata={"file_path": root},
+        realm=unique_realm(),
+        session_manager=session_manager(listen_port=free_port()),
+        sequence_key="frame",
+        **template,
+    )
+    stats = archiver.stats()
+    print("@@ PIDS", stats["catalog"]["applier_pid"], *stats["helper_processes"], flush=True)
+    index = 0
+    while True:
+        archiver.feed("cam", (payload(kind, index), {"frame": index, "run": "crash"}))
+        index += 1
+        if index % 100 == 0:
+            print(f"@@ ARCHIVED {archiver.stats()['total']['archived']}", flush=True)
+            threading.Event().wait(0.001)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])

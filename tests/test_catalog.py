@@ -1,0 +1,531 @@
+"""The catalog of an archive root (decision 0031): every archived file and failure in SQLite, read while it is
+written, and in agreement with the files after a SIGKILL and a restart."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pytest
+import xxhash
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from catalog_child import TEMPLATES
+from conftest import RigFactory
+from helpers import wait_for_items, wait_until
+from heros_archiver import ArrayArchiver, Hdf5Archiver, JsonArchiver
+from heros_archiver.errors import CatalogError
+from heros_archiver.observe import catalog, catalog_journal
+from heros_archiver.observe.catalog import CatalogListener
+from heros_archiver.observe.catalog_apply import apply_journal
+from heros_archiver.observe.catalog_journal import JournalWriter, encode_outcomes
+from heros_archiver.observe.catalog_names import JournalName, process_start
+from heros_archiver.observe.catalog_reader import CatalogItem, CatalogReader
+from heros_archiver.observe.catalog_schema import catalog_path, journal_directory, open_for_writing
+from heros_archiver.observe.outcomes import Archived, DeadLettered, Dropped, Location
+from heros_archiver.observe.readers import ContainerReader
+from heros_archiver.testing import free_port, session_manager, unique_realm
+from heros_archiver.testing.faults import SlowSink
+from procs import TESTS_DIR, child, child_env
+
+pytestmark = pytest.mark.timeout(120)
+
+NPY = "{{ file_path }}/{{ '%03d' % frame }}.npy"
+
+
+def file_checksum(path: Path) -> str:
+    return f"xxh3-128:{xxhash.xxh3_128_hexdigest(path.read_bytes())}"
+
+
+def archive_files(root: Path) -> set[str]:
+    """Every file under ``root`` outside the archiver's own folder, relative to it."""
+    found = set()
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if d != ".heros-archiver"]
+        found.update(str(Path(folder, name).relative_to(root)) for name in names)
+    return found
+
+
+def catalog_items(root: Path) -> list[CatalogItem]:
+    with CatalogReader(root) as reader:
+        return list(reader.items())
+
+
+def catalog_count(root: Path) -> int:
+    if not catalog_path(root).exists():
+        return 0
+    with CatalogReader(root) as reader:
+        return reader.count()
+
+
+def assert_files_and_catalog_agree(root: Path) -> list[CatalogItem]:
+    """No file under the root missing from the catalog, no entry without its file, every checksum right."""
+    items = catalog_items(root)
+    paths = [item.path for item in items]
+    assert len(paths) == len(set(paths)), "a location cataloged twice"
+    assert archive_files(root) == set(paths)
+    for item in items:
+        file = root / item.path
+        assert item.nbytes == file.stat().st_size, item
+        assert item.checksum == file_checksum(file), item
+    return items
+
+
+# ------------------------------------------------------------------------------------------------ over Zenoh
+def test_every_npy_file_is_in_the_catalog_with_its_location_and_checksum(make_rig: RigFactory) -> None:
+    rig = make_rig(NPY, sequence_key="frame")
+    sent = rig.camera.acquire(20, shape=(32, 32), dtype="uint16")
+    wait_for_items(rig.archiver, sent)
+    wait_until(lambda: catalog_count(rig.root) == sent, what="the catalog has every item while the archiver runs")
+    items = assert_files_and_catalog_agree(rig.root)
+    assert [item.sequence for item in items] == list(range(sent))
+    for item in items:
+        assert item.path == f"{item.sequence:03d}.npy" and item.member is None and item.idx is None
+        assert item.count == 1 and item.source == "cam" and item.event == "acquisition_data"
+        assert item.archiver == "ArrayArchiver:acquisition_data"
+        assert item.metadata["frame"] == item.sequence and item.metadata["file_path"] == str(rig.root)
+        assert item.received <= item.committed
+    status = rig.archiver.stats()["catalog"]
+    assert status["path"] == str(catalog_path(rig.root)) and status["applier_running"]
+    rig.archiver.close()
+    assert not os.listdir(journal_directory(rig.root)), "a clean stop leaves no journal"
+    assert len(catalog_items(rig.root)) == sent
+
+
+def test_every_hdf5_frame_is_in_the_catalog_with_its_index_and_checksum(make_rig: RigFactory) -> None:
+    rig = make_rig(None, archiver_cls=Hdf5Archiver, file_template="{{ file_path }}/run.h5", sequence_key="frame")
+    sent = rig.camera.acquire(20, shape=(16, 24), dtype="uint16")
+    wait_for_items(rig.archiver, sent)
+    rig.archiver.close()
+    items = assert_container_and_catalog_agree(rig.root)
+    assert [(item.path, item.member, item.idx, item.count) for item in items] == [
+        ("run.h5", "cam/data", index, 1) for index in range(sent)
+    ]
+    with h5py.File(rig.root / "run.h5", "r") as handle:
+        for item in items:
+            frame = np.ascontiguousarray(handle["cam/data"][item.idx])
+            assert item.checksum == f"xxh3-128:{xxhash.xxh3_128_hexdigest(frame.tobytes())}"
+            assert item.nbytes == frame.nbytes and item.sequence == item.idx
+
+
+def test_json_files_written_by_the_helper_process_are_cataloged(make_rig: RigFactory) -> None:
+    rig = make_rig("{{ file_path }}/{{ frame }}.json", archiver_cls=JsonArchiver, matched=(), sequence_key="frame")
+    assert rig.archiver.stats()["helper_processes"], "the helper's path is what this test is about"
+    for frame in range(60):
+        rig.archiver.feed("cam", ({"t": frame * 0.5}, {"frame": frame}))
+    wait_for_items(rig.archiver, 60)
+    rig.archiver.close()
+    items = assert_files_and_catalog_agree(rig.root)
+    assert sorted(item.sequence for item in items if item.sequence is not None) == list(range(60))
+    assert all(item.archiver == "JsonArchiver:acquisition_data" for item in items)
+
+
+def test_a_split_array_is_one_row_per_file(make_rig: RigFactory) -> None:
+    rig = make_rig("{{ file_path }}/{{ frame }}-{{ _split_index }}.npy", split_data_array=True, matched=())
+    rig.archiver.feed("cam", (np.arange(12, dtype=np.int32).reshape(3, 4), {"frame": 5}))
+    wait_for_items(rig.archiver, 1)
+    rig.archiver.close()
+    items = assert_files_and_catalog_agree(rig.root)
+    assert sorted(item.path for item in items) == ["5-0.npy", "5-1.npy", "5-2.npy"]
+
+
+def test_dead_lettered_and_dropped_items_are_failures(make_rig: RigFactory) -> None:
+    rig = make_rig("{{ file_path }}/{{ frame }}.npy", matched=(), sequence_key="frame")
+    rig.archiver.feed("cam", ("not an array", {"frame": 1}))
+    rig.archiver.feed("cam", (np.zeros(3), {"frame": 2}))
+    wait_for_items(rig.archiver, 2)
+    rig.archiver.close()
+    with CatalogReader(rig.root) as reader:
+        (failure,) = reader.failures()
+        (item,) = reader.items()
+    assert failure.kind == "dead_lettered" and failure.sequence == 1 and "PayloadError" in failure.error
+    assert failure.entry is not None and failure.entry.startswith(".heros-archiver/dead-letter/")
+    assert (rig.root / failure.entry).is_dir() and failure.metadata == {"frame": 1, "file_path": str(rig.root)}
+    assert item.path == "2.npy"
+
+    dropping = make_rig(
+        "{{ file_path }}/drop/{{ frame }}.npy",
+        matched=(),
+        overflow="drop",
+        max_queue_items=1,
+        sink_wrapper=SlowSink(0.2),
+        sequence_key="frame",
+    )
+    for frame in range(6):
+        dropping.archiver.feed("cam", (np.zeros(3), {"frame": frame}))
+    wait_for_items(dropping.archiver, 6)
+    dropped = dropping.archiver.stats()["total"]["dropped"]
+    dropping.archiver.close()
+    with CatalogReader(dropping.archiver.root) as reader:  # the template's root: tmp_path/drop
+        failures = [f for f in reader.failures() if f.kind == "dropped"]
+    assert dropped and len(failures) == dropped and all("overflow='drop'" in f.error for f in failures)
+
+
+def test_a_reader_in_another_process_sees_rows_while_items_keep_coming(make_rig: RigFactory) -> None:
+    rig = make_rig(NPY, matched=())
+    count = "from heros_archiver.observe.catalog_reader import CatalogReader; print(CatalogReader(sys.argv[1]).count())"
+    for batch in range(3):
+        for frame in range(batch * 10, batch * 10 + 10):
+            rig.archiver.feed("cam", (np.full(4, frame), {"frame": frame}))
+        wait_until(lambda n=batch: catalog_count(rig.root) == 10 * (n + 1), what="the catalog to have the batch")
+        result = subprocess.run(
+            [sys.executable, "-c", f"import sys; {count}", str(rig.root)], capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 0, result.stderr
+        assert int(result.stdout) == 10 * (batch + 1)
+        assert rig.archiver.stats()["total"]["received"] == 10 * (batch + 1)
+
+
+def test_catalog_false_keeps_none(make_rig: RigFactory) -> None:
+    rig = make_rig(NPY, matched=(), catalog=False)
+    rig.archiver.feed("cam", (np.zeros(3), {"frame": 1}))
+    wait_for_items(rig.archiver, 1)
+    assert rig.archiver.stats()["catalog"] is None
+    rig.archiver.close()
+    assert not catalog_path(rig.root).exists()
+
+
+def test_two_archivers_share_one_root_and_its_catalog(make_rig: RigFactory, tmp_path: Path) -> None:
+    first = make_rig("{{ file_path }}/a/{{ frame }}.npy", matched=(), root=str(tmp_path))
+    second = make_rig(
+        "{{ file_path }}/b/{{ frame }}.json",
+        archiver_cls=JsonArchiver,
+        matched=(),
+        event_name="readings",
+        root=str(tmp_path),
+    )
+    for frame in range(20):
+        first.archiver.feed("cam", (np.full(3, frame), {"frame": frame}))
+        second.archiver.feed("sensor", ({"v": frame}, {"frame": frame}))
+    wait_for_items(first.archiver, 20)
+    wait_for_items(second.archiver, 20)
+    assert len(os.listdir(journal_directory(first.root))) == 2, "one journal per archiver"
+    first.archiver.close()
+    second.archiver.close()
+    items = assert_files_and_catalog_agree(first.root)
+    assert {item.archiver for item in items} == {"ArrayArchiver:acquisition_data", "JsonArchiver:readings"}
+    assert not os.listdir(journal_directory(first.root))
+
+
+def test_a_file_where_the_catalog_belongs_fails_the_start_clearly(tmp_path: Path) -> None:
+    catalog_path(tmp_path).parent.mkdir(parents=True)
+    catalog_path(tmp_path).write_bytes(b"this is no SQLite file" * 100)
+    with pytest.raises(CatalogError, match=r"catalog\.sqlite.*catalog=False"):
+        ArrayArchiver(
+            object_selector="cam", event_name="acquisition_data", save_template=f"{tmp_path}/{{{{ frame }}}}.npy"
+        )
+
+
+# ------------------------------------------------------------------------------------------------ SIGKILL
+@pytest.mark.parametrize("kind", ["npy", "json", "hdf5"])
+def test_after_sigkill_and_restart_the_catalog_and_the_files_agree(tmp_path: Path, kind: str) -> None:
+    root = tmp_path / "archive"
+    others: list[int] = []
+    try:
+        with child(
+            [sys.executable, str(TESTS_DIR / "catalog_child.py"), kind, str(root)], tmp_path / "child.log", child_env(0)
+        ) as proc:
+            wait_until(lambda: "@@ ARCHIVED" in proc.output() and catalog_count(root) >= 300, what="a run under way")
+            others = [int(pid) for pid in proc.output().split("@@ PIDS", 1)[1].split("\n", 1)[0].split()]
+            proc.kill()
+        # its applier sees its input end and exits after one last application; its helpers finish their batch
+        wait_until(lambda: not any(_runs(pid) for pid in others), what="the killed run's own processes to exit")
+        cls, template = TEMPLATES[kind]
+        restarted = cls(
+            object_selector="crash-sender",
+            event_name="acquisition_data",
+            default_metadata={"file_path": str(root)},
+            realm=unique_realm(),
+            session_manager=session_manager(listen_port=free_port()),
+            **template,
+        )
+        restarted.close()
+    finally:
+        for pid in others:
+            if _runs(pid):
+                os.kill(pid, signal.SIGKILL)
+    items = assert_container_and_catalog_agree(root) if kind == "hdf5" else assert_files_and_catalog_agree(root)
+    assert len(items) >= 300
+    assert not os.listdir(journal_directory(root)), "the killed run's journal was applied and removed"
+
+
+def assert_container_and_catalog_agree(root: Path) -> list[CatalogItem]:
+    """Every file under the root is in the catalog, and every cataloged frame is in its file, committed, with the
+    checksum the catalog says. (A frame committed in the microseconds before the kill and not journaled may be
+    in the file and not in the catalog: README, limits of the catalog.)"""
+    items = catalog_items(root)
+    assert archive_files(root) == {item.path for item in items}
+    assert len({(item.path, item.member, item.idx) for item in items}) == len(items)
+    with ContainerReader(root) as reader:
+        for item in items:
+            reading = reader.read(item.path, item.member, item.idx, item.count)
+            assert reading.checksum == item.checksum and reading.nbytes == item.nbytes, item
+    return items
+
+
+def _runs(pid: int) -> bool:
+    """Whether ``pid`` is still one of this package's processes (not a later process that got the PID)."""
+    try:
+        return b"heros_archiver" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def test_an_applier_process_that_dies_is_started_again(make_rig: RigFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(catalog, "CHECK_INTERVAL", 0.0)
+    rig = make_rig(NPY, matched=())
+    first = rig.archiver.stats()["catalog"]["applier_pid"]
+    os.kill(first, signal.SIGKILL)
+    wait_until(lambda: not _runs(first), what="the applier to die")
+    for frame in range(5):
+        rig.archiver.feed("cam", (np.full(3, frame), {"frame": frame}))
+        wait_for_items(rig.archiver, frame + 1)
+    status = rig.archiver.stats()["catalog"]
+    assert status["applier_restarts"] == 1 and status["applier_pid"] != first and status["applier_running"]
+    wait_until(lambda: catalog_count(rig.root) == 5, what="the new applier to catch up")
+    applier = status["applier_pid"]
+    rig.archiver.close()
+    assert not _runs(applier), "close stops the applier"
+
+
+def _dead_journal(root: Path, lines: bytes, adopt: str | None = ".npy") -> Path:
+    """A journal as a killed run leaves it: its process (this PID with another start time) is gone."""
+    directory = journal_directory(root)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / JournalName(os.getpid(), 1, 99, 1).text
+    header = {"archiver": "Killed:acquisition_data", "event": "acquisition_data", "adopt": None}
+    if adopt is not None:
+        header["adopt"] = {"suffix": adopt}
+    path.write_bytes(catalog_journal.encode_header({**header, "created": 0.0}) + lines)
+    return path
+
+
+def test_a_killed_runs_unjournaled_files_are_adopted_and_its_journal_applied(tmp_path: Path) -> None:
+    journaled = tmp_path / "run" / "000.npy"
+    journaled.parent.mkdir()
+    journaled.write_bytes(b"journaled")
+    location = Location(str(journaled), 9, file_checksum(journaled))
+    outcome = Archived("cam", "acquisition_data", 0, {"frame": 0}, 1.0, 9, (location,), committed=2.0)
+    journal = _dead_journal(tmp_path, encode_outcomes([outcome]) + b'["a", "cam", "acq')  # torn by the kill
+    (tmp_path / "run" / "001.npy").write_bytes(b"linked, not journaled")  # the kill window
+    (tmp_path / "run" / "notes.txt").write_bytes(b"not the archiver's kind of file")
+    (tmp_path / ".heros-archiver" / "dead-letter").mkdir(parents=True)
+    (tmp_path / ".heros-archiver" / "dead-letter" / "x.npy").write_bytes(b"its own folder")
+
+    listener = CatalogListener(tmp_path, "acquisition_data", lambda: "Next")
+    listener.close()
+    assert not journal.exists()
+    by_path = {item.path: item for item in catalog_items(tmp_path)}
+    assert set(by_path) == {"run/000.npy", "run/001.npy"}
+    assert (
+        by_path["run/000.npy"].metadata == {"frame": 0} and by_path["run/000.npy"].archiver == "Killed:acquisition_data"
+    )
+    adopted = by_path["run/001.npy"]
+    assert adopted.metadata == {} and adopted.source == "cam" and adopted.sequence is None
+    assert adopted.checksum == file_checksum(tmp_path / "run" / "001.npy") and adopted.nbytes == 21
+
+
+def test_a_killed_container_runs_files_are_not_adopted(tmp_path: Path) -> None:
+    _dead_journal(tmp_path, b"", adopt=None)
+    (tmp_path / "run.h5").write_bytes(b"a container")
+    CatalogListener(tmp_path, "acquisition_data", lambda: "Next").close()
+    assert catalog_items(tmp_path) == []
+
+
+def test_the_journal_of_a_live_process_is_left_to_it(tmp_path: Path) -> None:
+    directory = journal_directory(tmp_path)
+    directory.mkdir(parents=True)
+    live = directory / JournalName(os.getpid(), process_start(os.getpid()), 98, 1).text
+    live.write_bytes(catalog_journal.encode_header({"archiver": "Live:e"}))
+    CatalogListener(tmp_path, "acquisition_data", lambda: "Next").close()
+    assert live.exists()
+
+
+# ------------------------------------------------------------------------------------------------ the journal
+def _outcomes(count: int, root: Path, start: int = 0) -> list[Any]:
+    return [
+        Archived("cam", "ev", n, {"n": n}, 1.0, 1, (Location(str(root / f"{n}.npy"), 1, "xxh3-128:00"),), committed=2.0)
+        for n in range(start, start + count)
+    ] + [DeadLettered("cam", "ev", None, {}, 1.0, 1, str(root / "entry"), "Error: no")]
+
+
+def test_applying_a_journal_twice_or_from_two_threads_at_once_applies_each_line_once(tmp_path: Path) -> None:
+    connection = open_for_writing(tmp_path)
+    writer = JournalWriter(journal_directory(tmp_path), {"archiver": "A:ev"})
+    path = writer.directory / writer.name
+    writer.append(encode_outcomes(_outcomes(500, tmp_path)))
+
+    def apply() -> None:
+        own = open_for_writing(tmp_path)
+        try:
+            apply_journal(own, path, str(tmp_path), step_bytes=2000)
+        finally:
+            own.close()
+
+    threads = [threading.Thread(target=apply) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    applied = apply_journal(connection, path, str(tmp_path))
+    assert applied is not None and applied.complete
+    connection.execute("DELETE FROM journal_applied")  # as if the offset were lost: the items are upserted
+    apply_journal(connection, path, str(tmp_path))
+    with CatalogReader(tmp_path) as reader:
+        assert reader.count() == 500 and [i.sequence for i in reader.items()] == list(range(500))
+        assert len(list(reader.failures())) == 2  # once from the threads, once more without the offset
+    writer.close()
+    connection.close()
+
+
+def test_a_long_journal_goes_on_in_new_segments_and_applied_ones_are_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(catalog_journal, "SEGMENT_BYTES", 4096)
+    listener = CatalogListener(tmp_path, "ev", lambda: "A")
+    for start in range(0, 600, 20):
+        listener.handle(_outcomes(20, tmp_path, start)[:-1])
+    wait_until(lambda: len(os.listdir(journal_directory(tmp_path))) <= 2, what="applied segments removed")
+    listener.close()
+    assert not os.listdir(journal_directory(tmp_path))
+    with CatalogReader(tmp_path) as reader:
+        assert [item.sequence for item in reader.items()] == list(range(600))
+
+
+def test_the_schema_is_the_one_readers_rely_on(tmp_path: Path) -> None:
+    open_for_writing(tmp_path).close()
+    connection = sqlite3.connect(catalog_path(tmp_path))
+    columns = {
+        table: [row[1] for row in connection.execute(f"PRAGMA table_info({table})")] for table in ("items", "failures")
+    }
+    assert columns["items"] == ["id", "archiver", "source", "event", "sequence", "path", "member", "idx", "count",
+                                "nbytes", "checksum", "metadata", "received", "committed"]  # fmt: skip
+    assert columns["failures"] == ["id", "archiver", "source", "event", "sequence", "kind", "entry", "error",
+                                   "metadata", "received", "time"]  # fmt: skip
+    assert connection.execute("PRAGMA user_version").fetchone() == (1,)
+    assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    indexes = {row[1] for row in connection.execute("PRAGMA index_list(items)")}
+    assert {"items_location", "items_source", "items_received"} <= indexes
+    connection.close()
+
+
+# ------------------------------------------------------------------------------------------------ hostile metadata
+_leaves = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=20)
+    | st.binary(max_size=8)
+    | st.sampled_from([np.int64(-3), np.float32(1.5), np.uint8(7), np.bool_(True), np.float64("nan")])
+)
+_keys = st.text(max_size=10) | st.integers() | st.none() | st.tuples(st.integers(), st.integers()) | st.floats()
+_metadata = st.dictionaries(
+    _keys, st.recursive(_leaves, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_keys, inner, max_size=4))
+)
+
+
+@pytest.fixture(scope="module")
+def shared_root() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory() as folder:
+        yield Path(folder)
+
+
+_numbers = iter(range(10**9))
+
+
+@pytest.mark.timeout(300)
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(metadata=_metadata, error=st.text(max_size=30))
+def test_metadata_of_any_shape_never_breaks_the_journal_or_the_catalog(
+    shared_root: Path, metadata: dict[Any, Any], error: str
+) -> None:
+    number = next(_numbers)
+    root = shared_root
+    outcomes = [
+        Archived("cam", "ev", number, metadata, 1.0, 1, (Location(str(root / f"{number}.npy"), 1, None),)),
+        DeadLettered("cam", "ev", 2**80, metadata, 1.0, 1, f"/elsewhere/{number}", error),
+        Dropped("cam\udcff", "ev", None, metadata, 1.0, 1, error),
+    ]
+    connection = open_for_writing(root)
+    try:
+        writer = JournalWriter(journal_directory(root), {})
+        writer.append(encode_outcomes(outcomes))
+        writer.close()
+        applied = apply_journal(connection, writer.directory / writer.name, str(root))
+    finally:
+        connection.close()
+    assert applied is not None and applied.complete and applied.state.skipped == 0
+    with CatalogReader(root) as reader:
+        (item,) = [i for i in reader.items() if i.path == f"{number}.npy"]
+        failures = list(reader.failures())
+    assert isinstance(item.metadata, dict) and item.sequence == number
+    assert any(f.entry == f"/elsewhere/{number}" and f.sequence is None for f in failures)
+    assert any(f.kind == "dropped" and f.source.startswith("cam") and f.error == error for f in failures)
+    if _plain_json(metadata):
+        assert item.metadata == metadata
+
+
+def _plain_json(value: Any) -> bool:
+    """JSON's own types only: text keys, finite floats, integers of 64 bits, text without lone surrogates."""
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain_json(k) and _plain_json(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_plain_json(v) for v in value)
+    if isinstance(value, str):
+        return not any(0xD800 <= ord(c) <= 0xDFFF for c in value)
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, bool) or value is None:
+        return True
+    return isinstance(value, int) and -(2**63) <= value < 2**63
+
+
+@pytest.mark.parametrize(
+    ("where", "expected"),
+    [
+        ({"flag": True}, [0]),
+        ({"flag": False}, [1]),
+        ({"none": None}, [0]),
+        ({"shape": [2, 3]}, [0]),
+        ({"shape": [3, 2]}, [1]),
+        ({"nested": {"a": 1}}, [0]),
+        ({"x": 1}, [0, 1]),
+        ({"x": 1.0}, [0, 1]),
+        ({"x": "1"}, []),
+        ({"key with.dots": "v"}, [1]),
+        ({"flag": True, "x": 1}, [0]),
+    ],
+)
+def test_where_matches_metadata_values_of_every_json_type(
+    tmp_path: Path, where: dict[str, Any], expected: list[int]
+) -> None:
+    metadata = [
+        {"flag": True, "none": None, "shape": [2, 3], "nested": {"a": 1}, "x": 1},
+        {"flag": False, "none": 0, "shape": [3, 2], "nested": {"a": 2}, "x": 1, "key with.dots": "v"},
+    ]
+    connection = open_for_writing(tmp_path)
+    writer = JournalWriter(journal_directory(tmp_path), {})
+    writer.append(
+        encode_outcomes(
+            [Archived("cam", "ev", n, m, 1.0, 1, (Location(f"{n}", 1, None),)) for n, m in enumerate(metadata)]
+        )
+    )
+    writer.close()
+    apply_journal(connection, writer.directory / writer.name, str(tmp_path))
+    connection.close()
+    with CatalogReader(tmp_path) as reader:
+        assert [item.sequence for item in reader.items(where=where)] == expected
+        assert reader.count(where=where) == len(expected)
