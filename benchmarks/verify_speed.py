@@ -3,9 +3,9 @@
 
 Writes ``--frames`` frames (default 10,000) of ``--frame-mib`` MiB (default 2: a 1024 x 1024 uint16 frame, so
 about 20 GiB by default) as ``.npy`` files with the archiver's own file writer (``sinks.writer.FileWriter``,
-the path an ``ArrayArchiver`` takes) and catalogs each with the location that writer reports; then times,
-each with a cold page cache when this process may drop it (``/proc/sys/vm/drop_caches``, as root; otherwise
-warm, and the output says so):
+the path an ``ArrayArchiver`` takes) and catalogs each with the location that writer reports (in the archiver's
+own catalog, ``observe.catalog_schema``); then times, each with a cold page cache when this process may drop
+it (``/proc/sys/vm/drop_caches``, as root; otherwise warm, and the output says so):
 
 * ``heros-archiver verify ROOT`` (the command as a user runs it: catalog, every checksum, the orphan walk);
 * ``sha256sum`` of the same files (one process, as ``sha256sum -c`` checks a list);
@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import shutil
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -33,30 +32,18 @@ from pathlib import Path
 
 import numpy as np
 
+from heros_archiver.observe.catalog_schema import open_for_writing
 from heros_archiver.observe.verify import DEFAULT_WORKERS
 from heros_archiver.sinks.writer import FileWriter, WriterSettings
 
-CATALOG_SCHEMA = """
-CREATE TABLE items (
-  id INTEGER PRIMARY KEY, archiver TEXT NOT NULL, source TEXT NOT NULL, event TEXT NOT NULL, sequence INTEGER,
-  path TEXT NOT NULL, member TEXT, idx INTEGER, count INTEGER NOT NULL, nbytes INTEGER NOT NULL, checksum TEXT,
-  metadata TEXT NOT NULL, received REAL NOT NULL, committed REAL NOT NULL
-);
-CREATE UNIQUE INDEX items_location ON items (path, ifnull(member, ''), ifnull(idx, -1));
-CREATE INDEX items_source ON items (source, event, sequence);
-PRAGMA user_version = 1;
-"""
 DROP_CACHES = Path("/proc/sys/vm/drop_caches")
 
 
 def write_archive(root: Path, frames: int, frame_bytes: int) -> int:
     """``frames`` .npy files of ``frame_bytes`` of data under ``root`` and their catalog; returns the bytes written."""
     writer = FileWriter(WriterSettings("npy", "{{ root }}/cam/{{ '%06d' % frame }}.npy", str(root)))
-    state = root / ".heros-archiver"
-    state.mkdir()
-    catalog = sqlite3.connect(state / "catalog.sqlite")
-    catalog.execute("PRAGMA journal_mode = WAL")
-    catalog.executescript(CATALOG_SCHEMA)
+    catalog = open_for_writing(root)  # the archiver's own catalog (autocommit: transactions opened here)
+    catalog.execute("BEGIN")
     frame = np.random.default_rng(0).integers(0, 4096, size=frame_bytes // 2, dtype=np.uint16)
     total = 0
     try:
@@ -83,8 +70,9 @@ def write_archive(root: Path, frames: int, frame_bytes: int) -> int:
             )
             total += location.nbytes
             if index % 500 == 499:
-                catalog.commit()
-        catalog.commit()
+                catalog.execute("COMMIT")
+                catalog.execute("BEGIN")
+        catalog.execute("COMMIT")
     finally:
         catalog.close()
         writer.close()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -22,85 +21,54 @@ from hypothesis import strategies as st
 from conftest import Rig, RigFactory
 from helpers import RawCamera, wait_for_items, wait_until
 from heros_archiver import Hdf5Archiver, ParquetArchiver, TiffArchiver, ZarrAppendArchiver
-from heros_archiver.observe.listeners import Listener
-from heros_archiver.observe.outcomes import Archived, Outcome
+from heros_archiver.errors import CatalogError
+from heros_archiver.observe.catalog_schema import open_read_only
 from heros_archiver.observe.sequences import sequence_ranges
-from heros_archiver.observe.verify import VerifyError, verify
+from heros_archiver.observe.verify import verify
 from heros_archiver.storage.temporaries import PROCESS_TOKEN, TMP_PREFIX
 
 pytestmark = pytest.mark.timeout(90)
 
 CLI = [sys.executable, "-m", "heros_archiver.cli"]
-TEMPLATE = "{{ file_path }}/run/{{ '%03d' % frame }}.npy"
-SCHEMA = """
-CREATE TABLE items (
-  id INTEGER PRIMARY KEY, archiver TEXT NOT NULL, source TEXT NOT NULL, event TEXT NOT NULL, sequence INTEGER,
-  path TEXT NOT NULL, member TEXT, idx INTEGER, count INTEGER NOT NULL, nbytes INTEGER NOT NULL, checksum TEXT,
-  metadata TEXT NOT NULL, received REAL NOT NULL, committed REAL NOT NULL
-);
-CREATE UNIQUE INDEX items_location ON items (path, ifnull(member, ''), ifnull(idx, -1));
-CREATE INDEX items_source ON items (source, event, sequence);
-CREATE TABLE failures (
-  id INTEGER PRIMARY KEY, archiver TEXT NOT NULL, source TEXT NOT NULL, event TEXT NOT NULL, sequence INTEGER,
-  kind TEXT NOT NULL, entry TEXT, error TEXT NOT NULL, metadata TEXT NOT NULL, received REAL NOT NULL,
-  time REAL NOT NULL
-);
-PRAGMA user_version = 1;
-"""
+#: The folder comes from the event, so that the root (derived from the template's fixed start) is tmp_path.
+TEMPLATE = "{{ file_path }}/{{ run }}/{{ '%03d' % frame }}.npy"
+RUN = {"run": "run"}
 
 
-class SchemaCatalog(Listener):
-    """Writes every archived location into a catalog of the shared schema (what the catalog listener writes)."""
-
-    def __init__(self, root: Path) -> None:
-        (root / ".heros-archiver").mkdir(exist_ok=True)
-        self.root = root
-        self.rows = 0
-        self._db = sqlite3.connect(root / ".heros-archiver" / "catalog.sqlite", check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode = WAL")
-        self._db.executescript(SCHEMA)
-
-    def handle(self, outcomes: Sequence[Outcome]) -> None:
-        added = 0
-        for outcome in outcomes:
-            if not isinstance(outcome, Archived):
-                continue
-            for loc in outcome.locations:
-                self._db.execute(
-                    "INSERT INTO items (archiver, source, event, sequence, path, member, idx, count, nbytes, checksum,"
-                    " metadata, received, committed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        f"cam:{outcome.event}",
-                        outcome.source,
-                        outcome.event,
-                        outcome.sequence,
-                        Path(loc.path).relative_to(self.root).as_posix(),
-                        loc.member,
-                        loc.index,
-                        loc.count,
-                        loc.nbytes,
-                        loc.checksum,
-                        json.dumps(dict(outcome.metadata), default=str),
-                        outcome.received,
-                        outcome.committed,
-                    ),
-                )
-                added += 1
-        self._db.commit()
-        self.rows += added  # once readers can see them
-
-    def close(self) -> None:
-        self._db.close()
+def _cataloged(root: Path) -> int:
+    """Items in the catalog of ``root`` as a reader sees it now (0 before the archiver made it)."""
+    try:
+        connection = open_read_only(root)
+    except CatalogError:
+        return 0
+    try:
+        return int(connection.execute("SELECT count(*) FROM items").fetchone()[0])
+    finally:
+        connection.close()
 
 
-def _archive(make_rig: RigFactory, root: Path, frames: Sequence[int] = range(10)) -> Path:
+def _wait_cataloged(rig: Rig, count: int) -> None:
+    """Wait until ``count`` items are archived and in the catalog (its applier runs behind the writer)."""
+    wait_for_items(rig.archiver, count)
+    wait_until(lambda: _cataloged(rig.root) == count, what=f"{count} items in the catalog")
+
+
+def _label(root: Path) -> str:
+    """The archiver's name in the catalog (``<HERO name>:<event>``)."""
+    connection = open_read_only(root)
+    try:
+        (label,) = connection.execute("SELECT DISTINCT archiver FROM items").fetchone()
+    finally:
+        connection.close()
+    return str(label)
+
+
+def _archive(make_rig: RigFactory, frames: Sequence[int] = range(10)) -> Path:
     """An archive of .npy frames written by a real ArrayArchiver; returns its root once every frame is cataloged."""
-    catalog = SchemaCatalog(root)
-    rig = make_rig(TEMPLATE, sequence_key="frame", listeners=[catalog])
+    rig = make_rig(TEMPLATE, sequence_key="frame")
     for start, count in _runs(frames):
-        rig.camera.acquire(count, shape=(64, 48), dtype="uint16", start=start)
-    wait_for_items(rig.archiver, len(frames))
-    wait_until(lambda: catalog.rows == len(frames), what="every frame cataloged")
+        rig.camera.acquire(count, shape=(64, 48), dtype="uint16", start=start, extra_metadata=RUN)
+    _wait_cataloged(rig, len(frames))
     return rig.root
 
 
@@ -124,7 +92,7 @@ def _problem_lines(output: str) -> list[str]:
 
 
 def test_a_clean_archive_exits_0(make_rig: RigFactory, tmp_path: Path) -> None:
-    root = _archive(make_rig, tmp_path)
+    root = _archive(make_rig)
     result = _cli(str(root))
     assert result.returncode == 0, result.stdout + result.stderr
     assert _problem_lines(result.stdout) == [] and "all is well" in result.stdout
@@ -161,7 +129,7 @@ def _extend(path: Path) -> None:
     ids=["truncated", "modified", "longer", "deleted"],
 )
 def test_a_damaged_file_is_found_and_exits_1(make_rig: RigFactory, tmp_path: Path, damage: Any, line: str) -> None:
-    root = _archive(make_rig, tmp_path)
+    root = _archive(make_rig)
     damage(root / "run" / "003.npy")
     result = _cli(str(root))
     assert result.returncode == 1, result.stdout + result.stderr
@@ -173,7 +141,7 @@ def test_a_damaged_file_is_found_and_exits_1(make_rig: RigFactory, tmp_path: Pat
 
 
 def test_a_modified_file_shows_both_checksums(make_rig: RigFactory, tmp_path: Path) -> None:
-    root = _archive(make_rig, tmp_path)
+    root = _archive(make_rig)
     path = root / "run" / "007.npy"
     before = f"xxh3-128:{xxhash.xxh3_128_hexdigest(path.read_bytes())}"
     _modify(path)
@@ -186,7 +154,7 @@ def test_a_modified_file_shows_both_checksums(make_rig: RigFactory, tmp_path: Pa
 def test_an_extra_file_is_an_orphan_and_the_state_directory_and_temporaries_are_not(
     make_rig: RigFactory, tmp_path: Path
 ) -> None:
-    root = _archive(make_rig, tmp_path)
+    root = _archive(make_rig)
     (root / "run" / "notes.txt").write_text("not archived")
     (root / "run" / "sub").mkdir()
     (root / "run" / "sub" / "stray.npy").write_bytes(b"x")
@@ -202,14 +170,13 @@ def test_an_extra_file_is_an_orphan_and_the_state_directory_and_temporaries_are_
 
 
 def test_gaps_in_a_sequence_are_reported_as_ranges(make_rig: RigFactory, tmp_path: Path) -> None:
-    root = _archive(make_rig, tmp_path, [0, 1, 2, 3, 4, 6, 9, 10])
+    root = _archive(make_rig, [0, 1, 2, 3, 4, 6, 9, 10])
     result = _cli(str(root))
     assert result.returncode == 1, result.stdout + result.stderr
+    stream = f"cam acquisition_data (archiver {_label(root)})"
     assert _problem_lines(result.stdout) == [
-        "gap cam acquisition_data (archiver cam:acquisition_data): expected sequence 5, "
-        "found none cataloged (1 missing between 0 and 10)",
-        "gap cam acquisition_data (archiver cam:acquisition_data): expected sequence 7-8, "
-        "found none cataloged (2 missing between 0 and 10)",
+        f"gap {stream}: expected sequence 5, found none cataloged (1 missing between 0 and 10)",
+        f"gap {stream}: expected sequence 7-8, found none cataloged (2 missing between 0 and 10)",
     ]
     gaps = json.loads(_cli(str(root), "--json").stdout)["problems"]
     assert [(g["kind"], g["source"], g["event"], g["first"], g["last"]) for g in gaps] == [
@@ -222,14 +189,15 @@ def test_no_catalog_exits_2_and_says_where_it_looked(tmp_path: Path) -> None:
     result = _cli(str(tmp_path))
     assert result.returncode == 2
     assert f"no catalog at {tmp_path / '.heros-archiver' / 'catalog.sqlite'}" in " ".join(result.stderr.split())
-    with pytest.raises(VerifyError, match="no catalog at"):
+    with pytest.raises(CatalogError, match="no catalog at"):
         verify(tmp_path)
 
 
 def test_verify_while_the_archiver_writes_reports_nothing(make_rig: RigFactory, tmp_path: Path) -> None:
-    catalog = SchemaCatalog(tmp_path)
-    rig = make_rig(TEMPLATE, sequence_key="frame", listeners=[catalog])
-    sender = threading.Thread(target=rig.camera.acquire, args=(900,), kwargs={"shape": (64, 48), "rate": 300.0})
+    rig = make_rig(TEMPLATE, sequence_key="frame")
+    sender = threading.Thread(
+        target=rig.camera.acquire, args=(900,), kwargs={"shape": (64, 48), "rate": 300.0, "extra_metadata": RUN}
+    )
     sender.start()
     reports = []
     try:
@@ -237,8 +205,7 @@ def test_verify_while_the_archiver_writes_reports_nothing(make_rig: RigFactory, 
             reports.append(verify(tmp_path))
     finally:
         sender.join()
-    wait_for_items(rig.archiver, 900)
-    wait_until(lambda: catalog.rows == 900, what="every frame cataloged")
+    _wait_cataloged(rig, 900)
     reports.append(verify(tmp_path))
     assert len(reports) >= 2 and all(r.problems == [] for r in reports), [r.problems for r in reports if r.problems]
     assert reports[-1].files == 900
@@ -278,11 +245,9 @@ CONTAINERS = {
 def _container_archive(make_rig: RigFactory, root: Path, kind: str, frames: int = 6) -> Rig:
     """A container archive of ``frames`` frames of 16 x 8 uint16 written by a real archiver over Zenoh."""
     archiver_cls, kwargs, _, _ = CONTAINERS[kind]
-    catalog = SchemaCatalog(root)
-    rig = make_rig(None, archiver_cls=archiver_cls, sequence_key="frame", listeners=[catalog], **kwargs)
+    rig = make_rig(None, archiver_cls=archiver_cls, sequence_key="frame", **kwargs)
     rig.camera.acquire(frames, shape=(16, 8), dtype="uint16")
-    wait_for_items(rig.archiver, frames)
-    wait_until(lambda: catalog.rows == frames, what="every frame cataloged")
+    _wait_cataloged(rig, frames)
     return rig
 
 
@@ -321,19 +286,16 @@ def test_a_damaged_hdf5_frame_a_shortened_stack_and_a_deleted_file_are_found(
 def test_parquet_rows_are_pending_until_their_file_is_published_then_checked(
     make_rig: RigFactory, tmp_path: Path
 ) -> None:
-    catalog = SchemaCatalog(tmp_path)
     rig = make_rig(
         None,
         archiver_cls=ParquetArchiver,
         camera_cls=RawCamera,
         sequence_key="frame",
-        listeners=[catalog],
         file_template="{{ file_path }}/readings.parquet",
     )
     for frame in range(5):
         rig.camera.acquisition_data(({"t": frame * 0.5}, {"frame": frame}))
-    wait_for_items(rig.archiver, 5)
-    wait_until(lambda: catalog.rows == 5, what="every reading cataloged")
+    _wait_cataloged(rig, 5)
     live = verify(tmp_path)
     assert (live.problems, live.pending, live.containers) == ([], 5, 0)
     rig.archiver.close()
@@ -342,16 +304,30 @@ def test_parquet_rows_are_pending_until_their_file_is_published_then_checked(
 
 
 def test_repeated_sequence_values_are_notes_not_problems(make_rig: RigFactory, tmp_path: Path) -> None:
-    catalog = SchemaCatalog(tmp_path)
-    rig = make_rig("{{ file_path }}/run/{{ take }}-{{ frame }}.npy", sequence_key="frame", listeners=[catalog])
+    rig = make_rig("{{ file_path }}/{{ take }}/{{ frame }}.npy", sequence_key="frame")
     for take in (1, 2):  # a camera that counts from 0 again at every take
         rig.camera.acquire(3, shape=(8, 8), extra_metadata={"take": take})
     rig.camera.acquire(1, shape=(8, 8), start=3, extra_metadata={"take": 2})
-    wait_for_items(rig.archiver, 7)
-    wait_until(lambda: catalog.rows == 7, what="every frame cataloged")
+    _wait_cataloged(rig, 7)
     result = _cli(str(tmp_path))
     assert result.returncode == 0, result.stdout + result.stderr
     assert _problem_lines(result.stdout) == [
-        "repeat cam acquisition_data (archiver cam:acquisition_data): expected sequence 0-2 once, "
+        f"repeat cam acquisition_data (archiver {_label(tmp_path)}): expected sequence 0-2 once, "
         "found it more than once"
+    ]
+
+
+def test_a_gap_of_dead_lettered_items_says_so(make_rig: RigFactory, tmp_path: Path) -> None:
+    rig = make_rig(TEMPLATE, sequence_key="frame")
+    rig.camera.acquire(5, shape=(8, 8), extra_metadata=RUN)
+    rig.camera.acquire(1, shape=(8, 8), start=5)  # no 'run': the template cannot render, the frame is dead-lettered
+    rig.camera.acquire(4, shape=(8, 8), start=6, extra_metadata=RUN)
+    wait_for_items(rig.archiver, 10)
+    wait_until(lambda: _cataloged(tmp_path) == 9, what="9 items in the catalog")
+    rig.archiver.close()  # the failure is in the catalog too
+    result = _cli(str(tmp_path))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert _problem_lines(result.stdout) == [
+        f"gap cam acquisition_data (archiver {_label(tmp_path)}): expected sequence 5, "
+        "found none cataloged (1 missing between 0 and 9; 1 dead-lettered)"
     ]

@@ -21,6 +21,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from ..errors import ArchiverError
 from ..observe.problems import KINDS, NOTE_KINDS
 from .app import app, console
 
@@ -44,14 +45,15 @@ def verify_command(
     modified or unreadable, the files no entry names (orphans) and the gaps in sequence values.
 
     Runs beside an archiver that writes (what it commits meanwhile is not checked). Exit code 0 when all is
-    well, 1 when anything was found, 2 when verify cannot start (no catalog).
+    well, 1 when anything was found, 2 when verify cannot do its work (no catalog; a container whose library, an
+    extra, is not installed).
     """
-    from ..observe.verify import VerifyError, verify  # imported when used: the other commands need none of it
+    from ..observe.verify import verify  # imported when used: the other commands need none of it
 
     with _ProgressBar(enabled=not as_json or console.is_terminal) as bar:
         try:
             report = verify(root, orphans=not no_orphans, workers=workers, progress=bar.update)
-        except VerifyError as exc:
+        except ArchiverError as exc:  # no catalog, or one it cannot read; a container kind whose extra is missing
             console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
             raise typer.Exit(2) from exc
     if as_json:

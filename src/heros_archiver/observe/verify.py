@@ -27,11 +27,11 @@ from typing import Any
 
 from .problems import KINDS, NOTE_KINDS, Problem
 from .sequences import sequence_ranges
-from .verify_catalog import CatalogSnapshot, Entry, Stream, VerifyError
+from .verify_catalog import CatalogSnapshot, Entry, Stream
 from .verify_containers import check_container, unpublished_parquet
 from .verify_files import check_file, find_orphans
 
-__all__ = ["DEFAULT_BLOCK_SIZE", "DEFAULT_WORKERS", "Problem", "VerifyError", "VerifyReport", "verify"]
+__all__ = ["DEFAULT_BLOCK_SIZE", "DEFAULT_WORKERS", "Problem", "VerifyReport", "verify"]
 
 #: Bytes read per system call (a buffer of this size per thread).
 DEFAULT_BLOCK_SIZE = 4 << 20
@@ -149,14 +149,12 @@ def verify(
     ``orphans=False`` skips the walk of the root for files no entry names; ``workers`` threads read (default
     ``DEFAULT_WORKERS``); ``progress(done_bytes, total_bytes)`` is called as files and items are read; a file no
     entry names is reported once it is ``settle`` seconds old (verify waits for that if it must). Raises
-    ``VerifyError`` when it cannot start (no catalog, or one it cannot read); every problem of the archive
+    ``CatalogError`` when it cannot start (no catalog, or one it cannot read); every problem of the archive
     itself is in the report."""
     workers = DEFAULT_WORKERS if workers is None else workers
     if workers < 1 or block_size < 1:
         raise ValueError(f"workers and block_size must be at least 1, got {workers} and {block_size}")
     base = Path(root)
-    if not base.is_dir():
-        raise VerifyError(f"{base} is not a directory (expected an archive root)")
     clock = time.monotonic()
     snapshot = CatalogSnapshot(base)
     try:

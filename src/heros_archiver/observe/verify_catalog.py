@@ -1,8 +1,8 @@
 """What verify reads from the catalog: one snapshot of its entries, and a second look at what looked wrong.
 
-Only the catalog's documented schema (``items``, ``PRAGMA user_version = 1``) is read, with plain
-``sqlite3`` opened read-only, so verify runs beside an archiver that writes the catalog (WAL: the writer
-never waits for this reader, nor this reader for it). Every entry is read in one read transaction: one
+Only the catalog's documented schema (``items`` and ``failures``, ``PRAGMA user_version = 1``) is read, opened
+read-only (``catalog_schema.open_read_only``), so verify runs beside an archiver that writes the catalog (WAL:
+the writer never waits for this reader, nor this reader for it). Every entry is read in one read transaction: one
 snapshot, in which each item is either wholly cataloged or not yet. Items committed after it are not
 checked, and their files are not orphans (``second look``): before a finding is reported, the catalog is
 read again, and what the archiver has changed or cataloged meanwhile is not reported.
@@ -14,25 +14,15 @@ import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import groupby
-from pathlib import Path, PurePath
+from pathlib import Path
 
-from ..errors import ArchiverError
-from ..state.statedir import STATE_DIR_NAME
+from ..errors import CatalogError
+from .catalog_schema import catalog_path, open_read_only
 
-__all__ = ["CATALOG_SUBPATH", "CatalogSnapshot", "Entry", "Stream", "VerifyError"]
+__all__ = ["CatalogSnapshot", "Entry", "Stream"]
 
-#: The catalog of an archive root, relative to the root.
-CATALOG_SUBPATH = PurePath(STATE_DIR_NAME, "catalog.sqlite")
-#: The schema version this reader knows.
-SCHEMA_VERSION = 1
-#: How long a read waits for a lock the writer holds (a checkpoint), in seconds.
-BUSY_TIMEOUT = 30.0
 #: Parameters per ``IN (...)`` of a second look (below SQLite's limit of 32,766).
 _CHUNK = 500
-
-
-class VerifyError(ArchiverError):
-    """Verify cannot start: no catalog where it looked, or one it cannot read."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,28 +56,13 @@ class Stream:
     values: tuple[tuple[int, int], ...]
 
 
-def _connect(catalog: Path) -> sqlite3.Connection:
-    if not catalog.is_file():
-        raise VerifyError(f"no catalog at {catalog} (expected the archive root of an archiver that keeps one)")
-    try:
-        connection = sqlite3.connect(
-            f"{catalog.absolute().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT, isolation_level=None
-        )
-        version = connection.execute("PRAGMA user_version").fetchone()[0]
-    except sqlite3.Error as exc:
-        raise VerifyError(f"cannot read the catalog {catalog}: {exc}") from exc
-    if version != SCHEMA_VERSION:
-        connection.close()
-        raise VerifyError(f"catalog {catalog} has schema version {version}; this verify reads version {SCHEMA_VERSION}")
-    return connection
-
-
 class CatalogSnapshot:
     """The entries of one catalog as they were at one moment, and a second look at it later."""
 
     def __init__(self, root: Path) -> None:
-        self.path = root / CATALOG_SUBPATH
-        self._connection = _connect(self.path)
+        self.path = catalog_path(root)
+        self._connection = open_read_only(root)  # CatalogError: none there, or not of this schema
+        self._connection.isolation_level = None  # transactions as this class opens them: one snapshot
 
     def read(self) -> tuple[list[Entry], dict[str, list[Entry]], list[Stream]]:
         """Files, containers (their entries by path, in member and index order) and sequence streams, all from
@@ -111,7 +86,7 @@ class CatalogSnapshot:
             finally:
                 self._connection.execute("COMMIT")
         except sqlite3.Error as exc:
-            raise VerifyError(f"cannot read the catalog {self.path}: {exc}") from exc
+            raise CatalogError(f"{self.path}: expected the archiver's catalog, cannot read it: {exc}") from exc
         return files, containers, streams
 
     def _streams(self, where: str = "", parameters: tuple[object, ...] = ()) -> Iterator[Stream]:
