@@ -123,3 +123,28 @@ def tiny_file_system(directory: Path, size: str) -> Iterator[None]:
     finally:
         if subprocess.run(["umount", str(directory)], capture_output=True).returncode != 0:
             subprocess.run(["umount", "-l", str(directory)], capture_output=True)
+
+
+def remote_hero(name: str, realm: str, manager: Any, timeout: float = 60.0) -> Any:
+    """A ``heros.RemoteHERO`` for ``name``, asked for again until ``timeout`` while it is not usable yet.
+
+    heros' discovery answers at once, empty, while this session has not yet heard of the HERO's queryable
+    (seen in 2 of 10 runs under 3 CPU hogs, although the HERO had archived the frames already); and a
+    RemoteHERO whose capabilities query went unanswered has none (seen in the full suite under load): such
+    a one is let go and asked for again.
+    """
+    from heros import RemoteHERO
+
+    found: list[Any] = []
+
+    def usable() -> bool:
+        with contextlib.suppress(NameError):
+            remote = RemoteHERO(name, realm=realm, session_manager=manager)
+            if remote._remote_capabilities:
+                found.append(remote)
+            else:
+                remote._destroy_hero()
+        return bool(found)
+
+    wait_until(usable, timeout, f"heros to discover {name!r} in realm {realm!r} with its capabilities")
+    return found[0]

@@ -17,7 +17,7 @@ import pytest
 from heros import RemoteHERO
 from heros.zenoh import ZenohSessionManager
 
-from helpers import RawCamera, assert_npy_equal, wait_until
+from helpers import RawCamera, assert_npy_equal, remote_hero, wait_until
 from heros_archiver.testing import (
     ReliableSimulatedCamera,
     free_port,
@@ -60,23 +60,6 @@ def _stop_group(process: subprocess.Popen[bytes]) -> None:
             os.killpg(pgid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout=10)
-
-
-def _remote_hero(name: str, realm: str, manager: ZenohSessionManager, timeout: float = 30.0) -> RemoteHERO:
-    """A RemoteHERO for ``name``, asking again until ``timeout`` while discovery finds nothing.
-
-    heros' discovery answers at once, empty, while this session has not yet heard of BOSS's queryable
-    (seen in 2 of 10 runs under 3 CPU hogs, although the HERO had archived the frames already).
-    """
-    found: list[RemoteHERO] = []
-
-    def discovered() -> bool:
-        with contextlib.suppress(NameError):
-            found.append(RemoteHERO(name, realm=realm, session_manager=manager))
-        return bool(found)
-
-    wait_until(discovered, timeout, f"heros to discover {name!r} in realm {realm!r}")
-    return found[0]
 
 
 def test_boss_runs_the_spec_example(tmp_path: Path) -> None:
@@ -127,7 +110,7 @@ def test_boss_runs_the_spec_example(tmp_path: Path) -> None:
         assert sorted(p.name for p in images.iterdir() if p.is_file()) == sorted(p.name for p in expected)
 
         # BOSS exposes public methods as capabilities: another process (here: the test) asks for the figures
-        remote = _remote_hero("my-camera-capturer", realm, heros_compat.session_manager(camera))
+        remote = remote_hero("my-camera-capturer", realm, heros_compat.session_manager(camera))
         try:
             stats = remote.stats()
         finally:
@@ -238,7 +221,7 @@ def test_boss_runs_an_hdf5_archiver(tmp_path: Path) -> None:
         frames = [np.arange(12, dtype=np.uint16).reshape(3, 4) + 100 * i for i in range(5)]
         for i, frame in enumerate(frames):
             camera.acquisition_data(frame, {"frame": i, "run": 3})
-        remote = _remote_hero("run-archiver", realm, heros_compat.session_manager(camera))
+        remote = remote_hero("run-archiver", realm, heros_compat.session_manager(camera))
         try:
             wait_until(lambda: remote.stats()["total"]["archived"] == 5, 30, "5 frames committed")
         finally:
@@ -303,9 +286,9 @@ def test_boss_runs_a_herosdevices_camera_and_an_archiver_of_its_acquisitions(tmp
     try:
         process = _start_boss_with(files, realm, port, log_file)
         try:
-            archiver = _remote_hero("acquisition-archiver", realm, router, timeout=60)
+            archiver = remote_hero("acquisition-archiver", realm, router, timeout=60)
             heroes.append(archiver)
-            camera = _remote_hero("cam", realm, router, timeout=60)
+            camera = remote_hero("cam", realm, router, timeout=60)
             heroes.append(camera)
         except AssertionError as exc:
             pytest.fail(f"{exc}; boss log:\n{log_file.read_text()}")
@@ -419,7 +402,7 @@ def test_boss_runs_a_zarr_append_archiver(tmp_path: Path) -> None:
         frames = [np.arange(12, dtype=np.uint16).reshape(3, 4) + 100 * i for i in range(5)]
         for i, frame in enumerate(frames):
             camera.acquisition_data(frame, {"frame": i, "run": 3})
-        remote = _remote_hero("run-archiver", realm, heros_compat.session_manager(camera))
+        remote = remote_hero("run-archiver", realm, heros_compat.session_manager(camera))
         try:
             wait_until(lambda: remote.stats()["total"]["archived"] == 3, 30, "one commit of 3 frames")
         finally:

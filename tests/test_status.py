@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
@@ -15,13 +14,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from heros import RemoteHERO
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from rich.console import Console
 
 from conftest import RigFactory
-from helpers import wait_for_items, wait_until
+from helpers import remote_hero, wait_for_items, wait_until
 from heros_archiver import Hdf5Archiver
 from heros_archiver.cli.status_command import jsonable, status_table
 from heros_archiver.errors import StorageError
@@ -247,18 +245,6 @@ def test_status_exits_2_when_no_archiver_answers() -> None:
     assert "no archiver matching '*' answered" in result.stdout, result.stdout
 
 
-def _remote(name: str, realm: str, manager: Any) -> Any:
-    found: list[Any] = []
-
-    def discovered() -> bool:
-        with contextlib.suppress(NameError):
-            found.append(RemoteHERO(name, realm=realm, session_manager=manager))
-        return bool(found)
-
-    wait_until(discovered, 60, f"heros to discover {name!r}")
-    return found[0]
-
-
 def _status_json(realm: str, port: int) -> dict[str, Any]:
     """``heros-archiver status --json``, connected to the archiver's Zenoh peer on ``port``."""
     result = run_cli(["status", "--json", "--realm", realm, "--connect", f"tcp/127.0.0.1:{port}", "--timeout", "30"])
@@ -285,7 +271,7 @@ def test_status_shows_an_archiver_under_boss_and_its_counters_move(tmp_path: Pat
         args = [str(BOSS), "-u", config.as_uri(), "--realm", realm]
         with child(args, tmp_path / "boss.log", env, cwd=tmp_path) as boss:
             wait_for_subscriber(camera, timeout=60)
-            remote = _remote("capturer", realm, heros_compat.session_manager(camera))
+            remote = remote_hero("capturer", realm, heros_compat.session_manager(camera))
             for index in range(3):
                 camera.acquisition_data(_frame(index), {"frame": index})
             wait_until(lambda: remote.stats()["total"]["archived"] == 3, 60, f"3 archived:\n{boss.output()}")

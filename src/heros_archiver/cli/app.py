@@ -308,3 +308,5 @@ from .catalog_commands import export, ls  # noqa: E402 - the catalog's commands,
 
 app.command("ls")(ls)
 app.command()(export)
+
+from . import verify_command as _verify_command  # noqa: E402, F401  (registers ``verify`` on ``app``)

@@ -51,6 +51,7 @@ __all__ = [
     "ParquetFile",
     "RecoveredFile",
     "RowSpan",
+    "journal_target",
     "key_spans",
     "part_path",
     "recover_journals",
@@ -451,3 +452,16 @@ def recovered_spans(root: str) -> dict[str, dict[bytes, RowSpan]]:
     for found in recover_journals(root):
         spans.setdefault(str(found.target), {}).update(found.spans)
     return spans
+
+
+def journal_target(journal: str | os.PathLike[str]) -> str | None:
+    """The file (relative to the archive root) a journal's rows are published as, or None when it names none
+    (cut short before its schema, or removed meanwhile: its file was published). For verify: a cataloged
+    Parquet file that is not on disk yet is pending, not missing, while a journal names it."""
+    try:
+        with pa.OSFile(os.fspath(journal), "rb") as source:
+            schema = ipc.open_stream(source).schema
+    except (pa.ArrowInvalid, OSError):
+        return None
+    target = (schema.metadata or {}).get(_TARGET_KEY, b"").decode()
+    return target or None
