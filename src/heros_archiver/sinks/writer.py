@@ -191,7 +191,7 @@ def locate_file(path: str, content: Content) -> Location:
         size = content[0].nbytes if isinstance(content[0], memoryview) else len(content[0])
     else:
         size = sum(buffer.nbytes if isinstance(buffer, memoryview) else len(buffer) for buffer in content)
-    return Location(path, size, checksum(content))
+    return Location(path, size, checksum(content, keep_gil=True))
 
 
 def _with_merged_metadata(payload: Mapping[str, Any], metadata: dict[str, Any]) -> dict[str, Any]:
