@@ -1681,7 +1681,8 @@ def parse_args():
         help="comma list of array,zarr,hdf5,hdf5:swmr,zarr-append,tiff,tiff-stack,parquet,json,count,wire (wire = "
         "the rows wire:tcp and wire:shm; zarr, hdf5, zarr-append, parquet and the tiff ones are opt-in: ZarrArchiver "
         "is in both implementations (the reference's package is herostools.actor), the others only in this project; "
-        "hdf5:swmr = hdf5 with a SWMR reader polling the file in another process)",
+        "hdf5:swmr = hdf5 with a SWMR reader polling the file in another process; array:nocatalog, json:nocatalog, "
+        "hdf5:nocatalog = the archiver with catalog=False, for the catalog's cost)",
     )
     ap.add_argument(
         "--impl",
