@@ -7,8 +7,8 @@ stop cleanly are applied (``catalog_recovery``). Then:
 * on the writer thread, after each commit and before the pipeline acknowledges it (removes the spool entries
   of its items), the batch's outcomes are appended to the archiver's journal (``catalog_journal``): one
   ``write`` of orjson lines, a few microseconds, the GIL kept;
-* the archiver's applier process applies the journal to SQLite (``catalog_process``, ``catalog_apply``), every
-  0.1 s what has come since, in one transaction: readers see an item a fraction of a second after its commit;
+* the archiver's applier process applies the journal to SQLite (``catalog_process``, ``catalog_apply``), once it
+  stops growing and at least every second, in one transaction: readers see an item ~0.1-1 s after its commit;
 * at close (after the pipeline's last outcome) the journal ends with its ``closed`` line, the applier stops,
   and the rest is applied here and the journal removed.
 

@@ -7,9 +7,11 @@ from a busy writer or intake thread, and parsing the lines holds it (decision 00
 at the lowest CPU priority (nice 19), it costs the archiver nothing but the CPU left over: on a saturated
 machine the catalog falls behind, and catches up once there is time.
 
-Every ``APPLY_INTERVAL`` seconds it applies what is new in the segments of the journal ``PREFIX`` (the
-archiver's: ``catalog_names``) under ``ROOT``, and removes a segment once it is applied and the archiver writes
-the next one. It reads its standard input: ``stop`` (the archiver stops and applies the rest itself) ends it
+It applies what is new in the segments of the journal ``PREFIX`` (the archiver's: ``catalog_names``) under
+``ROOT`` once the journal has not grown for ``POLL_INTERVAL`` (a commit of a quiet archiver is in the catalog
+within ~0.1 s) and at least every ``MAX_DELAY`` seconds while it keeps growing (a burst is applied mostly after
+it, on CPU the archiver no longer needs), and removes a segment once it is applied and the archiver writes the
+next one. It reads its standard input: ``stop`` (the archiver stops and applies the rest itself) ends it
 at once; the end of the input without ``stop`` (the archiver is gone: killed) ends it after one last
 application, leaving the journal for the next start to find (a killed run's files may need adopting,
 ``catalog_recovery``). Like the publishing helper it runs in a process group of its own and ignores SIGINT and
@@ -18,6 +20,7 @@ SIGTERM: the archiver ends it. It imports neither heros nor numpy.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -35,9 +38,12 @@ from .catalog_schema import journal_directory, open_for_writing
 
 log = logging.getLogger("heros_archiver")
 
-#: Seconds between two looks at the journal: what a reader of the catalog lags behind, at most about this plus
-#: one transaction (more when the CPU is short: the applier runs at the lowest priority).
-APPLY_INTERVAL = 0.1
+#: Seconds between two looks at the journal's size.
+POLL_INTERVAL = 0.05
+#: The journal is applied once it has not grown for a look (the end of a burst, or of a commit), and at least this
+#: often while it keeps growing: what a reader of the catalog lags behind, at most about this plus one
+#: transaction (more when the CPU is short: the applier runs at the lowest priority).
+MAX_DELAY = 1.0
 #: Niceness of the applier process.
 NICE = 19
 #: Seconds between two log lines of an applier that keeps failing (the journal keeps what it could not apply).
@@ -59,6 +65,18 @@ def apply_segments(connection: sqlite3.Connection, root: Path, prefix: str, fina
         if applied is not None and applied.complete and (final or number < len(names) - 1):
             (directory / name.text).unlink(missing_ok=True)
             connection.execute("DELETE FROM journal_applied WHERE name = ?", (name.text,))
+
+
+def _journal_size(root: Path, prefix: str) -> int:
+    """The bytes of all the segments of journal ``prefix`` (how it grows tells a burst from a pause)."""
+    directory = journal_directory(root)
+    total = 0
+    for name in os.listdir(directory):
+        parsed = JournalName.parse(name)
+        if parsed is not None and parsed.prefix == prefix:
+            with contextlib.suppress(FileNotFoundError):
+                total += os.stat(directory / name).st_size
+    return total
 
 
 class _Commands:
@@ -86,17 +104,23 @@ def main(argv: list[str]) -> None:
     commands = _Commands()
     connection: sqlite3.Connection | None = None
     logged_at = -ERROR_LOG_INTERVAL
+    size, applied_size, applied_at = -1, -1, time.monotonic()
     try:
         while True:
-            ended = commands.ended.wait(APPLY_INTERVAL)
+            ended = commands.ended.wait(POLL_INTERVAL)
             if ended and commands.stopped:
                 return
+            now = time.monotonic()
             try:
-                connection = connection or open_for_writing(root)
-                apply_segments(connection, root, prefix)
+                current = _journal_size(root, prefix)
+                grown, size = current != size, current
+                if size != applied_size and (ended or not grown or now - applied_at >= MAX_DELAY):
+                    connection = connection or open_for_writing(root)
+                    apply_segments(connection, root, prefix)
+                    applied_size, applied_at = size, now
             except (sqlite3.Error, OSError, CatalogError) as exc:
-                if time.monotonic() - logged_at >= ERROR_LOG_INTERVAL:
-                    logged_at = time.monotonic()
+                if now - logged_at >= ERROR_LOG_INTERVAL:
+                    logged_at = now
                     log.error("cannot apply the journal %s to %s: %s; the journal keeps it, retrying", prefix, root,
                               safe_str(exc))  # fmt: skip
             if ended:
