@@ -39,6 +39,7 @@ __all__ = [
     "Archived",
     "CHECKSUM_ALGORITHM",
     "DeadLettered",
+    "ItemOutcome",
     "Dropped",
     "Location",
     "Outcome",
@@ -130,8 +131,8 @@ class Location:
 
 
 @dataclass(slots=True)
-class Archived:
-    """An item committed to storage, and where."""
+class ItemOutcome:
+    """What every outcome says of its item."""
 
     source: str
     event: str
@@ -143,21 +144,21 @@ class Archived:
     received: float
     #: payload and metadata bytes, as the queue counted them
     nbytes: int
+
+
+@dataclass(slots=True)
+class Archived(ItemOutcome):
+    """An item committed to storage, and where."""
+
     locations: tuple[Location, ...]
     #: wall-clock time of the commit
     committed: float = field(default_factory=time.time)
 
 
 @dataclass(slots=True)
-class DeadLettered:
+class DeadLettered(ItemOutcome):
     """An item kept in the dead-letter store instead of archived."""
 
-    source: str
-    event: str
-    sequence: int | None
-    metadata: Mapping[str, Any]
-    received: float
-    nbytes: int
     #: the dead-letter entry (a directory) that holds it
     entry: str
     #: ``ErrorType: message``
@@ -166,15 +167,9 @@ class DeadLettered:
 
 
 @dataclass(slots=True)
-class Dropped:
+class Dropped(ItemOutcome):
     """An item not archived and not kept: a ``drop`` policy, or a loss (counted and logged as LOST)."""
 
-    source: str
-    event: str
-    sequence: int | None
-    metadata: Mapping[str, Any]
-    received: float
-    nbytes: int
     #: why, in words (the LOST log line's reason)
     why: str
     time: float = field(default_factory=time.time)
