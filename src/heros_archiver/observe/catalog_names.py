@@ -9,9 +9,10 @@ a new file past ``catalog_journal.SEGMENT_BYTES``). Its own module, so that the 
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
+
+from ..storage.temporaries import pid_running
 
 __all__ = ["JournalName", "owner_alive", "process_start"]
 
@@ -32,13 +33,7 @@ def owner_alive(pid: int, start: int) -> bool:
     """True while the process that made a journal (``pid``, started at ``start``) runs."""
     if start:
         return process_start(pid) == start
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_running(pid)
 
 
 @dataclass(frozen=True)

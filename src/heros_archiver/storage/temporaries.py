@@ -48,6 +48,11 @@ def owner_alive(pid: int, token: str) -> bool:
     """True if the process that made a temporary (``pid`` with ``token``) may still be using it."""
     if pid == os.getpid():
         return token == PROCESS_TOKEN
+    return pid_running(pid)
+
+
+def pid_running(pid: int) -> bool:
+    """True while a process ``pid`` exists (one of another user's included): the pid may have been reused."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
