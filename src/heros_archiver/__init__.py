@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from .archivers.files import ArrayArchiver, FileArchiver, JsonArchiver
     from .archivers.hdf5 import Hdf5Archiver
     from .archivers.parquet import ParquetArchiver
+    from .archivers.postgres import PostgresArchiver
     from .archivers.tiff import TiffArchiver
     from .archivers.zarr import ZarrArchiver
     from .archivers.zarr_append import ZarrAppendArchiver
@@ -42,6 +43,7 @@ _ARCHIVERS = {
     "ZarrAppendArchiver": "archivers.zarr_append",
     "ParquetArchiver": "archivers.parquet",
     "DatasourceArchiver": "archivers.datasource",
+    "PostgresArchiver": "archivers.postgres",
 }
 
 __all__ = [
@@ -56,6 +58,7 @@ __all__ = [
     "ParquetArchiver",
     "PathConfinementError",
     "PayloadError",
+    "PostgresArchiver",
     "StorageError",
     "TargetExistsError",
     "TemplateRenderError",

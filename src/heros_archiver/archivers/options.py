@@ -6,9 +6,10 @@ same way for every archiver (``checks``). The object is kept as ``archiver.optio
 how the archiver was configured (what ``stats()`` callers and later the status view read).
 
 ``ArchiverOptions`` holds what every archiver takes (the reference API's arguments and the pipeline's);
-``FileOptions``, ``Hdf5Options``, ``ZarrOptions``, ``ZarrAppendOptions``, ``TiffOptions`` and
-``ParquetOptions`` add what their archivers take (``archiver.sink_options``). The pipeline's own part is the
-``PipelineOptions`` inside, which the pipeline checks itself because it is also built without an archiver.
+``FileOptions``, ``Hdf5Options``, ``ZarrOptions``, ``ZarrAppendOptions``, ``TiffOptions``,
+``ParquetOptions`` and ``PostgresOptions`` add what their archivers take (``archiver.sink_options``). The
+pipeline's own part is the ``PipelineOptions`` inside, which the pipeline checks itself because it is also
+built without an archiver.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from ..storage.atomic import FSYNC_CHOICES, ON_EXISTS_CHOICES, Fsync, OnExists
 if TYPE_CHECKING:
     from ..sinks.hdf5 import Hdf5SinkSettings
     from ..sinks.parquet import ParquetSinkSettings
+    from ..sinks.postgres import PostgresSinkSettings
     from ..sinks.tiff_stack import TiffStackSettings
     from ..sinks.zarr_append import ZarrAppendSinkSettings
 
@@ -44,6 +46,7 @@ __all__ = [
     "FileOptions",
     "Hdf5Options",
     "ParquetOptions",
+    "PostgresOptions",
     "TiffOptions",
     "ZarrAppendOptions",
     "ZarrOptions",
@@ -506,3 +509,99 @@ class ParquetOptions:
             max_rows=self.max_rows, max_bytes=self.max_bytes, idle_timeout=float(self.idle_timeout),
             max_open_files=self.max_open_files, sequence_key=sequence_key, base_types=base_types,
         )  # fmt: skip
+
+
+class _DefaultStorage:
+    """``artifact_storage_kwargs`` not given: the reference's default store (S3 at ``http://localhost:9000``)."""
+
+    def __repr__(self) -> str:
+        return "DEFAULT_STORAGE"
+
+
+#: The value of an omitted ``artifact_storage_kwargs`` (None means something else: artifacts in memory).
+DEFAULT_STORAGE: Any = _DefaultStorage()
+#: Commit the records of this many items at once, or this many seconds after the oldest (decision 0036) ...
+DEFAULT_POSTGRES_FLUSH_ITEMS = 500
+DEFAULT_POSTGRES_FLUSH_SECONDS = 0.2
+#: ... or once no item came for this long: the end of a burst is committed at once
+DEFAULT_POSTGRES_FLUSH_IDLE = 0.01
+
+
+@dataclass(frozen=True)
+class PostgresOptions:
+    """What ``PostgresArchiver`` (the reference's drop-in) takes (see its docstring for each)."""
+
+    db_url: str
+    identifier_key: str = "identifier"
+    allow_purge: bool = False
+    artifact_storage_kwargs: Mapping[str, Any] | None = DEFAULT_STORAGE
+    array_key_template: str = "{{ source_name }}"
+    use_single_bucket: bool = False
+    retention_days: int = 0
+    artifact_storage: Any = None
+    flush_items: int = DEFAULT_POSTGRES_FLUSH_ITEMS
+    flush_seconds: float = DEFAULT_POSTGRES_FLUSH_SECONDS
+
+    def __post_init__(self) -> None:
+        from ..sinks.artifact_store import STORAGE_KEYS, ArtifactStore
+
+        if not isinstance(self.db_url, str) or not self.db_url.strip():
+            raise ConfigurationError(
+                f"db_url: expected a libpq connection string or URL (postgresql://...), got {self.db_url!r:.100}"
+            )
+        if not isinstance(self.identifier_key, str) or not self.identifier_key:
+            raise ConfigurationError(f"identifier_key: expected a non-empty text, got {self.identifier_key!r:.100}")
+        for name in ("allow_purge", "use_single_bucket"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigurationError(f"{name}: expected true or false, got {getattr(self, name)!r:.100}")
+        _check_template("array_key_template", self.array_key_template)
+        check_integer("retention_days", self.retention_days, "a number of days >= 0 (0: keep forever)", 0)
+        check_integer("flush_items", self.flush_items, "a positive integer", 1)
+        check_seconds("flush_seconds", self.flush_seconds)
+        kwargs = self.artifact_storage_kwargs
+        if self.artifact_storage is not None:
+            if kwargs is not DEFAULT_STORAGE:
+                raise ConfigurationError("artifact_storage and artifact_storage_kwargs: expected one of them, got both")
+            if not isinstance(self.artifact_storage, ArtifactStore):
+                raise ConfigurationError(
+                    "artifact_storage: expected an artifact store (heros_archiver.sinks.artifact_store: "
+                    f"S3ArtifactStore, MemoryArtifactStore, or one with their methods), got "
+                    f"{type(self.artifact_storage).__name__}"
+                )
+        elif kwargs is not None and kwargs is not DEFAULT_STORAGE:
+            if not isinstance(kwargs, Mapping):
+                raise ConfigurationError(
+                    f"artifact_storage_kwargs: expected a dict, None or nothing, got {type(kwargs).__name__}"
+                )
+            unknown = sorted(set(map(str, kwargs)) - STORAGE_KEYS)
+            if unknown:
+                raise ConfigurationError(
+                    f"artifact_storage_kwargs: expected keys among {', '.join(sorted(STORAGE_KEYS))}, "
+                    f"got {', '.join(unknown)}"
+                )
+            for name in ("max_workers", "max_artifacts_per_batch"):
+                if name in kwargs:
+                    check_integer(f"artifact_storage_kwargs.{name}", kwargs[name], "a positive integer", 1)
+            for name in ("bucket", "access_key", "secret_key", "region"):
+                if name in kwargs and not isinstance(kwargs[name], str):
+                    raise ConfigurationError(
+                        f"artifact_storage_kwargs.{name}: expected text, got {type(kwargs[name]).__name__}"
+                    )
+            bucket = kwargs.get("bucket", "artifacts")
+            if not 3 <= len(bucket) <= 52:  # a daily bucket adds 11 characters; S3 allows 63
+                raise ConfigurationError(
+                    f"artifact_storage_kwargs.bucket: expected 3 to 52 characters (daily buckets add '-YYYY-MM-DD'), "
+                    f"got {bucket!r:.80}"
+                )
+
+    def sink_settings(self) -> PostgresSinkSettings:
+        """How the archiver's container sink commits (the archiver's, and its replay's)."""
+        from ..sinks.postgres import PostgresSinkSettings
+
+        return PostgresSinkSettings(
+            db_url=self.db_url,
+            flush_items=self.flush_items,
+            flush_bytes=DEFAULT_FLUSH_BYTES,
+            flush_seconds=float(self.flush_seconds),
+            flush_idle=DEFAULT_POSTGRES_FLUSH_IDLE,
+        )

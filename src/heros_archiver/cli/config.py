@@ -25,7 +25,7 @@ from ..transport.hero_builder import hero_class
 _REFERENCE_NAMES = {
     f"{prefix}.{name}": f"heros_archiver.{name}"
     for prefix in ("herostools.actor", "herostools.actor.archiver", "herostools.actor.data_archiver")
-    for name in ("ArrayArchiver", "JsonArchiver", "ZarrArchiver")
+    for name in ("ArrayArchiver", "JsonArchiver", "ZarrArchiver", "PostgresArchiver")
 }
 
 

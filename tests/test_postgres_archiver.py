@@ -1,0 +1,286 @@
+"""PostgresArchiver, the reference's drop-in (decision 0036), against a real PostgreSQL, a real SeaweedFS S3 store
+and real Zenoh: a config written for the reference runs with only its classname changed, records are merged per
+identifier, arrays become objects in daily buckets and come back from ``get``; ``get_ids``, ``tag_ids``, ``purge``
+and ``cleanup`` behave as the reference's; ``record_changed`` reaches a remote subscriber; with the database down
+items are retried and dead-lettered, never dropped, and a replay stores them; two archivers starting together
+create the schema once."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import math
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psycopg
+import pytest
+
+from helpers import RawCamera, remote_hero, wait_until
+from heros_archiver import ConfigurationError, PostgresArchiver
+from heros_archiver.cli.config import load_config, resolve_class
+from heros_archiver.sinks.postgres_schema import SCHEMA_VERSION
+from heros_archiver.testing import free_port, session_manager, unique_realm, wait_for_subscriber
+from heros_archiver.testing.servers import PostgresServer, S3Server
+from heros_archiver.transport import heros_compat
+from heros_archiver.transport.hero_builder import hero_class
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PostgresServer, S3Server]]:
+    """One PostgreSQL and one S3 server for the module (a fresh database and bucket per test)."""
+    directory = tmp_path_factory.mktemp("servers")
+    with PostgresServer(directory / "pg") as postgres, S3Server(directory / "s3") as s3:
+        yield postgres, s3
+
+
+@pytest.fixture
+def db_url(servers: tuple[PostgresServer, S3Server]) -> str:
+    return servers[0].create_database(f"t_{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture
+def storage(servers: tuple[PostgresServer, S3Server]) -> dict[str, Any]:
+    """The reference's ``artifact_storage_kwargs`` for the test's S3 server, with a bucket of the test's own."""
+    s3 = servers[1]
+    return {
+        "endpoint_url": s3.endpoint,
+        "bucket": f"art{uuid.uuid4().hex[:10]}",
+        "access_key": s3.access_key,
+        "secret_key": s3.secret_key,
+    }
+
+
+def today_bucket(storage: dict[str, Any]) -> str:
+    return f"{storage['bucket']}-{dt.datetime.now(dt.UTC):%Y-%m-%d}"
+
+
+def objects(s3: S3Server, bucket: str) -> set[str]:
+    client = s3.boto3_client()
+    try:
+        return {o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])}
+    except client.exceptions.NoSuchBucket:
+        return set()
+
+
+@contextlib.contextmanager
+def rig(**arguments: Any) -> Iterator[tuple[Any, RawCamera, str]]:
+    """A camera that publishes any payload, and a PostgresArchiver HERO named ``records`` observing it."""
+    port, realm = free_port(), unique_realm()
+    camera = RawCamera("cam", realm=realm, session_manager=session_manager(listen_port=port))
+    archiver = None
+    try:
+        archiver = hero_class(PostgresArchiver)(
+            "records",
+            realm=realm,
+            session_manager=session_manager(connect_port=port),
+            **{"object_selector": "cam", "event_name": "acquisition_data", **arguments},
+        )
+        wait_for_subscriber(camera)
+        yield archiver, camera, realm
+    finally:
+        if archiver is not None:
+            archiver.close()
+        camera._destroy_hero()
+
+
+def settled(archiver: Any, count: int) -> dict[str, Any]:
+    wait_until(
+        lambda: archiver.stats()["total"]["archived"] + archiver.stats()["total"]["dead_lettered"] >= count,
+        what=f"{count} items archived or dead-lettered",
+    )
+    return dict(archiver.stats()["total"])
+
+
+def test_the_references_config_with_its_classname_changed_stores_records_that_get_returns_resolved(
+    tmp_path: Path, servers: tuple[PostgresServer, S3Server], db_url: str, storage: dict[str, Any]
+) -> None:
+    """A BOSS config as the reference documents its PostgresArchiver (db_url, identifier_key, the S3 store's
+    kwargs), classname changed: the events of one identifier are merged into one record, a bare array lands under
+    ``array_key_template``, arrays (also nested and in lists) are objects of today's bucket, ``get`` gives them
+    back equal, and a remote subscriber hears ``record_changed``."""
+    config = {
+        "_id": "records",
+        "classname": "heros_archiver.PostgresArchiver",
+        "arguments": {
+            "db_url": db_url,
+            "identifier_key": "sample",
+            "allow_purge": True,
+            "artifact_storage_kwargs": storage,
+            "array_key_template": "{{ source_name }}_{{ channel }}",
+            "object_selector": "cam",
+            "event_name": "acquisition_data",
+            "default_metadata": {"beamline": "b1"},
+        },
+    }
+    path = tmp_path / "boss.json"
+    path.write_text(json.dumps(config))
+    (entry,) = load_config(path)
+    assert resolve_class(entry["classname"]) is PostgresArchiver
+    assert resolve_class("herostools.actor.PostgresArchiver") is PostgresArchiver
+
+    image = np.arange(64, dtype=">u2").reshape(8, 8)
+    spectrum = np.linspace(0, 1, 33)
+    mask = np.eye(3, dtype=bool)
+    with rig(**entry["arguments"]) as (archiver, camera, realm):
+        changed: list[list[str]] = []
+        subscriber = remote_hero("records", realm, heros_compat.session_manager(camera))
+        try:
+            subscriber.record_changed.connect(changed.append)
+            wait_until(lambda: archiver.record_changed.publisher.matching_status.matching, what="a record_changed sub")
+            camera.acquisition_data((image, {"sample": "s1", "channel": "a", "step": 1, "gain": 2.5}))
+            reading = {"spectrum": spectrum, "nested": {"mask": [mask, 7]}, "step": 2}
+            camera.acquisition_data((reading, {"sample": "s1"}))
+            camera.acquisition_data({"sample": 42, "temperature": 21.5})
+            # fed in-process (the path a decoded event takes): values CBOR may not carry, stored as JSON
+            archiver.feed("cam", {"sample": 42, "gain": np.float32(0.5), "when": dt.datetime(2026, 1, 2, 3, 4, 5)})
+            total = settled(archiver, 4)
+            wait_until(lambda: {"s1", "42"} <= {i for batch in changed for i in batch}, what="record_changed of both")
+            records = subscriber.get(["s1", "42", "absent"])  # a remote call, as another process would make it
+        finally:
+            subscriber._destroy_hero()
+        local = archiver.get(["s1"], resolve_artifacts=False)
+        small = archiver.get(["s1"], size_limit_bytes=100)
+    assert total["archived"] == 4 and total["dead_lettered"] == 0 and total["dropped"] == 0, total
+
+    assert set(records) == {"s1", "42"}
+    s1 = records["s1"]
+    np.testing.assert_array_equal(s1["cam_a"], image)
+    assert s1["cam_a"].dtype == image.dtype
+    np.testing.assert_array_equal(s1["spectrum"], spectrum)
+    np.testing.assert_array_equal(s1["nested"]["mask"][0], mask)
+    assert s1["nested"]["mask"][1] == 7 and s1["step"] == 2 and s1["channel"] == "a" and s1["gain"] == 2.5
+    assert s1["beamline"] == "b1" and s1["sample"] == "s1"
+    assert records["42"]["temperature"] == 21.5 and records["42"]["when"] == "2026-01-02T03:04:05"
+    assert records["42"]["gain"] == 0.5
+
+    refs = local["s1"]
+    bucket = today_bucket(storage)
+    assert refs["cam_a"]["__type__"] == "artifact_ref" and refs["cam_a"]["bucket"] == bucket
+    assert refs["cam_a"]["shape"] == [8, 8] and refs["cam_a"]["dtype"] == ">u2" and refs["cam_a"]["size_bytes"] == 128
+    stored = objects(servers[1], bucket)
+    assert {refs["cam_a"]["artifact_id"], refs["spectrum"]["artifact_id"]} <= stored and len(stored) == 3
+    assert isinstance(small["s1"]["nested"]["mask"][0], np.ndarray)  # 9 bytes: resolved
+    assert small["s1"]["spectrum"]["__type__"] == "artifact_ref"  # 264 bytes: left as a reference
+
+
+def test_get_ids_tag_ids_purge_and_cleanup_behave_as_the_references(
+    servers: tuple[PostgresServer, S3Server], db_url: str, storage: dict[str, Any]
+) -> None:
+    s3 = servers[1]
+    with rig(db_url=db_url, artifact_storage_kwargs=storage, use_single_bucket=True) as (archiver, camera, _):
+        for index in range(4):
+            camera.acquisition_data(({"frame": np.full(4, index)}, {"identifier": f"r{index}", "run": index % 2}))
+        settled(archiver, 4)
+        assert archiver.get_ids("run", [1]) == ["r1", "r3"]
+        archiver.tag_ids(["r0", "r1"], "quality", "good")
+        assert archiver.get_ids("quality", ["good", "bad"]) == ["r0", "r1"]
+        assert archiver.get(["r0"], resolve_artifacts=False)["r0"]["quality"] == "good"
+        with pytest.raises(KeyError, match="nope"):
+            archiver.tag_ids(["r0", "nope"], "quality", "bad")
+        assert archiver.get(["r0"], resolve_artifacts=False)["r0"]["quality"] == "good"  # nothing tagged then
+        with pytest.raises(PermissionError, match="allow_purge"):
+            archiver.purge(["r0"])
+        with pytest.raises(PermissionError, match="allow_purge"):
+            archiver.cleanup(1)
+        assert len(objects(s3, storage["bucket"])) == 4
+
+    with rig(db_url=db_url, artifact_storage_kwargs=storage, use_single_bucket=True, allow_purge=True) as (
+        archiver,
+        _camera,
+        _,
+    ):
+        ids = {r: archiver.get([r], resolve_artifacts=False)[r]["frame"]["artifact_id"] for r in ("r0", "r1", "r2")}
+        archiver.purge(["r0"])
+        assert archiver.get(["r0"]) == {} and ids["r0"] not in objects(s3, storage["bucket"])
+        with psycopg.connect(db_url, autocommit=True) as connection:
+            connection.execute("UPDATE records SET updated_at = now() - interval '10 days' WHERE identifier <> 'r3'")
+        archiver.tag_ids(["r1"], "_save", "true")
+        orphan = f"{uuid.uuid4()}"
+        s3.boto3_client().put_object(Bucket=storage["bucket"], Key=orphan, Body=b"left by a failed commit")
+        assert archiver.orphans() == [[storage["bucket"], orphan]]
+        assert archiver.cleanup(0, dry_run=False) == []  # 0: keep forever
+        assert archiver.cleanup(5) == ["r2"]  # a dry run: nothing deleted
+        assert set(archiver.get(["r1", "r2", "r3"])) == {"r1", "r2", "r3"}
+        assert archiver.cleanup(5, dry_run=False) == ["r2"]
+        assert set(archiver.get(["r1", "r2", "r3"])) == {"r1", "r3"}
+        left = objects(s3, storage["bucket"])
+        assert ids["r2"] not in left and orphan not in left and ids["r1"] in left and len(left) == 2
+        assert archiver.orphans() == []
+
+
+def test_the_database_down_mid_run_retries_and_dead_letters_every_item_then_replay_stores_them(
+    tmp_path: Path, servers: tuple[PostgresServer, S3Server], storage: dict[str, Any]
+) -> None:
+    """The database stopped while events arrive: each item is retried, then dead-lettered with its error (none
+    dropped, none archived half: no record without its objects); a value JSONB cannot hold is dead-lettered at
+    once; after the restart the archiver's replay stores every entry, merged as if nothing happened."""
+    with PostgresServer(tmp_path / "pg") as postgres:
+        url = postgres.create_database("down")
+        with rig(db_url=url, artifact_storage_kwargs=storage, max_retries=2, retry_delay=0.05) as (archiver, cam, _):
+            cam.acquisition_data(({"a": np.arange(3)}, {"identifier": "x", "part": 0}))
+            settled(archiver, 1)
+            postgres.stop()
+            for part in range(1, 6):
+                cam.acquisition_data(({"b": np.arange(part)}, {"identifier": "x", f"p{part}": part}))
+            cam.acquisition_data(({"value": math.nan}, {"identifier": "bad"}))
+            total = settled(archiver, 7)
+            assert total["archived"] == 1 and total["dead_lettered"] == 6 and total["dropped"] == 0, total
+            assert total["retried"] >= 5, total
+            postgres.start()
+            outcomes = archiver.replay_dead_letters()
+            record = archiver.get(["x"])["x"]
+    errors = {o["error"] for o in outcomes if not o["ok"]}
+    assert sum(o["ok"] for o in outcomes) == 5 and len(errors) == 1 and "finite" in errors.pop(), outcomes
+    assert [record[f"p{part}"] for part in range(1, 6)] == [1, 2, 3, 4, 5]
+    np.testing.assert_array_equal(record["a"], np.arange(3))
+    np.testing.assert_array_equal(record["b"], np.arange(5))  # the last event's array wins, as merged in order
+
+
+def test_two_archivers_starting_together_create_the_schema_once(db_url: str) -> None:
+    barrier = threading.Barrier(2)
+    made: list[Any] = []
+    failures: list[BaseException] = []
+    manager = session_manager(connect_port=free_port())
+
+    def start() -> None:
+        barrier.wait()
+        try:
+            archiver = PostgresArchiver(
+                db_url, artifact_storage_kwargs=None, object_selector="cam", event_name="e",
+                realm=unique_realm(), session_manager=manager,
+            )  # fmt: skip
+            made.append(archiver)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for archiver in made:
+        archiver.close()
+    assert not failures and len(made) == 2
+    with psycopg.connect(db_url) as connection:
+        versions = [row[0] for row in connection.execute("SELECT version FROM heros_archiver_schema ORDER BY 1")]
+        triggers = connection.execute("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'heros_archiver_%'").fetchone()
+    assert versions == list(range(1, SCHEMA_VERSION + 1)) and triggers == (2,)
+
+
+def test_bad_arguments_are_refused_before_zenoh(db_url: str) -> None:
+    for arguments, match in (
+        ({"db_url": ""}, "db_url"),
+        ({"db_url": db_url, "artifact_storage_kwargs": {"endpoint": "x"}}, "artifact_storage_kwargs"),
+        ({"db_url": db_url, "retention_days": -1}, "retention_days"),
+        ({"db_url": db_url, "artifact_storage_kwargs": None, "artifact_storage": object()}, "one of them"),
+    ):
+        with pytest.raises(ConfigurationError, match=match):
+            PostgresArchiver(**arguments, object_selector="cam", event_name="e", realm=unique_realm())
