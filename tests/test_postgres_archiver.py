@@ -147,6 +147,7 @@ def test_the_references_config_with_its_classname_changed_stores_records_that_ge
         finally:
             subscriber._destroy_hero()
         local = archiver.get(["s1"], resolve_artifacts=False)
+        shown = archiver.config()["sink_options"]
         small = archiver.get(["s1"], size_limit_bytes=100)
     assert total["archived"] == 4 and total["dead_lettered"] == 0 and total["dropped"] == 0, total
 
@@ -169,6 +170,7 @@ def test_the_references_config_with_its_classname_changed_stores_records_that_ge
     assert {refs["cam_a"]["artifact_id"], refs["spectrum"]["artifact_id"]} <= stored and len(stored) == 3
     assert isinstance(small["s1"]["nested"]["mask"][0], np.ndarray)  # 9 bytes: resolved
     assert small["s1"]["spectrum"]["__type__"] == "artifact_ref"  # 264 bytes: left as a reference
+    assert shown["artifact_storage_kwargs"]["secret_key"] == "<not shown>", shown  # config() is a remote capability
 
 
 def test_get_ids_tag_ids_purge_and_cleanup_behave_as_the_references(
@@ -242,6 +244,61 @@ def test_the_database_down_mid_run_retries_and_dead_letters_every_item_then_repl
     assert [record[f"p{part}"] for part in range(1, 6)] == [1, 2, 3, 4, 5]
     np.testing.assert_array_equal(record["a"], np.arange(3))
     np.testing.assert_array_equal(record["b"], np.arange(5))  # the last event's array wins, as merged in order
+
+
+def all_references_resolve(archiver: Any, ids: list[str]) -> bool:
+    """No record names an object that is not there: every reference resolves."""
+    for record in archiver.get(ids).values():
+        assert "artifact_ref" not in json.dumps(record, default=lambda value: "array"), record
+    return True
+
+
+def test_a_record_the_database_refuses_leaves_its_batch_committed_and_only_an_orphan_cleanup_finds(
+    servers: tuple[PostgresServer, S3Server], db_url: str, storage: dict[str, Any]
+) -> None:
+    """A trigger of the test's database fails the commit of one record, after its array was uploaded: the other
+    records of its batch are committed on the retry, the refused one is dead-lettered, no record names a missing
+    object, and its object is an orphan that ``orphans()`` lists and ``cleanup`` removes."""
+    arguments = {"db_url": db_url, "artifact_storage_kwargs": storage, "allow_purge": True, "use_single_bucket": True}
+    with rig(**arguments, max_retries=1, retry_delay=0.05) as (archiver, camera, _):
+        with psycopg.connect(db_url, autocommit=True) as connection:
+            connection.execute(
+                """CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
+                   IF NEW.identifier = 'poison' THEN RAISE EXCEPTION 'refused by the test'; END IF; RETURN NEW; END $$;
+                   CREATE TRIGGER refuse_poison BEFORE INSERT ON records
+                   FOR EACH ROW EXECUTE FUNCTION refuse_poison()"""
+            )
+        names = ["a", "b", "poison", "c", "d"]
+        for index, name in enumerate(names):
+            camera.acquisition_data(({"image": np.full((4, 4), index)}, {"identifier": name}))
+        total = settled(archiver, len(names))
+        assert total["archived"] == 4 and total["dead_lettered"] == 1, total
+        assert set(archiver.get(names)) == {"a", "b", "c", "d"} and all_references_resolve(archiver, names)
+        (orphan,) = archiver.orphans()
+        assert orphan[0] == storage["bucket"]
+        assert archiver.cleanup(dry_run=False) == [] and archiver.orphans() == []
+        assert len(objects(servers[1], storage["bucket"])) == 4 and all_references_resolve(archiver, names)
+
+
+def test_the_store_down_dead_letters_records_with_arrays_and_writes_none_that_would_name_a_missing_object(
+    tmp_path: Path, db_url: str
+) -> None:
+    with S3Server(tmp_path / "s3") as s3:
+        storage = {"endpoint_url": s3.endpoint, "bucket": "down"}
+        storage |= {"access_key": s3.access_key, "secret_key": s3.secret_key}
+        with rig(db_url=db_url, artifact_storage_kwargs=storage, max_retries=1, retry_delay=0.05) as (archiver, cam, _):
+            cam.acquisition_data(({"image": np.arange(4)}, {"identifier": "before"}))
+            settled(archiver, 1)
+            s3.stop()
+            cam.acquisition_data(({"image": np.arange(5)}, {"identifier": "during"}))
+            cam.acquisition_data(({"temperature": 3.0}, {"identifier": "plain"}))  # no array: the store is not needed
+            total = settled(archiver, 3)
+            assert total["archived"] == 2 and total["dead_lettered"] == 1, total
+            assert set(archiver.get(["before", "during", "plain"], resolve_artifacts=False)) == {"before", "plain"}
+            s3.start()
+            outcomes = archiver.replay_dead_letters()
+            assert [o["ok"] for o in outcomes] == [True], outcomes
+            np.testing.assert_array_equal(archiver.get(["during"])["during"]["image"], np.arange(5))
 
 
 def test_two_archivers_starting_together_create_the_schema_once(db_url: str) -> None:

@@ -188,6 +188,17 @@ class PostgresArchiver(HERODataArchiver):
         """The reference API's hook: store one payload now (as ``store``); the pipeline uses the sink instead."""
         self.store(source_name, payload, metadata)
 
+    def config(self) -> dict[str, Any]:
+        """As every archiver's (a remote capability), without the database's password and the store's secret."""
+        config = super().config()
+        sink = config.get("sink_options")
+        if isinstance(sink, dict):
+            sink["db_url"] = self._where
+            kwargs = sink.get("artifact_storage_kwargs")
+            if isinstance(kwargs, dict) and "secret_key" in kwargs:
+                kwargs["secret_key"] = "<not shown>"
+        return config
+
     # ------------------------------------------------------------------ the reference's methods
     def store(self, source_name: str, payload: Any, metadata: dict[str, Any]) -> None:
         """Store one payload now, bypassing the queue (raises what prevents it; nothing is retried)."""

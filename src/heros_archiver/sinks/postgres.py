@@ -14,8 +14,9 @@ alone, and dead-lettered. ``commit`` does all the I/O of the pending items in on
 5. COMMIT. Only now are the items archived. A failure before it leaves the records as they were (and at most
    objects no record references: orphans, found by ``cleanup``); the items are appended again and retried.
 
-A batch the database refuses for its data (``RecordRefusedError``) is committed again one record at a time,
-each under a savepoint, so that only the records refused are dead-lettered.
+A batch the database refuses for its data (``RecordRefusedError``) is committed again one record at a time, and
+so is every batch of retried items (appended again after a failed commit): a record that keeps failing, for
+whatever reason, is retried and dead-lettered alone, and the others of its batch are committed.
 """
 
 from __future__ import annotations
@@ -128,6 +129,8 @@ class PostgresSink(ContainerSink):
             return Settled()
         batch = self._pending
         self._pending, self._pending_bytes, self._oldest = [], 0, None
+        if len(batch) > 1 and any(item.attempts > 1 for item, _ in batch):
+            return self._commit_one_by_one(batch)  # a retry: one record that fails must not hold back the others
         records = [record for _, record in batch]
         try:
             self.write(records)

@@ -18,8 +18,8 @@ from ..saferepr import safe_str
 
 __all__ = ["RecordRefusedError", "connect", "database_error", "load_psycopg", "redact_url"]
 
-_PASSWORD = re.compile(r"(://[^:/@]*:)[^@]*@")
-_PASSWORD_PARAM = re.compile(r"(password=)\S+", re.IGNORECASE)
+_PASSWORD = re.compile(r"(://[^:/@]*):[^@]*@")
+_PASSWORD_PARAM = re.compile(r"\s*\bpassword=[^\s&]*&?", re.IGNORECASE)
 
 
 class RecordRefusedError(ArchiverError):
@@ -32,8 +32,9 @@ def load_psycopg() -> Any:
 
 
 def redact_url(url: str) -> str:
-    """``url`` without its password (for messages, logs and dead-letter entries)."""
-    return _PASSWORD_PARAM.sub(r"\1***", _PASSWORD.sub(r"\1***@", url))
+    """``url`` without its password (for messages, logs, ``config()`` and dead-letter entries): still a URL libpq
+    connects with, taking the password from ``PGPASSWORD`` or ``~/.pgpass``."""
+    return _PASSWORD_PARAM.sub("", _PASSWORD.sub(r"\1@", url))
 
 
 def connect(url: str, purpose: str, connect_timeout: int = 5) -> Any:
