@@ -1,11 +1,11 @@
 """Where a ``PostgresArchiver`` keeps the arrays of its records: objects in buckets of an S3-compatible store.
 
-The one module of the archiver that talks to the object store (obstore, imported when a store is made), so
-that it can move onto the package's shared object-store layer without touching the rest (decision 0036).
-``put_new`` is a conditional create (``If-None-Match: *``): an object is never replaced, and since an
-artifact's key is derived from its content (``postgres_records.artifact_id``), "already there" means
-"already uploaded" (a retry, a replay), not a clash. Buckets are made on first use, as the reference does,
-by one presigned ``PUT`` of the bucket (obstore cannot create buckets; an answer "already yours" is fine).
+Objects go through the package's one object-store client (``storage.objectstore``, decision 0035), a client
+per bucket; this module adds what the archiver needs beyond it. ``put_new`` is a conditional create
+(``If-None-Match: *``): an object is never replaced, and since an artifact's key is derived from its content
+(``postgres_records.artifact_id``), "already there" means "already uploaded" (a retry, a replay), not a clash.
+Buckets are made on first use, as the reference does, by one presigned ``PUT`` of the bucket
+(``create_bucket``: the client makes objects only).
 
 ``MemoryArtifactStore`` is what the reference offers for ``artifact_storage_kwargs=None``: arrays in this
 process only, gone with it (for trials, not for archiving).
@@ -13,17 +13,18 @@ process only, gone with it (for trials, not for archiving).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
-import os
+import errno
 import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, runtime_checkable
 
-from ..errors import ConfigurationError, StorageError
+from ..errors import ConfigurationError, StorageError, TargetExistsError
 from ..extras import require_extra
-from ..saferepr import safe_str
 
 __all__ = [
     "ArtifactMissingError",
@@ -129,15 +130,17 @@ class MemoryArtifactStore:
 
 
 class S3ArtifactStore:
-    """Artifacts as objects of an S3-compatible store (SeaweedFS, MinIO, Ceph, AWS), through obstore.
+    """Artifacts as objects of an S3-compatible store (SeaweedFS, MinIO, Ceph, AWS): one ``storage.objectstore``
+    client per bucket.
 
     Args:
-        endpoint_url: the store's URL (None: AWS's, for ``region``).
+        endpoint_url: the store's URL (None: AWS's, or ``AWS_ENDPOINT_URL``).
         bucket: the default bucket (the daily buckets are ``<bucket>-YYYY-MM-DD``).
-        access_key, secret_key: credentials (None: ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``, else the
+        access_key, secret_key: credentials (None: the AWS conventions, environment then profile, else the
             reference's development default ``heros``).
-        region: the signing region (None: ``AWS_REGION``, else ``us-east-1``).
-        allow_http: plain HTTP to the endpoint (None: when ``endpoint_url`` starts with ``http://``).
+        region: the signing region (None: ``AWS_REGION``, the profile's, else ``us-east-1``).
+        allow_http: plain HTTP to the endpoint (None: when ``endpoint_url`` starts with ``http://``, as the
+            reference connects).
         create_buckets: make missing buckets (False: a bucket must exist; writes to a missing one fail).
     """
 
@@ -153,126 +156,120 @@ class S3ArtifactStore:
         region: str | None = None,
         allow_http: bool | None = None,
     ) -> None:
-        self._obstore = require_extra("postgres", "obstore")
-        self._stores_module = require_extra("postgres", "obstore.store")
-        self._exceptions = require_extra("postgres", "obstore.exceptions")
+        from ..storage import objectstore
+
+        require_extra("postgres", "obstore")
+        self._objectstore = objectstore
+        if allow_http is None:
+            allow_http = bool(endpoint_url and endpoint_url.startswith("http://"))
+        settings = objectstore.resolve_settings(endpoint_url, region, access_key, secret_key, allow_http=allow_http)
+        if settings.access_key is None:
+            settings = dataclasses.replace(settings, access_key=DEFAULT_KEY, secret_key=DEFAULT_KEY)
+        self._settings = settings
         self.default_bucket: str | None = bucket
-        self.endpoint_url = endpoint_url
-        self.region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-        plain = bool(endpoint_url and endpoint_url.startswith("http://"))
-        self.allow_http = plain if allow_http is None else allow_http
         self.max_workers = max_workers
         self.max_artifacts_per_batch = max_artifacts_per_batch
         self.create_buckets = create_buckets
-        self._access_key = access_key or os.environ.get("AWS_ACCESS_KEY_ID") or DEFAULT_KEY
-        self._secret_key = secret_key or os.environ.get("AWS_SECRET_ACCESS_KEY") or DEFAULT_KEY
         self._stores: dict[str, Any] = {}
         self._known: set[str] = set()
         self._lock = threading.Lock()
 
     def describe(self) -> dict[str, Any]:
-        """The settings without the credentials (recorded with dead letters, shown by ``config()``)."""
+        """The settings without the credentials (recorded with dead letters)."""
         return {
-            "endpoint_url": self.endpoint_url,
+            "endpoint_url": self._settings.endpoint,
             "bucket": self.default_bucket,
-            "region": self.region,
-            "allow_http": self.allow_http,
+            "region": self._settings.region,
+            "allow_http": self._settings.allow_http,
             "create_buckets": self.create_buckets,
         }
-
-    def _where(self, bucket: str, key: str = "") -> str:
-        return f"s3://{bucket}/{key} at {self.endpoint_url or 'AWS'}"
 
     def _store(self, bucket: str) -> Any:
         with self._lock:
             store = self._stores.get(bucket)
             if store is None:
-                options: dict[str, Any] = {
-                    "access_key_id": self._access_key,
-                    "secret_access_key": self._secret_key,
-                    "region": self.region,
-                    "client_options": {"allow_http": self.allow_http, "timeout": "30s", "connect_timeout": "5s"},
-                    "retry_config": {"max_retries": 2, "backoff": {"init_backoff": dt.timedelta(milliseconds=100)}},
-                }
-                if self.endpoint_url:
-                    options["endpoint"] = self.endpoint_url
-                    options["virtual_hosted_style_request"] = False
-                store = self._stores[bucket] = self._stores_module.S3Store(bucket, **options)
+                self._objectstore.ObjectLocation.parse(f"s3://{bucket}")  # S3's bucket naming rules
+                store = self._stores[bucket] = self._objectstore.ObjectStore(bucket, self._settings)
             return store
-
-    def _error(self, action: str, bucket: str, key: str, exc: Exception) -> StorageError:
-        """obstore's error as ours: a missing object is permanent for that object, the rest may pass."""
-        if isinstance(exc, self._exceptions.NotFoundError):
-            return ArtifactMissingError(f"{action} {self._where(bucket, key)}: expected an object, got none")
-        return StorageError(f"{action} {self._where(bucket, key)} failed: {type(exc).__name__}: {safe_str(exc, 400)}")
 
     def ensure_bucket(self, bucket: str) -> None:
         if bucket in self._known:
             return
-        if not self.create_buckets:
-            self._known.add(bucket)
-            return
-        url = self._obstore.sign(self._store(bucket), "PUT", "", dt.timedelta(minutes=5))
-        body = b""
-        if self.region != "us-east-1" and self.endpoint_url is None:
-            body = (
-                "<CreateBucketConfiguration><LocationConstraint>"
-                f"{self.region}</LocationConstraint></CreateBucketConfiguration>"
-            ).encode()
-        request = urllib.request.Request(url, data=body, method="PUT")
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                response.read()
-        except urllib.error.HTTPError as exc:
-            answer = exc.read()[:2000].decode(errors="replace")
-            if exc.code != 409 or "BucketAlreadyOwnedByYou" not in answer:
-                raise StorageError(
-                    f"creating bucket {self._where(bucket)}: expected it made or already ours, got HTTP {exc.code}: "
-                    f"{answer[:300]}"
-                ) from exc
-        except OSError as exc:
-            raise StorageError(f"creating bucket {self._where(bucket)} failed: {exc}") from exc
+        if self.create_buckets:
+            create_bucket(self._settings, bucket)
         self._known.add(bucket)
 
     def put_new(self, bucket: str, key: str, data: bytes) -> bool:
         try:
-            self._obstore.put(self._store(bucket), key, data, mode="create")
-        except self._exceptions.AlreadyExistsError:
+            self._store(bucket).put_new(key, data)
+        except TargetExistsError:
             return False
-        except Exception as exc:  # obstore's own and Rust-side errors: all mapped here
-            raise self._error("uploading", bucket, key, exc) from exc
         return True
 
     def get(self, bucket: str, key: str) -> bytes:
         try:
-            return bytes(self._obstore.get(self._store(bucket), key).bytes())
-        except Exception as exc:
-            raise self._error("reading", bucket, key, exc) from exc
+            data: bytes = self._store(bucket).get(key)
+        except StorageError as exc:
+            if exc.errno == errno.ENOENT:
+                raise ArtifactMissingError(f"artifact s3://{bucket}/{key}: expected an object, got none") from exc
+            raise
+        return data
 
     def delete(self, bucket: str, keys: Iterable[str]) -> None:
+        store = self._store(bucket)
         keys = list(keys)
-        if not keys:
+        if len(keys) < 2:
+            for key in keys:
+                store.delete(key)
             return
-        try:
-            self._obstore.delete(self._store(bucket), keys)
-        except self._exceptions.NotFoundError:
-            return
-        except Exception as exc:
-            raise self._error("deleting", bucket, keys[0], exc) from exc
+        with ThreadPoolExecutor(min(len(keys), self.max_workers)) as pool:
+            list(pool.map(store.delete, keys))
 
     def list(self, bucket: str) -> list[tuple[str, dt.datetime]]:
         try:
-            return [
-                (meta["path"], meta["last_modified"])
-                for chunk in self._obstore.list(self._store(bucket))
-                for meta in chunk
-            ]
-        except self._exceptions.NotFoundError:
-            return []
-        except Exception as exc:
-            if "NoSuchBucket" in str(exc):
+            return [(info.key, info.modified) for info in self._store(bucket).list()]
+        except StorageError as exc:
+            if exc.errno == errno.ENOENT:  # no such bucket: nothing in it
                 return []
-            raise self._error("listing", bucket, "", exc) from exc
+            raise
+
+
+def create_bucket(settings: Any, bucket: str) -> None:
+    """Make ``bucket`` (an answer "already yours" is success) by one presigned ``PUT``: the object-store client
+    makes objects, not buckets (StorageError if the store refuses)."""
+    obstore = require_extra("postgres", "obstore")
+    from obstore.store import S3Store  # the package is there: require_extra imported it
+
+    config: Any = {"region": settings.region, "access_key_id": settings.access_key}
+    config["secret_access_key"] = settings.secret_key
+    if settings.session_token:
+        config["session_token"] = settings.session_token
+    if settings.endpoint:
+        config["endpoint"] = settings.endpoint
+    store = S3Store(
+        bucket,
+        config=config,
+        virtual_hosted_style_request=settings.endpoint is None,
+        client_options={"allow_http": settings.allow_http},
+    )
+    url = obstore.sign(store, "PUT", "", dt.timedelta(minutes=5))
+    body = b""
+    if settings.region != "us-east-1" and settings.endpoint is None:
+        body = (
+            f"<CreateBucketConfiguration><LocationConstraint>{settings.region}</LocationConstraint>"
+            "</CreateBucketConfiguration>"
+        ).encode()
+    where = f"s3://{bucket} at {settings.endpoint or 'AWS'}"
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=body, method="PUT"), timeout=30) as answer:
+            answer.read()
+    except urllib.error.HTTPError as exc:
+        text = exc.read()[:2000].decode(errors="replace")
+        if exc.code != 409 or "BucketAlreadyOwnedByYou" not in text:
+            problem = f"creating bucket {where}: expected it made or already ours, got HTTP {exc.code}: {text[:300]}"
+            raise StorageError(errno.EIO, problem) from exc
+    except OSError as exc:
+        raise StorageError(errno.EIO, f"creating bucket {where} failed: {exc}") from exc
 
 
 def open_artifact_store(kwargs: Mapping[str, Any] | None) -> ArtifactStore:
