@@ -21,10 +21,11 @@ import numpy as np
 import psycopg
 import pytest
 
-from helpers import RawCamera, remote_hero, wait_until
+from helpers import DEAD_LETTER_DIR, RawCamera, remote_hero, wait_until
 from heros_archiver import ConfigurationError, PostgresArchiver
 from heros_archiver.cli.config import load_config, resolve_class
 from heros_archiver.sinks.postgres_schema import SCHEMA_VERSION
+from heros_archiver.state.replay import replay
 from heros_archiver.testing import free_port, session_manager, unique_realm, wait_for_subscriber
 from heros_archiver.testing.servers import PostgresServer, S3Server
 from heros_archiver.transport import heros_compat
@@ -281,8 +282,11 @@ def test_a_record_the_database_refuses_leaves_its_batch_committed_and_only_an_or
 
 
 def test_the_store_down_dead_letters_records_with_arrays_and_writes_none_that_would_name_a_missing_object(
-    tmp_path: Path, db_url: str
+    tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The S3 store stopped: a record with an array is dead-lettered (its record never written without its
+    object), one without arrays is archived; ``heros-archiver replay`` (its function), with the store's keys
+    from the environment as an operator would give them (entries hold no secrets), stores it after the restart."""
     with S3Server(tmp_path / "s3") as s3:
         storage = {"endpoint_url": s3.endpoint, "bucket": "down"}
         storage |= {"access_key": s3.access_key, "secret_key": s3.secret_key}
@@ -296,8 +300,13 @@ def test_the_store_down_dead_letters_records_with_arrays_and_writes_none_that_wo
             assert total["archived"] == 2 and total["dead_lettered"] == 1, total
             assert set(archiver.get(["before", "during", "plain"], resolve_artifacts=False)) == {"before", "plain"}
             s3.start()
-            outcomes = archiver.replay_dead_letters()
-            assert [o["ok"] for o in outcomes] == [True], outcomes
+            entry = json.loads(next((tmp_path / DEAD_LETTER_DIR).glob("*/entry.json")).read_text())
+            assert "secret" not in json.dumps(entry) and entry["writer"]["kind"] == "postgres", entry
+            monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3.access_key)
+            monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3.secret_key)
+            outcomes = replay(tmp_path / DEAD_LETTER_DIR)
+            assert [(o.ok, o.paths) for o in outcomes] == [(True, [Path("records/during")])], outcomes
+            assert not list((tmp_path / DEAD_LETTER_DIR).iterdir())
             np.testing.assert_array_equal(archiver.get(["during"])["during"]["image"], np.arange(5))
 
 

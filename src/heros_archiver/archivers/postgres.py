@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,17 +32,16 @@ from ..sinks.artifact_store import ArtifactStore, open_artifact_store
 from ..sinks.base import ContainerSink
 from ..sinks.postgres_records import RecordBuilder
 from ..state.deadletter import DeadLetterStore
+from ..state.replay_postgres import POSTGRES_KIND, PostgresWriterSettings
+from ..state.statedir import DEAD_LETTER_SUBDIR
 from ..transport import heros_compat
 from ..transport.hero_builder import is_hero
 from .base import HERODataArchiver
 from .options import DEFAULT_POSTGRES_FLUSH_ITEMS, DEFAULT_POSTGRES_FLUSH_SECONDS, DEFAULT_STORAGE, PostgresOptions
 
-__all__ = ["POSTGRES_KIND", "PostgresArchiver"]
+__all__ = ["PostgresArchiver"]
 
 log = logging.getLogger("heros_archiver")
-
-#: The ``kind`` of the writer settings recorded with this archiver's dead letters.
-POSTGRES_KIND = "postgres"
 
 
 class PostgresArchiver(HERODataArchiver):
@@ -172,17 +172,20 @@ class PostgresArchiver(HERODataArchiver):
             item.route = f"record:{identifier}"
 
     def _writer_settings(self) -> dict[str, Any] | None:
-        """Recorded with each dead letter (no credentials): which archiver's it is, for ``replay_dead_letters``."""
+        """Recorded with each dead letter, without the password and the store's keys, for ``heros-archiver replay``
+        (``state.replay_postgres``) and ``replay_dead_letters``."""
         options = self.sink_options
+        directory = Path(self.options.dead_letter_dir or self._default_dead_letter_dir()).absolute()
+        root = directory.parents[1] if directory.parts[-2:] == DEAD_LETTER_SUBDIR.parts else directory
         describe = getattr(self._store_of_artifacts, "describe", None)
-        return {
-            "kind": POSTGRES_KIND,
-            "db_url": self._where,
-            "identifier_key": options.identifier_key,
-            "array_key_template": options.array_key_template,
-            "use_single_bucket": options.use_single_bucket,
-            "storage": describe() if callable(describe) else type(self._store_of_artifacts).__name__,
-        }
+        storage = describe() if callable(describe) else {}
+        return PostgresWriterSettings(
+            kind=POSTGRES_KIND, root=str(root), db_url=self._where, identifier_key=options.identifier_key,
+            array_key_template=options.array_key_template, use_single_bucket=options.use_single_bucket,
+            endpoint_url=storage.get("endpoint_url"), bucket=storage.get("bucket"),
+            region=storage.get("region", "us-east-1"), allow_http=bool(storage.get("allow_http", False)),
+            create_buckets=bool(storage.get("create_buckets", True)),
+        ).to_dict()  # fmt: skip
 
     def _store(self, source_name: str, payload: Any, metadata: dict[str, Any]) -> None:
         """The reference API's hook: store one payload now (as ``store``); the pipeline uses the sink instead."""

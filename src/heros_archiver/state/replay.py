@@ -6,7 +6,8 @@ Entries of the container archivers (their writer settings name a ``kind``: ``"hd
 ``"tiff-stack"``, ``"parquet"``) are appended again to the container their template names, through the
 archiver's own sink, committed before the entry leaves, where an item the container holds already is known by
 its item key (``replay_containers`` and one module per kind); those of a ``ZarrArchiver`` (``kind: "zarr"``)
-become their array again through the archiver's writer (``replay_zarr``).
+become their array again through the archiver's writer (``replay_zarr``), those of a ``PostgresArchiver``
+(``kind: "postgres"``) their record, arrays first (``replay_postgres``).
 
 An entry is a file anyone with access to the store may have edited or planted, so nothing in it decides
 *where* replay writes: every file goes under the archive root the store belongs to (implied by the store's
@@ -29,6 +30,7 @@ from .deadletter import DeadLetter, DeadLetterStore
 from .records import SettingsRecord
 from .replay_hdf5 import HDF5_KIND, Hdf5Replay, Hdf5WriterSettings
 from .replay_parquet import PARQUET_KIND, ParquetReplay, ParquetWriterSettings
+from .replay_postgres import POSTGRES_KIND, PostgresReplay, PostgresWriterSettings
 from .replay_tiff import TIFF_STACK_KIND, TiffStackReplay, TiffStackWriterSettings
 from .replay_zarr import ZARR_KIND, ZarrReplay, ZarrWriterSettings
 from .replay_zarr_append import ZARR_APPEND_KIND, ZarrAppendReplay, ZarrAppendWriterSettings
@@ -69,6 +71,7 @@ KINDS: dict[str, type[SettingsRecord]] = {
     ZARR_APPEND_KIND: ZarrAppendWriterSettings,
     TIFF_STACK_KIND: TiffStackWriterSettings,
     PARQUET_KIND: ParquetWriterSettings,
+    POSTGRES_KIND: PostgresWriterSettings,
 }
 
 
@@ -133,6 +136,7 @@ def replay(
         ZARR_APPEND_KIND: ZarrAppendReplay(template, array_template),
         TIFF_STACK_KIND: TiffStackReplay(template),
         PARQUET_KIND: ParquetReplay(template),
+        POSTGRES_KIND: PostgresReplay(),
     }
     store = DeadLetterStore(directory)
     writers: dict[tuple[object, ...], FileWriter] = {}
