@@ -28,9 +28,8 @@ from typing import Any, Protocol
 from ..errors import ReplayError
 from ..naming.templates import PathTemplate
 from ..sinks.writer import FileWriter, WriterSettings
-from ..storage.objectstore import ObjectLocation, ObjectStore, open_object_store
 from .deadletter import DeadLetter, DeadLetterStore
-from .object_state import read_store
+from .object_state import open_recorded_store
 from .records import SettingsRecord
 from .replay_hdf5 import HDF5_KIND, Hdf5Replay, Hdf5WriterSettings
 from .replay_parquet import PARQUET_KIND, ParquetReplay, ParquetWriterSettings
@@ -202,31 +201,6 @@ def _replay_kind(
     _check_recorded_root(item, settings.root, trusted_root)
     settings.root = str(trusted_root)
     return kind.plan(item, settings) if dry_run else kind.write(item, settings)
-
-
-@dataclass
-class RecordedStore:
-    """The object store a state directory records (``state.object_state``), opened for replay."""
-
-    url: str
-    store: ObjectStore
-
-
-def open_recorded_store(state_dir: Path) -> RecordedStore | None:
-    """The ``s3://`` root whose local state ``state_dir`` is, with its store opened by the record's endpoint,
-    region and profile and this environment's credentials (the AWS conventions); None for a local root."""
-    record = read_store(state_dir)
-    if record is None:
-        return None
-    location = ObjectLocation.parse(record.root)
-    store = open_object_store(
-        location.bucket,
-        endpoint=record.endpoint,
-        region=record.region,
-        profile=record.profile,
-        allow_http=record.allow_http,
-    )
-    return RecordedStore(record.root, store)
 
 
 def _candidates(store: DeadLetterStore) -> list[Path]:
