@@ -23,7 +23,7 @@ from pathlib import Path, PurePath
 
 from ..errors import ConfigurationError, ReplayError
 from ..storage.atomic import write_atomic
-from ..storage.objectstore import ObjectLocation
+from ..storage.objectstore import ObjectLocation, ObjectStore, open_object_store
 from .statedir import STATE_DIR_NAME
 
 #: The record of the object location a state directory belongs to, relative to the state directory.
@@ -80,3 +80,28 @@ def read_store(state_dir: Path) -> StoreRecord | None:
         raise ReplayError(f"{path}: a field has the wrong type: {data!r:.300}")
     ObjectLocation.parse(data["root"])  # a ConfigurationError names what is wrong with it
     return StoreRecord(**data)
+
+
+@dataclass
+class RecordedStore:
+    """The object store a state directory records, opened (for replay and verify)."""
+
+    url: str
+    store: ObjectStore
+
+
+def open_recorded_store(state_dir: Path) -> RecordedStore | None:
+    """The ``s3://`` root whose local state ``state_dir`` is, its store opened by the record's endpoint, region
+    and profile and this environment's credentials (the AWS conventions); None for a local root."""
+    record = read_store(state_dir)
+    if record is None:
+        return None
+    location = ObjectLocation.parse(record.root)
+    store = open_object_store(
+        location.bucket,
+        endpoint=record.endpoint,
+        region=record.region,
+        profile=record.profile,
+        allow_http=record.allow_http,
+    )
+    return RecordedStore(record.root, store)

@@ -25,6 +25,7 @@ import concurrent.futures
 import contextlib
 import datetime
 import errno
+import importlib
 import os
 import re
 import secrets
@@ -181,8 +182,9 @@ def _from_profile(
     profile: str | None, access_key: str | None, secret_key: str | None, token: str | None, region: str | None
 ) -> tuple[str | None, str | None, str | None, str | None]:
     """Fill what is missing from a profile of the AWS files, through botocore (boto3's own reading of them)."""
-    botocore_session = require_extra("s3", "botocore.session")
-    botocore_exceptions = require_extra("s3", "botocore.exceptions")
+    require_extra("s3", "botocore")
+    botocore_session = importlib.import_module("botocore.session")
+    botocore_exceptions = importlib.import_module("botocore.exceptions")
     try:
         session = botocore_session.Session(profile=profile)
         region = region or session.get_config_variable("region")
@@ -220,9 +222,9 @@ class ObjectStore:
     """One bucket of an S3-compatible store. Thread-safe (both clients are); one per archiver is enough."""
 
     def __init__(self, bucket: str, settings: StoreSettings) -> None:
-        obstore_store = require_extra("s3", "obstore.store")
         self._obstore = require_extra("s3", "obstore")
-        self._exceptions = require_extra("s3", "obstore.exceptions")
+        obstore_store = importlib.import_module("obstore.store")
+        self._exceptions = importlib.import_module("obstore.exceptions")
         self.bucket = bucket
         self.settings = settings
         config: dict[str, Any] = {"region": settings.region}
@@ -395,7 +397,7 @@ class ObjectStore:
         """The boto3 client (multipart, uploads), made on first use."""
         if self._boto3 is None:
             boto3 = require_extra("s3", "boto3")
-            botocore_config = require_extra("s3", "botocore.config")
+            botocore_config = importlib.import_module("botocore.config")
             settings = self.settings
             self._boto3 = boto3.client(
                 "s3",
