@@ -30,11 +30,11 @@ from typing import Any
 
 import orjson
 
-from ..errors import ArchiverError
+from ..errors import ArchiverError, StorageError
 from ..pipeline.queueing import Item
 from .artifact_store import ArtifactStore
 from .base import CommitFailure, ContainerSink, Settled
-from .postgres_db import RecordRefusedError, connect, database_error, load_psycopg, redact_url
+from .postgres_db import RecordRefusedError, UnavailableError, connect, database_error, load_psycopg, redact_url
 from .postgres_records import Artifact, PreparedRecord, RecordBuilder
 from .postgres_schema import ARTIFACT_LOCK
 
@@ -180,7 +180,12 @@ class PostgresSink(ContainerSink):
             with connection.transaction(), connection.cursor() as cursor:
                 if artifacts:
                     cursor.execute("SELECT pg_advisory_xact_lock_shared(%s)", (ARTIFACT_LOCK,))
-                    upload_all(self._store, artifacts, self._upload_pool())
+                    try:
+                        upload_all(self._store, artifacts, self._upload_pool())
+                    except StorageError as exc:
+                        if exc.permanent:
+                            raise
+                        raise UnavailableError(f"uploading the arrays of {len(records)} record(s): {exc}") from exc
                     cursor.execute(
                         _INSERT_ARTIFACTS,
                         (
@@ -195,16 +200,17 @@ class PostgresSink(ContainerSink):
         except psycopg.Error as exc:
             self._disconnect()
             raise database_error(f"committing {len(records)} record(s) to {self._where}", exc) from exc
-        except ArchiverError:
-            self._disconnect()
-            raise
 
     def _commit_one_by_one(self, batch: list[tuple[Item, PreparedRecord]]) -> Settled:
-        """After the database refused a batch: each record on its own, so that only the refused ones fail."""
+        """Each record on its own, so that only those that fail fail. Once the database or the store is found
+        unreachable the rest fail with that at once: trying each would wait out a timeout per record."""
         settled = Settled()
-        for item, record in batch:
+        for index, (item, record) in enumerate(batch):
             try:
                 self.write([record])
+            except UnavailableError as exc:
+                settled.failed.append(CommitFailure(self._where, [entry for entry, _ in batch[index:]], exc))
+                break
             except ArchiverError as exc:
                 settled.failed.append(CommitFailure(self._where, [item], exc))
             else:
