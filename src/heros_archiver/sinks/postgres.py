@@ -34,7 +34,15 @@ from ..errors import ArchiverError, StorageError
 from ..pipeline.queueing import Item
 from .artifact_store import ArtifactStore
 from .base import CommitFailure, ContainerSink, Settled
-from .postgres_db import RecordRefusedError, UnavailableError, connect, database_error, load_psycopg, redact_url
+from .postgres_db import (
+    DatabaseUnavailableError,
+    RecordRefusedError,
+    StoreUnavailableError,
+    connect,
+    database_error,
+    load_psycopg,
+    redact_url,
+)
 from .postgres_records import Artifact, PreparedRecord, RecordBuilder
 from .postgres_schema import ARTIFACT_LOCK
 
@@ -185,7 +193,7 @@ class PostgresSink(ContainerSink):
                     except StorageError as exc:
                         if exc.permanent:
                             raise
-                        raise UnavailableError(f"uploading the arrays of {len(records)} record(s): {exc}") from exc
+                        raise StoreUnavailableError(f"uploading the arrays of {len(records)} record(s): {exc}") from exc
                     cursor.execute(
                         _INSERT_ARTIFACTS,
                         (
@@ -202,15 +210,23 @@ class PostgresSink(ContainerSink):
             raise database_error(f"committing {len(records)} record(s) to {self._where}", exc) from exc
 
     def _commit_one_by_one(self, batch: list[tuple[Item, PreparedRecord]]) -> Settled:
-        """Each record on its own, so that only those that fail fail. Once the database or the store is found
-        unreachable the rest fail with that at once: trying each would wait out a timeout per record."""
+        """Each record on its own, so that only those that fail fail. Once the database is found unreachable the
+        rest fail with that at once, and once the store is, the rest that have arrays: trying each would wait out
+        a timeout per record (records without arrays are still committed while the store is down)."""
         settled = Settled()
+        store_down: StoreUnavailableError | None = None
         for index, (item, record) in enumerate(batch):
+            if store_down is not None and record.artifacts:
+                settled.failed.append(CommitFailure(self._where, [item], store_down))
+                continue
             try:
                 self.write([record])
-            except UnavailableError as exc:
+            except DatabaseUnavailableError as exc:
                 settled.failed.append(CommitFailure(self._where, [entry for entry, _ in batch[index:]], exc))
                 break
+            except StoreUnavailableError as exc:
+                store_down = exc
+                settled.failed.append(CommitFailure(self._where, [item], exc))
             except ArchiverError as exc:
                 settled.failed.append(CommitFailure(self._where, [item], exc))
             else:

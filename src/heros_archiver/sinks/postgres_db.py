@@ -2,7 +2,7 @@
 
 psycopg is imported here, when an archiver is made (the extra ``[postgres]``). Every connection is in
 autocommit mode and says who it is (``application_name``), and the server's errors become ours: a lost or
-refused connection or a server shutting down (``UnavailableError``), a deadlock, a serialisation failure or a
+refused connection or a server shutting down (``DatabaseUnavailableError``), a deadlock, a serialisation failure or a
 trigger's exception may pass (``StorageError``, retried); data the server refuses for what it is
 (``DataError``, ``IntegrityError``) will not (``RecordRefusedError``, dead-lettered). The URL in messages has
 its password removed.
@@ -17,7 +17,15 @@ from ..errors import ArchiverError, StorageError
 from ..extras import require_extra
 from ..saferepr import safe_str
 
-__all__ = ["RecordRefusedError", "UnavailableError", "connect", "database_error", "load_psycopg", "redact_url"]
+__all__ = [
+    "DatabaseUnavailableError",
+    "RecordRefusedError",
+    "StoreUnavailableError",
+    "connect",
+    "database_error",
+    "load_psycopg",
+    "redact_url",
+]
 
 _PASSWORD = re.compile(r"(://[^:/@]*):[^@]*@")
 _PASSWORD_PARAM = re.compile(r"\s*\bpassword=[^\s&]*&?", re.IGNORECASE)
@@ -27,8 +35,12 @@ class RecordRefusedError(ArchiverError):
     """The database refused a record for what it holds (a value it cannot store, a constraint it breaks)."""
 
 
-class UnavailableError(StorageError):
-    """The database (or the artifact store) cannot be reached or went away: every record would fail alike now."""
+class DatabaseUnavailableError(StorageError):
+    """The database cannot be reached or went away: every record would fail alike now."""
+
+
+class StoreUnavailableError(StorageError):
+    """The artifact store cannot be reached: every record with arrays would fail alike now."""
 
 
 def load_psycopg() -> Any:
@@ -60,5 +72,5 @@ def database_error(action: str, exc: BaseException) -> ArchiverError:
     if isinstance(exc, psycopg.errors.DataError | psycopg.errors.IntegrityError):
         return RecordRefusedError(detail)
     if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
-        return UnavailableError(detail)
+        return DatabaseUnavailableError(detail)
     return StorageError(detail)
