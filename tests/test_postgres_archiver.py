@@ -194,6 +194,9 @@ def test_get_ids_tag_ids_purge_and_cleanup_behave_as_the_references(
         with pytest.raises(PermissionError, match="allow_purge"):
             archiver.cleanup(1)
         assert len(objects(s3, storage["bucket"])) == 4
+        status = archiver.status()  # what `heros-archiver status` shows of it
+        assert status["archiver"]["class"] == "heros_archiver.archivers.postgres.PostgresArchiver", status
+        assert status["sources"]["cam"]["archived"] == 4 and status["archiver"]["root"] is None, status
 
     with rig(db_url=db_url, artifact_storage_kwargs=storage, use_single_bucket=True, allow_purge=True) as (
         archiver,

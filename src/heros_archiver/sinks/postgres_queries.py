@@ -175,7 +175,7 @@ class RecordQueries:
             cursor.execute(
                 """SELECT identifier FROM identifier_groups WHERE tag_key = %s AND tag_value = ANY(%s)
                    UNION SELECT identifier FROM records WHERE data_json->>%s = ANY(%s) ORDER BY identifier""",
-                (tag, texts, tag, texts),
+                (str(tag), texts, str(tag), texts),  # a number would index a JSON array
             )
             return [row[0] for row in cursor.fetchall()]
 
