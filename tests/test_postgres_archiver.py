@@ -211,6 +211,7 @@ def test_get_ids_tag_ids_purge_and_cleanup_behave_as_the_references(
         archiver.tag_ids(["r1"], "_save", "true")
         orphan = f"{uuid.uuid4()}"
         s3.boto3_client().put_object(Bucket=storage["bucket"], Key=orphan, Body=b"left by a failed commit")
+        s3.boto3_client().put_object(Bucket=storage["bucket"], Key="notes.txt", Body=b"another application's")
         assert archiver.orphans() == [[storage["bucket"], orphan]]
         assert archiver.cleanup(0, dry_run=False) == []  # 0: keep forever
         assert archiver.cleanup(5) == ["r2"]  # a dry run: nothing deleted
@@ -218,31 +219,33 @@ def test_get_ids_tag_ids_purge_and_cleanup_behave_as_the_references(
         assert archiver.cleanup(5, dry_run=False) == ["r2"]
         assert set(archiver.get(["r1", "r2", "r3"])) == {"r1", "r3"}
         left = objects(s3, storage["bucket"])
-        assert ids["r2"] not in left and orphan not in left and ids["r1"] in left and len(left) == 2
+        assert ids["r2"] not in left and orphan not in left and ids["r1"] in left and "notes.txt" in left
+        assert len(left) == 3
         assert archiver.orphans() == []
 
 
 def test_the_database_down_mid_run_retries_and_dead_letters_every_item_then_replay_stores_them(
-    tmp_path: Path, servers: tuple[PostgresServer, S3Server], storage: dict[str, Any]
+    servers: tuple[PostgresServer, S3Server], db_url: str, storage: dict[str, Any]
 ) -> None:
     """The database stopped while events arrive: each item is retried, then dead-lettered with its error (none
     dropped, none archived half: no record without its objects); a value JSONB cannot hold is dead-lettered at
     once; after the restart the archiver's replay stores every entry, merged as if nothing happened."""
-    with PostgresServer(tmp_path / "pg") as postgres:
-        url = postgres.create_database("down")
-        with rig(db_url=url, artifact_storage_kwargs=storage, max_retries=2, retry_delay=0.05) as (archiver, cam, _):
-            cam.acquisition_data(({"a": np.arange(3)}, {"identifier": "x", "part": 0}))
-            settled(archiver, 1)
-            postgres.stop()
+    postgres = servers[0]  # the module's server, stopped and started again (the same port, the same data)
+    with rig(db_url=db_url, artifact_storage_kwargs=storage, max_retries=2, retry_delay=0.05) as (archiver, cam, _):
+        cam.acquisition_data(({"a": np.arange(3)}, {"identifier": "x", "part": 0}))
+        settled(archiver, 1)
+        postgres.stop()
+        try:
             for part in range(1, 6):
                 cam.acquisition_data(({"b": np.arange(part)}, {"identifier": "x", f"p{part}": part}))
             cam.acquisition_data(({"value": math.nan}, {"identifier": "bad"}))
             total = settled(archiver, 7)
-            assert total["archived"] == 1 and total["dead_lettered"] == 6 and total["dropped"] == 0, total
-            assert total["retried"] >= 5, total
+        finally:
             postgres.start()
-            outcomes = archiver.replay_dead_letters()
-            record = archiver.get(["x"])["x"]
+        assert total["archived"] == 1 and total["dead_lettered"] == 6 and total["dropped"] == 0, total
+        assert total["retried"] >= 5, total
+        outcomes = archiver.replay_dead_letters()
+        record = archiver.get(["x"])["x"]
     errors = {o["error"] for o in outcomes if not o["ok"]}
     assert sum(o["ok"] for o in outcomes) == 5 and len(errors) == 1 and "finite" in errors.pop(), outcomes
     assert [record[f"p{part}"] for part in range(1, 6)] == [1, 2, 3, 4, 5]

@@ -9,13 +9,15 @@ Ours differ where the reference could lose or leave data behind. ``purge`` delet
 transaction, and the objects after it, so that a failure leaves orphans, never a record without its arrays;
 it removes every object uploaded for the identifier (``heros_archiver_artifacts``), also those a later merge
 no longer references, and those the references of a reference-written record name. ``cleanup`` (not a dry
-run, ``remove_artifacts``) also removes orphans: objects in the buckets the archiver wrote to that no record
-owns (a commit that failed after its uploads), under the exclusive advisory lock every commit takes shared.
+run, ``remove_artifacts``) also removes orphans: objects named like artifacts (a UUID) in the buckets the
+archiver wrote to that no record owns (a commit that failed after its uploads), under the exclusive advisory
+lock every commit of ours takes shared (the reference's writers take none: do not run it while one writes).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +36,9 @@ __all__ = ["PurgeDisabledError", "RecordQueries", "UnknownIdentifierError", "art
 log = logging.getLogger("heros_archiver")
 
 _TRUTHY_SAVE = ("1", "true", "True")
+#: The keys an artifact can have (a UUID: ours, version 8, or the reference's, version 4): another application's
+#: objects in a shared bucket are never taken for orphans
+_ARTIFACT_KEY = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 
 
 class PurgeDisabledError(ArchiverError, PermissionError):
@@ -268,7 +273,7 @@ class RecordQueries:
         for (document,) in cursor.fetchall():
             owned.update((ref.get("bucket") or default, str(ref.get("artifact_id"))) for ref in artifact_refs(document))
         listed = [(bucket, key) for bucket in buckets for key, _ in self._store.list(bucket)]
-        return [location for location in listed if location not in owned]
+        return [(bucket, key) for bucket, key in listed if _ARTIFACT_KEY.match(key) and (bucket, key) not in owned]
 
     def remove_orphans(self) -> list[tuple[str, str]]:
         """Remove the orphans, holding the lock that keeps every commit out meanwhile; the ones removed."""
