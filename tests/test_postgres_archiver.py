@@ -22,8 +22,10 @@ import psycopg
 import pytest
 
 from helpers import DEAD_LETTER_DIR, RawCamera, remote_hero, wait_until
-from heros_archiver import ConfigurationError, PostgresArchiver
+from heros_archiver import ConfigurationError, PayloadError, PostgresArchiver
 from heros_archiver.cli.config import load_config, resolve_class
+from heros_archiver.naming.templates import PathTemplate
+from heros_archiver.sinks.postgres_records import RecordBuilder
 from heros_archiver.sinks.postgres_schema import SCHEMA_VERSION
 from heros_archiver.state.replay import replay
 from heros_archiver.testing import free_port, session_manager, unique_realm, wait_for_subscriber
@@ -356,3 +358,32 @@ def test_bad_arguments_are_refused_before_zenoh(db_url: str) -> None:
     ):
         with pytest.raises(ConfigurationError, match=match):
             PostgresArchiver(**arguments, object_selector="cam", event_name="e", realm=unique_realm())
+
+
+def test_a_record_keeps_what_the_reference_drops_and_refuses_what_jsonb_cannot_hold() -> None:
+    """Numpy scalars, tuples, datetimes and integer keys are stored as JSON; what PostgreSQL cannot hold, or what
+    names no record, is a PayloadError saying where (the item is dead-lettered whole, as it arrived)."""
+    builder = RecordBuilder("id", PathTemplate("{{ source_name }}", "/"), "art", single_bucket=False)
+    when = dt.datetime(2026, 5, 1, 12, tzinfo=dt.UTC).timestamp()
+    record = builder.build(
+        "cam", np.zeros(2, np.int8), {"id": 7, "n": np.int64(3), "pair": (1, np.bool_(True)), 5: "five"}, when
+    )
+    assert record.identifier == "7" and [a.bucket for a in record.artifacts] == ["art-2026-05-01"]
+    assert record.document["n"] == 3 and record.document["pair"] == [1, True] and record.document["5"] == "five"
+    assert record.document["cam"]["__type__"] == "artifact_ref"
+    again = builder.build("cam", np.zeros(2, np.int8), {"id": 7}, when + 60)
+    assert again.artifacts[0].artifact_id == record.artifacts[0].artifact_id  # a retry uploads to the same key
+    for payload, metadata, match in (
+        ({"x": 1}, {}, "identifier key 'id'"),
+        ({"x": math.inf}, {"id": 1}, "at 'x': expected a finite number"),
+        ({"x": {"y": "a\0b"}}, {"id": 1}, "value at 'x.y': expected text without U"),
+        ({"x": "\ud800"}, {"id": 1}, "expected valid Unicode"),
+        ({"x": b"raw"}, {"id": 1}, "at 'x': expected JSON values or numpy arrays, got bytes"),
+        ({"x": np.array([object()])}, {"id": 1}, "at 'x'"),
+        ({(1, 2): 1}, {"id": 1}, "expected text keys"),
+        ({1: "a", "1": "b"}, {"id": 1}, "given twice"),
+        ({}, {"id": "x" * 2049}, "at most 2048 bytes"),
+        ("text", {"id": 1}, "expected a dict or a numpy array"),
+    ):
+        with pytest.raises(PayloadError, match=match):
+            builder.build("cam", payload, metadata, when)

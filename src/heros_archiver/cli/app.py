@@ -171,7 +171,9 @@ def replay(
     line reports each entry that failed, and the exit code is 1 when any did (2: nothing could start).
     The container archivers' items (Hdf5Archiver, ZarrAppendArchiver, TiffArchiver(stack=True), ParquetArchiver,
     DatasourceArchiver) are appended to their container again and committed (an item it holds is not added
-    twice); a ZarrArchiver's payloads become their array again (an identical array there counts as written).
+    twice); a ZarrArchiver's payloads become their array again (an identical array there counts as written); a
+    PostgresArchiver's are merged into their record again, arrays uploaded first (the database's password from
+    PGPASSWORD or ~/.pgpass, the store's keys from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY: entries hold none).
     """
     from ..state.replay import replay as replay_entries
 
