@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,6 @@ from heros.event import reliable
 
 from ..errors import ArchiverError, StorageError
 from ..naming.templates import PathTemplate
-from ..pipeline.payload import item_nbytes
 from ..pipeline.queueing import Item
 from ..sinks.artifact_store import ArtifactStore, open_artifact_store
 from ..sinks.base import ContainerSink
@@ -205,8 +205,6 @@ class PostgresArchiver(HERODataArchiver):
     # ------------------------------------------------------------------ the reference's methods
     def store(self, source_name: str, payload: Any, metadata: dict[str, Any]) -> None:
         """Store one payload now, bypassing the queue (raises what prevents it; nothing is retried)."""
-        import time
-
         record = self._builder.build(source_name, payload, {**self.metadata, **metadata}, time.time())
         with self._direct_lock:
             if self._direct is None:
@@ -279,14 +277,12 @@ class PostgresArchiver(HERODataArchiver):
                 try:
                     letter = store.load(entry)
                     outcome["source"] = letter.source
-                    if (letter.writer or {}).get("kind") != POSTGRES_KIND:
+                    if not self._is_mine(letter.writer):
                         continue  # another archiver's, sharing the directory
                     if not isinstance(letter.metadata, dict):
                         raise ArchiverError(f"{entry}: expected metadata as a JSON object")
-                    nbytes = item_nbytes(letter.payload, letter.metadata)
                     received = letter.received or letter.time
-                    item = Item(letter.source, letter.payload, letter.metadata, nbytes, received=received)
-                    record = self._builder.build(item.source, item.payload, item.metadata, item.received)
+                    record = self._builder.build(letter.source, letter.payload, letter.metadata, received)
                     if not dry_run:
                         sink = sink or self._new_sink()
                         sink.write([record])
@@ -299,6 +295,11 @@ class PostgresArchiver(HERODataArchiver):
             if sink is not None:
                 sink.close()
         return outcomes
+
+    def _is_mine(self, writer: dict[str, Any] | None) -> bool:
+        """Whether a dead letter's settings are this archiver's (same kind, database and identifier key)."""
+        own = self._writer_settings() or {}
+        return writer is not None and all(writer.get(key) == own[key] for key in ("kind", "db_url", "identifier_key"))
 
     def _stop(self, *_boss: Any) -> None:
         """Drain as every archiver does, then stop listening for changes and close the connections."""
