@@ -86,6 +86,23 @@ def test_frames_to_s3_read_back_bit_identical(make_rig: RigFactory, s3_env: S3Se
     assert record["root"] == f"s3://{BUCKET}/run1" and "secret" not in json.dumps(record).lower()
 
 
+def test_credentials_never_show_in_config_or_reprs(make_rig: RigFactory, s3_env: S3Server, tmp_path: Path) -> None:
+    secret = s3_env.secret_key
+    rig = make_rig(
+        "{{ frame }}.npy",
+        root="s3://frames/secret",
+        state_dir=str(tmp_path / "state"),
+        storage_options={"access_key": s3_env.access_key, "secret_key": secret, "region": s3_env.region},
+    )
+    rig.camera.acquire(1, shape=SHAPE)
+    assert wait_for_items(rig.archiver, 1)["archived"] == 1  # the given credentials are the ones used
+    config = rig.archiver.config()
+    assert config["sink_options"]["objects"]["storage_options"]["secret_key"] == "<Secret>"
+    assert config["sink_options"]["objects"]["storage_options"]["access_key"] == s3_env.access_key
+    for text in (json.dumps(config), repr(rig.archiver.sink_options), json.dumps(rig.archiver.status())):
+        assert secret not in text
+
+
 def test_json_to_s3_reads_back_and_skips_the_helper_process(make_rig: RigFactory, s3_env: S3Server) -> None:
     rig = make_rig("s3://frames/json/{{ name }}.json", archiver_cls=JsonArchiver, merge_metadata=True)
     assert rig.archiver.stats()["helper_processes"] == []  # objects are sent by the writer itself
