@@ -34,6 +34,7 @@ from heros_archiver.state.replay import replay
 from heros_archiver.storage.objectstore import open_object_store
 from heros_archiver.testing import free_port, make_frame
 from heros_archiver.testing.servers import S3Server
+from procs import run_cli
 
 BUCKET = "frames"
 SHAPE = (64, 48)
@@ -157,8 +158,8 @@ def test_an_existing_key_is_never_overwritten(make_rig: RigFactory, s3_env: S3Se
 
 
 def test_dead_letters_of_an_s3_root_replay_to_the_store(make_rig: RigFactory, s3_env: S3Server, tmp_path: Path) -> None:
-    """An item refused for its key is dead-lettered locally; once the key is free, ``replay`` of the state
-    directory's store writes it to the recorded location (and only there)."""
+    """An item refused for its key is dead-lettered locally; once the key is free, ``heros-archiver replay`` of
+    the state directory's store writes it to the recorded location, with the credentials of its environment."""
     client = s3_env.boto3_client()
     client.put_object(Bucket=BUCKET, Key="replay/000.npy", Body=b"in the way")
     state = tmp_path / "state"
@@ -166,8 +167,10 @@ def test_dead_letters_of_an_s3_root_replay_to_the_store(make_rig: RigFactory, s3
     rig.camera.acquire(1, shape=SHAPE)
     assert wait_for_items(rig.archiver, 1)["dead_lettered"] == 1
     client.delete_object(Bucket=BUCKET, Key="replay/000.npy")
-    [outcome] = replay(state / ".heros-archiver" / "dead-letter")
-    assert outcome.ok and outcome.paths == ["s3://frames/replay/000.npy"], outcome
+    dry = replay(state / ".heros-archiver" / "dead-letter", dry_run=True)
+    assert [(outcome.ok, outcome.paths) for outcome in dry] == [(True, ["s3://frames/replay/000.npy"])], dry
+    done = run_cli(["replay", str(state / ".heros-archiver" / "dead-letter")])  # the command, in a child
+    assert done.returncode == 0 and "s3://frames/replay/000.npy" in done.stdout, done.stdout
     assert int(np.load(io.BytesIO(objects(s3_env, "replay/")["replay/000.npy"])).flat[0]) == 0
     assert dead_letter_entries(state) == []
 
@@ -185,7 +188,9 @@ def test_the_catalog_records_the_object_urls(make_rig: RigFactory, s3_env: S3Ser
     assert paths == [f"s3://frames/catalog/{i:03d}.npy" for i in range(3)]
 
 
-def test_verify_reads_the_objects_of_an_s3_root(make_rig: RigFactory, s3_env: S3Server, tmp_path: Path) -> None:
+def test_verify_reads_the_objects_of_an_s3_root(
+    make_rig: RigFactory, s3_env: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from heros_archiver.observe.verify import verify
 
     state = tmp_path / "state"
@@ -195,6 +200,8 @@ def test_verify_reads_the_objects_of_an_s3_root(make_rig: RigFactory, s3_env: S3
     rig.archiver._teardown()
     clean = verify(state, settle=0.0)
     assert clean.problems == [] and clean.files == 4 and clean.bytes > 0, clean.as_dict()
+    command = run_cli(["verify", str(state)])
+    assert command.returncode == 0, command.stdout
     client = s3_env.boto3_client()
     client.delete_object(Bucket=BUCKET, Key="verify/000.npy")
     client.put_object(Bucket=BUCKET, Key="verify/001.npy", Body=b"x" * 10)
@@ -206,6 +213,11 @@ def test_verify_reads_the_objects_of_an_s3_root(make_rig: RigFactory, s3_env: S3
         "s3://frames/verify/001.npy": "truncated",
         "s3://frames/verify/002.npy": "modified",
     }
+    # a store verify cannot read is said so per object, never reported as missing objects
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    unreadable = verify(state, settle=0.0).problems
+    assert {problem.kind for problem in unreadable} == {"unreadable"} and len(unreadable) == 4, unreadable
+    assert "refused the credentials" in unreadable[0].found
 
 
 def test_the_store_stopped_for_5_s_mid_run_loses_nothing(
