@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from conftest import RigFactory
 from helpers import assert_refused_before_zenoh, dead_letter_entries, read_entry, wait_for_items, wait_until
 from heros_archiver import ConfigurationError, JsonArchiver, TiffArchiver
-from heros_archiver.archivers.options import FileOptions, TiffOptions
+from heros_archiver.archivers.options import FileOptions, Hdf5Options, TiffOptions, ZarrAppendOptions
 from heros_archiver.errors import PathConfinementError, TemplateRenderError
 from heros_archiver.naming.keys import confine_key
 from heros_archiver.naming.templates import PathTemplate
@@ -309,6 +309,11 @@ def test_object_store_arguments_need_an_object_store_root(tmp_path: Path) -> Non
         TiffOptions("{{ frame }}.tif", stack=True, root="s3://frames/x")
     with pytest.raises(ConfigurationError, match="expected a key relative to the root"):
         FileOptions("s3://frames/elsewhere/{{ frame }}.npy", "npy", "s3://frames/x")
+    # the container archivers write local files: an s3 location is refused, not made a directory named s3:
+    with pytest.raises(ConfigurationError, match="Hdf5Archiver: expected a local root"):
+        Hdf5Options("run.h5", root="s3://frames/x")
+    with pytest.raises(ConfigurationError, match="ZarrAppendArchiver: expected a local root"):
+        ZarrAppendOptions("s3://frames/x/run.zarr")
 
 
 HOSTILE = st.one_of(
