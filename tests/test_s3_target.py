@@ -342,6 +342,13 @@ def test_keys_rendered_from_hostile_metadata_never_leave_the_prefix(a: str, b: s
     assert len(key.encode("utf-8", "surrogatepass")) <= 1024
 
 
+def test_render_shows_the_object_url_or_the_refusal() -> None:
+    done = run_cli(["render", "s3://frames/x/{{ run }}/{{ frame }}.npy", "frame=3", "run=r1"])
+    assert done.returncode == 0 and done.stdout.strip() == "s3://frames/x/r1/3.npy", done.stdout
+    refused = run_cli(["render", "{{ run }}/{{ frame }}.npy", "frame=3", "run=../r1", "--root", "s3://frames/x"])
+    assert refused.returncode == 1 and "is not a plain key under 's3://frames/x/'" in refused.stdout, refused.stdout
+
+
 def test_full_url_templates_render_under_their_root(s3_env: S3Server) -> None:
     store = open_object_store(BUCKET)
     writer = FileWriter(
