@@ -342,6 +342,14 @@ def test_keys_rendered_from_hostile_metadata_never_leave_the_prefix(a: str, b: s
     assert len(key.encode("utf-8", "surrogatepass")) <= 1024
 
 
+def test_a_bucket_is_made_once(s3_env: S3Server) -> None:
+    store = open_object_store("daily-20261202")
+    assert store.create_bucket() is True
+    assert store.create_bucket() is False
+    store.put_new("a.npy", b"x")
+    assert store.get("a.npy") == b"x" and [info.key for info in store.list()] == ["a.npy"]
+
+
 def test_render_shows_the_object_url_or_the_refusal() -> None:
     done = run_cli(["render", "s3://frames/x/{{ run }}/{{ frame }}.npy", "frame=3", "run=r1"])
     assert done.returncode == 0 and done.stdout.strip() == "s3://frames/x/r1/3.npy", done.stdout

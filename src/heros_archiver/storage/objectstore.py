@@ -342,6 +342,23 @@ class ObjectStore:
             raise self._error("aborting stale uploads under", prefix, exc) from exc
         return aborted
 
+    def create_bucket(self) -> bool:
+        """Make the bucket if it does not exist (daily buckets of the PostgresArchiver); True when it was made
+        now, False when it was there (ours or not: S3 answers BucketAlreadyOwnedByYou or BucketAlreadyExists)."""
+        client = self._client()
+        try:
+            if self.settings.endpoint is None and self.settings.region != "us-east-1":
+                location = {"LocationConstraint": self.settings.region}
+                client.create_bucket(Bucket=self.bucket, CreateBucketConfiguration=location)
+            else:
+                client.create_bucket(Bucket=self.bucket)
+        except Exception as exc:
+            code = getattr(exc, "response", {}).get("Error", {}).get("Code")
+            if code in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                return False
+            raise self._error("creating the bucket of", "", exc) from exc
+        return True
+
     def check_conditional_create(self, prefix: str) -> bool:
         """Whether the store refuses a second create of one key (``If-None-Match: *``): a probe key under
         ``prefix`` (the location's ``.heros-archiver/`` area) created twice, then removed. The first request
