@@ -36,6 +36,8 @@ from heros_archiver.testing import free_port, make_frame
 from heros_archiver.testing.servers import S3Server
 from procs import run_cli
 
+pytestmark = pytest.mark.timeout(120)
+
 BUCKET = "frames"
 SHAPE = (64, 48)
 
