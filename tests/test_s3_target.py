@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from conftest import RigFactory
 from helpers import assert_refused_before_zenoh, dead_letter_entries, read_entry, wait_for_items, wait_until
 from heros_archiver import ConfigurationError, JsonArchiver, TiffArchiver
-from heros_archiver.archivers.options import FileOptions, TiffOptions
+from heros_archiver.archivers.options import FileOptions, Hdf5Options, TiffOptions, ZarrAppendOptions
 from heros_archiver.errors import PathConfinementError, TemplateRenderError
 from heros_archiver.naming.keys import confine_key
 from heros_archiver.naming.templates import PathTemplate
@@ -34,6 +34,9 @@ from heros_archiver.state.replay import replay
 from heros_archiver.storage.objectstore import open_object_store
 from heros_archiver.testing import free_port, make_frame
 from heros_archiver.testing.servers import S3Server
+from procs import run_cli
+
+pytestmark = pytest.mark.timeout(120)
 
 BUCKET = "frames"
 SHAPE = (64, 48)
@@ -84,6 +87,23 @@ def test_frames_to_s3_read_back_bit_identical(make_rig: RigFactory, s3_env: S3Se
     assert rig.archiver.root == state
     record = json.loads((state / ".heros-archiver" / "object-store.json").read_text())
     assert record["root"] == f"s3://{BUCKET}/run1" and "secret" not in json.dumps(record).lower()
+
+
+def test_credentials_never_show_in_config_or_reprs(make_rig: RigFactory, s3_env: S3Server, tmp_path: Path) -> None:
+    secret = s3_env.secret_key
+    rig = make_rig(
+        "{{ frame }}.npy",
+        root="s3://frames/secret",
+        state_dir=str(tmp_path / "state"),
+        storage_options={"access_key": s3_env.access_key, "secret_key": secret, "region": s3_env.region},
+    )
+    rig.camera.acquire(1, shape=SHAPE)
+    assert wait_for_items(rig.archiver, 1)["archived"] == 1  # the given credentials are the ones used
+    config = rig.archiver.config()
+    assert config["sink_options"]["objects"]["storage_options"]["secret_key"] == "<Secret>"
+    assert config["sink_options"]["objects"]["storage_options"]["access_key"] == s3_env.access_key
+    for text in (json.dumps(config), repr(rig.archiver.sink_options), json.dumps(rig.archiver.status())):
+        assert secret not in text
 
 
 def test_json_to_s3_reads_back_and_skips_the_helper_process(make_rig: RigFactory, s3_env: S3Server) -> None:
@@ -140,8 +160,8 @@ def test_an_existing_key_is_never_overwritten(make_rig: RigFactory, s3_env: S3Se
 
 
 def test_dead_letters_of_an_s3_root_replay_to_the_store(make_rig: RigFactory, s3_env: S3Server, tmp_path: Path) -> None:
-    """An item refused for its key is dead-lettered locally; once the key is free, ``replay`` of the state
-    directory's store writes it to the recorded location (and only there)."""
+    """An item refused for its key is dead-lettered locally; once the key is free, ``heros-archiver replay`` of
+    the state directory's store writes it to the recorded location, with the credentials of its environment."""
     client = s3_env.boto3_client()
     client.put_object(Bucket=BUCKET, Key="replay/000.npy", Body=b"in the way")
     state = tmp_path / "state"
@@ -149,8 +169,10 @@ def test_dead_letters_of_an_s3_root_replay_to_the_store(make_rig: RigFactory, s3
     rig.camera.acquire(1, shape=SHAPE)
     assert wait_for_items(rig.archiver, 1)["dead_lettered"] == 1
     client.delete_object(Bucket=BUCKET, Key="replay/000.npy")
-    [outcome] = replay(state / ".heros-archiver" / "dead-letter")
-    assert outcome.ok and outcome.paths == ["s3://frames/replay/000.npy"], outcome
+    dry = replay(state / ".heros-archiver" / "dead-letter", dry_run=True)
+    assert [(outcome.ok, outcome.paths) for outcome in dry] == [(True, ["s3://frames/replay/000.npy"])], dry
+    done = run_cli(["replay", str(state / ".heros-archiver" / "dead-letter")])  # the command, in a child
+    assert done.returncode == 0 and "s3://frames/replay/000.npy" in done.stdout, done.stdout
     assert int(np.load(io.BytesIO(objects(s3_env, "replay/")["replay/000.npy"])).flat[0]) == 0
     assert dead_letter_entries(state) == []
 
@@ -168,7 +190,9 @@ def test_the_catalog_records_the_object_urls(make_rig: RigFactory, s3_env: S3Ser
     assert paths == [f"s3://frames/catalog/{i:03d}.npy" for i in range(3)]
 
 
-def test_verify_reads_the_objects_of_an_s3_root(make_rig: RigFactory, s3_env: S3Server, tmp_path: Path) -> None:
+def test_verify_reads_the_objects_of_an_s3_root(
+    make_rig: RigFactory, s3_env: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from heros_archiver.observe.verify import verify
 
     state = tmp_path / "state"
@@ -178,6 +202,8 @@ def test_verify_reads_the_objects_of_an_s3_root(make_rig: RigFactory, s3_env: S3
     rig.archiver._teardown()
     clean = verify(state, settle=0.0)
     assert clean.problems == [] and clean.files == 4 and clean.bytes > 0, clean.as_dict()
+    command = run_cli(["verify", str(state)])
+    assert command.returncode == 0, command.stdout
     client = s3_env.boto3_client()
     client.delete_object(Bucket=BUCKET, Key="verify/000.npy")
     client.put_object(Bucket=BUCKET, Key="verify/001.npy", Body=b"x" * 10)
@@ -189,6 +215,11 @@ def test_verify_reads_the_objects_of_an_s3_root(make_rig: RigFactory, s3_env: S3
         "s3://frames/verify/001.npy": "truncated",
         "s3://frames/verify/002.npy": "modified",
     }
+    # a store verify cannot read is said so per object, never reported as missing objects
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    unreadable = verify(state, settle=0.0).problems
+    assert {problem.kind for problem in unreadable} == {"unreadable"} and len(unreadable) == 4, unreadable
+    assert "refused the credentials" in unreadable[0].found
 
 
 def test_the_store_stopped_for_5_s_mid_run_loses_nothing(
@@ -280,6 +311,11 @@ def test_object_store_arguments_need_an_object_store_root(tmp_path: Path) -> Non
         TiffOptions("{{ frame }}.tif", stack=True, root="s3://frames/x")
     with pytest.raises(ConfigurationError, match="expected a key relative to the root"):
         FileOptions("s3://frames/elsewhere/{{ frame }}.npy", "npy", "s3://frames/x")
+    # the container archivers write local files: an s3 location is refused, not made a directory named s3:
+    with pytest.raises(ConfigurationError, match="Hdf5Archiver: expected a local root"):
+        Hdf5Options("run.h5", root="s3://frames/x")
+    with pytest.raises(ConfigurationError, match="ZarrAppendArchiver: expected a local root"):
+        ZarrAppendOptions("s3://frames/x/run.zarr")
 
 
 HOSTILE = st.one_of(
@@ -306,6 +342,21 @@ def test_keys_rendered_from_hostile_metadata_never_leave_the_prefix(a: str, b: s
     assert segments[1] != ".heros-archiver"
     assert not any(ord(char) < 0x20 for char in key)
     assert len(key.encode("utf-8", "surrogatepass")) <= 1024
+
+
+def test_a_bucket_is_made_once(s3_env: S3Server) -> None:
+    store = open_object_store("daily-20261202")
+    assert store.create_bucket() is True
+    assert store.create_bucket() is False
+    store.put_new("a.npy", b"x")
+    assert store.get("a.npy") == b"x" and [info.key for info in store.list()] == ["a.npy"]
+
+
+def test_render_shows_the_object_url_or_the_refusal() -> None:
+    done = run_cli(["render", "s3://frames/x/{{ run }}/{{ frame }}.npy", "frame=3", "run=r1"])
+    assert done.returncode == 0 and done.stdout.strip() == "s3://frames/x/r1/3.npy", done.stdout
+    refused = run_cli(["render", "{{ run }}/{{ frame }}.npy", "frame=3", "run=../r1", "--root", "s3://frames/x"])
+    assert refused.returncode == 1 and "is not a plain key under 's3://frames/x/'" in refused.stdout, refused.stdout
 
 
 def test_full_url_templates_render_under_their_root(s3_env: S3Server) -> None:

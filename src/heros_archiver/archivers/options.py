@@ -79,6 +79,17 @@ def _check_optional_text(name: str, value: object, expected: str) -> None:
         raise ConfigurationError(f"{name}: expected {expected}, got {type(value).__name__} {value!r:.200}")
 
 
+def _refuse_object_root(archiver: str, template: str, root: object) -> None:
+    """A container archiver writes local files: an ``s3://`` root or template would otherwise become a local
+    directory named ``s3:``, so it is refused, naming the archivers that write objects."""
+    for value in (template, root):
+        if isinstance(value, str) and value.startswith("s3://"):
+            raise ConfigurationError(
+                f"{archiver}: expected a local root, got the object-store location {value!r}; object storage is "
+                "written by the file-per-item archivers (ArrayArchiver, JsonArchiver, TiffArchiver without stack)"
+            )
+
+
 def _check_template(name: str, value: object) -> None:
     if not isinstance(value, str):
         raise ConfigurationError(
@@ -218,6 +229,7 @@ class Hdf5Options:
             check_seconds("flush_idle", self.flush_idle, "None or a non-negative number of seconds")
         check_seconds("idle_timeout", self.idle_timeout)
         _check_optional_text("root", self.root, "a directory path or None")
+        _refuse_object_root("Hdf5Archiver", self.file_template, self.root)
         if not isinstance(self.acquisitions, bool):
             raise ConfigurationError(f"acquisitions: expected True or False, got {self.acquisitions!r:.200}")
 
@@ -271,6 +283,7 @@ class ZarrOptions:
         _check_template("store_template", self.store_template)
         _check_template("array_path_template", self.array_path_template)
         _check_optional_text("root", self.root, "a directory path or None")
+        _refuse_object_root("ZarrArchiver", self.store_template, self.root)
         check_choice("on_exists", self.on_exists, ON_EXISTS_CHOICES)
         check_choice("fsync", self.fsync, FSYNC_CHOICES)
         check_choice("compression", self.compression, ZARR_COMPRESSIONS)
@@ -311,6 +324,7 @@ class ZarrAppendOptions:
         check_seconds("flush_seconds", self.flush_seconds)
         check_seconds("idle_timeout", self.idle_timeout)
         _check_optional_text("root", self.root, "a directory path or None")
+        _refuse_object_root("ZarrAppendArchiver", self.store_template, self.root)
 
     def sink_settings(self, root: str, sequence_key: str | None) -> ZarrAppendSinkSettings:
         """The settings of the archiver's container sink under ``root`` (the archiver's, and replay's)."""
@@ -510,6 +524,7 @@ class ParquetOptions:
         for name in ("row_group_seconds", "flush_seconds", "idle_timeout"):
             check_seconds(name, getattr(self, name))
         _check_optional_text("root", self.root, "a directory path or None")
+        _refuse_object_root("ParquetArchiver", self.file_template, self.root)
 
     def sink_settings(self, root: str, sequence_key: str | None, base_types: Mapping[str, Any]) -> ParquetSinkSettings:
         """The settings of the archiver's container sink under ``root``, with the column types fixed before

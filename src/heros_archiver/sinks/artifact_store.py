@@ -4,8 +4,7 @@ Objects go through the package's one object-store client (``storage.objectstore`
 per bucket; this module adds what the archiver needs beyond it. ``put_new`` is a conditional create
 (``If-None-Match: *``): an object is never replaced, and since an artifact's key is derived from its content
 (``postgres_records.artifact_id``), "already there" means "already uploaded" (a retry, a replay), not a clash.
-Buckets are made on first use, as the reference does, by one presigned ``PUT`` of the bucket
-(``create_bucket``: the client makes objects only).
+Buckets are made on first use, as the reference does (``ObjectStore.create_bucket``).
 
 ``MemoryArtifactStore`` is what the reference offers for ``artifact_storage_kwargs=None``: arrays in this
 process only, gone with it (for trials, not for archiving).
@@ -17,8 +16,6 @@ import dataclasses
 import datetime as dt
 import errno
 import threading
-import urllib.error
-import urllib.request
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, runtime_checkable
@@ -158,7 +155,8 @@ class S3ArtifactStore:
     ) -> None:
         from ..storage import objectstore
 
-        require_extra("postgres", "obstore")
+        for module in ("obstore", "boto3"):  # the client's (boto3 makes the buckets): missing ones fail here
+            require_extra("postgres", module)
         self._objectstore = objectstore
         if allow_http is None:
             allow_http = bool(endpoint_url and endpoint_url.startswith("http://"))
@@ -196,7 +194,7 @@ class S3ArtifactStore:
         if bucket in self._known:
             return
         if self.create_buckets:
-            create_bucket(self._settings, bucket)
+            self._store(bucket).create_bucket()
         self._known.add(bucket)
 
     def put_new(self, bucket: str, key: str, data: bytes) -> bool:
@@ -232,44 +230,6 @@ class S3ArtifactStore:
             if exc.errno == errno.ENOENT:  # no such bucket: nothing in it
                 return []
             raise
-
-
-def create_bucket(settings: Any, bucket: str) -> None:
-    """Make ``bucket`` (an answer "already yours" is success) by one presigned ``PUT``: the object-store client
-    makes objects, not buckets (StorageError if the store refuses)."""
-    obstore = require_extra("postgres", "obstore")
-    from obstore.store import S3Store  # the package is there: require_extra imported it
-
-    config: Any = {"region": settings.region, "access_key_id": settings.access_key}
-    config["secret_access_key"] = settings.secret_key
-    if settings.session_token:
-        config["session_token"] = settings.session_token
-    if settings.endpoint:
-        config["endpoint"] = settings.endpoint
-    store = S3Store(
-        bucket,
-        config=config,
-        virtual_hosted_style_request=settings.endpoint is None,
-        client_options={"allow_http": settings.allow_http},
-    )
-    url = obstore.sign(store, "PUT", "", dt.timedelta(minutes=5))
-    body = b""
-    if settings.region != "us-east-1" and settings.endpoint is None:
-        body = (
-            f"<CreateBucketConfiguration><LocationConstraint>{settings.region}</LocationConstraint>"
-            "</CreateBucketConfiguration>"
-        ).encode()
-    where = f"s3://{bucket} at {settings.endpoint or 'AWS'}"
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, data=body, method="PUT"), timeout=30) as answer:
-            answer.read()
-    except urllib.error.HTTPError as exc:
-        text = exc.read()[:2000].decode(errors="replace")
-        if exc.code != 409 or "BucketAlreadyOwnedByYou" not in text:
-            problem = f"creating bucket {where}: expected it made or already ours, got HTTP {exc.code}: {text[:300]}"
-            raise StorageError(errno.EIO, problem) from exc
-    except OSError as exc:
-        raise StorageError(errno.EIO, f"creating bucket {where} failed: {exc}") from exc
 
 
 def open_artifact_store(kwargs: Mapping[str, Any] | None) -> ArtifactStore:

