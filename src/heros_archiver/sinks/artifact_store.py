@@ -155,8 +155,8 @@ class S3ArtifactStore:
     ) -> None:
         from ..storage import objectstore
 
-        for module in ("obstore", "boto3"):  # the client's (boto3 makes the buckets): missing ones fail here
-            require_extra("postgres", module)
+        require_extra("postgres", "obstore")  # the client's: missing ones fail here, not at the first upload
+        require_extra("postgres", "boto3")  # (boto3 makes the buckets)
         self._objectstore = objectstore
         if allow_http is None:
             allow_http = bool(endpoint_url and endpoint_url.startswith("http://"))
