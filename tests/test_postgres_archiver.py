@@ -21,10 +21,13 @@ import numpy as np
 import psycopg
 import pytest
 
+import procs
 from helpers import DEAD_LETTER_DIR, RawCamera, remote_hero, wait_until
 from heros_archiver import ConfigurationError, PayloadError, PostgresArchiver
 from heros_archiver.cli.config import load_config, resolve_class
 from heros_archiver.naming.templates import PathTemplate
+from heros_archiver.sinks.artifact_store import S3ArtifactStore
+from heros_archiver.sinks.postgres_queries import RecordQueries
 from heros_archiver.sinks.postgres_records import RecordBuilder
 from heros_archiver.sinks.postgres_schema import SCHEMA_VERSION
 from heros_archiver.state.replay import replay
@@ -387,3 +390,36 @@ def test_a_record_keeps_what_the_reference_drops_and_refuses_what_jsonb_cannot_h
     ):
         with pytest.raises(PayloadError, match=match):
             builder.build("cam", payload, metadata, when)
+
+
+def test_heros_archiver_run_of_a_config_with_the_references_classname_archives_a_cameras_frames(
+    tmp_path: Path, db_url: str, storage: dict[str, Any]
+) -> None:
+    """``heros-archiver run`` of a config naming ``herostools.actor.PostgresArchiver`` (unchanged) archives the
+    frames a camera in another process sends: one record per frame, its array read back equal."""
+    arguments = {
+        "object_selector": "cam",
+        "event_name": "acquisition_data",
+        "db_url": db_url,
+        "identifier_key": "frame",
+        "artifact_storage_kwargs": storage,
+    }
+    config = procs.write_config(tmp_path / "config.json", arguments, "herostools.actor.PostgresArchiver")
+    port, realm = free_port(), unique_realm()
+    sent = list(range(12))
+    with procs.camera(port, realm) as cam, procs.run_archiver(config, realm, port, tmp_path / "run.log") as child:
+        procs.wait_for_archiver(cam, child)
+        procs.send_frames(cam, sent, (16, 16))
+
+        def stored() -> int:
+            with psycopg.connect(db_url) as connection:
+                row = connection.execute("SELECT count(*) FROM records").fetchone()
+            return int(row[0]) if row else 0
+
+        procs.wait_until(lambda: stored() == len(sent), what="a record per frame")
+        code, output = child.terminate()
+    assert code == 0, output
+    store = S3ArtifactStore(**storage)
+    records = RecordQueries(db_url, store, allow_purge=False, retention_days=0).get([str(i) for i in sent])
+    for index in sent:
+        np.testing.assert_array_equal(records[str(index)]["cam"], procs.frame(index, (16, 16)))
