@@ -22,6 +22,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from ..errors import ConfigurationError, StorageError, TargetExistsError
 from ..extras import require_extra
+from ..formats.base import Content
 
 __all__ = [
     "ArtifactMissingError",
@@ -73,8 +74,9 @@ class ArtifactStore(Protocol):
     def ensure_bucket(self, bucket: str) -> None:
         """Make ``bucket`` if it does not exist (StorageError if that fails)."""
 
-    def put_new(self, bucket: str, key: str, data: bytes) -> bool:
-        """Create the object; False when it exists already (it is then left as it is)."""
+    def put_new(self, bucket: str, key: str, data: Content | bytes) -> bool:
+        """Create the object from ``data`` (bytes, or parts joined in order); False when it exists already (it is
+        then left as it is)."""
 
     def get(self, bucket: str, key: str) -> bytes:
         """The object's bytes (ArtifactMissingError when there is none)."""
@@ -102,11 +104,12 @@ class MemoryArtifactStore:
     def ensure_bucket(self, bucket: str) -> None:
         return None
 
-    def put_new(self, bucket: str, key: str, data: bytes) -> bool:
+    def put_new(self, bucket: str, key: str, data: Content | bytes) -> bool:
+        body = bytes(data) if isinstance(data, bytes) else b"".join(bytes(part) for part in data)
         with self._lock:
             if (bucket, key) in self._objects:
                 return False
-            self._objects[bucket, key] = (bytes(data), dt.datetime.now(dt.UTC))
+            self._objects[bucket, key] = (body, dt.datetime.now(dt.UTC))
             return True
 
     def get(self, bucket: str, key: str) -> bytes:
@@ -197,7 +200,7 @@ class S3ArtifactStore:
             self._store(bucket).create_bucket()
         self._known.add(bucket)
 
-    def put_new(self, bucket: str, key: str, data: bytes) -> bool:
+    def put_new(self, bucket: str, key: str, data: Content | bytes) -> bool:
         try:
             self._store(bucket).put_new(key, data)
         except TargetExistsError:

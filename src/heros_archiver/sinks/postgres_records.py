@@ -26,6 +26,7 @@ import numpy as np
 import xxhash
 
 from ..errors import PayloadError, TemplateRenderError
+from ..formats.base import Content
 from ..formats.npy import NpyFormat
 from ..naming.templates import PathTemplate
 from ..saferepr import safe_repr
@@ -39,11 +40,12 @@ _NPY = NpyFormat()
 
 @dataclass(frozen=True)
 class Artifact:
-    """One array of a record, as the ``.npy`` object to upload."""
+    """One array of a record, as the ``.npy`` object to upload: its header and a view of the array (joined only
+    when sent, so that a pending record holds no second copy of its arrays)."""
 
     bucket: str
     artifact_id: str
-    data: bytes
+    data: Content
     size_bytes: int
 
 
@@ -173,8 +175,7 @@ class RecordBuilder:
             raise PayloadError(f"from {source!r}: at {path!r}: {exc}") from exc
         raw = parts[-1]
         aid = artifact_id(record.identifier, path, array, raw)
-        data = b"".join(bytes(part) if isinstance(part, memoryview) else part for part in parts)
-        record.artifacts.append(Artifact(bucket, aid, data, int(array.nbytes)))
+        record.artifacts.append(Artifact(bucket, aid, parts, int(array.nbytes)))
         return {
             "__type__": "artifact_ref",
             "artifact_id": aid,
