@@ -6,7 +6,8 @@ tag or by a top-level document key, compared as text; ``purge`` and ``cleanup`` 
 ``cleanup`` skips records tagged ``_save`` (``1``, ``true``, ``True``) and is a dry run unless told otherwise.
 
 Ours differ where the reference could lose or leave data behind. ``purge`` deletes the rows first, in one
-transaction, and the objects after it, so that a failure leaves orphans, never a record without its arrays;
+transaction, and the objects after it, so that a failure leaves orphans, never a record without its arrays (all
+under the exclusive advisory lock: a commit that sends one of those arrays again waits and uploads it anew);
 it removes every object uploaded for the identifier (``heros_archiver_artifacts``), also those a later merge
 no longer references, and those the references of a reference-written record name. ``cleanup`` (not a dry
 run, ``remove_artifacts``) also removes orphans: objects named like artifacts (a UUID) in the buckets the
@@ -31,7 +32,7 @@ from .artifact_store import ArtifactMissingError, ArtifactStore
 from .postgres_db import connect, database_error, load_psycopg, redact_url
 from .postgres_schema import ARTIFACT_LOCK
 
-__all__ = ["PurgeDisabledError", "RecordQueries", "UnknownIdentifierError", "artifact_refs"]
+__all__ = ["PurgeDisabledError", "RecordQueries", "UnknownIdentifierError", "artifact_refs", "named_objects"]
 
 log = logging.getLogger("heros_archiver")
 
@@ -61,6 +62,11 @@ def artifact_refs(value: Any) -> Iterator[dict[str, Any]]:
     elif isinstance(value, list):
         for item in value:
             yield from artifact_refs(item)
+
+
+def named_objects(document: Any, default_bucket: str) -> set[tuple[str, str]]:
+    """``(bucket, key)`` of every object a document's references name (no bucket: the default one)."""
+    return {(ref.get("bucket") or default_bucket, str(ref.get("artifact_id"))) for ref in artifact_refs(document)}
 
 
 def _resolved(value: Any, arrays: Mapping[tuple[str | None, str], np.ndarray]) -> Any:
@@ -208,24 +214,46 @@ class RecordQueries:
     def purge(self, ids: Sequence[str], remove_artifacts: bool = True) -> None:
         self._check_purge("purge")
         identifiers = sorted({str(i) for i in ids})
-        objects: set[tuple[str, str]] = set()
-        with self._cursor("purging records") as cursor:
-            if remove_artifacts:
-                cursor.execute(
-                    "SELECT bucket, artifact_id FROM heros_archiver_artifacts WHERE identifier = ANY(%s)",
-                    (identifiers,),
-                )
-                objects.update((bucket, aid) for bucket, aid in cursor.fetchall())
-                cursor.execute("SELECT data_json FROM records WHERE identifier = ANY(%s)", (identifiers,))
-                default = self._store.default_bucket or ""
-                for (document,) in cursor.fetchall():
-                    objects.update(
-                        (ref.get("bucket") or default, str(ref.get("artifact_id"))) for ref in artifact_refs(document)
-                    )
-            cursor.execute("DELETE FROM identifier_groups WHERE identifier = ANY(%s)", (identifiers,))
-            cursor.execute("DELETE FROM heros_archiver_artifacts WHERE identifier = ANY(%s)", (identifiers,))
-            cursor.execute("DELETE FROM records WHERE identifier = ANY(%s)", (identifiers,))
-        self._delete_objects(objects)
+        psycopg = load_psycopg()
+        with self._exclusive("purging records") as connection:
+            try:
+                with connection.transaction(), connection.cursor() as cursor:
+                    objects = self._owned_objects(cursor, identifiers) if remove_artifacts else set()
+                    cursor.execute("DELETE FROM identifier_groups WHERE identifier = ANY(%s)", (identifiers,))
+                    cursor.execute("DELETE FROM heros_archiver_artifacts WHERE identifier = ANY(%s)", (identifiers,))
+                    cursor.execute("DELETE FROM records WHERE identifier = ANY(%s)", (identifiers,))
+            except psycopg.Error as exc:
+                raise database_error(f"purging records at {self._where}", exc) from exc
+            # the rows are gone; still under the lock, so that a commit sending one of these arrays again (the
+            # same key) waits, and then uploads it anew instead of finding it here about to be removed
+            self._delete_objects(objects)
+
+    def _owned_objects(self, cursor: Any, identifiers: list[str]) -> set[tuple[str, str]]:
+        """``(bucket, key)`` of every object uploaded for these records, and every one their documents name."""
+        cursor.execute(
+            "SELECT bucket, artifact_id FROM heros_archiver_artifacts WHERE identifier = ANY(%s)", (identifiers,)
+        )
+        objects = {(bucket, aid) for bucket, aid in cursor.fetchall()}
+        cursor.execute("SELECT data_json FROM records WHERE identifier = ANY(%s)", (identifiers,))
+        default = self._store.default_bucket or ""
+        for (document,) in cursor.fetchall():
+            objects.update(named_objects(document, default))
+        return objects
+
+    @contextmanager
+    def _exclusive(self, action: str) -> Iterator[Any]:
+        """A connection of its own holding the exclusive artifact lock (session-level: across its transaction and
+        what follows it), released by closing the connection."""
+        psycopg = load_psycopg()
+        connection = connect(self._url, self._purpose)
+        try:
+            try:
+                connection.execute("SELECT pg_advisory_lock(%s)", (ARTIFACT_LOCK,))
+            except psycopg.Error as exc:
+                raise database_error(f"{action} at {self._where}", exc) from exc
+            yield connection
+        finally:
+            connection.close()
 
     def _delete_objects(self, objects: set[tuple[str, str]]) -> None:
         by_bucket: dict[str, list[str]] = {}
@@ -271,7 +299,7 @@ class RecordQueries:
         cursor.execute("SELECT data_json FROM records WHERE data_json::text LIKE '%%artifact_ref%%'")
         default = self._store.default_bucket or ""
         for (document,) in cursor.fetchall():
-            owned.update((ref.get("bucket") or default, str(ref.get("artifact_id"))) for ref in artifact_refs(document))
+            owned.update(named_objects(document, default))
         listed = [(bucket, key) for bucket in buckets for key, _ in self._store.list(bucket)]
         return [(bucket, key) for bucket, key in listed if _ARTIFACT_KEY.match(key) and (bucket, key) not in owned]
 
