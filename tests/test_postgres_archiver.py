@@ -292,6 +292,38 @@ def test_a_record_the_database_refuses_leaves_its_batch_committed_and_only_an_or
         assert len(objects(servers[1], storage["bucket"])) == 4 and all_references_resolve(archiver, names)
 
 
+def test_orphan_sweeps_while_records_are_committed_never_remove_an_object_a_record_names(
+    db_url: str, storage: dict[str, Any]
+) -> None:
+    """``cleanup(dry_run=False)`` over and over while commits of records with arrays go on: the sweep and the
+    commits exclude each other (the advisory lock), so every record's arrays are there at the end."""
+    arguments = {"db_url": db_url, "artifact_storage_kwargs": storage, "allow_purge": True, "flush_items": 4}
+    with rig(**arguments) as (archiver, _camera, _):
+        stop = threading.Event()
+        sweeps = []
+
+        def sweep() -> None:
+            while not stop.is_set():
+                sweeps.append(archiver.cleanup(dry_run=False))
+
+        sweeper = threading.Thread(target=sweep)
+        sweeper.start()
+        try:
+            names = [f"r{index}" for index in range(120)]
+            for index, name in enumerate(names):
+                reading = {"image": np.full((8, 8), index), "trace": np.arange(index)}
+                archiver.feed("cam", (reading, {"identifier": name}))
+            total = settled(archiver, len(names))
+        finally:
+            stop.set()
+            sweeper.join()
+        assert total["archived"] == len(names) and len(sweeps) > 1, (total, len(sweeps))
+        records = archiver.get(names)
+        assert set(records) == set(names) and all_references_resolve(archiver, names)
+        np.testing.assert_array_equal(records["r7"]["trace"], np.arange(7))
+        assert archiver.orphans() == []
+
+
 def test_the_store_down_dead_letters_records_with_arrays_and_writes_none_that_would_name_a_missing_object(
     tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
