@@ -389,6 +389,8 @@ def test_bad_arguments_are_refused_before_zenoh(db_url: str) -> None:
         ({"db_url": ""}, "db_url"),
         ({"db_url": db_url, "artifact_storage_kwargs": {"endpoint": "x"}}, "artifact_storage_kwargs"),
         ({"db_url": db_url, "retention_days": -1}, "retention_days"),
+        ({"db_url": db_url, "artifact_storage_kwargs": {"bucket": "Upper_Case"}}, "bucket name"),
+        ({"db_url": db_url, "artifact_storage_kwargs": {"bucket": "b" * 53}}, "at most 52"),
         ({"db_url": db_url, "artifact_storage_kwargs": None, "artifact_storage": object()}, "one of them"),
     ):
         with pytest.raises(ConfigurationError, match=match):

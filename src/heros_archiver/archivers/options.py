@@ -619,11 +619,14 @@ class PostgresOptions:
                         f"artifact_storage_kwargs.{name}: expected text, got {type(kwargs[name]).__name__}"
                     )
             bucket = kwargs.get("bucket", "artifacts")
-            if not 3 <= len(bucket) <= 52:  # a daily bucket adds 11 characters; S3 allows 63
+            if len(bucket) > 52:  # a daily bucket adds 11 characters; S3 allows 63
                 raise ConfigurationError(
-                    f"artifact_storage_kwargs.bucket: expected 3 to 52 characters (daily buckets add '-YYYY-MM-DD'), "
-                    f"got {bucket!r:.80}"
+                    f"artifact_storage_kwargs.bucket: expected at most 52 characters (daily buckets add "
+                    f"'-YYYY-MM-DD'), got {len(bucket)}: {bucket!r:.80}"
                 )
+            from ..storage.objectstore import ObjectLocation
+
+            ObjectLocation.parse(f"s3://{bucket}")  # S3's naming rules, refused with what arrived
 
     def sink_settings(self) -> PostgresSinkSettings:
         """How the archiver's container sink commits (the archiver's, and its replay's)."""

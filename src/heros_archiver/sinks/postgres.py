@@ -14,7 +14,8 @@ alone, and dead-lettered. ``commit`` does all the I/O of the pending items in on
 5. COMMIT. Only now are the items archived. A failure before it leaves the records as they were (and at most
    objects no record references: orphans, found by ``cleanup``); the items are appended again and retried.
 
-A batch the database refuses for its data (``RecordRefusedError``) is committed again one record at a time, and
+A batch refused for good (the database refuses its data: ``RecordRefusedError``; the store refuses an object)
+is committed again one record at a time, and
 so is every batch of retried items (appended again after a failed commit): a record that keeps failing, for
 whatever reason, is retried and dead-lettered alone, and the others of its batch are committed.
 """
@@ -36,7 +37,6 @@ from .artifact_store import ArtifactStore
 from .base import CommitFailure, ContainerSink, Settled
 from .postgres_db import (
     DatabaseUnavailableError,
-    RecordRefusedError,
     StoreUnavailableError,
     connect,
     database_error,
@@ -142,11 +142,9 @@ class PostgresSink(ContainerSink):
         records = [record for _, record in batch]
         try:
             self.write(records)
-        except RecordRefusedError as exc:
-            if len(batch) > 1:
-                return self._commit_one_by_one(batch)
-            return Settled(failed=[CommitFailure(self._where, [batch[0][0]], exc)])
         except ArchiverError as exc:
+            if exc.permanent and len(batch) > 1:  # refused for what one of them holds, most likely: which one?
+                return self._commit_one_by_one(batch)
             return Settled(failed=[CommitFailure(self._where, [item for item, _ in batch], exc)])
         return Settled(archived=[item for item, _ in batch])
 
