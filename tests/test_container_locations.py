@@ -22,6 +22,7 @@ import xxhash
 import zarr
 
 import procs
+from acquisition_rigs import AcquiringCamera
 from conftest import RigFactory
 from hdf5_child import expected_frame
 from helpers import wait_until
@@ -38,7 +39,6 @@ from heros_archiver.testing import free_port, make_frame, session_manager, uniqu
 from heros_archiver.testing.collect import CollectOutcomes
 from heros_archiver.testing.contract import wait_until_drained
 from heros_archiver.testing.faults import FailingSink, SinkWrapper
-from test_hdf5_acquisitions import AcquiringCamera
 
 pytestmark = pytest.mark.timeout(120)
 
