@@ -32,6 +32,7 @@ from ..sinks.containers.tiff import OnExists as StackOnExists
 from ..sinks.containers.zarr_shards import COMPRESSIONS as ZARR_APPEND_COMPRESSIONS
 from ..sinks.containers.zarr_shards import DEFAULT_COMPRESSION as ZARR_APPEND_DEFAULT_COMPRESSION
 from ..storage.atomic import FSYNC_CHOICES, ON_EXISTS_CHOICES, Fsync, OnExists
+from .object_root import ObjectRootOptions, object_root_of
 
 if TYPE_CHECKING:
     from ..sinks.hdf5 import Hdf5SinkSettings
@@ -73,6 +74,17 @@ DEFAULT_MAX_OPEN_FILES = 16
 def _check_optional_text(name: str, value: object, expected: str) -> None:
     if value is not None and not isinstance(value, str | os.PathLike):
         raise ConfigurationError(f"{name}: expected {expected}, got {type(value).__name__} {value!r:.200}")
+
+
+def _refuse_object_root(archiver: str, template: str, root: object) -> None:
+    """A container archiver writes local files: an ``s3://`` root or template would otherwise become a local
+    directory named ``s3:``, so it is refused, naming the archivers that write objects."""
+    for value in (template, root):
+        if isinstance(value, str) and value.startswith("s3://"):
+            raise ConfigurationError(
+                f"{archiver}: expected a local root, got the object-store location {value!r}; object storage is "
+                "written by the file-per-item archivers (ArrayArchiver, JsonArchiver, TiffArchiver without stack)"
+            )
 
 
 def _check_template(name: str, value: object) -> None:
@@ -160,10 +172,16 @@ class FileOptions:
     merge_metadata: bool = False
     #: the archiver class's default already applied
     helper_process: bool = False
+    #: what only an ``s3://`` root takes (``storage_options``, ``state_dir``, ``stale_uploads_after``)
+    objects: ObjectRootOptions = field(default_factory=ObjectRootOptions)
+    #: the ``s3://bucket/prefix`` root (from ``root`` or the template), None for a local root
+    object_root: str | None = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
         _check_template("save_template", self.save_template)
-        _check_optional_text("root", self.root, "a directory path or None")
+        _check_optional_text("root", self.root, "a directory path or None, or an s3://bucket/prefix URL")
+        object.__setattr__(self, "object_root", object_root_of(self.save_template, self.root))
+        self.objects.check(self.object_root)
         check_choice("on_exists", self.on_exists, ON_EXISTS_CHOICES)
         check_choice("fsync", self.fsync, FSYNC_CHOICES)
         check_integer("writeback_window", self.writeback_window, "a number of bytes >= 0", 0)
@@ -208,6 +226,7 @@ class Hdf5Options:
             check_seconds("flush_idle", self.flush_idle, "None or a non-negative number of seconds")
         check_seconds("idle_timeout", self.idle_timeout)
         _check_optional_text("root", self.root, "a directory path or None")
+        _refuse_object_root("Hdf5Archiver", self.file_template, self.root)
         if not isinstance(self.acquisitions, bool):
             raise ConfigurationError(f"acquisitions: expected True or False, got {self.acquisitions!r:.200}")
 
@@ -261,6 +280,7 @@ class ZarrOptions:
         _check_template("store_template", self.store_template)
         _check_template("array_path_template", self.array_path_template)
         _check_optional_text("root", self.root, "a directory path or None")
+        _refuse_object_root("ZarrArchiver", self.store_template, self.root)
         check_choice("on_exists", self.on_exists, ON_EXISTS_CHOICES)
         check_choice("fsync", self.fsync, FSYNC_CHOICES)
         check_choice("compression", self.compression, ZARR_COMPRESSIONS)
@@ -301,6 +321,7 @@ class ZarrAppendOptions:
         check_seconds("flush_seconds", self.flush_seconds)
         check_seconds("idle_timeout", self.idle_timeout)
         _check_optional_text("root", self.root, "a directory path or None")
+        _refuse_object_root("ZarrAppendArchiver", self.store_template, self.root)
 
     def sink_settings(self, root: str, sequence_key: str | None) -> ZarrAppendSinkSettings:
         """The settings of the archiver's container sink under ``root`` (the archiver's, and replay's)."""
@@ -353,6 +374,8 @@ class TiffOptions:
     root: str | os.PathLike[str] | None = None
     helper_process: bool = False
     acquisitions: bool = False
+    #: what only an ``s3://`` root takes (files only)
+    objects: ObjectRootOptions = field(default_factory=ObjectRootOptions)
 
     #: the options of the file archiver ``TiffArchiver`` is built on (made here, which checks them)
     files: FileOptions = field(init=False, repr=False, compare=False)
@@ -368,6 +391,12 @@ class TiffOptions:
                 "one file per item has no file to start or close at its markers)"
             )
         given = [name for name in TIFF_STACK_ONLY if getattr(self, name) is not None]
+        if self.stack and isinstance(self.root, str | None) and object_root_of(self.save_template, self.root):
+            raise ConfigurationError(
+                f"stack=True with an object-store root ({object_root_of(self.save_template, self.root)}): expected a "
+                "local root (a stack is appended to in place, which an object cannot be); one file per item "
+                "(stack=False) writes objects"
+            )
         if self.stack:
             self._check_stack(given)
         elif given:
@@ -418,6 +447,7 @@ class TiffOptions:
             not stack and bool(self.split_data_array),
             False,
             self.helper_process,
+            self.objects,
         )
 
     def check_with(self, intake_buffer: object, overflow: object) -> None:
@@ -491,6 +521,7 @@ class ParquetOptions:
         for name in ("row_group_seconds", "flush_seconds", "idle_timeout"):
             check_seconds(name, getattr(self, name))
         _check_optional_text("root", self.root, "a directory path or None")
+        _refuse_object_root("ParquetArchiver", self.file_template, self.root)
 
     def sink_settings(self, root: str, sequence_key: str | None, base_types: Mapping[str, Any]) -> ParquetSinkSettings:
         """The settings of the archiver's container sink under ``root``, with the column types fixed before

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
 import time
@@ -16,8 +17,11 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from ..archivers.object_root import object_root_of
 from ..errors import ArchiverError
+from ..naming.keys import confine_key
 from ..naming.templates import PathTemplate, derive_root
+from ..storage.objectstore import ObjectLocation
 from . import status_command
 from .logging_options import LogFormat, setup_logging
 
@@ -68,18 +72,28 @@ def render(
         list[str] | None, typer.Option(help="default metadata key=value, as in the config (repeatable)")
     ] = None,
     root: Annotated[
-        Path | None, typer.Option(help="archive root (default: derived from template and defaults)")
+        str | None,
+        typer.Option(
+            help="archive root, a directory or s3://bucket/prefix (default: derived from template and defaults)"
+        ),
     ] = None,
 ) -> None:
     """Print the path TEMPLATE renders to for the given metadata, or the error (a dry run of the naming).
 
     As in the archiver, the archive root comes from the template and the --default values (the
-    config), and the positional values (the event's metadata) are merged over the defaults.
+    config), and the positional values (the event's metadata) are merged over the defaults. For an
+    object-store root (``s3://bucket/prefix``, as root or as the template's start) it prints the object's URL.
     """
     defaults = _parse_pairs(default or [])
     metadata = {**defaults, **_parse_pairs(values or [])}
     try:
-        compiled = PathTemplate(template, root or derive_root(template, defaults))
+        object_root = object_root_of(template, root)
+        if object_root is not None:
+            location = ObjectLocation.parse(object_root)
+            rendered = PathTemplate(template, os.sep).render_text(metadata)
+            typer.echo(location.url(confine_key(rendered, object_root, location.prefix, template)))
+            return
+        compiled = PathTemplate(template, Path(root) if root else derive_root(template, defaults))
         path = compiled.render(metadata)
     except ArchiverError as exc:
         console.print(f"[red]error:[/red] {exc}")
