@@ -1,0 +1,133 @@
+"""The Zarr append container on an object store (a real SeaweedFS S3 server started here): the same commit
+protocol as on disk, the store claimed by a conditional create, the writer's lock an object, and a store that
+zarr-python reads straight from the bucket."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+import zarr
+
+from heros_archiver.errors import TargetExistsError
+from heros_archiver.sinks.containers import ContainerBusyError, ItemKey
+from heros_archiver.sinks.containers.zarr_append import ZarrAppendContainer, read_metadata
+from heros_archiver.sinks.containers.zarr_places import ObjectPlace
+from heros_archiver.storage.objectstore import ObjectStore, open_object_store
+from heros_archiver.testing.servers import S3Server
+
+ARRAY = "cam/data"
+BUCKET = "zarr-append"
+LOCKS = "runs/.heros-archiver/locks/"
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    with S3Server(tmp_path_factory.mktemp("s3")) as server:
+        server.create_bucket(BUCKET)
+        yield server
+
+
+@pytest.fixture
+def store(s3: S3Server) -> ObjectStore:
+    return open_object_store(
+        BUCKET, endpoint=s3.endpoint, access_key=s3.access_key, secret_key=s3.secret_key, allow_http=True
+    )
+
+
+def place(store: ObjectStore, name: str) -> ObjectPlace:
+    return ObjectPlace(store, f"runs/{name}", LOCKS)
+
+
+def frame(index: int, shape: tuple[int, ...] = (6, 5)) -> np.ndarray:
+    return np.random.default_rng(index).integers(0, 1000, size=shape).astype("<u2")
+
+
+def append(container: ZarrAppendContainer, index: int) -> int:
+    data, meta = frame(index), {"frame": index}
+    return container.append(ItemKey.of("cam", data, meta, index), data, meta)
+
+
+def test_frames_read_back_from_the_bucket_across_commits_and_a_reopen(store: ObjectStore, request: Any) -> None:
+    name = f"{request.node.name[:20]}.zarr"
+    with ZarrAppendContainer(place(store, name), ARRAY, frames_per_shard=4, column_rows=4) as container:
+        assert container.location == f"s3://{BUCKET}/runs/{name}"
+        for index in range(10):
+            assert append(container, index) == index
+            if index % 3 == 2:
+                container.commit()
+    with ZarrAppendContainer(place(store, name), ARRAY, on_exists="append") as container:
+        assert container.committed_length == 10
+        assert append(container, 4) == 4  # its key is stored: not written again
+        for index in range(10, 15):
+            append(container, index)
+    readable = store.zarr_store(f"runs/{name}")
+    array = zarr.open_array(readable, path=ARRAY, mode="r")
+    np.testing.assert_array_equal(array[...], np.stack([frame(i) for i in range(15)]))
+    assert array.shards == (4, 6, 5)
+    group = zarr.open_group(readable, mode="r")["cam"]
+    assert [read_metadata(group, i)["frame"] for i in range(15)] == list(range(15))
+    # shard objects: 15 frames in 4 shards of 4, nothing else beside zarr.json
+    keys = sorted(info.key.rsplit("/", 1)[1] for info in store.list(f"runs/{name}/{ARRAY}/"))
+    assert keys == ["c.0.0.0", "c.1.0.0", "c.2.0.0", "c.3.0.0", "zarr.json"]
+
+
+def test_uncommitted_objects_are_invisible_and_overwritten_by_the_next_commit(store: ObjectStore) -> None:
+    """A writer that stopped after writing shards but before the frames' zarr.json (a kill mid-commit) leaves
+    the array at its last commit; the next writer goes on from there."""
+    with ZarrAppendContainer(place(store, "killed.zarr"), ARRAY, frames_per_shard=4) as container:
+        for index in range(3):
+            append(container, index)
+    document = json.loads(store.get(f"runs/killed.zarr/{ARRAY}/zarr.json"))
+    with ZarrAppendContainer(place(store, "killed.zarr"), ARRAY, on_exists="append") as container:
+        for index in range(3, 6):
+            append(container, index)
+        container.commit()
+        # put the frames' zarr.json of the first commit back: as if the last commit had not reached it
+        store.put(f"runs/killed.zarr/{ARRAY}/zarr.json", json.dumps(document).encode())
+        container.release()
+    with ZarrAppendContainer(place(store, "killed.zarr"), ARRAY, on_exists="append") as container:
+        assert container.committed_length == 3
+        for index in range(3, 7):
+            assert append(container, index) == index
+    array = zarr.open_array(store.zarr_store("runs/killed.zarr"), path=ARRAY, mode="r")
+    np.testing.assert_array_equal(array[...], np.stack([frame(i) for i in range(7)]))
+
+
+def test_an_existing_store_is_kept_under_error_and_unique_takes_the_next_name(store: ObjectStore) -> None:
+    with ZarrAppendContainer(place(store, "taken.zarr"), ARRAY) as container:
+        append(container, 0)
+    with pytest.raises(TargetExistsError, match=r"s3://zarr-append/runs/taken\.zarr exists"):
+        ZarrAppendContainer(place(store, "taken.zarr"), ARRAY, on_exists="error")
+    with ZarrAppendContainer(place(store, "taken.zarr"), ARRAY, on_exists="unique") as beside:
+        assert beside.location == f"s3://{BUCKET}/runs/taken-1.zarr"
+        append(beside, 1)
+    assert store.exists(f"runs/taken-1.zarr/{ARRAY}/zarr.json")
+
+
+def test_a_second_writer_is_refused_and_a_dead_writers_lock_is_taken_over(store: ObjectStore) -> None:
+    first = ZarrAppendContainer(place(store, "locked.zarr"), ARRAY)
+    try:
+        with pytest.raises(ContainerBusyError, match=r"locks/runs%2Flocked\.zarr%2Fcam%2Fdata"):
+            ZarrAppendContainer(place(store, "locked.zarr"), ARRAY, on_exists="append")
+    finally:
+        first.close()
+    # a lock left by a process of this host that is gone (here: one that exited) is stale
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    record = {"holder": "x", "host": socket.gethostname(), "pid": int(gone.stdout), "since": 0}
+    store.put_new(f"{LOCKS}runs%2Flocked.zarr%2Fcam%2Fdata", json.dumps(record).encode())
+    with ZarrAppendContainer(place(store, "locked.zarr"), ARRAY, on_exists="append") as container:
+        append(container, 1)
+    # another host's lock cannot be judged from here: refused, naming the holder
+    record = {"holder": "y", "host": "elsewhere", "pid": os.getpid(), "since": 0}
+    store.put_new(f"{LOCKS}runs%2Flocked.zarr%2Fcam%2Fdata", json.dumps(record).encode())
+    with pytest.raises(ContainerBusyError, match="host 'elsewhere'"):
+        ZarrAppendContainer(place(store, "locked.zarr"), ARRAY, on_exists="append")
+    assert not list(store.list("runs/locked.zarr/.heros"))  # no lock inside the store
