@@ -18,6 +18,7 @@ from ..state.statedir import DEAD_LETTER_SUBDIR, STATE_DIR_NAME
 from ..storage.atomic import Fsync, OnExists, remove_stale_temporaries
 from ..storage.writeback import WritebackWindow
 from .base import HERODataArchiver
+from .object_root import DEFAULT_STALE_UPLOADS_AFTER, ObjectRoot, ObjectRootOptions, open_object_root
 from .options import DEFAULT_WRITEBACK_WINDOW, FileOptions
 
 log = logging.getLogger("heros_archiver")
@@ -32,7 +33,8 @@ class FileArchiver(HERODataArchiver):
         file_format: the name of a registered format: ``npy``, ``json``, or one an installed plugin adds
             (entry-point group ``heros_archiver.formats``; ``heros-archiver formats`` lists them).
         root: archive root every file must stay under (default: derived from the template, see
-            ``heros_archiver.naming``).
+            ``heros_archiver.naming``); or an object store, ``s3://bucket/prefix`` (the template then renders
+            keys under the prefix, or starts with that URL itself; see "Object storage" in the README).
         on_exists: when the target exists: ``error`` (default; keep the file, dead-letter the item),
             ``overwrite``, or ``unique`` (add ``-1``, ``-2``, ... before the extension).
         fsync: durability: ``none`` (default; page cache), ``file``, or ``file+directory``.
@@ -46,6 +48,14 @@ class FileArchiver(HERODataArchiver):
             on another core: 1.3-1.4x more small events per second end to end, ~1.8x without Zenoh
             (decision 0012). Default: the class's ``DEFAULT_HELPER_PROCESS`` (on for JSON; off for arrays,
             whose frames of 1 MiB and more the writer writes itself in any case). Same guarantees either way.
+            Not used for an ``s3://`` root (objects are sent by the writer).
+        storage_options: (``s3://`` root) how to reach the store: ``endpoint``, ``region``, ``access_key``,
+            ``secret_key``, ``session_token``, ``profile``, ``allow_http``; each one not given follows the AWS
+            conventions (environment, then ``~/.aws`` profile; ``storage.objectstore``).
+        state_dir: (``s3://`` root) the local directory whose ``.heros-archiver/`` holds spool, dead letters
+            and catalog (default ``$XDG_STATE_HOME/heros-archiver/s3/<bucket>/<prefix>``; ``state.object_state``).
+        stale_uploads_after: (``s3://`` root) at start, abort the multipart uploads under the prefix begun
+            more than this many seconds ago (a killed writer's; default 3600).
     """
 
     #: ``helper_process`` when not given
@@ -67,6 +77,9 @@ class FileArchiver(HERODataArchiver):
         split_data_array: bool = False,
         merge_metadata: bool = False,
         helper_process: bool | None = None,
+        storage_options: dict[str, Any] | None = None,
+        state_dir: str | None = None,
+        stale_uploads_after: float = DEFAULT_STALE_UPLOADS_AFTER,
         **kwargs: Any,
     ) -> None:
         self.sink_options = FileOptions(
@@ -79,6 +92,7 @@ class FileArchiver(HERODataArchiver):
             bool(split_data_array),
             bool(merge_metadata),
             self.DEFAULT_HELPER_PROCESS if helper_process is None else helper_process,
+            ObjectRootOptions(storage_options, state_dir, stale_uploads_after),
         )
         self._init_files(self.sink_options, *args, **kwargs)
 
@@ -94,8 +108,20 @@ class FileArchiver(HERODataArchiver):
 
     def _setup_storage(self) -> None:
         """Compile the template (a syntax error fails here, at start), refuse a state directory that is a
-        symlink, and clean the stale temporaries the records of dead processes point to (no walk)."""
+        symlink, and clean the stale temporaries the records of dead processes point to (no walk). An
+        ``s3://`` root is connected and checked first (``object_root.open_object_root``); ``root`` is then
+        the local state directory, where spool, dead letters and catalog are."""
         files = self._files
+        #: the object-store root (None: a local root)
+        self.object_root: ObjectRoot | None = None
+        if files.object_root is not None:
+            self.object_root = open_object_root(files.object_root, files.objects, files.on_exists)
+            self._settings.root = files.object_root
+            self._writer = FileWriter(self._settings, 0, self.object_root.store)
+            self.name_template = self._writer.template
+            self.root = self.object_root.state_dir
+            check_root(self.root)
+            return
         root = Path(files.root) if files.root else derive_root(files.save_template, self.metadata)
         self._settings.root = str(root)
         self._writer = FileWriter(self._settings, files.writeback_window)
@@ -114,8 +140,8 @@ class FileArchiver(HERODataArchiver):
     def _catalog_adoption(self) -> str | None:
         """The ending of the files' names (``.npy``; ``""`` when the template's end is an expression), if
         this archiver reports where it writes (a subclass's own ``_store`` does not)."""
-        if type(self)._store is not FileArchiver._store:
-            return None
+        if type(self)._store is not FileArchiver._store or self.object_root is not None:
+            return None  # an object store has no files linked but not journaled to adopt
         tail = re.split(r"}}|%}", self._files.save_template)[-1]
         return PurePosixPath("name" + tail).suffix if "{" not in tail else ""
 
@@ -128,7 +154,7 @@ class FileArchiver(HERODataArchiver):
         own_store = (
             type(self)._store is not FileArchiver._store or type(self)._store_item is not FileArchiver._store_item
         )
-        if not self._files.helper_process or own_store:
+        if not self._files.helper_process or own_store or self.object_root is not None:
             return None
         return lambda lanes: BatchWriter(self._writer, lanes)
 

@@ -32,6 +32,7 @@ from ..sinks.containers.tiff import OnExists as StackOnExists
 from ..sinks.containers.zarr_shards import COMPRESSIONS as ZARR_APPEND_COMPRESSIONS
 from ..sinks.containers.zarr_shards import DEFAULT_COMPRESSION as ZARR_APPEND_DEFAULT_COMPRESSION
 from ..storage.atomic import FSYNC_CHOICES, ON_EXISTS_CHOICES, Fsync, OnExists
+from .object_root import ObjectRootOptions, object_root_of
 
 if TYPE_CHECKING:
     from ..sinks.hdf5 import Hdf5SinkSettings
@@ -160,10 +161,16 @@ class FileOptions:
     merge_metadata: bool = False
     #: the archiver class's default already applied
     helper_process: bool = False
+    #: what only an ``s3://`` root takes (``storage_options``, ``state_dir``, ``stale_uploads_after``)
+    objects: ObjectRootOptions = field(default_factory=ObjectRootOptions)
+    #: the ``s3://bucket/prefix`` root (from ``root`` or the template), None for a local root
+    object_root: str | None = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
         _check_template("save_template", self.save_template)
-        _check_optional_text("root", self.root, "a directory path or None")
+        _check_optional_text("root", self.root, "a directory path, an s3://bucket/prefix URL or None")
+        object.__setattr__(self, "object_root", object_root_of(self.save_template, self.root))
+        self.objects.check(self.object_root)
         check_choice("on_exists", self.on_exists, ON_EXISTS_CHOICES)
         check_choice("fsync", self.fsync, FSYNC_CHOICES)
         check_integer("writeback_window", self.writeback_window, "a number of bytes >= 0", 0)
@@ -353,6 +360,8 @@ class TiffOptions:
     root: str | os.PathLike[str] | None = None
     helper_process: bool = False
     acquisitions: bool = False
+    #: what only an ``s3://`` root takes (files only)
+    objects: ObjectRootOptions = field(default_factory=ObjectRootOptions)
 
     #: the options of the file archiver ``TiffArchiver`` is built on (made here, which checks them)
     files: FileOptions = field(init=False, repr=False, compare=False)
@@ -368,6 +377,12 @@ class TiffOptions:
                 "one file per item has no file to start or close at its markers)"
             )
         given = [name for name in TIFF_STACK_ONLY if getattr(self, name) is not None]
+        if self.stack and object_root_of(self.save_template, self.root) is not None:
+            raise ConfigurationError(
+                f"stack=True with an object-store root ({object_root_of(self.save_template, self.root)}): expected a "
+                "local root (a stack is appended to in place, which an object cannot be); one file per item "
+                "(stack=False) writes objects"
+            )
         if self.stack:
             self._check_stack(given)
         elif given:
@@ -418,6 +433,7 @@ class TiffOptions:
             not stack and bool(self.split_data_array),
             False,
             self.helper_process,
+            self.objects,
         )
 
     def check_with(self, intake_buffer: object, overflow: object) -> None:

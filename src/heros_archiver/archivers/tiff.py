@@ -24,6 +24,7 @@ from ..state.replay_tiff import TIFF_STACK_KIND, TiffStackWriterSettings
 from ..storage.atomic import OnExists
 from .acquisitions import AcquisitionMarkers, AcquisitionTracker, check_templates, recorded_defaults
 from .files import FileArchiver
+from .object_root import DEFAULT_STALE_UPLOADS_AFTER, ObjectRootOptions
 from .options import DEFAULT_WRITEBACK_WINDOW, TiffOptions
 
 
@@ -52,6 +53,8 @@ class TiffArchiver(AcquisitionMarkers, FileArchiver):
             cache before the oldest are waited for on the device and dropped from the cache (default 32 MiB;
             0: the kernel decides); keeps the cache small and latency flat over long runs (decision 0009).
         root, helper_process: as ``FileArchiver`` (the last for files only).
+        storage_options, state_dir, stale_uploads_after: as ``FileArchiver``, for ``root="s3://bucket/prefix"``
+            (files only: a stack is appended to in place, which an object cannot be).
         acquisitions: (stack) also receive the cameras' ``acquisition_started`` and ``acquisition_stopped``
             and write each acquisition into a stack of its own, as ``Hdf5Archiver(acquisitions=True)``: the
             start's configuration in the record of the stack's first page (``acquisition``), the stop's count
@@ -82,10 +85,14 @@ class TiffArchiver(AcquisitionMarkers, FileArchiver):
         **kwargs: Any,
     ) -> None:
         helper_process = kwargs.pop("helper_process", None)
+        objects = ObjectRootOptions(
+            kwargs.pop("storage_options", None), kwargs.pop("state_dir", None),
+            kwargs.pop("stale_uploads_after", DEFAULT_STALE_UPLOADS_AFTER),
+        )  # fmt: skip
         self.sink_options = TiffOptions(
             save_template, stack, split_data_array, on_exists, fsync, flush_frames, flush_seconds, max_frames,
             max_bytes, idle_timeout, max_open_files, writeback_window, kwargs.pop("root", None),
-            self.DEFAULT_HELPER_PROCESS if helper_process is None else helper_process, acquisitions,
+            self.DEFAULT_HELPER_PROCESS if helper_process is None else helper_process, acquisitions, objects,
         )  # fmt: skip
         self.sink_options.check_with(kwargs.get("intake_buffer"), kwargs.get("overflow", "block"))
         if self.sink_options.stack:

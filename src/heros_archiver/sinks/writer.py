@@ -1,7 +1,10 @@
-"""Naming + format + atomic storage for one payload: the part of a file archiver that needs no network.
+"""Naming + format + storage for one payload: the part of a file archiver that needs no Zenoh.
 
 The archivers use it for every event, and ``heros-archiver replay`` rebuilds it from the settings a
-dead-letter entry recorded, so a replayed item is named and written exactly as it would have been.
+dead-letter entry recorded, so a replayed item is named and written exactly as it would have been. Where the
+files go is one target chosen at construction: ``LocalFiles`` (``storage.atomic`` under a local root) or,
+for an ``s3://bucket/prefix`` root, ``ObjectTarget`` (``storage.object_files``: the same names and policies
+as objects).
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from ..storage.atomic import (
     remove_file,
     write_unless_present,
 )
+from ..storage.object_files import ObjectFiles
+from ..storage.objectstore import ObjectLocation, ObjectStore, is_object_url
 from ..storage.writeback import WritebackWindow
 
 #: The key under which ``merge_metadata=True`` adds the merged metadata to a JSON document.
@@ -82,23 +87,86 @@ class WriterSettings:
         return cls(**data)
 
 
-class FileWriter:
-    """Render, check and write the file(s) of one payload: all of them or none."""
+class LocalFiles:
+    """The files of a local root: named by the template, confined beneath the root, written by
+    ``storage.atomic`` (no clobber, temporaries, writeback window)."""
 
-    def __init__(self, settings: WriterSettings, writeback_window: int = 0) -> None:
+    def __init__(self, template: PathTemplate, fsync: Fsync, window: WritebackWindow, confine_root: str | None):
+        self._template = template
+        self._root_text = str(template.root)
+        self._fsync = fsync
+        self._window = window
+        self._confine_root = confine_root
+
+    def name(self, context: Mapping[str, Any]) -> str:
+        """The confined path of the file for ``context``."""
+        path = self._template.render_confined(context)
+        _refuse_reserved(path, self._root_text, self._template.source)
+        return path
+
+    def write(self, path: str, content: Content, on_exists: OnExists, resumed: bool) -> str | None:
+        """``storage.atomic.write_unless_present`` beneath the root."""
+        return write_unless_present(path, content, on_exists, self._fsync, self._window, self._confine_root, resumed)
+
+    def remove(self, path: str) -> None:
+        remove_file(path, self._confine_root)
+
+
+class ObjectTarget:
+    """The objects of an ``s3://bucket/prefix`` root: named by the template, confined to the prefix as keys,
+    written by ``storage.object_files`` (conditional create, ``-N``, overwrite). Paths are ``s3://`` URLs."""
+
+    def __init__(self, template: PathTemplate, objects: ObjectFiles) -> None:
+        self._template = template
+        self.objects = objects
+
+    def name(self, context: Mapping[str, Any]) -> str:
+        """The ``s3://bucket/key`` of the object for ``context``."""
+        return self.objects.name(self._template.render_text(context), self._template.source)
+
+    def write(self, path: str, content: Content, on_exists: OnExists, resumed: bool) -> str | None:
+        return self.objects.write(path, content, on_exists, resumed)
+
+    def remove(self, path: str) -> None:
+        self.objects.remove(path)
+
+
+class FileWriter:
+    """Render, check and write the file(s) of one payload: all of them or none.
+
+    ``store``: the object store of an ``s3://bucket/prefix`` root (the archiver's, or the one replay opens from
+    the state directory's record); a local root takes none.
+    """
+
+    def __init__(self, settings: WriterSettings, writeback_window: int = 0, store: ObjectStore | None = None) -> None:
         if not isinstance(settings.format, str):
             raise ConfigurationError(f"file_format: expected the name of a format, got {settings.format!r}")
         self._format = make_format(settings.format)  # registered by entry point (plugins.py): ours and plugins'
         check_choice("on_exists", settings.on_exists, ON_EXISTS_CHOICES)
         check_choice("fsync", settings.fsync, FSYNC_CHOICES)
         self.settings = settings
-        self.template = PathTemplate(settings.save_template, settings.root)
-        self.root = self.template.root
-        self._root_text = str(self.root)
         #: large files on their way to disk and out of the page cache (``writeback_window`` bytes; 0 = off)
         self.window = WritebackWindow(writeback_window)
+        self._target: LocalFiles | ObjectTarget
+        if is_object_url(settings.root):
+            if store is None:
+                raise ConfigurationError(f"root {settings.root!r}: an object-store root needs its ObjectStore")
+            # keys are confined by naming.keys; the template's root (/) is only where the renders start
+            self.template = PathTemplate(settings.save_template, os.sep)
+            self.root = self.template.root
+            self.confine_root: str | None = None
+            self._target = ObjectTarget(self.template, ObjectFiles(store, ObjectLocation.parse(settings.root)))
+            return
+        self.template = PathTemplate(settings.save_template, settings.root)
+        self.root = self.template.root
         #: the root writes are confined to (None for a root of ``/``, where nothing is confined)
-        self.confine_root: str | None = None if self.root == Path(self.root.anchor) else self._root_text
+        self.confine_root = None if self.root == Path(self.root.anchor) else str(self.root)
+        self._target = LocalFiles(self.template, settings.fsync, self.window, self.confine_root)
+
+    @property
+    def objects(self) -> ObjectFiles | None:
+        """The objects written to, for an ``s3://`` root (None: a local root)."""
+        return self._target.objects if isinstance(self._target, ObjectTarget) else None
 
     def _parts(self, payload: Any) -> list[tuple[int | None, Any]]:
         if not self.settings.split_data_array:
@@ -120,8 +188,7 @@ class FileWriter:
             context = {**metadata, "source_name": source_name}
             if index is not None:
                 context["_split_index"] = index
-            path = self.template.render_confined(context)
-            _refuse_reserved(path, self._root_text, self.template.source)
+            path = self._target.name(context)
             if path in seen:
                 raise TemplateRenderError(
                     f"template {self.template.source!r} renders {path!r} for split indices {seen[path]} and "
@@ -163,12 +230,11 @@ class FileWriter:
         locations: list[Location] | None,
     ) -> list[str]:
         written: list[str] = []
+        target = self._target
+        on_exists = self.settings.on_exists
         try:
             for path, content in self.plan_text(source_name, payload, metadata):
-                settings = self.settings
-                final = write_unless_present(
-                    path, content, settings.on_exists, settings.fsync, self.window, self.confine_root, resumed
-                )
+                final = target.write(path, content, on_exists, resumed)
                 if final is not None:
                     written.append(final)
                 if locations is not None:
@@ -176,7 +242,7 @@ class FileWriter:
         except BaseException:
             for done in written:
                 with contextlib.suppress(OSError, ArchiverError):
-                    remove_file(done, self.confine_root)
+                    target.remove(done)
             raise
         return written
 

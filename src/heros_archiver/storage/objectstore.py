@@ -35,10 +35,12 @@ from typing import Any
 from ..errors import ConfigurationError, InvalidTargetError, StorageError, TargetExistsError
 from ..extras import require_extra
 from ..formats.base import Content
+from ..naming.keys import key_problem
+from ..state.statedir import STATE_DIR_NAME
 
 SCHEME = "s3://"
 #: The archiver's own area under a prefix (probe keys); local state stays on local disk (``state_dir``).
-STATE_AREA = ".heros-archiver"
+STATE_AREA = STATE_DIR_NAME
 #: From this size an object is sent as a multipart upload: below it one PUT was as fast or faster here
 #: (decision 0035), and a single PUT holds at most 5 GiB on S3.
 MULTIPART_THRESHOLD = 128 << 20
@@ -50,8 +52,6 @@ PART_THREADS = 4
 #: both ends); an IP address is refused separately.
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _IP_ADDRESS = re.compile(r"\d+\.\d+\.\d+\.\d+")
-#: The longest key S3 accepts, in UTF-8 bytes.
-MAX_KEY_BYTES = 1024
 
 
 def is_object_url(text: object) -> bool:
@@ -104,20 +104,6 @@ def check_key(key: str, what: str) -> None:
     problem = key_problem(key)
     if problem:
         raise ConfigurationError(f"{what}: expected a key of plain segments joined by '/', got {key!r}: {problem}")
-
-
-def key_problem(key: str) -> str | None:
-    """Why ``key`` cannot be an object key under a prefix, or None (``check_key``'s test, shared with naming)."""
-    if not key:
-        return "it is empty"
-    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in key):
-        return "it contains a control character"
-    if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
-        return f"it is longer than {MAX_KEY_BYTES} bytes"
-    segments = key.split("/")
-    if any(segment in ("", ".", "..") for segment in segments):
-        return "a segment is empty, '.' or '..' (a leading '/', a trailing '/' or '//' make an empty one)"
-    return None
 
 
 @dataclass(frozen=True)
