@@ -10,12 +10,17 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import zarr
 
+import procs
+from conftest import RigFactory
+from helpers import dead_letter_entries, read_entry, wait_for_items
+from heros_archiver import ZarrAppendArchiver
 from heros_archiver.errors import TargetExistsError
 from heros_archiver.sinks.containers import ContainerBusyError, ItemKey
 from heros_archiver.sinks.containers.zarr_append import ZarrAppendContainer, read_metadata
@@ -131,3 +136,47 @@ def test_a_second_writer_is_refused_and_a_dead_writers_lock_is_taken_over(store:
     with pytest.raises(ContainerBusyError, match="host 'elsewhere'"):
         ZarrAppendContainer(place(store, "locked.zarr"), ARRAY, on_exists="append")
     assert not list(store.list("runs/locked.zarr/.heros"))  # no lock inside the store
+
+
+# --------------------------------------------------------------------------------- the archiver, over Zenoh
+@pytest.fixture
+def s3_env(s3: S3Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> S3Server:
+    """The server's endpoint and credentials by the AWS conventions, the state directory in tmp_path."""
+    for name, value in s3.client_env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state-home"))
+    return s3
+
+
+def test_a_zarr_append_archiver_appends_a_run_to_one_array_in_the_bucket(
+    make_rig: RigFactory, s3_env: S3Server, store: ObjectStore, tmp_path: Path
+) -> None:
+    made = make_rig(
+        None, archiver_cls=ZarrAppendArchiver, store_template="{{ source_name }}-{{ run }}.zarr",
+        root=f"s3://{BUCKET}/archive", sequence_key="frame", frames_per_shard=8, flush_frames=8, max_frames=20,
+    )  # fmt: skip
+    procs.send_frames(made.camera, list(range(30)), (16, 24), run=5)
+    totals = wait_for_items(made.archiver, 30)
+    assert totals["archived"] == 30 and totals["dead_lettered"] == 0
+    made.archiver._teardown()
+    parts = [("archive/cam-5.zarr", range(20)), ("archive/cam-5-1.zarr", range(20, 30))]  # max_frames rolled over
+    for prefix, expected in parts:
+        array = zarr.open_array(store.zarr_store(prefix), path="cam/data", mode="r")
+        assert [int(f.flat[0]) for f in array[...]] == list(expected)
+        np.testing.assert_array_equal(array[0], procs.frame(expected[0], (16, 24)))
+    assert not list(store.list("archive/.heros-archiver/locks/"))  # every lock let go at the end
+    state = tmp_path / "state-home" / "heros-archiver" / "s3" / BUCKET / "archive"
+    assert made.archiver.root == state and (state / ".heros-archiver").is_dir()
+
+
+def test_a_store_key_leaving_the_prefix_is_dead_lettered(make_rig: RigFactory, s3_env: S3Server) -> None:
+    made = make_rig(
+        None, archiver_cls=ZarrAppendArchiver, store_template="{{ run }}/run.zarr", root=f"s3://{BUCKET}/confined",
+        sequence_key="frame",
+    )  # fmt: skip
+    procs.send_frames(made.camera, [0], (4, 4), run="..")
+    procs.send_frames(made.camera, [1], (4, 4), run="ok")
+    totals = wait_for_items(made.archiver, 2)
+    assert totals["archived"] == 1 and totals["dead_lettered"] == 1
+    [entry] = dead_letter_entries(made.archiver.root)
+    assert "not a plain key" in read_entry(entry)["error"]

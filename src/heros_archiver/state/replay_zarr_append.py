@@ -14,7 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
+from ..errors import ReplayError
 from ..sinks.base import ContainerSink
+from ..storage.objectstore import is_object_url
 from .records import NONE, SettingsRecord
 from .replay_containers import ContainerReplay, Target
 
@@ -62,6 +64,12 @@ class ZarrAppendReplay(ContainerReplay[ZarrAppendWriterSettings]):
     def _options(self, settings: ZarrAppendWriterSettings) -> ZarrAppendOptions:
         from ..archivers.options import ZarrAppendOptions
 
+        if is_object_url(settings.root):
+            raise ReplayError(
+                f"dead letter of a ZarrAppendArchiver writing to {settings.root}: expected a local root; replaying "
+                "into an object store's Zarr stores is not supported yet (the entry stays; restart the archiver "
+                "with on_exists='append' and feed it, or copy the frames from the entry)"
+            )
         return ZarrAppendOptions(
             settings.store_template, settings.array_template, compression=settings.compression,
             frames_per_chunk=settings.frames_per_chunk, frames_per_shard=settings.frames_per_shard,
