@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -180,3 +181,32 @@ def test_a_store_key_leaving_the_prefix_is_dead_lettered(make_rig: RigFactory, s
     assert totals["archived"] == 1 and totals["dead_lettered"] == 1
     [entry] = dead_letter_entries(made.archiver.root)
     assert "not a plain key" in read_entry(entry)["error"]
+
+
+def test_the_store_stopped_for_5_s_mid_run_loses_nothing(
+    make_rig: RigFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Commits fail while the S3 server is down (and restarted on the same directory): the array is let go,
+    its frames retried with backoff into the reopened array (its lock, left behind, taken over), none lost."""
+    with S3Server(tmp_path / "s3") as server:
+        server.create_bucket(BUCKET)
+        for name, value in server.client_env().items():
+            monkeypatch.setenv(name, value)
+        made = make_rig(
+            None, archiver_cls=ZarrAppendArchiver, store_template="run.zarr", root=f"s3://{BUCKET}/outage",
+            state_dir=str(tmp_path / "state"), sequence_key="frame", flush_frames=5, max_retries=12,
+        )  # fmt: skip
+        procs.send_frames(made.camera, list(range(10)), (16, 24))
+        wait_for_items(made.archiver, 10)
+        server.stop()
+        procs.send_frames(made.camera, list(range(10, 20)), (16, 24))
+        time.sleep(3.0)
+        server.start()
+        procs.send_frames(made.camera, list(range(20, 30)), (16, 24))
+        totals = wait_for_items(made.archiver, 30, timeout=90)
+        assert totals["archived"] == 30 and totals["dead_lettered"] == 0, totals
+        assert totals["retried"] >= 1, totals
+        made.archiver._teardown()
+        store = open_object_store(BUCKET, endpoint=server.endpoint, allow_http=True)
+        array = zarr.open_array(store.zarr_store("outage/run.zarr"), path="cam/data", mode="r")
+        assert [int(f.flat[0]) for f in array[...]] == list(range(30))

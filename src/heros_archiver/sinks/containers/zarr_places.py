@@ -26,6 +26,7 @@ import fcntl
 import json
 import os
 import socket
+import threading
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path, PurePosixPath
@@ -46,6 +47,10 @@ if TYPE_CHECKING:
 OnExists = Literal["error", "append", "unique"]
 #: Where an object store's writer locks are, under the archive location's own area.
 LOCKS_AREA = "locks"
+#: The lock keys (with their stores' bucket) the containers of this process hold now: a lock of this process
+#: not among them is one a container could not delete while the store was down, and is taken over.
+_held_here: set[tuple[str, str]] = set()
+_held_lock = threading.Lock()
 
 
 class ZarrPlace(ABC):
@@ -217,6 +222,8 @@ class ObjectPlace(ZarrPlace):
                     ) from None
                 continue
             self._held = key
+            with _held_lock:
+                _held_here.add((self._store.bucket, key))
             return
         raise ContainerBusyError(f"{self._store.url(key)}: the lock came back while taking it over")
 
@@ -241,15 +248,21 @@ class ObjectPlace(ZarrPlace):
         pid = holder.get("pid")
         if holder.get("host") != socket.gethostname() or not isinstance(pid, int):
             return False  # another host's (or unreadable): its writer's liveness cannot be known from here
-        if pid == os.getpid() or pid_running(pid):
-            return False  # held by a live process (this one included: another container of the array)
-        self._store.delete(key)
+        if pid == os.getpid():
+            with _held_lock:
+                if (self._store.bucket, key) in _held_here:
+                    return False  # another container of this process writes the array
+        elif pid_running(pid):
+            return False
+        self._store.delete(key)  # a dead writer's, or ours that could not be deleted while the store was down
         return True
 
     def unlock(self) -> None:
         if self._held is not None:
             key, self._held = self._held, None
-            with contextlib.suppress(StorageError):
+            with _held_lock:
+                _held_here.discard((self._store.bucket, key))
+            with contextlib.suppress(StorageError):  # the store is down: the next lock() of ours takes it over
                 self._store.delete(key)
 
     def read(self, key: str) -> bytes | None:
