@@ -13,6 +13,7 @@ the sink child with that implementation's interpreter; the first --impl is the n
 import argparse
 import ctypes
 import importlib
+import io
 import json
 import os
 import platform
@@ -60,6 +61,9 @@ SINKS = {  # name: (default class, default kwargs, output format)
         {"save_template": "{{ file_path }}/run.tif", "stack": True},
         "tiff-stack",
     ),
+    # ArrayArchiver with an object-store root (this project's, opt-in): frames as objects in a SeaweedFS S3 server
+    # the driver starts (S3Server), counted archived when stats() says the PUT returned (as hdf5); state under data
+    "s3": ("heros_archiver.ArrayArchiver", {"save_template": "img-{{ '%06d' % frame }}.npy"}, "s3"),
     # readings as rows of one Parquet file (this project's class, opt-in as hdf5); an event counts once journaled
     "parquet": ("heros_archiver.ParquetArchiver", {"file_template": "{{ file_path }}/events.parquet"}, "parquet"),
     "json": ("herostools.actor.JsonArchiver", {"save_template": "{{ file_path }}/ev-{{ '%06d' % i }}.json"}, "json"),
@@ -78,7 +82,7 @@ WIRE_SINKS = ("wire:tcp", "wire:shm")
 # (for small events the per-sample Python work of any subscriber, not the wire, is the limit: no wire rows)
 FRAME_SINKS = (
     "array", "array:nocatalog", "zarr", "hdf5", "hdf5:nocatalog", "hdf5:swmr", "zarr-append", "tiff", "tiff-stack",
-    "count", *WIRE_SINKS,
+    "s3", "count", *WIRE_SINKS,
 )  # fmt: skip
 EVENT_SINKS = ("json", "json:nocatalog", "parquet", "count")
 SWMR_SINKS = ("hdf5:swmr",)  # rows with a SWMR reader beside the archiver
@@ -91,6 +95,7 @@ COMMIT_FORMATS = (
     "zarr-append",
     "tiff-stack",
     "parquet",
+    "s3",
 )  # container sinks: an item arrives when a commit made it archived (the archiver's stats())
 #: stats() poll of a container sink, seconds: the commit clock's resolution (a call costs tens of us of GIL time)
 COMMIT_POLL = 0.005
@@ -207,7 +212,7 @@ def item_paths(root, fmt):
 
 
 #: the archiver's catalog under .heros-archiver/: no items, neither set aside nor archived
-CATALOG_NAMES = ("catalog.sqlite", "catalog.sqlite-wal", "catalog.sqlite-shm")
+CATALOG_NAMES = ("catalog.sqlite", "catalog.sqlite-wal", "catalog.sqlite-shm", "object-store.json")
 CATALOG_JOURNALS = "catalog-journal"
 
 
@@ -641,6 +646,8 @@ def verify(fmt, data, n, shape, sink_info, arrivals=None, pixels="random"):
         return verify_tiff_stack(data, n, shape, sink_info, pixels)
     if fmt == "parquet":
         return verify_parquet(data, n, sink_info)
+    if fmt == "s3":
+        return verify_s3(data, n, shape, sink_info, pixels)
     exp = base_frame(shape, pixels) if fmt != "json" else None
     if fmt == "zarr":
         import zarr
@@ -879,6 +886,73 @@ def verify_parquet(data, n, sink_info):
     return good, bad, dup, None, by_received
 
 
+# ----------------------------------------------------------------------------- object storage (s3 sink, disk:s3)
+S3_BUCKET = "bench"
+S3_SERVER = []  # the S3Server of this invocation (started by main when an s3 row is planned)
+
+
+def s3_prefix(data):
+    """The key prefix of a run's objects: its run folder's name (data is RUN/data)."""
+    return Path(data).parent.name
+
+
+def s3_store():
+    """An obstore client of the bench bucket (the archiver's client, decision 0035)."""
+    from obstore.store import S3Store
+
+    server = S3_SERVER[0]
+    return S3Store(
+        S3_BUCKET,
+        endpoint=server.endpoint,
+        access_key_id=server.access_key,
+        secret_access_key=server.secret_key,
+        region=server.region,
+        virtual_hosted_style_request=False,
+        client_options={"allow_http": True},
+    )
+
+
+def verify_s3(data, n, shape, sink_info, pixels="random"):
+    """Load every object of the run back and compare it with what was sent; an object arrives when the
+    archiver's stats() first counted it archived (the writer archives one source's frames in order)."""
+    import obstore
+
+    store, exp = s3_store(), base_frame(shape, pixels)
+    commits = np.array(sink_info["commits"], dtype=float).reshape(-1, 2)
+    good, bad, dup = {}, 0, 0
+    prefix = s3_prefix(data) + "/"
+    keys = sorted(meta["path"] for chunk in obstore.list(store, prefix) for meta in chunk)
+    for rank, key in enumerate(keys):
+        try:
+            arr = np.load(io.BytesIO(bytes(obstore.get(store, key).bytes())))
+            i = frame_index(arr)
+            stamp(exp, i)
+            ok = arr.shape == exp.shape and arr.dtype == exp.dtype and np.array_equal(arr, exp)
+        except Exception:  # noqa: BLE001 - any unreadable object is a bad item
+            ok = False
+        if not ok or not 0 <= i < n:
+            bad += 1
+            continue
+        at = int(np.searchsorted(commits[:, 1], rank + 1, side="left"))
+        dup += i in good
+        good[i] = float(commits[min(at, len(commits) - 1), 0])
+    return good, bad, dup, None, 0
+
+
+def s3_upload(prefix, n, buf):
+    """The client's own upload of n stamped frames as .npy objects (header and bytes as the archiver sends
+    them), each a conditional create (If-None-Match: *), one at a time."""
+    import obstore
+
+    store = s3_store()
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(buf))
+    for i in range(n):
+        stamp(buf, i)
+        body = header.getvalue() + buf.tobytes()
+        obstore.put(store, f"{prefix}/img-{i:06d}.npy", body, mode="create", use_multipart=False)
+
+
 def sink_spec(cfg, sink, impl):
     """(class, kwargs, format) of a sink for one implementation (impl None: the shared count sink)."""
     cls, kwargs, fmt = SINKS[sink]
@@ -1091,6 +1165,10 @@ def one_run(cfg, wl, sink, impl, rep):
     try:
         cls, kwargs, fmt = sink_spec(cfg, sink, impl)
         res["class"] = cls
+        sink_env = zenoh_env(cfg, listen=port) | dict(kv.split("=", 1) for kv in cfg.sink_env)
+        if fmt == "s3":  # objects under the run's prefix; spool, dead letters and catalog in its data folder
+            kwargs = kwargs | {"root": f"s3://{S3_BUCKET}/{s3_prefix(data)}", "state_dir": str(data)}
+            sink_env |= S3_SERVER[0].client_env()
         if fmt in ("npy", "json", "tiff"):  # before the sink exists, so that no file escapes it
             watcher = ArrivalWatcher(data)
             res["arrival_clock"] = "inotify" if watcher.ok else "mtime"
@@ -1101,6 +1179,7 @@ def one_run(cfg, wl, sink, impl, rep):
                 "zarr-append": "commit",
                 "tiff-stack": "commit",
                 "parquet": "commit",
+                "s3": "commit",
             }.get(fmt, "recv")
         common = {"meta": str(meta), "max_life": cfg.run_timeout + 60}
         sink_p = Child(
@@ -1117,7 +1196,7 @@ def one_run(cfg, wl, sink, impl, rep):
                 "selector": wl["selector"],
                 "event": FRAME_EVENT if kind == "frames" else EVENT_EVENT,
             },
-            zenoh_env(cfg, listen=port) | dict(kv.split("=", 1) for kv in cfg.sink_env),
+            sink_env,
             meta / "sink.log",
             python=impl["python"],
         )
@@ -1184,7 +1263,7 @@ def one_run(cfg, wl, sink, impl, rep):
             res.update(arrival_by_mtime=by_mtime, inotify_overflow=watcher.overflow)
             res["inotify_watch_errors"] = watcher.watch_errors
         res["sink_module"] = sink_info.get("module")
-        if fmt in COMMIT_FORMATS:  # frames timed by their receipt, not their commit (see verify_hdf5)
+        if fmt in COMMIT_FORMATS and fmt != "s3":  # frames timed by their receipt, not their commit (verify_hdf5)
             res["arrival_by_received"] = by_mtime
             res["file_bytes"] = sum(os.stat(p).st_size for p in item_paths(data, fmt))
             res["raw_per_file_byte"] = len(good) * payload_bytes(wl) / res["file_bytes"] if res["file_bytes"] else None
@@ -1248,6 +1327,10 @@ DISK_ROWS = {  # name: (workload row it belongs to, what is written)
     # benchmarks/hdf5_compression.py's baseline: the limit of the hdf5 sink, with --sinks hdf5
     "disk:h5py": ("frames", "h5py"),
     "disk:h5py-big": ("big", "h5py"),
+    # the driver's own obstore upload of the same frames as .npy objects (conditional create) to the same S3 server:
+    # the limit of the s3 sink, with --sinks s3 --workloads reliable (best-effort frames are dropped at any sink
+    # slower than the sender, and one S3 server on these 2 cores is)
+    "disk:s3": ("reliable", "s3"),
 }
 
 
@@ -1277,6 +1360,8 @@ def disk_run(cfg, wls, name, rep):
         t0 = time.time()
         if what == "h5py":
             h5py_append(data / "frames.h5", n, buf)
+        elif what == "s3":
+            s3_upload(f"{name.replace(':', '-')}-{rep}", n, buf)
         else:
             for i in range(n):
                 if what == "json":
@@ -1415,6 +1500,7 @@ def ratios(summary, impls):
             ("frames", "frames", "disk:np.save", "frames MiB/s / disk:np.save"),
             ("big", "big", "disk:np.save-big", "big MiB/s / disk:np.save-big"),
             ("frames", "frames", "disk:h5py", "frames MiB/s / disk:h5py"),
+            ("reliable", "reliable", "disk:s3", "reliable MiB/s / disk:s3"),
             ("big", "big", "disk:h5py-big", "big MiB/s / disk:h5py-big"),
             ("small", "small", "array", "small ev/s / array"),
             ("small", "small", "count", "small ev/s / count"),
@@ -1426,6 +1512,8 @@ def ratios(summary, impls):
             if r["workload"] != wl or r["sink"].startswith("disk:") or shared_sink:
                 continue
             if ref_sink.startswith("disk:h5py") and r["sink"] != "hdf5":  # the hdf5 sink's limits
+                continue
+            if (ref_sink == "disk:s3") != (r["sink"] == "s3") and ref_sink.startswith("disk:"):  # s3 to s3 only
                 continue
             if wl == "small" and r["sink"] not in COMMIT_FORMATS:  # the container sinks' per-item cost
                 continue
@@ -1678,11 +1766,12 @@ def parse_args():
     ap.add_argument(
         "--sinks",
         default="array,json,count,wire",
-        help="comma list of array,zarr,hdf5,hdf5:swmr,zarr-append,tiff,tiff-stack,parquet,json,count,wire (wire = "
+        help="comma list of array,zarr,hdf5,hdf5:swmr,zarr-append,tiff,tiff-stack,s3,parquet,json,count,wire (wire = "
         "the rows wire:tcp and wire:shm; zarr, hdf5, zarr-append, parquet and the tiff ones are opt-in: ZarrArchiver "
         "is in both implementations (the reference's package is herostools.actor), the others only in this project; "
         "hdf5:swmr = hdf5 with a SWMR reader polling the file in another process; array:nocatalog, json:nocatalog, "
-        "hdf5:nocatalog = the archiver with catalog=False, for the catalog's cost)",
+        "hdf5:nocatalog = the archiver with catalog=False, for the catalog's cost; s3 = array with an s3:// root in "
+        "an S3 server the driver starts, beside its limit disk:s3)",
     )
     ap.add_argument(
         "--impl",
@@ -1866,6 +1955,8 @@ def matrix(cfg, wls):
             plan.append((None, "disk:json", [shared]))
     if "big" in cfg.workloads:
         plan.append((None, "disk:np.save-big", [shared]))
+    if "s3" in cfg.sinks and "reliable" in wls:  # the limit of the s3 rows: the client's own upload, same frames
+        plan.append((None, "disk:s3", [shared]))
     if "hdf5" in cfg.sinks:  # the limit of the hdf5 rows: h5py driven by hand, same frames
         if "frames" in wls:
             plan.append((None, "disk:h5py", [shared]))
@@ -1918,6 +2009,11 @@ def main():
         )
     summary, ratio_rows, cross = [], [], []
     try:
+        if any(sink == "s3" or sink == "disk:s3" for _, sink, _ in plan):
+            from heros_archiver.testing.servers import S3Server
+
+            S3_SERVER.append(S3Server(out / "s3-server").start())  # stopped by PID in the finally below
+            S3_SERVER[0].create_bucket(S3_BUCKET)
         if cfg.warmup and plan:
             warm_up(cfg, plan)
         for rep in range(cfg.repeats):  # round-robin so machine noise spreads over all rows
@@ -1941,6 +2037,8 @@ def main():
         for pid, p in list(LIVE.items()):
             if p.poll() is None:
                 p.kill()
+        while S3_SERVER:
+            S3_SERVER.pop().stop()
         if cfg.keep_out:
             release_space(out)
         else:

@@ -120,7 +120,8 @@ class FileArchiver(HERODataArchiver):
             self._writer = FileWriter(self._settings, 0, self.object_root.store)
             self.name_template = self._writer.template
             self.root = self.object_root.state_dir
-            check_root(self.root)
+            if check_root(self.root):
+                clean_stale_temporaries(self.root)
             return
         root = Path(files.root) if files.root else derive_root(files.save_template, self.metadata)
         self._settings.root = str(root)

@@ -33,27 +33,80 @@ STORAGE_OPTION_TYPES: dict[str, tuple[type, ...]] = {
     "profile": (str,),
     "allow_http": (bool,),
 }
+#: The options never shown (reprs, ``config()``, messages).
+SECRET_OPTIONS = frozenset({"secret_key", "session_token"})
 #: Multipart uploads older than this are a killed writer's (one upload of even 5 GiB takes minutes).
 DEFAULT_STALE_UPLOADS_AFTER = 3600.0
 
 
+class Secret:
+    """A credential kept out of every repr, of ``config()`` (shown as ``<Secret>``) and of logs."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return "'***'"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other.value == self.value
+
+    def __hash__(self) -> int:
+        return hash(self.value)
+
+
+@dataclass(frozen=True)
+class StorageOptions:
+    """``storage_options`` checked: how to reach the store, the secrets wrapped (``Secret``)."""
+
+    endpoint: str | None = None
+    region: str | None = None
+    profile: str | None = None
+    allow_http: bool | None = None
+    access_key: str | None = None
+    secret_key: Secret | None = None
+    session_token: Secret | None = None
+
+    @classmethod
+    def from_mapping(cls, options: object) -> StorageOptions:
+        """Check the user's mapping (keys, types) and wrap its secrets; ConfigurationError names what is wrong."""
+        if not isinstance(options, Mapping):
+            raise ConfigurationError(
+                f"storage_options: expected a mapping of {sorted(STORAGE_OPTION_TYPES)}, got {options!r:.200}"
+            )
+        values: dict[str, Any] = {}
+        for name, value in options.items():
+            if name not in STORAGE_OPTION_TYPES:
+                raise ConfigurationError(
+                    f"storage_options: expected keys among {sorted(STORAGE_OPTION_TYPES)}, got {name!r}"
+                )
+            if type(value) not in STORAGE_OPTION_TYPES[name]:
+                shown = "***" if name in SECRET_OPTIONS else repr(value)[:200]
+                raise ConfigurationError(
+                    f"storage_options[{name!r}]: expected {STORAGE_OPTION_TYPES[name][0].__name__}, "
+                    f"got {type(value).__name__} {shown}"
+                )
+            values[name] = Secret(value) if name in SECRET_OPTIONS else value
+        return cls(**values)
+
+    def arguments(self) -> dict[str, Any]:
+        """The keyword arguments of ``open_object_store`` (secrets revealed; the ones given only)."""
+        given = {name: getattr(self, name) for name in STORAGE_OPTION_TYPES if getattr(self, name) is not None}
+        return {name: value.value if isinstance(value, Secret) else value for name, value in given.items()}
+
+
 @dataclass(frozen=True)
 class ObjectRootOptions:
-    """The arguments of an ``s3://`` root (see ``FileArchiver``); all None/default for a local root."""
+    """The arguments of an ``s3://`` root (see ``FileArchiver``); all None/default for a local root.
+    ``storage_options`` becomes a ``StorageOptions`` here (checked, secrets wrapped)."""
 
-    storage_options: Mapping[str, Any] | None = None
+    storage_options: Mapping[str, Any] | StorageOptions | None = None
     state_dir: str | os.PathLike[str] | None = None
     stale_uploads_after: float = DEFAULT_STALE_UPLOADS_AFTER
 
-    def check(self, object_root: str | None) -> None:
-        """Refuse values of the wrong type, and these arguments for a local root (where they mean nothing)."""
-        given = [name for name in ("storage_options", "state_dir") if getattr(self, name) is not None]
-        if object_root is None and (given or self.stale_uploads_after != DEFAULT_STALE_UPLOADS_AFTER):
-            names = given or ["stale_uploads_after"]
-            raise ConfigurationError(
-                f"{', '.join(names)}: expected only with an object-store root (root='s3://bucket/prefix'); "
-                "a local root keeps its state under <root>/.heros-archiver/"
-            )
+    def __post_init__(self) -> None:
         if self.state_dir is not None and not isinstance(self.state_dir, str | os.PathLike):
             raise ConfigurationError(f"state_dir: expected a local directory path, got {self.state_dir!r:.200}")
         if self.state_dir is not None and is_object_url(os.fspath(self.state_dir)):
@@ -61,24 +114,23 @@ class ObjectRootOptions:
         stale = self.stale_uploads_after
         if isinstance(stale, bool) or not isinstance(stale, int | float) or not stale >= 0:
             raise ConfigurationError(f"stale_uploads_after: expected seconds >= 0, got {stale!r:.200}")
-        options = self.storage_options
-        if options is None:
-            return
-        if not isinstance(options, Mapping):
+        if self.storage_options is not None and not isinstance(self.storage_options, StorageOptions):
+            object.__setattr__(self, "storage_options", StorageOptions.from_mapping(self.storage_options))
+
+    def check(self, object_root: str | None) -> None:
+        """Refuse these arguments for a local root, where they mean nothing."""
+        given = [name for name in ("storage_options", "state_dir") if getattr(self, name) is not None]
+        if object_root is None and (given or self.stale_uploads_after != DEFAULT_STALE_UPLOADS_AFTER):
+            names = given or ["stale_uploads_after"]
             raise ConfigurationError(
-                f"storage_options: expected a mapping of {sorted(STORAGE_OPTION_TYPES)}, got {options!r:.200}"
+                f"{', '.join(names)}: expected only with an object-store root (root='s3://bucket/prefix'); "
+                "a local root keeps its state under <root>/.heros-archiver/"
             )
-        for name, value in options.items():
-            if name not in STORAGE_OPTION_TYPES:
-                raise ConfigurationError(
-                    f"storage_options: expected keys among {sorted(STORAGE_OPTION_TYPES)}, got {name!r}"
-                )
-            if type(value) not in STORAGE_OPTION_TYPES[name]:
-                shown = "***" if name in ("secret_key", "session_token") else repr(value)[:200]
-                raise ConfigurationError(
-                    f"storage_options[{name!r}]: expected {STORAGE_OPTION_TYPES[name][0].__name__}, "
-                    f"got {type(value).__name__} {shown}"
-                )
+
+    def store_arguments(self) -> dict[str, Any]:
+        """What ``open_object_store`` is given (the rest follows the AWS conventions)."""
+        options = self.storage_options
+        return options.arguments() if isinstance(options, StorageOptions) else {}
 
 
 def object_root_of(save_template: str, root: str | os.PathLike[str] | None) -> str | None:
@@ -118,7 +170,7 @@ def open_object_root(url: str, options: ObjectRootOptions, on_exists: str) -> Ob
     """Connect to the store of ``url`` and make it ready (see the module docstring); ConfigurationError when
     it cannot be reached, refuses the credentials, or cannot keep ``on_exists``."""
     location = ObjectLocation.parse(url)
-    given = dict(options.storage_options or {})
+    given = options.store_arguments()
     store = open_object_store(location.bucket, **given)
     honoured = store.check_conditional_create(location.state_prefix)
     if not honoured:

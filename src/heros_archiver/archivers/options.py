@@ -168,7 +168,7 @@ class FileOptions:
 
     def __post_init__(self) -> None:
         _check_template("save_template", self.save_template)
-        _check_optional_text("root", self.root, "a directory path, an s3://bucket/prefix URL or None")
+        _check_optional_text("root", self.root, "a directory path or None, or an s3://bucket/prefix URL")
         object.__setattr__(self, "object_root", object_root_of(self.save_template, self.root))
         self.objects.check(self.object_root)
         check_choice("on_exists", self.on_exists, ON_EXISTS_CHOICES)
@@ -387,7 +387,7 @@ class TiffOptions:
                 "one file per item has no file to start or close at its markers)"
             )
         given = [name for name in TIFF_STACK_ONLY if getattr(self, name) is not None]
-        if self.stack and object_root_of(self.save_template, self.root) is not None:
+        if self.stack and isinstance(self.root, str | None) and object_root_of(self.save_template, self.root):
             raise ConfigurationError(
                 f"stack=True with an object-store root ({object_root_of(self.save_template, self.root)}): expected a "
                 "local root (a stack is appended to in place, which an object cannot be); one file per item "

@@ -25,11 +25,14 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from ..errors import ArchiverError
+from ..state.object_state import RecordedStore, open_recorded_store
 from .problems import KINDS, NOTE_KINDS, Problem
 from .sequences import sequence_ranges
 from .verify_catalog import CatalogSnapshot, Entry, Stream
 from .verify_containers import check_container, unpublished_parquet
 from .verify_files import check_file, find_orphans
+from .verify_objects import check_object, is_object_entry
 
 __all__ = ["DEFAULT_BLOCK_SIZE", "DEFAULT_WORKERS", "Problem", "VerifyReport", "verify"]
 
@@ -201,8 +204,13 @@ def _check(
         block: bytearray = buffers.block
         return block
 
+    objects = _recorded_store(root) if any(map(is_object_entry, files)) else "no object store"
+
     def one_file(entry: Entry) -> list[tuple[Entry, Problem]]:
-        problem = check_file(root, entry, buffer(), meter.advance)
+        if is_object_entry(entry):
+            problem = check_object(objects, entry, meter.advance)
+        else:
+            problem = check_file(root, entry, buffer(), meter.advance)
         return [] if problem is None else [(entry, problem)]
 
     def one_container(path: str, entries: list[Entry]) -> list[tuple[Entry, Problem]]:
@@ -221,6 +229,15 @@ def _check(
         candidates = walk.result() if walk is not None else []
     meter.finish()
     return problems, candidates
+
+
+def _recorded_store(root: str) -> RecordedStore | str:
+    """The object store the root (an ``s3://`` root's state directory) records, or why there is none."""
+    try:
+        objects = open_recorded_store(Path(root))
+    except ArchiverError as exc:
+        return f"the record of its object store cannot be used ({type(exc).__name__}: {exc})"
+    return objects or "this root records no object store (.heros-archiver/object-store.json) to read it from"
 
 
 def _bounded(

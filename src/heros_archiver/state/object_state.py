@@ -22,8 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path, PurePath
 
 from ..errors import ConfigurationError, ReplayError
-from ..storage.atomic import write_atomic
-from ..storage.objectstore import ObjectLocation
+from ..storage.objectstore import ObjectLocation, ObjectStore, open_object_store
 from .statedir import STATE_DIR_NAME
 
 #: The record of the object location a state directory belongs to, relative to the state directory.
@@ -60,8 +59,13 @@ def record_store(state_dir: Path, record: StoreRecord) -> None:
     if existing == record:
         return
     (state_dir / STATE_DIR_NAME).mkdir(parents=True, exist_ok=True)
-    document = json.dumps(asdict(record), indent=1).encode()
-    write_atomic(state_dir / STORE_RECORD, [document], "overwrite", "file", None, str(state_dir))
+    target = state_dir / STORE_RECORD
+    temporary = target.with_name(f"{target.name}.{os.getpid()}.new")
+    with open(temporary, "wb") as handle:  # the archiver's own directory: no confinement needed, no record
+        handle.write(json.dumps(asdict(record), indent=1).encode())
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, target)
 
 
 def read_store(state_dir: Path) -> StoreRecord | None:
@@ -80,3 +84,28 @@ def read_store(state_dir: Path) -> StoreRecord | None:
         raise ReplayError(f"{path}: a field has the wrong type: {data!r:.300}")
     ObjectLocation.parse(data["root"])  # a ConfigurationError names what is wrong with it
     return StoreRecord(**data)
+
+
+@dataclass
+class RecordedStore:
+    """The object store a state directory records, opened (for replay and verify)."""
+
+    url: str
+    store: ObjectStore
+
+
+def open_recorded_store(state_dir: Path) -> RecordedStore | None:
+    """The ``s3://`` root whose local state ``state_dir`` is, its store opened by the record's endpoint, region
+    and profile and this environment's credentials (the AWS conventions); None for a local root."""
+    record = read_store(state_dir)
+    if record is None:
+        return None
+    location = ObjectLocation.parse(record.root)
+    store = open_object_store(
+        location.bucket,
+        endpoint=record.endpoint,
+        region=record.region,
+        profile=record.profile,
+        allow_http=record.allow_http,
+    )
+    return RecordedStore(record.root, store)

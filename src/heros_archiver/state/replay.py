@@ -11,13 +11,16 @@ become their array again through the archiver's writer (``replay_zarr``).
 An entry is a file anyone with access to the store may have edited or planted, so nothing in it decides
 *where* replay writes: every file goes under the archive root the store belongs to (implied by the store's
 place, ``ROOT/.heros-archiver/dead-letter``, or given by the operator), through the same confinement as
-the archiver, and an entry that records another root is refused. One entry that cannot be read or used,
+the archiver, and an entry that records another root is refused. For an archiver of an ``s3://`` root, ROOT
+is its local state directory, whose record (``state.object_state``) names the object location and store
+replay writes to. One entry that cannot be read or used,
 for whatever reason, is that entry's failure and never stops the others.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,6 +29,7 @@ from ..errors import ReplayError
 from ..naming.templates import PathTemplate
 from ..sinks.writer import FileWriter, WriterSettings
 from .deadletter import DeadLetter, DeadLetterStore
+from .object_state import open_recorded_store
 from .records import SettingsRecord
 from .replay_hdf5 import HDF5_KIND, Hdf5Replay, Hdf5WriterSettings
 from .replay_parquet import PARQUET_KIND, ParquetReplay, ParquetWriterSettings
@@ -45,7 +49,8 @@ class ReplayOutcome:
     entry: Path
     source: str
     ok: bool
-    paths: list[Path] = field(default_factory=list)
+    #: the files written (an ``s3://`` root's objects as their URLs, text)
+    paths: Sequence[Path | str] = field(default_factory=list)
     error: str = ""
 
 
@@ -124,6 +129,7 @@ def replay(
             (idem).
     """
     trusted_root = archive_root(directory, root)
+    objects = open_recorded_store(trusted_root)
     for corrected in (template, dataset_template, array_template):
         if corrected is not None:
             PathTemplate(corrected, trusted_root)  # the operator's typo is one error, not one per entry
@@ -145,19 +151,22 @@ def replay(
                 source = item.source
                 kind = _entry_kind(item.writer)
                 if kind is not None:
-                    paths = _replay_kind(kinds[kind], KINDS[kind], item, trusted_root, dry_run)
+                    paths: Sequence[Path | str] = _replay_kind(kinds[kind], KINDS[kind], item, trusted_root, dry_run)
                     if not dry_run:
                         store.remove(entry)
                     outcomes.append(ReplayOutcome(entry, source, True, paths))
                     continue
-                settings = _trusted_settings(item, trusted_root, template)
+                settings = _trusted_settings(item, objects.url if objects else trusted_root, template)
                 key = tuple(settings.to_dict().values())
-                writer = writers.get(key) or writers.setdefault(key, FileWriter(settings))
+                writer = writers.get(key) or writers.setdefault(
+                    key, FileWriter(settings, store=objects.store if objects else None)
+                )
                 if dry_run:
-                    paths = [path for path, _ in writer.plan(item.source, item.payload, item.metadata)]
+                    texts = [path for path, _ in writer.plan_text(item.source, item.payload, item.metadata)]
                 else:
-                    paths = [Path(p) for p in writer.write(item.source, item.payload, item.metadata, resumed=True)]
+                    texts = writer.write(item.source, item.payload, item.metadata, resumed=True)
                     store.remove(entry)
+                paths = texts if objects else [Path(text) for text in texts]  # a URL is no Path (it folds //)
             except Exception as exc:  # noqa: BLE001 - whatever an entry holds, it is this entry's failure only
                 outcomes.append(ReplayOutcome(entry, source, False, error=f"{type(exc).__name__}: {exc}"))
                 continue
@@ -215,8 +224,9 @@ def _load(store: DeadLetterStore, entry: Path) -> DeadLetter:
     return item
 
 
-def _trusted_settings(item: DeadLetter, trusted_root: Path, template: str | None) -> WriterSettings:
-    """The entry's writer settings, checked, with the root replaced by the trusted one."""
+def _trusted_settings(item: DeadLetter, trusted_root: Path | str, template: str | None) -> WriterSettings:
+    """The entry's writer settings, checked, with the root replaced by the trusted one (a directory, or the
+    ``s3://`` URL its state directory records)."""
     settings = WriterSettings.from_dict(item.writer)
     _check_recorded_root(item, settings.root, trusted_root)
     settings.root = str(trusted_root)
@@ -225,9 +235,10 @@ def _trusted_settings(item: DeadLetter, trusted_root: Path, template: str | None
     return settings
 
 
-def _check_recorded_root(item: DeadLetter, recorded: str, trusted_root: Path) -> None:
+def _check_recorded_root(item: DeadLetter, recorded: str, trusted_root: Path | str) -> None:
     """An entry that records another archive root than the store's is refused (it may have been edited)."""
-    if not _same_directory(recorded, trusted_root):
+    same = recorded == trusted_root if isinstance(trusted_root, str) else _same_directory(recorded, trusted_root)
+    if not same:
         raise ReplayError(
             f"{item.path}: recorded archive root {recorded!r} is not the archive root of this store, "
             f"{str(trusted_root)!r}; refused (replay writes only under the root its store belongs to)"
