@@ -212,6 +212,8 @@ class HERODataArchiver(EventObserver):
         self._buffered_intakes: list[BufferedIntake] = []
         #: subscriptions to more events of the same HEROs (``_subscribe_event``), undeclared with the first
         self._more_subscriptions: list[Any] = []
+        #: the subscriptions ``_undeclare_subscription`` has undeclared (each once)
+        self._undeclared: list[Any] = []
         self._source_names: dict[str, str] = {}
         self.metadata = dict(self.options.default_metadata)
         self.max_retries = max_retries
@@ -597,10 +599,17 @@ class HERODataArchiver(EventObserver):
                 subscriptions.remove(intake.subscriber)
 
     def _undeclare_subscription(self) -> None:
+        """Undeclare the archiver's own subscriptions, before the drain. Whether heros still lists them does not
+        decide it: under BOSS, ``LocalHERO.__init__`` runs after ours and starts heros' list anew, so heros would
+        never undeclare them, and samples would keep reaching a stopped archiver."""
         subscriptions = heros_compat.subscriptions(self)
+        buffered = [intake.subscriber for intake in self._buffered_intakes]  # closed before the drain
         for subscription in [heros_compat.primary_subscription(self), *self._more_subscriptions]:
-            if subscription is None or subscription not in subscriptions:
-                continue  # never declared, or a buffered one, undeclared before the drain
+            if subscription is None or any(subscription is other for other in buffered):
+                continue
+            if any(subscription is done for done in self._undeclared):
+                continue
+            self._undeclared.append(subscription)
             try:
                 subscription.undeclare()
             except Exception as exc:  # noqa: BLE001 - the session may already be closed
