@@ -26,6 +26,7 @@ from heros_archiver.errors import TargetExistsError
 from heros_archiver.sinks.containers import ContainerBusyError, ItemKey
 from heros_archiver.sinks.containers.zarr_append import ZarrAppendContainer, read_metadata
 from heros_archiver.sinks.containers.zarr_places import ObjectPlace
+from heros_archiver.state.replay import replay
 from heros_archiver.storage.objectstore import ObjectStore, open_object_store
 from heros_archiver.testing.servers import S3Server
 
@@ -210,3 +211,34 @@ def test_the_store_stopped_for_5_s_mid_run_loses_nothing(
         store = open_object_store(BUCKET, endpoint=server.endpoint, allow_http=True)
         array = zarr.open_array(store.zarr_store("outage/run.zarr"), path="cam/data", mode="r")
         assert [int(f.flat[0]) for f in array[...]] == list(range(30))
+
+
+def test_frames_dead_lettered_while_the_store_was_down_replay_into_the_array(
+    make_rig: RigFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No retries: frames whose commit fails while the store is down go to the local dead-letter store at
+    once; ``replay`` of the state directory's dead letters appends them to the array in the bucket."""
+    with S3Server(tmp_path / "s3") as server:
+        server.create_bucket(BUCKET)
+        for name, value in server.client_env().items():
+            monkeypatch.setenv(name, value)
+        state = tmp_path / "state"
+        made = make_rig(
+            None, archiver_cls=ZarrAppendArchiver, store_template="run.zarr", root=f"s3://{BUCKET}/replayed",
+            state_dir=str(state), sequence_key="frame", flush_frames=5, max_retries=0,
+        )  # fmt: skip
+        procs.send_frames(made.camera, list(range(5)), (16, 24))
+        wait_for_items(made.archiver, 5)
+        server.stop()
+        procs.send_frames(made.camera, list(range(5, 10)), (16, 24))
+        totals = wait_for_items(made.archiver, 10, timeout=90)
+        assert totals["archived"] == 5 and totals["dead_lettered"] == 5, totals
+        made.archiver._teardown()
+        server.start()
+        outcomes = replay(state / ".heros-archiver" / "dead-letter")
+        assert [outcome.ok for outcome in outcomes] == [True] * 5, [outcome.error for outcome in outcomes]
+        assert {str(path) for outcome in outcomes for path in outcome.paths} == {f"s3://{BUCKET}/replayed/run.zarr"}
+        assert dead_letter_entries(state) == []
+        store = open_object_store(BUCKET, endpoint=server.endpoint, allow_http=True)
+        array = zarr.open_array(store.zarr_store("replayed/run.zarr"), path="cam/data", mode="r")
+        assert [int(f.flat[0]) for f in array[...]] == list(range(10))

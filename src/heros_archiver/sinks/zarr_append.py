@@ -170,8 +170,8 @@ class ZarrAppendSink(RoutedSink[tuple[str, str], _Open]):
         opened.container.release()
         log.warning(
             "%s: commit failed (%s); the store keeps its last commit",
-            opened.container.path,
+            opened.container.location,
             error,
-            extra=log_fields(path=opened.container.path, error=error),
+            extra=log_fields(path=opened.container.location, error=error),
         )
-        return Settled(failed=[CommitFailure(str(opened.container.path), opened.waiting, error)])
+        return Settled(failed=[CommitFailure(opened.container.location, opened.waiting, error)])
