@@ -242,3 +242,29 @@ def test_frames_dead_lettered_while_the_store_was_down_replay_into_the_array(
         store = open_object_store(BUCKET, endpoint=server.endpoint, allow_http=True)
         array = zarr.open_array(store.zarr_store("replayed/run.zarr"), path="cam/data", mode="r")
         assert [int(f.flat[0]) for f in array[...]] == list(range(10))
+
+
+def test_verify_reads_the_frames_back_from_the_bucket(
+    make_rig: RigFactory, s3_env: S3Server, store: ObjectStore, tmp_path: Path
+) -> None:
+    """The catalog of the state directory names each frame by the store's URL, the array and the index; verify
+    reads them from the bucket: all intact, then a damaged and a deleted shard reported, frame by frame."""
+    from heros_archiver.observe.verify import verify
+
+    state = tmp_path / "state"
+    made = make_rig(
+        None, archiver_cls=ZarrAppendArchiver, store_template="run.zarr", root=f"s3://{BUCKET}/verified",
+        state_dir=str(state), sequence_key="frame", frames_per_shard=4, flush_frames=4,
+    )  # fmt: skip
+    procs.send_frames(made.camera, list(range(12)), (16, 24))
+    assert wait_for_items(made.archiver, 12)["archived"] == 12
+    made.archiver._teardown()
+    clean = verify(state, settle=0.0)
+    assert clean.problems == [] and clean.containers == 1 and clean.items == 12, clean.as_dict()
+    shards = f"verified/run.zarr/{ARRAY}"
+    body = store.get(f"{shards}/c.0.0.0")
+    store.put(f"{shards}/c.0.0.0", body[:100] + bytes([body[100] ^ 0xFF]) + body[101:])  # a pixel of frame 0
+    store.delete(f"{shards}/c.2.0.0")  # frames 8-11
+    problems = verify(state, settle=0.0).problems
+    kinds = sorted((problem.index, problem.kind) for problem in problems)
+    assert kinds == [(0, "modified"), *((i, "unreadable") for i in range(8, 12))], [str(p) for p in problems]
