@@ -32,7 +32,7 @@ from ..sinks.containers.tiff import OnExists as StackOnExists
 from ..sinks.containers.zarr_shards import COMPRESSIONS as ZARR_APPEND_COMPRESSIONS
 from ..sinks.containers.zarr_shards import DEFAULT_COMPRESSION as ZARR_APPEND_DEFAULT_COMPRESSION
 from ..storage.atomic import FSYNC_CHOICES, ON_EXISTS_CHOICES, Fsync, OnExists
-from .object_root import ObjectRootOptions, object_root_of
+from .object_root import ObjectRoot, ObjectRootOptions, object_root_of
 
 if TYPE_CHECKING:
     from ..sinks.hdf5 import Hdf5SinkSettings
@@ -83,7 +83,8 @@ def _refuse_object_root(archiver: str, template: str, root: object) -> None:
         if isinstance(value, str) and value.startswith("s3://"):
             raise ConfigurationError(
                 f"{archiver}: expected a local root, got the object-store location {value!r}; object storage is "
-                "written by the file-per-item archivers (ArrayArchiver, JsonArchiver, TiffArchiver without stack)"
+                "written by the file-per-item archivers (ArrayArchiver, JsonArchiver, TiffArchiver without stack) "
+                "and by ZarrAppendArchiver"
             )
 
 
@@ -305,10 +306,17 @@ class ZarrAppendOptions:
     on_exists: str = "error"
     root: str | os.PathLike[str] | None = None
     fsync: str = "none"
+    #: what only an ``s3://`` root takes (``storage_options``, ``state_dir``, ``stale_uploads_after``)
+    objects: ObjectRootOptions = field(default_factory=ObjectRootOptions)
+    #: the ``s3://bucket/prefix`` root (from ``root`` or the template), None for a local root
+    object_root: str | None = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
         _check_template("store_template", self.store_template)
         _check_template("array_template", self.array_template)
+        _check_optional_text("root", self.root, "a directory path, an s3://bucket/prefix URL or None")
+        object.__setattr__(self, "object_root", object_root_of(self.store_template, self.root))
+        self.objects.check(self.object_root)
         check_choice("compression", self.compression, ZARR_APPEND_COMPRESSIONS)
         check_choice("on_exists", self.on_exists, get_args(ContainerOnExists))
         check_choice("fsync", self.fsync, HDF5_FSYNC_CHOICES)
@@ -320,14 +328,16 @@ class ZarrAppendOptions:
                 check_integer(name, value, "None or a positive integer", 1)
         check_seconds("flush_seconds", self.flush_seconds)
         check_seconds("idle_timeout", self.idle_timeout)
-        _check_optional_text("root", self.root, "a directory path or None")
-        _refuse_object_root("ZarrAppendArchiver", self.store_template, self.root)
 
-    def sink_settings(self, root: str, sequence_key: str | None) -> ZarrAppendSinkSettings:
-        """The settings of the archiver's container sink under ``root`` (the archiver's, and replay's)."""
+    def sink_settings(
+        self, root: str, sequence_key: str | None, objects: ObjectRoot | None = None
+    ) -> ZarrAppendSinkSettings:
+        """The settings of the archiver's container sink under ``root`` (the archiver's, and replay's); with
+        ``objects``, the stores are prefixes in that object store and ``root`` is the local state directory."""
         from ..sinks.zarr_append import ZarrAppendSinkSettings
 
         return ZarrAppendSinkSettings(
+            objects=objects,
             root=root, compression=self.compression, frames_per_chunk=self.frames_per_chunk,  # type: ignore[arg-type]
             frames_per_shard=self.frames_per_shard, on_exists=self.on_exists, fsync=self.fsync != "none",  # type: ignore[arg-type]
             flush_frames=self.flush_frames, flush_seconds=float(self.flush_seconds),

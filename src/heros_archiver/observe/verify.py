@@ -27,6 +27,7 @@ from typing import Any
 
 from ..errors import ArchiverError
 from ..state.object_state import RecordedStore, open_recorded_store
+from ..storage.objectstore import is_object_url
 from .problems import KINDS, NOTE_KINDS, Problem
 from .sequences import sequence_ranges
 from .verify_catalog import CatalogSnapshot, Entry, Stream
@@ -204,7 +205,8 @@ def _check(
         block: bytearray = buffers.block
         return block
 
-    objects = _recorded_store(root) if any(map(is_object_entry, files)) else "no object store"
+    on_objects = any(map(is_object_entry, files)) or any(map(is_object_url, containers))
+    objects = _recorded_store(root) if on_objects else "no object store"
 
     def one_file(entry: Entry) -> list[tuple[Entry, Problem]]:
         if is_object_entry(entry):
@@ -214,7 +216,7 @@ def _check(
         return [] if problem is None else [(entry, problem)]
 
     def one_container(path: str, entries: list[Entry]) -> list[tuple[Entry, Problem]]:
-        return check_container(root, path, entries, meter.advance)
+        return check_container(root, path, entries, meter.advance, objects)
 
     tasks: list[Callable[[], list[tuple[Entry, Problem]]]] = [
         partial(one_container, path, entries)
