@@ -80,6 +80,7 @@ class CatalogListener(Listener):
         self._event = event
         self._name = name
         try:
+            journal_directory(root).mkdir(parents=True, exist_ok=True)
             recover(root, self.target)
         except OSError as exc:
             raise CatalogError(

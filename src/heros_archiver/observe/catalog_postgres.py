@@ -172,7 +172,7 @@ class PostgresCatalog(CatalogBackend):
 
     def journal_applied(self, name: str) -> tuple[int, str] | None:
         host, root = self._bound()
-        key = f"{host}\0{root}\0{name}"
+        key = f"{host}\n{root}\n{name}"  # a NUL, which text cannot hold, is no separator here
         self._connection.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (key,))
         row = self._connection.execute(
             'SELECT "offset", header FROM journal_applied WHERE host = %s AND root = %s AND name = %s',
