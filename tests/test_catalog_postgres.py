@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import psycopg
 import pyarrow.parquet as pq
 import pytest
@@ -24,7 +25,9 @@ from catalog_child import TEMPLATES
 from conftest import RigFactory
 from helpers import wait_for_items
 from heros_archiver import ArrayArchiver, Hdf5Archiver
+from heros_archiver.archivers.control import config_of
 from heros_archiver.cli.app import app
+from heros_archiver.cli.config import build_archivers, load_config
 from heros_archiver.errors import CatalogError, ConfigurationError
 from heros_archiver.observe import catalog
 from heros_archiver.observe.catalog import CatalogListener
@@ -33,9 +36,9 @@ from heros_archiver.observe.catalog_postgres import PostgresCatalog
 from heros_archiver.observe.catalog_reader import CatalogItem, CatalogReader
 from heros_archiver.observe.catalog_schema import journal_directory
 from heros_archiver.observe.readers import ContainerReader
-from heros_archiver.testing import free_port, session_manager, unique_realm
+from heros_archiver.testing import free_port, loopback_config_json, session_manager, unique_realm
 from heros_archiver.testing.servers import NetNamespaces, PostgresServer, namespaces_unavailable
-from procs import TESTS_DIR, child, child_env, wait_until
+from procs import TESTS_DIR, child, child_env, wait_until, write_config
 from test_catalog import archive_files, file_checksum
 
 pytestmark = pytest.mark.timeout(180)
@@ -263,6 +266,32 @@ def test_archivers_starting_together_make_the_schema_once(url: str, tmp_path: Pa
         connection.execute("UPDATE heros_catalog.catalog_version SET version = 99")
     with pytest.raises(CatalogError, match="version 1, got version 99"):
         CatalogTarget(url, "h").open_writer(tmp_path)
+
+
+def test_a_boss_config_passes_catalog_url_through_and_config_hides_its_password(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HEROS_ZENOH_CONFIG", loopback_config_json(listen_port=free_port()))
+    secret = url.replace("postgres@", "postgres:secret@")  # trust authentication: the password is not asked for
+    arguments = {
+        "object_selector": "cam",
+        "event_name": "acquisition_data",
+        "save_template": f"{tmp_path}/{{{{ frame }}}}.npy",
+        "catalog_url": secret,
+        "catalog_host": "boss-host",
+    }
+    [archiver] = build_archivers(load_config(write_config(tmp_path / "config.json", arguments)), unique_realm())
+    try:
+        assert archiver.options.catalog_url == secret and archiver.options.catalog_host == "boss-host"
+        shown = config_of(archiver)["options"]["catalog_url"]
+        assert "secret" not in shown and shown == url.replace("postgres@", "postgres:***@")
+        assert "secret" not in json.dumps(archiver.stats()["catalog"])
+        archiver.feed("cam", (np.arange(3), {"frame": 1}))
+        wait_for_items(archiver, 1)
+    finally:
+        archiver.close()
+    [item] = postgres_items(url)
+    assert item.host == "boss-host" and item.path == "1.npy"
 
 
 def test_a_reader_of_an_empty_database_says_there_is_no_catalog(url: str) -> None:

@@ -190,7 +190,7 @@ class CatalogTarget:
             return SqliteCatalog.for_writing(Path(root))
         from .catalog_postgres import PostgresCatalog
 
-        return PostgresCatalog.connect(self.url, writer=(self.host, str(root)))
+        return PostgresCatalog.connect(self.url, writer=(self.host, os.path.abspath(root)))
 
 
 def open_reader(root: str | os.PathLike[str] | None = None, url: str | None = None) -> CatalogBackend:
