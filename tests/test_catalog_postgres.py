@@ -245,6 +245,25 @@ def _runs(pid: int) -> bool:
         return False
 
 
+def test_a_database_down_for_a_while_loses_nothing_the_journal_keeps_it(
+    make_rig: RigFactory, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    with PostgresServer(tmp_path_factory.mktemp("restarted")) as server:
+        url = server.create_database("catalog")
+        rig = make_rig(NPY, sequence_key="frame", catalog_url=url)
+        sent = rig.camera.acquire(40, shape=(8, 8), dtype="uint16")
+        wait_until(lambda: len(postgres_items(url)) == sent, what="the first frames in the catalog")
+        server.stop()
+        sent += rig.camera.acquire(40, shape=(8, 8), dtype="uint16", start=sent)
+        wait_for_items(rig.archiver, sent)  # archiving goes on without the database: the journal holds the rows
+        server.start()  # same directory and port
+        sent += rig.camera.acquire(40, shape=(8, 8), dtype="uint16", start=sent)
+        wait_until(lambda: len(postgres_items(url)) == sent, what="the applier to catch up once the server is back")
+        rig.archiver.close()
+        items = assert_files_and_shared_catalog_agree(rig.root, url)
+        assert sorted(item.sequence for item in items) == list(range(sent))
+
+
 # ------------------------------------------------------------------------------------------------ schema, options
 def test_archivers_starting_together_make_the_schema_once(url: str, tmp_path: Path) -> None:
     errors: list[BaseException] = []

@@ -13,6 +13,7 @@ import importlib
 import json
 import os
 import sys
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -123,43 +124,51 @@ def ls(
     when it arrived, its checksum."""
     parsed = _filters(since, where)
     with _open(root, catalog_url) as reader:
+        rows: Iterator[CatalogItem | CatalogFailure] = (reader.failures if failures else reader.items)(
+            source, since, parsed, limit, archiver, host
+        )
         try:
-            rows: list[CatalogItem | CatalogFailure] = list(
-                (reader.failures if failures else reader.items)(source, since, parsed, limit, archiver, host)
-            )
+            if json_lines:
+                _print_json_lines(rows, reader.failure_columns if failures else reader.item_columns)
+            else:
+                _print_table(rows, reader, failures, str(root if catalog_url is None else reader.where))
         except ArchiverError as exc:  # --host of a root's SQLite catalog; a database that went away
             raise _fail(str(exc)) from exc
-        if json_lines:
-            out = sys.stdout
-            names = reader.failure_columns if failures else reader.item_columns  # a root's catalog has no host
-            for row in rows:
-                out.write(json.dumps({name: getattr(row, name) for name in names}, ensure_ascii=False) + "\n")
-            return
-        kind = "failure" if failures else "item"
-        table = Table(title=f"catalog of {root if catalog_url is None else reader.where}", caption_justify="left")
-        columns: tuple[str, ...] = ("host", "root") if reader.shared else ()
-        columns += (
-            ("source", "sequence", "kind", "entry", "error", "received")
-            if failures
-            else ("source", "sequence", "location", "bytes", "received", "checksum")
+
+
+def _print_json_lines(rows: Iterator[CatalogItem | CatalogFailure], columns: tuple[str, ...]) -> None:
+    """One JSON object per row, with the catalog's columns (a root's catalog has no host nor root)."""
+    out = sys.stdout
+    for row in rows:
+        out.write(json.dumps({name: getattr(row, name) for name in columns}, ensure_ascii=False) + "\n")
+
+
+def _print_table(
+    rows: Iterator[CatalogItem | CatalogFailure], reader: CatalogReader, failures: bool, where: str
+) -> None:
+    kind = "failure" if failures else "item"
+    table = Table(title=f"catalog of {where}", caption_justify="left")
+    columns: tuple[str, ...] = ("host", "root") if reader.shared else ()
+    columns += (
+        ("source", "sequence", "kind", "entry", "error", "received")
+        if failures
+        else ("source", "sequence", "location", "bytes", "received", "checksum")
+    )
+    for column in columns:
+        table.add_column(
+            column,
+            justify="right" if column in ("sequence", "bytes") else "left",
+            overflow="fold",
+            no_wrap=column in ("checksum", "sequence", "bytes"),
+            min_width=12 if column in ("location", "entry", "error", "root") else None,
         )
-        for column in columns:
-            table.add_column(
-                column,
-                justify="right" if column in ("sequence", "bytes") else "left",
-                overflow="fold",
-                no_wrap=column in ("checksum", "sequence", "bytes"),
-                min_width=12 if column in ("location", "entry", "error", "root") else None,
-            )
-        shown = 0
-        for row in rows:
-            cells = (
-                _failure_row(row, reader.shared) if isinstance(row, CatalogFailure) else _item_row(row, reader.shared)
-            )
-            table.add_row(*(escape(cell) for cell in cells))
-            shown += 1
-        table.caption = f"{shown} {kind}(s)"
-        Console().print(table)
+    shown = 0
+    for row in rows:
+        cells = _failure_row(row, reader.shared) if isinstance(row, CatalogFailure) else _item_row(row, reader.shared)
+        table.add_row(*(escape(cell) for cell in cells))
+        shown += 1
+    table.caption = f"{shown} {kind}(s)"
+    Console().print(table)
 
 
 def export(
