@@ -313,6 +313,16 @@ def test_a_boss_config_passes_catalog_url_through_and_config_hides_its_password(
     assert item.host == "boss-host" and item.path == "1.npy"
 
 
+def test_host_selection_needs_a_shared_catalog(tmp_path: Path) -> None:
+    CatalogListener(tmp_path, "acquisition_data", lambda: "A").close()  # an empty SQLite catalog
+    code, output = run_cli("ls", str(tmp_path), "--host", "daq1")
+    assert code == 2 and "records no host" in output
+    code, output = run_cli("verify", str(tmp_path), "--all-hosts")
+    assert code == 2 and "--catalog-url" in output
+    code, output = run_cli("ls")
+    assert code == 2 and "expected ROOT" in output
+
+
 def test_a_reader_of_an_empty_database_says_there_is_no_catalog(url: str) -> None:
     code, output = run_cli("ls", "--catalog-url", url)
     assert code == 2 and "heros_catalog" in output and "no archiver with this catalog_url" in output

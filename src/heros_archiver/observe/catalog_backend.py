@@ -143,12 +143,9 @@ class CatalogBackend(ABC):
     def location_key(self) -> str:
         """SQL of the unique key of a location, compared with ``(path, member or '', idx or -1)``."""
 
+    @abstractmethod
     def roots(self) -> list[tuple[str | None, str | None, int]]:
         """``(host, root, items)`` of every archive root the catalog holds items of (one, unnamed, for SQLite)."""
-        if not self.shared:
-            return [(None, None, int(self.execute("SELECT count(*) FROM items").fetchone()[0]))]
-        rows = self.execute("SELECT host, root, count(*) FROM items GROUP BY host, root ORDER BY host, root")
-        return [(str(host), str(root), int(count)) for host, root, count in rows]
 
     @abstractmethod
     def close(self) -> None:

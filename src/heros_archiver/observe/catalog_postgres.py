@@ -280,5 +280,9 @@ class PostgresCatalog(CatalogBackend):
     def location_key(self) -> str:
         return "path = ? AND coalesce(member, '') = ? AND coalesce(idx, -1) = ?"
 
+    def roots(self) -> list[tuple[str | None, str | None, int]]:
+        rows = self.execute("SELECT host, root, count(*) FROM items GROUP BY host, root ORDER BY host, root")
+        return [(str(host), str(root), int(count)) for host, root, count in rows]
+
     def close(self) -> None:
         self._connection.close()

@@ -139,7 +139,7 @@ def main(argv: list[str]) -> None:
                     apply_segments(catalog, root, prefix)
                     applied_size, applied_at = size, now
             except (OSError, CatalogError) as exc:
-                if catalog is not None and catalog.shared:  # a lost connection (server restarted): connect again
+                if catalog is not None:  # a lost connection (a database server restarted): connect again
                     catalog.close()
                     catalog = None
                 if now - logged_at >= ERROR_LOG_INTERVAL:

@@ -152,5 +152,8 @@ class SqliteCatalog(CatalogBackend):
     def location_key(self) -> str:
         return "path = ? AND ifnull(member, '') = ? AND ifnull(idx, -1) = ?"
 
+    def roots(self) -> list[tuple[str | None, str | None, int]]:
+        return [(None, None, int(self.execute("SELECT count(*) FROM items").fetchone()[0]))]
+
     def close(self) -> None:
         self._connection.close()
