@@ -333,6 +333,7 @@ def test_a_reader_of_an_empty_database_says_there_is_no_catalog(url: str) -> Non
     [
         ({"catalog_url": "mysql://x/y"}, "catalog_url: expected a PostgreSQL URL"),
         ({"catalog_url": "postgresql://u:secret@h/db", "catalog": False}, r"catalog=False.*u:\*\*\*@h"),
+        ({"catalog_url": "postgresql://h/db?password=secret", "catalog": False}, r"password=\*\*\*"),
         ({"catalog_host": ""}, "catalog_host: expected a host name"),
     ],
 )

@@ -49,11 +49,12 @@ FAILURE_COLUMNS = ("id", "archiver", "source", "event", "sequence", "kind", "ent
 SCOPE_COLUMNS = ("host", "root")
 
 _PASSWORD = re.compile(r"(://[^/:@]*):[^@/]*@")
+_PASSWORD_PARAMETER = re.compile(r"([?&]password=)[^&]*", re.IGNORECASE)
 
 
 def redact_url(url: str) -> str:
-    """``url`` without its password (for messages and ``status()``)."""
-    return _PASSWORD.sub(r"\1:***@", url)
+    """``url`` without its password, given before the host or as a parameter (for messages and ``status()``)."""
+    return _PASSWORD_PARAMETER.sub(r"\1***", _PASSWORD.sub(r"\1:***@", url))
 
 
 def this_host() -> str:
