@@ -22,6 +22,7 @@ from ..checks import check_choice, check_integer, check_seconds
 from ..errors import ConfigurationError
 from ..formats.zarr_v3 import CHUNKINGS as ZARR_CHUNKINGS
 from ..formats.zarr_v3 import COMPRESSIONS as ZARR_COMPRESSIONS
+from ..observe.catalog_backend import redact_url
 from ..observe.diskspace import DEFAULT_LOW_DISK_SPACE, check_threshold
 from ..observe.listeners import Listener
 from ..pipeline.options import PipelineOptions
@@ -100,6 +101,24 @@ def _check_optional_bool(name: str, value: object, expected: str = "true, false 
         raise ConfigurationError(f"{name}: expected {expected}, got {value!r:.200}")
 
 
+_CATALOG_SCHEMES = ("postgresql://", "postgres://")
+
+
+def _check_catalog_url(url: object, catalog: bool) -> None:
+    """A libpq URL of the shared catalog's database (or None: the root's SQLite file)."""
+    if url is None:
+        return
+    if not isinstance(url, str) or not url.startswith(_CATALOG_SCHEMES):
+        shown = redact_url(url) if isinstance(url, str) else repr(url)
+        raise ConfigurationError(
+            f"catalog_url: expected a PostgreSQL URL (postgresql://user@host:port/database) or None, got {shown:.200}"
+        )
+    if not catalog:
+        raise ConfigurationError(
+            f"catalog_url: expected no URL with catalog=False (no catalog is kept), got {redact_url(url):.200}"
+        )
+
+
 @dataclass(frozen=True)
 class ArchiverOptions:
     """What every archiver takes (see ``HERODataArchiver`` for each); the rest goes to ``heros.EventObserver``."""
@@ -121,6 +140,10 @@ class ArchiverOptions:
     listeners: tuple[Listener, ...] = ()
     #: keep the catalog of the archive root (archivers with a root; decision 0031)
     catalog: bool = True
+    #: keep it in this PostgreSQL database (``postgresql://...``), shared with other archivers (decision 0037)
+    catalog_url: str | None = None
+    #: the host name the rows of a shared catalog say they are of (default: this machine's host name)
+    catalog_host: str | None = None
     #: send the ``archived``, ``failed`` and ``low_disk_space`` events (an archiver that is a HERO only)
     events: bool = True
     #: free bytes (>= 1) or fraction of the file system (in (0, 1)) below which ``low_disk_space`` is sent
@@ -148,6 +171,11 @@ class ArchiverOptions:
             )
         if not isinstance(self.catalog, bool):
             raise ConfigurationError(f"catalog: expected true or false, got {self.catalog!r:.200}")
+        _check_catalog_url(self.catalog_url, self.catalog)
+        if self.catalog_host is not None and (not isinstance(self.catalog_host, str) or not self.catalog_host.strip()):
+            raise ConfigurationError(
+                f"catalog_host: expected a host name (non-empty text) or None, got {self.catalog_host!r:.200}"
+            )
         if not isinstance(self.listeners, tuple) or not all(isinstance(one, Listener) for one in self.listeners):
             raise ConfigurationError(
                 "listeners: expected a sequence of heros_archiver.observe.listeners.Listener, "
