@@ -414,8 +414,9 @@ class ObjectStore:
     def zarr_store(self, prefix: str) -> Any:
         """A read-only zarr-python store of the objects under ``prefix`` (zarr's own ``ObjectStore`` over an
         obstore client of the same bucket, endpoint and credentials), for reading a Zarr store back."""
-        obstore_store = require_extra("s3", "obstore.store")
-        zarr_storage = require_extra("zarr", "zarr.storage")
+        require_extra("zarr", "zarr")
+        obstore_store = importlib.import_module("obstore.store")
+        zarr_storage = importlib.import_module("zarr.storage")
         client = obstore_store.S3Store(self.bucket, prefix=prefix.strip("/") or None, **self._arguments)
         return zarr_storage.ObjectStore(client, read_only=True)
 
