@@ -1,8 +1,9 @@
 """Child process of tests/test_catalog.py: an archiver that archives items until it is killed (SIGKILL).
 
-    python catalog_child.py KIND ROOT     KIND: npy (ArrayArchiver, frames written by the writer thread), json
-                                          (JsonArchiver, files created by its helper process) or hdf5
-                                          (Hdf5Archiver, frames committed to one file)
+    python catalog_child.py KIND ROOT [URL]   KIND: npy (ArrayArchiver, frames written by the writer thread), json
+                                              (JsonArchiver, files created by its helper process) or hdf5
+                                              (Hdf5Archiver, frames committed to one file); URL: a PostgreSQL
+                                              catalog_url (tests/test_catalog_postgres.py)
 
 Prints ``@@ PIDS p1 p2 ...`` (its catalog applier and helper processes, which a kill of this process's group
 does not reach: the test stops them by PID if they outlive it), then feeds items 0, 1, 2, ... as fast as the
@@ -34,7 +35,7 @@ def payload(kind: str, index: int) -> object:
     return np.full((16, 16), index, dtype=np.uint16)
 
 
-def main(kind: str, root: str) -> None:
+def main(kind: str, root: str, url: str | None = None) -> None:
     cls, template = TEMPLATES[kind]
     archiver = cls(
         object_selector="crash-sender",
@@ -43,6 +44,7 @@ def main(kind: str, root: str) -> None:
         realm=unique_realm(),
         session_manager=session_manager(listen_port=free_port()),
         sequence_key="frame",
+        catalog_url=url,
         **template,
     )
     stats = archiver.stats()
@@ -57,4 +59,4 @@ def main(kind: str, root: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(*sys.argv[1:4])

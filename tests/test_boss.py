@@ -20,6 +20,7 @@ from heros.zenoh import ZenohSessionManager
 from helpers import RawCamera, assert_npy_equal, remote_hero, wait_until
 from heros_archiver.testing import (
     ReliableSimulatedCamera,
+    SimulatedCamera,
     free_port,
     loopback_config_json,
     loopback_settings,
@@ -415,3 +416,36 @@ def test_boss_runs_a_zarr_append_archiver(tmp_path: Path) -> None:
         if process is not None:
             _stop_group(process)
         camera._destroy_hero()
+
+
+def test_under_boss_the_subscription_is_undeclared_before_the_drain(tmp_path: Path) -> None:
+    """BOSS's HEROFactory runs LocalHERO's ``__init__`` after the archiver's, which starts heros' subscription
+    list anew: the archiver's own subscription must still be undeclared at ``_teardown`` (before the drain), so
+    that nothing is received by an archiver that has stopped."""
+    from boss.factory import HEROFactory
+
+    port, realm = free_port(), unique_realm("boss-undeclare")
+    camera = SimulatedCamera("cam", realm=realm, session_manager=session_manager(listen_port=port))
+    try:
+        archiver = HEROFactory.build(
+            "heros_archiver.ArrayArchiver",
+            "undeclared",
+            arg_dict={
+                "object_selector": "*",
+                "event_name": "acquisition_data",
+                "save_template": str(tmp_path / "{{ frame }}.npy"),
+            },
+            realm=realm,
+            session_manager=session_manager(connect_port=port),
+        )
+        wait_for_subscriber(camera)
+        camera.acquire(3, shape=(4, 4))
+        wait_until(lambda: archiver.stats()["total"]["archived"] == 3, what="3 frames archived")
+        archiver._teardown()
+        camera.acquire(3, shape=(4, 4), start=3)
+        time.sleep(1.0)  # what a still-declared subscription would receive arrives within this
+        assert archiver.stats()["total"]["received"] == 3
+        archiver._destroy_hero()
+    finally:
+        camera._destroy_hero()
+    assert sorted(p.name for p in tmp_path.glob("*.npy")) == ["0.npy", "1.npy", "2.npy"]

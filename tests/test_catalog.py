@@ -34,6 +34,7 @@ from heros_archiver.observe.catalog_journal import JournalWriter, encode_outcome
 from heros_archiver.observe.catalog_names import JournalName, process_start
 from heros_archiver.observe.catalog_reader import CatalogItem, CatalogReader
 from heros_archiver.observe.catalog_schema import catalog_path, journal_directory, open_for_writing
+from heros_archiver.observe.catalog_sqlite import SqliteCatalog
 from heros_archiver.observe.outcomes import Archived, DeadLettered, Dropped, Location
 from heros_archiver.observe.readers import ContainerReader
 from heros_archiver.testing import free_port, session_manager, unique_realm
@@ -362,13 +363,13 @@ def _outcomes(count: int, root: Path, start: int = 0) -> list[Any]:
 
 
 def test_applying_a_journal_twice_or_from_two_threads_at_once_applies_each_line_once(tmp_path: Path) -> None:
-    connection = open_for_writing(tmp_path)
+    connection = SqliteCatalog.for_writing(tmp_path)
     writer = JournalWriter(journal_directory(tmp_path), {"archiver": "A:ev"})
     path = writer.directory / writer.name
     writer.append(encode_outcomes(_outcomes(500, tmp_path)))
 
     def apply() -> None:
-        own = open_for_writing(tmp_path)
+        own = SqliteCatalog.for_writing(tmp_path)
         try:
             apply_journal(own, path, str(tmp_path), step_bytes=2000)
         finally:
@@ -459,7 +460,7 @@ def test_metadata_of_any_shape_never_breaks_the_journal_or_the_catalog(
         DeadLettered("cam", "ev", 2**80, metadata, 1.0, 1, f"/elsewhere/{number}", error),
         Dropped("cam\udcff", "ev", None, metadata, 1.0, 1, error),
     ]
-    connection = open_for_writing(root)
+    connection = SqliteCatalog.for_writing(root)
     try:
         writer = JournalWriter(journal_directory(root), {})
         writer.append(encode_outcomes(outcomes))
@@ -516,7 +517,7 @@ def test_where_matches_metadata_values_of_every_json_type(
         {"flag": True, "none": None, "shape": [2, 3], "nested": {"a": 1}, "x": 1},
         {"flag": False, "none": 0, "shape": [3, 2], "nested": {"a": 2}, "x": 1, "key with.dots": "v"},
     ]
-    connection = open_for_writing(tmp_path)
+    connection = SqliteCatalog.for_writing(tmp_path)
     writer = JournalWriter(journal_directory(tmp_path), {})
     writer.append(
         encode_outcomes(

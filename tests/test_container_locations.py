@@ -22,47 +22,28 @@ import xxhash
 import zarr
 
 import procs
+from acquisition_rigs import AcquiringCamera
 from conftest import RigFactory
 from hdf5_child import expected_frame
 from helpers import wait_until
 from heros_archiver import Hdf5Archiver, ParquetArchiver, TiffArchiver, ZarrAppendArchiver, ZarrArchiver
 from heros_archiver.archivers.base import HERODataArchiver
 from heros_archiver.errors import ItemUnreadableError
-from heros_archiver.observe.listeners import Listener
-from heros_archiver.observe.outcomes import Archived, Location, Outcome
+from heros_archiver.observe.outcomes import Location
 from heros_archiver.observe.readers import ContainerReader, read_item
 from heros_archiver.pipeline.queueing import Item
 from heros_archiver.sinks.base import ContainerSink, Settled
 from heros_archiver.state.spool import Spool
 from heros_archiver.state.statedir import DEAD_LETTER_SUBDIR, SPOOL_DIR_NAME
 from heros_archiver.testing import free_port, make_frame, session_manager, unique_realm, wait_for_subscriber
+from heros_archiver.testing.collect import CollectOutcomes
 from heros_archiver.testing.contract import wait_until_drained
 from heros_archiver.testing.faults import FailingSink, SinkWrapper
-from test_hdf5_acquisitions import AcquiringCamera
 
 pytestmark = pytest.mark.timeout(120)
 
 TESTS = Path(__file__).resolve().parent
 SRC = TESTS.parent / "src"
-
-
-class Collect(Listener):
-    """Keeps every outcome (on the writer thread: nothing is lost to a lane at close)."""
-
-    inline = True
-
-    def __init__(self) -> None:
-        self.outcomes: list[Outcome] = []
-
-    def handle(self, outcomes: Sequence[Outcome]) -> None:
-        self.outcomes.extend(outcomes)
-
-    def close(self) -> None:
-        pass
-
-    @property
-    def archived(self) -> list[Archived]:
-        return [o for o in self.outcomes if isinstance(o, Archived)]
 
 
 def xxh3(array: np.ndarray) -> str:
@@ -150,7 +131,7 @@ def frames_of(count: int, dtype: str = ">u2") -> list[np.ndarray]:
 def test_every_frame_is_located_in_arrival_order_with_the_checksum_of_what_reads_back(
     kind: Kind, make: Callable[..., HERODataArchiver], tmp_path: Path
 ) -> None:
-    listener = Collect()
+    listener = CollectOutcomes()
     archiver = make(kind.archiver, listeners=[listener], max_frames=4, **kind.kwargs(tmp_path))
     sent = frames_of(10)
     feed(archiver, sent)
@@ -204,7 +185,7 @@ def test_every_dtype_and_byte_order_is_checksummed_as_stored_and_reads_back_the_
     """The checksum is of the raw bytes in the order stored, which these containers keep as it arrived; the
     reader gives the same for every dtype (zarr reads in the machine's order: the reader turns it back)."""
     dtypes = [d for d in DTYPES if kind.name != "tiff" or d != "bool"]  # a TIFF page has no boolean samples
-    listener = Collect()
+    listener = CollectOutcomes()
     archiver = make(kind.archiver, listeners=[listener], **PER_SOURCE[kind.name])
     sent: dict[str, list[np.ndarray]] = {}
     for number, dtype in enumerate(dtypes):
@@ -240,7 +221,7 @@ def test_frames_found_again_after_a_resume_keep_their_index(
     for number, frame in enumerate(sent):
         spool.put(Item("cam", frame, {"file_path": str(tmp_path), "frame": number}, frame.nbytes))
 
-    listener = Collect()
+    listener = CollectOutcomes()
     resumed = make(kind.archiver, listeners=[listener], **kind.kwargs(tmp_path))
     wait_until_drained(resumed)
     resumed.close()
@@ -264,7 +245,7 @@ def test_frames_appended_again_after_a_commit_reported_failed_are_located_throug
 ) -> None:
     """``FailingSink`` wraps the sink the pipeline sets ``locate`` on: the inner sink locates, and the frames the
     failed commit had written are found by their key at their first index."""
-    listener, failing = Collect(), FailingSink(1, calls=("commit",))
+    listener, failing = CollectOutcomes(), FailingSink(1, calls=("commit",))
     archiver = make(
         kind.archiver, listeners=[listener], sink_wrapper=failing, max_retries=10, retry_max_delay=0.05,
         **kind.kwargs(tmp_path),
@@ -313,7 +294,7 @@ def test_parquet_rows_are_located_in_the_published_file_also_when_found_again_af
 ) -> None:
     kwargs = {"file_template": "{{ file_path }}/readings.parquet", "max_rows": 4}
     readings = [{"t": 20.0 + n, "ok": n % 2 == 0} for n in range(6)]
-    listener = Collect()
+    listener = CollectOutcomes()
     first = make(ParquetArchiver, listeners=[listener], **kwargs)
     feed(first, readings[:5])
     first.close()
@@ -330,7 +311,7 @@ def test_parquet_rows_are_located_in_the_published_file_also_when_found_again_af
     spool = Spool(tmp_path / DEAD_LETTER_SUBDIR.parent / SPOOL_DIR_NAME, "acquisition_data")
     for number, reading in enumerate(readings):
         spool.put(Item("cam", reading, {"file_path": str(tmp_path), "frame": number}, 64))
-    listener = Collect()
+    listener = CollectOutcomes()
     resumed = make(ParquetArchiver, listeners=[listener], **kwargs)
     wait_until_drained(resumed)
     resumed.close()
@@ -353,7 +334,7 @@ def test_a_zarr_archiver_array_is_located_as_its_key_in_the_group(
 ) -> None:
     """The drop-in writes one array per item: the location is the group (store) and the array's key in it,
     the checksum that of its bytes as stored (little-endian, whatever order arrived)."""
-    listener = Collect()
+    listener = CollectOutcomes()
     archiver = make(
         ZarrArchiver, listeners=[listener], store_template="{{ file_path }}/run.zarr",
         array_path_template="{{ source_name }}/{{ '%03d' % frame }}",
@@ -373,7 +354,7 @@ def test_a_zarr_archiver_array_is_located_as_its_key_in_the_group(
 
 # ------------------------------------------------------------------------------------------ acquisitions
 def test_hdf5_acquisition_markers_are_located_at_the_groups_they_became(make_rig: RigFactory, tmp_path: Path) -> None:
-    listener = Collect()
+    listener = CollectOutcomes()
     made = make_rig(
         None, archiver_cls=Hdf5Archiver, camera_cls=AcquiringCamera,
         file_template="{{ file_path }}/{{ source_name }}-{{ acquisition }}.h5", dataset_template="entry/cam/data",
@@ -400,7 +381,7 @@ def test_hdf5_acquisition_markers_are_located_at_the_groups_they_became(make_rig
 def test_tiff_acquisition_markers_are_archived_without_a_location(make_rig: RigFactory, tmp_path: Path) -> None:
     """Neither marker is in the stack when it is archived (the configuration waits for the first page's
     record; the stop writes nothing): no location, while the frames have theirs."""
-    listener = Collect()
+    listener = CollectOutcomes()
     made = make_rig(
         "{{ file_path }}/{{ source_name }}-{{ acquisition }}.tif", archiver_cls=TiffArchiver,
         camera_cls=AcquiringCamera, stack=True, acquisitions=True, sequence_key="frame", flush_seconds=0.1,
@@ -425,7 +406,7 @@ def archive(
     make: Callable[..., HERODataArchiver], cls: type[HERODataArchiver], count: int, **kwargs: Any
 ) -> list[Location]:
     """Archive ``count`` frames; their locations, in order."""
-    listener = Collect()
+    listener = CollectOutcomes()
     archiver = make(cls, listeners=[listener], **kwargs)
     feed(archiver, frames_of(count))
     archiver.close()
@@ -565,7 +546,7 @@ def test_the_tiff_reader_finds_modified_pixels_and_a_cut_off_page(
 def test_the_parquet_reader_checks_the_rows_exist_and_hold_the_expected_key(
     make: Callable[..., HERODataArchiver], tmp_path: Path
 ) -> None:
-    listener = Collect()
+    listener = CollectOutcomes()
     archiver = make(ParquetArchiver, listeners=[listener], file_template="{{ file_path }}/r.parquet")
     feed(archiver, [{"t": float(n)} for n in range(3)])
     archiver.close()

@@ -16,58 +16,22 @@ import numpy as np
 import pytest
 
 import procs
-from conftest import Rig, RigFactory
+from conftest import RigFactory
 from helpers import dead_letter_entries, read_entry, tiny_file_system, wait_for_items, wait_until
 from heros_archiver import Hdf5Archiver
 from heros_archiver.cli.config import build_archivers, load_config
 from heros_archiver.pipeline.queueing import Item
 from heros_archiver.sinks.containers import ItemKey
-from heros_archiver.sinks.containers.hdf5 import Hdf5Container, read_metadata
+from heros_archiver.sinks.containers.hdf5 import Hdf5Container
 from heros_archiver.state.spool import Spool
 from heros_archiver.testing import free_port, loopback_config_json, unique_realm, wait_for_subscriber
+from routed_kinds import HDF5, MEMBER, SHAPE, hdf5_indices, hdf5_stack, hdf5_visible, send
 
 pytestmark = pytest.mark.timeout(120)
 
-SHAPE = (16, 24)
-FILE = "{{ file_path }}/run-{{ run }}.h5"
-DATASET = "cam/data"
-
-
-def rig(make_rig: RigFactory, **kwargs: object) -> Rig:
-    """A camera ``cam`` and an Hdf5Archiver of its frames into ``run-<run>.h5`` under tmp_path."""
-    kwargs.setdefault("file_template", FILE)
-    kwargs.setdefault("dataset_template", DATASET)
-    kwargs.setdefault("sequence_key", "frame")
-    made = make_rig(None, archiver_cls=Hdf5Archiver, **kwargs)
-    assert isinstance(made.archiver, Hdf5Archiver)
-    return made
-
-
-def send(cam: object, indices: range | list[int], shape: tuple[int, ...] = SHAPE, **metadata: object) -> None:
-    procs.send_frames(cam, list(indices), shape, **metadata)
-
-
-def stack(path: Path) -> tuple[np.ndarray, list[dict[str, object]]]:
-    """Frames and per-frame metadata of the ``cam/data`` stack in ``path`` (a SWMR read: works on any file)."""
-    with h5py.File(path, "r", libver="latest", swmr=True) as handle:
-        frames = handle[DATASET][()]
-        group = handle["cam"]
-        return frames, [read_metadata(group, i) for i in range(frames.shape[0])]
-
-
-def indices(path: Path) -> list[int]:
-    """The frame numbers (first element of each frame) of the stack in ``path``, in order."""
-    frames, _ = stack(path)
-    return [int(f.flat[0]) for f in frames]
-
-
-def visible(path: Path) -> int:
-    """Frames a SWMR reader sees in ``path`` now; -1 while there is no file or it is not yet open for SWMR."""
-    try:
-        with h5py.File(path, "r", libver="latest", swmr=True) as handle:
-            return int(handle[DATASET].shape[0]) if DATASET in handle else -1
-    except OSError:  # missing, or created and not yet in SWMR mode (HDF5's own lock)
-        return -1
+FILE = HDF5.arguments["file_template"]
+DATASET = MEMBER
+rig, indices, stack, visible = HDF5.rig, hdf5_indices, hdf5_stack, hdf5_visible
 
 
 def test_a_run_of_frames_is_one_file_bit_identical_with_its_metadata(make_rig: RigFactory, tmp_path: Path) -> None:
@@ -84,19 +48,6 @@ def test_a_run_of_frames_is_one_file_bit_identical_with_its_metadata(make_rig: R
     with h5py.File(tmp_path / "run-7.h5", "r", libver="latest", swmr=True) as handle:
         assert handle["cam"].attrs["NX_class"] == "NXdata"
         assert list(handle["cam/archive/source_name"].asstr()[()]) == ["cam"] * 50
-
-
-def test_frames_count_as_archived_only_once_committed(make_rig: RigFactory, tmp_path: Path) -> None:
-    """flush_frames=10, flush_seconds long, no idle commit: 25 frames give two commits (20 archived), the drain
-    the rest."""
-    made = rig(make_rig, flush_frames=10, flush_seconds=3600, flush_idle=None)
-    send(made.camera, range(25), run=1)
-    wait_until(lambda: made.archiver.stats()["total"]["archived"] == 20, what="two commits")
-    assert made.archiver.stats()["total"]["in_flight"] == 5
-    assert indices(tmp_path / "run-1.h5") == list(range(20))
-    made.archiver._teardown()
-    assert made.archiver.stats()["total"]["archived"] == 25
-    assert indices(tmp_path / "run-1.h5") == list(range(25))
 
 
 def test_flush_seconds_commits_while_no_frame_arrives(make_rig: RigFactory, tmp_path: Path) -> None:
@@ -142,21 +93,6 @@ def test_equal_frames_without_a_sequence_value_are_two_frames(make_rig: RigFacto
     with h5py.File(tmp_path / "run-1.h5", "r") as handle:
         received = handle["cam/archive/received"][()]
     assert len(set(received.tolist())) == 3 and list(received) == sorted(received)
-
-
-def test_a_frame_of_another_shape_is_dead_lettered_and_the_rest_are_written(
-    make_rig: RigFactory, tmp_path: Path
-) -> None:
-    made = rig(make_rig, flush_frames=4)
-    send(made.camera, range(3), run=1)
-    send(made.camera, [3], shape=(8, 8), run=1)
-    send(made.camera, range(4, 9), run=1)
-    total = wait_for_items(made.archiver, 9)
-    assert total["archived"] == 8 and total["dead_lettered"] == 1
-    assert indices(tmp_path / "run-1.h5") == [0, 1, 2, 4, 5, 6, 7, 8]
-    [entry] = dead_letter_entries(tmp_path)
-    error = read_entry(entry)["error"]
-    assert "(8, 8)" in error and str(SHAPE) in error, error
 
 
 def test_a_new_rendered_path_starts_a_new_file(make_rig: RigFactory, tmp_path: Path) -> None:
@@ -361,48 +297,6 @@ def test_a_full_disk_mid_file_leaves_a_readable_file_and_dead_letters_the_rest(
         assert dead == list(range(committed, 160))
         errors = {read_entry(e)["error"] for e in dead_letter_entries(tmp_path)}
         assert all("No space left on device" in error or "cannot create" in error for error in errors), errors
-
-
-def test_an_idle_file_is_closed_and_reopened_when_frames_come_again(make_rig: RigFactory, tmp_path: Path) -> None:
-    made = rig(make_rig, flush_seconds=0.05, idle_timeout=0.2)
-    path = tmp_path / "run-1.h5"
-    send(made.camera, range(3), run=1)
-    wait_for_items(made.archiver, 3)
-
-    def closed() -> bool:
-        try:
-            with h5py.File(path, "r"):  # a plain open works only once the writer closed the file
-                return True
-        except OSError:
-            return False
-
-    wait_until(closed, what="the idle file closed")
-    send(made.camera, range(3, 6), run=1)
-    wait_for_items(made.archiver, 6)
-    made.archiver._teardown()
-    assert indices(path) == list(range(6))
-
-
-def test_at_most_max_open_files_are_open_and_the_least_recently_used_is_closed(
-    make_rig: RigFactory, tmp_path: Path
-) -> None:
-    made = rig(make_rig, max_open_files=1, flush_frames=1000, flush_seconds=3600)
-    for index in range(12):
-        send(made.camera, [index], run=index % 3)  # three files in turn, one open at a time
-    wait_until(lambda: made.archiver.stats()["total"]["archived"] >= 11, what="closed files committed")
-    made.archiver._teardown()
-    for run in range(3):
-        assert indices(tmp_path / f"run-{run}.h5") == list(range(run, 12, 3))
-
-
-def test_max_bytes_rolls_over(make_rig: RigFactory, tmp_path: Path) -> None:
-    frame_bytes = SHAPE[0] * SHAPE[1] * 2
-    made = rig(make_rig, flush_frames=2, max_bytes=3 * frame_bytes + 10)
-    send(made.camera, range(10), run=1)
-    wait_for_items(made.archiver, 10)
-    made.archiver._teardown()
-    parts = [tmp_path / name for name in ("run-1.h5", "run-1-1.h5", "run-1-2.h5", "run-1-3.h5")]
-    assert [indices(p) for p in parts] == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]
 
 
 def test_on_exists_unique_writes_beside_an_existing_file(make_rig: RigFactory, tmp_path: Path) -> None:

@@ -188,7 +188,7 @@ BAD_ZARR_APPEND: list[tuple[str, Any, str]] = [
     ("max_frames", 0, "max_frames: expected None or a positive integer"),
     ("idle_timeout", "60", "idle_timeout: expected a non-negative number"),
     ("on_exists", "overwrite", "on_exists: expected one of error, append, unique"),
-    ("root", 12, "root: expected a directory path or None"),
+    ("root", 12, "root: expected a directory path, an s3://bucket/prefix URL or None"),
     ("fsync", "file+directory", "fsync: expected one of none, file"),
 ]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,31 +13,11 @@ import xxhash
 from conftest import RigFactory
 from helpers import wait_for_items, wait_until
 from heros_archiver import JsonArchiver
-from heros_archiver.observe.listeners import Listener, ListenerHub
+from heros_archiver.observe.listeners import ListenerHub
 from heros_archiver.observe.outcomes import Archived, DeadLettered, Dropped, Location, Outcome, checksum
+from heros_archiver.testing.collect import CollectOutcomes
 
 pytestmark = pytest.mark.timeout(60)
-
-
-class Collect(Listener):
-    """Keeps every outcome, and the threads it was told on."""
-
-    def __init__(self, inline: bool = False) -> None:
-        self.outcomes: list[Outcome] = []
-        self.threads: set[str] = set()
-        self.closed = False
-        self._inline = inline
-
-    @property
-    def inline(self) -> bool:  # type: ignore[override]
-        return self._inline
-
-    def handle(self, outcomes: Sequence[Outcome]) -> None:
-        self.threads.add(threading.current_thread().name)
-        self.outcomes.extend(outcomes)
-
-    def close(self) -> None:
-        self.closed = True
 
 
 def _file_checksum(path: str) -> str:
@@ -50,7 +29,7 @@ def test_checksum_is_xxh3_128_of_the_buffers_in_order() -> None:
 
 
 def test_every_npy_file_is_told_with_its_path_size_and_checksum(make_rig: RigFactory) -> None:
-    listener = Collect()
+    listener = CollectOutcomes(inline=False)
     rig = make_rig("{{ file_path }}/{{ '%03d' % frame }}.npy", listeners=[listener], sequence_key="frame")
     sent = rig.camera.acquire(20, shape=(32, 32), dtype="uint16")
     wait_for_items(rig.archiver, sent)
@@ -70,7 +49,7 @@ def test_every_npy_file_is_told_with_its_path_size_and_checksum(make_rig: RigFac
 
 
 def test_json_files_written_by_the_helper_process_are_located_too(make_rig: RigFactory) -> None:
-    listener = Collect()
+    listener = CollectOutcomes(inline=False)
     rig = make_rig("{{ file_path }}/{{ frame }}.json", archiver_cls=JsonArchiver, listeners=[listener], matched=())
     assert rig.archiver.stats()["helper_processes"], "the batch path is what this test is about"
     for frame in range(50):
@@ -84,7 +63,7 @@ def test_json_files_written_by_the_helper_process_are_located_too(make_rig: RigF
 
 
 def test_dead_lettered_and_dropped_items_are_told(make_rig: RigFactory) -> None:
-    listener = Collect(inline=True)
+    listener = CollectOutcomes()
     rig = make_rig("{{ file_path }}/{{ frame }}.npy", listeners=[listener])
     rig.archiver.feed("cam", (np.zeros(3), {}))  # no 'frame': the template cannot render
     wait_for_items(rig.archiver, 1)
@@ -94,14 +73,14 @@ def test_dead_lettered_and_dropped_items_are_told(make_rig: RigFactory) -> None:
 
 
 def test_a_slow_listener_falls_behind_counted_and_never_slows_the_others() -> None:
-    class Slow(Collect):
+    class Slow(CollectOutcomes):
         max_queued = 10
 
         def handle(self, outcomes: Sequence[Outcome]) -> None:
             time.sleep(0.05)
             super().handle(outcomes)
 
-    slow, fast, inline = Slow(), Collect(), Collect(inline=True)
+    slow, fast, inline = Slow(inline=False), CollectOutcomes(inline=False), CollectOutcomes()
     hub = ListenerHub("ev")
     for listener in (slow, fast, inline):
         hub.add(listener)
@@ -113,16 +92,16 @@ def test_a_slow_listener_falls_behind_counted_and_never_slows_the_others() -> No
     hub.close(timeout=10)
     stats = hub.stats()
     assert stats["Slow"]["lagged"] > 0 and stats["Slow"]["handled"] + stats["Slow"]["lagged"] == 100
-    assert stats["Collect"]["handled"] == 100 and [o.sequence for o in fast.outcomes] == list(range(100))
+    assert stats["CollectOutcomes"]["handled"] == 100 and [o.sequence for o in fast.outcomes] == list(range(100))
     assert len(inline.outcomes) == 100 and slow.closed and fast.closed and inline.closed
 
 
 def test_a_failing_listener_is_counted_and_the_others_go_on() -> None:
-    class Broken(Collect):
+    class Broken(CollectOutcomes):
         def handle(self, outcomes: Sequence[Outcome]) -> None:
             raise RuntimeError("boom")
 
-    broken, fine = Broken(inline=True), Collect()
+    broken, fine = Broken(inline=True), CollectOutcomes(inline=False)
     hub = ListenerHub("ev")
     hub.add(broken)
     hub.add(fine)

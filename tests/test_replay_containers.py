@@ -28,13 +28,13 @@ import zarr
 from heros import LocalDatasourceHERO
 
 import procs
+from acquisition_rigs import AcquiringCamera
 from conftest import Rig, RigFactory
 from helpers import RawCamera, dead_letter_entries, read_entry, tiny_file_system, wait_for_items
 from heros_archiver import DatasourceArchiver, ParquetArchiver, TiffArchiver, ZarrAppendArchiver
 from heros_archiver.sinks.containers.tiff import read_records
 from heros_archiver.state.replay import replay
 from heros_archiver.testing import ReliableSimulatedCamera, wait_for_subscriber
-from test_hdf5_acquisitions import AcquiringCamera
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -15,6 +15,7 @@ import pytest
 import tifffile
 from hypothesis import HealthCheck, given, settings
 
+from acquisition_rigs import SHAPE, acquisition_rig, configurations, wait_for_acquisitions
 from conftest import Rig, RigFactory
 from helpers import dead_letter_entries, tiny_file_system, wait_until
 from heros_archiver import TiffArchiver
@@ -25,8 +26,7 @@ from heros_archiver.sinks.containers.tiff import read_records
 from heros_archiver.sinks.tiff_acquisitions import TiffAcquisitionSink
 from heros_archiver.sinks.tiff_stack import TiffStackSettings
 from heros_archiver.state.spool import Spool
-from heros_archiver.testing import make_frame, wait_for_subscriber
-from test_hdf5_acquisitions import SHAPE, AcquiringCamera, configurations
+from heros_archiver.testing import make_frame
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -34,34 +34,7 @@ PER_ACQUISITION = "{{ file_path }}/{{ source_name }}-{{ acquisition }}.tif"
 
 
 def rig(make_rig: RigFactory, save_template: str, **kwargs: Any) -> Rig:
-    made = make_rig(
-        save_template,
-        archiver_cls=TiffArchiver,
-        camera_cls=AcquiringCamera,
-        stack=True,
-        acquisitions=True,
-        sequence_key="frame",
-        flush_seconds=0.1,
-        **kwargs,
-    )
-    for name in ("acquisition_started", "acquisition_stopped"):
-        wait_for_subscriber(made.camera, name)
-    return made
-
-
-def counters(made: Rig) -> dict[str, Any]:
-    return dict(made.archiver.stats()["sources"].get("cam", {}))
-
-
-def wait_for_acquisitions(made: Rig, count: int) -> dict[str, Any]:
-    """Wait until ``count`` acquisitions were checked and nothing is in flight; return the camera's counters."""
-
-    def done() -> bool:
-        stats = made.archiver.stats()
-        return counters(made).get("acquisitions", 0) >= count and stats["total"]["in_flight"] == 0
-
-    wait_until(done, 30, f"{count} acquisitions checked (stats: {made.archiver.stats()['total']})")
-    return counters(made)
+    return acquisition_rig(make_rig, TiffArchiver, save_template=save_template, stack=True, **kwargs)
 
 
 def read(path: Path) -> tuple[np.ndarray, list[dict[str, Any]]]:

@@ -20,8 +20,8 @@ import pytest
 import zarr
 
 import procs
-from conftest import Rig, RigFactory
-from helpers import dead_letter_entries, read_entry, wait_for_items, wait_until
+from conftest import RigFactory
+from helpers import wait_for_items, wait_until
 from heros_archiver import ZarrAppendArchiver
 from heros_archiver.pipeline.queueing import Item
 from heros_archiver.sinks.base import ContainerSink, Settled
@@ -30,39 +30,13 @@ from heros_archiver.sinks.zarr_append import ZarrAppendSink
 from heros_archiver.state.statedir import RECORDS_SUBDIR
 from heros_archiver.storage.temporaries import TMP_PREFIX
 from heros_archiver.testing import free_port, unique_realm
+from routed_kinds import MEMBER, SHAPE, ZARR, send, zarr_indices, zarr_visible
 
 pytestmark = pytest.mark.timeout(120)
 
-SHAPE = (16, 24)
-STORE = "{{ file_path }}/run-{{ run }}.zarr"
-ARRAY = "cam/data"
-
-
-def rig(make_rig: RigFactory, **kwargs: object) -> Rig:
-    """A camera ``cam`` and a ZarrAppendArchiver of its frames into ``run-<run>.zarr`` under tmp_path."""
-    kwargs.setdefault("store_template", STORE)
-    kwargs.setdefault("array_template", ARRAY)
-    kwargs.setdefault("sequence_key", "frame")
-    made = make_rig(None, archiver_cls=ZarrAppendArchiver, **kwargs)
-    assert isinstance(made.archiver, ZarrAppendArchiver)
-    return made
-
-
-def send(cam: object, indices: range | list[int], shape: tuple[int, ...] = SHAPE, **metadata: object) -> None:
-    procs.send_frames(cam, list(indices), shape, **metadata)
-
-
-def indices(store: Path) -> list[int]:
-    """The frame numbers (first element of each frame) of the ``cam/data`` array in ``store``, in order."""
-    return [int(f.flat[0]) for f in zarr.open_array(store, path=ARRAY, mode="r")[...]]
-
-
-def visible(store: Path) -> int:
-    """Frames a reader sees in ``store`` now; -1 while there is no array."""
-    try:
-        return int(zarr.open_array(store, path=ARRAY, mode="r").shape[0])
-    except (FileNotFoundError, zarr.errors.NodeNotFoundError):
-        return -1
+STORE = ZARR.arguments["store_template"]
+ARRAY = MEMBER
+rig, indices, visible = ZARR.rig, zarr_indices, zarr_visible
 
 
 def test_a_run_of_frames_is_one_array_bit_identical_with_its_metadata(make_rig: RigFactory, tmp_path: Path) -> None:
@@ -87,33 +61,6 @@ def test_a_run_of_frames_is_one_array_bit_identical_with_its_metadata(make_rig: 
     assert sorted(p.name for p in (store / "cam" / "data").iterdir()) == [f"c.{n}.0.0" for n in range(7)] + [
         "zarr.json"
     ]  # 50 frames in 7 shard objects of 8 frames
-
-
-def test_frames_count_as_archived_only_once_committed(make_rig: RigFactory, tmp_path: Path) -> None:
-    """flush_frames=10, flush_seconds long: 25 frames give two commits (20 archived), the drain the rest."""
-    made = rig(make_rig, flush_frames=10, flush_seconds=3600)
-    send(made.camera, range(25), run=1)
-    wait_until(lambda: made.archiver.stats()["total"]["archived"] == 20, what="two commits")
-    assert made.archiver.stats()["total"]["in_flight"] == 5
-    assert indices(tmp_path / "run-1.zarr") == list(range(20))
-    made.archiver._teardown()
-    assert made.archiver.stats()["total"]["archived"] == 25
-    assert indices(tmp_path / "run-1.zarr") == list(range(25))
-
-
-def test_a_frame_of_another_shape_is_dead_lettered_and_the_rest_are_written(
-    make_rig: RigFactory, tmp_path: Path
-) -> None:
-    made = rig(make_rig, flush_frames=4)
-    send(made.camera, range(3), run=1)
-    send(made.camera, [3], shape=(8, 8), run=1)
-    send(made.camera, range(4, 9), run=1)
-    total = wait_for_items(made.archiver, 9)
-    assert total["archived"] == 8 and total["dead_lettered"] == 1
-    assert indices(tmp_path / "run-1.zarr") == [0, 1, 2, 4, 5, 6, 7, 8]
-    [entry] = dead_letter_entries(tmp_path)
-    error = read_entry(entry)["error"]
-    assert "(8, 8)" in error and str(SHAPE) in error, error
 
 
 def test_an_existing_store_is_kept_under_on_exists_error(make_rig: RigFactory, tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from heros.event import reliable
 
 from ..errors import ArchiverError, ConfigurationError, PayloadError
 from ..observe.catalog import CatalogListener
+from ..observe.catalog_backend import CatalogTarget, this_host
 from ..observe.diskspace import DEFAULT_LOW_DISK_SPACE
 from ..observe.listeners import Listener
 from ..observe.logs import log_fields
@@ -137,6 +138,11 @@ class HERODataArchiver(EventObserver):
             item with its location, bytes, checksum and metadata, and every failure; ``heros-archiver ls``,
             ``export``, ``verify`` read it). Default True; only archivers with an archive root have one. False
             saves the per-item journal line (decision 0031).
+        catalog_url: keep the catalog in this PostgreSQL database (``postgresql://user@host:port/db``; the
+            ``[postgres]`` extra) instead of the root's SQLite file: one catalog for all the archivers of a
+            facility, each row saying its host and root (decision 0037). Default None.
+        catalog_host: the host name a shared catalog's rows are written as (default: this machine's host name;
+            ``verify`` checks the files of its own host).
         events: send the ``archived``, ``failed`` and ``low_disk_space`` events (default True). Only an archiver
             that is a HERO sends them (under BOSS, or ``heros-archiver run`` of a config entry with an ``_id``);
             a plain ``EventObserver`` has no name and no event publishers, and sends nothing (decision 0032).
@@ -176,6 +182,8 @@ class HERODataArchiver(EventObserver):
         sink_wrapper: Callable[[Sink], Sink] | None = None,
         listeners: Sequence[Listener] = (),
         catalog: bool = True,
+        catalog_url: str | None = None,
+        catalog_host: str | None = None,
         events: bool = True,
         low_disk_space: int | float | None = DEFAULT_LOW_DISK_SPACE,
         **kwargs: Any,
@@ -206,12 +214,16 @@ class HERODataArchiver(EventObserver):
             sink_wrapper,
             tuple(listeners) if isinstance(listeners, (list, tuple)) else listeners,  # type: ignore[arg-type]
             catalog,
+            catalog_url,
+            catalog_host,
             events,
             low_disk_space,
         )
         self._buffered_intakes: list[BufferedIntake] = []
         #: subscriptions to more events of the same HEROs (``_subscribe_event``), undeclared with the first
         self._more_subscriptions: list[Any] = []
+        #: the subscriptions ``_undeclare_subscription`` has undeclared (each once)
+        self._undeclared: list[Any] = []
         self._source_names: dict[str, str] = {}
         self.metadata = dict(self.options.default_metadata)
         self.max_retries = max_retries
@@ -328,7 +340,8 @@ class HERODataArchiver(EventObserver):
         listeners = [*self.options.listeners, *event_listeners(self, directory), self._status]
         root = self._catalog_root()
         if self.options.catalog and root is not None:
-            self._catalog = CatalogListener(root, self._event, self._catalog_name, self._catalog_adoption())
+            target = CatalogTarget(self.options.catalog_url, self.options.catalog_host or this_host())
+            self._catalog = CatalogListener(root, self._event, self._catalog_name, self._catalog_adoption(), target)
             listeners.append(self._catalog)
         return listeners
 
@@ -597,10 +610,17 @@ class HERODataArchiver(EventObserver):
                 subscriptions.remove(intake.subscriber)
 
     def _undeclare_subscription(self) -> None:
+        """Undeclare the archiver's own subscriptions, before the drain. Whether heros still lists them does not
+        decide it: under BOSS, ``LocalHERO.__init__`` runs after ours and starts heros' list anew, so heros would
+        never undeclare them, and samples would keep reaching a stopped archiver."""
         subscriptions = heros_compat.subscriptions(self)
+        buffered = [intake.subscriber for intake in self._buffered_intakes]  # closed before the drain
         for subscription in [heros_compat.primary_subscription(self), *self._more_subscriptions]:
-            if subscription is None or subscription not in subscriptions:
-                continue  # never declared, or a buffered one, undeclared before the drain
+            if subscription is None or any(subscription is other for other in buffered):
+                continue
+            if any(subscription is done for done in self._undeclared):
+                continue
+            self._undeclared.append(subscription)
             try:
                 subscription.undeclare()
             except Exception as exc:  # noqa: BLE001 - the session may already be closed

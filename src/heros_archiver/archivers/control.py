@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..observe.catalog_backend import redact_url
 from ..observe.diskspace import DiskSpaceWatch
 from ..observe.events import EventsListener
 from ..observe.listeners import Listener
@@ -48,11 +49,14 @@ def config_of(archiver: HERODataArchiver) -> dict[str, Any]:
     """The archiver's class, name, root, and its options (``ArchiverOptions`` and ``sink_options``) as plain data."""
     cls = configured_class(type(archiver))
     root = getattr(archiver, "root", None)
+    options = plain(archiver.options)
+    if options.get("catalog_url"):  # remote callers see where the catalog is, not its password
+        options["catalog_url"] = redact_url(options["catalog_url"])
     return {
         "class": f"{cls.__module__}.{cls.__qualname__}",
         "name": heros_compat.hero_name(archiver) if is_hero(archiver) else None,
         "root": None if root is None else str(root),
-        "options": plain(archiver.options),
+        "options": options,
         "sink_options": plain(getattr(archiver, "sink_options", None)),
     }
 

@@ -23,6 +23,7 @@ from ..checks import check_choice, check_integer, check_seconds
 from ..errors import ConfigurationError
 from ..formats.zarr_v3 import CHUNKINGS as ZARR_CHUNKINGS
 from ..formats.zarr_v3 import COMPRESSIONS as ZARR_COMPRESSIONS
+from ..observe.catalog_backend import redact_url
 from ..observe.diskspace import DEFAULT_LOW_DISK_SPACE, check_threshold
 from ..observe.listeners import Listener
 from ..pipeline.options import PipelineOptions
@@ -33,7 +34,7 @@ from ..sinks.containers.tiff import OnExists as StackOnExists
 from ..sinks.containers.zarr_shards import COMPRESSIONS as ZARR_APPEND_COMPRESSIONS
 from ..sinks.containers.zarr_shards import DEFAULT_COMPRESSION as ZARR_APPEND_DEFAULT_COMPRESSION
 from ..storage.atomic import FSYNC_CHOICES, ON_EXISTS_CHOICES, Fsync, OnExists
-from .object_root import ObjectRootOptions, object_root_of
+from .object_root import ObjectRoot, ObjectRootOptions, object_root_of
 
 if TYPE_CHECKING:
     from ..sinks.hdf5 import Hdf5SinkSettings
@@ -86,7 +87,8 @@ def _refuse_object_root(archiver: str, template: str, root: object) -> None:
         if isinstance(value, str) and value.startswith("s3://"):
             raise ConfigurationError(
                 f"{archiver}: expected a local root, got the object-store location {value!r}; object storage is "
-                "written by the file-per-item archivers (ArrayArchiver, JsonArchiver, TiffArchiver without stack)"
+                "written by the file-per-item archivers (ArrayArchiver, JsonArchiver, TiffArchiver without stack) "
+                "and by ZarrAppendArchiver"
             )
 
 
@@ -100,6 +102,24 @@ def _check_template(name: str, value: object) -> None:
 def _check_optional_bool(name: str, value: object, expected: str = "true, false or None") -> None:
     if value is not None and not isinstance(value, bool):
         raise ConfigurationError(f"{name}: expected {expected}, got {value!r:.200}")
+
+
+_CATALOG_SCHEMES = ("postgresql://", "postgres://")
+
+
+def _check_catalog_url(url: object, catalog: bool) -> None:
+    """A libpq URL of the shared catalog's database (or None: the root's SQLite file)."""
+    if url is None:
+        return
+    if not isinstance(url, str) or not url.startswith(_CATALOG_SCHEMES):
+        shown = redact_url(url) if isinstance(url, str) else repr(url)
+        raise ConfigurationError(
+            f"catalog_url: expected a PostgreSQL URL (postgresql://user@host:port/database) or None, got {shown:.200}"
+        )
+    if not catalog:
+        raise ConfigurationError(
+            f"catalog_url: expected no URL with catalog=False (no catalog is kept), got {redact_url(url):.200}"
+        )
 
 
 @dataclass(frozen=True)
@@ -123,6 +143,10 @@ class ArchiverOptions:
     listeners: tuple[Listener, ...] = ()
     #: keep the catalog of the archive root (archivers with a root; decision 0031)
     catalog: bool = True
+    #: keep it in this PostgreSQL database (``postgresql://...``), shared with other archivers (decision 0037)
+    catalog_url: str | None = None
+    #: the host name the rows of a shared catalog say they are of (default: this machine's host name)
+    catalog_host: str | None = None
     #: send the ``archived``, ``failed`` and ``low_disk_space`` events (an archiver that is a HERO only)
     events: bool = True
     #: free bytes (>= 1) or fraction of the file system (in (0, 1)) below which ``low_disk_space`` is sent
@@ -150,6 +174,11 @@ class ArchiverOptions:
             )
         if not isinstance(self.catalog, bool):
             raise ConfigurationError(f"catalog: expected true or false, got {self.catalog!r:.200}")
+        _check_catalog_url(self.catalog_url, self.catalog)
+        if self.catalog_host is not None and (not isinstance(self.catalog_host, str) or not self.catalog_host.strip()):
+            raise ConfigurationError(
+                f"catalog_host: expected a host name (non-empty text) or None, got {self.catalog_host!r:.200}"
+            )
         if not isinstance(self.listeners, tuple) or not all(isinstance(one, Listener) for one in self.listeners):
             raise ConfigurationError(
                 "listeners: expected a sequence of heros_archiver.observe.listeners.Listener, "
@@ -308,10 +337,17 @@ class ZarrAppendOptions:
     on_exists: str = "error"
     root: str | os.PathLike[str] | None = None
     fsync: str = "none"
+    #: what only an ``s3://`` root takes (``storage_options``, ``state_dir``, ``stale_uploads_after``)
+    objects: ObjectRootOptions = field(default_factory=ObjectRootOptions)
+    #: the ``s3://bucket/prefix`` root (from ``root`` or the template), None for a local root
+    object_root: str | None = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
         _check_template("store_template", self.store_template)
         _check_template("array_template", self.array_template)
+        _check_optional_text("root", self.root, "a directory path, an s3://bucket/prefix URL or None")
+        object.__setattr__(self, "object_root", object_root_of(self.store_template, self.root))
+        self.objects.check(self.object_root)
         check_choice("compression", self.compression, ZARR_APPEND_COMPRESSIONS)
         check_choice("on_exists", self.on_exists, get_args(ContainerOnExists))
         check_choice("fsync", self.fsync, HDF5_FSYNC_CHOICES)
@@ -323,14 +359,16 @@ class ZarrAppendOptions:
                 check_integer(name, value, "None or a positive integer", 1)
         check_seconds("flush_seconds", self.flush_seconds)
         check_seconds("idle_timeout", self.idle_timeout)
-        _check_optional_text("root", self.root, "a directory path or None")
-        _refuse_object_root("ZarrAppendArchiver", self.store_template, self.root)
 
-    def sink_settings(self, root: str, sequence_key: str | None) -> ZarrAppendSinkSettings:
-        """The settings of the archiver's container sink under ``root`` (the archiver's, and replay's)."""
+    def sink_settings(
+        self, root: str, sequence_key: str | None, objects: ObjectRoot | None = None
+    ) -> ZarrAppendSinkSettings:
+        """The settings of the archiver's container sink under ``root`` (the archiver's, and replay's); with
+        ``objects``, the stores are prefixes in that object store and ``root`` is the local state directory."""
         from ..sinks.zarr_append import ZarrAppendSinkSettings
 
         return ZarrAppendSinkSettings(
+            objects=objects,
             root=root, compression=self.compression, frames_per_chunk=self.frames_per_chunk,  # type: ignore[arg-type]
             frames_per_shard=self.frames_per_shard, on_exists=self.on_exists, fsync=self.fsync != "none",  # type: ignore[arg-type]
             flush_frames=self.flush_frames, flush_seconds=float(self.flush_seconds),

@@ -10,12 +10,14 @@ their shards and then advanced the array's shape (decision 0023).
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigurationError
 from ..formats.zarr_v3 import load_zarr
+from ..naming.keys import confine_key
 from ..naming.templates import PathTemplate, derive_root
 from ..pipeline.queueing import Item
 from ..sinks.base import ContainerSink
@@ -26,6 +28,7 @@ from ..state.replay_zarr_append import ZARR_APPEND_KIND, ZarrAppendWriterSetting
 from ..state.statedir import DEAD_LETTER_SUBDIR
 from .base import HERODataArchiver
 from .files import check_root, clean_stale_temporaries
+from .object_root import DEFAULT_STALE_UPLOADS_AFTER, ObjectRoot, ObjectRootOptions, open_object_root
 from .options import (
     DEFAULT_FLUSH_FRAMES,
     DEFAULT_FLUSH_SECONDS,
@@ -55,9 +58,15 @@ class ZarrAppendArchiver(HERODataArchiver):
         on_exists: a store that exists at its first use: ``error`` (default; its frames are dead-lettered),
             ``append`` (continue each array after its committed frames, also after a crash; frames whose key
             it holds are not written again), ``unique`` (``name-1.zarr``, ...).
-        root: archive root (default: derived from ``store_template`` as for the file archivers).
+        root: archive root (default: derived from ``store_template`` as for the file archivers); or an
+            object store, ``s3://bucket/prefix``: each store is then a key prefix under it (the template renders
+            keys under the prefix, or starts with that URL), objects are PUT whole, the store is claimed and each
+            array locked by conditional create, and spool, dead letters and catalog stay in a local
+            ``state_dir`` (as for the file archivers: "Object storage" in the README).
         fsync: ``none`` (default: a commit survives the archiver's process being killed) or ``file`` (every
-            object and directory of a commit fsynced: it survives a power loss too).
+            object and directory of a commit fsynced: it survives a power loss too). An object store's PUT
+            is durable when it answers: there ``none`` and ``file`` are alike.
+        storage_options, state_dir, stale_uploads_after: (``s3://`` root) as for ``FileArchiver``.
     """
 
     sink_options: ZarrAppendOptions
@@ -77,11 +86,15 @@ class ZarrAppendArchiver(HERODataArchiver):
         on_exists: str = "error",
         root: str | None = None,
         fsync: str = "none",
+        storage_options: dict[str, Any] | None = None,
+        state_dir: str | None = None,
+        stale_uploads_after: float = DEFAULT_STALE_UPLOADS_AFTER,
         **kwargs: Any,
     ) -> None:
         self.sink_options = ZarrAppendOptions(
             store_template, array_template, compression, frames_per_chunk, frames_per_shard, flush_frames,
             flush_seconds, max_frames, idle_timeout, on_exists, root, fsync,
+            ObjectRootOptions(storage_options, state_dir, stale_uploads_after),
         )  # fmt: skip
         load_zarr()  # a missing extra fails here, at start
         HERODataArchiver.__init__(self, *args, **kwargs)
@@ -89,8 +102,19 @@ class ZarrAppendArchiver(HERODataArchiver):
     # ------------------------------------------------------------------ hooks of HERODataArchiver
     def _setup_storage(self) -> None:
         """Compile both templates under the root, check the state directory, and remove the temporaries a
-        killed run left (a shard or zarr.json it was writing: never under a name Zarr reads)."""
+        killed run left (a shard or zarr.json it was writing: never under a name Zarr reads). An ``s3://``
+        root is connected and checked first (``object_root.open_object_root``; conditional create is needed
+        under every ``on_exists``: it claims stores and locks arrays); ``root`` is then the state directory."""
         options = self.sink_options
+        #: the object-store root (None: a local root)
+        self.object_root: ObjectRoot | None = None
+        if options.object_root is not None:
+            self.object_root = open_object_root(options.object_root, options.objects, "error")
+            self.root = self.object_root.state_dir
+            self.name_template = PathTemplate(options.store_template, Path(os.sep))  # keys: naming.keys
+            self._array = PathTemplate(options.array_template, self.root)
+            check_root(self.root)
+            return
         root = Path(options.root) if options.root else derive_root(options.store_template, self.metadata)
         self.name_template = PathTemplate(options.store_template, root)
         self.root = self.name_template.root
@@ -113,7 +137,8 @@ class ZarrAppendArchiver(HERODataArchiver):
         options = self.sink_options
         return ZarrAppendWriterSettings(
             kind=ZARR_APPEND_KIND, store_template=self.name_template.source, array_template=self._array.source,
-            root=str(self.root), compression=options.compression, frames_per_chunk=options.frames_per_chunk,
+            root=options.object_root or str(self.root), compression=options.compression,
+            frames_per_chunk=options.frames_per_chunk,
             frames_per_shard=options.frames_per_shard, flush_frames=options.flush_frames,
             on_exists=options.on_exists, fsync=options.fsync, max_frames=options.max_frames,
             sequence_key=self.options.sequence_key,
@@ -125,6 +150,11 @@ class ZarrAppendArchiver(HERODataArchiver):
     def _route(self, item: Item) -> None:
         """Render and confine the item's store path (once, on receipt): it is the item's route to its writer."""
         context = {**item.metadata, "source_name": item.source}
+        if self.object_root is not None:
+            location = self.object_root.location
+            rendered = self.name_template.render_text(context)
+            item.route = confine_key(rendered, location.url(), location.prefix, self.sink_options.store_template)
+            return
         path = self.name_template.render_confined(context)
         _refuse_reserved(path, str(self.root), self.sink_options.store_template)
         item.route = path
@@ -135,7 +165,7 @@ class ZarrAppendArchiver(HERODataArchiver):
     def _container_sink_factory(self) -> Callable[[], ContainerSink]:
         from ..sinks.zarr_append import ZarrAppendSink
 
-        settings = self.sink_options.sink_settings(str(self.root), self.options.sequence_key)
+        settings = self.sink_options.sink_settings(str(self.root), self.options.sequence_key, self.object_root)
         return lambda: ZarrAppendSink(settings, self._array_of)
 
     def _store(self, source_name: str, payload: Any, metadata: dict[str, Any]) -> None:

@@ -1,7 +1,9 @@
 """``heros-archiver ls`` and ``export``: what the catalog of an archive root says was archived.
 
-Both read the catalog read-only (``observe.catalog_reader``), also while archivers write it. Exit codes: 0 done,
-2 cannot start (no catalog at ROOT, a bad filter, the target exists, the [parquet] extra missing).
+Both read the catalog read-only (``observe.catalog_reader``), also while archivers write it: the SQLite catalog
+of ROOT, or with ``--catalog-url`` a shared PostgreSQL one (ROOT then keeps the rows of that root; ``--host``
+those of one host). Exit codes: 0 done, 2 cannot start (no catalog at ROOT, a bad filter, the target exists, the
+[parquet] extra missing).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import importlib
 import json
 import os
 import sys
-from dataclasses import asdict
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -23,22 +25,27 @@ from rich.table import Table
 
 from ..errors import ArchiverError
 from ..extras import require_extra
-from ..observe.catalog_reader import (
-    FAILURE_COLUMNS,
-    ITEM_COLUMNS,
-    CatalogFailure,
-    CatalogItem,
-    CatalogReader,
-    parse_since,
-)
+from ..observe.catalog_reader import CatalogFailure, CatalogItem, CatalogReader, Filters, parse_since
 
-__all__ = ["export", "ls"]
+__all__ = ["CATALOG_URL_VARIABLE", "export", "ls"]
+
+#: The environment variable ``--catalog-url`` is read from when not given (``ls``, ``export``, ``verify``).
+CATALOG_URL_VARIABLE = "HEROS_ARCHIVER_CATALOG_URL"
 
 errors = Console(stderr=True)
 #: Hex digits of a checksum the table shows (the full one: ``--json``).
 CHECKSUM_SHOWN = 8
 
-RootArgument = Annotated[Path, typer.Argument(help="the archive root (holds .heros-archiver/catalog.sqlite)")]
+RootArgument = Annotated[
+    Path | None,
+    typer.Argument(help="the archive root (holds .heros-archiver/catalog.sqlite); with --catalog-url: only its rows"),
+]
+UrlOption = Annotated[
+    str | None,
+    typer.Option(envvar=CATALOG_URL_VARIABLE, help="a shared catalog: postgresql://user@host:port/database"),
+]
+HostOption = Annotated[str | None, typer.Option(help="only rows written on this host (a shared catalog)")]
+ArchiverOption = Annotated[str | None, typer.Option(help="only rows of this archiver (NAME:EVENT, as ls shows)")]
 
 
 def _fail(message: str) -> typer.Exit:
@@ -46,9 +53,11 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(2)
 
 
-def _open(root: Path) -> CatalogReader:
+def _open(root: Path | None, url: str | None) -> CatalogReader:
+    if root is None and url is None:
+        raise _fail("expected ROOT (its SQLite catalog) or --catalog-url postgresql://...")
     try:
-        return CatalogReader(root)
+        return CatalogReader(root, url=url)
     except ArchiverError as exc:
         raise _fail(str(exc)) from exc
 
@@ -81,18 +90,24 @@ def _short(checksum: str | None) -> str:
     return checksum.partition(":")[2][:CHECKSUM_SHOWN]
 
 
-def _item_row(item: CatalogItem) -> list[str]:
+def _item_row(item: CatalogItem, shared: bool) -> list[str]:
     sequence = "-" if item.sequence is None else str(item.sequence)
-    return [item.source, sequence, item.location, str(item.nbytes), _time(item.received), _short(item.checksum)]
+    where = [str(item.host), str(item.root)] if shared else []
+    return [*where, item.source, sequence, item.location, str(item.nbytes), _time(item.received), _short(item.checksum)]
 
 
-def _failure_row(failure: CatalogFailure) -> list[str]:
+def _failure_row(failure: CatalogFailure, shared: bool) -> list[str]:
     sequence = "-" if failure.sequence is None else str(failure.sequence)
-    return [failure.source, sequence, failure.kind, failure.entry or "-", failure.error, _time(failure.received)]
+    where = [str(failure.host), str(failure.root)] if shared else []
+    return [*where, failure.source, sequence, failure.kind, failure.entry or "-", failure.error,
+            _time(failure.received)]  # fmt: skip
 
 
 def ls(
-    root: RootArgument,
+    root: RootArgument = None,
+    catalog_url: UrlOption = None,
+    host: HostOption = None,
+    archiver: ArchiverOption = None,
     source: Annotated[str | None, typer.Option(help="only items of this HERO")] = None,
     since: Annotated[
         str | None, typer.Option(help="only items received since: ISO 8601 (2026-03-01T12:00) or a duration (10m, 2h)")
@@ -108,47 +123,68 @@ def ls(
     """List what the catalog of ROOT says was archived (in commit order): where each item went, its bytes,
     when it arrived, its checksum."""
     parsed = _filters(since, where)
-    with _open(root) as reader:
-        rows = (reader.failures if failures else reader.items)(source, since, parsed, limit)
-        if json_lines:
-            out = sys.stdout
-            for row in rows:
-                out.write(json.dumps(asdict(row), ensure_ascii=False) + "\n")
-            return
-        kind = "failure" if failures else "item"
-        table = Table(title=f"catalog of {root}", caption_justify="left")
-        columns = (
-            ("source", "sequence", "kind", "entry", "error", "received")
-            if failures
-            else ("source", "sequence", "location", "bytes", "received", "checksum")
+    with _open(root, catalog_url) as reader:
+        rows: Iterator[CatalogItem | CatalogFailure] = (reader.failures if failures else reader.items)(
+            source, since, parsed, limit, archiver, host
         )
-        for column in columns:
-            table.add_column(
-                column,
-                justify="right" if column in ("sequence", "bytes") else "left",
-                overflow="fold",
-                no_wrap=column in ("checksum", "sequence", "bytes"),
-                min_width=12 if column in ("location", "entry", "error") else None,
-            )
-        shown = 0
-        for row in rows:
-            cells = _failure_row(row) if isinstance(row, CatalogFailure) else _item_row(row)
-            table.add_row(*(escape(cell) for cell in cells))
-            shown += 1
-        table.caption = f"{shown} {kind}(s)"
-        Console().print(table)
+        try:
+            if json_lines:
+                _print_json_lines(rows, reader.failure_columns if failures else reader.item_columns)
+            else:
+                _print_table(rows, reader, failures, str(root if catalog_url is None else reader.where))
+        except ArchiverError as exc:  # --host of a root's SQLite catalog; a database that went away
+            raise _fail(str(exc)) from exc
+
+
+def _print_json_lines(rows: Iterator[CatalogItem | CatalogFailure], columns: tuple[str, ...]) -> None:
+    """One JSON object per row, with the catalog's columns (a root's catalog has no host nor root)."""
+    out = sys.stdout
+    for row in rows:
+        out.write(json.dumps({name: getattr(row, name) for name in columns}, ensure_ascii=False) + "\n")
+
+
+def _print_table(
+    rows: Iterator[CatalogItem | CatalogFailure], reader: CatalogReader, failures: bool, where: str
+) -> None:
+    kind = "failure" if failures else "item"
+    table = Table(title=f"catalog of {where}", caption_justify="left")
+    columns: tuple[str, ...] = ("host", "root") if reader.shared else ()
+    columns += (
+        ("source", "sequence", "kind", "entry", "error", "received")
+        if failures
+        else ("source", "sequence", "location", "bytes", "received", "checksum")
+    )
+    for column in columns:
+        table.add_column(
+            column,
+            justify="right" if column in ("sequence", "bytes") else "left",
+            overflow="fold",
+            no_wrap=column in ("checksum", "sequence", "bytes"),
+            min_width=12 if column in ("location", "entry", "error", "root") else None,
+        )
+    shown = 0
+    for row in rows:
+        cells = _failure_row(row, reader.shared) if isinstance(row, CatalogFailure) else _item_row(row, reader.shared)
+        table.add_row(*(escape(cell) for cell in cells))
+        shown += 1
+    table.caption = f"{shown} {kind}(s)"
+    Console().print(table)
 
 
 def export(
-    root: RootArgument,
     parquet: Annotated[Path, typer.Option("--parquet", help="the Parquet file to write")],
+    root: RootArgument = None,
+    catalog_url: UrlOption = None,
+    host: HostOption = None,
+    archiver: ArchiverOption = None,
     failures: Annotated[
         bool, typer.Option("--failures", help="export the failures table instead of the items")
     ] = False,
     force: Annotated[bool, typer.Option("--force", help="replace FILE if it exists")] = False,
 ) -> None:
-    """Write the catalog of ROOT (its items, or with --failures its failures) as a Parquet table: every column,
-    metadata as JSON text. Written to a temporary beside FILE and renamed, so FILE is never half-written."""
+    """Write the catalog of ROOT (its items, or with --failures its failures) as a Parquet table: every column
+    (a shared catalog's host and root too), metadata as JSON text. Written to a temporary beside FILE and
+    renamed, so FILE is never half-written."""
     try:
         pa = require_extra("parquet", "pyarrow")
         pq = importlib.import_module("pyarrow.parquet")  # part of pyarrow
@@ -158,17 +194,19 @@ def export(
     if target.exists() and not force:
         raise _fail(f"{target} exists; expected a new file (pass --force to replace it)")
     table_name = "failures" if failures else "items"
-    with _open(root) as reader:
+    with _open(root, catalog_url) as reader:
         temporary = target.parent / f".{target.name}.{os.getpid()}.tmp"
         try:
-            written = _write_parquet(pa, pq, reader, table_name, temporary)
+            written = _write_parquet(pa, pq, reader, table_name, temporary, Filters(archiver=archiver, host=host))
             _publish(temporary, target, force)
         except OSError as exc:
             raise _fail(f"cannot write {target}: {exc}") from exc
+        except ArchiverError as exc:
+            raise _fail(str(exc)) from exc
         finally:
             with contextlib.suppress(FileNotFoundError):
                 temporary.unlink()
-    errors.print(f"exported {written} row(s) of the {table_name} of {root} to {target}")
+    errors.print(f"exported {written} row(s) of the {table_name} of {root or reader.where} to {target}")
 
 
 #: Arrow types of the catalog's columns (every other column is text).
@@ -176,9 +214,10 @@ _ARROW_INTEGERS = frozenset({"id", "sequence", "idx", "count", "nbytes"})
 _ARROW_FLOATS = frozenset({"received", "committed", "time"})
 
 
-def _write_parquet(pa: Any, pq: Any, reader: CatalogReader, table_name: str, path: Path) -> int:
-    """Write table ``table_name`` to ``path`` in row groups of one batch each; how many rows."""
-    columns = ITEM_COLUMNS if table_name == "items" else FAILURE_COLUMNS
+def _write_parquet(pa: Any, pq: Any, reader: CatalogReader, table_name: str, path: Path, filters: Filters) -> int:
+    """Write table ``table_name`` (its rows that ``filters`` keep) to ``path`` in row groups of one batch each;
+    how many rows."""
+    columns = reader.item_columns if table_name == "items" else reader.failure_columns
     schema = pa.schema(
         [
             (name, pa.int64() if name in _ARROW_INTEGERS else pa.float64() if name in _ARROW_FLOATS else pa.string())
@@ -187,7 +226,7 @@ def _write_parquet(pa: Any, pq: Any, reader: CatalogReader, table_name: str, pat
     )
     written = 0
     with pq.ParquetWriter(path, schema, compression="zstd") as writer:
-        for rows in reader.table(table_name):
+        for rows in reader.table(table_name, filters=filters):
             arrays = [pa.array([row[index] for row in rows], type=field.type) for index, field in enumerate(schema)]
             writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
             written += len(rows)

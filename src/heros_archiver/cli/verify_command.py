@@ -1,4 +1,8 @@
-"""``heros-archiver verify ROOT``: the archive against its catalog, a summary table and one line per problem."""
+"""``heros-archiver verify ROOT``: the archive against its catalog, a summary table and one line per problem.
+
+With ``--catalog-url`` the catalog is a shared PostgreSQL one (decision 0037): the roots of this host it names (or
+only ROOT) are checked, one table each, and the roots of other hosts are listed as skipped (``--all-hosts``
+checks them too, where every host's paths are reachable here)."""
 
 from __future__ import annotations
 
@@ -24,9 +28,11 @@ from rich.table import Table
 from ..errors import ArchiverError
 from ..observe.problems import KINDS, NOTE_KINDS
 from .app import app, console
+from .catalog_commands import CATALOG_URL_VARIABLE
 
 if TYPE_CHECKING:
     from ..observe.verify import VerifyReport
+    from ..observe.verify_shared import SharedVerifyReport
 
 #: Below this many bytes to read no progress bar is shown (it would flash and go).
 PROGRESS_FROM = 256 << 20
@@ -34,7 +40,20 @@ PROGRESS_FROM = 256 << 20
 
 @app.command("verify")
 def verify_command(
-    root: Annotated[Path, typer.Argument(help="the archive root (the folder holding .heros-archiver/catalog.sqlite)")],
+    root: Annotated[
+        Path | None,
+        typer.Argument(help="the archive root (holds .heros-archiver/catalog.sqlite); with --catalog-url: only it"),
+    ] = None,
+    catalog_url: Annotated[
+        str | None,
+        typer.Option(envvar=CATALOG_URL_VARIABLE, help="a shared catalog: postgresql://user@host:port/database"),
+    ] = None,
+    host: Annotated[
+        str | None, typer.Option(help="with --catalog-url: check the roots of this host (default: this machine's)")
+    ] = None,
+    all_hosts: Annotated[
+        bool, typer.Option("--all-hosts", help="with --catalog-url: check every host's roots (paths shared here)")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the report as one JSON document")] = False,
     no_orphans: Annotated[
         bool, typer.Option("--no-orphans", help="do not walk the root for files no entry names")
@@ -46,10 +65,17 @@ def verify_command(
 
     Runs beside an archiver that writes (what it commits meanwhile is not checked). Exit code 0 when all is
     well, 1 when anything was found, 2 when verify cannot do its work (no catalog; a container whose library, an
-    extra, is not installed).
+    extra, is not installed; a shared catalog with nothing of this host's to check).
     """
     from ..observe.verify import verify  # imported when used: the other commands need none of it
 
+    if catalog_url is not None:
+        _verify_shared(catalog_url, root, host, all_hosts, as_json, not no_orphans, workers)
+        return
+    if root is None or host is not None or all_hosts:
+        console.print("[red]error:[/red] expected ROOT (its SQLite catalog), or --catalog-url for --host and "
+                      "--all-hosts", soft_wrap=True)  # fmt: skip
+        raise typer.Exit(2)
     with _ProgressBar(enabled=not as_json or console.is_terminal) as bar:
         try:
             report = verify(root, orphans=not no_orphans, workers=workers, progress=bar.update)
@@ -62,6 +88,46 @@ def verify_command(
         _print(report)
     if not report.ok:
         raise typer.Exit(1)
+
+
+def _verify_shared(
+    url: str, root: Path | None, host: str | None, all_hosts: bool, as_json: bool, orphans: bool, workers: int | None
+) -> None:
+    """verify over a shared catalog: a table per root checked, a line per root skipped."""
+    from ..observe.verify_shared import verify_shared
+
+    with _ProgressBar(enabled=not as_json or console.is_terminal) as bar:
+        try:
+            shared = verify_shared(url, host=host, all_hosts=all_hosts, roots=None if root is None else [root],
+                                   orphans=orphans, workers=workers, progress=bar.update)  # fmt: skip
+        except ArchiverError as exc:
+            console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
+            raise typer.Exit(2) from exc
+    if as_json:
+        sys.stdout.buffer.write(orjson.dumps(shared.as_dict(), option=orjson.OPT_INDENT_2) + b"\n")
+    else:
+        _print_shared(shared)
+    if not shared.reports:
+        raise typer.Exit(2)
+    if not shared.ok:
+        raise typer.Exit(1)
+
+
+def _print_shared(shared: SharedVerifyReport) -> None:
+    out = Console(soft_wrap=True, highlight=False)
+    for report in shared.reports:
+        _print(report)
+    for skipped in shared.skipped:
+        out.print(skipped.line, markup=False)
+    if shared.skipped:
+        out.print("(run verify on those hosts, or --all-hosts where their paths are reachable here)", markup=False)
+    if not shared.reports:
+        whose = "any host" if shared.host is None else f"host {shared.host}"
+        out.print(f"nothing checked: the catalog {shared.catalog} names no root of {whose} (--host?)", markup=False)
+    else:
+        problems = sum(len(report.problems) for report in shared.reports)
+        verdict = "all is well" if shared.ok else f"{problems:,} problem(s)"
+        out.print(f"{verdict}: {len(shared.reports)} root(s) checked, {len(shared.skipped)} skipped", markup=False)
 
 
 class _ProgressBar:

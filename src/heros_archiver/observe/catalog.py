@@ -7,8 +7,10 @@ stop cleanly are applied (``catalog_recovery``). Then:
 * on the writer thread, after each commit and before the pipeline acknowledges it (removes the spool entries
   of its items), the batch's outcomes are appended to the archiver's journal (``catalog_journal``): one
   ``write`` of orjson lines, a few microseconds, the GIL kept;
-* the archiver's applier process applies the journal to SQLite (``catalog_process``, ``catalog_apply``), once it
-  stops growing and at least every second, in one transaction: readers see an item ~0.1-1 s after its commit;
+* the archiver's applier process applies the journal to the catalog (``catalog_process``, ``catalog_apply``): the
+  root's SQLite file, or with ``catalog_url`` a PostgreSQL database shared by many archivers (``catalog_backend``,
+  decision 0037), once it stops growing and at least every second, in one transaction: readers see an item
+  ~0.1-1 s after its commit;
 * at close (after the pipeline's last outcome) the journal ends with its ``closed`` line, the applier stops,
   and the rest is applied here and the journal removed.
 
@@ -20,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import sqlite3
 import subprocess
 import sys
 import time
@@ -30,11 +31,12 @@ from typing import Any
 
 from ..errors import CatalogError
 from ..saferepr import safe_str
+from .catalog_backend import CatalogTarget
 from .catalog_journal import JournalWriter, encode_outcomes
 from .catalog_names import process_start
-from .catalog_process import STOP, apply_segments
+from .catalog_process import STOP, apply_segments, target_environment
 from .catalog_recovery import recover
-from .catalog_schema import catalog_path, journal_directory, open_for_writing
+from .catalog_schema import catalog_path, journal_directory
 from .listeners import Listener
 from .outcomes import Outcome
 
@@ -54,26 +56,36 @@ class CatalogListener(Listener):
     """Journals every outcome on the writer thread; its applier process puts the journal into the root's catalog.
 
     Args:
-        root: the archive root (the catalog is ``<root>/.heros-archiver/catalog.sqlite``).
+        root: the archive root (the catalog is ``<root>/.heros-archiver/catalog.sqlite`` without ``target``).
         event: the archiver's event (its journal's header, and the end of its name in the catalog).
         name: returns who writes the items (the HERO's name, or the class's), or None while that is not known yet
             (a HERO's name is given after its archiver's pipeline is made); asked again at each outcome until known.
         adopt: for a file-per-item archiver, the ending of its files' names (``.npy``; ``""``: any), which a
             later start adopts after a kill (``catalog_recovery``); None for container archivers.
+        target: where the catalog is (default: the root's SQLite file) and the host name it is written as.
     """
 
     inline = True
 
-    def __init__(self, root: Path, event: str, name: Callable[[], str | None], adopt: str | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        event: str,
+        name: Callable[[], str | None],
+        adopt: str | None = None,
+        target: CatalogTarget | None = None,
+    ) -> None:
         self.root = root
+        self.target = CatalogTarget() if target is None else target
         self._event = event
         self._name = name
         try:
-            recover(root)
-        except (OSError, sqlite3.Error) as exc:
+            journal_directory(root).mkdir(parents=True, exist_ok=True)
+            recover(root, self.target)
+        except OSError as exc:
             raise CatalogError(
-                f"catalog {catalog_path(root)}: the journals of earlier runs cannot be applied ({exc}); pass "
-                "catalog=False to archive without a catalog"
+                f"catalog {self.target.describe(root)}: the journals of earlier runs under {root} cannot be applied "
+                f"({exc}); pass catalog=False to archive without a catalog"
             ) from exc
         known = name()
         self._named = known is not None
@@ -82,6 +94,7 @@ class CatalogListener(Listener):
             "event": event,
             "root": str(root),
             "pid": os.getpid(),
+            "host": self.target.host,
             "adopt": None if adopt is None else {"suffix": adopt},
         }
         try:
@@ -91,7 +104,7 @@ class CatalogListener(Listener):
                 f"catalog {catalog_path(root)}: cannot create the archiver's journal in {journal_directory(root)} "
                 f"({exc}); pass catalog=False to archive without a catalog"
             ) from exc
-        self._applier = _Applier(root, self._journal.prefix)
+        self._applier = _Applier(root, self._journal.prefix, self.target)
 
     @property
     def name(self) -> str:
@@ -99,7 +112,7 @@ class CatalogListener(Listener):
 
     @property
     def path(self) -> Path:
-        """The catalog's file."""
+        """The root's SQLite catalog file (where the catalog is without ``catalog_url``)."""
         return catalog_path(self.root)
 
     def handle(self, outcomes: Sequence[Outcome]) -> None:
@@ -119,7 +132,8 @@ class CatalogListener(Listener):
     def status(self) -> dict[str, Any]:
         """Where the catalog and the journal are, the journal's bytes so far, the applier process."""
         return {
-            "path": str(self.path),
+            "path": self.target.describe(self.root),
+            "host": self.target.host if self.target.shared else None,
             "journal": str(self._journal.directory / self._journal.name),
             "journal_bytes": self._journal.written,
             **self._applier.status(),
@@ -135,9 +149,10 @@ class _Applier:
     """The archiver's side of its applier process (``catalog_process``): started with the archiver, restarted if
     it dies, told to stop at close, after which the rest of the journal is applied here."""
 
-    def __init__(self, root: Path, prefix: str) -> None:
+    def __init__(self, root: Path, prefix: str, target: CatalogTarget) -> None:
         self._root = root
         self._prefix = prefix
+        self._target = target
         self.restarts = 0
         self._next_check = time.monotonic() + CHECK_INTERVAL
         self._process = self._start()
@@ -145,7 +160,7 @@ class _Applier:
     def _start(self) -> subprocess.Popen[bytes] | None:
         package_parent = str(Path(__file__).resolve().parents[2])  # src/, above heros_archiver/observe/
         env = {
-            **os.environ,
+            **target_environment(self._target),
             "PYTHONPATH": os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH")])),
         }
         try:
@@ -204,11 +219,8 @@ class _Applier:
                 process.kill()
                 process.wait()
         try:
-            connection = open_for_writing(self._root)
-            try:
-                apply_segments(connection, self._root, self._prefix, final=True)
-            finally:
-                connection.close()
-        except (sqlite3.Error, OSError, CatalogError) as exc:
+            with self._target.open_writer(self._root) as catalog:
+                apply_segments(catalog, self._root, self._prefix, final=True)
+        except (OSError, CatalogError) as exc:
             log.error("catalog %s: cannot apply the journal at the stop (%s: %s); it is kept and applied at the "
                       "next start", self._root, type(exc).__name__, safe_str(exc))  # fmt: skip

@@ -1,21 +1,21 @@
 """Applying a journal to the catalog: its lines beyond the recorded offset, as rows, in one transaction each step.
 
 Lines (a commit's records each) are read here (orjson; metadata written as an object is written again by
-orjson, which gives back exactly what it wrote, and metadata written as text is stored as it is) and inserted
-with ``executemany``: by the archiver's applier process while the
-archiver runs (``catalog_process``), by the archiver itself at its start (recovery) and at its stop. The offset
-each journal is applied to is kept in the catalog itself (``journal_applied``), read and moved in the same
-transaction as the rows, and that transaction is ``BEGIN IMMEDIATE``: whoever applies a journal applies each
-line once, even when two try at the same time. Items are upserted on their location (``items_location``): a
-location written again (an item resumed from the spool after a crash, ``on_exists="overwrite"``) keeps its
-row, with what its last commit said.
+orjson, which gives back exactly what it wrote, and metadata written as text is stored as it is) and handed to
+the catalog's backend (``catalog_backend``: SQLite or PostgreSQL, ``executemany``): by the archiver's applier
+process while the archiver runs (``catalog_process``), by the archiver itself at its start (recovery) and at its
+stop. The offset each journal is applied to is kept in the catalog itself (``journal_applied``), read and moved
+in the same transaction as the rows, and the backend serialises those transactions per journal (SQLite's
+``BEGIN IMMEDIATE``, PostgreSQL's advisory lock): whoever applies a journal applies each line once, even when
+two try at the same time. Items are upserted on their location (``items_location``): a location written again
+(an item resumed from the spool after a crash, ``on_exists="overwrite"``) keeps its row, with what its last
+commit said.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import sqlite3
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 
 from ..saferepr import safe_str
+from .catalog_backend import CatalogBackend
 
 __all__ = ["Applied", "JournalState", "apply_journal", "relative_to_root"]
 
@@ -31,19 +32,6 @@ log = logging.getLogger("heros_archiver")
 #: Journal bytes applied in one transaction at most (a transaction per step keeps the lock short).
 TRANSACTION_BYTES = 2**20
 
-_INSERT_ITEM = """
-INSERT INTO items (archiver, source, event, sequence, path, member, idx, count, nbytes, checksum, metadata, received,
-                   committed)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (path, ifnull(member, ''), ifnull(idx, -1)) DO UPDATE SET
-  archiver = excluded.archiver, source = excluded.source, event = excluded.event, sequence = excluded.sequence,
-  count = excluded.count, nbytes = excluded.nbytes, checksum = excluded.checksum, metadata = excluded.metadata,
-  received = excluded.received, committed = excluded.committed
-"""
-_INSERT_FAILURE = """
-INSERT INTO failures (archiver, source, event, sequence, kind, entry, error, metadata, received, time)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-"""
 _KINDS = {"d": "dead_lettered", "x": "dropped"}
 
 
@@ -102,7 +90,7 @@ def relative_to_root(path: str, root: str) -> str:
 
 
 def apply_journal(
-    connection: sqlite3.Connection, path: Path, root: str, dead: bool = False, step_bytes: int = TRANSACTION_BYTES
+    catalog: CatalogBackend, path: Path, root: str, dead: bool = False, step_bytes: int = TRANSACTION_BYTES
 ) -> Applied | None:
     """Apply what the journal file ``path`` holds beyond its recorded offset; return how far it is applied.
 
@@ -115,7 +103,7 @@ def apply_journal(
         return None
     try:
         while True:
-            applied, progress = _apply_step(connection, fd, path.name, root, dead, step_bytes)
+            applied, progress = _apply_step(catalog, fd, path.name, root, dead, step_bytes)
             if applied.complete or not progress:  # all of it, or only a line still being written
                 return applied
     finally:
@@ -123,12 +111,11 @@ def apply_journal(
 
 
 def _apply_step(
-    connection: sqlite3.Connection, fd: int, name: str, root: str, dead: bool, step_bytes: int
+    catalog: CatalogBackend, fd: int, name: str, root: str, dead: bool, step_bytes: int
 ) -> tuple[Applied, bool]:
     """One transaction: read the offset, apply up to ``step_bytes`` of whole lines, move the offset."""
-    connection.execute("BEGIN IMMEDIATE")
-    try:
-        row = connection.execute("SELECT offset, header FROM journal_applied WHERE name = ?", (name,)).fetchone()
+    with catalog.transaction():
+        row = catalog.journal_applied(name)
         offset, state = (row[0], JournalState.from_json(row[1])) if row else (0, JournalState())
         size = os.fstat(fd).st_size
         data = os.pread(fd, min(step_bytes, max(0, size - offset)), offset) if size > offset else b""
@@ -145,26 +132,18 @@ def _apply_step(
         else:
             consumed = end
         if not consumed:
-            connection.execute("COMMIT")
             return Applied(state, offset, size), False
         if end:
-            _apply_lines(connection, data[:end], state, root, name)
-        connection.execute(
-            "INSERT INTO journal_applied (name, offset, header) VALUES (?, ?, ?) "
-            "ON CONFLICT (name) DO UPDATE SET offset = excluded.offset, header = excluded.header",
-            (name, offset + consumed, state.to_json()),
-        )
-        connection.execute("COMMIT")
-    except BaseException:
-        if connection.in_transaction:
-            connection.execute("ROLLBACK")
-        raise
+            catalog.add(*_rows(data[:end], state, root, name))
+        catalog.set_journal_applied(name, offset + consumed, state.to_json())
     return Applied(state, offset + consumed, size), True
 
 
-def _apply_lines(connection: sqlite3.Connection, data: bytes, state: JournalState, root: str, name: str) -> None:
-    """Insert the rows of whole lines (``data`` ends with a newline); header lines change ``state`` for the lines
-    after them; a line that cannot be read (a write torn by a full disk) is skipped."""
+def _rows(
+    data: bytes, state: JournalState, root: str, name: str
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """The item and failure rows of whole lines (``data`` ends with a newline); header lines change ``state`` for
+    the lines after them; a line that cannot be read (a write torn by a full disk) is skipped."""
     prefix = root.rstrip("/") + "/"
     items: list[tuple[Any, ...]] = []
     failures: list[tuple[Any, ...]] = []
@@ -198,10 +177,9 @@ def _apply_lines(connection: sqlite3.Connection, data: bytes, state: JournalStat
                 last = record
         except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:  # orjson's errors are these
             _skipped(state, name, exc)
-    connection.executemany(_INSERT_ITEM, items)
-    connection.executemany(_INSERT_FAILURE, failures)
     if last is not None:
         state.saw(str(last[1]), float(last[5]))
+    return items, failures
 
 
 def _skipped(state: JournalState, name: str, error: BaseException) -> None:

@@ -2,6 +2,10 @@
 
     python -m heros_archiver.observe.catalog_process ROOT PREFIX
 
+(with ``HEROS_ARCHIVER_APPLIER_URL`` and ``HEROS_ARCHIVER_APPLIER_HOST`` in its environment when the catalog is a
+shared PostgreSQL database, decision 0037: in the environment, not the command line, so that ``ps`` does not
+show the URL's password)
+
 A thread of the archiver's own would share its GIL: every SQLite call gives the GIL up and must take it back
 from a busy writer or intake thread, and parsing the lines holds it (decision 0031). In a process of its own,
 at the lowest CPU priority (nice 19), it costs the archiver nothing but the CPU left over: on a saturated
@@ -24,7 +28,6 @@ import contextlib
 import logging
 import os
 import signal
-import sqlite3
 import sys
 import threading
 import time
@@ -33,8 +36,9 @@ from pathlib import Path
 from ..errors import CatalogError
 from ..saferepr import safe_str
 from .catalog_apply import apply_journal
+from .catalog_backend import CatalogBackend, CatalogTarget
 from .catalog_names import JournalName
-from .catalog_schema import journal_directory, open_for_writing
+from .catalog_schema import journal_directory
 
 log = logging.getLogger("heros_archiver")
 
@@ -50,9 +54,24 @@ NICE = 19
 ERROR_LOG_INTERVAL = 30.0
 #: The command that ends it (the archiver applies the rest).
 STOP = b"stop"
+#: The environment that names a shared catalog (its URL and the host name to write as) to the applier.
+URL_VARIABLE = "HEROS_ARCHIVER_APPLIER_URL"
+HOST_VARIABLE = "HEROS_ARCHIVER_APPLIER_HOST"
 
 
-def apply_segments(connection: sqlite3.Connection, root: Path, prefix: str, final: bool = False) -> None:
+def target_environment(target: CatalogTarget) -> dict[str, str]:
+    """The environment of the applier process of ``target``: ``os.environ`` with (only) its catalog's variables."""
+    env = {key: value for key, value in os.environ.items() if key not in (URL_VARIABLE, HOST_VARIABLE)}
+    return env if target.url is None else {**env, URL_VARIABLE: target.url, HOST_VARIABLE: target.host}
+
+
+def target_from_environment() -> CatalogTarget:
+    """The target ``target_environment`` gave (the root's SQLite catalog without it)."""
+    url = os.environ.get(URL_VARIABLE)
+    return CatalogTarget() if url is None else CatalogTarget(url, os.environ.get(HOST_VARIABLE) or CatalogTarget().host)
+
+
+def apply_segments(catalog: CatalogBackend, root: Path, prefix: str, final: bool = False) -> None:
     """Apply what is new in each segment of journal ``prefix``; remove each segment applied whole that is not
     the last one (the archiver writes the next), or with ``final`` (the archiver has stopped) all of them."""
     directory = journal_directory(root)
@@ -61,10 +80,10 @@ def apply_segments(connection: sqlite3.Connection, root: Path, prefix: str, fina
         key=lambda name: name.segment,
     )
     for number, name in enumerate(names):
-        applied = apply_journal(connection, directory / name.text, str(root))
+        applied = apply_journal(catalog, directory / name.text, str(root))
         if applied is not None and applied.complete and (final or number < len(names) - 1):
             (directory / name.text).unlink(missing_ok=True)
-            connection.execute("DELETE FROM journal_applied WHERE name = ?", (name.text,))
+            catalog.forget_journals([name.text])
 
 
 def _journal_size(root: Path, prefix: str) -> int:
@@ -102,7 +121,8 @@ def main(argv: list[str]) -> None:
     os.nice(NICE)
     logging.basicConfig(level=logging.WARNING, format=f"catalog applier {os.getpid()}: %(message)s")
     commands = _Commands()
-    connection: sqlite3.Connection | None = None
+    target = target_from_environment()
+    catalog: CatalogBackend | None = None
     logged_at = -ERROR_LOG_INTERVAL
     size, applied_size, applied_at = -1, -1, time.monotonic()
     try:
@@ -115,19 +135,22 @@ def main(argv: list[str]) -> None:
                 current = _journal_size(root, prefix)
                 grown, size = current != size, current
                 if size != applied_size and (ended or not grown or now - applied_at >= MAX_DELAY):
-                    connection = connection or open_for_writing(root)
-                    apply_segments(connection, root, prefix)
+                    catalog = catalog or target.open_writer(root)
+                    apply_segments(catalog, root, prefix)
                     applied_size, applied_at = size, now
-            except (sqlite3.Error, OSError, CatalogError) as exc:
+            except (OSError, CatalogError) as exc:
+                if catalog is not None:  # a lost connection (a database server restarted): connect again
+                    catalog.close()
+                    catalog = None
                 if now - logged_at >= ERROR_LOG_INTERVAL:
                     logged_at = now
-                    log.error("cannot apply the journal %s to %s: %s; the journal keeps it, retrying", prefix, root,
-                              safe_str(exc))  # fmt: skip
+                    log.error("cannot apply the journal %s of %s to %s: %s; the journal keeps it, retrying", prefix,
+                              root, target.describe(root), safe_str(exc))  # fmt: skip
             if ended:
                 return
     finally:
-        if connection is not None:
-            connection.close()
+        if catalog is not None:
+            catalog.close()
 
 
 if __name__ == "__main__":

@@ -1,10 +1,13 @@
 """Reading the catalog of an archive root, also while archivers write it: ``ls``, ``export``, ``verify``.
 
-``CatalogReader(root)`` opens ``<root>/.heros-archiver/catalog.sqlite`` read-only and yields its rows as frozen
-dataclasses, metadata parsed, in commit order (the row id). Each iteration reads one snapshot of the catalog
-(SQLite's WAL): rows committed while it runs appear in the next one.
+``CatalogReader(root)`` opens ``<root>/.heros-archiver/catalog.sqlite`` read-only, ``CatalogReader(url=...)`` a
+shared PostgreSQL catalog (``catalog_backend``, decision 0037), and yields its rows as frozen dataclasses,
+metadata parsed, in commit order (the row id). Each query reads one snapshot of the catalog: rows committed
+while it runs appear in the next one. A shared catalog's rows also say their ``host`` and ``root``, and are
+filtered by them (with a URL, ``root`` is a filter: the rows of that archive root only).
 
-Filters: ``source`` (the HERO that sent it), ``since`` (received at or after: a unix time, a ``datetime``, an ISO
+Filters: ``source`` (the HERO that sent it), ``archiver`` (who wrote it: ``<name>:<event>``), ``host`` (shared
+catalogs only), ``since`` (received at or after: a unix time, a ``datetime``, an ISO
 8601 text or a duration back from now such as ``10m``, ``2h``, ``1d``: ``parse_since``) and ``where`` (top-level
 metadata keys and the values they must hold: ``{"run": 7}`` matches the number 7, not the text ``"7"``; a list or
 an object matches one written alike).
@@ -22,21 +25,24 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .catalog_schema import catalog_path, open_read_only
+from .catalog_backend import FAILURE_COLUMNS, ITEM_COLUMNS, CatalogBackend, json_matches, open_reader
 
-__all__ = ["FAILURE_COLUMNS", "ITEM_COLUMNS", "CatalogFailure", "CatalogItem", "CatalogReader", "Since", "parse_since"]
+__all__ = [
+    "FAILURE_COLUMNS",
+    "ITEM_COLUMNS",
+    "CatalogFailure",
+    "CatalogItem",
+    "CatalogReader",
+    "Filters",
+    "Since",
+    "parse_since",
+]
 
 #: What ``since`` may be given as.
 Since = float | int | datetime | str | None
 
 _DURATION = re.compile(r"\s*(\d+(?:\.\d*)?)\s*(s|sec|m|min|h|d|w)\s*$", re.IGNORECASE)
 _SECONDS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-#: The columns of ``items`` and ``failures``, in the schema's order.
-ITEM_COLUMNS = ("id", "archiver", "source", "event", "sequence", "path", "member", "idx", "count", "nbytes", "checksum",
-                "metadata", "received", "committed")  # fmt: skip
-FAILURE_COLUMNS = ("id", "archiver", "source", "event", "sequence", "kind", "entry", "error", "metadata", "received",
-                   "time")  # fmt: skip
-_COLUMNS = {"items": ITEM_COLUMNS, "failures": FAILURE_COLUMNS}
 _FETCH = 1000
 
 
@@ -62,6 +68,9 @@ class CatalogItem:
     metadata: dict[str, Any]
     received: float
     committed: float
+    #: the host and archive root it is of (a shared catalog's rows; None in a root's SQLite catalog)
+    host: str | None = None
+    root: str | None = None
 
     @property
     def location(self) -> str:
@@ -71,9 +80,12 @@ class CatalogItem:
         span = f"{self.idx}" if self.count == 1 else f"{self.idx}:{(self.idx or 0) + self.count}"
         return f"{self.path}[{self.member}@{span}]"
 
-    def file(self, root: str | os.PathLike[str]) -> Path:
-        """The file (or container) under ``root``."""
-        return Path(root, self.path)
+    def file(self, root: str | os.PathLike[str] | None = None) -> Path:
+        """The file (or container) under ``root`` (or, given None, under the root it is of)."""
+        base = self.root if root is None else root
+        if base is None:
+            raise ValueError(f"{self.path}: expected the archive root it is under (a root's catalog names none)")
+        return Path(base, self.path)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +107,9 @@ class CatalogFailure:
     received: float
     #: when it failed
     time: float
+    #: as ``CatalogItem``'s
+    host: str | None = None
+    root: str | None = None
 
 
 def parse_since(value: Since, now: float | None = None) -> float | None:
@@ -126,47 +141,57 @@ def _parse_metadata(text: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {"_metadata": value}
 
 
-def _metadata_match(key: str, value: Any) -> tuple[str, list[Any]]:
-    """SQL (over the row's ``metadata``) true when its top-level ``key`` holds ``value``, and its parameters.
+@dataclass(frozen=True)
+class Filters:
+    """What ``CatalogReader`` keeps of the rows (None: any)."""
 
-    ``json_each`` rather than a JSON path: a key may hold any character, which a path would have to quote."""
-    condition = "SELECT 1 FROM json_each(metadata) AS m WHERE m.key = ? AND "
-    if value is None:
-        return f"EXISTS ({condition}m.type = 'null')", [key]
-    if isinstance(value, bool):
-        return f"EXISTS ({condition}m.type = ?)", [key, "true" if value else "false"]
-    if isinstance(value, (int, float)):
-        return f"EXISTS ({condition}m.type IN ('integer', 'real') AND m.value = ?)", [key, value]
-    if isinstance(value, str):
-        return f"EXISTS ({condition}m.type = 'text' AND m.value = ?)", [key, value]
-    return f"EXISTS ({condition}m.type IN ('array', 'object') AND m.value = json(?))", [key, json.dumps(value)]
+    source: str | None = None
+    since: Since = None
+    where: Mapping[str, Any] | None = None
+    archiver: str | None = None
+    host: str | None = None
 
-
-def _conditions(source: str | None, since: Since, where: Mapping[str, Any] | None) -> tuple[str, list[Any]]:
-    clauses: list[str] = []
-    parameters: list[Any] = []
-    if source is not None:
-        clauses.append("source = ?")
-        parameters.append(source)
-    start = parse_since(since)
-    if start is not None:
-        clauses.append("received >= ?")
-        parameters.append(start)
-    for key, value in (where or {}).items():
-        clause, values = _metadata_match(str(key), value)
-        clauses.append(clause)
-        parameters.extend(values)
-    return (" WHERE " + " AND ".join(clauses) if clauses else ""), parameters
+    def sql(self, catalog: CatalogBackend, root: str | None) -> tuple[str, list[Any]]:
+        """`` WHERE ...`` (or nothing) and its parameters, in ``catalog``'s SQL."""
+        clauses, parameters = catalog.scope(self.host, root)
+        for column, value in (("source", self.source), ("archiver", self.archiver)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                parameters.append(value)
+        start = parse_since(self.since)
+        if start is not None:
+            clauses.append("received >= ?")
+            parameters.append(start)
+        matches, values = json_matches(catalog, self.where)
+        return (" WHERE " + " AND ".join([*clauses, *matches]) if clauses or matches else ""), [*parameters, *values]
 
 
 class CatalogReader:
-    """The catalog of the archive root ``root``, read-only. Raises CatalogError (naming where it looked) when
-    there is none, or it is not one of this schema. Use as a context manager, or ``close()`` it."""
+    """The catalog of the archive root ``root`` (its SQLite file), or with ``url`` the shared PostgreSQL catalog
+    (``root``, if given, then keeps the rows of that root), read-only. Raises CatalogError (naming where it
+    looked) when there is none, or it is not one of this schema. Use as a context manager, or ``close()`` it."""
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
-        self.root = Path(root)
-        self.path = catalog_path(root)
-        self._connection = open_read_only(root)
+    def __init__(self, root: str | os.PathLike[str] | None = None, *, url: str | None = None) -> None:
+        self.root = None if root is None else Path(root)
+        self._catalog = open_reader(root, url)
+        #: where the catalog is (the file, or the URL without its password)
+        self.where = self._catalog.where
+        #: the root whose rows are kept, in a shared catalog (its rows say the absolute root)
+        self._scope_root = None if url is None or root is None else os.path.abspath(root)
+
+    @property
+    def shared(self) -> bool:
+        """Rows of several hosts and roots (a PostgreSQL catalog): they say which."""
+        return self._catalog.shared
+
+    @property
+    def item_columns(self) -> tuple[str, ...]:
+        """The columns of ``items`` in this catalog (``ITEM_COLUMNS``, and ``host``, ``root`` when shared)."""
+        return self._catalog.item_columns
+
+    @property
+    def failure_columns(self) -> tuple[str, ...]:
+        return self._catalog.failure_columns
 
     def items(
         self,
@@ -174,11 +199,14 @@ class CatalogReader:
         since: Since = None,
         where: Mapping[str, Any] | None = None,
         limit: int | None = None,
+        archiver: str | None = None,
+        host: str | None = None,
     ) -> Iterator[CatalogItem]:
         """The archived items, in commit order, filtered (see the module docstring)."""
-        for row in self._rows("items", source, since, where, limit):
+        metadata = ITEM_COLUMNS.index("metadata")
+        for row in self._rows("items", Filters(source, since, where, archiver, host), limit):
             values = list(row)
-            values[11] = _parse_metadata(values[11])
+            values[metadata] = _parse_metadata(values[metadata])
             yield CatalogItem(*values)
 
     def failures(
@@ -187,47 +215,53 @@ class CatalogReader:
         since: Since = None,
         where: Mapping[str, Any] | None = None,
         limit: int | None = None,
+        archiver: str | None = None,
+        host: str | None = None,
     ) -> Iterator[CatalogFailure]:
         """The items dead-lettered or dropped, in the order they failed, filtered as ``items``."""
-        for row in self._rows("failures", source, since, where, limit):
+        metadata = FAILURE_COLUMNS.index("metadata")
+        for row in self._rows("failures", Filters(source, since, where, archiver, host), limit):
             values = list(row)
-            values[8] = _parse_metadata(values[8])
+            values[metadata] = _parse_metadata(values[metadata])
             yield CatalogFailure(*values)
 
-    def table(self, name: str, batch: int = 10_000) -> Iterator[list[tuple[Any, ...]]]:
-        """The rows of table ``name`` (``items`` or ``failures``) as stored, columns as ``ITEM_COLUMNS`` /
-        ``FAILURE_COLUMNS`` (metadata as JSON text), in id order, in batches of at most ``batch`` (``export``)."""
-        if name not in _COLUMNS:
+    def table(self, name: str, batch: int = 10_000, filters: Filters | None = None) -> Iterator[list[tuple[Any, ...]]]:
+        """The rows of table ``name`` (``items`` or ``failures``) as stored, columns as ``item_columns`` /
+        ``failure_columns`` (metadata as JSON text), in id order, in batches of at most ``batch`` (``export``)."""
+        columns = {"items": self.item_columns, "failures": self.failure_columns}.get(name)
+        if columns is None:
             raise ValueError(f"table: expected 'items' or 'failures', got {name!r}")
-        cursor = self._connection.execute(f"SELECT {', '.join(_COLUMNS[name])} FROM {name} ORDER BY id")
+        conditions, parameters = (filters or Filters()).sql(self._catalog, self._scope_root)
+        cursor = self._catalog.execute(f"SELECT {', '.join(columns)} FROM {name}{conditions} ORDER BY id", parameters)
         while rows := cursor.fetchmany(batch):
-            yield rows
+            yield [tuple(row) for row in rows]
 
-    def count(self, source: str | None = None, since: Since = None, where: Mapping[str, Any] | None = None) -> int:
-        """How many items (rows of ``items``) match."""
-        conditions, parameters = _conditions(source, since, where)
-        return int(self._connection.execute(f"SELECT count(*) FROM items{conditions}", parameters).fetchone()[0])
-
-    def _rows(
+    def count(
         self,
-        table: str,
-        source: str | None,
-        since: Since,
-        where: Mapping[str, Any] | None,
-        limit: int | None,
-    ) -> Iterator[tuple[Any, ...]]:
-        conditions, parameters = _conditions(source, since, where)
-        query = f"SELECT {', '.join(_COLUMNS[table])} FROM {table}{conditions} ORDER BY id"
+        source: str | None = None,
+        since: Since = None,
+        where: Mapping[str, Any] | None = None,
+        archiver: str | None = None,
+        host: str | None = None,
+    ) -> int:
+        """How many items (rows of ``items``) match."""
+        conditions, parameters = Filters(source, since, where, archiver, host).sql(self._catalog, self._scope_root)
+        return int(self._catalog.execute(f"SELECT count(*) FROM items{conditions}", parameters).fetchone()[0])
+
+    def _rows(self, table: str, filters: Filters, limit: int | None) -> Iterator[tuple[Any, ...]]:
+        conditions, parameters = filters.sql(self._catalog, self._scope_root)
+        columns = self.item_columns if table == "items" else self.failure_columns
+        query = f"SELECT {', '.join(columns)} FROM {table}{conditions} ORDER BY id"
         if limit is not None:
             query += " LIMIT ?"
             parameters.append(int(limit))
-        cursor = self._connection.execute(query, parameters)
+        cursor = self._catalog.execute(query, parameters)
         while rows := cursor.fetchmany(_FETCH):
             yield from rows
 
     def close(self) -> None:
-        """Release the file. Idempotent."""
-        self._connection.close()
+        """Release the file or the connection. Idempotent."""
+        self._catalog.close()
 
     def __enter__(self) -> CatalogReader:
         return self

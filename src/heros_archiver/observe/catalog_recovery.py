@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,8 +31,9 @@ import xxhash
 from ..state.statedir import STATE_DIR_NAME
 from ..storage.temporaries import is_temporary
 from .catalog_apply import Applied, apply_journal, relative_to_root
+from .catalog_backend import CatalogBackend, CatalogTarget
 from .catalog_names import JournalName, owner_alive
-from .catalog_schema import journal_directory, open_for_writing
+from .catalog_schema import journal_directory
 from .outcomes import CHECKSUM_ALGORITHM
 
 __all__ = ["ADOPT_MARGIN", "recover"]
@@ -64,17 +64,14 @@ class _KilledRun:
     helpers: list[list[int]]
 
 
-def recover(root: Path) -> None:
-    """Apply the journals of processes that no longer run, adopt a killed file archiver's unjournaled files,
-    remove those journals. Raises CatalogError when the catalog cannot be opened."""
-    connection = open_for_writing(root)
-    try:
-        _recover(connection, root)
-    finally:
-        connection.close()
+def recover(root: Path, target: CatalogTarget) -> None:
+    """Apply the journals of processes that no longer run to ``target``'s catalog, adopt a killed file archiver's
+    unjournaled files, remove those journals. Raises CatalogError when the catalog cannot be opened or written."""
+    with target.open_writer(root) as catalog:
+        _recover(catalog, root)
 
 
-def _recover(connection: sqlite3.Connection, root: Path) -> None:
+def _recover(catalog: CatalogBackend, root: Path) -> None:
     directory = journal_directory(root)
     names = sorted(
         (name for name in map(JournalName.parse, os.listdir(directory)) if name is not None),
@@ -84,7 +81,7 @@ def _recover(connection: sqlite3.Connection, root: Path) -> None:
     last: dict[tuple[int, int, int], Applied] = {}
     times: dict[tuple[int, int, int], float] = {}
     for name in dead:
-        applied = apply_journal(connection, directory / name.text, str(root), dead=True)
+        applied = apply_journal(catalog, directory / name.text, str(root), dead=True)
         if applied is None:
             continue  # another archiver's start removed it meanwhile
         last[name.journal] = applied
@@ -107,9 +104,9 @@ def _recover(connection: sqlite3.Connection, root: Path) -> None:
     if killed:
         for name in names:  # the files of live archivers sharing the root are theirs, not the killed run's
             if name not in dead:
-                apply_journal(connection, directory / name.text, str(root))
+                apply_journal(catalog, directory / name.text, str(root))
         _wait_for_helpers(root, [helper for run in killed for helper in run.helpers])
-        adopted = _adopt(connection, root, killed)
+        adopted = _adopt(catalog, root, killed)
         if adopted:
             log.warning(
                 "catalog %s: adopted %d file(s) a killed run linked but did not journal (metadata {}, checksum of "
@@ -121,11 +118,7 @@ def _recover(connection: sqlite3.Connection, root: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(directory / name.text)
     present = set(os.listdir(directory))
-    stale = [(row[0],) for row in connection.execute("SELECT name FROM journal_applied") if row[0] not in present]
-    if stale:
-        connection.execute("BEGIN IMMEDIATE")
-        connection.executemany("DELETE FROM journal_applied WHERE name = ?", stale)
-        connection.execute("COMMIT")
+    catalog.forget_journals([name for name in catalog.journal_names() if name not in present])
 
 
 def _wait_for_helpers(root: Path, helpers: list[list[int]]) -> None:
@@ -138,7 +131,7 @@ def _wait_for_helpers(root: Path, helpers: list[list[int]]) -> None:
         time.sleep(0.02)
 
 
-def _adopt(connection: sqlite3.Connection, root: Path, killed: list[_KilledRun]) -> int:
+def _adopt(catalog: CatalogBackend, root: Path, killed: list[_KilledRun]) -> int:
     """Catalog the files of ``killed`` runs found under ``root`` and not in the catalog; how many."""
     since = min(run.since for run in killed)
     runs = sorted(killed, key=lambda run: run.since, reverse=True)
@@ -147,22 +140,15 @@ def _adopt(connection: sqlite3.Connection, root: Path, killed: list[_KilledRun])
         when = max(stat.st_mtime, stat.st_ctime)
         run = next((r for r in runs if when >= r.since and path.endswith(r.suffix)), None)
         relative = relative_to_root(path, str(root))
-        if run is None or connection.execute("SELECT 1 FROM items WHERE path = ? LIMIT 1", (relative,)).fetchone():
+        if run is None or catalog.has_path(relative):
             continue
         try:
             digest = _file_checksum(path)
         except OSError as exc:
             log.warning("catalog %s: cannot read %s to adopt it: %s", root, path, exc)
             continue
-        rows.append((run.archiver, run.source, run.event, relative, stat.st_size, digest, when, when))
-    if rows:
-        connection.execute("BEGIN IMMEDIATE")
-        connection.executemany(
-            "INSERT OR IGNORE INTO items (archiver, source, event, sequence, path, member, idx, count, nbytes, "
-            "checksum, metadata, received, committed) VALUES (?, ?, ?, NULL, ?, NULL, NULL, 1, ?, ?, '{}', ?, ?)",
-            rows,
-        )
-        connection.execute("COMMIT")
+        rows.append((run.archiver, run.source, run.event, relative, stat.st_size, digest, when))
+    catalog.adopt(rows)
     return len(rows)
 
 

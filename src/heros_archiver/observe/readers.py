@@ -38,6 +38,7 @@ libraries are imported when a container of their kind is first read (``extras.re
 from __future__ import annotations
 
 import bisect
+import errno
 import itertools
 import json
 import os
@@ -50,8 +51,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ArchiverError, ItemUnreadableError
+from ..errors import ArchiverError, InvalidTargetError, ItemUnreadableError
 from ..extras import require_extra
+from ..storage.objectstore import ObjectLocation, ObjectStore, is_object_url
 from .outcomes import array_bytes, checksum
 
 __all__ = ["ContainerReader", "ItemReading", "read_item"]
@@ -90,11 +92,13 @@ class ContainerReader:
     Use as a context manager, or call ``close``.
     """
 
-    def __init__(self, root: str | os.PathLike[str], *, max_open: int = 32) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, max_open: int = 32, objects: ObjectStore | None = None) -> None:
         if max_open < 1:
             raise ValueError(f"max_open must be at least 1, got {max_open!r}")
         self.root = Path(os.path.abspath(os.fspath(root)))
         self.max_open = max_open
+        #: the object store of ``s3://`` paths (a Zarr store of an object-store root); None: local paths only
+        self.objects = objects
         self._open: OrderedDict[str, _Opened] = OrderedDict()
 
     def read(
@@ -111,7 +115,7 @@ class ContainerReader:
         ``key``: for Parquet rows, the ``item_key`` the rows must hold (None: not checked). Raises
         ItemUnreadableError (see the module docstring).
         """
-        full = os.path.abspath(self.root / path)
+        full = path if is_object_url(path) else os.path.abspath(self.root / path)
         if count < 1:
             raise ItemUnreadableError("other_item", full, member, index, f"expected a count of 1 or more, got {count}")
         if member is None:  # a file of its own: read whole, nothing kept open
@@ -125,8 +129,13 @@ class ContainerReader:
         return opened.read(member, index, count, key)
 
     def _opened(self, full: str, member: str, index: int | None) -> _Opened:
-        kind = _kind(full, member, index)
-        opened: _Opened = _KINDS[kind](full)
+        opened: _Opened
+        if is_object_url(full):
+            if self.objects is None:
+                raise ItemUnreadableError("unreadable", full, member, index, "an object-store URL: no store given")
+            opened = _Zarr(full, self.objects)
+        else:
+            opened = _KINDS[_kind(full, member, index)](full)
         self._open[full] = opened
         while len(self._open) > self.max_open:
             _, oldest = self._open.popitem(last=False)
@@ -347,12 +356,19 @@ class _Hdf5(_Opened):
 
 
 class _Zarr(_Opened):
-    """A Zarr store (or group) directory, read-only; its arrays opened once and again when they grew."""
+    """A Zarr store (or group) directory, read-only; its arrays opened once and again when they grew. With
+    ``objects``, ``path`` is an ``s3://`` URL and the store is the objects under that prefix (an object-store
+    root's Zarr append store, ``sinks.containers.zarr_places``)."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, objects: ObjectStore | None = None) -> None:
         super().__init__(path)
         self._zarr = require_extra("zarr", "zarr")
-        self._store = self._zarr.storage.LocalStore(path, read_only=True)
+        self._objects = objects
+        if objects is not None:
+            self._prefix = ObjectLocation.parse(path).prefix
+            self._store = objects.zarr_store(self._prefix)
+        else:
+            self._store = self._zarr.storage.LocalStore(path, read_only=True)
         #: per array path: the array as last opened and the numpy dtype of its values as stored
         self._arrays: dict[str, tuple[Any, np.dtype[Any]]] = {}
 
@@ -384,10 +400,11 @@ class _Zarr(_Opened):
     def _array(self, member: str, index: int | None) -> tuple[Any, np.dtype[Any]]:
         from ..sinks.containers.zarr_append import stored_dtype
 
-        document_path = os.path.join(self.path, member, "zarr.json")
         try:
-            with open(document_path, "rb") as handle:
-                document = json.loads(handle.read())
+            raw = self._object(f"{member}/zarr.json")
+            if raw is None:
+                raise FileNotFoundError(member)
+            document = json.loads(raw)
         except FileNotFoundError:
             raise self.error("missing", member, index, "no such array in the store (no zarr.json)") from None
         except (OSError, ValueError) as exc:
@@ -416,11 +433,31 @@ class _Zarr(_Opened):
         ]
         for coords in itertools.product(*ranges):
             chunk = encode(tuple(coords))
-            if not os.path.isfile(os.path.join(self.path, member, *chunk.split("/"))):
+            if not self._exists(f"{member}/{chunk}"):
                 raise self.error(
                     "unreadable", member, index,
                     f"its chunk object {chunk!r} is missing (zarr would read it as fill values)",
                 )  # fmt: skip
+
+    def _object(self, key: str) -> bytes | None:
+        """The object ``key`` of the store (relative to it), or None when there is none."""
+        if self._objects is None:
+            try:
+                with open(os.path.join(self.path, *key.split("/")), "rb") as handle:
+                    return handle.read()
+            except FileNotFoundError:
+                return None
+        try:
+            return self._objects.get(f"{self._prefix}/{key}")
+        except InvalidTargetError as exc:
+            if exc.errno == errno.ENOENT:
+                return None
+            raise
+
+    def _exists(self, key: str) -> bool:
+        if self._objects is None:
+            return os.path.isfile(os.path.join(self.path, *key.split("/")))
+        return self._objects.exists(f"{self._prefix}/{key}")
 
 
 class _Tiff(_Opened):

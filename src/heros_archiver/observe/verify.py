@@ -27,6 +27,8 @@ from typing import Any
 
 from ..errors import ArchiverError
 from ..state.object_state import RecordedStore, open_recorded_store
+from ..storage.objectstore import is_object_url
+from .catalog_backend import CatalogBackend, open_reader
 from .problems import KINDS, NOTE_KINDS, Problem
 from .sequences import sequence_ranges
 from .verify_catalog import CatalogSnapshot, Entry, Stream
@@ -34,7 +36,7 @@ from .verify_containers import check_container, unpublished_parquet
 from .verify_files import check_file, find_orphans
 from .verify_objects import check_object, is_object_entry
 
-__all__ = ["DEFAULT_BLOCK_SIZE", "DEFAULT_WORKERS", "Problem", "VerifyReport", "verify"]
+__all__ = ["DEFAULT_BLOCK_SIZE", "DEFAULT_WORKERS", "Problem", "VerifyReport", "verify", "verify_root"]
 
 #: Bytes read per system call (a buffer of this size per thread).
 DEFAULT_BLOCK_SIZE = 4 << 20
@@ -146,28 +148,46 @@ def verify(
     progress: Progress | None = None,
     block_size: int = DEFAULT_BLOCK_SIZE,
     settle: float = DEFAULT_SETTLE,
+    url: str | None = None,
+    host: str | None = None,
 ) -> VerifyReport:
-    """Check the archive under ``root`` against its catalog (``<root>/.heros-archiver/catalog.sqlite``).
+    """Check the archive under ``root`` against its catalog (``<root>/.heros-archiver/catalog.sqlite``, or with
+    ``url`` the rows of ``root`` and ``host`` in that shared PostgreSQL catalog; ``host`` None: any host).
 
     ``orphans=False`` skips the walk of the root for files no entry names; ``workers`` threads read (default
     ``DEFAULT_WORKERS``); ``progress(done_bytes, total_bytes)`` is called as files and items are read; a file no
     entry names is reported once it is ``settle`` seconds old (verify waits for that if it must). Raises
     ``CatalogError`` when it cannot start (no catalog, or one it cannot read); every problem of the archive
     itself is in the report."""
+    with open_reader(root, url) as catalog:
+        scope = None if url is None else (host, os.path.abspath(root))
+        return verify_root(catalog, Path(root), scope, orphans=orphans, workers=workers, progress=progress,
+                           block_size=block_size, settle=settle)  # fmt: skip
+
+
+def verify_root(
+    catalog: CatalogBackend,
+    root: Path,
+    scope: tuple[str | None, str] | None = None,
+    *,
+    orphans: bool = True,
+    workers: int | None = None,
+    progress: Progress | None = None,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    settle: float = DEFAULT_SETTLE,
+) -> VerifyReport:
+    """``verify`` of the files under ``root`` through an open ``catalog``: of its rows, those of ``scope`` (the
+    host, None for any, and the root as the rows name it) in a shared catalog."""
     workers = DEFAULT_WORKERS if workers is None else workers
     if workers < 1 or block_size < 1:
         raise ValueError(f"workers and block_size must be at least 1, got {workers} and {block_size}")
-    base = Path(root)
     clock = time.monotonic()
-    snapshot = CatalogSnapshot(base)
-    try:
-        report = VerifyReport(str(base), str(snapshot.path), time.time(), orphans_checked=orphans)
-        files, containers, streams = snapshot.read()
-        found = _check(str(base.absolute()), files, containers, report, orphans, workers, progress, block_size)
-        _second_look(snapshot, report, *found, settle)
-        _sequences(snapshot, streams, report)
-    finally:
-        snapshot.close()
+    snapshot = CatalogSnapshot(catalog, *(scope or (None, None)))
+    report = VerifyReport(str(root), snapshot.path, time.time(), orphans_checked=orphans)
+    files, containers, streams = snapshot.read()
+    found = _check(str(root.absolute()), files, containers, report, orphans, workers, progress, block_size)
+    _second_look(snapshot, report, *found, settle)
+    _sequences(snapshot, streams, report)
     report.problems.sort(key=lambda p: (KINDS.index(p.kind), p.path, p.member or "", p.index or 0, p.source or ""))
     report.seconds = time.monotonic() - clock
     return report
@@ -204,7 +224,8 @@ def _check(
         block: bytearray = buffers.block
         return block
 
-    objects = _recorded_store(root) if any(map(is_object_entry, files)) else "no object store"
+    on_objects = any(map(is_object_entry, files)) or any(map(is_object_url, containers))
+    objects = _recorded_store(root) if on_objects else "no object store"
 
     def one_file(entry: Entry) -> list[tuple[Entry, Problem]]:
         if is_object_entry(entry):
@@ -214,7 +235,7 @@ def _check(
         return [] if problem is None else [(entry, problem)]
 
     def one_container(path: str, entries: list[Entry]) -> list[tuple[Entry, Problem]]:
-        return check_container(root, path, entries, meter.advance)
+        return check_container(root, path, entries, meter.advance, objects)
 
     tasks: list[Callable[[], list[tuple[Entry, Problem]]]] = [
         partial(one_container, path, entries)

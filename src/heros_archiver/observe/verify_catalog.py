@@ -1,23 +1,22 @@
 """What verify reads from the catalog: one snapshot of its entries, and a second look at what looked wrong.
 
-Only the catalog's documented schema (``items`` and ``failures``, ``PRAGMA user_version = 1``) is read, opened
-read-only (``catalog_schema.open_read_only``), so verify runs beside an archiver that writes the catalog (WAL:
-the writer never waits for this reader, nor this reader for it). Every entry is read in one read transaction: one
-snapshot, in which each item is either wholly cataloged or not yet. Items committed after it are not
+Only the catalog's documented schema (``items`` and ``failures``) is read, through a read-only connection
+(``catalog_backend``: the root's SQLite file, WAL, or a shared PostgreSQL catalog, of whose rows only those of
+one host and root are read), so verify runs beside an archiver that writes the catalog (the writer never waits
+for this reader, nor this reader for it). Every entry is read in one read transaction: one snapshot, in which
+each item is either wholly cataloged or not yet. Items committed after it are not
 checked, and their files are not orphans (``second look``): before a finding is reported, the catalog is
 read again, and what the archiver has changed or cataloged meanwhile is not reported.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import groupby
-from pathlib import Path
+from typing import Any
 
-from ..errors import CatalogError
-from .catalog_schema import catalog_path, open_read_only
+from .catalog_backend import CatalogBackend
 
 __all__ = ["CatalogSnapshot", "Entry", "Stream"]
 
@@ -57,44 +56,44 @@ class Stream:
 
 
 class CatalogSnapshot:
-    """The entries of one catalog as they were at one moment, and a second look at it later."""
+    """The entries of one catalog (of ``host`` and ``root`` in a shared one) as they were at one moment, and a
+    second look at it later. The connection stays the caller's."""
 
-    def __init__(self, root: Path) -> None:
-        self.path = catalog_path(root)
-        self._connection = open_read_only(root)  # CatalogError: none there, or not of this schema
-        self._connection.isolation_level = None  # transactions as this class opens them: one snapshot
+    def __init__(self, catalog: CatalogBackend, host: str | None = None, root: str | None = None) -> None:
+        self.catalog = catalog
+        self.path = catalog.where
+        clauses, self._parameters = catalog.scope(host, root)
+        self._scope = "".join(f" AND {clause}" for clause in clauses)
+
+    def _execute(self, sql: str, parameters: tuple[Any, ...] | list[Any] = ()) -> Any:
+        """``sql`` (its conditions ending in ``{scope}``) with the scope's conditions and parameters after its own."""
+        return self.catalog.execute(sql.replace("{scope}", self._scope), [*parameters, *self._parameters])
 
     def read(self) -> tuple[list[Entry], dict[str, list[Entry]], list[Stream]]:
         """Files, containers (their entries by path, in member and index order) and sequence streams, all from
-        one snapshot."""
-        try:
-            self._connection.execute("BEGIN")
-            try:
-                files = [
-                    Entry(path, None, None, 1, nbytes, checksum, committed, source, sequence)
-                    for path, nbytes, checksum, committed, source, sequence in self._connection.execute(
-                        "SELECT path, nbytes, checksum, committed, source, sequence FROM items"
-                        " WHERE member IS NULL ORDER BY id"
-                    )
-                ]
-                rows = self._connection.execute(
-                    "SELECT path, member, idx, count, nbytes, checksum, committed, source, sequence FROM items"
-                    " WHERE member IS NOT NULL ORDER BY path, member, idx"
+        one snapshot. Raises CatalogError when the catalog cannot be read."""
+        with self.catalog.snapshot():
+            files = [
+                Entry(path, None, None, 1, nbytes, checksum, committed, source, sequence)
+                for path, nbytes, checksum, committed, source, sequence in self._execute(
+                    "SELECT path, nbytes, checksum, committed, source, sequence FROM items"
+                    " WHERE member IS NULL{scope} ORDER BY id"
                 )
-                containers = {path: [Entry(*row) for row in group] for path, group in groupby(rows, lambda r: r[0])}
-                streams = list(self._streams())
-            finally:
-                self._connection.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise CatalogError(f"{self.path}: expected the archiver's catalog, cannot read it: {exc}") from exc
+            ]
+            rows = self._execute(
+                "SELECT path, member, idx, count, nbytes, checksum, committed, source, sequence FROM items"
+                " WHERE member IS NOT NULL{scope} ORDER BY path, member, idx"
+            )
+            containers = {path: [Entry(*row) for row in group] for path, group in groupby(rows, lambda r: r[0])}
+            streams = list(self._streams())
         return files, containers, streams
 
     def _streams(self, where: str = "", parameters: tuple[object, ...] = ()) -> Iterator[Stream]:
         # One item written as several entries (an array split into files) shares its receive time: the
         # number of items holding a value is the number of distinct receive times.
-        rows = self._connection.execute(
+        rows = self._execute(
             "SELECT archiver, source, event, sequence, COUNT(DISTINCT received) FROM items"
-            f" WHERE sequence IS NOT NULL{where} GROUP BY archiver, source, event, sequence"
+            f" WHERE sequence IS NOT NULL{where}{{scope}} GROUP BY archiver, source, event, sequence"
             " ORDER BY archiver, source, event, sequence",
             parameters,
         )
@@ -106,12 +105,10 @@ class CatalogSnapshot:
         replaced or removed meanwhile is not reported)."""
         found: set[tuple[str, str, int]] = set()
         for entry in entries:
-            row = self._connection.execute(
-                "SELECT nbytes, checksum, committed FROM items"
-                " WHERE path = ? AND ifnull(member, '') = ? AND ifnull(idx, -1) = ?",
-                entry.key,
+            row = self._execute(
+                f"SELECT nbytes, checksum, committed FROM items WHERE {self.catalog.location_key}{{scope}}", entry.key
             ).fetchone()
-            if row == (entry.nbytes, entry.checksum, entry.committed):
+            if row is not None and tuple(row) == (entry.nbytes, entry.checksum, entry.committed):
                 found.add(entry.key)
         return found
 
@@ -122,7 +119,7 @@ class CatalogSnapshot:
         for start in range(0, len(wanted), _CHUNK):
             chunk = wanted[start : start + _CHUNK]
             marks = ", ".join("?" * len(chunk))
-            rows = self._connection.execute(f"SELECT DISTINCT path FROM items WHERE path IN ({marks})", chunk)
+            rows = self._execute(f"SELECT DISTINCT path FROM items WHERE path IN ({marks}){{scope}}", chunk)
             found.update(path for (path,) in rows)
         return found
 
@@ -134,13 +131,9 @@ class CatalogSnapshot:
     def failed(self, archiver: str, source: str, event: str, first: int, last: int) -> dict[str, int]:
         """How many items of the stream with values from ``first`` to ``last`` the catalog's ``failures`` table
         holds, per kind (``dead_lettered``, ``dropped``): why a gap is there, when the archiver knew."""
-        rows = self._connection.execute(
+        rows = self._execute(
             "SELECT kind, COUNT(DISTINCT sequence) FROM failures WHERE archiver = ? AND source = ? AND event = ?"
-            " AND sequence BETWEEN ? AND ? GROUP BY kind ORDER BY kind",
+            " AND sequence BETWEEN ? AND ?{scope} GROUP BY kind ORDER BY kind",
             (archiver, source, event, first, last),
         )
         return {str(kind): int(count) for kind, count in rows}
-
-    def close(self) -> None:
-        """Close the connection."""
-        self._connection.close()

@@ -21,6 +21,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..errors import ItemUnreadableError
+from ..state.object_state import RecordedStore
+from ..storage.objectstore import is_object_url
 from .problems import Problem
 from .readers import ContainerReader
 from .verify_catalog import Entry
@@ -40,17 +42,33 @@ _KIND_OF_REASON = {
 
 
 def check_container(
-    root: str, path: str, entries: list[Entry], advance: Callable[[int], None]
+    root: str,
+    path: str,
+    entries: list[Entry],
+    advance: Callable[[int], None],
+    objects: RecordedStore | str | None = None,
 ) -> list[tuple[Entry, Problem]]:
-    """The problems of the cataloged ``entries`` of the container at ``path`` (relative to ``root``);
+    """The problems of the cataloged ``entries`` of the container at ``path`` (relative to ``root``, or the
+    ``s3://`` URL of a Zarr store in ``objects``: the store the root records, or why there is none);
     ``advance(n)`` is told of the bytes of each item checked."""
-    absolute = confined(root, path)
-    if absolute is None:
-        return [(e, _problem(e, "unreadable", "a path under the root", f"{path!r} leaves it")) for e in entries]
-    if not os.path.lexists(absolute):
-        return [(e, _problem(e, "missing", f"a container holding {e.member}", "no file or store")) for e in entries]
+    store = None
+    if is_object_url(path):
+        if not isinstance(objects, RecordedStore):
+            why = objects or "no object store"
+            return [(e, _problem(e, "unreadable", None, f"not checked: {why}")) for e in entries]
+        if not path.startswith(objects.url + "/"):
+            found = f"outside the location {objects.url} this root records"
+            return [(e, _problem(e, "unreadable", None, found)) for e in entries]
+        store = objects.store
+    else:
+        absolute = confined(root, path)
+        if absolute is None:
+            return [(e, _problem(e, "unreadable", "a path under the root", f"{path!r} leaves it")) for e in entries]
+        if not os.path.lexists(absolute):
+            found = "no file or store"
+            return [(e, _problem(e, "missing", f"a container holding {e.member}", found)) for e in entries]
     problems: list[tuple[Entry, Problem]] = []
-    with ContainerReader(root, max_open=1) as reader:
+    with ContainerReader(root, max_open=1, objects=store) as reader:
         for number, entry in enumerate(entries):
             try:
                 reading = reader.read(path, entry.member, entry.index, entry.count)

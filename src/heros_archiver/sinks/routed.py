@@ -89,7 +89,7 @@ class OpenPart(Generic[C]):
     where: str = field(init=False, default="")
 
     def __post_init__(self) -> None:
-        self.where = os.path.abspath(self.container.path)
+        self.where = self.container.location
 
     def locate(self, item: Item, member: str, index: int) -> None:
         """Set ``item.locations``: frame ``index`` of ``member`` here, with its raw bytes' size and checksum

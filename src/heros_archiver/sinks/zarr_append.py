@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import PayloadError, StorageError
 from ..observe.logs import log_fields
@@ -31,10 +32,20 @@ from ..pipeline.queueing import Item
 from .base import CommitFailure, Settled
 from .containers import ItemKey
 from .containers.zarr_append import ZarrAppendContainer
+from .containers.zarr_places import LOCKS_AREA, ObjectPlace
 from .containers.zarr_shards import Compression
 from .routed import OnExists, OpenPart, RoutedSink, RoutedSinkSettings, Series, sequence_of, would_overflow
 
+if TYPE_CHECKING:
+    from ..archivers.object_root import ObjectRoot
+
 log = logging.getLogger("heros_archiver")
+
+
+def object_place(objects: ObjectRoot, key: Path) -> ObjectPlace:
+    """The store at ``key`` (a route: a key in the bucket) of an object-store root, its writer locks in the
+    root's own area (``<prefix>/.heros-archiver/locks/``)."""
+    return ObjectPlace(objects.store, str(key), objects.location.state_prefix + LOCKS_AREA + "/")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,6 +55,8 @@ class ZarrAppendSinkSettings(RoutedSinkSettings):
     compression: Compression
     frames_per_chunk: int
     frames_per_shard: int | None
+    #: the object store the stores are prefixes of (routes are then keys in its bucket); None: local files
+    objects: ObjectRoot | None = None
 
 
 @dataclass
@@ -123,8 +136,9 @@ class ZarrAppendSink(RoutedSink[tuple[str, str], _Open]):
             path, policy = series.choose(route, settings.on_exists)
         frame_bytes = max(1, int(getattr(item.payload, "nbytes", 1)))
         shard = settings.frames_per_shard or max(1, min(settings.flush_frames, settings.flush_bytes // frame_bytes))
+        place = path if settings.objects is None else object_place(settings.objects, path)
         container = ZarrAppendContainer(
-            path, array, root=settings.root, compression=settings.compression,
+            place, array, root=settings.root, compression=settings.compression,
             frames_per_chunk=settings.frames_per_chunk, frames_per_shard=shard, on_exists=policy,
             fsync=settings.fsync,
         )  # fmt: skip
@@ -156,8 +170,8 @@ class ZarrAppendSink(RoutedSink[tuple[str, str], _Open]):
         opened.container.release()
         log.warning(
             "%s: commit failed (%s); the store keeps its last commit",
-            opened.container.path,
+            opened.container.location,
             error,
-            extra=log_fields(path=opened.container.path, error=error),
+            extra=log_fields(path=opened.container.location, error=error),
         )
-        return Settled(failed=[CommitFailure(str(opened.container.path), opened.waiting, error)])
+        return Settled(failed=[CommitFailure(opened.container.location, opened.waiting, error)])

@@ -20,10 +20,14 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePath
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigurationError, ReplayError
 from ..storage.objectstore import ObjectLocation, ObjectStore, open_object_store
 from .statedir import STATE_DIR_NAME
+
+if TYPE_CHECKING:
+    from ..archivers.object_root import ObjectRoot
 
 #: The record of the object location a state directory belongs to, relative to the state directory.
 STORE_RECORD = PurePath(STATE_DIR_NAME, "object-store.json")
@@ -92,6 +96,12 @@ class RecordedStore:
 
     url: str
     store: ObjectStore
+
+    def root(self, state_dir: Path) -> ObjectRoot:
+        """The store as an archiver's opened object-store root (for the container sinks replay rebuilds)."""
+        from ..archivers.object_root import ObjectRoot
+
+        return ObjectRoot(ObjectLocation.parse(self.url), self.store, state_dir)
 
 
 def open_recorded_store(state_dir: Path) -> RecordedStore | None:

@@ -59,10 +59,10 @@ class ReplayOutcome:
 class KindReplay(Protocol):
     """How the entries of one ``kind`` of writer settings are replayed (``Hdf5Replay``, ``ZarrReplay``, ...)."""
 
-    def plan(self, item: DeadLetter, settings: Any) -> list[Path]:
+    def plan(self, item: DeadLetter, settings: Any) -> list[Path | str]:
         """Where the item would go; nothing written."""
 
-    def write(self, item: DeadLetter, settings: Any) -> list[Path]:
+    def write(self, item: DeadLetter, settings: Any) -> list[Path | str]:
         """Write (and commit) the item; where it went."""
 
     def close(self) -> None:
@@ -139,7 +139,9 @@ def replay(
     kinds: dict[str, KindReplay] = {
         HDF5_KIND: Hdf5Replay(template, dataset_template),
         ZARR_KIND: ZarrReplay(template, array_template),
-        ZARR_APPEND_KIND: ZarrAppendReplay(template, array_template),
+        ZARR_APPEND_KIND: ZarrAppendReplay(
+            template, array_template, objects=objects.root(trusted_root) if objects else None
+        ),
         TIFF_STACK_KIND: TiffStackReplay(template),
         PARQUET_KIND: ParquetReplay(template),
         POSTGRES_KIND: PostgresReplay(),
@@ -155,7 +157,9 @@ def replay(
                 source = item.source
                 kind = _entry_kind(item.writer)
                 if kind is not None:
-                    paths: Sequence[Path | str] = _replay_kind(kinds[kind], KINDS[kind], item, trusted_root, dry_run)
+                    paths: Sequence[Path | str] = _replay_kind(
+                        kinds[kind], KINDS[kind], item, objects.url if objects else trusted_root, dry_run
+                    )
                     if not dry_run:
                         store.remove(entry)
                     outcomes.append(ReplayOutcome(entry, source, True, paths))
@@ -197,10 +201,10 @@ def _entry_kind(writer: dict[str, Any] | None) -> str | None:
 
 
 def _replay_kind(
-    kind: KindReplay, record: type[SettingsRecord], item: DeadLetter, trusted_root: Path, dry_run: bool
-) -> list[Path]:
-    """One entry of an archiver with a ``kind``: its settings read strictly, the root the trusted one; planned,
-    or written (and committed)."""
+    kind: KindReplay, record: type[SettingsRecord], item: DeadLetter, trusted_root: Path | str, dry_run: bool
+) -> Sequence[Path | str]:
+    """One entry of an archiver with a ``kind``: its settings read strictly, the root the trusted one (a
+    directory, or the ``s3://`` URL its state directory records); planned, or written (and committed)."""
     settings = record.from_dict(item.writer)
     _check_recorded_root(item, settings.root, trusted_root)
     settings.root = str(trusted_root)

@@ -33,6 +33,7 @@ from ..naming.templates import PathTemplate
 from ..pipeline.queueing import Item
 from ..sinks.base import ContainerSink
 from ..sinks.writer import _refuse_reserved
+from ..storage.objectstore import is_object_url
 from .deadletter import DeadLetter
 from .records import SettingsRecord
 
@@ -78,6 +79,10 @@ class ContainerReplay(ABC, Generic[S]):
     def _make_sink(self, target: Target[S]) -> ContainerSink:
         """The archiver's container sink for ``target`` (made at the first write)."""
 
+    def _template_root(self, settings: S) -> str:
+        """The root the templates render under (the recorded, trusted one; a kind writing keys says its own)."""
+        return settings.root
+
     def _context(self, item: Item | DeadLetter, target: Target[S]) -> dict[str, Any]:
         """What the templates see: the metadata that arrived (merged with the default metadata) and the source."""
         return {**item.metadata, "source_name": item.source}
@@ -96,23 +101,23 @@ class ContainerReplay(ABC, Generic[S]):
         return lambda one: member.render_text(self._context(one, target))
 
     # ------------------------------------------------------------------ the steps
-    def plan(self, item: DeadLetter, settings: S) -> list[Path]:
+    def plan(self, item: DeadLetter, settings: S) -> list[Path | str]:
         """The container the item would be appended to (rendered and confined; its member rendered too);
         nothing written."""
         target = self._target(settings)
         path = self._route(item, target)
         if target.member is not None:
             target.member.render_text(self._context(item, target))
-        return [Path(path)]
+        return [_place(path)]
 
-    def write(self, item: DeadLetter, settings: S) -> list[Path]:
+    def write(self, item: DeadLetter, settings: S) -> list[Path | str]:
         """Append the item and commit; returns where the sink says it is (a rollover part when the rendered
         one is full). Raises the append's or the commit's error: the entry then stays."""
         target = self._target(settings)
         one = self._item(item, self._route(item, target))
         return self._append(target, one, item)
 
-    def _append(self, target: Target[S], one: Item, item: DeadLetter) -> list[Path]:
+    def _append(self, target: Target[S], one: Item, item: DeadLetter) -> list[Path | str]:
         """``one`` (made from ``item``) appended through ``target``'s sink and committed; where it went."""
         if target.sink is None:
             target.sink = self._make_sink(target)
@@ -123,8 +128,8 @@ class ContainerReplay(ABC, Generic[S]):
             raise failure.error
         if not any(done is one for done in settled.archived):
             raise ReplayError(f"{item.path}: the item was appended to {one.route} but no commit reported it")
-        where = {Path(location.path) for location in one.locations}
-        return sorted(where) if where else [Path(str(one.route))]
+        where = {_place(location.path) for location in one.locations}
+        return sorted(where, key=str) if where else [_place(str(one.route))]
 
     def close(self) -> None:
         """Close every container (each item was committed already; a Parquet file is published here)."""
@@ -152,11 +157,17 @@ class ContainerReplay(ABC, Generic[S]):
                 raise ConfigurationError(f"{settings.LABEL}: {exc}") from exc
             files, member = self._template_sources(settings)
             corrected = self._member_template if member is not None else None
+            root = self._template_root(settings)
             target = Target(
                 settings,
                 options,
-                PathTemplate(self._template or files, settings.root),
-                None if member is None else PathTemplate(corrected or member, settings.root),
+                PathTemplate(self._template or files, root),
+                None if member is None else PathTemplate(corrected or member, root),
             )
             self._targets[key] = target
         return target
+
+
+def _place(text: str) -> Path | str:
+    """Where an item went as replay reports it: a Path, or an ``s3://`` URL as text (a Path folds its ``//``)."""
+    return text if is_object_url(text) else Path(text)

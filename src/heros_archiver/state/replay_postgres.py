@@ -58,13 +58,13 @@ class PostgresReplay:
     def __init__(self) -> None:
         self._writers: dict[tuple[Any, ...], tuple[Any, Any]] = {}
 
-    def plan(self, item: DeadLetter, settings: PostgresWriterSettings) -> list[Path]:
+    def plan(self, item: DeadLetter, settings: PostgresWriterSettings) -> list[Path | str]:
         """The record the item would be merged into (built, so a bad item fails here too); nothing written."""
         builder, _ = self._writer(settings, connect=False)
         record = builder.build(item.source, item.payload, item.metadata, item.received or item.time)
         return [Path("records") / record.identifier]
 
-    def write(self, item: DeadLetter, settings: PostgresWriterSettings) -> list[Path]:
+    def write(self, item: DeadLetter, settings: PostgresWriterSettings) -> list[Path | str]:
         """Upload the item's arrays and commit its record; the record it went to."""
         builder, sink = self._writer(settings, connect=True)
         record = builder.build(item.source, item.payload, item.metadata, item.received or item.time)

@@ -106,7 +106,7 @@ class TiffStackReplay(ContainerReplay[TiffStackWriterSettings]):
         settings = target.options.stack_settings(target.settings.root, target.settings.sequence_key)
         return (TiffAcquisitionSink if target.options.acquisitions else TiffStackSink)(settings)
 
-    def write(self, item: DeadLetter, settings: TiffStackWriterSettings) -> list[Path]:
+    def write(self, item: DeadLetter, settings: TiffStackWriterSettings) -> list[Path | str]:
         """As ``ContainerReplay.write``; with acquisitions, a start marker gives its configuration to the first
         page of a stack replay makes, and a stop marker writes nothing (see the module docstring)."""
         target = self._target(settings)

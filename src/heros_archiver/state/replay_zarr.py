@@ -60,12 +60,12 @@ class ZarrReplay:
         self._array_path_template = array_path_template
         self._writers: dict[tuple[Any, ...], ZarrArrayWriter] = {}
 
-    def plan(self, item: DeadLetter, settings: ZarrWriterSettings) -> list[Path]:
+    def plan(self, item: DeadLetter, settings: ZarrWriterSettings) -> list[Path | str]:
         """The array the payload would become (group and key rendered and confined); nothing written."""
         _, array = self._writer(settings).target(item.source, item.metadata)
         return [Path(array)]
 
-    def write(self, item: DeadLetter, settings: ZarrWriterSettings) -> list[Path]:
+    def write(self, item: DeadLetter, settings: ZarrWriterSettings) -> list[Path | str]:
         """Write the array; returns its path (``key-N`` under ``on_exists="unique"``). Raises the writer's error
         (an existing array under ``on_exists="error"``, a payload zarr cannot store, ...): the entry then stays."""
         writer = self._writer(settings)

@@ -11,15 +11,21 @@ advanced) before its entry leaves. The shard size a new array gets is the archiv
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
+from ..errors import ReplayError
+from ..naming.keys import confine_key
 from ..sinks.base import ContainerSink
+from ..storage.objectstore import is_object_url
 from .records import NONE, SettingsRecord
 from .replay_containers import ContainerReplay, Target
 
 if TYPE_CHECKING:
+    from ..archivers.object_root import ObjectRoot
     from ..archivers.options import ZarrAppendOptions
+    from .deadletter import DeadLetter
 
 #: The ``kind`` a ZarrAppendArchiver's writer settings carry.
 ZARR_APPEND_KIND = "zarr-append"
@@ -59,9 +65,20 @@ class ZarrAppendReplay(ContainerReplay[ZarrAppendWriterSettings]):
         member_template: a corrected ``array_template`` (None: the recorded one).
     """
 
+    def __init__(
+        self, template: str | None = None, member_template: str | None = None, objects: ObjectRoot | None = None
+    ) -> None:
+        super().__init__(template, member_template)
+        self._objects = objects
+
     def _options(self, settings: ZarrAppendWriterSettings) -> ZarrAppendOptions:
         from ..archivers.options import ZarrAppendOptions
 
+        if is_object_url(settings.root) and self._objects is None:
+            raise ReplayError(
+                f"dead letter of a ZarrAppendArchiver writing to {settings.root}: expected the state directory of "
+                "that object-store root (it records the store), got a local archive root"
+            )
         return ZarrAppendOptions(
             settings.store_template, settings.array_template, compression=settings.compression,
             frames_per_chunk=settings.frames_per_chunk, frames_per_shard=settings.frames_per_shard,
@@ -69,11 +86,23 @@ class ZarrAppendReplay(ContainerReplay[ZarrAppendWriterSettings]):
             root=settings.root, fsync=settings.fsync,
         )  # fmt: skip
 
+    def _template_root(self, settings: ZarrAppendWriterSettings) -> str:
+        return os.sep if is_object_url(settings.root) else settings.root  # keys are confined by naming.keys
+
+    def _route(self, item: DeadLetter, target: Target[ZarrAppendWriterSettings]) -> str:
+        """The store's key, for an object-store root, rendered and confined as the archiver does."""
+        if self._objects is None or not is_object_url(target.settings.root):
+            return super()._route(item, target)
+        location = self._objects.location
+        rendered = target.files.render_text(self._context(item, target))
+        return confine_key(rendered, location.url(), location.prefix, target.files.source)
+
     def _template_sources(self, settings: ZarrAppendWriterSettings) -> tuple[str, str | None]:
         return settings.store_template, settings.array_template
 
     def _make_sink(self, target: Target[ZarrAppendWriterSettings]) -> ContainerSink:
         from ..sinks.zarr_append import ZarrAppendSink
 
-        settings = target.options.sink_settings(target.settings.root, target.settings.sequence_key)
+        objects = self._objects if is_object_url(target.settings.root) else None
+        settings = target.options.sink_settings(target.settings.root, target.settings.sequence_key, objects)
         return ZarrAppendSink(settings, self._member_of(target))

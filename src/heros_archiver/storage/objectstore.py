@@ -238,17 +238,17 @@ class ObjectStore:
             config["session_token"] = settings.session_token
         # A few quick retries of obstore's own for a dropped connection; the pipeline does the long backoff
         # (counted in the archiver's stats), so a store that is down fails an attempt within seconds.
-        self._store = obstore_store.S3Store(
-            bucket,
-            config=config,
-            virtual_hosted_style_request=settings.endpoint is None,
-            client_options={"allow_http": settings.allow_http, "connect_timeout": "3s", "timeout": "120s"},
-            retry_config={
+        self._arguments: dict[str, Any] = {
+            "config": config,
+            "virtual_hosted_style_request": settings.endpoint is None,
+            "client_options": {"allow_http": settings.allow_http, "connect_timeout": "3s", "timeout": "120s"},
+            "retry_config": {
                 "max_retries": 2,
                 "retry_timeout": datetime.timedelta(seconds=10),
                 "backoff": {"init_backoff": datetime.timedelta(milliseconds=100)},
             },
-        )
+        }
+        self._store = obstore_store.S3Store(bucket, **self._arguments)
         self._boto3: Any = None
 
     def __repr__(self) -> str:
@@ -410,6 +410,15 @@ class ObjectStore:
             if create and _status(exc) == 412:
                 raise self._exists(key) from exc
             raise self._error("uploading", key, exc) from exc
+
+    def zarr_store(self, prefix: str) -> Any:
+        """A read-only zarr-python store of the objects under ``prefix`` (zarr's own ``ObjectStore`` over an
+        obstore client of the same bucket, endpoint and credentials), for reading a Zarr store back."""
+        require_extra("zarr", "zarr")
+        obstore_store = importlib.import_module("obstore.store")
+        zarr_storage = importlib.import_module("zarr.storage")
+        client = obstore_store.S3Store(self.bucket, prefix=prefix.strip("/") or None, **self._arguments)
+        return zarr_storage.ObjectStore(client, read_only=True)
 
     def _client(self) -> Any:
         """The boto3 client (multipart, uploads), made on first use."""

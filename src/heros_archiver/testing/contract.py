@@ -41,7 +41,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -49,8 +49,7 @@ import numpy as np
 import pytest
 
 from ..archivers.base import HERODataArchiver
-from ..observe.listeners import Listener
-from ..observe.outcomes import Archived, Outcome
+from ..observe.outcomes import Archived
 from ..observe.readers import ContainerReader
 from ..pipeline.payload import item_nbytes
 from ..pipeline.queueing import Item
@@ -58,6 +57,7 @@ from ..state.deadletter import DeadLetterStore
 from ..state.spool import Spool
 from ..state.statedir import DEAD_LETTER_SUBDIR, SPOOL_DIR_NAME
 from . import free_port, session_manager, unique_realm
+from .collect import CollectOutcomes
 from .crash_child import QUEUE_ITEMS
 from .faults import FailingSink, SlowSink
 
@@ -273,7 +273,7 @@ class SinkContract:
     ) -> None:
         """With a listener (``locate`` on), every archived item says where it went (``observe``), and reading it
         back there (``observe.readers``, as verify does) gives the checksum it was archived with."""
-        listener = _Outcomes()
+        listener = CollectOutcomes()
         archiver = make_archiver(listeners=[listener])
         sent = [self.varied(self.cases()[0], i) for i in range(12)]
         self.feed_all(archiver, [("cam", p, i) for i, p in enumerate(sent)])
@@ -459,21 +459,6 @@ class SinkContract:
         assert len(after) >= archived_before, f"{archived_before} items committed before the kill, {len(after)} after"
         assert set(map(fingerprint, spooled)) <= set(after), "an item of the spool was not resumed"
         assert len(after) >= len(sent) - QUEUE_ITEMS - 1, f"{len(sent) - len(after)} items lost, more than in memory"
-
-
-class _Outcomes(Listener):
-    """Keeps every outcome, told on the writer thread (so none is still queued when ``close()`` returns)."""
-
-    inline = True
-
-    def __init__(self) -> None:
-        self.outcomes: list[Outcome] = []
-
-    def handle(self, outcomes: Sequence[Outcome]) -> None:
-        self.outcomes.extend(outcomes)
-
-    def close(self) -> None:
-        """Nothing to release."""
 
 
 @contextlib.contextmanager

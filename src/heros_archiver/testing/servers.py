@@ -307,6 +307,10 @@ class PostgresServer:
             )
             if done.returncode != 0:
                 raise ServerError(f"initdb failed ({done.returncode}): {done.stderr.decode(errors='replace')[-2000:]}")
+            if self.host not in ("127.0.0.1", "localhost", "::1"):
+                # initdb trusts loopback only: let the other hosts of the server's own subnet in (namespaces)
+                with open(data / "pg_hba.conf", "a") as hba:
+                    hba.write("host all all samenet trust\n")
         options = f"-p {self.port} -c listen_addresses={self.host} -k {self.directory} -c fsync=off"
         options += " -c max_connections=200 -c full_page_writes=off"
         wait = ["-w", "-t", str(int(START_TIMEOUT)), "-o", options]

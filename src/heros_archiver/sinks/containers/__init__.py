@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -237,8 +238,14 @@ class Container(ABC):
     #: What this kind of container can do (class level, like zarr's store flags).
     capabilities: ClassVar[ContainerCapabilities]
 
-    #: The file or store the container writes (with ``on_exists="unique"``, the name it picked).
+    #: The file or store the container writes (with ``on_exists="unique"``, the name it picked); for a store
+    #: in an object store, its key in the bucket.
     path: Path
+
+    @property
+    def location(self) -> str:
+        """The file or store as locations and messages name it: its absolute path, or its ``s3://`` URL."""
+        return os.path.abspath(self.path)
 
     @abstractmethod
     def append(

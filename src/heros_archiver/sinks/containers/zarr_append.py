@@ -27,9 +27,6 @@ write it whole again) and every stored item key (so that a resumed item is not w
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import fcntl
 import json
 import os
 import time
@@ -40,14 +37,11 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
-from ...errors import ArchiverError, ConfigurationError, StorageError, TargetExistsError, storage_error
+from ...errors import ArchiverError, ConfigurationError, StorageError
 from ...formats.base import Content
 from ...formats.zarr_v3 import load_zarr
-from ...storage.atomic import unique_names, write_atomic
-from ...storage.confinement import open_directory
 from . import (
     CommitReport,
-    ContainerBusyError,
     ContainerCapabilities,
     FrameStack,
     ItemKey,
@@ -55,6 +49,7 @@ from . import (
     lossless_json,
 )
 from .zarr_columns import ATTRIBUTE, COLUMN_ROWS, Column, Columns, Row, read_archive_row, read_metadata
+from .zarr_places import LocalPlace, ZarrPlace
 from .zarr_shards import (
     CHUNK_KEY_ENCODING,
     COMPRESSIONS,
@@ -68,7 +63,6 @@ from .zarr_shards import (
     with_shape,
     zarr_compressors,
 )
-from .zarr_trash import keep_old_version
 
 __all__ = [
     "COMPRESSIONS",
@@ -118,7 +112,7 @@ class ZarrAppendContainer(FrameStack):
 
     def __init__(
         self,
-        store: str | os.PathLike[str],
+        store: str | os.PathLike[str] | ZarrPlace,
         array_path: str,
         *,
         root: str | os.PathLike[str] | None = None,
@@ -163,8 +157,11 @@ class ZarrAppendContainer(FrameStack):
         self._shard_number = 0  # the current shard's number along axis 0
         self._closed = False
         self._broken: BaseException | None = None
-        self.path = self._claim(Path(os.path.abspath(os.fspath(store))), on_exists)
-        self._lock = self._take_lock()
+        if not isinstance(store, ZarrPlace):
+            store = LocalPlace(Path(os.path.abspath(os.fspath(store))), self._root, fsync)
+        self._place = store.claim(on_exists)
+        self.path = self._place.path
+        self._place.lock(self.array_path)
         try:
             document = self._read_json(self.array_path)
             if document is not None:
@@ -174,62 +171,12 @@ class ZarrAppendContainer(FrameStack):
             raise
 
     # ------------------------------------------------------------------------------------------ opening
-    def _claim(self, path: Path, on_exists: OnExists) -> Path:
-        """The store directory per ``on_exists``: made exclusively (``error``, ``unique``) or as it is."""
-        if on_exists == "append":
-            os.close(self._directory(path))
-            return path
-        parent = self._directory(path.parent)
-        try:
-            for candidate in unique_names(path) if on_exists == "unique" else [path]:
-                try:
-                    os.mkdir(candidate.name, 0o755, dir_fd=parent)
-                except FileExistsError:
-                    continue
-                return candidate
-        except OSError as exc:
-            raise storage_error(exc.errno or errno.EIO, f"cannot make the Zarr store {path}: {exc}") from exc
-        finally:
-            os.close(parent)
-        if on_exists == "error":
-            raise TargetExistsError(f"{path} exists and on_exists='error' (expected no store there)")
-        raise StorageError(errno.EEXIST, f"no free name for a store beside {path} (tried name-1 .. name-9999)")
-
-    def _directory(self, path: Path) -> int:
-        """A handle of ``path`` (made if missing) beneath the root, without following a symlink."""
-        try:
-            return open_directory(self._root, str(path))
-        except OSError as exc:
-            raise storage_error(exc.errno or errno.EIO, f"cannot open the directory {path}: {exc}") from exc
-
-    def _take_lock(self) -> int:
-        """An exclusive ``flock`` on the array's directory while this container writes it (dies with the
-        process): a second writer of the same array gets ContainerBusyError."""
-        handle = self._directory(self.path / self.array_path)
-        try:
-            fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=handle)
-        finally:
-            os.close(handle)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            raise ContainerBusyError(
-                f"{self.path / self.array_path} is written by another archiver (expected no other writer; {exc})"
-            ) from exc
-        return fd
-
     def _read_json(self, node: str) -> dict[str, Any] | None:
-        """The ``zarr.json`` of ``node`` (None when there is none), read beneath the root."""
-        handle = self._directory(self.path / node)
-        try:
-            fd = os.open("zarr.json", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=handle)
-        except FileNotFoundError:
+        """The ``zarr.json`` of ``node`` (None when there is none)."""
+        raw = self._place.read(f"{node}/zarr.json" if node else "zarr.json")
+        if raw is None:
             return None
-        finally:
-            os.close(handle)
-        with open(fd, "rb") as fh:
-            document: dict[str, Any] = json.loads(fh.read())
+        document: dict[str, Any] = json.loads(raw)
         return document
 
     def _reopen(self, document: dict[str, Any]) -> None:
@@ -237,7 +184,7 @@ class ZarrAppendContainer(FrameStack):
         settings = document.get("attributes", {}).get(ATTRIBUTE)
         if document.get("node_type") != "array" or not isinstance(settings, dict):
             raise ConfigurationError(
-                f"{self.array_path!r} in {self.path} is not an array written by heros-archiver "
+                f"{self.array_path!r} in {self.location} is not an array written by heros-archiver "
                 f"(expected a Zarr array with the {ATTRIBUTE!r} attribute)"
             )
         self.compression = settings["compression"]
@@ -255,7 +202,7 @@ class ZarrAppendContainer(FrameStack):
         except Exception as exc:  # zarr's own errors for an object that does not decode
             raise StorageError(
                 f"cannot read back the last partial shard, column chunks or item keys of {self.array_path!r} in "
-                f"{self.path} (expected the objects of its {committed} committed frames): {exc!r}"
+                f"{self.location} (expected the objects of its {committed} committed frames): {exc!r}"
             ) from exc
         self._committed = committed
 
@@ -263,24 +210,25 @@ class ZarrAppendContainer(FrameStack):
         """The frames of the last partial shard, each column's last partial chunk, and the stored keys."""
         assert self._columns is not None and self.frames_per_shard is not None
         zarr = self._zarr
-        frames = zarr.open_array(store=str(self.path), path=self.array_path, mode="r")
+        store = self._place.zarr_store()
+        frames = zarr.open_array(store=store, path=self.array_path, mode="r")
         start = committed - committed % self.frames_per_shard
         self._shard_number = start // self.frames_per_shard
         for frame in frames[start:committed]:
             self._add_to_shard(frame)
         rows = self.column_rows
         for path, state in self._columns.states.items():
-            array = zarr.open_array(store=str(self.path), path=path, mode="r")
+            array = zarr.open_array(store=store, path=path, mode="r")
             if array.shape[0] < committed:
                 raise ConfigurationError(
-                    f"{path!r} in {self.path} holds {array.shape[0]} rows, expected at least the {committed} "
+                    f"{path!r} in {self.location} holds {array.shape[0]} rows, expected at least the {committed} "
                     "committed frames (not an array written by heros-archiver)"
                 )
             state.document = metadata_document(array)
             state.tail = array[committed - committed % rows : committed].tolist()
             if array.shape[0] != committed:  # an unfinished commit advanced it: back to the committed length
                 self._write(f"{path}/zarr.json", [with_shape(state.document, committed)])
-        keys = zarr.open_array(store=str(self.path), path=f"{self.group}/archive/item_key", mode="r")
+        keys = zarr.open_array(store=store, path=f"{self.group}/archive/item_key", mode="r")
         self._index = {str(key): i for i, key in enumerate(keys[:committed].tolist())} if committed else {}
 
     def _set_document(self, document: dict[str, Any]) -> None:
@@ -347,7 +295,7 @@ class ZarrAppendContainer(FrameStack):
             try:
                 self._create(data, metadata)
             except ArchiverError:
-                self._broken = StorageError(f"creating {self.array_path!r} in {self.path} failed")
+                self._broken = StorageError(f"creating {self.array_path!r} in {self.location} failed")
                 raise
         index = self._committed + len(self._pending)
         when = received if received is not None else time.time()
@@ -357,7 +305,7 @@ class ZarrAppendContainer(FrameStack):
 
     def _check_fits(self, key: ItemKey, data: Any) -> None:
         fixed = None if self._document is None else (self._frame_shape, self._frame_dtype)
-        where = f"array {self.array_path!r} in {self.path}"
+        where = f"array {self.array_path!r} in {self.location}"
         check_frame(data, key.source, self.path, self.array_path, where, fixed, "a Zarr chunk cannot have one")
 
     def commit(self) -> CommitReport:
@@ -387,7 +335,7 @@ class ZarrAppendContainer(FrameStack):
             if isinstance(exc, ArchiverError) or not isinstance(exc, OSError | ValueError):
                 raise
             raise StorageError(
-                f"commit of frames {start}..{stop - 1} to {self.array_path!r} in {self.path} failed: {exc}"
+                f"commit of frames {start}..{stop - 1} to {self.array_path!r} in {self.location} failed: {exc}"
             ) from exc
         keys = tuple(p.row.key for p in self._pending)
         self._pending.clear()
@@ -438,16 +386,8 @@ class ZarrAppendContainer(FrameStack):
         return encode
 
     def _write(self, key: str, content: Content) -> None:
-        """One object of the store, written whole: temporary + rename beneath the archive root. A version
-        already there is first linked into the trash, so that the rename frees nothing (``zarr_trash``)."""
-        target = self.path / key
-        if self._root is not None:
-            handle = self._directory(target.parent)
-            try:
-                keep_old_version(self._root, handle, target.name)
-            finally:
-                os.close(handle)
-        write_atomic(target, content, "overwrite", "file+directory" if self.fsync else "none", root=self._root)
+        """One object of the store, written whole (``zarr_places``)."""
+        self._place.write(key, content)
 
     def discard(self) -> int:
         """Forget the frames appended since the last commit (the store is not touched); how many were dropped."""
@@ -475,20 +415,23 @@ class ZarrAppendContainer(FrameStack):
 
     def _release(self) -> None:
         self._closed = True
-        with contextlib.suppress(OSError):
-            os.close(self._lock)
+        self._place.unlock()
 
     def _check_usable(self) -> None:
         if self._closed:
-            raise StorageError(f"container {self.array_path!r} in {self.path} is closed (expected an open one)")
+            raise StorageError(f"container {self.array_path!r} in {self.location} is closed (expected an open one)")
         if self._broken is not None:
             raise StorageError(
-                f"container {self.array_path!r} in {self.path} had a failed write ({self._broken}); expected a "
+                f"container {self.array_path!r} in {self.location} had a failed write ({self._broken}); expected a "
                 "reopened one (the store keeps its last commit)"
             )
 
+    @property
+    def location(self) -> str:
+        return self._place.name
+
     def __repr__(self) -> str:
-        return f"ZarrAppendContainer({str(self.path)!r}, {self.array_path!r}, committed={self._committed})"
+        return f"ZarrAppendContainer({self.location!r}, {self.array_path!r}, committed={self._committed})"
 
 
 def _array_parts(array_path: str) -> list[str]:
