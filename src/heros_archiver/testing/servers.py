@@ -257,9 +257,11 @@ _INITDB_FLAGS = ["-E", "UTF8", "--no-sync", "--no-instructions"]
 class PostgresServer:
     """A PostgreSQL server in ``directory`` on ``host:port``, trust authentication, fsync off.
 
-    PostgreSQL refuses to run as root: as root the data directory is given to ``nobody`` and the server
-    runs as it (``setpriv``). ``url`` is a libpq URL of the ``postgres`` database; :meth:`create_database`
-    makes another.
+    PostgreSQL refuses to run as root: as root the server runs as ``nobody`` (``setpriv``), in a directory of
+    its own under the system's temporary directory (data, socket, log), made for it and owned by it, since
+    ``nobody`` cannot reach one under pytest's private ``tmp_path``; it lasts from the first start to the end of
+    the ``with`` block (stop and start again keep the data), then its log is copied into ``directory`` and it
+    is removed. ``url`` is a libpq URL of the ``postgres`` database; :meth:`create_database` makes another.
     """
 
     directory: Path
@@ -267,6 +269,8 @@ class PostgresServer:
     netns: str | None = None
     port: int = 0
     _pid: int | None = None
+    #: where data, socket and log are (``directory``, or the server user's own temporary directory)
+    _work: Path | None = None
 
     @property
     def url(self) -> str:
@@ -286,18 +290,9 @@ class PostgresServer:
             raise ServerError("no PostgreSQL binaries: install the PyPI package pgserver (the [dev] extra has it)")
         self.port = self.port or free_port()
         self.directory.mkdir(parents=True, exist_ok=True)
-        data = self.directory / "data"
-        log = self.directory / "pg.log"
-        if os.geteuid() == 0:
-            import pwd
-
-            nobody = pwd.getpwnam("nobody")
-            os.chown(self.directory, nobody.pw_uid, nobody.pw_gid)
-            # initdb needs to reach the directory: every parent must be searchable by nobody
-            for parent in self.directory.parents:
-                mode = parent.stat().st_mode
-                if not mode & 0o001:
-                    os.chmod(parent, mode | 0o001)
+        work = self._work_directory()
+        data = work / "data"
+        log = work / "pg.log"
         user = self._as_server_user()
         if not (data / "PG_VERSION").exists():
             done = subprocess.run(
@@ -311,7 +306,7 @@ class PostgresServer:
                 # initdb trusts loopback only: let the other hosts of the server's own subnet in (namespaces)
                 with open(data / "pg_hba.conf", "a") as hba:
                     hba.write("host all all samenet trust\n")
-        options = f"-p {self.port} -c listen_addresses={self.host} -k {self.directory} -c fsync=off"
+        options = f"-p {self.port} -c listen_addresses={self.host} -k {work} -c fsync=off"
         options += " -c max_connections=200 -c full_page_writes=off"
         wait = ["-w", "-t", str(int(START_TIMEOUT)), "-o", options]
         started = subprocess.run(
@@ -327,6 +322,28 @@ class PostgresServer:
         pid_file = data / "postmaster.pid"
         self._pid = int(pid_file.read_text().split()[0])
         return self
+
+    def _work_directory(self) -> Path:
+        if self._work is None:
+            if os.geteuid() == 0:
+                import pwd
+                import tempfile
+
+                nobody = pwd.getpwnam("nobody")
+                self._work = Path(tempfile.mkdtemp(prefix="heros-archiver-pg-"))
+                os.chown(self._work, nobody.pw_uid, nobody.pw_gid)
+            else:
+                self._work = self.directory
+        return self._work
+
+    def _remove_work_directory(self) -> None:
+        """Keep the log in ``directory`` and remove the server user's temporary directory (root only)."""
+        work, self._work = self._work, None
+        if work is None or work == self.directory:
+            return
+        with contextlib.suppress(OSError):
+            shutil.copyfile(work / "pg.log", self.directory / "pg.log")
+        shutil.rmtree(work, ignore_errors=True)
 
     @property
     def pid(self) -> int | None:
@@ -358,10 +375,17 @@ class PostgresServer:
         return self.database_url(name)
 
     def __enter__(self) -> PostgresServer:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self._remove_work_directory()
+            raise
 
     def __exit__(self, *exc: object) -> None:
-        self.stop()
+        try:
+            self.stop()
+        finally:
+            self._remove_work_directory()
 
 
 # ---------------------------------------------------------------------------------------------- Zenoh
