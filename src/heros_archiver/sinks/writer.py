@@ -95,7 +95,7 @@ class LocalFiles:
         self._template = template
         self._root_text = str(template.root)
         self._fsync = fsync
-        self._window = window
+        self.window = window
         self._confine_root = confine_root
 
     def name(self, context: Mapping[str, Any]) -> str:
@@ -106,7 +106,7 @@ class LocalFiles:
 
     def write(self, path: str, content: Content, on_exists: OnExists, resumed: bool) -> str | None:
         """``storage.atomic.write_unless_present`` beneath the root."""
-        return write_unless_present(path, content, on_exists, self._fsync, self._window, self._confine_root, resumed)
+        return write_unless_present(path, content, on_exists, self._fsync, self.window, self._confine_root, resumed)
 
     def remove(self, path: str) -> None:
         remove_file(path, self._confine_root)
@@ -145,8 +145,7 @@ class FileWriter:
         check_choice("on_exists", settings.on_exists, ON_EXISTS_CHOICES)
         check_choice("fsync", settings.fsync, FSYNC_CHOICES)
         self.settings = settings
-        #: large files on their way to disk and out of the page cache (``writeback_window`` bytes; 0 = off)
-        self.window = WritebackWindow(writeback_window)
+        self._window = WritebackWindow(writeback_window)
         self._target: LocalFiles | ObjectTarget
         if is_object_url(settings.root):
             if store is None:
@@ -161,7 +160,19 @@ class FileWriter:
         self.root = self.template.root
         #: the root writes are confined to (None for a root of ``/``, where nothing is confined)
         self.confine_root = None if self.root == Path(self.root.anchor) else str(self.root)
-        self._target = LocalFiles(self.template, settings.fsync, self.window, self.confine_root)
+        self._target = LocalFiles(self.template, settings.fsync, self._window, self.confine_root)
+
+    @property
+    def window(self) -> WritebackWindow:
+        """Large files on their way to disk and out of the page cache (``writeback_window`` bytes; 0 = off)."""
+        return self._window
+
+    @window.setter
+    def window(self, window: WritebackWindow) -> None:
+        """Replace the window (of the local files written from now on; a test's fault-injecting one)."""
+        self._window = window
+        if isinstance(self._target, LocalFiles):
+            self._target.window = window
 
     @property
     def objects(self) -> ObjectFiles | None:
