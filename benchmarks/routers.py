@@ -11,7 +11,7 @@ on their host's address and the archiver a peer connected to all four. Rows alte
 cameras at once, and measures the aggregate archived frames/s from the first send to the last file under its
 name. The ratio is router / direct (target >= 0.8). Lost = sent - archived (also the archiver's gaps).
 
-    sudo .venv/bin/python benchmarks/routers.py [--frames 100] [--repeats 2] [--out /var/tmp]
+    sudo .venv/bin/python benchmarks/routers.py [--frames 200] [--repeats 3] [--out /var/tmp]
 """
 
 from __future__ import annotations
@@ -169,8 +169,8 @@ def one_row(hosts: NetNamespaces, mode: str, frames: int, scratch: Path) -> dict
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--frames", type=int, default=100, help="frames per camera and row (2 MiB each)")
-    parser.add_argument("--repeats", type=int, default=2, help="router/direct pairs")
+    parser.add_argument("--frames", type=int, default=200, help="frames per camera and row (2 MiB each)")
+    parser.add_argument("--repeats", type=int, default=3, help="router/direct pairs")
     parser.add_argument("--out", type=Path, default=Path("/var/tmp"), help="local disk for the archive")
     parser.add_argument("--net", type=int, default=233, help="the namespaces' 10.NET.0.x")
     parser.add_argument("--json", type=Path, help="also write the rows here")
