@@ -1,4 +1,4 @@
-"""The ``heros-archiver`` command: demo, run, render, replay, formats, status, ls, export."""
+"""The ``heros-archiver`` command: demo, run, render, replay, formats, status, router, ls, export."""
 
 from __future__ import annotations
 
@@ -111,6 +111,13 @@ def run(
         int | None, typer.Option(help="serve Prometheus metrics on this port (/metrics; needs prometheus-client)")
     ] = None,
     metrics_address: Annotated[str, typer.Option(help="address the metrics endpoint binds to")] = "127.0.0.1",
+    zenoh_config: Annotated[
+        Path | None,
+        typer.Option(
+            help="Zenoh config file (JSON5) of the archivers' session, e.g. a client of the host's router "
+            "(sets HEROS_ZENOH_CONFIG; docs/deployment.md)"
+        ),
+    ] = None,
 ) -> None:
     """Run the archivers of CONFIG until Ctrl-C or SIGTERM, then drain them and print their figures."""
     from ..archivers.base import close_all
@@ -121,6 +128,10 @@ def run(
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     try:
+        if zenoh_config is not None:
+            from ..transport.session_config import read_session_config
+
+            os.environ["HEROS_ZENOH_CONFIG"] = read_session_config(zenoh_config)
         archivers = build_archivers(load_config(config), realm)
     except ArchiverError as exc:
         console.print(f"[red]error:[/red] {exc}")
@@ -313,6 +324,36 @@ def _progress(total: int, status: Callable[[], tuple[int, bool]]) -> None:
 
 
 app.command(name="status")(status_command.status)
+
+
+@app.command()
+def router(
+    config: Annotated[
+        Path | None, typer.Argument(help="Zenoh config file (JSON5) of the router, as zenohd -c takes")
+    ] = None,
+    listen: Annotated[
+        list[str] | None,
+        typer.Option(help="endpoint to listen on, e.g. tcp/0.0.0.0:7447 (repeatable; replaces the file's)"),
+    ] = None,
+    connect: Annotated[
+        list[str] | None,
+        typer.Option(help="router to connect to, e.g. tcp/central:7447 (repeatable; replaces the file's)"),
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING, ERROR")] = "INFO",
+    log_format: Annotated[LogFormat, typer.Option(help="text, or json: one JSON object per line")] = LogFormat.text,
+) -> None:
+    """Run a Zenoh router (eclipse-zenoh's, in Python: no zenohd needed) until Ctrl-C or SIGTERM.
+
+    Hosts behind routers: cameras and archivers are Zenoh clients of their host's router, routers connect
+    to each other (docs/deployment.md). Prints "@@ ROUTER UP <id>" once it listens; exit code 2 when the
+    config is refused or it cannot listen.
+    """
+    from ..transport.router import run as run_router
+
+    setup_logging(log_level, log_format)
+    code = run_router(config, listen or [], connect or [])
+    if code:
+        raise typer.Exit(code)
 
 
 def main() -> None:

@@ -6,8 +6,10 @@ connects to ``127.0.0.1`` only, with multicast scouting off, so nothing leaves t
 Run as a program it is a camera process driven over stdin (for tests that need the camera and the
 archiver in different processes)::
 
-    python -m heros_archiver.testing camera --name cam --realm R --listen PORT [--reliable]
-    stdin:  SEND n [height width dtype [rate]]   ->  stdout: "@@ SENT n"
+    python -m heros_archiver.testing camera --name cam --realm R --listen PORT|tcp/ADDR:PORT [--reliable]
+    python -m heros_archiver.testing camera --name cam --realm R --connect tcp/ROUTER:PORT [--reliable]
+    stdin:  SEND n [height width dtype [rate|max [start]]]  ->  stdout: "@@ SENT n" (frames start .. start+n-1)
+            WAIT   ->  "@@ MATCHED" once an archiver subscribes
             QUIT
 """
 
@@ -142,11 +144,21 @@ def _camera_main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m heros_archiver.testing camera")
     parser.add_argument("--name", default="cam")
     parser.add_argument("--realm", required=True)
-    parser.add_argument("--listen", type=int, required=True, help="loopback port to listen on")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--listen", help="a peer listening on this loopback port, or on this endpoint (tcp/ADDR:PORT)")
+    where.add_argument("--connect", action="append", help="router endpoint: a client of it (repeatable)")
     parser.add_argument("--reliable", action="store_true")
     args = parser.parse_args(argv)
     cls = ReliableSimulatedCamera if args.reliable else SimulatedCamera
-    camera = cls(args.name, realm=args.realm, session_manager=session_manager(listen_port=args.listen))
+    if args.connect:
+        from .servers import client_settings
+
+        manager = ZenohSessionManager(client_settings(*args.connect))
+    elif args.listen.isdigit():
+        manager = session_manager(listen_port=int(args.listen))
+    else:
+        manager = ZenohSessionManager({**loopback_settings(), "listen/endpoints": [args.listen]})
+    camera = cls(args.name, realm=args.realm, session_manager=manager)
     print("@@ READY", flush=True)
     try:
         for line in sys.stdin:
@@ -160,8 +172,9 @@ def _camera_main(argv: list[str]) -> None:
                 n = int(words[1])
                 shape = (int(words[2]), int(words[3])) if len(words) > 3 else (1024, 1024)
                 dtype = words[4] if len(words) > 4 else "uint16"
-                rate = float(words[5]) if len(words) > 5 else None
-                camera.acquire(n, shape, dtype, rate)
+                rate = float(words[5]) if len(words) > 5 and words[5] != "max" else None
+                start = int(words[6]) if len(words) > 6 else 0
+                camera.acquire(n, shape, dtype, rate, start)
                 print(f"@@ SENT {n}", flush=True)
     finally:
         camera._destroy_hero()

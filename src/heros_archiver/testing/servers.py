@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..transport.router import READY
 from . import free_port
 
 #: Seconds a server gets to answer after it was started.
@@ -389,31 +390,20 @@ class PostgresServer:
 
 
 # ---------------------------------------------------------------------------------------------- Zenoh
-_ROUTER_MAIN = """
-import json, sys, time, zenoh
-conf = zenoh.Config()
-conf.insert_json5("mode", '"router"')
-conf.insert_json5("scouting/multicast/enabled", "false")
-conf.insert_json5("listen/endpoints", json.dumps(sys.argv[1].split(",")))
-conf.insert_json5("connect/endpoints", json.dumps([e for e in sys.argv[2].split(",") if e]))
-session = zenoh.open(conf)
-print("@@ ROUTER UP", flush=True)
-try:
-    while True:
-        time.sleep(3600)
-finally:
-    session.close()
-"""
-
-
 @dataclass
 class ZenohRouter:
-    """A Zenoh router process listening on ``tcp/host:port`` (and connecting to ``connect``)."""
+    """A Zenoh router process listening on ``tcp/host:port`` (and connecting to ``connect``).
+
+    The process is ``python -m heros_archiver.transport.router`` (what ``heros-archiver router`` runs), with
+    ``config`` (a JSON5 file) if given; its log goes to ``log`` (appended, so a restart adds to it) or nowhere.
+    """
 
     host: str = "127.0.0.1"
     port: int = 0
     connect: Sequence[str] = ()
     netns: str | None = None
+    config: Path | None = None
+    log: Path | None = None
     _process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -422,18 +412,20 @@ class ZenohRouter:
 
     def start(self) -> ZenohRouter:
         self.port = self.port or free_port()
-        self._process = subprocess.Popen(
-            [*_prefix(self.netns), sys.executable, "-c", _ROUTER_MAIN, self.endpoint, ",".join(self.connect)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        cmd = [*_prefix(self.netns), sys.executable, "-m", "heros_archiver.transport.router", "--listen", self.endpoint]
+        cmd += [word for endpoint in self.connect for word in ("--connect", endpoint)]
+        cmd += [str(self.config)] if self.config is not None else []
+        with contextlib.ExitStack() as stack:
+            log = stack.enter_context(self.log.open("ab")) if self.log is not None else subprocess.DEVNULL
+            self._process = subprocess.Popen(
+                cmd, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True
+            )
         assert self._process.stdout is not None
-        line = self._process.stdout.readline()
-        if b"ROUTER UP" not in line:
+        line = self._process.stdout.readline()  # the ready line, or b"" when it exited
+        if not line.startswith(READY.encode()):
             self.stop()
-            raise ServerError(f"the Zenoh router on {self.endpoint} did not start: {line!r}")
+            tail = _log_tail(self.log) if self.log is not None else "(no log: give ZenohRouter a log path)"
+            raise ServerError(f"the Zenoh router on {self.endpoint} did not start: {line!r}; log:\n{tail}")
         return self
 
     @property
@@ -454,13 +446,27 @@ class ZenohRouter:
         self.stop()
 
 
+#: How a client of a router reconnects (decision 0038, ``deploy/zenoh/*client*.json5``): it waits for its
+#: router at start (``timeout_ms: -1``, no exit), and after losing it tries again 0.2 s later, then at most
+#: every 2 s.
+CLIENT_RECONNECT: dict[str, Any] = {
+    "connect/timeout_ms": -1,
+    "connect/exit_on_failure": False,
+    "connect/retry": {"period_init_ms": 200, "period_max_ms": 2000, "period_increase_factor": 2},
+}
+
+
 def client_settings(*endpoints: str) -> dict[str, Any]:
-    """heros/Zenoh settings of a client that reaches the network through the router(s) at ``endpoints``."""
+    """heros/Zenoh settings of a client that reaches the network through the router(s) at ``endpoints``
+    (multicast scouting off, reconnecting as the documented deployment does: :data:`CLIENT_RECONNECT`; shared
+    memory off, as there: a camera's frames in shared memory were lost at a router that pushed back)."""
     return {
         "mode": "client",
         "scouting/multicast/enabled": False,
         "connect/endpoints": list(endpoints),
         "listen/endpoints": [],
+        "transport/shared_memory/enabled": False,
+        **CLIENT_RECONNECT,
     }
 
 
