@@ -25,6 +25,7 @@ from heros_archiver.testing import (
     unique_realm,
     wait_for_subscriber,
 )
+from heros_archiver.testing.servers import S3Server
 
 DEFAULT_TEMPLATE = "{{ file_path }}/{{ '%03d' % frame }}.npy"
 
@@ -146,3 +147,23 @@ def make_rig(tmp_path: Path) -> Iterator[RigFactory]:
                 errors.append(exc)
     if errors:
         raise errors[0]
+
+
+# ------------------------------------------------------------------------------------------ object storage
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[S3Server]:
+    """One S3 server (SeaweedFS, ``testing.servers``) for a module's tests that do not stop it, with the
+    module's ``BUCKET`` made; started in a temporary directory and stopped by PID at the module's end."""
+    with S3Server(tmp_path_factory.mktemp("s3")) as server:
+        server.create_bucket(request.module.BUCKET)
+        yield server
+
+
+@pytest.fixture
+def s3_env(s3: S3Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> S3Server:
+    """The server's credentials and endpoint in the environment (the AWS conventions the archiver reads),
+    and the default state directory (``XDG_STATE_HOME``) under the test's tmp_path."""
+    for name, value in s3.client_env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state-home"))
+    return s3

@@ -13,7 +13,6 @@ import io
 import json
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,24 +39,6 @@ pytestmark = pytest.mark.timeout(120)
 
 BUCKET = "frames"
 SHAPE = (64, 48)
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    """One S3 server for the tests that do not stop it (started and stopped by PID by the context manager)."""
-    with S3Server(tmp_path_factory.mktemp("s3")) as server:
-        server.create_bucket(BUCKET)
-        yield server
-
-
-@pytest.fixture
-def s3_env(s3: S3Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> S3Server:
-    """The server's credentials and endpoint in the environment (the AWS conventions the archiver reads),
-    and the default state directory under the test's tmp_path."""
-    for name, value in s3.client_env().items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state-home"))
-    return s3
 
 
 def objects(server: S3Server, prefix: str) -> dict[str, bytes]:

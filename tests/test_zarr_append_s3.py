@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +32,6 @@ from heros_archiver.testing.servers import S3Server
 ARRAY = "cam/data"
 BUCKET = "zarr-append"
 LOCKS = "runs/.heros-archiver/locks/"
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    with S3Server(tmp_path_factory.mktemp("s3")) as server:
-        server.create_bucket(BUCKET)
-        yield server
 
 
 @pytest.fixture
@@ -141,15 +133,6 @@ def test_a_second_writer_is_refused_and_a_dead_writers_lock_is_taken_over(store:
 
 
 # --------------------------------------------------------------------------------- the archiver, over Zenoh
-@pytest.fixture
-def s3_env(s3: S3Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> S3Server:
-    """The server's endpoint and credentials by the AWS conventions, the state directory in tmp_path."""
-    for name, value in s3.client_env().items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state-home"))
-    return s3
-
-
 def test_a_zarr_append_archiver_appends_a_run_to_one_array_in_the_bucket(
     make_rig: RigFactory, s3_env: S3Server, store: ObjectStore, tmp_path: Path
 ) -> None:
