@@ -159,6 +159,8 @@ class S3Server:
             if not self.netns:
                 _wait_for_port(self.host, self.port, self._process, log, "weed mini")
             self._wait_s3_ready(log)
+            if not self.netns:
+                self._wait_buckets_ready(log)
         except BaseException:
             self.stop()
             raise
@@ -191,6 +193,28 @@ class S3Server:
                     pass
             time.sleep(0.1)
         raise ServerError(f"the S3 API on {self.endpoint} did not answer within {START_TIMEOUT:.0f} s")
+
+    def _wait_buckets_ready(self, log: Path) -> None:
+        """After a restart the API answers before the objects do (an InternalError for a while): wait until a
+        signed lookup of a missing key in each bucket answers 404."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        client = self.boto3_client()
+        deadline = time.monotonic() + START_TIMEOUT
+        last: object = None
+        while time.monotonic() < deadline:
+            try:
+                for bucket in client.list_buckets().get("Buckets", []):
+                    try:
+                        client.head_object(Bucket=bucket["Name"], Key=".heros-archiver-readiness-probe")
+                    except ClientError as exc:
+                        if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") != 404:
+                            raise
+                return
+            except (BotoCoreError, ClientError) as exc:
+                last = exc
+            time.sleep(0.1)
+        raise ServerError(f"the buckets on {self.endpoint} did not answer within {START_TIMEOUT:.0f} s: {last}")
 
     def stop(self) -> None:
         if self._process is not None:
