@@ -191,3 +191,17 @@ def test_router_command_refuses_a_port_in_use(tmp_path: Path) -> None:
         )  # fmt: skip
     assert done.returncode == 2, done.stdout + done.stderr
     assert "could not start" in done.stderr and router.endpoint in done.stderr
+
+
+def test_run_refuses_a_bad_zenoh_config_before_any_archiver(tmp_path: Path) -> None:
+    from procs import run_cli, write_config
+
+    arguments = {"save_template": "{{ frame }}.npy", "object_selector": "cam", "event_name": "acquisition_data"}
+    config = write_config(tmp_path / "archivers.json", arguments)
+    bad = tmp_path / "client.json5"
+    bad.write_text('{ mode: "client", connect: { endpoints: ["tcp/127.0.0.1:7447"], retries: 3 } }')
+    done = run_cli(["run", str(config), "--zenoh-config", str(bad)])
+    assert done.returncode == 2, done.stdout
+    assert (
+        "--zenoh-config" in done.stdout and "client.json5" in done.stdout and "expected a Zenoh config" in done.stdout
+    )
