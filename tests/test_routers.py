@@ -133,6 +133,9 @@ def test_archiver_survives_router_restart(tmp_path: Path) -> None:
             camera.expect("@@ SENT", 60.0)
             totals = finish(archiver, archive, resume(camera, archive, 300))
     assert totals["gaps"] >= 1 and totals["missing"] > 0, f"1.5 s without a router lost nothing? {totals}"
+    log = archiver.output()  # the archiver said when it lost the router and when it was back
+    lost = log.index("lost Zenoh router")
+    assert "connected to Zenoh router" in log[lost:], log[-3000:]
 
 
 @pytest.mark.parametrize("cut", [0, 2], ids=["camera-host", "archiver-host"])
