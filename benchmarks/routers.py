@@ -11,7 +11,7 @@ on their host's address and the archiver a peer connected to all four. Rows alte
 cameras at once, and measures the aggregate archived frames/s from the first send to the last file under its
 name. The ratio is router / direct (target >= 0.8). Lost = sent - archived (also the archiver's gaps).
 
-    sudo .venv/bin/python benchmarks/routers.py [--frames 200] [--repeats 3] [--out /var/tmp]
+    sudo .venv/bin/python benchmarks/routers.py [--frames 200] [--repeats 3] [--out /var/tmp] [--router-config F]
 """
 
 from __future__ import annotations
@@ -101,12 +101,13 @@ def totals(log: Path) -> dict[str, int]:
     return {}
 
 
-def one_row(hosts: NetNamespaces, mode: str, frames: int, scratch: Path) -> dict[str, Any]:
+def one_row(hosts: NetNamespaces, mode: str, frames: int, scratch: Path, router_config: Path | None) -> dict[str, Any]:
     directory = Path(tempfile.mkdtemp(prefix=f"{mode}-", dir=scratch))
-    os.chmod(directory, 0o755)
     archive = directory / "archive"
     realm = directory.name
-    router = ZenohRouter(host=hosts.address(2), port=PORT, netns=hosts.names[2], log=directory / "router.log")
+    router = ZenohRouter(
+        host=hosts.address(2), port=PORT, netns=hosts.names[2], config=router_config, log=directory / "router.log"
+    )
     cameras: list[CameraProcess] = []
     archiver: subprocess.Popen[bytes] | None = None
     try:
@@ -174,18 +175,18 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("/var/tmp"), help="local disk for the archive")
     parser.add_argument("--net", type=int, default=233, help="the namespaces' 10.NET.0.x")
     parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--router-config", type=Path, help="the router's Zenoh config file (JSON5), e.g. to tune it")
     args = parser.parse_args()
     reason = namespaces_unavailable()
     if reason:
         raise SystemExit(f"cannot run: {reason}")
     scratch = Path(tempfile.mkdtemp(prefix="heros-routers-bench-", dir=args.out))
-    os.chmod(scratch, 0o755)
     rows: list[dict[str, Any]] = []
     try:
         with NetNamespaces(3, net=args.net) as hosts:
             for _ in range(args.repeats):
                 for mode in ("router", "direct"):
-                    row = one_row(hosts, mode, args.frames, scratch)
+                    row = one_row(hosts, mode, args.frames, scratch, args.router_config)
                     rows.append(row)
                     print(json.dumps(row), flush=True)
     finally:

@@ -191,3 +191,34 @@ def test_router_command_refuses_a_port_in_use(tmp_path: Path) -> None:
         )  # fmt: skip
     assert done.returncode == 2, done.stdout + done.stderr
     assert "could not start" in done.stderr and router.endpoint in done.stderr
+
+
+def test_run_refuses_a_bad_zenoh_config_before_any_archiver(tmp_path: Path) -> None:
+    from procs import run_cli, write_config
+
+    arguments = {"save_template": "{{ frame }}.npy", "object_selector": "cam", "event_name": "acquisition_data"}
+    config = write_config(tmp_path / "archivers.json", arguments)
+    bad = tmp_path / "client.json5"
+    bad.write_text('{ mode: "client", connect: { endpoints: ["tcp/127.0.0.1:7447"], retries: 3 } }')
+    done = run_cli(["run", str(config), "--zenoh-config", str(bad)])
+    assert done.returncode == 2, done.stdout
+    assert (
+        "--zenoh-config" in done.stdout and "client.json5" in done.stdout and "expected a Zenoh config" in done.stdout
+    )
+
+
+def test_run_stops_at_sigterm_while_waiting_for_its_router(tmp_path: Path) -> None:
+    """A client's first session waits for the router (``timeout_ms: -1``) inside Zenoh; SIGTERM still ends run."""
+    from procs import child, write_config
+
+    arguments = {"save_template": "{{ frame }}.npy", "object_selector": "cam", "event_name": "acquisition_data"}
+    config = write_config(tmp_path / "archivers.json", arguments)
+    nobody = f'"tcp/127.0.0.1:{free_port()}"'  # no router there
+    client = tmp_path / "client.json5"
+    client.write_text((DEPLOY / "zenoh" / "client-archiver.json5").read_text().replace(EXAMPLE_ENDPOINT, nobody))
+    command = [sys.executable, "-m", "heros_archiver.cli", "run", str(config), "--zenoh-config", str(client)]
+    with child(command, tmp_path / "run.log", dict(os.environ, COLUMNS="200")) as run:
+        wait_until(lambda: "starting 1 archiver(s)" in run.output(), 60.0, "run to start building")
+        code, output = run.terminate()
+    assert code == 1, output
+    assert "stopped before the archivers were up" in output and "running" not in output

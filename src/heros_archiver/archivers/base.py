@@ -46,6 +46,7 @@ from ..transport import heros_compat
 from ..transport.fastdecode import decode_frame_event
 from ..transport.hero_builder import configured_class, is_hero
 from ..transport.intake import BufferedIntake
+from ..transport.links import RouterWatch
 from ..transport.sharedmemory import disable_shared_memory, installed_zenoh_version, shared_memory_is_safe
 from .control import config_of, event_listeners
 from .options import ArchiverOptions
@@ -284,6 +285,7 @@ class HERODataArchiver(EventObserver):
                 ) from exc
             raise
         heros_compat.check_observer(self)
+        self._router_watch = RouterWatch(heros_compat.session(self), object_selector, event_name)
         _OPEN.add(self)
         log.info(
             "archiving event %r of %r (queue %d items / %d MiB, overflow=%s, %d writer(s), dead letters in %s)",
@@ -595,6 +597,9 @@ class HERODataArchiver(EventObserver):
     def _stop(self, *_boss: Any) -> None:
         """Stop intake, drain the queue within ``drain_timeout``, set aside what is left. Idempotent."""
         self._pipeline.stop(before_close=self._close_buffered_intakes, before_drain=self._undeclare_subscription)
+        watch = getattr(self, "_router_watch", None)
+        if watch is not None:
+            watch.close()
         for intake in self._buffered_intakes:  # past the deadline: what it still hands on is set aside
             intake.join(time.monotonic() + _SET_ASIDE_TIMEOUT)
             if intake.alive:

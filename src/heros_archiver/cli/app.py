@@ -132,10 +132,15 @@ def run(
             from ..transport.session_config import read_session_config
 
             os.environ["HEROS_ZENOH_CONFIG"] = read_session_config(zenoh_config)
-        archivers = build_archivers(load_config(config), realm)
+        entries = load_config(config)
+        console.print(f"starting {len(entries)} archiver(s) of {config}")
+        archivers = _build_unless_stopped(lambda: build_archivers(entries, realm), stop)
     except ArchiverError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
+    if archivers is None:
+        console.print("stopped before the archivers were up (still waiting for the Zenoh router?); nothing received")
+        raise typer.Exit(1)
     metrics = _serve_metrics(archivers, metrics_port, metrics_address) if metrics_port is not None else None
     console.print(f"running {len(archivers)} archiver(s) in realm {realm!r}; Ctrl-C or SIGTERM to stop")
     while not stop.wait(0.5):
@@ -146,6 +151,31 @@ def run(
         metrics.close()
     for archiver in archivers:
         _print_stats(archiver.stats())
+
+
+def _build_unless_stopped(build: Callable[[], list[Any]], stop: threading.Event) -> list[Any] | None:
+    """``build()`` in a daemon thread; None if ``stop`` is set first. A client's first session waits for its
+    router (``connect/timeout_ms: -1``, docs/deployment.md) inside Zenoh, where no signal handler runs: this
+    way SIGTERM still ends ``run`` then (archivers already built are drained at exit, decision 0016)."""
+    result: list[list[Any]] = []
+    failure: list[BaseException] = []
+    done = threading.Event()
+
+    def target() -> None:
+        try:
+            result.append(build())
+        except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
+            failure.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=target, name="heros-archiver-build", daemon=True).start()
+    while not done.wait(0.1):
+        if stop.is_set():
+            return None
+    if failure:
+        raise failure[0]
+    return result[0]
 
 
 def _serve_metrics(archivers: list[Any], port: int, address: str) -> Any:

@@ -1,7 +1,8 @@
 """Helpers to run archivers against a simulated camera over real Zenoh on loopback.
 
 Used by the test suite, the ``demo`` command and the benchmarks. Everything here listens on and
-connects to ``127.0.0.1`` only, with multicast scouting off, so nothing leaves the machine.
+connects to ``127.0.0.1`` only, with multicast scouting off, so nothing leaves the machine, unless the
+camera process is given another endpoint (a router's, or its own in a test's network namespace).
 
 Run as a program it is a camera process driven over stdin (for tests that need the camera and the
 archiver in different processes)::

@@ -45,7 +45,11 @@ class CameraProcess:
                 cmd, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )  # fmt: skip
-        self.expect("@@ READY", 60.0)
+        try:
+            self.expect("@@ READY", 60.0)
+        except BaseException:
+            self.stop()  # a `with` block never reaches __exit__ when __enter__ raised
+            raise
         return self
 
     @property

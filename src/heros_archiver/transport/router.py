@@ -77,13 +77,15 @@ def serve(conf: zenoh.Config, stop: threading.Event, out: TextIO = sys.stdout) -
     except zenoh.ZError as exc:
         listen = conf.get_json("listen/endpoints")
         raise ConfigurationError(f"the Zenoh router could not start (listen/endpoints {listen}): {exc}") from exc
+    listener = None
     try:
         listener = session.info.declare_transport_events_listener(_log_transport)
         print(f"{READY} {session.info.zid()}", file=out, flush=True)
         log.info("Zenoh router %s listening on %s", session.info.zid(), conf.get_json("listen/endpoints"))
         stop.wait()
-        listener.undeclare()
     finally:
+        if listener is not None:  # before the interpreter exits: a callback listener left then hangs it
+            listener.undeclare()
         session.close()
 
 

@@ -2,8 +2,8 @@
 
 heros reads its session's config from ``HEROS_ZENOH_CONFIG``, which holds the JSON5 text itself, not a path;
 a unit file or a shell that must quote a JSON document into a variable is where deployments go wrong. This
-reads the file, has Zenoh check it (an unknown key or a bad endpoint is refused here, naming the file, not at
-the first session), and gives the text that ``run`` puts into ``HEROS_ZENOH_CONFIG`` before any archiver
+reads the file, has Zenoh check it (an unknown key or a value of the wrong type is refused here, naming the file,
+not at the first session), and gives the text that ``run`` puts into ``HEROS_ZENOH_CONFIG`` before any archiver
 opens its session. See ``docs/deployment.md``.
 """
 
