@@ -898,18 +898,7 @@ def s3_prefix(data):
 
 def s3_store():
     """An obstore client of the bench bucket (the archiver's client, decision 0035)."""
-    from obstore.store import S3Store
-
-    server = S3_SERVER[0]
-    return S3Store(
-        S3_BUCKET,
-        endpoint=server.endpoint,
-        access_key_id=server.access_key,
-        secret_access_key=server.secret_key,
-        region=server.region,
-        virtual_hosted_style_request=False,
-        client_options={"allow_http": True},
-    )
+    return S3_SERVER[0].obstore_client(S3_BUCKET)
 
 
 def verify_s3(data, n, shape, sink_info, pixels="random"):

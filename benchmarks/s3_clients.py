@@ -35,17 +35,7 @@ BUCKET = "bench"
 
 
 def obstore_store(server: S3Server) -> Any:
-    from obstore.store import S3Store
-
-    return S3Store(
-        BUCKET,
-        endpoint=server.endpoint,
-        access_key_id=server.access_key,
-        secret_access_key=server.secret_key,
-        region=server.region,
-        virtual_hosted_style_request=False,
-        client_options={"allow_http": True},
-    )
+    return server.obstore_client(BUCKET)
 
 
 def rate(label: str, count: int, size: int, seconds: float) -> dict[str, Any]:

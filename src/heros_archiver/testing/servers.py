@@ -229,6 +229,20 @@ class S3Server:
         """Make a bucket (through boto3, the [dev] extra)."""
         self.boto3_client().create_bucket(Bucket=name)
 
+    def obstore_client(self, bucket: str) -> Any:
+        """An obstore client of ``bucket`` on this server (the archiver's client, decision 0035)."""
+        from obstore.store import S3Store
+
+        return S3Store(
+            bucket,
+            endpoint=self.endpoint,
+            access_key_id=self.access_key,
+            secret_access_key=self.secret_key,
+            region=self.region,
+            virtual_hosted_style_request=False,
+            client_options={"allow_http": True},
+        )
+
     def boto3_client(self) -> Any:
         import boto3
         from botocore.config import Config
