@@ -15,6 +15,10 @@ from hypothesis import strategies as st
 
 from conftest import RigFactory
 from heros_archiver.errors import ConfigurationError, ReplayError
+from heros_archiver.observe.catalog_reader import CatalogReader
+from heros_archiver.observe.catalog_schema import catalog_path
+from heros_archiver.observe.catalog_sqlite import SqliteCatalog
+from heros_archiver.observe.verify import verify
 from heros_archiver.sinks.writer import WriterSettings
 from heros_archiver.state.deadletter import DeadLetterStore
 from heros_archiver.state.replay import archive_root, replay
@@ -80,6 +84,14 @@ def test_entry_of_a_template_missing_a_key_replays_with_the_template_fixed(
     assert [p.relative_to(tmp_path).as_posix() for p in files] == ["fixed/000.npy", "fixed/001.npy", "fixed/002.npy"]
     assert [check_frame_file(p, SHAPE) for p in files] == [0, 1, 2]
     assert entries(dead_letters) == []
+    with CatalogReader(tmp_path) as reader:  # in the catalog, as the archiver that dead-lettered them
+        items = list(reader.items())
+        [dead_letterer] = {failure.archiver for failure in reader.failures()}
+    assert sorted(item.path for item in items) == ["fixed/000.npy", "fixed/001.npy", "fixed/002.npy"]
+    assert {item.archiver for item in items} == {dead_letterer}
+    assert [item.metadata["frame"] for item in items] == [0, 1, 2]
+    report = verify(tmp_path)  # no replayed file is an orphan
+    assert report.ok, report.problems
 
 
 def test_dry_run_changes_nothing(tmp_path: Path) -> None:
@@ -168,6 +180,29 @@ def test_replay_twice_never_duplicates_a_file(tmp_path: Path, on_exists: str) ->
     assert [p.name for p in files] == ["000.npy", "001.npy", "002.npy"]
     assert [check_frame_file(p, SHAPE) for p in files] == [0, 1, 2]
     assert entries(store.directory) == []
+    assert not catalog_path(tmp_path).exists()  # a root without a catalog (catalog=False) gets none from replay
+
+
+def test_a_replay_cut_short_and_run_again_catalogs_each_file_once(tmp_path: Path) -> None:
+    SqliteCatalog.for_writing(tmp_path).close()  # the root's catalog, as an archiver with catalog=True left it
+    store = _store(tmp_path)
+    for index in range(3):
+        _put(store, tmp_path, index)
+    copies = tmp_path / "copies"
+    shutil.copytree(store.directory, copies)
+    assert [o.ok for o in replay(store.directory)] == [True] * 3
+    shutil.rmtree(store.directory)  # killed after its files were written and journaled, before the entries went
+    shutil.move(copies, store.directory)
+
+    outcomes = replay(store.directory)
+
+    assert [o.ok for o in outcomes] == [True] * 3, outcomes
+    assert [len(o.locations) for o in outcomes] == [1, 1, 1]
+    with CatalogReader(tmp_path) as reader:
+        items = list(reader.items())
+    assert sorted(item.path for item in items) == ["000.npy", "001.npy", "002.npy"]  # one row each
+    assert {item.archiver for item in items} == {"heros-archiver-replay:acquisition_data"}  # no failure row names them
+    assert verify(tmp_path).ok
 
 
 # ------------------------------------------------------------------ entries that must not be trusted (item 3)

@@ -20,6 +20,8 @@ from conftest import RigFactory
 from helpers import dead_letter_entries, read_entry, wait_for_items
 from heros_archiver import Hdf5Archiver
 from heros_archiver.errors import ConfigurationError
+from heros_archiver.observe.catalog_reader import CatalogReader
+from heros_archiver.observe.verify import verify
 from heros_archiver.sinks.containers.hdf5 import read_metadata
 from heros_archiver.sinks.containers.hdf5_columns import read_archive_row
 from heros_archiver.state.replay import replay
@@ -104,6 +106,15 @@ def test_a_frame_of_another_shape_is_replayed_into_a_corrected_dataset(make_rig:
         row = read_archive_row(handle["cam-small"], 0)
     assert row["source_name"] == "cam" and row["sequence"] == 3 and row["received"] == info["received"], row
     np.testing.assert_array_equal(_frames(path, "cam/data")[0], before)  # the run's stack is untouched
+
+    # cataloged as the archiver that dead-lettered it: its sequence has no gap, and verify finds all well
+    with CatalogReader(tmp_path) as reader:
+        [replayed] = list(reader.items(where={"frame": 3}))
+        archivers = {item.archiver for item in reader.items()}
+    assert (replayed.member, replayed.idx, replayed.sequence) == ("cam-small/data", 0, 3), replayed
+    assert replayed.path == "run-1.h5" and replayed.received == info["received"] and len(archivers) == 1, archivers
+    report = verify(tmp_path)
+    assert report.ok, report.problems
 
 
 def test_an_entry_put_back_after_its_replay_is_not_appended_twice(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from ..naming.keys import confine_key
 from ..naming.templates import PathTemplate, derive_root
 from ..storage.objectstore import ObjectLocation
 from . import status_command
+from .catalog_commands import UrlOption
 from .logging_options import LogFormat, setup_logging
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Archive the events of HEROS devices to files.")
@@ -219,6 +220,7 @@ def replay(
             "entries: a corrected array_template (the array frames are appended to)"
         ),
     ] = None,
+    catalog_url: UrlOption = None,
 ) -> None:
     """Archive dead-lettered items again (after the disk was freed or the template fixed); archived entries leave.
 
@@ -229,11 +231,12 @@ def replay(
     twice); a ZarrArchiver's payloads become their array again (an identical array there counts as written); a
     PostgresArchiver's are merged into their record again, arrays uploaded first (the database's password from
     PGPASSWORD or ~/.pgpass, the store's keys from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY: entries hold none).
+    What is archived goes into the root's catalog (or the shared one of --catalog-url) before its entry leaves.
     """
     from ..state.replay import replay as replay_entries
 
     try:
-        outcomes = replay_entries(directory, template, dry_run, root, dataset_template, array_template)
+        outcomes = replay_entries(directory, template, dry_run, root, dataset_template, array_template, catalog_url)
     except (ArchiverError, OSError) as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from exc

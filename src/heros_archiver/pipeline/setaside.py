@@ -124,6 +124,7 @@ class SetAside:
                     received=item.received,
                     described=described,
                     context=item.context,
+                    sequence=self._sequence_of(item),
                 )
             except OSError as exc:  # storage (StorageError is one): worth retrying
                 if persist and attempt == 1:
@@ -180,18 +181,22 @@ class SetAside:
 
     def _outcome(self, kind: type[OutcomeT], item: Item, **fields: Any) -> OutcomeT:
         """The outcome ``kind`` of ``item``, with what every outcome holds and ``fields``."""
-        sequence = None if self._sequence_key is None else item.metadata.get(self._sequence_key)
-        if isinstance(sequence, bool) or not isinstance(sequence, int):
-            sequence = None
         return kind(
             source=item.source,
             event=item.event or self._event,
-            sequence=sequence,
+            sequence=self._sequence_of(item),
             metadata=item.metadata,
             received=item.received,
             nbytes=item.nbytes,
             **fields,
         )
+
+    def _sequence_of(self, item: Item) -> int | None:
+        """The item's value of the archiver's ``sequence_key`` (None: no key, or the value is no integer)."""
+        sequence = None if self._sequence_key is None else item.metadata.get(self._sequence_key)
+        if isinstance(sequence, bool) or not isinstance(sequence, int):
+            return None
+        return sequence
 
     def _backoff(self, attempt: int) -> float:
         """Exponential backoff with equal jitter: half the delay fixed, half random."""

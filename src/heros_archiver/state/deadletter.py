@@ -75,6 +75,8 @@ class DeadLetter:
     received: float = 0.0
     #: what the archiver added to the item on receipt (``Item.context``), None for none
     context: dict[str, Any] | None = None
+    #: the item's sequence value (the archiver's ``sequence_key``), which a replay catalogs it under
+    sequence: int | None = None
 
 
 @dataclass(frozen=True)
@@ -147,13 +149,15 @@ class DeadLetterStore:
         require_faithful: bool = False,
         described: bool = False,
         context: dict[str, Any] | None = None,
+        sequence: int | None = None,
     ) -> Written:
         """Store one item with its faithful copy; raises OSError (or StorageError) only if storage fails.
 
         An item with no faithful copy raises UnfaithfulError with ``require_faithful`` (the spool), and is
         otherwise written described, with ``Written.lost`` saying why. ``described``: write only the
         description (``entry.json``), the form that cannot fail whatever the item holds. ``context``: what the
-        archiver added on receipt (``Item.context``: text, numbers, booleans), kept in ``entry.json``.
+        archiver added on receipt (``Item.context``: text, numbers, booleans), kept in ``entry.json``; so is
+        ``sequence``, the item's sequence value (a replay catalogs the item under it).
         """
         copy: Encoded | None = None
         lost = "kept as a description only"
@@ -199,6 +203,7 @@ class DeadLetterStore:
                 "payload": _payload_description(payload, payload_file, self.readable_payload),
                 "writer": writer,
                 "context": context,
+                "sequence": sequence,
             }
             _write_file(tmp / ENTRY_FILE, [json.dumps(entry, indent=2).encode()])
             if self.fsync:
@@ -343,7 +348,16 @@ def _load(entry: Path) -> DeadLetter:
         nbytes=nbytes,
         received=received,
         context=info.get("context") and _field(info, "context", (dict,)),
+        sequence=_sequence_field(info),
     )
+
+
+def _sequence_field(info: dict[str, Any]) -> int | None:
+    """The entry's ``sequence`` (None: entries written before it was kept have none)."""
+    if "sequence" not in info:
+        return None
+    value: int | None = _field(info, "sequence", (int, type(None)))
+    return value
 
 
 def _load_copy(entry: Path, info: dict[str, Any]) -> tuple[Any, dict[Any, Any]]:

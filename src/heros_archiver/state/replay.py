@@ -16,6 +16,8 @@ the archiver, and an entry that records another root is refused. For an archiver
 is its local state directory, whose record (``state.object_state``) names the object location and store
 replay writes to. One entry that cannot be read or used,
 for whatever reason, is that entry's failure and never stops the others.
+
+What is archived goes into the root's catalog (``replay_catalog``) before its entry leaves the store.
 """
 
 from __future__ import annotations
@@ -28,10 +30,12 @@ from typing import Any, Protocol
 
 from ..errors import ReplayError
 from ..naming.templates import PathTemplate
+from ..observe.outcomes import Location
 from ..sinks.writer import FileWriter, WriterSettings
 from .deadletter import DeadLetter, DeadLetterStore
 from .object_state import open_recorded_store
 from .records import SettingsRecord
+from .replay_catalog import Placed, ReplayCatalog
 from .replay_hdf5 import HDF5_KIND, Hdf5Replay, Hdf5WriterSettings
 from .replay_parquet import PARQUET_KIND, ParquetReplay, ParquetWriterSettings
 from .replay_postgres import POSTGRES_KIND, PostgresReplay, PostgresWriterSettings
@@ -54,6 +58,8 @@ class ReplayOutcome:
     #: the files written (an ``s3://`` root's objects as their URLs, text)
     paths: Sequence[Path | str] = field(default_factory=list)
     error: str = ""
+    #: where the item went, as the catalog records it (empty for a dry run, or a writer that says none)
+    locations: Sequence[Location] = ()
 
 
 class KindReplay(Protocol):
@@ -62,7 +68,7 @@ class KindReplay(Protocol):
     def plan(self, item: DeadLetter, settings: Any) -> list[Path | str]:
         """Where the item would go; nothing written."""
 
-    def write(self, item: DeadLetter, settings: Any) -> list[Path | str]:
+    def write(self, item: DeadLetter, settings: Any) -> Placed:
         """Write (and commit) the item; where it went."""
 
     def close(self) -> None:
@@ -111,6 +117,7 @@ def replay(
     root: str | os.PathLike[str] | None = None,
     dataset_template: str | None = None,
     array_template: str | None = None,
+    catalog_url: str | None = None,
 ) -> list[ReplayOutcome]:
     """Replay every entry of the dead-letter store at ``directory``, oldest first.
 
@@ -125,6 +132,8 @@ def replay(
             none and ignore it).
         array_template: a corrected ``array_path_template`` for a ZarrArchiver's entries, ``array_template``
             for a ZarrAppendArchiver's (others ignore it).
+        catalog_url: the shared PostgreSQL catalog the archivers wrote (``catalog_url=``), which the archived
+            items go into (default: the root's own catalog, if it has one).
 
     Raises:
         ReplayError: no archive root is known for ``directory`` (before any entry is touched).
@@ -147,6 +156,7 @@ def replay(
         POSTGRES_KIND: PostgresReplay(),
     }
     store = DeadLetterStore(directory)
+    catalog = ReplayCatalog(trusted_root, catalog_url)
     writers: dict[tuple[object, ...], FileWriter] = {}
     outcomes = []
     try:
@@ -157,34 +167,43 @@ def replay(
                 source = item.source
                 kind = _entry_kind(item.writer)
                 if kind is not None:
-                    paths: Sequence[Path | str] = _replay_kind(
+                    placed = _replay_kind(
                         kinds[kind], KINDS[kind], item, objects.url if objects else trusted_root, dry_run
                     )
-                    if not dry_run:
-                        store.remove(entry)
-                    outcomes.append(ReplayOutcome(entry, source, True, paths))
-                    continue
-                settings = _trusted_settings(item, objects.url if objects else trusted_root, template)
-                key = tuple(settings.to_dict().values())
-                writer = writers.get(key) or writers.setdefault(
-                    key, FileWriter(settings, store=objects.store if objects else None)
-                )
-                if dry_run:
-                    texts = [path for path, _ in writer.plan_text(item.source, item.payload, item.metadata)]
                 else:
-                    texts = writer.write(item.source, item.payload, item.metadata, resumed=True)
+                    settings = _trusted_settings(item, objects.url if objects else trusted_root, template)
+                    key = tuple(settings.to_dict().values())
+                    writer = writers.get(key) or writers.setdefault(
+                        key, FileWriter(settings, store=objects.store if objects else None)
+                    )
+                    placed = _replay_files(writer, item, dry_run, as_text=objects is not None)
+                if not dry_run:
+                    catalog.record(item, placed.locations)  # before the entry goes: a kill leaves the entry
                     store.remove(entry)
-                paths = texts if objects else [Path(text) for text in texts]  # a URL is no Path (it folds //)
             except Exception as exc:  # noqa: BLE001 - whatever an entry holds, it is this entry's failure only
                 outcomes.append(ReplayOutcome(entry, source, False, error=f"{type(exc).__name__}: {exc}"))
                 continue
-            outcomes.append(ReplayOutcome(entry, source, True, paths))
+            outcomes.append(ReplayOutcome(entry, source, True, placed.paths, locations=placed.locations))
     finally:
         for writer in writers.values():
             writer.close()
         for replayer in kinds.values():
             replayer.close()
+        catalog.close()
     return outcomes
+
+
+def _replay_files(writer: FileWriter, item: DeadLetter, dry_run: bool, as_text: bool) -> Placed:
+    """One entry of a file archiver: planned, or written (a file holding the same bytes counts as written).
+    ``as_text``: the paths are ``s3://`` URLs, kept as text (a Path folds their ``//``)."""
+    if dry_run:
+        return Placed(_paths([path for path, _ in writer.plan_text(item.source, item.payload, item.metadata)], as_text))
+    locations = writer.write_located(item.source, item.payload, item.metadata, resumed=True)
+    return Placed(_paths([location.path for location in locations], as_text), locations)
+
+
+def _paths(texts: list[str], as_text: bool) -> list[Path | str]:
+    return list(texts) if as_text else [Path(text) for text in texts]
 
 
 def _entry_kind(writer: dict[str, Any] | None) -> str | None:
@@ -202,13 +221,13 @@ def _entry_kind(writer: dict[str, Any] | None) -> str | None:
 
 def _replay_kind(
     kind: KindReplay, record: type[SettingsRecord], item: DeadLetter, trusted_root: Path | str, dry_run: bool
-) -> Sequence[Path | str]:
+) -> Placed:
     """One entry of an archiver with a ``kind``: its settings read strictly, the root the trusted one (a
     directory, or the ``s3://`` URL its state directory records); planned, or written (and committed)."""
     settings = record.from_dict(item.writer)
     _check_recorded_root(item, settings.root, trusted_root)
     settings.root = str(trusted_root)
-    return kind.plan(item, settings) if dry_run else kind.write(item, settings)
+    return Placed(kind.plan(item, settings)) if dry_run else kind.write(item, settings)
 
 
 def _candidates(store: DeadLetterStore) -> list[Path]:

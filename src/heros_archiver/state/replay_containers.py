@@ -36,6 +36,7 @@ from ..sinks.writer import _refuse_reserved
 from ..storage.objectstore import is_object_url
 from .deadletter import DeadLetter
 from .records import SettingsRecord
+from .replay_catalog import Placed
 
 S = TypeVar("S", bound=SettingsRecord)
 
@@ -110,14 +111,15 @@ class ContainerReplay(ABC, Generic[S]):
             target.member.render_text(self._context(item, target))
         return [_place(path)]
 
-    def write(self, item: DeadLetter, settings: S) -> list[Path | str]:
+    def write(self, item: DeadLetter, settings: S) -> Placed:
         """Append the item and commit; returns where the sink says it is (a rollover part when the rendered
-        one is full). Raises the append's or the commit's error: the entry then stays."""
+        one is full), with its locations in the container. Raises the append's or the commit's error: the
+        entry then stays."""
         target = self._target(settings)
         one = self._item(item, self._route(item, target))
         return self._append(target, one, item)
 
-    def _append(self, target: Target[S], one: Item, item: DeadLetter) -> list[Path | str]:
+    def _append(self, target: Target[S], one: Item, item: DeadLetter) -> Placed:
         """``one`` (made from ``item``) appended through ``target``'s sink and committed; where it went."""
         if target.sink is None:
             target.sink = self._make_sink(target)
@@ -129,7 +131,7 @@ class ContainerReplay(ABC, Generic[S]):
         if not any(done is one for done in settled.archived):
             raise ReplayError(f"{item.path}: the item was appended to {one.route} but no commit reported it")
         where = {_place(location.path) for location in one.locations}
-        return sorted(where, key=str) if where else [_place(str(one.route))]
+        return Placed(sorted(where, key=str) if where else [_place(str(one.route))], tuple(one.locations))
 
     def close(self) -> None:
         """Close every container (each item was committed already; a Parquet file is published here)."""

@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 from ..errors import ReplayError
 from .deadletter import DeadLetter
 from .records import NONE, SettingsRecord
+from .replay_catalog import Placed
 
 __all__ = ["POSTGRES_KIND", "PostgresReplay", "PostgresWriterSettings"]
 
@@ -64,12 +65,12 @@ class PostgresReplay:
         record = builder.build(item.source, item.payload, item.metadata, item.received or item.time)
         return [Path("records") / record.identifier]
 
-    def write(self, item: DeadLetter, settings: PostgresWriterSettings) -> list[Path | str]:
+    def write(self, item: DeadLetter, settings: PostgresWriterSettings) -> Placed:
         """Upload the item's arrays and commit its record; the record it went to."""
         builder, sink = self._writer(settings, connect=True)
         record = builder.build(item.source, item.payload, item.metadata, item.received or item.time)
         sink.write([record])
-        return [Path("records") / record.identifier]
+        return Placed([Path("records") / record.identifier])
 
     def close(self) -> None:
         for _, sink in self._writers.values():

@@ -32,6 +32,7 @@ from ..sinks.hdf5_acquisitions import START_EVENT, STOP_EVENT, Identity, identit
 from ..sinks.routed import part_path
 from .deadletter import DeadLetter
 from .records import NONE, SettingsRecord
+from .replay_catalog import Placed
 from .replay_containers import ContainerReplay, Target
 
 if TYPE_CHECKING:
@@ -106,7 +107,7 @@ class TiffStackReplay(ContainerReplay[TiffStackWriterSettings]):
         settings = target.options.stack_settings(target.settings.root, target.settings.sequence_key)
         return (TiffAcquisitionSink if target.options.acquisitions else TiffStackSink)(settings)
 
-    def write(self, item: DeadLetter, settings: TiffStackWriterSettings) -> list[Path | str]:
+    def write(self, item: DeadLetter, settings: TiffStackWriterSettings) -> Placed:
         """As ``ContainerReplay.write``; with acquisitions, a start marker gives its configuration to the first
         page of a stack replay makes, and a stop marker writes nothing (see the module docstring)."""
         target = self._target(settings)
@@ -114,7 +115,7 @@ class TiffStackReplay(ContainerReplay[TiffStackWriterSettings]):
             return super().write(item, settings)
         route = self._route(item, target)
         if item.event == STOP_EVENT:
-            return [Path(route)]
+            return Placed([Path(route)])
         return self._append(target, self._item(item, route, START_EVENT if item.event == START_EVENT else None), item)
 
     def _route(self, item: DeadLetter, target: Target[TiffStackWriterSettings]) -> str:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from .deadletter import DeadLetter
 from .records import SettingsRecord
+from .replay_catalog import Placed
 
 if TYPE_CHECKING:
     from ..sinks.zarr_arrays import ZarrArrayWriter
@@ -65,13 +66,12 @@ class ZarrReplay:
         _, array = self._writer(settings).target(item.source, item.metadata)
         return [Path(array)]
 
-    def write(self, item: DeadLetter, settings: ZarrWriterSettings) -> list[Path | str]:
-        """Write the array; returns its path (``key-N`` under ``on_exists="unique"``). Raises the writer's error
-        (an existing array under ``on_exists="error"``, a payload zarr cannot store, ...): the entry then stays."""
-        writer = self._writer(settings)
-        _, array = writer.target(item.source, item.metadata)
-        written = writer.write(item.source, item.payload, item.metadata, resumed=True)
-        return [Path(written if written is not None else array)]
+    def write(self, item: DeadLetter, settings: ZarrWriterSettings) -> Placed:
+        """Write the array; returns its path (``key-N`` under ``on_exists="unique"``) and location. Raises the
+        writer's error (an existing array under ``on_exists="error"``, a payload zarr cannot store, ...): the
+        entry then stays."""
+        locations = self._writer(settings).write_located(item.source, item.payload, item.metadata, resumed=True)
+        return Placed([Path(location.path) / str(location.member) for location in locations], locations)
 
     def close(self) -> None:
         """Finish the writers (each array was published already)."""
