@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import h5py
+import numpy as np
 import pytest
 import xxhash
 from hypothesis import given
@@ -22,7 +23,10 @@ from conftest import Rig, RigFactory
 from helpers import RawCamera, wait_for_items, wait_until
 from heros_archiver import Hdf5Archiver, ParquetArchiver, TiffArchiver, ZarrAppendArchiver
 from heros_archiver.errors import CatalogError
-from heros_archiver.observe.catalog_schema import open_read_only
+from heros_archiver.observe.catalog_journal import JournalWriter, encode_outcomes
+from heros_archiver.observe.catalog_schema import journal_directory, open_read_only
+from heros_archiver.observe.catalog_sqlite import SqliteCatalog
+from heros_archiver.observe.outcomes import CHECKSUM_ALGORITHM, Archived, Location
 from heros_archiver.observe.sequences import sequence_ranges
 from heros_archiver.observe.verify import verify
 from heros_archiver.storage.temporaries import PROCESS_TOKEN, TMP_PREFIX
@@ -167,6 +171,24 @@ def test_an_extra_file_is_an_orphan_and_the_state_directory_and_temporaries_are_
         "orphan run/sub/stray.npy: expected a cataloged file, found a file no entry names",
     ]
     assert _cli(str(root), "--no-orphans").returncode == 0
+
+
+def test_a_file_journaled_but_not_yet_applied_is_no_orphan(tmp_path: Path) -> None:
+    """An applier behind its archiver (a busy machine): the file is in a live journal, not yet in the catalog."""
+    SqliteCatalog.for_writing(tmp_path).close()
+    journaled, stray = tmp_path / "run" / "000.npy", tmp_path / "run" / "stray.npy"
+    journaled.parent.mkdir()
+    for path in (journaled, stray):
+        np.save(path, np.arange(6, dtype=np.uint16))
+    content = journaled.read_bytes()
+    located = Location(str(journaled), len(content), f"{CHECKSUM_ALGORITHM}:{xxhash.xxh3_128_hexdigest(content)}")
+    journal = JournalWriter(journal_directory(tmp_path), {"archiver": "cam-archiver:acquisition_data"})
+    try:
+        journal.append(encode_outcomes([Archived("cam", "acquisition_data", 0, {}, 1.0, len(content), (located,))]))
+        report = verify(tmp_path, settle=0)
+    finally:
+        journal.close()
+    assert [(p.kind, p.path) for p in report.problems] == [("orphan", "run/stray.npy")]
 
 
 def test_gaps_in_a_sequence_are_reported_as_ranges(make_rig: RigFactory, tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ import orjson
 from ..saferepr import safe_str
 from .catalog_backend import CatalogBackend
 
-__all__ = ["Applied", "JournalState", "apply_journal", "relative_to_root"]
+__all__ = ["Applied", "JournalState", "apply_journal", "journaled_paths", "relative_to_root"]
 
 log = logging.getLogger("heros_archiver")
 
@@ -87,6 +87,36 @@ def relative_to_root(path: str, root: str) -> str:
     """``path`` relative to ``root`` with ``/`` separators when it is under it, else as it is."""
     prefix = root.rstrip("/") + "/"
     return path[len(prefix) :] if path.startswith(prefix) else path
+
+
+def journaled_paths(directory: Path, root: str, wanted: set[str]) -> set[str]:
+    """Which of ``wanted`` (paths as the catalog names them: relative to ``root`` when under it) an archived record
+    of a journal in ``directory`` names: journaled by an archiver, perhaps not applied yet (an applier behind its
+    archiver on a busy machine). Reads every journal there (an applied segment is removed, so at most a few
+    segments each); a line torn by a kill, or cut by a write still going on, is skipped."""
+    found: set[str] = set()
+    try:
+        journals = sorted(directory.iterdir())
+    except OSError:  # no journal directory: nothing journaled
+        return found
+    for journal in journals:
+        try:
+            data = journal.read_bytes()
+        except OSError:  # applied and removed meanwhile: then the catalog names its paths
+            continue
+        for line in data.splitlines():
+            if not line.startswith(b"["):
+                continue
+            try:
+                records = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            for record in records:
+                if record[0] == "a" and isinstance(record[6], str):
+                    path = relative_to_root(record[6], root)
+                    if path in wanted:
+                        found.add(path)
+    return found
 
 
 def apply_journal(

@@ -10,7 +10,8 @@ Verify reads the catalog read-only, as one snapshot (``verify_catalog``), so it 
 items committed after the snapshot are not checked, and before anything is reported the catalog is read
 again: a finding the archiver has since changed (an entry replaced, a file cataloged after the snapshot, a
 gap filled by a later commit) is not reported, nor is an uncataloged file changed after verify started (its
-entry may still be on its way).
+entry may still be on its way), nor one that an archiver's journal names (journaled, not yet applied: an
+applier behind its archiver on a busy machine).
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ from typing import Any
 from ..errors import ArchiverError
 from ..state.object_state import RecordedStore, open_recorded_store
 from ..storage.objectstore import is_object_url
+from .catalog_apply import journaled_paths
 from .catalog_backend import CatalogBackend, open_reader
+from .catalog_schema import journal_directory
 from .problems import KINDS, NOTE_KINDS, Problem
 from .sequences import sequence_ranges
 from .verify_catalog import CatalogSnapshot, Entry, Stream
@@ -186,7 +189,7 @@ def verify_root(
     report = VerifyReport(str(root), snapshot.path, time.time(), orphans_checked=orphans)
     files, containers, streams = snapshot.read()
     found = _check(str(root.absolute()), files, containers, report, orphans, workers, progress, block_size)
-    _second_look(snapshot, report, *found, settle)
+    _second_look(snapshot, report, *found, settle, root)
     _sequences(snapshot, streams, report)
     report.problems.sort(key=lambda p: (KINDS.index(p.kind), p.path, p.member or "", p.index or 0, p.source or ""))
     report.seconds = time.monotonic() - clock
@@ -329,17 +332,22 @@ def _second_look(
     problems: list[tuple[Entry, Problem]],
     candidates: list[tuple[str, float]],
     settle: float,
+    root: Path,
 ) -> None:
     """Keep only what is still wrong now: entries unchanged in the catalog, and files it still does not name
-    that were not changed after verify started, looked at once they are ``settle`` seconds old."""
+    that were not changed after verify started, looked at once they are ``settle`` seconds old, and that no
+    archiver's journal under ``root`` names either (an applier behind its archiver: cataloged soon)."""
     unchanged = snapshot.unchanged(entry for entry, _ in problems)
     report.problems.extend(problem for entry, problem in problems if entry.key in unchanged)
     old = [(path, changed) for path, changed in candidates if changed < report.started]
     if old:
         time.sleep(max(0.0, max(changed for _, changed in old) + settle - time.time()))
     named = snapshot.cataloged(path for path, _ in old)
+    unnamed = {path for path, _ in old if path not in named}
+    if unnamed:
+        unnamed -= journaled_paths(journal_directory(root), str(root.absolute()), unnamed)
     report.problems.extend(
-        Problem("orphan", path, "a cataloged file", "a file no entry names") for path, _ in old if path not in named
+        Problem("orphan", path, "a cataloged file", "a file no entry names") for path, _ in old if path in unnamed
     )
 
 
