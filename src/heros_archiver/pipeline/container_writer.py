@@ -78,9 +78,9 @@ class ContainerWriter:
                     self._set_aside_taken(items[index:])
                     break
                 self._append(item)
-                if self._due(idle=False):
+                if self._due(idle=False, room=False):
                     self._settle(sink.commit())
-            if not items and self._due(idle=True):
+            if self._due(idle=not items):  # a producer waiting for room: once the whole batch is appended
                 self._settle(sink.commit())
             queue.hold(lane, sink.pending, sink.pending_bytes, sink.oldest_pending)
             if not items and closed:
@@ -119,8 +119,11 @@ class ContainerWriter:
             due = min(due, self._last_arrival + sink.flush_idle)
         return max(0.0, min(_TICK, due - time.monotonic()))
 
-    def _due(self, idle: bool) -> bool:
-        """Whether to commit now (``idle``: no item arrived in the last wait, so ``flush_idle`` applies)."""
+    def _due(self, idle: bool, room: bool = True) -> bool:
+        """Whether to commit now (``idle``: no item arrived in the last wait, so ``flush_idle`` applies; ``room``:
+        a producer waiting for room counts). Within a batch ``room`` is off: the batch is held as a whole until
+        it is appended (``LaneQueue.get_many``), so a commit per item would free nothing more, and would
+        rewrite a Zarr shard per frame (measured: 15 one-frame commits in a run of 500 frames of 2 MiB)."""
         sink = self._sink
         oldest = sink.oldest_pending
         if oldest is None:
@@ -133,7 +136,7 @@ class ContainerWriter:
             or sink.pending_bytes >= self._flush_bytes
             or now - oldest >= sink.flush_seconds
             or (idle and sink.flush_idle is not None and now - self._last_arrival >= sink.flush_idle)
-            or self._pipeline._queue.room_wanted
+            or (room and self._pipeline._queue.room_wanted)
         )
 
     def _append(self, item: Item) -> None:
