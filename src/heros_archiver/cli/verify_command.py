@@ -6,9 +6,11 @@ checks them too, where every host's paths are reachable here)."""
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import orjson
 import typer
@@ -76,16 +78,9 @@ def verify_command(
         console.print("[red]error:[/red] expected ROOT (its SQLite catalog), or --catalog-url for --host and "
                       "--all-hosts", soft_wrap=True)  # fmt: skip
         raise typer.Exit(2)
-    with _ProgressBar(enabled=not as_json or console.is_terminal) as bar:
-        try:
-            report = verify(root, orphans=not no_orphans, workers=workers, progress=bar.update)
-        except ArchiverError as exc:  # no catalog, or one it cannot read; a container kind whose extra is missing
-            console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
-            raise typer.Exit(2) from exc
-    if as_json:
-        sys.stdout.buffer.write(orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2) + b"\n")
-    else:
-        _print(report)
+    checked = root
+    report = _run(lambda progress: verify(checked, orphans=not no_orphans, workers=workers, progress=progress),
+                  as_json, _print)  # fmt: skip
     if not report.ok:
         raise typer.Exit(1)
 
@@ -96,21 +91,37 @@ def _verify_shared(
     """verify over a shared catalog: a table per root checked, a line per root skipped."""
     from ..observe.verify_shared import verify_shared
 
-    with _ProgressBar(enabled=not as_json or console.is_terminal) as bar:
-        try:
-            shared = verify_shared(url, host=host, all_hosts=all_hosts, roots=None if root is None else [root],
-                                   orphans=orphans, workers=workers, progress=bar.update)  # fmt: skip
-        except ArchiverError as exc:
-            console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
-            raise typer.Exit(2) from exc
-    if as_json:
-        sys.stdout.buffer.write(orjson.dumps(shared.as_dict(), option=orjson.OPT_INDENT_2) + b"\n")
-    else:
-        _print_shared(shared)
+    roots: list[str | os.PathLike[str]] | None = None if root is None else [root]
+
+    def check(progress: Callable[[int, int], None]) -> SharedVerifyReport:
+        return verify_shared(url, host=host, all_hosts=all_hosts, roots=roots, orphans=orphans, workers=workers,
+                             progress=progress)  # fmt: skip
+
+    shared = _run(check, as_json, _print_shared)
     if not shared.reports:
         raise typer.Exit(2)
     if not shared.ok:
         raise typer.Exit(1)
+
+
+R = TypeVar("R", "VerifyReport", "SharedVerifyReport")
+
+
+def _run(check: Callable[[Callable[[int, int], None]], R], as_json: bool, show: Callable[[R], None]) -> R:
+    """Run ``check`` (given the progress callback) under a progress bar, then print its report (``show``, or as
+    JSON); exit 2 when it cannot do its work (no catalog, or one it cannot read; a container kind whose extra
+    is missing; a shared catalog it cannot reach)."""
+    with _ProgressBar(enabled=not as_json or console.is_terminal) as bar:
+        try:
+            report = check(bar.update)
+        except ArchiverError as exc:
+            console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
+            raise typer.Exit(2) from exc
+    if as_json:
+        sys.stdout.buffer.write(orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2) + b"\n")
+    else:
+        show(report)
+    return report
 
 
 def _print_shared(shared: SharedVerifyReport) -> None:
