@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import heros_archiver
+import heros_archiver.sinks.containers.hdf5 as hdf5_module
 import procs
 from hdf5_child import expected_frame, expected_metadata
 from heros_archiver.errors import ConfigurationError, PayloadError, TargetExistsError
@@ -463,3 +464,29 @@ def test_attributes_are_written_before_swmr_and_kept_at_reopen(tmp_path: Path) -
         assert attributes["mode"] == "continuous" and attributes["run"] == "r2"
         assert list(attributes["json_attributes"]) == ["roi"]
         assert json.loads(attributes["roi"]) == [0, 0, 64, 64]
+
+
+@pytest.mark.parametrize("dtype", ["<u2", ">i4", "u1", "<f8"])
+def test_small_frames_are_written_through_the_reused_staging_buffer_in_blocks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dtype: str
+) -> None:
+    """A commit larger than the staging buffer is written a block at a time, every frame in its place, in the
+    byte order it arrived in; the buffer is reused by the next commit."""
+    monkeypatch.setattr(hdf5_module, "STAGING_BYTES", 7 * 12 * np.dtype(dtype).itemsize)  # 7 frames of 3x4
+    frames = [(np.arange(12) + 100 * i).reshape(3, 4).astype(dtype) for i in range(40)]
+    container = Hdf5Container(tmp_path / "run.h5", "cam/data")
+    for index, frame in enumerate(frames):
+        container.append(ItemKey("cam", index, f"{index:032x}"), frame, {"frame": index})
+        if index in (22, 39):  # 23 frames (4 blocks), then 17 (3 blocks)
+            container.commit()
+    container.close()
+    with h5py.File(tmp_path / "run.h5", "r") as handle:
+        stored = handle["cam/data"]
+        assert stored.dtype == np.dtype(dtype) and stored.shape == (40, 3, 4)
+        np.testing.assert_array_equal(stored[()], np.stack(frames))
+
+
+def test_stacked_blocks_of_empty_frames_is_one_block() -> None:
+    frames = [np.zeros((0, 5), dtype="<u2") for _ in range(3)]
+    [(offset, block)] = list(hdf5_module.stacked_blocks(frames, (0, 5), np.dtype("<u2")))
+    assert offset == 0 and block.shape == (3, 0, 5)

@@ -34,8 +34,9 @@ file are from a commit that did not finish; ``append`` cuts them off when it reo
 from __future__ import annotations
 
 import os
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -71,6 +72,33 @@ DEFAULT_COMPRESSION: Compression = "none"
 CHUNK_TARGET_BYTES = 1 << 16
 _MAX_AUTO_FRAMES = 1024
 _STACK_BELOW_BYTES = 1 << 16
+#: Small frames are stacked into a buffer of at most this many bytes per writer thread, reused from commit to
+#: commit, and written a block at a time: memory touched for the first time costs a page fault every 4 KiB
+#: (on the project's VM, which gives freed memory back to its host: 0.67 GB/s against 36 GB/s for memory
+#: touched before; ``np.stack`` of each commit's frames was a fifth of the writer's time on the ``small`` row).
+STAGING_BYTES = 8 << 20
+_staging = threading.local()
+
+
+def stacked_blocks(
+    frames: list[np.ndarray], shape: tuple[int, ...], dtype: np.dtype[Any]
+) -> Iterator[tuple[int, np.ndarray]]:
+    """``frames`` (each of ``shape`` and ``dtype``) as (offset, block) pairs: consecutive frames stacked along a
+    new first axis in this thread's staging buffer (``STAGING_BYTES``), valid until the next block is asked for."""
+    values = int(np.prod(shape, dtype=np.int64))
+    frame_bytes = values * dtype.itemsize
+    per_block = len(frames) if frame_bytes == 0 else max(1, min(len(frames), STAGING_BYTES // frame_bytes))
+    needed = per_block * frame_bytes
+    buffer: bytearray | None = getattr(_staging, "buffer", None)
+    if buffer is None or len(buffer) < needed:
+        buffer = bytearray(max(needed, len(buffer) if buffer is not None else 0))
+        _staging.buffer = buffer
+    for offset in range(0, len(frames), per_block):
+        part = frames[offset : offset + per_block]
+        block = np.frombuffer(buffer, dtype=dtype, count=len(part) * values)
+        block = block.reshape((len(part), *shape))
+        np.stack(part, out=block)
+        yield offset, block
 
 
 def compression_options(hdf5plugin: Any, compression: str) -> dict[str, Any]:
@@ -330,7 +358,8 @@ class Hdf5Container(FrameStack):
         try:
             frames = [p.frame for p in self._pending]
             if frames[0].nbytes < _STACK_BELOW_BYTES:
-                write_block(self._h5py, self._frames, start, np.stack(frames))
+                for offset, block in stacked_blocks(frames, self._frame_shape, self._frame_dtype):
+                    write_block(self._h5py, self._frames, start + offset, block)
             else:
                 for offset, frame in enumerate(frames):
                     write_block(self._h5py, self._frames, start + offset, frame[np.newaxis])
