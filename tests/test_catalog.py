@@ -37,6 +37,8 @@ from heros_archiver.observe.catalog_schema import catalog_path, journal_director
 from heros_archiver.observe.catalog_sqlite import SqliteCatalog
 from heros_archiver.observe.outcomes import Archived, DeadLettered, Dropped, Location
 from heros_archiver.observe.readers import ContainerReader
+from heros_archiver.observe.verify import verify
+from heros_archiver.sinks.zarr_arrays import ZarrArrayWriter
 from heros_archiver.testing import free_port, session_manager, unique_realm
 from heros_archiver.testing.faults import SlowSink
 from procs import TESTS_DIR, child, child_env
@@ -230,7 +232,7 @@ def test_a_file_where_the_catalog_belongs_fails_the_start_clearly(tmp_path: Path
 
 
 # ------------------------------------------------------------------------------------------------ SIGKILL
-@pytest.mark.parametrize("kind", ["npy", "json", "hdf5"])
+@pytest.mark.parametrize("kind", ["npy", "json", "hdf5", "zarr"])
 def test_after_sigkill_and_restart_the_catalog_and_the_files_agree(tmp_path: Path, kind: str) -> None:
     root = tmp_path / "archive"
     others: list[int] = []
@@ -257,9 +259,27 @@ def test_after_sigkill_and_restart_the_catalog_and_the_files_agree(tmp_path: Pat
         for pid in others:
             if _runs(pid):
                 os.kill(pid, signal.SIGKILL)
-    items = assert_container_and_catalog_agree(root) if kind == "hdf5" else assert_files_and_catalog_agree(root)
+    agree = {"hdf5": assert_container_and_catalog_agree, "zarr": assert_arrays_and_catalog_agree}
+    items = agree.get(kind, assert_files_and_catalog_agree)(root)
     assert len(items) >= 300
     assert not os.listdir(journal_directory(root)), "the killed run's journal was applied and removed"
+
+
+def assert_arrays_and_catalog_agree(root: Path) -> list[CatalogItem]:
+    """Every array a ZarrArchiver published under the root is in the catalog (as its store and key), once, and
+    every cataloged array reads back with the checksum the catalog says."""
+    items = catalog_items(root)
+    published = {
+        (str(document.parents[2].relative_to(root)), f"cam/{document.parent.name}")
+        for document in root.glob("*/cam/*/zarr.json")
+    }
+    assert {(item.path, item.member) for item in items} == published
+    assert len(items) == len(published), "an array cataloged twice"
+    with ContainerReader(root) as reader:
+        for item in items:
+            reading = reader.read(item.path, item.member)
+            assert (reading.checksum, reading.nbytes) == (item.checksum, item.nbytes), item
+    return items
 
 
 def assert_container_and_catalog_agree(root: Path) -> list[CatalogItem]:
@@ -301,14 +321,15 @@ def test_an_applier_process_that_dies_is_started_again(make_rig: RigFactory, mon
     assert not _runs(applier), "close stops the applier"
 
 
-def _dead_journal(root: Path, lines: bytes, adopt: str | None = ".npy") -> Path:
-    """A journal as a killed run leaves it: its process (this PID with another start time) is gone."""
+def _dead_journal(root: Path, lines: bytes, adopt: str | dict[str, Any] | None = ".npy") -> Path:
+    """A journal as a killed run leaves it: its process (this PID with another start time) is gone. ``adopt``:
+    the suffix of its files (as journals before ``zarr_arrays`` have it), or the header's ``adopt`` itself."""
     directory = journal_directory(root)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / JournalName(os.getpid(), 1, 99, 1).text
-    header = {"archiver": "Killed:acquisition_data", "event": "acquisition_data", "adopt": None}
+    header: dict[str, Any] = {"archiver": "Killed:acquisition_data", "event": "acquisition_data", "adopt": None}
     if adopt is not None:
-        header["adopt"] = {"suffix": adopt}
+        header["adopt"] = {"suffix": adopt} if isinstance(adopt, str) else adopt
     path.write_bytes(catalog_journal.encode_header({**header, "created": 0.0}) + lines)
     return path
 
@@ -336,6 +357,28 @@ def test_a_killed_runs_unjournaled_files_are_adopted_and_its_journal_applied(tmp
     adopted = by_path["run/001.npy"]
     assert adopted.metadata == {} and adopted.source == "cam" and adopted.sequence is None
     assert adopted.checksum == file_checksum(tmp_path / "run" / "001.npy") and adopted.nbytes == 21
+
+
+def test_a_killed_zarr_archivers_published_arrays_are_adopted_with_their_key(tmp_path: Path) -> None:
+    """A ZarrArchiver publishes an array (a directory) and journals it a moment later: the kill window."""
+    writer = ZarrArrayWriter("{{ file_path }}/run.zarr", "cam/{{ '%03d' % frame }}", str(tmp_path))
+    frames = [np.arange(24, dtype="<u2").reshape(4, 6) + i for i in range(3)]
+    located = [writer.write_located("cam", frame, {"file_path": str(tmp_path), "frame": i}) for i, frame in
+               enumerate(frames)]  # fmt: skip
+    writer.close()
+    outcome = Archived("cam", "acquisition_data", 0, {"frame": 0}, 1.0, 48, located[0], committed=2.0)
+    _dead_journal(tmp_path, encode_outcomes([outcome]), adopt={"suffix": None, "zarr_arrays": True})
+
+    CatalogListener(tmp_path, "acquisition_data", lambda: "Next").close()
+
+    items = {(item.path, item.member): item for item in catalog_items(tmp_path)}
+    assert set(items) == {("run.zarr", "cam/000"), ("run.zarr", "cam/001"), ("run.zarr", "cam/002")}
+    for (location,) in located[1:]:
+        adopted = items[("run.zarr", location.member)]
+        assert (adopted.checksum, adopted.nbytes, adopted.idx) == (location.checksum, location.nbytes, None)
+        assert adopted.metadata == {} and adopted.source == "cam" and adopted.archiver == "Killed:acquisition_data"
+    assert items[("run.zarr", "cam/000")].metadata == {"frame": 0}  # journaled: as the journal says
+    assert verify(tmp_path).ok
 
 
 def test_a_killed_container_runs_files_are_not_adopted(tmp_path: Path) -> None:

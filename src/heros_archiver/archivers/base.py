@@ -27,6 +27,7 @@ from heros.event import reliable
 from ..errors import ArchiverError, ConfigurationError, PayloadError
 from ..observe.catalog import CatalogListener
 from ..observe.catalog_backend import CatalogTarget, this_host
+from ..observe.catalog_recovery import Adoption
 from ..observe.diskspace import DEFAULT_LOW_DISK_SPACE
 from ..observe.listeners import Listener
 from ..observe.logs import log_fields
@@ -353,9 +354,10 @@ class HERODataArchiver(EventObserver):
         root = getattr(self, "root", None)
         return root if isinstance(root, Path) and root != Path(root.anchor) else None
 
-    def _catalog_adoption(self) -> str | None:
-        """How the files of this archiver end (``.npy``), when it writes one file per item and reports them:
-        after a kill, a later start adopts those it had not yet journaled (None: not such an archiver)."""
+    def _catalog_adoption(self) -> Adoption | None:
+        """What a later start adopts after a kill of this archiver, of what it had written and not yet journaled:
+        the files of an archiver of one file per item that reports them (by the ending of their names), a
+        ZarrArchiver's arrays (None: nothing, a container archiver)."""
         return None
 
     def _catalog_name(self) -> str | None:

@@ -11,6 +11,7 @@ from typing import Any
 
 from ..errors import ConfigurationError
 from ..naming.templates import PathTemplate, derive_root
+from ..observe.catalog_recovery import Adoption
 from ..pipeline.queueing import Item
 from ..sinks.batching import BatchWriter
 from ..sinks.writer import FileWriter, WriterSettings
@@ -138,13 +139,13 @@ class FileArchiver(HERODataArchiver):
         """Spool and dead-letter entries are fsynced whenever the files are (``fsync`` other than ``none``)."""
         return self._settings.fsync != "none"
 
-    def _catalog_adoption(self) -> str | None:
-        """The ending of the files' names (``.npy``; ``""`` when the template's end is an expression), if
-        this archiver reports where it writes (a subclass's own ``_store`` does not)."""
+    def _catalog_adoption(self) -> Adoption | None:
+        """The files by the ending of their names (``.npy``; ``""`` when the template's end is an expression),
+        if this archiver reports where it writes (a subclass's own ``_store`` does not)."""
         if type(self)._store is not FileArchiver._store or self.object_root is not None:
             return None  # an object store has no files linked but not journaled to adopt
         tail = re.split(r"}}|%}", self._files.save_template)[-1]
-        return PurePosixPath("name" + tail).suffix if "{" not in tail else ""
+        return Adoption(suffix=PurePosixPath("name" + tail).suffix if "{" not in tail else "")
 
     def _writeback_tracker(self) -> WritebackWindow:
         return self._writer.window

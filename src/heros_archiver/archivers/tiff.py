@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from ..observe.catalog_recovery import Adoption
 from ..pipeline.queueing import Item
 from ..sinks.base import ContainerSink
 from ..sinks.batching import BatchWriter
@@ -133,7 +134,7 @@ class TiffArchiver(AcquisitionMarkers, FileArchiver):
         sink = TiffAcquisitionSink if self.sink_options.acquisitions else TiffStackSink
         return lambda: sink(settings)
 
-    def _catalog_adoption(self) -> str | None:
+    def _catalog_adoption(self) -> Adoption | None:
         """A stack is a container: its commits are not adopted after a kill (see observe.catalog_recovery)."""
         return None if self.sink_options.stack else super()._catalog_adoption()
 

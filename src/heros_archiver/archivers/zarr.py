@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..naming.templates import derive_root
+from ..observe.catalog_recovery import Adoption
 from ..pipeline.queueing import Item
 from ..state.replay_zarr import ZARR_KIND, ZarrWriterSettings
 from ..state.statedir import DEAD_LETTER_SUBDIR
@@ -112,6 +113,11 @@ class ZarrArchiver(HERODataArchiver):
             root=str(self.root), on_exists=writer.on_exists, fsync=writer.fsync, compression=options.compression,
             compression_level=options.compression_level, chunks=options.chunks,
         ).to_dict()  # fmt: skip
+
+    def _catalog_adoption(self) -> Adoption | None:
+        """The arrays published and not yet journaled when a kill came (each is a directory, published whole),
+        if this archiver reports where it writes (a subclass's own ``_store`` does not)."""
+        return Adoption(zarr_arrays=True) if type(self)._store is ZarrArchiver._store else None
 
     def _writeback_tracker(self) -> WritebackWindow:
         return self._writer.window

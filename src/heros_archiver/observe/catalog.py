@@ -20,6 +20,7 @@ The schema and how to read it: ``catalog_schema``, ``catalog_reader``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import subprocess
@@ -35,7 +36,7 @@ from .catalog_backend import CatalogTarget
 from .catalog_journal import JournalWriter, encode_outcomes
 from .catalog_names import process_start
 from .catalog_process import STOP, apply_segments, target_environment
-from .catalog_recovery import recover
+from .catalog_recovery import Adoption, recover
 from .catalog_schema import catalog_path, journal_directory
 from .listeners import Listener
 from .outcomes import Outcome
@@ -60,8 +61,9 @@ class CatalogListener(Listener):
         event: the archiver's event (its journal's header, and the end of its name in the catalog).
         name: returns who writes the items (the HERO's name, or the class's), or None while that is not known yet
             (a HERO's name is given after its archiver's pipeline is made); asked again at each outcome until known.
-        adopt: for a file-per-item archiver, the ending of its files' names (``.npy``; ``""``: any), which a
-            later start adopts after a kill (``catalog_recovery``); None for container archivers.
+        adopt: what a later start adopts after a kill of this archiver (``catalog_recovery.Adoption``): for a
+            file-per-item archiver, its files by the ending of their names (``.npy``; ``""``: any), for a
+            ZarrArchiver its arrays; None for container archivers.
         target: where the catalog is (default: the root's SQLite file) and the host name it is written as.
     """
 
@@ -72,7 +74,7 @@ class CatalogListener(Listener):
         root: Path,
         event: str,
         name: Callable[[], str | None],
-        adopt: str | None = None,
+        adopt: Adoption | None = None,
         target: CatalogTarget | None = None,
     ) -> None:
         self.root = root
@@ -95,7 +97,7 @@ class CatalogListener(Listener):
             "root": str(root),
             "pid": os.getpid(),
             "host": self.target.host,
-            "adopt": None if adopt is None else {"suffix": adopt},
+            "adopt": None if adopt is None else dataclasses.asdict(adopt),
         }
         try:
             self._journal = JournalWriter(journal_directory(root), header)

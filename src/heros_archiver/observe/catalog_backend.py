@@ -72,6 +72,10 @@ class Cursor(Protocol):
     def __iter__(self) -> Iterator[Any]: ...
 
 
+#: A row ``adopt`` catalogs: (archiver, source, event, path, member, nbytes, checksum, time).
+AdoptedRow = tuple[str, str, str, str, "str | None", int, "str | None", float]
+
+
 class CatalogBackend(ABC):
     """One connection to a catalog. A writer is bound to the ``host`` and ``root`` it writes for (the SQLite
     file is the root's own); a reader sees every row (filtered by ``scope``)."""
@@ -112,13 +116,15 @@ class CatalogBackend(ABC):
         """Drop the offsets of journal files that are gone (in a transaction of its own)."""
 
     @abstractmethod
-    def has_path(self, path: str) -> bool:
-        """Whether any row of this writer's root names ``path`` (relative to the root)."""
+    def has_path(self, path: str, member: str | None = None) -> bool:
+        """Whether any row of this writer's root names ``path`` (relative to the root), and with ``member``
+        that member of it."""
 
     @abstractmethod
-    def adopt(self, rows: Sequence[tuple[str, str, str, str, int, str, float]]) -> None:
-        """Catalog files found after a kill, unless cataloged meanwhile: ``(archiver, source, event, path,
-        nbytes, checksum, time)`` each, metadata ``{}`` (in a transaction of its own)."""
+    def adopt(self, rows: Sequence[AdoptedRow]) -> None:
+        """Catalog files (and arrays) found after a kill, unless cataloged meanwhile: ``(archiver, source, event,
+        path, member, nbytes, checksum, time)`` each (``member`` None for a file), metadata ``{}`` (in a
+        transaction of its own)."""
 
     # ---------------------------------------------------------------------------- reading
     @abstractmethod

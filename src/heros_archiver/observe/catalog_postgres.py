@@ -25,7 +25,15 @@ from typing import Any
 
 from ..errors import CatalogError
 from ..extras import require_extra
-from .catalog_backend import FAILURE_COLUMNS, ITEM_COLUMNS, SCOPE_COLUMNS, CatalogBackend, Cursor, redact_url
+from .catalog_backend import (
+    FAILURE_COLUMNS,
+    ITEM_COLUMNS,
+    SCOPE_COLUMNS,
+    AdoptedRow,
+    CatalogBackend,
+    Cursor,
+    redact_url,
+)
 
 __all__ = ["SCHEMA_NAME", "SCHEMA_VERSION", "PostgresCatalog"]
 
@@ -82,7 +90,7 @@ _INSERT_FAILURE = (
 )
 _ADOPT = (
     f"INSERT INTO items ({', '.join(ITEM_COLUMNS[1:])}, host, root) "
-    "VALUES (%s, %s, %s, NULL, %s, NULL, NULL, 1, %s, %s, '{}', %s, %s, %s, %s) ON CONFLICT DO NOTHING"
+    "VALUES (%s, %s, %s, NULL, %s, %s, NULL, 1, %s, %s, '{}', %s, %s, %s, %s) ON CONFLICT DO NOTHING"
 )
 
 
@@ -227,15 +235,16 @@ class PostgresCatalog(CatalogBackend):
                     [(host, root, name) for name in names],
                 )
 
-    def has_path(self, path: str) -> bool:
+    def has_path(self, path: str, member: str | None = None) -> bool:
         host, root = self._bound()
+        query, parameters = "SELECT 1 FROM items WHERE host = %s AND root = %s AND path = %s", [host, root, path]
+        if member is not None:
+            query, parameters = query + " AND member = %s", [*parameters, member]
         with self._errors():
-            found = self._connection.execute(
-                "SELECT 1 FROM items WHERE host = %s AND root = %s AND path = %s LIMIT 1", (host, root, path)
-            ).fetchone()
+            found = self._connection.execute(query + " LIMIT 1", parameters).fetchone()
         return found is not None
 
-    def adopt(self, rows: Sequence[tuple[str, str, str, str, int, str, float]]) -> None:
+    def adopt(self, rows: Sequence[AdoptedRow]) -> None:
         scope = self._bound()
         if rows:
             with self.transaction(), self._connection.cursor() as cursor:

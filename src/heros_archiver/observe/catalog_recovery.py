@@ -11,14 +11,19 @@ journal has no ``closed`` line and says which files it writes: ``adopt``), the f
 newer than that run's last journaled commit minus ``ADOPT_MARGIN``, end as its files do, and are not in the
 catalog are *adopted* (once the run's helper processes, which finish the batch they were given, have exited):
 cataloged with the checksum of the file as it is, metadata ``{}``, and the source of
-the run's last journaled item (``?`` if it journaled none). The walk happens only then (after a kill), skips the
-archiver's own folder and temporaries, and looks at the files only of directories changed since then. A
-container archiver's kill window (a commit made, not yet journaled) is not recovered: see the README.
+the run's last journaled item (``?`` if it journaled none). A ``ZarrArchiver`` publishes a whole array (a
+directory) per item: after its kill, the arrays (a ``zarr.json`` of an array node, changed since then, in a
+group directory) that the catalog does not name are adopted the same way, as the store (the topmost group
+directory above the array) and the array's key in it, with the checksum of its values read back
+(``readers.ContainerReader``). The walk happens only then (after a kill), skips the archiver's own folder and
+temporaries, and looks at the files only of directories changed since then. A container archiver's kill window
+(a commit made, not yet journaled) is not recovered: see the README.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import time
@@ -28,6 +33,7 @@ from pathlib import Path
 
 import xxhash
 
+from ..errors import ArchiverError
 from ..state.statedir import STATE_DIR_NAME
 from ..storage.temporaries import is_temporary
 from .catalog_apply import Applied, apply_journal, relative_to_root
@@ -35,8 +41,9 @@ from .catalog_backend import CatalogBackend, CatalogTarget
 from .catalog_names import JournalName, owner_alive
 from .catalog_schema import journal_directory
 from .outcomes import CHECKSUM_ALGORITHM
+from .readers import ContainerReader
 
-__all__ = ["ADOPT_MARGIN", "recover"]
+__all__ = ["ADOPT_MARGIN", "Adoption", "recover"]
 
 log = logging.getLogger("heros_archiver")
 
@@ -49,6 +56,26 @@ ADOPT_MARGIN = 60.0
 #: exit once they see their archiver gone), before it looks for the files to adopt.
 HELPER_WAIT = 10.0
 _READ_BYTES = 8 * 2**20
+#: A ``zarr.json`` larger than this is no document of an array or group of ours (read no further)
+_MAX_DOCUMENT = 1 << 20
+
+
+@dataclass(frozen=True)
+class Adoption:
+    """What a later start adopts of an archiver's that was killed (its journal's header ``adopt``): files whose
+    names end in ``suffix`` (``""``: any; None: no files), and with ``zarr_arrays`` the arrays a ZarrArchiver
+    published."""
+
+    suffix: str | None = None
+    zarr_arrays: bool = False
+
+    @classmethod
+    def from_header(cls, value: object) -> Adoption | None:
+        """The header's ``adopt`` (``{"suffix": ".npy"}`` in journals written before ``zarr_arrays``)."""
+        if not isinstance(value, dict):
+            return None
+        suffix = value.get("suffix")
+        return cls(suffix if isinstance(suffix, str) else None, value.get("zarr_arrays") is True)
 
 
 @dataclass
@@ -58,7 +85,7 @@ class _KilledRun:
     archiver: str
     event: str
     source: str
-    suffix: str
+    adopt: Adoption
     since: float
     #: its helper processes, as ``[pid, start]``
     helpers: list[list[int]]
@@ -94,12 +121,12 @@ def _recover(catalog: CatalogBackend, root: Path) -> None:
             applied.state.archiver,
             str(applied.state.header.get("event", "?")),
             applied.state.source or "?",
-            str(applied.state.header["adopt"]["suffix"]),
+            adoption,
             times[journal] - ADOPT_MARGIN,
             list(applied.state.header.get("helpers") or []),
         )
         for journal, applied in last.items()
-        if not applied.state.closed and isinstance(applied.state.header.get("adopt"), dict)
+        if not applied.state.closed and (adoption := Adoption.from_header(applied.state.header.get("adopt")))
     ]
     if killed:
         for name in names:  # the files of live archivers sharing the root are theirs, not the killed run's
@@ -132,24 +159,68 @@ def _wait_for_helpers(root: Path, helpers: list[list[int]]) -> None:
 
 
 def _adopt(catalog: CatalogBackend, root: Path, killed: list[_KilledRun]) -> int:
-    """Catalog the files of ``killed`` runs found under ``root`` and not in the catalog; how many."""
+    """Catalog the files (and ZarrArchiver arrays) of ``killed`` runs found under ``root`` and not in the catalog;
+    how many."""
     since = min(run.since for run in killed)
     runs = sorted(killed, key=lambda run: run.since, reverse=True)
-    rows = []
-    for path, stat in _changed_files(str(root), since):
-        when = max(stat.st_mtime, stat.st_ctime)
-        run = next((r for r in runs if when >= r.since and path.endswith(r.suffix)), None)
-        relative = relative_to_root(path, str(root))
-        if run is None or catalog.has_path(relative):
-            continue
-        try:
-            digest = _file_checksum(path)
-        except OSError as exc:
-            log.warning("catalog %s: cannot read %s to adopt it: %s", root, path, exc)
-            continue
-        rows.append((run.archiver, run.source, run.event, relative, stat.st_size, digest, when))
+    rows: list[tuple[str, str, str, str, str | None, int, str | None, float]] = []
+    with ContainerReader(root) as reader:
+        for path, stat in _changed_files(str(root), since):
+            when = max(stat.st_mtime, stat.st_ctime)
+            candidates = [r for r in runs if when >= r.since]
+            array_run = next((r for r in candidates if r.adopt.zarr_arrays), None)
+            if array_run is not None and os.path.basename(path) == "zarr.json":
+                row = _array_row(catalog, reader, root, path, array_run, when)
+                if row is not None:
+                    rows.append(row)
+                continue
+            run = next((r for r in candidates if r.adopt.suffix is not None and path.endswith(r.adopt.suffix)), None)
+            relative = relative_to_root(path, str(root))
+            if run is None or catalog.has_path(relative):
+                continue
+            try:
+                digest = _file_checksum(path)
+            except OSError as exc:
+                log.warning("catalog %s: cannot read %s to adopt it: %s", root, path, exc)
+                continue
+            rows.append((run.archiver, run.source, run.event, relative, None, stat.st_size, digest, when))
     catalog.adopt(rows)
     return len(rows)
+
+
+def _array_row(
+    catalog: CatalogBackend, reader: ContainerReader, root: Path, document: str, run: _KilledRun, when: float
+) -> tuple[str, str, str, str, str | None, int, str | None, float] | None:
+    """The row of the array whose ``zarr.json`` is ``document``, if it is an array in a group that the catalog
+    does not name yet: its store is the topmost group directory above it (below the root)."""
+    array = os.path.dirname(document)
+    if _node_type(document) != "array" or _node_type(os.path.join(os.path.dirname(array), "zarr.json")) != "group":
+        return None
+    store = os.path.dirname(array)
+    while (
+        os.path.dirname(store) != str(root) and _node_type(os.path.join(os.path.dirname(store), "zarr.json")) == "group"
+    ):
+        store = os.path.dirname(store)
+    relative, member = relative_to_root(store, str(root)), os.path.relpath(array, store).replace(os.sep, "/")
+    if catalog.has_path(relative, member):
+        return None
+    try:
+        reading = reader.read(relative, member)
+    except ArchiverError as exc:  # a half-published or damaged array: not an item the run archived
+        log.warning("catalog %s: cannot read the array %s in %s to adopt it: %s", root, member, store, exc)
+        return None
+    return (run.archiver, run.source, run.event, relative, member, reading.nbytes or 0, reading.checksum, when)
+
+
+def _node_type(document: str) -> str | None:
+    """``node_type`` of a Zarr v3 ``zarr.json`` (None: none there, or not one)."""
+    try:
+        with open(document, "rb") as handle:
+            value = json.loads(handle.read(_MAX_DOCUMENT))
+    except (OSError, ValueError):
+        return None
+    node_type = value.get("node_type") if isinstance(value, dict) else None
+    return node_type if isinstance(node_type, str) else None
 
 
 def _changed_files(root: str, since: float) -> Iterator[tuple[str, os.stat_result]]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CatalogError
-from .catalog_backend import FAILURE_COLUMNS, ITEM_COLUMNS, CatalogBackend, Cursor
+from .catalog_backend import FAILURE_COLUMNS, ITEM_COLUMNS, AdoptedRow, CatalogBackend, Cursor
 from .catalog_schema import catalog_path, open_for_writing, open_read_only
 
 __all__ = ["SqliteCatalog"]
@@ -35,7 +35,7 @@ VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 _ADOPT = (
     "INSERT OR IGNORE INTO items (archiver, source, event, sequence, path, member, idx, count, nbytes, checksum, "
-    "metadata, received, committed) VALUES (?, ?, ?, NULL, ?, NULL, NULL, 1, ?, ?, '{}', ?, ?)"
+    "metadata, received, committed) VALUES (?, ?, ?, NULL, ?, ?, NULL, 1, ?, ?, '{}', ?, ?)"
 )
 
 
@@ -103,13 +103,14 @@ class SqliteCatalog(CatalogBackend):
             with self.transaction():
                 self._connection.executemany("DELETE FROM journal_applied WHERE name = ?", [(n,) for n in names])
 
-    def has_path(self, path: str) -> bool:
+    def has_path(self, path: str, member: str | None = None) -> bool:
+        query, parameters = "SELECT 1 FROM items WHERE path = ?", [path]
+        if member is not None:
+            query, parameters = query + " AND member = ?", [path, member]
         with self._errors():
-            return (
-                self._connection.execute("SELECT 1 FROM items WHERE path = ? LIMIT 1", (path,)).fetchone() is not None
-            )
+            return self._connection.execute(query + " LIMIT 1", parameters).fetchone() is not None
 
-    def adopt(self, rows: Sequence[tuple[str, str, str, str, int, str, float]]) -> None:
+    def adopt(self, rows: Sequence[AdoptedRow]) -> None:
         if rows:
             with self.transaction():
                 self._connection.executemany(_ADOPT, [(*row, row[-1]) for row in rows])
