@@ -17,6 +17,7 @@ from typing import Any
 
 from ..errors import ConfigurationError
 from ..naming.templates import PathTemplate, derive_root
+from ..observe.catalog_recovery import Adoption
 from ..pipeline.queueing import Item
 from ..sinks.base import ContainerSink
 from ..sinks.containers.hdf5 import DEFAULT_COMPRESSION, OnExists
@@ -75,6 +76,11 @@ class Hdf5Archiver(AcquisitionMarkers, HERODataArchiver):
     """
 
     sink_options: Hdf5Options
+
+    def _catalog_adoption(self) -> Adoption | None:
+        """The frames committed and not yet journaled when a kill came: a later start reads them back from their
+        stacks (local roots; an ``s3://`` root's objects are not read back)."""
+        return Adoption(frames=True) if getattr(self, "object_root", None) is None else None
 
     def __init__(
         self,

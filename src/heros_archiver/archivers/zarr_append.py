@@ -19,6 +19,7 @@ from ..errors import ConfigurationError
 from ..formats.zarr_v3 import load_zarr
 from ..naming.keys import confine_key
 from ..naming.templates import PathTemplate, derive_root
+from ..observe.catalog_recovery import Adoption
 from ..pipeline.queueing import Item
 from ..sinks.base import ContainerSink
 from ..sinks.containers.zarr_shards import DEFAULT_COMPRESSION
@@ -70,6 +71,11 @@ class ZarrAppendArchiver(HERODataArchiver):
     """
 
     sink_options: ZarrAppendOptions
+
+    def _catalog_adoption(self) -> Adoption | None:
+        """The frames committed and not yet journaled when a kill came: a later start reads them back from their
+        stacks (local roots; an ``s3://`` root's objects are not read back)."""
+        return Adoption(frames=True) if getattr(self, "object_root", None) is None else None
 
     def __init__(
         self,

@@ -121,6 +121,11 @@ class CatalogBackend(ABC):
         that member of it."""
 
     @abstractmethod
+    def container_ends(self, archiver: str, since: float) -> list[tuple[str, str, int]]:
+        """Per stack or array (path, member) that ``archiver`` committed to at ``since`` or later (of this writer's
+        root): the index after its last cataloged item."""
+
+    @abstractmethod
     def adopt(self, rows: Sequence[AdoptedRow]) -> None:
         """Catalog files (and arrays) found after a kill, unless cataloged meanwhile: ``(archiver, source, event,
         path, member, nbytes, checksum, time)`` each (``member`` None for a file), metadata ``{}`` (in a

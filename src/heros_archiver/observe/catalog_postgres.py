@@ -244,6 +244,16 @@ class PostgresCatalog(CatalogBackend):
             found = self._connection.execute(query + " LIMIT 1", parameters).fetchone()
         return found is not None
 
+    def container_ends(self, archiver: str, since: float) -> list[tuple[str, str, int]]:
+        host, root = self._bound()
+        query = (
+            "SELECT path, member, max(idx + count) FROM items WHERE host = %s AND root = %s AND archiver = %s "
+            "AND member IS NOT NULL AND idx IS NOT NULL AND committed >= %s GROUP BY path, member"
+        )
+        with self._errors():
+            rows = self._connection.execute(query, (host, root, archiver, since)).fetchall()
+        return [(str(p), str(m), int(e)) for p, m, e in rows]
+
     def adopt(self, rows: Sequence[AdoptedRow]) -> None:
         scope = self._bound()
         if rows:

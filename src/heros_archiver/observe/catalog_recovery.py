@@ -16,8 +16,13 @@ directory) per item: after its kill, the arrays (a ``zarr.json`` of an array nod
 group directory) that the catalog does not name are adopted the same way, as the store (the topmost group
 directory above the array) and the array's key in it, with the checksum of its values read back
 (``readers.ContainerReader``). The walk happens only then (after a kill), skips the archiver's own folder and
-temporaries, and looks at the files only of directories changed since then. A container archiver's kill window
-(a commit made, not yet journaled) is not recovered: see the README.
+temporaries, and looks at the files only of directories changed since then.
+
+An HDF5 or Zarr-append archiver's kill window is a commit made and not yet journaled: for such a killed run
+(``Adoption.frames``), every stack or array its journal named is opened read-only, and the frames beyond the
+last cataloged one, up to its committed length (what a reopen trusts), are cataloged as read back, with the
+source, sequence value, receive time and metadata the container keeps beside each frame (``readers``). A
+container the run first committed to in that window, TIFF stacks and Parquet files are not covered (README).
 """
 
 from __future__ import annotations
@@ -30,7 +35,9 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import orjson
 import xxhash
 
 from ..errors import ArchiverError
@@ -68,14 +75,17 @@ class Adoption:
 
     suffix: str | None = None
     zarr_arrays: bool = False
+    #: the frames an HDF5 or Zarr-append archiver committed beyond what its journal says (``_adopt_frames``)
+    frames: bool = False
 
     @classmethod
     def from_header(cls, value: object) -> Adoption | None:
-        """The header's ``adopt`` (``{"suffix": ".npy"}`` in journals written before ``zarr_arrays``)."""
+        """The header's ``adopt`` (``{"suffix": ".npy"}`` in journals written before the other fields)."""
         if not isinstance(value, dict):
             return None
         suffix = value.get("suffix")
-        return cls(suffix if isinstance(suffix, str) else None, value.get("zarr_arrays") is True)
+        return cls(suffix if isinstance(suffix, str) else None, value.get("zarr_arrays") is True,
+                   value.get("frames") is True)  # fmt: skip
 
 
 @dataclass
@@ -89,6 +99,8 @@ class _KilledRun:
     since: float
     #: its helper processes, as ``[pid, start]``
     helpers: list[list[int]]
+    #: when the oldest segment of its journal still there was made
+    started: float = 0.0
 
 
 def recover(root: Path, target: CatalogTarget) -> None:
@@ -107,13 +119,17 @@ def _recover(catalog: CatalogBackend, root: Path) -> None:
     dead = [name for name in names if not name.alive()]
     last: dict[tuple[int, int, int], Applied] = {}
     times: dict[tuple[int, int, int], float] = {}
+    #: per journal, when its oldest segment still there was made (the containers its run wrote since)
+    firsts: dict[tuple[int, int, int], float] = {}
     for name in dead:
         applied = apply_journal(catalog, directory / name.text, str(root), dead=True)
         if applied is None:
             continue  # another archiver's start removed it meanwhile
         last[name.journal] = applied
-        when = applied.state.last or applied.state.header.get("created") or 0.0
+        created = float(applied.state.header.get("created") or 0.0)
+        when = applied.state.last or created
         times[name.journal] = max(times.get(name.journal, 0.0), when)
+        firsts[name.journal] = min(firsts.get(name.journal, created), created)
     if dead:
         log.warning("catalog %s: applied the journals of %d run(s) that did not stop cleanly", root, len(last))
     killed = [
@@ -124,6 +140,7 @@ def _recover(catalog: CatalogBackend, root: Path) -> None:
             adoption,
             times[journal] - ADOPT_MARGIN,
             list(applied.state.header.get("helpers") or []),
+            firsts[journal],
         )
         for journal, applied in last.items()
         if not applied.state.closed and (adoption := Adoption.from_header(applied.state.header.get("adopt")))
@@ -133,7 +150,16 @@ def _recover(catalog: CatalogBackend, root: Path) -> None:
             if name not in dead:
                 apply_journal(catalog, directory / name.text, str(root))
         _wait_for_helpers(root, [helper for run in killed for helper in run.helpers])
-        adopted = _adopt(catalog, root, killed)
+        frames = _adopt_frames(catalog, root, [run for run in killed if run.adopt.frames])
+        if frames:
+            log.warning(
+                "catalog %s: adopted %d frame(s) a killed run committed to its containers but did not journal (read "
+                "back with their source, sequence value, receive time and metadata)",
+                root,
+                frames,
+            )
+        file_runs = [run for run in killed if not run.adopt.frames]
+        adopted = _adopt(catalog, root, file_runs) if file_runs else 0
         if adopted:
             log.warning(
                 "catalog %s: adopted %d file(s) a killed run linked but did not journal (metadata {}, checksum of "
@@ -186,6 +212,38 @@ def _adopt(catalog: CatalogBackend, root: Path, killed: list[_KilledRun]) -> int
             rows.append((run.archiver, run.source, run.event, relative, None, stat.st_size, digest, when))
     catalog.adopt(rows)
     return len(rows)
+
+
+def _adopt_frames(catalog: CatalogBackend, root: Path, killed: list[_KilledRun]) -> int:
+    """Catalog the frames that ``killed`` HDF5 / Zarr-append runs committed after their last journaled ones (a
+    commit made, the kill before its journal line): of each stack or array a run committed to since its journal
+    began (its oldest segment still there), the frames from the index after its last cataloged one up to the committed
+    length, each read back (checksum) with what the container keeps beside it; how many."""
+    rows: list[tuple[Any, ...]] = []
+    with ContainerReader(root) as reader:
+        for run in killed:
+            for path, member, end in catalog.container_ends(run.archiver, run.started):
+                try:
+                    when = os.stat(os.path.join(root, path)).st_mtime
+                    for index in range(end, reader.committed(path, member)):
+                        rows.append(_frame_row(reader, run, path, member, index, when))
+                except (ArchiverError, OSError, TypeError) as exc:  # unreadable: what verify reports of the catalog
+                    log.warning("catalog %s: cannot read %s in %s to adopt its frames: %s", root, member, path, exc)
+    if rows:
+        with catalog.transaction():
+            catalog.add(rows, [])
+    return len(rows)
+
+
+def _frame_row(
+    reader: ContainerReader, run: _KilledRun, path: str, member: str, index: int, when: float
+) -> tuple[Any, ...]:
+    """The catalog row of frame ``index`` of ``member`` in ``path``, read back (``ITEM_COLUMNS`` without ``id``)."""
+    reading = reader.read(path, member, index)
+    record = reader.frame_record(path, member, index)
+    metadata = orjson.dumps(record.metadata, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+    return (run.archiver, record.source, run.event, record.sequence, path, member, index, 1, reading.nbytes,
+            reading.checksum, metadata, record.received, when)  # fmt: skip
 
 
 def _array_row(

@@ -39,6 +39,12 @@ _ADOPT = (
 )
 
 
+_CONTAINER_ENDS = (
+    "SELECT path, member, max(idx + count) FROM items WHERE archiver = ? AND member IS NOT NULL AND idx IS NOT NULL "
+    "AND committed >= ?"
+)
+
+
 class SqliteCatalog(CatalogBackend):
     """``<root>/.heros-archiver/catalog.sqlite``; make one with ``for_writing`` or ``for_reading``."""
 
@@ -109,6 +115,11 @@ class SqliteCatalog(CatalogBackend):
             query, parameters = query + " AND member = ?", [path, member]
         with self._errors():
             return self._connection.execute(query + " LIMIT 1", parameters).fetchone() is not None
+
+    def container_ends(self, archiver: str, since: float) -> list[tuple[str, str, int]]:
+        query = _CONTAINER_ENDS + " GROUP BY path, member"
+        with self._errors():
+            return [(str(p), str(m), int(e)) for p, m, e in self._connection.execute(query, (archiver, since))]
 
     def adopt(self, rows: Sequence[AdoptedRow]) -> None:
         if rows:

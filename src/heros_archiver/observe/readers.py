@@ -56,7 +56,7 @@ from ..extras import require_extra
 from ..storage.objectstore import ObjectLocation, ObjectStore, is_object_url
 from .outcomes import array_bytes, checksum
 
-__all__ = ["ContainerReader", "ItemReading", "read_item"]
+__all__ = ["ContainerReader", "FrameRecord", "ItemReading", "read_item"]
 
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _TIFF_MARKS = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")
@@ -83,6 +83,16 @@ class ItemReading:
     #: Parquet: the archiver's own columns of the item's first row (``source_name``, ``sequence``,
     #: ``received``, ``item_key``); None for other containers
     row: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class FrameRecord:
+    """What a container keeps beside one frame: who sent it, its sequence value, when it arrived, its metadata."""
+
+    source: str
+    sequence: int | None
+    received: float
+    metadata: dict[str, Any]
 
 
 class ContainerReader:
@@ -127,6 +137,21 @@ class ContainerReader:
         else:
             self._open.move_to_end(full)
         return opened.read(member, index, count, key)
+
+    def committed(self, path: str, member: str) -> int:
+        """How many frames the stack or array ``member`` of the HDF5 file or Zarr store ``path`` holds committed
+        (what a reopen of its container trusts). Raises ItemUnreadableError (also for kinds without one)."""
+        return self._container(path, member).committed(member)
+
+    def frame_record(self, path: str, member: str, index: int) -> FrameRecord:
+        """What the HDF5 or Zarr-append container keeps of frame ``index`` beside it (its archive and metadata
+        columns). Raises ItemUnreadableError (also for kinds that keep none)."""
+        return self._container(path, member).frame_record(member, index)
+
+    def _container(self, path: str, member: str) -> _Opened:
+        full = path if is_object_url(path) else os.path.abspath(self.root / path)
+        opened = self._open.get(full)
+        return opened if opened is not None else self._opened(full, member, 0)
 
     def _opened(self, full: str, member: str, index: int | None) -> _Opened:
         opened: _Opened
@@ -212,6 +237,12 @@ class _Opened:
     def read(self, member: str | None, index: int | None, count: int, key: bytes | None) -> ItemReading:
         raise NotImplementedError
 
+    def committed(self, member: str) -> int:
+        raise self.error("unreadable", member, None, "expected an HDF5 stack or a Zarr array of frames")
+
+    def frame_record(self, member: str, index: int) -> FrameRecord:
+        raise self.error("unreadable", member, index, "expected an HDF5 stack or a Zarr array of frames")
+
     def close(self) -> None:
         """Release what is held open (nothing by default)."""
 
@@ -294,6 +325,34 @@ class _Hdf5(_Opened):
                 error = exc
         raise self.error("unreadable", None, None, f"expected an HDF5 file it can open, got: {error}") from error
 
+    def committed(self, member: str) -> int:
+        stack = self._stack(member, None)
+        stack.length = self._committed(stack)
+        return stack.length
+
+    def frame_record(self, member: str, index: int) -> FrameRecord:
+        from ..sinks.containers.hdf5_columns import read_archive_row, read_metadata
+
+        group = self._stack(member, index).frames.parent
+        try:
+            row, metadata = read_archive_row(group, index), read_metadata(group, index)
+        except (OSError, RuntimeError, ValueError, KeyError, IndexError) as exc:
+            raise self.error(
+                "unreadable", member, index, f"its archive and metadata columns do not read: {exc}"
+            ) from exc
+        return FrameRecord(row["source_name"], row["sequence"], row["received"], metadata)
+
+    def _stack(self, member: str, index: int | None, node: Any = None) -> _Stack:
+        """The stack of ``member``, opened once (``node``: its dataset, when the caller has it open already: a
+        second handle of one dataset must not be made)."""
+        stack = self._stacks.get(member)
+        if stack is None:
+            node = self._node(member, index) if node is None else node
+            if not isinstance(node, self._h5py.Dataset) or not node.shape:
+                raise self.error("missing", member, index, "expected a dataset of frames along axis 0, found a group")
+            stack = self._stacks[member] = _Stack(node, node.parent.get("archive/committed_length"))
+        return stack
+
     def read(self, member: str | None, index: int | None, count: int, key: bytes | None) -> ItemReading:
         assert member is not None
         stack = self._stacks.get(member)
@@ -302,9 +361,7 @@ class _Hdf5(_Opened):
             if index is None:  # a whole dataset, or a group (what a marker became)
                 data = None if isinstance(node, self._h5py.Group) else self._values(node, member, None, ())
                 return self.reading(member, None, count, data)
-            if not isinstance(node, self._h5py.Dataset) or not node.shape:
-                raise self.error("missing", member, index, "expected a dataset of frames along axis 0, found a group")
-            stack = self._stacks[member] = _Stack(node, node.parent.get("archive/committed_length"))
+            stack = self._stack(member, index, node)
         if index is None:
             return self.reading(member, None, count, self._values(stack.frames, member, None, ()))
         if index + count > stack.length:
@@ -396,6 +453,25 @@ class _Zarr(_Opened):
                 "unreadable", member, index, f"its data does not decode (a damaged chunk or shard?): {exc!r}"
             ) from exc
         return self.reading(member, index, count, values.astype(dtype, copy=False))
+
+    def committed(self, member: str) -> int:
+        array, _ = self._array(member, None)  # opened again: its zarr.json's shape is the commit point
+        return int(array.shape[0]) if array.shape else 0
+
+    def frame_record(self, member: str, index: int) -> FrameRecord:
+        from ..sinks.containers.zarr_columns import read_archive_row, read_metadata
+
+        parent = member.rsplit("/", 1)[0] if "/" in member else ""
+        try:
+            group = self._zarr.open_group(store=self._store, path=parent, mode="r")
+            row, metadata = read_archive_row(group, index), read_metadata(group, index)
+        except ArchiverError:
+            raise
+        except Exception as exc:  # zarr's own errors for a column that is not there or does not decode
+            raise self.error(
+                "unreadable", member, index, f"its archive and metadata columns do not read: {exc!r}"
+            ) from exc
+        return FrameRecord(row["source_name"], row["sequence"], row["received"], metadata)
 
     def _array(self, member: str, index: int | None) -> tuple[Any, np.dtype[Any]]:
         from ..sinks.containers.zarr_append import stored_dtype
