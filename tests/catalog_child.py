@@ -2,8 +2,9 @@
 
     python catalog_child.py KIND ROOT [URL]   KIND: npy (ArrayArchiver, frames written by the writer thread), json
                                               (JsonArchiver, files created by its helper process) or hdf5
-                                              (Hdf5Archiver, frames committed to one file) or zarr (ZarrArchiver,
-                                              an array published per frame); URL: a PostgreSQL
+                                              (Hdf5Archiver, frames committed to one file), tiff-stack (TiffArchiver,
+                                              pages committed to one stack) or zarr (ZarrArchiver, an array
+                                              published per frame); URL: a PostgreSQL
                                               catalog_url (tests/test_catalog_postgres.py)
 
 Prints ``@@ PIDS p1 p2 ...`` (its catalog applier and helper processes, which a kill of this process's group
@@ -19,13 +20,14 @@ import threading
 
 import numpy as np
 
-from heros_archiver import ArrayArchiver, Hdf5Archiver, JsonArchiver, ZarrArchiver
+from heros_archiver import ArrayArchiver, Hdf5Archiver, JsonArchiver, TiffArchiver, ZarrArchiver
 from heros_archiver.testing import free_port, session_manager, unique_realm
 
 TEMPLATES = {
     "npy": (ArrayArchiver, {"save_template": "{{ file_path }}/{{ '%05d' % frame }}.npy"}),
     "json": (JsonArchiver, {"save_template": "{{ file_path }}/{{ '%05d' % frame }}.json"}),
     "hdf5": (Hdf5Archiver, {"file_template": "{{ file_path }}/run.h5", "flush_frames": 25}),
+    "tiff-stack": (TiffArchiver, {"save_template": "{{ file_path }}/run.tif", "stack": True, "flush_frames": 25}),
     "zarr": (
         ZarrArchiver,
         {"store_template": "{{ file_path }}/run.zarr", "array_path_template": "cam/{{ '%05d' % frame }}"},

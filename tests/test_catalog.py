@@ -40,6 +40,7 @@ from heros_archiver.observe.readers import ContainerReader
 from heros_archiver.observe.verify import verify
 from heros_archiver.sinks.containers import ItemKey
 from heros_archiver.sinks.containers.hdf5 import Hdf5Container
+from heros_archiver.sinks.containers.tiff import TiffStackContainer
 from heros_archiver.sinks.containers.zarr_append import ZarrAppendContainer
 from heros_archiver.sinks.zarr_arrays import ZarrArrayWriter
 from heros_archiver.testing import free_port, session_manager, unique_realm
@@ -235,7 +236,7 @@ def test_a_file_where_the_catalog_belongs_fails_the_start_clearly(tmp_path: Path
 
 
 # ------------------------------------------------------------------------------------------------ SIGKILL
-@pytest.mark.parametrize("kind", ["npy", "json", "hdf5", "zarr"])
+@pytest.mark.parametrize("kind", ["npy", "json", "hdf5", "tiff-stack", "zarr"])
 def test_after_sigkill_and_restart_the_catalog_and_the_files_agree(tmp_path: Path, kind: str) -> None:
     root = tmp_path / "archive"
     others: list[int] = []
@@ -262,7 +263,11 @@ def test_after_sigkill_and_restart_the_catalog_and_the_files_agree(tmp_path: Pat
         for pid in others:
             if _runs(pid):
                 os.kill(pid, signal.SIGKILL)
-    agree = {"hdf5": assert_container_and_catalog_agree, "zarr": assert_arrays_and_catalog_agree}
+    agree = {
+        "hdf5": assert_container_and_catalog_agree,
+        "tiff-stack": assert_container_and_catalog_agree,
+        "zarr": assert_arrays_and_catalog_agree,
+    }
     items = agree.get(kind, assert_files_and_catalog_agree)(root)
     assert len(items) >= 300
     assert not os.listdir(journal_directory(root)), "the killed run's journal was applied and removed"
@@ -387,17 +392,21 @@ def test_a_killed_zarr_archivers_published_arrays_are_adopted_with_their_key(tmp
     assert verify(tmp_path).ok
 
 
-@pytest.mark.parametrize("kind", ["hdf5", "zarr-append"])
+@pytest.mark.parametrize("kind", ["hdf5", "zarr-append", "tiff-stack"])
 def test_a_killed_runs_frames_committed_but_not_journaled_are_adopted_from_the_container(
     tmp_path: Path, kind: str
 ) -> None:
     """A commit made, the kill before its journal line: the container holds frames the catalog does not name."""
+    member = "pages" if kind == "tiff-stack" else "cam/data"
     if kind == "hdf5":
         path = tmp_path / "run.h5"
-        container: Any = Hdf5Container(path, "cam/data")
-    else:
+        container: Any = Hdf5Container(path, member)
+    elif kind == "zarr-append":
         path = tmp_path / "run.zarr"
-        container = ZarrAppendContainer(path, "cam/data", root=tmp_path)
+        container = ZarrAppendContainer(path, member, root=tmp_path)
+    else:
+        path = tmp_path / "run.tif"
+        container = TiffStackContainer(path, root=str(tmp_path))
     for index in range(10):
         key, frame = ItemKey("cam", index, f"{index:032x}"), np.full((4, 6), index, dtype="<u2")
         container.append(key, frame, {"frame": index, "run": 7}, received=50.0 + index)
@@ -405,10 +414,10 @@ def test_a_killed_runs_frames_committed_but_not_journaled_are_adopted_from_the_c
             container.commit()  # two commits; the second is never journaled
     container.close()
     with ContainerReader(tmp_path) as reader:
-        readings = [reader.read(str(path), "cam/data", index) for index in range(10)]
+        readings = [reader.read(str(path), member, index) for index in range(10)]
     journaled = [
         Archived("cam", "acquisition_data", i, {"frame": i, "run": 7}, 50.0 + i, 48,
-                 (Location(str(path), r.nbytes or 0, r.checksum, "cam/data", i),), committed=60.0)
+                 (Location(str(path), r.nbytes or 0, r.checksum, member, i),), committed=60.0)
         for i, r in enumerate(readings[:5])
     ]  # fmt: skip
     _dead_journal(tmp_path, encode_outcomes(journaled), adopt={"frames": True})
@@ -418,7 +427,7 @@ def test_a_killed_runs_frames_committed_but_not_journaled_are_adopted_from_the_c
     items = sorted(catalog_items(tmp_path), key=lambda item: item.idx or 0)
     assert [item.idx for item in items] == list(range(10))
     for item, reading in zip(items[5:], readings[5:], strict=True):
-        assert (item.path, item.member, item.archiver) == (path.name, "cam/data", "Killed:acquisition_data")
+        assert (item.path, item.member, item.archiver) == (path.name, member, "Killed:acquisition_data")
         assert (item.checksum, item.nbytes) == (reading.checksum, reading.nbytes)
         assert (item.source, item.sequence, item.received) == ("cam", item.idx, 50.0 + (item.idx or 0))
         assert item.metadata == {"frame": item.idx, "run": 7}

@@ -135,8 +135,11 @@ class TiffArchiver(AcquisitionMarkers, FileArchiver):
         return lambda: sink(settings)
 
     def _catalog_adoption(self) -> Adoption | None:
-        """A stack is a container: its commits are not adopted after a kill (see observe.catalog_recovery)."""
-        return None if self.sink_options.stack else super()._catalog_adoption()
+        """A stack's pages committed and not yet journaled when a kill came are read back from it at the next
+        start (``observe.catalog_recovery``); single files are adopted as every file archiver's are."""
+        if not self.sink_options.stack:
+            return super()._catalog_adoption()
+        return Adoption(frames=True) if getattr(self, "object_root", None) is None else None
 
     def _batch_writer_factory(self) -> Callable[[int], BatchWriter] | None:
         return None if self.sink_options.stack else super()._batch_writer_factory()

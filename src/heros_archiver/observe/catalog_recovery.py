@@ -18,11 +18,11 @@ directory above the array) and the array's key in it, with the checksum of its v
 (``readers.ContainerReader``). The walk happens only then (after a kill), skips the archiver's own folder and
 temporaries, and looks at the files only of directories changed since then.
 
-An HDF5 or Zarr-append archiver's kill window is a commit made and not yet journaled: for such a killed run
+An HDF5, Zarr-append or TIFF-stack archiver's kill window is a commit made and not yet journaled: for such a killed run
 (``Adoption.frames``), every stack or array its journal named is opened read-only, and the frames beyond the
 last cataloged one, up to its committed length (what a reopen trusts), are cataloged as read back, with the
 source, sequence value, receive time and metadata the container keeps beside each frame (``readers``). A
-container the run first committed to in that window, TIFF stacks and Parquet files are not covered (README).
+container the run first committed to in that window and Parquet files are not covered (README).
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ class Adoption:
 
     suffix: str | None = None
     zarr_arrays: bool = False
-    #: the frames an HDF5 or Zarr-append archiver committed beyond what its journal says (``_adopt_frames``)
+    #: the frames an HDF5, Zarr-append or TIFF-stack archiver committed beyond what its journal says (``_adopt_frames``)
     frames: bool = False
 
     @classmethod
@@ -215,10 +215,11 @@ def _adopt(catalog: CatalogBackend, root: Path, killed: list[_KilledRun]) -> int
 
 
 def _adopt_frames(catalog: CatalogBackend, root: Path, killed: list[_KilledRun]) -> int:
-    """Catalog the frames that ``killed`` HDF5 / Zarr-append runs committed after their last journaled ones (a
-    commit made, the kill before its journal line): of each stack or array a run committed to since its journal
-    began (its oldest segment still there), the frames from the index after its last cataloged one up to the committed
-    length, each read back (checksum) with what the container keeps beside it; how many."""
+    """Catalog the frames that ``killed`` HDF5, Zarr-append and TIFF-stack runs committed after their last
+    journaled ones (a commit made, the kill before its journal line): of each stack or array a run committed to
+    since its journal began (its oldest segment still there), the frames from the index after its last cataloged
+    one up to the committed length, each read back (checksum) with what the container keeps beside it; how
+    many."""
     rows: list[tuple[Any, ...]] = []
     with ContainerReader(root) as reader:
         for run in killed:

@@ -139,13 +139,14 @@ class ContainerReader:
         return opened.read(member, index, count, key)
 
     def committed(self, path: str, member: str) -> int:
-        """How many frames the stack or array ``member`` of the HDF5 file or Zarr store ``path`` holds committed
-        (what a reopen of its container trusts). Raises ItemUnreadableError (also for kinds without one)."""
+        """How many frames the stack or array ``member`` of the HDF5 file, Zarr store or TIFF stack ``path`` holds
+        committed (what a reopen of its container trusts). Raises ItemUnreadableError (also for kinds without
+        one)."""
         return self._container(path, member).committed(member)
 
     def frame_record(self, path: str, member: str, index: int) -> FrameRecord:
-        """What the HDF5 or Zarr-append container keeps of frame ``index`` beside it (its archive and metadata
-        columns). Raises ItemUnreadableError (also for kinds that keep none)."""
+        """What the HDF5, Zarr-append or TIFF-stack container keeps of frame ``index`` beside it (archive and
+        metadata columns, a page's record). Raises ItemUnreadableError (also for kinds that keep none)."""
         return self._container(path, member).frame_record(member, index)
 
     def _container(self, path: str, member: str) -> _Opened:
@@ -238,10 +239,10 @@ class _Opened:
         raise NotImplementedError
 
     def committed(self, member: str) -> int:
-        raise self.error("unreadable", member, None, "expected an HDF5 stack or a Zarr array of frames")
+        raise self.error("unreadable", member, None, "expected an HDF5 stack, a Zarr array or a TIFF stack of frames")
 
     def frame_record(self, member: str, index: int) -> FrameRecord:
-        raise self.error("unreadable", member, index, "expected an HDF5 stack or a Zarr array of frames")
+        raise self.error("unreadable", member, index, "expected an HDF5 stack, a Zarr array or a TIFF stack")
 
     def close(self) -> None:
         """Release what is held open (nothing by default)."""
@@ -584,6 +585,22 @@ class _Tiff(_Opened):
             buffers.append(data)
         nbytes = sum(map(len, buffers))
         return ItemReading(self.path, member, index, count, nbytes, checksum(buffers))
+
+    def committed(self, member: str) -> int:
+        self._read_chain()  # the linked chain of complete pages is the commit point
+        return len(self._pages)
+
+    def frame_record(self, member: str, index: int) -> FrameRecord:
+        if index >= len(self._pages):
+            self._read_chain()
+        if index >= len(self._pages):
+            raise self.error("beyond_end", member, index, f"the stack links {len(self._pages)} complete page(s)")
+        try:
+            record = json.loads(self._pages[index].extra or b"{}")
+            metadata = record.get("metadata") or {}
+            return FrameRecord(str(record["source"]), record.get("sequence"), float(record["received"]), metadata)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise self.error("unreadable", member, index, f"its page's record does not read: {exc!r}") from exc
 
     def close(self) -> None:
         os.close(self._fd)
