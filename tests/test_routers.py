@@ -95,6 +95,11 @@ def resume(camera: CameraProcess, archive: Path, start: int, deadline: float = 6
     return sent + 50
 
 
+#: What a sample broken by a cut link is dead-lettered as: decoded but no (data, metadata) pair, or cut short in
+#: its CBOR (seen once in CI: "premature end of stream (expected to read 65536 bytes, got 17 instead)").
+NOT_A_FRAME = ("PayloadError: expected a payload (data, metadata dict)", "PayloadError: payload could not be decoded")
+
+
 def finish(archiver: Child, archive: Path, sent: int) -> dict[str, int]:
     """Wait until the last frame is on disk, stop the archiver (SIGTERM: it drains) and check the account:
     archived + missing == sent, the last 50 frames all archived, each file the frame it names, and nothing
@@ -108,8 +113,8 @@ def finish(archiver: Child, archive: Path, sent: int) -> dict[str, int]:
     assert totals["archived"] + totals["missing"] == sent, totals
     assert totals["received"] == totals["archived"] + totals["dead_lettered"], totals
     assert totals["archived"] == len(files) and totals["dropped"] == 0, totals
-    for entry in dead_letter_entries(archive):
-        assert read_entry(entry)["error"].startswith("PayloadError: expected a payload (data, metadata dict)")
+    for entry in dead_letter_entries(archive):  # a sample a cut link broke: not a frame, or not even CBOR
+        assert read_entry(entry)["error"].startswith(NOT_A_FRAME), read_entry(entry)["error"][:300]
     assert set(range(sent - 50, sent)) <= set(archived_indices(archive))
     return totals
 
