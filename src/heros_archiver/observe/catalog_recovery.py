@@ -44,7 +44,7 @@ from ..errors import ArchiverError
 from ..state.statedir import STATE_DIR_NAME
 from ..storage.temporaries import is_temporary
 from .catalog_apply import Applied, apply_journal, relative_to_root
-from .catalog_backend import CatalogBackend, CatalogTarget
+from .catalog_backend import AdoptedRow, CatalogBackend, CatalogTarget
 from .catalog_names import JournalName, owner_alive
 from .catalog_schema import journal_directory
 from .outcomes import CHECKSUM_ALGORITHM
@@ -189,7 +189,7 @@ def _adopt(catalog: CatalogBackend, root: Path, killed: list[_KilledRun]) -> int
     how many."""
     since = min(run.since for run in killed)
     runs = sorted(killed, key=lambda run: run.since, reverse=True)
-    rows: list[tuple[str, str, str, str, str | None, int, str | None, float]] = []
+    rows: list[AdoptedRow] = []
     with ContainerReader(root) as reader:
         for path, stat in _changed_files(str(root), since):
             when = max(stat.st_mtime, stat.st_ctime)
@@ -249,7 +249,7 @@ def _frame_row(
 
 def _array_row(
     catalog: CatalogBackend, reader: ContainerReader, root: Path, document: str, run: _KilledRun, when: float
-) -> tuple[str, str, str, str, str | None, int, str | None, float] | None:
+) -> AdoptedRow | None:
     """The row of the array whose ``zarr.json`` is ``document``, if it is an array in a group that the catalog
     does not name yet: its store is the topmost group directory above it (below the root)."""
     array = os.path.dirname(document)

@@ -125,34 +125,36 @@ class ContainerReader:
         ``key``: for Parquet rows, the ``item_key`` the rows must hold (None: not checked). Raises
         ItemUnreadableError (see the module docstring).
         """
-        full = path if is_object_url(path) else os.path.abspath(self.root / path)
+        full = self._full(path)
         if count < 1:
             raise ItemUnreadableError("other_item", full, member, index, f"expected a count of 1 or more, got {count}")
         if member is None:  # a file of its own: read whole, nothing kept open
             _kind(full, None, index)
             return _File(full).read(None, None, 1, None)
-        opened = self._open.get(full)
-        if opened is None:
-            opened = self._opened(full, member, index)
-        else:
-            self._open.move_to_end(full)
-        return opened.read(member, index, count, key)
+        return self._container(full, member, index).read(member, index, count, key)
 
     def committed(self, path: str, member: str) -> int:
         """How many frames the stack or array ``member`` of the HDF5 file, Zarr store or TIFF stack ``path`` holds
         committed (what a reopen of its container trusts). Raises ItemUnreadableError (also for kinds without
         one)."""
-        return self._container(path, member).committed(member)
+        return self._container(self._full(path), member, None).committed(member)
 
     def frame_record(self, path: str, member: str, index: int) -> FrameRecord:
         """What the HDF5, Zarr-append or TIFF-stack container keeps of frame ``index`` beside it (archive and
         metadata columns, a page's record). Raises ItemUnreadableError (also for kinds that keep none)."""
-        return self._container(path, member).frame_record(member, index)
+        return self._container(self._full(path), member, index).frame_record(member, index)
 
-    def _container(self, path: str, member: str) -> _Opened:
-        full = path if is_object_url(path) else os.path.abspath(self.root / path)
+    def _full(self, path: str) -> str:
+        """``path`` as the containers are kept: an ``s3://`` URL as it is, else absolute under the root."""
+        return path if is_object_url(path) else os.path.abspath(self.root / path)
+
+    def _container(self, full: str, member: str, index: int | None) -> _Opened:
+        """The container at ``full``, opened once (the most recently used kept longest)."""
         opened = self._open.get(full)
-        return opened if opened is not None else self._opened(full, member, 0)
+        if opened is None:
+            return self._opened(full, member, index)
+        self._open.move_to_end(full)
+        return opened
 
     def _opened(self, full: str, member: str, index: int | None) -> _Opened:
         opened: _Opened

@@ -60,11 +60,6 @@ class ReplayCatalog:
         #: one journal per archiver written as
         self._listeners: dict[str, CatalogListener] = {}
 
-    @property
-    def active(self) -> bool:
-        """Whether the root has a catalog that replayed items go into."""
-        return self._target is not None
-
     def record(self, item: DeadLetter, locations: Sequence[Location]) -> None:
         """Journal ``item`` as archived at ``locations`` (nothing without a catalog or without locations)."""
         if self._target is None or not locations:
