@@ -57,6 +57,43 @@ def test_postgres_server_answers_and_stops(tmp_path: Path) -> None:
     assert not _alive(pid)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="the server runs as nobody only when we are root")
+def test_postgres_server_runs_binaries_nobody_cannot_reach(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkout in a private directory (``mktemp -d``: mode 700) holds the venv and so the pgserver wheel's
+    binaries: the server copies them where ``nobody`` can run them, and removes the copy with the server."""
+    import shutil
+
+    import psycopg
+
+    from heros_archiver.testing import servers
+
+    found = servers.postgres_bin_dir()
+    assert found is not None
+    install = found.parent
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    site = private / "site-packages"
+    shutil.copytree(install, site / install.relative_to(install.parent.parent), symlinks=True)
+    for libs in install.parent.parent.glob(f"{install.parent.name}.libs"):
+        shutil.copytree(libs, site / libs.name, symlinks=True)
+    private_bin = site / install.relative_to(install.parent.parent) / "bin"
+    unreachable = subprocess.run(
+        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--", str(private_bin / "initdb"), "-V"],
+        capture_output=True,
+        check=False,
+    )
+    assert unreachable.returncode != 0, "the private copy should be out of nobody's reach"
+    monkeypatch.setattr(servers, "postgres_bin_dir", lambda: private_bin)
+
+    server = PostgresServer(tmp_path / "pg")
+    with server:
+        work = server._work
+        assert work is not None and (work / "site").is_dir()
+        with psycopg.connect(server.url) as conn:
+            assert conn.execute("select 1").fetchone() == (1,)
+    assert not work.exists()
+
+
 def test_zenoh_router_relays_between_two_clients(tmp_path: Path) -> None:
     script = (
         "import sys, time, zenoh\n"

@@ -292,6 +292,28 @@ def postgres_bin_dir() -> Path | None:
 _INITDB_FLAGS = ["-E", "UTF8", "--no-sync", "--no-instructions"]
 
 
+def _link_or_copy_tree(source: Path, target: Path) -> None:
+    """``target`` as a tree of hard links to ``source``'s files, copies where a link cannot be made."""
+
+    def link_or_copy(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    shutil.copytree(source, target, symlinks=True, copy_function=link_or_copy)
+
+
+def _chmod_tree_readable(root: Path) -> None:
+    """Every directory of ``root`` enterable and every file readable by others (the server user)."""
+    for directory, _, files in os.walk(root):
+        os.chmod(directory, os.stat(directory).st_mode | 0o755)
+        for name in files:
+            path = os.path.join(directory, name)
+            if not os.path.islink(path):
+                os.chmod(path, os.stat(path).st_mode | 0o444)
+
+
 @dataclass
 class PostgresServer:
     """A PostgreSQL server in ``directory`` on ``host:port``, trust authentication, fsync off.
@@ -324,12 +346,13 @@ class PostgresServer:
         return ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"]
 
     def start(self) -> PostgresServer:
-        bin_dir = postgres_bin_dir()
-        if bin_dir is None:
+        found = postgres_bin_dir()
+        if found is None:
             raise ServerError("no PostgreSQL binaries: install the PyPI package pgserver (the [dev] extra has it)")
         self.port = self.port or free_port()
         self.directory.mkdir(parents=True, exist_ok=True)
         work = self._work_directory()
+        bin_dir = self._reachable_bin_dir(found, work)
         data = work / "data"
         log = work / "pg.log"
         user = self._as_server_user()
@@ -374,6 +397,41 @@ class PostgresServer:
             else:
                 self._work = self.directory
         return self._work
+
+    def _reachable_bin_dir(self, bin_dir: Path, work: Path) -> Path:
+        """``bin_dir``, or a copy of its installation in ``work`` when the server user cannot run it there.
+
+        A checkout in a private directory (``mktemp -d`` makes mode 700) holds the venv, and with it the
+        pgserver wheel's binaries, where ``nobody`` cannot reach them. The installation (bin, lib, share, and
+        the wheel's ``pgserver.libs`` that the binaries' RPATH names relative to them) is then hard-linked, or
+        copied across file systems, into the server's own directory in the same layout, removed with it.
+        """
+        user = self._as_server_user()
+        if not user or self._runs_as_server_user(user, bin_dir):
+            return bin_dir
+        install = bin_dir.parent  # .../site-packages/pgserver/pginstall
+        site = install.parent.parent
+        staged_site = work / "site"
+        staged = staged_site / install.relative_to(site)
+        if not (staged / "bin" / "initdb").exists():
+            for part in ("bin", "lib", "share"):
+                if (install / part).is_dir():
+                    _link_or_copy_tree(install / part, staged / part)
+            for libs in site.glob(f"{install.parent.name}.libs"):
+                _link_or_copy_tree(libs, staged_site / libs.name)
+            _chmod_tree_readable(staged_site)
+        if not self._runs_as_server_user(user, staged / "bin"):
+            raise ServerError(
+                f"PostgreSQL's binaries in {bin_dir} cannot be run as nobody, nor a copy of them in {staged}: "
+                "expected a directory nobody may enter (mode o+x on each parent)"
+            )
+        return staged / "bin"
+
+    @staticmethod
+    def _runs_as_server_user(user: list[str], bin_dir: Path) -> bool:
+        """Whether the server user can run ``initdb`` there (its shared libraries found and loaded too)."""
+        probe = subprocess.run([*user, str(bin_dir / "initdb"), "--version"], capture_output=True, check=False)
+        return probe.returncode == 0
 
     def _remove_work_directory(self) -> None:
         """Keep the log in ``directory`` and remove the server user's temporary directory (root only)."""
