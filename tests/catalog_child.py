@@ -3,7 +3,8 @@
     python catalog_child.py KIND ROOT [URL]   KIND: npy (ArrayArchiver, frames written by the writer thread), json
                                               (JsonArchiver, files created by its helper process) or hdf5
                                               (Hdf5Archiver, frames committed to one file), tiff-stack (TiffArchiver,
-                                              pages committed to one stack) or zarr (ZarrArchiver, an array
+                                              pages committed to one stack), parquet (ParquetArchiver, rows
+                                              journaled for one file) or zarr (ZarrArchiver, an array
                                               published per frame); URL: a PostgreSQL
                                               catalog_url (tests/test_catalog_postgres.py)
 
@@ -20,7 +21,7 @@ import threading
 
 import numpy as np
 
-from heros_archiver import ArrayArchiver, Hdf5Archiver, JsonArchiver, TiffArchiver, ZarrArchiver
+from heros_archiver import ArrayArchiver, Hdf5Archiver, JsonArchiver, ParquetArchiver, TiffArchiver, ZarrArchiver
 from heros_archiver.testing import free_port, session_manager, unique_realm
 
 TEMPLATES = {
@@ -28,6 +29,7 @@ TEMPLATES = {
     "json": (JsonArchiver, {"save_template": "{{ file_path }}/{{ '%05d' % frame }}.json"}),
     "hdf5": (Hdf5Archiver, {"file_template": "{{ file_path }}/run.h5", "flush_frames": 25}),
     "tiff-stack": (TiffArchiver, {"save_template": "{{ file_path }}/run.tif", "stack": True, "flush_frames": 25}),
+    "parquet": (ParquetArchiver, {"file_template": "{{ file_path }}/run.parquet", "flush_items": 25}),
     "zarr": (
         ZarrArchiver,
         {"store_template": "{{ file_path }}/run.zarr", "array_path_template": "cam/{{ '%05d' % frame }}"},
@@ -37,7 +39,7 @@ TEMPLATES = {
 
 def payload(kind: str, index: int) -> object:
     """Item ``index``'s data."""
-    if kind == "json":
+    if kind in ("json", "parquet"):
         return {"value": index * 0.5, "index": index}
     return np.full((16, 16), index, dtype=np.uint16)
 

@@ -236,7 +236,7 @@ def test_a_file_where_the_catalog_belongs_fails_the_start_clearly(tmp_path: Path
 
 
 # ------------------------------------------------------------------------------------------------ SIGKILL
-@pytest.mark.parametrize("kind", ["npy", "json", "hdf5", "tiff-stack", "zarr"])
+@pytest.mark.parametrize("kind", ["npy", "json", "hdf5", "tiff-stack", "zarr", "parquet"])
 def test_after_sigkill_and_restart_the_catalog_and_the_files_agree(tmp_path: Path, kind: str) -> None:
     root = tmp_path / "archive"
     others: list[int] = []
@@ -267,6 +267,7 @@ def test_after_sigkill_and_restart_the_catalog_and_the_files_agree(tmp_path: Pat
         "hdf5": assert_container_and_catalog_agree,
         "tiff-stack": assert_container_and_catalog_agree,
         "zarr": assert_arrays_and_catalog_agree,
+        "parquet": assert_rows_and_catalog_agree,
     }
     items = agree.get(kind, assert_files_and_catalog_agree)(root)
     assert len(items) >= 300
@@ -304,6 +305,28 @@ def assert_container_and_catalog_agree(root: Path) -> list[CatalogItem]:
         for path, member in {(item.path, item.member) for item in items if item.member is not None}:
             indices = sorted(item.idx for item in items if (item.path, item.member) == (path, member))
             assert indices == list(range(reader.committed(path, member))), (path, member)
+    return items
+
+
+def assert_rows_and_catalog_agree(root: Path) -> list[CatalogItem]:
+    """The Parquet file the restart rebuilt from the killed run's journal is the only file; every item of its rows
+    is cataloged once, at its rows (rows journaled in the moment before the kill and not in the catalog's journal
+    were read back from the file), and every cataloged item reads back as its rows, of its source and sequence
+    value."""
+    import pyarrow.parquet as pq
+
+    items = catalog_items(root)
+    assert archive_files(root) == {"run.parquet"} == {item.path for item in items}
+    keys = pq.read_table(root / "run.parquet", columns=["item_key"]).column("item_key").to_pylist()
+    with ContainerReader(root) as reader:
+        spans = reader.spans("run.parquet", "rows", 0)
+        assert sorted((item.idx, item.count) for item in items) == spans
+        assert sum(count for _, count in spans) == len(keys)
+        for item in items:
+            reading = reader.read(item.path, item.member, item.idx, item.count)
+            assert reading.row is not None, item
+            assert (reading.row["source_name"], reading.row["sequence"]) == (item.source, item.sequence), item
+            assert abs(reading.row["received"].timestamp() - item.received) < 1e-5, item
     return items
 
 

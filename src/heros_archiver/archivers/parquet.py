@@ -20,6 +20,7 @@ from jinja2 import meta
 
 from ..errors import ConfigurationError, PayloadError
 from ..naming.templates import PathTemplate, derive_root
+from ..observe.catalog_recovery import Adoption
 from ..pipeline.queueing import Item
 from ..saferepr import safe_repr
 from ..sinks.base import ContainerSink
@@ -171,6 +172,11 @@ class ParquetArchiver(HERODataArchiver):
             return
         self._recovered = recovered_spans(str(self.root))
         clean_stale_temporaries(self.root)
+
+    def _catalog_adoption(self) -> Adoption | None:
+        """The rows flushed to a file's journal and not yet to the catalog's when a kill came: the next start
+        rebuilds the file (``_setup_storage``, before the catalog starts), then reads their items back from it."""
+        return Adoption(frames=True)
 
     def _default_dead_letter_dir(self) -> Path:
         return self.root / DEAD_LETTER_SUBDIR

@@ -22,7 +22,11 @@ An HDF5, Zarr-append or TIFF-stack archiver's kill window is a commit made and n
 (``Adoption.frames``), every stack or array its journal named is opened read-only, and the frames beyond the
 last cataloged one, up to its committed length (what a reopen trusts), are cataloged as read back, with the
 source, sequence value, receive time and metadata the container keeps beside each frame (``readers``). A
-container the run first committed to in that window and Parquet files are not covered (README).
+ParquetArchiver's is the same: rows flushed to the file's own journal and not yet in the catalog's; the
+restarting ParquetArchiver rebuilt and published the file before its catalog starts, so the items of the rows
+beyond the last cataloged one (consecutive rows of one ``item_key``) are cataloged from the file, with their
+source, sequence value and receive time (no metadata: the file keeps none). A container the run first committed
+to in that window is not covered (README).
 """
 
 from __future__ import annotations
@@ -75,7 +79,8 @@ class Adoption:
 
     suffix: str | None = None
     zarr_arrays: bool = False
-    #: the frames an HDF5, Zarr-append or TIFF-stack archiver committed beyond what its journal says (``_adopt_frames``)
+    #: the frames (or Parquet rows) an HDF5, Zarr-append, TIFF-stack or Parquet archiver committed beyond what its
+    #: journal says (``_adopt_frames``)
     frames: bool = False
 
     @classmethod
@@ -226,8 +231,8 @@ def _adopt_frames(catalog: CatalogBackend, root: Path, killed: list[_KilledRun])
             for path, member, end in catalog.container_ends(run.archiver, run.started):
                 try:
                     when = os.stat(os.path.join(root, path)).st_mtime
-                    for index in range(end, reader.committed(path, member)):
-                        rows.append(_frame_row(reader, run, path, member, index, when))
+                    for index, count in reader.spans(path, member, end):
+                        rows.append(_frame_row(reader, run, path, member, index, count, when))
                 except (ArchiverError, OSError, TypeError) as exc:  # unreadable: what verify reports of the catalog
                     log.warning("catalog %s: cannot read %s in %s to adopt its frames: %s", root, member, path, exc)
     if rows:
@@ -237,13 +242,14 @@ def _adopt_frames(catalog: CatalogBackend, root: Path, killed: list[_KilledRun])
 
 
 def _frame_row(
-    reader: ContainerReader, run: _KilledRun, path: str, member: str, index: int, when: float
+    reader: ContainerReader, run: _KilledRun, path: str, member: str, index: int, count: int, when: float
 ) -> tuple[Any, ...]:
-    """The catalog row of frame ``index`` of ``member`` in ``path``, read back (``ITEM_COLUMNS`` without ``id``)."""
-    reading = reader.read(path, member, index)
+    """The catalog row of the item at ``index`` (``count`` indices: a frame, or an item's Parquet rows) of
+    ``member`` in ``path``, read back (``ITEM_COLUMNS`` without ``id``); rows have no bytes of their own (0)."""
+    reading = reader.read(path, member, index, count)
     record = reader.frame_record(path, member, index)
     metadata = orjson.dumps(record.metadata, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
-    return (run.archiver, record.source, run.event, record.sequence, path, member, index, 1, reading.nbytes,
+    return (run.archiver, record.source, run.event, record.sequence, path, member, index, count, reading.nbytes or 0,
             reading.checksum, metadata, record.received, when)  # fmt: skip
 
 

@@ -38,6 +38,7 @@ libraries are imported when a container of their kind is first read (``extras.re
 from __future__ import annotations
 
 import bisect
+import datetime as dt
 import errno
 import itertools
 import json
@@ -141,8 +142,14 @@ class ContainerReader:
 
     def frame_record(self, path: str, member: str, index: int) -> FrameRecord:
         """What the HDF5, Zarr-append or TIFF-stack container keeps of frame ``index`` beside it (archive and
-        metadata columns, a page's record). Raises ItemUnreadableError (also for kinds that keep none)."""
+        metadata columns, a page's record; for Parquet rows the archiver's own columns and no metadata). Raises
+        ItemUnreadableError (also for kinds that keep none)."""
         return self._container(self._full(path), member, index).frame_record(member, index)
+
+    def spans(self, path: str, member: str, start: int) -> list[tuple[int, int]]:
+        """The items of ``member`` of ``path`` from index ``start`` to its committed end, as ``(index, count)``:
+        one index each for frames; for Parquet rows, each item's consecutive rows (one ``item_key``)."""
+        return self._container(self._full(path), member, start).spans(member, start)
 
     def _full(self, path: str) -> str:
         """``path`` as the containers are kept: an ``s3://`` URL as it is, else absolute under the root."""
@@ -245,6 +252,9 @@ class _Opened:
 
     def frame_record(self, member: str, index: int) -> FrameRecord:
         raise self.error("unreadable", member, index, "expected an HDF5 stack, a Zarr array or a TIFF stack")
+
+    def spans(self, member: str, start: int) -> list[tuple[int, int]]:
+        return [(index, 1) for index in range(start, self.committed(member))]
 
     def close(self) -> None:
         """Release what is held open (nothing by default)."""
@@ -632,19 +642,12 @@ class _Parquet(_Opened):
         self._group: tuple[int, dict[str, list[Any]]] | None = None
 
     def read(self, member: str | None, index: int | None, count: int, key: bytes | None) -> ItemReading:
-        from ..sinks.containers.parquet import ROWS
-
-        if member != ROWS:
-            raise self.error("missing", member, index, f"a Parquet file has one member, {ROWS!r}")
         if index is None:
             raise self.error("missing", member, index, "expected a row index (a file's items are rows)")
+        self._rows_member(member, index)
         if index + count > self.rows:
             raise self.error(
                 "beyond_end", member, index, f"expected {count} row(s) from row {index}, the file has {self.rows}"
-            )
-        if "item_key" not in self._columns:
-            raise self.error(
-                "unreadable", member, index, "the file has no item_key column (not written by ParquetArchiver?)"
             )
         rows = [self._row(number, member, index) for number in range(index, index + count)]
         keys = {row["item_key"] for row in rows}
@@ -660,7 +663,35 @@ class _Parquet(_Opened):
             )  # fmt: skip
         return self.reading(member, index, count, None, rows[0])
 
-    def _row(self, number: int, member: str, index: int) -> dict[str, Any]:
+    def committed(self, member: str) -> int:
+        self._rows_member(member, None)
+        return self.rows
+
+    def spans(self, member: str, start: int) -> list[tuple[int, int]]:
+        from ..sinks.containers.parquet import key_spans
+
+        self._rows_member(member, start)
+        keys = [self._row(number, member, start)["item_key"] for number in range(start, self.rows)]
+        return sorted((span.first + start, span.count) for span in key_spans(self.path, keys).values())
+
+    def frame_record(self, member: str, index: int) -> FrameRecord:
+        self._rows_member(member, index)
+        row = self._row(index, member, index)
+        received = row.get("received")  # a timestamp column, never null
+        when = received.timestamp() if isinstance(received, dt.datetime) else 0.0
+        return FrameRecord(str(row.get("source_name")), row.get("sequence"), when, {})
+
+    def _rows_member(self, member: str | None, index: int | None) -> None:
+        from ..sinks.containers.parquet import ROWS
+
+        if member != ROWS:
+            raise self.error("missing", member, index, f"a Parquet file has one member, {ROWS!r}")
+        if "item_key" not in self._columns:
+            raise self.error(
+                "unreadable", member, index, "the file has no item_key column (not written by ParquetArchiver?)"
+            )
+
+    def _row(self, number: int, member: str | None, index: int) -> dict[str, Any]:
         group = bisect.bisect_right(self._starts, number) - 1
         if self._group is None or self._group[0] != group:
             try:
