@@ -160,6 +160,7 @@ class S3Server:
                 _wait_for_port(self.host, self.port, self._process, log, "weed mini")
             self._wait_s3_ready(log)
             if not self.netns:
+                self._wait_volumes_known(data, log)
                 self._wait_buckets_ready(log)
         except BaseException:
             self.stop()
@@ -193,6 +194,32 @@ class S3Server:
                     pass
             time.sleep(0.1)
         raise ServerError(f"the S3 API on {self.endpoint} did not answer within {START_TIMEOUT:.0f} s")
+
+    def _wait_volumes_known(self, data: Path, log: Path) -> None:
+        """After a restart the S3 API answers before the master knows the volumes on disk (a GetObject of a kept
+        object then fails with InternalError: "volume 1 not found"): wait until the master's lookup finds each
+        volume file in ``data`` (``<collection>_<id>.dat`` or ``<id>.dat``) on a volume server."""
+        import json
+        import urllib.request
+
+        volumes = sorted({path.stem.rpartition("_")[2] for path in data.rglob("*.dat")})
+        master = f"http://{self.host}:{self._ports[0]}"
+        deadline = time.monotonic() + START_TIMEOUT
+        while volumes and time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{master}/dir/lookup?volumeId={volumes[0]}", timeout=1.0) as answer:
+                    found = json.loads(answer.read()).get("locations")
+            except (OSError, ValueError):
+                found = None
+            if found:
+                volumes.pop(0)
+                continue
+            time.sleep(0.1)
+        if volumes:
+            raise ServerError(
+                f"the master {master} did not find volume(s) {', '.join(volumes)} of {data} within "
+                f"{START_TIMEOUT:.0f} s; log:\n{_log_tail(log)}"
+            )
 
     def _wait_buckets_ready(self, log: Path) -> None:
         """After a restart the API answers before the objects do (an InternalError for a while): wait until a
