@@ -55,6 +55,21 @@ def test_demo_archives_every_frame_and_checks_them(tmp_path: Path) -> None:
         assert array.shape == (256, 128) and array.dtype == np.uint16 and frame_index(array) == i
 
 
+def test_version_names_ours_heros_and_zenoh() -> None:
+    from importlib.metadata import version
+
+    import heros_archiver
+
+    result = subprocess.run([*CLI, "--version"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    expected = (
+        f"heros-archiver {heros_archiver.__version__} (heros {version('heros')}, "
+        f"eclipse-zenoh {version('eclipse-zenoh')})"
+    )
+    assert result.stdout.strip() == expected
+    assert heros_archiver.__version__ == version("heros-archiver"), "the package's and its metadata's versions differ"
+
+
 def test_render_prints_the_path() -> None:
     result = subprocess.run(
         [*CLI, "render", "{{ file_path }}/img-{{ '%04d' % frame }}.npy", "frame=7", "--default", "file_path=/data/run"],

@@ -28,6 +28,38 @@ from .logging_options import LogFormat, setup_logging
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Archive the events of HEROS devices to files.")
 console = Console(stderr=True)
+
+
+def _print_version(value: bool) -> None:
+    """``--version``: this package's version and those of the two it talks through (what a bug report needs)."""
+    if not value:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    from .. import __version__
+
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    typer.echo(f"heros-archiver {__version__} (heros {installed('heros')}, eclipse-zenoh {installed('eclipse-zenoh')})")
+    raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="print the versions (ours, heros, Zenoh) and exit"
+        ),
+    ] = False,
+) -> None:
+    """Archive the events of HEROS devices to files."""
+
+
 #: The counters of the table ``run`` prints per source when it stops.
 STATS_COLUMNS = (
     "received",
