@@ -271,6 +271,11 @@ def test_after_sigkill_and_restart_the_catalog_and_the_files_agree(tmp_path: Pat
     }
     items = agree.get(kind, assert_files_and_catalog_agree)(root)
     assert len(items) >= 300
+    if kind != "zarr":  # (a ZarrArchiver's array published in the kill's moment is adopted without one)
+        # files a helper created after the kill were journaled as intents first, frames and rows are read back:
+        # every item has its sequence value, so that a run going on after the restart shows no false gap
+        assert [item for item in items if item.sequence is None] == []
+        assert verify(root).problems == []
     assert not os.listdir(journal_directory(root)), "the killed run's journal was applied and removed"
 
 

@@ -158,7 +158,21 @@ class FileArchiver(HERODataArchiver):
         )
         if not self._files.helper_process or own_store or self.object_root is not None:
             return None
-        return lambda lanes: BatchWriter(self._writer, lanes)
+        return self._make_batch_writer
+
+    def _make_batch_writer(self, lanes: int) -> BatchWriter:
+        """The lanes' helpers, whose files the catalog (made before the pipeline) journals as intents first."""
+        writer = BatchWriter(self._writer, lanes)
+        catalog = self._catalog
+        if catalog is not None:
+            key, event = self.options.sequence_key, self._event
+
+            def intend(planned: list[tuple[Item, str]]) -> None:
+                catalog.intend([(item.source, item.event or event, item.sequence(key), item.received, path)
+                                for item, path in planned])  # fmt: skip
+
+            writer.intend = intend
+        return writer
 
     def _stop(self, *_boss: Any) -> None:
         """Drain as every archiver does, then finish the files still on their way to disk."""

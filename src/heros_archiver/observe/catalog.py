@@ -33,7 +33,7 @@ from typing import Any
 from ..errors import CatalogError
 from ..saferepr import safe_str
 from .catalog_backend import CatalogTarget
-from .catalog_journal import JournalWriter, encode_outcomes
+from .catalog_journal import JournalWriter, encode_intents, encode_outcomes
 from .catalog_names import process_start
 from .catalog_process import STOP, apply_segments, target_environment
 from .catalog_recovery import Adoption, recover
@@ -125,6 +125,12 @@ class CatalogListener(Listener):
                 self._journal.set_header({"archiver": f"{known}:{self._event}"})
         self._journal.append(encode_outcomes(outcomes))
         self._applier.check()
+
+    def intend(self, intents: Sequence[tuple[str, str, int | None, float, str]]) -> None:
+        """Journal the files a helper process is about to create, ``(source, event, sequence, received, path)``
+        each (``catalog_journal.encode_intents``): what the next start adopts them with if this process is
+        killed before their commit line. Raises OSError when the journal cannot be written."""
+        self._journal.append(encode_intents(intents))
 
     def note_helpers(self, pids: list[int]) -> None:
         """The helper processes that create this archiver's files (``sinks.publisher``): after a kill of the

@@ -191,6 +191,8 @@ def _rows(
                 continue
             for record in orjson.loads(line):
                 kind, source, event, sequence, received, when = record[:6]
+                if kind == "i":  # a file about to be created: no item (catalog_recovery reads it after a kill)
+                    continue
                 metadata = record[-1] if isinstance(record[-1], str) else orjson.dumps(record[-1]).decode()
                 if kind == "a":
                     path, member, index, count, nbytes, checksum = record[6:12]

@@ -19,6 +19,11 @@ One journal per archiver and process (its name: ``catalog_names``). Its lines:
   ``["x", source, event, sequence, received, time, why, metadata]`` (dropped). The metadata is an object, or,
   where orjson could not write it as it is (integers beyond 64 bits, keys that are no text), its JSON text as a
   string; ``catalog_apply`` stores either exactly as written here.
+* ``[["i", source, event, sequence, received, time, path], ...]``: files about to be created by a helper process
+  (``sinks.batching``), written before they are handed over. They are no items (the applier skips them): a
+  helper finishes its batch after its archiver was killed, and the files it created then are in no commit line;
+  the next start adopts them (``catalog_recovery``) with the source, sequence value and receive time their
+  intent records give, so that a stream's sequence shows no false gap where they are.
 """
 
 from __future__ import annotations
@@ -151,6 +156,17 @@ def encode_outcomes(outcomes: Sequence[Outcome]) -> bytes:
         return orjson.dumps(records, default=_as_text, option=_LINE_OPTIONS)
     except TypeError:  # orjson.JSONEncodeError: one record (or more) needs the careful path
         return orjson.dumps([_careful(record) for record in records], option=_LINE_OPTIONS)
+
+
+def encode_intents(intents: Sequence[tuple[str, str, int | None, float, str]]) -> bytes:
+    """The journal line of files about to be created: ``(source, event, sequence, received, path)`` each (see the
+    module docstring); empty without any."""
+    if not intents:
+        return b""
+    now = time.time()
+    records = [("i", source, event, _sequence(sequence), received, now, path)
+               for source, event, sequence, received, path in intents]  # fmt: skip
+    return orjson.dumps(records, default=_as_text, option=_LINE_OPTIONS)
 
 
 def encode_header(fields: Mapping[str, Any]) -> bytes:

@@ -10,13 +10,14 @@ between leaves a file under the root that no journal names. So after a killed ru
 journal has no ``closed`` line and says which files it writes: ``adopt``), the files under the root that are
 newer than that run's last journaled commit minus ``ADOPT_MARGIN``, end as its files do, and are not in the
 catalog are *adopted* (once the run's helper processes, which finish the batch they were given, have exited):
-cataloged with the checksum of the file as it is, metadata ``{}``, and the source of
-the run's last journaled item (``?`` if it journaled none). A ``ZarrArchiver`` publishes a whole array (a
-directory) per item: after its kill, the arrays (a ``zarr.json`` of an array node, changed since then, in a
-group directory) that the catalog does not name are adopted the same way, as the store (the topmost group
-directory above the array) and the array's key in it, with the checksum of its values read back
-(``readers.ContainerReader``). The walk happens only then (after a kill), skips the archiver's own folder and
-temporaries, and looks at the files only of directories changed since then.
+cataloged with the checksum of the file as it is and metadata ``{}``; with the source, event, sequence value and
+receive time of its intent record when the run journaled one for it (a helper's files: ``catalog_journal``),
+else with the source of the run's last journaled item (``?`` if it journaled none) and no sequence value. A
+``ZarrArchiver`` publishes a whole array (a directory) per item: after its kill, the arrays (a ``zarr.json`` of
+an array node, changed since then, in a group directory) that the catalog does not name are adopted the same
+way, as the store (the topmost group directory above the array) and the array's key in it, with the checksum of
+its values read back (``readers.ContainerReader``). The walk happens only then (after a kill), skips the
+archiver's own folder and temporaries, and looks at the files only of directories changed since then.
 
 An HDF5, Zarr-append or TIFF-stack archiver's kill window is a commit made and not yet journaled: for such a killed run
 (``Adoption.frames``), every stack or array its journal named is opened read-only, and the frames beyond the
@@ -106,6 +107,8 @@ class _KilledRun:
     helpers: list[list[int]]
     #: when the oldest segment of its journal still there was made
     started: float = 0.0
+    #: its journal's segments still there (their intent records: ``_intents``)
+    segments: tuple[Path, ...] = ()
 
 
 def recover(root: Path, target: CatalogTarget) -> None:
@@ -146,6 +149,7 @@ def _recover(catalog: CatalogBackend, root: Path) -> None:
             times[journal] - ADOPT_MARGIN,
             list(applied.state.header.get("helpers") or []),
             firsts[journal],
+            tuple(directory / name.text for name in dead if name.journal == journal),
         )
         for journal, applied in last.items()
         if not applied.state.closed and (adoption := Adoption.from_header(applied.state.header.get("adopt")))
@@ -195,6 +199,9 @@ def _adopt(catalog: CatalogBackend, root: Path, killed: list[_KilledRun]) -> int
     since = min(run.since for run in killed)
     runs = sorted(killed, key=lambda run: run.since, reverse=True)
     rows: list[AdoptedRow] = []
+    #: files adopted with what their intent records say of them (full item rows)
+    intended: list[tuple[Any, ...]] = []
+    intents = {id(run): _intents(run.segments, str(root)) for run in killed}
     with ContainerReader(root) as reader:
         for path, stat in _changed_files(str(root), since):
             when = max(stat.st_mtime, stat.st_ctime)
@@ -214,9 +221,38 @@ def _adopt(catalog: CatalogBackend, root: Path, killed: list[_KilledRun]) -> int
             except OSError as exc:
                 log.warning("catalog %s: cannot read %s to adopt it: %s", root, path, exc)
                 continue
-            rows.append((run.archiver, run.source, run.event, relative, None, stat.st_size, digest, when))
+            intent = intents[id(run)].get(relative)
+            if intent is None:
+                rows.append((run.archiver, run.source, run.event, relative, None, stat.st_size, digest, when))
+            else:
+                source, event, sequence, received = intent
+                intended.append((run.archiver, source, event, sequence, relative, None, None, 1, stat.st_size, digest,
+                                 "{}", received, when))  # fmt: skip
     catalog.adopt(rows)
-    return len(rows)
+    if intended:
+        with catalog.transaction():
+            catalog.add(intended, [])
+    return len(rows) + len(intended)
+
+
+def _intents(segments: tuple[Path, ...], root: str) -> dict[str, tuple[str, str, int | None, float]]:
+    """Per file (relative to ``root``) that a killed run's helper was about to create, its intent record's
+    source, event, sequence value and receive time (``catalog_journal``); a line torn by the kill is skipped."""
+    found: dict[str, tuple[str, str, int | None, float]] = {}
+    for segment in segments:
+        try:
+            data = segment.read_bytes()
+        except OSError:
+            continue
+        for line in data.splitlines():
+            if not line.startswith(b'[["i"'):
+                continue
+            try:
+                for _, source, event, sequence, received, _, path in orjson.loads(line):
+                    found[relative_to_root(str(path), root)] = (str(source), str(event), sequence, float(received))
+            except (ValueError, TypeError):  # orjson's errors are ValueErrors; a record of another shape
+                continue
+    return found
 
 
 def _adopt_frames(catalog: CatalogBackend, root: Path, killed: list[_KilledRun]) -> int:

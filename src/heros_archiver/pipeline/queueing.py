@@ -51,6 +51,13 @@ class Item:
         """The text that picks this item's lane: its ``route``, else its source."""
         return self.source if self.route is None else self.route
 
+    def sequence(self, key: str | None) -> int | None:
+        """Its metadata's value of the archiver's ``sequence_key`` (None: no key, or the value is no integer)."""
+        value = None if key is None else self.metadata.get(key)
+        if isinstance(value, bool) or not isinstance(value, int):
+            return None
+        return value
+
 
 class LaneQueue:
     """Bounded multi-lane FIFO. ``put`` blocks (or refuses) when items or bytes would exceed the bounds.

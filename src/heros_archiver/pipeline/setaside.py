@@ -124,7 +124,7 @@ class SetAside:
                     received=item.received,
                     described=described,
                     context=item.context,
-                    sequence=self._sequence_of(item),
+                    sequence=item.sequence(self._sequence_key),
                 )
             except OSError as exc:  # storage (StorageError is one): worth retrying
                 if persist and attempt == 1:
@@ -184,19 +184,12 @@ class SetAside:
         return kind(
             source=item.source,
             event=item.event or self._event,
-            sequence=self._sequence_of(item),
+            sequence=item.sequence(self._sequence_key),
             metadata=item.metadata,
             received=item.received,
             nbytes=item.nbytes,
             **fields,
         )
-
-    def _sequence_of(self, item: Item) -> int | None:
-        """The item's value of the archiver's ``sequence_key`` (None: no key, or the value is no integer)."""
-        sequence = None if self._sequence_key is None else item.metadata.get(self._sequence_key)
-        if isinstance(sequence, bool) or not isinstance(sequence, int):
-            return None
-        return sequence
 
     def _backoff(self, attempt: int) -> float:
         """Exponential backoff with equal jitter: half the delay fixed, half random."""

@@ -10,6 +10,7 @@ resumed from an earlier run's spool, and everything once a helper is gone. Decis
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..pipeline.queueing import Item
@@ -58,6 +59,9 @@ class BatchWriter:
         self._writer = writer
         #: set items' locations (``Item.locations``) as they are written: someone listens (``observe``)
         self.locate = False
+        #: told of the files of each batch, ``(item, path)`` each, before the helper gets them (the catalog's
+        #: intent records: after a kill the helper finishes the batch, and a later start adopts those files)
+        self.intend: Callable[[list[tuple[Item, str]]], None] | None = None
         self._helpers: list[PublishHelper | None] = []
         self._starts = [0] * lanes
         try:
@@ -104,6 +108,11 @@ class BatchWriter:
             batch.sent.append(index)
             if self.locate:
                 batch.contents.append(data)
+        if requests and self.intend is not None:
+            try:
+                self.intend([(items[index], request[1]) for index, request in zip(batch.sent, requests, strict=True)])
+            except Exception as exc:  # noqa: BLE001 - the files are written all the same; only a kill's adoption is poorer
+                log.warning("the intent records of %d file(s) were not journaled: %s", len(requests), exc)
         if requests:
             try:
                 helper.send(requests)
