@@ -1,6 +1,8 @@
 """Child process of tests/test_catalog.py: an archiver that archives items until it is killed (SIGKILL).
 
-    python catalog_child.py KIND ROOT [URL]   KIND: npy (ArrayArchiver, frames written by the writer thread), json
+    python catalog_child.py KIND ROOT [URL]   KIND: npy (ArrayArchiver, small frames created by its helper
+                                              process), npy-big (1 MiB frames written by the writer
+                                              thread), json
                                               (JsonArchiver, files created by its helper process) or hdf5
                                               (Hdf5Archiver, frames committed to one file), tiff-stack (TiffArchiver,
                                               pages committed to one stack), parquet (ParquetArchiver, rows
@@ -10,8 +12,9 @@
 
 Prints ``@@ PIDS p1 p2 ...`` (its catalog applier and helper processes, which a kill of this process's group
 does not reach: the test stops them by PID if they outlive it), then feeds items 0, 1, 2, ... as fast as the
-archiver takes them (``feed``, no Zenoh sender) and prints ``@@ ARCHIVED n`` every 100 items once the archiver
-counts n archived, so the test can kill it in the middle of a run. It never stops by itself.
+archiver takes them (``feed``, no Zenoh sender; npy-big at ~100 a second) and prints ``@@ ARCHIVED n`` every 100
+items (10 of npy-big) once the archiver counts n archived, so the test can kill it in the middle of a run. It
+never stops by itself.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from heros_archiver.testing import free_port, session_manager, unique_realm
 
 TEMPLATES = {
     "npy": (ArrayArchiver, {"save_template": "{{ file_path }}/{{ '%05d' % frame }}.npy"}),
+    "npy-big": (ArrayArchiver, {"save_template": "{{ file_path }}/{{ '%05d' % frame }}.npy"}),
     "json": (JsonArchiver, {"save_template": "{{ file_path }}/{{ '%05d' % frame }}.json"}),
     "hdf5": (Hdf5Archiver, {"file_template": "{{ file_path }}/run.h5", "flush_frames": 25}),
     "tiff-stack": (TiffArchiver, {"save_template": "{{ file_path }}/run.tif", "stack": True, "flush_frames": 25}),
@@ -41,6 +45,8 @@ def payload(kind: str, index: int) -> object:
     """Item ``index``'s data."""
     if kind in ("json", "parquet"):
         return {"value": index * 0.5, "index": index}
+    if kind == "npy-big":  # 1 MiB: written by the writer thread through the writeback window, not by a helper
+        return np.full((512, 1024), index, dtype=np.uint16)
     return np.full((16, 16), index, dtype=np.uint16)
 
 
@@ -62,7 +68,9 @@ def main(kind: str, root: str, url: str | None = None) -> None:
     while True:
         archiver.feed("cam", (payload(kind, index), {"frame": index, "run": "crash"}))
         index += 1
-        if index % 100 == 0:
+        if kind == "npy-big":
+            threading.Event().wait(0.01)  # ~100 MiB/s: the test kills it after a few dozen, not a GiB
+        if index % (10 if kind == "npy-big" else 100) == 0:
             print(f"@@ ARCHIVED {archiver.stats()['total']['archived']}", flush=True)
             threading.Event().wait(0.001)
 

@@ -236,15 +236,16 @@ def test_a_file_where_the_catalog_belongs_fails_the_start_clearly(tmp_path: Path
 
 
 # ------------------------------------------------------------------------------------------------ SIGKILL
-@pytest.mark.parametrize("kind", ["npy", "json", "hdf5", "tiff-stack", "zarr", "parquet"])
+@pytest.mark.parametrize("kind", ["npy", "npy-big", "json", "hdf5", "tiff-stack", "zarr", "parquet"])
 def test_after_sigkill_and_restart_the_catalog_and_the_files_agree(tmp_path: Path, kind: str) -> None:
     root = tmp_path / "archive"
+    least = 20 if kind == "npy-big" else 300  # items cataloged before the kill (20 MiB of 1 MiB frames)
     others: list[int] = []
     try:
         with child(
             [sys.executable, str(TESTS_DIR / "catalog_child.py"), kind, str(root)], tmp_path / "child.log", child_env(0)
         ) as proc:
-            wait_until(lambda: "@@ ARCHIVED" in proc.output() and catalog_count(root) >= 300, what="a run under way")
+            wait_until(lambda: "@@ ARCHIVED" in proc.output() and catalog_count(root) >= least, what="a run under way")
             others = [int(pid) for pid in proc.output().split("@@ PIDS", 1)[1].split("\n", 1)[0].split()]
             proc.kill()
         # its applier sees its input end and exits after one last application; its helpers finish their batch
@@ -270,7 +271,7 @@ def test_after_sigkill_and_restart_the_catalog_and_the_files_agree(tmp_path: Pat
         "parquet": assert_rows_and_catalog_agree,
     }
     items = agree.get(kind, assert_files_and_catalog_agree)(root)
-    assert len(items) >= 300
+    assert len(items) >= least
     if kind != "zarr":  # (a ZarrArchiver's array published in the kill's moment is adopted without one)
         # files a helper created after the kill were journaled as intents first, frames and rows are read back:
         # every item has its sequence value, so that a run going on after the restart shows no false gap

@@ -163,16 +163,23 @@ class FileArchiver(HERODataArchiver):
     def _make_batch_writer(self, lanes: int) -> BatchWriter:
         """The lanes' helpers, whose files the catalog (made before the pipeline) journals as intents first."""
         writer = BatchWriter(self._writer, lanes)
-        catalog = self._catalog
-        if catalog is not None:
-            key, event = self.options.sequence_key, self._event
-
-            def intend(planned: list[tuple[Item, str]]) -> None:
-                catalog.intend([(item.source, item.event or event, item.sequence(key), item.received, path)
-                                for item, path in planned])  # fmt: skip
-
-            writer.intend = intend
+        if self._catalog is not None:
+            writer.intend = self._intend
         return writer
+
+    def _intend(self, planned: list[tuple[Item, str]]) -> None:
+        """Journal the files about to be created, ``(item, path)`` each, as the catalog's intent records: a file
+        created and not yet committed when a kill comes is adopted with its item's source, sequence value and
+        receive time (decision 0041). A journal that cannot be written is logged: the files are written all the
+        same, only such an adoption is poorer."""
+        if self._catalog is None:
+            return
+        key, event = self.options.sequence_key, self._event
+        try:
+            self._catalog.intend([(item.source, item.event or event, item.sequence(key), item.received, path)
+                                  for item, path in planned])  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - archiving goes on; the catalog's own failures are counted there
+            log.warning("the intent records of %d file(s) were not journaled: %s", len(planned), exc)
 
     def _stop(self, *_boss: Any) -> None:
         """Drain as every archiver does, then finish the files still on their way to disk."""
@@ -202,7 +209,8 @@ class FileArchiver(HERODataArchiver):
             return
         # item.metadata was merged with the default metadata when the event arrived (feed)
         if self._pipeline.hub.locating:
-            item.locations = self._writer.write_located(item.source, item.payload, item.metadata, item.resumed)
+            before = None if self._catalog is None else (lambda paths: self._intend([(item, p) for p in paths]))
+            item.locations = self._writer.write_located(item.source, item.payload, item.metadata, item.resumed, before)
         else:
             self._writer.write(item.source, item.payload, item.metadata, resumed=item.resumed)
 

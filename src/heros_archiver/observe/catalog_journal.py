@@ -19,11 +19,12 @@ One journal per archiver and process (its name: ``catalog_names``). Its lines:
   ``["x", source, event, sequence, received, time, why, metadata]`` (dropped). The metadata is an object, or,
   where orjson could not write it as it is (integers beyond 64 bits, keys that are no text), its JSON text as a
   string; ``catalog_apply`` stores either exactly as written here.
-* ``[["i", source, event, sequence, received, time, path], ...]``: files about to be created by a helper process
-  (``sinks.batching``), written before they are handed over. They are no items (the applier skips them): a
-  helper finishes its batch after its archiver was killed, and the files it created then are in no commit line;
-  the next start adopts them (``catalog_recovery``) with the source, sequence value and receive time their
-  intent records give, so that a stream's sequence shows no false gap where they are.
+* ``[["i", source, event, sequence, received, time, path], ...]``: files about to be created (a helper's batch,
+  ``sinks.batching``, or a file the writer thread writes), written before the first of them is. They are no
+  items (the applier skips them): a helper finishes its batch after its archiver was killed, and a large file is
+  committed only once the writeback window has it on the device, so files exist that no commit line names; the
+  next start adopts them (``catalog_recovery``) with the source, sequence value and receive time their intent
+  records give, so that a stream's sequence shows no false gap where they are.
 """
 
 from __future__ import annotations

@@ -60,7 +60,8 @@ class BatchWriter:
         #: set items' locations (``Item.locations``) as they are written: someone listens (``observe``)
         self.locate = False
         #: told of the files of each batch, ``(item, path)`` each, before the helper gets them (the catalog's
-        #: intent records: after a kill the helper finishes the batch, and a later start adopts those files)
+        #: intent records: after a kill the helper finishes the batch, and a later start adopts those files);
+        #: it must not raise
         self.intend: Callable[[list[tuple[Item, str]]], None] | None = None
         self._helpers: list[PublishHelper | None] = []
         self._starts = [0] * lanes
@@ -109,10 +110,7 @@ class BatchWriter:
             if self.locate:
                 batch.contents.append(data)
         if requests and self.intend is not None:
-            try:
-                self.intend([(items[index], request[1]) for index, request in zip(batch.sent, requests, strict=True)])
-            except Exception as exc:  # noqa: BLE001 - the files are written all the same; only a kill's adoption is poorer
-                log.warning("the intent records of %d file(s) were not journaled: %s", len(requests), exc)
+            self.intend([(items[index], request[1]) for index, request in zip(batch.sent, requests, strict=True)])
         if requests:
             try:
                 helper.send(requests)

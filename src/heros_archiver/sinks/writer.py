@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
@@ -223,13 +223,19 @@ class FileWriter:
         return self._write(source_name, payload, metadata, resumed, None)
 
     def write_located(
-        self, source_name: str, payload: Any, metadata: dict[str, Any], resumed: bool = False
+        self,
+        source_name: str,
+        payload: Any,
+        metadata: dict[str, Any],
+        resumed: bool = False,
+        before: Callable[[list[str]], None] | None = None,
     ) -> tuple[Location, ...]:
         """``write``, returning where every file of the payload is (written now or found identical), with its
         size and checksum (``observe.outcomes``). An identical file found under ``on_exists="unique"`` is
-        reported under the name planned, which may differ by its ``-N``."""
+        reported under the name planned, which may differ by its ``-N``. ``before`` is told the paths planned,
+        once all are named and encoded, before the first is written (the catalog's intent records)."""
         locations: list[Location] = []
-        self._write(source_name, payload, metadata, resumed, locations)
+        self._write(source_name, payload, metadata, resumed, locations, before)
         return tuple(locations)
 
     def _write(
@@ -239,12 +245,16 @@ class FileWriter:
         metadata: dict[str, Any],
         resumed: bool,
         locations: list[Location] | None,
+        before: Callable[[list[str]], None] | None = None,
     ) -> list[str]:
         written: list[str] = []
         target = self._target
         on_exists = self.settings.on_exists
         try:
-            for path, content in self.plan_text(source_name, payload, metadata):
+            planned = self.plan_text(source_name, payload, metadata)
+            if before is not None:
+                before([path for path, _ in planned])
+            for path, content in planned:
                 final = target.write(path, content, on_exists, resumed)
                 if final is not None:
                     written.append(final)
