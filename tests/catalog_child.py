@@ -14,13 +14,16 @@ Prints ``@@ PIDS p1 p2 ...`` (its catalog applier and helper processes, which a 
 does not reach: the test stops them by PID if they outlive it), then feeds items 0, 1, 2, ... as fast as the
 archiver takes them (``feed``, no Zenoh sender; npy-big at ~100 a second) and prints ``@@ ARCHIVED n`` every 100
 items (10 of npy-big) once the archiver counts n archived, so the test can kill it in the middle of a run. It
-never stops by itself.
+never stops by itself. With ``HEROS_TEST_UNJOURNALED=N`` it archives 2N items, journals the commit lines of the
+first N only, prints ``@@ DONE`` and waits to be killed.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
+from typing import Any
 
 import numpy as np
 
@@ -50,7 +53,23 @@ def payload(kind: str, index: int) -> object:
     return np.full((16, 16), index, dtype=np.uint16)
 
 
+def drop_commit_lines_from(first: int) -> None:
+    """Journal no commit line for items whose ``frame`` is ``first`` or more, as a kill right after their files
+    were made and before their commit line would leave them (``HEROS_TEST_UNJOURNALED``): deterministic."""
+    from heros_archiver.observe.catalog import CatalogListener
+
+    handle = CatalogListener.handle
+
+    def handle_earlier(self: CatalogListener, outcomes: Any) -> None:
+        handle(self, [outcome for outcome in outcomes if outcome.metadata.get("frame", 0) < first])
+
+    CatalogListener.handle = handle_earlier  # type: ignore[method-assign]
+
+
 def main(kind: str, root: str, url: str | None = None) -> None:
+    unjournaled = os.environ.get("HEROS_TEST_UNJOURNALED")
+    if unjournaled:
+        drop_commit_lines_from(int(unjournaled))
     cls, template = TEMPLATES[kind]
     archiver = cls(
         object_selector="crash-sender",
@@ -65,6 +84,13 @@ def main(kind: str, root: str, url: str | None = None) -> None:
     stats = archiver.stats()
     print("@@ PIDS", stats["catalog"]["applier_pid"], *stats["helper_processes"], flush=True)
     index = 0
+    if unjournaled:  # twice as many items as journaled, then wait to be killed
+        for index in range(2 * int(unjournaled)):
+            archiver.feed("cam", (payload(kind, index), {"frame": index, "run": "crash"}))
+        while archiver.stats()["total"]["archived"] < 2 * int(unjournaled):
+            threading.Event().wait(0.01)
+        print("@@ DONE", flush=True)
+        threading.Event().wait()
     while True:
         archiver.feed("cam", (payload(kind, index), {"frame": index, "run": "crash"}))
         index += 1

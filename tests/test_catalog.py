@@ -272,12 +272,50 @@ def test_after_sigkill_and_restart_the_catalog_and_the_files_agree(tmp_path: Pat
     }
     items = agree.get(kind, assert_files_and_catalog_agree)(root)
     assert len(items) >= least
-    if kind != "zarr":  # (a ZarrArchiver's array published in the kill's moment is adopted without one)
-        # files a helper created after the kill were journaled as intents first, frames and rows are read back:
-        # every item has its sequence value, so that a run going on after the restart shows no false gap
-        assert [item for item in items if item.sequence is None] == []
-        assert verify(root).problems == []
+    # files and arrays were journaled as intents before they were made, frames and rows are read back: every
+    # item has its sequence value, so that a run going on after the restart shows no false gap
+    assert [item for item in items if item.sequence is None] == []
+    assert verify(root).problems == []
     assert not os.listdir(journal_directory(root)), "the killed run's journal was applied and removed"
+
+
+@pytest.mark.parametrize("kind", ["npy", "npy-big", "json", "zarr"])
+def test_files_made_but_not_journaled_before_a_kill_are_adopted_with_their_intents(tmp_path: Path, kind: str) -> None:
+    """The moment between making files and journaling their commit line, held open: 20 items archived, the
+    commit lines of the last 10 never written, then SIGKILL. The restart adopts those 10 files (arrays) with the
+    source, sequence value and receive time of the intent records journaled before they were made."""
+    root = tmp_path / "archive"
+    others: list[int] = []
+    env = child_env(0, HEROS_TEST_UNJOURNALED="10")
+    try:
+        args = [sys.executable, str(TESTS_DIR / "catalog_child.py"), kind, str(root)]
+        with child(args, tmp_path / "child.log", env) as proc:
+            wait_until(lambda: "@@ DONE" in proc.output(), what="20 items archived")
+            others = [int(pid) for pid in proc.output().split("@@ PIDS", 1)[1].split("\n", 1)[0].split()]
+            proc.kill()
+        wait_until(lambda: not any(_runs(pid) for pid in others), what="the killed run's own processes to exit")
+        cls, template = TEMPLATES[kind]
+        cls(
+            object_selector="crash-sender",
+            event_name="acquisition_data",
+            default_metadata={"file_path": str(root)},
+            realm=unique_realm(),
+            session_manager=session_manager(listen_port=free_port()),
+            **template,
+        ).close()
+    finally:
+        for pid in others:
+            if _runs(pid):
+                os.kill(pid, signal.SIGKILL)
+    items = sorted(catalog_items(root), key=lambda item: item.sequence if item.sequence is not None else -1)
+    assert [item.sequence for item in items] == list(range(20))
+    adopted = items[10:]
+    assert all(item.metadata == {} for item in adopted), adopted  # no commit line: adopted, not applied
+    assert all(item.source == "cam" and item.event == "acquisition_data" for item in adopted)
+    # the receive time of its intent, not the file's time (a file's mtime is the kernel's coarse clock: ms early)
+    assert all(items[9].received <= item.received <= item.committed + 0.05 for item in adopted)
+    assert all(item.metadata == {"frame": item.sequence, "run": "crash", "file_path": str(root)} for item in items[:10])
+    assert verify(root).problems == []
 
 
 def assert_arrays_and_catalog_agree(root: Path) -> list[CatalogItem]:

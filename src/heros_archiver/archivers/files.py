@@ -167,20 +167,6 @@ class FileArchiver(HERODataArchiver):
             writer.intend = self._intend
         return writer
 
-    def _intend(self, planned: list[tuple[Item, str]]) -> None:
-        """Journal the files about to be created, ``(item, path)`` each, as the catalog's intent records: a file
-        created and not yet committed when a kill comes is adopted with its item's source, sequence value and
-        receive time (decision 0041). A journal that cannot be written is logged: the files are written all the
-        same, only such an adoption is poorer."""
-        if self._catalog is None:
-            return
-        key, event = self.options.sequence_key, self._event
-        try:
-            self._catalog.intend([(item.source, item.event or event, item.sequence(key), item.received, path)
-                                  for item, path in planned])  # fmt: skip
-        except Exception as exc:  # noqa: BLE001 - archiving goes on; the catalog's own failures are counted there
-            log.warning("the intent records of %d file(s) were not journaled: %s", len(planned), exc)
-
     def _stop(self, *_boss: Any) -> None:
         """Drain as every archiver does, then finish the files still on their way to disk."""
         super()._stop(*_boss)

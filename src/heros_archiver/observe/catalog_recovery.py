@@ -53,7 +53,7 @@ from .catalog_backend import AdoptedRow, CatalogBackend, CatalogTarget
 from .catalog_names import JournalName, owner_alive
 from .catalog_schema import journal_directory
 from .outcomes import CHECKSUM_ALGORITHM
-from .readers import ContainerReader
+from .readers import ContainerReader, ItemReading
 
 __all__ = ["ADOPT_MARGIN", "Adoption", "recover"]
 
@@ -199,18 +199,31 @@ def _adopt(catalog: CatalogBackend, root: Path, killed: list[_KilledRun]) -> int
     since = min(run.since for run in killed)
     runs = sorted(killed, key=lambda run: run.since, reverse=True)
     rows: list[AdoptedRow] = []
-    #: files adopted with what their intent records say of them (full item rows)
+    #: what was adopted with what its intent record says of it (full item rows)
     intended: list[tuple[Any, ...]] = []
     intents = {id(run): _intents(run.segments, str(root)) for run in killed}
+
+    def add(run: _KilledRun, relative: str, member: str | None, nbytes: int, digest: str | None, when: float,
+            intent_path: str) -> None:  # fmt: skip
+        intent = intents[id(run)].get(intent_path)
+        if intent is None:
+            rows.append((run.archiver, run.source, run.event, relative, member, nbytes, digest, when))
+        else:
+            source, event, sequence, received = intent
+            intended.append((run.archiver, source, event, sequence, relative, member, None, 1, nbytes, digest, "{}",
+                             received, when))  # fmt: skip
+
     with ContainerReader(root) as reader:
         for path, stat in _changed_files(str(root), since):
             when = max(stat.st_mtime, stat.st_ctime)
             candidates = [r for r in runs if when >= r.since]
             array_run = next((r for r in candidates if r.adopt.zarr_arrays), None)
             if array_run is not None and os.path.basename(path) == "zarr.json":
-                row = _array_row(catalog, reader, root, path, array_run, when)
-                if row is not None:
-                    rows.append(row)
+                found = _array(catalog, reader, root, path)
+                if found is not None:
+                    store, member, reading = found
+                    intent_path = relative_to_root(os.path.dirname(path), str(root))
+                    add(array_run, store, member, reading.nbytes or 0, reading.checksum, when, intent_path)
                 continue
             run = next((r for r in candidates if r.adopt.suffix is not None and path.endswith(r.adopt.suffix)), None)
             relative = relative_to_root(path, str(root))
@@ -221,13 +234,7 @@ def _adopt(catalog: CatalogBackend, root: Path, killed: list[_KilledRun]) -> int
             except OSError as exc:
                 log.warning("catalog %s: cannot read %s to adopt it: %s", root, path, exc)
                 continue
-            intent = intents[id(run)].get(relative)
-            if intent is None:
-                rows.append((run.archiver, run.source, run.event, relative, None, stat.st_size, digest, when))
-            else:
-                source, event, sequence, received = intent
-                intended.append((run.archiver, source, event, sequence, relative, None, None, 1, stat.st_size, digest,
-                                 "{}", received, when))  # fmt: skip
+            add(run, relative, None, stat.st_size, digest, when, relative)
     catalog.adopt(rows)
     if intended:
         with catalog.transaction():
@@ -289,11 +296,12 @@ def _frame_row(
             reading.checksum, metadata, record.received, when)  # fmt: skip
 
 
-def _array_row(
-    catalog: CatalogBackend, reader: ContainerReader, root: Path, document: str, run: _KilledRun, when: float
-) -> AdoptedRow | None:
-    """The row of the array whose ``zarr.json`` is ``document``, if it is an array in a group that the catalog
-    does not name yet: its store is the topmost group directory above it (below the root)."""
+def _array(
+    catalog: CatalogBackend, reader: ContainerReader, root: Path, document: str
+) -> tuple[str, str, ItemReading] | None:
+    """The store (relative to the root), key and values read back of the array whose ``zarr.json`` is
+    ``document``, if it is an array in a group that the catalog does not name yet: its store is the topmost group
+    directory above it (below the root)."""
     array = os.path.dirname(document)
     if _node_type(document) != "array" or _node_type(os.path.join(os.path.dirname(array), "zarr.json")) != "group":
         return None
@@ -306,11 +314,10 @@ def _array_row(
     if catalog.has_path(relative, member):
         return None
     try:
-        reading = reader.read(relative, member)
+        return relative, member, reader.read(relative, member)
     except ArchiverError as exc:  # a half-published or damaged array: not an item the run archived
         log.warning("catalog %s: cannot read the array %s in %s to adopt it: %s", root, member, store, exc)
         return None
-    return (run.archiver, run.source, run.event, relative, member, reading.nbytes or 0, reading.checksum, when)
 
 
 def _node_type(document: str) -> str | None:

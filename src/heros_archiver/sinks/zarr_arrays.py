@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from typing import Any
 
 from ..checks import check_choice
@@ -102,23 +103,36 @@ class ZarrArrayWriter:
         return self._write(source_name, payload, metadata, resumed)[0]
 
     def write_located(
-        self, source_name: str, payload: Any, metadata: dict[str, Any], resumed: bool = False
+        self,
+        source_name: str,
+        payload: Any,
+        metadata: dict[str, Any],
+        resumed: bool = False,
+        before: Callable[[list[str]], None] | None = None,
     ) -> tuple[Location, ...]:
         """``write``, returning where the array is (``observe.outcomes``): ``path`` the group's directory (the
         store), ``member`` the array's key in it, no index (the array is the item), the checksum of its raw
         bytes as stored (C order, little-endian: the ``bytes`` codec's order, whatever order arrived). An
         identical array found under ``on_exists="unique"`` for a resumed item is reported under the key
-        planned, which may differ by its ``-N`` (as ``FileWriter.write_located`` reports such a file)."""
-        written, group, array, encoded = self._write(source_name, payload, metadata, resumed)
+        planned, which may differ by its ``-N`` (as ``FileWriter.write_located`` reports such a file). ``before``
+        is told the array's directory once it is encoded, before anything is made (the catalog's intents)."""
+        written, group, array, encoded = self._write(source_name, payload, metadata, resumed, before)
         key = (written or array)[len(group) + 1 :]
         return (array_location(os.path.abspath(group), key, None, encoded.data),)
 
     def _write(
-        self, source_name: str, payload: Any, metadata: dict[str, Any], resumed: bool
+        self,
+        source_name: str,
+        payload: Any,
+        metadata: dict[str, Any],
+        resumed: bool,
+        before: Callable[[list[str]], None] | None = None,
     ) -> tuple[str | None, str, str, EncodedArray]:
         """``write``; also the group, the array's planned path and its encoding."""
         group, array = self.target(source_name, metadata)
         encoded = self.encoder.encode(payload)  # the payload's faults before anything is made
+        if before is not None:
+            before([array])
         self._ensure_groups(group, os.path.dirname(array))
         written = publish_tree(
             self._root_text,
