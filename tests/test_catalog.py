@@ -195,6 +195,20 @@ def test_a_reader_in_another_process_sees_rows_while_items_keep_coming(make_rig:
         assert rig.archiver.stats()["total"]["received"] == 10 * (batch + 1)
 
 
+def test_intent_records_the_journal_refuses_are_counted_and_logged_once(
+    make_rig: RigFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    rig = make_rig(NPY, matched=())
+    listener = rig.archiver._catalog
+    assert listener is not None
+    listener._journal.close()  # as a journal on a full disk: every write refused
+    listener.intend([("cam", "acquisition_data", 1, 0.0, f"{rig.root}/1.npy")])
+    listener.intend([("cam", "acquisition_data", n, 0.0, f"{rig.root}/{n}.npy") for n in (2, 3)])
+    assert listener.status()["intents_lost"] == 3
+    lines = [r.getMessage() for r in caplog.records if "intent record" in r.getMessage()]
+    assert len(lines) == 1 and "1 intent record(s) not written" in lines[0] and "closed" in lines[0]
+
+
 def test_catalog_false_keeps_none(make_rig: RigFactory) -> None:
     rig = make_rig(NPY, matched=(), catalog=False)
     rig.archiver.feed("cam", (np.zeros(3), {"frame": 1}))

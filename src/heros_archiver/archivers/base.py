@@ -371,16 +371,12 @@ class HERODataArchiver(EventObserver):
     def _intend(self, planned: list[tuple[Item, str]]) -> None:
         """Journal the files about to be created, ``(item, path)`` each, as the catalog's intent records: a file
         created and not yet committed when a kill comes is adopted with its item's source, sequence value and
-        receive time (decision 0041). A journal that cannot be written is logged: the files are written all the
-        same, only such an adoption is poorer."""
+        receive time (decision 0041). Never raises (``CatalogListener.intend``)."""
         if self._catalog is None:
             return
         key, event = self.options.sequence_key, self._event
-        try:
-            self._catalog.intend([(item.source, item.event or event, item.sequence(key), item.received, path)
-                                  for item, path in planned])  # fmt: skip
-        except Exception as exc:  # noqa: BLE001 - archiving goes on; the catalog's own failures are counted there
-            log.warning("the intent records of %d file(s) were not journaled: %s", len(planned), exc)
+        self._catalog.intend([(item.source, item.event or event, item.sequence(key), item.received, path)
+                              for item, path in planned])  # fmt: skip
 
     def _store_item(self, item: Item) -> None:
         """Write one queued item (the pipeline's entry point); subclasses may use what the item knows."""

@@ -47,6 +47,8 @@ log = logging.getLogger("heros_archiver")
 
 #: Seconds between two looks at whether the applier process still runs.
 CHECK_INTERVAL = 5.0
+#: Seconds between two log lines of intent records the journal refused (the count stays exact).
+INTENT_LOG_INTERVAL = 5.0
 #: Times a dead applier process is started again before the catalog waits for the archiver's stop.
 MAX_RESTARTS = 5
 #: Seconds ``close`` waits for the applier process to finish its transaction and exit.
@@ -107,6 +109,9 @@ class CatalogListener(Listener):
                 f"({exc}); pass catalog=False to archive without a catalog"
             ) from exc
         self._applier = _Applier(root, self._journal.prefix, self.target)
+        #: intent records the journal refused (``intend``), and when that was last logged
+        self.intents_lost = 0
+        self._intent_logged_at = -INTENT_LOG_INTERVAL
 
     @property
     def name(self) -> str:
@@ -127,10 +132,24 @@ class CatalogListener(Listener):
         self._applier.check()
 
     def intend(self, intents: Sequence[tuple[str, str, int | None, float, str]]) -> None:
-        """Journal the files a helper process is about to create, ``(source, event, sequence, received, path)``
-        each (``catalog_journal.encode_intents``): what the next start adopts them with if this process is
-        killed before their commit line. Raises OSError when the journal cannot be written."""
-        self._journal.append(encode_intents(intents))
+        """Journal the files about to be made, ``(source, event, sequence, received, path)`` each
+        (``catalog_journal.encode_intents``): what the next start adopts them with if this process is killed
+        before their commit line. Never raises: the files are made all the same, and what could not be journaled
+        is counted (``status()["intents_lost"]``) and logged (the first time, then at most every 5 s)."""
+        try:
+            self._journal.append(encode_intents(intents))
+        except Exception as exc:  # noqa: BLE001 - archiving goes on; only an adoption after a kill is poorer
+            self.intents_lost += len(intents)
+            now = time.monotonic()
+            if now - self._intent_logged_at >= INTENT_LOG_INTERVAL:
+                self._intent_logged_at = now
+                log.warning(
+                    "catalog journal %s: %d intent record(s) not written so far (a kill now leaves files that are "
+                    "adopted without their sequence values): %s",
+                    self._journal.name,
+                    self.intents_lost,
+                    safe_str(exc),
+                )
 
     def note_helpers(self, pids: list[int]) -> None:
         """The helper processes that create this archiver's files (``sinks.publisher``): after a kill of the
@@ -144,6 +163,7 @@ class CatalogListener(Listener):
             "host": self.target.host if self.target.shared else None,
             "journal": str(self._journal.directory / self._journal.name),
             "journal_bytes": self._journal.written,
+            "intents_lost": self.intents_lost,
             **self._applier.status(),
         }
 
