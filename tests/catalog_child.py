@@ -14,8 +14,8 @@ Prints ``@@ PIDS p1 p2 ...`` (its catalog applier and helper processes, which a 
 does not reach: the test stops them by PID if they outlive it), then feeds items 0, 1, 2, ... as fast as the
 archiver takes them (``feed``, no Zenoh sender; npy-big at ~100 a second) and prints ``@@ ARCHIVED n`` every 100
 items (10 of npy-big) once the archiver counts n archived, so the test can kill it in the middle of a run. It
-never stops by itself. With ``HEROS_TEST_UNJOURNALED=N`` it archives 2N items, journals the commit lines of the
-first N only, prints ``@@ DONE`` and waits to be killed.
+never stops by itself. With ``HEROS_TEST_UNJOURNALED=N`` it archives 2N items (20 at least), journals the commit
+lines of the first N only, prints ``@@ DONE`` and waits to be killed.
 """
 
 from __future__ import annotations
@@ -27,7 +27,15 @@ from typing import Any
 
 import numpy as np
 
-from heros_archiver import ArrayArchiver, Hdf5Archiver, JsonArchiver, ParquetArchiver, TiffArchiver, ZarrArchiver
+from heros_archiver import (
+    ArrayArchiver,
+    Hdf5Archiver,
+    JsonArchiver,
+    ParquetArchiver,
+    TiffArchiver,
+    ZarrAppendArchiver,
+    ZarrArchiver,
+)
 from heros_archiver.testing import free_port, session_manager, unique_realm
 
 TEMPLATES = {
@@ -37,6 +45,7 @@ TEMPLATES = {
     "hdf5": (Hdf5Archiver, {"file_template": "{{ file_path }}/run.h5", "flush_frames": 25}),
     "tiff-stack": (TiffArchiver, {"save_template": "{{ file_path }}/run.tif", "stack": True, "flush_frames": 25}),
     "parquet": (ParquetArchiver, {"file_template": "{{ file_path }}/run.parquet", "flush_items": 25}),
+    "zarr-append": (ZarrAppendArchiver, {"store_template": "{{ file_path }}/run.zarr", "flush_frames": 25}),
     "zarr": (
         ZarrArchiver,
         {"store_template": "{{ file_path }}/run.zarr", "array_path_template": "cam/{{ '%05d' % frame }}"},
@@ -84,10 +93,11 @@ def main(kind: str, root: str, url: str | None = None) -> None:
     stats = archiver.stats()
     print("@@ PIDS", stats["catalog"]["applier_pid"], *stats["helper_processes"], flush=True)
     index = 0
-    if unjournaled:  # twice as many items as journaled, then wait to be killed
-        for index in range(2 * int(unjournaled)):
+    if unjournaled:  # twice as many items as journaled (20 at least), then wait to be killed
+        total = max(2 * int(unjournaled), 20)
+        for index in range(total):
             archiver.feed("cam", (payload(kind, index), {"frame": index, "run": "crash"}))
-        while archiver.stats()["total"]["archived"] < 2 * int(unjournaled):
+        while archiver.stats()["total"]["archived"] < total:
             threading.Event().wait(0.01)
         print("@@ DONE", flush=True)
         threading.Event().wait()

@@ -299,8 +299,38 @@ def test_files_made_but_not_journaled_before_a_kill_are_adopted_with_their_inten
     commit lines of the last 10 never written, then SIGKILL. The restart adopts those 10 files (arrays) with the
     source, sequence value and receive time of the intent records journaled before they were made."""
     root = tmp_path / "archive"
+    _archive_unjournaled(tmp_path, kind, 10)
+    items = sorted(catalog_items(root), key=lambda item: item.sequence if item.sequence is not None else -1)
+    assert [item.sequence for item in items] == list(range(20))
+    adopted = items[10:]
+    assert all(item.metadata == {} for item in adopted), adopted  # no commit line: adopted, not applied
+    assert all(item.source == "cam" and item.event == "acquisition_data" for item in adopted)
+    # the receive time of its intent, not the file's time (a file's mtime is the kernel's coarse clock: ms early)
+    assert all(items[9].received <= item.received <= item.committed + 0.05 for item in adopted)
+    assert all(item.metadata == {"frame": item.sequence, "run": "crash", "file_path": str(root)} for item in items[:10])
+    assert verify(root).problems == []
+
+
+@pytest.mark.parametrize("kind", ["hdf5", "tiff-stack", "zarr-append", "parquet"])
+def test_a_container_first_committed_just_before_a_kill_is_found_by_its_intent(tmp_path: Path, kind: str) -> None:
+    """No commit line journaled at all (the child drops every one): the container's only trace in the journal is
+    the intent record of its first commit, and the restart reads all 20 items back from it."""
+    root = tmp_path / "archive"
+    _archive_unjournaled(tmp_path, kind, 0)
+    items = sorted(catalog_items(root), key=lambda item: item.idx or 0)
+    assert [item.sequence for item in items] == list(range(20))
+    containers = {"hdf5": "run.h5", "tiff-stack": "run.tif", "zarr-append": "run.zarr", "parquet": "run.parquet"}
+    assert {item.path for item in items} == {containers[kind]}
+    assert all(item.source == "cam" and item.event == "acquisition_data" for item in items)
+    assert verify(root).problems == []
+
+
+def _archive_unjournaled(tmp_path: Path, kind: str, journaled: int) -> None:
+    """Run ``catalog_child.py`` with ``HEROS_TEST_UNJOURNALED=journaled`` until its items are archived, SIGKILL it
+    and start the same archiver again on the root (its catalog's recovery runs), which then stops."""
+    root = tmp_path / "archive"
     others: list[int] = []
-    env = child_env(0, HEROS_TEST_UNJOURNALED="10")
+    env = child_env(0, HEROS_TEST_UNJOURNALED=str(journaled))
     try:
         args = [sys.executable, str(TESTS_DIR / "catalog_child.py"), kind, str(root)]
         with child(args, tmp_path / "child.log", env) as proc:
@@ -321,15 +351,6 @@ def test_files_made_but_not_journaled_before_a_kill_are_adopted_with_their_inten
         for pid in others:
             if _runs(pid):
                 os.kill(pid, signal.SIGKILL)
-    items = sorted(catalog_items(root), key=lambda item: item.sequence if item.sequence is not None else -1)
-    assert [item.sequence for item in items] == list(range(20))
-    adopted = items[10:]
-    assert all(item.metadata == {} for item in adopted), adopted  # no commit line: adopted, not applied
-    assert all(item.source == "cam" and item.event == "acquisition_data" for item in adopted)
-    # the receive time of its intent, not the file's time (a file's mtime is the kernel's coarse clock: ms early)
-    assert all(items[9].received <= item.received <= item.committed + 0.05 for item in adopted)
-    assert all(item.metadata == {"frame": item.sequence, "run": "crash", "file_path": str(root)} for item in items[:10])
-    assert verify(root).problems == []
 
 
 def assert_arrays_and_catalog_agree(root: Path) -> list[CatalogItem]:

@@ -254,7 +254,7 @@ class HERODataArchiver(EventObserver):
                 self._writer_settings,
                 self._batch_writer_factory(),
                 self._writeback_tracker(),
-                self._container_sink_factory(),
+                self._intending(self._container_sink_factory()),
                 self._router,
                 self.options.sink_wrapper,
                 sequence_key,
@@ -377,6 +377,26 @@ class HERODataArchiver(EventObserver):
         key, event = self.options.sequence_key, self._event
         self._catalog.intend([(item.source, item.event or event, item.sequence(key), item.received, path)
                               for item, path in planned])  # fmt: skip
+
+    def _intend_container(self, item: Item, path: str, member: str) -> None:
+        """Journal that ``member`` of the container ``path`` gets its first commit, with ``item``, its first
+        (``ContainerSink.intend``; decision 0041). Never raises."""
+        if self._catalog is not None:
+            sequence = item.sequence(self.options.sequence_key)
+            self._catalog.intend_container((item.source, item.event or self._event, sequence, item.received, path),
+                                           member)  # fmt: skip
+
+    def _intending(self, factory: Callable[[], ContainerSink] | None) -> Callable[[], ContainerSink] | None:
+        """``factory``, whose sinks journal each new container member as an intent when there is a catalog."""
+        if factory is None or self._catalog is None:
+            return factory
+
+        def make() -> ContainerSink:
+            sink = factory()
+            sink.intend = self._intend_container
+            return sink
+
+        return make
 
     def _store_item(self, item: Item) -> None:
         """Write one queued item (the pipeline's entry point); subclasses may use what the item knows."""

@@ -131,15 +131,23 @@ class CatalogListener(Listener):
         self._journal.append(encode_outcomes(outcomes))
         self._applier.check()
 
+    def intend_container(self, intent: tuple[str, str, int | None, float, str], member: str) -> None:
+        """Journal that ``member`` of the container at the intent's path gets its first commit, with the intent's
+        item (``catalog_journal``: ``"c"`` records); never raises, as ``intend``."""
+        self._append_intents(encode_intents([intent], member), 1)
+
     def intend(self, intents: Sequence[tuple[str, str, int | None, float, str]]) -> None:
         """Journal the files about to be made, ``(source, event, sequence, received, path)`` each
         (``catalog_journal.encode_intents``): what the next start adopts them with if this process is killed
         before their commit line. Never raises: the files are made all the same, and what could not be journaled
         is counted (``status()["intents_lost"]``) and logged (the first time, then at most every 5 s)."""
+        self._append_intents(encode_intents(intents), len(intents))
+
+    def _append_intents(self, line: bytes, count: int) -> None:
         try:
-            self._journal.append(encode_intents(intents))
+            self._journal.append(line)
         except Exception as exc:  # noqa: BLE001 - archiving goes on; only an adoption after a kill is poorer
-            self.intents_lost += len(intents)
+            self.intents_lost += count
             now = time.monotonic()
             if now - self._intent_logged_at >= INTENT_LOG_INTERVAL:
                 self._intent_logged_at = now

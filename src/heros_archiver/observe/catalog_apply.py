@@ -191,7 +191,7 @@ def _rows(
                 continue
             for record in orjson.loads(line):
                 kind, source, event, sequence, received, when = record[:6]
-                if kind == "i":  # a file about to be created: no item (catalog_recovery reads it after a kill)
+                if kind in ("i", "c"):  # files or a container about to be made: no item (read after a kill)
                     continue
                 metadata = record[-1] if isinstance(record[-1], str) else orjson.dumps(record[-1]).decode()
                 if kind == "a":

@@ -25,6 +25,10 @@ One journal per archiver and process (its name: ``catalog_names``). Its lines:
   committed only once the writeback window has it on the device, so files exist that no commit line names; the
   next start adopts them (``catalog_recovery``) with the source, sequence value and receive time their intent
   records give, so that a stream's sequence shows no false gap where they are.
+* ``[["c", source, event, sequence, received, time, path, member]]``: a container's member (an HDF5 stack, a
+  Zarr array, a TIFF stack's pages, a Parquet file's rows) about to get its first commit, with its first item;
+  skipped by the applier like an intent: after a kill, the next start reads back the frames of every member its
+  run journaled (the catalog's rows, and these), so a container first committed just before the kill is found.
 """
 
 from __future__ import annotations
@@ -159,14 +163,19 @@ def encode_outcomes(outcomes: Sequence[Outcome]) -> bytes:
         return orjson.dumps([_careful(record) for record in records], option=_LINE_OPTIONS)
 
 
-def encode_intents(intents: Sequence[tuple[str, str, int | None, float, str]]) -> bytes:
-    """The journal line of files about to be created: ``(source, event, sequence, received, path)`` each (see the
-    module docstring); empty without any."""
+def encode_intents(intents: Sequence[tuple[str, str, int | None, float, str]], member: str | None = None) -> bytes:
+    """The journal line of files about to be created, ``(source, event, sequence, received, path)`` each, or with
+    ``member`` of a new container's member (see the module docstring); empty without any."""
     if not intents:
         return b""
     now = time.time()
-    records = [("i", source, event, _sequence(sequence), received, now, path)
-               for source, event, sequence, received, path in intents]  # fmt: skip
+    records: list[tuple[Any, ...]]
+    if member is None:
+        records = [("i", source, event, _sequence(sequence), received, now, path)
+                   for source, event, sequence, received, path in intents]  # fmt: skip
+    else:
+        records = [("c", source, event, _sequence(sequence), received, now, path, member)
+                   for source, event, sequence, received, path in intents]  # fmt: skip
     return orjson.dumps(records, default=_as_text, option=_LINE_OPTIONS)
 
 

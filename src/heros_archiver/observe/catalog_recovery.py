@@ -26,8 +26,9 @@ source, sequence value, receive time and metadata the container keeps beside eac
 ParquetArchiver's is the same: rows flushed to the file's own journal and not yet in the catalog's; the
 restarting ParquetArchiver rebuilt and published the file before its catalog starts, so the items of the rows
 beyond the last cataloged one (consecutive rows of one ``item_key``) are cataloged from the file, with their
-source, sequence value and receive time (no metadata: the file keeps none). A container the run first committed
-to in that window is not covered (README).
+source, sequence value and receive time (no metadata: the file keeps none). A container member (stack, array,
+Parquet file) the run first committed to in that window is named by the intent record its sink journaled
+before that first commit (``catalog_journal``'s ``"c"`` records): read back from index 0 the same way.
 """
 
 from __future__ import annotations
@@ -201,7 +202,7 @@ def _adopt(catalog: CatalogBackend, root: Path, killed: list[_KilledRun]) -> int
     rows: list[AdoptedRow] = []
     #: what was adopted with what its intent record says of it (full item rows)
     intended: list[tuple[Any, ...]] = []
-    intents = {id(run): _intents(run.segments, str(root)) for run in killed}
+    intents = {id(run): _intents(run.segments, str(root)).files for run in killed}
 
     def add(run: _KilledRun, relative: str, member: str | None, nbytes: int, digest: str | None, when: float,
             intent_path: str) -> None:  # fmt: skip
@@ -242,36 +243,56 @@ def _adopt(catalog: CatalogBackend, root: Path, killed: list[_KilledRun]) -> int
     return len(rows) + len(intended)
 
 
-def _intents(segments: tuple[Path, ...], root: str) -> dict[str, tuple[str, str, int | None, float]]:
-    """Per file (relative to ``root``) that a killed run's helper was about to create, its intent record's
-    source, event, sequence value and receive time (``catalog_journal``); a line torn by the kill is skipped."""
-    found: dict[str, tuple[str, str, int | None, float]] = {}
+@dataclass
+class _Intents:
+    """A killed run's intent records (``catalog_journal``): per file about to be made (relative to the root), its
+    item's source, event, sequence value and receive time; and the container members it was about to commit to
+    first, as ``(path, member)``."""
+
+    files: dict[str, tuple[str, str, int | None, float]]
+    containers: set[tuple[str, str]]
+
+
+def _intents(segments: tuple[Path, ...], root: str) -> _Intents:
+    """The intent records of a killed run's journal segments; a line torn by the kill is skipped."""
+    found = _Intents({}, set())
     for segment in segments:
         try:
             data = segment.read_bytes()
         except OSError:
             continue
         for line in data.splitlines():
-            if not line.startswith(b'[["i"'):
+            if not line.startswith((b'[["i"', b'[["c"')):
                 continue
             try:
-                for _, source, event, sequence, received, _, path in orjson.loads(line):
-                    found[relative_to_root(str(path), root)] = (str(source), str(event), sequence, float(received))
-            except (ValueError, TypeError):  # orjson's errors are ValueErrors; a record of another shape
+                for record in orjson.loads(line):
+                    if record[0] == "i":
+                        _, source, event, sequence, received, _, path = record
+                        found.files[relative_to_root(str(path), root)] = (str(source), str(event), sequence,
+                                                                          float(received))  # fmt: skip
+                    else:
+                        found.containers.add((relative_to_root(str(record[6]), root), str(record[7])))
+            except (ValueError, TypeError, IndexError):  # orjson's errors are ValueErrors; a record of another shape
                 continue
     return found
 
 
 def _adopt_frames(catalog: CatalogBackend, root: Path, killed: list[_KilledRun]) -> int:
-    """Catalog the frames that ``killed`` HDF5, Zarr-append and TIFF-stack runs committed after their last
-    journaled ones (a commit made, the kill before its journal line): of each stack or array a run committed to
-    since its journal began (its oldest segment still there), the frames from the index after its last cataloged
-    one up to the committed length, each read back (checksum) with what the container keeps beside it; how
-    many."""
+    """Catalog the frames that ``killed`` HDF5, Zarr-append, TIFF-stack and Parquet runs committed after their
+    last journaled ones (a commit made, the kill before its journal line): of each stack or array a run committed
+    to since its journal began (its oldest segment still there), and each its intent records name as about to get
+    its first commit, the frames from the index after its last cataloged one (0) up to the committed length, each
+    read back (checksum) with what the container keeps beside it; how many."""
     rows: list[tuple[Any, ...]] = []
     with ContainerReader(root) as reader:
         for run in killed:
-            for path, member, end in catalog.container_ends(run.archiver, run.started):
+            ends = {(path, member): end for path, member, end in catalog.container_ends(run.archiver, run.started)}
+            for path, member in _intents(run.segments, str(root)).containers:  # first committed just before the kill
+                if not catalog.has_path(path, member):
+                    ends.setdefault((path, member), 0)
+            for (path, member), end in ends.items():
+                if end == 0 and not os.path.exists(os.path.join(root, path)):
+                    continue  # intended, and killed before its first commit made it
                 try:
                     when = os.stat(os.path.join(root, path)).st_mtime
                     for index, count in reader.spans(path, member, end):

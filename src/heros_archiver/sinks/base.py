@@ -100,6 +100,11 @@ class ContainerSink(Sink):
     #: set ``Item.locations`` of every item a commit reports (someone listens: ``observe``); the pipeline
     #: sets it before the first append
     locate: bool = False
+    #: told ``(item, path, member)`` when the first item of a container's member (index 0: a new stack, array or
+    #: file) is appended, before its first commit: the catalog's intent record of a new container, so that a kill
+    #: after that commit and before its commit line still lets a later start find and read it back (decision
+    #: 0041); set by the archiver, must not raise
+    intend: Callable[[Item, str, str], None] | None = None
 
     #: commit once this many items are pending ...
     flush_frames: int

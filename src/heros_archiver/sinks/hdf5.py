@@ -121,6 +121,8 @@ class Hdf5Sink(RoutedSink[str, _Open]):
             return settled.add(failed)
         if self.locate:
             opened.locate(item, container.dataset_path, index)
+        if index == 0 and self.intend is not None:
+            self.intend(item, opened.where, container.dataset_path)
         if index < container.committed_length:  # resumed, and already committed before the crash
             settled.archived.append(item)
             return settled

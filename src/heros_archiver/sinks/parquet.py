@@ -335,6 +335,8 @@ class ParquetSink(ContainerSink):
                     fsync=settings.fsync,
                 )  # fmt: skip
             first = opened.file.rows
+            if first == 0 and self.intend is not None and opened.waiting:
+                self.intend(opened.waiting[0], os.path.abspath(opened.path), ROWS)
             opened.file.write(opened.buffer.take())
         except StorageError as exc:
             return self._failed(route, exc)

@@ -113,6 +113,8 @@ class TiffStackSink(RoutedSink[str, _Open]):
         index = container.append(key, item.payload, item.metadata, received=item.received, acquisition=first)
         if self.locate:
             opened.locate(item, PAGES, index)
+        if index == 0 and self.intend is not None:
+            self.intend(item, opened.where, PAGES)
         if index < container.committed_length:  # resumed, and already committed before the crash
             settled.archived.append(item)
             return settled

@@ -101,6 +101,8 @@ class ZarrAppendSink(RoutedSink[tuple[str, str], _Open]):
             raise
         if self.locate:
             opened.locate(item, container.array_path, index)
+        if index == 0 and self.intend is not None:
+            self.intend(item, opened.where, container.array_path)
         if index < container.committed_length:  # resumed, and already committed before the crash
             settled.archived.append(item)
             return settled
