@@ -378,6 +378,13 @@ class HERODataArchiver(EventObserver):
         self._catalog.intend([(item.source, item.event or event, item.sequence(key), item.received, path)
                               for item, path in planned])  # fmt: skip
 
+    def _intent_of(self, item: Item) -> Callable[[list[str]], None] | None:
+        """What a writer tells the paths of ``item``'s files (arrays) before it makes them (``_intend``); None
+        without a catalog."""
+        if self._catalog is None:
+            return None
+        return lambda paths: self._intend([(item, path) for path in paths])
+
     def _intend_container(self, item: Item, path: str, member: str) -> None:
         """Journal that ``member`` of the container ``path`` gets its first commit, with ``item``, its first
         (``ContainerSink.intend``; decision 0041). Never raises."""

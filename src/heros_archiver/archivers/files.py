@@ -195,7 +195,7 @@ class FileArchiver(HERODataArchiver):
             return
         # item.metadata was merged with the default metadata when the event arrived (feed)
         if self._pipeline.hub.locating:
-            before = None if self._catalog is None else (lambda paths: self._intend([(item, p) for p in paths]))
+            before = self._intent_of(item)
             item.locations = self._writer.write_located(item.source, item.payload, item.metadata, item.resumed, before)
         else:
             self._writer.write(item.source, item.payload, item.metadata, resumed=item.resumed)

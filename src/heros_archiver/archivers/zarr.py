@@ -138,7 +138,7 @@ class ZarrArchiver(HERODataArchiver):
             super()._store_item(item)
             return
         if self._pipeline.hub.locating:
-            before = None if self._catalog is None else (lambda paths: self._intend([(item, p) for p in paths]))
+            before = self._intent_of(item)
             item.locations = self._writer.write_located(item.source, item.payload, item.metadata, item.resumed, before)
         else:
             self._writer.write(item.source, item.payload, item.metadata, resumed=item.resumed)
