@@ -29,6 +29,7 @@ from ..observe.catalog import CatalogListener
 from ..observe.catalog_backend import CatalogTarget, this_host
 from ..observe.catalog_recovery import Adoption
 from ..observe.diskspace import DEFAULT_LOW_DISK_SPACE
+from ..observe.intents import Intents
 from ..observe.listeners import Listener
 from ..observe.logs import log_fields
 from ..observe.status import StatusListener
@@ -242,6 +243,8 @@ class HERODataArchiver(EventObserver):
         #: the catalog of the archive root (None: no root, or ``catalog=False``; made by ``_listeners``)
         self._catalog: CatalogListener | None = None
         listeners = self._listeners()
+        #: the intent records journaled before files, arrays and new container members are made (None: no catalog)
+        self._intents = None if self._catalog is None else Intents(self._catalog, sequence_key, self._event)
         try:
             self._pipeline = Pipeline(
                 event_name,
@@ -254,7 +257,7 @@ class HERODataArchiver(EventObserver):
                 self._writer_settings,
                 self._batch_writer_factory(),
                 self._writeback_tracker(),
-                self._intending(self._container_sink_factory()),
+                self._container_sinks(),
                 self._router,
                 self.options.sink_wrapper,
                 sequence_key,
@@ -368,42 +371,10 @@ class HERODataArchiver(EventObserver):
         name = getattr(self, "_name", None)
         return name if isinstance(name, str) and name else None
 
-    def _intend(self, planned: list[tuple[Item, str]]) -> None:
-        """Journal the files about to be created, ``(item, path)`` each, as the catalog's intent records: a file
-        created and not yet committed when a kill comes is adopted with its item's source, sequence value and
-        receive time (decision 0041). Never raises (``CatalogListener.intend``)."""
-        if self._catalog is None:
-            return
-        key, event = self.options.sequence_key, self._event
-        self._catalog.intend([(item.source, item.event or event, item.sequence(key), item.received, path)
-                              for item, path in planned])  # fmt: skip
-
-    def _intent_of(self, item: Item) -> Callable[[list[str]], None] | None:
-        """What a writer tells the paths of ``item``'s files (arrays) before it makes them (``_intend``); None
-        without a catalog."""
-        if self._catalog is None:
-            return None
-        return lambda paths: self._intend([(item, path) for path in paths])
-
-    def _intend_container(self, item: Item, path: str, member: str) -> None:
-        """Journal that ``member`` of the container ``path`` gets its first commit, with ``item``, its first
-        (``ContainerSink.intend``; decision 0041). Never raises."""
-        if self._catalog is not None:
-            sequence = item.sequence(self.options.sequence_key)
-            self._catalog.intend_container((item.source, item.event or self._event, sequence, item.received, path),
-                                           member)  # fmt: skip
-
-    def _intending(self, factory: Callable[[], ContainerSink] | None) -> Callable[[], ContainerSink] | None:
-        """``factory``, whose sinks journal each new container member as an intent when there is a catalog."""
-        if factory is None or self._catalog is None:
-            return factory
-
-        def make() -> ContainerSink:
-            sink = factory()
-            sink.intend = self._intend_container
-            return sink
-
-        return make
+    def _container_sinks(self) -> Callable[[], ContainerSink] | None:
+        """``_container_sink_factory``, its sinks journaling new container members when there is a catalog."""
+        factory = self._container_sink_factory()
+        return factory if factory is None or self._intents is None else self._intents.sinks(factory)
 
     def _store_item(self, item: Item) -> None:
         """Write one queued item (the pipeline's entry point); subclasses may use what the item knows."""

@@ -163,8 +163,8 @@ class FileArchiver(HERODataArchiver):
     def _make_batch_writer(self, lanes: int) -> BatchWriter:
         """The lanes' helpers, whose files the catalog (made before the pipeline) journals as intents first."""
         writer = BatchWriter(self._writer, lanes)
-        if self._catalog is not None:
-            writer.intend = self._intend
+        if self._intents is not None:
+            writer.intend = self._intents.files
         return writer
 
     def _stop(self, *_boss: Any) -> None:
@@ -195,7 +195,7 @@ class FileArchiver(HERODataArchiver):
             return
         # item.metadata was merged with the default metadata when the event arrived (feed)
         if self._pipeline.hub.locating:
-            before = self._intent_of(item)
+            before = None if self._intents is None else self._intents.of(item)
             item.locations = self._writer.write_located(item.source, item.payload, item.metadata, item.resumed, before)
         else:
             self._writer.write(item.source, item.payload, item.metadata, resumed=item.resumed)

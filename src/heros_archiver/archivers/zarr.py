@@ -138,7 +138,7 @@ class ZarrArchiver(HERODataArchiver):
             super()._store_item(item)
             return
         if self._pipeline.hub.locating:
-            before = self._intent_of(item)
+            before = None if self._intents is None else self._intents.of(item)
             item.locations = self._writer.write_located(item.source, item.payload, item.metadata, item.resumed, before)
         else:
             self._writer.write(item.source, item.payload, item.metadata, resumed=item.resumed)
