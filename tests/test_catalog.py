@@ -325,9 +325,21 @@ def test_a_container_first_committed_just_before_a_kill_is_found_by_its_intent(t
     assert verify(root).problems == []
 
 
-def _archive_unjournaled(tmp_path: Path, kind: str, journaled: int) -> None:
+def test_a_killed_parquet_archivers_rows_are_cataloged_when_another_kind_starts_first(tmp_path: Path) -> None:
+    """The ParquetArchiver killed with its file still a journal (commit lines of 10 of its 20 readings dropped), and
+    a JsonArchiver the first to start on the root: its catalog's recovery rebuilds the file and reads the 10 back."""
+    root = tmp_path / "archive"
+    _archive_unjournaled(tmp_path, "parquet", 10, restart="json")
+    items = sorted(catalog_items(root), key=lambda item: item.idx or 0)
+    assert [item.sequence for item in items] == list(range(20))
+    assert {item.path for item in items} == {"run.parquet"} and (root / "run.parquet").is_file()
+    assert verify(root).problems == []
+
+
+def _archive_unjournaled(tmp_path: Path, kind: str, journaled: int, restart: str | None = None) -> None:
     """Run ``catalog_child.py`` with ``HEROS_TEST_UNJOURNALED=journaled`` until its items are archived, SIGKILL it
-    and start the same archiver again on the root (its catalog's recovery runs), which then stops."""
+    and start the same archiver (or the kind ``restart``) again on the root (its catalog's recovery runs), which
+    then stops."""
     root = tmp_path / "archive"
     others: list[int] = []
     env = child_env(0, HEROS_TEST_UNJOURNALED=str(journaled))
@@ -338,7 +350,7 @@ def _archive_unjournaled(tmp_path: Path, kind: str, journaled: int) -> None:
             others = [int(pid) for pid in proc.output().split("@@ PIDS", 1)[1].split("\n", 1)[0].split()]
             proc.kill()
         wait_until(lambda: not any(_runs(pid) for pid in others), what="the killed run's own processes to exit")
-        cls, template = TEMPLATES[kind]
+        cls, template = TEMPLATES[restart or kind]
         cls(
             object_selector="crash-sender",
             event_name="acquisition_data",

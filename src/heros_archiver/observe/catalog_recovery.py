@@ -24,7 +24,8 @@ An HDF5, Zarr-append or TIFF-stack archiver's kill window is a commit made and n
 last cataloged one, up to its committed length (what a reopen trusts), are cataloged as read back, with the
 source, sequence value, receive time and metadata the container keeps beside each frame (``readers``). A
 ParquetArchiver's is the same: rows flushed to the file's own journal and not yet in the catalog's; the
-restarting ParquetArchiver rebuilt and published the file before its catalog starts, so the items of the rows
+restarting ParquetArchiver rebuilt and published the file before its catalog starts (another kind of archiver
+starting first rebuilds it here: ``_rebuild_parquet_files``), so the items of the rows
 beyond the last cataloged one (consecutive rows of one ``item_key``) are cataloged from the file, with their
 source, sequence value and receive time (no metadata: the file keeps none). A container member (stack, array,
 Parquet file) the run first committed to in that window is named by the intent record its sink journaled
@@ -55,6 +56,7 @@ from .catalog_names import JournalName, owner_alive
 from .catalog_schema import journal_directory
 from .outcomes import CHECKSUM_ALGORITHM
 from .readers import ContainerReader, ItemReading
+from .verify_containers import PARQUET_ROWS
 
 __all__ = ["ADOPT_MARGIN", "Adoption", "recover"]
 
@@ -284,12 +286,16 @@ def _adopt_frames(catalog: CatalogBackend, root: Path, killed: list[_KilledRun])
     its first commit, the frames from the index after its last cataloged one (0) up to the committed length, each
     read back (checksum) with what the container keeps beside it; how many."""
     rows: list[tuple[Any, ...]] = []
+    runs_ends = []
+    for run in killed:
+        ends = {(path, member): end for path, member, end in catalog.container_ends(run.archiver, run.started)}
+        for path, member in _intents(run.segments, str(root)).containers:  # first committed just before the kill
+            if not catalog.has_path(path, member):
+                ends.setdefault((path, member), 0)
+        runs_ends.append((run, ends))
+    _rebuild_parquet_files(root, [key for _, ends in runs_ends for key in ends])
     with ContainerReader(root) as reader:
-        for run in killed:
-            ends = {(path, member): end for path, member, end in catalog.container_ends(run.archiver, run.started)}
-            for path, member in _intents(run.segments, str(root)).containers:  # first committed just before the kill
-                if not catalog.has_path(path, member):
-                    ends.setdefault((path, member), 0)
+        for run, ends in runs_ends:
             for (path, member), end in ends.items():
                 if end == 0 and not os.path.exists(os.path.join(root, path)):
                     continue  # intended, and killed before its first commit made it
@@ -303,6 +309,22 @@ def _adopt_frames(catalog: CatalogBackend, root: Path, killed: list[_KilledRun])
         with catalog.transaction():
             catalog.add(rows, [])
     return len(rows)
+
+
+def _rebuild_parquet_files(root: Path, members: list[tuple[str, str]]) -> None:
+    """Publish the Parquet files of killed runs that are still only journals (``sinks.containers.parquet``), so
+    that their rows can be read back: a restarting ParquetArchiver has done so before its catalog starts, another
+    kind of archiver starting first on the root has not. Needs pyarrow (the [parquet] extra); without it the rows
+    stay uncataloged, with a warning."""
+    if not any(member == PARQUET_ROWS and not os.path.exists(os.path.join(root, path)) for path, member in members):
+        return
+    try:
+        from ..sinks.containers.parquet import recover_journals
+    except ImportError as exc:
+        log.warning("catalog %s: cannot rebuild a killed run's Parquet files to adopt their rows: %s", root, exc)
+        return
+    for found in recover_journals(str(root)):
+        log.warning("catalog %s: rebuilt %s (%d rows) from the journal of a killed run", root, found.path, found.rows)
 
 
 def _frame_row(
