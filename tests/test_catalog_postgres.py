@@ -232,6 +232,42 @@ def test_after_sigkill_of_the_archiver_a_restart_recovers_its_journal_into_postg
     assert not os.listdir(journal_directory(root)), "the killed run's journal was applied and removed"
 
 
+def test_files_made_but_not_journaled_before_a_kill_are_adopted_into_postgres_with_their_intents(
+    tmp_path: Path, url: str
+) -> None:
+    """As the SQLite catalog's test of the kill window held open: 20 items, the commit lines of the last 10 never
+    written, SIGKILL; the restart adopts those 10 files into PostgreSQL with their intents' sequence values."""
+    root = tmp_path / "archive"
+    others: list[int] = []
+    try:
+        with child(
+            [sys.executable, str(TESTS_DIR / "catalog_child.py"), "npy", str(root), url],
+            tmp_path / "child.log",
+            child_env(0, HEROS_TEST_UNJOURNALED="10"),
+        ) as proc:
+            wait_until(lambda: "@@ DONE" in proc.output(), what="20 items archived")
+            others = [int(pid) for pid in proc.output().split("@@ PIDS", 1)[1].split("\n", 1)[0].split()]
+            proc.kill()
+        wait_until(lambda: not any(_runs(pid) for pid in others), what="the killed run's applier to exit")
+        cls, template = TEMPLATES["npy"]
+        cls(
+            object_selector="crash-sender",
+            event_name="acquisition_data",
+            default_metadata={"file_path": str(root)},
+            realm=unique_realm(),
+            session_manager=session_manager(listen_port=free_port()),
+            catalog_url=url,
+            **template,
+        ).close()
+    finally:
+        for pid in others:
+            if _runs(pid):
+                os.kill(pid, signal.SIGKILL)
+    items = assert_files_and_shared_catalog_agree(root, url)
+    assert sorted(item.sequence for item in items) == list(range(20))
+    assert sum(item.metadata == {} for item in items) == 10  # adopted: no commit line, metadata unknown
+
+
 def archived(output: str) -> int:
     """The last archived count a catalog_child printed."""
     counts = re.findall(r"@@ ARCHIVED (\d+)", output)
