@@ -320,25 +320,28 @@ _INITDB_FLAGS = ["-E", "UTF8", "--no-sync", "--no-instructions"]
 
 
 def _link_or_copy_tree(source: Path, target: Path) -> None:
-    """``target`` as a tree of hard links to ``source``'s files, copies where a link cannot be made."""
+    """``target`` as ``source``'s tree for another user: each file a hard link when others may use it already
+    (read it, and run it if its owner may), else (or where no link can be made) a copy they may. A link shares
+    its file's mode, so the original's is never changed."""
 
     def link_or_copy(src: str, dst: str) -> None:
-        try:
-            os.link(src, dst)
-        except OSError:
-            shutil.copy2(src, dst)
+        mode = os.stat(src).st_mode
+        if mode & 0o004 and (mode & 0o001 or not mode & 0o100):
+            try:
+                os.link(src, dst)
+                return
+            except OSError:
+                pass
+        shutil.copy2(src, dst)
+        os.chmod(dst, mode | 0o444 | (0o111 if mode & 0o100 else 0))
 
     shutil.copytree(source, target, symlinks=True, copy_function=link_or_copy)
 
 
-def _chmod_tree_readable(root: Path) -> None:
-    """Every directory of ``root`` enterable and every file readable by others (the server user)."""
-    for directory, _, files in os.walk(root):
+def _open_directories(root: Path) -> None:
+    """Every directory of ``root`` (all made here, none shared with the source) enterable by others."""
+    for directory, _, _ in os.walk(root):
         os.chmod(directory, os.stat(directory).st_mode | 0o755)
-        for name in files:
-            path = os.path.join(directory, name)
-            if not os.path.islink(path):
-                os.chmod(path, os.stat(path).st_mode | 0o444)
 
 
 @dataclass
@@ -446,7 +449,7 @@ class PostgresServer:
                     _link_or_copy_tree(install / part, staged / part)
             for libs in site.glob(f"{install.parent.name}.libs"):
                 _link_or_copy_tree(libs, staged_site / libs.name)
-            _chmod_tree_readable(staged_site)
+            _open_directories(staged_site)
         if not self._runs_as_server_user(user, staged / "bin"):
             raise ServerError(
                 f"PostgreSQL's binaries in {bin_dir} cannot be run as nobody, nor a copy of them in {staged}: "
