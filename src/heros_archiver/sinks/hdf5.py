@@ -119,10 +119,7 @@ class Hdf5Sink(RoutedSink[str, _Open]):
             failed = self._abandon(route, exc)
             failed.failed[0].items.append(item)
             return settled.add(failed)
-        if self.locate:
-            opened.locate(item, container.dataset_path, index)
-        if index == 0 and self.intend is not None:
-            self.intend(item, opened.where, container.dataset_path)
+        self._appended(opened, item, container.dataset_path, index)
         if index < container.committed_length:  # resumed, and already committed before the crash
             settled.archived.append(item)
             return settled

@@ -140,6 +140,14 @@ class RoutedSink(ContainerSink, Generic[K, P]):
         self._open: OrderedDict[K, P] = OrderedDict()
         self._unreported = Settled()
 
+    def _appended(self, opened: P, item: Item, member: str, index: int) -> None:
+        """``item`` was appended to ``member`` of ``opened`` at ``index``: its location (``locate``), and for the
+        member's first item the intent record of a new member (``intend``)."""
+        if self.locate:
+            opened.locate(item, member, index)
+        if index == 0 and self.intend is not None:
+            self.intend(item, opened.where, member)
+
     @property
     def pending(self) -> int:
         return sum(len(o.waiting) for o in self._open.values())

@@ -111,10 +111,7 @@ class TiffStackSink(RoutedSink[str, _Open]):
         container = opened.container
         first = self._first_page(route) if opened.frames == 0 else None
         index = container.append(key, item.payload, item.metadata, received=item.received, acquisition=first)
-        if self.locate:
-            opened.locate(item, PAGES, index)
-        if index == 0 and self.intend is not None:
-            self.intend(item, opened.where, PAGES)
+        self._appended(opened, item, PAGES, index)
         if index < container.committed_length:  # resumed, and already committed before the crash
             settled.archived.append(item)
             return settled

@@ -99,10 +99,7 @@ class ZarrAppendSink(RoutedSink[tuple[str, str], _Open]):
             self._open.pop(target)
             container.release()
             raise
-        if self.locate:
-            opened.locate(item, container.array_path, index)
-        if index == 0 and self.intend is not None:
-            self.intend(item, opened.where, container.array_path)
+        self._appended(opened, item, container.array_path, index)
         if index < container.committed_length:  # resumed, and already committed before the crash
             settled.archived.append(item)
             return settled
