@@ -360,7 +360,7 @@ class HERODataArchiver(EventObserver):
     def _catalog_adoption(self) -> Adoption | None:
         """What a later start adopts after a kill of this archiver, of what it had written and not yet journaled:
         the files of an archiver of one file per item that reports them (by the ending of their names), a
-        ZarrArchiver's arrays (None: nothing, a container archiver)."""
+        ZarrArchiver's arrays, a container archiver's frames (None: nothing, e.g. a subclass's own ``_store``)."""
         return None
 
     def _catalog_name(self) -> str | None:

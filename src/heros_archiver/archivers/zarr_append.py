@@ -75,7 +75,7 @@ class ZarrAppendArchiver(HERODataArchiver):
     def _catalog_adoption(self) -> Adoption | None:
         """The frames committed and not yet journaled when a kill came: a later start reads them back from their
         stacks (local roots; an ``s3://`` root's objects are not read back)."""
-        return Adoption(frames=True) if getattr(self, "object_root", None) is None else None
+        return Adoption.frames_on(getattr(self, "object_root", None))
 
     def __init__(
         self,

@@ -65,7 +65,7 @@ class CatalogListener(Listener):
             (a HERO's name is given after its archiver's pipeline is made); asked again at each outcome until known.
         adopt: what a later start adopts after a kill of this archiver (``catalog_recovery.Adoption``): for a
             file-per-item archiver, its files by the ending of their names (``.npy``; ``""``: any), for a
-            ZarrArchiver its arrays; None for container archivers.
+            ZarrArchiver its arrays, for a container archiver the frames of its containers; None: nothing.
         target: where the catalog is (default: the root's SQLite file) and the host name it is written as.
     """
 

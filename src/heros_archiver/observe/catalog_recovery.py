@@ -11,7 +11,7 @@ journal has no ``closed`` line and says which files it writes: ``adopt``), the f
 newer than that run's last journaled commit minus ``ADOPT_MARGIN``, end as its files do, and are not in the
 catalog are *adopted* (once the run's helper processes, which finish the batch they were given, have exited):
 cataloged with the checksum of the file as it is and metadata ``{}``; with the source, event, sequence value and
-receive time of its intent record when the run journaled one for it (a helper's files: ``catalog_journal``),
+receive time of its intent record when the run journaled one for it (``catalog_journal``: every file has one),
 else with the source of the run's last journaled item (``?`` if it journaled none) and no sequence value. A
 ``ZarrArchiver`` publishes a whole array (a directory) per item: after its kill, the arrays (a ``zarr.json`` of
 an array node, changed since then, in a group directory) that the catalog does not name are adopted the same
@@ -86,6 +86,12 @@ class Adoption:
     #: the frames (or Parquet rows) an HDF5, Zarr-append, TIFF-stack or Parquet archiver committed beyond what its
     #: journal says (``_adopt_frames``)
     frames: bool = False
+
+    @classmethod
+    def frames_on(cls, object_root: object) -> Adoption | None:
+        """A container archiver's frames, read back after a kill from its containers on a local root; None for an
+        ``s3://`` root (``object_root`` not None), whose objects are not read back."""
+        return cls(frames=True) if object_root is None else None
 
     @classmethod
     def from_header(cls, value: object) -> Adoption | None:
