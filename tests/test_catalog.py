@@ -22,9 +22,9 @@ import xxhash
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from catalog_child import TEMPLATES
+from catalog_kills import kill_and_restart, package_process
 from conftest import RigFactory
-from helpers import wait_for_items, wait_until
+from helpers import DEADLINE, wait_for_items, wait_until
 from heros_archiver import ArrayArchiver, Hdf5Archiver, JsonArchiver
 from heros_archiver.errors import CatalogError
 from heros_archiver.observe import catalog, catalog_journal
@@ -43,9 +43,7 @@ from heros_archiver.sinks.containers.hdf5 import Hdf5Container
 from heros_archiver.sinks.containers.tiff import TiffStackContainer
 from heros_archiver.sinks.containers.zarr_append import ZarrAppendContainer
 from heros_archiver.sinks.zarr_arrays import ZarrArrayWriter
-from heros_archiver.testing import free_port, session_manager, unique_realm
 from heros_archiver.testing.faults import SlowSink
-from procs import TESTS_DIR, child, child_env
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -254,30 +252,7 @@ def test_a_file_where_the_catalog_belongs_fails_the_start_clearly(tmp_path: Path
 def test_after_sigkill_and_restart_the_catalog_and_the_files_agree(tmp_path: Path, kind: str) -> None:
     root = tmp_path / "archive"
     least = 20 if kind == "npy-big" else 300  # items cataloged before the kill (20 MiB of 1 MiB frames)
-    others: list[int] = []
-    try:
-        with child(
-            [sys.executable, str(TESTS_DIR / "catalog_child.py"), kind, str(root)], tmp_path / "child.log", child_env(0)
-        ) as proc:
-            wait_until(lambda: "@@ ARCHIVED" in proc.output() and catalog_count(root) >= least, what="a run under way")
-            others = [int(pid) for pid in proc.output().split("@@ PIDS", 1)[1].split("\n", 1)[0].split()]
-            proc.kill()
-        # its applier sees its input end and exits after one last application; its helpers finish their batch
-        wait_until(lambda: not any(_runs(pid) for pid in others), what="the killed run's own processes to exit")
-        cls, template = TEMPLATES[kind]
-        restarted = cls(
-            object_selector="crash-sender",
-            event_name="acquisition_data",
-            default_metadata={"file_path": str(root)},
-            realm=unique_realm(),
-            session_manager=session_manager(listen_port=free_port()),
-            **template,
-        )
-        restarted.close()
-    finally:
-        for pid in others:
-            if _runs(pid):
-                os.kill(pid, signal.SIGKILL)
+    kill_and_restart(tmp_path, kind, lambda out: "@@ ARCHIVED" in out and catalog_count(root) >= least, DEADLINE)
     agree = {
         "hdf5": assert_container_and_catalog_agree,
         "tiff-stack": assert_container_and_catalog_agree,
@@ -340,29 +315,9 @@ def _archive_unjournaled(tmp_path: Path, kind: str, journaled: int, restart: str
     """Run ``catalog_child.py`` with ``HEROS_TEST_UNJOURNALED=journaled`` until its items are archived, SIGKILL it
     and start the same archiver (or the kind ``restart``) again on the root (its catalog's recovery runs), which
     then stops."""
-    root = tmp_path / "archive"
-    others: list[int] = []
-    env = child_env(0, HEROS_TEST_UNJOURNALED=str(journaled))
-    try:
-        args = [sys.executable, str(TESTS_DIR / "catalog_child.py"), kind, str(root)]
-        with child(args, tmp_path / "child.log", env) as proc:
-            wait_until(lambda: "@@ DONE" in proc.output(), what="20 items archived")
-            others = [int(pid) for pid in proc.output().split("@@ PIDS", 1)[1].split("\n", 1)[0].split()]
-            proc.kill()
-        wait_until(lambda: not any(_runs(pid) for pid in others), what="the killed run's own processes to exit")
-        cls, template = TEMPLATES[restart or kind]
-        cls(
-            object_selector="crash-sender",
-            event_name="acquisition_data",
-            default_metadata={"file_path": str(root)},
-            realm=unique_realm(),
-            session_manager=session_manager(listen_port=free_port()),
-            **template,
-        ).close()
-    finally:
-        for pid in others:
-            if _runs(pid):
-                os.kill(pid, signal.SIGKILL)
+    kill_and_restart(
+        tmp_path, kind, lambda out: "@@ DONE" in out, DEADLINE, restart=restart, HEROS_TEST_UNJOURNALED=str(journaled)
+    )
 
 
 def assert_arrays_and_catalog_agree(root: Path) -> list[CatalogItem]:
@@ -421,20 +376,12 @@ def assert_rows_and_catalog_agree(root: Path) -> list[CatalogItem]:
     return items
 
 
-def _runs(pid: int) -> bool:
-    """Whether ``pid`` is still one of this package's processes (not a later process that got the PID)."""
-    try:
-        return b"heros_archiver" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-
-
 def test_an_applier_process_that_dies_is_started_again(make_rig: RigFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(catalog, "CHECK_INTERVAL", 0.0)
     rig = make_rig(NPY, matched=())
     first = rig.archiver.stats()["catalog"]["applier_pid"]
     os.kill(first, signal.SIGKILL)
-    wait_until(lambda: not _runs(first), what="the applier to die")
+    wait_until(lambda: not package_process(first), what="the applier to die")
     for frame in range(5):
         rig.archiver.feed("cam", (np.full(3, frame), {"frame": frame}))
         wait_for_items(rig.archiver, frame + 1)
@@ -443,7 +390,7 @@ def test_an_applier_process_that_dies_is_started_again(make_rig: RigFactory, mon
     wait_until(lambda: catalog_count(rig.root) == 5, what="the new applier to catch up")
     applier = status["applier_pid"]
     rig.archiver.close()
-    assert not _runs(applier), "close stops the applier"
+    assert not package_process(applier), "close stops the applier"
 
 
 def _dead_journal(root: Path, lines: bytes, adopt: str | dict[str, Any] | None = ".npy") -> Path:

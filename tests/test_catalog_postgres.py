@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from catalog_child import TEMPLATES
+from catalog_kills import kill_and_restart
 from conftest import RigFactory
 from helpers import wait_for_items
 from heros_archiver import ArrayArchiver, Hdf5Archiver
@@ -36,9 +36,9 @@ from heros_archiver.observe.catalog_postgres import PostgresCatalog
 from heros_archiver.observe.catalog_reader import CatalogItem, CatalogReader
 from heros_archiver.observe.catalog_schema import journal_directory
 from heros_archiver.observe.readers import ContainerReader
-from heros_archiver.testing import free_port, loopback_config_json, session_manager, unique_realm
+from heros_archiver.testing import free_port, loopback_config_json, unique_realm
 from heros_archiver.testing.servers import NetNamespaces, PostgresServer, namespaces_unavailable
-from procs import TESTS_DIR, child, child_env, wait_until, write_config
+from procs import DEADLINE, TESTS_DIR, child_env, wait_until, write_config
 from test_catalog import archive_files, file_checksum
 
 pytestmark = pytest.mark.timeout(180)
@@ -201,32 +201,7 @@ def test_an_applier_killed_mid_run_is_restarted_and_the_catalog_has_every_item_o
 
 def test_after_sigkill_of_the_archiver_a_restart_recovers_its_journal_into_postgres(tmp_path: Path, url: str) -> None:
     root = tmp_path / "archive"
-    others: list[int] = []
-    try:
-        with child(
-            [sys.executable, str(TESTS_DIR / "catalog_child.py"), "npy", str(root), url],
-            tmp_path / "child.log",
-            child_env(0),
-        ) as proc:
-            wait_until(lambda: archived(proc.output()) >= 300, what="a run under way")
-            others = [int(pid) for pid in proc.output().split("@@ PIDS", 1)[1].split("\n", 1)[0].split()]
-            proc.kill()
-        wait_until(lambda: not any(_runs(pid) for pid in others), what="the killed run's applier to exit")
-        cls, template = TEMPLATES["npy"]
-        restarted = cls(
-            object_selector="crash-sender",
-            event_name="acquisition_data",
-            default_metadata={"file_path": str(root)},
-            realm=unique_realm(),
-            session_manager=session_manager(listen_port=free_port()),
-            catalog_url=url,
-            **template,
-        )
-        restarted.close()
-    finally:
-        for pid in others:
-            if _runs(pid):
-                os.kill(pid, signal.SIGKILL)
+    kill_and_restart(tmp_path, "npy", lambda out: archived(out) >= 300, DEADLINE, url=url)
     items = assert_files_and_shared_catalog_agree(root, url)
     assert len(items) >= 300
     assert not os.listdir(journal_directory(root)), "the killed run's journal was applied and removed"
@@ -238,31 +213,7 @@ def test_files_made_but_not_journaled_before_a_kill_are_adopted_into_postgres_wi
     """As the SQLite catalog's test of the kill window held open: 20 items, the commit lines of the last 10 never
     written, SIGKILL; the restart adopts those 10 files into PostgreSQL with their intents' sequence values."""
     root = tmp_path / "archive"
-    others: list[int] = []
-    try:
-        with child(
-            [sys.executable, str(TESTS_DIR / "catalog_child.py"), "npy", str(root), url],
-            tmp_path / "child.log",
-            child_env(0, HEROS_TEST_UNJOURNALED="10"),
-        ) as proc:
-            wait_until(lambda: "@@ DONE" in proc.output(), what="20 items archived")
-            others = [int(pid) for pid in proc.output().split("@@ PIDS", 1)[1].split("\n", 1)[0].split()]
-            proc.kill()
-        wait_until(lambda: not any(_runs(pid) for pid in others), what="the killed run's applier to exit")
-        cls, template = TEMPLATES["npy"]
-        cls(
-            object_selector="crash-sender",
-            event_name="acquisition_data",
-            default_metadata={"file_path": str(root)},
-            realm=unique_realm(),
-            session_manager=session_manager(listen_port=free_port()),
-            catalog_url=url,
-            **template,
-        ).close()
-    finally:
-        for pid in others:
-            if _runs(pid):
-                os.kill(pid, signal.SIGKILL)
+    kill_and_restart(tmp_path, "npy", lambda out: "@@ DONE" in out, DEADLINE, url=url, HEROS_TEST_UNJOURNALED="10")
     items = assert_files_and_shared_catalog_agree(root, url)
     assert sorted(item.sequence for item in items) == list(range(20))
     assert sum(item.metadata == {} for item in items) == 10  # adopted: no commit line, metadata unknown
@@ -272,13 +223,6 @@ def archived(output: str) -> int:
     """The last archived count a catalog_child printed."""
     counts = re.findall(r"@@ ARCHIVED (\d+)", output)
     return int(counts[-1]) if counts else 0
-
-
-def _runs(pid: int) -> bool:
-    try:
-        return b"heros_archiver" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
 
 
 def test_a_database_down_for_a_while_loses_nothing_the_journal_keeps_it(
