@@ -257,7 +257,10 @@ class TiffStackContainer(FrameStack):
             buffers += [(position, head), (page.data_offset, pending.frame.reshape(-1).view(np.uint8).data)]
             position, last_next_field = following, page.next_field
         try:
-            for offset, buffer in buffers:
+            # last page first: the file has its new size from the first write on. A reader (tifffile) takes the
+            # size when it opens the file and stops at a page beyond it; had it opened while the first pages were
+            # written and walked the chain once linked, it would have seen part of this commit
+            for offset, buffer in reversed(buffers):
                 self._write_at(buffer, offset)
             self._sync()
             if first_commit:  # the header is the first commit's link: until it is written, no TIFF at all
