@@ -50,9 +50,9 @@ _MISSING = object()  # a key the metadata lacks: never found, so the render says
 
 def load_pyarrow() -> Any:
     """Import pyarrow, or say which extra installs it, and warm it up: at the archiver's start, not at its first
-    reading. Arrow's first array builds its function registry (~35 MiB, tens of ms) and the first writers load
-    their code; on the writer thread, at the first commit, that held the GIL long enough for Zenoh to drop
-    best-effort events in front of the archiver (seen in 2 of 5 benchmark repeats)."""
+    reading. The first writers load their code (tens of ms); on the writer thread, at the first commit, that held
+    the GIL long enough for Zenoh to drop best-effort events in front of the archiver (seen in 2 of 5 benchmark
+    repeats). The arrays are made as the sink makes them (``to_array``), so that pandas stays unimported."""
     try:
         import pyarrow
         import pyarrow.ipc
@@ -61,7 +61,10 @@ def load_pyarrow() -> Any:
         raise ConfigurationError(
             f"ParquetArchiver needs pyarrow: pip install 'heros-archiver[parquet]' (import failed: {exc})"
         ) from exc
-    table = pyarrow.table({"warm": pyarrow.array([1.5], pyarrow.float64()), "up": pyarrow.array(["x"])})
+    from ..sinks.containers.arrow_arrays import to_array
+
+    columns = [to_array([1.5], pyarrow.float64()), to_array(["x"], pyarrow.string())]
+    table = pyarrow.Table.from_batches([pyarrow.RecordBatch.from_arrays(columns, names=["warm", "up"])])
     with pyarrow.ipc.new_stream(pyarrow.BufferOutputStream(), table.schema) as stream:
         stream.write_table(table)
     pyarrow.parquet.write_table(table, pyarrow.BufferOutputStream(), compression="zstd")

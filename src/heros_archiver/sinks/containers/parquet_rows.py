@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from ...errors import PayloadError
 from ...saferepr import safe_repr
+from .arrow_arrays import to_array
 
 __all__ = ["OWN_COLUMNS", "RowBuffer", "SchemaMismatchError", "schema_of", "value_type", "widened"]
 
@@ -189,14 +190,15 @@ class RowBuffer:
             self._keys.append(key)
 
     def take(self) -> pa.RecordBatch:
-        """The waiting rows as one record batch of the schema; the buffer is empty afterwards."""
+        """The waiting rows as one record batch of the schema; the buffer is empty afterwards (arrays made by
+        ``to_array``, not ``pa.array``, which would import pandas)."""
         micros = (np.asarray(self._received, dtype=np.float64) * 1e6).round().astype(np.int64)
         arrays = [
-            pa.array(self._sources, pa.string()),
-            pa.array(self._sequences, pa.int64()),
-            pa.array(micros, pa.timestamp("us", tz="UTC")),
-            pa.array(self._keys, pa.binary(16)),
-            *(pa.array(self._columns[name], self._types[name]) for name in self._names),
+            to_array(self._sources, pa.string()),
+            to_array(self._sequences, pa.int64()),
+            pa.Array.from_buffers(pa.timestamp("us", tz="UTC"), len(micros), [None, pa.py_buffer(micros)]),
+            to_array(self._keys, pa.binary(16)),
+            *(to_array(self._columns[name], self._types[name]) for name in self._names),
         ]
         batch = pa.RecordBatch.from_arrays(arrays, schema=self.schema)
         self._clear()
