@@ -484,7 +484,8 @@ def _published_keys(route: Path) -> dict[bytes, RowSpan]:
         if not path.exists():
             break
         try:
-            column = pq.read_table(path, columns=["item_key"]).column("item_key")
+            with pq.ParquetFile(path) as published:  # not pq.read_table: its dataset layer imports pandas
+                column = published.read(columns=["item_key"]).column("item_key")
         except (OSError, pa.ArrowException, KeyError) as exc:
             log.warning(
                 "%s: its item keys cannot be read (%s); resumed items are not compared with it",
