@@ -65,7 +65,7 @@ def test_kinds_without_a_buffer_of_their_own_go_to_pyarrow_array() -> None:
 
 
 def test_a_parquet_archiver_archives_readings_without_importing_pandas(tmp_path: Path) -> None:
-    """pyarrow.array imports pandas (~45 MiB resident with Arrow's compute registry): a ParquetArchiver of
+    """pyarrow.array imports pandas (~45 MiB resident with what pandas imports): a ParquetArchiver of
     numbers, text, booleans, numpy scalars and datetimes, with nulls, never calls it. In a child process, as
     the test session itself has pandas imported."""
     code = f"""
