@@ -91,15 +91,14 @@ def test_an_exception_from_the_handler_does_not_end_the_intake(caplog: pytest.Lo
     seen: list[bytes] = []
     done = threading.Event()
 
-    def on_sample(sample: zenoh.Sample) -> None:
-        payload = sample.payload.to_bytes()
+    def on_raw(key_expr: Any, payload: bytes) -> None:
         if payload == b"bad":
             raise RuntimeError("a registered callback failed")
         seen.append(payload)
         if len(seen) == 2:
             done.set()
 
-    intake = BufferedIntake(session, "test/intake", 8, on_sample, "test-intake")
+    intake = BufferedIntake(session, "test/intake", 8, on_raw, "test-intake")
     try:
         with caplog.at_level(logging.ERROR, logger="heros_archiver"):
             for payload in (b"first", b"bad", b"second"):
@@ -142,3 +141,42 @@ def test_bad_bytes_on_the_wire_are_dead_lettered_and_the_next_event_is_archived(
     readable = json.loads((undecodable[0].path / "payload.json").read_text())
     assert readable == {"base64": base64.b64encode(not_cbor).decode()}
     assert undecodable[0].source == "cam" and key in undecodable[0].error
+
+
+def test_samples_wait_as_bytes_in_order_and_within_the_capacity() -> None:
+    """A handler slower than the publisher: every sample is handed on once, in order, and at most ``capacity``
+    of them wait in the intake (Zenoh's FIFO in front of it is what holds the rest, then its sender)."""
+    port = free_port()
+    session = zenoh.open(zenoh.Config.from_json5(loopback_config_json(listen_port=port)))
+    seen: list[bytes] = []
+    most_waiting = 0
+    count, capacity = 600, 16
+    done = threading.Event()
+    intake: BufferedIntake | None = None
+
+    def on_raw(key_expr: Any, payload: bytes) -> None:
+        nonlocal most_waiting
+        assert intake is not None and str(key_expr) == "test/intake/order"
+        most_waiting = max(most_waiting, intake.waiting)
+        seen.append(payload)
+        if len(seen) % 50 == 0:
+            time.sleep(0.02)  # now and then slow, as a writer holding the GIL makes it
+        if len(seen) == count:
+            done.set()
+
+    intake = BufferedIntake(session, "test/intake/**", capacity, on_raw, "test-intake-order")
+    try:
+        publisher = session.declare_publisher(
+            "test/intake/order",
+            reliability=zenoh.Reliability.RELIABLE,
+            congestion_control=zenoh.CongestionControl.BLOCK,
+        )
+        for i in range(count):
+            publisher.put(i.to_bytes(4, "big"))
+        assert done.wait(30), len(seen)
+        assert [int.from_bytes(p, "big") for p in seen] == list(range(count))
+        assert 0 < most_waiting <= capacity
+    finally:
+        assert intake.close(time.monotonic() + 10)
+        session.close()
+    assert not intake.alive

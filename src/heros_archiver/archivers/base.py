@@ -113,11 +113,11 @@ class HERODataArchiver(EventObserver):
         drain_timeout: seconds ``_teardown`` waits for the queue to drain before dead-lettering the rest.
         retry_delay: first retry delay in seconds; doubles per attempt, with jitter.
         retry_max_delay: upper bound of one retry delay in seconds.
-        intake_buffer: samples Zenoh may hold for the archiver in front of its queue (default: the
+        intake_buffer: samples that may wait for the archiver in front of its queue (default: the
             class's ``DEFAULT_INTAKE_BUFFER``; 0 for frames, 1024 for the JSON archiver). 0 hands every
             sample over on Zenoh's receive thread, so a full queue pushes back at once; a buffer lets
             Zenoh receive a burst of small events while a writer holds the GIL, at the cost of up to
-            that many samples more in memory (docs/decisions/0011).
+            that many payloads more in memory (docs/decisions/0011, 0043).
         writer_nice: niceness added to the writer threads (Linux; default 0 = none). Raising it lets
             receiving win the CPU over writing on a busy machine: bursts of small best-effort events
             are queued instead of dropped by the sender, at the cost of slower writing when the CPU is
@@ -400,16 +400,18 @@ class HERODataArchiver(EventObserver):
         ``intake_buffer`` samples (``intake.py``) keeps receiving while a writer holds the GIL.
         """
 
-        def on_sample(sample: zenoh.Sample) -> None:
-            raw = sample.payload.to_bytes()
+        def on_raw(key_expr: Any, raw: bytes) -> None:
             try:
                 data = decode_frame_event(raw)  # camera frames without the decoder's extra copy
                 if data is None:
                     data = heros_compat.deserialize(self, raw)
             except Exception as exc:  # noqa: BLE001 - one undecodable sample must not stop the subscription
-                self._reject_undecodable(str(sample.key_expr), raw, exc)
+                self._reject_undecodable(str(key_expr), raw, exc)
                 return
-            callback(sample.key_expr, data)
+            callback(key_expr, data)
+
+        def on_sample(sample: zenoh.Sample) -> None:
+            on_raw(sample.key_expr, sample.payload.to_bytes())
 
         # EventObserver registers callbacks only after subscribing; an event arriving in between would
         # reach no callback and vanish, so ``feed`` is registered before the subscription exists.
@@ -419,7 +421,7 @@ class HERODataArchiver(EventObserver):
                 heros_compat.session(self),
                 selector,
                 self.options.intake_buffer,
-                on_sample,
+                on_raw,
                 f"heros-archiver-intake-{self._event}",
             )
             self._buffered_intakes.append(intake)

@@ -6,10 +6,12 @@ waits in between, so a full queue stops the receive thread at once and memory is
 thread waits up to the interpreter's switch interval (5 ms) per sample: a burst of small events backs
 up into the sender, which drops best-effort events when its own queue is full.
 
-Buffered (``intake_buffer=N``): Zenoh puts samples into a FIFO of N samples on the Rust side, which
-never needs the GIL, and one thread of ours takes them out, as many as are there each time it holds the
-GIL. Memory grows by at most N samples; a full FIFO blocks Zenoh's receive thread as a full queue does
-(decision 0011).
+Buffered (``intake_buffer=N``): Zenoh puts samples into a small FIFO on the Rust side, which never needs
+the GIL. A drain thread of ours takes out as many as are there each time it holds the GIL and keeps only
+their bytes, up to N samples' worth, for a handler thread that decodes them and hands them on. A sample held
+by Zenoh keeps the whole receive batch it came in alive (up to 64 KiB for a 200-byte reading, decision
+0043), its bytes alone do not; so the FIFO stays small (``FIFO_SAMPLES``) and what waits is bytes. A full
+buffer stops the drain, a full FIFO then blocks Zenoh's receive thread as a full queue does (decision 0011).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -24,33 +27,87 @@ import zenoh
 
 log = logging.getLogger("heros_archiver")
 
-OnSample = Callable[[zenoh.Sample], None]
+#: What the handler thread gets per sample: its key expression and its payload's bytes.
+OnRaw = Callable[[Any, bytes], None]
+
+#: Samples Zenoh holds in front of the drain thread at most (each may keep a 64 KiB receive batch alive).
+FIFO_SAMPLES = 256
+
+#: Samples handed on between two reports of room to the drain thread.
+_ROOM_EVERY = 64
 
 
 class BufferedIntake:
-    """A subscription whose samples wait in a Zenoh FIFO of ``capacity`` samples for a thread of ours."""
+    """A subscription whose samples wait, as bytes, for a thread of ours (at most ``capacity`` of them)."""
 
-    def __init__(self, session: zenoh.Session, selector: str, capacity: int, on_sample: OnSample, name: str) -> None:
-        self.subscriber: Any = session.declare_subscriber(selector, zenoh.handlers.FifoChannel(capacity))
-        self._thread = threading.Thread(
-            target=self._run, args=(self.subscriber.handler, on_sample), name=name, daemon=True
+    def __init__(self, session: zenoh.Session, selector: str, capacity: int, on_raw: OnRaw, name: str) -> None:
+        self.capacity = capacity
+        self.subscriber: Any = session.declare_subscriber(
+            selector, zenoh.handlers.FifoChannel(min(capacity, FIFO_SAMPLES))
         )
+        self._waiting: deque[list[tuple[Any, bytes]] | None] = deque()
+        self._count = 0  # samples in ``_waiting``
+        self._lock = threading.Lock()
+        self._not_full = threading.Condition(self._lock)
+        self._not_empty = threading.Condition(self._lock)
+        self._drain = threading.Thread(
+            target=self._drain_fifo, args=(self.subscriber.handler,), name=f"{name}-drain", daemon=True
+        )
+        self._thread = threading.Thread(target=self._hand_on_all, args=(on_raw,), name=name, daemon=True)
+        self._drain.start()
         self._thread.start()
 
-    @staticmethod
-    def _run(handler: Any, on_sample: OnSample) -> None:
-        """Block for a sample without the GIL, then take every sample already there before letting go.
+    def _drain_fifo(self, handler: Any) -> None:
+        """Block for a sample without the GIL, then take every sample already there (up to the room left).
 
         ``recv`` raises once the subscription is undeclared and the FIFO is empty.
         """
-        while True:
-            try:
+        try:
+            while True:
                 sample = handler.recv()
-                while sample is not None:
-                    _hand_on(on_sample, sample)
+                with self._lock:
+                    while self._count >= self.capacity:
+                        self._not_full.wait()
+                    room = self.capacity - self._count
+                batch = [(sample.key_expr, sample.payload.to_bytes())]
+                while len(batch) < room:
                     sample = handler.try_recv()
-            except zenoh.ZError:
+                    if sample is None:
+                        break
+                    batch.append((sample.key_expr, sample.payload.to_bytes()))
+                del sample
+                with self._lock:
+                    self._waiting.append(batch)
+                    self._count += len(batch)
+                    self._not_empty.notify()
+        except zenoh.ZError:
+            pass
+        finally:
+            with self._lock:
+                self._waiting.append(None)  # after the last sample
+                self._not_empty.notify()
+
+    def _hand_on_all(self, on_raw: OnRaw) -> None:
+        """Decode and queue (``on_raw``) what the drain thread took, in the order it came, until its end."""
+        while True:
+            with self._lock:
+                while not self._waiting:
+                    self._not_empty.wait()
+                batch = self._waiting.popleft()
+            if batch is None:
                 return
+            for start in range(0, len(batch), _ROOM_EVERY):
+                part = batch[start : start + _ROOM_EVERY]
+                for key_expr, raw in part:
+                    _hand_on(on_raw, key_expr, raw)
+                with self._lock:  # room for the drain as the batch goes, not only at its end
+                    self._count -= len(part)
+                    self._not_full.notify()
+
+    @property
+    def waiting(self) -> int:
+        """Samples taken out of Zenoh's FIFO and not yet handed on (at most ``capacity``)."""
+        return self._count
 
     @property
     def alive(self) -> bool:
@@ -58,7 +115,7 @@ class BufferedIntake:
         return self._thread.is_alive()
 
     def close(self, deadline: float | None = None) -> bool:
-        """Undeclare, then wait until the samples still in the FIFO are handed on (or ``deadline``,
+        """Undeclare, then wait until the samples still waiting are handed on (or ``deadline``,
         ``time.monotonic()``, passes). True when the thread has finished."""
         try:
             self.subscriber.undeclare()
@@ -72,9 +129,9 @@ class BufferedIntake:
         self._thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
 
-def _hand_on(on_sample: OnSample, sample: zenoh.Sample) -> None:
-    """Call ``on_sample``; an exception (from a callback someone registered) must not end the intake."""
+def _hand_on(on_raw: OnRaw, key_expr: Any, raw: bytes) -> None:
+    """Call ``on_raw``; an exception (from a callback someone registered) must not end the intake."""
     try:
-        on_sample(sample)
+        on_raw(key_expr, raw)
     except Exception:  # logged; the next sample is handed on as usual
-        log.exception("event callback failed for a sample of %s", sample.key_expr)
+        log.exception("event callback failed for a sample of %s", key_expr)
