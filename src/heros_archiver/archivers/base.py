@@ -513,12 +513,15 @@ class HERODataArchiver(EventObserver):
     # ------------------------------------------------------------------ status and shutdown
     def stats(self) -> dict[str, Any]:
         """Counters per source and in total, and the queue's fill (a remote capability under BOSS)."""
+        # before the counters: a sample still waiting then is not yet counted as received
+        intake_waiting = sum(intake.waiting for intake in self._buffered_intakes)
         snapshot = self._accounting.snapshot()
         total = snapshot["total"]
         total["in_flight"] = total["received"] - sum(total[name] for name in SETTLED)
         snapshot["queue"] = self._pipeline.queue_status()
         snapshot["event"] = self._event
         snapshot["intake_buffer"] = self.options.intake_buffer
+        snapshot["intake_waiting"] = intake_waiting
         snapshot["zenoh_shared_memory"] = self._shared_memory
         snapshot["helper_processes"] = self._pipeline.helper_pids
         snapshot["object_selector"] = self._selector
