@@ -76,13 +76,13 @@ def test_samples_still_buffered_at_stop_are_archived(make_rig: RigFactory, tmp_p
     time.sleep(0.3)  # the remaining events reach the FIFO meanwhile (reliable, one loopback hop)
     stats = rig.archiver.stats()
     queued_before_stop = stats["total"]["received"]
-    assert stats["intake_waiting"] >= count - queued_before_stop > 0, stats["intake_waiting"]
+    assert stats["queue"]["intake_waiting"] >= count - queued_before_stop > 0, stats["queue"]
 
     rig.archiver._stop()
 
     stats = rig.archiver.stats()
     total = stats["total"]
-    assert stats["intake_waiting"] == 0
+    assert stats["queue"]["intake_waiting"] == 0
     assert total["received"] == count and total["archived"] == count, total
     assert total["dead_lettered"] == 0 and total["dropped"] == 0, total
     assert len(list(tmp_path.glob("*.json"))) == count

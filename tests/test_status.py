@@ -202,6 +202,14 @@ def test_the_table_shows_each_source_and_the_archivers_own_figures_once() -> Non
     row = next(line for line in text.splitlines() if "capturer" in line)
     assert "cam" in row and "2 · 2.9 KiB" in row and "1.5 s" in row and "retried" in row, text
     assert "gone" in text and "no answer" in text
+    assert "intake" not in row  # nothing waits in front of the queue
+
+
+def test_the_table_shows_what_waits_in_a_buffered_intake() -> None:
+    status = _sample_status()
+    status["queue"]["intake_waiting"] = 37
+    row = next(line for line in _rendered(status_table([status], [], "lab")).splitlines() if "capturer" in line)
+    assert "2 · 2.9 KiB (+37 in intake)" in row, row
 
 
 network_values = st.recursive(

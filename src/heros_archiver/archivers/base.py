@@ -519,9 +519,9 @@ class HERODataArchiver(EventObserver):
         total = snapshot["total"]
         total["in_flight"] = total["received"] - sum(total[name] for name in SETTLED)
         snapshot["queue"] = self._pipeline.queue_status()
+        snapshot["queue"]["intake_waiting"] = intake_waiting
         snapshot["event"] = self._event
         snapshot["intake_buffer"] = self.options.intake_buffer
-        snapshot["intake_waiting"] = intake_waiting
         snapshot["zenoh_shared_memory"] = self._shared_memory
         snapshot["helper_processes"] = self._pipeline.helper_pids
         snapshot["object_selector"] = self._selector

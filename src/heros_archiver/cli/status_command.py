@@ -173,8 +173,9 @@ def _archiver_rows(status: dict[str, Any]) -> list[list[str]]:
     """The rows of one archiver: its sources, its own figures on the first."""
     queue, disk = status["queue"], status["disk"]
     name = archiver_label(status) + (" (paused)" if status.get("paused") else "")
+    intake = int(queue.get("intake_waiting") or 0)  # statuses of versions before it have none
     own = [
-        f"{int(queue['items'])} · {_bytes(queue['bytes'])}",
+        f"{int(queue['items'])} · {_bytes(queue['bytes'])}" + (f" (+{intake} in intake)" if intake else ""),
         _age(queue["oldest_age"]),
         str(int(queue["spooled"])),
         "-" if disk is None else _bytes(disk["free_bytes"]),

@@ -48,6 +48,11 @@ GAUGES: tuple[tuple[str, Callable[[dict[str, Any]], float | None], str], ...] = 
         "Seconds the oldest waiting item has waited (0: none waits).",
     ),
     ("spooled_items", lambda s: s["queue"]["spooled"], "Items waiting in the spool on disk."),
+    (
+        "intake_waiting",
+        lambda s: s["queue"].get("intake_waiting", 0),
+        "Samples a buffered intake took from Zenoh that wait, as bytes, in front of the queue.",
+    ),
     ("disk_free_bytes", lambda s: None if s["disk"] is None else s["disk"]["free_bytes"], "Free bytes of the disk."),
     ("uptime_seconds", lambda s: s["uptime"], "Seconds since the archiver was made."),
     ("paused", lambda s: None if s["paused"] is None else float(s["paused"]), "1 while the archiver is paused."),
