@@ -50,7 +50,7 @@ GAUGES: tuple[tuple[str, Callable[[dict[str, Any]], float | None], str], ...] = 
     ("spooled_items", lambda s: s["queue"]["spooled"], "Items waiting in the spool on disk."),
     (
         "intake_waiting",
-        lambda s: s["queue"].get("intake_waiting", 0),
+        lambda s: s["queue"]["intake_waiting"],
         "Samples a buffered intake took from Zenoh that wait, as bytes, in front of the queue.",
     ),
     ("disk_free_bytes", lambda s: None if s["disk"] is None else s["disk"]["free_bytes"], "Free bytes of the disk."),
