@@ -80,6 +80,7 @@ def test_two_acquisitions_two_files_with_configuration_and_frame_counts(make_rig
     assert cam["duplicates"] == 0 and cam["gaps"] == 0, cam
     # every event is an item: 5 frames and 4 markers, all archived
     assert cam["received"] == cam["archived"] == 9 and not dead_letter_entries(tmp_path), cam
+    assert made.archiver.stats()["intake_buffer"] == 0  # direct: the markers stay in order with the frames
 
 
 def test_a_template_without_the_acquisition_gets_a_new_part_per_acquisition(

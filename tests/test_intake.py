@@ -15,7 +15,7 @@ import zenoh
 
 from conftest import RigFactory
 from helpers import RawCamera, assert_refused_before_zenoh, wait_for_items, wait_until
-from heros_archiver import ArrayArchiver, JsonArchiver
+from heros_archiver import ArrayArchiver, Hdf5Archiver, JsonArchiver, TiffArchiver, ZarrAppendArchiver
 from heros_archiver.pipeline.queueing import Item
 from heros_archiver.state.deadletter import DeadLetterStore
 from heros_archiver.testing import free_port, loopback_config_json
@@ -33,14 +33,24 @@ def test_intake_buffer_must_be_a_count(tmp_path: Path, bad: Any) -> None:
 
 
 def test_defaults_per_class_and_override(make_rig: RigFactory) -> None:
-    """Frames are handed over directly (tight memory bound); small JSON events get a burst buffer."""
+    """Files of frames are handed over directly (tight memory bound); small JSON events get a burst buffer,
+    and so do the frames of an HDF5 stack, behind a Zenoh FIFO of a few samples (decision 0044)."""
     frames = make_rig()
     events = make_rig(TEMPLATE, archiver_cls=JsonArchiver, camera_cls=RawCamera)
     direct_events = make_rig(TEMPLATE, archiver_cls=JsonArchiver, camera_cls=RawCamera, intake_buffer=0)
+    stack = make_rig(None, archiver_cls=Hdf5Archiver, file_template="{{ file_path }}/run.h5")
+    zarr_stack = make_rig(None, archiver_cls=ZarrAppendArchiver, store_template="{{ file_path }}/run.zarr")
+    tiff_stack = make_rig("{{ file_path }}/run.tif", archiver_cls=TiffArchiver, stack=True)
+    tiff_files = make_rig("{{ file_path }}/{{ frame }}.tif", archiver_cls=TiffArchiver)
     assert isinstance(frames.archiver, ArrayArchiver)
     assert frames.archiver.stats()["intake_buffer"] == 0
     assert events.archiver.stats()["intake_buffer"] == 1024
     assert direct_events.archiver.stats()["intake_buffer"] == 0
+    assert stack.archiver.stats()["intake_buffer"] == 1024
+    assert zarr_stack.archiver.stats()["intake_buffer"] == tiff_stack.archiver.stats()["intake_buffer"] == 1024
+    assert tiff_files.archiver.stats()["intake_buffer"] == 0
+    assert [intake.subscriber.handler for intake in stack.archiver._buffered_intakes]
+    assert Hdf5Archiver.INTAKE_FIFO_SAMPLES == 4 < JsonArchiver.INTAKE_FIFO_SAMPLES
 
 
 @pytest.mark.parametrize("intake_buffer", [0, 16])
@@ -183,3 +193,43 @@ def test_samples_wait_as_bytes_in_order_and_within_the_capacity() -> None:
         assert intake.close(time.monotonic() + 10)
         session.close()
     assert not intake.alive
+
+
+def test_what_waits_stays_within_the_byte_bound_whatever_the_sample_count() -> None:
+    """Large samples: the bytes waiting stay within ``max_bytes`` and one sample more, although the sample
+    capacity would let many more wait, and a FIFO of ``fifo_samples`` holds the rest back in Zenoh."""
+    port = free_port()
+    session = zenoh.open(zenoh.Config.from_json5(loopback_config_json(listen_port=port)))
+    size, max_bytes, count = 64 << 10, 256 << 10, 60
+    seen: list[int] = []
+    most_bytes = 0
+    done = threading.Event()
+    intake: BufferedIntake | None = None
+
+    def on_raw(key_expr: Any, payload: bytes) -> None:
+        nonlocal most_bytes
+        assert intake is not None and len(payload) == size
+        most_bytes = max(most_bytes, intake.waiting_bytes)
+        seen.append(int.from_bytes(payload[:4], "big"))
+        time.sleep(0.005)  # slower than the publisher: the intake fills up
+        if len(seen) == count:
+            done.set()
+
+    intake = BufferedIntake(
+        session, "test/intake/**", 1000, on_raw, "test-intake-bytes", max_bytes=max_bytes, fifo_samples=2
+    )
+    try:
+        publisher = session.declare_publisher(
+            "test/intake/bytes",
+            reliability=zenoh.Reliability.RELIABLE,
+            congestion_control=zenoh.CongestionControl.BLOCK,
+        )
+        for i in range(count):
+            publisher.put(i.to_bytes(4, "big") + bytes(size - 4))
+        assert done.wait(30), len(seen)
+        assert seen == list(range(count))
+        assert max_bytes // 2 <= most_bytes <= max_bytes + size, most_bytes
+    finally:
+        assert intake.close(time.monotonic() + 10)
+        session.close()
+    assert intake.waiting == 0 and intake.waiting_bytes == 0

@@ -26,6 +26,7 @@ from ..observe.logs import log_fields
 from ..pipeline.payload import item_nbytes
 from ..pipeline.queueing import Item
 from ..sinks.hdf5_acquisitions import NUMBER_KEY, SEEN_KEY, START_EVENT, START_KEY, STOP_EVENT, frame_count
+from .options import STACK_INTAKE_BUFFER
 
 if TYPE_CHECKING:
     from .base import HERODataArchiver
@@ -38,6 +39,14 @@ log = logging.getLogger("heros_archiver")
 
 #: What a template may use besides the default metadata, with ``acquisitions=True``.
 CONTEXT_KEYS = ("source_name", NUMBER_KEY, START_KEY, SEEN_KEY)
+
+
+def default_stack_intake(kwargs: dict[str, Any], acquisitions: bool) -> None:
+    """Fill in the ``intake_buffer`` of an archiver that appends frames to stacks (HDF5, TIFF), unless given:
+    buffered, since an append costs so little that trading the GIL with Zenoh's receive thread per frame was
+    most of the work; direct with ``acquisitions``, whose markers only direct callbacks keep in order."""
+    if kwargs.get("intake_buffer") is None:
+        kwargs["intake_buffer"] = 0 if acquisitions else STACK_INTAKE_BUFFER
 
 
 def start_stamp(moment: float) -> str:

@@ -47,7 +47,7 @@ from ..storage.writeback import WritebackWindow
 from ..transport import heros_compat
 from ..transport.fastdecode import decode_frame_event
 from ..transport.hero_builder import configured_class, is_hero
-from ..transport.intake import BufferedIntake
+from ..transport.intake import FIFO_SAMPLES, BufferedIntake
 from ..transport.links import RouterWatch
 from ..transport.sharedmemory import disable_shared_memory, installed_zenoh_version, shared_memory_is_safe
 from .control import config_of, event_listeners
@@ -114,10 +114,12 @@ class HERODataArchiver(EventObserver):
         retry_delay: first retry delay in seconds; doubles per attempt, with jitter.
         retry_max_delay: upper bound of one retry delay in seconds.
         intake_buffer: samples that may wait for the archiver in front of its queue (default: the
-            class's ``DEFAULT_INTAKE_BUFFER``; 0 for frames, 1024 for the JSON archiver). 0 hands every
+            class's ``DEFAULT_INTAKE_BUFFER``; 0 for files of frames, 1024 for the JSON archiver and the
+            archivers of stacks, HDF5, Zarr append and TIFF, without ``acquisitions``). 0 hands every
             sample over on Zenoh's receive thread, so a full queue pushes back at once; a buffer lets
-            Zenoh receive a burst of small events while a writer holds the GIL, at the cost of up to
-            that many payloads more in memory (docs/decisions/0011, 0043).
+            Zenoh receive while a writer holds the GIL, at the cost of up to that many payloads (at most
+            8 MiB) more in memory, and of the few samples Zenoh holds in front of it (docs/decisions/0011,
+            0043, 0044).
         writer_nice: niceness added to the writer threads (Linux; default 0 = none). Raising it lets
             receiving win the CPU over writing on a busy machine: bursts of small best-effort events
             are queued instead of dropped by the sender, at the cost of slower writing when the CPU is
@@ -160,6 +162,9 @@ class HERODataArchiver(EventObserver):
     _hero_implements: list[str] = ["heros_archiver.Archiver"]  # noqa: RUF012 - heros reads it, nobody changes it
     #: ``intake_buffer`` when not given: archivers of unknown payloads hand samples over directly
     DEFAULT_INTAKE_BUFFER = 0
+    #: samples Zenoh may hold in front of a buffered intake: few for camera frames (Zenoh counts samples,
+    #: not bytes; decision 0044), more for small events
+    INTAKE_FIFO_SAMPLES = FIFO_SAMPLES
 
     def __init__(
         self,
@@ -423,6 +428,7 @@ class HERODataArchiver(EventObserver):
                 self.options.intake_buffer,
                 on_raw,
                 f"heros-archiver-intake-{self._event}",
+                fifo_samples=self.INTAKE_FIFO_SAMPLES,
             )
             self._buffered_intakes.append(intake)
             sub = intake.subscriber

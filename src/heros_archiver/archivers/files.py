@@ -244,6 +244,8 @@ class ArrayArchiver(FileArchiver):
         split_data_array: write one file per index along axis 0; the template gets ``_split_index``.
     """
 
+    INTAKE_FIFO_SAMPLES = 4  # frames, when ``intake_buffer`` is given (decision 0044)
+
     def __init__(self, save_template: str, split_data_array: bool = False, *args: Any, **kwargs: Any) -> None:
         FileArchiver.__init__(self, save_template, "npy", *args, split_data_array=split_data_array, **kwargs)
 

@@ -25,7 +25,7 @@ from ..sinks.containers.hdf5_files import load_h5py
 from ..sinks.writer import _refuse_reserved
 from ..state.replay_hdf5 import HDF5_KIND, Hdf5WriterSettings
 from ..state.statedir import DEAD_LETTER_SUBDIR
-from .acquisitions import AcquisitionMarkers, AcquisitionTracker, check_templates
+from .acquisitions import AcquisitionMarkers, AcquisitionTracker, check_templates, default_stack_intake
 from .base import HERODataArchiver
 from .files import check_root
 from .options import (
@@ -34,6 +34,7 @@ from .options import (
     DEFAULT_FLUSH_SECONDS,
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_OPEN_FILES,
+    STACK_INTAKE_BUFFER,
     Hdf5Options,
 )
 
@@ -71,11 +72,18 @@ class Hdf5Archiver(AcquisitionMarkers, HERODataArchiver):
             ``acquisition`` (1, 2, ... per camera since the archiver started), ``acquisition_start`` (UTC,
             ``20261201T221803.123Z``) and ``acquisition_start_seen``, and may use only those, ``source_name``
             and the default metadata; a template that renders the same path again gets ``name-1.h5``, ...
-            (default False). Needs ``intake_buffer=0`` (the default), which keeps the events in order, and
-            ``overflow`` ``block`` or ``spill``, under which the two events are never dropped.
+            (default False). Needs ``intake_buffer=0`` (its default then), which keeps the events in order,
+            and ``overflow`` ``block`` or ``spill``, under which the two events are never dropped.
+
+    Without ``acquisitions`` the default ``intake_buffer`` is 1024 samples (at most 8 MiB, and 4 samples
+    held by Zenoh in front of them): appending a frame costs so little that handing each sample over on
+    Zenoh's receive thread, against the writer for the GIL, was most of the work (decision 0044). The Zarr
+    append and TIFF stack archivers do the same.
     """
 
     sink_options: Hdf5Options
+    DEFAULT_INTAKE_BUFFER = STACK_INTAKE_BUFFER  # 0 with ``acquisitions`` (``default_stack_intake``)
+    INTAKE_FIFO_SAMPLES = 4
 
     def _catalog_adoption(self) -> Adoption | None:
         """The frames committed and not yet journaled when a kill came: a later start reads them back from their
@@ -111,6 +119,7 @@ class Hdf5Archiver(AcquisitionMarkers, HERODataArchiver):
         self.sink_options.check_with(kwargs.get("intake_buffer"), kwargs.get("overflow", "block"))
         load_h5py()  # a missing extra fails here, at start
         self._tracker = AcquisitionTracker()
+        default_stack_intake(kwargs, acquisitions)
         HERODataArchiver.__init__(self, *args, **kwargs)
         if acquisitions:
             self._subscribe_markers()

@@ -59,6 +59,9 @@ DEFAULT_WRITEBACK_WINDOW = 32 * 2**20
 
 #: ``fsync`` choices of the HDF5 archiver: a commit survives the process (``none``) or a power loss too.
 HDF5_FSYNC_CHOICES: tuple[str, ...] = ("none", "file")
+#: ``intake_buffer`` of an archiver appending frames to stacks (HDF5, Zarr append, TIFF), unless given
+#: (decision 0044)
+STACK_INTAKE_BUFFER = 1024
 #: Commit every this many frames by default: measured (benchmarks/hdf5_commit_interval.py, decision 0018),
 #: 8 KiB frames reach 0.94x the rate of a single commit at the end with 1000, 0.81x with 100.
 DEFAULT_FLUSH_FRAMES = 1000

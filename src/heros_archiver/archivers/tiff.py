@@ -23,7 +23,13 @@ from ..sinks.batching import BatchWriter
 from ..sinks.writer import _refuse_reserved
 from ..state.replay_tiff import TIFF_STACK_KIND, TiffStackWriterSettings
 from ..storage.atomic import OnExists
-from .acquisitions import AcquisitionMarkers, AcquisitionTracker, check_templates, recorded_defaults
+from .acquisitions import (
+    AcquisitionMarkers,
+    AcquisitionTracker,
+    check_templates,
+    default_stack_intake,
+    recorded_defaults,
+)
 from .files import FileArchiver
 from .object_root import DEFAULT_STALE_UPLOADS_AFTER, ObjectRootOptions
 from .options import DEFAULT_WRITEBACK_WINDOW, TiffOptions
@@ -54,6 +60,8 @@ class TiffArchiver(AcquisitionMarkers, FileArchiver):
             cache before the oldest are waited for on the device and dropped from the cache (default 32 MiB;
             0: the kernel decides); keeps the cache small and latency flat over long runs (decision 0009).
         root, helper_process: as ``FileArchiver`` (the last for files only).
+        intake_buffer: as ``HERODataArchiver``; a stack's default is 1024 (0 with ``acquisitions``), as
+            ``Hdf5Archiver``'s (decision 0044), files' 0.
         storage_options, state_dir, stale_uploads_after: as ``FileArchiver``, for ``root="s3://bucket/prefix"``
             (files only: a stack is appended to in place, which an object cannot be).
         acquisitions: (stack) also receive the cameras' ``acquisition_started`` and ``acquisition_stopped``
@@ -66,6 +74,7 @@ class TiffArchiver(AcquisitionMarkers, FileArchiver):
     """
 
     sink_options: TiffOptions  # type: ignore[assignment]  # its file part, a FileOptions, is ``sink_options.files``
+    INTAKE_FIFO_SAMPLES = 4  # frames, when ``intake_buffer`` is given (decision 0044)
 
     def __init__(
         self,
@@ -100,6 +109,8 @@ class TiffArchiver(AcquisitionMarkers, FileArchiver):
             from ..sinks.tiff_stack import load_blake3
 
             load_blake3()  # a missing extra fails here, at start
+        if self.sink_options.stack:
+            default_stack_intake(kwargs, acquisitions)
         self._tracker = AcquisitionTracker()
         self._init_files(self.sink_options.files, *args, **kwargs)
         if self.sink_options.acquisitions:

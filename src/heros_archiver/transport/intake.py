@@ -8,10 +8,12 @@ up into the sender, which drops best-effort events when its own queue is full.
 
 Buffered (``intake_buffer=N``): Zenoh puts samples into a small FIFO on the Rust side, which never needs
 the GIL. A drain thread of ours takes out as many as are there each time it holds the GIL and keeps only
-their bytes, up to N samples' worth, for a handler thread that decodes them and hands them on. A sample held
-by Zenoh keeps the whole receive batch it came in alive (up to 64 KiB for a 200-byte reading, decision
-0043), its bytes alone do not; so the FIFO stays small (``FIFO_SAMPLES``) and what waits is bytes. A full
-buffer stops the drain, a full FIFO then blocks Zenoh's receive thread as a full queue does (decision 0011).
+their bytes, up to N samples' worth and at most ``max_bytes`` (one sample more), for a handler thread that
+decodes them and hands them on. A sample held by Zenoh keeps the whole receive batch it came in alive (up to
+64 KiB for a 200-byte reading, decision 0043), its bytes alone do not; so the FIFO stays small and what waits
+is bytes. Zenoh's FIFO counts samples, not bytes: ``fifo_samples`` camera frames of 8 MiB are that many
+times 8 MiB, so archivers of frames ask for a FIFO of a few samples (decision 0044). A full buffer stops the
+drain, a full FIFO then blocks Zenoh's receive thread as a full queue does (decision 0011).
 """
 
 from __future__ import annotations
@@ -30,23 +32,39 @@ log = logging.getLogger("heros_archiver")
 #: What the handler thread gets per sample: its key expression and its payload's bytes.
 OnRaw = Callable[[Any, bytes], None]
 
-#: Samples Zenoh holds in front of the drain thread at most (each may keep a 64 KiB receive batch alive).
+#: Samples Zenoh holds in front of the drain thread at most (each may keep a 64 KiB receive batch alive),
+#: unless the archiver asks for fewer (frames: ``fifo_samples``).
 FIFO_SAMPLES = 256
+#: Bytes that wait for the handler thread at most (and one sample more), however many samples they are.
+WAITING_BYTES = 8 << 20
 
 #: Samples handed on between two reports of room to the drain thread.
 _ROOM_EVERY = 64
 
 
 class BufferedIntake:
-    """A subscription whose samples wait, as bytes, for a thread of ours (at most ``capacity`` of them)."""
+    """A subscription whose samples wait, as bytes, for a thread of ours (at most ``capacity`` of them, and
+    ``max_bytes`` and one sample more)."""
 
-    def __init__(self, session: zenoh.Session, selector: str, capacity: int, on_raw: OnRaw, name: str) -> None:
+    def __init__(
+        self,
+        session: zenoh.Session,
+        selector: str,
+        capacity: int,
+        on_raw: OnRaw,
+        name: str,
+        *,
+        max_bytes: int = WAITING_BYTES,
+        fifo_samples: int = FIFO_SAMPLES,
+    ) -> None:
         self.capacity = capacity
+        self.max_bytes = max_bytes
         self.subscriber: Any = session.declare_subscriber(
-            selector, zenoh.handlers.FifoChannel(min(capacity, FIFO_SAMPLES))
+            selector, zenoh.handlers.FifoChannel(max(1, min(capacity, fifo_samples)))
         )
         self._waiting: deque[list[tuple[Any, bytes]] | None] = deque()
         self._count = 0  # samples in ``_waiting``
+        self._bytes = 0  # their payloads' bytes
         self._lock = threading.Lock()
         self._not_full = threading.Condition(self._lock)
         self._not_empty = threading.Condition(self._lock)
@@ -66,19 +84,23 @@ class BufferedIntake:
             while True:
                 sample = handler.recv()
                 with self._lock:
-                    while self._count >= self.capacity:
+                    while self._count >= self.capacity or self._bytes >= self.max_bytes:
                         self._not_full.wait()
-                    room = self.capacity - self._count
-                batch = [(sample.key_expr, sample.payload.to_bytes())]
-                while len(batch) < room:
+                    room, byte_room = self.capacity - self._count, self.max_bytes - self._bytes
+                raw = sample.payload.to_bytes()
+                batch, nbytes = [(sample.key_expr, raw)], len(raw)
+                while len(batch) < room and nbytes < byte_room:
                     sample = handler.try_recv()
                     if sample is None:
                         break
-                    batch.append((sample.key_expr, sample.payload.to_bytes()))
-                del sample
+                    raw = sample.payload.to_bytes()
+                    batch.append((sample.key_expr, raw))
+                    nbytes += len(raw)
+                del sample, raw
                 with self._lock:
                     self._waiting.append(batch)
                     self._count += len(batch)
+                    self._bytes += nbytes
                     self._not_empty.notify()
         except zenoh.ZError:
             pass
@@ -98,16 +120,25 @@ class BufferedIntake:
                 return
             for start in range(0, len(batch), _ROOM_EVERY):
                 part = batch[start : start + _ROOM_EVERY]
+                nbytes = 0
                 for key_expr, raw in part:
+                    nbytes += len(raw)
                     _hand_on(on_raw, key_expr, raw)
+                del raw
                 with self._lock:  # room for the drain as the batch goes, not only at its end
                     self._count -= len(part)
+                    self._bytes -= nbytes
                     self._not_full.notify()
 
     @property
     def waiting(self) -> int:
         """Samples taken out of Zenoh's FIFO and not yet handed on (at most ``capacity``)."""
         return self._count
+
+    @property
+    def waiting_bytes(self) -> int:
+        """Their payloads' bytes (at most ``max_bytes`` and one sample more)."""
+        return self._bytes
 
     @property
     def alive(self) -> bool:
