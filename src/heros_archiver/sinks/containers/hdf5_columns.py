@@ -252,8 +252,8 @@ class Columns:
     def mark_committed(self, length: int) -> None:
         """Record the committed length (written after the frames and columns it counts were flushed)."""
         marker = self._datasets["committed_length"]
-        marker[0] = length
-        marker.flush()
+        write_block(self._h5py, marker, 0, np.array([length], dtype=np.int64))
+        marker.id.flush()
 
     def _extras(self, row: Row, unfit: list[str] | None, absent: list[str], names: set[str]) -> bytes:
         """The frame's JSON document: what has no column or does not fit it (``unfit``: the names of the
@@ -281,20 +281,49 @@ def _appendable(group: Any, name: str, dtype: Any, fill: Any, chunk: int) -> Non
     group.create_dataset(name, shape=(0,), maxshape=(None,), chunks=(chunk,), dtype=dtype, fillvalue=fill)
 
 
+#: Dataspaces of blocks and HDF5 types of string columns, made once (see ``write_block``); bounded.
+_memory_spaces: dict[tuple[int, ...], Any] = {}
+_string_types: dict[tuple[int, str], Any] = {}
+_KEPT = 64
+
+
 def write_block(h5py: Any, dataset: Any, start: int, block: np.ndarray) -> None:
     """Grow ``dataset`` along axis 0 to hold ``block`` at ``start`` and write it, through h5py's low-level
-    API: its ``dataset[a:b] = x`` costs ~160 us of Python per call here, a dozen calls per commit."""
+    API (its ``dataset[a:b] = x`` costs ~160 us of Python per call here, a dozen calls per commit), in at
+    most three calls into HDF5: h5py releases the GIL in each, and while another thread of the archiver
+    runs, each release costs a handoff of the GIL (100-800 us measured, decision 0044); the file's
+    dataspace is grown in place and the block's dataspace and string type are made once and kept."""
     block = np.ascontiguousarray(block)
     dsid = dataset.id
     stop = start + block.shape[0]
-    extent = dsid.shape
-    if extent[0] < stop:
-        dsid.set_extent((stop, *extent[1:]))
     file_space = dsid.get_space()
+    extent = file_space.shape
+    if extent[0] < stop:
+        grown = (stop, *extent[1:])
+        dsid.set_extent(grown)
+        file_space.set_extent_simple(grown, file_space.get_simple_extent_dims(True))
     file_space.select_hyperslab((start,) + (0,) * (block.ndim - 1), block.shape)
+    memory_space = _memory_spaces.get(block.shape)
+    if memory_space is None:
+        if len(_memory_spaces) >= _KEPT:
+            _memory_spaces.clear()
+        memory_space = _memory_spaces[block.shape] = h5py.h5s.create_simple(block.shape)
     # fixed-length strings: written in the dataset's own type (h5py would take bytes for ASCII, refusing UTF-8)
-    memory_type = dsid.get_type() if block.dtype.kind == "S" else None
-    dsid.write(h5py.h5s.create_simple(block.shape), file_space, block, mtype=memory_type)
+    memory_type = _string_type(h5py, dsid.dtype) if block.dtype.kind == "S" else None
+    dsid.write(memory_space, file_space, block, mtype=memory_type)
+
+
+def _string_type(h5py: Any, dtype: np.dtype[Any]) -> Any:
+    """The HDF5 type of a fixed-length string column's dtype (its encoding in h5py's dtype metadata, which
+    numpy's equality of dtypes ignores: the key holds it)."""
+    info = h5py.check_string_dtype(dtype)
+    key = (dtype.itemsize, info.encoding if info is not None else "ascii")
+    made = _string_types.get(key)
+    if made is None:
+        if len(_string_types) >= _KEPT:
+            _string_types.clear()
+        made = _string_types[key] = h5py.h5t.py_create(dtype)
+    return made
 
 
 def _fixed(text: str, width: int) -> bytes:
