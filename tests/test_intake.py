@@ -179,11 +179,7 @@ def test_samples_wait_as_bytes_in_order_and_within_the_capacity() -> None:
 
     intake = BufferedIntake(session, "test/intake/**", capacity, on_raw, "test-intake-order")
     try:
-        publisher = session.declare_publisher(
-            "test/intake/order",
-            reliability=zenoh.Reliability.RELIABLE,
-            congestion_control=zenoh.CongestionControl.BLOCK,
-        )
+        publisher = _reliable_publisher(session, "test/intake/order")
         for i in range(count):
             publisher.put(i.to_bytes(4, "big"))
         assert done.wait(30), len(seen)
@@ -219,11 +215,7 @@ def test_what_waits_stays_within_the_byte_bound_whatever_the_sample_count() -> N
         session, "test/intake/**", 1000, on_raw, "test-intake-bytes", max_bytes=max_bytes, fifo_samples=2
     )
     try:
-        publisher = session.declare_publisher(
-            "test/intake/bytes",
-            reliability=zenoh.Reliability.RELIABLE,
-            congestion_control=zenoh.CongestionControl.BLOCK,
-        )
+        publisher = _reliable_publisher(session, "test/intake/bytes")
         for i in range(count):
             publisher.put(i.to_bytes(4, "big") + bytes(size - 4))
         assert done.wait(30), len(seen)
@@ -233,3 +225,10 @@ def test_what_waits_stays_within_the_byte_bound_whatever_the_sample_count() -> N
         assert intake.close(time.monotonic() + 10)
         session.close()
     assert intake.waiting == 0 and intake.waiting_bytes == 0
+
+
+def _reliable_publisher(session: zenoh.Session, key: str) -> Any:
+    """A publisher that waits for room instead of dropping (the intake's back-pressure reaches it)."""
+    return session.declare_publisher(
+        key, reliability=zenoh.Reliability.RELIABLE, congestion_control=zenoh.CongestionControl.BLOCK
+    )
