@@ -87,12 +87,13 @@ def test_samples_still_buffered_at_stop_are_archived(make_rig: RigFactory, tmp_p
     stats = rig.archiver.stats()
     queued_before_stop = stats["total"]["received"]
     assert stats["queue"]["intake_waiting"] >= count - queued_before_stop > 0, stats["queue"]
+    assert stats["queue"]["intake_waiting_bytes"] >= stats["queue"]["intake_waiting"]  # a CBOR map each
 
     rig.archiver._stop()
 
     stats = rig.archiver.stats()
     total = stats["total"]
-    assert stats["queue"]["intake_waiting"] == 0
+    assert stats["queue"]["intake_waiting"] == stats["queue"]["intake_waiting_bytes"] == 0
     assert total["received"] == count and total["archived"] == count, total
     assert total["dead_lettered"] == 0 and total["dropped"] == 0, total
     assert len(list(tmp_path.glob("*.json"))) == count

@@ -74,6 +74,7 @@ def test_the_collector_serves_every_counter_per_source_and_every_gauge(make_rig:
             assert archiver in samples[f"heros_archiver_{name}"], name
     assert samples["heros_archiver_queue_items"][archiver] == 0
     assert samples["heros_archiver_intake_waiting"][archiver] == 0  # frames: the direct intake
+    assert samples["heros_archiver_intake_waiting_bytes"][archiver] == 0
     assert samples["heros_archiver_disk_free_bytes"][archiver] > 0
     status = labels(archiver="ArrayArchiver", event="acquisition_data", listener="status")
     assert samples["heros_archiver_listener_queued"][status] == 0

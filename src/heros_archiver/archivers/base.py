@@ -521,11 +521,13 @@ class HERODataArchiver(EventObserver):
         """Counters per source and in total, and the queue's fill (a remote capability under BOSS)."""
         # before the counters: a sample still waiting then is not yet counted as received
         intake_waiting = sum(intake.waiting for intake in self._buffered_intakes)
+        intake_waiting_bytes = sum(intake.waiting_bytes for intake in self._buffered_intakes)
         snapshot = self._accounting.snapshot()
         total = snapshot["total"]
         total["in_flight"] = total["received"] - sum(total[name] for name in SETTLED)
         snapshot["queue"] = self._pipeline.queue_status()
         snapshot["queue"]["intake_waiting"] = intake_waiting
+        snapshot["queue"]["intake_waiting_bytes"] = intake_waiting_bytes
         snapshot["event"] = self._event
         snapshot["intake_buffer"] = self.options.intake_buffer
         snapshot["zenoh_shared_memory"] = self._shared_memory

@@ -53,6 +53,11 @@ GAUGES: tuple[tuple[str, Callable[[dict[str, Any]], float | None], str], ...] = 
         lambda s: s["queue"]["intake_waiting"],
         "Samples a buffered intake took from Zenoh that wait, as bytes, in front of the queue.",
     ),
+    (
+        "intake_waiting_bytes",
+        lambda s: s["queue"]["intake_waiting_bytes"],
+        "Their payloads' bytes (at most 8 MiB and one sample more).",
+    ),
     ("disk_free_bytes", lambda s: None if s["disk"] is None else s["disk"]["free_bytes"], "Free bytes of the disk."),
     ("uptime_seconds", lambda s: s["uptime"], "Seconds since the archiver was made."),
     ("paused", lambda s: None if s["paused"] is None else float(s["paused"]), "1 while the archiver is paused."),
