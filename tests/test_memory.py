@@ -10,14 +10,19 @@ import threading
 import time
 from pathlib import Path
 
+import h5py
+import numpy as np
 import pytest
 
+from heros_archiver import Hdf5Archiver
 from heros_archiver.testing import free_port, unique_realm
+from heros_archiver.transport.intake import WAITING_BYTES
 from procs import (
     SLOW_ARCHIVER,
     camera,
     camera_archiver_arguments,
     check_frame_file,
+    frame,
     npy_files,
     parse_stats_table,
     rss_anon_kib,
@@ -34,6 +39,8 @@ SHAPE = (1024, 2048)  # 4 MiB of uint16
 FRAMES = 70
 MAX_QUEUE_BYTES = 64 * 2**20
 SLACK = 200 * 2**20
+#: 600 MiB sent: more than the bound, were every frame let wait
+STACK_FRAMES = 150
 
 
 class RssSampler(threading.Thread):
@@ -123,3 +130,55 @@ def test_memory_stays_bounded_under_a_fast_sender(tmp_path: Path, overflow: str,
     else:
         assert total["archived"] == FRAMES and total["dropped"] == 0, output
         assert indices == sent
+
+
+def test_memory_of_a_stack_stays_bounded_with_its_buffered_intake(tmp_path: Path) -> None:
+    """The HDF5 archiver's default intake (decision 0044): besides the queue's bytes, at most ``WAITING_BYTES``
+    and one frame wait in the intake and ``INTAKE_FIFO_SAMPLES`` frames in Zenoh, however many samples
+    ``intake_buffer`` allows; every frame of a reliable camera reaches the file, in order."""
+    archive = tmp_path / "archive"
+    port, realm = free_port(), unique_realm()
+    arguments = camera_archiver_arguments(archive, max_queue_bytes=MAX_QUEUE_BYTES, store_delay=0.05)
+    del arguments["save_template"]
+    arguments["file_template"] = "{{ file_path }}/run.h5"
+    config = write_config(tmp_path / "config.json", arguments, classname="fixtures_pkg.slow.SlowHdf5Archiver")
+    sent = list(range(STACK_FRAMES))
+    with camera(port, realm) as cam, run_archiver(config, realm, port, tmp_path / "run.log") as proc:
+        wait_for_archiver(cam, proc)
+        baseline = rss_anon_kib(proc.pid)
+        assert baseline is not None
+        sampler = RssSampler(proc.pid)
+        sampler.start()
+        try:
+            send_frames(cam, sent, SHAPE)
+            wait_until(lambda: _committed_frames(archive / "run.h5") >= STACK_FRAMES, what="every frame committed")
+            code, output = proc.terminate()
+        finally:
+            sampler.stop()
+    assert code == 0, output
+
+    growth = (sampler.peak_kib - baseline) * 1024
+    frame_bytes = SHAPE[0] * SHAPE[1] * 2
+    print(f"\nhdf5, buffered intake: RssAnon growth {growth / 2**20:.0f} MiB ({sampler.samples} samples)")
+    assert sampler.samples > 10
+    bound = MAX_QUEUE_BYTES + WAITING_BYTES + (Hdf5Archiver.INTAKE_FIFO_SAMPLES + 1) * frame_bytes + SLACK
+    assert growth <= bound, f"RssAnon grew by {growth / 2**20:.0f} MiB"
+    assert Hdf5Archiver.DEFAULT_INTAKE_BUFFER * frame_bytes > 4 * bound  # the byte bound is what held
+
+    total = parse_stats_table(output)
+    assert total["received"] == total["archived"] == STACK_FRAMES and total["dead_lettered"] == 0, output
+    with h5py.File(archive / "run.h5", "r") as handle:
+        frames = handle["cam/data"]
+        assert frames.shape == (STACK_FRAMES, *SHAPE)
+        for index in (0, STACK_FRAMES // 2, STACK_FRAMES - 1):
+            np.testing.assert_array_equal(frames[index], frame(index, SHAPE, "uint16"))
+        assert list(handle["cam/metadata/frame"][()]) == sent
+
+
+def _committed_frames(path: Path) -> int:
+    """Frames a SWMR reader sees in the stack of ``cam`` (0 before the file and the stack exist)."""
+    try:
+        with h5py.File(path, "r", libver="latest", swmr=True) as handle:
+            return int(handle["cam/data"].shape[0])
+    except (OSError, KeyError):
+        return 0

@@ -3,6 +3,7 @@
 
 ``classname: "fixtures_pkg.slow.SlowArrayArchiver"`` in a config run by ``heros-archiver run`` with
 ``PYTHONPATH`` including the tests directory; ``store_delay`` is taken from the arguments.
+``SlowHdf5Archiver`` appends each frame ``store_delay`` seconds later (through ``testing.SlowSink``).
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import threading
 import time
 from typing import Any
 
-from heros_archiver import ArrayArchiver
+from heros_archiver import ArrayArchiver, Hdf5Archiver
+from heros_archiver.testing.faults import SlowSink
 
 
 class SlowArrayArchiver(ArrayArchiver):
@@ -48,3 +50,10 @@ class SlowArrayArchiver(ArrayArchiver):
         if self.drain_log is not None:
             with open(self.drain_log, "a") as log:
                 log.write(f"{what} {self._selector} {time.monotonic()}\n")
+
+
+class SlowHdf5Archiver(Hdf5Archiver):
+    """An Hdf5Archiver whose every append takes ``store_delay`` seconds longer (a slow writer thread)."""
+
+    def __init__(self, *args: Any, store_delay: float = 0.05, **kwargs: Any) -> None:
+        super().__init__(*args, sink_wrapper=SlowSink(store_delay, calls=("append",)), **kwargs)
