@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import h5py
@@ -92,27 +93,17 @@ def test_memory_stays_bounded_under_a_fast_sender(tmp_path: Path, overflow: str,
     )
     config = write_config(tmp_path / "config.json", arguments, classname=SLOW_ARCHIVER)
     sent = list(range(FRAMES))
-    with camera(port, realm) as cam, run_archiver(config, realm, port, tmp_path / "run.log") as proc:
-        wait_for_archiver(cam, proc)
-        baseline = rss_anon_kib(proc.pid)
-        assert baseline is not None
-        sampler = RssSampler(proc.pid)
-        sampler.start()
-        try:
-            send_frames(cam, sent, SHAPE)
-            if overflow == "drop":
-                _stable_file_count(archive)
-            else:
-                wait_until(lambda: len(npy_files(archive)) >= FRAMES, what="every frame written")
-            code, output = proc.terminate()
-        finally:
-            sampler.stop()
-    assert code == 0, output
 
-    growth = (sampler.peak_kib - baseline) * 1024
+    def written() -> None:
+        if overflow == "drop":
+            _stable_file_count(archive)
+        else:
+            wait_until(lambda: len(npy_files(archive)) >= FRAMES, what="every frame written")
+
+    output, growth, sampler = _send_while_sampling(config, realm, port, tmp_path, sent, written)
     print(
-        f"\noverflow={overflow} intake_buffer={intake_buffer}: RssAnon baseline {baseline / 1024:.0f} MiB, "
-        f"peak {sampler.peak_kib / 1024:.0f} MiB, growth {growth / 2**20:.0f} MiB ({sampler.samples} samples)"
+        f"\noverflow={overflow} intake_buffer={intake_buffer}: RssAnon peak {sampler.peak_kib / 1024:.0f} MiB, "
+        f"growth {growth / 2**20:.0f} MiB ({sampler.samples} samples)"
     )
     assert sampler.samples > 10
     frame_bytes = SHAPE[0] * SHAPE[1] * 2
@@ -143,21 +134,11 @@ def test_memory_of_a_stack_stays_bounded_with_its_buffered_intake(tmp_path: Path
     arguments["file_template"] = "{{ file_path }}/run.h5"
     config = write_config(tmp_path / "config.json", arguments, classname="fixtures_pkg.slow.SlowHdf5Archiver")
     sent = list(range(STACK_FRAMES))
-    with camera(port, realm) as cam, run_archiver(config, realm, port, tmp_path / "run.log") as proc:
-        wait_for_archiver(cam, proc)
-        baseline = rss_anon_kib(proc.pid)
-        assert baseline is not None
-        sampler = RssSampler(proc.pid)
-        sampler.start()
-        try:
-            send_frames(cam, sent, SHAPE)
-            wait_until(lambda: _committed_frames(archive / "run.h5") >= STACK_FRAMES, what="every frame committed")
-            code, output = proc.terminate()
-        finally:
-            sampler.stop()
-    assert code == 0, output
 
-    growth = (sampler.peak_kib - baseline) * 1024
+    def committed() -> None:
+        wait_until(lambda: _committed_frames(archive / "run.h5") >= STACK_FRAMES, what="every frame committed")
+
+    output, growth, sampler = _send_while_sampling(config, realm, port, tmp_path, sent, committed)
     frame_bytes = SHAPE[0] * SHAPE[1] * 2
     print(f"\nhdf5, buffered intake: RssAnon growth {growth / 2**20:.0f} MiB ({sampler.samples} samples)")
     assert sampler.samples > 10
@@ -173,6 +154,27 @@ def test_memory_of_a_stack_stays_bounded_with_its_buffered_intake(tmp_path: Path
         for index in (0, STACK_FRAMES // 2, STACK_FRAMES - 1):
             np.testing.assert_array_equal(frames[index], frame(index, SHAPE, "uint16"))
         assert list(handle["cam/metadata/frame"][()]) == sent
+
+
+def _send_while_sampling(
+    config: Path, realm: str, port: int, tmp_path: Path, sent: list[int], done: Callable[[], None]
+) -> tuple[str, int, RssSampler]:
+    """Run the archiver of ``config``, send the frames ``sent`` while its RssAnon is sampled, wait for
+    ``done``, stop it; returns its output, the growth of RssAnon over the baseline (bytes) and the sampler."""
+    with camera(port, realm) as cam, run_archiver(config, realm, port, tmp_path / "run.log") as proc:
+        wait_for_archiver(cam, proc)
+        baseline = rss_anon_kib(proc.pid)
+        assert baseline is not None
+        sampler = RssSampler(proc.pid)
+        sampler.start()
+        try:
+            send_frames(cam, sent, SHAPE)
+            done()
+            code, output = proc.terminate()
+        finally:
+            sampler.stop()
+    assert code == 0, output
+    return output, (sampler.peak_kib - baseline) * 1024, sampler
 
 
 def _committed_frames(path: Path) -> int:
