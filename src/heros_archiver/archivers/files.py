@@ -18,6 +18,7 @@ from ..sinks.writer import FileWriter, WriterSettings
 from ..state.statedir import DEAD_LETTER_SUBDIR, STATE_DIR_NAME
 from ..storage.atomic import Fsync, OnExists, remove_stale_temporaries
 from ..storage.writeback import WritebackWindow
+from ..transport.intake import FRAME_FIFO_SAMPLES
 from .base import HERODataArchiver
 from .object_root import DEFAULT_STALE_UPLOADS_AFTER, ObjectRoot, ObjectRootOptions, open_object_root
 from .options import DEFAULT_WRITEBACK_WINDOW, FileOptions
@@ -244,7 +245,7 @@ class ArrayArchiver(FileArchiver):
         split_data_array: write one file per index along axis 0; the template gets ``_split_index``.
     """
 
-    INTAKE_FIFO_SAMPLES = 4  # frames, when ``intake_buffer`` is given (decision 0044)
+    INTAKE_FIFO_SAMPLES = FRAME_FIFO_SAMPLES  # when ``intake_buffer`` is given
 
     def __init__(self, save_template: str, split_data_array: bool = False, *args: Any, **kwargs: Any) -> None:
         FileArchiver.__init__(self, save_template, "npy", *args, split_data_array=split_data_array, **kwargs)

@@ -25,6 +25,7 @@ from ..sinks.containers.hdf5_files import load_h5py
 from ..sinks.writer import _refuse_reserved
 from ..state.replay_hdf5 import HDF5_KIND, Hdf5WriterSettings
 from ..state.statedir import DEAD_LETTER_SUBDIR
+from ..transport.intake import FRAME_FIFO_SAMPLES
 from .acquisitions import AcquisitionMarkers, AcquisitionTracker, check_templates, default_stack_intake
 from .base import HERODataArchiver
 from .files import check_root
@@ -83,7 +84,7 @@ class Hdf5Archiver(AcquisitionMarkers, HERODataArchiver):
 
     sink_options: Hdf5Options
     DEFAULT_INTAKE_BUFFER = STACK_INTAKE_BUFFER  # 0 with ``acquisitions`` (``default_stack_intake``)
-    INTAKE_FIFO_SAMPLES = 4
+    INTAKE_FIFO_SAMPLES = FRAME_FIFO_SAMPLES
 
     def _catalog_adoption(self) -> Adoption | None:
         """The frames committed and not yet journaled when a kill came: a later start reads them back from their

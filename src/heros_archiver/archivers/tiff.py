@@ -23,6 +23,7 @@ from ..sinks.batching import BatchWriter
 from ..sinks.writer import _refuse_reserved
 from ..state.replay_tiff import TIFF_STACK_KIND, TiffStackWriterSettings
 from ..storage.atomic import OnExists
+from ..transport.intake import FRAME_FIFO_SAMPLES
 from .acquisitions import (
     AcquisitionMarkers,
     AcquisitionTracker,
@@ -74,7 +75,7 @@ class TiffArchiver(AcquisitionMarkers, FileArchiver):
     """
 
     sink_options: TiffOptions  # type: ignore[assignment]  # its file part, a FileOptions, is ``sink_options.files``
-    INTAKE_FIFO_SAMPLES = 4  # frames, when ``intake_buffer`` is given (decision 0044)
+    INTAKE_FIFO_SAMPLES = FRAME_FIFO_SAMPLES
 
     def __init__(
         self,

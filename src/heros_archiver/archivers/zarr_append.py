@@ -27,6 +27,7 @@ from ..sinks.containers.zarr_trash import empty as empty_trash
 from ..sinks.writer import _refuse_reserved
 from ..state.replay_zarr_append import ZARR_APPEND_KIND, ZarrAppendWriterSettings
 from ..state.statedir import DEAD_LETTER_SUBDIR
+from ..transport.intake import FRAME_FIFO_SAMPLES
 from .base import HERODataArchiver
 from .files import check_root, clean_stale_temporaries
 from .object_root import DEFAULT_STALE_UPLOADS_AFTER, ObjectRoot, ObjectRootOptions, open_object_root
@@ -73,9 +74,9 @@ class ZarrAppendArchiver(HERODataArchiver):
 
     sink_options: ZarrAppendOptions
     #: buffered: an append costs so little that trading the GIL with Zenoh's receive thread per frame was most
-    #: of the work; behind a Zenoh FIFO of 4 frames (decision 0044)
+    #: of the work; behind a Zenoh FIFO of a few frames (decision 0044)
     DEFAULT_INTAKE_BUFFER = STACK_INTAKE_BUFFER
-    INTAKE_FIFO_SAMPLES = 4
+    INTAKE_FIFO_SAMPLES = FRAME_FIFO_SAMPLES
 
     def _catalog_adoption(self) -> Adoption | None:
         """The frames committed and not yet journaled when a kill came: a later start reads them back from their

@@ -35,6 +35,8 @@ OnRaw = Callable[[Any, bytes], None]
 #: Samples Zenoh holds in front of the drain thread at most (each may keep a 64 KiB receive batch alive),
 #: unless the archiver asks for fewer (frames: ``fifo_samples``).
 FIFO_SAMPLES = 256
+#: ... what archivers of camera frames ask for: Zenoh's FIFO counts samples, not bytes (decision 0044).
+FRAME_FIFO_SAMPLES = 4
 #: Bytes that wait for the handler thread at most (and one sample more), however many samples they are.
 WAITING_BYTES = 8 << 20
 
