@@ -181,7 +181,7 @@ def _sample_status() -> dict[str, Any]:
     """A status as an archiver with one source makes it (without Zenoh)."""
     accounting = Accounting("acquisition_data", "frame")
     accounting.received("cam", {"frame": 0})
-    accounting.archived("cam", 100)
+    accounting.archived_items([Item("cam", b"", {"frame": 0}, 100)])
     stats = accounting.snapshot()
     stats["total"]["in_flight"] = 0
     stats["queue"] = {"items": 2, "bytes": 3000, "max_items": 10, "max_bytes": 10**6, "oldest_age": 1.5, "spooled": 0}

@@ -178,6 +178,15 @@ class Dropped(ItemOutcome):
 def array_location(path: str, member: str, index: int | None, array: Any) -> Location:
     """Where an array went inside a container: ``member`` of ``path``, at ``index`` along axis 0 (None: the whole
     member is the item), with its raw bytes' size and checksum (see the module docstring)."""
+    if (
+        type(array) is np.ndarray
+        and array.dtype.kind in "biufc"
+        and array.flags.c_contiguous
+        and array.nbytes <= GIL_PIECE
+    ):
+        # the usual frame: hashed as it is (its buffer is those bytes), ~2x faster than through ``array_bytes``
+        digest = xxhash.xxh3_128_hexdigest(array.data)
+        return Location(path, array.nbytes, f"{CHECKSUM_ALGORITHM}:{digest}", member, index)
     data = array_bytes(array)
     return Location(path, data.nbytes, checksum([data], keep_gil=True), member, index)
 

@@ -18,10 +18,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..observe.logs import log_fields
+
+if TYPE_CHECKING:
+    from .queueing import Item
 
 log = logging.getLogger("heros_archiver")
 
@@ -121,12 +125,15 @@ class Accounting:
             if reason is not None:
                 setattr(counters, reason, getattr(counters, reason) + 1)
 
-    def archived(self, source: str, nbytes: int) -> None:
-        """Count one archived item of ``nbytes`` payload bytes."""
+    def archived_items(self, items: Iterable[Item]) -> None:
+        """Count ``items`` (one commit's) as archived, with their bytes: one lock for all of them."""
         with self._lock:
-            counters = self._of(source)
-            counters.archived += 1
-            counters.bytes += nbytes
+            source, counters = None, None
+            for item in items:
+                if item.source != source or counters is None:
+                    source, counters = item.source, self._of(item.source)
+                counters.archived += 1
+                counters.bytes += item.nbytes
 
     def restart_sequence(self, source: str) -> None:
         """``source`` starts counting its sequence again (a camera's ``frame`` restarts at 0 at every arm):

@@ -173,11 +173,23 @@ class SetAside:
 
     def _archived(self, items: list[Item]) -> None:
         """Count ``items`` (one commit's, or one file's) as archived and tell the listeners where they went."""
-        for item in items:
-            self._accounting.archived(item.source, item.nbytes)
-        if self.hub.active:
-            now = time.time()
-            self.hub.publish([self._outcome(Archived, item, locations=item.locations, committed=now) for item in items])
+        self._accounting.archived_items(items)
+        if self.hub.active:  # one outcome per item of a commit: made here, not through ``_outcome`` (2x slower)
+            now, event, key = time.time(), self._event, self._sequence_key
+            outcomes = [
+                Archived(
+                    source=item.source,
+                    event=item.event or event,
+                    sequence=item.sequence(key),
+                    metadata=item.metadata,
+                    received=item.received,
+                    nbytes=item.nbytes,
+                    locations=item.locations,
+                    committed=now,
+                )
+                for item in items
+            ]
+            self.hub.publish(outcomes)
 
     def _outcome(self, kind: type[OutcomeT], item: Item, **fields: Any) -> OutcomeT:
         """The outcome ``kind`` of ``item``, with what every outcome holds and ``fields``."""

@@ -48,6 +48,8 @@ __all__ = [
     "FrameStack",
     "ItemKey",
     "ItemMismatchError",
+    "PendingFrame",
+    "Row",
     "STORABLE_KINDS",
     "check_frame",
 ]
@@ -113,6 +115,27 @@ class ItemKey(NamedTuple):
 
 #: (dtype, shape) -> the header bytes ``ItemKey.of`` hashes before the frame's bytes
 _HEADERS: dict[tuple[np.dtype[Any], tuple[int, ...]], bytes] = {}
+
+
+#: The two records below are made on the writer thread for every frame: slotted, not frozen (a frozen
+#: dataclass sets each field through ``object.__setattr__``, 2.4x slower to make). Never change one.
+@dataclass(slots=True)
+class Row:
+    """What one frame adds to a stack's columns (kept in memory until the commit writes it)."""
+
+    key: ItemKey
+    received: float
+    metadata: Mapping[str, Any]
+    #: ``key.key_id()``, computed once by the container
+    key_id: str
+
+
+@dataclass(slots=True)
+class PendingFrame:
+    """A frame appended to a stack and not yet committed, with its row of the columns."""
+
+    frame: np.ndarray
+    row: Row
 
 
 def _xxhash() -> ModuleType:
@@ -317,21 +340,26 @@ def check_frame(
     source: str,
     path: Path,
     dataset: str,
-    where: str,
     fixed: tuple[tuple[int, ...], np.dtype[Any]] | None,
     no_empty_axes: str,
+    *,
+    member: str = "dataset",
+    location: str | None = None,
 ) -> None:
     """Refuse what a stack of numeric frames cannot hold: not a numeric array, a first frame with an empty axis
     (``no_empty_axes`` says why the format cannot), or another shape or dtype than ``fixed`` (the first frame's).
 
-    ``where`` names the stack in messages (e.g. "dataset 'cam/data' in run.h5")."""
+    Messages name the stack as "``member`` 'dataset' in ``location``" (default: ``path``), e.g. "dataset
+    'cam/data' in run.h5"; they are made only when one is raised, as this runs for every frame."""
     if not isinstance(data, np.ndarray) or data.dtype.kind not in STORABLE_KINDS or data.dtype.fields:
         arrived = f"{type(data).__name__}" + (f" of dtype {data.dtype}" if isinstance(data, np.ndarray) else "")
+        where = f"{member} {dataset!r} in {location or path}"
         raise PayloadError(
             f"item from {source!r} for {where}: expected a numpy array of numbers or booleans, got {arrived}"
         )
     if fixed is None:
         if 0 in data.shape:
+            where = f"{member} {dataset!r} in {location or path}"
             raise PayloadError(
                 f"item from {source!r} for {where}: expected a first frame without empty axes ({no_empty_axes}), "
                 f"got shape {data.shape}"

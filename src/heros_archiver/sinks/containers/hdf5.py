@@ -37,17 +37,16 @@ import os
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 import numpy as np
 
 from ...errors import ConfigurationError, StorageError, TargetExistsError
-from . import CommitReport, ContainerCapabilities, FrameStack, ItemKey, check_frame, lossless_json
+from . import CommitReport, ContainerCapabilities, FrameStack, ItemKey, PendingFrame, Row, check_frame, lossless_json
 from .hdf5_acquisition import GROUP as ACQUISITION_GROUP
 from .hdf5_acquisition import check_same, write_end, write_group
-from .hdf5_columns import Columns, Row, read_archive_row, read_metadata, write_block
+from .hdf5_columns import Columns, read_archive_row, read_metadata, write_block
 from .hdf5_files import OPEN_FOR_WRITE, WriterLock, clear_status_flags, load_h5py, unique_path
 
 __all__ = [
@@ -116,12 +115,6 @@ def compression_options(hdf5plugin: Any, compression: str) -> dict[str, Any]:
     return dict(filters[compression]())
 
 
-@dataclass(frozen=True)
-class _Pending:
-    frame: np.ndarray
-    row: Row
-
-
 class Hdf5Container(FrameStack):
     """Frames of one stack appended to one HDF5 file, with SWMR readers and crash recovery.
 
@@ -174,7 +167,7 @@ class Hdf5Container(FrameStack):
         self.fsync = fsync
         self._attributes = dict(attributes or {})
         self._acquisition = dict(acquisition) if acquisition is not None else None
-        self._pending: list[_Pending] = []
+        self._pending: list[PendingFrame] = []
         self._index: dict[str, int] = {}
         self._committed = 0
         self._frames: Any = None
@@ -338,14 +331,13 @@ class Hdf5Container(FrameStack):
                 raise StorageError(f"cannot create dataset {self.dataset_path!r} in {self.path}: {exc}") from exc
         index = self._committed + len(self._pending)
         when = received if received is not None else time.time()
-        self._pending.append(_Pending(data, Row(key, when, metadata, key_id)))
+        self._pending.append(PendingFrame(data, Row(key, when, metadata, key_id)))
         self._index[key_id] = index
         return index
 
     def _check_fits(self, key: ItemKey, data: Any) -> None:
         fixed = None if self._frames is None else (self._frame_shape, self._frame_dtype)
-        where = f"dataset {self.dataset_path!r} in {self.path}"
-        check_frame(data, key.source, self.path, self.dataset_path, where, fixed, "HDF5 cannot chunk them")
+        check_frame(data, key.source, self.path, self.dataset_path, fixed, "HDF5 cannot chunk them")
 
     def commit(self) -> CommitReport:
         """Write the pending frames and their columns, flush, record the committed length, flush again."""

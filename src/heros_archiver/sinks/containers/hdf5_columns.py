@@ -31,24 +31,13 @@ from typing import Any
 
 import numpy as np
 
-from . import ItemKey, lossless_json
+from . import Row, lossless_json
 
 NO_SEQUENCE = np.iinfo(np.int64).min
 _ROWS_PER_CHUNK = 1024
 _MIN_STRING_WIDTH = 32
 _SOURCE_WIDTH = 128
 _DIGEST_WIDTH = 64
-
-
-@dataclass(frozen=True)
-class Row:
-    """What one frame adds to the columns (kept in memory until the commit writes it)."""
-
-    key: ItemKey
-    received: float
-    metadata: Mapping[str, Any]
-    #: ``key.key_id()``, computed once by the container
-    key_id: str = ""
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,6 @@ import json
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -45,10 +44,12 @@ from . import (
     ContainerCapabilities,
     FrameStack,
     ItemKey,
+    PendingFrame,
+    Row,
     check_frame,
     lossless_json,
 )
-from .zarr_columns import ATTRIBUTE, COLUMN_ROWS, Column, Columns, Row, read_archive_row, read_metadata
+from .zarr_columns import ATTRIBUTE, COLUMN_ROWS, Column, Columns, read_archive_row, read_metadata
 from .zarr_places import LocalPlace, ZarrPlace
 from .zarr_shards import (
     CHUNK_KEY_ENCODING,
@@ -82,12 +83,6 @@ SHARD_TARGET_BYTES = 32 << 20
 MAX_AUTO_SHARD_FRAMES = 1000
 FORMAT_VERSION = 1
 _RESERVED_NAMES = frozenset({"metadata", "archive", "zarr.json"})
-
-
-@dataclass(frozen=True)
-class _Pending:
-    frame: np.ndarray
-    row: Row
 
 
 class ZarrAppendContainer(FrameStack):
@@ -144,7 +139,7 @@ class ZarrAppendContainer(FrameStack):
         self.fsync = fsync
         self._root = None if root is None else os.path.abspath(os.fspath(root))
         self._attributes = dict(attributes or {})
-        self._pending: list[_Pending] = []
+        self._pending: list[PendingFrame] = []
         self._index: dict[str, int] = {}
         self._committed = 0
         self._document: dict[str, Any] | None = None  # the frames' zarr.json (None: no array yet)
@@ -299,14 +294,16 @@ class ZarrAppendContainer(FrameStack):
                 raise
         index = self._committed + len(self._pending)
         when = received if received is not None else time.time()
-        self._pending.append(_Pending(data, Row(key, when, metadata, key_id)))
+        self._pending.append(PendingFrame(data, Row(key, when, metadata, key_id)))
         self._index[key_id] = index
         return index
 
     def _check_fits(self, key: ItemKey, data: Any) -> None:
         fixed = None if self._document is None else (self._frame_shape, self._frame_dtype)
-        where = f"array {self.array_path!r} in {self.location}"
-        check_frame(data, key.source, self.path, self.array_path, where, fixed, "a Zarr chunk cannot have one")
+        check_frame(
+            data, key.source, self.path, self.array_path, fixed, "a Zarr chunk cannot have one",
+            member="array", location=self.location,
+        )  # fmt: skip
 
     def commit(self) -> CommitReport:
         """Write the shards and column chunks of the pending frames, then the columns' and last the frames'

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from ...formats.base import Content
-from . import ItemKey, lossless_json
+from . import Row, lossless_json
 from .hdf5_columns import NO_SEQUENCE, MetaColumn
 from .zarr_shards import CHUNK_KEY_ENCODING, metadata_document
 
@@ -46,16 +46,6 @@ _RESERVED = frozenset({"zarr.json"})
 #: go to the per-frame JSON.
 MAX_METADATA_COLUMNS = 64
 ARCHIVE_COLUMNS = ("item_key", "content_hash", "source_name", "sequence", "received", "extra_json")
-
-
-@dataclass(frozen=True)
-class Row:
-    """What one frame adds to the columns (kept in memory until the commit writes it)."""
-
-    key: ItemKey
-    received: float
-    metadata: Mapping[str, Any]
-    key_id: str
 
 
 @dataclass(frozen=True)
