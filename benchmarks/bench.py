@@ -214,13 +214,15 @@ def item_paths(root, fmt):
 #: the archiver's catalog under .heros-archiver/: no items, neither set aside nor archived
 CATALOG_NAMES = ("catalog.sqlite", "catalog.sqlite-wal", "catalog.sqlite-shm", "object-store.json")
 CATALOG_JOURNALS = "catalog-journal"
+#: per-process records of where named temporaries are made (storage.temporaries): no items in them
+TEMPORARY_RECORDS = "temporaries"
 
 
 def hidden_files(root):
     """Files under hidden directories of the data folder (dead letters, spool): items set aside, not archived."""
     n = 0
     for d, dirs, files in os.walk(root):
-        dirs[:] = [x for x in dirs if x != CATALOG_JOURNALS]
+        dirs[:] = [x for x in dirs if x not in (CATALOG_JOURNALS, TEMPORARY_RECORDS)]
         if any(part.startswith(".") for part in Path(d).relative_to(root).parts):
             n += len([f for f in files if f not in CATALOG_NAMES])
     return n

@@ -15,7 +15,9 @@ from helpers import wait_for_items, wait_until
 from heros_archiver import JsonArchiver
 from heros_archiver.observe.listeners import ListenerHub
 from heros_archiver.observe.outcomes import Archived, DeadLettered, Dropped, Location, Outcome, checksum
+from heros_archiver.pipeline.writers import OUTCOME_BATCH, OUTCOME_DELAY
 from heros_archiver.testing.collect import CollectOutcomes
+from heros_archiver.testing.faults import SlowSink
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -108,3 +110,48 @@ def test_a_failing_listener_is_counted_and_the_others_go_on() -> None:
     hub.publish([Archived("s", "ev", 1, {}, 0.0, 1, (Location("/x", 1, None),))])
     hub.close()
     assert hub.stats()["Broken"]["failed"] == 1 and len(fine.outcomes) == 1
+
+
+class _Batches(CollectOutcomes):
+    """Records the size of each batch it is told (inline: on the writer thread, as the catalog)."""
+
+    def __init__(self) -> None:
+        super().__init__(inline=True)
+        self.sizes: list[int] = []
+
+    def handle(self, outcomes: Sequence[Outcome]) -> None:
+        self.sizes.append(len(outcomes))
+        super().handle(outcomes)
+
+
+def test_items_written_while_more_wait_are_told_in_batches_and_the_last_at_once(make_rig: RigFactory) -> None:
+    """A file writer with a full lane tells its outcomes a batch at a time (``OUTCOME_BATCH``), and the lane
+    running empty tells what was written at once: every item once, in order, none left waiting for the next."""
+    listener = _Batches()
+    rig = make_rig("{{ file_path }}/{{ '%04d' % frame }}.npy", listeners=[listener], sequence_key="frame")
+    frame = np.zeros((16, 16), np.uint16)
+    rig.archiver.pause(timeout=5.0)  # the items gather in the lane, then are written as fast as it goes
+    for index in range(300):
+        rig.archiver.feed("cam", (frame, {"frame": index}))
+    rig.archiver.resume()
+    wait_for_items(rig.archiver, 300)
+    assert [o.sequence for o in listener.archived] == list(range(300))
+    assert max(listener.sizes) > 1 and len(listener.sizes) < 300, listener.sizes
+    assert max(listener.sizes) <= OUTCOME_BATCH
+    rig.archiver.feed("cam", (frame, {"frame": 300}))  # alone in the lane: told as soon as it is written
+    wait_until(lambda: len(listener.archived) == 301, timeout=2.0, what="the last item told")
+    assert listener.sizes[-1] == 1
+
+
+def test_an_item_slower_to_write_than_the_batch_delay_is_told_at_once(make_rig: RigFactory) -> None:
+    """With slow storage the outcome of each item is told when it is written, not with the next one's."""
+    listener = _Batches()
+    rig = make_rig(
+        "{{ file_path }}/{{ '%04d' % frame }}.npy", listeners=[listener], sequence_key="frame",
+        sink_wrapper=SlowSink(2 * OUTCOME_DELAY),
+    )  # fmt: skip
+    frame = np.zeros((16, 16), np.uint16)
+    for index in range(6):
+        rig.archiver.feed("cam", (frame, {"frame": index}))
+    wait_for_items(rig.archiver, 6)
+    assert listener.sizes == [1] * 6
