@@ -207,6 +207,35 @@ def test_intent_records_the_journal_refuses_are_counted_and_logged_once(
     assert len(lines) == 1 and "1 intent record(s) not written" in lines[0] and "closed" in lines[0]
 
 
+def test_the_intents_of_items_waiting_in_the_lane_are_journaled_together(make_rig: RigFactory) -> None:
+    """A writer with items waiting plans them ahead (decision 0045): one intent record write for many files,
+    each file's intent before the file; an item that cannot be planned is dead-lettered as before."""
+    rig = make_rig(NPY, matched=(), sequence_key="frame")
+    listener = rig.archiver._catalog
+    assert listener is not None
+    calls: list[list[str]] = []
+    intend = listener.intend
+
+    def counting(intents: Any) -> None:
+        paths = [path for *_, path in intents]
+        assert not any(Path(path).exists() for path in paths)  # journaled before its file is made
+        calls.append(paths)
+        intend(intents)
+
+    listener.intend = counting  # type: ignore[method-assign]
+    for frame in range(200):  # fed faster than written (a file takes longer than a feed): they gather in the lane
+        rig.archiver.feed("cam", (np.full(4, frame), {"frame": frame} if frame != 7 else {"other": 1}))
+    wait_for_items(rig.archiver, 200)
+    rig.archiver.close()
+    expected = [n for n in range(200) if n != 7]
+    assert sorted(path for paths in calls for path in paths) == [f"{rig.root}/{n:03d}.npy" for n in expected]
+    assert len(calls) < 100, [len(paths) for paths in calls]
+    with CatalogReader(rig.root) as reader:
+        assert sorted(item.sequence for item in reader.items()) == expected
+        (failure,) = reader.failures()
+    assert failure.kind == "dead_lettered" and "frame" in failure.error
+
+
 def test_catalog_false_keeps_none(make_rig: RigFactory) -> None:
     rig = make_rig(NPY, matched=(), catalog=False)
     rig.archiver.feed("cam", (np.zeros(3), {"frame": 1}))

@@ -267,6 +267,7 @@ class HERODataArchiver(EventObserver):
                 self.options.sink_wrapper,
                 sequence_key,
                 listeners,
+                self._plan_ahead(),
             )
         except BaseException:
             for listener in listeners:  # a pipeline that could not be made never closes them
@@ -380,6 +381,10 @@ class HERODataArchiver(EventObserver):
         """``_container_sink_factory``, its sinks journaling new container members when there is a catalog."""
         factory = self._container_sink_factory()
         return factory if factory is None or self._intents is None else self._intents.sinks(factory)
+
+    def _plan_ahead(self) -> Callable[[list[Item]], None] | None:
+        """What names and encodes the files of items waiting to be written (``FileSink.plan_ahead``); None here."""
+        return None
 
     def _store_item(self, item: Item) -> None:
         """Write one queued item (the pipeline's entry point); subclasses may use what the item knows."""

@@ -166,6 +166,7 @@ class ListenerHub:
         self._lanes: list[_Lane] = []
         self._closed = False
         self._lock = threading.Lock()
+        self._locating = False
 
     @property
     def active(self) -> bool:
@@ -175,12 +176,12 @@ class ListenerHub:
     @property
     def locating(self) -> bool:
         """Whether a listener reads where items went (``Listener.wants_locations``): sinks report it then."""
-        listeners = [counts.listener for counts in self._inline] + [lane.listener for lane in self._lanes]
-        return any(listener.wants_locations for listener in listeners)
+        return self._locating  # asked for every item: kept, not looked up
 
     def add(self, listener: Listener) -> None:
         """Start telling ``listener`` (before the first outcome, or at any time after)."""
         with self._lock:
+            self._locating = self._locating or listener.wants_locations
             if listener.inline:
                 self._inline = [*self._inline, _Inline(listener)]
                 return

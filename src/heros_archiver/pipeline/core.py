@@ -68,6 +68,8 @@ class Pipeline(Submission, Writers):
         sequence_key: the metadata key whose value outcomes carry as the item's sequence value.
         listeners: told of every item's outcome (``observe.listeners``); with any, the sinks report where
             each item went (``Item.locations``), which costs a checksum per item.
+        plan_ahead: names and encodes the files of the items a file writer took and sees waiting, before
+            ``store`` writes them (``FileSink.plan_ahead``: one intent record write for many files).
     """
 
     def __init__(
@@ -87,13 +89,14 @@ class Pipeline(Submission, Writers):
         sink_wrapper: Callable[[Sink], Sink] | None = None,
         sequence_key: str | None = None,
         listeners: Sequence[Listener] = (),
+        plan_ahead: Callable[[list[Item]], None] | None = None,
     ) -> None:
         self._event = event
         self.hub = ListenerHub(event)
         for listener in listeners:  # before any thread: the items resumed from the spool are told too
             self.hub.add(listener)
         self._sequence_key = sequence_key
-        self._sink = _wrapped(FileSink(store), sink_wrapper)
+        self._sink = _wrapped(FileSink(store, plan_ahead), sink_wrapper)
         #: one container sink per lane, made here so that a sink that cannot be made fails the constructor
         self._container_sinks = (
             [_wrapped(container_sink(), sink_wrapper) for _ in range(options.writers)] if container_sink else None

@@ -45,6 +45,8 @@ class Item:
     context: dict[str, Any] | None = None
     #: where its sink put it (set by the sink when it is written or committed; ``observe.outcomes``)
     locations: tuple[Location, ...] = ()
+    #: a file sink's files for it, named and encoded ahead (``FileSink.plan_ahead``), used by its next write
+    planned: Any = None
 
     @property
     def lane_key(self) -> str:
@@ -161,6 +163,20 @@ class LaneQueue:
             self._bytes -= item.nbytes
             self._not_full.notify_all()
             return item
+
+    def peek(self, lane: int, max_items: int, max_bytes: int) -> list[Item]:
+        """The items of ``lane`` waiting now, oldest first, up to ``max_items`` and ``max_bytes``, left in the queue
+        (and in its bounds): what its one writer takes next, in this order."""
+        with self._not_empty[lane]:
+            waiting = self._lanes[lane]
+            taken: list[Item] = []
+            nbytes = 0
+            for item in waiting:
+                if len(taken) >= max_items or nbytes + item.nbytes > max_bytes:
+                    break
+                taken.append(item)
+                nbytes += item.nbytes
+            return taken
 
     def get_many(self, lane: int, max_items: int, max_bytes: int, timeout: float, hold: bool = False) -> list[Item]:
         """The items of ``lane`` waiting now, oldest first, up to ``max_items`` or until ``max_bytes`` are

@@ -26,6 +26,11 @@ from .setaside import log
 #: 0045); at once when the lane is empty. An item slower to write than the delay is told at once, alone.
 OUTCOME_BATCH = 64
 OUTCOME_DELAY = 0.01
+#: A file writer plans this many items at most (the one it took and those behind it, ``FileSink.plan_ahead``),
+#: of ``PLAN_AHEAD_BYTES`` at most: planned content holds views of the payloads, not copies, and the items
+#: planned stay in the queue's bounds until taken.
+PLAN_AHEAD_ITEMS = 64
+PLAN_AHEAD_BYTES = 4 << 20
 
 
 class Writers(Control):
@@ -41,6 +46,7 @@ class Writers(Control):
             return
         archived: list[Item] = []  # written, not yet told to the listeners (OUTCOME_BATCH)
         handle = functools.partial(self._file_request, lane, archived=archived)
+        plan_ahead = getattr(self._sink, "plan_ahead", None)  # a wrapper in front of the file sink has none
         began = 0.0  # when the write of the first of them began
         try:
             while not self._abort.is_set():
@@ -60,6 +66,8 @@ class Writers(Control):
                     if not self._flush_writeback() and closed and not self._unsettled[lane]:
                         return
                     continue
+                if plan_ahead is not None and item.planned is None:
+                    plan_ahead([item, *self._queue.peek(lane, PLAN_AHEAD_ITEMS - 1, PLAN_AHEAD_BYTES - item.nbytes)])
                 if not archived:
                     began = time.monotonic()
                 if self._process(item, archived=archived) and not (archived and archived[-1] is item):

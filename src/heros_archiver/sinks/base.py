@@ -42,12 +42,17 @@ class Sink(ABC):
 
 
 class FileSink(Sink):
-    """File per item: ``store(item)`` writes it (or raises); the pipeline retries and accounts, unchanged."""
+    """File per item: ``store(item)`` writes it (or raises); the pipeline retries and accounts, unchanged.
+
+    ``plan_ahead(items)``, if given, is called by the writer with the item it took and those waiting behind it:
+    it may name and encode their files now and journal their intent records in one write (``Item.planned``),
+    which ``store`` then uses; it never raises (an item it could not plan is planned again by ``store``)."""
 
     capabilities = SinkCapabilities(commit_points=False, single_writer=False)
 
-    def __init__(self, store: Callable[[Item], None]) -> None:
+    def __init__(self, store: Callable[[Item], None], plan_ahead: Callable[[list[Item]], None] | None = None) -> None:
         self.store = store
+        self.plan_ahead = plan_ahead
 
 
 @dataclass

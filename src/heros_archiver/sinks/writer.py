@@ -211,16 +211,24 @@ class FileWriter:
             planned.append((path, self._format.prepare(part)))
         return planned
 
-    def write(self, source_name: str, payload: Any, metadata: dict[str, Any], resumed: bool = False) -> list[str]:
+    def write(
+        self,
+        source_name: str,
+        payload: Any,
+        metadata: dict[str, Any],
+        resumed: bool = False,
+        planned: list[tuple[str, Content]] | None = None,
+    ) -> list[str]:
         """Write every file of one payload; on a failure midway remove this attempt's files and re-raise.
         Returns the files written (not those found holding the same bytes already).
 
         A target that already holds exactly the bytes we would write counts as written, so replaying an
         item or resuming after a crash between writing and bookkeeping never duplicates a file. With
         ``on_exists="unique"`` that check needs ``resumed`` (the item may have been written before):
-        otherwise two events with identical bytes are two files, as that policy promises.
+        otherwise two events with identical bytes are two files, as that policy promises. ``planned``: what
+        ``plan_text`` returned for this payload earlier (it is not planned again).
         """
-        return self._write(source_name, payload, metadata, resumed, None)
+        return self._write(source_name, payload, metadata, resumed, None, planned=planned)
 
     def write_located(
         self,
@@ -229,13 +237,15 @@ class FileWriter:
         metadata: dict[str, Any],
         resumed: bool = False,
         before: Callable[[list[str]], None] | None = None,
+        planned: list[tuple[str, Content]] | None = None,
     ) -> tuple[Location, ...]:
         """``write``, returning where every file of the payload is (written now or found identical), with its
         size and checksum (``observe.outcomes``). An identical file found under ``on_exists="unique"`` is
         reported under the name planned, which may differ by its ``-N``. ``before`` is told the paths planned,
-        once all are named and encoded, before the first is written (the catalog's intent records)."""
+        once all are named and encoded, before the first is written (the catalog's intent records); not called
+        with ``planned`` (as for ``write``: told when it was planned)."""
         locations: list[Location] = []
-        self._write(source_name, payload, metadata, resumed, locations, before)
+        self._write(source_name, payload, metadata, resumed, locations, before, planned)
         return tuple(locations)
 
     def _write(
@@ -246,14 +256,16 @@ class FileWriter:
         resumed: bool,
         locations: list[Location] | None,
         before: Callable[[list[str]], None] | None = None,
+        planned: list[tuple[str, Content]] | None = None,
     ) -> list[str]:
         written: list[str] = []
         target = self._target
         on_exists = self.settings.on_exists
         try:
-            planned = self.plan_text(source_name, payload, metadata)
-            if before is not None:
-                before([path for path, _ in planned])
+            if planned is None:
+                planned = self.plan_text(source_name, payload, metadata)
+                if before is not None:
+                    before([path for path, _ in planned])
             for path, content in planned:
                 final = target.write(path, content, on_exists, resumed)
                 if final is not None:
