@@ -209,7 +209,10 @@ def test_the_table_shows_what_waits_in_a_buffered_intake() -> None:
     status = _sample_status()
     status["queue"]["intake_waiting"] = 37
     row = next(line for line in _rendered(status_table([status], [], "lab")).splitlines() if "capturer" in line)
-    assert "2 · 2.9 KiB (+37 in intake)" in row, row
+    assert "2 · 2.9 KiB (+37 in intake)" in row, row  # a status of a version without the intake's bytes
+    status["queue"]["intake_waiting_bytes"] = 3 << 20
+    row = next(line for line in _rendered(status_table([status], [], "lab")).splitlines() if "capturer" in line)
+    assert "2 · 2.9 KiB (+37 · 3.0 MiB in intake)" in row, row
 
 
 network_values = st.recursive(

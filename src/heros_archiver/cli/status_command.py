@@ -174,8 +174,10 @@ def _archiver_rows(status: dict[str, Any]) -> list[list[str]]:
     queue, disk = status["queue"], status["disk"]
     name = archiver_label(status) + (" (paused)" if status.get("paused") else "")
     intake = int(queue.get("intake_waiting") or 0)  # statuses of versions before it have none
+    intake_bytes = queue.get("intake_waiting_bytes")  # nor those of versions before it
+    waiting = f"{intake} · {_bytes(intake_bytes)}" if isinstance(intake_bytes, int | float) else str(intake)
     own = [
-        f"{int(queue['items'])} · {_bytes(queue['bytes'])}" + (f" (+{intake} in intake)" if intake else ""),
+        f"{int(queue['items'])} · {_bytes(queue['bytes'])}" + (f" (+{waiting} in intake)" if intake else ""),
         _age(queue["oldest_age"]),
         str(int(queue["spooled"])),
         "-" if disk is None else _bytes(disk["free_bytes"]),
