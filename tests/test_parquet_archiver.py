@@ -61,8 +61,8 @@ def journal_rows(root: Path) -> int:
                 reader = ipc.open_stream(source)
                 while True:
                     total += reader.read_next_batch().num_rows
-            except (StopIteration, pa.ArrowInvalid):
-                pass
+            except (StopIteration, pa.ArrowInvalid, OSError):  # the end, or a batch still being written (OSError:
+                pass  # "Expected to be able to read N bytes for message body"): what follows is not whole yet
     return total
 
 
