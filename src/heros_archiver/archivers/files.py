@@ -154,12 +154,13 @@ class FileArchiver(HERODataArchiver):
     def _batch_writer_factory(self) -> Callable[[int], BatchWriter] | None:
         """Helpers for the small files, unless turned off or a subclass writes its items its own way
         (``_store`` or ``_store_item``: the reference API promises that ``_store`` is called)."""
-        own_store = (
-            type(self)._store is not FileArchiver._store or type(self)._store_item is not FileArchiver._store_item
-        )
-        if not self._files.helper_process or own_store or self.object_root is not None:
+        if not self._files.helper_process or self._writes_its_own_way() or self.object_root is not None:
             return None
         return self._make_batch_writer
+
+    def _writes_its_own_way(self) -> bool:
+        """Whether a subclass overrides ``_store`` or ``_store_item``: then its items go through them, one by one."""
+        return type(self)._store is not FileArchiver._store or type(self)._store_item is not FileArchiver._store_item
 
     def _make_batch_writer(self, lanes: int) -> BatchWriter:
         """The lanes' helpers, whose files the catalog (made before the pipeline) journals as intents first."""
@@ -208,10 +209,7 @@ class FileArchiver(HERODataArchiver):
         """With a catalog, the writer names and encodes the files of the items waiting in its lane ahead and
         journals their intent records in one write (decision 0045), not one per file; not for a subclass that
         writes its own way."""
-        own_store = (
-            type(self)._store is not FileArchiver._store or type(self)._store_item is not FileArchiver._store_item
-        )
-        return None if own_store or self._intents is None else self._plan_items
+        return None if self._writes_its_own_way() or self._intents is None else self._plan_items
 
     def _plan_items(self, items: list[Item]) -> None:
         """``Item.planned`` for each of ``items`` not planned yet, and their intent records, journaled together.

@@ -134,8 +134,9 @@ class Writers(Control):
         window to the device and settle what reached it; a file-per-item sink has no parts to roll over."""
         if kind == "rollover":
             return 0, False
-        told = len(archived) if archived else 0
+        told = 0
         if archived:
+            told = len(archived)
             self._settle_archived(archived)
         self._flush_writeback()
         return told + self._settle_written_back(lane), True

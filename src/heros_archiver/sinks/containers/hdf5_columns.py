@@ -217,7 +217,7 @@ class Columns:
         ends = np.cumsum([len(e) for e in extras], dtype=np.int64) + self._json_length
         sources = {source: _fixed(source, _SOURCE_WIDTH) for source in {r.key.source for r in rows}}
         archive = {
-            "item_key": np.array([(r.key_id or r.key.key_id()).encode("ascii") for r in rows], dtype="S32"),
+            "item_key": np.array([r.key_id.encode("ascii") for r in rows], dtype="S32"),
             "digest": np.array([_fixed(r.key.digest, _DIGEST_WIDTH) for r in rows], dtype=f"S{_DIGEST_WIDTH}"),
             "source_name": np.array([sources[r.key.source] for r in rows], dtype=f"S{_SOURCE_WIDTH}"),
             "sequence": np.array([_sequence(r.key.sequence) for r in rows], dtype=np.int64),
