@@ -422,6 +422,13 @@ def test_an_applier_process_that_dies_is_started_again(make_rig: RigFactory, mon
     assert not package_process(applier), "close stops the applier"
 
 
+def test_the_applier_runs_at_the_lowest_priority_from_its_start(make_rig: RigFactory) -> None:
+    """Set by the archiver as soon as the process exists, not only by the applier once its imports are done."""
+    rig = make_rig(NPY, matched=())
+    applier = rig.archiver.stats()["catalog"]["applier_pid"]
+    assert os.getpriority(os.PRIO_PROCESS, applier) == max(catalog.NICE, os.getpriority(os.PRIO_PROCESS, 0))
+
+
 def _dead_journal(root: Path, lines: bytes, adopt: str | dict[str, Any] | None = ".npy") -> Path:
     """A journal as a killed run leaves it: its process (this PID with another start time) is gone. ``adopt``:
     the suffix of its files (as journals before ``zarr_arrays`` have it), or the header's ``adopt`` itself."""

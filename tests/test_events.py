@@ -177,6 +177,51 @@ def test_archived_tells_an_hdf5_commit_as_index_ranges_with_the_frames_checksums
         assert found["checksums"] == [checksum([np.ascontiguousarray(stack[i]).data]) for i in indices]
 
 
+def test_events_nobody_hears_are_not_made_but_counted_and_a_callback_or_subscriber_gets_them(
+    make_rig: RigFactory,
+) -> None:
+    """With no subscriber and no callback the outcomes are counted as ``unheard`` and no payload is made or sent
+    (decision 0046); a callback connected in this process hears the next ones, and so does a subscriber in
+    another session once its subscription has reached the archiver's publisher."""
+    rig = make_rig(archiver_cls=hero_archiver("unheard"), sequence_key="frame")
+    archiver = rig.archiver
+
+    def events_counts() -> dict[str, int]:
+        counts: dict[str, int] = archiver.status()["listeners"]["events"]
+        return counts
+
+    procs.send_frames(rig.camera, list(range(4)), SHAPE)
+    wait_for_items(archiver, 4)
+    wait_until(lambda: events_counts()["unheard"] == 4, what="4 outcomes nobody heard")
+    assert events_counts()["handled"] == 4
+
+    local = Received()
+    archiver.archived.connect(local)
+    procs.send_frames(rig.camera, [4, 5], SHAPE)
+    wait_until(lambda: len(local.items()) == 2, what="the archived events of a local callback")
+    archiver.archived.disconnect(local)
+
+    remote_received = Received()
+    with remote("unheard", rig.realm, heros_compat.session_manager(rig.camera)) as subscriber:
+        subscriber.archived.connect(remote_received)
+        wait_for_event_subscriber(archiver, "archived")
+        procs.send_frames(rig.camera, [6, 7, 8], SHAPE)
+        wait_until(lambda: len(remote_received.items()) == 3, what="the archived events of a subscriber")
+    assert sorted(item["sequence"] for item in local.items()) == [4, 5]
+    assert sorted(item["sequence"] for item in remote_received.items()) == [6, 7, 8]
+    assert events_counts()["unheard"] == 4 and archiver.stats()["total"]["archived"] == 9
+
+
+def test_an_event_is_taken_as_heard_when_heros_handler_is_not_as_expected() -> None:
+    """``event_listened`` falls back to sending when heros' event handler lacks what it looks at."""
+
+    class Odd:
+        archived = object()  # no callbacks, no publisher
+
+    assert heros_compat.event_listened(Odd(), "archived") is True
+    assert heros_compat.event_listened(Odd(), "no_such_event") is True
+
+
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """An 8 MiB tmpfs (needs root; skips otherwise), unmounted at the end, also on failure."""

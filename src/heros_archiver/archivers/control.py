@@ -73,6 +73,9 @@ class ArchiverEmitter:
     def name(self) -> str:
         return heros_compat.hero_name(self._archiver)
 
+    def listened(self, event: str) -> bool:
+        return heros_compat.event_listened(self._archiver, event)
+
     def emit(self, event: str, payload: dict[str, Any]) -> None:
         getattr(self._archiver, event)(payload)
 

@@ -82,6 +82,9 @@ class Emitter(Protocol):
     def name(self) -> str:
         """The archiver's name, as events carry it."""
 
+    def listened(self, event: str) -> bool:
+        """Whether anything would receive ``event`` now (a subscriber, a callback): if not, it is not made."""
+
     def emit(self, event: str, payload: dict[str, Any]) -> None:
         """Send ``payload`` as ``event`` (``archived``, ``failed``, ``low_disk_space``)."""
 
@@ -235,6 +238,8 @@ class EventsListener(Listener):
         self._gave_up = False
         #: outcomes not told because the HERO was not made (logged once)
         self.unsent = 0
+        #: outcomes not made into events because nothing listened to them then (decision 0046)
+        self.unheard = 0
         self._closing = threading.Event()
         self._watcher: threading.Thread | None = None
         if disk is not None:
@@ -244,6 +249,9 @@ class EventsListener(Listener):
     @property
     def name(self) -> str:
         return "events"
+
+    def counts(self) -> dict[str, int]:
+        return {"unheard": self.unheard, "unsent": self.unsent}
 
     def handle(self, outcomes: Sequence[Outcome]) -> None:
         if not self._wait_ready(READY_TIMEOUT):
@@ -258,7 +266,9 @@ class EventsListener(Listener):
         name = self._emitter.name()
         for archived, run in groupby(outcomes, key=lambda outcome: isinstance(outcome, Archived)):
             batch = list(run)
-            if archived:
+            if not self._emitter.listened("archived" if archived else "failed"):
+                self.unheard += len(batch)
+            elif archived:
                 for payload in archived_payloads(batch, name, self._event, self._root):  # type: ignore[arg-type]
                     self._emitter.emit("archived", payload)
             else:

@@ -59,6 +59,10 @@ class Listener(ABC):
     def handle(self, outcomes: Sequence[Outcome]) -> None:
         """Take one batch of outcomes (in the order the pipeline settled them)."""
 
+    def counts(self) -> dict[str, int]:
+        """Counts of its own for the stats, beside the hub's (the events listener: outcomes nobody heard)."""
+        return {}
+
     def close(self) -> None:  # noqa: B027 - optional: most listeners hold nothing
         """The last batch has been handed over (the archiver stops): release what the listener holds."""
 
@@ -208,6 +212,7 @@ class ListenerHub:
                 "queued": 0,
                 "lagged": 0,
                 "failed": inline.failed,
+                **inline.listener.counts(),
             }
         for lane in self._lanes:
             with lane.condition:
@@ -216,6 +221,7 @@ class ListenerHub:
                     "queued": lane.queued,
                     "lagged": lane.lagged,
                     "failed": lane.failed,
+                    **lane.listener.counts(),
                 }
         return result
 

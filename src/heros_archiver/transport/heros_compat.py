@@ -3,8 +3,9 @@
 The archiver needs more of heros than its public API offers: the observer's Zenoh session (to declare a
 subscription with a handler of its own, decision 0002), its decoder, its list of subscriptions (so that
 heros undeclares ours), its callbacks (dispatch with a cached sender name), the name parts of a key
-expression, the session manager's open sessions and configuration (shared memory, decision 0003), and the
-discovery of a realm's HEROs (``heros-archiver status``).
+expression, the session manager's open sessions and configuration (shared memory, decision 0003), the
+discovery of a realm's HEROs (``heros-archiver status``), and whether an event of a local HERO has anyone to
+hear it (its handler's callbacks and Zenoh publisher, decision 0046).
 None of these are promised by heros, so a new release may rename or remove any of them. Here each is
 reached through one function, and ``check_heros`` looks for all of them at import: a heros that changed
 fails the archiver's start with a message that names what is missing, instead of an AttributeError on
@@ -155,6 +156,20 @@ def discover(peer: HEROPeer, timeout: float) -> dict[str, dict[str, Any]]:
     (``class``, ``implements``, ``tags``, ...)."""
     replies: dict[str, dict[str, Any]] = peer._discover(timeout=timeout)
     return replies
+
+
+def event_listened(hero: Any, event: str) -> bool:
+    """Whether anything would receive ``event`` of the local HERO ``hero`` now: a callback connected in this
+    process (heros' ``connect``, which also holds the remote HERO methods connected to it) or a Zenoh subscriber
+    matching its publisher. True when heros' event handler is not as expected: then the event is sent, as heros
+    would send it, rather than skipped on a guess."""
+    try:
+        handler = getattr(hero, event)
+        if next(iter(handler.callbacks), None) is not None:
+            return True
+        return bool(handler.publisher.matching_status.matching)
+    except Exception:  # noqa: BLE001 - another heros or Zenoh: fall back to sending
+        return True
 
 
 def hero_name(hero: Any) -> str:
