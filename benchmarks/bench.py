@@ -76,18 +76,23 @@ SINKS = {  # name: (default class, default kwargs, output format)
 #: a sink with this suffix is the sink's archiver made with catalog=False (this project's archivers only): the
 #: catalog's cost is the ratio of the sink's row to this one's, measured in the same run
 NOCATALOG = ":nocatalog"
+#: ... and with this suffix the sink's archiver made a HERO (as BOSS makes it), so that it also has its events
+#: (nothing subscribes to them here): the cost of the catalog and the events together is this row over the
+#: ``:nocatalog`` one (a plain observer without a catalog), same run and impl
+HERO = ":hero"
 for _name in ("array", "json", "hdf5"):
     SINKS[_name + NOCATALOG] = (SINKS[_name][0], {**SINKS[_name][1], "catalog": False}, SINKS[_name][2])
+    SINKS[_name + HERO] = (SINKS[_name][0], {**SINKS[_name][1], HERO: True}, SINKS[_name][2])
 WIRE_SINKS = ("wire:tcp", "wire:shm")
 # (for small events the per-sample Python work of any subscriber, not the wire, is the limit: no wire rows)
 FRAME_SINKS = (
-    "array", "array:nocatalog", "zarr", "hdf5", "hdf5:nocatalog", "hdf5:swmr", "zarr-append", "tiff", "tiff-stack",
-    "s3", "count", *WIRE_SINKS,
+    "array", "array:nocatalog", "array:hero", "zarr", "hdf5", "hdf5:nocatalog", "hdf5:hero", "hdf5:swmr",
+    "zarr-append", "tiff", "tiff-stack", "s3", "count", *WIRE_SINKS,
 )  # fmt: skip
-EVENT_SINKS = ("json", "json:nocatalog", "parquet", "count")
+EVENT_SINKS = ("json", "json:nocatalog", "json:hero", "parquet", "count")
 SWMR_SINKS = ("hdf5:swmr",)  # rows with a SWMR reader beside the archiver
 # 'small': 8 KiB frames, where per-item work is the limit (no wire rows)
-SMALL_SINKS = ("array", "array:nocatalog", "hdf5", "hdf5:nocatalog", "zarr-append", "count")
+SMALL_SINKS = ("array", "array:nocatalog", "array:hero", "hdf5", "hdf5:nocatalog", "hdf5:hero", "zarr-append", "count")
 SHARED_SINKS = ("count", *WIRE_SINKS)  # rows of no implementation
 RECEIVE_FORMATS = ("count", "wire")  # sinks that write nothing: an item is its receipt
 COMMIT_FORMATS = (
@@ -357,7 +362,13 @@ def run_sink(spec):
     else:
         kwargs = base | spec["kwargs"]
         kwargs["default_metadata"] = dict(kwargs.get("default_metadata") or {}, file_path=data)
-        obs = cls(**kwargs)
+        if kwargs.pop(HERO, False):  # this project's archivers only: made a HERO, as BOSS makes it
+            from heros_archiver.transport.hero_builder import hero_class
+
+            cls = hero_class(cls)
+            obs = cls("bench-archiver", **kwargs)
+        else:
+            obs = cls(**kwargs)
     tap = hasattr(obs, "register_callback")
     if tap:  # the whole count / wire sink; for an archiver a tap beside its own callback (events delivered to it)
         obs.register_callback(on_event)
@@ -949,7 +960,7 @@ def sink_spec(cfg, sink, impl):
     cls, kwargs, fmt = SINKS[sink]
     if sink in SHARED_SINKS:
         return cls, kwargs, fmt
-    option = sink.removesuffix(NOCATALOG).replace("-", "_")  # --zarr-append: cfg.zarr_append
+    option = sink.removesuffix(NOCATALOG).removesuffix(HERO).replace("-", "_")  # --zarr-append: cfg.zarr_append
     cls = f"{impl['package']}.{cls.rpartition('.')[2]}" if impl["package"] else getattr(cfg, option, None) or cls
     return cls, kwargs | json.loads(getattr(cfg, option + "_kwargs", None) or "{}") | impl["kwargs"], fmt
 
@@ -1535,12 +1546,12 @@ def ratios(summary, impls):
                     "diff": med(r, "rss_peak_mib") - med(o, "rss_peak_mib"),
                 }
             )
-    for r in summary:  # the catalog's cost: a sink over the same sink without its catalog, same run and impl
-        o = by.get((r["workload"], r["sink"] + NOCATALOG, r["impl"]))
+    for r in summary:  # the catalog's cost (and the events'): a sink over the same sink without, same run and impl
+        o = by.get((r["workload"], r["sink"].removesuffix(HERO) + NOCATALOG, r["impl"]))
         if o:
             cross.append(
                 {
-                    "what": f"{r['workload']} ev/s {r['sink']} / {r['sink']}{NOCATALOG}",
+                    "what": f"{r['workload']} ev/s {r['sink']} / {r['sink'].removesuffix(HERO)}{NOCATALOG}",
                     "sink": r["sink"],
                     "impl": r["impl"],
                     "ratio": ratio(med(r, "events_per_s"), med(o, "events_per_s")),
@@ -1761,7 +1772,9 @@ def parse_args():
         "the rows wire:tcp and wire:shm; zarr, hdf5, zarr-append, parquet and the tiff ones are opt-in: ZarrArchiver "
         "is in both implementations (the reference's package is herostools.actor), the others only in this project; "
         "hdf5:swmr = hdf5 with a SWMR reader polling the file in another process; array:nocatalog, json:nocatalog, "
-        "hdf5:nocatalog = the archiver with catalog=False, for the catalog's cost; s3 = array with an s3:// root in "
+        "hdf5:nocatalog = the archiver with catalog=False, for the catalog's cost; array:hero, json:hero, hdf5:hero = the "
+        "archiver made a HERO (its events on, no subscriber), for the cost of the catalog and the events together; "
+        "s3 = array with an s3:// root in "
         "an S3 server the driver starts, beside its limit disk:s3)",
     )
     ap.add_argument(

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """What the ``archived`` events cost (decision 0032): archiving throughput of a HERO archiver with ``events=True``
-against ``events=False``, in the same run, with a subscriber of ``archived`` in another process.
+against ``events=False``, in the same run, with a subscriber of ``archived`` in another process (or, with
+``--no-subscriber``, none: the events are then counted as unheard and not made, decision 0046).
 
 Items are fed to the archiver directly (``feed``, as Zenoh's receive thread would, at full speed, blocking when
 the queue is full), so the figure is the archiver's own: writing plus, with events on, checksums, payloads and
@@ -9,7 +10,8 @@ Zenoh puts on the events thread competing for the GIL. Rows: ``small`` (8 KiB ui
 items/s per row and setting (median of ``--repeats``, alternating), the ratio, and the archiver process's CPU
 time per item::
 
-    python benchmarks/events_cost.py [--repeats 3] [--small 5000] [--events 5000] [--frames 200] [--out DIR]
+    python benchmarks/events_cost.py [--repeats 3] [--small 5000] [--events 5000] [--frames 200] [--no-subscriber]
+        [--out DIR]
 """
 
 from __future__ import annotations
@@ -54,9 +56,10 @@ os._exit(0)  # not the interpreter's finalization, with Zenoh's threads still ab
 """
 
 
-def run(kind: str, n: int, events: bool, out: Path) -> tuple[float, float]:
+def run(kind: str, n: int, events: bool, out: Path, subscribed: bool = True) -> tuple[float, float]:
     """Items per second of one run, and the archiver's process CPU time per item (all its threads; less
-    disturbed by a busy machine than the rate): ``n`` items of ``kind`` fed and archived, events on or off."""
+    disturbed by a busy machine than the rate): ``n`` items of ``kind`` fed and archived, events on or off,
+    with a subscriber of ``archived`` in another process or without."""
     port, realm = free_port(), unique_realm("bench")
     folder = Path(tempfile.mkdtemp(dir=out))
     os.environ["HEROS_ZENOH_CONFIG"] = loopback_config_json()
@@ -74,13 +77,16 @@ def run(kind: str, n: int, events: bool, out: Path) -> tuple[float, float]:
         low_disk_space=None,
     )
     env = {**os.environ, "HEROS_ZENOH_CONFIG": loopback_config_json()}
-    subscriber = subprocess.Popen(
-        [sys.executable, "-c", SUBSCRIBER, "bench-archiver", realm, str(port)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
-    )  # fmt: skip
+    subscriber = None
+    if subscribed:
+        subscriber = subprocess.Popen(
+            [sys.executable, "-c", SUBSCRIBER, "bench-archiver", realm, str(port)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+        )  # fmt: skip
     try:
-        assert subscriber.stdout is not None and subscriber.stdout.readline().strip() == "READY"
-        if events:
+        if subscriber is not None:
+            assert subscriber.stdout is not None and subscriber.stdout.readline().strip() == "READY"
+        if events and subscriber is not None:
             publisher = archiver.archived.publisher
             while not publisher.matching_status.matching:
                 time.sleep(0.01)
@@ -98,9 +104,10 @@ def run(kind: str, n: int, events: bool, out: Path) -> tuple[float, float]:
         elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     finally:
         try:
-            subscriber.communicate("", timeout=30)
+            if subscriber is not None:
+                subscriber.communicate("", timeout=30)
         finally:
-            if subscriber.poll() is None:
+            if subscriber is not None and subscriber.poll() is None:
                 subscriber.kill()
                 subscriber.wait()
             archiver.close()
@@ -114,6 +121,7 @@ def main() -> None:
     parser.add_argument("--small", type=int, default=5000)
     parser.add_argument("--events", type=int, default=5000)
     parser.add_argument("--frames", type=int, default=200)
+    parser.add_argument("--no-subscriber", action="store_true", help="no subscriber of archived (events unheard)")
     parser.add_argument("--out", type=Path, default=None, help="scratch folder (default: a temporary one)")
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="events-cost-"))
@@ -124,7 +132,7 @@ def main() -> None:
             runs: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
             for _ in range(args.repeats):
                 for events in (False, True):
-                    runs[events].append(run(kind, n, events, out))
+                    runs[events].append(run(kind, n, events, out, not args.no_subscriber))
             off, on = (statistics.median(rate for rate, _ in runs[e]) for e in (False, True))
             cpu_off, cpu_on = (statistics.median(cpu for _, cpu in runs[e]) * 1e6 for e in (False, True))
             print(f"{kind:8} {off:10.0f}/s {on:10.0f}/s {on / off:7.3f} {cpu_off:16.1f} {cpu_on:8.1f}", flush=True)
