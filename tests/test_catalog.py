@@ -3,6 +3,7 @@ written, and in agreement with the files after a SIGKILL and a restart."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -27,10 +28,10 @@ from conftest import RigFactory
 from helpers import DEADLINE, wait_for_items, wait_until
 from heros_archiver import ArrayArchiver, Hdf5Archiver, JsonArchiver
 from heros_archiver.errors import CatalogError
-from heros_archiver.observe import catalog, catalog_journal
+from heros_archiver.observe import catalog, catalog_journal, catalog_recovery
 from heros_archiver.observe.catalog import CatalogListener
 from heros_archiver.observe.catalog_apply import apply_journal
-from heros_archiver.observe.catalog_journal import JournalWriter, encode_outcomes
+from heros_archiver.observe.catalog_journal import JournalWriter, encode_intents, encode_outcomes
 from heros_archiver.observe.catalog_names import JournalName, process_start
 from heros_archiver.observe.catalog_reader import CatalogItem, CatalogReader
 from heros_archiver.observe.catalog_schema import catalog_path, journal_directory, open_for_writing
@@ -200,8 +201,8 @@ def test_intent_records_the_journal_refuses_are_counted_and_logged_once(
     listener = rig.archiver._catalog
     assert listener is not None
     listener._journal.close()  # as a journal on a full disk: every write refused
-    listener.intend([("cam", "acquisition_data", 1, 0.0, f"{rig.root}/1.npy")])
-    listener.intend([("cam", "acquisition_data", n, 0.0, f"{rig.root}/{n}.npy") for n in (2, 3)])
+    listener.intend([("cam", "acquisition_data", 1, 0.0, f"{rig.root}/1.npy", {})])
+    listener.intend([("cam", "acquisition_data", n, 0.0, f"{rig.root}/{n}.npy", {}) for n in (2, 3)])
     assert listener.status()["intents_lost"] == 3
     lines = [r.getMessage() for r in caplog.records if "intent record" in r.getMessage()]
     assert len(lines) == 1 and "1 intent record(s) not written" in lines[0] and "closed" in lines[0]
@@ -217,7 +218,7 @@ def test_the_intents_of_items_waiting_in_the_lane_are_journaled_together(make_ri
     intend = listener.intend
 
     def counting(intents: Any) -> None:
-        paths = [path for *_, path in intents]
+        paths = [intent[4] for intent in intents]  # (source, event, sequence, received, path, metadata)
         assert not any(Path(path).exists() for path in paths)  # journaled before its file is made
         calls.append(paths)
         intend(intents)
@@ -301,17 +302,17 @@ def test_after_sigkill_and_restart_the_catalog_and_the_files_agree(tmp_path: Pat
 def test_files_made_but_not_journaled_before_a_kill_are_adopted_with_their_intents(tmp_path: Path, kind: str) -> None:
     """The moment between making files and journaling their commit line, held open: 20 items archived, the
     commit lines of the last 10 never written, then SIGKILL. The restart adopts those 10 files (arrays) with the
-    source, sequence value and receive time of the intent records journaled before they were made."""
+    source, sequence value, receive time and metadata of the intent records journaled before they were made."""
     root = tmp_path / "archive"
     _archive_unjournaled(tmp_path, kind, 10)
     items = sorted(catalog_items(root), key=lambda item: item.sequence if item.sequence is not None else -1)
     assert [item.sequence for item in items] == list(range(20))
     adopted = items[10:]
-    assert all(item.metadata == {} for item in adopted), adopted  # no commit line: adopted, not applied
     assert all(item.source == "cam" and item.event == "acquisition_data" for item in adopted)
     # the receive time of its intent, not the file's time (a file's mtime is the kernel's coarse clock: ms early)
     assert all(items[9].received <= item.received <= item.committed + 0.05 for item in adopted)
-    assert all(item.metadata == {"frame": item.sequence, "run": "crash", "file_path": str(root)} for item in items[:10])
+    # no commit line for the adopted ones: their metadata is their intent record's, the same as a commit line's
+    assert all(item.metadata == {"frame": item.sequence, "run": "crash", "file_path": str(root)} for item in items)
     assert verify(root).problems == []
 
 
@@ -670,6 +671,28 @@ def test_metadata_of_any_shape_never_breaks_the_journal_or_the_catalog(
     assert any(f.kind == "dropped" and f.source.startswith("cam") and f.error == error for f in failures)
     if _plain_json(metadata):
         assert item.metadata == metadata
+
+
+@pytest.mark.timeout(300)
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(metadata=_metadata)
+def test_intent_records_keep_metadata_of_any_shape_for_an_adoption(shared_root: Path, metadata: dict[Any, Any]) -> None:
+    """What a killed run's file is adopted with: its intent record's metadata, JSON text whatever it held."""
+    number = next(_numbers)
+    segment = shared_root / f"intents-{number}"
+    segment.write_bytes(encode_intents([("cam", "ev", number, 1.5, str(shared_root / f"{number}.npy"), metadata)]))
+    found = catalog_recovery._intents((segment,), str(shared_root))
+    source, event, sequence, received, text = found.files[f"{number}.npy"]
+    assert (source, event, sequence, received) == ("cam", "ev", number, 1.5)
+    assert isinstance(json.loads(text), dict)
+    if _plain_json(metadata):
+        assert json.loads(text) == metadata
+
+
+def test_an_intent_record_of_an_earlier_version_is_adopted_with_empty_metadata(tmp_path: Path) -> None:
+    segment = tmp_path / "old"
+    segment.write_bytes(b'[["i","cam","ev",3,1.5,2.0,"' + str(tmp_path).encode() + b'/3.npy"]]\n')
+    assert catalog_recovery._intents((segment,), str(tmp_path)).files["3.npy"] == ("cam", "ev", 3, 1.5, "{}")
 
 
 def _plain_json(value: Any) -> bool:

@@ -33,7 +33,14 @@ from typing import Any
 from ..errors import CatalogError
 from ..saferepr import safe_str
 from .catalog_backend import CatalogTarget
-from .catalog_journal import JournalWriter, encode_intents, encode_outcomes
+from .catalog_journal import (
+    ContainerIntent,
+    FileIntent,
+    JournalWriter,
+    encode_container_intent,
+    encode_intents,
+    encode_outcomes,
+)
 from .catalog_names import process_start
 from .catalog_process import NICE, STOP, apply_segments, target_environment
 from .catalog_recovery import Adoption, recover
@@ -131,13 +138,13 @@ class CatalogListener(Listener):
         self._journal.append(encode_outcomes(outcomes))
         self._applier.check()
 
-    def intend_container(self, intent: tuple[str, str, int | None, float, str], member: str) -> None:
+    def intend_container(self, intent: ContainerIntent, member: str) -> None:
         """Journal that ``member`` of the container at the intent's path gets its first commit, with the intent's
         item (``catalog_journal``: ``"c"`` records); never raises, as ``intend``."""
-        self._append_intents(encode_intents([intent], member), 1)
+        self._append_intents(encode_container_intent(intent, member), 1)
 
-    def intend(self, intents: Sequence[tuple[str, str, int | None, float, str]]) -> None:
-        """Journal the files about to be made, ``(source, event, sequence, received, path)`` each
+    def intend(self, intents: Sequence[FileIntent]) -> None:
+        """Journal the files about to be made, ``(source, event, sequence, received, path, metadata)`` each
         (``catalog_journal.encode_intents``): what the next start adopts them with if this process is killed
         before their commit line. Never raises: the files are made all the same, and what could not be journaled
         is counted (``status()["intents_lost"]``) and logged (the first time, then at most every 5 s)."""

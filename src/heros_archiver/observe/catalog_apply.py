@@ -83,6 +83,17 @@ class Applied:
         return self.offset >= self.size
 
 
+#: How the lines of intent records begin (``catalog_journal.encode_intents``, ``encode_container_intent``: each
+#: line holds records of one kind).
+INTENT_LINES = (b'[["i"', b'[["c"')
+
+
+def metadata_text(recorded: Any) -> str:
+    """A journal record's metadata as the catalog stores it, JSON text: an object written again (orjson gives back
+    exactly what it wrote), text (what orjson could not write as an object) as it is."""
+    return recorded if isinstance(recorded, str) else orjson.dumps(recorded).decode()
+
+
 def relative_to_root(path: str, root: str) -> str:
     """``path`` relative to ``root`` with ``/`` separators when it is under it, else as it is."""
     prefix = root.rstrip("/") + "/"
@@ -180,6 +191,8 @@ def _rows(
     archiver = state.archiver
     last: list[Any] | None = None
     for line in data.split(b"\n")[:-1]:
+        if line.startswith(INTENT_LINES):  # a line of intents only: no item (read after a kill), not parsed here
+            continue
         try:
             if line[:1] == b"{":
                 fields = orjson.loads(line)
@@ -193,7 +206,7 @@ def _rows(
                 kind, source, event, sequence, received, when = record[:6]
                 if kind in ("i", "c"):  # files or a container about to be made: no item (read after a kill)
                     continue
-                metadata = record[-1] if isinstance(record[-1], str) else orjson.dumps(record[-1]).decode()
+                metadata = metadata_text(record[-1])
                 if kind == "a":
                     path, member, index, count, nbytes, checksum = record[6:12]
                     if path.startswith(prefix):

@@ -19,12 +19,13 @@ One journal per archiver and process (its name: ``catalog_names``). Its lines:
   ``["x", source, event, sequence, received, time, why, metadata]`` (dropped). The metadata is an object, or,
   where orjson could not write it as it is (integers beyond 64 bits, keys that are no text), its JSON text as a
   string; ``catalog_apply`` stores either exactly as written here.
-* ``[["i", source, event, sequence, received, time, path], ...]``: files about to be created (a helper's batch,
-  ``sinks.batching``, or a file the writer thread writes), written before the first of them is. They are no
-  items (the applier skips them): a helper finishes its batch after its archiver was killed, and a large file is
-  committed only once the writeback window has it on the device, so files exist that no commit line names; the
-  next start adopts them (``catalog_recovery``) with the source, sequence value and receive time their intent
-  records give, so that a stream's sequence shows no false gap where they are.
+* ``[["i", source, event, sequence, received, time, path, metadata], ...]``: files about to be created (a
+  helper's batch, ``sinks.batching``, or a file the writer thread writes), written before the first of them is.
+  They are no items (the applier skips them): a helper finishes its batch after its archiver was killed, and a
+  large file is committed only once the writeback window has it on the device, so files exist that no commit
+  line names; the next start adopts them (``catalog_recovery``) with the source, sequence value, receive time
+  and metadata (as in ``"a"`` records) their intent records give, so that a stream's sequence shows no false gap
+  where they are and a query of the metadata finds them. (Journals of earlier versions have no metadata here.)
 * ``[["c", source, event, sequence, received, time, path, member]]``: a container's member (an HDF5 stack, a
   Zarr array, a TIFF stack's pages, a Parquet file's rows) about to get its first commit, with its first item;
   skipped by the applier like an intent: after a kill, the next start reads back the frames of every member its
@@ -51,7 +52,16 @@ from ..saferepr import safe_repr, safe_str
 from .catalog_names import JournalName, process_start
 from .outcomes import Archived, DeadLettered, Outcome
 
-__all__ = ["JournalWriter", "encode_header", "encode_metadata", "encode_outcomes"]
+__all__ = [
+    "ContainerIntent",
+    "FileIntent",
+    "JournalWriter",
+    "encode_container_intent",
+    "encode_header",
+    "encode_intents",
+    "encode_metadata",
+    "encode_outcomes",
+]
 
 #: A journal is continued in a new file once it holds this many bytes (applied files are removed).
 SEGMENT_BYTES = 64 * 2**20
@@ -163,20 +173,32 @@ def encode_outcomes(outcomes: Sequence[Outcome]) -> bytes:
         return orjson.dumps([_careful(record) for record in records], option=_LINE_OPTIONS)
 
 
-def encode_intents(intents: Sequence[tuple[str, str, int | None, float, str]], member: str | None = None) -> bytes:
-    """The journal line of files about to be created, ``(source, event, sequence, received, path)`` each, or with
-    ``member`` of a new container's member (see the module docstring); empty without any."""
+#: A file about to be made: ``(source, event, sequence, received, path, metadata)`` (``encode_intents``).
+FileIntent = tuple[str, str, int | None, float, str, Mapping[str, Any]]
+#: A container member about to get its first commit, with its first item: ``(source, event, sequence, received,
+#: path)`` (``encode_container_intent``).
+ContainerIntent = tuple[str, str, int | None, float, str]
+
+
+def encode_intents(intents: Sequence[FileIntent]) -> bytes:
+    """The journal line of files about to be created (see the module docstring); empty without any. The metadata
+    is written as in commit lines, JSON text where orjson cannot write it as it is."""
     if not intents:
         return b""
     now = time.time()
-    records: list[tuple[Any, ...]]
-    if member is None:
-        records = [("i", source, event, _sequence(sequence), received, now, path)
-                   for source, event, sequence, received, path in intents]  # fmt: skip
-    else:
-        records = [("c", source, event, _sequence(sequence), received, now, path, member)
-                   for source, event, sequence, received, path in intents]  # fmt: skip
-    return orjson.dumps(records, default=_as_text, option=_LINE_OPTIONS)
+    records = [("i", source, event, _sequence(sequence), received, now, path, metadata)
+               for source, event, sequence, received, path, metadata in intents]  # fmt: skip
+    try:
+        return orjson.dumps(records, default=_as_text, option=_LINE_OPTIONS)
+    except TypeError:  # orjson.JSONEncodeError: see encode_outcomes
+        return orjson.dumps([_careful(record) for record in records], option=_LINE_OPTIONS)
+
+
+def encode_container_intent(intent: ContainerIntent, member: str) -> bytes:
+    """The journal line of ``member`` of a container about to get its first commit (see the module docstring)."""
+    source, event, sequence, received, path = intent
+    record = ("c", source, event, _sequence(sequence), received, time.time(), path, member)
+    return orjson.dumps([record], default=_as_text, option=_LINE_OPTIONS)
 
 
 def encode_header(fields: Mapping[str, Any]) -> bytes:

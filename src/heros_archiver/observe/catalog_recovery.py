@@ -10,9 +10,10 @@ between leaves a file under the root that no journal names. So after a killed ru
 journal has no ``closed`` line and says which files it writes: ``adopt``), the files under the root that are
 newer than that run's last journaled commit minus ``ADOPT_MARGIN``, end as its files do, and are not in the
 catalog are *adopted* (once the run's helper processes, which finish the batch they were given, have exited):
-cataloged with the checksum of the file as it is and metadata ``{}``; with the source, event, sequence value and
-receive time of its intent record when the run journaled one for it (``catalog_journal``: every file has one),
-else with the source of the run's last journaled item (``?`` if it journaled none) and no sequence value. A
+cataloged with the checksum of the file as it is; with the source, event, sequence value, receive time and
+metadata of its intent record when the run journaled one for it (``catalog_journal``: every file has one),
+else with the source of the run's last journaled item (``?`` if it journaled none), no sequence value and
+metadata ``{}``. A
 ``ZarrArchiver`` publishes a whole array (a directory) per item: after its kill, the arrays (a ``zarr.json`` of
 an array node, changed since then, in a group directory) that the catalog does not name are adopted the same
 way, as the store (the topmost group directory above the array) and the array's key in it, with the checksum of
@@ -50,7 +51,7 @@ import xxhash
 from ..errors import ArchiverError
 from ..state.statedir import STATE_DIR_NAME
 from ..storage.temporaries import is_temporary
-from .catalog_apply import Applied, apply_journal, relative_to_root
+from .catalog_apply import INTENT_LINES, Applied, apply_journal, metadata_text, relative_to_root
 from .catalog_backend import AdoptedRow, CatalogBackend, CatalogTarget
 from .catalog_names import JournalName, owner_alive
 from .catalog_schema import journal_directory
@@ -180,8 +181,8 @@ def _recover(catalog: CatalogBackend, root: Path) -> None:
         adopted = _adopt(catalog, root, file_runs) if file_runs else 0
         if adopted:
             log.warning(
-                "catalog %s: adopted %d file(s) a killed run linked but did not journal (metadata {}, checksum of "
-                "the file as found)",
+                "catalog %s: adopted %d file(s) a killed run linked but did not journal (with their intent records' "
+                "source, sequence value and metadata where it journaled one, checksum of the file as found)",
                 root,
                 adopted,
             )
@@ -218,9 +219,9 @@ def _adopt(catalog: CatalogBackend, root: Path, killed: list[_KilledRun]) -> int
         if intent is None:
             rows.append((run.archiver, run.source, run.event, relative, member, nbytes, digest, when))
         else:
-            source, event, sequence, received = intent
-            intended.append((run.archiver, source, event, sequence, relative, member, None, 1, nbytes, digest, "{}",
-                             received, when))  # fmt: skip
+            source, event, sequence, received, metadata = intent
+            intended.append((run.archiver, source, event, sequence, relative, member, None, 1, nbytes, digest,
+                             metadata, received, when))  # fmt: skip
 
     with ContainerReader(root) as reader:
         for path, stat in _changed_files(str(root), since):
@@ -254,10 +255,11 @@ def _adopt(catalog: CatalogBackend, root: Path, killed: list[_KilledRun]) -> int
 @dataclass
 class _Intents:
     """A killed run's intent records (``catalog_journal``): per file about to be made (relative to the root), its
-    item's source, event, sequence value and receive time; and the container members it was about to commit to
+    item's source, event, sequence value, receive time and metadata (JSON text, as the catalog stores it; ``{}``
+    from a journal of a version that did not record it); and the container members it was about to commit to
     first, as ``(path, member)``."""
 
-    files: dict[str, tuple[str, str, int | None, float]]
+    files: dict[str, tuple[str, str, int | None, float, str]]
     containers: set[tuple[str, str]]
 
 
@@ -270,14 +272,15 @@ def _intents(segments: tuple[Path, ...], root: str) -> _Intents:
         except OSError:
             continue
         for line in data.splitlines():
-            if not line.startswith((b'[["i"', b'[["c"')):
+            if not line.startswith(INTENT_LINES):
                 continue
             try:
                 for record in orjson.loads(line):
                     if record[0] == "i":
-                        _, source, event, sequence, received, _, path = record
-                        found.files[relative_to_root(str(path), root)] = (str(source), str(event), sequence,
-                                                                          float(received))  # fmt: skip
+                        _, source, event, sequence, received, _, path, *metadata = record
+                        text = metadata_text(metadata[0]) if metadata else "{}"
+                        relative = relative_to_root(str(path), root)
+                        found.files[relative] = (str(source), str(event), sequence, float(received), text)
                     else:
                         found.containers.add((relative_to_root(str(record[6]), root), str(record[7])))
             except (ValueError, TypeError, IndexError):  # orjson's errors are ValueErrors; a record of another shape

@@ -3,7 +3,7 @@
 The catalog's journal gets an item's commit line after its file, array or container commit exists (decision
 0031); a SIGKILL in between leaves something on storage that no commit line names. ``Intents`` hands the
 catalog (``CatalogListener.intend`` / ``intend_container``) an intent record first (decision 0041): for every
-file or array about to be made, its item's source, event, sequence value, receive time and path; for every
+file or array about to be made, its item's source, event, sequence value, receive time, path and metadata; for every
 container member about to get its first commit, its path and member. The next start's recovery
 (``catalog_recovery``) adopts what it finds with those values. Every call is cheap and never raises.
 """
@@ -30,7 +30,7 @@ class Intents:
     def files(self, planned: list[tuple[Item, str]]) -> None:
         """The files (arrays) about to be made, ``(item, path)`` each (a helper's batch: ``BatchWriter.intend``)."""
         key, event = self._sequence_key, self._event
-        self._catalog.intend([(item.source, item.event or event, item.sequence(key), item.received, path)
+        self._catalog.intend([(item.source, item.event or event, item.sequence(key), item.received, path, item.metadata)
                               for item, path in planned])  # fmt: skip
 
     def of(self, item: Item) -> Callable[[list[str]], None]:
