@@ -1,7 +1,8 @@
 """Child process of tests/test_catalog.py: an archiver that archives items until it is killed (SIGKILL).
 
     python catalog_child.py KIND ROOT [URL]   KIND: npy (ArrayArchiver, small frames created by its helper
-                                              process), npy-big (1 MiB frames written by the writer
+                                              process; npy-unique: all named x.npy, on_exists="unique"),
+                                              npy-big (1 MiB frames written by the writer
                                               thread), json
                                               (JsonArchiver, files created by its helper process) or hdf5
                                               (Hdf5Archiver, frames committed to one file), tiff-stack (TiffArchiver,
@@ -41,6 +42,8 @@ from heros_archiver.testing import free_port, session_manager, unique_realm
 TEMPLATES = {
     "npy": (ArrayArchiver, {"save_template": "{{ file_path }}/{{ '%05d' % frame }}.npy"}),
     "npy-big": (ArrayArchiver, {"save_template": "{{ file_path }}/{{ '%05d' % frame }}.npy"}),
+    # every item named alike: on_exists="unique" makes x.npy, x-1.npy, ... (the names differ from the intents')
+    "npy-unique": (ArrayArchiver, {"save_template": "{{ file_path }}/x.npy", "on_exists": "unique"}),
     "json": (JsonArchiver, {"save_template": "{{ file_path }}/{{ '%05d' % frame }}.json"}),
     "hdf5": (Hdf5Archiver, {"file_template": "{{ file_path }}/run.h5", "flush_frames": 25}),
     "tiff-stack": (TiffArchiver, {"save_template": "{{ file_path }}/run.tif", "stack": True, "flush_frames": 25}),

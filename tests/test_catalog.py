@@ -316,6 +316,33 @@ def test_files_made_but_not_journaled_before_a_kill_are_adopted_with_their_inten
     assert verify(root).problems == []
 
 
+def test_files_renamed_by_on_exists_unique_before_a_kill_are_adopted_with_their_own_items_intents(
+    tmp_path: Path,
+) -> None:
+    """Every item is planned as ``x.npy`` and written as ``x.npy``, ``x-1.npy``, ... (``on_exists="unique"``); the
+    last 10 are never journaled. Each adopted file gets the intent of the item it holds: the intents of one
+    planned name go to its files in the order of their names."""
+    root = tmp_path / "archive"
+    _archive_unjournaled(tmp_path, "npy-unique", 10)
+    items = {item.path: item for item in catalog_items(root)}
+    assert sorted(items) == sorted(["x.npy", *(f"x-{n}.npy" for n in range(1, 20))])
+    for path, item in items.items():
+        frame = int(np.load(root / path).flat[0])
+        assert path == ("x.npy" if frame == 0 else f"x-{frame}.npy")
+        assert item.sequence == frame and item.source == "cam", item
+        assert item.metadata == {"frame": frame, "run": "crash", "file_path": str(root)}, item
+    assert verify(root).problems == []
+
+
+def test_unique_names_are_matched_with_the_intents_of_the_name_they_were_planned_as() -> None:
+    assert catalog_recovery._planned("a/b/x-12.npy") == ("a/b/x.npy", 12)
+    assert catalog_recovery._planned("x-1") == ("x", 1)
+    assert catalog_recovery._planned("a/x.npy") == ("a/x.npy", 0)
+    assert catalog_recovery._planned("a/x-0.npy") == ("a/x-0.npy", 0)  # unique_names starts at -1
+    assert catalog_recovery._planned("a/run.tar-1.gz") == ("a/run.tar.gz", 1)  # unique_names: before the last "."
+    assert catalog_recovery._planned("a/run-1.tar.gz") == ("a/run-1.tar.gz", 0)
+
+
 @pytest.mark.parametrize("kind", ["hdf5", "tiff-stack", "zarr-append", "parquet"])
 def test_a_container_first_committed_just_before_a_kill_is_found_by_its_intent(tmp_path: Path, kind: str) -> None:
     """No commit line journaled at all (the child drops every one): the container's only trace in the journal is
@@ -682,7 +709,7 @@ def test_intent_records_keep_metadata_of_any_shape_for_an_adoption(shared_root: 
     segment = shared_root / f"intents-{number}"
     segment.write_bytes(encode_intents([("cam", "ev", number, 1.5, str(shared_root / f"{number}.npy"), metadata)]))
     found = catalog_recovery._intents((segment,), str(shared_root))
-    source, event, sequence, received, text = found.files[f"{number}.npy"]
+    ((source, event, sequence, received, text),) = found.files[f"{number}.npy"]
     assert (source, event, sequence, received) == ("cam", "ev", number, 1.5)
     assert isinstance(json.loads(text), dict)
     if _plain_json(metadata):
@@ -692,7 +719,7 @@ def test_intent_records_keep_metadata_of_any_shape_for_an_adoption(shared_root: 
 def test_an_intent_record_of_an_earlier_version_is_adopted_with_empty_metadata(tmp_path: Path) -> None:
     segment = tmp_path / "old"
     segment.write_bytes(b'[["i","cam","ev",3,1.5,2.0,"' + str(tmp_path).encode() + b'/3.npy"]]\n')
-    assert catalog_recovery._intents((segment,), str(tmp_path)).files["3.npy"] == ("cam", "ev", 3, 1.5, "{}")
+    assert catalog_recovery._intents((segment,), str(tmp_path)).files["3.npy"] == [("cam", "ev", 3, 1.5, "{}")]
 
 
 def _plain_json(value: Any) -> bool:

@@ -39,6 +39,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -208,32 +209,20 @@ def _adopt(catalog: CatalogBackend, root: Path, killed: list[_KilledRun]) -> int
     how many."""
     since = min(run.since for run in killed)
     runs = sorted(killed, key=lambda run: run.since, reverse=True)
-    rows: list[AdoptedRow] = []
-    #: what was adopted with what its intent record says of it (full item rows)
-    intended: list[tuple[Any, ...]] = []
     intents = {id(run): _intents(run.segments, str(root)).files for run in killed}
-
-    def add(run: _KilledRun, relative: str, member: str | None, nbytes: int, digest: str | None, when: float,
-            intent_path: str) -> None:  # fmt: skip
-        intent = intents[id(run)].get(intent_path)
-        if intent is None:
-            rows.append((run.archiver, run.source, run.event, relative, member, nbytes, digest, when))
-        else:
-            source, event, sequence, received, metadata = intent
-            intended.append((run.archiver, source, event, sequence, relative, member, None, 1, nbytes, digest,
-                             metadata, received, when))  # fmt: skip
-
+    found: list[_Found] = []
     with ContainerReader(root) as reader:
         for path, stat in _changed_files(str(root), since):
             when = max(stat.st_mtime, stat.st_ctime)
             candidates = [r for r in runs if when >= r.since]
             array_run = next((r for r in candidates if r.adopt.zarr_arrays), None)
             if array_run is not None and os.path.basename(path) == "zarr.json":
-                found = _array(catalog, reader, root, path)
-                if found is not None:
-                    store, member, reading = found
+                array = _array(catalog, reader, root, path)
+                if array is not None:
+                    store, member, reading = array
                     intent_path = relative_to_root(os.path.dirname(path), str(root))
-                    add(array_run, store, member, reading.nbytes or 0, reading.checksum, when, intent_path)
+                    found.append(_Found(array_run, store, member, reading.nbytes or 0, reading.checksum, when,
+                                        intent_path))  # fmt: skip
                 continue
             run = next((r for r in candidates if r.adopt.suffix is not None and path.endswith(r.adopt.suffix)), None)
             relative = relative_to_root(path, str(root))
@@ -244,7 +233,19 @@ def _adopt(catalog: CatalogBackend, root: Path, killed: list[_KilledRun]) -> int
             except OSError as exc:
                 log.warning("catalog %s: cannot read %s to adopt it: %s", root, path, exc)
                 continue
-            add(run, relative, None, stat.st_size, digest, when, relative)
+            found.append(_Found(run, relative, None, stat.st_size, digest, when, relative))
+    rows: list[AdoptedRow] = []
+    #: what was adopted with what its intent record says of it (full item rows)
+    intended: list[tuple[Any, ...]] = []
+    for adopted, intent in _with_intents(found, intents):
+        run = adopted.run
+        if intent is None:
+            rows.append((run.archiver, run.source, run.event, adopted.path, adopted.member, adopted.nbytes,
+                         adopted.digest, adopted.when))  # fmt: skip
+        else:
+            source, event, sequence, received, metadata = intent
+            intended.append((run.archiver, source, event, sequence, adopted.path, adopted.member, None, 1,
+                             adopted.nbytes, adopted.digest, metadata, received, adopted.when))  # fmt: skip
     catalog.adopt(rows)
     if intended:
         with catalog.transaction():
@@ -252,14 +253,68 @@ def _adopt(catalog: CatalogBackend, root: Path, killed: list[_KilledRun]) -> int
     return len(rows) + len(intended)
 
 
+@dataclass(frozen=True)
+class _Found:
+    """A file (or array) of a killed run to adopt: ``path`` (or store) and ``member`` as cataloged, and the path
+    its intent record would name (``intent_path``)."""
+
+    run: _KilledRun
+    path: str
+    member: str | None
+    nbytes: int
+    digest: str | None
+    when: float
+    intent_path: str
+
+
+_UNIQUE_SUFFIX = re.compile(r"^(?P<stem>.+)-(?P<number>[1-9][0-9]*)(?P<suffix>\.[^./]*)?$")
+
+
+def _planned(path: str) -> tuple[str, int]:
+    """The path an item planned for a file ``on_exists="unique"`` may have given another name (``name-3.npy``:
+    ``name.npy``, 3; ``storage.atomic.unique_names``), and that number (0: the name as it is)."""
+    folder, _, name = path.rpartition("/")
+    match = _UNIQUE_SUFFIX.match(name)
+    if match is None:
+        return path, 0
+    planned = f"{match['stem']}{match['suffix'] or ''}"
+    return (f"{folder}/{planned}" if folder else planned), int(match["number"])
+
+
+def _with_intents(
+    found: list[_Found], intents: dict[int, dict[str, list[tuple[str, str, int | None, float, str]]]]
+) -> Iterator[tuple[_Found, tuple[str, str, int | None, float, str] | None]]:
+    """Each found file with the intent record of the item it holds, or None. The intents of one planned path
+    are given, in the order they were journaled, to the files adopted for it in the order of their names
+    (``name``, ``name-1``, ...: the order ``on_exists="unique"`` gave them out), the last intents to the last
+    files (files before those were journaled by the run; what has no intent left gets None). A file named as
+    no intent is matched with the intents of the name it would have had without its ``-N``."""
+    groups: dict[tuple[int, str], list[tuple[int, _Found]]] = {}
+    for adopted in found:
+        planned, number = adopted.intent_path, 0
+        run_intents = intents[id(adopted.run)]
+        if planned not in run_intents:
+            candidate, candidate_number = _planned(planned)
+            if candidate in run_intents:
+                planned, number = candidate, candidate_number
+        groups.setdefault((id(adopted.run), planned), []).append((number, adopted))
+    for (run_id, planned), files in groups.items():
+        recorded = intents[run_id].get(planned, [])
+        files.sort(key=lambda numbered: numbered[0])
+        offset = len(files) - len(recorded)  # > 0: more files than intents, the first ones get none
+        for position, (_, adopted) in enumerate(files):
+            yield adopted, (recorded[position - offset] if position >= offset else None)
+
+
 @dataclass
 class _Intents:
-    """A killed run's intent records (``catalog_journal``): per file about to be made (relative to the root), its
-    item's source, event, sequence value, receive time and metadata (JSON text, as the catalog stores it; ``{}``
-    from a journal of a version that did not record it); and the container members it was about to commit to
-    first, as ``(path, member)``."""
+    """A killed run's intent records (``catalog_journal``): per path of a file about to be made (relative to the
+    root), in the order journaled, the source, event, sequence value, receive time and metadata (JSON text, as the
+    catalog stores it; ``{}`` from a journal of a version that did not record it) of each item planned there (a
+    template may name many items alike: ``on_exists`` then decides); and the container members it was about to
+    commit to first, as ``(path, member)``."""
 
-    files: dict[str, tuple[str, str, int | None, float, str]]
+    files: dict[str, list[tuple[str, str, int | None, float, str]]]
     containers: set[tuple[str, str]]
 
 
@@ -280,7 +335,9 @@ def _intents(segments: tuple[Path, ...], root: str) -> _Intents:
                         _, source, event, sequence, received, _, path, *metadata = record
                         text = metadata_text(metadata[0]) if metadata else "{}"
                         relative = relative_to_root(str(path), root)
-                        found.files[relative] = (str(source), str(event), sequence, float(received), text)
+                        found.files.setdefault(relative, []).append(
+                            (str(source), str(event), sequence, float(received), text)
+                        )
                     else:
                         found.containers.add((relative_to_root(str(record[6]), root), str(record[7])))
             except (ValueError, TypeError, IndexError):  # orjson's errors are ValueErrors; a record of another shape
