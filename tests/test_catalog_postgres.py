@@ -211,12 +211,13 @@ def test_files_made_but_not_journaled_before_a_kill_are_adopted_into_postgres_wi
     tmp_path: Path, url: str
 ) -> None:
     """As the SQLite catalog's test of the kill window held open: 20 items, the commit lines of the last 10 never
-    written, SIGKILL; the restart adopts those 10 files into PostgreSQL with their intents' sequence values."""
+    written, SIGKILL; the restart adopts those 10 files into PostgreSQL with their intents' sequence values and
+    metadata (decision 0047)."""
     root = tmp_path / "archive"
     kill_and_restart(tmp_path, "npy", lambda out: "@@ DONE" in out, DEADLINE, url=url, HEROS_TEST_UNJOURNALED="10")
     items = assert_files_and_shared_catalog_agree(root, url)
     assert sorted(item.sequence for item in items) == list(range(20))
-    assert sum(item.metadata == {} for item in items) == 10  # adopted: no commit line, metadata unknown
+    assert all(item.metadata == {"frame": item.sequence, "run": "crash", "file_path": str(root)} for item in items)
 
 
 def archived(output: str) -> int:
