@@ -80,19 +80,23 @@ NOCATALOG = ":nocatalog"
 #: (nothing subscribes to them here): the cost of the catalog and the events together is this row over the
 #: ``:nocatalog`` one (a plain observer without a catalog), same run and impl
 HERO = ":hero"
-for _name in ("array", "json", "hdf5"):
+for _name in ("array", "json", "hdf5", "zarr-append", "tiff-stack", "parquet"):
     SINKS[_name + NOCATALOG] = (SINKS[_name][0], {**SINKS[_name][1], "catalog": False}, SINKS[_name][2])
     SINKS[_name + HERO] = (SINKS[_name][0], {**SINKS[_name][1], HERO: True}, SINKS[_name][2])
 WIRE_SINKS = ("wire:tcp", "wire:shm")
 # (for small events the per-sample Python work of any subscriber, not the wire, is the limit: no wire rows)
 FRAME_SINKS = (
     "array", "array:nocatalog", "array:hero", "zarr", "hdf5", "hdf5:nocatalog", "hdf5:hero", "hdf5:swmr",
-    "zarr-append", "tiff", "tiff-stack", "s3", "count", *WIRE_SINKS,
+    "zarr-append", "zarr-append:nocatalog", "zarr-append:hero", "tiff", "tiff-stack", "tiff-stack:nocatalog",
+    "tiff-stack:hero", "s3", "count", *WIRE_SINKS,
 )  # fmt: skip
-EVENT_SINKS = ("json", "json:nocatalog", "json:hero", "parquet", "count")
+EVENT_SINKS = ("json", "json:nocatalog", "json:hero", "parquet", "parquet:nocatalog", "parquet:hero", "count")
 SWMR_SINKS = ("hdf5:swmr",)  # rows with a SWMR reader beside the archiver
 # 'small': 8 KiB frames, where per-item work is the limit (no wire rows)
-SMALL_SINKS = ("array", "array:nocatalog", "array:hero", "hdf5", "hdf5:nocatalog", "hdf5:hero", "zarr-append", "count")
+SMALL_SINKS = (
+    "array", "array:nocatalog", "array:hero", "hdf5", "hdf5:nocatalog", "hdf5:hero", "zarr-append",
+    "zarr-append:nocatalog", "zarr-append:hero", "count",
+)  # fmt: skip
 SHARED_SINKS = ("count", *WIRE_SINKS)  # rows of no implementation
 RECEIVE_FORMATS = ("count", "wire")  # sinks that write nothing: an item is its receipt
 COMMIT_FORMATS = (
@@ -1772,8 +1776,9 @@ def parse_args():
         "the rows wire:tcp and wire:shm; zarr, hdf5, zarr-append, parquet and the tiff ones are opt-in: ZarrArchiver "
         "is in both implementations (the reference's package is herostools.actor), the others only in this project; "
         "hdf5:swmr = hdf5 with a SWMR reader polling the file in another process; array:nocatalog, json:nocatalog, "
-        "hdf5:nocatalog = the archiver with catalog=False, for the catalog's cost; array:hero, json:hero, hdf5:hero = the "
-        "archiver made a HERO (its events on, no subscriber), for the cost of the catalog and the events together; "
+        "hdf5:nocatalog (and zarr-append:, tiff-stack:, parquet:nocatalog) = the archiver with catalog=False, for the "
+        "catalog's cost; array:hero, json:hero, hdf5:hero (and the same three) = the archiver made a HERO (its events "
+        "on, no subscriber), for the cost of the catalog and the events together; "
         "s3 = array with an s3:// root in "
         "an S3 server the driver starts, beside its limit disk:s3)",
     )
