@@ -145,6 +145,15 @@ def _careful(record: tuple[Any, ...]) -> orjson.Fragment:
         return orjson.Fragment(_dumps((*record[:-1], metadata), 0))
 
 
+def _line(records: list[tuple[Any, ...]]) -> bytes:
+    """``records`` (each ending with its metadata) as one journal line: one orjson call for all of them, or, when
+    orjson refuses one (or more), each through ``_careful``."""
+    try:
+        return orjson.dumps(records, default=_as_text, option=_LINE_OPTIONS)
+    except TypeError:  # orjson.JSONEncodeError
+        return orjson.dumps([_careful(record) for record in records], option=_LINE_OPTIONS)
+
+
 def encode_outcomes(outcomes: Sequence[Outcome]) -> bytes:
     """The journal line of ``outcomes``: a JSON array of records, one per location of an archived item (none for
     one without a location: nothing to catalog) and one per failure, and a newline; empty without records. On
@@ -165,12 +174,7 @@ def encode_outcomes(outcomes: Sequence[Outcome]) -> bytes:
         else:
             records.append(("x", outcome.source, outcome.event, sequence, outcome.received, outcome.time,
                             outcome.why, outcome.metadata))  # fmt: skip
-    if not records:
-        return b""
-    try:
-        return orjson.dumps(records, default=_as_text, option=_LINE_OPTIONS)
-    except TypeError:  # orjson.JSONEncodeError: one record (or more) needs the careful path
-        return orjson.dumps([_careful(record) for record in records], option=_LINE_OPTIONS)
+    return _line(records) if records else b""
 
 
 #: A file about to be made: ``(source, event, sequence, received, path, metadata)`` (``encode_intents``).
@@ -186,12 +190,8 @@ def encode_intents(intents: Sequence[FileIntent]) -> bytes:
     if not intents:
         return b""
     now = time.time()
-    records = [("i", source, event, _sequence(sequence), received, now, path, metadata)
-               for source, event, sequence, received, path, metadata in intents]  # fmt: skip
-    try:
-        return orjson.dumps(records, default=_as_text, option=_LINE_OPTIONS)
-    except TypeError:  # orjson.JSONEncodeError: see encode_outcomes
-        return orjson.dumps([_careful(record) for record in records], option=_LINE_OPTIONS)
+    return _line([("i", source, event, _sequence(sequence), received, now, path, metadata)
+                  for source, event, sequence, received, path, metadata in intents])  # fmt: skip
 
 
 def encode_container_intent(intent: ContainerIntent, member: str) -> bytes:

@@ -253,6 +253,11 @@ def _adopt(catalog: CatalogBackend, root: Path, killed: list[_KilledRun]) -> int
     return len(rows) + len(intended)
 
 
+#: What an intent record tells of the item planned for a file: source, event, sequence value, receive time and
+#: metadata as JSON text (``_Intents``).
+_Intent = tuple[str, str, int | None, float, str]
+
+
 @dataclass(frozen=True)
 class _Found:
     """A file (or array) of a killed run to adopt: ``path`` (or store) and ``member`` as cataloged, and the path
@@ -282,8 +287,8 @@ def _planned(path: str) -> tuple[str, int]:
 
 
 def _with_intents(
-    found: list[_Found], intents: dict[int, dict[str, list[tuple[str, str, int | None, float, str]]]]
-) -> Iterator[tuple[_Found, tuple[str, str, int | None, float, str] | None]]:
+    found: list[_Found], intents: dict[int, dict[str, list[_Intent]]]
+) -> Iterator[tuple[_Found, _Intent | None]]:
     """Each found file with the intent record of the item it holds, or None. The intents of one planned path
     are given, in the order they were journaled, to the files adopted for it in the order of their names
     (``name``, ``name-1``, ...: the order ``on_exists="unique"`` gave them out), the last intents to the last
@@ -314,7 +319,7 @@ class _Intents:
     template may name many items alike: ``on_exists`` then decides); and the container members it was about to
     commit to first, as ``(path, member)``."""
 
-    files: dict[str, list[tuple[str, str, int | None, float, str]]]
+    files: dict[str, list[_Intent]]
     containers: set[tuple[str, str]]
 
 
