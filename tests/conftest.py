@@ -26,6 +26,7 @@ from heros_archiver.testing import (
     wait_for_subscriber,
 )
 from heros_archiver.testing.servers import S3Server
+from heros_archiver.testing.zenoh_segments import remove_stale_segments, zenoh_segments
 
 DEFAULT_TEMPLATE = "{{ file_path }}/{{ '%03d' % frame }}.npy"
 
@@ -48,18 +49,32 @@ def publishing(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
 
 
 _HYPOTHESIS_HOME: list[str] = []
+#: Zenoh's shared-memory files in /dev/shm before the run (someone else's: never removed)
+_SEGMENTS_BEFORE: set[str] = set()
 
 
 def pytest_configure(config: pytest.Config) -> None:
     """Hypothesis keeps its caches (.hypothesis) in a temporary directory, not in the project."""
     _HYPOTHESIS_HOME.append(tempfile.mkdtemp(prefix="heros-archiver-hypothesis-"))
     set_hypothesis_home_dir(_HYPOTHESIS_HOME[-1])
+    _SEGMENTS_BEFORE.update(zenoh_segments())
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    """Remove the temporary Hypothesis directory."""
+    """Remove the temporary Hypothesis directory, and the Zenoh files of processes the run killed that a test's
+    own sweep (``no_stale_zenoh_segments``) found still held or too young."""
     while _HYPOTHESIS_HOME:
         shutil.rmtree(_HYPOTHESIS_HOME.pop(), ignore_errors=True)
+    remove_stale_segments(_SEGMENTS_BEFORE, min_age=0.0)
+
+
+@pytest.fixture(autouse=True)
+def no_stale_zenoh_segments() -> Iterator[None]:
+    """A process a test killed leaves its Zenoh shared-memory file in /dev/shm (``testing.zenoh_segments``):
+    removed after the test (after its other fixtures stopped their processes), so none is left outside tmp."""
+    before = zenoh_segments()
+    yield
+    remove_stale_segments(before)
 
 
 @pytest.fixture(autouse=True)
