@@ -88,12 +88,22 @@ def test_samples_still_buffered_at_stop_are_archived(make_rig: RigFactory, tmp_p
     queued_before_stop = stats["total"]["received"]
     assert stats["queue"]["intake_waiting"] >= count - queued_before_stop > 0, stats["queue"]
     assert stats["queue"]["intake_waiting_bytes"] >= stats["queue"]["intake_waiting"]  # a CBOR map each
+    # per source, the same samples (one camera here); its items received and not yet written are in flight
+    (name,) = stats["sources"]
+    source = stats["queue"]["intake_by_source"][name]
+    assert source == {"samples": stats["queue"]["intake_waiting"], "bytes": stats["queue"]["intake_waiting_bytes"]}
+    cam = stats["sources"][name]
+    assert cam["in_flight"] == cam["received"] - cam["archived"] > 0, cam
+    status = rig.archiver.status()["sources"][name]
+    assert status["intake_waiting"] > 0 and status["intake_waiting_bytes"] >= status["intake_waiting"], status
+    assert status["in_flight"] > 0, status
 
     rig.archiver._stop()
 
     stats = rig.archiver.stats()
     total = stats["total"]
     assert stats["queue"]["intake_waiting"] == stats["queue"]["intake_waiting_bytes"] == 0
+    assert stats["queue"]["intake_by_source"] == {} and stats["sources"][name]["in_flight"] == 0
     assert total["received"] == count and total["archived"] == count, total
     assert total["dead_lettered"] == 0 and total["dropped"] == 0, total
     assert len(list(tmp_path.glob("*.json"))) == count

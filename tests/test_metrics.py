@@ -68,6 +68,8 @@ def test_the_collector_serves_every_counter_per_source_and_every_gauge(make_rig:
     assert samples["heros_archiver_items_dead_lettered_total"][cam] == 1
     assert samples["heros_archiver_gaps_total"][cam] == 1 and samples["heros_archiver_missing_total"][cam] == 1
     assert samples["heros_archiver_bytes_archived_total"][cam] == rig.archiver.stats()["total"]["bytes"]
+    assert samples["heros_archiver_items_in_flight"][cam] == 0  # every item settled
+    assert samples["heros_archiver_source_intake_waiting"][cam] == 0
     archiver = labels(archiver="ArrayArchiver", event="acquisition_data")
     for name, _, _ in GAUGES:
         if name != "paused":  # only an archiver that can be paused has it

@@ -183,7 +183,6 @@ def _sample_status() -> dict[str, Any]:
     accounting.received("cam", {"frame": 0})
     accounting.archived_items([Item("cam", b"", {"frame": 0}, 100)])
     stats = accounting.snapshot()
-    stats["total"]["in_flight"] = 0
     stats["queue"] = {"items": 2, "bytes": 3000, "max_items": 10, "max_bytes": 10**6, "oldest_age": 1.5, "spooled": 0}
     identity = {"name": "capturer", "class": "x.ArrayArchiver", "event": "acquisition_data", "selector": "cam"}
     listeners = {"status": {"handled": 1, "queued": 0, "lagged": 0, "failed": 0}}
@@ -213,6 +212,32 @@ def test_the_table_shows_what_waits_in_a_buffered_intake() -> None:
     status["queue"]["intake_waiting_bytes"] = 3 << 20
     row = next(line for line in _rendered(status_table([status], [], "lab")).splitlines() if "capturer" in line)
     assert "2 · 2.9 KiB (+37 · 3.0 MiB in intake)" in row, row
+
+
+def test_the_table_shows_each_sources_items_in_flight_and_in_the_intake() -> None:
+    status = _sample_status()
+    status["sources"]["cam"].update(in_flight=5, intake_waiting=0)
+    status["sources"]["cam2"] = {**status["sources"]["cam"], "in_flight": 2, "intake_waiting": 30}
+
+    def cells(text: str, source: str) -> list[str]:
+        row = next(line for line in text.splitlines() if f" {source} " in line)
+        return [cell.strip() for cell in row.replace("┃", "│").split("│")[1:-1]]
+
+    text = _rendered(status_table([status], [], "lab"))
+    column = cells(text, "source").index("in flight")
+    assert cells(text, "cam")[column] == "5"
+    assert cells(text, "cam2")[column] == "2 (+30 in intake)"
+    del status["sources"]["cam"]["in_flight"]  # a status of a version without it
+    assert cells(_rendered(status_table([status], [], "lab")), "cam")[column] == "-"
+
+
+def test_a_sources_status_counts_its_items_in_flight() -> None:
+    accounting = Accounting("acquisition_data", "frame")
+    for frame in range(3):
+        accounting.received("cam", {"frame": frame})
+    accounting.archived_items([Item("cam", b"", {"frame": 0}, 100)])
+    snapshot = accounting.snapshot()
+    assert snapshot["sources"]["cam"]["in_flight"] == 2 == snapshot["total"]["in_flight"]
 
 
 network_values = st.recursive(

@@ -33,7 +33,7 @@ from ..observe.intents import Intents
 from ..observe.listeners import Listener
 from ..observe.logs import log_fields
 from ..observe.status import StatusListener
-from ..pipeline.accounting import SETTLED, Accounting
+from ..pipeline.accounting import Accounting
 from ..pipeline.core import Pipeline
 from ..pipeline.options import DEFAULT_BLOCK_LIMIT, DEFAULT_MAX_QUEUE_BYTES, DEFAULT_MAX_QUEUE_ITEMS, PipelineOptions
 from ..pipeline.payload import estimate_nbytes, item_nbytes, split_event
@@ -228,6 +228,8 @@ class HERODataArchiver(EventObserver):
             low_disk_space,
         )
         self._buffered_intakes: list[BufferedIntake] = []
+        #: the event each buffered intake receives (to name the senders of its samples)
+        self._intake_events: dict[BufferedIntake, str] = {}
         #: subscriptions to more events of the same HEROs (``_subscribe_event``), undeclared with the first
         self._more_subscriptions: list[Any] = []
         #: the subscriptions ``_undeclare_subscription`` has undeclared (each once)
@@ -401,8 +403,11 @@ class HERODataArchiver(EventObserver):
         """
 
     # ------------------------------------------------------------------ intake
-    def _subscribe_selector(self, selector: str, callback: Any, *args: Any, **kwargs: Any) -> Any:
-        """Subscribe with a direct callback on Zenoh's receive thread, or through a bounded buffer.
+    def _subscribe_selector(
+        self, selector: str, callback: Any, *args: Any, event_name: str | None = None, **kwargs: Any
+    ) -> Any:
+        """Subscribe with a direct callback on Zenoh's receive thread, or through a bounded buffer
+        (``event_name``: the event of the selector, when not the archiver's own).
 
         heros gives Zenoh a plain function, in front of which zenoh-python buffers up to 256 samples
         (about 1 GiB of camera frames) before back-pressure can reach the sender. A direct callback
@@ -436,6 +441,7 @@ class HERODataArchiver(EventObserver):
                 fifo_samples=self.INTAKE_FIFO_SAMPLES,
             )
             self._buffered_intakes.append(intake)
+            self._intake_events[intake] = event_name or self._event
             sub = intake.subscriber
         else:
             sub = heros_compat.session(self).declare_subscriber(
@@ -464,7 +470,7 @@ class HERODataArchiver(EventObserver):
         def handle(key_expr: Any, data: Any) -> None:
             callback(self._source_name(str(key_expr), event_name), data)
 
-        self._more_subscriptions.append(self._subscribe_selector(selector, handle))
+        self._more_subscriptions.append(self._subscribe_selector(selector, handle, event_name=event_name))
 
     def _source_name(self, key: str, event_name: str | None = None) -> str:
         """The HERO that sends on ``key``, found once per sender instead of by a regular expression per event."""
@@ -525,14 +531,14 @@ class HERODataArchiver(EventObserver):
     def stats(self) -> dict[str, Any]:
         """Counters per source and in total, and the queue's fill (a remote capability under BOSS)."""
         # before the counters: a sample still waiting then is not yet counted as received
-        intake_waiting = sum(intake.waiting for intake in self._buffered_intakes)
-        intake_waiting_bytes = sum(intake.waiting_bytes for intake in self._buffered_intakes)
+        intake_by_source = self._intake_waiting_by_source()
         snapshot = self._accounting.snapshot()
-        total = snapshot["total"]
-        total["in_flight"] = total["received"] - sum(total[name] for name in SETTLED)
         snapshot["queue"] = self._pipeline.queue_status()
-        snapshot["queue"]["intake_waiting"] = intake_waiting
-        snapshot["queue"]["intake_waiting_bytes"] = intake_waiting_bytes
+        snapshot["queue"]["intake_waiting"] = sum(samples for samples, _ in intake_by_source.values())
+        snapshot["queue"]["intake_waiting_bytes"] = sum(nbytes for _, nbytes in intake_by_source.values())
+        snapshot["queue"]["intake_by_source"] = {
+            source: {"samples": samples, "bytes": nbytes} for source, (samples, nbytes) in intake_by_source.items()
+        }
         snapshot["event"] = self._event
         snapshot["intake_buffer"] = self.options.intake_buffer
         snapshot["zenoh_shared_memory"] = self._shared_memory
@@ -544,6 +550,17 @@ class HERODataArchiver(EventObserver):
         snapshot["pause"] = self._pipeline.pause_status()
         snapshot["catalog"] = self._catalog.status() if self._catalog is not None else None
         return snapshot
+
+    def _intake_waiting_by_source(self) -> dict[str, tuple[int, int]]:
+        """Samples (and their bytes) waiting in the buffered intakes, per sender (``_source_name``)."""
+        waiting: dict[str, tuple[int, int]] = {}
+        for intake in self._buffered_intakes:
+            event = self._intake_events.get(intake, self._event)
+            for key, (samples, nbytes) in intake.waiting_by_key().items():
+                source = self._source_name(key, event)
+                before = waiting.get(source, (0, 0))
+                waiting[source] = (before[0] + samples, before[1] + nbytes)
+        return waiting
 
     def status(self) -> dict[str, Any]:
         """What the archiver does now, for ``heros-archiver status`` and the metrics (a remote capability under

@@ -141,7 +141,7 @@ def status_table(statuses: list[dict[str, Any]], errors: list[dict[str, str]], r
     with something this version cannot show (another version's status, a broken peer: it came over the
     network, so it is shown as an error, never raised)."""
     table = Table(title=f"archivers in realm {realm} ({time.strftime('%H:%M:%S')})")
-    for column in ("archiver", "source", "received", "archived", "failed", "gaps", "rate"):
+    for column in ("archiver", "source", "received", "archived", "failed", "gaps", "rate", "in flight"):
         table.add_column(column, justify="left" if column in ("archiver", "source") else "right")
     for column in ("queue", "oldest", "spool", "disk free"):
         table.add_column(column, justify="right")
@@ -157,7 +157,7 @@ def status_table(statuses: list[dict[str, Any]], errors: list[dict[str, str]], r
             table.add_row(*row)
         table.add_section()
     for problem in problems:
-        table.add_row(escape(str(problem["name"])), "", *[""] * 9, f"[red]{escape(str(problem['error']))}[/red]")
+        table.add_row(escape(str(problem["name"])), "", *[""] * 10, f"[red]{escape(str(problem['error']))}[/red]")
     return table
 
 
@@ -186,15 +186,15 @@ def _archiver_rows(status: dict[str, Any]) -> list[list[str]]:
     rows = []
     for index, (source, counters) in enumerate(sources or [("-", None)]):
         first = index == 0
-        cells = ["-"] * 5 + [""] if counters is None else _source_cells(counters, float(status["time"]))
+        cells = ["-"] * 6 + [""] if counters is None else _source_cells(counters, float(status["time"]))
         rows.append(
-            [escape(name) if first else "", escape(source), *cells[:5], *(own if first else [""] * len(own)), cells[5]]
+            [escape(name) if first else "", escape(source), *cells[:6], *(own if first else [""] * len(own)), cells[6]]
         )
     return rows
 
 
 def _source_cells(counters: dict[str, Any], now: float) -> list[str]:
-    """received, archived, failed, gaps, rate and the last error of one source."""
+    """received, archived, failed, gaps, rate, in flight and the last error of one source."""
     gaps = str(int(counters["gaps"])) + (f" ({int(counters['missing'])} missing)" if counters["gaps"] else "")
     rate = f"{counters['items_per_second']:.1f}/s · {_bytes(counters['bytes_per_second'])}/s"
     last = counters.get("last_error")
@@ -204,7 +204,16 @@ def _source_cells(counters: dict[str, Any], now: float) -> list[str]:
         text = text if len(text) <= ERROR_WIDTH else text[: ERROR_WIDTH - 1] + "…"
         error = f"[red]{escape(str(last['kind']))}[/red] {_age(now - float(last['time']))} ago: {escape(text)}"
     counts = (int(counters[name]) for name in ("received", "archived", "failed"))
-    return [*map(str, counts), gaps, rate, error]
+    return [*map(str, counts), gaps, rate, _in_flight(counters), error]
+
+
+def _in_flight(counters: dict[str, Any]) -> str:
+    """Items of one source received and not yet settled (queued, being written, waiting for a commit), and the
+    samples of it still in a buffered intake (not yet received); ``-`` for a status of a version without them."""
+    if "in_flight" not in counters:
+        return "-"
+    intake = int(counters.get("intake_waiting") or 0)
+    return str(int(counters["in_flight"])) + (f" (+{intake} in intake)" if intake else "")
 
 
 def _bytes(value: float) -> str:

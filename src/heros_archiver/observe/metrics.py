@@ -2,9 +2,9 @@
 
 A custom collector, not counters updated per item: each scrape calls every archiver's ``status()`` once and
 turns it into metric families, so archiving pays nothing for the endpoint, and the figures are the same
-ones ``heros-archiver status`` shows. Counters are labelled by archiver, event and source; gauges (queue,
-oldest item, disk, listeners) by archiver and event. ``prometheus-client`` is the extra ``[metrics]``,
-imported when the endpoint starts. Decision 0033.
+ones ``heros-archiver status`` shows. Counters, and the items in flight and in the intake, are labelled by
+archiver, event and source; the other gauges (queue, oldest item, disk, listeners) by archiver and event.
+``prometheus-client`` is the extra ``[metrics]``, imported when the endpoint starts. Decision 0033.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from ..errors import ConfigurationError
 from ..extras import require_extra
 from ..saferepr import safe_str
 
-__all__ = ["COUNTERS", "GAUGES", "MetricsServer", "StatusCollector", "archiver_label", "serve_metrics"]
+__all__ = ["COUNTERS", "GAUGES", "SOURCE_GAUGES", "MetricsServer", "StatusCollector", "archiver_label", "serve_metrics"]
 
 log = logging.getLogger("heros_archiver")
 
@@ -35,6 +35,11 @@ COUNTERS = (
     ("bytes_archived", "bytes", "Payload and metadata bytes of the archived items."),
     ("gaps", "gaps", "Gaps in the sequence numbers (sequence_key)."),
     ("missing", "missing", "Sequence numbers that never arrived."),
+)
+#: Per source, gauges: (metric name without prefix, the status field, help).
+SOURCE_GAUGES = (
+    ("items_in_flight", "in_flight", "Items received and not yet settled (queued, being written, awaiting a commit)."),
+    ("source_intake_waiting", "intake_waiting", "Samples of the source in a buffered intake (not yet received)."),
 )
 #: Per archiver: (metric name without prefix, how to read it from a status, help).
 GAUGES: tuple[tuple[str, Callable[[dict[str, Any]], float | None], str], ...] = (
@@ -92,6 +97,9 @@ class StatusCollector:
             name: core.CounterMetricFamily(PREFIX + name, text, labels=source_labels) for name, _, text in COUNTERS
         }
         gauges = {name: core.GaugeMetricFamily(PREFIX + name, text, labels=archiver_labels) for name, _, text in GAUGES}
+        source_gauges = {
+            name: core.GaugeMetricFamily(PREFIX + name, text, labels=source_labels) for name, _, text in SOURCE_GAUGES
+        }
         listener_families = {
             name: (core.GaugeMetricFamily if kind == "gauge" else core.CounterMetricFamily)(
                 PREFIX + name, text, labels=[*archiver_labels, "listener"]
@@ -103,6 +111,8 @@ class StatusCollector:
             for source, values in status["sources"].items():
                 for name, key, _ in COUNTERS:
                     counters[name].add_metric([*labels, source], values[key])
+                for name, key, _ in SOURCE_GAUGES:
+                    source_gauges[name].add_metric([*labels, source], values[key])
             for name, read, _ in GAUGES:
                 value = read(status)
                 if value is not None:
@@ -112,6 +122,7 @@ class StatusCollector:
                     listener_families[name].add_metric([*labels, listener], counts[key])
         yield from counters.values()
         yield from gauges.values()
+        yield from source_gauges.values()
         yield from listener_families.values()
 
     def _read(self) -> list[dict[str, Any]]:

@@ -133,10 +133,15 @@ class StatusListener(Listener):
             rates = {name: s.rate.rates(now, self.started) for name, s in self._sources.items()}
             failures = {name: s.last_failure for name, s in self._sources.items() if s.last_failure is not None}
         sources: dict[str, dict[str, Any]] = {}
+        intake = stats["queue"].get("intake_by_source", {})
         for name, counters in stats["sources"].items():
             items_rate, bytes_rate = rates.get(name, (0.0, 0.0))
+            waiting = intake.get(name, {"samples": 0, "bytes": 0})
             sources[name] = {
                 **_counters(counters),
+                "in_flight": int(counters["in_flight"]),
+                "intake_waiting": waiting["samples"],
+                "intake_waiting_bytes": waiting["bytes"],
                 "items_per_second": items_rate,
                 "bytes_per_second": bytes_rate,
                 "last_error": _last_error(failures.get(name), retries.get(name)),

@@ -197,10 +197,12 @@ class Accounting:
             )
 
     def snapshot(self) -> dict[str, Any]:
-        """Per-source counters and their totals."""
+        """Per-source counters and their totals, with ``in_flight``: received and not yet settled."""
         with self._lock:
             sources = {name: asdict(c) for name, c in self._sources.items()}
         for counters in sources.values():
             counters["missing_ranges"] = [list(r) for r in counters["missing_ranges"]]
         total = {name: sum(c[name] for c in sources.values()) for name in COUNTERS}
+        for counters in (*sources.values(), total):  # in the queue, being written, or waiting for a commit
+            counters["in_flight"] = counters["received"] - sum(counters[name] for name in SETTLED)
         return {"sources": sources, "total": total}

@@ -65,8 +65,11 @@ class BufferedIntake:
             selector, zenoh.handlers.FifoChannel(max(1, min(capacity, fifo_samples)))
         )
         self._waiting: deque[list[tuple[Any, bytes]] | None] = deque()
-        self._count = 0  # samples in ``_waiting``
+        self._count = 0  # samples in ``_waiting``, and of ``_current`` from ``_handed`` on
         self._bytes = 0  # their payloads' bytes
+        #: the batch the handler thread hands on now, and how many of its samples it counted off so far
+        self._current: list[tuple[Any, bytes]] = []
+        self._handed = 0
         self._lock = threading.Lock()
         self._not_full = threading.Condition(self._lock)
         self._not_empty = threading.Condition(self._lock)
@@ -118,6 +121,7 @@ class BufferedIntake:
                 while not self._waiting:
                     self._not_empty.wait()
                 batch = self._waiting.popleft()
+                self._current, self._handed = batch or [], 0
             if batch is None:
                 return
             for start in range(0, len(batch), _ROOM_EVERY):
@@ -130,7 +134,10 @@ class BufferedIntake:
                 with self._lock:  # room for the drain as the batch goes, not only at its end
                     self._count -= len(part)
                     self._bytes -= nbytes
+                    self._handed = start + len(part)
                     self._not_full.notify()
+            with self._lock:
+                self._current, self._handed = [], 0
 
     @property
     def waiting(self) -> int:
@@ -141,6 +148,22 @@ class BufferedIntake:
     def waiting_bytes(self) -> int:
         """Their payloads' bytes (at most ``max_bytes`` and one sample more)."""
         return self._bytes
+
+    def waiting_by_key(self) -> dict[str, tuple[int, int]]:
+        """``waiting`` and ``waiting_bytes`` per key expression (a sender's), counted when asked: a walk of at
+        most ``capacity`` samples under the lock, so that the receive path pays nothing for the status per source."""
+        counts: dict[str, list[int]] = {}
+        with self._lock:
+            batches = [self._current[self._handed :], *(batch for batch in self._waiting if batch is not None)]
+            for batch in batches:
+                for key_expr, raw in batch:
+                    count = counts.get(key := str(key_expr))
+                    if count is None:
+                        counts[key] = [1, len(raw)]
+                    else:
+                        count[0] += 1
+                        count[1] += len(raw)
+        return {key: (samples, nbytes) for key, (samples, nbytes) in counts.items()}
 
     @property
     def alive(self) -> bool:
