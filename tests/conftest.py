@@ -61,11 +61,12 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    """Remove the temporary Hypothesis directory, and the Zenoh files of processes the run killed that a test's
-    own sweep (``no_stale_zenoh_segments``) found still held or too young."""
+    """Remove the temporary Hypothesis directory, and the Zenoh files the run made that a test's own sweep
+    (``no_stale_zenoh_segments``) found still held or too young: by now only this process may hold them, as a
+    receiver of their senders' frames (``testing.zenoh_segments``)."""
     while _HYPOTHESIS_HOME:
         shutil.rmtree(_HYPOTHESIS_HOME.pop(), ignore_errors=True)
-    remove_stale_segments(_SEGMENTS_BEFORE, min_age=0.0)
+    remove_stale_segments(_SEGMENTS_BEFORE, min_age=0.0, own_locks_are_stale=True)
 
 
 @pytest.fixture(autouse=True)
@@ -111,7 +112,8 @@ def make_rig(tmp_path: Path) -> Iterator[RigFactory]:
     ``make_rig(template, archiver_cls=..., camera_cls=..., cameras=("cam",), object_selector="cam", **kwargs)``:
     the cameras share one listening session manager; the archiver connects to it and gets
     ``default_metadata={"file_path": str(tmp_path)}`` (unless given) plus ``kwargs``. Returns once every camera
-    (or those named in ``matched``) has a matching subscriber.
+    (or those named in ``matched``) has a matching subscriber. ``shared_memory``: both sessions configured with
+    Zenoh's shared-memory transport on (Zenoh's default; off in tests, ``testing.loopback_settings``).
     """
     made: list[Rig] = []
 
@@ -124,11 +126,12 @@ def make_rig(tmp_path: Path) -> Iterator[RigFactory]:
         object_selector: str | None = None,
         event_name: str = "acquisition_data",
         matched: tuple[str, ...] | None = None,
+        shared_memory: bool = False,
         **archiver_kwargs: Any,
     ) -> Rig:
         port = free_port()
         realm = unique_realm()
-        listening = session_manager(listen_port=port)
+        listening = session_manager(listen_port=port, shared_memory=shared_memory)
         rig = Rig(archiver=None, cameras={}, root=tmp_path, realm=realm, port=port)  # type: ignore[arg-type]
         made.append(rig)
         for name in cameras:
@@ -140,7 +143,7 @@ def make_rig(tmp_path: Path) -> Iterator[RigFactory]:
             object_selector=object_selector or cameras[0],
             event_name=event_name,
             realm=realm,
-            session_manager=session_manager(connect_port=port),
+            session_manager=session_manager(connect_port=port, shared_memory=shared_memory),
             **archiver_kwargs,
         )
         for name in cameras if matched is None else matched:

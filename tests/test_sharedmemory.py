@@ -11,9 +11,13 @@ import zenoh
 
 from conftest import RigFactory
 from helpers import assert_npy_equal, wait_for_items, wait_until
-from heros_archiver.testing import make_frame
+from heros_archiver.testing import make_frame, session_manager, unique_realm
 from heros_archiver.transport import heros_compat
-from heros_archiver.transport.sharedmemory import installed_zenoh_version, shared_memory_is_safe
+from heros_archiver.transport.sharedmemory import (
+    configure_shared_memory,
+    installed_zenoh_version,
+    shared_memory_is_safe,
+)
 
 
 @pytest.mark.parametrize(
@@ -43,7 +47,7 @@ FRAMES = 10
 def _transport_of_frames(make_rig: RigFactory, tmp_path: Path, **kwargs: Any) -> tuple[list[bool], dict[str, Any]]:
     """Send FRAMES frames of 2 MiB to an archiver; return, per frame, whether it reached the archiver's
     session through shared memory (seen by a second subscriber on that session), and the archiver's stats."""
-    rig = make_rig(**kwargs)
+    rig = make_rig(shared_memory=True, **kwargs)  # Zenoh's default, as a lab's configuration has it
     through_shared_memory: list[bool] = []
     key = f"@object/{rig.realm}/cam/acquisition_data"  # where heros publishes the camera's event
     tap = heros_compat.session(rig.archiver).declare_subscriber(
@@ -99,3 +103,11 @@ def test_no_shared_memory_when_refused(make_rig: RigFactory, tmp_path: Path) -> 
     transport, stats = _transport_of_frames(make_rig, tmp_path, zenoh_shared_memory=False)
     assert not any(transport)
     assert stats["zenoh_shared_memory"] is False
+
+
+@pytest.mark.parametrize("asked", [True, False])
+def test_the_option_sets_the_transport_whatever_the_configuration_says(asked: bool) -> None:
+    """``zenoh_shared_memory=True`` turns shared memory on where the configuration has it off, and False off."""
+    manager = session_manager(shared_memory=not asked)
+    configure_shared_memory(manager, unique_realm(), asked)
+    assert manager._config_dict["transport/shared_memory/enabled"] is asked

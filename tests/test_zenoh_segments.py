@@ -78,3 +78,38 @@ def test_the_file_of_a_killed_zenoh_peer_is_removed_and_a_live_ones_kept() -> No
         assert not made & zenoh_segments()
     finally:
         stop_process_group(peer)
+
+
+def test_files_held_only_by_this_process_are_stale_when_asked(tmp_path: Path) -> None:
+    """At the end of a run this process may be the last holder (as a receiver of a dead sender's frames)."""
+    mine = _old_file(tmp_path / "1.zenoh")
+    fd = os.open(mine, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        assert remove_stale_segments(set(), tmp_path) == []  # held: kept by the sweep after each test
+        assert remove_stale_segments(set(), tmp_path, own_locks_are_stale=True) == ["1.zenoh"]
+    finally:
+        os.close(fd)
+
+
+def test_a_file_another_live_process_holds_is_kept_even_when_own_locks_are_stale(tmp_path: Path) -> None:
+    theirs = _old_file(tmp_path / "2.zenoh")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(theirs)], stdout=subprocess.PIPE, start_new_session=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+        assert remove_stale_segments(set(), tmp_path, own_locks_are_stale=True) == []
+        assert theirs.exists()
+    finally:
+        stop_process_group(holder)
+    assert remove_stale_segments(set(), tmp_path, own_locks_are_stale=True) == ["2.zenoh"]
+
+
+_HOLD = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDONLY)
+fcntl.flock(fd, fcntl.LOCK_SH)
+print("held", flush=True)
+time.sleep(60)
+"""

@@ -49,7 +49,7 @@ from ..transport.fastdecode import decode_frame_event
 from ..transport.hero_builder import configured_class, is_hero
 from ..transport.intake import FIFO_SAMPLES, BufferedIntake
 from ..transport.links import RouterWatch
-from ..transport.sharedmemory import disable_shared_memory, installed_zenoh_version, shared_memory_is_safe
+from ..transport.sharedmemory import configure_shared_memory, installed_zenoh_version, shared_memory_is_safe
 from .control import config_of, event_listeners
 from .options import ArchiverOptions
 
@@ -280,8 +280,8 @@ class HERODataArchiver(EventObserver):
         if zenoh_shared_memory is None:
             zenoh_shared_memory = shared_memory_is_safe(installed_zenoh_version())
         self._shared_memory = zenoh_shared_memory
-        if not zenoh_shared_memory:
-            disable_shared_memory(kwargs.get("session_manager"), kwargs.get("realm", args[0] if args else "heros"))
+        realm = kwargs.get("realm", args[0] if args else "heros")
+        configure_shared_memory(kwargs.get("session_manager"), realm, zenoh_shared_memory)
         try:
             EventObserver.__init__(self, object_selector, event_name, *args, **kwargs)
         except BaseException as exc:

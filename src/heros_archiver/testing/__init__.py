@@ -47,20 +47,27 @@ def unique_realm(prefix: str = "test") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
 
-def loopback_settings(listen_port: int | None = None, connect_port: int | None = None) -> dict[str, Any]:
-    """Zenoh settings (``path/to/key: value``) for a loopback-only peer."""
+def loopback_settings(
+    listen_port: int | None = None, connect_port: int | None = None, shared_memory: bool = False
+) -> dict[str, Any]:
+    """Zenoh settings (``path/to/key: value``) for a loopback-only peer; Zenoh's shared-memory transport off
+    unless asked (a peer with it on that is killed leaves its file in ``/dev/shm``, ``zenoh_segments``; the
+    archivers turn it off in their own sessions anyway, ``transport.sharedmemory``)."""
     return {
         "mode": "peer",
         "scouting/multicast/enabled": False,
         "listen/endpoints": [f"tcp/127.0.0.1:{listen_port}"] if listen_port else [],
         "connect/endpoints": [f"tcp/127.0.0.1:{connect_port}"] if connect_port else [],
+        "transport/shared_memory/enabled": shared_memory,
     }
 
 
-def loopback_config_json(listen_port: int | None = None, connect_port: int | None = None) -> str:
+def loopback_config_json(
+    listen_port: int | None = None, connect_port: int | None = None, shared_memory: bool = False
+) -> str:
     """The same settings as a JSON document for ``HEROS_ZENOH_CONFIG`` (for child processes)."""
     document: dict[str, Any] = {}
-    for path, value in loopback_settings(listen_port, connect_port).items():
+    for path, value in loopback_settings(listen_port, connect_port, shared_memory).items():
         node = document
         *parents, leaf = path.split("/")
         for key in parents:
@@ -69,9 +76,11 @@ def loopback_config_json(listen_port: int | None = None, connect_port: int | Non
     return json.dumps(document)
 
 
-def session_manager(listen_port: int | None = None, connect_port: int | None = None) -> ZenohSessionManager:
+def session_manager(
+    listen_port: int | None = None, connect_port: int | None = None, shared_memory: bool = False
+) -> ZenohSessionManager:
     """A heros session manager of its own: its Zenoh session is a separate peer on loopback."""
-    return ZenohSessionManager(loopback_settings(listen_port, connect_port))
+    return ZenohSessionManager(loopback_settings(listen_port, connect_port, shared_memory))
 
 
 def make_frame(index: int, shape: tuple[int, ...] = (1024, 1024), dtype: str = "uint16") -> np.ndarray:

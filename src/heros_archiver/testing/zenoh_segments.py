@@ -6,6 +6,9 @@ process stopped by SIGKILL, or by a signal Python does not handle, leaves it beh
 subprocess tests left ~400 of them. A file no live process holds can be locked exclusively; such a file is
 garbage. ``remove_stale_segments`` unlinks those a test made, so that no test leaves files outside its
 temporary directory; files that were there before, and files still held (a process still running), are left.
+A process that received frames through shared memory keeps the sender's files locked for its own lifetime
+(eclipse-zenoh/zenoh#2787), so at the end of a test run the run's own process may be the last holder of files
+whose senders are gone: ``own_locks_are_stale`` lets that last sweep remove them too.
 """
 
 from __future__ import annotations
@@ -31,21 +34,49 @@ def zenoh_segments(directory: Path = SHM_DIRECTORY) -> set[str]:
         return set()
 
 
-def remove_stale_segments(known: set[str], directory: Path = SHM_DIRECTORY, min_age: float = MIN_AGE) -> list[str]:
+def remove_stale_segments(
+    known: set[str], directory: Path = SHM_DIRECTORY, min_age: float = MIN_AGE, own_locks_are_stale: bool = False
+) -> list[str]:
     """Unlink the Zenoh files in ``directory`` that are not in ``known`` (there before), at least ``min_age``
-    seconds old, and held by no process (an exclusive ``flock`` is granted at once); returns their names."""
+    seconds old, and held by no process (an exclusive ``flock`` is granted at once), or, with
+    ``own_locks_are_stale`` (this process has closed its sessions), by none but this one; returns their names."""
     removed = []
     now = time.time()
+    locks = _locks() if own_locks_are_stale else None
     for name in sorted(zenoh_segments(directory) - known):
         path = directory / name
         with contextlib.suppress(OSError):
-            if now - path.stat().st_mtime < min_age:
-                continue
-            if _held(path):
+            status = path.stat()
+            if now - status.st_mtime < min_age or not _stale(path, status, locks):
                 continue
             path.unlink()
             removed.append(name)
     return removed
+
+
+def _stale(path: Path, status: os.stat_result, locks: dict[str, set[int]] | None) -> bool:
+    """Whether no process holds ``path``, or (``locks``: who holds what) only this one does."""
+    if not _held(path):
+        return True
+    if locks is None:
+        return False
+    holders = locks.get(f"{os.major(status.st_dev):02x}:{os.minor(status.st_dev):02x}:{status.st_ino}")
+    return holders == {os.getpid()}
+
+
+def _locks() -> dict[str, set[int]]:
+    """The processes that hold a ``flock`` on each file (``/proc/locks``), by ``MAJOR:MINOR:INODE`` (hex device
+    numbers, as the kernel writes them); empty where it cannot be read (then only unheld files are stale)."""
+    holders: dict[str, set[int]] = {}
+    try:
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return holders
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[4].isdigit():
+            holders.setdefault(fields[5], set()).add(int(fields[4]))
+    return holders
 
 
 def _held(path: Path) -> bool:

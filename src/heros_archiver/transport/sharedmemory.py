@@ -43,19 +43,22 @@ def shared_memory_is_safe(zenoh_version: str) -> bool:
     return tuple(int(part or 0) for part in match.groups()) >= FIRST_SAFE_ZENOH
 
 
-def disable_shared_memory(manager: ZenohSessionManager | None, realm: str) -> None:
-    """Turn Zenoh's shared-memory transport off for the session this archiver is about to open.
+def configure_shared_memory(manager: ZenohSessionManager | None, realm: str, enabled: bool) -> None:
+    """Turn Zenoh's shared-memory transport on or off for the session this archiver is about to open (on: as a
+    ``zenoh_shared_memory=True`` asks, also where the configuration turned it off).
 
     heros shares one session per realm and process; when it is already open (another HERO in this
     process opened it) its configuration cannot change any more, which is worth a warning.
     """
     manager = manager or heros_session_manager
     if realm in open_sessions(manager):
-        log.warning(
-            "the Zenoh session of realm %r is already open, so its shared-memory transport stays as configured; "
-            "with it on, Zenoh %s may drop events silently when the archiver pushes back (eclipse-zenoh/zenoh#2628)",
-            realm,
-            installed_zenoh_version() or "of unknown version",
-        )
+        if not enabled:  # asked on, an open session keeps what it has: nothing is at risk
+            log.warning(
+                "the Zenoh session of realm %r is already open, so its shared-memory transport stays as "
+                "configured; with it on, Zenoh %s may drop events silently when the archiver pushes back "
+                "(eclipse-zenoh/zenoh#2628)",
+                realm,
+                installed_zenoh_version() or "of unknown version",
+            )
         return
-    manager.update_config({"transport/shared_memory/enabled": False})
+    manager.update_config({"transport/shared_memory/enabled": enabled})
