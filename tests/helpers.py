@@ -78,7 +78,10 @@ def wait_for_items(archiver: HERODataArchiver, count: int, timeout: float = DEAD
         total = archiver.stats()["total"]
         return int(total["archived"] + total["dead_lettered"] + total["dropped"])
 
-    wait_until(lambda: settled() >= count, timeout, f"{count} settled items (stats: {archiver.stats()['total']})")
+    try:
+        wait_until(lambda: settled() >= count, timeout, f"{count} settled items")
+    except AssertionError as exc:  # the totals when it gave up, not those before it waited
+        raise AssertionError(f"{exc} (stats: {archiver.stats()['total']})") from None
     return archiver.stats()["total"]
 
 

@@ -12,6 +12,7 @@ import json
 import re
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -253,3 +254,33 @@ def test_at_drain_the_queued_frames_are_committed_together_not_one_commit_each(
     assert made.archiver.stats()["total"]["archived"] == 20
     assert _CountingSink.commits == 1
     assert indices(tmp_path / "run-1.zarr") == list(range(20))
+
+
+def test_a_producer_waiting_for_room_gets_whole_shards_so_each_shard_is_written_once(
+    make_rig: RigFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit that ends inside a shard writes it now and again, longer, at the next commit. While a producer
+    waits for room (a queue of 8 items, the writer slowed) the writer commits whole shards only, so every shard
+    object is written once; every frame is archived once, in order (the last, partial shard at the drain)."""
+    from heros_archiver.sinks.containers import zarr_append as container_module
+
+    writes: list[str] = []
+    real_write = container_module.ZarrAppendContainer._write
+
+    def counted(self: container_module.ZarrAppendContainer, key: str, content: object) -> None:
+        time.sleep(0.005)  # slower than the camera: the queue fills and the producer waits for room
+        writes.append(key)
+        real_write(self, key, content)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(container_module.ZarrAppendContainer, "_write", counted)
+    made = make_rig(
+        None, archiver_cls=ZarrAppendArchiver, store_template=STORE, array_template=ARRAY, sequence_key="frame",
+        frames_per_shard=4, flush_frames=4, flush_seconds=3600, max_queue_items=8,
+    )  # fmt: skip
+    send(made.camera, range(42), run=1)
+    wait_until(lambda: made.archiver.stats()["total"]["received"] == 42, what="42 frames received")
+    made.archiver.close()  # the last two (half a shard) are committed at the drain
+    shards = [key for key in writes if re.search(r"/c\.\d+\.", key) and key.startswith(ARRAY)]
+    assert sorted(shards) == sorted(set(shards)) and len(shards) == 11, shards
+    assert made.archiver.stats()["total"]["archived"] == 42
+    assert indices(tmp_path / "run-1.zarr") == list(range(42))

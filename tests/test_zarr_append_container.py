@@ -180,3 +180,28 @@ def test_without_zarr_the_package_imports_and_the_container_names_the_extra(tmp_
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]))
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert "REFUSED" in result.stdout and "pip install 'heros-archiver[zarr]'" in result.stdout, result.stderr
+
+
+def test_a_commit_of_the_first_frames_keeps_the_rest_pending_and_says_where_shards_end(tmp_path: Path) -> None:
+    """``commit(frames)`` commits a prefix (a producer waiting for room gets whole shards only, decision 0048)."""
+    store = tmp_path / "run.zarr"
+    with ZarrAppendContainer(store, ARRAY, root=tmp_path, frames_per_shard=4) as container:
+        assert container.whole_shard_frames == 0  # nothing pending
+        for index in range(6):
+            append(container, index)
+        assert container.whole_shard_frames == 4
+        report = container.commit(4)
+        assert (report.start, report.stop, container.pending, container.committed_length) == (0, 4, 2, 4)
+        assert [key.sequence for key in report.keys] == [0, 1, 2, 3]
+        assert zarr.open_array(store, path=ARRAY, mode="r").shape[0] == 4
+        assert container.whole_shard_frames == 0  # 2 of the next shard's 4
+        container.commit()  # a partial shard (by time, at drain): 6 committed
+        for index in range(6, 11):
+            append(container, index)
+        assert container.whole_shard_frames == 2  # frames 6 and 7 end the second shard
+        assert container.commit(2).stop == 8 and container.pending == 3
+        assert container.commit(99).stop == 11 and container.pending == 0
+    array = zarr.open_array(store, path=ARRAY, mode="r")
+    np.testing.assert_array_equal(array[...], np.stack([frame(i) for i in range(11)]))
+    group = zarr.open_group(store, mode="r")["cam"]
+    assert [read_metadata(group, i) for i in range(11)] == [{"frame": i} for i in range(11)]

@@ -5,15 +5,16 @@ is only *appended* then: it is counted as archived, and its spool entry removed,
 A commit happens once ``flush_frames`` items or ``flush_bytes`` bytes are pending (or half the queue's
 bounds, which the pending items count against: ``LaneQueue.hold``), ``flush_seconds`` after the oldest
 pending item, once no item has arrived for ``flush_idle`` seconds (checked also while no item arrives),
-and at drain. Items are taken from the queue in batches, and after a short batch the writer lets more
-gather for ``_LINGER`` seconds instead of waking for each one: an append only keeps the item in memory,
-while waking a thread per item of 8 KiB cost as much as the rest of its path. An append that fails for the
-item's own reason (another shape, a template that cannot render) dead-letters that item, the rest go on;
-a failed commit releases the container, waits the pipeline's backoff and appends its items again (the
-reopened container recovers its committed length and skips keys it holds), until ``max_retries``, then
-dead-letters them. Between two batches the writer answers the control requests (``pipeline.control``):
-``flush`` commits, ``rollover`` closes the parts written now, ``pause`` commits and closes every container and
-the writer then takes nothing until the resume.
+and at drain; a producer waiting for room gets the commit the sink can make without rewriting anything
+(``ContainerSink.commit_for_room``: whole Zarr shards). Items are taken from the queue in batches, and after
+a short batch the writer lets more gather for ``_LINGER`` seconds instead of waking for each one: an append
+only keeps the item in memory, while waking a thread per item of 8 KiB cost as much as the rest of its path.
+An append that fails for the item's own reason (another shape, a template that cannot render) dead-letters
+that item, the rest go on; a failed commit releases the container, waits the pipeline's backoff and appends
+its items again (the reopened container recovers its committed length and skips keys it holds), until
+``max_retries``, then dead-letters them. Between two batches the writer answers the control requests
+(``pipeline.control``): ``flush`` commits, ``rollover`` closes the parts written now, ``pause`` commits and
+closes every container and the writer then takes nothing until the resume.
 """
 
 from __future__ import annotations
@@ -78,10 +79,12 @@ class ContainerWriter:
                     self._set_aside_taken(items[index:])
                     break
                 self._append(item)
-                if self._due(idle=False, room=False):
+                if self._due(idle=False):
                     self._settle(sink.commit())
-            if self._due(idle=not items):  # a producer waiting for room: once the whole batch is appended
+            if self._due(idle=not items):
                 self._settle(sink.commit())
+            elif sink.oldest_pending is not None and queue.room_wanted:  # once the whole batch is appended
+                self._settle(sink.commit_for_room())
             queue.hold(lane, sink.pending, sink.pending_bytes, sink.oldest_pending)
             if not items and closed:
                 break
@@ -119,11 +122,12 @@ class ContainerWriter:
             due = min(due, self._last_arrival + sink.flush_idle)
         return max(0.0, min(_TICK, due - time.monotonic()))
 
-    def _due(self, idle: bool, room: bool = True) -> bool:
-        """Whether to commit now (``idle``: no item arrived in the last wait, so ``flush_idle`` applies; ``room``:
-        a producer waiting for room counts). Within a batch ``room`` is off: the batch is held as a whole until
-        it is appended (``LaneQueue.get_many``), so a commit per item would free nothing more, and would
-        rewrite a Zarr shard per frame (measured: 15 one-frame commits in a run of 500 frames of 2 MiB)."""
+    def _due(self, idle: bool) -> bool:
+        """Whether to commit now by size or time (``idle``: no item arrived in the last wait, so ``flush_idle``
+        applies). A producer waiting for room is answered after a whole batch is appended, not here per item:
+        the batch is held as a whole until then (``LaneQueue.get_many``), so a commit per item would free
+        nothing more, and would rewrite a Zarr shard per frame (measured: 15 one-frame commits in a run of 500
+        frames of 2 MiB); it gets ``commit_for_room``, which a Zarr sink limits to whole shards."""
         sink = self._sink
         oldest = sink.oldest_pending
         if oldest is None:
@@ -136,7 +140,6 @@ class ContainerWriter:
             or sink.pending_bytes >= self._flush_bytes
             or now - oldest >= sink.flush_seconds
             or (idle and sink.flush_idle is not None and now - self._last_arrival >= sink.flush_idle)
-            or (room and self._pipeline._queue.room_wanted)
         )
 
     def _append(self, item: Item) -> None:

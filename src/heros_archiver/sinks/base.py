@@ -130,6 +130,14 @@ class ContainerSink(Sink):
     def commit(self) -> Settled:
         """Commit every container with pending items."""
 
+    def commit_for_room(self) -> Settled:
+        """A producer waits for room in the queue, which the pending items count against: commit what can be
+        committed without writing anything twice (the default: everything pending, as ``commit``). A sink whose
+        partial units are rewritten at the next commit (a Zarr shard) commits only whole ones and keeps the
+        rest pending: the writer takes more items meanwhile (the queue holds them), and the size, time and
+        drain commits still commit everything."""
+        return self.commit()
+
     @abstractmethod
     def expire(self, now: float) -> Settled:
         """Close the containers unused since ``now - idle_timeout`` (``time.monotonic()``), committing first."""

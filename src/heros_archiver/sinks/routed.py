@@ -178,6 +178,17 @@ class RoutedSink(ContainerSink, Generic[K, P]):
             settled.add(self._commit(key))
         return settled
 
+    def commit_for_room(self) -> Settled:
+        settled, self._unreported = self._unreported, Settled()
+        for key in [k for k, o in self._open.items() if o.waiting]:
+            settled.add(self._commit_for_room(key))
+        return settled
+
+    def _commit_for_room(self, key: K) -> Settled:
+        """Commit the container of ``key`` for a producer that waits for room (``commit_for_room``); here as any
+        commit (a subclass whose partial commits cost more may commit less)."""
+        return self._commit(key)
+
     def expire(self, now: float) -> Settled:
         settled, self._unreported = self._unreported, Settled()
         for key in [k for k, o in self._open.items() if now - o.used >= self._idle_timeout]:

@@ -305,23 +305,26 @@ class ZarrAppendContainer(FrameStack):
             member="array", location=self.location,
         )  # fmt: skip
 
-    def commit(self) -> CommitReport:
-        """Write the shards and column chunks of the pending frames, then the columns' and last the frames'
-        ``zarr.json`` with the new length (the commit point). A failed commit leaves the store as the last
-        commit left it; the container is then unusable (the caller reopens it: ``append`` recovers)."""
+    def commit(self, frames: int | None = None) -> CommitReport:
+        """Write the shards and column chunks of the pending frames (the first ``frames`` of them; None: all),
+        then the columns' and last the frames' ``zarr.json`` with the new length (the commit point). A failed
+        commit leaves the store as the last commit left it; the container is then unusable (the caller reopens
+        it: ``append`` recovers)."""
         self._check_usable()
         start = self._committed
-        if not self._pending:
+        count = len(self._pending) if frames is None else min(frames, len(self._pending))
+        if not count:
             return CommitReport(self.path, self.array_path, start, start)
         assert self._columns is not None and self._document is not None
-        stop = start + len(self._pending)
+        stop = start + count
+        committing = self._pending[:count]
         try:
             files: list[tuple[str, Content]] = []
-            for pending in self._pending:
+            for pending in committing:
                 files.extend(self._add_to_shard(pending.frame))
             files.extend(self._partial_shard())
             encoder = self._column_encoder()
-            files.extend(self._columns.chunks(start, [p.row for p in self._pending], encoder))
+            files.extend(self._columns.chunks(start, [p.row for p in committing], encoder))
             for key, content in files:
                 self._write(key, content)
             for path, state in self._columns.states.items():
@@ -334,10 +337,19 @@ class ZarrAppendContainer(FrameStack):
             raise StorageError(
                 f"commit of frames {start}..{stop - 1} to {self.array_path!r} in {self.location} failed: {exc}"
             ) from exc
-        keys = tuple(p.row.key for p in self._pending)
-        self._pending.clear()
+        keys = tuple(p.row.key for p in committing)
+        del self._pending[:count]
         self._committed = stop
         return CommitReport(self.path, self.array_path, start, stop, keys)
+
+    @property
+    def whole_shard_frames(self) -> int:
+        """How many of the pending frames end where a shard does: a commit of just those writes every shard it
+        touches once, whole (a commit that ends inside a shard writes it now and again, longer, next time)."""
+        if not self._pending or self.frames_per_shard is None:
+            return 0
+        end = self._committed + len(self._pending)
+        return max(0, end - end % self.frames_per_shard - self._committed)
 
     def _add_to_shard(self, frame: np.ndarray) -> list[tuple[str, Content]]:
         """Add a frame to the current shard; the shard's content when that filled it (then a new one starts)."""
