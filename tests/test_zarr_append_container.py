@@ -3,6 +3,7 @@ network, reopening, a second writer, and the shard layout that keeps readers con
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -205,3 +206,12 @@ def test_a_commit_of_the_first_frames_keeps_the_rest_pending_and_says_where_shar
     np.testing.assert_array_equal(array[...], np.stack([frame(i) for i in range(11)]))
     group = zarr.open_group(store, mode="r")["cam"]
     assert [read_metadata(group, i) for i in range(11)] == [{"frame": i} for i in range(11)]
+
+
+def test_a_zarr_json_with_what_orjson_refuses_is_written_by_the_standard_encoder() -> None:
+    from heros_archiver.sinks.containers.zarr_shards import with_shape
+
+    document = {"shape": [0, 4], "attributes": {"configuration": {"big": 2**70, "name": "cam ü"}}}
+    assert json.loads(with_shape(document, 7)) == {**document, "shape": [7, 4]}
+    plain = {"shape": [0, 4], "attributes": {"name": "cam ü", "x": 0.1}}
+    assert json.loads(with_shape(plain, 3)) == {**plain, "shape": [3, 4]}

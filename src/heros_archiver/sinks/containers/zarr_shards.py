@@ -24,6 +24,7 @@ from types import ModuleType
 from typing import Any, Literal, get_args
 
 import numpy as np
+import orjson
 
 from ...errors import ConfigurationError
 from ...formats.base import Content
@@ -122,9 +123,15 @@ def with_shape(document: dict[str, Any], length: int) -> bytes:
 
     ``document`` comes from zarr's own metadata classes (``metadata_document``), validated there once; only
     the shape changes here, so plain JSON does (zarr's ``ArrayV3Metadata`` round trip costs ~110 us a call,
-    and a commit writes one ``zarr.json`` per column).
+    and a commit writes one ``zarr.json`` per column), written by orjson: 12 us for the ten documents of a
+    commit against 378 with the standard library's encoder, which holds the GIL throughout; the standard
+    library's where orjson refuses a value (an integer beyond 64 bits in the attributes).
     """
-    return json.dumps({**document, "shape": [length, *document["shape"][1:]]}, indent=2).encode()
+    shaped = {**document, "shape": [length, *document["shape"][1:]]}
+    try:
+        return orjson.dumps(shaped, option=orjson.OPT_INDENT_2)
+    except TypeError:  # orjson.JSONEncodeError
+        return json.dumps(shaped, indent=2).encode()
 
 
 def group_document() -> bytes:
