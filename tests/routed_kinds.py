@@ -159,6 +159,6 @@ ZARR = RoutedKind(
     zarr_indices,
     zarr_visible,
     None,
-    {"flush_seconds": 3600},
+    {"flush_seconds": 3600, "flush_idle": None},
 )
 KINDS = (HDF5, TIFF, ZARR)

@@ -185,6 +185,7 @@ BAD_ZARR_APPEND: list[tuple[str, Any, str]] = [
     ("frames_per_shard", "8", "frames_per_shard: expected None or a positive integer"),
     ("flush_frames", True, "flush_frames: expected a positive integer"),
     ("flush_seconds", -0.5, "flush_seconds: expected a non-negative number"),
+    ("flush_idle", -1, "flush_idle: expected None or a non-negative number of seconds"),
     ("max_frames", 0, "max_frames: expected None or a positive integer"),
     ("idle_timeout", "60", "idle_timeout: expected a non-negative number"),
     ("on_exists", "overwrite", "on_exists: expected one of error, append, unique"),

@@ -36,6 +36,7 @@ from routed_kinds import MEMBER, SHAPE, ZARR, send, zarr_indices, zarr_visible
 pytestmark = pytest.mark.timeout(120)
 
 STORE = ZARR.arguments["store_template"]
+STORE2 = "{{ file_path }}/other-{{ run }}.zarr"
 ARRAY = MEMBER
 rig, indices, visible = ZARR.rig, zarr_indices, zarr_visible
 
@@ -284,3 +285,17 @@ def test_a_producer_waiting_for_room_gets_whole_shards_so_each_shard_is_written_
     assert sorted(shards) == sorted(set(shards)) and len(shards) == 11, shards
     assert made.archiver.stats()["total"]["archived"] == 42
     assert indices(tmp_path / "run-1.zarr") == list(range(42))
+
+
+def test_the_end_of_a_burst_is_committed_once_no_frame_arrives(make_rig: RigFactory, tmp_path: Path) -> None:
+    """Neither flush_frames nor flush_seconds is reached: the idle commit (flush_idle, default 0.05 s) makes the
+    burst archived and visible while the archiver runs, as HDF5's; with flush_idle=None the frames wait."""
+    made = rig(make_rig, flush_frames=1000, flush_seconds=3600)
+    send(made.camera, range(3), run=1)
+    assert wait_for_items(made.archiver, 3, timeout=30)["archived"] == 3
+    assert visible(tmp_path / "run-1.zarr") == 3
+    waiting = rig(make_rig, flush_frames=1000, flush_seconds=3600, flush_idle=None, store_template=STORE2)
+    send(waiting.camera, range(3), run=1)
+    wait_until(lambda: waiting.archiver.stats()["total"]["received"] == 3, what="three frames received")
+    time.sleep(0.3)
+    assert waiting.archiver.stats()["total"]["archived"] == 0

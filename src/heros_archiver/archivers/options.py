@@ -340,6 +340,8 @@ class ZarrAppendOptions:
     on_exists: str = "error"
     root: str | os.PathLike[str] | None = None
     fsync: str = "none"
+    #: commit once no frame has arrived for this many seconds (None: only by size, ``flush_seconds`` and drain)
+    flush_idle: float | None = DEFAULT_FLUSH_IDLE
     #: what only an ``s3://`` root takes (``storage_options``, ``state_dir``, ``stale_uploads_after``)
     objects: ObjectRootOptions = field(default_factory=ObjectRootOptions)
     #: the ``s3://bucket/prefix`` root (from ``root`` or the template), None for a local root
@@ -361,6 +363,8 @@ class ZarrAppendOptions:
             if value is not None:
                 check_integer(name, value, "None or a positive integer", 1)
         check_seconds("flush_seconds", self.flush_seconds)
+        if self.flush_idle is not None:
+            check_seconds("flush_idle", self.flush_idle, "None or a non-negative number of seconds")
         check_seconds("idle_timeout", self.idle_timeout)
 
     def sink_settings(
@@ -375,7 +379,7 @@ class ZarrAppendOptions:
             root=root, compression=self.compression, frames_per_chunk=self.frames_per_chunk,  # type: ignore[arg-type]
             frames_per_shard=self.frames_per_shard, on_exists=self.on_exists, fsync=self.fsync != "none",  # type: ignore[arg-type]
             flush_frames=self.flush_frames, flush_seconds=float(self.flush_seconds),
-            flush_bytes=DEFAULT_FLUSH_BYTES, max_frames=self.max_frames,
+            flush_bytes=DEFAULT_FLUSH_BYTES, max_frames=self.max_frames, flush_idle=self.flush_idle,
             idle_timeout=float(self.idle_timeout), sequence_key=sequence_key,
         )  # fmt: skip
 

@@ -33,6 +33,7 @@ from .files import check_root, clean_stale_temporaries
 from .object_root import DEFAULT_STALE_UPLOADS_AFTER, ObjectRoot, ObjectRootOptions, open_object_root
 from .options import (
     DEFAULT_FLUSH_FRAMES,
+    DEFAULT_FLUSH_IDLE,
     DEFAULT_FLUSH_SECONDS,
     DEFAULT_IDLE_TIMEOUT,
     STACK_INTAKE_BUFFER,
@@ -56,6 +57,8 @@ class ZarrAppendArchiver(HERODataArchiver):
             holds, ``min(flush_frames, 32 MiB / frame bytes)``, so a commit writes about one whole shard).
         flush_frames, flush_seconds: commit (frames become archived and visible to readers) every this many
             frames or seconds after the oldest waiting frame, whichever first, and at drain.
+        flush_idle: also commit once no frame has arrived for this many seconds (default 0.05: the end of a
+            burst is archived and visible at once, not ``flush_seconds`` later; None: never), as for HDF5.
         max_frames: roll over to ``name-1.zarr``, ``name-2.zarr``, ... once an array holds this many frames.
         idle_timeout: seconds after which an array nothing was appended to is committed and let go.
         on_exists: a store that exists at its first use: ``error`` (default; its frames are dead-lettered),
@@ -98,6 +101,7 @@ class ZarrAppendArchiver(HERODataArchiver):
         on_exists: str = "error",
         root: str | None = None,
         fsync: str = "none",
+        flush_idle: float | None = DEFAULT_FLUSH_IDLE,
         storage_options: dict[str, Any] | None = None,
         state_dir: str | None = None,
         stale_uploads_after: float = DEFAULT_STALE_UPLOADS_AFTER,
@@ -105,7 +109,7 @@ class ZarrAppendArchiver(HERODataArchiver):
     ) -> None:
         self.sink_options = ZarrAppendOptions(
             store_template, array_template, compression, frames_per_chunk, frames_per_shard, flush_frames,
-            flush_seconds, max_frames, idle_timeout, on_exists, root, fsync,
+            flush_seconds, max_frames, idle_timeout, on_exists, root, fsync, flush_idle,
             ObjectRootOptions(storage_options, state_dir, stale_uploads_after),
         )  # fmt: skip
         load_zarr()  # a missing extra fails here, at start

@@ -53,7 +53,6 @@ class Hdf5SinkSettings(RoutedSinkSettings):
 
     compression: Any
     frames_per_chunk: int | None
-    flush_idle: float | None
     max_bytes: int | None
     max_open_files: int
 
@@ -76,7 +75,6 @@ class Hdf5Sink(RoutedSink[str, _Open]):
         super().__init__(settings)
         self._settings = settings
         self._dataset_of = dataset_of
-        self.flush_idle = settings.flush_idle
 
     # ------------------------------------------------------------------ the ContainerSink interface
     def append(self, item: Item) -> Settled:

@@ -47,6 +47,8 @@ class RoutedSinkSettings:
     max_frames: int | None
     idle_timeout: float
     sequence_key: str | None
+    #: also commit once no item has arrived for this many seconds (None: never)
+    flush_idle: float | None = None
 
 
 @dataclass
@@ -134,6 +136,7 @@ class RoutedSink(ContainerSink, Generic[K, P]):
         self.flush_frames = settings.flush_frames
         self.flush_seconds = settings.flush_seconds
         self.flush_bytes = settings.flush_bytes
+        self.flush_idle = settings.flush_idle
         self._idle_timeout = settings.idle_timeout
         self._series: dict[K, Series] = {}
         #: open containers, least recently used first
