@@ -67,6 +67,7 @@ class _Open(OpenPart[ZarrAppendContainer]):
     indices: list[int] = field(default_factory=list, kw_only=True)
 
     def hold_at(self, item: Item, index: int) -> None:
+        """Hold ``item``, whose frame is at ``index``: a commit of part of the pending frames reports by it."""
         self.hold(item, _held_bytes(item))
         self.indices.append(index)
 
