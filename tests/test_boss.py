@@ -390,6 +390,7 @@ def test_boss_runs_a_zarr_append_archiver(tmp_path: Path) -> None:
             "sequence_key": "frame",
             "flush_frames": 3,
             "flush_seconds": 3600,
+            "flush_idle": None,
         },
     }
     config_file = tmp_path / "archiver.json"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +138,7 @@ def test_sigkill_with_an_open_row_group_then_restart_has_every_accepted_reading_
         "sequence_key": "n",
         "flush_items": 5,
         "flush_seconds": 3600,
+        "flush_idle": None,
         "row_group_rows": 1000,
     }
     config = procs.write_config(tmp_path / "config.json", arguments, classname="heros_archiver.ParquetArchiver")
@@ -444,6 +446,7 @@ def test_every_parquet_argument_is_checked_before_zenoh(tmp_path: Path) -> None:
         {"compression": "brotli9"},
         {"fsync": "yes"},
         {"idle_timeout": None},
+        {"flush_idle": -1},
         {"max_open_files": 0},
         {"root": 3},
     ):
@@ -514,3 +517,21 @@ def test_a_path_out_of_the_root_from_the_metadata_is_dead_lettered(make_rig: Rig
     assert found == [Path("archive/etc/escaped.parquet"), Path("archive/ok.parquet")]
     [entry] = dead_letter_entries(archive)
     assert "outside the archive root" in read_entry(entry)["error"]
+
+
+def test_the_end_of_a_burst_is_journaled_once_no_reading_arrives(make_rig: RigFactory, tmp_path: Path) -> None:
+    """Neither flush_items nor flush_seconds is reached: the idle commit (flush_idle, default 0.05 s) makes the
+    readings archived while the archiver runs; with flush_idle=None they wait."""
+    made = rig(make_rig, file_template="{{ file_path }}/idle.parquet", flush_items=1000, flush_seconds=3600)
+    for n in range(3):
+        made.camera.acquisition_data({"n": n})
+    assert wait_for_items(made.archiver, 3, timeout=30)["archived"] == 3
+    waiting = rig(
+        make_rig, cameras=("s2",), file_template="{{ file_path }}/wait.parquet", flush_items=1000,
+        flush_seconds=3600, flush_idle=None,
+    )  # fmt: skip
+    for n in range(3):
+        waiting.camera.acquisition_data({"n": n})
+    wait_until(lambda: waiting.archiver.stats()["total"]["received"] == 3, what="three readings received")
+    time.sleep(0.3)
+    assert waiting.archiver.stats()["total"]["archived"] == 0

@@ -127,7 +127,7 @@ def test_a_reader_in_another_process_sees_a_consistent_growing_array_during_the_
 ) -> None:
     """Commits every 5 frames into shards of 8: most commits end inside a shard, which is written whole and
     replaced whole by the next; the reader never sees a torn frame, a changed frame or a failed read."""
-    made = rig(make_rig, flush_frames=5, flush_seconds=3600, frames_per_shard=8)
+    made = rig(make_rig, flush_frames=5, flush_seconds=3600, flush_idle=None, frames_per_shard=8)
     store = tmp_path / "run-1.zarr"
     log = tmp_path / "watch.log"
     with procs.child([sys.executable, str(CHILD), "watch", str(store), ARRAY, "20"], log, procs.child_env(0)) as reader:
@@ -164,6 +164,7 @@ def test_sigkill_mid_shard_keeps_committed_frames_and_a_restart_writes_each_fram
         "sequence_key": "frame",
         "flush_frames": 6,
         "flush_seconds": 3600,
+        "flush_idle": None,
         "frames_per_shard": 8,
     }
     config = procs.write_config(tmp_path / "config.json", arguments, classname="heros_archiver.ZarrAppendArchiver")

@@ -553,6 +553,8 @@ class ParquetOptions:
     compression: str = "zstd"
     root: str | os.PathLike[str] | None = None
     fsync: str = "none"
+    #: also journal once no reading has arrived for this many seconds (None: only by count, time and drain)
+    flush_idle: float | None = DEFAULT_FLUSH_IDLE
 
     def __post_init__(self) -> None:
         _check_template("file_template", self.file_template)
@@ -568,6 +570,8 @@ class ParquetOptions:
                 check_integer(name, value, "None or a positive integer", 1)
         for name in ("row_group_seconds", "flush_seconds", "idle_timeout"):
             check_seconds(name, getattr(self, name))
+        if self.flush_idle is not None:
+            check_seconds("flush_idle", self.flush_idle, "None or a non-negative number of seconds")
         _check_optional_text("root", self.root, "a directory path or None")
         _refuse_object_root("ParquetArchiver", self.file_template, self.root)
 
@@ -579,7 +583,7 @@ class ParquetOptions:
         return ParquetSinkSettings(
             root=root, on_exists=self.on_exists, on_schema_change=self.on_schema_change,
             compression=self.compression, fsync=self.fsync != "none", flush_frames=self.flush_items,
-            flush_seconds=float(self.flush_seconds), flush_bytes=DEFAULT_FLUSH_BYTES,
+            flush_seconds=float(self.flush_seconds), flush_bytes=DEFAULT_FLUSH_BYTES, flush_idle=self.flush_idle,
             row_group_rows=self.row_group_rows, row_group_seconds=float(self.row_group_seconds),
             row_group_bytes=DEFAULT_ROW_GROUP_BYTES,
             max_rows=self.max_rows, max_bytes=self.max_bytes, idle_timeout=float(self.idle_timeout),

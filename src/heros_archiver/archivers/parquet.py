@@ -30,6 +30,7 @@ from ..state.statedir import DEAD_LETTER_SUBDIR
 from .base import HERODataArchiver
 from .files import check_root, clean_stale_temporaries
 from .options import (
+    DEFAULT_FLUSH_IDLE,
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_PARQUET_FLUSH_ITEMS,
     DEFAULT_PARQUET_FLUSH_SECONDS,
@@ -104,6 +105,8 @@ class ParquetArchiver(HERODataArchiver):
             waited this long, whichever first.
         flush_items, flush_seconds: journal (commit: the readings become archived) every this many readings
             or seconds after the oldest waiting one, whichever first, and at drain.
+        flush_idle: also journal once no reading has arrived for this many seconds (default 0.05: the end of a
+            burst is archived at once, not ``flush_seconds`` later; None: never).
         max_rows, max_bytes: roll over to ``name-1.parquet``, ... once a file has this many rows or bytes.
         idle_timeout: seconds after which a file nothing was appended to is closed (published).
         max_open_files: files open at once per writer (default 128: a file per source of a lab); the least
@@ -142,11 +145,12 @@ class ParquetArchiver(HERODataArchiver):
         compression: str = "zstd",
         root: str | None = None,
         fsync: str = "none",
+        flush_idle: float | None = DEFAULT_FLUSH_IDLE,
         **kwargs: Any,
     ) -> None:
         self.sink_options = ParquetOptions(
             file_template, on_schema_change, row_group_rows, row_group_seconds, flush_items, flush_seconds,
-            max_rows, max_bytes, idle_timeout, max_open_files, on_exists, compression, root, fsync,
+            max_rows, max_bytes, idle_timeout, max_open_files, on_exists, compression, root, fsync, flush_idle,
         )  # fmt: skip
         load_pyarrow()  # a missing extra fails here, at start
         HERODataArchiver.__init__(self, *args, **kwargs)

@@ -74,6 +74,7 @@ class ParquetSinkSettings:
     flush_frames: int
     flush_seconds: float
     flush_bytes: int
+    flush_idle: float | None
     row_group_rows: int
     row_group_seconds: float
     #: journaled rows all open files may buffer for their row groups together, bytes
@@ -141,6 +142,7 @@ class ParquetSink(ContainerSink):
         self.flush_frames = settings.flush_frames
         self.flush_seconds = settings.flush_seconds
         self.flush_bytes = settings.flush_bytes
+        self.flush_idle = settings.flush_idle
         self._series: dict[str, _Series] = {}
         self._open: OrderedDict[str, _Open] = OrderedDict()
         #: per route, the keys of the files rebuilt from journals at start (and after a failure), and their rows
