@@ -78,6 +78,12 @@ DEFAULT_IDLE_TIMEOUT = 60.0
 DEFAULT_MAX_OPEN_FILES = 16
 
 
+def _check_flush_idle(value: object) -> None:
+    """``flush_idle`` of a container archiver: None (no idle commits) or seconds."""
+    if value is not None:
+        check_seconds("flush_idle", value, "None or a non-negative number of seconds")
+
+
 def _check_optional_text(name: str, value: object, expected: str) -> None:
     if value is not None and not isinstance(value, str | os.PathLike):
         raise ConfigurationError(f"{name}: expected {expected}, got {type(value).__name__} {value!r:.200}")
@@ -257,8 +263,7 @@ class Hdf5Options:
             if value is not None:
                 check_integer(name, value, "None or a positive integer", 1)
         check_seconds("flush_seconds", self.flush_seconds)
-        if self.flush_idle is not None:
-            check_seconds("flush_idle", self.flush_idle, "None or a non-negative number of seconds")
+        _check_flush_idle(self.flush_idle)
         check_seconds("idle_timeout", self.idle_timeout)
         _check_optional_text("root", self.root, "a directory path or None")
         _refuse_object_root("Hdf5Archiver", self.file_template, self.root)
@@ -363,8 +368,7 @@ class ZarrAppendOptions:
             if value is not None:
                 check_integer(name, value, "None or a positive integer", 1)
         check_seconds("flush_seconds", self.flush_seconds)
-        if self.flush_idle is not None:
-            check_seconds("flush_idle", self.flush_idle, "None or a non-negative number of seconds")
+        _check_flush_idle(self.flush_idle)
         check_seconds("idle_timeout", self.idle_timeout)
 
     def sink_settings(
@@ -570,8 +574,7 @@ class ParquetOptions:
                 check_integer(name, value, "None or a positive integer", 1)
         for name in ("row_group_seconds", "flush_seconds", "idle_timeout"):
             check_seconds(name, getattr(self, name))
-        if self.flush_idle is not None:
-            check_seconds("flush_idle", self.flush_idle, "None or a non-negative number of seconds")
+        _check_flush_idle(self.flush_idle)
         _check_optional_text("root", self.root, "a directory path or None")
         _refuse_object_root("ParquetArchiver", self.file_template, self.root)
 

@@ -177,30 +177,23 @@ class ZarrAppendSink(RoutedSink[tuple[str, str], _Open]):
             self._series[target].advance()
         return settled
 
-    def _commit(self, target: tuple[str, str]) -> Settled:
+    def _commit(self, target: tuple[str, str], frames: int | None = None) -> Settled:
+        """Commit the pending frames of ``target`` (the first ``frames`` of them; None: all)."""
         opened = self._open[target]
         try:
-            opened.container.commit()
+            opened.container.commit(frames)
         except Exception as exc:  # noqa: BLE001 - any failure: the store keeps its last commit, retried later
             return self._let_go(target, exc)
-        return self._committed(opened)
+        if frames is None:
+            return self._committed(opened)
+        return opened.committed_below(opened.container.committed_length)
 
     def _commit_for_room(self, target: tuple[str, str]) -> Settled:
         """Commit only the pending frames that end whole shards (none: nothing now), so that a producer waiting
         for room does not make the sink write a shard now and again, longer, at the next commit (measured: 1.67
         times the frames' bytes written for 2 MiB frames in shards of 16, 1.0 this way)."""
-        opened = self._open[target]
-        container = opened.container
-        frames = container.whole_shard_frames
-        if not frames:
-            return Settled()
-        if frames >= container.pending:
-            return self._commit(target)
-        try:
-            container.commit(frames)
-        except Exception as exc:  # noqa: BLE001 - as in ``_commit``: the store keeps its last commit
-            return self._let_go(target, exc)
-        return opened.committed_below(container.committed_length)
+        frames = self._open[target].container.whole_shard_frames
+        return self._commit(target, frames) if frames else Settled()
 
     def _let_go(self, target: tuple[str, str], error: BaseException) -> Settled:
         """A commit failed: release the array (the store is as its last commit left it) and hand the waiting
