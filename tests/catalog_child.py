@@ -16,7 +16,9 @@ does not reach: the test stops them by PID if they outlive it), then feeds items
 archiver takes them (``feed``, no Zenoh sender; npy-big at ~100 a second) and prints ``@@ ARCHIVED n`` every 100
 items (10 of npy-big) once the archiver counts n archived, so the test can kill it in the middle of a run. It
 never stops by itself. With ``HEROS_TEST_UNJOURNALED=N`` it archives 2N items (20 at least), journals the commit
-lines of the first N only, prints ``@@ DONE`` and waits to be killed.
+lines of the first N only, prints ``@@ DONE`` and waits to be killed. With ``HEROS_TEST_OBJECT_ROOT=s3://...`` (its
+store's credentials and endpoint in the environment) the archiver's root is that location and ROOT its state
+directory (zarr-append only: the one container archiver that writes to an object store).
 """
 
 from __future__ import annotations
@@ -78,20 +80,31 @@ def drop_commit_lines_from(first: int) -> None:
     CatalogListener.handle = handle_earlier  # type: ignore[method-assign]
 
 
+def arguments(kind: str, root: str) -> tuple[type[Any], dict[str, Any]]:
+    """The archiver class of ``kind`` and its arguments for ``root`` (an object-store root and ``root`` its state
+    directory with ``HEROS_TEST_OBJECT_ROOT``), as this child and the restart after its kill make it."""
+    cls, template = TEMPLATES[kind]
+    location = os.environ.get("HEROS_TEST_OBJECT_ROOT")
+    if location is None:
+        return cls, {"default_metadata": {"file_path": root}, **template}
+    if kind != "zarr-append":
+        raise SystemExit(f"HEROS_TEST_OBJECT_ROOT: expected the kind zarr-append, got {kind!r}")
+    return cls, {**template, "store_template": "run.zarr", "root": location, "state_dir": root}
+
+
 def main(kind: str, root: str, url: str | None = None) -> None:
     unjournaled = os.environ.get("HEROS_TEST_UNJOURNALED")
     if unjournaled:
         drop_commit_lines_from(int(unjournaled))
-    cls, template = TEMPLATES[kind]
+    cls, kwargs = arguments(kind, root)
     archiver = cls(
         object_selector="crash-sender",
         event_name="acquisition_data",
-        default_metadata={"file_path": root},
         realm=unique_realm(),
         session_manager=session_manager(listen_port=free_port()),
         sequence_key="frame",
         catalog_url=url,
-        **template,
+        **kwargs,
     )
     stats = archiver.stats()
     print("@@ PIDS", stats["catalog"]["applier_pid"], *stats["helper_processes"], flush=True)

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from catalog_child import TEMPLATES
+from catalog_child import arguments
 from helpers import wait_until
 from heros_archiver.testing import free_port, session_manager, unique_realm
 from procs import TESTS_DIR, child, child_env
@@ -48,15 +48,14 @@ def kill_and_restart(
             proc.kill()
         # its applier sees its input end and exits after one last application; its helpers finish their batch
         wait_until(lambda: not any(map(package_process, others)), timeout, "the killed run's own processes to exit")
-        cls, template = TEMPLATES[restart or kind]
+        cls, kwargs = arguments(restart or kind, str(root))
         cls(
             object_selector="crash-sender",
             event_name="acquisition_data",
-            default_metadata={"file_path": str(root)},
             realm=unique_realm(),
             session_manager=session_manager(listen_port=free_port()),
             catalog_url=url,
-            **template,
+            **kwargs,
         ).close()
     finally:
         for pid in others:

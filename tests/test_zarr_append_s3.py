@@ -19,7 +19,7 @@ import zarr
 
 import procs
 from conftest import RigFactory
-from helpers import dead_letter_entries, read_entry, wait_for_items
+from helpers import DEADLINE, dead_letter_entries, read_entry, wait_for_items
 from heros_archiver import ZarrAppendArchiver
 from heros_archiver.errors import TargetExistsError
 from heros_archiver.sinks.containers import ContainerBusyError, ItemKey
@@ -251,3 +251,32 @@ def test_verify_reads_the_frames_back_from_the_bucket(
     problems = verify(state, settle=0.0).problems
     kinds = sorted((problem.index, problem.kind) for problem in problems)
     assert kinds == [(0, "modified"), *((i, "unreadable") for i in range(8, 12))], [str(p) for p in problems]
+
+
+@pytest.mark.parametrize("journaled", [10, 0])
+def test_a_killed_runs_commits_not_journaled_are_cataloged_from_the_bucket(
+    s3_env: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, journaled: int
+) -> None:
+    """The kill window on an object-store root: ``catalog_child.py`` archives 20 frames into ``run.zarr`` in the
+    bucket, journals the commit lines of the first ``journaled`` (none: the array's only trace is the intent
+    record of its first commit) and is SIGKILLed. The restart on its state directory reads the other frames back
+    from the bucket and catalogs them with what the store keeps beside each; verify finds all 20 intact."""
+    from catalog_kills import kill_and_restart
+    from heros_archiver.observe.catalog_reader import CatalogReader
+    from heros_archiver.observe.verify import verify
+
+    location = f"s3://{BUCKET}/killed-{journaled}"
+    monkeypatch.setenv("HEROS_TEST_OBJECT_ROOT", location)
+    kill_and_restart(
+        tmp_path, "zarr-append", lambda out: "@@ DONE" in out, DEADLINE, HEROS_TEST_UNJOURNALED=str(journaled)
+    )
+    state = tmp_path / "archive"
+    with CatalogReader(state) as reader:
+        items = sorted(reader.items(), key=lambda item: item.idx or 0)
+    assert [(item.idx, item.sequence) for item in items] == [(i, i) for i in range(20)]
+    assert {(item.path, item.member) for item in items} == {(f"{location}/run.zarr", "cam/data")}
+    for item in items:
+        expected = ("cam", "acquisition_data", {"frame": item.idx, "run": "crash"})
+        assert (item.source, item.event, item.metadata) == expected, item
+    result = verify(state, settle=0.0)
+    assert result.problems == [] and result.items == 20, result.as_dict()

@@ -88,8 +88,8 @@ class Hdf5Archiver(AcquisitionMarkers, HERODataArchiver):
 
     def _catalog_adoption(self) -> Adoption | None:
         """The frames committed and not yet journaled when a kill came: a later start reads them back from their
-        stacks (local roots; an ``s3://`` root's objects are not read back)."""
-        return Adoption.frames_on(getattr(self, "object_root", None))
+        stacks (``observe.catalog_recovery``)."""
+        return Adoption(frames=True)
 
     def __init__(
         self,

@@ -151,7 +151,7 @@ class TiffArchiver(AcquisitionMarkers, FileArchiver):
         start (``observe.catalog_recovery``); single files are adopted as every file archiver's are."""
         if not self.sink_options.stack:
             return super()._catalog_adoption()
-        return Adoption.frames_on(getattr(self, "object_root", None))
+        return Adoption(frames=True)
 
     def _batch_writer_factory(self) -> Callable[[int], BatchWriter] | None:
         return None if self.sink_options.stack else super()._batch_writer_factory()

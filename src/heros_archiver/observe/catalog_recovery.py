@@ -24,6 +24,8 @@ An HDF5, Zarr-append or TIFF-stack archiver's kill window is a commit made and n
 (``Adoption.frames``), every stack or array its journal named is opened read-only, and the frames beyond the
 last cataloged one, up to its committed length (what a reopen trusts), are cataloged as read back, with the
 source, sequence value, receive time and metadata the container keeps beside each frame (``readers``). A
+Zarr-append archiver's arrays in a bucket (an ``s3://`` root, whose state directory the catalog is in) are read
+from the store the state directory records, with the credentials of this environment. A
 ParquetArchiver's is the same: rows flushed to the file's own journal and not yet in the catalog's; the
 restarting ParquetArchiver rebuilt and published the file before its catalog starts (another kind of archiver
 starting first rebuilds it here: ``_rebuild_parquet_files``), so the items of the rows
@@ -49,8 +51,10 @@ from typing import Any
 import orjson
 import xxhash
 
-from ..errors import ArchiverError
+from ..errors import ArchiverError, ItemUnreadableError
+from ..state.object_state import open_recorded_store
 from ..state.statedir import STATE_DIR_NAME
+from ..storage.objectstore import ObjectLocation, ObjectStore, is_object_url
 from ..storage.temporaries import is_temporary
 from .catalog_apply import INTENT_LINES, Applied, apply_journal, metadata_text, relative_to_root
 from .catalog_backend import AdoptedRow, CatalogBackend, CatalogTarget
@@ -88,12 +92,6 @@ class Adoption:
     #: the frames (or Parquet rows) an HDF5, Zarr-append, TIFF-stack or Parquet archiver committed beyond what its
     #: journal says (``_adopt_frames``)
     frames: bool = False
-
-    @classmethod
-    def frames_on(cls, object_root: object) -> Adoption | None:
-        """A container archiver's frames, read back after a kill from its containers on a local root; None for an
-        ``s3://`` root (``object_root`` not None), whose objects are not read back."""
-        return cls(frames=True) if object_root is None else None
 
     @classmethod
     def from_header(cls, value: object) -> Adoption | None:
@@ -365,13 +363,16 @@ def _adopt_frames(catalog: CatalogBackend, root: Path, killed: list[_KilledRun])
                 ends.setdefault((path, member), 0)
         runs_ends.append((run, ends))
     _rebuild_parquet_files(root, [key for _, ends in runs_ends for key in ends])
-    with ContainerReader(root) as reader:
+    objects = _recorded_objects(root, [path for _, ends in runs_ends for path, _ in ends])
+    with ContainerReader(root, objects=objects) as reader:
         for run, ends in runs_ends:
             for (path, member), end in ends.items():
-                if end == 0 and not os.path.exists(os.path.join(root, path)):
-                    continue  # intended, and killed before its first commit made it
                 try:
-                    when = os.stat(os.path.join(root, path)).st_mtime
+                    when = _changed_at(root, path, member, objects)
+                    if when is None and end == 0:
+                        continue  # intended, and killed before its first commit made it
+                    if when is None:
+                        raise ItemUnreadableError("missing", path, member, end, "no such file or store")
                     for index, count in reader.spans(path, member, end):
                         rows.append(_frame_row(reader, run, path, member, index, count, when))
                 except (ArchiverError, OSError, TypeError) as exc:  # unreadable: what verify reports of the catalog
@@ -380,6 +381,36 @@ def _adopt_frames(catalog: CatalogBackend, root: Path, killed: list[_KilledRun])
         with catalog.transaction():
             catalog.add(rows, [])
     return len(rows)
+
+
+def _recorded_objects(root: Path, paths: list[str]) -> ObjectStore | None:
+    """The object store this state directory records (``state.object_state``), opened when one of ``paths`` is an
+    ``s3://`` URL (a Zarr-append archiver's arrays in a bucket); None otherwise, or with a warning when the record
+    cannot be read (those containers' frames then stay uncataloged, each with a warning)."""
+    if not any(map(is_object_url, paths)):
+        return None
+    try:
+        recorded = open_recorded_store(root)
+    except ArchiverError as exc:
+        log.warning("catalog %s: cannot open the store a killed run wrote to, to adopt its frames: %s", root, exc)
+        return None
+    return None if recorded is None else recorded.store
+
+
+def _changed_at(root: Path, path: str, member: str, objects: ObjectStore | None) -> float | None:
+    """When the container ``path`` last changed (in an object store: ``member``'s ``zarr.json``, its commit point),
+    the time its adopted frames are cataloged as committed; None when it is not there."""
+    if not is_object_url(path):
+        try:
+            return os.stat(os.path.join(root, path)).st_mtime
+        except FileNotFoundError:
+            return None
+    if objects is None:
+        raise ItemUnreadableError("unreadable", path, member, None, "an object-store URL: no store recorded here")
+    info = objects.head(ObjectLocation.parse(path).key(f"{member}/zarr.json"))
+    if info is None:
+        return None
+    return info.modified.timestamp() if info.modified is not None else time.time()
 
 
 def _rebuild_parquet_files(root: Path, members: list[tuple[str, str]]) -> None:
