@@ -4,7 +4,8 @@ appended again to the container their template names, committed, never twice, un
 The entries are real: events sent over loopback Zenoh by a camera or a datasource to the real archiver, which
 dead-letters them (a template whose key the events lack, a full tmpfs); the containers are read back with
 zarr, tifffile and pyarrow. Each kind's own cases (a full disk, acquisitions, a datasource's return sets) come
-after the cases all three share.
+after the cases all three share; the full-disk case runs for the HDF5 archiver too (its other replay cases are in
+test_replay_hdf5.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -31,7 +33,7 @@ import procs
 from acquisition_rigs import AcquiringCamera
 from conftest import Rig, RigFactory
 from helpers import RawCamera, dead_letter_entries, read_entry, tiny_file_system, wait_for_items
-from heros_archiver import DatasourceArchiver, ParquetArchiver, TiffArchiver, ZarrAppendArchiver
+from heros_archiver import DatasourceArchiver, Hdf5Archiver, ParquetArchiver, TiffArchiver, ZarrAppendArchiver
 from heros_archiver.sinks.containers.tiff import read_records
 from heros_archiver.state.replay import replay
 from heros_archiver.testing import ReliableSimulatedCamera, wait_for_subscriber
@@ -61,6 +63,16 @@ def _tiff_frames(path: Path) -> list[int]:
     for frame in frames:
         np.testing.assert_array_equal(frame, procs.frame(int(frame.flat[0]), SHAPE))
     assert [r["metadata"]["frame"] for r in read_records(path)] == [int(f.flat[0]) for f in frames]
+    return [int(frame.flat[0]) for frame in frames]
+
+
+def _hdf5_frames(path: Path) -> list[int]:
+    with h5py.File(path, "r", libver="latest", swmr=True) as handle:
+        committed = int(handle["cam/archive/committed_length"][0])
+        frames = handle["cam/data"][:committed]
+        assert list(handle["cam/metadata/frame"][:committed]) == [int(frame.flat[0]) for frame in frames]
+    for frame in frames:
+        np.testing.assert_array_equal(frame, procs.frame(int(frame.flat[0]), SHAPE))
     return [int(frame.flat[0]) for frame in frames]
 
 
@@ -103,6 +115,8 @@ KINDS = [
     Kind("tiff-stack", TiffArchiver, "save_template", ".tif", _send_frame, _tiff_frames, kwargs={"stack": True}),
     Kind("parquet", ParquetArchiver, "file_template", ".parquet", _send_reading, _parquet_rows, RawCamera),
 ]
+#: The HDF5 archiver's replay has tests of its own (test_replay_hdf5.py); here only its full disk.
+HDF5 = Kind("hdf5", Hdf5Archiver, "file_template", ".h5", _send_frame, _hdf5_frames)
 
 
 def _unrenderable_entries(make_rig: RigFactory, kind: Kind, count: int = 3) -> list[Path]:
@@ -211,14 +225,14 @@ def _fill(directory: Path, leave: int = 0) -> Path:
     return filler
 
 
-@pytest.mark.parametrize(("which", "leave"), [("zarr-append", 0), ("tiff-stack", 64 << 10)])
+@pytest.mark.parametrize(("which", "leave"), [("zarr-append", 0), ("tiff-stack", 64 << 10), ("hdf5", 0)])
 def test_frames_dead_lettered_on_a_full_disk_are_replayed_into_their_container(
     make_rig: RigFactory, tmp_path: Path, which: str, leave: int
 ) -> None:
     """Frames 0-2 committed; the container's file system (a tmpfs; the dead-letter store elsewhere) fills, and
     frames 3-5 are dead-lettered after their retry; once there is room again replay appends them to the same
     container, after the frames it held, in the order they came."""
-    kind = next(k for k in KINDS if k.name == which)
+    kind = next(k for k in [*KINDS, HDF5] if k.name == which)
     data = tmp_path / "data"
     with tiny_file_system(data, "2m"):
         made = kind.rig(
