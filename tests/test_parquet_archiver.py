@@ -4,6 +4,7 @@ pandas and polars; the journal across SIGKILL; schema changes; rollover by templ
 from __future__ import annotations
 
 import datetime as dt
+import os
 import subprocess
 import sys
 import time
@@ -272,6 +273,23 @@ def test_rollover_by_template_hour_and_hive_folders(make_rig: RigFactory, tmp_pa
     )
     hive = duckdb.sql(f"SELECT DISTINCT source, date FROM read_parquet('{tmp_path}/**/*.parquet', hive_partitioning=1)")
     assert hive.fetchall() == [("s1", received[0].date())]
+
+
+def test_paths_kept_per_hour_change_at_the_hour_of_the_receive_time(make_rig: RigFactory, tmp_path: Path) -> None:
+    """Paths of a template that reads the date and hour are kept per UTC hour of the receive time: a reading a
+    millisecond before midnight and one at midnight go to different dates, and a kept path is what a render
+    of that time gives."""
+    made = rig(make_rig, file_template="{{ file_path }}/{{ date }}/{{ hour }}-{{ run }}.parquet")
+    midnight = dt.datetime(2026, 12, 5, tzinfo=dt.UTC).timestamp()
+    metadata = {"file_path": str(tmp_path), "run": 3}
+    routes = []
+    for received in (midnight - 3600.001, midnight - 0.001, midnight - 3599.0, midnight, midnight + 3599.999):
+        item = Item("s1", {"n": 1}, metadata, 64, received=received)
+        made.archiver._route(item)
+        routes.append(os.path.relpath(str(item.route), tmp_path))
+    assert routes == ["2026-12-04/22-3.parquet", "2026-12-04/23-3.parquet", "2026-12-04/23-3.parquet",
+                      "2026-12-05/00-3.parquet", "2026-12-05/00-3.parquet"]  # fmt: skip
+    assert len(made.archiver._routes) == 3
 
 
 def test_paths_kept_per_value_render_as_a_render_would(make_rig: RigFactory, tmp_path: Path) -> None:

@@ -200,11 +200,11 @@ class ParquetArchiver(HERODataArchiver):
         Readings come thousands a second and most render a path already rendered (one file per run, hour or
         source): a path is kept per the values the template reads (~0.5 us instead of ~4 us a render)."""
         metadata = item.metadata
-        received = dt.datetime.fromtimestamp(item.received, dt.UTC) if self._needs_time else None
         routes, key = self._routes, ()
         if routes is not None:
             values = [metadata.get(name, _MISSING) for name in self._route_names]
-            hour = received.strftime("%Y-%m-%d %H") if received is not None else None
+            # the hours since the epoch (UTC) name the date and the hour: no datetime made unless rendered
+            hour = int(item.received // 3600) if self._needs_time else None
             key = (item.source, hour, *values, *map(type, values))  # types too: 1, 1.0 and True render apart
             try:
                 item.route = routes[key]
@@ -212,8 +212,8 @@ class ParquetArchiver(HERODataArchiver):
             except (KeyError, TypeError):  # not rendered yet, or a value that is no key (a list)
                 pass
         context = {**metadata, "source_name": item.source}
-        if received is not None:
-            context.update(time_names(received))
+        if self._needs_time:
+            context.update(time_names(dt.datetime.fromtimestamp(item.received, dt.UTC)))
         path = self.name_template.render_confined(context)
         _refuse_reserved(path, str(self.root), self.sink_options.file_template)
         item.route = path
